@@ -1,0 +1,7 @@
+//! redo-helper: the storage side of fpw_pushdown.
+//!
+//! The crate is plain Rust (no pgrx): it decodes PostgreSQL 15 WAL (`wal`), and in later
+//! stages ingests it over the replication protocol, replays it per resource manager and
+//! serves pages. See `shared/design.md` and the README for the architecture.
+
+pub mod wal;
