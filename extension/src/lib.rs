@@ -1,3 +1,92 @@
+//! fpw_pushdown: a thin pgrx layer that switches full_page_writes live, guarded by the redo
+//! helper's replication slot, and reports what the switch does to WAL.
+//!
+//! No WAL logic lives here: the record of a switch is found with PostgreSQL's own WAL reader
+//! (`fpw_change`), slot health comes from `pg_replication_slots` (`guard`), and the state the
+//! extension keeps is a small cluster-wide file (`state`).
+
 use pgrx::prelude::*;
 
+mod autopilot;
+mod error;
+mod fpw_change;
+mod guard;
+mod gucs;
+mod lsn;
+mod sql_api;
+mod state;
+mod switch;
+
 ::pgrx::pg_module_magic!(name, version);
+
+/// True in processes that inherited the library from shared_preload_libraries.
+static mut PRELOADED: bool = false;
+
+pub(crate) fn preloaded() -> bool {
+    // SAFETY: written once in _PG_init in the postmaster, before any fork.
+    unsafe { PRELOADED }
+}
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::register();
+    // SAFETY: reading a postmaster global during library load.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        unsafe { PRELOADED = true };
+        autopilot::register_worker();
+    }
+}
+
+// Grants: every function is revoked from PUBLIC; superusers (and roles granted EXECUTE)
+// may call them. The functions that change state are SECURITY DEFINER so that a granted
+// role does not also need ALTER SYSTEM privileges.
+pgrx::extension_sql_file!("../../sql/privileges.sql", name = "privileges", finalize);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn status_returns_one_row() {
+        let n = Spi::get_one::<i64>("SELECT count(*) FROM fpw_pushdown.status()").unwrap();
+        assert_eq!(n, Some(1));
+    }
+
+    #[pg_test]
+    fn guard_refuses_without_slot() {
+        let r = std::panic::catch_unwind(|| {
+            Spi::run("SELECT fpw_pushdown.disable_full_page_writes()").unwrap();
+        });
+        assert!(r.is_err());
+    }
+
+    #[pg_test]
+    fn enable_when_on_is_a_no_op() {
+        let lsn =
+            Spi::get_one::<String>("SELECT fpw_pushdown.enable_full_page_writes()::text").unwrap();
+        assert_eq!(lsn, None);
+    }
+
+    #[pg_test]
+    fn wal_stats_counts_wal() {
+        let bytes = Spi::get_one::<i64>("SELECT wal_bytes FROM fpw_pushdown.wal_stats()").unwrap();
+        assert!(bytes.unwrap_or(-1) >= 0);
+    }
+
+    #[pg_test(error = "timeout must be a positive interval")]
+    fn zero_timeout_is_refused() {
+        Spi::run("SELECT fpw_pushdown.enable_full_page_writes(timeout => '0s')").unwrap();
+    }
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["wal_level = replica"]
+    }
+}

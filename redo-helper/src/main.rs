@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "redo-helper", version, about = "fpw_pushdown storage-side WAL redo helper")]
+#[command(
+    name = "redo-helper",
+    version,
+    about = "fpw_pushdown storage-side WAL redo helper"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,0 +1,55 @@
+# fpw_pushdown: the two commands a user runs are `make demo` and `make test`.
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+PGDATA_PGRX_TEST ?= /tmp/fpw_pushdown_pgrx_test
+CARGO ?= cargo
+
+.PHONY: all setup build install test test-rust test-pgrx test-pg demo bench fmt lint clean
+
+all: build
+
+setup:
+	bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release -p redo-helper
+	cd extension && $(CARGO) pgrx package --pg-config $(PG_CONFIG) >/dev/null
+
+# Installs the extension into the system PostgreSQL 15 (needs root, as on this machine).
+install: setup
+	cd extension && $(CARGO) pgrx install --release --pg-config $(PG_CONFIG)
+
+test: setup test-rust test-pgrx test-pg
+	@echo "make test: all test suites passed"
+
+# Plain-Rust tests of the pgrx-free core (decoder, ...).
+test-rust:
+	$(CARGO) test -p redo-helper
+
+# The extension's #[test] and #[pg_test] functions in a pgrx-managed throwaway cluster.
+test-pgrx:
+	rm -rf $(PGDATA_PGRX_TEST)
+	cd extension && $(CARGO) pgrx test pg15 --runas postgres --pgdata $(PGDATA_PGRX_TEST)
+	rm -rf $(PGDATA_PGRX_TEST)
+
+# pg_regress suites against real clusters (needs the extension installed).
+test-pg: install
+	bash pg_tests/run.sh
+
+demo: setup install
+	$(CARGO) build --release -p redo-helper
+	bash bench/demo.sh
+
+bench: setup install
+	$(CARGO) build --release -p redo-helper
+	bash bench/run.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy -p redo-helper --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf pg_tests/results

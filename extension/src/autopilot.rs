@@ -1,0 +1,119 @@
+//! The autopilot: a background worker that turns full_page_writes back on when the redo
+//! helper that justified turning it off is gone or lagging for longer than a grace period.
+//! It only acts while full_page_writes is off because of this extension, and never turns it
+//! off by itself.
+
+use crate::guard::SlotHealth;
+use crate::state::{self, FpwDirection};
+use crate::switch::{self, SwitchOutcome};
+use crate::{error, gucs};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
+use pgrx::prelude::*;
+use std::time::{Duration, Instant};
+
+pub const WORKER_TYPE: &str = "fpw_pushdown autopilot";
+const TICK: Duration = Duration::from_millis(500);
+const ENABLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn register_worker() {
+    BackgroundWorkerBuilder::new(WORKER_TYPE)
+        .set_type(WORKER_TYPE)
+        .set_library("fpw_pushdown")
+        .set_function("fpw_pushdown_autopilot_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+/// For status(): is the autopilot watching?
+pub fn describe_state() -> String {
+    if !crate::preloaded() {
+        return "not loaded (fpw_pushdown is not in shared_preload_libraries)".into();
+    }
+    if !gucs::AUTOPILOT.get() {
+        return "off".into();
+    }
+    // Read-only SPI (select, not update): status() must also work on a standby.
+    let running = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE backend_type = $1)",
+                Some(1),
+                &[WORKER_TYPE.into()],
+            )?
+            .first()
+            .get_one::<bool>()
+    });
+    match running {
+        Ok(Some(true)) => "on".into(),
+        _ => "on (worker not running)".into(),
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn fpw_pushdown_autopilot_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db = gucs::AUTOPILOT_DATABASE
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "postgres".into());
+    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    log!("{WORKER_TYPE} started (database \"{db}\")");
+
+    // When the helper first looked unhealthy, and why.
+    let mut unhealthy_since: Option<Instant> = None;
+    while BackgroundWorker::wait_latch(Some(TICK)) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: the worker's main loop is the place PostgreSQL reloads config.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        if !gucs::AUTOPILOT.get() {
+            unhealthy_since = None;
+            continue;
+        }
+        let st = state::load().unwrap_or_default();
+        if switch::full_page_writes_now() || !st.guarded_off() {
+            unhealthy_since = None;
+            continue;
+        }
+        let max_lag = gucs::max_helper_lag_bytes();
+        let problem = BackgroundWorker::transaction(|| SlotHealth::read().check(max_lag).err());
+        let Some(problem) = problem else {
+            unhealthy_since = None;
+            continue;
+        };
+        let since = *unhealthy_since.get_or_insert_with(Instant::now);
+        let grace =
+            Duration::from_millis(u64::try_from(gucs::AUTOPILOT_GRACE_MS.get()).unwrap_or(0));
+        if since.elapsed() < grace {
+            continue;
+        }
+        let outcome = BackgroundWorker::transaction(|| {
+            switch::switch_full_page_writes(FpwDirection::On, ENABLE_TIMEOUT, "autopilot", false)
+        });
+        let action = match outcome {
+            SwitchOutcome::Switched(change) => {
+                let msg = format!(
+                    "{WORKER_TYPE}: turned full_page_writes back on at {}: {problem} for {:.1} s (grace {} ms)",
+                    crate::lsn::PgLsn(change.lsn),
+                    since.elapsed().as_secs_f64(),
+                    grace.as_millis()
+                );
+                error::warn(&msg, None);
+                msg
+            }
+            SwitchOutcome::AlreadyThere => {
+                format!("{WORKER_TYPE}: full_page_writes was already on ({problem})")
+            }
+        };
+        if let Err(e) = state::update(|s| s.autopilot_last_action = Some(action)) {
+            pgrx::warning!("{WORKER_TYPE}: could not write the state file: {e}");
+        }
+        unhealthy_since = None;
+    }
+    log!("{WORKER_TYPE} exiting");
+}

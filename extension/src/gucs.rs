@@ -1,0 +1,88 @@
+//! `fpw_pushdown.*` settings. All are SIGHUP (postgresql.conf / ALTER SYSTEM + reload) so that
+//! the guard's bounds are set by the DBA for the whole cluster, not loosened per session.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+/// Physical replication slot held by the redo helper.
+pub static SLOT_NAME: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"fpw_pushdown"));
+/// Largest flush lag (kB) of the slot at which full_page_writes may be off.
+pub static MAX_HELPER_LAG_KB: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
+/// Whether the autopilot worker may turn full_page_writes back on.
+pub static AUTOPILOT: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// How long (ms) the slot may be unhealthy before the autopilot re-enables full_page_writes.
+pub static AUTOPILOT_GRACE_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// Database the autopilot connects to (it only reads cluster-wide views).
+pub static AUTOPILOT_DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// Where the redo helper listens (host:port, loopback), for later page/status calls.
+pub static HELPER_ADDRESS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"127.0.0.1:7432"));
+
+pub fn register() {
+    GucRegistry::define_string_guc(
+        c"fpw_pushdown.slot_name",
+        c"Physical replication slot held by the redo helper.",
+        c"disable_full_page_writes() requires this slot to exist, be active and be within max_helper_lag.",
+        &SLOT_NAME,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"fpw_pushdown.max_helper_lag",
+        c"Largest slot lag at which full_page_writes may be off.",
+        c"Lag is pg_current_wal_lsn() minus the slot's restart_lsn (what the helper has flushed).",
+        &MAX_HELPER_LAG_KB,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_bool_guc(
+        c"fpw_pushdown.autopilot",
+        c"Turn full_page_writes back on when the redo helper is gone or lagging.",
+        c"Only acts while full_page_writes is off because of fpw_pushdown; never turns it off.",
+        &AUTOPILOT,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"fpw_pushdown.autopilot_grace",
+        c"How long the helper may be gone or lagging before the autopilot re-enables full_page_writes.",
+        c"",
+        &AUTOPILOT_GRACE_MS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_string_guc(
+        c"fpw_pushdown.autopilot_database",
+        c"Database the autopilot worker connects to.",
+        c"It only reads cluster-wide views (pg_replication_slots); changing it needs a restart.",
+        &AUTOPILOT_DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"fpw_pushdown.helper_address",
+        c"host:port of the redo helper's loopback HTTP listener.",
+        c"",
+        &HELPER_ADDRESS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+/// The configured slot name ("" when unset).
+pub fn slot_name() -> String {
+    SLOT_NAME
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+pub fn max_helper_lag_bytes() -> i64 {
+    i64::from(MAX_HELPER_LAG_KB.get()) * 1024
+}

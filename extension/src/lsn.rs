@@ -1,0 +1,73 @@
+//! `pg_lsn` as a Rust type: pgrx 0.18 has no mapping for it, so the extension declares one.
+//! A pg_lsn datum is an `XLogRecPtr` (uint64) passed by value (`utils/pg_lsn.h`).
+
+use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
+use pgrx::datum::Datum;
+use pgrx::nullable::Nullable;
+use pgrx::prelude::*;
+use pgrx::{FromDatum, IntoDatum};
+use std::fmt;
+
+/// A WAL position, printed the way PostgreSQL prints it (`0/16B3748`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PgLsn(pub u64);
+
+impl fmt::Display for PgLsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl IntoDatum for PgLsn {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(pg_sys::Datum::from(self.0))
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::PG_LSNOID
+    }
+}
+
+impl FromDatum for PgLsn {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<Self> {
+        if is_null {
+            None
+        } else {
+            Some(PgLsn(datum.value() as u64))
+        }
+    }
+}
+
+unsafe impl<'fcx> ArgAbi<'fcx> for PgLsn {
+    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        // Only reached for non-null arguments (pgrx checks strictness first).
+        unsafe { arg.unbox_arg_using_from_datum() }.unwrap_or(PgLsn(0))
+    }
+
+    unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
+        unsafe { arg.unbox_arg_using_from_datum() }.into()
+    }
+}
+
+unsafe impl BoxRet for PgLsn {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
+        unsafe { fcinfo.return_raw_datum(pg_sys::Datum::from(self.0)) }
+    }
+}
+
+pgrx::impl_sql_translatable!(PgLsn, "pg_lsn");
+
+#[cfg(test)]
+mod tests {
+    use super::PgLsn;
+
+    #[test]
+    fn prints_like_postgres() {
+        assert_eq!(PgLsn(0x0000_0001_0016_B374).to_string(), "1/16B374");
+        assert_eq!(PgLsn(0).to_string(), "0/0");
+    }
+}

@@ -1,0 +1,264 @@
+//! The SQL functions of schema `fpw_pushdown`.
+
+use crate::error::{raise, warn};
+use crate::guard::SlotHealth;
+use crate::lsn::PgLsn;
+use crate::state::{self, FpwDirection, WalBaseline};
+use crate::switch::{self, SwitchOutcome};
+use crate::{autopilot, gucs};
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::prelude::*;
+use std::time::Duration;
+
+/// Seconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_OFFSET_SECS: i64 = 946_684_800;
+
+fn timestamptz_from_unix(secs: u64) -> Option<TimestampWithTimeZone> {
+    let micros = (secs as i64 - PG_EPOCH_OFFSET_SECS).checked_mul(1_000_000)?;
+    TimestampWithTimeZone::try_from(micros).ok()
+}
+
+fn timeout_from(arg: Option<Interval>) -> Duration {
+    let Some(interval) = arg else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "timeout must not be NULL",
+            None,
+            None,
+        );
+    };
+    let micros = interval.as_micros();
+    if micros <= 0 {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "timeout must be a positive interval",
+            Some(&format!("Got {micros} microseconds.")),
+            None,
+        );
+    }
+    Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+}
+
+fn outcome_to_lsn(outcome: SwitchOutcome, direction: FpwDirection) -> Option<PgLsn> {
+    match outcome {
+        SwitchOutcome::AlreadyThere => {
+            pgrx::notice!("full_page_writes is already {}", direction.as_str());
+            None
+        }
+        SwitchOutcome::Switched(change) => Some(PgLsn(change.lsn)),
+    }
+}
+
+/// Turns full_page_writes off, live, and returns the LSN of the XLOG_FPW_CHANGE record.
+/// Refuses unless a redo helper holds the slot within max_helper_lag (or `force`).
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn disable_full_page_writes(
+    force: default!(Option<bool>, false),
+    timeout: default!(Option<Interval>, "'30s'"),
+) -> Option<PgLsn> {
+    let Some(force) = force else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "force must not be NULL",
+            None,
+            None,
+        );
+    };
+    let timeout = timeout_from(timeout);
+    switch::check_switch_possible();
+    if !switch::full_page_writes_now() {
+        return outcome_to_lsn(SwitchOutcome::AlreadyThere, FpwDirection::Off);
+    }
+    let problem = SlotHealth::read().check(gucs::max_helper_lag_bytes()).err();
+    if let Some(why) = &problem {
+        if force {
+            warn(
+                &format!(
+                    "full_page_writes is being turned off without a healthy redo helper: {why}"
+                ),
+                Some(
+                    "Torn pages after a crash cannot be repaired from the helper, and the WAL it misses is not protected by full page images. The autopilot does not undo a forced switch; turn full_page_writes back on with fpw_pushdown.enable_full_page_writes().",
+                ),
+            );
+        } else {
+            raise(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                &format!("cannot turn full_page_writes off: {why}"),
+                Some(
+                    "full_page_writes may only be off while the redo helper holds the slot fpw_pushdown.slot_name within fpw_pushdown.max_helper_lag.",
+                ),
+                Some(
+                    "Start the redo helper, wait for it to catch up, or pass force => true to accept the risk.",
+                ),
+            );
+        }
+    }
+    let forced = force && problem.is_some();
+    let by = switch::calling_role_name();
+    outcome_to_lsn(
+        switch::switch_full_page_writes(FpwDirection::Off, timeout, &by, forced),
+        FpwDirection::Off,
+    )
+}
+
+/// Turns full_page_writes on, live, and returns the LSN of the XLOG_FPW_CHANGE record.
+/// Never refused for guard reasons.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn enable_full_page_writes(timeout: default!(Option<Interval>, "'30s'")) -> Option<PgLsn> {
+    let timeout = timeout_from(timeout);
+    let by = switch::calling_role_name();
+    outcome_to_lsn(
+        switch::switch_full_page_writes(FpwDirection::On, timeout, &by, false),
+        FpwDirection::On,
+    )
+}
+
+/// One row: the switch, the slot, the autopilot.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)]
+fn status() -> TableIterator<
+    'static,
+    (
+        name!(full_page_writes, bool),
+        name!(last_switch_lsn, Option<PgLsn>),
+        name!(last_switch_direction, Option<String>),
+        name!(last_switch_by, Option<String>),
+        name!(last_switch_at, Option<TimestampWithTimeZone>),
+        name!(slot_name, String),
+        name!(slot_active, bool),
+        name!(slot_lag_bytes, Option<i64>),
+        name!(helper_healthy, bool),
+        name!(helper_problem, Option<String>),
+        name!(autopilot, String),
+        name!(autopilot_last_action, Option<String>),
+    ),
+> {
+    let st = state::load().unwrap_or_else(|e| {
+        pgrx::warning!("fpw_pushdown: cannot read the state file: {e}");
+        state::ExtensionState::default()
+    });
+    let health = SlotHealth::read();
+    let problem = health
+        .check(gucs::max_helper_lag_bytes())
+        .err()
+        .map(|p| p.to_string());
+    TableIterator::once((
+        switch::full_page_writes_now(),
+        st.last_switch_lsn.map(PgLsn),
+        st.last_switch_direction.map(|d| d.as_str().to_string()),
+        st.last_switch_by.clone(),
+        st.last_switch_at_unix.and_then(timestamptz_from_unix),
+        health.slot_name.clone(),
+        health.active,
+        health.lag_bytes,
+        problem.is_none(),
+        problem,
+        autopilot::describe_state(),
+        st.autopilot_last_action.clone(),
+    ))
+}
+
+/// Current WAL counters of the cluster (pg_stat_wal) and transactions (pg_stat_database).
+fn read_wal_counters() -> (WalBaseline, Option<TimestampWithTimeZone>) {
+    let row = Spi::connect(|client| {
+        let t = client.select(
+            "SELECT w.wal_records, w.wal_fpi, w.wal_bytes::int8, w.stats_reset,
+                    (SELECT coalesce(sum(xact_commit + xact_rollback), 0)::int8 FROM pg_catalog.pg_stat_database)
+               FROM pg_catalog.pg_stat_wal w",
+            Some(1),
+            &[],
+        )?;
+        let r = t.first();
+        Ok::<_, pgrx::spi::Error>((
+            r.get::<i64>(1)?.unwrap_or(0),
+            r.get::<i64>(2)?.unwrap_or(0),
+            r.get::<i64>(3)?.unwrap_or(0),
+            r.get::<TimestampWithTimeZone>(4)?,
+            r.get::<i64>(5)?.unwrap_or(0),
+        ))
+    });
+    match row {
+        Ok((records, fpi, bytes, reset, transactions)) => (
+            WalBaseline {
+                records,
+                fpi,
+                bytes,
+                transactions,
+                at_unix: state::now_unix(),
+            },
+            reset,
+        ),
+        Err(e) => pgrx::error!("fpw_pushdown: could not read pg_stat_wal: {e}"),
+    }
+}
+
+/// WAL written since `reset_wal_stats()` (or since pg_stat_wal was last reset), and what it
+/// costs per transaction: the number a DBA watches when switching full_page_writes.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)]
+fn wal_stats() -> TableIterator<
+    'static,
+    (
+        name!(wal_records, i64),
+        name!(wal_fpi, i64),
+        name!(wal_bytes, i64),
+        name!(transactions, i64),
+        name!(bytes_per_transaction, Option<f64>),
+        name!(fpi_per_transaction, Option<f64>),
+        name!(fpi_share_of_records, Option<f64>),
+        name!(since, Option<TimestampWithTimeZone>),
+        name!(full_page_writes, bool),
+    ),
+> {
+    let (now, stats_reset) = read_wal_counters();
+    let baseline = state::load().ok().and_then(|s| s.wal_baseline);
+    // A baseline older than a pg_stat_wal reset would give negative deltas: ignore it then.
+    let (delta, since) = match baseline {
+        Some(b)
+            if now.records >= b.records
+                && now.fpi >= b.fpi
+                && now.bytes >= b.bytes
+                && now.transactions >= b.transactions =>
+        {
+            (
+                WalBaseline {
+                    records: now.records - b.records,
+                    fpi: now.fpi - b.fpi,
+                    bytes: now.bytes - b.bytes,
+                    transactions: now.transactions - b.transactions,
+                    at_unix: b.at_unix,
+                },
+                timestamptz_from_unix(b.at_unix),
+            )
+        }
+        _ => (now, stats_reset),
+    };
+    let per_txn = |x: i64| (delta.transactions > 0).then(|| x as f64 / delta.transactions as f64);
+    TableIterator::once((
+        delta.records,
+        delta.fpi,
+        delta.bytes,
+        delta.transactions,
+        per_txn(delta.bytes),
+        per_txn(delta.fpi),
+        (delta.records > 0).then(|| delta.fpi as f64 / delta.records as f64),
+        since,
+        switch::full_page_writes_now(),
+    ))
+}
+
+/// Starts a new measurement window for wal_stats() without resetting pg_stat_wal itself
+/// (other monitoring may rely on it). Returns the time of the new baseline.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn reset_wal_stats() -> Option<TimestampWithTimeZone> {
+    let (now, _) = read_wal_counters();
+    match state::update(|s| s.wal_baseline = Some(now)) {
+        Ok(_) => timestamptz_from_unix(now.at_unix),
+        Err(e) => pgrx::error!("fpw_pushdown: could not write the state file: {e}"),
+    }
+}

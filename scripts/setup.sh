@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what fpw_pushdown needs on a fresh Debian 12 machine, idempotently and only what
+# is missing: Debian packages, cargo-pgrx 0.18.0, and `cargo pgrx init` for PostgreSQL 15.
+set -euo pipefail
+
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+PGRX_VERSION=0.18.0
+packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo
+    procps time pkg-config)
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+    echo "setup: Debian packages present"
+fi
+
+# The Debian package starts a default cluster on 5432; tests never use it, but it costs memory.
+if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q '^15 *main .* online'; then
+    as_root pg_ctlcluster 15 main stop || true
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "setup: cargo not found; install Rust (rustup) first" >&2
+    exit 1
+fi
+if [ "$(cargo pgrx --version 2>/dev/null | awk '{print $2}')" != "$PGRX_VERSION" ]; then
+    echo "setup: installing cargo-pgrx $PGRX_VERSION"
+    cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+else
+    echo "setup: cargo-pgrx $PGRX_VERSION present"
+fi
+
+pgrx_home=${PGRX_HOME:-$HOME/.pgrx}
+if ! grep -qs "^pg15 = \"$PG_CONFIG\"" "$pgrx_home/config.toml"; then
+    echo "setup: cargo pgrx init --pg15 $PG_CONFIG"
+    cargo pgrx init --pg15 "$PG_CONFIG"
+else
+    echo "setup: cargo pgrx already initialised for $PG_CONFIG"
+fi
