@@ -60,9 +60,11 @@ pub fn register() {
     GucRegistry::define_string_guc(
         c"fpw_pushdown.autopilot_database",
         c"Database the autopilot worker connects to.",
-        c"It only reads cluster-wide views (pg_replication_slots); changing it needs a restart.",
+        c"It only reads cluster-wide views (pg_replication_slots); read when the worker starts.",
         &AUTOPILOT_DATABASE,
-        GucContext::Postmaster,
+        // Not PGC_POSTMASTER: defining such a variable outside shared_preload_libraries is
+        // FATAL for the session that loads the library.
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
