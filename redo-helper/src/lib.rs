@@ -5,3 +5,4 @@
 //! serves pages. See `shared/design.md` and the README for the architecture.
 
 pub mod wal;
+pub mod waldump;

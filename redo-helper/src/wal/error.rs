@@ -29,7 +29,9 @@ pub enum EndOfWalReason {
 impl std::fmt::Display for EndOfWalReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            EndOfWalReason::ZeroRecordLength => write!(f, "invalid record length: wanted 24, got 0"),
+            EndOfWalReason::ZeroRecordLength => {
+                write!(f, "invalid record length: wanted 24, got 0")
+            }
             EndOfWalReason::ZeroedPage => write!(f, "page is zeroed (invalid magic number 0000)"),
             EndOfWalReason::RecycledPage { page_addr } => {
                 write!(f, "unexpected pageaddr {page_addr} (recycled segment)")
@@ -80,7 +82,9 @@ pub enum WalError {
     #[error("WAL page at {lsn} has segment size {found} in its header, expected {expected}")]
     SegmentSizeMismatch { lsn: Lsn, expected: u32, found: u32 },
 
-    #[error("WAL page at {lsn} has invalid segment size {found} (must be a power of two between 1 MB and 1 GB)")]
+    #[error(
+        "WAL page at {lsn} has invalid segment size {found} (must be a power of two between 1 MB and 1 GB)"
+    )]
     InvalidSegmentSize { lsn: Lsn, found: u32 },
 
     #[error("WAL page at {lsn} has XLOG_BLCKSZ {found} in its header, expected 8192")]
@@ -95,13 +99,17 @@ pub enum WalError {
     #[error("out-of-sequence timeline ID {found} (after {previous}) in WAL page at {lsn}")]
     TimelineOutOfSequence { lsn: Lsn, previous: u32, found: u32 },
 
-    #[error("contrecord is requested by {lsn}: the page starts with the continuation of a record we did not read")]
+    #[error(
+        "contrecord is requested by {lsn}: the page starts with the continuation of a record we did not read"
+    )]
     UnexpectedContrecord { lsn: Lsn },
 
     #[error("there is no contrecord flag at {lsn} (record at {record_lsn} continues there)")]
     MissingContrecord { lsn: Lsn, record_lsn: Lsn },
 
-    #[error("invalid contrecord length {found} (expected {expected}) at {lsn} for record at {record_lsn}")]
+    #[error(
+        "invalid contrecord length {found} (expected {expected}) at {lsn} for record at {record_lsn}"
+    )]
     ContrecordLengthMismatch {
         lsn: Lsn,
         record_lsn: Lsn,
@@ -121,14 +129,24 @@ pub enum WalError {
     #[error("record with incorrect prev-link {found} at {lsn} (expected {expected})")]
     IncorrectPrevLink { lsn: Lsn, expected: Lsn, found: Lsn },
 
-    #[error("incorrect resource manager data checksum in record at {lsn}: stored {stored:08X}, computed {computed:08X}")]
-    CrcMismatch { lsn: Lsn, stored: u32, computed: u32 },
+    #[error(
+        "incorrect resource manager data checksum in record at {lsn}: stored {stored:08X}, computed {computed:08X}"
+    )]
+    CrcMismatch {
+        lsn: Lsn,
+        stored: u32,
+        computed: u32,
+    },
 
     #[error("malformed record at {lsn}: {what}")]
     MalformedRecord { lsn: Lsn, what: String },
 
     #[error("could not restore image of block {block_id} in record at {lsn}: {what}")]
-    BadImage { lsn: Lsn, block_id: u8, what: String },
+    BadImage {
+        lsn: Lsn,
+        block_id: u8,
+        what: String,
+    },
 
     #[error("could not decompress image of block {block_id} ({method}) in record at {lsn}: {what}")]
     Decompression {

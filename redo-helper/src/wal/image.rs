@@ -42,10 +42,14 @@ pub fn decompress_exact(
     let got = match method {
         // check_complete = true: both input and output must be fully consumed, as
         // PostgreSQL's pglz_decompress(..., true).
-        CompressionMethod::Pglz => pglz::decompress_into(src, dst, true)
-            .ok_or_else(|| fail(format!("invalid pglz data or output size differs from {want}")))?,
-        CompressionMethod::Lz4 => lz4_flex::block::decompress_into(src, dst)
-            .map_err(|e| fail(format!("lz4: {e}")))?,
+        CompressionMethod::Pglz => pglz::decompress_into(src, dst, true).ok_or_else(|| {
+            fail(format!(
+                "invalid pglz data or output size differs from {want}"
+            ))
+        })?,
+        CompressionMethod::Lz4 => {
+            lz4_flex::block::decompress_into(src, dst).map_err(|e| fail(format!("lz4: {e}")))?
+        }
         CompressionMethod::Zstd => ZSTD.with(|cell| {
             let mut slot = cell.borrow_mut();
             if slot.is_none() {
@@ -63,7 +67,9 @@ pub fn decompress_exact(
         })?,
     };
     if got != want {
-        return Err(fail(format!("decompressed to {got} bytes, expected {want}")));
+        return Err(fail(format!(
+            "decompressed to {got} bytes, expected {want}"
+        )));
     }
     Ok(())
 }
@@ -104,7 +110,10 @@ pub fn restore_image(
                 return Err(bad(
                     lsn,
                     block_id,
-                    format!("uncompressed image of {} bytes with hole of {hole_length}", raw.len()),
+                    format!(
+                        "uncompressed image of {} bytes with hole of {hole_length}",
+                        raw.len()
+                    ),
                 ));
             }
             raw
@@ -114,7 +123,10 @@ pub fn restore_image(
         return Err(bad(
             lsn,
             block_id,
-            format!("hole offset {hole_offset} beyond image of {} bytes", data.len()),
+            format!(
+                "hole offset {hole_offset} beyond image of {} bytes",
+                data.len()
+            ),
         ));
     }
     page[..hole_offset].copy_from_slice(&data[..hole_offset]);
@@ -164,9 +176,15 @@ mod tests {
         let p = sample_page();
         let stored = without_hole(&p);
         let cases: Vec<(u8, Vec<u8>)> = vec![
-            (BKPIMAGE_COMPRESS_PGLZ, pglz::compress(&stored, &pglz::Strategy::ALWAYS).unwrap()),
+            (
+                BKPIMAGE_COMPRESS_PGLZ,
+                pglz::compress(&stored, &pglz::Strategy::ALWAYS).unwrap(),
+            ),
             (BKPIMAGE_COMPRESS_LZ4, lz4_flex::block::compress(&stored)),
-            (BKPIMAGE_COMPRESS_ZSTD, zstd::bulk::compress(&stored, 1).unwrap()),
+            (
+                BKPIMAGE_COMPRESS_ZSTD,
+                zstd::bulk::compress(&stored, 1).unwrap(),
+            ),
         ];
         for (flag, comp) in cases {
             let hdr = BlockImageHeader {
@@ -186,9 +204,21 @@ mod tests {
         // 256 KB of zeros compresses to a few hundred bytes; the output must stay bounded.
         let big = vec![0u8; 256 << 10];
         let cases: Vec<(u8, CompressionMethod, Vec<u8>)> = vec![
-            (BKPIMAGE_COMPRESS_LZ4, CompressionMethod::Lz4, lz4_flex::block::compress(&big)),
-            (BKPIMAGE_COMPRESS_ZSTD, CompressionMethod::Zstd, zstd::bulk::compress(&big, 1).unwrap()),
-            (BKPIMAGE_COMPRESS_PGLZ, CompressionMethod::Pglz, pglz::compress(&big, &pglz::Strategy::ALWAYS).unwrap()),
+            (
+                BKPIMAGE_COMPRESS_LZ4,
+                CompressionMethod::Lz4,
+                lz4_flex::block::compress(&big),
+            ),
+            (
+                BKPIMAGE_COMPRESS_ZSTD,
+                CompressionMethod::Zstd,
+                zstd::bulk::compress(&big, 1).unwrap(),
+            ),
+            (
+                BKPIMAGE_COMPRESS_PGLZ,
+                CompressionMethod::Pglz,
+                pglz::compress(&big, &pglz::Strategy::ALWAYS).unwrap(),
+            ),
         ];
         for (flag, method, comp) in cases {
             assert!(comp.len() < BLCKSZ);
@@ -201,7 +231,12 @@ mod tests {
             let mut out = [0u8; BLCKSZ];
             let err = restore_image(Lsn(7), 3, &hdr, &comp, &mut out).unwrap_err();
             match err {
-                WalError::Decompression { lsn, block_id, method: m, .. } => {
+                WalError::Decompression {
+                    lsn,
+                    block_id,
+                    method: m,
+                    ..
+                } => {
                     assert_eq!((lsn, block_id, m), (Lsn(7), 3, method));
                 }
                 other => panic!("unexpected {other:?}"),
@@ -211,13 +246,27 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for flag in [BKPIMAGE_COMPRESS_PGLZ, BKPIMAGE_COMPRESS_LZ4, BKPIMAGE_COMPRESS_ZSTD] {
+        for flag in [
+            BKPIMAGE_COMPRESS_PGLZ,
+            BKPIMAGE_COMPRESS_LZ4,
+            BKPIMAGE_COMPRESS_ZSTD,
+        ] {
             let junk: Vec<u8> = (0..300u32).map(|i| (i * 37 % 256) as u8).collect();
-            let hdr = BlockImageHeader { length: 300, hole_offset: 0, hole_length: 0, info: flag };
+            let hdr = BlockImageHeader {
+                length: 300,
+                hole_offset: 0,
+                hole_length: 0,
+                info: flag,
+            };
             let mut out = [0u8; BLCKSZ];
             assert!(restore_image(Lsn(1), 0, &hdr, &junk, &mut out).is_err());
         }
-        let hdr = BlockImageHeader { length: 10, hole_offset: 9000, hole_length: 8182, info: BKPIMAGE_HAS_HOLE };
+        let hdr = BlockImageHeader {
+            length: 10,
+            hole_offset: 9000,
+            hole_length: 8182,
+            info: BKPIMAGE_HAS_HOLE,
+        };
         let mut out = [0u8; BLCKSZ];
         assert!(matches!(
             restore_image(Lsn(1), 0, &hdr, &[0; 10], &mut out),

@@ -257,7 +257,10 @@ impl WalPageHeader {
     /// True when every field is zero: a page that was allocated but never written
     /// (pre-zeroed segment, or the pages an `XLOG_SWITCH` leaves behind).
     pub fn is_zeroed(&self) -> bool {
-        self.magic == 0 && self.info == 0 && self.timeline == 0 && self.page_addr.0 == 0
+        self.magic == 0
+            && self.info == 0
+            && self.timeline == 0
+            && self.page_addr.0 == 0
             && self.rem_len == 0
     }
 }
@@ -286,8 +289,14 @@ mod tests {
             parse_segment_file_name("000000020000000100000000", seg),
             Some((2, 256))
         );
-        assert_eq!(parse_segment_file_name("000000020000000100000100", seg), None);
-        assert_eq!(parse_segment_file_name("00000002000000010000000", seg), None);
+        assert_eq!(
+            parse_segment_file_name("000000020000000100000100", seg),
+            None
+        );
+        assert_eq!(
+            parse_segment_file_name("00000002000000010000000", seg),
+            None
+        );
         assert_eq!(Lsn(0x1510AE0).segment_no(seg), 1);
         assert_eq!(Lsn(0x1510AE0).segment_start(seg), Lsn(0x1000000));
     }

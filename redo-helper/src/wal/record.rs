@@ -247,7 +247,10 @@ pub(crate) fn decode_body(rec: &mut DecodedRecord) -> Result<(), WalError> {
                 pos += 3;
                 let has_data = fork_flags & BKPBLOCK_HAS_DATA != 0;
                 if has_data && data_len == 0 {
-                    return Err(malformed(lsn, "BKPBLOCK_HAS_DATA set, but no data included"));
+                    return Err(malformed(
+                        lsn,
+                        "BKPBLOCK_HAS_DATA set, but no data included",
+                    ));
                 }
                 if !has_data && data_len != 0 {
                     return Err(malformed(
@@ -257,7 +260,10 @@ pub(crate) fn decode_body(rec: &mut DecodedRecord) -> Result<(), WalError> {
                 }
                 let fork = fork_flags & BKPBLOCK_FORK_MASK;
                 if fork > ForkNumber::MAX {
-                    return Err(malformed(lsn, format!("invalid fork number {fork} in block {id}")));
+                    return Err(malformed(
+                        lsn,
+                        format!("invalid fork number {fork} in block {id}"),
+                    ));
                 }
                 datatotal += data_len as u64;
                 let mut image = None;
@@ -289,7 +295,9 @@ pub(crate) fn decode_body(rec: &mut DecodedRecord) -> Result<(), WalError> {
                     }
                     datatotal += length as u64;
                     if hdr.has_hole()
-                        && (hdr.hole_offset == 0 || hdr.hole_length == 0 || length as usize == BLCKSZ)
+                        && (hdr.hole_offset == 0
+                            || hdr.hole_length == 0
+                            || length as usize == BLCKSZ)
                     {
                         return Err(malformed(
                             lsn,
@@ -311,7 +319,9 @@ pub(crate) fn decode_body(rec: &mut DecodedRecord) -> Result<(), WalError> {
                     if hdr.is_compressed() && length as usize == BLCKSZ {
                         return Err(malformed(
                             lsn,
-                            format!("BKPIMAGE_COMPRESSED set, but block image length {length} (block {id})"),
+                            format!(
+                                "BKPIMAGE_COMPRESSED set, but block image length {length} (block {id})"
+                            ),
                         ));
                     }
                     if !hdr.has_hole() && !hdr.is_compressed() && length as usize != BLCKSZ {
@@ -333,7 +343,9 @@ pub(crate) fn decode_body(rec: &mut DecodedRecord) -> Result<(), WalError> {
                     last_rel = Some(r);
                     r
                 } else {
-                    last_rel.ok_or_else(|| malformed(lsn, "BKPBLOCK_SAME_REL set but no previous rel"))?
+                    last_rel.ok_or_else(|| {
+                        malformed(lsn, "BKPBLOCK_SAME_REL set but no previous rel")
+                    })?
                 };
                 if total - pos < 4 {
                     return Err(short("block number"));
@@ -446,18 +458,33 @@ pub(crate) mod tests {
         let mut body = vec![1u8, 0, 0, 0];
         body.extend_from_slice(&[0; 16]);
         body.extend_from_slice(&[0u8, BKPBLOCK_SAME_REL, 0, 0, 0, 0, 0, 0]);
-        assert!(matches!(decode(build_record(10, 0, 1, Lsn(0), &body)), Err(WalError::MalformedRecord { .. })));
+        assert!(matches!(
+            decode(build_record(10, 0, 1, Lsn(0), &body)),
+            Err(WalError::MalformedRecord { .. })
+        ));
         // SAME_REL without a previous rel.
         let body = vec![0u8, BKPBLOCK_SAME_REL, 0, 0, 0, 0, 0, 0];
-        assert!(matches!(decode(build_record(10, 0, 1, Lsn(0), &body)), Err(WalError::MalformedRecord { .. })));
+        assert!(matches!(
+            decode(build_record(10, 0, 1, Lsn(0), &body)),
+            Err(WalError::MalformedRecord { .. })
+        ));
         // Main data longer than the record.
         let body = vec![XLR_BLOCK_ID_DATA_SHORT, 10, 1];
-        assert!(matches!(decode(build_record(10, 0, 1, Lsn(0), &body)), Err(WalError::MalformedRecord { .. })));
+        assert!(matches!(
+            decode(build_record(10, 0, 1, Lsn(0), &body)),
+            Err(WalError::MalformedRecord { .. })
+        ));
         // Invalid block id.
         let body = vec![100u8, 0, 0, 0];
-        assert!(matches!(decode(build_record(10, 0, 1, Lsn(0), &body)), Err(WalError::MalformedRecord { .. })));
+        assert!(matches!(
+            decode(build_record(10, 0, 1, Lsn(0), &body)),
+            Err(WalError::MalformedRecord { .. })
+        ));
         // HAS_DATA with zero length.
         let body = vec![0u8, BKPBLOCK_HAS_DATA, 0, 0];
-        assert!(matches!(decode(build_record(10, 0, 1, Lsn(0), &body)), Err(WalError::MalformedRecord { .. })));
+        assert!(matches!(
+            decode(build_record(10, 0, 1, Lsn(0), &body)),
+            Err(WalError::MalformedRecord { .. })
+        ));
     }
 }

@@ -1,0 +1,141 @@
+//! Base page images: the relation files of the bootstrap BASE_BACKUP, kept with PostgreSQL's
+//! own naming (`REL`, `REL_fsm`, `REL_vm`, `REL_init`, `.N` for each 1 GB segment) under
+//! `DATA_DIR/base/SPC/DB/`. A page of block b lives in segment b / RELSEG_SIZE.
+
+use crate::wal::block::{ForkNumber, PageKey};
+use crate::wal::page::BLCKSZ;
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Blocks per 1 GB relation segment (`RELSEG_SIZE` with 8 KB blocks).
+pub const RELSEG_SIZE: u32 = 131_072;
+
+/// A relation file name: relfilenode, fork and segment number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelationFileName {
+    pub rel_number: u32,
+    pub fork: ForkNumber,
+    pub segment: u32,
+}
+
+impl RelationFileName {
+    /// Parses `16384`, `16384_vm`, `16384.2`, `16384_fsm.1`; anything else is not relation data.
+    pub fn parse(name: &str) -> Option<RelationFileName> {
+        let (stem, segment) = match name.split_once('.') {
+            Some((s, seg)) if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) => (s, seg.parse().ok()?),
+            Some(_) => return None,
+            None => (name, 0),
+        };
+        let (rel, fork) = match stem.split_once('_') {
+            Some((r, f)) => (r, ForkNumber::parse(f).filter(|f| f.0 != 0)?),
+            None => (stem, ForkNumber(0)),
+        };
+        if rel.is_empty() || !rel.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(RelationFileName { rel_number: rel.parse().ok()?, fork, segment })
+    }
+
+    pub fn file_name(&self) -> String {
+        let fork = match self.fork.0 {
+            0 => String::new(),
+            _ => format!("_{}", self.fork.name()),
+        };
+        let seg = if self.segment == 0 { String::new() } else { format!(".{}", self.segment) };
+        format!("{}{fork}{seg}", self.rel_number)
+    }
+}
+
+/// The base file store; cheap to clone (shares the list of directories to fsync).
+#[derive(Clone)]
+pub struct BaseFiles {
+    root: PathBuf,
+    dirs: Arc<Mutex<BTreeSet<PathBuf>>>,
+}
+
+impl BaseFiles {
+    pub fn new(root: PathBuf) -> BaseFiles {
+        BaseFiles { root, dirs: Arc::new(Mutex::new(BTreeSet::new())) }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn relation_path(&self, spc: u32, db: u32, file: &RelationFileName) -> PathBuf {
+        self.root.join(spc.to_string()).join(db.to_string()).join(file.file_name())
+    }
+
+    /// Where the page of `key` lives, and its byte offset in that file.
+    pub fn page_location(&self, key: &PageKey) -> (PathBuf, u64) {
+        let file = RelationFileName { rel_number: key.rel.rel_number, fork: key.fork, segment: key.block / RELSEG_SIZE };
+        let offset = u64::from(key.block % RELSEG_SIZE) * BLCKSZ as u64;
+        (self.relation_path(key.rel.spc_oid, key.rel.db_oid, &file), offset)
+    }
+
+    /// The base image of a page, or None if the backup did not have it.
+    pub fn read_page(&self, key: &PageKey) -> io::Result<Option<Vec<u8>>> {
+        let (path, offset) = self.page_location(key);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut page = vec![0u8; BLCKSZ];
+        match file.read_exact_at(&mut page, offset) {
+            Ok(()) => Ok(Some(page)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Copies `src` to `dest` and fsyncs the file; the directory is synced by `sync_all`.
+    pub fn write_file(&self, dest: &Path, src: &mut impl Read) -> io::Result<u64> {
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir)?;
+        let mut f = File::create(dest)?;
+        let n = io::copy(src, &mut f)?;
+        f.flush()?;
+        f.sync_all()?;
+        if let Ok(mut dirs) = self.dirs.lock() {
+            let mut d = dir.as_path();
+            // The file's directory and every parent up to the root.
+            while d.starts_with(&self.root) {
+                dirs.insert(d.to_path_buf());
+                match d.parent() {
+                    Some(p) => d = p,
+                    None => break,
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// fsync every directory a file was written into.
+    pub fn sync_all(&self) -> io::Result<()> {
+        let dirs = self.dirs.lock().map(|d| d.clone()).unwrap_or_default();
+        for d in dirs {
+            super::sync_dir(&d)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relation_file_names() {
+        for name in ["16384", "16384_fsm", "16384_vm.3", "1259_init", "2.1"] {
+            assert_eq!(RelationFileName::parse(name).unwrap().file_name(), name);
+        }
+        for bad in ["pg_filenode.map", "PG_VERSION", "16384_xx", "16384.", "_vm", "12a", "16384_main"] {
+            assert!(RelationFileName::parse(bad).is_none(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! `helper.json`: which cluster this data directory follows, and where its bootstrap stands.
+
+use super::write_atomic;
+use crate::wal::page::Lsn;
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelperMeta {
+    pub system_identifier: u64,
+    pub timeline: u32,
+    pub segment_size: u32,
+    pub slot: String,
+    /// BASE_BACKUP start: WAL is archived and decoded from here.
+    pub backup_start_lsn: String,
+    /// BASE_BACKUP end: base pages are consistent once WAL up to here is ingested.
+    pub backup_end_lsn: String,
+    pub created_unix: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("reading {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is damaged: {reason}")]
+    Damaged { path: PathBuf, reason: String },
+}
+
+impl HelperMeta {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("helper.json")
+    }
+
+    /// None when the directory has not been bootstrapped yet.
+    pub fn load(dir: &Path) -> Result<Option<HelperMeta>, MetaError> {
+        let path = Self::path(dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(MetaError::Io { path, source }),
+        };
+        let meta: HelperMeta = serde_json::from_str(&text).map_err(|e| MetaError::Damaged { path: path.clone(), reason: e.to_string() })?;
+        for s in [&meta.backup_start_lsn, &meta.backup_end_lsn] {
+            s.parse::<Lsn>().map_err(|e| MetaError::Damaged { path: path.clone(), reason: e.to_string() })?;
+        }
+        Ok(Some(meta))
+    }
+
+    pub fn store(&self, dir: &Path) -> Result<(), MetaError> {
+        let path = Self::path(dir);
+        let text = serde_json::to_string_pretty(self).map_err(|e| MetaError::Damaged { path: path.clone(), reason: e.to_string() })?;
+        write_atomic(&path, text.as_bytes()).map_err(|source| MetaError::Io { path, source })
+    }
+
+    pub fn start_lsn(&self) -> Lsn {
+        self.backup_start_lsn.parse().unwrap_or_default()
+    }
+
+    pub fn end_lsn(&self) -> Lsn {
+        self.backup_end_lsn.parse().unwrap_or_default()
+    }
+}

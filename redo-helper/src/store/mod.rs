@@ -1,0 +1,40 @@
+//! The helper's durable state in its data directory:
+//!
+//! ```text
+//! DATA_DIR/
+//!   helper.lock          one running helper per data directory (advisory lock)
+//!   helper.json          cluster identity + bootstrap positions (HelperMeta)
+//!   base/SPC/DB/REL...   relation files from BASE_BACKUP (base page images)
+//!   wal/                 WAL archive: segment files as in pg_wal, plus `flushed`
+//! ```
+//!
+//! The page index is in memory and rebuilt from the archive at start-up, so it never holds a
+//! record the archive does not durably have.
+
+pub mod archive;
+pub mod base;
+pub mod index;
+pub mod lock;
+pub mod meta;
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+/// fsync a directory, so a created or renamed entry in it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or_else(|| Path::new(".")))
+}

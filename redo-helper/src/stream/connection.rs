@@ -1,0 +1,343 @@
+//! A PostgreSQL frontend connection in replication mode, on `postgres-protocol` messages:
+//! startup with `replication=true`, cleartext / MD5 / SCRAM-SHA-256 authentication, simple
+//! queries, and raw message access for COPY streams. `postgres-protocol` 0.6 does not know
+//! `CopyBothResponse` ('W', the reply to START_REPLICATION), so framing is checked here and
+//! that one message is recognised before the crate's parser sees it.
+
+use super::conninfo::ConnInfo;
+use bytes::{Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::{backend::Message, frontend};
+use std::fmt;
+use std::io;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest backend message accepted (PostgreSQL's own limit for a CopyData is 1 GB).
+const MAX_MESSAGE_LEN: usize = 1 << 30;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An ErrorResponse from the server.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServerError {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " (detail: {d})")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {h})")?;
+        }
+        Ok(())
+    }
+}
+
+impl ServerError {
+    fn from_fields(mut fields: impl FallibleIterator<Item = (u8, String), Error = io::Error>) -> ServerError {
+        let mut e = ServerError::default();
+        while let Ok(Some((t, v))) = fields.next() {
+            match t {
+                b'V' => e.severity = v,
+                b'S' if e.severity.is_empty() => e.severity = v,
+                b'C' => e.code = v,
+                b'M' => e.message = v,
+                b'D' => e.detail = Some(v),
+                b'H' => e.hint = Some(v),
+                _ => {}
+            }
+        }
+        e
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("cannot connect to {target}: {source}")]
+    Connect { target: String, source: io::Error },
+    #[error("connection to {target} failed: {source}")]
+    Io { target: String, source: io::Error },
+    #[error("connection to {target} closed by the server")]
+    Closed { target: String },
+    #[error("{target}: {error}")]
+    Server { target: String, error: ServerError },
+    #[error("authentication to {target} failed: {reason}")]
+    Auth { target: String, reason: String },
+    #[error("protocol violation from {target}: {reason}")]
+    Protocol { target: String, reason: String },
+}
+
+impl ConnectionError {
+    /// SQLSTATE of a server error, if this is one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            ConnectionError::Server { error, .. } => Some(error.code.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Errors that retrying cannot fix (bad credentials, missing privilege, misconfiguration).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ConnectionError::Auth { .. } => true,
+            ConnectionError::Server { error, .. } => {
+                // 28xxx invalid authorization, 42501 insufficient privilege,
+                // 55000 object not in prerequisite state (e.g. wal_level=minimal).
+                error.code.starts_with("28") || error.code == "42501" || error.code == "55000"
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What the connection read next.
+pub enum BackendMessage {
+    Message(Message),
+    /// 'W': the server switched to COPY BOTH (after START_REPLICATION).
+    CopyBothResponse,
+}
+
+/// One result set of a simple query, all values as text.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ResultSet {
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl ResultSet {
+    pub fn value(&self, row: usize, col: usize) -> Option<&str> {
+        self.rows.get(row).and_then(|r| r.get(col)).and_then(|v| v.as_deref())
+    }
+}
+
+pub struct PgConnection {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    target: String,
+}
+
+pub type Result<T> = std::result::Result<T, ConnectionError>;
+
+pub fn decode_data_row(body: &postgres_protocol::message::backend::DataRowBody) -> io::Result<Vec<Option<String>>> {
+    let buf = body.buffer();
+    body.ranges()
+        .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned())))
+        .collect()
+}
+
+impl PgConnection {
+    /// Connects and authenticates as a physical replication client (`replication=true`).
+    pub async fn connect_replication(info: &ConnInfo) -> Result<PgConnection> {
+        let target = format!("{}:{}", info.host, info.port);
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((info.host.as_str(), info.port)))
+            .await
+            .map_err(|_| ConnectionError::Connect {
+                target: target.clone(),
+                source: io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+            })?
+            .map_err(|source| ConnectionError::Connect { target: target.clone(), source })?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = PgConnection { stream, rbuf: BytesMut::with_capacity(1 << 16), wbuf: BytesMut::new(), target };
+        let params = [
+            ("user", info.user.as_str()),
+            ("replication", "true"),
+            ("application_name", info.application_name.as_str()),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut conn.wbuf).map_err(|e| conn.io(e))?;
+        conn.flush().await?;
+        conn.authenticate(info).await?;
+        Ok(conn)
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    fn io(&self, source: io::Error) -> ConnectionError {
+        ConnectionError::Io { target: self.target.clone(), source }
+    }
+
+    pub(crate) fn protocol(&self, reason: impl Into<String>) -> ConnectionError {
+        ConnectionError::Protocol { target: self.target.clone(), reason: reason.into() }
+    }
+
+    pub(crate) fn server_error(&self, body: &postgres_protocol::message::backend::ErrorResponseBody) -> ConnectionError {
+        let fields = body.fields().map(|f| Ok((f.type_(), String::from_utf8_lossy(f.value_bytes()).into_owned())));
+        ConnectionError::Server { target: self.target.clone(), error: ServerError::from_fields(fields) }
+    }
+
+    fn auth(&self, reason: impl Into<String>) -> ConnectionError {
+        ConnectionError::Auth { target: self.target.clone(), reason: reason.into() }
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let buf = self.wbuf.split();
+        self.stream.write_all(&buf).await.map_err(|e| self.io(e))?;
+        self.stream.flush().await.map_err(|e| self.io(e))
+    }
+
+    async fn authenticate(&mut self, info: &ConnInfo) -> Result<()> {
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let msg = match self.read_message().await? {
+                BackendMessage::Message(m) => m,
+                BackendMessage::CopyBothResponse => return Err(self.protocol("CopyBothResponse during startup")),
+            };
+            let need_password = || {
+                info.password
+                    .as_deref()
+                    .map(str::as_bytes)
+                    .ok_or_else(|| self.auth("the server asks for a password but none was given (password= in the connection string, or PGPASSWORD)"))
+            };
+            match msg {
+                Message::AuthenticationOk => {}
+                Message::AuthenticationCleartextPassword => {
+                    let pw = need_password()?;
+                    frontend::password_message(pw, &mut self.wbuf).map_err(|e| self.io(e))?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let hash = md5_hash(info.user.as_bytes(), need_password()?, body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.wbuf).map_err(|e| self.io(e))?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let mut mechanisms = body.mechanisms();
+                    let mut scram_offered = false;
+                    while let Some(m) = mechanisms.next().map_err(|e| self.io(e))? {
+                        scram_offered |= m == SCRAM_SHA_256;
+                    }
+                    if !scram_offered {
+                        return Err(self.auth("the server offers no SASL mechanism this client supports (SCRAM-SHA-256)"));
+                    }
+                    let s = ScramSha256::new(need_password()?, ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.wbuf).map_err(|e| self.io(e))?;
+                    self.flush().await?;
+                    scram = Some(s);
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let Some(s) = scram.as_mut() else {
+                        return Err(self.protocol("SASL continue without SASL start"));
+                    };
+                    s.update(body.data()).map_err(|e| self.auth(format!("SCRAM: {e}")))?;
+                    let reply = s.message().to_vec();
+                    frontend::sasl_response(&reply, &mut self.wbuf).map_err(|e| self.io(e))?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let Some(s) = scram.as_mut() else {
+                        return Err(self.protocol("SASL final without SASL start"));
+                    };
+                    s.finish(body.data()).map_err(|e| self.auth(format!("SCRAM server signature: {e}")))?;
+                }
+                Message::ErrorResponse(body) => return Err(self.server_error(&body)),
+                Message::ReadyForQuery(_) => return Ok(()),
+                Message::ParameterStatus(_) | Message::BackendKeyData(_) | Message::NoticeResponse(_) => {}
+                Message::AuthenticationGss
+                | Message::AuthenticationKerberosV5
+                | Message::AuthenticationSspi
+                | Message::AuthenticationScmCredential
+                | Message::AuthenticationGssContinue(_) => {
+                    return Err(self.auth("the server asks for an authentication method this client does not support (GSS/SSPI/Kerberos)"));
+                }
+                _ => return Err(self.protocol("unexpected message during authentication")),
+            }
+        }
+    }
+
+    /// Reads the next complete backend message.
+    pub async fn read_message(&mut self) -> Result<BackendMessage> {
+        loop {
+            if self.rbuf.len() >= 5 {
+                let tag = self.rbuf[0];
+                let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
+                if !(4..=MAX_MESSAGE_LEN).contains(&len) {
+                    return Err(self.protocol(format!("message '{}' with invalid length {len}", tag as char)));
+                }
+                if self.rbuf.len() > len {
+                    if tag == b'W' {
+                        let _ = self.rbuf.split_to(len + 1);
+                        return Ok(BackendMessage::CopyBothResponse);
+                    }
+                    return match Message::parse(&mut self.rbuf) {
+                        Ok(Some(m)) => Ok(BackendMessage::Message(m)),
+                        Ok(None) => Err(self.protocol("incomplete message after framing check")),
+                        Err(e) => Err(self.protocol(format!("cannot parse message '{}': {e}", tag as char))),
+                    };
+                }
+                self.rbuf.reserve(len + 1 - self.rbuf.len());
+            }
+            let n = self.stream.read_buf(&mut self.rbuf).await.map_err(|e| self.io(e))?;
+            if n == 0 {
+                return Err(ConnectionError::Closed { target: self.target.clone() });
+            }
+        }
+    }
+
+    /// Sends a simple query without waiting for the answer.
+    pub async fn send_query(&mut self, sql: &str) -> Result<()> {
+        frontend::query(sql, &mut self.wbuf).map_err(|e| self.io(e))?;
+        self.flush().await
+    }
+
+    /// Runs a simple query and returns its result sets (replication commands return text).
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<ResultSet>> {
+        self.send_query(sql).await?;
+        let mut sets = Vec::new();
+        let mut current: Option<ResultSet> = None;
+        let mut error = None;
+        loop {
+            match self.read_message().await? {
+                BackendMessage::CopyBothResponse => return Err(self.protocol(format!("unexpected COPY BOTH after {sql:?}"))),
+                BackendMessage::Message(m) => match m {
+                    Message::RowDescription(_) => current = Some(ResultSet::default()),
+                    Message::DataRow(body) => {
+                        let row = decode_data_row(&body).map_err(|e| self.protocol(format!("bad DataRow: {e}")))?;
+                        current.get_or_insert_with(ResultSet::default).rows.push(row);
+                    }
+                    Message::CommandComplete(_) | Message::EmptyQueryResponse => {
+                        if let Some(s) = current.take() {
+                            sets.push(s);
+                        }
+                    }
+                    Message::ErrorResponse(body) => error = Some(self.server_error(&body)),
+                    Message::ReadyForQuery(_) => {
+                        return match error {
+                            Some(e) => Err(e),
+                            None => Ok(sets),
+                        };
+                    }
+                    Message::NoticeResponse(_) | Message::ParameterStatus(_) => {}
+                    _ => return Err(self.protocol(format!("unexpected message in reply to {sql:?}"))),
+                },
+            }
+        }
+    }
+
+    /// Sends one CopyData message.
+    pub async fn send_copy_data(&mut self, data: &[u8]) -> Result<()> {
+        let body = frontend::CopyData::new(Bytes::copy_from_slice(data)).map_err(|e| self.io(e))?;
+        body.write(&mut self.wbuf);
+        self.flush().await
+    }
+
+    pub async fn send_copy_done(&mut self) -> Result<()> {
+        frontend::copy_done(&mut self.wbuf);
+        self.flush().await
+    }
+
+    pub async fn terminate(mut self) {
+        frontend::terminate(&mut self.wbuf);
+        let _ = self.flush().await;
+    }
+}

@@ -1,0 +1,866 @@
+//! Readers: [`WalStreamDecoder`] turns a byte stream (any chunking) into records, and
+//! [`WalFileReader`] feeds it from a directory of segment files.
+//!
+//! The decoder follows `XLogDecodeNextRecord` / `XLogReaderValidatePageHeader`
+//! (`access/transam/xlogreader.c`): every page header is validated (magic, flags, long header
+//! fields, page address, timeline); a record is assembled across page and segment boundaries
+//! with the continuation flag and `xlp_rem_len` checked on every page; the header is checked
+//! (length, rmgr, prev-link) as soon as its 24 bytes are in, and the CRC-32C once the record
+//! is complete. Record bytes are copied as they arrive, so memory grows only with bytes
+//! actually received (records are capped at [`XLOG_RECORD_MAX_SIZE`]).
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::error::{EndOfWalReason, WalError};
+use super::page::*;
+use super::record::*;
+use super::rmgr::{RM_XLOG_ID, RmgrId, XLOG_SWITCH};
+
+/// What the decoder must know about the WAL it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderConfig {
+    /// `wal_segment_size`; long page headers must agree.
+    pub segment_size: u32,
+    /// Expected system identifier. `None`: learnt from the first long page header seen.
+    pub system_identifier: Option<u64>,
+    /// Highest timeline pages may carry (the timeline being read). `None`: not checked
+    /// beyond PostgreSQL's "timeline never goes backwards" rule.
+    pub timeline: Option<u32>,
+}
+
+impl Default for DecoderConfig {
+    fn default() -> Self {
+        DecoderConfig {
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            system_identifier: None,
+            timeline: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Discard input up to `until` without looking at it: padding between records, and the
+    /// unused rest of a segment after `XLOG_SWITCH` (zeroed, not even page headers).
+    SkipRaw { until: Lsn },
+    /// Started on a page boundary inside a record: skip its continuation (as
+    /// `XLogFindNextRecord` does) before the first record.
+    SkipContinuation { remaining: u32 },
+    /// A record starts at `pos`.
+    RecordStart,
+    /// Assembling the record that starts at `start`; `total` is known once 4 bytes are in.
+    InRecord {
+        start: Lsn,
+        total: u32,
+        header_ok: bool,
+    },
+}
+
+/// Streaming WAL decoder: [`push`](Self::push) bytes in any chunking, then call
+/// [`next_record`](Self::next_record) until it returns `Ok(None)` (needs more bytes).
+///
+/// The first byte pushed is at the start LSN given to [`new`](Self::new). If that LSN is
+/// page-aligned, the page header is read and validated and decoding starts with the first
+/// record beginning on or after it; otherwise it must be the exact start of a record.
+///
+/// Errors are sticky: once `next_record` has returned an error (including
+/// [`WalError::EndOfWal`]), it returns the same error again.
+#[derive(Debug)]
+pub struct WalStreamDecoder {
+    cfg: DecoderConfig,
+    buf: Vec<u8>,
+    buf_pos: usize,
+    /// LSN of `buf[buf_pos]`.
+    pos: Lsn,
+    phase: Phase,
+    /// Next page header to read is the first one (the start page).
+    first_page: bool,
+    /// Position of the last record returned (expected `xl_prev` of the next record).
+    prev_lsn: Option<Lsn>,
+    latest_page: Lsn,
+    latest_page_tli: u32,
+    rec: Vec<u8>,
+    failed: Option<WalError>,
+}
+
+impl WalStreamDecoder {
+    /// Creates a decoder whose input starts at `start`.
+    pub fn new(start: Lsn, cfg: DecoderConfig) -> Result<WalStreamDecoder, WalError> {
+        if !is_valid_segment_size(cfg.segment_size) {
+            return Err(WalError::InvalidSegmentSize {
+                lsn: start,
+                found: cfg.segment_size,
+            });
+        }
+        let page_aligned = start.page_offset() == 0;
+        if !page_aligned && (start.0 % 8 != 0 || start.page_offset() < SIZE_OF_SHORT_PAGE_HEADER) {
+            return Err(WalError::InvalidStart {
+                lsn: start,
+                what: "a start that is not page-aligned must be a record start (MAXALIGNed, after the page header)".into(),
+            });
+        }
+        Ok(WalStreamDecoder {
+            cfg,
+            buf: Vec::new(),
+            buf_pos: 0,
+            pos: start,
+            phase: Phase::RecordStart,
+            first_page: page_aligned,
+            prev_lsn: None,
+            latest_page: Lsn(0),
+            latest_page_tli: 0,
+            rec: Vec::new(),
+            failed: None,
+        })
+    }
+
+    /// Like [`new`](Self::new), for a start in the middle of the stream where the previous
+    /// record's position is known: the first record's `xl_prev` is then checked exactly.
+    pub fn new_after(
+        start: Lsn,
+        prev: Lsn,
+        cfg: DecoderConfig,
+    ) -> Result<WalStreamDecoder, WalError> {
+        let mut d = Self::new(start, cfg)?;
+        d.prev_lsn = Some(prev);
+        Ok(d)
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    /// System identifier (configured or learnt from a long page header).
+    pub fn system_identifier(&self) -> Option<u64> {
+        self.cfg.system_identifier
+    }
+
+    /// LSN of the next byte the decoder expects to receive.
+    pub fn input_lsn(&self) -> Lsn {
+        self.pos.add((self.buf.len() - self.buf_pos) as u64)
+    }
+
+    /// LSN up to which input has been consumed.
+    pub fn consumed_lsn(&self) -> Lsn {
+        self.pos
+    }
+
+    /// Position where the next record is expected (or the one being assembled starts).
+    pub fn next_record_lsn(&self) -> Lsn {
+        match self.phase {
+            Phase::InRecord { start, .. } => start,
+            Phase::SkipRaw { until } => until,
+            _ => self.pos,
+        }
+    }
+
+    /// True when the decoder is inside a record or page header (more bytes needed to finish).
+    pub fn is_mid_record(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::InRecord { .. } | Phase::SkipContinuation { .. }
+        ) || (self.pos.page_offset() == 0 && self.buf_pos < self.buf.len())
+    }
+
+    /// Bytes held in the input buffer, not yet consumed.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.buf_pos
+    }
+
+    /// Appends input bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.compact();
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Reads up to `max` bytes from `r` straight into the input buffer.
+    pub fn fill_from<R: Read>(&mut self, r: &mut R, max: usize) -> io::Result<usize> {
+        self.compact();
+        let old = self.buf.len();
+        self.buf.resize(old + max, 0);
+        let res = loop {
+            match r.read(&mut self.buf[old..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        let n = *res.as_ref().unwrap_or(&0);
+        self.buf.truncate(old + n);
+        res
+    }
+
+    fn compact(&mut self) {
+        if self.buf_pos == 0 {
+            return;
+        }
+        if self.buf_pos == self.buf.len() {
+            self.buf.clear();
+        } else {
+            self.buf.drain(..self.buf_pos);
+        }
+        self.buf_pos = 0;
+    }
+
+    #[inline]
+    fn avail(&self) -> &[u8] {
+        &self.buf[self.buf_pos..]
+    }
+
+    #[inline]
+    fn consume(&mut self, n: usize) {
+        self.buf_pos += n;
+        self.pos = self.pos.add(n as u64);
+    }
+
+    fn fail(&mut self, e: WalError) -> WalError {
+        self.failed = Some(e.clone());
+        e
+    }
+
+    /// Declares that no more input will come: if a record or page header is incomplete,
+    /// this becomes an end of WAL (sticky, returned by `next_record` too).
+    pub fn finish(&mut self) -> WalError {
+        if let Some(e) = &self.failed {
+            return e.clone();
+        }
+        let lsn = self.next_record_lsn();
+        self.fail(WalError::EndOfWal {
+            lsn,
+            reason: EndOfWalReason::IncompleteInput,
+        })
+    }
+
+    /// Returns the next complete record, `Ok(None)` when more input is needed.
+    pub fn next_record(&mut self) -> Result<Option<DecodedRecord>, WalError> {
+        let mut rec = DecodedRecord::default();
+        Ok(self.next_record_into(&mut rec)?.then_some(rec))
+    }
+
+    /// Like [`next_record`](Self::next_record) but decodes into `out`, reusing its buffers
+    /// (no allocation per record in steady state). Returns `Ok(false)` when more input is
+    /// needed; `out` is then unspecified.
+    pub fn next_record_into(&mut self, out: &mut DecodedRecord) -> Result<bool, WalError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        match self.step(out) {
+            Ok(done) => Ok(done),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn step(&mut self, out: &mut DecodedRecord) -> Result<bool, WalError> {
+        loop {
+            if let Phase::SkipRaw { until } = self.phase {
+                let want = until.0.saturating_sub(self.pos.0);
+                let n = (self.avail().len() as u64).min(want) as usize;
+                self.consume(n);
+                if self.pos < until {
+                    return Ok(false);
+                }
+                self.phase = Phase::RecordStart;
+                continue;
+            }
+
+            if self.pos.page_offset() == 0 {
+                if !self.read_page_header()? {
+                    return Ok(false);
+                }
+                continue;
+            }
+
+            let page_left = XLOG_BLCKSZ - self.pos.page_offset();
+            match self.phase {
+                Phase::SkipRaw { .. } => {}
+                Phase::SkipContinuation { remaining } => {
+                    let n = self.avail().len().min(page_left).min(remaining as usize);
+                    if n == 0 && remaining > 0 {
+                        return Ok(false);
+                    }
+                    self.consume(n);
+                    let remaining = remaining - n as u32;
+                    if remaining == 0 {
+                        self.phase = Phase::SkipRaw {
+                            until: Lsn(maxalign(self.pos.0)),
+                        };
+                    } else {
+                        self.phase = Phase::SkipContinuation { remaining };
+                    }
+                }
+                Phase::RecordStart => {
+                    self.rec.clear();
+                    self.phase = Phase::InRecord {
+                        start: self.pos,
+                        total: 0,
+                        header_ok: false,
+                    };
+                }
+                Phase::InRecord {
+                    start,
+                    mut total,
+                    mut header_ok,
+                } => {
+                    let got = self.rec.len();
+                    let want = if got < SIZE_OF_XLOG_RECORD {
+                        SIZE_OF_XLOG_RECORD - got
+                    } else {
+                        total as usize - got
+                    };
+                    let n = self.avail().len().min(page_left).min(want);
+                    if n == 0 {
+                        return Ok(false);
+                    }
+                    let s = self.buf_pos;
+                    self.rec.extend_from_slice(&self.buf[s..s + n]);
+                    self.consume(n);
+                    if got < 4 && self.rec.len() >= 4 {
+                        total = le_u32(&self.rec, 0);
+                        self.check_total_len(start, total)?;
+                    }
+                    if !header_ok && self.rec.len() >= SIZE_OF_XLOG_RECORD {
+                        self.check_header(start)?;
+                        header_ok = true;
+                    }
+                    if header_ok && self.rec.len() == total as usize {
+                        self.complete_record(start, out)?;
+                        return Ok(true);
+                    }
+                    self.phase = Phase::InRecord {
+                        start,
+                        total,
+                        header_ok,
+                    };
+                }
+            }
+        }
+    }
+
+    fn check_total_len(&self, start: Lsn, total: u32) -> Result<(), WalError> {
+        if total == 0 {
+            return Err(WalError::EndOfWal {
+                lsn: start,
+                reason: EndOfWalReason::ZeroRecordLength,
+            });
+        }
+        if (total as usize) < SIZE_OF_XLOG_RECORD {
+            return Err(WalError::InvalidRecordLength {
+                lsn: start,
+                length: total,
+            });
+        }
+        if total > XLOG_RECORD_MAX_SIZE {
+            return Err(WalError::RecordTooLong {
+                lsn: start,
+                length: total,
+                max: XLOG_RECORD_MAX_SIZE,
+            });
+        }
+        Ok(())
+    }
+
+    /// `ValidXLogRecordHeader`: rmgr id and prev-link.
+    fn check_header(&self, start: Lsn) -> Result<(), WalError> {
+        let rmid = self.rec[17];
+        if !RmgrId(rmid).is_valid() {
+            return Err(WalError::InvalidRmgr { lsn: start, rmid });
+        }
+        let prev = Lsn(le_u64(&self.rec, 8));
+        match self.prev_lsn {
+            Some(expected) if prev != expected => Err(WalError::IncorrectPrevLink {
+                lsn: start,
+                expected,
+                found: prev,
+            }),
+            // First record after a random-access start: PostgreSQL can only check that
+            // the prev-link points backwards.
+            None if prev >= start => Err(WalError::IncorrectPrevLink {
+                lsn: start,
+                expected: start,
+                found: prev,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn complete_record(&mut self, start: Lsn, out: &mut DecodedRecord) -> Result<(), WalError> {
+        let header = XLogRecord::parse(&self.rec).ok_or_else(|| WalError::MalformedRecord {
+            lsn: start,
+            what: "record shorter than its header".into(),
+        })?;
+        let computed = record_crc(&self.rec);
+        if computed != header.crc {
+            return Err(WalError::CrcMismatch {
+                lsn: start,
+                stored: header.crc,
+                computed,
+            });
+        }
+        let seg = self.cfg.segment_size;
+        let end = if header.rmid == RM_XLOG_ID && header.info & XLR_RMGR_INFO_MASK == XLOG_SWITCH {
+            // The switch record "extends" to the end of its segment; the rest is zeroed,
+            // without page headers (CopyXLogRecordToWAL), and reading resumes at the next
+            // segment.
+            let off = self.pos.segment_offset(seg);
+            if off == 0 {
+                self.pos
+            } else {
+                self.pos.add(seg as u64 - off)
+            }
+        } else {
+            Lsn(maxalign(self.pos.0))
+        };
+        self.phase = Phase::SkipRaw { until: end };
+        self.prev_lsn = Some(start);
+        std::mem::swap(&mut out.raw, &mut self.rec);
+        out.lsn = start;
+        out.end_lsn = end;
+        out.header = header;
+        decode_body(out)
+    }
+
+    /// Reads and validates the page header at `pos` (page-aligned). Returns `Ok(false)` if
+    /// more bytes are needed.
+    fn read_page_header(&mut self) -> Result<bool, WalError> {
+        let page_lsn = self.pos;
+        let avail = self.avail();
+        if avail.len() < WalPageHeader::needed_len(avail) {
+            return Ok(false);
+        }
+        let Some(hdr) = WalPageHeader::parse(avail) else {
+            return Ok(false);
+        };
+        self.validate_page_header(&hdr, page_lsn)?;
+        self.consume(hdr.size());
+        let first = std::mem::replace(&mut self.first_page, false);
+        let contrecord = hdr.info & XLP_FIRST_IS_CONTRECORD != 0;
+        let overwrite = hdr.info & XLP_FIRST_IS_OVERWRITE_CONTRECORD != 0;
+        match self.phase {
+            Phase::RecordStart if first => {
+                if contrecord && !overwrite && hdr.rem_len > 0 {
+                    self.phase = Phase::SkipContinuation {
+                        remaining: hdr.rem_len,
+                    };
+                }
+            }
+            Phase::RecordStart => {
+                if contrecord {
+                    return Err(WalError::UnexpectedContrecord { lsn: self.pos });
+                }
+            }
+            Phase::SkipContinuation { .. } => {
+                if !contrecord {
+                    return Err(WalError::MissingContrecord {
+                        lsn: page_lsn,
+                        record_lsn: page_lsn,
+                    });
+                }
+                self.phase = Phase::SkipContinuation {
+                    remaining: hdr.rem_len,
+                };
+                if hdr.rem_len == 0 {
+                    self.phase = Phase::RecordStart;
+                }
+            }
+            Phase::InRecord { start, total, .. } => {
+                if overwrite {
+                    // The record we were assembling was abandoned after a crash; an
+                    // XLOG_OVERWRITE_CONTRECORD record starts on this page instead.
+                    log::debug!("record at {start} abandoned: overwrite contrecord at {page_lsn}");
+                    self.rec.clear();
+                    self.phase = Phase::RecordStart;
+                    return Ok(true);
+                }
+                if !contrecord {
+                    return Err(WalError::MissingContrecord {
+                        lsn: page_lsn,
+                        record_lsn: start,
+                    });
+                }
+                let expected = total as u64 - self.rec.len() as u64;
+                if hdr.rem_len == 0 || hdr.rem_len as u64 != expected {
+                    return Err(WalError::ContrecordLengthMismatch {
+                        lsn: page_lsn,
+                        record_lsn: start,
+                        expected,
+                        found: hdr.rem_len,
+                    });
+                }
+            }
+            Phase::SkipRaw { .. } => {}
+        }
+        Ok(true)
+    }
+
+    /// `XLogReaderValidatePageHeader`, plus the end-of-WAL classification.
+    fn validate_page_header(&mut self, hdr: &WalPageHeader, page_lsn: Lsn) -> Result<(), WalError> {
+        if hdr.is_zeroed() {
+            return Err(WalError::EndOfWal {
+                lsn: page_lsn,
+                reason: EndOfWalReason::ZeroedPage,
+            });
+        }
+        if hdr.magic != XLOG_PAGE_MAGIC {
+            return Err(WalError::InvalidPageMagic {
+                lsn: page_lsn,
+                magic: hdr.magic,
+            });
+        }
+        if hdr.info & !XLP_ALL_FLAGS != 0 {
+            return Err(WalError::InvalidPageInfo {
+                lsn: page_lsn,
+                info: hdr.info,
+            });
+        }
+        if let Some(long) = hdr.long {
+            match self.cfg.system_identifier {
+                Some(expected) if expected != long.system_identifier => {
+                    return Err(WalError::SystemIdMismatch {
+                        lsn: page_lsn,
+                        expected,
+                        found: long.system_identifier,
+                    });
+                }
+                _ => {}
+            }
+            if long.segment_size != self.cfg.segment_size {
+                return Err(WalError::SegmentSizeMismatch {
+                    lsn: page_lsn,
+                    expected: self.cfg.segment_size,
+                    found: long.segment_size,
+                });
+            }
+            if long.xlog_blcksz as usize != XLOG_BLCKSZ {
+                return Err(WalError::BlockSizeMismatch {
+                    lsn: page_lsn,
+                    found: long.xlog_blcksz,
+                });
+            }
+        } else if page_lsn.segment_offset(self.cfg.segment_size) == 0 {
+            return Err(WalError::MissingLongHeader {
+                lsn: page_lsn,
+                info: hdr.info,
+            });
+        }
+        if hdr.page_addr != page_lsn {
+            // A recycled segment still holds pages of an older incarnation at the same
+            // offset: the valid WAL ends here. Anything else is corruption.
+            let seg = self.cfg.segment_size;
+            if hdr.page_addr < page_lsn
+                && hdr.page_addr.segment_offset(seg) == page_lsn.segment_offset(seg)
+            {
+                return Err(WalError::EndOfWal {
+                    lsn: page_lsn,
+                    reason: EndOfWalReason::RecycledPage {
+                        page_addr: hdr.page_addr,
+                    },
+                });
+            }
+            return Err(WalError::UnexpectedPageAddr {
+                lsn: page_lsn,
+                found: hdr.page_addr,
+            });
+        }
+        if let Some(tli) = self.cfg.timeline {
+            if hdr.timeline > tli {
+                return Err(WalError::TimelineMismatch {
+                    lsn: page_lsn,
+                    expected: tli,
+                    found: hdr.timeline,
+                });
+            }
+        }
+        if page_lsn > self.latest_page && hdr.timeline < self.latest_page_tli {
+            return Err(WalError::TimelineOutOfSequence {
+                lsn: page_lsn,
+                previous: self.latest_page_tli,
+                found: hdr.timeline,
+            });
+        }
+        if let Some(long) = hdr.long {
+            self.cfg
+                .system_identifier
+                .get_or_insert(long.system_identifier);
+        }
+        self.latest_page = page_lsn;
+        self.latest_page_tli = hdr.timeline;
+        Ok(())
+    }
+}
+
+/// Options of [`WalFileReader`].
+#[derive(Debug, Clone, Default)]
+pub struct FileReaderOptions {
+    /// Timeline of the segment files to read; default: the highest timeline that has the
+    /// start segment in the directory.
+    pub timeline: Option<u32>,
+    /// Stop before bytes at or beyond this LSN (records ending after it are not returned),
+    /// like `pg_waldump --end`.
+    pub end: Option<Lsn>,
+    /// Expected system identifier; default: the one in the first segment read.
+    pub system_identifier: Option<u64>,
+    /// Read chunk size (default 1 MB).
+    pub chunk_size: Option<usize>,
+}
+
+/// Reads records from the segment files of a directory (e.g. `pg_wal`), starting with the
+/// first record at or after a given LSN.
+#[derive(Debug)]
+pub struct WalFileReader {
+    dir: PathBuf,
+    timeline: u32,
+    seg_size: u32,
+    start: Lsn,
+    end: Option<Lsn>,
+    chunk: usize,
+    decoder: WalStreamDecoder,
+    /// Segment number of the next file to open.
+    segno: u64,
+    file: Option<OpenSegment>,
+    /// Position of the next byte to read from files.
+    read_lsn: Lsn,
+    done: bool,
+}
+
+#[derive(Debug)]
+struct OpenSegment {
+    file: File,
+    name: String,
+    /// Bytes of the file consumed (from offset 0).
+    offset: u64,
+}
+
+fn io_err(lsn: Lsn, path: &Path, e: io::Error) -> WalError {
+    WalError::Io {
+        lsn,
+        path: path.display().to_string(),
+        source: Arc::new(e),
+    }
+}
+
+impl WalFileReader {
+    /// Opens `dir` for reading from `start`. The segment size and system identifier are
+    /// taken from the long header of the start segment.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        start: Lsn,
+        opts: FileReaderOptions,
+    ) -> Result<WalFileReader, WalError> {
+        let dir = dir.as_ref().to_path_buf();
+        let (timeline, seg_size, sysid) = Self::probe(&dir, start, opts.timeline)?;
+        let cfg = DecoderConfig {
+            segment_size: seg_size,
+            system_identifier: opts.system_identifier.or(Some(sysid)),
+            timeline: Some(timeline),
+        };
+        let page = start.page_start();
+        let decoder = WalStreamDecoder::new(page, cfg)?;
+        Ok(WalFileReader {
+            dir,
+            timeline,
+            seg_size,
+            start,
+            end: opts.end,
+            chunk: opts.chunk_size.unwrap_or(1 << 20).max(XLOG_BLCKSZ),
+            decoder,
+            segno: page.segment_no(seg_size),
+            file: None,
+            read_lsn: page,
+            done: false,
+        })
+    }
+
+    /// Finds the start segment's file and reads its long header.
+    fn probe(dir: &Path, start: Lsn, timeline: Option<u32>) -> Result<(u32, u32, u64), WalError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| io_err(start, dir, e))?;
+        // The segment size is unknown until a header is read: keep names that designate
+        // the start segment for some valid segment size.
+        let mut best: Option<(u32, PathBuf)> = None;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err(start, dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            let Ok(tli) = u32::from_str_radix(&name[0..8], 16) else {
+                continue;
+            };
+            if timeline.is_some_and(|t| t != tli) {
+                continue;
+            }
+            Self::consider(&mut best, tli, entry.path(), name, start);
+        }
+        let Some((tli, path)) = best else {
+            return Err(WalError::EndOfWal {
+                lsn: start,
+                reason: EndOfWalReason::MissingSegment {
+                    file: format!(
+                        "{}/{}",
+                        dir.display(),
+                        segment_file_name(
+                            timeline.unwrap_or(1),
+                            start.segment_no(DEFAULT_SEGMENT_SIZE),
+                            DEFAULT_SEGMENT_SIZE
+                        )
+                    ),
+                },
+            });
+        };
+        let mut f = File::open(&path).map_err(|e| io_err(start, &path, e))?;
+        let mut hdr = [0u8; SIZE_OF_LONG_PAGE_HEADER];
+        f.read_exact(&mut hdr)
+            .map_err(|e| io_err(start, &path, e))?;
+        let h = WalPageHeader::parse(&hdr).ok_or_else(|| WalError::InvalidStart {
+            lsn: start,
+            what: format!("cannot parse the first page header of {}", path.display()),
+        })?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let Some(long) = h.long else {
+            return Err(WalError::MissingLongHeader {
+                lsn: start.segment_start(DEFAULT_SEGMENT_SIZE),
+                info: h.info,
+            });
+        };
+        if !is_valid_segment_size(long.segment_size) {
+            return Err(WalError::InvalidSegmentSize {
+                lsn: h.page_addr,
+                found: long.segment_size,
+            });
+        }
+        // The name must name the start segment for this segment size.
+        if parse_segment_file_name(name, long.segment_size)
+            != Some((tli, start.segment_no(long.segment_size)))
+        {
+            return Err(WalError::InvalidStart {
+                lsn: start,
+                what: format!(
+                    "{name} does not hold {start} with segment size {}",
+                    long.segment_size
+                ),
+            });
+        }
+        Ok((tli, long.segment_size, long.system_identifier))
+    }
+
+    fn consider(
+        best: &mut Option<(u32, PathBuf)>,
+        tli: u32,
+        path: PathBuf,
+        name: &str,
+        start: Lsn,
+    ) {
+        // Accept the name if it names the start segment for any valid segment size.
+        let mut size = MIN_SEGMENT_SIZE;
+        let mut matches = false;
+        while size <= MAX_SEGMENT_SIZE {
+            if parse_segment_file_name(name, size).map(|(_, s)| s) == Some(start.segment_no(size)) {
+                matches = true;
+                break;
+            }
+            size *= 2;
+        }
+        if matches && best.as_ref().is_none_or(|(t, _)| tli > *t) {
+            *best = Some((tli, path));
+        }
+    }
+
+    pub fn segment_size(&self) -> u32 {
+        self.seg_size
+    }
+    pub fn timeline(&self) -> u32 {
+        self.timeline
+    }
+    pub fn system_identifier(&self) -> Option<u64> {
+        self.decoder.system_identifier()
+    }
+    pub fn decoder(&self) -> &WalStreamDecoder {
+        &self.decoder
+    }
+
+    /// Next record at or after the start LSN; `Ok(None)` at the `end` bound.
+    /// A missing next segment ends the WAL with `WalError::EndOfWal`.
+    pub fn next_record(&mut self) -> Result<Option<DecodedRecord>, WalError> {
+        let mut rec = DecodedRecord::default();
+        Ok(self.next_record_into(&mut rec)?.then_some(rec))
+    }
+
+    /// Allocation-free variant of [`next_record`](Self::next_record).
+    pub fn next_record_into(&mut self, out: &mut DecodedRecord) -> Result<bool, WalError> {
+        loop {
+            if self.decoder.next_record_into(out)? {
+                if out.lsn < self.start {
+                    continue;
+                }
+                return Ok(true);
+            }
+            if self.done {
+                return Ok(false);
+            }
+            self.read_more()?;
+        }
+    }
+
+    fn read_more(&mut self) -> Result<(), WalError> {
+        let mut max = self.chunk as u64;
+        if let Some(end) = self.end {
+            if self.read_lsn >= end {
+                self.done = true;
+                return Ok(());
+            }
+            max = max.min(end.0 - self.read_lsn.0);
+        }
+        if self.file.is_none() {
+            let name = segment_file_name(self.timeline, self.segno, self.seg_size);
+            let path = self.dir.join(&name);
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    let lsn = self.decoder.next_record_lsn();
+                    return Err(self.decoder.fail(WalError::EndOfWal {
+                        lsn,
+                        reason: EndOfWalReason::MissingSegment {
+                            file: path.display().to_string(),
+                        },
+                    }));
+                }
+                Err(e) => return Err(io_err(self.read_lsn, &path, e)),
+            };
+            let offset = self.read_lsn.segment_offset(self.seg_size);
+            if offset > 0 {
+                file.seek(SeekFrom::Start(offset))
+                    .map_err(|e| io_err(self.read_lsn, &path, e))?;
+            }
+            self.file = Some(OpenSegment { file, name, offset });
+        }
+        let seg_size = self.seg_size as u64;
+        let Some(seg) = self.file.as_mut() else {
+            return Ok(());
+        };
+        let left = seg_size - seg.offset;
+        let want = max.min(left) as usize;
+        let n = self
+            .decoder
+            .fill_from(&mut seg.file, want)
+            .map_err(|e| io_err(self.read_lsn, &self.dir.join(&seg.name), e))?;
+        seg.offset += n as u64;
+        self.read_lsn = self.read_lsn.add(n as u64);
+        if n == 0 {
+            // A segment file is always exactly wal_segment_size long.
+            let e = WalError::TruncatedSegment {
+                lsn: self.read_lsn,
+                file: self.dir.join(&seg.name).display().to_string(),
+                size: seg.offset,
+                expected: seg_size,
+            };
+            return Err(self.decoder.fail(e));
+        }
+        if seg.offset == seg_size {
+            self.file = None;
+            self.segno += 1;
+        }
+        Ok(())
+    }
+}

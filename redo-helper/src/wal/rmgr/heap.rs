@@ -1,0 +1,362 @@
+//! Heap and Heap2 records (`access/heapam_xlog.h`). Offsets of C struct members are noted
+//! where padding matters. Per-block payloads (tuple data, offset arrays) stay in the block
+//! data and are interpreted by redo.
+
+use super::MainDataReader;
+use crate::wal::block::RelFileLocator;
+use crate::wal::error::MainDataError;
+use crate::wal::record::DecodedRecord;
+
+pub const XLOG_HEAP_INSERT: u8 = 0x00;
+pub const XLOG_HEAP_DELETE: u8 = 0x10;
+pub const XLOG_HEAP_UPDATE: u8 = 0x20;
+pub const XLOG_HEAP_TRUNCATE: u8 = 0x30;
+pub const XLOG_HEAP_HOT_UPDATE: u8 = 0x40;
+pub const XLOG_HEAP_CONFIRM: u8 = 0x50;
+pub const XLOG_HEAP_LOCK: u8 = 0x60;
+pub const XLOG_HEAP_INPLACE: u8 = 0x70;
+pub const XLOG_HEAP_OPMASK: u8 = 0x70;
+/// `XLOG_HEAP_INIT_PAGE`: the page is (re)initialised, only the new tuple(s) remain.
+pub const XLOG_HEAP_INIT_PAGE: u8 = 0x80;
+
+pub const XLOG_HEAP2_REWRITE: u8 = 0x00;
+pub const XLOG_HEAP2_PRUNE: u8 = 0x10;
+pub const XLOG_HEAP2_VACUUM: u8 = 0x20;
+pub const XLOG_HEAP2_FREEZE_PAGE: u8 = 0x30;
+pub const XLOG_HEAP2_VISIBLE: u8 = 0x40;
+pub const XLOG_HEAP2_MULTI_INSERT: u8 = 0x50;
+pub const XLOG_HEAP2_LOCK_UPDATED: u8 = 0x60;
+pub const XLOG_HEAP2_NEW_CID: u8 = 0x70;
+
+// xl_heap_insert.flags
+pub const XLH_INSERT_ALL_VISIBLE_CLEARED: u8 = 1 << 0;
+pub const XLH_INSERT_LAST_IN_MULTI: u8 = 1 << 1;
+pub const XLH_INSERT_IS_SPECULATIVE: u8 = 1 << 2;
+pub const XLH_INSERT_CONTAINS_NEW_TUPLE: u8 = 1 << 3;
+pub const XLH_INSERT_ON_TOAST_RELATION: u8 = 1 << 4;
+pub const XLH_INSERT_ALL_FROZEN_SET: u8 = 1 << 5;
+// xl_heap_update.flags
+pub const XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED: u8 = 1 << 0;
+pub const XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED: u8 = 1 << 1;
+pub const XLH_UPDATE_CONTAINS_OLD_TUPLE: u8 = 1 << 2;
+pub const XLH_UPDATE_CONTAINS_OLD_KEY: u8 = 1 << 3;
+pub const XLH_UPDATE_CONTAINS_NEW_TUPLE: u8 = 1 << 4;
+pub const XLH_UPDATE_PREFIX_FROM_OLD: u8 = 1 << 5;
+pub const XLH_UPDATE_SUFFIX_FROM_OLD: u8 = 1 << 6;
+// xl_heap_delete.flags
+pub const XLH_DELETE_ALL_VISIBLE_CLEARED: u8 = 1 << 0;
+pub const XLH_DELETE_CONTAINS_OLD_TUPLE: u8 = 1 << 1;
+pub const XLH_DELETE_CONTAINS_OLD_KEY: u8 = 1 << 2;
+pub const XLH_DELETE_IS_SUPER: u8 = 1 << 3;
+pub const XLH_DELETE_IS_PARTITION_MOVE: u8 = 1 << 4;
+// xl_heap_truncate.flags
+pub const XLH_TRUNCATE_CASCADE: u8 = 1 << 0;
+pub const XLH_TRUNCATE_RESTART_SEQS: u8 = 1 << 1;
+// infobits (xl_heap_delete.infobits_set etc.)
+pub const XLHL_XMAX_IS_MULTI: u8 = 0x01;
+pub const XLHL_XMAX_LOCK_ONLY: u8 = 0x02;
+pub const XLHL_XMAX_EXCL_LOCK: u8 = 0x04;
+pub const XLHL_XMAX_KEYSHR_LOCK: u8 = 0x08;
+pub const XLHL_KEYS_UPDATED: u8 = 0x10;
+// xl_heap_lock.flags
+pub const XLH_LOCK_ALL_FROZEN_CLEARED: u8 = 0x01;
+// xl_heap_visible.flags (visibilitymap.h)
+pub const VISIBILITYMAP_ALL_VISIBLE: u8 = 0x01;
+pub const VISIBILITYMAP_ALL_FROZEN: u8 = 0x02;
+
+/// `heap_identify`.
+pub fn heap_identify(info: u8) -> Option<&'static str> {
+    Some(match info & 0xF0 {
+        0x00 => "INSERT",
+        0x80 => "INSERT+INIT",
+        0x10 => "DELETE",
+        0x20 => "UPDATE",
+        0xA0 => "UPDATE+INIT",
+        0x40 => "HOT_UPDATE",
+        0xC0 => "HOT_UPDATE+INIT",
+        0x30 => "TRUNCATE",
+        0x50 => "HEAP_CONFIRM",
+        0x60 => "LOCK",
+        0x70 => "INPLACE",
+        _ => return None,
+    })
+}
+
+/// `heap2_identify`.
+pub fn heap2_identify(info: u8) -> Option<&'static str> {
+    Some(match info & 0xF0 {
+        0x10 => "PRUNE",
+        0x20 => "VACUUM",
+        0x30 => "FREEZE_PAGE",
+        0x40 => "VISIBLE",
+        0x50 => "MULTI_INSERT",
+        0xD0 => "MULTI_INSERT+INIT",
+        0x60 => "LOCK_UPDATED",
+        0x70 => "NEW_CID",
+        0x00 => "REWRITE",
+        _ => return None,
+    })
+}
+
+/// `xl_heap_insert` (3 bytes): tuple header and data are in block 0's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapInsert {
+    pub offnum: u16,
+    pub flags: u8,
+    pub init_page: bool,
+}
+
+/// `xl_heap_delete` (8 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapDelete {
+    pub xmax: u32,
+    pub offnum: u16,
+    pub infobits_set: u8,
+    pub flags: u8,
+}
+
+/// `xl_heap_update` (14 bytes), for UPDATE and HOT_UPDATE. Block 0 is the new page,
+/// block 1 the old page when it differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapUpdate {
+    pub hot: bool,
+    pub init_page: bool,
+    pub old_xmax: u32,
+    pub old_offnum: u16,
+    pub old_infobits_set: u8,
+    pub flags: u8,
+    pub new_xmax: u32,
+    pub new_offnum: u16,
+}
+
+/// `xl_heap_truncate`: relations truncated by TRUNCATE (logical decoding only; the
+/// physical truncation is an smgr record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeapTruncate {
+    pub db_id: u32,
+    pub flags: u8,
+    pub relids: Vec<u32>,
+}
+
+/// `xl_heap_lock` (8 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapLock {
+    pub locking_xid: u32,
+    pub offnum: u16,
+    pub infobits_set: u8,
+    pub flags: u8,
+}
+
+/// Typed main data of a Heap record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeapRecord {
+    Insert(HeapInsert),
+    Delete(HeapDelete),
+    Update(HeapUpdate),
+    Truncate(HeapTruncate),
+    Confirm { offnum: u16 },
+    Lock(HeapLock),
+    Inplace { offnum: u16 },
+}
+
+/// Parses the main data of a Heap record.
+pub fn parse_heap(rec: &DecodedRecord) -> Result<HeapRecord, MainDataError> {
+    let info = rec.rmgr_info();
+    let name = heap_identify(info).unwrap_or("UNKNOWN");
+    let mut r = MainDataReader::new(rec.main_data(), rec.lsn, "Heap", name);
+    let init_page = info & XLOG_HEAP_INIT_PAGE != 0;
+    Ok(match info & XLOG_HEAP_OPMASK {
+        XLOG_HEAP_INSERT => HeapRecord::Insert(HeapInsert {
+            offnum: r.u16()?,
+            flags: r.u8()?,
+            init_page,
+        }),
+        XLOG_HEAP_DELETE => HeapRecord::Delete(HeapDelete {
+            xmax: r.u32()?,
+            offnum: r.u16()?,
+            infobits_set: r.u8()?,
+            flags: r.u8()?,
+        }),
+        op @ (XLOG_HEAP_UPDATE | XLOG_HEAP_HOT_UPDATE) => HeapRecord::Update(HeapUpdate {
+            hot: op == XLOG_HEAP_HOT_UPDATE,
+            init_page,
+            old_xmax: r.u32()?,
+            old_offnum: r.u16()?,
+            old_infobits_set: r.u8()?,
+            flags: r.u8()?,
+            new_xmax: r.u32()?,
+            new_offnum: r.u16()?,
+        }),
+        XLOG_HEAP_TRUNCATE => {
+            let db_id = r.u32()?;
+            let nrelids = r.u32()?;
+            let flags = r.u8()?;
+            r.seek(12)?; // relids[] is Oid-aligned after the flags byte
+            HeapTruncate {
+                db_id,
+                flags,
+                relids: r.u32_array(nrelids as usize)?,
+            }
+            .into()
+        }
+        XLOG_HEAP_CONFIRM => HeapRecord::Confirm { offnum: r.u16()? },
+        XLOG_HEAP_LOCK => HeapRecord::Lock(HeapLock {
+            locking_xid: r.u32()?,
+            offnum: r.u16()?,
+            infobits_set: r.u8()?,
+            flags: r.u8()?,
+        }),
+        _ => HeapRecord::Inplace { offnum: r.u16()? },
+    })
+}
+
+impl From<HeapTruncate> for HeapRecord {
+    fn from(t: HeapTruncate) -> Self {
+        HeapRecord::Truncate(t)
+    }
+}
+
+/// `xl_heap_new_cid`: combo/command ids for logical decoding of catalog changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapNewCid {
+    pub top_xid: u32,
+    pub cmin: u32,
+    pub cmax: u32,
+    pub combocid: u32,
+    pub target_node: RelFileLocator,
+    pub target_block: u32,
+    pub target_offset: u16,
+}
+
+/// `xl_heap_rewrite_mapping` (logical rewrite mapping files of VACUUM FULL/CLUSTER).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapRewriteMapping {
+    pub mapped_xid: u32,
+    pub mapped_db: u32,
+    pub mapped_rel: u32,
+    pub offset: i64,
+    pub num_mappings: u32,
+    pub start_lsn: crate::wal::page::Lsn,
+}
+
+/// Typed main data of a Heap2 record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heap2Record {
+    /// `xl_heap_prune`; redirected/dead/unused offset arrays are in block 0's data.
+    Prune {
+        latest_removed_xid: u32,
+        nredirected: u16,
+        ndead: u16,
+    },
+    /// `xl_heap_vacuum`; unused offsets in block 0's data.
+    Vacuum {
+        nunused: u16,
+    },
+    /// `xl_heap_freeze_page`; `xl_heap_freeze_tuple` array in block 0's data.
+    FreezePage {
+        cutoff_xid: u32,
+        ntuples: u16,
+    },
+    /// `xl_heap_visible`; block 0 is the VM page, block 1 the heap page.
+    Visible {
+        cutoff_xid: u32,
+        flags: u8,
+    },
+    /// `xl_heap_multi_insert`; offsets are omitted when the page is initialised.
+    MultiInsert {
+        flags: u8,
+        ntuples: u16,
+        init_page: bool,
+        offsets: Vec<u16>,
+    },
+    /// `xl_heap_lock_updated`.
+    LockUpdated {
+        xmax: u32,
+        offnum: u16,
+        infobits_set: u8,
+        flags: u8,
+    },
+    NewCid(HeapNewCid),
+    Rewrite(HeapRewriteMapping),
+}
+
+/// Parses the main data of a Heap2 record.
+pub fn parse_heap2(rec: &DecodedRecord) -> Result<Heap2Record, MainDataError> {
+    let info = rec.rmgr_info();
+    let name = heap2_identify(info).unwrap_or("UNKNOWN");
+    let mut r = MainDataReader::new(rec.main_data(), rec.lsn, "Heap2", name);
+    Ok(match info & XLOG_HEAP_OPMASK {
+        XLOG_HEAP2_PRUNE => Heap2Record::Prune {
+            latest_removed_xid: r.u32()?,
+            nredirected: r.u16()?,
+            ndead: r.u16()?,
+        },
+        XLOG_HEAP2_VACUUM => Heap2Record::Vacuum { nunused: r.u16()? },
+        XLOG_HEAP2_FREEZE_PAGE => Heap2Record::FreezePage {
+            cutoff_xid: r.u32()?,
+            ntuples: r.u16()?,
+        },
+        XLOG_HEAP2_VISIBLE => Heap2Record::Visible {
+            cutoff_xid: r.u32()?,
+            flags: r.u8()?,
+        },
+        XLOG_HEAP2_MULTI_INSERT => {
+            let flags = r.u8()?;
+            r.seek(2)?;
+            let ntuples = r.u16()?;
+            let init_page = info & XLOG_HEAP_INIT_PAGE != 0;
+            let offsets = if init_page {
+                Vec::new()
+            } else {
+                r.u16_array(ntuples as usize)?
+            };
+            Heap2Record::MultiInsert {
+                flags,
+                ntuples,
+                init_page,
+                offsets,
+            }
+        }
+        XLOG_HEAP2_LOCK_UPDATED => Heap2Record::LockUpdated {
+            xmax: r.u32()?,
+            offnum: r.u16()?,
+            infobits_set: r.u8()?,
+            flags: r.u8()?,
+        },
+        XLOG_HEAP2_NEW_CID => {
+            let top_xid = r.u32()?;
+            let cmin = r.u32()?;
+            let cmax = r.u32()?;
+            let combocid = r.u32()?;
+            let target_node = r.rel()?;
+            let hi = r.u16()? as u32;
+            let lo = r.u16()? as u32;
+            Heap2Record::NewCid(HeapNewCid {
+                top_xid,
+                cmin,
+                cmax,
+                combocid,
+                target_node,
+                target_block: (hi << 16) | lo,
+                target_offset: r.u16()?,
+            })
+        }
+        _ => {
+            let mapped_xid = r.u32()?;
+            let mapped_db = r.u32()?;
+            let mapped_rel = r.u32()?;
+            r.seek(16)?;
+            let offset = r.i64()?;
+            let num_mappings = r.u32()?;
+            r.seek(32)?;
+            Heap2Record::Rewrite(HeapRewriteMapping {
+                mapped_xid,
+                mapped_db,
+                mapped_rel,
+                offset,
+                num_mappings,
+                start_lsn: r.lsn()?,
+            })
+        }
+    })
+}

@@ -1,0 +1,250 @@
+//! Resource managers (`access/rmgrlist.h`): ids, names, record type names as pg_waldump
+//! prints them (`*_identify` in `access/rmgrdesc/*.c`), and typed views of the main data
+//! of the records the redo engine replays.
+
+pub mod btree;
+pub mod dbase;
+pub mod heap;
+pub mod seq;
+pub mod smgr;
+pub mod standby;
+pub mod xact;
+pub mod xlog;
+
+mod util;
+pub use util::MainDataReader;
+
+use std::fmt;
+
+pub const RM_XLOG_ID: u8 = 0;
+pub const RM_XACT_ID: u8 = 1;
+pub const RM_SMGR_ID: u8 = 2;
+pub const RM_CLOG_ID: u8 = 3;
+pub const RM_DBASE_ID: u8 = 4;
+pub const RM_TBLSPC_ID: u8 = 5;
+pub const RM_MULTIXACT_ID: u8 = 6;
+pub const RM_RELMAP_ID: u8 = 7;
+pub const RM_STANDBY_ID: u8 = 8;
+pub const RM_HEAP2_ID: u8 = 9;
+pub const RM_HEAP_ID: u8 = 10;
+pub const RM_BTREE_ID: u8 = 11;
+pub const RM_HASH_ID: u8 = 12;
+pub const RM_GIN_ID: u8 = 13;
+pub const RM_GIST_ID: u8 = 14;
+pub const RM_SEQ_ID: u8 = 15;
+pub const RM_SPGIST_ID: u8 = 16;
+pub const RM_BRIN_ID: u8 = 17;
+pub const RM_COMMIT_TS_ID: u8 = 18;
+pub const RM_REPLORIGIN_ID: u8 = 19;
+pub const RM_GENERIC_ID: u8 = 20;
+pub const RM_LOGICALMSG_ID: u8 = 21;
+/// `RM_MAX_BUILTIN_ID`.
+pub const RM_MAX_BUILTIN_ID: u8 = 21;
+/// `RM_MIN_CUSTOM_ID`: ids 128..=255 belong to extensions (PostgreSQL 15 custom rmgrs).
+pub const RM_MIN_CUSTOM_ID: u8 = 128;
+
+/// `XLOG_SWITCH` (`catalog/pg_control.h`), needed by the reader itself.
+pub const XLOG_SWITCH: u8 = 0x40;
+
+/// Names in `rmgrlist.h` order.
+const RMGR_NAMES: [&str; 22] = [
+    "XLOG",
+    "Transaction",
+    "Storage",
+    "CLOG",
+    "Database",
+    "Tablespace",
+    "MultiXact",
+    "RelMap",
+    "Standby",
+    "Heap2",
+    "Heap",
+    "Btree",
+    "Hash",
+    "Gin",
+    "Gist",
+    "Sequence",
+    "SPGist",
+    "BRIN",
+    "CommitTs",
+    "ReplicationOrigin",
+    "Generic",
+    "LogicalMessage",
+];
+
+/// A resource manager id (`xl_rmid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RmgrId(pub u8);
+
+impl RmgrId {
+    /// `RmgrIdIsValid`: built-in ids and the custom range.
+    pub fn is_valid(self) -> bool {
+        self.0 <= RM_MAX_BUILTIN_ID || self.0 >= RM_MIN_CUSTOM_ID
+    }
+
+    pub fn is_builtin(self) -> bool {
+        self.0 <= RM_MAX_BUILTIN_ID
+    }
+
+    /// Name as pg_waldump prints it; custom rmgrs (unknown here) are `custom###`.
+    pub fn name(self) -> std::borrow::Cow<'static, str> {
+        match RMGR_NAMES.get(self.0 as usize) {
+            Some(n) => std::borrow::Cow::Borrowed(n),
+            None => std::borrow::Cow::Owned(format!("custom{:03}", self.0)),
+        }
+    }
+
+    /// All built-in rmgrs, in id order (for statistics).
+    pub fn builtin() -> impl Iterator<Item = RmgrId> {
+        (0..=RM_MAX_BUILTIN_ID).map(RmgrId)
+    }
+}
+
+impl fmt::Display for RmgrId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// Record type name (`rm_identify`) for `xl_info` of rmgr `rmid`, or `None` when the rmgr
+/// does not know it (pg_waldump then prints `UNKNOWN (%x)`).
+pub fn identify(rmid: u8, info: u8) -> Option<&'static str> {
+    let i = info & 0xF0;
+    Some(match rmid {
+        RM_XLOG_ID => xlog::identify(i)?,
+        RM_XACT_ID => xact::identify(info)?,
+        RM_SMGR_ID => smgr::identify(i)?,
+        RM_CLOG_ID => match i {
+            0x00 => "ZEROPAGE",
+            0x10 => "TRUNCATE",
+            _ => return None,
+        },
+        RM_DBASE_ID => dbase::identify(i)?,
+        RM_TBLSPC_ID => match i {
+            0x00 => "CREATE",
+            0x10 => "DROP",
+            _ => return None,
+        },
+        RM_MULTIXACT_ID => match i {
+            0x00 => "ZERO_OFF_PAGE",
+            0x10 => "ZERO_MEM_PAGE",
+            0x20 => "CREATE_ID",
+            0x30 => "TRUNCATE_ID",
+            _ => return None,
+        },
+        RM_RELMAP_ID => match i {
+            0x00 => "UPDATE",
+            _ => return None,
+        },
+        RM_STANDBY_ID => standby::identify(i)?,
+        RM_HEAP2_ID => heap::heap2_identify(i)?,
+        RM_HEAP_ID => heap::heap_identify(i)?,
+        RM_BTREE_ID => btree::identify(i)?,
+        RM_HASH_ID => match i {
+            0x00 => "INIT_META_PAGE",
+            0x10 => "INIT_BITMAP_PAGE",
+            0x20 => "INSERT",
+            0x30 => "ADD_OVFL_PAGE",
+            0x40 => "SPLIT_ALLOCATE_PAGE",
+            0x50 => "SPLIT_PAGE",
+            0x60 => "SPLIT_COMPLETE",
+            0x70 => "MOVE_PAGE_CONTENTS",
+            0x80 => "SQUEEZE_PAGE",
+            0x90 => "DELETE",
+            0xA0 => "SPLIT_CLEANUP",
+            0xB0 => "UPDATE_META_PAGE",
+            0xC0 => "VACUUM_ONE_PAGE",
+            _ => return None,
+        },
+        RM_GIN_ID => match i {
+            0x10 => "CREATE_PTREE",
+            0x20 => "INSERT",
+            0x30 => "SPLIT",
+            0x40 => "VACUUM_PAGE",
+            0x50 => "DELETE_PAGE",
+            0x60 => "UPDATE_META_PAGE",
+            0x70 => "INSERT_LISTPAGE",
+            0x80 => "DELETE_LISTPAGE",
+            0x90 => "VACUUM_DATA_LEAF_PAGE",
+            _ => return None,
+        },
+        RM_GIST_ID => match i {
+            0x00 => "PAGE_UPDATE",
+            0x10 => "DELETE",
+            0x20 => "PAGE_REUSE",
+            0x30 => "PAGE_SPLIT",
+            0x60 => "PAGE_DELETE",
+            0x70 => "ASSIGN_LSN",
+            _ => return None,
+        },
+        RM_SEQ_ID => seq::identify(i)?,
+        RM_SPGIST_ID => match i {
+            0x10 => "ADD_LEAF",
+            0x20 => "MOVE_LEAFS",
+            0x30 => "ADD_NODE",
+            0x40 => "SPLIT_TUPLE",
+            0x50 => "PICKSPLIT",
+            0x60 => "VACUUM_LEAF",
+            0x70 => "VACUUM_ROOT",
+            0x80 => "VACUUM_REDIRECT",
+            _ => return None,
+        },
+        RM_BRIN_ID => match i {
+            0x00 => "CREATE_INDEX",
+            0x10 => "INSERT",
+            0x90 => "INSERT+INIT",
+            0x20 => "UPDATE",
+            0xA0 => "UPDATE+INIT",
+            0x30 => "SAMEPAGE_UPDATE",
+            0x40 => "REVMAP_EXTEND",
+            0x50 => "DESUMMARIZE",
+            _ => return None,
+        },
+        RM_COMMIT_TS_ID => match i {
+            0x00 => "ZEROPAGE",
+            0x10 => "TRUNCATE",
+            _ => return None,
+        },
+        RM_REPLORIGIN_ID => match i {
+            0x00 => "SET",
+            0x10 => "DROP",
+            _ => return None,
+        },
+        RM_GENERIC_ID => match i {
+            0x00 => "Generic",
+            _ => return None,
+        },
+        RM_LOGICALMSG_ID => match i {
+            0x00 => "MESSAGE",
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// Record type name for display: `identify` or pg_waldump's `UNKNOWN (%x)`.
+pub fn record_type_name(rmid: u8, info: u8) -> std::borrow::Cow<'static, str> {
+    match identify(rmid, info) {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(format!("UNKNOWN ({:x})", info & 0xF0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_validity() {
+        assert_eq!(RmgrId(10).name(), "Heap");
+        assert_eq!(RmgrId(21).name(), "LogicalMessage");
+        assert!(RmgrId(21).is_valid());
+        assert!(!RmgrId(22).is_valid());
+        assert!(!RmgrId(127).is_valid());
+        assert!(RmgrId(128).is_valid());
+        assert_eq!(RmgrId(200).name(), "custom200");
+        assert_eq!(identify(RM_HEAP_ID, 0x80), Some("INSERT+INIT"));
+        assert_eq!(identify(RM_XACT_ID, 0x80), Some("COMMIT"));
+        assert_eq!(record_type_name(RM_SEQ_ID, 0x10), "UNKNOWN (10)");
+    }
+}

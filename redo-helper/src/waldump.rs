@@ -1,0 +1,216 @@
+//! `redo-helper waldump`: print WAL records like `pg_waldump`, or their statistics.
+
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::wal::desc::format_record;
+use crate::wal::page::{DEFAULT_SEGMENT_SIZE, Lsn, parse_segment_file_name};
+use crate::wal::stats::WalStats;
+use crate::wal::{
+    DecodedRecord, FileReaderOptions, ForkNumber, PageKey, RelFileLocator, WalError, WalFileReader,
+};
+
+/// Options of the waldump command (see `main.rs` for the command line).
+#[derive(Debug, Clone, Default)]
+pub struct WaldumpOptions {
+    pub path: Option<PathBuf>,
+    pub start: Option<Lsn>,
+    pub end: Option<Lsn>,
+    pub timeline: Option<u32>,
+    /// `None`: print records; `Some(false)`: per-rmgr stats; `Some(true)`: per record type.
+    pub stats: Option<bool>,
+    pub block: Option<PageKey>,
+    pub limit: Option<u64>,
+    pub files: Vec<PathBuf>,
+}
+
+/// Parses `SPC/DB/REL/BLK` (main fork) or `SPC/DB/REL/FORK/BLK` (fork by name or number).
+pub fn parse_block_filter(s: &str) -> Result<PageKey, String> {
+    let parts: Vec<&str> = s.split('/').collect();
+    let num = |p: &str| {
+        p.parse::<u32>()
+            .map_err(|_| format!("invalid number {p:?} in block filter {s:?}"))
+    };
+    let (fork, blk) = match parts.len() {
+        4 => (ForkNumber::MAIN, parts[3]),
+        5 => (
+            ForkNumber::parse(parts[3])
+                .ok_or_else(|| format!("invalid fork {:?} in block filter {s:?}", parts[3]))?,
+            parts[4],
+        ),
+        _ => return Err(format!("block filter {s:?} must be SPC/DB/REL[/FORK]/BLK")),
+    };
+    Ok(PageKey {
+        rel: RelFileLocator {
+            spc_oid: num(parts[0])?,
+            db_oid: num(parts[1])?,
+            rel_number: num(parts[2])?,
+        },
+        fork,
+        block: num(blk)?,
+    })
+}
+
+/// Outcome of a run: how many records were shown and how the WAL ended.
+#[derive(Debug)]
+pub struct WaldumpSummary {
+    pub records: u64,
+    pub last_lsn: Option<Lsn>,
+    /// `Some` when reading stopped at the end of valid WAL (not an error).
+    pub end_of_wal: Option<WalError>,
+}
+
+fn segment_size_of(file: &Path) -> Result<u32, String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(file)
+        .map_err(|e| format!("could not open file \"{}\": {e}", file.display()))?;
+    let mut h = [0u8; 40];
+    f.read_exact(&mut h)
+        .map_err(|e| format!("could not read file \"{}\": {e}", file.display()))?;
+    match crate::wal::WalPageHeader::parse(&h).and_then(|h| h.long) {
+        Some(l) if crate::wal::page::is_valid_segment_size(l.segment_size) => Ok(l.segment_size),
+        _ => Err(format!(
+            "file \"{}\" does not start with a valid long WAL page header",
+            file.display()
+        )),
+    }
+}
+
+/// Resolves directory, start, end and timeline from the options (and FILE arguments,
+/// which work like pg_waldump's STARTSEG [ENDSEG]).
+fn resolve(opts: &WaldumpOptions) -> Result<(PathBuf, Lsn, Option<Lsn>, Option<u32>), String> {
+    let mut dir = opts.path.clone();
+    let mut start = opts.start;
+    let mut end = opts.end;
+    let mut timeline = opts.timeline;
+    if let Some(first) = opts.files.first() {
+        let name = first.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let seg = segment_size_of(&dir.clone().unwrap_or_default().join(first))
+            .or_else(|_| segment_size_of(first))?;
+        let (tli, segno) = parse_segment_file_name(name, seg)
+            .ok_or_else(|| format!("invalid WAL file name {name:?}"))?;
+        if dir.is_none() {
+            dir = Some(
+                first
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or_else(|| ".".into()),
+            );
+        }
+        timeline.get_or_insert(tli);
+        let seg_start = Lsn(segno * seg as u64);
+        start = Some(start.map_or(seg_start, |s| s.max(seg_start)));
+        let last = opts.files.last().unwrap_or(first);
+        let last_name = last.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let (_, last_segno) = parse_segment_file_name(last_name, seg)
+            .ok_or_else(|| format!("invalid WAL file name {last_name:?}"))?;
+        let seg_end = Lsn((last_segno + 1) * seg as u64);
+        end = Some(end.map_or(seg_end, |e| e.min(seg_end)));
+    }
+    let dir = dir.unwrap_or_else(|| PathBuf::from("pg_wal"));
+    let start = match start {
+        Some(s) => s,
+        None => {
+            // Earliest segment in the directory.
+            let mut best: Option<(u64, u32)> = None;
+            let rd = std::fs::read_dir(&dir)
+                .map_err(|e| format!("could not open directory \"{}\": {e}", dir.display()))?;
+            for e in rd.flatten() {
+                let n = e.file_name();
+                let Some(n) = n.to_str() else { continue };
+                if let Some((tli, _)) = parse_segment_file_name(n, DEFAULT_SEGMENT_SIZE) {
+                    if timeline.is_some_and(|t| t != tli) {
+                        continue;
+                    }
+                    let seg = segment_size_of(&e.path()).unwrap_or(DEFAULT_SEGMENT_SIZE);
+                    if let Some((_, segno)) = parse_segment_file_name(n, seg) {
+                        let lsn = segno * seg as u64;
+                        if best.is_none_or(|(b, _)| lsn < b) {
+                            best = Some((lsn, tli));
+                        }
+                    }
+                }
+            }
+            let (lsn, tli) =
+                best.ok_or_else(|| format!("no WAL segment files in \"{}\"", dir.display()))?;
+            timeline.get_or_insert(tli);
+            Lsn(lsn)
+        }
+    };
+    Ok((dir, start, end, timeline))
+}
+
+fn matches_block(rec: &DecodedRecord, key: &PageKey) -> bool {
+    rec.blocks().iter().any(|b| b.page_key() == *key)
+}
+
+/// Runs the command, writing to `out`. Errors other than end of WAL are returned.
+pub fn run(opts: &WaldumpOptions, out: &mut dyn Write) -> Result<WaldumpSummary, String> {
+    let (dir, start, end, timeline) = resolve(opts)?;
+    let mut reader = WalFileReader::open(
+        &dir,
+        start,
+        FileReaderOptions {
+            timeline,
+            end,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = BufWriter::with_capacity(1 << 16, out);
+    let mut stats = WalStats::default();
+    let mut rec = DecodedRecord::default();
+    let mut line = String::with_capacity(256);
+    let mut summary = WaldumpSummary {
+        records: 0,
+        last_lsn: None,
+        end_of_wal: None,
+    };
+    let io = |e: io::Error| format!("could not write output: {e}");
+    loop {
+        match reader.next_record_into(&mut rec) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) if e.is_end_of_wal() => {
+                summary.end_of_wal = Some(e);
+                break;
+            }
+            Err(e) => {
+                if opts.stats.is_some() {
+                    out.write_all(stats.render(opts.stats == Some(true)).as_bytes())
+                        .map_err(io)?;
+                }
+                out.flush().map_err(io)?;
+                return Err(match summary.last_lsn {
+                    Some(l) => format!("error in WAL record at {l}: {e}"),
+                    None => e.to_string(),
+                });
+            }
+        }
+        if let Some(key) = &opts.block {
+            if !matches_block(&rec, key) {
+                continue;
+            }
+        }
+        summary.records += 1;
+        summary.last_lsn = Some(rec.lsn);
+        if opts.stats.is_some() {
+            stats.add(&rec);
+        } else {
+            line.clear();
+            format_record(&rec, &mut line);
+            line.push('\n');
+            out.write_all(line.as_bytes()).map_err(io)?;
+        }
+        if opts.limit.is_some_and(|l| summary.records >= l) {
+            break;
+        }
+    }
+    if opts.stats.is_some() {
+        out.write_all(stats.render(opts.stats == Some(true)).as_bytes())
+            .map_err(io)?;
+    }
+    out.flush().map_err(io)?;
+    Ok(summary)
+}
