@@ -6,3 +6,7 @@
 
 pub mod wal;
 pub mod waldump;
+pub mod serve;
+pub mod service;
+pub mod store;
+pub mod stream;

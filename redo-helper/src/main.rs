@@ -22,6 +22,27 @@ struct Cli {
 enum Command {
     /// Print the version and exit.
     Version,
+    /// Run the helper: bootstrap from BASE_BACKUP once, then stream, archive and index WAL.
+    Run {
+        /// libpq connection string or URI of the compute (a role with REPLICATION).
+        #[arg(long = "connect", value_name = "CONNINFO")]
+        connect: String,
+        /// The helper's own data directory (created if missing; one helper per directory).
+        #[arg(long = "data-dir", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Physical replication slot to create (if missing) and stream from.
+        #[arg(long, default_value = "fpw_pushdown")]
+        slot: String,
+        /// Loopback address for /status and /metrics (e.g. 127.0.0.1:7432).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
+        /// How often received WAL is fsynced and acknowledged, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        flush_interval_ms: u64,
+        /// Longest pause between reconnection attempts, in seconds.
+        #[arg(long, default_value_t = 30)]
+        max_backoff_secs: u64,
+    },
     /// Decode WAL and print one line per record, like pg_waldump (PostgreSQL 15).
     Waldump {
         /// Directory holding the WAL segment files (default: the FILE's directory, or pg_wal).
@@ -58,6 +79,9 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("redo-helper {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
+        }
+        Command::Run { connect, data_dir, slot, listen, flush_interval_ms, max_backoff_secs } => {
+            run_service(connect, data_dir, slot, listen, flush_interval_ms, max_backoff_secs)
         }
         Command::Waldump {
             path,
@@ -96,6 +120,50 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `redo-helper run`: logs at info by default (RUST_LOG overrides); exits non-zero with the
+/// error when something a retry cannot fix happens.
+fn run_service(
+    connect: String,
+    data_dir: PathBuf,
+    slot: String,
+    listen: Option<std::net::SocketAddr>,
+    flush_interval_ms: u64,
+    max_backoff_secs: u64,
+) -> ExitCode {
+    log::set_max_level(log::LevelFilter::Info.max(log::max_level()));
+    let conninfo = match redo_helper::stream::conninfo::ConnInfo::parse(&connect) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("redo-helper: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = redo_helper::service::RunOptions {
+        conninfo,
+        data_dir,
+        slot,
+        listen,
+        flush_interval: std::time::Duration::from_millis(flush_interval_ms.max(1)),
+        flush_bytes: 4 << 20,
+        max_backoff: std::time::Duration::from_secs(max_backoff_secs.max(1)),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("redo-helper: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(redo_helper::service::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("redo-helper: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -26,18 +26,27 @@ impl RelationFileName {
     /// Parses `16384`, `16384_vm`, `16384.2`, `16384_fsm.1`; anything else is not relation data.
     pub fn parse(name: &str) -> Option<RelationFileName> {
         let (stem, segment) = match name.split_once('.') {
-            Some((s, seg)) if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) => (s, seg.parse().ok()?),
+            Some((s, seg)) if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) => {
+                (s, seg.parse().ok()?)
+            }
             Some(_) => return None,
             None => (name, 0),
         };
         let (rel, fork) = match stem.split_once('_') {
-            Some((r, f)) => (r, ForkNumber::parse(f).filter(|f| f.0 != 0)?),
+            Some((r, f)) if f.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                (r, ForkNumber::parse(f).filter(|f| f.0 != 0)?)
+            }
+            Some(_) => return None,
             None => (stem, ForkNumber(0)),
         };
         if rel.is_empty() || !rel.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        Some(RelationFileName { rel_number: rel.parse().ok()?, fork, segment })
+        Some(RelationFileName {
+            rel_number: rel.parse().ok()?,
+            fork,
+            segment,
+        })
     }
 
     pub fn file_name(&self) -> String {
@@ -45,7 +54,11 @@ impl RelationFileName {
             0 => String::new(),
             _ => format!("_{}", self.fork.name()),
         };
-        let seg = if self.segment == 0 { String::new() } else { format!(".{}", self.segment) };
+        let seg = if self.segment == 0 {
+            String::new()
+        } else {
+            format!(".{}", self.segment)
+        };
         format!("{}{fork}{seg}", self.rel_number)
     }
 }
@@ -59,7 +72,10 @@ pub struct BaseFiles {
 
 impl BaseFiles {
     pub fn new(root: PathBuf) -> BaseFiles {
-        BaseFiles { root, dirs: Arc::new(Mutex::new(BTreeSet::new())) }
+        BaseFiles {
+            root,
+            dirs: Arc::new(Mutex::new(BTreeSet::new())),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -67,14 +83,24 @@ impl BaseFiles {
     }
 
     pub fn relation_path(&self, spc: u32, db: u32, file: &RelationFileName) -> PathBuf {
-        self.root.join(spc.to_string()).join(db.to_string()).join(file.file_name())
+        self.root
+            .join(spc.to_string())
+            .join(db.to_string())
+            .join(file.file_name())
     }
 
     /// Where the page of `key` lives, and its byte offset in that file.
     pub fn page_location(&self, key: &PageKey) -> (PathBuf, u64) {
-        let file = RelationFileName { rel_number: key.rel.rel_number, fork: key.fork, segment: key.block / RELSEG_SIZE };
+        let file = RelationFileName {
+            rel_number: key.rel.rel_number,
+            fork: key.fork,
+            segment: key.block / RELSEG_SIZE,
+        };
         let offset = u64::from(key.block % RELSEG_SIZE) * BLCKSZ as u64;
-        (self.relation_path(key.rel.spc_oid, key.rel.db_oid, &file), offset)
+        (
+            self.relation_path(key.rel.spc_oid, key.rel.db_oid, &file),
+            offset,
+        )
     }
 
     /// The base image of a page, or None if the backup did not have it.
@@ -134,7 +160,15 @@ mod tests {
         for name in ["16384", "16384_fsm", "16384_vm.3", "1259_init", "2.1"] {
             assert_eq!(RelationFileName::parse(name).unwrap().file_name(), name);
         }
-        for bad in ["pg_filenode.map", "PG_VERSION", "16384_xx", "16384.", "_vm", "12a", "16384_main"] {
+        for bad in [
+            "pg_filenode.map",
+            "PG_VERSION",
+            "16384_xx",
+            "16384.",
+            "_vm",
+            "12a",
+            "16384_main",
+        ] {
             assert!(RelationFileName::parse(bad).is_none(), "{bad}");
         }
     }

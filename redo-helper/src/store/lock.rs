@@ -20,13 +20,28 @@ pub struct DataDirLock {
 impl DataDirLock {
     pub fn acquire(dir: &Path) -> Result<DataDirLock, LockError> {
         let path = dir.join("helper.lock");
-        let io_err = |source| LockError::Io { dir: dir.to_path_buf(), source };
-        let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io_err)?;
+        let io_err = |source| LockError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                let pid = std::fs::read_to_string(&path).unwrap_or_default().trim().to_string();
-                return Err(LockError::InUse { dir: dir.to_path_buf(), pid });
+                let pid = std::fs::read_to_string(&path)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                return Err(LockError::InUse {
+                    dir: dir.to_path_buf(),
+                    pid,
+                });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
         }
@@ -46,7 +61,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let first = DataDirLock::acquire(&dir).unwrap();
         let err = DataDirLock::acquire(&dir).err().unwrap();
-        assert!(err.to_string().contains("in use by another redo-helper"), "{err}");
+        assert!(
+            err.to_string().contains("in use by another redo-helper"),
+            "{err}"
+        );
         drop(first);
         assert!(DataDirLock::acquire(&dir).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -40,16 +40,25 @@ impl HelperMeta {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(MetaError::Io { path, source }),
         };
-        let meta: HelperMeta = serde_json::from_str(&text).map_err(|e| MetaError::Damaged { path: path.clone(), reason: e.to_string() })?;
+        let meta: HelperMeta = serde_json::from_str(&text).map_err(|e| MetaError::Damaged {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         for s in [&meta.backup_start_lsn, &meta.backup_end_lsn] {
-            s.parse::<Lsn>().map_err(|e| MetaError::Damaged { path: path.clone(), reason: e.to_string() })?;
+            s.parse::<Lsn>().map_err(|e| MetaError::Damaged {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         }
         Ok(Some(meta))
     }
 
     pub fn store(&self, dir: &Path) -> Result<(), MetaError> {
         let path = Self::path(dir);
-        let text = serde_json::to_string_pretty(self).map_err(|e| MetaError::Damaged { path: path.clone(), reason: e.to_string() })?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| MetaError::Damaged {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         write_atomic(&path, text.as_bytes()).map_err(|source| MetaError::Io { path, source })
     }
 

@@ -75,10 +75,18 @@ fn archive_tablespace(name: &str) -> Option<u32> {
 fn relation_of(archive_spc: u32, path: &str) -> Option<(u32, u32, RelationFileName)> {
     let parts: Vec<&str> = path.trim_start_matches("./").split('/').collect();
     match (archive_spc, parts.as_slice()) {
-        (DEFAULTTABLESPACE_OID, ["base", db, file]) => Some((DEFAULTTABLESPACE_OID, db.parse().ok()?, RelationFileName::parse(file)?)),
-        (DEFAULTTABLESPACE_OID, ["global", file]) => Some((GLOBALTABLESPACE_OID, 0, RelationFileName::parse(file)?)),
+        (DEFAULTTABLESPACE_OID, ["base", db, file]) => Some((
+            DEFAULTTABLESPACE_OID,
+            db.parse().ok()?,
+            RelationFileName::parse(file)?,
+        )),
+        (DEFAULTTABLESPACE_OID, ["global", file]) => {
+            Some((GLOBALTABLESPACE_OID, 0, RelationFileName::parse(file)?))
+        }
         // User tablespace: PG_15_<catversion>/<db>/<file>
-        (spc, [version_dir, db, file]) if spc != DEFAULTTABLESPACE_OID && version_dir.starts_with("PG_") => {
+        (spc, [version_dir, db, file])
+            if spc != DEFAULTTABLESPACE_OID && version_dir.starts_with("PG_") =>
+        {
             Some((spc, db.parse().ok()?, RelationFileName::parse(file)?))
         }
         _ => None,
@@ -86,21 +94,38 @@ fn relation_of(archive_spc: u32, path: &str) -> Option<(u32, u32, RelationFileNa
 }
 
 /// Extracts the relation files of one archive into the base store (runs on a blocking thread).
-fn extract_archive(name: String, spc: u32, reader: ChannelReader, base: BaseFiles) -> Result<(u64, u64), BaseBackupError> {
+fn extract_archive(
+    name: String,
+    spc: u32,
+    reader: ChannelReader,
+    base: BaseFiles,
+) -> Result<(u64, u64), BaseBackupError> {
     let mut archive = tar::Archive::new(reader);
-    let tar_err = |source| BaseBackupError::Tar { archive: name.clone(), source };
+    let tar_err = |source| BaseBackupError::Tar {
+        archive: name.clone(),
+        source,
+    };
     let (mut files, mut bytes) = (0u64, 0u64);
     for entry in archive.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
         if !entry.header().entry_type().is_file() {
             continue;
         }
-        let path = entry.path().map_err(tar_err)?.to_string_lossy().into_owned();
+        let path = entry
+            .path()
+            .map_err(tar_err)?
+            .to_string_lossy()
+            .into_owned();
         let Some((spc_oid, db_oid, file)) = relation_of(spc, &path) else {
             continue;
         };
         let dest = base.relation_path(spc_oid, db_oid, &file);
-        let n = base.write_file(&dest, &mut entry).map_err(|source| BaseBackupError::Write { path: dest.clone(), source })?;
+        let n = base
+            .write_file(&dest, &mut entry)
+            .map_err(|source| BaseBackupError::Write {
+                path: dest.clone(),
+                source,
+            })?;
         files += 1;
         bytes += n;
     }
@@ -119,12 +144,18 @@ impl Progress {
         use std::io::IsTerminal;
         let bar = io::stderr().is_terminal().then(|| {
             let b = indicatif::ProgressBar::new(total.max(1));
-            if let Ok(style) = indicatif::ProgressStyle::with_template("base backup {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "base backup {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ) {
                 b.set_style(style);
             }
             b
         });
-        Progress { bar, total, last_log: Instant::now() }
+        Progress {
+            bar,
+            total,
+            last_log: Instant::now(),
+        }
     }
 
     fn update(&mut self, done: u64) {
@@ -132,8 +163,16 @@ impl Progress {
             b.set_position(done);
         } else if self.last_log.elapsed() >= Duration::from_secs(5) {
             self.last_log = Instant::now();
-            let pct = if self.total > 0 { done as f64 * 100.0 / self.total as f64 } else { 0.0 };
-            log::info!("base backup: {} MB of ~{} MB ({pct:.0}%)", done >> 20, self.total >> 20);
+            let pct = if self.total > 0 {
+                done as f64 * 100.0 / self.total as f64
+            } else {
+                0.0
+            };
+            log::info!(
+                "base backup: {} MB of ~{} MB ({pct:.0}%)",
+                done >> 20,
+                self.total >> 20
+            );
         }
     }
 
@@ -152,7 +191,11 @@ fn parse_position(row: Option<&Vec<Option<String>>>) -> Option<(Lsn, u32)> {
 }
 
 /// Runs BASE_BACKUP on `conn` (a replication connection) and writes relation files to `base`.
-pub async fn run_base_backup(conn: &mut PgConnection, base: &BaseFiles, label: &str) -> Result<BaseBackupResult, BaseBackupError> {
+pub async fn run_base_backup(
+    conn: &mut PgConnection,
+    base: &BaseFiles,
+    label: &str,
+) -> Result<BaseBackupResult, BaseBackupError> {
     let sql = format!(
         "BASE_BACKUP (LABEL '{}', PROGRESS, CHECKPOINT 'fast', WAIT true, WAL false, MANIFEST 'no')",
         label.replace('\'', "''")
@@ -170,12 +213,17 @@ pub async fn run_base_backup(conn: &mut PgConnection, base: &BaseFiles, label: &
     loop {
         let msg = match conn.read_message().await? {
             BackendMessage::Message(m) => m,
-            BackendMessage::CopyBothResponse => return Err(BaseBackupError::Protocol("unexpected CopyBothResponse".into())),
+            BackendMessage::CopyBothResponse => {
+                return Err(BaseBackupError::Protocol(
+                    "unexpected CopyBothResponse".into(),
+                ));
+            }
         };
         match msg {
             Message::RowDescription(_) => current = Some(Vec::new()),
             Message::DataRow(body) => {
-                let row = decode_data_row(&body).map_err(|e| BaseBackupError::Protocol(format!("bad DataRow: {e}")))?;
+                let row = decode_data_row(&body)
+                    .map_err(|e| BaseBackupError::Protocol(format!("bad DataRow: {e}")))?;
                 current.get_or_insert_with(Vec::new).push(row);
             }
             Message::CommandComplete(_) => {
@@ -188,7 +236,11 @@ pub async fn run_base_backup(conn: &mut PgConnection, base: &BaseFiles, label: &
                 // Second result set: tablespaces with sizes in kB (PROGRESS).
                 let total_kb: u64 = result_sets
                     .get(1)
-                    .map(|rows| rows.iter().filter_map(|r| r.get(2).cloned().flatten()?.parse::<u64>().ok()).sum())
+                    .map(|rows| {
+                        rows.iter()
+                            .filter_map(|r| r.get(2).cloned().flatten()?.parse::<u64>().ok())
+                            .sum()
+                    })
                     .unwrap_or(0);
                 progress = Some(Progress::new(total_kb * 1024));
             }
@@ -198,19 +250,30 @@ pub async fn run_base_backup(conn: &mut PgConnection, base: &BaseFiles, label: &
                     Some(b'n') => {
                         // New archive: name\0 location\0
                         let fields: Vec<&[u8]> = data[1..].split(|b| *b == 0).collect();
-                        let name = fields.first().map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default();
-                        let spc = archive_tablespace(&name)
-                            .ok_or_else(|| BaseBackupError::Protocol(format!("unexpected archive name {name:?}")))?;
+                        let name = fields
+                            .first()
+                            .map(|f| String::from_utf8_lossy(f).into_owned())
+                            .unwrap_or_default();
+                        let spc = archive_tablespace(&name).ok_or_else(|| {
+                            BaseBackupError::Protocol(format!("unexpected archive name {name:?}"))
+                        })?;
                         log::info!("base backup: receiving archive {name}");
                         let (tx, rx) = mpsc::channel::<Bytes>(64);
                         sender = Some(tx); // dropping the previous sender ends that archive
                         let base = base.clone();
-                        let reader = ChannelReader { rx, chunk: Bytes::new() };
-                        extractors.push(tokio::task::spawn_blocking(move || extract_archive(name, spc, reader, base)));
+                        let reader = ChannelReader {
+                            rx,
+                            chunk: Bytes::new(),
+                        };
+                        extractors.push(tokio::task::spawn_blocking(move || {
+                            extract_archive(name, spc, reader, base)
+                        }));
                     }
                     Some(b'd') => {
                         let Some(tx) = &sender else {
-                            return Err(BaseBackupError::Protocol("archive data before any archive started".into()));
+                            return Err(BaseBackupError::Protocol(
+                                "archive data before any archive started".into(),
+                            ));
                         };
                         if tx.send(data.slice(1..)).await.is_err() {
                             // The extractor stopped early: its error is reported below.
@@ -223,7 +286,11 @@ pub async fn run_base_backup(conn: &mut PgConnection, base: &BaseFiles, label: &
                         }
                     }
                     Some(b'm') => sender = None, // manifest (not requested); ignore its data
-                    _ => return Err(BaseBackupError::Protocol("unknown CopyData type in base backup".into())),
+                    _ => {
+                        return Err(BaseBackupError::Protocol(
+                            "unknown CopyData type in base backup".into(),
+                        ));
+                    }
                 }
             }
             Message::CopyDone => {
@@ -233,7 +300,11 @@ pub async fn run_base_backup(conn: &mut PgConnection, base: &BaseFiles, label: &
             Message::ErrorResponse(body) => error = Some(conn.server_error(&body)),
             Message::NoticeResponse(_) | Message::ParameterStatus(_) => {}
             Message::ReadyForQuery(_) => break,
-            _ => return Err(BaseBackupError::Protocol("unexpected message during BASE_BACKUP".into())),
+            _ => {
+                return Err(BaseBackupError::Protocol(
+                    "unexpected message during BASE_BACKUP".into(),
+                ));
+            }
         }
     }
     drop(sender);
@@ -242,7 +313,9 @@ pub async fn run_base_backup(conn: &mut PgConnection, base: &BaseFiles, label: &
     }
     let (mut files, mut bytes) = (0, 0);
     for handle in extractors {
-        let (f, b) = handle.await.map_err(|e| BaseBackupError::Protocol(format!("extractor thread failed: {e}")))??;
+        let (f, b) = handle
+            .await
+            .map_err(|e| BaseBackupError::Protocol(format!("extractor thread failed: {e}")))??;
         files += f;
         bytes += b;
     }
@@ -253,10 +326,22 @@ pub async fn run_base_backup(conn: &mut PgConnection, base: &BaseFiles, label: &
     let end = parse_position(result_sets.last().and_then(|s| s.first()));
     match (start, end, result_sets.len()) {
         (Some((start_lsn, timeline)), Some((end_lsn, _)), 3..) => {
-            base.sync_all().map_err(|source| BaseBackupError::Write { path: base.root().to_path_buf(), source })?;
-            Ok(BaseBackupResult { start_lsn, end_lsn, timeline, relation_files: files, bytes })
+            base.sync_all().map_err(|source| BaseBackupError::Write {
+                path: base.root().to_path_buf(),
+                source,
+            })?;
+            Ok(BaseBackupResult {
+                start_lsn,
+                end_lsn,
+                timeline,
+                relation_files: files,
+                bytes,
+            })
         }
-        _ => Err(BaseBackupError::Protocol(format!("expected start and end positions, got {} result sets", result_sets.len()))),
+        _ => Err(BaseBackupError::Protocol(format!(
+            "expected start and end positions, got {} result sets",
+            result_sets.len()
+        ))),
     }
 }
 
@@ -267,7 +352,10 @@ mod tests {
     #[test]
     fn maps_archive_paths_to_relations() {
         let (spc, db, f) = relation_of(DEFAULTTABLESPACE_OID, "base/5/16384_vm.1").unwrap();
-        assert_eq!((spc, db, f.rel_number, f.fork.0, f.segment), (1663, 5, 16384, 2, 1));
+        assert_eq!(
+            (spc, db, f.rel_number, f.fork.0, f.segment),
+            (1663, 5, 16384, 2, 1)
+        );
         let (spc, db, f) = relation_of(DEFAULTTABLESPACE_OID, "global/1262").unwrap();
         assert_eq!((spc, db, f.rel_number), (1664, 0, 1262));
         let (spc, db, _) = relation_of(16500, "PG_15_202209061/5/16501").unwrap();

@@ -44,7 +44,9 @@ impl fmt::Display for ServerError {
 }
 
 impl ServerError {
-    fn from_fields(mut fields: impl FallibleIterator<Item = (u8, String), Error = io::Error>) -> ServerError {
+    fn from_fields(
+        mut fields: impl FallibleIterator<Item = (u8, String), Error = io::Error>,
+    ) -> ServerError {
         let mut e = ServerError::default();
         while let Ok(Some((t, v))) = fields.next() {
             match t {
@@ -115,7 +117,10 @@ pub struct ResultSet {
 
 impl ResultSet {
     pub fn value(&self, row: usize, col: usize) -> Option<&str> {
-        self.rows.get(row).and_then(|r| r.get(col)).and_then(|v| v.as_deref())
+        self.rows
+            .get(row)
+            .and_then(|r| r.get(col))
+            .and_then(|v| v.as_deref())
     }
 }
 
@@ -128,7 +133,9 @@ pub struct PgConnection {
 
 pub type Result<T> = std::result::Result<T, ConnectionError>;
 
-pub fn decode_data_row(body: &postgres_protocol::message::backend::DataRowBody) -> io::Result<Vec<Option<String>>> {
+pub fn decode_data_row(
+    body: &postgres_protocol::message::backend::DataRowBody,
+) -> io::Result<Vec<Option<String>>> {
     let buf = body.buffer();
     body.ranges()
         .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned())))
@@ -139,21 +146,33 @@ impl PgConnection {
     /// Connects and authenticates as a physical replication client (`replication=true`).
     pub async fn connect_replication(info: &ConnInfo) -> Result<PgConnection> {
         let target = format!("{}:{}", info.host, info.port);
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((info.host.as_str(), info.port)))
-            .await
-            .map_err(|_| ConnectionError::Connect {
-                target: target.clone(),
-                source: io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
-            })?
-            .map_err(|source| ConnectionError::Connect { target: target.clone(), source })?;
+        let stream = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect((info.host.as_str(), info.port)),
+        )
+        .await
+        .map_err(|_| ConnectionError::Connect {
+            target: target.clone(),
+            source: io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+        })?
+        .map_err(|source| ConnectionError::Connect {
+            target: target.clone(),
+            source,
+        })?;
         let _ = stream.set_nodelay(true);
-        let mut conn = PgConnection { stream, rbuf: BytesMut::with_capacity(1 << 16), wbuf: BytesMut::new(), target };
+        let mut conn = PgConnection {
+            stream,
+            rbuf: BytesMut::with_capacity(1 << 16),
+            wbuf: BytesMut::new(),
+            target,
+        };
         let params = [
             ("user", info.user.as_str()),
             ("replication", "true"),
             ("application_name", info.application_name.as_str()),
         ];
-        frontend::startup_message(params.iter().copied(), &mut conn.wbuf).map_err(|e| conn.io(e))?;
+        frontend::startup_message(params.iter().copied(), &mut conn.wbuf)
+            .map_err(|e| conn.io(e))?;
         conn.flush().await?;
         conn.authenticate(info).await?;
         Ok(conn)
@@ -164,20 +183,40 @@ impl PgConnection {
     }
 
     fn io(&self, source: io::Error) -> ConnectionError {
-        ConnectionError::Io { target: self.target.clone(), source }
+        ConnectionError::Io {
+            target: self.target.clone(),
+            source,
+        }
     }
 
     pub(crate) fn protocol(&self, reason: impl Into<String>) -> ConnectionError {
-        ConnectionError::Protocol { target: self.target.clone(), reason: reason.into() }
+        ConnectionError::Protocol {
+            target: self.target.clone(),
+            reason: reason.into(),
+        }
     }
 
-    pub(crate) fn server_error(&self, body: &postgres_protocol::message::backend::ErrorResponseBody) -> ConnectionError {
-        let fields = body.fields().map(|f| Ok((f.type_(), String::from_utf8_lossy(f.value_bytes()).into_owned())));
-        ConnectionError::Server { target: self.target.clone(), error: ServerError::from_fields(fields) }
+    pub(crate) fn server_error(
+        &self,
+        body: &postgres_protocol::message::backend::ErrorResponseBody,
+    ) -> ConnectionError {
+        let fields = body.fields().map(|f| {
+            Ok((
+                f.type_(),
+                String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            ))
+        });
+        ConnectionError::Server {
+            target: self.target.clone(),
+            error: ServerError::from_fields(fields),
+        }
     }
 
     fn auth(&self, reason: impl Into<String>) -> ConnectionError {
-        ConnectionError::Auth { target: self.target.clone(), reason: reason.into() }
+        ConnectionError::Auth {
+            target: self.target.clone(),
+            reason: reason.into(),
+        }
     }
 
     async fn flush(&mut self) -> Result<()> {
@@ -191,7 +230,9 @@ impl PgConnection {
         loop {
             let msg = match self.read_message().await? {
                 BackendMessage::Message(m) => m,
-                BackendMessage::CopyBothResponse => return Err(self.protocol("CopyBothResponse during startup")),
+                BackendMessage::CopyBothResponse => {
+                    return Err(self.protocol("CopyBothResponse during startup"));
+                }
             };
             let need_password = || {
                 info.password
@@ -208,7 +249,8 @@ impl PgConnection {
                 }
                 Message::AuthenticationMd5Password(body) => {
                     let hash = md5_hash(info.user.as_bytes(), need_password()?, body.salt());
-                    frontend::password_message(hash.as_bytes(), &mut self.wbuf).map_err(|e| self.io(e))?;
+                    frontend::password_message(hash.as_bytes(), &mut self.wbuf)
+                        .map_err(|e| self.io(e))?;
                     self.flush().await?;
                 }
                 Message::AuthenticationSasl(body) => {
@@ -221,7 +263,8 @@ impl PgConnection {
                         return Err(self.auth("the server offers no SASL mechanism this client supports (SCRAM-SHA-256)"));
                     }
                     let s = ScramSha256::new(need_password()?, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.wbuf).map_err(|e| self.io(e))?;
+                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.wbuf)
+                        .map_err(|e| self.io(e))?;
                     self.flush().await?;
                     scram = Some(s);
                 }
@@ -229,7 +272,8 @@ impl PgConnection {
                     let Some(s) = scram.as_mut() else {
                         return Err(self.protocol("SASL continue without SASL start"));
                     };
-                    s.update(body.data()).map_err(|e| self.auth(format!("SCRAM: {e}")))?;
+                    s.update(body.data())
+                        .map_err(|e| self.auth(format!("SCRAM: {e}")))?;
                     let reply = s.message().to_vec();
                     frontend::sasl_response(&reply, &mut self.wbuf).map_err(|e| self.io(e))?;
                     self.flush().await?;
@@ -238,11 +282,14 @@ impl PgConnection {
                     let Some(s) = scram.as_mut() else {
                         return Err(self.protocol("SASL final without SASL start"));
                     };
-                    s.finish(body.data()).map_err(|e| self.auth(format!("SCRAM server signature: {e}")))?;
+                    s.finish(body.data())
+                        .map_err(|e| self.auth(format!("SCRAM server signature: {e}")))?;
                 }
                 Message::ErrorResponse(body) => return Err(self.server_error(&body)),
                 Message::ReadyForQuery(_) => return Ok(()),
-                Message::ParameterStatus(_) | Message::BackendKeyData(_) | Message::NoticeResponse(_) => {}
+                Message::ParameterStatus(_)
+                | Message::BackendKeyData(_)
+                | Message::NoticeResponse(_) => {}
                 Message::AuthenticationGss
                 | Message::AuthenticationKerberosV5
                 | Message::AuthenticationSspi
@@ -260,9 +307,14 @@ impl PgConnection {
         loop {
             if self.rbuf.len() >= 5 {
                 let tag = self.rbuf[0];
-                let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
+                let len =
+                    u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
+                        as usize;
                 if !(4..=MAX_MESSAGE_LEN).contains(&len) {
-                    return Err(self.protocol(format!("message '{}' with invalid length {len}", tag as char)));
+                    return Err(self.protocol(format!(
+                        "message '{}' with invalid length {len}",
+                        tag as char
+                    )));
                 }
                 if self.rbuf.len() > len {
                     if tag == b'W' {
@@ -272,14 +324,23 @@ impl PgConnection {
                     return match Message::parse(&mut self.rbuf) {
                         Ok(Some(m)) => Ok(BackendMessage::Message(m)),
                         Ok(None) => Err(self.protocol("incomplete message after framing check")),
-                        Err(e) => Err(self.protocol(format!("cannot parse message '{}': {e}", tag as char))),
+                        Err(e) => {
+                            Err(self
+                                .protocol(format!("cannot parse message '{}': {e}", tag as char)))
+                        }
                     };
                 }
                 self.rbuf.reserve(len + 1 - self.rbuf.len());
             }
-            let n = self.stream.read_buf(&mut self.rbuf).await.map_err(|e| self.io(e))?;
+            let n = self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|e| self.io(e))?;
             if n == 0 {
-                return Err(ConnectionError::Closed { target: self.target.clone() });
+                return Err(ConnectionError::Closed {
+                    target: self.target.clone(),
+                });
             }
         }
     }
@@ -298,12 +359,18 @@ impl PgConnection {
         let mut error = None;
         loop {
             match self.read_message().await? {
-                BackendMessage::CopyBothResponse => return Err(self.protocol(format!("unexpected COPY BOTH after {sql:?}"))),
+                BackendMessage::CopyBothResponse => {
+                    return Err(self.protocol(format!("unexpected COPY BOTH after {sql:?}")));
+                }
                 BackendMessage::Message(m) => match m {
                     Message::RowDescription(_) => current = Some(ResultSet::default()),
                     Message::DataRow(body) => {
-                        let row = decode_data_row(&body).map_err(|e| self.protocol(format!("bad DataRow: {e}")))?;
-                        current.get_or_insert_with(ResultSet::default).rows.push(row);
+                        let row = decode_data_row(&body)
+                            .map_err(|e| self.protocol(format!("bad DataRow: {e}")))?;
+                        current
+                            .get_or_insert_with(ResultSet::default)
+                            .rows
+                            .push(row);
                     }
                     Message::CommandComplete(_) | Message::EmptyQueryResponse => {
                         if let Some(s) = current.take() {
@@ -318,7 +385,11 @@ impl PgConnection {
                         };
                     }
                     Message::NoticeResponse(_) | Message::ParameterStatus(_) => {}
-                    _ => return Err(self.protocol(format!("unexpected message in reply to {sql:?}"))),
+                    _ => {
+                        return Err(
+                            self.protocol(format!("unexpected message in reply to {sql:?}"))
+                        );
+                    }
                 },
             }
         }

@@ -18,7 +18,11 @@ pub struct ConnInfo {
 impl fmt::Debug for ConnInfo {
     // Never print the password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "host={} port={} user={}", self.host, self.port, self.user)
+        write!(
+            f,
+            "host={} port={} user={}",
+            self.host, self.port, self.user
+        )
     }
 }
 
@@ -34,7 +38,9 @@ pub enum ConnInfoError {
     Syntax(String),
     #[error("invalid port {0:?} in connection string")]
     Port(String),
-    #[error("unsupported connection option {0:?} (supported: host, port, user, password, dbname, application_name)")]
+    #[error(
+        "unsupported connection option {0:?} (supported: host, port, user, password, dbname, application_name)"
+    )]
     Unsupported(String),
 }
 
@@ -61,7 +67,9 @@ fn parse_pairs(s: &str) -> Result<BTreeMap<String, String>, ConnInfoError> {
             chars.next();
         }
         if chars.next() != Some('=') {
-            return Err(ConnInfoError::Syntax(format!("missing \"=\" after {key:?}")));
+            return Err(ConnInfoError::Syntax(format!(
+                "missing \"=\" after {key:?}"
+            )));
         }
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
@@ -71,7 +79,11 @@ fn parse_pairs(s: &str) -> Result<BTreeMap<String, String>, ConnInfoError> {
             chars.next();
             loop {
                 match chars.next() {
-                    None => return Err(ConnInfoError::Syntax(format!("unterminated quoted value for {key:?}"))),
+                    None => {
+                        return Err(ConnInfoError::Syntax(format!(
+                            "unterminated quoted value for {key:?}"
+                        )));
+                    }
                     Some('\\') => match chars.next() {
                         Some(c) => value.push(c),
                         None => return Err(ConnInfoError::Syntax("trailing backslash".into())),
@@ -107,8 +119,11 @@ fn percent_decode(s: &str) -> Result<String, ConnInfoError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).ok_or_else(|| ConnInfoError::Syntax(format!("bad escape in {s:?}")))?;
-            let v = u8::from_str_radix(hex, 16).map_err(|_| ConnInfoError::Syntax(format!("bad escape in {s:?}")))?;
+            let hex = s
+                .get(i + 1..i + 3)
+                .ok_or_else(|| ConnInfoError::Syntax(format!("bad escape in {s:?}")))?;
+            let v = u8::from_str_radix(hex, 16)
+                .map_err(|_| ConnInfoError::Syntax(format!("bad escape in {s:?}")))?;
             out.push(v);
             i += 3;
         } else {
@@ -145,7 +160,10 @@ fn parse_uri(s: &str) -> Result<BTreeMap<String, String>, ConnInfoError> {
         _ => (hostport, None),
     };
     if !host.is_empty() {
-        out.insert("host".into(), percent_decode(host.trim_start_matches('[').trim_end_matches(']'))?);
+        out.insert(
+            "host".into(),
+            percent_decode(host.trim_start_matches('[').trim_end_matches(']'))?,
+        );
     }
     if let Some(p) = port {
         out.insert("port".into(), p.to_string());
@@ -154,7 +172,9 @@ fn parse_uri(s: &str) -> Result<BTreeMap<String, String>, ConnInfoError> {
         out.insert("dbname".into(), percent_decode(path)?);
     }
     for kv in query.split('&').filter(|kv| !kv.is_empty()) {
-        let (k, v) = kv.split_once('=').ok_or_else(|| ConnInfoError::Syntax(format!("bad URI parameter {kv:?}")))?;
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| ConnInfoError::Syntax(format!("bad URI parameter {kv:?}")))?;
         out.insert(percent_decode(k)?, percent_decode(v)?);
     }
     Ok(out)
@@ -167,7 +187,10 @@ impl ConnInfo {
         Self::parse_with_env(s, |k| std::env::var(k).ok())
     }
 
-    pub fn parse_with_env(s: &str, env: impl Fn(&str) -> Option<String>) -> Result<ConnInfo, ConnInfoError> {
+    pub fn parse_with_env(
+        s: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ConnInfo, ConnInfoError> {
         let s = s.trim();
         let mut kv = if s.starts_with("postgresql://") || s.starts_with("postgres://") {
             parse_uri(s)?
@@ -177,22 +200,44 @@ impl ConnInfo {
         for k in kv.keys() {
             if !matches!(
                 k.as_str(),
-                "host" | "hostaddr" | "port" | "user" | "password" | "dbname" | "application_name" | "sslmode" | "connect_timeout"
+                "host"
+                    | "hostaddr"
+                    | "port"
+                    | "user"
+                    | "password"
+                    | "dbname"
+                    | "application_name"
+                    | "sslmode"
+                    | "connect_timeout"
             ) {
                 return Err(ConnInfoError::Unsupported(k.clone()));
             }
         }
-        if kv.get("sslmode").is_some_and(|m| m != "disable" && m != "prefer" && m != "allow") {
-            return Err(ConnInfoError::Unsupported(format!("sslmode={}", kv["sslmode"])));
+        if kv
+            .get("sslmode")
+            .is_some_and(|m| m != "disable" && m != "prefer" && m != "allow")
+        {
+            return Err(ConnInfoError::Unsupported(format!(
+                "sslmode={}",
+                kv["sslmode"]
+            )));
         }
         let host = kv
             .remove("hostaddr")
             .or_else(|| kv.remove("host"))
             .or_else(|| env("PGHOST"))
             .unwrap_or_else(|| "localhost".into());
-        let port_s = kv.remove("port").or_else(|| env("PGPORT")).unwrap_or_else(|| "5432".into());
-        let port = port_s.parse::<u16>().map_err(|_| ConnInfoError::Port(port_s.clone()))?;
-        let user = kv.remove("user").or_else(|| env("PGUSER")).unwrap_or_else(|| "postgres".into());
+        let port_s = kv
+            .remove("port")
+            .or_else(|| env("PGPORT"))
+            .unwrap_or_else(|| "5432".into());
+        let port = port_s
+            .parse::<u16>()
+            .map_err(|_| ConnInfoError::Port(port_s.clone()))?;
+        let user = kv
+            .remove("user")
+            .or_else(|| env("PGUSER"))
+            .unwrap_or_else(|| "postgres".into());
         let password = kv.remove("password").or_else(|| env("PGPASSWORD"));
         Ok(ConnInfo {
             host,
@@ -200,7 +245,9 @@ impl ConnInfo {
             user,
             password,
             dbname: kv.remove("dbname"),
-            application_name: kv.remove("application_name").unwrap_or_else(|| "fpw_pushdown redo-helper".into()),
+            application_name: kv
+                .remove("application_name")
+                .unwrap_or_else(|| "fpw_pushdown redo-helper".into()),
         })
     }
 }
@@ -215,15 +262,29 @@ mod tests {
 
     #[test]
     fn key_value_with_quotes() {
-        let c = ConnInfo::parse_with_env("host=127.0.0.1 port=5433 user=rep password='a b\\'c'", no_env).unwrap();
-        assert_eq!((c.host.as_str(), c.port, c.user.as_str()), ("127.0.0.1", 5433, "rep"));
+        let c = ConnInfo::parse_with_env(
+            "host=127.0.0.1 port=5433 user=rep password='a b\\'c'",
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.user.as_str()),
+            ("127.0.0.1", 5433, "rep")
+        );
         assert_eq!(c.password.as_deref(), Some("a b'c"));
     }
 
     #[test]
     fn uri_form() {
-        let c = ConnInfo::parse_with_env("postgresql://rep:p%40ss@db.local:6000/postgres?application_name=x", no_env).unwrap();
-        assert_eq!((c.host.as_str(), c.port, c.user.as_str()), ("db.local", 6000, "rep"));
+        let c = ConnInfo::parse_with_env(
+            "postgresql://rep:p%40ss@db.local:6000/postgres?application_name=x",
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.user.as_str()),
+            ("db.local", 6000, "rep")
+        );
         assert_eq!(c.password.as_deref(), Some("p@ss"));
         assert_eq!(c.application_name, "x");
     }
@@ -232,9 +293,24 @@ mod tests {
     fn env_fallbacks_and_errors() {
         let env = |k: &str| (k == "PGPORT").then(|| "7000".to_string());
         assert_eq!(ConnInfo::parse_with_env("", env).unwrap().port, 7000);
-        assert_eq!(ConnInfo::parse_with_env("port=x", no_env), Err(ConnInfoError::Port("x".into())));
-        assert!(matches!(ConnInfo::parse_with_env("host", no_env), Err(ConnInfoError::Syntax(_))));
-        assert!(matches!(ConnInfo::parse_with_env("foo=1", no_env), Err(ConnInfoError::Unsupported(_))));
-        assert!(!format!("{:?}", ConnInfo::parse_with_env("password=secret", no_env).unwrap()).contains("secret"));
+        assert_eq!(
+            ConnInfo::parse_with_env("port=x", no_env),
+            Err(ConnInfoError::Port("x".into()))
+        );
+        assert!(matches!(
+            ConnInfo::parse_with_env("host", no_env),
+            Err(ConnInfoError::Syntax(_))
+        ));
+        assert!(matches!(
+            ConnInfo::parse_with_env("foo=1", no_env),
+            Err(ConnInfoError::Unsupported(_))
+        ));
+        assert!(
+            !format!(
+                "{:?}",
+                ConnInfo::parse_with_env("password=secret", no_env).unwrap()
+            )
+            .contains("secret")
+        );
     }
 }

@@ -23,8 +23,15 @@ pub struct SystemInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerStreamMessage {
     /// WAL bytes starting at `start`; `server_end` is the server's current end of WAL.
-    XLogData { start: Lsn, server_end: Lsn, data: Bytes },
-    Keepalive { server_end: Lsn, reply_requested: bool },
+    XLogData {
+        start: Lsn,
+        server_end: Lsn,
+        data: Bytes,
+    },
+    Keepalive {
+        server_end: Lsn,
+        reply_requested: bool,
+    },
 }
 
 /// The end of a COPY BOTH stream from the server side.
@@ -36,7 +43,9 @@ pub enum StreamEvent {
 }
 
 fn be_u64(b: &[u8], at: usize) -> Option<u64> {
-    b.get(at..at + 8).and_then(|s| s.try_into().ok()).map(u64::from_be_bytes)
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_be_bytes)
 }
 
 /// Parses one CopyData payload of the replication stream.
@@ -49,13 +58,23 @@ pub fn parse_stream_message(data: Bytes) -> Result<ServerStreamMessage, String> 
             if data.len() < 25 {
                 return Err(format!("XLogData message too short ({} bytes)", data.len()));
             }
-            Ok(ServerStreamMessage::XLogData { start: Lsn(start), server_end: Lsn(end), data: data.slice(25..) })
+            Ok(ServerStreamMessage::XLogData {
+                start: Lsn(start),
+                server_end: Lsn(end),
+                data: data.slice(25..),
+            })
         }
         Some(b'k') => {
             let (Some(end), Some(&reply)) = (be_u64(&data, 1), data.get(17)) else {
-                return Err(format!("keepalive message too short ({} bytes)", data.len()));
+                return Err(format!(
+                    "keepalive message too short ({} bytes)",
+                    data.len()
+                ));
             };
-            Ok(ServerStreamMessage::Keepalive { server_end: Lsn(end), reply_requested: reply != 0 })
+            Ok(ServerStreamMessage::Keepalive {
+                server_end: Lsn(end),
+                reply_requested: reply != 0,
+            })
         }
         Some(t) => Err(format!("unknown replication message type '{}'", *t as char)),
         None => Err("empty CopyData in replication stream".into()),
@@ -64,7 +83,10 @@ pub fn parse_stream_message(data: Bytes) -> Result<ServerStreamMessage, String> 
 
 /// Current time as PostgreSQL's TimestampTz.
 pub fn pg_now() -> i64 {
-    let us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+    let us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
     us - PG_EPOCH_OFFSET_US
 }
 
@@ -80,6 +102,21 @@ pub fn standby_status_update(write: Lsn, flush: Lsn, apply: Lsn, reply_requested
     m
 }
 
+/// Parses a GUC size as SHOW prints it ("16MB", "1GB", "8192").
+pub fn parse_size(text: &str) -> Option<u32> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..digits].parse().ok()?;
+    let mult = match &t[digits..] {
+        "" | "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        _ => return None,
+    };
+    u32::try_from(n.checked_mul(mult)?).ok()
+}
+
 /// Quotes an identifier for a replication command.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
@@ -88,19 +125,49 @@ pub fn quote_ident(s: &str) -> String {
 impl PgConnection {
     pub async fn identify_system(&mut self) -> Result<SystemInfo, ConnectionError> {
         let sets = self.simple_query("IDENTIFY_SYSTEM").await?;
-        let set = sets.first().ok_or_else(|| self.protocol("IDENTIFY_SYSTEM returned no rows"))?;
+        let set = sets
+            .first()
+            .ok_or_else(|| self.protocol("IDENTIFY_SYSTEM returned no rows"))?;
         let sysid = set.value(0, 0).and_then(|v| v.parse::<u64>().ok());
         let tli = set.value(0, 1).and_then(|v| v.parse::<u32>().ok());
         let pos = set.value(0, 2).and_then(|v| v.parse::<Lsn>().ok());
         match (sysid, tli, pos) {
-            (Some(system_identifier), Some(timeline), Some(xlogpos)) => Ok(SystemInfo { system_identifier, timeline, xlogpos }),
-            _ => Err(self.protocol(format!("unexpected IDENTIFY_SYSTEM row {:?}", set.rows.first()))),
+            (Some(system_identifier), Some(timeline), Some(xlogpos)) => Ok(SystemInfo {
+                system_identifier,
+                timeline,
+                xlogpos,
+            }),
+            _ => Err(self.protocol(format!(
+                "unexpected IDENTIFY_SYSTEM row {:?}",
+                set.rows.first()
+            ))),
         }
     }
 
+    /// `SHOW wal_segment_size` (allowed on replication connections), in bytes.
+    pub async fn wal_segment_size(&mut self) -> Result<u32, ConnectionError> {
+        let sets = self.simple_query("SHOW wal_segment_size").await?;
+        let text = sets
+            .first()
+            .and_then(|s| s.value(0, 0))
+            .unwrap_or_default()
+            .to_string();
+        parse_size(&text)
+            .ok_or_else(|| self.protocol(format!("unexpected wal_segment_size {text:?}")))
+    }
+
     /// Creates the physical slot with WAL reserved now; returns false if it already existed.
-    pub async fn create_physical_slot_if_missing(&mut self, slot: &str) -> Result<bool, ConnectionError> {
-        match self.simple_query(&format!("CREATE_REPLICATION_SLOT {} PHYSICAL RESERVE_WAL", quote_ident(slot))).await {
+    pub async fn create_physical_slot_if_missing(
+        &mut self,
+        slot: &str,
+    ) -> Result<bool, ConnectionError> {
+        match self
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} PHYSICAL RESERVE_WAL",
+                quote_ident(slot)
+            ))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if e.sqlstate() == Some("42710") => Ok(false), // duplicate_object
             Err(e) => Err(e),
@@ -108,8 +175,18 @@ impl PgConnection {
     }
 
     /// START_REPLICATION SLOT … PHYSICAL; on success the connection is in COPY BOTH.
-    pub async fn start_replication(&mut self, slot: &str, start: Lsn, timeline: u32) -> Result<(), ConnectionError> {
-        let sql = format!("START_REPLICATION SLOT {} PHYSICAL {} TIMELINE {}", quote_ident(slot), start, timeline);
+    pub async fn start_replication(
+        &mut self,
+        slot: &str,
+        start: Lsn,
+        timeline: u32,
+    ) -> Result<(), ConnectionError> {
+        let sql = format!(
+            "START_REPLICATION SLOT {} PHYSICAL {} TIMELINE {}",
+            quote_ident(slot),
+            start,
+            timeline
+        );
         self.send_query(&sql).await?;
         loop {
             match self.read_message().await? {
@@ -121,7 +198,9 @@ impl PgConnection {
                     return Err(err);
                 }
                 BackendMessage::Message(Message::NoticeResponse(_)) => {}
-                BackendMessage::Message(_) => return Err(self.protocol(format!("unexpected reply to {sql:?}"))),
+                BackendMessage::Message(_) => {
+                    return Err(self.protocol(format!("unexpected reply to {sql:?}")));
+                }
             }
         }
     }
@@ -131,10 +210,14 @@ impl PgConnection {
         loop {
             match self.read_message().await? {
                 BackendMessage::Message(Message::CopyData(body)) => {
-                    return parse_stream_message(body.into_bytes()).map(StreamEvent::Message).map_err(|e| self.protocol(e));
+                    return parse_stream_message(body.into_bytes())
+                        .map(StreamEvent::Message)
+                        .map_err(|e| self.protocol(e));
                 }
                 BackendMessage::Message(Message::CopyDone) => return Ok(StreamEvent::Ended),
-                BackendMessage::Message(Message::ErrorResponse(body)) => return Err(self.server_error(&body)),
+                BackendMessage::Message(Message::ErrorResponse(body)) => {
+                    return Err(self.server_error(&body));
+                }
                 BackendMessage::Message(Message::NoticeResponse(_)) => {}
                 _ => return Err(self.protocol("unexpected message in replication stream")),
             }
@@ -156,13 +239,23 @@ mod tests {
         let m = parse_stream_message(Bytes::from(w)).unwrap();
         assert_eq!(
             m,
-            ServerStreamMessage::XLogData { start: Lsn(0x1_0000_0000), server_end: Lsn(0x1_0000_0100), data: Bytes::from_static(b"abc") }
+            ServerStreamMessage::XLogData {
+                start: Lsn(0x1_0000_0000),
+                server_end: Lsn(0x1_0000_0100),
+                data: Bytes::from_static(b"abc")
+            }
         );
         let mut k = vec![b'k'];
         k.extend_from_slice(&42u64.to_be_bytes());
         k.extend_from_slice(&0i64.to_be_bytes());
         k.push(1);
-        assert_eq!(parse_stream_message(Bytes::from(k)).unwrap(), ServerStreamMessage::Keepalive { server_end: Lsn(42), reply_requested: true });
+        assert_eq!(
+            parse_stream_message(Bytes::from(k)).unwrap(),
+            ServerStreamMessage::Keepalive {
+                server_end: Lsn(42),
+                reply_requested: true
+            }
+        );
     }
 
     #[test]
@@ -180,5 +273,9 @@ mod tests {
         assert_eq!(m[0], b'r');
         assert_eq!(u64::from_be_bytes(m[9..17].try_into().unwrap()), 2);
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(parse_size("16MB"), Some(16 << 20));
+        assert_eq!(parse_size("1GB"), Some(1 << 30));
+        assert_eq!(parse_size("8192"), Some(8192));
+        assert_eq!(parse_size("16 parsecs"), None);
     }
 }

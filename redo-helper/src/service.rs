@@ -1,0 +1,624 @@
+//! `redo-helper run`: bootstrap from BASE_BACKUP once, then stream WAL from the slot into the
+//! archive, fsync before acknowledging, decode what is durable into the page index, and
+//! reconnect with back-off when the connection drops.
+
+use crate::store::archive::{ArchiveError, WalArchive};
+use crate::store::base::BaseFiles;
+use crate::store::index::PageIndex;
+use crate::store::lock::{DataDirLock, LockError};
+use crate::store::meta::{HelperMeta, MetaError};
+use crate::stream::base_backup::{BaseBackupError, run_base_backup};
+use crate::stream::connection::{ConnectionError, PgConnection};
+use crate::stream::conninfo::ConnInfo;
+use crate::stream::replication::{ServerStreamMessage, StreamEvent, standby_status_update};
+use crate::wal::WalError;
+use crate::wal::page::Lsn;
+use crate::wal::reader::{DecoderConfig, WalStreamDecoder};
+use crate::wal::record::DecodedRecord;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub conninfo: ConnInfo,
+    pub data_dir: PathBuf,
+    pub slot: String,
+    pub listen: Option<SocketAddr>,
+    /// How often buffered WAL is fsynced and acknowledged.
+    pub flush_interval: Duration,
+    /// Flush as soon as this many bytes are waiting.
+    pub flush_bytes: u64,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    #[error("bootstrap failed: {0}")]
+    BaseBackup(#[from] BaseBackupError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(
+        "the server is a different cluster: system identifier {server}, but {dir} follows {ours}"
+    )]
+    WrongCluster {
+        server: u64,
+        ours: u64,
+        dir: PathBuf,
+    },
+    #[error(
+        "timeline switch: the server is on timeline {server}, the archive follows timeline {ours}; following a promotion is not supported (re-bootstrap into a new data directory)"
+    )]
+    Timeline { server: u32, ours: u32 },
+    #[error("WAL decoding failed at {lsn}: {source}")]
+    Decode { lsn: Lsn, source: WalError },
+    #[error("cannot use data directory {dir}: {source}")]
+    DataDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl ServiceError {
+    /// Failures a retry can fix: the network, a server restart, a full disk, a busy slot.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ServiceError::Connection(e) => !e.is_permanent(),
+            ServiceError::Archive(e) => e.is_disk_full(),
+            ServiceError::BaseBackup(BaseBackupError::Connection(e)) => !e.is_permanent(),
+            _ => false,
+        }
+    }
+}
+
+/// A full page image counts as one of these kinds in /status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FpwRange {
+    pub from_lsn: String,
+    pub full_page_writes: bool,
+    pub source: &'static str,
+}
+
+/// What /status and /metrics report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HelperStatus {
+    /// starting, bootstrapping, streaming, reconnecting, disk_full, stopped
+    pub state: String,
+    pub server: String,
+    pub slot: String,
+    pub system_identifier: Option<u64>,
+    pub timeline: Option<u32>,
+    pub backup_start_lsn: Option<String>,
+    pub backup_end_lsn: Option<String>,
+    /// Base pages are consistent once WAL up to backup_end_lsn is decoded.
+    pub consistent: bool,
+    pub write_lsn: Option<String>,
+    pub flush_lsn: Option<String>,
+    pub decoded_lsn: Option<String>,
+    pub server_wal_end_lsn: Option<String>,
+    /// Server's end of WAL minus what the helper has fsynced.
+    pub lag_bytes: u64,
+    pub wal_bytes_received: u64,
+    pub records_decoded: u64,
+    pub block_refs_indexed: u64,
+    pub pages_indexed: u64,
+    pub fpi_applicable: u64,
+    pub fpi_consistency_only: u64,
+    pub fpw_modes: Vec<FpwRange>,
+    pub reconnects: u64,
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    pub flush_lsn_raw: u64,
+    #[serde(skip)]
+    pub decoded_lsn_raw: u64,
+}
+
+impl HelperStatus {
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        };
+        metric(
+            "redo_helper_up",
+            "gauge",
+            "1 while streaming",
+            u8::from(self.state == "streaming").to_string(),
+        );
+        metric(
+            "redo_helper_wal_received_bytes_total",
+            "counter",
+            "WAL bytes received from the server",
+            self.wal_bytes_received.to_string(),
+        );
+        metric(
+            "redo_helper_flush_lsn",
+            "gauge",
+            "LSN fsynced and acknowledged",
+            self.flush_lsn_raw.to_string(),
+        );
+        metric(
+            "redo_helper_decoded_lsn",
+            "gauge",
+            "LSN up to which records are decoded and indexed",
+            self.decoded_lsn_raw.to_string(),
+        );
+        metric(
+            "redo_helper_lag_bytes",
+            "gauge",
+            "server end of WAL minus fsynced position",
+            self.lag_bytes.to_string(),
+        );
+        metric(
+            "redo_helper_records_total",
+            "counter",
+            "WAL records decoded",
+            self.records_decoded.to_string(),
+        );
+        metric(
+            "redo_helper_fpi_applicable_total",
+            "counter",
+            "full page images with BKPIMAGE_APPLY seen",
+            self.fpi_applicable.to_string(),
+        );
+        metric(
+            "redo_helper_fpi_consistency_total",
+            "counter",
+            "wal_consistency_checking images seen",
+            self.fpi_consistency_only.to_string(),
+        );
+        metric(
+            "redo_helper_index_pages",
+            "gauge",
+            "pages with a history in the index",
+            self.pages_indexed.to_string(),
+        );
+        metric(
+            "redo_helper_index_entries",
+            "gauge",
+            "(page, record) entries in the index",
+            self.block_refs_indexed.to_string(),
+        );
+        metric(
+            "redo_helper_reconnects_total",
+            "counter",
+            "reconnections to the server",
+            self.reconnects.to_string(),
+        );
+        metric(
+            "redo_helper_consistent",
+            "gauge",
+            "1 once WAL up to the base backup end is decoded",
+            u8::from(self.consistent).to_string(),
+        );
+        out
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct SharedStatus(Arc<Mutex<HelperStatus>>);
+
+impl SharedStatus {
+    pub fn snapshot(&self) -> HelperStatus {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut HelperStatus)) {
+        if let Ok(mut s) = self.0.lock() {
+            f(&mut s);
+        }
+    }
+}
+
+/// The decoder and index, fed only with durable (fsynced) WAL.
+struct Ingest {
+    decoder: WalStreamDecoder,
+    index: PageIndex,
+    backup_start: Lsn,
+    backup_end: Lsn,
+    record: DecodedRecord,
+}
+
+impl Ingest {
+    fn new(meta: &HelperMeta) -> Result<Ingest, ServiceError> {
+        let start = meta.start_lsn().segment_start(meta.segment_size);
+        let cfg = DecoderConfig {
+            segment_size: meta.segment_size,
+            system_identifier: Some(meta.system_identifier),
+            timeline: Some(meta.timeline),
+        };
+        let decoder = WalStreamDecoder::new(start, cfg)
+            .map_err(|source| ServiceError::Decode { lsn: start, source })?;
+        Ok(Ingest {
+            decoder,
+            index: PageIndex::new(),
+            backup_start: meta.start_lsn(),
+            backup_end: meta.end_lsn(),
+            record: DecodedRecord::default(),
+        })
+    }
+
+    /// Decodes every complete record in the bytes pushed so far.
+    fn push_and_index(&mut self, durable: &[u8]) -> Result<(), ServiceError> {
+        self.decoder.push(durable);
+        loop {
+            match self.decoder.next_record_into(&mut self.record) {
+                Ok(true) => {
+                    // Records before the backup's start are already in the base pages.
+                    if self.record.lsn >= self.backup_start {
+                        self.index.add_record(&self.record);
+                    }
+                }
+                Ok(false) => return Ok(()),
+                Err(source) => {
+                    return Err(ServiceError::Decode {
+                        lsn: self.decoder.next_record_lsn(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn publish(&self, status: &SharedStatus) {
+        let idx = &self.index;
+        status.update(|s| {
+            s.records_decoded = idx.records;
+            s.block_refs_indexed = idx.block_refs;
+            s.pages_indexed = idx.pages() as u64;
+            s.fpi_applicable = idx.applicable_images;
+            s.fpi_consistency_only = idx.consistency_images;
+            s.decoded_lsn = Some(idx.last_record_end.to_string());
+            s.decoded_lsn_raw = idx.last_record_end.0;
+            s.consistent = idx.last_record_end >= self.backup_end;
+            s.fpw_modes = idx
+                .fpw_modes
+                .iter()
+                .map(|m| FpwRange {
+                    from_lsn: m.lsn.to_string(),
+                    full_page_writes: m.full_page_writes,
+                    source: if m.explicit {
+                        "FPW_CHANGE"
+                    } else {
+                        "checkpoint"
+                    },
+                })
+                .collect();
+        });
+    }
+}
+
+/// Runs blocking file work (fsync, reads) without stalling the runtime's other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+async fn bootstrap(opts: &RunOptions, status: &SharedStatus) -> Result<HelperMeta, ServiceError> {
+    status.update(|s| s.state = "bootstrapping".into());
+    let mut conn = PgConnection::connect_replication(&opts.conninfo).await?;
+    let sys = conn.identify_system().await?;
+    let segment_size = conn.wal_segment_size().await?;
+    // Reserve WAL before the backup starts, so every byte from its start LSN is retained.
+    if conn.create_physical_slot_if_missing(&opts.slot).await? {
+        log::info!("created physical replication slot \"{}\"", opts.slot);
+    }
+    let base_dir = opts.data_dir.join("base");
+    let tmp_dir = opts.data_dir.join("base.tmp");
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    let base = BaseFiles::new(tmp_dir.clone());
+    log::info!(
+        "bootstrapping from BASE_BACKUP of {} (system {}, timeline {})",
+        opts.conninfo,
+        sys.system_identifier,
+        sys.timeline
+    );
+    let started = Instant::now();
+    let result = run_base_backup(&mut conn, &base, "fpw_pushdown redo-helper").await?;
+    log::info!(
+        "base backup done in {:.1}s: {} relation files, {} MB, WAL {}..{}",
+        started.elapsed().as_secs_f64(),
+        result.relation_files,
+        result.bytes >> 20,
+        result.start_lsn,
+        result.end_lsn
+    );
+    conn.terminate().await;
+    let dd = |source| ServiceError::DataDir {
+        dir: opts.data_dir.clone(),
+        source,
+    };
+    let _ = std::fs::remove_dir_all(&base_dir);
+    std::fs::rename(&tmp_dir, &base_dir).map_err(dd)?;
+    crate::store::sync_dir(&opts.data_dir).map_err(dd)?;
+    // helper.json is written last: its presence means the bootstrap is complete.
+    let meta = HelperMeta {
+        system_identifier: sys.system_identifier,
+        timeline: result.timeline,
+        segment_size,
+        slot: opts.slot.clone(),
+        backup_start_lsn: result.start_lsn.to_string(),
+        backup_end_lsn: result.end_lsn.to_string(),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    meta.store(&opts.data_dir)?;
+    Ok(meta)
+}
+
+/// Rebuilds the index from the archive (start of the backup's segment up to the flush point).
+fn rebuild(archive: &WalArchive, ingest: &mut Ingest, from: Lsn) -> Result<(), ServiceError> {
+    const CHUNK: u64 = 4 << 20;
+    let end = archive.flush_position();
+    let started = Instant::now();
+    let mut pos = from;
+    let mut buf = Vec::with_capacity(CHUNK as usize);
+    while pos < end {
+        let to = Lsn(end.0.min(pos.0 + CHUNK));
+        buf.clear();
+        archive.read(pos, to, &mut buf)?;
+        ingest.push_and_index(&buf)?;
+        pos = to;
+    }
+    if end > from {
+        log::info!(
+            "rebuilt page index from the archive ({from}..{end}): {} records, {} pages in {:.1}s",
+            ingest.index.records,
+            ingest.index.pages(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// One replication session: connect, check identity, stream until the connection ends.
+async fn stream_once(
+    opts: &RunOptions,
+    meta: &HelperMeta,
+    archive: &mut WalArchive,
+    ingest: &mut Ingest,
+    status: &SharedStatus,
+) -> Result<(), ServiceError> {
+    let mut conn = PgConnection::connect_replication(&opts.conninfo).await?;
+    let sys = conn.identify_system().await?;
+    if sys.system_identifier != meta.system_identifier {
+        return Err(ServiceError::WrongCluster {
+            server: sys.system_identifier,
+            ours: meta.system_identifier,
+            dir: opts.data_dir.clone(),
+        });
+    }
+    if sys.timeline != meta.timeline {
+        return Err(ServiceError::Timeline {
+            server: sys.timeline,
+            ours: meta.timeline,
+        });
+    }
+    conn.create_physical_slot_if_missing(&opts.slot).await?;
+    let start = archive.flush_position();
+    conn.start_replication(&opts.slot, start, meta.timeline)
+        .await?;
+    log::info!("streaming from {start} (slot \"{}\")", opts.slot);
+    status.update(|s| {
+        s.state = if ingest.index.last_record_end >= ingest.backup_end {
+            "streaming".into()
+        } else {
+            "bootstrapping".into()
+        }
+    });
+
+    let mut pending: Vec<u8> = Vec::new(); // written, not yet fsynced (fed to the decoder after fsync)
+    let mut server_end = start;
+    let mut last_status = Instant::now() - Duration::from_secs(60);
+    let mut ticker = tokio::time::interval(opts.flush_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        let mut reply_now = false;
+        tokio::select! {
+            ev = conn.next_stream_event() => match ev? {
+                StreamEvent::Message(ServerStreamMessage::XLogData { start, server_end: end, data }) => {
+                    let before = archive.write_position();
+                    blocking(|| archive.write(start, &data))?;
+                    // Only the bytes the archive did not have yet go to the decoder.
+                    let new_from = (before.0.saturating_sub(start.0) as usize).min(data.len());
+                    pending.extend_from_slice(&data[new_from..]);
+                    server_end = server_end.max(end);
+                    status.update(|s| s.wal_bytes_received += data.len() as u64);
+                    if pending.len() as u64 >= opts.flush_bytes {
+                        reply_now = true;
+                    }
+                }
+                StreamEvent::Message(ServerStreamMessage::Keepalive { server_end: end, reply_requested }) => {
+                    server_end = server_end.max(end);
+                    reply_now |= reply_requested;
+                }
+                StreamEvent::Ended => {
+                    flush_and_decode(archive, ingest, &mut pending, status)?;
+                    log::info!("server ended the replication stream at {}", archive.flush_position());
+                    return Ok(());
+                }
+            },
+            _ = ticker.tick() => reply_now = true,
+        }
+        if reply_now {
+            let flushed_before = archive.flush_position();
+            flush_and_decode(archive, ingest, &mut pending, status)?;
+            let moved = archive.flush_position() != flushed_before;
+            if moved || last_status.elapsed() >= Duration::from_secs(1) {
+                let msg = standby_status_update(
+                    archive.write_position(),
+                    archive.flush_position(),
+                    ingest.index.last_record_end,
+                    false,
+                );
+                conn.send_copy_data(&msg).await?;
+                last_status = Instant::now();
+            }
+            let flush = archive.flush_position();
+            status.update(|s| {
+                s.state = if s.consistent {
+                    "streaming".into()
+                } else {
+                    "bootstrapping".into()
+                };
+                s.write_lsn = Some(archive.write_position().to_string());
+                s.flush_lsn = Some(flush.to_string());
+                s.flush_lsn_raw = flush.0;
+                s.server_wal_end_lsn = Some(server_end.to_string());
+                s.lag_bytes = server_end.0.saturating_sub(flush.0);
+                s.last_error = None;
+            });
+        }
+    }
+}
+
+/// fsync the archive, then decode and index the bytes that just became durable.
+fn flush_and_decode(
+    archive: &mut WalArchive,
+    ingest: &mut Ingest,
+    pending: &mut Vec<u8>,
+    status: &SharedStatus,
+) -> Result<(), ServiceError> {
+    if pending.is_empty() && archive.write_position() == archive.flush_position() {
+        return Ok(());
+    }
+    blocking(|| archive.flush())?;
+    blocking(|| ingest.push_and_index(pending))?;
+    pending.clear();
+    ingest.publish(status);
+    Ok(())
+}
+
+/// The service: never returns Ok; returns an error that retrying cannot fix.
+pub async fn run(opts: RunOptions) -> Result<(), ServiceError> {
+    let dd = |source| ServiceError::DataDir {
+        dir: opts.data_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&opts.data_dir).map_err(dd)?;
+    let _lock = DataDirLock::acquire(&opts.data_dir)?;
+    let status = SharedStatus::default();
+    status.update(|s| {
+        s.state = "starting".into();
+        s.server = opts.conninfo.to_string();
+        s.slot = opts.slot.clone();
+    });
+    if let Some(addr) = opts.listen {
+        let listener = crate::serve::bind(addr)
+            .await
+            .map_err(|source| ServiceError::Listen { addr, source })?;
+        log::info!("status on http://{addr}/status, metrics on http://{addr}/metrics");
+        tokio::spawn(crate::serve::serve(listener, status.clone()));
+    }
+
+    let mut backoff = Duration::from_secs(1);
+    let meta = loop {
+        match HelperMeta::load(&opts.data_dir)? {
+            Some(m) => break m,
+            None => match bootstrap(&opts, &status).await {
+                Ok(m) => break m,
+                Err(e) if e.is_transient() => {
+                    log::warn!("bootstrap: {e}; retrying in {}s", backoff.as_secs());
+                    status.update(|s| s.last_error = Some(e.to_string()));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(opts.max_backoff);
+                }
+                Err(e) => return Err(e),
+            },
+        }
+    };
+    if meta.slot != opts.slot {
+        log::warn!(
+            "data directory was bootstrapped with slot \"{}\", now using \"{}\"",
+            meta.slot,
+            opts.slot
+        );
+    }
+    status.update(|s| {
+        s.system_identifier = Some(meta.system_identifier);
+        s.timeline = Some(meta.timeline);
+        s.backup_start_lsn = Some(meta.backup_start_lsn.clone());
+        s.backup_end_lsn = Some(meta.backup_end_lsn.clone());
+    });
+
+    let archive_start = meta.start_lsn().segment_start(meta.segment_size);
+    let mut archive = WalArchive::open(
+        &opts.data_dir.join("wal"),
+        meta.segment_size,
+        meta.timeline,
+        archive_start,
+    )?;
+    let mut ingest = Ingest::new(&meta)?;
+    blocking(|| rebuild(&archive, &mut ingest, archive_start))?;
+    ingest.publish(&status);
+    let flush = archive.flush_position();
+    status.update(|s| {
+        s.flush_lsn = Some(flush.to_string());
+        s.flush_lsn_raw = flush.0;
+        s.write_lsn = Some(flush.to_string());
+    });
+
+    backoff = Duration::from_secs(1);
+    loop {
+        let connected_at = Instant::now();
+        let err = match stream_once(&opts, &meta, &mut archive, &mut ingest, &status).await {
+            Ok(()) => None,
+            Err(e) => Some(e),
+        };
+        if let Some(e) = &err {
+            if !e.is_transient() {
+                status.update(|s| {
+                    s.state = "stopped".into();
+                    s.last_error = Some(e.to_string());
+                });
+                return Err(err.unwrap_or_else(|| unreachable!()));
+            }
+            log::warn!("{e}; reconnecting in {}s", backoff.as_secs());
+        }
+        // Forget unflushed bytes: the next session restarts at the flush position.
+        archive = WalArchive::open(
+            &opts.data_dir.join("wal"),
+            meta.segment_size,
+            meta.timeline,
+            archive_start,
+        )?;
+        let disk_full = matches!(&err, Some(ServiceError::Archive(a)) if a.is_disk_full());
+        status.update(|s| {
+            s.state = if disk_full {
+                "disk_full".into()
+            } else {
+                "reconnecting".into()
+            };
+            s.reconnects += 1;
+            s.last_error = err.as_ref().map(|e| e.to_string());
+        });
+        if connected_at.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_secs(1);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(opts.max_backoff);
+    }
+}
+
+/// Path helpers for tools and tests.
+pub fn archive_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("wal")
+}

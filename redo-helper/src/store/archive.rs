@@ -1,0 +1,272 @@
+//! The WAL archive: the compute's WAL bytes in segment files named and laid out exactly as
+//! in `pg_wal` (so `pg_waldump` reads them), written in order and made durable before the
+//! helper reports them flushed.
+//!
+//! Three positions are kept apart: `write` (bytes handed to the OS), `flush` (fsynced, and
+//! recorded in `wal/flushed`), and what the decoder has consumed (tracked by the caller).
+//! Only `flush` is ever acknowledged to the server, and after a crash the archive resumes at
+//! the recorded flush position: bytes past it are overwritten by the re-sent stream.
+
+use super::{sync_dir, write_atomic};
+use crate::wal::page::{Lsn, segment_file_name};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("WAL archive {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("WAL stream gap: expected bytes at {expected}, server sent {got}")]
+    Gap { expected: Lsn, got: Lsn },
+    #[error("WAL archive state {path} is damaged: {reason}")]
+    Damaged { path: PathBuf, reason: String },
+}
+
+impl ArchiveError {
+    /// True when the disk is full (ENOSPC/EDQUOT): wait and retry rather than give up.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, ArchiveError::Io { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }
+}
+
+pub struct WalArchive {
+    dir: PathBuf,
+    segment_size: u32,
+    timeline: u32,
+    write_pos: Lsn,
+    flush_pos: Lsn,
+    /// Open segment files with bytes written since the last flush (segno → file).
+    dirty: BTreeMap<u64, File>,
+    /// A segment file was created since the last flush: the directory needs an fsync.
+    dir_dirty: bool,
+}
+
+fn flushed_path(dir: &Path) -> PathBuf {
+    dir.join("flushed")
+}
+
+impl WalArchive {
+    /// Opens (or creates) the archive; a new archive starts at `start`.
+    pub fn open(
+        dir: &Path,
+        segment_size: u32,
+        timeline: u32,
+        start: Lsn,
+    ) -> Result<WalArchive, ArchiveError> {
+        let io_err = |source| ArchiveError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io_err)?;
+        let fp = flushed_path(dir);
+        let flush_pos = match fs::read_to_string(&fp) {
+            Ok(text) => text
+                .trim()
+                .parse::<Lsn>()
+                .map_err(|e| ArchiveError::Damaged {
+                    path: fp.clone(),
+                    reason: e.to_string(),
+                })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => start,
+            Err(source) => return Err(ArchiveError::Io { path: fp, source }),
+        };
+        Ok(WalArchive {
+            dir: dir.to_path_buf(),
+            segment_size,
+            timeline,
+            write_pos: flush_pos,
+            flush_pos,
+            dirty: BTreeMap::new(),
+            dir_dirty: false,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn write_position(&self) -> Lsn {
+        self.write_pos
+    }
+
+    pub fn flush_position(&self) -> Lsn {
+        self.flush_pos
+    }
+
+    pub fn segment_size(&self) -> u32 {
+        self.segment_size
+    }
+
+    pub fn segment_path(&self, segno: u64) -> PathBuf {
+        self.dir
+            .join(segment_file_name(self.timeline, segno, self.segment_size))
+    }
+
+    fn segment_file(&mut self, segno: u64) -> Result<&File, ArchiveError> {
+        if !self.dirty.contains_key(&segno) {
+            let path = self.segment_path(segno);
+            let existed = path.exists();
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|source| ArchiveError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            if !existed {
+                // Full-size (sparse) like a pg_wal segment, so readers see zeros past the end.
+                f.set_len(u64::from(self.segment_size))
+                    .map_err(|source| ArchiveError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                self.dir_dirty = true;
+            }
+            self.dirty.insert(segno, f);
+        }
+        self.dirty.get(&segno).ok_or_else(|| ArchiveError::Io {
+            path: self.dir.clone(),
+            source: io::Error::other("segment file vanished from the open set"),
+        })
+    }
+
+    /// Appends bytes that start at `start`. Bytes the archive already has (a resend after
+    /// reconnecting) are skipped; a gap is an error.
+    pub fn write(&mut self, start: Lsn, data: &[u8]) -> Result<(), ArchiveError> {
+        let end = start.add(data.len() as u64);
+        if start > self.write_pos {
+            return Err(ArchiveError::Gap {
+                expected: self.write_pos,
+                got: start,
+            });
+        }
+        if end <= self.write_pos {
+            return Ok(());
+        }
+        let mut pos = self.write_pos;
+        let mut rest = &data[(self.write_pos.0 - start.0) as usize..];
+        let seg = u64::from(self.segment_size);
+        while !rest.is_empty() {
+            let segno = pos.0 / seg;
+            let off = pos.0 % seg;
+            let n = rest.len().min((seg - off) as usize);
+            let path = self.segment_path(segno);
+            let f = self.segment_file(segno)?;
+            f.write_all_at(&rest[..n], off)
+                .map_err(|source| ArchiveError::Io { path, source })?;
+            pos = pos.add(n as u64);
+            rest = &rest[n..];
+        }
+        self.write_pos = pos;
+        Ok(())
+    }
+
+    /// Makes everything written durable and records the new flush position. Returns it.
+    pub fn flush(&mut self) -> Result<Lsn, ArchiveError> {
+        if self.write_pos == self.flush_pos && self.dirty.is_empty() {
+            return Ok(self.flush_pos);
+        }
+        for (segno, f) in &self.dirty {
+            f.sync_data().map_err(|source| ArchiveError::Io {
+                path: self.segment_path(*segno),
+                source,
+            })?;
+        }
+        if self.dir_dirty {
+            sync_dir(&self.dir).map_err(|source| ArchiveError::Io {
+                path: self.dir.clone(),
+                source,
+            })?;
+            self.dir_dirty = false;
+        }
+        let fp = flushed_path(&self.dir);
+        write_atomic(&fp, format!("{}\n", self.write_pos).as_bytes())
+            .map_err(|source| ArchiveError::Io { path: fp, source })?;
+        self.flush_pos = self.write_pos;
+        // Keep only the current segment open.
+        let current = self.write_pos.0 / u64::from(self.segment_size);
+        self.dirty.retain(|segno, _| *segno == current);
+        Ok(self.flush_pos)
+    }
+
+    /// Reads archived bytes [from, to) into `out` (used to rebuild the index at start-up).
+    pub fn read(&self, from: Lsn, to: Lsn, out: &mut Vec<u8>) -> Result<(), ArchiveError> {
+        let seg = u64::from(self.segment_size);
+        let mut pos = from;
+        while pos < to {
+            let segno = pos.0 / seg;
+            let off = pos.0 % seg;
+            let n = (to.0 - pos.0).min(seg - off) as usize;
+            let path = self.segment_path(segno);
+            let f = File::open(&path).map_err(|source| ArchiveError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let at = out.len();
+            out.resize(at + n, 0);
+            f.read_exact_at(&mut out[at..], off)
+                .map_err(|source| ArchiveError::Io { path, source })?;
+            pos = pos.add(n as u64);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("rh_archive_{tag}_{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn writes_across_segments_and_resumes_at_flush() {
+        let dir = tmpdir("seg");
+        let seg = 1 << 20; // small segments for the test
+        let start = Lsn(3 * seg as u64 - 10);
+        let mut a = WalArchive::open(&dir, seg, 1, start).unwrap();
+        let data: Vec<u8> = (0..100u8).collect();
+        a.write(start, &data).unwrap();
+        assert_eq!(a.write_position(), start.add(100));
+        assert_eq!(a.flush_position(), start);
+        assert_eq!(a.flush().unwrap(), start.add(100));
+        // Unflushed bytes after a "crash" are forgotten: reopen resumes at the flush point.
+        a.write(start.add(100), &[7; 10]).unwrap();
+        drop(a);
+        let mut a = WalArchive::open(&dir, seg, 1, Lsn(0)).unwrap();
+        assert_eq!(a.write_position(), start.add(100));
+        // A resend of known bytes is skipped; a gap is refused.
+        a.write(start.add(50), &data[50..]).unwrap();
+        assert!(matches!(
+            a.write(start.add(200), &[1]),
+            Err(ArchiveError::Gap { .. })
+        ));
+        let mut out = Vec::new();
+        a.read(start, start.add(100), &mut out).unwrap();
+        assert_eq!(out, data);
+        assert_eq!(fs::metadata(a.segment_path(2)).unwrap().len(), seg as u64);
+        assert!(a.segment_path(3).ends_with("000000010000000000000003"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn damaged_state_is_an_error() {
+        let dir = tmpdir("bad");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("flushed"), "nonsense").unwrap();
+        assert!(matches!(
+            WalArchive::open(&dir, 1 << 24, 1, Lsn(0)),
+            Err(ArchiveError::Damaged { .. })
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
