@@ -37,14 +37,7 @@ pub fn relpath(rel: &RelFileLocator, fork: u8) -> String {
     }
 }
 
-/// `%X/%X` (no zero padding), as LSNs inside descriptions are printed.
-struct ShortLsn(super::page::Lsn);
-
-impl std::fmt::Display for ShortLsn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:X}/{:X}", self.0.0 >> 32, self.0.0 as u32)
-    }
-}
+use super::page::ShortLsn;
 
 /// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {

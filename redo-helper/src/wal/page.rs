@@ -93,6 +93,22 @@ impl Lsn {
     }
 }
 
+/// `%X/%X` form (no zero padding), used by descriptions and statistics.
+pub struct ShortLsn(pub Lsn);
+
+impl fmt::Display for ShortLsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0.0 >> 32, self.0.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl Lsn {
+    /// Formats as `%X/%X` (pg_waldump prints LSNs inside descriptions this way).
+    pub fn short(self) -> ShortLsn {
+        ShortLsn(self)
+    }
+}
+
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:X}/{:08X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)

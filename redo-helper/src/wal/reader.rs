@@ -675,9 +675,10 @@ impl WalFileReader {
     /// Finds the start segment's file and reads its long header.
     fn probe(dir: &Path, start: Lsn, timeline: Option<u32>) -> Result<(u32, u32, u64), WalError> {
         let entries = std::fs::read_dir(dir).map_err(|e| io_err(start, dir, e))?;
-        // The segment size is unknown until a header is read: keep names that designate
-        // the start segment for some valid segment size.
-        let mut best: Option<(u32, PathBuf)> = None;
+        // The segment size is unknown until a header is read: a file is the start segment
+        // if its name designates the start for the segment size in its own long header.
+        let mut best: Option<(u32, u32, u64)> = None;
+        let mut first_error = None;
         for entry in entries {
             let entry = entry.map_err(|e| io_err(start, dir, e))?;
             let name = entry.file_name();
@@ -688,39 +689,74 @@ impl WalFileReader {
             let Ok(tli) = u32::from_str_radix(&name[0..8], 16) else {
                 continue;
             };
-            if timeline.is_some_and(|t| t != tli) {
+            if timeline.is_some_and(|t| t != tli) || best.is_some_and(|(t, _, _)| t >= tli) {
                 continue;
             }
-            Self::consider(&mut best, tli, entry.path(), name, start);
+            if !Self::may_hold(name, start) {
+                continue;
+            }
+            match Self::read_long_header(&entry.path(), start) {
+                Ok((seg_size, sysid)) => {
+                    if parse_segment_file_name(name, seg_size)
+                        == Some((tli, start.segment_no(seg_size)))
+                    {
+                        best = Some((tli, seg_size, sysid));
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        let Some((tli, path)) = best else {
-            return Err(WalError::EndOfWal {
+        match (best, first_error) {
+            (Some(b), _) => Ok(b),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(WalError::EndOfWal {
                 lsn: start,
                 reason: EndOfWalReason::MissingSegment {
-                    file: format!(
-                        "{}/{}",
-                        dir.display(),
-                        segment_file_name(
+                    file: dir
+                        .join(segment_file_name(
                             timeline.unwrap_or(1),
                             start.segment_no(DEFAULT_SEGMENT_SIZE),
-                            DEFAULT_SEGMENT_SIZE
-                        )
-                    ),
+                            DEFAULT_SEGMENT_SIZE,
+                        ))
+                        .display()
+                        .to_string(),
                 },
-            });
-        };
-        let mut f = File::open(&path).map_err(|e| io_err(start, &path, e))?;
+            }),
+        }
+    }
+
+    /// Whether `name` designates the segment of `start` for some valid segment size.
+    fn may_hold(name: &str, start: Lsn) -> bool {
+        let mut size = MIN_SEGMENT_SIZE;
+        while size <= MAX_SEGMENT_SIZE {
+            if parse_segment_file_name(name, size).map(|(_, s)| s) == Some(start.segment_no(size)) {
+                return true;
+            }
+            size *= 2;
+        }
+        false
+    }
+
+    /// Segment size and system identifier from a segment's long page header.
+    fn read_long_header(path: &Path, start: Lsn) -> Result<(u32, u64), WalError> {
+        let mut f = File::open(path).map_err(|e| io_err(start, path, e))?;
         let mut hdr = [0u8; SIZE_OF_LONG_PAGE_HEADER];
-        f.read_exact(&mut hdr)
-            .map_err(|e| io_err(start, &path, e))?;
+        f.read_exact(&mut hdr).map_err(|e| io_err(start, path, e))?;
         let h = WalPageHeader::parse(&hdr).ok_or_else(|| WalError::InvalidStart {
             lsn: start,
             what: format!("cannot parse the first page header of {}", path.display()),
         })?;
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if h.magic != XLOG_PAGE_MAGIC {
+            return Err(WalError::InvalidPageMagic {
+                lsn: h.page_addr,
+                magic: h.magic,
+            });
+        }
         let Some(long) = h.long else {
             return Err(WalError::MissingLongHeader {
-                lsn: start.segment_start(DEFAULT_SEGMENT_SIZE),
+                lsn: h.page_addr,
                 info: h.info,
             });
         };
@@ -730,41 +766,7 @@ impl WalFileReader {
                 found: long.segment_size,
             });
         }
-        // The name must name the start segment for this segment size.
-        if parse_segment_file_name(name, long.segment_size)
-            != Some((tli, start.segment_no(long.segment_size)))
-        {
-            return Err(WalError::InvalidStart {
-                lsn: start,
-                what: format!(
-                    "{name} does not hold {start} with segment size {}",
-                    long.segment_size
-                ),
-            });
-        }
-        Ok((tli, long.segment_size, long.system_identifier))
-    }
-
-    fn consider(
-        best: &mut Option<(u32, PathBuf)>,
-        tli: u32,
-        path: PathBuf,
-        name: &str,
-        start: Lsn,
-    ) {
-        // Accept the name if it names the start segment for any valid segment size.
-        let mut size = MIN_SEGMENT_SIZE;
-        let mut matches = false;
-        while size <= MAX_SEGMENT_SIZE {
-            if parse_segment_file_name(name, size).map(|(_, s)| s) == Some(start.segment_no(size)) {
-                matches = true;
-                break;
-            }
-            size *= 2;
-        }
-        if matches && best.as_ref().is_none_or(|(t, _)| tli > *t) {
-            *best = Some((tli, path));
-        }
+        Ok((long.segment_size, long.system_identifier))
     }
 
     pub fn segment_size(&self) -> u32 {

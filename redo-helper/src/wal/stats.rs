@@ -101,9 +101,9 @@ impl WalStats {
         let totals = (self.count, tr, tf, tr + tf);
         let _ = writeln!(
             out,
-            "WAL statistics between {:?} and {:?}:",
-            self.start.unwrap_or(Lsn(0)),
-            self.end
+            "WAL statistics between {} and {}:",
+            self.start.unwrap_or(Lsn(0)).short(),
+            self.end.short()
         );
         let _ = writeln!(
             out,

@@ -1,0 +1,228 @@
+//! Throwaway PostgreSQL 15 clusters for integration tests.
+//!
+//! Each cluster lives in its own temporary directory owned by `postgres`, listens only on a
+//! Unix socket in that directory, and is stopped and removed by `Drop` (also when a test
+//! panics). Run as root, commands are executed through `runuser -u postgres` because
+//! PostgreSQL refuses to run as root.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub const PGBIN: &str = "/usr/lib/postgresql/15/bin";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Builds a command for a PostgreSQL binary, as `postgres` when we are root.
+pub fn pg_command(bin: &str) -> Command {
+    let path = format!("{PGBIN}/{bin}");
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn check(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(54329)
+}
+
+pub struct PgCluster {
+    pub root: PathBuf,
+    pub data: PathBuf,
+    pub port: u16,
+    running: bool,
+}
+
+impl PgCluster {
+    /// `initdb` (with `extra_initdb` args) and start with extra `postgresql.conf` lines.
+    pub fn start(extra_initdb: &[&str], conf: &[&str]) -> PgCluster {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let root =
+            std::env::temp_dir().join(format!("redo-helper-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("create temp dir");
+        if is_root() {
+            check(
+                Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(&root)
+                    .output()
+                    .expect("chown"),
+                "chown",
+            );
+        }
+        let data = root.join("data");
+        let mut cluster = PgCluster {
+            root: root.clone(),
+            data: data.clone(),
+            port: free_port(),
+            running: false,
+        };
+        check(
+            pg_command("initdb")
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+                .arg(&data)
+                .args(extra_initdb)
+                .output()
+                .expect("initdb"),
+            "initdb",
+        );
+        let mut c = format!(
+            "listen_addresses = ''\nunix_socket_directories = '{}'\nport = {}\nfsync = off\n\
+             max_wal_size = 4GB\nwal_keep_size = 4GB\nlog_min_messages = warning\n",
+            root.display(),
+            cluster.port
+        );
+        for l in conf {
+            c.push_str(l);
+            c.push('\n');
+        }
+        let conf_path = data.join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
+        existing.push_str(&c);
+        std::fs::write(&conf_path, existing).expect("write postgresql.conf");
+        check(
+            pg_command("pg_ctl")
+                .args(["-w", "-t", "60", "-D"])
+                .arg(&data)
+                .arg("-l")
+                .arg(root.join("log"))
+                .arg("start")
+                .output()
+                .expect("pg_ctl start"),
+            "pg_ctl start",
+        );
+        cluster.running = true;
+        cluster
+    }
+
+    pub fn wal_dir(&self) -> PathBuf {
+        self.data.join("pg_wal")
+    }
+
+    /// Runs one SQL string (one implicit transaction) and returns stdout.
+    pub fn sql(&self, sql: &str) -> String {
+        let out = check(
+            pg_command("psql")
+                .args([
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-d",
+                    "postgres",
+                    "-h",
+                ])
+                .arg(&self.root)
+                .args(["-p", &self.port.to_string(), "-c", sql])
+                .output()
+                .expect("psql"),
+            sql,
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn pgbench(&self, args: &[&str]) {
+        check(
+            pg_command("pgbench")
+                .args(["-h"])
+                .arg(&self.root)
+                .args(["-p", &self.port.to_string()])
+                .args(args)
+                .arg("postgres")
+                .output()
+                .expect("pgbench"),
+            "pgbench",
+        );
+    }
+
+    pub fn stop(&mut self) {
+        if self.running {
+            let _ = pg_command("pg_ctl")
+                .args(["-w", "-m", "fast", "-D"])
+                .arg(&self.data)
+                .arg("stop")
+                .output();
+            self.running = false;
+        }
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = pg_command("pg_ctl")
+                .args(["-w", "-m", "immediate", "-D"])
+                .arg(&self.data)
+                .arg("stop")
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A private temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("redo-helper-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs pg_waldump over `dir` from `start` with TZ=UTC; returns stdout lines and stderr.
+pub fn pg_waldump(dir: &Path, args: &[&str]) -> (Vec<String>, String) {
+    let out = Command::new(format!("{PGBIN}/pg_waldump"))
+        .env("TZ", "UTC")
+        .arg("-p")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("pg_waldump");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    (
+        stdout.lines().map(str::to_string).collect(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,371 @@
+//! Parity with PostgreSQL 15's `pg_waldump`: real WAL from throwaway clusters (pgbench, DDL,
+//! vacuum, index builds, TOAST, sequences, truncate, subtransactions, CREATE DATABASE,
+//! `wal_consistency_checking = all`, `wal_compression` = pglz/lz4/zstd, data checksums,
+//! `full_page_writes = off` with hint logging, a record spanning segments) is decoded by our
+//! reader and by pg_waldump, and every record is compared field by field: LSN, prev, rmgr,
+//! record type, lengths, xid, block references (relation, fork, block, image, applied or
+//! verification-only) and, for the rmgrs we describe, the description text.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::{PgCluster, pg_waldump};
+use redo_helper::wal::desc::{describe, has_pg_waldump_desc};
+use redo_helper::wal::rmgr::record_type_name;
+use redo_helper::wal::{
+    BLCKSZ, CompressionMethod, DecodedRecord, FileReaderOptions, Lsn, WalError, WalFileReader,
+};
+
+/// The fields of one pg_waldump line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Line {
+    rmgr: String,
+    rec_len: u32,
+    tot_len: u32,
+    xid: u32,
+    lsn: String,
+    prev: String,
+    rtype: String,
+    desc: String,
+    blocks: Vec<String>,
+}
+
+fn parse_pg_line(l: &str) -> Line {
+    let field = |key: &str| -> &str {
+        let i = l.find(key).unwrap_or_else(|| panic!("no {key:?} in {l}")) + key.len();
+        let rest = &l[i..];
+        rest[..rest.find(',').unwrap_or(rest.len())].trim()
+    };
+    let rmgr = l["rmgr: ".len()..l.find(" len (rec/tot)").unwrap()]
+        .trim()
+        .to_string();
+    let lens = field("len (rec/tot):");
+    let (rec_len, tot_len) = lens.split_once('/').unwrap();
+    let desc_all = &l[l.find("desc: ").unwrap() + 6..];
+    let (head, blocks) = match desc_all.find(", blkref #") {
+        Some(i) => (&desc_all[..i], &desc_all[i + 2..]),
+        None => (desc_all, ""),
+    };
+    let (rtype, desc) = if head.starts_with("UNKNOWN (") {
+        let e = head.find(')').unwrap() + 1;
+        (
+            &head[..e],
+            head[e..].strip_prefix(' ').unwrap_or(&head[e..]),
+        )
+    } else {
+        head.split_once(' ').unwrap_or((head, ""))
+    };
+    Line {
+        rmgr,
+        rec_len: rec_len.trim().parse().unwrap(),
+        tot_len: tot_len.trim().parse().unwrap(),
+        xid: field("tx:").parse().unwrap(),
+        lsn: field("lsn:").to_string(),
+        prev: field("prev").to_string(),
+        rtype: rtype.to_string(),
+        desc: desc.to_string(),
+        blocks: if blocks.is_empty() {
+            vec![]
+        } else {
+            blocks.split(", ").map(str::to_string).collect()
+        },
+    }
+}
+
+/// Our view of a record, built from the decoded structure (not from our text output).
+fn our_line(rec: &DecodedRecord) -> Line {
+    let mut desc = String::new();
+    describe(rec, &mut desc);
+    Line {
+        rmgr: rec.rmgr().name().into_owned(),
+        rec_len: rec.rec_len(),
+        tot_len: rec.total_len(),
+        xid: rec.xid(),
+        lsn: rec.lsn.to_string(),
+        prev: rec.prev().to_string(),
+        rtype: record_type_name(rec.rmid(), rec.info()).into_owned(),
+        desc,
+        blocks: rec
+            .blocks()
+            .iter()
+            .map(|b| {
+                let fork = if b.fork.0 == 0 {
+                    String::new()
+                } else {
+                    format!(" fork {}", b.fork.name())
+                };
+                let img = match b.image {
+                    None => "",
+                    Some(i) if i.apply() => " FPW",
+                    Some(_) => " FPW for WAL verification",
+                };
+                format!("blkref #{}: rel {}{fork} blk {}{img}", b.id, b.rel, b.block)
+            })
+            .collect(),
+    }
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    records: usize,
+    desc_compared: usize,
+    images: BTreeMap<String, usize>,
+    spanning_segments: usize,
+    switch_records: usize,
+}
+
+/// Sanity of a restored page: standard page header bounds (`bufpage.h`).
+fn page_header_sane(p: &[u8; BLCKSZ]) -> bool {
+    if p.iter().all(|&b| b == 0) {
+        return true;
+    }
+    let u16at = |o: usize| u16::from_le_bytes([p[o], p[o + 1]]) as usize;
+    let (lower, upper, special) = (u16at(12), u16at(14), u16at(16));
+    lower <= upper && upper <= special && special <= BLCKSZ
+}
+
+fn compare_dir(dir: &Path, tally: &mut Tally) {
+    let (pg_lines, pg_err) = pg_waldump(dir, &["-s", "0/1000000"]);
+    assert!(
+        pg_err.contains("invalid record length") || pg_err.contains("wanted 24, got 0"),
+        "pg_waldump should stop at the end of WAL, got: {pg_err}"
+    );
+    let mut reader =
+        WalFileReader::open(dir, Lsn(0x1000000), FileReaderOptions::default()).unwrap();
+    let seg = reader.segment_size() as u64;
+    let mut page = [0u8; BLCKSZ];
+    let mut n = 0usize;
+    let mut mismatches = Vec::new();
+    loop {
+        let rec = match reader.next_record() {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) => {
+                assert!(e.is_end_of_wal(), "decoder error: {e}");
+                break;
+            }
+        };
+        let Some(pg) = pg_lines.get(n) else {
+            panic!(
+                "we decoded more records than pg_waldump: extra record at {}",
+                rec.lsn
+            );
+        };
+        let theirs = parse_pg_line(pg);
+        let mut ours = our_line(&rec);
+        if has_pg_waldump_desc(rec.rmid()) {
+            tally.desc_compared += 1;
+        } else {
+            ours.desc = theirs.desc.clone();
+        }
+        if ours != theirs && mismatches.len() < 20 {
+            mismatches.push(format!(
+                "pg_waldump: {pg}\nours:       {ours:?}\ntheirs:     {theirs:?}"
+            ));
+        }
+        for b in rec.blocks() {
+            if let Some(img) = b.image {
+                let kind = match img.compression() {
+                    None => "none".to_string(),
+                    Some(CompressionMethod::Pglz) => "pglz".into(),
+                    Some(CompressionMethod::Lz4) => "lz4".into(),
+                    Some(CompressionMethod::Zstd) => "zstd".into(),
+                };
+                *tally.images.entry(kind).or_default() += 1;
+                assert!(
+                    rec.restore_block_image(b, &mut page).unwrap(),
+                    "image at {}",
+                    rec.lsn
+                );
+                assert!(
+                    page_header_sane(&page),
+                    "restored page of block {} at {} is not a page",
+                    b.id,
+                    rec.lsn
+                );
+            }
+        }
+        if rec.lsn.0 / seg != (rec.lsn.0 + rec.total_len() as u64 - 1) / seg {
+            tally.spanning_segments += 1;
+        }
+        if rec.rmid() == 0 && rec.rmgr_info() == 0x40 {
+            tally.switch_records += 1;
+        }
+        n += 1;
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches, first ones:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    assert_eq!(
+        n,
+        pg_lines.len(),
+        "pg_waldump printed {} records, we decoded {n}",
+        pg_lines.len()
+    );
+    tally.records += n;
+}
+
+const WORKLOAD: &[&str] = &[
+    "CREATE TABLE toasty (id serial PRIMARY KEY, body text, n int)",
+    "ALTER TABLE toasty ALTER COLUMN body SET STORAGE EXTERNAL",
+    "INSERT INTO toasty (body, n) SELECT string_agg(md5(random()::text), ''), g FROM generate_series(1, 40) g, generate_series(1, 100) x GROUP BY g",
+    "CREATE INDEX toasty_n ON toasty (n)",
+    "UPDATE toasty SET n = n + 1 WHERE id % 3 = 0",
+    "DELETE FROM toasty WHERE id % 5 = 0",
+    "CREATE SEQUENCE seq1",
+    "SELECT count(nextval('seq1')) FROM generate_series(1, 200)",
+    "VACUUM toasty",
+    "CREATE TABLE t2 AS SELECT g AS a, md5(g::text) AS b FROM generate_series(1, 5000) g",
+    "CREATE INDEX t2_b ON t2 (b)",
+    "DELETE FROM t2 WHERE a % 2 = 0",
+    "VACUUM (FREEZE) t2",
+    "TRUNCATE t2",
+    "INSERT INTO t2 SELECT g, md5(g::text) FROM generate_series(1, 1000) g",
+    "VACUUM FULL t2",
+    "CLUSTER toasty USING toasty_pkey",
+    "DO $$ BEGIN FOR i IN 1..80 LOOP BEGIN INSERT INTO t2 VALUES (i, 'sub'); EXCEPTION WHEN others THEN NULL; END; END LOOP; END $$",
+    "DROP TABLE t2",
+    "DROP TABLE toasty",
+    "DROP SEQUENCE seq1",
+];
+
+fn run_workload(c: &PgCluster) {
+    for sql in WORKLOAD {
+        c.sql(sql);
+    }
+}
+
+#[test]
+fn waldump_parity_with_pg_waldump() {
+    let mut tally = Tally::default();
+
+    // Cluster 1: data checksums, every block imaged for consistency checking, the three
+    // compression methods in turn, a record spanning segments and a WAL switch.
+    {
+        let mut c = PgCluster::start(
+            &["-k"],
+            &[
+                "wal_consistency_checking = 'all'",
+                "wal_compression = pglz",
+                "wal_level = logical",
+            ],
+        );
+        c.pgbench(&["-q", "-i", "-s", "1"]);
+        c.pgbench(&["-t", "150", "-c", "2"]);
+        run_workload(&c);
+        for method in ["lz4", "zstd"] {
+            c.sql(&format!("ALTER SYSTEM SET wal_compression = {method}"));
+            c.sql("SELECT pg_reload_conf()");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            c.pgbench(&["-t", "100", "-c", "2"]);
+            run_workload(&c);
+        }
+        c.sql("CREATE DATABASE db2");
+        c.sql("DROP DATABASE db2");
+        c.sql("SELECT pg_switch_wal()");
+        // A 20 MB logical message: one record longer than a 16 MB segment.
+        c.sql("SELECT pg_logical_emit_message(true, 'parity', repeat('x', 20 * 1024 * 1024))");
+        c.sql("CHECKPOINT");
+        c.stop();
+        compare_dir(&c.wal_dir(), &mut tally);
+    }
+
+    // Cluster 2: no checksums, full_page_writes off with hint logging (44-byte
+    // FPI_FOR_HINT records without images), no consistency checking.
+    {
+        let mut c = PgCluster::start(&[], &["full_page_writes = off", "wal_log_hints = on"]);
+        c.pgbench(&["-q", "-i", "-s", "1"]);
+        c.pgbench(&["-t", "200", "-c", "2"]);
+        run_workload(&c);
+        c.sql("SELECT count(*) FROM pgbench_accounts");
+        c.sql("CHECKPOINT");
+        c.stop();
+        compare_dir(&c.wal_dir(), &mut tally);
+    }
+
+    eprintln!("parity: {tally:#?}");
+    assert!(
+        tally.records > 50_000,
+        "too few records compared: {}",
+        tally.records
+    );
+    assert!(
+        tally.desc_compared > 40_000,
+        "too few descriptions compared: {}",
+        tally.desc_compared
+    );
+    for m in ["none", "pglz", "lz4", "zstd"] {
+        assert!(
+            tally.images.get(m).copied().unwrap_or(0) > 100,
+            "too few {m} images: {:?}",
+            tally.images
+        );
+    }
+    assert!(
+        tally.spanning_segments >= 1,
+        "no record spans a segment boundary"
+    );
+    assert!(tally.switch_records >= 1, "no XLOG_SWITCH record");
+}
+
+/// `redo-helper waldump --stats` prints the same table as `pg_waldump --stats`.
+#[test]
+fn waldump_cli_stats_match_pg_waldump() {
+    let mut c = PgCluster::start(&[], &["wal_compression = lz4"]);
+    c.pgbench(&["-q", "-i", "-s", "1"]);
+    c.pgbench(&["-t", "100"]);
+    c.stop();
+    let dir = c.wal_dir();
+    let bin = env!("CARGO_BIN_EXE_redo-helper");
+    for stats in ["--stats", "--stats=record"] {
+        let (theirs, _) = pg_waldump(&dir, &["-s", "0/1000000", stats]);
+        let out = std::process::Command::new(bin)
+            .args(["waldump", "--path"])
+            .arg(&dir)
+            .args(["--start", "0/1000000", stats])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ours: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(ours, theirs, "{stats} output differs");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("end of WAL"));
+    }
+    // Plain output for a whole segment: identical lines (timestamps printed in UTC).
+    let (theirs, _) = pg_waldump(&dir, &["000000010000000000000001"]);
+    let out = std::process::Command::new(bin)
+        .args(["waldump", "--path"])
+        .arg(&dir)
+        .arg("000000010000000000000001")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let ours: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ours.len(), theirs.len());
+    for (o, t) in ours.iter().zip(&theirs) {
+        assert_eq!(o, t);
+    }
+    // Errors are typed: a missing start segment is reported, not a panic.
+    let out = std::process::Command::new(bin)
+        .args(["waldump", "--path"])
+        .arg(&dir)
+        .args(["--start", "FF/0"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not find file"));
+    let _ = WalError::is_end_of_wal;
+}
