@@ -95,7 +95,12 @@ impl ConnectionError {
             ConnectionError::Server { error, .. } => {
                 // 28xxx invalid authorization, 42501 insufficient privilege,
                 // 55000 object not in prerequisite state (e.g. wal_level=minimal).
-                error.code.starts_with("28") || error.code == "42501" || error.code == "55000"
+                // 53300 with max_wal_senders = 0 (as wal_level = minimal requires) never clears.
+                error.code.starts_with("28")
+                    || error.code == "42501"
+                    || error.code == "55000"
+                    || (error.code == "53300"
+                        && error.message.contains("max_wal_senders (currently 0)"))
             }
             _ => false,
         }

@@ -1,0 +1,164 @@
+//! Running the `redo-helper` binary against real clusters in integration tests.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const HELPER_BIN: &str = env!("CARGO_BIN_EXE_redo-helper");
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(45999)
+}
+
+/// A running `redo-helper run`; killed on drop.
+pub struct HelperProcess {
+    pub child: Child,
+    pub listen: u16,
+    pub log: PathBuf,
+}
+
+impl HelperProcess {
+    pub fn spawn(conninfo: &str, data_dir: &Path, log: &Path) -> HelperProcess {
+        Self::spawn_with(conninfo, data_dir, log, &[])
+    }
+
+    pub fn spawn_with(
+        conninfo: &str,
+        data_dir: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> HelperProcess {
+        let listen = free_port();
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("helper log");
+        let child = Command::new(HELPER_BIN)
+            .args(["run", "--connect", conninfo, "--data-dir"])
+            .arg(data_dir)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{listen}"),
+                "--max-backoff-secs",
+                "2",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn redo-helper");
+        HelperProcess {
+            child,
+            listen,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// GET /status as JSON (None while the listener is not up).
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let body = http_get(self.listen, "/status")?;
+        serde_json::from_str(&body).ok()
+    }
+
+    pub fn metrics(&self) -> Option<String> {
+        http_get(self.listen, "/metrics")
+    }
+
+    /// Waits until `pred(status)` holds; panics with the log after `timeout`.
+    pub fn wait_status(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status() {
+                if pred(&s) {
+                    return s;
+                }
+            }
+            if let Ok(Some(code)) = self.child.try_wait() {
+                panic!(
+                    "redo-helper exited ({code}) while waiting for {what}\n{}",
+                    self.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; status {:?}\n{}",
+                    self.status(),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for the process to exit by itself; returns (success, log).
+    pub fn wait_exit(&mut self, timeout: Duration) -> (bool, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(code)) = self.child.try_wait() {
+                return (code.success(), self.log_text());
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "redo-helper did not exit within {timeout:?}\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for HelperProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Minimal HTTP/1.1 GET against 127.0.0.1:port.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// Parses "X/Y" into a u64 LSN.
+pub fn lsn(s: &str) -> u64 {
+    let (hi, lo) = s.trim().split_once('/').unwrap_or(("0", "0"));
+    (u64::from_str_radix(hi, 16).unwrap_or(0) << 32) | u64::from_str_radix(lo, 16).unwrap_or(0)
+}
+
+pub fn status_lsn(s: &serde_json::Value, field: &str) -> u64 {
+    s[field].as_str().map(lsn).unwrap_or(0)
+}
