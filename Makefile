@@ -31,8 +31,9 @@ test-pgrx:
 	cd extension && $(CARGO) pgrx test pg15 --runas postgres --pgdata $(PGDATA_PGRX_TEST)
 	rm -rf $(PGDATA_PGRX_TEST)
 
-# pg_regress suites against real clusters (needs the extension installed).
+# pg_regress suites against real clusters (needs the extension installed and the helper built).
 test-pg: install
+	$(CARGO) build --release -p redo-helper
 	bash pg_tests/run.sh
 
 demo: setup install

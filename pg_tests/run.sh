@@ -14,6 +14,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../scripts/pg_cluster.sh
 source "$here/../scripts/pg_cluster.sh"
 PG_REGRESS=${PG_REGRESS:-/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress}
+export FPW_HELPER_BIN=${FPW_HELPER_BIN:-$here/../target/release/redo-helper}
+[ -x "$FPW_HELPER_BIN" ] || { echo "pg_tests: build the helper first (cargo build --release -p redo-helper)" >&2; exit 1; }
 
 suites=("$@")
 [ ${#suites[@]} -gt 0 ] || suites=(main minimal standby)

@@ -145,11 +145,73 @@ impl Drop for FpwChangeScanner {
     }
 }
 
+/// `XLOG_NOOP` (catalog/pg_control.h): a record redo ignores.
+const XLOG_NOOP: u8 = 0x20;
+
+/// Whether WAL inserted from now on carries full page images: PostgreSQL's `doPageWrites`
+/// (full_page_writes, or a base backup in progress). When turning FPW off, the checkpointer
+/// logs XLOG_FPW_CHANGE *before* it clears the shared flag (`UpdateFullPageWrites`), so the
+/// record alone does not prove that inserts have stopped taking images. A backend refreshes
+/// its copy of the flag under the WAL insert lock on every insertion, so we insert a 1-byte
+/// XLOG_NOOP and then read it with `GetFullPageWriteInfo`.
+pub fn inserts_take_page_images() -> bool {
+    let mut marker: u8 = 0;
+    let (mut redo, mut do_page_writes) = (0u64, true);
+    // SAFETY: a plain WAL insertion on a primary (the caller checked recovery), then a read
+    // of this backend's cached flag.
+    unsafe {
+        pg_sys::XLogBeginInsert();
+        pg_sys::XLogRegisterData((&mut marker as *mut u8).cast(), 1);
+        pg_sys::XLogInsert(RM_XLOG_ID, XLOG_NOOP);
+        pg_sys::GetFullPageWriteInfo(&mut redo, &mut do_page_writes);
+    }
+    do_page_writes
+}
+
+/// Short and long WAL page header sizes (`SizeOfXLogShortPHD`, `SizeOfXLogLongPHD`).
+const SHORT_PAGE_HEADER: u64 = 24;
+const LONG_PAGE_HEADER: u64 = 40;
+const XLOG_BLCKSZ: u64 = 8192;
+
+/// End of the WAL inserted so far. `GetXLogInsertRecPtr` points *after* the page header when
+/// the insert position is at a page boundary (e.g. right after a segment switch); that page
+/// may not exist yet, and `XLogFlush` of such a position fails ("not satisfied"). No record
+/// ends inside a page header, so stepping back over it gives the true end of WAL.
+pub fn inserted_end(insert: u64, segment_size: u64) -> u64 {
+    if segment_size > 0 && insert % segment_size == LONG_PAGE_HEADER {
+        insert - LONG_PAGE_HEADER
+    } else if insert % XLOG_BLCKSZ == SHORT_PAGE_HEADER {
+        insert - SHORT_PAGE_HEADER
+    } else {
+        insert
+    }
+}
+
 /// Flushes everything inserted so far: the checkpointer does not flush XLOG_FPW_CHANGE by
 /// itself, and the local page reader only sees flushed WAL.
 pub fn flush_inserted_wal() {
-    // SAFETY: plain backend calls; XLogFlush of the current insert position is valid.
-    unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
+    // SAFETY: plain backend calls; the target is the end of inserted WAL.
+    unsafe {
+        let end = inserted_end(
+            pg_sys::GetXLogInsertRecPtr(),
+            pg_sys::wal_segment_size as u64,
+        );
+        pg_sys::XLogFlush(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inserted_end;
+
+    #[test]
+    fn steps_back_over_page_headers() {
+        let seg = 16 << 20;
+        assert_eq!(inserted_end(0x5000028, seg), 0x5000000); // segment start, long header
+        assert_eq!(inserted_end(0x5002018, seg), 0x5002000); // page start, short header
+        assert_eq!(inserted_end(0x5002030, seg), 0x5002030);
+        assert_eq!(inserted_end(0x5000018, seg), 0x5000018); // inside the long header's page
+    }
 }
 
 /// Current WAL insert position.

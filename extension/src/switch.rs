@@ -10,6 +10,7 @@
 use crate::error::raise;
 use crate::fpw_change::{self, FpwChange, FpwChangeScanner};
 use crate::state::{self, FpwDirection};
+use pgrx::PgTryBuilder;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::{CStr, CString};
@@ -147,6 +148,30 @@ pub fn switch_full_page_writes(
     persist_setting(want_on);
     signal_reload();
 
+    // From here on the new value is on disk: if anything fails before the switch is
+    // confirmed, a disable is undone, so FPW is never left off without being recorded.
+    let undo_on_error = !want_on;
+    let confirmed = PgTryBuilder::new(move || wait_for_switch(&mut scanner, target, timeout))
+        .catch_others(move |e| {
+            if undo_on_error {
+                persist_setting(true);
+                signal_reload();
+            }
+            e.rethrow()
+        })
+        .execute();
+    record_switch(confirmed, target, by, forced);
+    SwitchOutcome::Switched(confirmed)
+}
+
+/// Polls flushed WAL for the checkpointer's XLOG_FPW_CHANGE record with the wanted value.
+/// On timeout the caller's error handler undoes a disable.
+fn wait_for_switch(
+    scanner: &mut FpwChangeScanner,
+    target: FpwDirection,
+    timeout: Duration,
+) -> FpwChange {
+    let want_on = target == FpwDirection::On;
     let deadline = Instant::now() + timeout;
     let change = loop {
         fpw_change::flush_inserted_wal();
@@ -154,11 +179,6 @@ pub fn switch_full_page_writes(
             break change;
         }
         if Instant::now() >= deadline {
-            if !want_on {
-                // Leave the cluster as it was: a late reload must not turn FPW off unguarded.
-                persist_setting(true);
-                signal_reload();
-            }
             let detail = scanner
                 .last_error
                 .as_deref()
@@ -182,13 +202,32 @@ pub fn switch_full_page_writes(
         sleep_interruptibly(POLL);
     };
 
+    if !want_on {
+        // The record is written before the shared flag is cleared: wait until inserts
+        // really stop taking images, so work after we return logs none.
+        let settle = Instant::now() + Duration::from_secs(1);
+        while fpw_change::inserts_take_page_images() {
+            if Instant::now() >= settle {
+                pgrx::notice!(
+                    "full_page_writes is off, but PostgreSQL still logs full page images: a base backup is in progress"
+                );
+                break;
+            }
+            sleep_interruptibly(Duration::from_millis(1));
+        }
+    }
+
     // Let this backend see the new value too, so a second call in the same statement
     // (a loop of switches) judges idempotency correctly.
     let settle = Instant::now() + Duration::from_secs(2);
     while full_page_writes_now() != want_on && Instant::now() < settle {
         sleep_interruptibly(POLL);
     }
+    change
+}
 
+/// Remembers a confirmed switch in the cluster-wide state file.
+fn record_switch(change: FpwChange, target: FpwDirection, by: &str, forced: bool) {
     if let Err(e) = state::update(|s| {
         s.last_switch_lsn = Some(change.lsn);
         s.last_switch_direction = Some(target);
@@ -200,5 +239,4 @@ pub fn switch_full_page_writes(
             "fpw_pushdown: full_page_writes switched but the state file could not be written: {e}"
         );
     }
-    SwitchOutcome::Switched(change)
 }
