@@ -6,6 +6,7 @@
 
 pub mod wal;
 pub mod waldump;
+pub mod imagegen;
 pub mod serve;
 pub mod service;
 pub mod store;

@@ -42,6 +42,15 @@ enum Command {
         /// Longest pause between reconnection attempts, in seconds.
         #[arg(long, default_value_t = 30)]
         max_backoff_secs: u64,
+        /// Generate a page image when a page has more than this many deltas since its last image.
+        #[arg(long, default_value_t = redo_helper::imagegen::DEFAULT_IMAGE_THRESHOLD)]
+        image_threshold: u32,
+        /// Image generation threads (default: cores - 1, at least 1).
+        #[arg(long)]
+        imagegen_workers: Option<usize>,
+        /// Pages waiting for an image above which flush acknowledgements are held back.
+        #[arg(long, default_value_t = 100_000)]
+        backpressure_queue: usize,
     },
     /// Decode WAL and print one line per record, like pg_waldump (PostgreSQL 15).
     Waldump {
@@ -80,8 +89,42 @@ fn main() -> ExitCode {
             println!("redo-helper {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Run { connect, data_dir, slot, listen, flush_interval_ms, max_backoff_secs } => {
-            run_service(connect, data_dir, slot, listen, flush_interval_ms, max_backoff_secs)
+        Command::Run {
+            connect,
+            data_dir,
+            slot,
+            listen,
+            flush_interval_ms,
+            max_backoff_secs,
+            image_threshold,
+            imagegen_workers,
+            backpressure_queue,
+        } => {
+            let conninfo = match redo_helper::stream::conninfo::ConnInfo::parse(&connect) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("redo-helper: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let workers = imagegen_workers.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get().saturating_sub(1))
+                    .unwrap_or(1)
+                    .max(1)
+            });
+            run_service(redo_helper::service::RunOptions {
+                conninfo,
+                data_dir,
+                slot,
+                listen,
+                flush_interval: std::time::Duration::from_millis(flush_interval_ms.max(1)),
+                flush_bytes: 4 << 20,
+                max_backoff: std::time::Duration::from_secs(max_backoff_secs.max(1)),
+                image_threshold: image_threshold.max(1),
+                imagegen_workers: workers,
+                backpressure_depth: backpressure_queue,
+            })
         }
         Command::Waldump {
             path,
@@ -126,39 +169,22 @@ fn main() -> ExitCode {
 
 /// `redo-helper run`: logs at info by default (RUST_LOG overrides); exits non-zero with the
 /// error when something a retry cannot fix happens.
-fn run_service(
-    connect: String,
-    data_dir: PathBuf,
-    slot: String,
-    listen: Option<std::net::SocketAddr>,
-    flush_interval_ms: u64,
-    max_backoff_secs: u64,
-) -> ExitCode {
+fn run_service(opts: redo_helper::service::RunOptions) -> ExitCode {
     log::set_max_level(log::LevelFilter::Info.max(log::max_level()));
-    let conninfo = match redo_helper::stream::conninfo::ConnInfo::parse(&connect) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("redo-helper: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let opts = redo_helper::service::RunOptions {
-        conninfo,
-        data_dir,
-        slot,
-        listen,
-        flush_interval: std::time::Duration::from_millis(flush_interval_ms.max(1)),
-        flush_bytes: 4 << 20,
-        max_backoff: std::time::Duration::from_secs(max_backoff_secs.max(1)),
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("redo-helper: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(redo_helper::service::run(opts)) {
+    let redo: std::sync::Arc<dyn redo_helper::store::page_store::PageRedo> =
+        std::sync::Arc::new(redo_helper::store::page_store::ImageOnlyRedo);
+    match runtime.block_on(redo_helper::service::run(opts, redo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");

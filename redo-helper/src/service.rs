@@ -2,11 +2,13 @@
 //! archive, fsync before acknowledging, decode what is durable into the page index, and
 //! reconnect with back-off when the connection drops.
 
+use crate::imagegen::{ImageGenerator, histogram};
 use crate::store::archive::{ArchiveError, WalArchive};
 use crate::store::base::BaseFiles;
-use crate::store::index::PageIndex;
+use crate::store::images::{ImageStore, ImageStoreError};
 use crate::store::lock::{DataDirLock, LockError};
 use crate::store::meta::{HelperMeta, MetaError};
+use crate::store::page_store::{PageRedo, PageStore};
 use crate::stream::base_backup::{BaseBackupError, run_base_backup};
 use crate::stream::connection::{ConnectionError, PgConnection};
 use crate::stream::conninfo::ConnInfo;
@@ -15,9 +17,11 @@ use crate::wal::WalError;
 use crate::wal::page::Lsn;
 use crate::wal::reader::{DecoderConfig, WalStreamDecoder};
 use crate::wal::record::DecodedRecord;
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +37,11 @@ pub struct RunOptions {
     pub flush_bytes: u64,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// Deltas since a page's last image above which an image is generated.
+    pub image_threshold: u32,
+    pub imagegen_workers: usize,
+    /// Image queue depth above which flush acknowledgements are held back.
+    pub backpressure_depth: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +75,8 @@ pub enum ServiceError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Images(#[from] ImageStoreError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -121,10 +132,43 @@ pub struct HelperStatus {
     pub fpw_modes: Vec<FpwRange>,
     pub reconnects: u64,
     pub last_error: Option<String>,
+    pub image_threshold: u32,
+    pub imagegen_paused: bool,
+    pub imagegen_queue_depth: usize,
+    pub images_generated: u64,
+    pub image_failures: u64,
+    pub images_stored: u64,
+    pub image_bytes: u64,
+    pub image_lag_bytes: u64,
+    pub unreadable_pages: u64,
+    /// Flush acknowledgements are held back because image generation is behind.
+    pub backpressure: bool,
+    pub deltas_per_read: Quantiles,
+    pub chain_at_image: Quantiles,
     #[serde(skip)]
     pub flush_lsn_raw: u64,
     #[serde(skip)]
     pub decoded_lsn_raw: u64,
+}
+
+/// Summary of a histogram for /status and /metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Quantiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Quantiles {
+    pub fn of(h: &Histogram<u64>) -> Quantiles {
+        Quantiles {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+        }
+    }
 }
 
 impl HelperStatus {
@@ -226,17 +270,79 @@ impl SharedStatus {
     }
 }
 
-/// The decoder and index, fed only with durable (fsynced) WAL.
+/// The page store and its image generator, once bootstrapped.
+pub struct Pages {
+    pub store: Arc<PageStore>,
+    pub imagegen: Arc<ImageGenerator>,
+}
+
+/// Shared by the HTTP server, the ingest loop and the image workers.
+#[derive(Default)]
+pub struct HelperState {
+    pub status: SharedStatus,
+    pub pages: OnceLock<Pages>,
+    /// Deltas replayed per GetPage read.
+    pub deltas_per_read: Mutex<Option<Histogram<u64>>>,
+}
+
+impl HelperState {
+    pub fn record_read(&self, deltas: u32) {
+        if let Ok(mut h) = self.deltas_per_read.lock() {
+            let _ = h
+                .get_or_insert_with(histogram)
+                .record(u64::from(deltas.max(1)));
+        }
+    }
+
+    /// The status with the image generator's live numbers filled in.
+    pub fn snapshot(&self) -> HelperStatus {
+        let mut s = self.status.snapshot();
+        if let Some(p) = self.pages.get() {
+            let g = &p.imagegen;
+            s.imagegen_paused = g.is_paused();
+            s.imagegen_queue_depth = g.queue_depth();
+            s.backpressure = s.imagegen_queue_depth > g.backpressure_depth;
+            s.images_generated = g
+                .stats
+                .images_generated
+                .load(std::sync::atomic::Ordering::Relaxed);
+            s.image_failures = g.stats.failures.load(std::sync::atomic::Ordering::Relaxed);
+            s.image_lag_bytes = g.image_lag_bytes();
+            if let Ok(h) = g.stats.chain_at_image.lock() {
+                s.chain_at_image = Quantiles::of(&h);
+            }
+            if let Ok(img) = p.store.images.lock() {
+                s.images_stored = img.images;
+                s.image_bytes = img.bytes;
+            }
+            if let Ok(idx) = p.store.index.read() {
+                s.unreadable_pages = idx.unreadable_pages;
+            }
+        }
+        if let Ok(Some(h)) = self.deltas_per_read.lock().as_deref() {
+            s.deltas_per_read = Quantiles::of(h);
+        }
+        s
+    }
+}
+
+/// The decoder feeding the page index, only with durable (fsynced) WAL.
 struct Ingest {
     decoder: WalStreamDecoder,
-    index: PageIndex,
+    store: Arc<PageStore>,
+    imagegen: Arc<ImageGenerator>,
     backup_start: Lsn,
     backup_end: Lsn,
     record: DecodedRecord,
+    touched: Vec<crate::wal::block::PageKey>,
 }
 
 impl Ingest {
-    fn new(meta: &HelperMeta) -> Result<Ingest, ServiceError> {
+    fn new(
+        meta: &HelperMeta,
+        store: Arc<PageStore>,
+        imagegen: Arc<ImageGenerator>,
+    ) -> Result<Ingest, ServiceError> {
         let start = meta.start_lsn().segment_start(meta.segment_size);
         let cfg = DecoderConfig {
             segment_size: meta.segment_size,
@@ -247,37 +353,65 @@ impl Ingest {
             .map_err(|source| ServiceError::Decode { lsn: start, source })?;
         Ok(Ingest {
             decoder,
-            index: PageIndex::new(),
+            store,
+            imagegen,
             backup_start: meta.start_lsn(),
             backup_end: meta.end_lsn(),
             record: DecodedRecord::default(),
+            touched: Vec::new(),
         })
     }
 
-    /// Decodes every complete record in the bytes pushed so far.
+    fn decoded_end(&self) -> Lsn {
+        self.store
+            .index
+            .read()
+            .map(|i| i.last_record_end)
+            .unwrap_or_default()
+    }
+
+    /// Decodes every complete record in the bytes pushed so far, indexes it, and queues the
+    /// pages whose chains went over the threshold.
     fn push_and_index(&mut self, durable: &[u8]) -> Result<(), ServiceError> {
         self.decoder.push(durable);
-        loop {
-            match self.decoder.next_record_into(&mut self.record) {
-                Ok(true) => {
-                    // Records before the backup's start are already in the base pages.
-                    if self.record.lsn >= self.backup_start {
-                        self.index.add_record(&self.record);
+        self.touched.clear();
+        let result = {
+            let mut idx = self.store.index.write().unwrap_or_else(|e| e.into_inner());
+            loop {
+                match self.decoder.next_record_into(&mut self.record) {
+                    Ok(true) => {
+                        // Records before the backup's start are already in the base pages.
+                        if self.record.lsn >= self.backup_start {
+                            idx.add_record(&self.record);
+                            self.touched
+                                .extend(self.record.blocks().iter().map(|b| b.page_key()));
+                        }
+                    }
+                    Ok(false) => break Ok(()),
+                    Err(source) => {
+                        break Err(ServiceError::Decode {
+                            lsn: self.decoder.next_record_lsn(),
+                            source,
+                        });
                     }
                 }
-                Ok(false) => return Ok(()),
-                Err(source) => {
-                    return Err(ServiceError::Decode {
-                        lsn: self.decoder.next_record_lsn(),
-                        source,
-                    });
-                }
+            }
+        };
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        let idx = self.store.index.read().unwrap_or_else(|e| e.into_inner());
+        for key in &self.touched {
+            if let Some(h) = idx.page(key) {
+                self.imagegen
+                    .consider(key, h.deltas_since_image, h.unreadable_from.is_some());
             }
         }
+        result
     }
 
     fn publish(&self, status: &SharedStatus) {
-        let idx = &self.index;
+        let idx = self.store.index.read().unwrap_or_else(|e| e.into_inner());
+        let idx = &*idx;
         status.update(|s| {
             s.records_decoded = idx.records;
             s.block_refs_indexed = idx.block_refs;
@@ -380,8 +514,8 @@ fn rebuild(archive: &WalArchive, ingest: &mut Ingest, from: Lsn) -> Result<(), S
     if end > from {
         log::info!(
             "rebuilt page index from the archive ({from}..{end}): {} records, {} pages in {:.1}s",
-            ingest.index.records,
-            ingest.index.pages(),
+            ingest.store.index.read().map(|i| i.records).unwrap_or(0),
+            ingest.store.index.read().map(|i| i.pages()).unwrap_or(0),
             started.elapsed().as_secs_f64()
         );
     }
@@ -416,13 +550,16 @@ async fn stream_once(
     conn.start_replication(&opts.slot, start, meta.timeline)
         .await?;
     log::info!("streaming from {start} (slot \"{}\")", opts.slot);
+    let consistent = ingest.decoded_end() >= ingest.backup_end;
     status.update(|s| {
-        s.state = if ingest.index.last_record_end >= ingest.backup_end {
+        s.state = if consistent {
             "streaming".into()
         } else {
             "bootstrapping".into()
         }
     });
+    // While image generation is behind, the flush position reported to the server stays here.
+    let mut held_ack: Option<Lsn> = None;
 
     let mut pending: Vec<u8> = Vec::new(); // written, not yet fsynced (fed to the decoder after fsync)
     let mut server_end = start;
@@ -462,11 +599,29 @@ async fn stream_once(
             let flushed_before = archive.flush_position();
             flush_and_decode(archive, ingest, &mut pending, status)?;
             let moved = archive.flush_position() != flushed_before;
-            if moved || last_status.elapsed() >= Duration::from_secs(1) {
+            let ack = if ingest.imagegen.backpressure() {
+                if held_ack.is_none() {
+                    log::warn!(
+                        "image generation is behind ({} pages queued): holding flush acknowledgements at {}",
+                        ingest.imagegen.queue_depth(),
+                        archive.flush_position()
+                    );
+                }
+                *held_ack.get_or_insert(archive.flush_position())
+            } else {
+                if held_ack.take().is_some() {
+                    log::info!(
+                        "image generation caught up: acknowledging {} again",
+                        archive.flush_position()
+                    );
+                }
+                archive.flush_position()
+            };
+            if moved || held_ack.is_some() || last_status.elapsed() >= Duration::from_secs(1) {
                 let msg = standby_status_update(
                     archive.write_position(),
-                    archive.flush_position(),
-                    ingest.index.last_record_end,
+                    ack,
+                    ingest.decoded_end(),
                     false,
                 );
                 conn.send_copy_data(&msg).await?;
@@ -508,15 +663,24 @@ fn flush_and_decode(
 }
 
 /// The service: never returns Ok; returns an error that retrying cannot fix.
-pub async fn run(opts: RunOptions) -> Result<(), ServiceError> {
+pub async fn run(opts: RunOptions, redo: Arc<dyn PageRedo>) -> Result<(), ServiceError> {
+    run_with_state(opts, redo, Arc::new(HelperState::default())).await
+}
+
+pub async fn run_with_state(
+    opts: RunOptions,
+    redo: Arc<dyn PageRedo>,
+    state: Arc<HelperState>,
+) -> Result<(), ServiceError> {
     let dd = |source| ServiceError::DataDir {
         dir: opts.data_dir.clone(),
         source,
     };
     std::fs::create_dir_all(&opts.data_dir).map_err(dd)?;
     let _lock = DataDirLock::acquire(&opts.data_dir)?;
-    let status = SharedStatus::default();
+    let status = state.status.clone();
     status.update(|s| {
+        s.image_threshold = opts.image_threshold;
         s.state = "starting".into();
         s.server = opts.conninfo.to_string();
         s.slot = opts.slot.clone();
@@ -526,7 +690,7 @@ pub async fn run(opts: RunOptions) -> Result<(), ServiceError> {
             .await
             .map_err(|source| ServiceError::Listen { addr, source })?;
         log::info!("status on http://{addr}/status, metrics on http://{addr}/metrics");
-        tokio::spawn(crate::serve::serve(listener, status.clone()));
+        tokio::spawn(crate::serve::serve(listener, Arc::clone(&state)));
     }
 
     let mut backoff = Duration::from_secs(1);
@@ -566,8 +730,41 @@ pub async fn run(opts: RunOptions) -> Result<(), ServiceError> {
         meta.timeline,
         archive_start,
     )?;
-    let mut ingest = Ingest::new(&meta)?;
+    let images = ImageStore::open(&opts.data_dir.join("images"))?;
+    let store = Arc::new(PageStore::new(
+        BaseFiles::new(opts.data_dir.join("base")),
+        images,
+        &archive,
+        meta.system_identifier,
+        meta.start_lsn(),
+        redo,
+    ));
+    let imagegen = ImageGenerator::new(
+        Arc::clone(&store),
+        opts.image_threshold,
+        opts.backpressure_depth,
+    );
+    let mut ingest = Ingest::new(&meta, Arc::clone(&store), Arc::clone(&imagegen))?;
     blocking(|| rebuild(&archive, &mut ingest, archive_start))?;
+    // Images generated before a restart count again (the index was rebuilt without them).
+    {
+        let img = store.images.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idx = store.index.write().unwrap_or_else(|e| e.into_inner());
+        let keys: Vec<_> = idx.keys().copied().collect();
+        for key in keys {
+            if let (Some(lsn), Some(h)) = (
+                img.newest_at_or_before(&key, Lsn(u64::MAX)),
+                idx.page_mut(&key),
+            ) {
+                h.note_generated_image(lsn);
+            }
+        }
+    }
+    let _workers = imagegen.spawn_workers(opts.imagegen_workers);
+    let _ = state.pages.set(Pages {
+        store: Arc::clone(&store),
+        imagegen: Arc::clone(&imagegen),
+    });
     ingest.publish(&status);
     let flush = archive.flush_position();
     status.update(|s| {

@@ -1,6 +1,16 @@
-//! The helper's loopback HTTP listener: `/status` (JSON) and `/metrics` (Prometheus text).
+//! The helper's loopback HTTP listener:
+//! - `GET /status` (JSON) and `GET /metrics` (Prometheus text);
+//! - `GET /page/{spc}/{db}/{rel}/{fork}/{blk}[?lsn=X/Y][&wait_ms=N]`: GetPage@LSN, the 8 KB
+//!   page as `application/octet-stream`, with `x-deltas-replayed`, `x-start` and `x-lsn`
+//!   headers; 404 unknown page, 409 unreadable page, 410 LSN before the retained history,
+//!   425 LSN not received within the wait, 503 while bootstrapping;
+//! - `POST /imagegen/pause`, `POST /imagegen/resume`;
+//! - `POST /threshold/{spc}/{db}/{rel}?value=N` (no value: back to the default).
 
-use crate::service::SharedStatus;
+use crate::service::HelperState;
+use crate::store::page_store::PageError;
+use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
+use crate::wal::page::Lsn;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -10,10 +20,18 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
-fn response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+/// Longest a page read waits for WAL that has not arrived yet.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+
+type HttpResponse = Response<Full<Bytes>>;
+
+fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> HttpResponse {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     if let Ok(v) = content_type.parse() {
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
@@ -21,41 +39,199 @@ fn response(status: StatusCode, content_type: &str, body: String) -> Response<Fu
     r
 }
 
+fn text(status: StatusCode, msg: impl std::fmt::Display) -> HttpResponse {
+    response(status, "text/plain; charset=utf-8", format!("{msg}\n"))
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Parses `/page/spc/db/rel/fork/blk`.
+fn parse_page_path(rest: &str) -> Result<PageKey, String> {
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [spc, db, rel, fork, blk] = parts.as_slice() else {
+        return Err("expected /page/{spc}/{db}/{rel}/{fork}/{blk}".into());
+    };
+    let num = |s: &str, what: &str| {
+        s.parse::<u32>()
+            .map_err(|_| format!("invalid {what} {s:?}"))
+    };
+    Ok(PageKey {
+        rel: RelFileLocator {
+            spc_oid: num(spc, "tablespace")?,
+            db_oid: num(db, "database")?,
+            rel_number: num(rel, "relfilenode")?,
+        },
+        fork: ForkNumber::parse(fork)
+            .ok_or_else(|| format!("invalid fork {fork:?} (0/main, 1/fsm, 2/vm, 3/init)"))?,
+        block: num(blk, "block")?,
+    })
+}
+
+async fn get_page(state: Arc<HelperState>, key: PageKey, query: Option<&str>) -> HttpResponse {
+    let lsn = match query_param(query, "lsn")
+        .map(|v| v.replace("%2F", "/").replace("%2f", "/").parse::<Lsn>())
+    {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let wait = query_param(query, "wait_ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| Duration::from_millis(ms).min(MAX_WAIT))
+        .unwrap_or(DEFAULT_WAIT);
+    let deadline = Instant::now() + wait;
+    loop {
+        let st = Arc::clone(&state);
+        let result = tokio::task::spawn_blocking(move || {
+            let pages = st.pages.get().ok_or(())?;
+            Ok::<_, ()>(pages.store.reconstruct(&key, lsn))
+        })
+        .await;
+        let outcome = match result {
+            Ok(Ok(r)) => r,
+            Ok(Err(())) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the helper is bootstrapping",
+                );
+            }
+            Err(e) => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("page read failed: {e}"),
+                );
+            }
+        };
+        match outcome {
+            Ok(page) => {
+                state.record_read(page.deltas_replayed);
+                let mut r = response(StatusCode::OK, "application/octet-stream", page.page);
+                for (name, value) in [
+                    ("x-deltas-replayed", page.deltas_replayed.to_string()),
+                    ("x-start", format!("{} at {}", page.start, page.start_lsn)),
+                    (
+                        "x-lsn",
+                        lsn.map(|l| l.to_string())
+                            .unwrap_or_else(|| "latest".into()),
+                    ),
+                ] {
+                    if let Ok(v) = value.parse() {
+                        r.headers_mut().insert(name, v);
+                    }
+                }
+                return r;
+            }
+            Err(PageError::NotYetReceived { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                let code = match &e {
+                    PageError::Unknown { .. } => StatusCode::NOT_FOUND,
+                    PageError::Unreadable { .. } => StatusCode::CONFLICT,
+                    PageError::BeforeRetention { .. } => StatusCode::GONE,
+                    PageError::NotYetReceived { .. } => StatusCode::TOO_EARLY,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                return text(code, e);
+            }
+        }
+    }
+}
+
+fn set_threshold(state: &HelperState, rest: &str, query: Option<&str>) -> HttpResponse {
+    let Some(pages) = state.pages.get() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the helper is bootstrapping",
+        );
+    };
+    let parts: Vec<u32> = rest.split('/').filter_map(|p| p.parse().ok()).collect();
+    let [spc, db, rel] = parts.as_slice() else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "expected /threshold/{spc}/{db}/{rel}?value=N",
+        );
+    };
+    let rel = RelFileLocator {
+        spc_oid: *spc,
+        db_oid: *db,
+        rel_number: *rel,
+    };
+    let value = match query_param(query, "value").map(str::parse::<u32>) {
+        None => None,
+        Some(Ok(v)) if v > 0 => Some(v),
+        Some(_) => return text(StatusCode::BAD_REQUEST, "value must be a positive integer"),
+    };
+    pages.imagegen.policy.set_override(rel, value);
+    text(
+        StatusCode::OK,
+        format!(
+            "threshold of {rel}: {}",
+            value
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "default".into())
+        ),
+    )
+}
+
 async fn handle(
     req: Request<Incoming>,
-    status: SharedStatus,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.method() != Method::GET {
-        return Ok(response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "only GET is supported\n".into(),
-        ));
-    }
-    let snapshot = status.snapshot();
-    Ok(match req.uri().path() {
-        "/status" => match serde_json::to_string_pretty(&snapshot) {
+    state: Arc<HelperState>,
+) -> Result<HttpResponse, Infallible> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let query = query.as_deref();
+    Ok(match (req.method(), path.as_str()) {
+        (&Method::GET, "/status") => match serde_json::to_string_pretty(&state.snapshot()) {
             Ok(json) => response(StatusCode::OK, "application/json", json + "\n"),
-            Err(e) => response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "text/plain",
-                format!("{e}\n"),
-            ),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
         },
-        "/metrics" => response(
+        (&Method::GET, "/metrics") => response(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            snapshot.prometheus(),
+            state.snapshot().prometheus(),
         ),
-        _ => response(
+        (&Method::GET, p) if p.starts_with("/page/") => match parse_page_path(&p["/page/".len()..])
+        {
+            Ok(key) => get_page(state, key, query).await,
+            Err(e) => text(StatusCode::BAD_REQUEST, e),
+        },
+        (&Method::POST, "/imagegen/pause" | "/imagegen/resume") => match state.pages.get() {
+            Some(p) => {
+                let pause = path.ends_with("pause");
+                p.imagegen.set_paused(pause);
+                text(
+                    StatusCode::OK,
+                    if pause {
+                        "image generation paused"
+                    } else {
+                        "image generation resumed"
+                    },
+                )
+            }
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the helper is bootstrapping",
+            ),
+        },
+        (&Method::POST, p) if p.starts_with("/threshold/") => {
+            set_threshold(&state, &p["/threshold/".len()..], query)
+        }
+        (_, "/status" | "/metrics") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        _ => text(
             StatusCode::NOT_FOUND,
-            "text/plain",
-            "unknown path; try /status or /metrics\n".into(),
+            "unknown path; see /status, /metrics, /page/{spc}/{db}/{rel}/{fork}/{blk}",
         ),
     })
 }
 
-/// Binds the listener (so the caller learns about a busy port at once) and serves forever.
+/// Binds the listener (so the caller learns about a busy port at once).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     if !addr.ip().is_loopback() {
         log::warn!(
@@ -65,19 +241,19 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-pub async fn serve(listener: TcpListener, status: SharedStatus) {
+pub async fn serve(listener: TcpListener, state: Arc<HelperState>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 log::warn!("http accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let status = status.clone();
+        let state = Arc::clone(&state);
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, status.clone()));
+            let svc = service_fn(move |req| handle(req, Arc::clone(&state)));
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
@@ -85,5 +261,30 @@ pub async fn serve(listener: TcpListener, status: SharedStatus) {
                 log::debug!("http connection: {e}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_paths() {
+        let k = parse_page_path("1663/5/16384/vm/7").unwrap();
+        assert_eq!(
+            (
+                k.rel.spc_oid,
+                k.rel.db_oid,
+                k.rel.rel_number,
+                k.fork.0,
+                k.block
+            ),
+            (1663, 5, 16384, 2, 7)
+        );
+        assert_eq!(parse_page_path("1663/5/16384/0/7").unwrap().fork.0, 0);
+        assert!(parse_page_path("1663/5/16384/bogus/7").is_err());
+        assert!(parse_page_path("1663/5/16384/main").is_err());
+        assert!(parse_page_path("x/5/16384/main/1").is_err());
+        assert_eq!(query_param(Some("lsn=0/1&wait_ms=5"), "wait_ms"), Some("5"));
     }
 }

@@ -218,6 +218,89 @@ impl WalArchive {
     }
 }
 
+/// Random access to records in the archive, by LSN (for page reconstruction).
+pub struct RecordReader {
+    dir: PathBuf,
+    segment_size: u32,
+    timeline: u32,
+    cfg: crate::wal::reader::DecoderConfig,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordReadError {
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error("no complete record at {lsn} in the archive: {reason}")]
+    Decode { lsn: Lsn, reason: String },
+}
+
+impl RecordReader {
+    pub fn new(archive: &WalArchive, system_identifier: u64) -> RecordReader {
+        RecordReader {
+            dir: archive.dir.clone(),
+            segment_size: archive.segment_size,
+            timeline: archive.timeline,
+            cfg: crate::wal::reader::DecoderConfig {
+                segment_size: archive.segment_size,
+                system_identifier: Some(system_identifier),
+                timeline: Some(archive.timeline),
+            },
+            buf: Vec::new(),
+        }
+    }
+
+    /// A reader of the same archive with its own buffer (one per thread).
+    pub fn clone_empty(&self) -> RecordReader {
+        RecordReader {
+            dir: self.dir.clone(),
+            segment_size: self.segment_size,
+            timeline: self.timeline,
+            cfg: self.cfg,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Decodes the record that starts at `lsn` into `out`.
+    pub fn read_into(
+        &mut self,
+        lsn: Lsn,
+        out: &mut crate::wal::record::DecodedRecord,
+    ) -> Result<(), RecordReadError> {
+        let err = |reason: String| RecordReadError::Decode { lsn, reason };
+        let mut decoder = crate::wal::reader::WalStreamDecoder::new(lsn, self.cfg)
+            .map_err(|e| err(e.to_string()))?;
+        let seg = u64::from(self.segment_size);
+        let mut pos = lsn;
+        // Read up to the end of the current WAL page, then page by page.
+        loop {
+            let page_end = (pos.0 / 8192 + 1) * 8192;
+            let n = (page_end - pos.0) as usize;
+            let segno = pos.0 / seg;
+            let path = self
+                .dir
+                .join(segment_file_name(self.timeline, segno, self.segment_size));
+            let f = File::open(&path).map_err(|source| ArchiveError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            self.buf.resize(n, 0);
+            f.read_exact_at(&mut self.buf, pos.0 % seg)
+                .map_err(|source| ArchiveError::Io { path, source })?;
+            decoder.push(&self.buf);
+            match decoder.next_record_into(out) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return Err(err(e.to_string())),
+            }
+            pos = Lsn(page_end);
+            if pos.0 - lsn.0 > (1u64 << 30) + 8192 {
+                return Err(err("record longer than the WAL record size limit".into()));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

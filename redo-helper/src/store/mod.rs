@@ -13,9 +13,11 @@
 
 pub mod archive;
 pub mod base;
+pub mod images;
 pub mod index;
 pub mod lock;
 pub mod meta;
+pub mod page_store;
 
 use std::fs::File;
 use std::io;

@@ -1,0 +1,264 @@
+//! Image generation: when a page has accumulated more than `threshold` deltas since its last
+//! image, a worker rebuilds it with the Rust redo and stores the image at the LSN of the
+//! last delta applied, so later reads replay at most about `threshold` deltas. The decision
+//! is per page, driven by its own change rate, not by checkpoints. Longest chains go first.
+
+use crate::store::page_store::PageStore;
+use crate::wal::block::{PageKey, RelFileLocator};
+use crate::wal::page::Lsn;
+use hdrhistogram::Histogram;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
+
+pub const DEFAULT_IMAGE_THRESHOLD: u32 = 16;
+
+/// Threshold policy: a default and per-relation overrides.
+#[derive(Debug, Default)]
+pub struct ThresholdPolicy {
+    default: AtomicU32,
+    overrides: RwLock<HashMap<RelFileLocator, u32>>,
+}
+
+impl ThresholdPolicy {
+    pub fn new(default: u32) -> ThresholdPolicy {
+        ThresholdPolicy {
+            default: AtomicU32::new(default),
+            overrides: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn threshold(&self, rel: &RelFileLocator) -> u32 {
+        self.overrides
+            .read()
+            .ok()
+            .and_then(|o| o.get(rel).copied())
+            .unwrap_or_else(|| self.default.load(Ordering::Relaxed))
+    }
+
+    /// Sets (Some) or removes (None) a relation's own threshold.
+    pub fn set_override(&self, rel: RelFileLocator, threshold: Option<u32>) {
+        if let Ok(mut o) = self.overrides.write() {
+            match threshold {
+                Some(t) => o.insert(rel, t),
+                None => o.remove(&rel),
+            };
+        }
+    }
+
+    pub fn overrides(&self) -> Vec<(RelFileLocator, u32)> {
+        self.overrides
+            .read()
+            .map(|o| o.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    heap: BinaryHeap<(u32, PageKey)>,
+    queued: HashSet<PageKey>,
+}
+
+/// Counters and histograms for /metrics.
+pub struct ImageGenStats {
+    pub images_generated: AtomicU64,
+    pub failures: AtomicU64,
+    /// Chain length (deltas replayed) when an image was made.
+    pub chain_at_image: Mutex<Histogram<u64>>,
+}
+
+pub struct ImageGenerator {
+    store: Arc<PageStore>,
+    pub policy: ThresholdPolicy,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    paused: AtomicBool,
+    stop: AtomicBool,
+    /// Queue depth above which the helper holds back flush acknowledgements.
+    pub backpressure_depth: usize,
+    pub stats: ImageGenStats,
+}
+
+/// 1..=1e6 deltas with 2 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, 1_000_000, 2) {
+        Ok(h) => h,
+        Err(e) => unreachable!("constant histogram bounds are valid: {e}"),
+    }
+}
+
+impl ImageGenerator {
+    pub fn new(
+        store: Arc<PageStore>,
+        threshold: u32,
+        backpressure_depth: usize,
+    ) -> Arc<ImageGenerator> {
+        Arc::new(ImageGenerator {
+            store,
+            policy: ThresholdPolicy::new(threshold),
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            paused: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            backpressure_depth,
+            stats: ImageGenStats {
+                images_generated: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                chain_at_image: Mutex::new(histogram()),
+            },
+        })
+    }
+
+    /// Called after indexing: queues the page if its chain is over its threshold.
+    pub fn consider(&self, key: &PageKey, deltas_since_image: u32, unreadable: bool) {
+        if unreadable || deltas_since_image <= self.policy.threshold(&key.rel) {
+            return;
+        }
+        if let Ok(mut q) = self.queue.lock() {
+            if q.queued.insert(*key) {
+                q.heap.push((deltas_since_image, *key));
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.queue.lock().map(|q| q.queued.len()).unwrap_or(0)
+    }
+
+    pub fn backpressure(&self) -> bool {
+        self.queue_depth() > self.backpressure_depth
+    }
+
+    /// Pausing stops workers from taking new pages (for tests and maintenance).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+        self.wake.notify_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake.notify_all();
+    }
+
+    fn next_job(&self) -> Option<PageKey> {
+        let mut q = self.queue.lock().ok()?;
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return None;
+            }
+            if !self.paused.load(Ordering::SeqCst) {
+                if let Some((_, key)) = q.heap.pop() {
+                    q.queued.remove(&key);
+                    return Some(key);
+                }
+            }
+            q = self
+                .wake
+                .wait_timeout(q, Duration::from_millis(200))
+                .ok()?
+                .0;
+        }
+    }
+
+    /// Rebuilds one page at its newest change and stores the image.
+    fn generate(&self, key: &PageKey) {
+        let newest = {
+            let idx = self.store.index.read().unwrap_or_else(|e| e.into_inner());
+            match idx.page(key) {
+                Some(h) if h.unreadable_from.is_none() => h.changes.last().map(|c| c.lsn),
+                _ => None,
+            }
+        };
+        let Some(lsn) = newest else { return };
+        match self.store.reconstruct(key, Some(lsn)) {
+            Ok(r) => {
+                let stored = self.store.images.lock().map_err(|_| ()).and_then(|mut s| {
+                    s.put(key, lsn, &r.page)
+                        .map_err(|e| log::error!("storing image of {key} at {lsn}: {e}"))
+                });
+                if stored.is_ok() {
+                    if let Ok(mut idx) = self.store.index.write() {
+                        if let Some(h) = idx.page_mut(key) {
+                            h.note_generated_image(lsn);
+                        }
+                    }
+                    self.stats.images_generated.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut h) = self.stats.chain_at_image.lock() {
+                        let _ = h.record(u64::from(r.deltas_replayed.max(1)));
+                    }
+                }
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                log::warn!("image generation: {e}");
+            }
+        }
+    }
+
+    /// Starts `n` worker threads.
+    pub fn spawn_workers(self: &Arc<Self>, n: usize) -> Vec<std::thread::JoinHandle<()>> {
+        (0..n.max(1))
+            .map(|i| {
+                let me = Arc::clone(self);
+                std::thread::Builder::new()
+                    .name(format!("imagegen-{i}"))
+                    .spawn(move || {
+                        let mut since_sync = 0u32;
+                        while let Some(key) = me.next_job() {
+                            me.generate(&key);
+                            since_sync += 1;
+                            if since_sync >= 256 {
+                                since_sync = 0;
+                                if let Ok(s) = me.store.images.lock() {
+                                    let _ = s.sync();
+                                }
+                            }
+                        }
+                    })
+                    .unwrap_or_else(|e| panic!("cannot start an image generation thread: {e}"))
+            })
+            .collect()
+    }
+
+    /// Image lag: over pages waiting for an image, the largest distance between their newest
+    /// delta and their newest image (or chain start).
+    pub fn image_lag_bytes(&self) -> u64 {
+        let keys: Vec<PageKey> = self
+            .queue
+            .lock()
+            .map(|q| q.queued.iter().copied().collect())
+            .unwrap_or_default();
+        let idx = self.store.index.read().unwrap_or_else(|e| e.into_inner());
+        keys.iter()
+            .filter_map(|k| {
+                let h = idx.page(k)?;
+                let newest = h.changes.last()?.lsn;
+                let start = h
+                    .start_point(newest)
+                    .map(|(l, _)| l)
+                    .or_else(|| h.changes.first().map(|c| c.lsn))?;
+                Some(newest.0.saturating_sub(start.0))
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The LSN up to which the chains of `key` are known (for tests and tools).
+    pub fn newest_change(&self, key: &PageKey) -> Option<Lsn> {
+        self.store
+            .index
+            .read()
+            .ok()?
+            .page(key)?
+            .changes
+            .last()
+            .map(|c| c.lsn)
+    }
+}
