@@ -53,6 +53,8 @@ run_suite() {
     # Environment for the tests' \! shell commands.
     export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres PGBIN
     export FPW_TEST_TMP="$work/$name-tmp" FPW_TEST_CLUSTER="$cdir" FPW_TEST_TAG="fpw_pg_tests_client_$$"
+    FPW_HELPER_PORT=$(free_port)
+    export FPW_HELPER_PORT
     if "$PG_REGRESS" --host=127.0.0.1 --port="$port" --user=postgres \
         --bindir="$PGBIN" --inputdir="$here" --outputdir="$outdir/$name" \
         --schedule="$here/$schedule" "$@"; then

@@ -99,7 +99,7 @@ pub extern "C-unwind" fn fpw_pushdown_autopilot_main(_arg: pg_sys::Datum) {
             SwitchOutcome::Switched(change) => {
                 let msg = format!(
                     "{WORKER_TYPE}: turned full_page_writes back on at {}: {problem} for {:.1} s (grace {} ms)",
-                    crate::lsn::PgLsn(change.lsn),
+                    crate::sql_types::PgLsn(change.lsn),
                     since.elapsed().as_secs_f64(),
                     grace.as_millis()
                 );

@@ -24,7 +24,13 @@ pub enum Unhealthy {
     NotPhysical(String),
     Inactive(String),
     NoRestartLsn(String),
-    Lagging { slot: String, lag: i64, max: i64 },
+    Lagging {
+        slot: String,
+        lag: i64,
+        max: i64,
+    },
+    /// `fpw_pushdown.helper_address` is set and the helper there is not ready.
+    Helper(String),
 }
 
 impl std::fmt::Display for Unhealthy {
@@ -47,6 +53,7 @@ impl std::fmt::Display for Unhealthy {
                     "replication slot \"{s}\" has not reserved WAL (restart_lsn is NULL)"
                 )
             }
+            Unhealthy::Helper(why) => write!(f, "{why}"),
             Unhealthy::Lagging { slot, lag, max } => write!(
                 f,
                 "replication slot \"{slot}\" lags by {lag} bytes, more than fpw_pushdown.max_helper_lag ({max} bytes)"
@@ -123,6 +130,32 @@ impl SlotHealth {
             Some(_) => Ok(()),
         }
     }
+}
+
+/// When `fpw_pushdown.helper_address` is set, the helper's own view must agree: it answers
+/// /status, is streaming, and its base pages are consistent.
+pub fn check_helper_status() -> Result<(), Unhealthy> {
+    let Some(addr) = crate::helper_client::helper_address() else {
+        return Ok(());
+    };
+    let resp = crate::helper_client::request("GET", "/status", std::time::Duration::from_secs(3))
+        .map_err(Unhealthy::Helper)?;
+    if resp.status != 200 {
+        return Err(Unhealthy::Helper(format!(
+            "redo helper at {addr} answered /status with HTTP {}",
+            resp.status
+        )));
+    }
+    let status: serde_json::Value = serde_json::from_slice(&resp.body).map_err(|e| {
+        Unhealthy::Helper(format!("redo helper at {addr}: unreadable /status: {e}"))
+    })?;
+    let state = status["state"].as_str().unwrap_or("unknown");
+    if state != "streaming" || status["consistent"] != serde_json::Value::Bool(true) {
+        return Err(Unhealthy::Helper(format!(
+            "redo helper at {addr} is {state}, not streaming with consistent pages"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

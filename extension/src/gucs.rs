@@ -16,9 +16,9 @@ pub static AUTOPILOT_GRACE_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// Database the autopilot connects to (it only reads cluster-wide views).
 pub static AUTOPILOT_DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
-/// Where the redo helper listens (host:port, loopback), for later page/status calls.
+/// Where the redo helper listens (host:port, loopback); empty: the guard checks the slot only.
 pub static HELPER_ADDRESS: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"127.0.0.1:7432"));
+    GucSetting::<Option<CString>>::new(Some(c""));
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -70,7 +70,7 @@ pub fn register() {
     GucRegistry::define_string_guc(
         c"fpw_pushdown.helper_address",
         c"host:port of the redo helper's loopback HTTP listener.",
-        c"",
+        c"When set, disable_full_page_writes() also requires the helper's /status to say it is streaming and consistent; page_at() and helper_status() use it.",
         &HELPER_ADDRESS,
         GucContext::Sighup,
         GucFlags::default(),

@@ -12,8 +12,9 @@ mod error;
 mod fpw_change;
 mod guard;
 mod gucs;
-mod lsn;
+mod helper_client;
 mod sql_api;
+mod sql_types;
 mod state;
 mod switch;
 

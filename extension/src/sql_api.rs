@@ -1,11 +1,11 @@
 //! The SQL functions of schema `fpw_pushdown`.
 
 use crate::error::{raise, warn};
-use crate::guard::SlotHealth;
-use crate::lsn::PgLsn;
+use crate::guard::{self, SlotHealth};
+use crate::sql_types::{PgLsn, RegClass};
 use crate::state::{self, FpwDirection, WalBaseline};
 use crate::switch::{self, SwitchOutcome};
-use crate::{autopilot, gucs};
+use crate::{autopilot, gucs, helper_client};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use std::time::Duration;
@@ -70,7 +70,10 @@ fn disable_full_page_writes(
     if !switch::full_page_writes_now() {
         return outcome_to_lsn(SwitchOutcome::AlreadyThere, FpwDirection::Off);
     }
-    let problem = SlotHealth::read().check(gucs::max_helper_lag_bytes()).err();
+    let problem = SlotHealth::read()
+        .check(gucs::max_helper_lag_bytes())
+        .and_then(|()| guard::check_helper_status())
+        .err();
     if let Some(why) = &problem {
         if force {
             warn(
@@ -261,4 +264,168 @@ fn reset_wal_stats() -> Option<TimestampWithTimeZone> {
         Ok(_) => timestamptz_from_unix(now.at_unix),
         Err(e) => pgrx::error!("fpw_pushdown: could not write the state file: {e}"),
     }
+}
+
+/// The redo helper's /status (JSON), from `fpw_pushdown.helper_address`.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn helper_status() -> pgrx::Json {
+    let resp =
+        helper_client::request("GET", "/status", Duration::from_secs(5)).unwrap_or_else(|e| {
+            raise(
+                PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+                &e,
+                None,
+                Some("Check fpw_pushdown.helper_address and that redo-helper run is up."),
+            )
+        });
+    match serde_json::from_slice(&resp.body) {
+        Ok(v) if resp.status == 200 => pgrx::Json(v),
+        _ => raise(
+            PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+            &format!(
+                "redo helper /status answered HTTP {}: {}",
+                resp.status,
+                resp.body_text()
+            ),
+            None,
+            None,
+        ),
+    }
+}
+
+/// Tablespace, database and relfilenode of a relation, as the WAL names it.
+fn relation_locator(rel: RegClass) -> (i64, i64, i64) {
+    let rel = rel.0;
+    let row = Spi::connect(|client| {
+        let t = client.select(
+            "SELECT pg_catalog.pg_relation_filenode(c.oid)::int8,
+                    (CASE WHEN c.relisshared THEN 1664
+                          WHEN c.reltablespace = 0 THEN d.dattablespace
+                          ELSE c.reltablespace END)::int8,
+                    (CASE WHEN c.relisshared THEN 0 ELSE d.oid END)::int8
+               FROM pg_catalog.pg_class c, pg_catalog.pg_database d
+              WHERE c.oid = $1 AND d.datname = pg_catalog.current_database()",
+            Some(1),
+            &[rel.into()],
+        )?;
+        if t.is_empty() {
+            return Ok::<_, pgrx::spi::Error>(None);
+        }
+        let r = t.first();
+        Ok(Some((r.get::<i64>(1)?, r.get::<i64>(2)?, r.get::<i64>(3)?)))
+    });
+    match row {
+        Ok(Some((Some(node), Some(spc), Some(db)))) => (spc, db, node),
+        Ok(Some(_)) => raise(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            &format!("relation {} has no storage", rel.to_u32()),
+            None,
+            None,
+        ),
+        Ok(None) => raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            &format!("relation {} does not exist", rel.to_u32()),
+            None,
+            None,
+        ),
+        Err(e) => pgrx::error!(
+            "fpw_pushdown: could not look up relation {}: {e}",
+            rel.to_u32()
+        ),
+    }
+}
+
+/// The page `blk` of a relation fork as of `lsn` (default: the WAL flushed now), rebuilt by
+/// the redo helper: time-travel page inspection, e.g. with pageinspect's page_header().
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn page_at(
+    rel: RegClass,
+    blk: i64,
+    fork: default!(String, "'main'"),
+    lsn: default!(Option<PgLsn>, "NULL"),
+) -> Vec<u8> {
+    if !(0..=i64::from(u32::MAX - 1)).contains(&blk) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            &format!("block number {blk} is out of range"),
+            None,
+            None,
+        );
+    }
+    if !matches!(fork.as_str(), "main" | "fsm" | "vm" | "init") {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            &format!("invalid fork name {fork:?}"),
+            None,
+            Some("Valid fork names are main, fsm, vm and init."),
+        );
+    }
+    // SAFETY: reads the shared WAL flush pointer.
+    let lsn = lsn.unwrap_or_else(|| PgLsn(unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) }));
+    let (spc, db, node) = relation_locator(rel);
+    let path = format!("/page/{spc}/{db}/{node}/{fork}/{blk}?lsn={lsn}&wait_ms=10000");
+    let resp = helper_client::request("GET", &path, Duration::from_secs(15))
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, &e, None, None));
+    let fail = |code, msg: String| -> ! { raise(code, &msg, None, None) };
+    match resp.status {
+        200 if resp.body.len() == 8192 => {
+            pgrx::debug1!(
+                "page_at: {} deltas replayed from {}",
+                resp.header("x-deltas-replayed").unwrap_or("?"),
+                resp.header("x-start").unwrap_or("?")
+            );
+            resp.body
+        }
+        200 => fail(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!("redo helper returned {} bytes, not a page", resp.body.len()),
+        ),
+        404 => fail(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, resp.body_text()),
+        409 => fail(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, resp.body_text()),
+        410 | 425 => fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            resp.body_text(),
+        ),
+        code => fail(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("redo helper answered HTTP {code}: {}", resp.body_text()),
+        ),
+    }
+}
+
+/// Sets a relation's image threshold in the redo helper (NULL: back to the helper's default).
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn set_image_threshold(rel: RegClass, threshold: Option<i32>) -> String {
+    if threshold.is_some_and(|t| t <= 0) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "threshold must be positive",
+            None,
+            None,
+        );
+    }
+    let (spc, db, node) = relation_locator(rel);
+    let value = threshold.map(|t| format!("?value={t}")).unwrap_or_default();
+    let resp = helper_client::request(
+        "POST",
+        &format!("/threshold/{spc}/{db}/{node}{value}"),
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, &e, None, None));
+    if resp.status != 200 {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            &format!(
+                "redo helper answered HTTP {}: {}",
+                resp.status,
+                resp.body_text()
+            ),
+            None,
+            None,
+        );
+    }
+    resp.body_text()
 }

@@ -1,9 +1,40 @@
 -- The redo helper itself holds the slot: the guard and status see it as the slot holder,
--- FPW can be turned off with it attached, and the autopilot reacts when it dies.
-\! "$FPW_HELPER_BIN" run --connect "host=$PGHOST port=$PGPORT user=postgres application_name=$FPW_TEST_TAG" --data-dir "$FPW_TEST_TMP/helper" >"$FPW_TEST_TMP/helper.log" 2>&1 & echo $! >"$FPW_TEST_TMP/helper.pid"
+-- its /status is checked when fpw_pushdown.helper_address is set, page_at() reads pages from
+-- it, and the autopilot reacts when it dies.
+\getenv helper_port FPW_HELPER_PORT
+SELECT '127.0.0.1:' || :'helper_port' AS helper_addr \gset
+-- A helper address nobody listens on: the guard refuses (slot also missing or inactive).
+ALTER SYSTEM SET fpw_pushdown.helper_address = :'helper_addr';
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.3);
+SELECT regress.try('SELECT fpw_pushdown.disable_full_page_writes()') ~ 'cannot turn full_page_writes off' AS refused;
+
+\! "$FPW_HELPER_BIN" run --connect "host=$PGHOST port=$PGPORT user=postgres application_name=$FPW_TEST_TAG" --data-dir "$FPW_TEST_TMP/helper" --listen "127.0.0.1:$FPW_HELPER_PORT" >"$FPW_TEST_TMP/helper.log" 2>&1 & echo $! >"$FPW_TEST_TMP/helper.pid"
 SELECT regress.wait_for($$SELECT active FROM pg_replication_slots WHERE slot_name = 'fpw_pushdown'$$, '60s') AS helper_holds_slot;
 SELECT regress.wait_for($$SELECT count(*) = 1 FROM pg_stat_replication WHERE application_name LIKE 'fpw\_pg\_tests\_client\_%'$$, '30s') AS helper_is_walsender_client;
 SELECT regress.wait_for($$SELECT helper_healthy FROM fpw_pushdown.status()$$, '30s') AS helper_healthy;
+SELECT s->>'state' AS state, s->>'consistent' AS consistent, s->>'slot' AS slot
+  FROM fpw_pushdown.helper_status() s;
+
+-- page_at(): a page whose newest change carries a full page image (FPW still on).
+CREATE EXTENSION pageinspect;
+CREATE TABLE page_probe (id int PRIMARY KEY, v text) WITH (autovacuum_enabled = off);
+INSERT INTO page_probe SELECT g, 'row ' || g FROM generate_series(1, 50) g;
+CHECKPOINT;
+UPDATE page_probe SET v = v || '!' WHERE id = 7;
+SELECT pg_current_wal_flush_lsn() AS probe_lsn \gset
+SELECT (SELECT array_agg(t_ctid ORDER BY lp) FROM heap_page_items(fpw_pushdown.page_at('page_probe', 0, lsn => :'probe_lsn')))
+     = (SELECT array_agg(t_ctid ORDER BY lp) FROM heap_page_items(get_raw_page('page_probe', 0))) AS same_line_pointers,
+       (SELECT array_agg(t_data ORDER BY lp) FROM heap_page_items(fpw_pushdown.page_at('page_probe', 0, lsn => :'probe_lsn')))
+     = (SELECT array_agg(t_data ORDER BY lp) FROM heap_page_items(get_raw_page('page_probe', 0))) AS same_tuples,
+       (page_header(fpw_pushdown.page_at('page_probe', 0, lsn => :'probe_lsn'))).lsn
+     = (page_header(get_raw_page('page_probe', 0))).lsn AS same_page_lsn;
+SELECT regress.try($$SELECT length(fpw_pushdown.page_at('page_probe', 0, 'nofork'))$$);
+SELECT regress.try($$SELECT length(fpw_pushdown.page_at('page_probe', -1))$$);
+SELECT regress.try($$SELECT length(fpw_pushdown.page_at('page_probe', 0, lsn => '0/10'))$$) ~ 'before the start of the helper' AS before_history;
+SELECT regress.norm(fpw_pushdown.set_image_threshold('page_probe', 4));
+SELECT regress.norm(fpw_pushdown.set_image_threshold('page_probe', NULL));
+
 SELECT fpw_pushdown.disable_full_page_writes() IS NOT NULL AS switched_off;
 -- The helper acknowledges what it has fsynced: after a write burst, the slot catches up.
 CREATE TABLE helper_load AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g;
@@ -14,3 +45,8 @@ DROP TABLE helper_load;
 \! kill -9 "$(cat "$FPW_TEST_TMP/helper.pid")"
 SELECT regress.wait_for($$SELECT full_page_writes FROM fpw_pushdown.status()$$, '30s') AS fpw_back_on;
 SELECT last_switch_by, last_switch_direction FROM fpw_pushdown.status();
+SELECT regress.try('SELECT fpw_pushdown.helper_status()::text') ~ 'cannot reach the redo helper' AS helper_unreachable;
+ALTER SYSTEM RESET fpw_pushdown.helper_address;
+SELECT pg_reload_conf();
+DROP TABLE page_probe;
+DROP EXTENSION pageinspect;

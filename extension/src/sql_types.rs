@@ -1,5 +1,5 @@
-//! `pg_lsn` as a Rust type: pgrx 0.18 has no mapping for it, so the extension declares one.
-//! A pg_lsn datum is an `XLogRecPtr` (uint64) passed by value (`utils/pg_lsn.h`).
+//! SQL types pgrx 0.18 does not map, declared here: `pg_lsn` (an `XLogRecPtr`, uint64 passed
+//! by value, `utils/pg_lsn.h`) and `regclass` (an OID passed by value).
 
 use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
 use pgrx::datum::Datum;
@@ -60,6 +60,46 @@ unsafe impl BoxRet for PgLsn {
 }
 
 pgrx::impl_sql_translatable!(PgLsn, "pg_lsn");
+
+/// A `regclass` argument: the relation's OID (SQL callers may pass a name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegClass(pub pg_sys::Oid);
+
+impl IntoDatum for RegClass {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(pg_sys::Datum::from(self.0.to_u32()))
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::REGCLASSOID
+    }
+}
+
+impl FromDatum for RegClass {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<Self> {
+        if is_null {
+            None
+        } else {
+            Some(RegClass(pg_sys::Oid::from(datum.value() as u32)))
+        }
+    }
+}
+
+unsafe impl<'fcx> ArgAbi<'fcx> for RegClass {
+    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        unsafe { arg.unbox_arg_using_from_datum() }.unwrap_or(RegClass(pg_sys::InvalidOid))
+    }
+
+    unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
+        unsafe { arg.unbox_arg_using_from_datum() }.into()
+    }
+}
+
+pgrx::impl_sql_translatable!(RegClass, "regclass");
 
 #[cfg(test)]
 mod tests {
