@@ -1,91 +1,145 @@
 #!/usr/bin/env bash
-# `make demo`: a throwaway PostgreSQL 15 cluster with fpw_pushdown preloaded; pgbench with
-# full_page_writes on, on + wal_compression=zstd (what a DBA tries first), and off — switched
-# live by the extension while a pg_receivewal slot holder stands in for the redo helper.
-# Prints WAL bytes per transaction, TPS, FPIs and the switch LSNs as a table, then stops
+# `make demo`: a throwaway PostgreSQL 15 cluster with fpw_pushdown preloaded and the redo
+# helper bootstrapped by BASE_BACKUP; pgbench with full_page_writes on, on + wal_compression
+# = zstd (what a DBA tries first), and off — switched live by the extension while the helper
+# holds the slot and generates page images. Then page reads from the helper (GetPage@LSN),
+# a table of the numbers, and a hot page decoded with pageinspect from page_at(). It stops
 # everything it started.
-# Knobs: DEMO_SECONDS (per run, default 20), DEMO_SCALE (pgbench scale, default 10), DEMO_CLIENTS (2).
+# Knobs: DEMO_SECONDS (per run, default 20), DEMO_SCALE (pgbench scale, 10), DEMO_CLIENTS (2),
+# DEMO_READS (GetPage reads, 500).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../scripts/pg_cluster.sh
 source "$here/../scripts/pg_cluster.sh"
+helper_bin=${REDO_HELPER_BIN:-$here/../target/release/redo-helper}
 seconds=${DEMO_SECONDS:-20}
 scale=${DEMO_SCALE:-10}
 clients=${DEMO_CLIENTS:-2}
+reads=${DEMO_READS:-500}
 
+[ -x "$helper_bin" ] || { echo "build the helper first: cargo build --release -p redo-helper" >&2; exit 1; }
 work=$(mktemp -d /tmp/fpw_demo.XXXXXX)
 chmod 755 "$work"
 cdir="$work/cluster"
-recv_pid=""
+helper_pid=""
 cleanup() {
-    [ -n "$recv_pid" ] && kill "$recv_pid" 2>/dev/null || true
+    [ -n "$helper_pid" ] && kill "$helper_pid" 2>/dev/null && wait "$helper_pid" 2>/dev/null
     cluster_remove "$cdir"
     rm -rf "$work"
 }
 trap cleanup EXIT
 
 port=$(free_port)
+hport=$(free_port)
 log() { printf '[demo %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 sql() { "$PGBIN/psql" -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$1"; }
+status() { curl -s "http://127.0.0.1:$hport/status"; }
+json() { sed -n "s/^ *\"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" | head -1; }
 
 log "creating a throwaway cluster on port $port (wal_level=replica, fpw_pushdown preloaded)"
 cluster_init "$cdir" "$port"
 cluster_conf "$cdir" "wal_level = replica" "shared_preload_libraries = 'fpw_pushdown'" \
-    "max_wal_senders = 4" "max_replication_slots = 4" "checkpoint_timeout = 30min" "synchronous_commit = on"
+    "max_wal_senders = 4" "max_replication_slots = 4" "checkpoint_timeout = 30min" "max_wal_size = 4GB"
 cluster_start "$cdir"
-sql "CREATE EXTENSION fpw_pushdown"
+sql "CREATE EXTENSION fpw_pushdown" && sql "CREATE EXTENSION pageinspect"
 log "pgbench -i -s $scale"
 "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -i -s "$scale" -q postgres >"$work/init.log" 2>&1
 
-# run_pgbench LABEL: a checkpoint first (FPW logs an image on the first change of a page
-# after each checkpoint), then pgbench; appends one result row.
+log "starting redo-helper (BASE_BACKUP bootstrap, then streaming from slot fpw_pushdown)"
+"$helper_bin" run --connect "host=127.0.0.1 port=$port user=postgres" --data-dir "$work/helper" \
+    --listen "127.0.0.1:$hport" --image-threshold 16 >"$work/helper.log" 2>&1 &
+helper_pid=$!
+for _ in $(seq 1 600); do
+    [ "$(status | json state)" = streaming ] && break
+    sleep 0.1
+done
+[ "$(status | json state)" = streaming ] || { cat "$work/helper.log" >&2; exit 1; }
+sql "ALTER SYSTEM SET fpw_pushdown.helper_address = '127.0.0.1:$hport'" && sql "SELECT pg_reload_conf()" >/dev/null
+
+# run_pgbench LABEL [SWITCH_LSN]: a checkpoint first (FPW logs an image on the first change
+# of a page after each checkpoint), then pgbench; appends one result row.
 rows=()
+max_lag=0
 run_pgbench() {
     local label=$1 switch_lsn=${2:--}
     sql "CHECKPOINT" >/dev/null
-    local lsn0 fpi0
+    local lsn0 fpi0 bytes txns tps fpi
     lsn0=$(sql "SELECT pg_current_wal_lsn()")
-    sql "SELECT pg_stat_reset_shared('wal')" >/dev/null
-    log "pgbench ${seconds}s: $label"
-    "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$clients" -j "$clients" -T "$seconds" postgres >"$work/run.log" 2>&1
     sql "SELECT pg_stat_force_next_flush()" >/dev/null
-    local bytes txns tps fpi
+    sleep 1 # pg_stat_wal is flushed by each backend at most once a second
+    fpi0=$(sql "SELECT wal_fpi FROM pg_stat_wal")
+    log "pgbench ${seconds}s: $label"
+    "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$clients" -j "$clients" -T "$seconds" postgres >"$work/run.log" 2>&1 &
+    local bench=$!
+    while kill -0 "$bench" 2>/dev/null; do
+        local lag
+        lag=$(sql "SELECT coalesce((pg_current_wal_lsn() - restart_lsn)::bigint, 0) FROM pg_replication_slots WHERE slot_name = 'fpw_pushdown'")
+        [ "${lag:-0}" -gt "$max_lag" ] && max_lag=$lag
+        sleep 0.5
+    done
+    wait "$bench"
     bytes=$(sql "SELECT pg_current_wal_lsn() - '$lsn0'::pg_lsn")
     txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$work/run.log")
-    tps=$(sed -n "s/^tps = \([0-9]*\.[0-9]\).* (without initial connection time)/\1/p" "$work/run.log")
-    sleep 1 # pg_stat_wal is flushed by each backend at most once a second
-    fpi=$(sql "SELECT wal_fpi FROM pg_stat_wal")
-    rows+=("$(printf '%-42s %12s %10s %10s %12s %12s  %s' "$label" "$txns" "$tps" \
+    tps=$(sed -n 's/^tps = \([0-9]*\.[0-9]\).* (without initial connection time)/\1/p' "$work/run.log")
+    sleep 1
+    fpi=$(( $(sql "SELECT wal_fpi FROM pg_stat_wal") - fpi0 ))
+    rows+=("$(printf '%-42s %12s %10s %10s %10s %10s  %s' "$label" "$txns" "$tps" \
         "$(awk -v b="$bytes" -v t="$txns" 'BEGIN{printf "%.0f", b/t}')" "$fpi" \
         "$(awk -v b="$bytes" 'BEGIN{printf "%.1f", b/1048576}')" "$switch_lsn")")
 }
 
 run_pgbench "full_page_writes=on"
-
 sql "ALTER SYSTEM SET wal_compression = 'zstd'" && sql "SELECT pg_reload_conf()" >/dev/null
 run_pgbench "full_page_writes=on, wal_compression=zstd"
 sql "ALTER SYSTEM RESET wal_compression" && sql "SELECT pg_reload_conf()" >/dev/null
 
-log "pg_receivewal holds slot 'fpw_pushdown' (stand-in for the redo helper)"
-sql "SELECT pg_create_physical_replication_slot('fpw_pushdown', true)" >/dev/null
-mkdir -p "$work/recv"
-"$PGBIN/pg_receivewal" -h 127.0.0.1 -p "$port" -U postgres -D "$work/recv" --slot fpw_pushdown --no-loop >"$work/recv.log" 2>&1 &
-recv_pid=$!
-for _ in $(seq 1 100); do
-    [ "$(sql "SELECT active FROM pg_replication_slots WHERE slot_name = 'fpw_pushdown'")" = t ] && break
+off_lsn=$(sql "SELECT fpw_pushdown.disable_full_page_writes()")
+log "full_page_writes off, live: XLOG_FPW_CHANGE at $off_lsn (guard: helper slot + /status)"
+max_lag=0
+run_pgbench "full_page_writes=off + redo helper" "$off_lsn"
+helper_lag=$max_lag
+
+# Let the helper catch up, then read pages from it as of now: the hottest pages of pgbench.
+target=$(sql "SELECT pg_current_wal_flush_lsn()")
+for _ in $(seq 1 300); do
+    [ "$(status | json lag_bytes)" = 0 ] && break
     sleep 0.1
 done
-off_lsn=$(sql "SELECT fpw_pushdown.disable_full_page_writes()")
-log "full_page_writes off, live: XLOG_FPW_CHANGE at $off_lsn"
-run_pgbench "full_page_writes=off (guarded)" "$off_lsn"
+log "GetPage@LSN: $reads reads of pgbench pages at $target"
+db=$(sql "SELECT oid FROM pg_database WHERE datname = 'postgres'")
+read -r acc_rel acc_blocks < <(sql "SELECT pg_relation_filenode('pgbench_accounts'), pg_relation_size('pgbench_accounts') / 8192" | tr '|' ' ')
+br_rel=$(sql "SELECT pg_relation_filenode('pgbench_branches')")
+tl_rel=$(sql "SELECT pg_relation_filenode('pgbench_tellers')")
+errors=0
+for i in $(seq 1 "$reads"); do
+    case $((i % 4)) in
+    0) path="1663/$db/$br_rel/main/0" ;;
+    1) path="1663/$db/$tl_rel/main/0" ;;
+    *) path="1663/$db/$acc_rel/main/$(( (RANDOM * 32768 + RANDOM) % acc_blocks ))" ;;
+    esac
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$hport/page/$path?lsn=$target")
+    [ "$code" = 200 ] || errors=$((errors + 1))
+done
 on_lsn=$(sql "SELECT fpw_pushdown.enable_full_page_writes()")
 log "full_page_writes back on: XLOG_FPW_CHANGE at $on_lsn"
-rows+=("$(printf '%-42s %12s %10s %10s %12s %12s  %s' "(enable_full_page_writes)" - - - - - "$on_lsn")")
+st=$(status)
 
 echo
-printf '%-42s %12s %10s %10s %12s %12s  %s\n' "run (${seconds}s, scale $scale, $clients clients)" transactions TPS "WAL B/txn" FPIs "WAL MB" "switch LSN"
+printf '%-42s %12s %10s %10s %10s %10s  %s\n' "run (${seconds}s, scale $scale, $clients clients)" transactions TPS "WAL B/txn" FPIs "WAL MB" "switch LSN"
 printf '%s\n' "${rows[@]}"
+printf '%-42s %12s %10s %10s %10s %10s  %s\n' "(enable_full_page_writes)" - - - - - "$on_lsn"
 echo
-sql "SELECT 'status: full_page_writes=' || full_page_writes || ', slot ' || slot_name || ' active=' || slot_active || ', autopilot=' || autopilot FROM fpw_pushdown.status()"
+printf '%-44s %s\n' \
+    "helper: max slot lag during FPW-off run" "$helper_lag bytes" \
+    "helper: records decoded" "$(echo "$st" | json records_decoded)" \
+    "helper: page images generated" "$(echo "$st" | json images_generated)" \
+    "helper: image generation queue depth" "$(echo "$st" | json imagegen_queue_depth)" \
+    "GetPage reads (errors)" "$reads ($errors)" \
+    "deltas replayed per read: p50 / p99 / max" "$(echo "$st" | sed -n '/"deltas_per_read"/,/}/p' | json p50) / $(echo "$st" | sed -n '/"deltas_per_read"/,/}/p' | json p99) / $(echo "$st" | sed -n '/"deltas_per_read"/,/}/p' | json max) (threshold 16)"
+echo
+echo "The hottest page, pgbench_branches block 0, as the helper rebuilds it (page_at + pageinspect):"
+"$PGBIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d postgres -c \
+    "SELECT lsn, lower, upper, special, prune_xid FROM page_header(fpw_pushdown.page_at('pgbench_branches', 0))" \
+    -c "SELECT lp, lp_off, t_xmin, t_xmax, t_ctid FROM heap_page_items(fpw_pushdown.page_at('pgbench_branches', 0)) WHERE t_xmax = '0' ORDER BY lp LIMIT 5"
 log "stopping everything the demo started"

@@ -1,6 +1,6 @@
 //! The helper's loopback HTTP listener:
 //! - `GET /status` (JSON) and `GET /metrics` (Prometheus text);
-//! - `GET /page/{spc}/{db}/{rel}/{fork}/{blk}[?lsn=X/Y][&wait_ms=N]`: GetPage@LSN, the 8 KB
+//! - `GET /page/{spc}/{db}/{rel}/{fork}/{blk}[?lsn=X/Y][&wait_ms=N][&images=none]`: GetPage@LSN, the 8 KB
 //!   page as `application/octet-stream`, with `x-deltas-replayed`, `x-start` and `x-lsn`
 //!   headers; 404 unknown page, 409 unreadable page, 410 LSN before the retained history,
 //!   425 LSN not received within the wait, 503 while bootstrapping;
@@ -85,12 +85,14 @@ async fn get_page(state: Arc<HelperState>, key: PageKey, query: Option<&str>) ->
         .and_then(|v| v.parse::<u64>().ok())
         .map(|ms| Duration::from_millis(ms).min(MAX_WAIT))
         .unwrap_or(DEFAULT_WAIT);
+    // images=none: replay the whole chain, ignoring generated images (verification).
+    let use_images = query_param(query, "images") != Some("none");
     let deadline = Instant::now() + wait;
     loop {
         let st = Arc::clone(&state);
         let result = tokio::task::spawn_blocking(move || {
             let pages = st.pages.get().ok_or(())?;
-            Ok::<_, ()>(pages.store.reconstruct(&key, lsn))
+            Ok::<_, ()>(pages.store.reconstruct_with(&key, lsn, use_images))
         })
         .await;
         let outcome = match result {

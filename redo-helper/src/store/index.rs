@@ -81,12 +81,7 @@ impl PageHistory {
     /// Where a reconstruction up to `lsn` can start: the newest applicable WAL image,
     /// re-initialisation or generated image at or before `lsn` (None: the base backup).
     pub fn start_point(&self, lsn: Lsn) -> Option<(Lsn, StartKind)> {
-        let upto = self.changes.partition_point(|c| c.lsn <= lsn);
-        let wal = self.changes[..upto]
-            .iter()
-            .rev()
-            .find(|c| c.kind.resets_chain())
-            .map(|c| (c.lsn, StartKind::Wal));
+        let wal = self.wal_start_point(lsn);
         let generated = self
             .generated_image
             .filter(|g| *g <= lsn)
@@ -95,6 +90,16 @@ impl PageHistory {
             (Some(w), Some(g)) => Some(if g.0 >= w.0 { g } else { w }),
             (w, g) => w.or(g),
         }
+    }
+
+    /// Like `start_point`, ignoring generated images.
+    pub fn wal_start_point(&self, lsn: Lsn) -> Option<(Lsn, StartKind)> {
+        let upto = self.changes.partition_point(|c| c.lsn <= lsn);
+        self.changes[..upto]
+            .iter()
+            .rev()
+            .find(|c| c.kind.resets_chain())
+            .map(|c| (c.lsn, StartKind::Wal))
     }
 
     /// Changes in (after, upto].

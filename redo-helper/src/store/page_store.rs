@@ -131,6 +131,17 @@ impl PageStore {
 
     /// The page as of `lsn` (None: as of everything decoded).
     pub fn reconstruct(&self, key: &PageKey, lsn: Option<Lsn>) -> Result<Reconstructed, PageError> {
+        self.reconstruct_with(key, lsn, true)
+    }
+
+    /// Like `reconstruct`; with `use_generated_images = false` the replay ignores the helper's
+    /// own images and runs the whole chain from the WAL or the base backup (for verification).
+    pub fn reconstruct_with(
+        &self,
+        key: &PageKey,
+        lsn: Option<Lsn>,
+        use_generated_images: bool,
+    ) -> Result<Reconstructed, PageError> {
         // Copy what is needed under the read lock; replay without it.
         let (target, start, changes, start_change) = {
             let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
@@ -152,7 +163,11 @@ impl PageStore {
             }
             match idx.page(key) {
                 Some(h) => {
-                    let start = h.start_point(target);
+                    let start = if use_generated_images {
+                        h.start_point(target)
+                    } else {
+                        h.wal_start_point(target)
+                    };
                     let after = start.map(|(l, _)| l);
                     let start_change = match start {
                         Some((l, StartKind::Wal)) => h.changes.iter().find(|c| c.lsn == l).copied(),
