@@ -776,17 +776,16 @@ pub async fn run_with_state(
     backoff = Duration::from_secs(1);
     loop {
         let connected_at = Instant::now();
-        let err = match stream_once(&opts, &meta, &mut archive, &mut ingest, &status).await {
-            Ok(()) => None,
-            Err(e) => Some(e),
-        };
-        if let Some(e) = &err {
+        let err = stream_once(&opts, &meta, &mut archive, &mut ingest, &status).await.err();
+        let disk_full = matches!(&err, Some(ServiceError::Archive(a)) if a.is_disk_full());
+        let message = err.as_ref().map(|e| e.to_string());
+        if let Some(e) = err {
             if !e.is_transient() {
                 status.update(|s| {
                     s.state = "stopped".into();
                     s.last_error = Some(e.to_string());
                 });
-                return Err(err.unwrap_or_else(|| unreachable!()));
+                return Err(e);
             }
             log::warn!("{e}; reconnecting in {}s", backoff.as_secs());
         }
@@ -797,7 +796,6 @@ pub async fn run_with_state(
             meta.timeline,
             archive_start,
         )?;
-        let disk_full = matches!(&err, Some(ServiceError::Archive(a)) if a.is_disk_full());
         status.update(|s| {
             s.state = if disk_full {
                 "disk_full".into()
@@ -805,7 +803,7 @@ pub async fn run_with_state(
                 "reconnecting".into()
             };
             s.reconnects += 1;
-            s.last_error = err.as_ref().map(|e| e.to_string());
+            s.last_error = message;
         });
         if connected_at.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_secs(1);
