@@ -6,7 +6,7 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$here/out"
 status=0
-for b in decode ingest redo; do
+for b in decode ingest redo fpw; do
     script="$here/$b.sh"
     [ -f "$script" ] || continue
     echo "=== bench/$b.sh"

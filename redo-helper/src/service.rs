@@ -144,6 +144,7 @@ pub struct HelperStatus {
     /// Flush acknowledgements are held back because image generation is behind.
     pub backpressure: bool,
     pub deltas_per_read: Quantiles,
+    pub getpage_latency_us: Quantiles,
     pub chain_at_image: Quantiles,
     #[serde(skip)]
     pub flush_lsn_raw: u64,
@@ -173,84 +174,151 @@ impl Quantiles {
 
 impl HelperStatus {
     pub fn prometheus(&self) -> String {
+        let gauges: [(&str, &str, &str, u64); 19] = [
+            (
+                "redo_helper_up",
+                "gauge",
+                "1 while streaming",
+                u64::from(self.state == "streaming"),
+            ),
+            (
+                "redo_helper_wal_received_bytes_total",
+                "counter",
+                "WAL bytes received from the server",
+                self.wal_bytes_received,
+            ),
+            (
+                "redo_helper_flush_lsn",
+                "gauge",
+                "LSN fsynced and acknowledged",
+                self.flush_lsn_raw,
+            ),
+            (
+                "redo_helper_decoded_lsn",
+                "gauge",
+                "LSN up to which records are decoded and indexed",
+                self.decoded_lsn_raw,
+            ),
+            (
+                "redo_helper_lag_bytes",
+                "gauge",
+                "server end of WAL minus fsynced position",
+                self.lag_bytes,
+            ),
+            (
+                "redo_helper_records_total",
+                "counter",
+                "WAL records decoded",
+                self.records_decoded,
+            ),
+            (
+                "redo_helper_fpi_applicable_total",
+                "counter",
+                "full page images with BKPIMAGE_APPLY seen",
+                self.fpi_applicable,
+            ),
+            (
+                "redo_helper_fpi_consistency_total",
+                "counter",
+                "wal_consistency_checking images seen",
+                self.fpi_consistency_only,
+            ),
+            (
+                "redo_helper_index_pages",
+                "gauge",
+                "pages with a history in the index",
+                self.pages_indexed,
+            ),
+            (
+                "redo_helper_index_entries",
+                "gauge",
+                "(page, record) entries in the index",
+                self.block_refs_indexed,
+            ),
+            (
+                "redo_helper_reconnects_total",
+                "counter",
+                "reconnections to the server",
+                self.reconnects,
+            ),
+            (
+                "redo_helper_consistent",
+                "gauge",
+                "1 once WAL up to the base backup end is decoded",
+                u64::from(self.consistent),
+            ),
+            (
+                "redo_helper_images_generated_total",
+                "counter",
+                "page images generated",
+                self.images_generated,
+            ),
+            (
+                "redo_helper_image_failures_total",
+                "counter",
+                "image generations that failed",
+                self.image_failures,
+            ),
+            (
+                "redo_helper_imagegen_queue_depth",
+                "gauge",
+                "pages waiting for an image",
+                self.imagegen_queue_depth as u64,
+            ),
+            (
+                "redo_helper_image_lag_bytes",
+                "gauge",
+                "largest newest-delta minus newest-image distance over queued pages",
+                self.image_lag_bytes,
+            ),
+            (
+                "redo_helper_image_bytes",
+                "gauge",
+                "bytes of stored images",
+                self.image_bytes,
+            ),
+            (
+                "redo_helper_unreadable_pages",
+                "gauge",
+                "pages changed by records the redo does not replay",
+                self.unreadable_pages,
+            ),
+            (
+                "redo_helper_backpressure",
+                "gauge",
+                "1 while flush acknowledgements are held back",
+                u64::from(self.backpressure),
+            ),
+        ];
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        for (name, kind, help, value) in gauges {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
             ));
-        };
-        metric(
-            "redo_helper_up",
-            "gauge",
-            "1 while streaming",
-            u8::from(self.state == "streaming").to_string(),
-        );
-        metric(
-            "redo_helper_wal_received_bytes_total",
-            "counter",
-            "WAL bytes received from the server",
-            self.wal_bytes_received.to_string(),
-        );
-        metric(
-            "redo_helper_flush_lsn",
-            "gauge",
-            "LSN fsynced and acknowledged",
-            self.flush_lsn_raw.to_string(),
-        );
-        metric(
-            "redo_helper_decoded_lsn",
-            "gauge",
-            "LSN up to which records are decoded and indexed",
-            self.decoded_lsn_raw.to_string(),
-        );
-        metric(
-            "redo_helper_lag_bytes",
-            "gauge",
-            "server end of WAL minus fsynced position",
-            self.lag_bytes.to_string(),
-        );
-        metric(
-            "redo_helper_records_total",
-            "counter",
-            "WAL records decoded",
-            self.records_decoded.to_string(),
-        );
-        metric(
-            "redo_helper_fpi_applicable_total",
-            "counter",
-            "full page images with BKPIMAGE_APPLY seen",
-            self.fpi_applicable.to_string(),
-        );
-        metric(
-            "redo_helper_fpi_consistency_total",
-            "counter",
-            "wal_consistency_checking images seen",
-            self.fpi_consistency_only.to_string(),
-        );
-        metric(
-            "redo_helper_index_pages",
-            "gauge",
-            "pages with a history in the index",
-            self.pages_indexed.to_string(),
-        );
-        metric(
-            "redo_helper_index_entries",
-            "gauge",
-            "(page, record) entries in the index",
-            self.block_refs_indexed.to_string(),
-        );
-        metric(
-            "redo_helper_reconnects_total",
-            "counter",
-            "reconnections to the server",
-            self.reconnects.to_string(),
-        );
-        metric(
-            "redo_helper_consistent",
-            "gauge",
-            "1 once WAL up to the base backup end is decoded",
-            u8::from(self.consistent).to_string(),
-        );
+        }
+        for (name, help, q) in [
+            (
+                "redo_helper_deltas_per_read",
+                "deltas replayed per page read",
+                &self.deltas_per_read,
+            ),
+            (
+                "redo_helper_getpage_latency_us",
+                "microseconds to rebuild a page for GetPage",
+                &self.getpage_latency_us,
+            ),
+            (
+                "redo_helper_chain_at_image",
+                "chain length when an image was generated",
+                &self.chain_at_image,
+            ),
+        ] {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} summary\n"));
+            for (quantile, v) in [("0.5", q.p50), ("0.99", q.p99), ("1", q.max)] {
+                out.push_str(&format!("{name}{{quantile=\"{quantile}\"}} {v}\n"));
+            }
+            out.push_str(&format!("{name}_count {}\n", q.count));
+        }
         out
     }
 }
@@ -283,14 +351,21 @@ pub struct HelperState {
     pub pages: OnceLock<Pages>,
     /// Deltas replayed per GetPage read.
     pub deltas_per_read: Mutex<Option<Histogram<u64>>>,
+    /// Time to rebuild a page for GetPage, in microseconds (measured in the helper).
+    pub getpage_latency_us: Mutex<Option<Histogram<u64>>>,
 }
 
 impl HelperState {
-    pub fn record_read(&self, deltas: u32) {
+    pub fn record_read(&self, deltas: u32, elapsed: Duration) {
         if let Ok(mut h) = self.deltas_per_read.lock() {
             let _ = h
                 .get_or_insert_with(histogram)
                 .record(u64::from(deltas.max(1)));
+        }
+        if let Ok(mut h) = self.getpage_latency_us.lock() {
+            let _ = h
+                .get_or_insert_with(histogram)
+                .record((elapsed.as_micros() as u64).clamp(1, 1_000_000));
         }
     }
 
@@ -321,6 +396,9 @@ impl HelperState {
         }
         if let Ok(Some(h)) = self.deltas_per_read.lock().as_deref() {
             s.deltas_per_read = Quantiles::of(h);
+        }
+        if let Ok(Some(h)) = self.getpage_latency_us.lock().as_deref() {
+            s.getpage_latency_us = Quantiles::of(h);
         }
         s
     }
@@ -776,7 +854,9 @@ pub async fn run_with_state(
     backoff = Duration::from_secs(1);
     loop {
         let connected_at = Instant::now();
-        let err = stream_once(&opts, &meta, &mut archive, &mut ingest, &status).await.err();
+        let err = stream_once(&opts, &meta, &mut archive, &mut ingest, &status)
+            .await
+            .err();
         let disk_full = matches!(&err, Some(ServiceError::Archive(a)) if a.is_disk_full());
         let message = err.as_ref().map(|e| e.to_string());
         if let Some(e) = err {

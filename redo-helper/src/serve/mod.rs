@@ -92,7 +92,9 @@ async fn get_page(state: Arc<HelperState>, key: PageKey, query: Option<&str>) ->
         let st = Arc::clone(&state);
         let result = tokio::task::spawn_blocking(move || {
             let pages = st.pages.get().ok_or(())?;
-            Ok::<_, ()>(pages.store.reconstruct_with(&key, lsn, use_images))
+            let started = Instant::now();
+            let page = pages.store.reconstruct_with(&key, lsn, use_images);
+            Ok::<_, ()>((page, started.elapsed()))
         })
         .await;
         let outcome = match result {
@@ -110,9 +112,10 @@ async fn get_page(state: Arc<HelperState>, key: PageKey, query: Option<&str>) ->
                 );
             }
         };
+        let (outcome, elapsed) = outcome;
         match outcome {
             Ok(page) => {
-                state.record_read(page.deltas_replayed);
+                state.record_read(page.deltas_replayed, elapsed);
                 let mut r = response(StatusCode::OK, "application/octet-stream", page.page);
                 for (name, value) in [
                     ("x-deltas-replayed", page.deltas_replayed.to_string()),

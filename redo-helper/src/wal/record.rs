@@ -92,6 +92,39 @@ pub struct DecodedRecord {
 }
 
 impl DecodedRecord {
+    /// Decodes a complete record from its raw bytes (e.g. read back from an archive): checks
+    /// the length and CRC-32C, then decodes the body. `end_lsn` is not known here and is set
+    /// to `lsn + MAXALIGN(len)` (correct when the record does not cross a page boundary).
+    pub fn from_raw(lsn: Lsn, raw: Vec<u8>) -> Result<DecodedRecord, WalError> {
+        let header = XLogRecord::parse(&raw).ok_or(WalError::InvalidRecordLength {
+            lsn,
+            length: raw.len() as u32,
+        })?;
+        if header.tot_len as usize != raw.len() {
+            return Err(malformed(
+                lsn,
+                format!("xl_tot_len {} but {} bytes given", header.tot_len, raw.len()),
+            ));
+        }
+        let computed = record_crc(&raw);
+        if computed != header.crc {
+            return Err(WalError::CrcMismatch {
+                lsn,
+                stored: header.crc,
+                computed,
+            });
+        }
+        let mut rec = DecodedRecord {
+            lsn,
+            end_lsn: lsn.add(super::page::maxalign(raw.len() as u64)),
+            header,
+            raw,
+            ..Default::default()
+        };
+        decode_body(&mut rec)?;
+        Ok(rec)
+    }
+
     pub fn prev(&self) -> Lsn {
         self.header.prev
     }
