@@ -24,7 +24,7 @@ chmod 755 "$work"
 cdir="$work/cluster"
 helper_pid=""
 cleanup() {
-    [ -n "$helper_pid" ] && kill "$helper_pid" 2>/dev/null && wait "$helper_pid" 2>/dev/null
+    if [ -n "$helper_pid" ]; then kill "$helper_pid" 2>/dev/null; wait "$helper_pid" 2>/dev/null || true; fi
     cluster_remove "$cdir"
     rm -rf "$work"
 }

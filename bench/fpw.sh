@@ -25,7 +25,7 @@ chmod 755 "$work"
 cdir="$work/cluster"
 helper_pid=""
 cleanup() {
-    [ -n "$helper_pid" ] && kill "$helper_pid" 2>/dev/null && wait "$helper_pid" 2>/dev/null
+    if [ -n "$helper_pid" ]; then kill "$helper_pid" 2>/dev/null; wait "$helper_pid" 2>/dev/null || true; fi
     cluster_remove "$cdir"
     rm -rf "$work"
 }
@@ -76,6 +76,8 @@ set_compression() { sql -c "ALTER SYSTEM SET wal_compression = '$1'" -c "SELECT 
 
 declare -A B T CPU
 for w in tpcb tpcc; do
+    # Warm-up (not recorded): the first run after loading also sets hint bits and fills caches.
+    run $w "warm-up" >/dev/null
     # FPW off alone: no helper yet, so the switch must be forced.
     sql -c "SELECT fpw_pushdown.disable_full_page_writes(force => true)" >/dev/null 2>&1
     read -r "B[$w,off]" "T[$w,off]" < <(run $w "full_page_writes=off (no helper)")
