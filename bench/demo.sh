@@ -22,9 +22,8 @@ reads=${DEMO_READS:-500}
 work=$(mktemp -d /tmp/fpw_demo.XXXXXX)
 chmod 755 "$work"
 cdir="$work/cluster"
-helper_pid=""
 cleanup() {
-    if [ -n "$helper_pid" ]; then kill "$helper_pid" 2>/dev/null; wait "$helper_pid" 2>/dev/null || true; fi
+    helper_stop
     cluster_remove "$cdir"
     rm -rf "$work"
 }
@@ -34,8 +33,7 @@ port=$(free_port)
 hport=$(free_port)
 log() { printf '[demo %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 sql() { "$PGBIN/psql" -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$1"; }
-status() { curl -s "http://127.0.0.1:$hport/status"; }
-json() { sed -n "s/^ *\"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" | head -1; }
+status() { helper_status "$hport"; }
 
 log "creating a throwaway cluster on port $port (wal_level=replica, fpw_pushdown preloaded)"
 cluster_init "$cdir" "$port"
@@ -47,14 +45,7 @@ log "pgbench -i -s $scale"
 "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -i -s "$scale" -q postgres >"$work/init.log" 2>&1
 
 log "starting redo-helper (BASE_BACKUP bootstrap, then streaming from slot fpw_pushdown)"
-"$helper_bin" run --connect "host=127.0.0.1 port=$port user=postgres" --data-dir "$work/helper" \
-    --listen "127.0.0.1:$hport" --image-threshold 16 >"$work/helper.log" 2>&1 &
-helper_pid=$!
-for _ in $(seq 1 600); do
-    [ "$(status | json state)" = streaming ] && break
-    sleep 0.1
-done
-[ "$(status | json state)" = streaming ] || { cat "$work/helper.log" >&2; exit 1; }
+helper_start "$helper_bin" "$work/helper" "$port" "$hport" "$work/helper.log" --image-threshold 16
 sql "ALTER SYSTEM SET fpw_pushdown.helper_address = '127.0.0.1:$hport'" && sql "SELECT pg_reload_conf()" >/dev/null
 
 # run_pgbench LABEL [SWITCH_LSN]: a checkpoint first (FPW logs an image on the first change
@@ -103,7 +94,7 @@ helper_lag=$max_lag
 # Let the helper catch up, then read pages from it as of now: the hottest pages of pgbench.
 target=$(sql "SELECT pg_current_wal_flush_lsn()")
 for _ in $(seq 1 300); do
-    [ "$(status | json lag_bytes)" = 0 ] && break
+    [ "$(status | json_field lag_bytes)" = 0 ] && break
     sleep 0.1
 done
 log "GetPage@LSN: $reads reads of pgbench pages at $target"
@@ -132,11 +123,11 @@ printf '%-42s %12s %10s %10s %10s %10s  %s\n' "(enable_full_page_writes)" - - - 
 echo
 printf '%-44s %s\n' \
     "helper: max slot lag during FPW-off run" "$helper_lag bytes" \
-    "helper: records decoded" "$(echo "$st" | json records_decoded)" \
-    "helper: page images generated" "$(echo "$st" | json images_generated)" \
-    "helper: image generation queue depth" "$(echo "$st" | json imagegen_queue_depth)" \
+    "helper: records decoded" "$(echo "$st" | json_field records_decoded)" \
+    "helper: page images generated" "$(echo "$st" | json_field images_generated)" \
+    "helper: image generation queue depth" "$(echo "$st" | json_field imagegen_queue_depth)" \
     "GetPage reads (errors)" "$reads ($errors)" \
-    "deltas replayed per read: p50 / p99 / max" "$(echo "$st" | sed -n '/"deltas_per_read"/,/}/p' | json p50) / $(echo "$st" | sed -n '/"deltas_per_read"/,/}/p' | json p99) / $(echo "$st" | sed -n '/"deltas_per_read"/,/}/p' | json max) (threshold 16)"
+    "deltas replayed per read: p50 / p99 / max" "$(echo "$st" | json_field p50 deltas_per_read) / $(echo "$st" | json_field p99 deltas_per_read) / $(echo "$st" | json_field max deltas_per_read) (threshold 16)"
 echo
 echo "The hottest page, pgbench_branches block 0, as the helper rebuilds it (page_at + pageinspect):"
 "$PGBIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d postgres -c \

@@ -23,9 +23,8 @@ reads=${BENCH_READS:-2000}
 work=$(mktemp -d /tmp/fpw_bench.XXXXXX)
 chmod 755 "$work"
 cdir="$work/cluster"
-helper_pid=""
 cleanup() {
-    if [ -n "$helper_pid" ]; then kill "$helper_pid" 2>/dev/null; wait "$helper_pid" 2>/dev/null || true; fi
+    helper_stop
     cluster_remove "$cdir"
     rm -rf "$work"
 }
@@ -35,9 +34,7 @@ log() { printf '[bench-fpw %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 port=$(free_port)
 hport=$(free_port)
 sql() { "$PGBIN/psql" -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
-status() { curl -s "http://127.0.0.1:$hport/status"; }
-json() { sed -n "s/^ *\"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" | head -1; }
-section() { sed -n "/\"$1\"/,/}/p"; }
+status() { helper_status "$hport"; }
 
 cluster_init "$cdir" "$port"
 cluster_conf "$cdir" "wal_level = replica" "shared_preload_libraries = 'fpw_pushdown'" "max_wal_senders = 4" \
@@ -91,19 +88,12 @@ for w in tpcb tpcc; do
 done
 
 log "starting the redo helper"
-"$helper_bin" run --connect "host=127.0.0.1 port=$port user=postgres" --data-dir "$work/helper" \
-    --listen "127.0.0.1:$hport" --image-threshold 16 >"$work/helper.log" 2>&1 &
-helper_pid=$!
-for _ in $(seq 1 1200); do
-    [ "$(status | json state)" = streaming ] && break
-    sleep 0.1
-done
-[ "$(status | json state)" = streaming ] || { cat "$work/helper.log" >&2; exit 1; }
+helper_start "$helper_bin" "$work/helper" "$port" "$hport" "$work/helper.log" --image-threshold 16
 sql -c "ALTER SYSTEM SET fpw_pushdown.helper_address = '127.0.0.1:$hport'" -c "SELECT pg_reload_conf()" >/dev/null
 sleep 0.3
 sql -c "SELECT fpw_pushdown.disable_full_page_writes()" >/dev/null
 hz=$(getconf CLK_TCK)
-ticks() { awk '{print $14 + $15}' "/proc/$helper_pid/stat"; }
+ticks() { awk '{print $14 + $15}' "/proc/$HELPER_PID/stat"; }
 for w in tpcb tpcc; do
     t0=$(ticks)
     s0=$(date +%s.%N)
@@ -148,6 +138,6 @@ done
 echo
 printf '%-56s %s\n' \
     "GetPage reads (errors)" "$reads ($errors)" \
-    "GetPage latency in the helper p50 / p99 (us)" "$(echo "$st" | section getpage_latency_us | json p50) / $(echo "$st" | section getpage_latency_us | json p99)" \
-    "deltas replayed per read p50 / p99 / max (threshold 16)" "$(echo "$st" | section deltas_per_read | json p50) / $(echo "$st" | section deltas_per_read | json p99) / $(echo "$st" | section deltas_per_read | json max)" \
-    "images generated / queue depth" "$(echo "$st" | json images_generated) / $(echo "$st" | json imagegen_queue_depth)"
+    "GetPage latency in the helper p50 / p99 (us)" "$(echo "$st" | json_field p50 getpage_latency_us) / $(echo "$st" | json_field p99 getpage_latency_us)" \
+    "deltas replayed per read p50 / p99 / max (threshold 16)" "$(echo "$st" | json_field p50 deltas_per_read) / $(echo "$st" | json_field p99 deltas_per_read) / $(echo "$st" | json_field max deltas_per_read)" \
+    "images generated / queue depth" "$(echo "$st" | json_field images_generated) / $(echo "$st" | json_field imagegen_queue_depth)"

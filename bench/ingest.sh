@@ -18,9 +18,8 @@ clients=${BENCH_CLIENTS:-4}
 work=$(mktemp -d /tmp/fpw_bench_ingest.XXXXXX)
 chmod 755 "$work"
 cdir="$work/cluster"
-helper_pid=""
 cleanup() {
-    [ -n "$helper_pid" ] && kill "$helper_pid" 2>/dev/null || true
+    helper_stop
     cluster_remove "$cdir"
     rm -rf "$work"
 }
@@ -30,8 +29,7 @@ log() { printf '[bench-ingest %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 port=$(free_port)
 hport=$(free_port)
 sql() { "$PGBIN/psql" -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$1"; }
-status() { curl -s "http://127.0.0.1:$hport/status"; }
-json() { sed -n "s/.*\"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" | head -1; }
+status() { helper_status "$hport"; }
 
 cluster_init "$cdir" "$port"
 cluster_conf "$cdir" "wal_level = replica" "shared_preload_libraries = 'fpw_pushdown'" "max_wal_senders = 4" \
@@ -42,22 +40,15 @@ log "pgbench -i -s $scale"
 "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -i -s "$scale" -q postgres >"$work/init.log" 2>&1
 
 log "starting the redo helper (bootstrap by BASE_BACKUP)"
-"$helper_bin" run --connect "host=127.0.0.1 port=$port user=postgres" --data-dir "$work/helper" \
-    --listen "127.0.0.1:$hport" >"$work/helper.log" 2>&1 &
-helper_pid=$!
-for _ in $(seq 1 600); do
-    [ "$(status | json state)" = streaming ] && break
-    sleep 0.1
-done
-[ "$(status | json state)" = streaming ] || { cat "$work/helper.log"; exit 1; }
+helper_start "$helper_bin" "$work/helper" "$port" "$hport" "$work/helper.log"
 off_lsn=$(sql "SELECT fpw_pushdown.disable_full_page_writes()")
 log "full_page_writes off at $off_lsn (guard satisfied by the helper's slot)"
 sql "CHECKPOINT" >/dev/null
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$helper_pid/stat"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$HELPER_PID/stat"; }
 hz=$(getconf CLK_TCK)
 lsn0=$(sql "SELECT pg_current_wal_lsn()")
-recv0=$(status | json wal_bytes_received)
+recv0=$(status | json_field wal_bytes_received)
 ticks0=$(cpu_ticks)
 t0=$(date +%s.%N)
 log "pgbench -c $clients -T $seconds (FPW off, helper attached)"
@@ -66,7 +57,7 @@ bench_pid=$!
 : >"$work/lag.txt"
 : >"$work/slot_lag.txt"
 while kill -0 "$bench_pid" 2>/dev/null; do
-    status | json lag_bytes >>"$work/lag.txt"
+    status | json_field lag_bytes >>"$work/lag.txt"
     # The compute's view: WAL written minus what the helper confirmed flushed.
     sql "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = 'fpw_pushdown'" >>"$work/slot_lag.txt"
     sleep 0.25
@@ -77,10 +68,10 @@ lsn1=$(sql "SELECT pg_current_wal_lsn()")
 ticks1=$(cpu_ticks)
 # Let the helper catch up, then read its counters.
 for _ in $(seq 1 200); do
-    [ "$(status | json lag_bytes)" = 0 ] && break
+    [ "$(status | json_field lag_bytes)" = 0 ] && break
     sleep 0.1
 done
-recv1=$(status | json wal_bytes_received)
+recv1=$(status | json_field wal_bytes_received)
 sql "SELECT fpw_pushdown.enable_full_page_writes()" >/dev/null
 
 elapsed=$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')

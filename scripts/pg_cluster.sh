@@ -73,3 +73,40 @@ cluster_remove() {
     cluster_stop "$1"
     rm -rf "$1"
 }
+
+# --- the redo helper, for the demo and benchmarks ---
+
+# helper_start BIN DATA_DIR PG_PORT LISTEN_PORT LOG [extra run args...]: starts
+# `redo-helper run` in the background (HELPER_PID) and waits until it streams.
+helper_start() {
+    local bin=$1 data=$2 pgport=$3 hport=$4 logf=$5
+    shift 5
+    "$bin" run --connect "host=127.0.0.1 port=$pgport user=postgres" --data-dir "$data" \
+        --listen "127.0.0.1:$hport" "$@" >"$logf" 2>&1 &
+    HELPER_PID=$!
+    for _ in $(seq 1 1200); do
+        [ "$(helper_status "$hport" | json_field state)" = streaming ] && return 0
+        kill -0 "$HELPER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "redo-helper did not reach streaming; its log:" >&2
+    cat "$logf" >&2
+    return 1
+}
+
+helper_stop() {
+    if [ -n "${HELPER_PID:-}" ]; then
+        kill "$HELPER_PID" 2>/dev/null
+        wait "$HELPER_PID" 2>/dev/null || true
+        HELPER_PID=""
+    fi
+}
+
+helper_status() { curl -s "http://127.0.0.1:$1/status"; }
+
+# json_field NAME: the first scalar "NAME": value in pretty-printed JSON on stdin;
+# json_field NAME SECTION: the same inside the object "SECTION": { ... }.
+json_field() {
+    if [ $# -gt 1 ]; then sed -n "/\"$2\"/,/}/p"; else cat; fi |
+        sed -n "s/^ *\"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" | head -1
+}
