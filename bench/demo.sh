@@ -124,7 +124,7 @@ echo
 printf '%-44s %s\n' \
     "helper: max slot lag during FPW-off run" "$helper_lag bytes" \
     "helper: records decoded" "$(echo "$st" | json_field records_decoded)" \
-    "helper: page images generated" "$(echo "$st" | json_field images_generated)" \
+    "helper: page images generated (failed)" "$(echo "$st" | json_field images_generated) ($(echo "$st" | json_field image_failures))" \
     "helper: image generation queue depth" "$(echo "$st" | json_field imagegen_queue_depth)" \
     "GetPage reads (errors)" "$reads ($errors)" \
     "deltas replayed per read: p50 / p99 / max" "$(echo "$st" | json_field p50 deltas_per_read) / $(echo "$st" | json_field p99 deltas_per_read) / $(echo "$st" | json_field max deltas_per_read) (threshold 16)"
@@ -132,5 +132,6 @@ echo
 echo "The hottest page, pgbench_branches block 0, as the helper rebuilds it (page_at + pageinspect):"
 "$PGBIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d postgres -c \
     "SELECT lsn, lower, upper, special, prune_xid FROM page_header(fpw_pushdown.page_at('pgbench_branches', 0))" \
-    -c "SELECT lp, lp_off, t_xmin, t_xmax, t_ctid FROM heap_page_items(fpw_pushdown.page_at('pgbench_branches', 0)) WHERE t_xmax = '0' ORDER BY lp LIMIT 5"
+    -c "SELECT lp, lp_off, t_xmin, t_xmax, t_ctid FROM heap_page_items(fpw_pushdown.page_at('pgbench_branches', 0)) WHERE t_xmax = '0' ORDER BY lp LIMIT 5" ||
+    echo "(the helper could not rebuild this page; see the error above)"
 log "stopping everything the demo started"
