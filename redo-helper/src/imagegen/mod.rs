@@ -262,3 +262,42 @@ impl ImageGenerator {
             .map(|c| c.lsn)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_relation_threshold_overrides_the_default() {
+        let p = ThresholdPolicy::new(16);
+        let a = RelFileLocator {
+            spc_oid: 1663,
+            db_oid: 5,
+            rel_number: 100,
+        };
+        let b = RelFileLocator {
+            rel_number: 101,
+            ..a
+        };
+        p.set_override(a, Some(4));
+        assert_eq!((p.threshold(&a), p.threshold(&b)), (4, 16));
+        p.set_override(a, None);
+        assert_eq!(p.threshold(&a), 16);
+    }
+
+    #[test]
+    fn longest_chain_first() {
+        let mut q = Queue::default();
+        let key = |b| PageKey {
+            rel: RelFileLocator::default(),
+            fork: crate::wal::block::ForkNumber(0),
+            block: b,
+        };
+        for (chain, b) in [(17, 1), (40, 2), (20, 3)] {
+            q.queued.insert(key(b));
+            q.heap.push((chain, key(b)));
+        }
+        let order: Vec<u32> = std::iter::from_fn(|| q.heap.pop().map(|(_, k)| k.block)).collect();
+        assert_eq!(order, vec![2, 3, 1]);
+    }
+}

@@ -253,3 +253,75 @@ impl PageIndex {
             .map(|m| m.full_page_writes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(lsn: u64, kind: ChangeKind) -> PageChange {
+        PageChange {
+            lsn: Lsn(lsn),
+            kind,
+            rmid: 10,
+            info: 0,
+        }
+    }
+
+    fn history(kinds: &[(u64, ChangeKind)]) -> PageHistory {
+        PageHistory {
+            changes: kinds.iter().map(|(l, k)| change(*l, *k)).collect(),
+            ..PageHistory::default()
+        }
+    }
+
+    #[test]
+    fn start_point_prefers_the_newest_image() {
+        use ChangeKind::*;
+        let mut h = history(&[
+            (10, Delta),
+            (20, Image),
+            (30, Delta),
+            (40, Delta),
+            (50, Init),
+            (60, Delta),
+        ]);
+        assert_eq!(
+            h.start_point(Lsn(15)),
+            None,
+            "before any image: the base backup"
+        );
+        assert_eq!(h.start_point(Lsn(45)), Some((Lsn(20), StartKind::Wal)));
+        assert_eq!(h.start_point(Lsn(60)), Some((Lsn(50), StartKind::Wal)));
+        assert_eq!(h.changes_between(Some(Lsn(20)), Lsn(45)).len(), 2);
+        assert_eq!(h.changes_between(None, Lsn(5)).len(), 0);
+        h.note_generated_image(Lsn(40));
+        assert_eq!(
+            h.start_point(Lsn(45)),
+            Some((Lsn(40), StartKind::Generated))
+        );
+        assert_eq!(
+            h.wal_start_point(Lsn(45)),
+            Some((Lsn(20), StartKind::Wal)),
+            "verification ignores generated images"
+        );
+        assert_eq!(
+            h.start_point(Lsn(55)),
+            Some((Lsn(50), StartKind::Wal)),
+            "a newer WAL image wins"
+        );
+        assert_eq!(
+            h.deltas_since_image, 1,
+            "only the delta at 60 follows the newest start point"
+        );
+        // An older generated image never replaces a newer one.
+        h.note_generated_image(Lsn(30));
+        assert_eq!(h.generated_image, Some(Lsn(40)));
+    }
+
+    #[test]
+    fn unsupported_rmgrs_are_unreadable_not_guessed() {
+        assert!(redo_supported(10) && redo_supported(11) && !redo_supported(13));
+        assert!(!ChangeKind::Unsupported.resets_chain());
+        assert!(ChangeKind::Init.resets_chain() && ChangeKind::Image.resets_chain());
+    }
+}
