@@ -68,28 +68,28 @@ run_suite() {
     return 1
 }
 
+# single_cluster_suite NAME SCHEDULE 'setting = value'...: one fresh cluster for one suite.
+single_cluster_suite() {
+    local name=$1 schedule=$2 c="$work/$1" p rc=0
+    shift 2
+    p=$(free_port)
+    cluster_init "$c" "$p"
+    cluster_conf "$c" "${base_conf[@]}" "$@"
+    clusters+=("$c")
+    cluster_start "$c"
+    run_suite "$name" "$p" "$schedule" "$c" --dbname=fpw_regress || rc=1
+    cluster_remove "$c"
+    return $rc
+}
+
 failed=0
 for suite in "${suites[@]}"; do
     case $suite in
     main)
-        c="$work/main"
-        p=$(free_port)
-        cluster_init "$c" "$p"
-        cluster_conf "$c" "${base_conf[@]}" "wal_level = replica" "fpw_pushdown.autopilot_grace = '2s'"
-        clusters+=("$c")
-        cluster_start "$c"
-        run_suite main "$p" schedule "$c" --dbname=fpw_regress || failed=1
-        cluster_remove "$c"
+        single_cluster_suite main schedule "wal_level = replica" "fpw_pushdown.autopilot_grace = '2s'" || failed=1
         ;;
     minimal)
-        c="$work/minimal"
-        p=$(free_port)
-        cluster_init "$c" "$p"
-        cluster_conf "$c" "${base_conf[@]}" "wal_level = minimal" "max_wal_senders = 0"
-        clusters+=("$c")
-        cluster_start "$c"
-        run_suite minimal "$p" schedule_minimal "$c" --dbname=fpw_regress || failed=1
-        cluster_remove "$c"
+        single_cluster_suite minimal schedule_minimal "wal_level = minimal" "max_wal_senders = 0" || failed=1
         ;;
     standby)
         prim="$work/primary"
