@@ -103,7 +103,11 @@ impl DecodedRecord {
         if header.tot_len as usize != raw.len() {
             return Err(malformed(
                 lsn,
-                format!("xl_tot_len {} but {} bytes given", header.tot_len, raw.len()),
+                format!(
+                    "xl_tot_len {} but {} bytes given",
+                    header.tot_len,
+                    raw.len()
+                ),
             ));
         }
         let computed = record_crc(&raw);

@@ -226,3 +226,46 @@ pub fn pg_waldump(dir: &Path, args: &[&str]) -> (Vec<String>, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Real WAL for corruption and fuzz tests: the first two segments of a small cluster and the
+/// second segment of another cluster (different system identifier).
+pub struct WalFixture {
+    pub seg1: Vec<u8>,
+    pub seg2: Vec<u8>,
+    pub other_seg2: Vec<u8>,
+}
+
+pub const SEG: usize = 16 * 1024 * 1024;
+
+pub fn wal_fixture() -> &'static WalFixture {
+    static FIXTURE: std::sync::OnceLock<WalFixture> = std::sync::OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let read = |c: &PgCluster, name: &str| {
+            std::fs::read(c.wal_dir().join(name)).expect("read segment")
+        };
+        let mut a = PgCluster::start(
+            &[],
+            &[
+                "wal_compression = lz4",
+                "wal_consistency_checking = 'heap,btree'",
+            ],
+        );
+        a.pgbench(&["-q", "-i", "-s", "1"]);
+        a.pgbench(&["-t", "300"]);
+        a.sql("CHECKPOINT");
+        a.stop();
+        let seg1 = read(&a, "000000010000000000000001");
+        let seg2 = read(&a, "000000010000000000000002");
+        let mut b = PgCluster::start(&[], &[]);
+        b.sql("SELECT pg_switch_wal()");
+        b.sql("CREATE TABLE x AS SELECT g FROM generate_series(1, 1000) g");
+        b.stop();
+        let other_seg2 = read(&b, "000000010000000000000002");
+        assert_eq!(seg1.len(), SEG);
+        WalFixture {
+            seg1,
+            seg2,
+            other_seg2,
+        }
+    })
+}
