@@ -154,6 +154,7 @@ pub fn run(opts: &WaldumpOptions, out: &mut dyn Write) -> Result<WaldumpSummary,
         FileReaderOptions {
             timeline,
             end,
+            read_ahead: true,
             ..Default::default()
         },
     )

@@ -84,9 +84,17 @@ pub struct WalStreamDecoder {
     latest_page_tli: u32,
     rec: Vec<u8>,
     failed: Option<WalError>,
+    defer_verification: bool,
 }
 
 impl WalStreamDecoder {
+    /// Return records before checking their CRC and decoding their body: the caller must
+    /// call [`DecodedRecord::verify`] on each, in order, and stop at the first error. Lets a
+    /// pipeline verify on another thread; page and header checks still happen here.
+    pub fn set_defer_verification(&mut self, defer: bool) {
+        self.defer_verification = defer;
+    }
+
     /// Creates a decoder whose input starts at `start`.
     pub fn new(start: Lsn, cfg: DecoderConfig) -> Result<WalStreamDecoder, WalError> {
         if !is_valid_segment_size(cfg.segment_size) {
@@ -114,6 +122,7 @@ impl WalStreamDecoder {
             latest_page_tli: 0,
             rec: Vec::new(),
             failed: None,
+            defer_verification: false,
         })
     }
 
@@ -174,6 +183,18 @@ impl WalStreamDecoder {
     pub fn push(&mut self, bytes: &[u8]) {
         self.compact();
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Appends an owned chunk, avoiding a copy when everything before it was consumed.
+    /// Returns a buffer the caller may reuse for the next chunk.
+    pub fn push_owned(&mut self, chunk: Vec<u8>) -> Vec<u8> {
+        if self.buf_pos == self.buf.len() {
+            self.buf_pos = 0;
+            std::mem::replace(&mut self.buf, chunk)
+        } else {
+            self.push(&chunk);
+            chunk
+        }
     }
 
     /// Reads up to `max` bytes from `r` straight into the input buffer.
@@ -291,6 +312,24 @@ impl WalStreamDecoder {
                     }
                 }
                 Phase::RecordStart => {
+                    // Fast path: the whole record is buffered and on this page (most
+                    // records); same checks as the incremental path below, in one step.
+                    let avail = self.avail();
+                    if avail.len() >= SIZE_OF_XLOG_RECORD {
+                        let total = le_u32(avail, 0);
+                        let len = total as usize;
+                        if len >= SIZE_OF_XLOG_RECORD && len <= page_left && len <= avail.len() {
+                            let start = self.pos;
+                            self.rec.clear();
+                            let s = self.buf_pos;
+                            self.rec.extend_from_slice(&self.buf[s..s + len]);
+                            self.consume(len);
+                            self.check_total_len(start, total)?;
+                            self.check_header(start)?;
+                            self.complete_record(start, out)?;
+                            return Ok(true);
+                        }
+                    }
                     self.rec.clear();
                     self.phase = Phase::InRecord {
                         start: self.pos,
@@ -390,13 +429,15 @@ impl WalStreamDecoder {
             lsn: start,
             what: "record shorter than its header".into(),
         })?;
-        let computed = record_crc(&self.rec);
-        if computed != header.crc {
-            return Err(WalError::CrcMismatch {
-                lsn: start,
-                stored: header.crc,
-                computed,
-            });
+        if !self.defer_verification {
+            let computed = record_crc(&self.rec);
+            if computed != header.crc {
+                return Err(WalError::CrcMismatch {
+                    lsn: start,
+                    stored: header.crc,
+                    computed,
+                });
+            }
         }
         let seg = self.cfg.segment_size;
         let end = if header.rmid == RM_XLOG_ID && header.info & XLR_RMGR_INFO_MASK == XLOG_SWITCH {
@@ -418,6 +459,12 @@ impl WalStreamDecoder {
         out.lsn = start;
         out.end_lsn = end;
         out.header = header;
+        if self.defer_verification {
+            out.blocks.clear();
+            out.verified = false;
+            return Ok(());
+        }
+        out.verified = true;
         decode_body(out)
     }
 
@@ -603,33 +650,136 @@ pub struct FileReaderOptions {
     pub system_identifier: Option<u64>,
     /// Read chunk size (default 1 MB).
     pub chunk_size: Option<usize>,
+    /// See [`WalStreamDecoder::set_defer_verification`].
+    pub defer_verification: bool,
+    /// Read files on a separate thread, ahead of decoding.
+    pub read_ahead: bool,
 }
 
 /// Reads records from the segment files of a directory (e.g. `pg_wal`), starting with the
 /// first record at or after a given LSN.
 #[derive(Debug)]
 pub struct WalFileReader {
-    dir: PathBuf,
     timeline: u32,
     seg_size: u32,
     start: Lsn,
+    decoder: WalStreamDecoder,
+    input: Input,
+    /// A spare buffer handed back by the decoder, reused for the next chunk.
+    spare: Vec<u8>,
+    done: bool,
+}
+
+/// Where chunks come from: read on demand, or from a read-ahead thread.
+#[derive(Debug)]
+enum Input {
+    Direct(SegmentSource),
+    ReadAhead {
+        chunks: std::sync::mpsc::Receiver<Chunk>,
+        recycle: std::sync::mpsc::Sender<Vec<u8>>,
+    },
+}
+
+/// One step of reading segment files in order.
+#[derive(Debug)]
+enum Chunk {
+    Data(Vec<u8>),
+    /// The `end` bound is reached.
+    EndBound,
+    Failed(WalError),
+}
+
+/// Sequential reader of consecutive segment files, in chunks.
+#[derive(Debug)]
+struct SegmentSource {
+    dir: PathBuf,
+    timeline: u32,
+    seg_size: u32,
     end: Option<Lsn>,
     chunk: usize,
-    decoder: WalStreamDecoder,
     /// Segment number of the next file to open.
     segno: u64,
     file: Option<OpenSegment>,
-    /// Position of the next byte to read from files.
+    /// Position of the next byte to read.
     read_lsn: Lsn,
-    done: bool,
 }
 
 #[derive(Debug)]
 struct OpenSegment {
     file: File,
-    name: String,
+    path: PathBuf,
     /// Bytes of the file consumed (from offset 0).
     offset: u64,
+}
+
+impl SegmentSource {
+    /// Reads the next chunk into `buf` (reusing its allocation).
+    fn next_chunk(&mut self, mut buf: Vec<u8>) -> Chunk {
+        let mut max = self.chunk as u64;
+        if let Some(end) = self.end {
+            if self.read_lsn >= end {
+                return Chunk::EndBound;
+            }
+            max = max.min(end.0 - self.read_lsn.0);
+        }
+        if self.file.is_none() {
+            let path = self
+                .dir
+                .join(segment_file_name(self.timeline, self.segno, self.seg_size));
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Chunk::Failed(WalError::EndOfWal {
+                        lsn: self.read_lsn,
+                        reason: EndOfWalReason::MissingSegment {
+                            file: path.display().to_string(),
+                        },
+                    });
+                }
+                Err(e) => return Chunk::Failed(io_err(self.read_lsn, &path, e)),
+            };
+            let offset = self.read_lsn.segment_offset(self.seg_size);
+            if offset > 0 {
+                if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+                    return Chunk::Failed(io_err(self.read_lsn, &path, e));
+                }
+            }
+            self.file = Some(OpenSegment { file, path, offset });
+        }
+        let seg_size = self.seg_size as u64;
+        let Some(seg) = self.file.as_mut() else {
+            return Chunk::EndBound;
+        };
+        let want = max.min(seg_size - seg.offset) as usize;
+        // A recycled buffer already has this length: no zeroing in steady state.
+        buf.resize(want, 0);
+        let mut got = 0;
+        while got < want {
+            match seg.file.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Chunk::Failed(io_err(self.read_lsn, &seg.path, e)),
+            }
+        }
+        seg.offset += got as u64;
+        self.read_lsn = self.read_lsn.add(got as u64);
+        if got < want {
+            // A segment file is always exactly wal_segment_size long.
+            return Chunk::Failed(WalError::TruncatedSegment {
+                lsn: self.read_lsn,
+                file: seg.path.display().to_string(),
+                size: seg.offset,
+                expected: seg_size,
+            });
+        }
+        if seg.offset == seg_size {
+            self.file = None;
+            self.segno += 1;
+        }
+        buf.truncate(got);
+        Chunk::Data(buf)
+    }
 }
 
 fn io_err(lsn: Lsn, path: &Path, e: io::Error) -> WalError {
@@ -656,18 +806,51 @@ impl WalFileReader {
             timeline: Some(timeline),
         };
         let page = start.page_start();
-        let decoder = WalStreamDecoder::new(page, cfg)?;
-        Ok(WalFileReader {
+        let mut decoder = WalStreamDecoder::new(page, cfg)?;
+        decoder.set_defer_verification(opts.defer_verification);
+        let mut source = SegmentSource {
             dir,
             timeline,
             seg_size,
-            start,
             end: opts.end,
             chunk: opts.chunk_size.unwrap_or(1 << 20).max(XLOG_BLCKSZ),
-            decoder,
             segno: page.segment_no(seg_size),
             file: None,
             read_lsn: page,
+        };
+        let input = if opts.read_ahead {
+            // A thread reads the files ahead (at most 4 chunks), so file I/O overlaps
+            // decoding; it stops when the reader is dropped or reading ends.
+            let (tx, chunks) = std::sync::mpsc::sync_channel::<Chunk>(4);
+            let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
+            std::thread::Builder::new()
+                .name("wal-read-ahead".into())
+                .spawn(move || {
+                    loop {
+                        let buf = recycled.try_recv().unwrap_or_default();
+                        let chunk = source.next_chunk(buf);
+                        let last = !matches!(chunk, Chunk::Data(_));
+                        if tx.send(chunk).is_err() || last {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| WalError::Io {
+                    lsn: start,
+                    path: "read-ahead thread".into(),
+                    source: Arc::new(e),
+                })?;
+            Input::ReadAhead { chunks, recycle }
+        } else {
+            Input::Direct(source)
+        };
+        Ok(WalFileReader {
+            timeline,
+            seg_size,
+            start,
+            decoder,
+            input,
+            spare: Vec::new(),
             done: false,
         })
     }
@@ -806,63 +989,34 @@ impl WalFileReader {
     }
 
     fn read_more(&mut self) -> Result<(), WalError> {
-        let mut max = self.chunk as u64;
-        if let Some(end) = self.end {
-            if self.read_lsn >= end {
-                self.done = true;
-                return Ok(());
+        let spare = std::mem::take(&mut self.spare);
+        let chunk = match &mut self.input {
+            Input::Direct(src) => src.next_chunk(spare),
+            Input::ReadAhead { chunks, recycle } => {
+                let _ = recycle.send(spare);
+                chunks.recv().unwrap_or(Chunk::EndBound)
             }
-            max = max.min(end.0 - self.read_lsn.0);
-        }
-        if self.file.is_none() {
-            let name = segment_file_name(self.timeline, self.segno, self.seg_size);
-            let path = self.dir.join(&name);
-            let mut file = match File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    let lsn = self.decoder.next_record_lsn();
-                    return Err(self.decoder.fail(WalError::EndOfWal {
-                        lsn,
-                        reason: EndOfWalReason::MissingSegment {
-                            file: path.display().to_string(),
-                        },
-                    }));
-                }
-                Err(e) => return Err(io_err(self.read_lsn, &path, e)),
-            };
-            let offset = self.read_lsn.segment_offset(self.seg_size);
-            if offset > 0 {
-                file.seek(SeekFrom::Start(offset))
-                    .map_err(|e| io_err(self.read_lsn, &path, e))?;
-            }
-            self.file = Some(OpenSegment { file, name, offset });
-        }
-        let seg_size = self.seg_size as u64;
-        let Some(seg) = self.file.as_mut() else {
-            return Ok(());
         };
-        let left = seg_size - seg.offset;
-        let want = max.min(left) as usize;
-        let n = self
-            .decoder
-            .fill_from(&mut seg.file, want)
-            .map_err(|e| io_err(self.read_lsn, &self.dir.join(&seg.name), e))?;
-        seg.offset += n as u64;
-        self.read_lsn = self.read_lsn.add(n as u64);
-        if n == 0 {
-            // A segment file is always exactly wal_segment_size long.
-            let e = WalError::TruncatedSegment {
-                lsn: self.read_lsn,
-                file: self.dir.join(&seg.name).display().to_string(),
-                size: seg.offset,
-                expected: seg_size,
-            };
-            return Err(self.decoder.fail(e));
+        match chunk {
+            Chunk::Data(v) => {
+                self.spare = self.decoder.push_owned(v);
+                Ok(())
+            }
+            Chunk::EndBound => {
+                self.done = true;
+                Ok(())
+            }
+            Chunk::Failed(e) => {
+                let e = match e {
+                    // Report a missing segment where the next record was expected.
+                    WalError::EndOfWal { reason, .. } => WalError::EndOfWal {
+                        lsn: self.decoder.next_record_lsn(),
+                        reason,
+                    },
+                    other => other,
+                };
+                Err(self.decoder.fail(e))
+            }
         }
-        if seg.offset == seg_size {
-            self.file = None;
-            self.segno += 1;
-        }
-        Ok(())
     }
 }

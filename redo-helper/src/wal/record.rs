@@ -89,6 +89,8 @@ pub struct DecodedRecord {
     pub(crate) blocks: Vec<BlockRef>,
     pub(crate) main_data_offset: u32,
     pub(crate) main_data_len: u32,
+    /// CRC checked and body decoded (false only with deferred verification).
+    pub(crate) verified: bool,
 }
 
 impl DecodedRecord {
@@ -123,10 +125,35 @@ impl DecodedRecord {
             end_lsn: lsn.add(super::page::maxalign(raw.len() as u64)),
             header,
             raw,
+            verified: true,
             ..Default::default()
         };
         decode_body(&mut rec)?;
         Ok(rec)
+    }
+
+    /// Checks the CRC and decodes the body of a record returned with deferred verification
+    /// (no-op for records already verified).
+    pub fn verify(&mut self) -> Result<(), WalError> {
+        if self.verified {
+            return Ok(());
+        }
+        let computed = record_crc(&self.raw);
+        if computed != self.header.crc {
+            return Err(WalError::CrcMismatch {
+                lsn: self.lsn,
+                stored: self.header.crc,
+                computed,
+            });
+        }
+        decode_body(self)?;
+        self.verified = true;
+        Ok(())
+    }
+
+    /// Whether the CRC has been checked and the body decoded.
+    pub fn is_verified(&self) -> bool {
+        self.verified
     }
 
     pub fn prev(&self) -> Lsn {
