@@ -1,6 +1,7 @@
 -- A TPC-C-like schema for pgbench (bench/fpw.sh). Strings are random base64 (6 bits of
 -- entropy per character): unlike pgbench's blank filler they do not flatter compression.
 -- Sizes are reduced from TPC-C (1000 customers per district, 10000 items) to load quickly.
+SET client_min_messages = warning;
 DROP TABLE IF EXISTS warehouse, district, customer, history, orders, new_order, order_line, item, stock;
 CREATE FUNCTION pg_temp.rnd(n int) RETURNS text LANGUAGE sql AS
   $$ SELECT string_agg(encode(sha256((random()::text || g)::bytea), 'base64'), '') FROM generate_series(1, (n + 43) / 44) g $$;
