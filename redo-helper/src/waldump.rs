@@ -189,10 +189,10 @@ pub fn run(opts: &WaldumpOptions, out: &mut dyn Write) -> Result<WaldumpSummary,
                 });
             }
         }
-        if let Some(key) = &opts.block {
-            if !matches_block(&rec, key) {
-                continue;
-            }
+        if let Some(key) = &opts.block
+            && !matches_block(&rec, key)
+        {
+            continue;
         }
         summary.records += 1;
         summary.last_lsn = Some(rec.lsn);

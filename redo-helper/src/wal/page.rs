@@ -88,6 +88,7 @@ impl Lsn {
     /// Adds `n` bytes; saturates instead of wrapping (WAL never gets near 2^64, but bytes we
     /// read must not be able to make arithmetic panic).
     #[inline]
+    #[allow(clippy::should_implement_trait)]
     pub fn add(self, n: u64) -> Lsn {
         Lsn(self.0.saturating_add(n))
     }

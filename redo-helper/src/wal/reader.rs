@@ -104,7 +104,9 @@ impl WalStreamDecoder {
             });
         }
         let page_aligned = start.page_offset() == 0;
-        if !page_aligned && (start.0 % 8 != 0 || start.page_offset() < SIZE_OF_SHORT_PAGE_HEADER) {
+        if !page_aligned
+            && (!start.0.is_multiple_of(8) || start.page_offset() < SIZE_OF_SHORT_PAGE_HEADER)
+        {
             return Err(WalError::InvalidStart {
                 lsn: start,
                 what: "a start that is not page-aligned must be a record start (MAXALIGNed, after the page header)".into(),
@@ -461,6 +463,7 @@ impl WalStreamDecoder {
         out.header = header;
         if self.defer_verification {
             out.blocks.clear();
+            out.main_data_len = 0;
             out.verified = false;
             return Ok(());
         }
@@ -610,14 +613,14 @@ impl WalStreamDecoder {
                 found: hdr.page_addr,
             });
         }
-        if let Some(tli) = self.cfg.timeline {
-            if hdr.timeline > tli {
-                return Err(WalError::TimelineMismatch {
-                    lsn: page_lsn,
-                    expected: tli,
-                    found: hdr.timeline,
-                });
-            }
+        if let Some(tli) = self.cfg.timeline
+            && hdr.timeline > tli
+        {
+            return Err(WalError::TimelineMismatch {
+                lsn: page_lsn,
+                expected: tli,
+                found: hdr.timeline,
+            });
         }
         if page_lsn > self.latest_page && hdr.timeline < self.latest_page_tli {
             return Err(WalError::TimelineOutOfSequence {
@@ -739,10 +742,10 @@ impl SegmentSource {
                 Err(e) => return Chunk::Failed(io_err(self.read_lsn, &path, e)),
             };
             let offset = self.read_lsn.segment_offset(self.seg_size);
-            if offset > 0 {
-                if let Err(e) = file.seek(SeekFrom::Start(offset)) {
-                    return Chunk::Failed(io_err(self.read_lsn, &path, e));
-                }
+            if offset > 0
+                && let Err(e) = file.seek(SeekFrom::Start(offset))
+            {
+                return Chunk::Failed(io_err(self.read_lsn, &path, e));
             }
             self.file = Some(OpenSegment { file, path, offset });
         }
@@ -1018,5 +1021,195 @@ impl WalFileReader {
                 Err(self.decoder.fail(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::record::tests::build_record;
+    use crate::wal::rmgr::xlog::{self, XlogRecord};
+
+    const SEG_START: u64 = 0x100_0000;
+
+    /// Writes synthetic WAL: page headers at page boundaries, records MAXALIGNed.
+    struct WalBuilder {
+        out: Vec<u8>,
+    }
+
+    impl WalBuilder {
+        fn pos(&self) -> u64 {
+            SEG_START + self.out.len() as u64
+        }
+
+        fn header(&mut self, info: u16, rem_len: u32) {
+            let addr = self.pos();
+            let long = addr.is_multiple_of(DEFAULT_SEGMENT_SIZE as u64);
+            let info = info | if long { XLP_LONG_HEADER } else { 0 };
+            self.out.extend_from_slice(&XLOG_PAGE_MAGIC.to_le_bytes());
+            self.out.extend_from_slice(&info.to_le_bytes());
+            self.out.extend_from_slice(&1u32.to_le_bytes());
+            self.out.extend_from_slice(&addr.to_le_bytes());
+            self.out.extend_from_slice(&rem_len.to_le_bytes());
+            self.out.extend_from_slice(&[0; 4]);
+            if long {
+                self.out.extend_from_slice(&7u64.to_le_bytes());
+                self.out
+                    .extend_from_slice(&DEFAULT_SEGMENT_SIZE.to_le_bytes());
+                self.out
+                    .extend_from_slice(&(XLOG_BLCKSZ as u32).to_le_bytes());
+            }
+        }
+
+        /// Writes `rec` (or only its first `limit` bytes), returning its LSN.
+        fn record(&mut self, rec: &[u8], limit: Option<usize>) -> Lsn {
+            if self.pos().is_multiple_of(XLOG_BLCKSZ as u64) {
+                self.header(0, 0);
+            }
+            let lsn = Lsn(self.pos());
+            let n = limit.unwrap_or(rec.len());
+            for (i, &b) in rec[..n].iter().enumerate() {
+                if self.pos().is_multiple_of(XLOG_BLCKSZ as u64) {
+                    self.header(XLP_FIRST_IS_CONTRECORD, (rec.len() - i) as u32);
+                }
+                self.out.push(b);
+            }
+            while limit.is_none() && !self.out.len().is_multiple_of(8) {
+                self.out.push(0);
+            }
+            lsn
+        }
+
+        fn pad_to_page(&mut self) {
+            while !self.pos().is_multiple_of(XLOG_BLCKSZ as u64) {
+                self.out.push(0);
+            }
+        }
+    }
+
+    fn main_data(bytes: &[u8]) -> Vec<u8> {
+        let mut v = vec![255u8, bytes.len() as u8];
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    fn main_data_long(len: usize) -> Vec<u8> {
+        let mut v = vec![254u8];
+        v.extend_from_slice(&(len as u32).to_le_bytes());
+        v.extend((0..len).map(|i| i as u8));
+        v
+    }
+
+    fn decode_all(bytes: &[u8], chunk: usize) -> (Vec<DecodedRecord>, WalError) {
+        let mut d = WalStreamDecoder::new(Lsn(SEG_START), DecoderConfig::default()).unwrap();
+        let mut recs = Vec::new();
+        for c in bytes.chunks(chunk) {
+            d.push(c);
+            loop {
+                match d.next_record() {
+                    Ok(Some(r)) => recs.push(r),
+                    Ok(None) => break,
+                    Err(e) => return (recs, e),
+                }
+            }
+        }
+        (recs, d.finish())
+    }
+
+    #[test]
+    fn overwrite_contrecord_skips_the_abandoned_record() {
+        let mut w = WalBuilder { out: Vec::new() };
+        let a = w.record(
+            &build_record(0, 0x30, 0, Lsn(0), &main_data(&[1, 0, 0, 0])),
+            None,
+        );
+        // Fill the first page so that the abandoned record crosses into the second one.
+        let filler = build_record(15, 0x00, 5, a, &main_data(&[0u8; 200]));
+        let mut prev = a;
+        while w.pos() + 2 * filler.len() as u64 <= SEG_START + XLOG_BLCKSZ as u64 - 100 {
+            let f = build_record(15, 0x00, 5, prev, &main_data(&[0u8; 200]));
+            prev = w.record(&f, None);
+        }
+        let big = build_record(10, 0x00, 9, prev, &main_data_long(8000));
+        let abandoned_len = (SEG_START + XLOG_BLCKSZ as u64 - w.pos()) as usize;
+        let abandoned = w.record(&big, Some(abandoned_len));
+        assert_eq!(w.pos() % XLOG_BLCKSZ as u64, 0);
+        // After the crash: the next page says the partial record was overwritten.
+        w.header(XLP_FIRST_IS_OVERWRITE_CONTRECORD, 0);
+        let mut body = abandoned.0.to_le_bytes().to_vec();
+        body.extend_from_slice(&123i64.to_le_bytes());
+        let c = w.record(&build_record(0, 0xD0, 0, prev, &main_data(&body)), None);
+        let d = w.record(
+            &build_record(0, 0x30, 0, c, &main_data(&[2, 0, 0, 0])),
+            None,
+        );
+        w.pad_to_page();
+        for chunk in [1, 13, 4096, 1 << 20] {
+            let (recs, end) = decode_all(&w.out, chunk);
+            assert!(
+                matches!(
+                    end,
+                    WalError::EndOfWal {
+                        reason: EndOfWalReason::ZeroRecordLength,
+                        ..
+                    }
+                ),
+                "{end}"
+            );
+            let lsns: Vec<Lsn> = recs.iter().map(|r| r.lsn).collect();
+            assert!(!lsns.contains(&abandoned));
+            assert_eq!(&lsns[lsns.len() - 2..], &[c, d]);
+            let over = &recs[recs.len() - 2];
+            assert_eq!(
+                xlog::parse(over).unwrap(),
+                XlogRecord::OverwriteContrecord {
+                    overwritten_lsn: abandoned,
+                    overwrite_time: 123
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn page_aligned_start_skips_a_continued_record() {
+        let mut w = WalBuilder { out: Vec::new() };
+        let a = w.record(
+            &build_record(0, 0x30, 0, Lsn(0), &main_data(&[1, 0, 0, 0])),
+            None,
+        );
+        let big = build_record(10, 0x00, 9, a, &main_data_long(10000));
+        let b = w.record(&big, None);
+        let c = w.record(
+            &build_record(0, 0x30, 0, b, &main_data(&[3, 0, 0, 0])),
+            None,
+        );
+        w.pad_to_page();
+        let (recs, _) = decode_all(&w.out, 777);
+        assert_eq!(
+            recs.iter().map(|r| r.lsn).collect::<Vec<_>>(),
+            vec![a, b, c]
+        );
+        assert!(recs[1].end_lsn > Lsn(SEG_START + XLOG_BLCKSZ as u64));
+        // Start on the page where `big` continues: the first record seen is `c`.
+        let page = (c.0 - SEG_START) as usize / XLOG_BLCKSZ * XLOG_BLCKSZ;
+        let mut d =
+            WalStreamDecoder::new(Lsn(SEG_START + page as u64), DecoderConfig::default()).unwrap();
+        d.push(&w.out[page..]);
+        assert_eq!(d.next_record().unwrap().map(|r| r.lsn), Some(c));
+    }
+
+    #[test]
+    fn unaligned_start_must_be_a_record_start() {
+        assert!(WalStreamDecoder::new(Lsn(SEG_START + 3), DecoderConfig::default()).is_err());
+        assert!(WalStreamDecoder::new(Lsn(SEG_START + 8), DecoderConfig::default()).is_err());
+        assert!(WalStreamDecoder::new(Lsn(SEG_START + 40), DecoderConfig::default()).is_ok());
+        let bad = DecoderConfig {
+            segment_size: 3 << 20,
+            ..Default::default()
+        };
+        assert!(matches!(
+            WalStreamDecoder::new(Lsn(SEG_START), bad),
+            Err(WalError::InvalidSegmentSize { .. })
+        ));
     }
 }

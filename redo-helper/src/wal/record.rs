@@ -185,7 +185,9 @@ impl DecodedRecord {
     }
     pub fn main_data(&self) -> &[u8] {
         let s = self.main_data_offset as usize;
-        &self.raw[s..s + self.main_data_len as usize]
+        self.raw
+            .get(s..s + self.main_data_len as usize)
+            .unwrap_or(&[])
     }
     pub fn blocks(&self) -> &[BlockRef] {
         &self.blocks

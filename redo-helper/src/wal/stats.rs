@@ -47,7 +47,7 @@ impl Default for WalStats {
 impl WalStats {
     pub fn add(&mut self, rec: &DecodedRecord) {
         let fpi = rec.fpi_len() as u64;
-        let rec_len = rec.total_len() as u64 - fpi;
+        let rec_len = (rec.total_len() as u64).saturating_sub(fpi);
         let rmid = rec.rmid() as usize;
         self.start.get_or_insert(rec.lsn);
         self.end = rec.end_lsn;
