@@ -4,10 +4,10 @@
 //! stages ingests it over the replication protocol, replays it per resource manager and
 //! serves pages. See `shared/design.md` and the README for the architecture.
 
-pub mod wal;
-pub mod waldump;
 pub mod imagegen;
 pub mod serve;
 pub mod service;
 pub mod store;
 pub mod stream;
+pub mod wal;
+pub mod waldump;
