@@ -5,6 +5,7 @@
 //! serves pages. See `shared/design.md` and the README for the architecture.
 
 pub mod imagegen;
+pub mod redo;
 pub mod serve;
 pub mod service;
 pub mod store;

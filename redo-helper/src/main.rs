@@ -79,6 +79,25 @@ enum Command {
         /// Segment files (STARTSEG [ENDSEG]); they set the default start, end and timeline.
         files: Vec<PathBuf>,
     },
+    /// Replay the store's WAL with the Rust redo and check every page against the records'
+    /// consistency images (wal_consistency_checking) and, with --pgdata, the data files.
+    Verify {
+        /// The helper's data directory.
+        #[arg(long = "data-dir", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Also compare every page with this cluster's data files (after a CHECKPOINT).
+        #[arg(long, value_name = "PGDATA")]
+        pgdata: Option<PathBuf>,
+        /// First record to replay (default: the bootstrap backup's start).
+        #[arg(long)]
+        start: Option<Lsn>,
+        /// Stop before this LSN (default: the archive's flush position).
+        #[arg(long)]
+        end: Option<Lsn>,
+        /// Replay only (no consistency comparisons) and print throughput and per-type cost.
+        #[arg(long)]
+        bench: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -126,6 +145,21 @@ fn main() -> ExitCode {
                 backpressure_depth: backpressure_queue,
             })
         }
+        Command::Verify {
+            data_dir,
+            pgdata,
+            start,
+            end,
+            bench,
+        } => redo_helper::redo::verify::run_cli(&redo_helper::redo::verify::VerifyOptions {
+            data_dir,
+            pgdata,
+            start,
+            end,
+            skip_consistency: bench,
+            timing: bench,
+            ..Default::default()
+        }),
         Command::Waldump {
             path,
             start,

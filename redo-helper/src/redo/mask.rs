@@ -1,0 +1,275 @@
+//! Page masks for verification, equivalent to PostgreSQL 15's `rm_mask` functions:
+//! `heap_mask` (`access/heap/heapam.c`), `btree_mask` (`access/nbtree/nbtxlog.c`),
+//! `seq_mask` (`commands/sequence.c`) and the helpers of `access/common/bufmask.c`.
+//! They blank out what may legitimately differ between a replayed page and the primary's
+//! (LSN, checksum, hint bits, unused space, ...). `MASK_MARKER` is 0.
+
+use super::page::{
+    ITEM_ID_SIZE, LP_UNUSED, PD_ALL_VISIBLE, PD_HAS_FREE_LINES, PD_PAGE_FULL, Page, PageLayout,
+    SIZE_OF_PAGE_HEADER, SIZEOF_HEAP_TUPLE_HEADER, get_u16, lp_pos, maxalign, put_u16, put_u32,
+};
+use super::tuple::*;
+use crate::wal::block::ForkNumber;
+use crate::wal::page::BLCKSZ;
+use crate::wal::rmgr;
+
+const MASK_MARKER: u8 = 0;
+
+/// `mask_page_lsn_and_checksum`.
+pub fn mask_page_lsn_and_checksum(page: &mut Page) {
+    page[0..10].fill(MASK_MARKER);
+}
+
+/// `mask_page_hint_bits`: pd_prune_xid, PD_PAGE_FULL, PD_HAS_FREE_LINES and PD_ALL_VISIBLE
+/// (redo does not set PD_ALL_VISIBLE when the page LSN is past the VISIBLE record).
+pub fn mask_page_hint_bits(page: &mut Page) {
+    page.set_prune_xid(MASK_MARKER as u32);
+    let f = page.flags() & !(PD_PAGE_FULL | PD_HAS_FREE_LINES | PD_ALL_VISIBLE);
+    page.set_flags(f);
+}
+
+/// `mask_unused_space`: the hole between pd_lower and pd_upper. A page whose pointers are
+/// not sane is left alone (PostgreSQL raises an error; the comparison will then differ).
+pub fn mask_unused_space(page: &mut Page) {
+    let (lower, upper, special) = (
+        page.lower() as usize,
+        page.upper() as usize,
+        page.special() as usize,
+    );
+    if lower > upper || special < upper || lower < SIZE_OF_PAGE_HEADER || special > BLCKSZ {
+        return;
+    }
+    page[lower..upper].fill(MASK_MARKER);
+}
+
+/// `mask_lp_flags`: used line pointers become LP_UNUSED (keeping offset and length).
+pub fn mask_lp_flags(page: &mut Page) {
+    for off in 1..=page.max_offset() {
+        if let Ok(id) = page.item_id(off)
+            && id.is_used()
+        {
+            let _ = page.set_item_id(off, id.with_flags(LP_UNUSED));
+        }
+    }
+}
+
+/// `mask_page_content`: everything after the header, and pd_lower/pd_upper.
+pub fn mask_page_content(page: &mut Page) {
+    page[SIZE_OF_PAGE_HEADER..].fill(MASK_MARKER);
+    put_u16(page, 12, 0);
+    put_u16(page, 14, 0);
+}
+
+/// `heap_mask`.
+pub fn heap_mask(page: &mut Page, blkno: u32) {
+    mask_page_lsn_and_checksum(page);
+    mask_page_hint_bits(page);
+    mask_unused_space(page);
+    for off in 1..=page.max_offset() {
+        let pos = lp_pos(off);
+        if pos + ITEM_ID_SIZE > BLCKSZ {
+            break;
+        }
+        let Ok(id) = page.item_id(off) else { break };
+        let start = id.off() as usize;
+        if id.is_normal()
+            && start + SIZEOF_HEAP_TUPLE_HEADER <= BLCKSZ
+            && start >= SIZE_OF_PAGE_HEADER
+        {
+            let t = &mut page[start..start + SIZEOF_HEAP_TUPLE_HEADER];
+            let mut im = get_u16(t, T_INFOMASK);
+            // Hint bits can be set without WAL; once xmin is frozen, only xmax's matter.
+            if !xmin_frozen(im) {
+                im &= !HEAP_XACT_MASK;
+            } else {
+                im &= !(HEAP_XMAX_INVALID | HEAP_XMAX_COMMITTED);
+            }
+            put_u16(t, T_INFOMASK, im);
+            // Redo sets the command id to FirstCommandId.
+            put_u32(t, T_FIELD3, MASK_MARKER as u32);
+            // A speculative insertion's ctid holds a token that is never WAL-logged.
+            if get_u16(t, T_CTID + 4) == SPEC_TOKEN_OFFSET_NUMBER {
+                put_u16(t, T_CTID, (blkno >> 16) as u16);
+                put_u16(t, T_CTID + 2, blkno as u16);
+                put_u16(t, T_CTID + 4, off);
+            }
+        }
+        // Padding after a tuple whose length is not MAXALIGNed.
+        if id.has_storage() {
+            let len = id.len() as usize;
+            let end = (start + maxalign(len)).min(BLCKSZ);
+            if start + len <= end {
+                page[start + len..end].fill(MASK_MARKER);
+            }
+        }
+    }
+}
+
+/// btpo_flags bits masked by `btree_mask`.
+const BTP_LEAF: u16 = 1 << 0;
+const BTP_SPLIT_END: u16 = 1 << 5;
+const BTP_HAS_GARBAGE: u16 = 1 << 6;
+
+/// `btree_mask`.
+pub fn btree_mask(page: &mut Page) {
+    mask_page_lsn_and_checksum(page);
+    mask_page_hint_bits(page);
+    mask_unused_space(page);
+    let special = page.special() as usize;
+    if special + 16 > BLCKSZ {
+        return;
+    }
+    let flags = get_u16(page, special + 12);
+    // LP_DEAD can be set on leaf items without WAL (_bt_killitems, _bt_check_unique).
+    if flags & BTP_LEAF != 0 {
+        mask_lp_flags(page);
+    }
+    // BTP_HAS_GARBAGE is an unlogged hint; replay of a split leaves BTP_SPLIT_END and the
+    // cycle id unset.
+    put_u16(
+        page,
+        special + 12,
+        flags & !(BTP_HAS_GARBAGE | BTP_SPLIT_END),
+    );
+    put_u16(page, special + 14, 0);
+}
+
+/// `seq_mask`.
+pub fn seq_mask(page: &mut Page) {
+    mask_page_lsn_and_checksum(page);
+    mask_unused_space(page);
+}
+
+/// Which mask applies to a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PageKind {
+    Heap,
+    Btree,
+    Sequence,
+    VisibilityMap,
+    FreeSpaceMap,
+    /// Pages of rmgrs the engine does not replay, or unknown: generic masks.
+    Other,
+}
+
+impl PageKind {
+    /// The kind of page a record of `rmid` changes in `fork`.
+    pub fn of_rmgr(rmid: u8, fork: ForkNumber) -> Option<PageKind> {
+        if fork == ForkNumber::VM {
+            return Some(PageKind::VisibilityMap);
+        }
+        if fork == ForkNumber::FSM {
+            return Some(PageKind::FreeSpaceMap);
+        }
+        match rmid {
+            rmgr::RM_HEAP_ID | rmgr::RM_HEAP2_ID => Some(PageKind::Heap),
+            rmgr::RM_BTREE_ID => Some(PageKind::Btree),
+            rmgr::RM_SEQ_ID => Some(PageKind::Sequence),
+            rmgr::RM_XLOG_ID => None,
+            _ => Some(PageKind::Other),
+        }
+    }
+
+    /// A guess from the page itself (for pages only ever written by FPIs or the base
+    /// backup): the special space size and its magic numbers tell the access method, as
+    /// pageinspect does.
+    pub fn guess(page: &Page, fork: ForkNumber) -> PageKind {
+        if fork == ForkNumber::VM {
+            return PageKind::VisibilityMap;
+        }
+        if fork == ForkNumber::FSM {
+            return PageKind::FreeSpaceMap;
+        }
+        let special = page.special() as usize;
+        match BLCKSZ.saturating_sub(special) {
+            0 => PageKind::Heap,
+            8 if super::page::get_u32(page, special) == super::seq::SEQ_MAGIC => PageKind::Sequence,
+            16 => {
+                // Hash, GiST and SP-GiST keep a page id in the last two bytes; btree keeps
+                // its cycle id there, which never reaches 0xFF80.
+                let id = get_u16(page, BLCKSZ - 2);
+                if id >= 0xFF80 {
+                    PageKind::Other
+                } else {
+                    PageKind::Btree
+                }
+            }
+            _ => PageKind::Other,
+        }
+    }
+}
+
+/// Applies the mask for `kind` (block number needed by heap_mask).
+pub fn mask_page(page: &mut Page, kind: PageKind, blkno: u32) {
+    match kind {
+        PageKind::Heap => heap_mask(page, blkno),
+        PageKind::Btree => btree_mask(page),
+        PageKind::Sequence => seq_mask(page),
+        // VM bits are always WAL-logged; only LSN and checksum may differ.
+        PageKind::VisibilityMap => mask_page_lsn_and_checksum(page),
+        PageKind::FreeSpaceMap | PageKind::Other => {
+            mask_page_lsn_and_checksum(page);
+            mask_page_hint_bits(page);
+            mask_unused_space(page);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redo::page::{PAI_OVERWRITE, PageLayout};
+
+    #[test]
+    fn heap_mask_hides_hint_bits_and_cid() {
+        let mut a = Box::new([0u8; BLCKSZ]);
+        a.init(0);
+        let mut t = vec![0u8; 27];
+        t[T_HOFF] = 24;
+        a.add_item(&t, 1, PAI_OVERWRITE).unwrap();
+        let mut b = a.clone();
+        // Hint bits, cid, prune xid, LSN, flags differ.
+        let off = b.item_id(1).unwrap().off() as usize;
+        put_u16(&mut b[..], off + T_INFOMASK, HEAP_XMIN_COMMITTED);
+        put_u32(&mut b[..], off + T_FIELD3, 7);
+        b.set_prune_xid(1234);
+        b.set_lsn(crate::wal::Lsn(99));
+        b.set_flags(PD_ALL_VISIBLE);
+        // Padding after the 27-byte tuple.
+        b[off + 30] = 5;
+        heap_mask(&mut a, 0);
+        heap_mask(&mut b, 0);
+        assert_eq!(a[..], b[..]);
+    }
+
+    #[test]
+    fn btree_mask_hides_lp_dead_on_leaf() {
+        let mut a = Box::new([0u8; BLCKSZ]);
+        a.init(16);
+        put_u16(&mut a[..], BLCKSZ - 4, BTP_LEAF);
+        a.add_item(&[0u8; 16], 1, 0).unwrap();
+        let mut b = a.clone();
+        let id = b.item_id(1).unwrap();
+        b.set_item_id(1, id.with_flags(crate::redo::page::LP_DEAD))
+            .unwrap();
+        put_u16(&mut b[..], BLCKSZ - 4, BTP_LEAF | BTP_HAS_GARBAGE);
+        put_u16(&mut b[..], BLCKSZ - 2, 77);
+        btree_mask(&mut a);
+        btree_mask(&mut b);
+        assert_eq!(a[..], b[..]);
+    }
+
+    #[test]
+    fn guesses_kind() {
+        let mut p = Box::new([0u8; BLCKSZ]);
+        p.init(0);
+        assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Heap);
+        p.init(16);
+        assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Btree);
+        put_u16(&mut p[..], BLCKSZ - 2, 0xFF80);
+        assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Other);
+        p.init(4);
+        put_u32(&mut p[..], BLCKSZ - 8, 0x1717);
+        assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Sequence);
+    }
+}

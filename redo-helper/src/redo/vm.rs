@@ -1,0 +1,186 @@
+//! The visibility map (`access/heap/visibilitymap.c`): two bits per heap block
+//! (all-visible, all-frozen) in the `vm` fork, after a standard page header.
+//!
+//! Heap records that clear the bits (insert, update, delete, lock, multi_insert) do not
+//! reference the VM page; redo pins and clears it itself, whatever the heap page's LSN, and
+//! without touching the VM page's LSN. The engine derives that page from the record
+//! ([`implicit_vm_clears`]) so the store can index and replay it like a block reference.
+
+use super::page::{Page, PageLayout, SIZE_OF_PAGE_HEADER, maxalign};
+use crate::wal::block::{ForkNumber, PageKey};
+use crate::wal::record::DecodedRecord;
+use crate::wal::rmgr::heap::*;
+use crate::wal::rmgr::{RM_HEAP_ID, RM_HEAP2_ID};
+
+pub const VISIBILITYMAP_ALL_VISIBLE: u8 = 0x01;
+pub const VISIBILITYMAP_ALL_FROZEN: u8 = 0x02;
+pub const VISIBILITYMAP_VALID_BITS: u8 = 0x03;
+
+/// `MAPSIZE`: bytes of bitmap per VM page.
+pub const MAPSIZE: usize = crate::wal::page::BLCKSZ - maxalign(SIZE_OF_PAGE_HEADER);
+/// `HEAPBLOCKS_PER_PAGE`: 4 heap blocks per byte.
+pub const HEAPBLOCKS_PER_PAGE: u32 = (MAPSIZE * 4) as u32;
+const MAP_START: usize = maxalign(SIZE_OF_PAGE_HEADER);
+
+/// VM block holding the bits of heap block `heap_blk` (`HEAPBLK_TO_MAPBLOCK`).
+pub fn map_block(heap_blk: u32) -> u32 {
+    heap_blk / HEAPBLOCKS_PER_PAGE
+}
+
+fn byte_and_shift(heap_blk: u32) -> (usize, u32) {
+    let in_page = heap_blk % HEAPBLOCKS_PER_PAGE;
+    (MAP_START + (in_page / 4) as usize, (in_page % 4) * 2)
+}
+
+/// The bits of `heap_blk` on its VM page.
+pub fn get(page: &Page, heap_blk: u32) -> u8 {
+    let (byte, shift) = byte_and_shift(heap_blk);
+    (page[byte] >> shift) & VISIBILITYMAP_VALID_BITS
+}
+
+/// `visibilitymap_set` in redo: ORs `flags` in; true when the bits changed (only then does
+/// PostgreSQL stamp the VM page's LSN).
+pub fn set(page: &mut Page, heap_blk: u32, flags: u8) -> bool {
+    let (byte, shift) = byte_and_shift(heap_blk);
+    if flags != (page[byte] >> shift) & VISIBILITYMAP_VALID_BITS {
+        page[byte] |= flags << shift;
+        true
+    } else {
+        false
+    }
+}
+
+/// `visibilitymap_clear`: clears `flags` for `heap_blk`. A VM page that does not exist yet
+/// is created initialised, as `vm_readbuf(.., extend = true)` does during redo.
+pub fn clear(page: &mut Page, heap_blk: u32, flags: u8) {
+    if page.is_new() {
+        page.init(0);
+    }
+    let (byte, shift) = byte_and_shift(heap_blk);
+    page[byte] &= !(flags << shift);
+}
+
+/// `visibilitymap_prepare_truncate`: with the heap cut to `nheapblocks`, clears the bits
+/// of the truncated heap blocks on the last remaining VM page. Returns that page's block
+/// number and the new number of VM blocks.
+pub fn truncate_tail(page: &mut Page, nheapblocks: u32) {
+    let (byte, shift) = byte_and_shift(nheapblocks);
+    if byte + 1 < page.len() {
+        page[byte + 1..].fill(0);
+    }
+    page[byte] &= ((1u16 << shift) - 1) as u8;
+}
+
+/// New number of VM blocks after truncating the heap to `nheapblocks`, and the partial
+/// last page whose tail bits are cleared (if the cut is not on a page boundary).
+pub fn truncated_size(nheapblocks: u32) -> (u32, Option<u32>) {
+    let blk = map_block(nheapblocks);
+    if nheapblocks % HEAPBLOCKS_PER_PAGE != 0 {
+        (blk + 1, Some(blk))
+    } else {
+        (blk, None)
+    }
+}
+
+/// One VM clear a heap record performs without referencing the VM page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmClear {
+    pub vm_page: PageKey,
+    pub heap_blk: u32,
+    pub flags: u8,
+}
+
+/// The VM clears `rec` performs (heap_xlog_insert/delete/update/lock, heap_xlog_lock_updated
+/// and heap_xlog_multi_insert). Records that do not parse yield none (their redo reports
+/// the error).
+pub fn implicit_vm_clears(rec: &DecodedRecord) -> Vec<VmClear> {
+    let mut out = Vec::new();
+    let Some(b0) = rec.block(0) else {
+        return out;
+    };
+    let mut push = |heap_blk: u32, flags: u8| {
+        out.push(VmClear {
+            vm_page: PageKey {
+                rel: b0.rel,
+                fork: ForkNumber::VM,
+                block: map_block(heap_blk),
+            },
+            heap_blk,
+            flags,
+        })
+    };
+    match rec.rmid() {
+        RM_HEAP_ID => match parse_heap(rec) {
+            Ok(HeapRecord::Insert(x)) if x.flags & XLH_INSERT_ALL_VISIBLE_CLEARED != 0 => {
+                push(b0.block, VISIBILITYMAP_VALID_BITS)
+            }
+            Ok(HeapRecord::Delete(x)) if x.flags & XLH_DELETE_ALL_VISIBLE_CLEARED != 0 => {
+                push(b0.block, VISIBILITYMAP_VALID_BITS)
+            }
+            Ok(HeapRecord::Update(x)) => {
+                let oldblk = rec.block(1).map_or(b0.block, |b| b.block);
+                if x.flags & XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED != 0 {
+                    push(oldblk, VISIBILITYMAP_VALID_BITS);
+                }
+                if x.flags & XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED != 0 {
+                    push(b0.block, VISIBILITYMAP_VALID_BITS);
+                }
+            }
+            Ok(HeapRecord::Lock(x)) if x.flags & XLH_LOCK_ALL_FROZEN_CLEARED != 0 => {
+                push(b0.block, VISIBILITYMAP_ALL_FROZEN)
+            }
+            _ => {}
+        },
+        RM_HEAP2_ID => match parse_heap2(rec) {
+            Ok(Heap2Record::MultiInsert { flags, .. })
+                if flags & XLH_INSERT_ALL_VISIBLE_CLEARED != 0 =>
+            {
+                push(b0.block, VISIBILITYMAP_VALID_BITS)
+            }
+            Ok(Heap2Record::LockUpdated { flags, .. })
+                if flags & XLH_LOCK_ALL_FROZEN_CLEARED != 0 =>
+            {
+                push(b0.block, VISIBILITYMAP_ALL_FROZEN)
+            }
+            _ => {}
+        },
+        _ => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry() {
+        assert_eq!(HEAPBLOCKS_PER_PAGE, 32672);
+        assert_eq!(map_block(32671), 0);
+        assert_eq!(map_block(32672), 1);
+        assert_eq!(byte_and_shift(5), (24 + 1, 2));
+    }
+
+    #[test]
+    fn set_clear_truncate() {
+        let mut p = Box::new([0u8; crate::wal::page::BLCKSZ]);
+        p.init(0);
+        assert!(set(&mut p, 6, VISIBILITYMAP_VALID_BITS));
+        assert!(!set(&mut p, 6, VISIBILITYMAP_VALID_BITS));
+        assert_eq!(get(&p, 6), 3);
+        clear(&mut p, 6, VISIBILITYMAP_ALL_FROZEN);
+        assert_eq!(get(&p, 6), 1);
+        set(&mut p, 4, 3);
+        set(&mut p, 100, 3);
+        truncate_tail(&mut p, 5);
+        assert_eq!(get(&p, 4), 3);
+        assert_eq!(get(&p, 6), 0);
+        assert_eq!(get(&p, 100), 0);
+        assert_eq!(truncated_size(5), (1, Some(0)));
+        assert_eq!(truncated_size(32672), (1, None));
+        // A VM page that does not exist yet is initialised by a clear.
+        let mut z = Box::new([0u8; crate::wal::page::BLCKSZ]);
+        clear(&mut z, 1, 3);
+        assert_eq!(z.lower(), 24);
+    }
+}
