@@ -217,7 +217,10 @@ fn update(
     let mut old_tuple: Option<Vec<u8>> = None;
     if same_page {
         update_old(rec, page, x, block.block)?;
-        old_tuple = Some(page.item(x.old_offnum)?.to_vec());
+        // The old tuple is only needed for prefix/suffix compression.
+        if x.flags & (XLH_UPDATE_PREFIX_FROM_OLD | XLH_UPDATE_SUFFIX_FROM_OLD) != 0 {
+            old_tuple = Some(page.item(x.old_offnum)?.to_vec());
+        }
     } else if x.init_page {
         page.init(0);
     }

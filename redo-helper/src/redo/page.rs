@@ -455,7 +455,7 @@ pub trait PageLayout {
             self.special() as usize,
         );
         let nline = self.max_offset();
-        let mut items: Vec<CompactItem> = Vec::with_capacity(nline as usize);
+        let mut items = CompactList::with_capacity(nline as usize);
         let mut nunused = 0usize;
         let mut totallen = 0usize;
         let mut finalused = 0u16;
@@ -482,9 +482,9 @@ pub trait PageLayout {
                     totallen += alignedlen;
                     items.push(CompactItem {
                         index: i,
-                        itemoff: off,
-                        alignedlen,
-                    });
+                        itemoff: off as u16,
+                        alignedlen: alignedlen as u16,
+                    })?;
                 }
                 finalused = i;
             } else {
@@ -502,7 +502,7 @@ pub trait PageLayout {
                     available: special - lower,
                 });
             }
-            compactify_tuples(self.bytes_mut(), &items, presorted, nline)?;
+            compactify_tuples(self.bytes_mut(), items.as_slice(), presorted)?;
         }
         if finalused != nline {
             let trailing = (nline - finalused) as usize;
@@ -640,8 +640,9 @@ pub trait PageLayout {
             self.special() as usize,
         );
         let nline = self.max_offset();
-        let mut items: Vec<CompactItem> = Vec::with_capacity(nline as usize);
+        let mut items = CompactList::with_capacity(nline as usize);
         let mut kept: Vec<ItemId> = Vec::with_capacity(nline as usize);
+        let mut nkept = 0usize;
         let mut totallen = 0usize;
         let mut next = 0usize;
         let mut presorted = true;
@@ -667,11 +668,12 @@ pub trait PageLayout {
                 let alignedlen = maxalign(size);
                 totallen += alignedlen;
                 kept.push(id);
+                nkept += 1;
                 items.push(CompactItem {
-                    index: kept.len() as u16,
-                    itemoff: offset,
-                    alignedlen,
-                });
+                    index: nkept as u16,
+                    itemoff: offset as u16,
+                    alignedlen: alignedlen as u16,
+                })?;
             }
         }
         if next != offnums.len() {
@@ -685,16 +687,15 @@ pub trait PageLayout {
         }
         {
             let b = self.bytes_mut();
-            for (i, id) in kept.iter().enumerate() {
+            for (i, id) in kept[..nkept].iter().enumerate() {
                 put_u32(b, SIZE_OF_PAGE_HEADER + i * ITEM_ID_SIZE, id.0);
             }
         }
-        self.set_lower((SIZE_OF_PAGE_HEADER + kept.len() * ITEM_ID_SIZE) as u16);
-        if kept.is_empty() {
+        self.set_lower((SIZE_OF_PAGE_HEADER + nkept * ITEM_ID_SIZE) as u16);
+        if nkept == 0 {
             self.set_upper(special as u16);
         } else {
-            let nline_now = kept.len() as u16;
-            compactify_tuples(self.bytes_mut(), &items, presorted, nline_now)?;
+            compactify_tuples(self.bytes_mut(), items.as_slice(), presorted)?;
         }
         Ok(())
     }
@@ -789,37 +790,86 @@ fn check_storage(offnum: u16, id: ItemId) -> Result<(), PageError> {
 }
 
 /// `itemIdCompactData`: a line pointer whose tuple `compactify_tuples` moves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct CompactItem {
     /// 1-based line pointer number (after any line pointer compaction).
     index: u16,
-    itemoff: usize,
-    alignedlen: usize,
+    itemoff: u16,
+    alignedlen: u16,
+}
+
+/// The items `compactify_tuples` moves, in line pointer order.
+struct CompactList {
+    items: Vec<CompactItem>,
+}
+
+impl CompactList {
+    fn with_capacity(n: usize) -> CompactList {
+        CompactList {
+            items: Vec::with_capacity(n),
+        }
+    }
+    fn push(&mut self, it: CompactItem) -> Result<(), PageError> {
+        self.items.push(it);
+        Ok(())
+    }
+    fn as_slice(&self) -> &[CompactItem] {
+        &self.items
+    }
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
 }
 
 /// `compactify_tuples` (PostgreSQL 14+): places the tuples back to back from `pd_special`
 /// downward in `items` order (line pointer order), so that the first line pointer gets the
-/// highest offset. The presorted and scratch-buffer paths of bufpage.c only differ in how
-/// they copy; the resulting layout is this one in both cases.
+/// highest offset. When the items are presorted (descending offsets), tuples only move up
+/// and are moved in place; otherwise the tuple area is copied to a scratch buffer first.
+/// Both paths of bufpage.c produce this same layout.
 fn compactify_tuples(
     b: &mut [u8; BLCKSZ],
     items: &[CompactItem],
-    _presorted: bool,
-    _nline: u16,
+    presorted: bool,
 ) -> Result<(), PageError> {
     let special = get_u16(b, 16) as usize;
-    let scratch: Box<[u8; BLCKSZ]> = Box::new(*b);
+    let pd_upper = get_u16(b, 14) as usize;
+    // Only the non-presorted path needs a copy of the tuple area (bufpage.c's scratch).
+    let scratch: Vec<u8> = if presorted {
+        Vec::new()
+    } else {
+        if pd_upper > special || special > BLCKSZ {
+            return Err(PageError::CorruptPointers {
+                lower: get_u16(b, 12),
+                upper: pd_upper as u16,
+                special: special as u16,
+            });
+        }
+        b[pd_upper..special].to_vec()
+    };
     let mut upper = special;
     for it in items {
-        if it.alignedlen > upper || it.itemoff + it.alignedlen > BLCKSZ {
+        let (off, len) = (it.itemoff as usize, it.alignedlen as usize);
+        if len > upper || off + len > BLCKSZ {
             return Err(PageError::CorruptItemLengths {
-                total: it.alignedlen,
+                total: len,
                 available: upper,
             });
         }
-        upper -= it.alignedlen;
-        b[upper..upper + it.alignedlen]
-            .copy_from_slice(&scratch[it.itemoff..it.itemoff + it.alignedlen]);
+        upper -= len;
+        if upper != off {
+            if presorted {
+                b.copy_within(off..off + len, upper);
+            } else {
+                let src = off
+                    .checked_sub(pd_upper)
+                    .and_then(|o| scratch.get(o..o + len))
+                    .ok_or(PageError::CorruptItemLengths {
+                        total: len,
+                        available: upper,
+                    })?;
+                b[upper..upper + len].copy_from_slice(src);
+            }
+        }
         let pos = lp_pos(it.index);
         let id = ItemId(get_u32(b, pos));
         put_u32(b, pos, id.with_off(upper as u16).0);
