@@ -5,6 +5,7 @@
 #   bench/redo.sh                  # pgbench scale 10, 30 s of TPC-B-like load (~3 minutes)
 #   SCALE=20 SECS=60 bench/redo.sh
 #   KEEP=1 bench/redo.sh           # keep the work directory (path printed)
+#   WORKERS=1 bench/redo.sh        # helper replay threads (default 2)
 #
 # Steps: a throwaway cluster with full_page_writes = off (the mode the helper serves) and
 # checkpoints pushed out of the way; pgbench -i; `redo-helper run` bootstraps (BASE_BACKUP:
@@ -22,6 +23,7 @@ set -euo pipefail
 SCALE=${SCALE:-10}
 SECS=${SECS:-30}
 RUNS=${RUNS:-2}
+WORKERS=${WORKERS:-2}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target-helper}
 HELPER=$CARGO_TARGET_DIR/release/redo-helper
@@ -100,7 +102,7 @@ done
 H_BEST=""
 H_OUT=""
 for r in $(seq 1 "$RUNS"); do
-    OUT=$("$HELPER" verify --bench --data-dir "$WORK/helper" --start "$REDO_START")
+    OUT=$("$HELPER" verify --bench --workers "$WORKERS" --data-dir "$WORK/helper" --start "$REDO_START")
     SECS_H=$(echo "$OUT" | sed -n 's/^replay: .* in \([0-9.]*\)s:.*/\1/p')
     echo "  helper replay run $r: $SECS_H s" >&2
     if [ -z "$H_BEST" ] || awk "BEGIN{exit !($SECS_H < $H_BEST)}"; then
@@ -115,10 +117,10 @@ echo
 echo "Redo throughput, pgbench scale $SCALE, ${SECS}s of load, full_page_writes = off"
 echo "WAL range $REDO_START .. $REDO_END: $RECORDS records, $MB MB (best of $RUNS runs each)"
 printf "%-34s %10s %14s %10s\n" "" "seconds" "records/s" "MB/s"
-awk -v r="$RECORDS" -v mb="$MB" -v pg="$PG_BEST" -v h="$H_BEST" 'BEGIN {
+awk -v w="$WORKERS" -v r="$RECORDS" -v mb="$MB" -v pg="$PG_BEST" -v h="$H_BEST" 'BEGIN {
     printf "%-34s %10.3f %14.0f %10.1f\n", "PostgreSQL 15 crash recovery", pg, r/pg, mb/pg;
-    printf "%-34s %10.3f %14.0f %10.1f\n", "redo-helper (Rust redo, 1 thread)", h, r/h, mb/h;
+    printf "%-34s %10.3f %14.0f %10.1f\n", "redo-helper (Rust redo, " w " workers)", h, r/h, mb/h;
     printf "ratio (PostgreSQL time / helper time): %.2fx\n", pg/h }'
-echo "helper cost per record type (top 5):"
+echo "helper cost per record type (top 5; apply time summed over workers, sampled):"
 echo "$H_OUT" | sed -n '/^replay: /,/^verify: /p' | grep '^  '
 echo "$H_OUT" | tail -1

@@ -97,6 +97,9 @@ enum Command {
         /// Replay only (no consistency comparisons) and print throughput and per-type cost.
         #[arg(long)]
         bench: bool,
+        /// Replay threads (pages are partitioned among them).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
 }
 
@@ -151,6 +154,7 @@ fn main() -> ExitCode {
             start,
             end,
             bench,
+            workers,
         } => redo_helper::redo::verify::run_cli(&redo_helper::redo::verify::VerifyOptions {
             data_dir,
             pgdata,
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
             end,
             skip_consistency: bench,
             timing: bench,
+            workers,
             ..Default::default()
         }),
         Command::Waldump {

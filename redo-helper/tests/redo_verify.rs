@@ -108,8 +108,12 @@ struct VerifyRun {
 }
 
 fn run_verify(data_dir: &Path, pgdata: &Path) -> VerifyRun {
+    run_verify_with(data_dir, pgdata, 1)
+}
+
+fn run_verify_with(data_dir: &Path, pgdata: &Path, workers: usize) -> VerifyRun {
     let out = Command::new(HELPER_BIN)
-        .args(["verify", "--data-dir"])
+        .args(["verify", "--workers", &workers.to_string(), "--data-dir"])
         .arg(data_dir)
         .arg("--pgdata")
         .arg(pgdata)
@@ -288,6 +292,13 @@ fn redo_matches_consistency_images_and_data_files() {
         run.records
     );
     assert!(run.pages > 20_000, "too few pages verified: {}", run.pages);
+    // The parallel replay (pages partitioned over two threads) gives the same result.
+    let par = run_verify_with(&dir.path().join("helper"), &c.data, 2);
+    assert!(par.ok, "parallel verify failed:\n{}", par.stdout);
+    assert_eq!(
+        (par.records, par.pages, par.mismatches, par.unreadable),
+        (run.records, run.pages, 0, 0)
+    );
     // The record types of the workload were all exercised (and checked page by page).
     let types = run
         .stdout

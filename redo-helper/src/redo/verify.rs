@@ -48,6 +48,9 @@ pub struct VerifyOptions {
     pub skip_consistency: bool,
     /// Collect time per record type.
     pub timing: bool,
+    /// Replay threads (pages are partitioned among them; records are decoded once on the
+    /// calling thread). 0 or 1: replay on the calling thread.
+    pub workers: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +200,16 @@ struct PageSet {
 }
 
 impl PageSet {
+    fn new(base: BaseFiles) -> PageSet {
+        PageSet {
+            base,
+            pages: FastMap::default(),
+            dropped: HashSet::new(),
+            truncated: HashMap::new(),
+            dropped_dbs: HashSet::new(),
+        }
+    }
+
     fn base_gone(&self, key: &PageKey) -> bool {
         self.dropped.contains(&key.rel)
             || self
@@ -284,13 +297,7 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifySummary, VerifyError> {
         Some(e) => e,
         None => read_flushed(&wal_dir)?,
     };
-    let mut set = PageSet {
-        base: BaseFiles::new(opts.data_dir.join("base")),
-        pages: FastMap::default(),
-        dropped: HashSet::new(),
-        truncated: HashMap::new(),
-        dropped_dbs: HashSet::new(),
-    };
+    let mut set = PageSet::new(BaseFiles::new(opts.data_dir.join("base")));
     let mut sum = VerifySummary {
         start,
         end,
@@ -307,28 +314,25 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifySummary, VerifyError> {
             ..Default::default()
         },
     )?;
-    let mut rec = DecodedRecord::default();
-    let mut image = Box::new([0u8; BLCKSZ]);
     let mut per_type: HashMap<(u8, u8), TypeCost> = HashMap::new();
     let t0 = Instant::now();
-    loop {
-        match reader.next_record_into(&mut rec) {
-            Ok(true) => {}
-            Ok(false) => break,
-            // The archive ends in the middle of nowhere (no more segments): stop there.
-            Err(crate::wal::WalError::EndOfWal { .. }) => break,
-            Err(e) => return Err(e.into()),
-        }
-        // Per-type cost is sampled (one record in 8) to keep the clock off the hot path.
-        let tr = (opts.timing && sum.records % 8 == 0).then(Instant::now);
-        sum.records += 1;
-        sum.wal_bytes += rec.total_len() as u64;
-        replay_record(&rec, &mut set, &mut sum, opts, &mut image)?;
-        let c = per_type.entry((rec.rmid(), rec.info() & 0xF0)).or_default();
-        c.records += 1;
-        c.bytes += rec.total_len() as u64;
-        if let Some(tr) = tr {
-            c.time += tr.elapsed() * 8;
+    if opts.workers > 1 {
+        set = replay_parallel(&mut reader, set, &mut sum, &mut per_type, opts)?;
+    } else {
+        let mut rec = DecodedRecord::default();
+        let mut image = Box::new([0u8; BLCKSZ]);
+        while next_record(&mut reader, &mut rec)? {
+            // Per-type cost is sampled (one record in 8) to keep the clock off the hot path.
+            let tr = (opts.timing && sum.records % 8 == 0).then(Instant::now);
+            sum.records += 1;
+            sum.wal_bytes += rec.total_len() as u64;
+            replay_record(&rec, &mut set, &mut sum, opts, &mut image, &|_| true)?;
+            let c = per_type.entry((rec.rmid(), rec.info() & 0xF0)).or_default();
+            c.records += 1;
+            c.bytes += rec.total_len() as u64;
+            if let Some(tr) = tr {
+                c.time += tr.elapsed() * 8;
+            }
         }
     }
     sum.replay_time = t0.elapsed();
@@ -348,6 +352,131 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifySummary, VerifyError> {
         compare_pgdata(&mut set, pgdata, &mut sum)?;
     }
     Ok(sum)
+}
+
+/// The next record; false at the end of the range or of the archive.
+fn next_record(reader: &mut WalFileReader, rec: &mut DecodedRecord) -> Result<bool, VerifyError> {
+    match reader.next_record_into(rec) {
+        Ok(more) => Ok(more),
+        // The archive ends where the helper stopped receiving: stop there.
+        Err(crate::wal::WalError::EndOfWal { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Records per message to the replay workers.
+const BATCH: usize = 256;
+
+/// Which worker replays `key`: pages are partitioned by a hash of the key, so each page's
+/// records are applied by one thread, in WAL order — the result equals a serial replay.
+fn owner(key: &PageKey, workers: usize) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    (BuildHasherDefault::<PageKeyHasher>::default().hash_one(key) % workers as u64) as usize
+}
+
+/// Parallel replay: this thread decodes and broadcasts batches of records; each worker
+/// applies the records' changes to the pages it owns (relation drops and truncations to
+/// its own pages too). Returns the merged page set.
+fn replay_parallel(
+    reader: &mut WalFileReader,
+    base_set: PageSet,
+    sum: &mut VerifySummary,
+    per_type: &mut HashMap<(u8, u8), TypeCost>,
+    opts: &VerifyOptions,
+) -> Result<PageSet, VerifyError> {
+    use std::sync::Arc;
+    use std::sync::mpsc::sync_channel;
+    type Batch = Arc<Vec<DecodedRecord>>;
+    type WorkerOut = (PageSet, VerifySummary, HashMap<(u8, u8), TypeCost>);
+    let n = opts.workers;
+    let mut senders = Vec::with_capacity(n);
+    let mut handles = Vec::with_capacity(n);
+    for w in 0..n {
+        let (tx, rx) = sync_channel::<Batch>(8);
+        senders.push(tx);
+        let opts = opts.clone();
+        let base = base_set.base.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("redo-{w}"))
+                .spawn(move || -> Result<WorkerOut, VerifyError> {
+                    let mut set = PageSet::new(base);
+                    let mut sum = VerifySummary::default();
+                    let mut per_type: HashMap<(u8, u8), TypeCost> = HashMap::new();
+                    let mut image = Box::new([0u8; BLCKSZ]);
+                    let mine = move |k: &PageKey| owner(k, n) == w;
+                    let mut i = 0u64;
+                    while let Ok(batch) = rx.recv() {
+                        for rec in batch.iter() {
+                            i += 1;
+                            let tr = (opts.timing && i % 8 == 0).then(Instant::now);
+                            replay_record(rec, &mut set, &mut sum, &opts, &mut image, &mine)?;
+                            if let Some(tr) = tr {
+                                per_type
+                                    .entry((rec.rmid(), rec.info() & 0xF0))
+                                    .or_default()
+                                    .time += tr.elapsed() * 8;
+                            }
+                        }
+                    }
+                    Ok((set, sum, per_type))
+                })
+                .map_err(|source| VerifyError::Io {
+                    path: PathBuf::from("replay worker"),
+                    source,
+                })?,
+        );
+    }
+    let mut batch: Vec<DecodedRecord> = Vec::with_capacity(BATCH);
+    let mut failed = false;
+    loop {
+        let mut rec = DecodedRecord::default();
+        let more = next_record(reader, &mut rec)?;
+        if more {
+            sum.records += 1;
+            sum.wal_bytes += rec.total_len() as u64;
+            let c = per_type.entry((rec.rmid(), rec.info() & 0xF0)).or_default();
+            c.records += 1;
+            c.bytes += rec.total_len() as u64;
+            batch.push(rec);
+        }
+        if batch.len() == BATCH || (!more && !batch.is_empty()) {
+            let b: Batch = Arc::new(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+            for tx in &senders {
+                // A worker that stopped has an error to report at join.
+                if tx.send(b.clone()).is_err() {
+                    failed = true;
+                }
+            }
+        }
+        if !more || failed {
+            break;
+        }
+    }
+    drop(senders);
+    let mut merged: Option<PageSet> = None;
+    for h in handles {
+        let (set, wsum, wtypes) = h.join().map_err(|_| VerifyError::Io {
+            path: PathBuf::from("replay worker"),
+            source: std::io::Error::other("replay worker panicked"),
+        })??;
+        sum.page_changes += wsum.page_changes;
+        sum.pages_verified += wsum.pages_verified;
+        sum.mismatches += wsum.mismatches;
+        sum.unsupported_changes += wsum.unsupported_changes;
+        sum.redo_errors += wsum.redo_errors;
+        sum.first_mismatch = sum.first_mismatch.take().or(wsum.first_mismatch);
+        sum.first_unreadable = sum.first_unreadable.take().or(wsum.first_unreadable);
+        sum.first_redo_error = sum.first_redo_error.take().or(wsum.first_redo_error);
+        for (k, c) in wtypes {
+            per_type.entry(k).or_default().time += c.time;
+        }
+        match &mut merged {
+            None => merged = Some(set),
+            Some(m) => m.pages.extend(set.pages),
+        }
+    }
+    Ok(merged.unwrap_or(base_set))
 }
 
 fn read_flushed(wal_dir: &Path) -> Result<Lsn, VerifyError> {
@@ -377,9 +506,13 @@ fn replay_record(
     sum: &mut VerifySummary,
     opts: &VerifyOptions,
     image: &mut Box<Page>,
+    mine: &dyn Fn(&PageKey) -> bool,
 ) -> Result<(), VerifyError> {
     for block in rec.blocks() {
         let key = block.page_key();
+        if !mine(&key) {
+            continue;
+        }
         // Pages that do not exist are created by WILL_INIT/images, and VM pages by the
         // VISIBLE record (PostgreSQL reads them with RBM_ZERO_ON_ERROR).
         let create =
@@ -458,6 +591,9 @@ fn replay_record(
         }
     }
     for (key, change) in implicit_changes(rec) {
+        if !mine(&key) {
+            continue;
+        }
         if let Some(state) = set.get_or_load(&key, true)? {
             if state.unreadable.is_none() {
                 apply_implicit(&mut state.page, change);
