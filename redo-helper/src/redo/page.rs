@@ -846,33 +846,66 @@ fn compactify_tuples(
         }
         b[pd_upper..special].to_vec()
     };
-    let mut upper = special;
-    for it in items {
-        let (off, len) = (it.itemoff as usize, it.alignedlen as usize);
+    let check = |off: usize, len: usize, upper: usize| {
         if len > upper || off + len > BLCKSZ {
-            return Err(PageError::CorruptItemLengths {
+            Err(PageError::CorruptItemLengths {
                 total: len,
                 available: upper,
-            });
+            })
+        } else {
+            Ok(())
         }
-        upper -= len;
-        if upper != off {
-            if presorted {
-                b.copy_within(off..off + len, upper);
-            } else {
-                let src = off
-                    .checked_sub(pd_upper)
-                    .and_then(|o| scratch.get(o..o + len))
-                    .ok_or(PageError::CorruptItemLengths {
-                        total: len,
-                        available: upper,
-                    })?;
-                b[upper..upper + len].copy_from_slice(src);
+    };
+    let mut upper = special;
+    if presorted {
+        // Tuples already at the end of the page stay; after the first gap, runs of
+        // adjacent tuples move up in one memmove each (bufpage.c's copy_head/copy_tail).
+        let mut i = 0;
+        while i < items.len() {
+            let (off, len) = (items[i].itemoff as usize, items[i].alignedlen as usize);
+            check(off, len, upper)?;
+            if upper != off + len {
+                break;
             }
+            upper -= len;
+            i += 1;
         }
-        let pos = lp_pos(it.index);
-        let id = ItemId(get_u32(b, pos));
-        put_u32(b, pos, id.with_off(upper as u16).0);
+        if i < items.len() {
+            let first = items[i];
+            let mut copy_tail = first.itemoff as usize + first.alignedlen as usize;
+            let mut copy_head = copy_tail;
+            for it in &items[i..] {
+                let (off, len) = (it.itemoff as usize, it.alignedlen as usize);
+                check(off, len, upper)?;
+                if copy_head != off + len {
+                    b.copy_within(copy_head..copy_tail, upper);
+                    copy_tail = off + len;
+                }
+                upper -= len;
+                copy_head = off;
+                let pos = lp_pos(it.index);
+                let id = ItemId(get_u32(b, pos));
+                put_u32(b, pos, id.with_off(upper as u16).0);
+            }
+            b.copy_within(copy_head..copy_tail, upper);
+        }
+    } else {
+        for it in items {
+            let (off, len) = (it.itemoff as usize, it.alignedlen as usize);
+            check(off, len, upper)?;
+            upper -= len;
+            let src = off
+                .checked_sub(pd_upper)
+                .and_then(|o| scratch.get(o..o + len))
+                .ok_or(PageError::CorruptItemLengths {
+                    total: len,
+                    available: upper,
+                })?;
+            b[upper..upper + len].copy_from_slice(src);
+            let pos = lp_pos(it.index);
+            let id = ItemId(get_u32(b, pos));
+            put_u32(b, pos, id.with_off(upper as u16).0);
+        }
     }
     put_u16(b, 14, upper as u16);
     Ok(())
