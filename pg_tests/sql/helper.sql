@@ -43,7 +43,8 @@ SELECT full_page_writes, slot_active, helper_healthy FROM fpw_pushdown.status();
 DROP TABLE helper_load;
 -- The helper dies: the autopilot turns FPW back on.
 \! kill -9 "$(cat "$FPW_TEST_TMP/helper.pid")"
-SELECT regress.wait_for($$SELECT full_page_writes FROM fpw_pushdown.status()$$, '30s') AS fpw_back_on;
+-- The autopilot records its switch right after the record is flushed; wait for both.
+SELECT regress.wait_for($$SELECT full_page_writes AND last_switch_by = 'autopilot' FROM fpw_pushdown.status()$$, '30s') AS fpw_back_on;
 SELECT last_switch_by, last_switch_direction FROM fpw_pushdown.status();
 SELECT regress.try('SELECT fpw_pushdown.helper_status()::text') ~ 'cannot reach the redo helper' AS helper_unreachable;
 ALTER SYSTEM RESET fpw_pushdown.helper_address;
