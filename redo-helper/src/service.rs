@@ -802,12 +802,16 @@ pub async fn run_with_state(
     });
 
     let archive_start = meta.start_lsn().segment_start(meta.segment_size);
-    let mut archive = WalArchive::open(
-        &opts.data_dir.join("wal"),
-        meta.segment_size,
-        meta.timeline,
-        archive_start,
-    )?;
+    let archive_path = archive_dir(&opts.data_dir);
+    let open_archive = || {
+        WalArchive::open(
+            &archive_path,
+            meta.segment_size,
+            meta.timeline,
+            archive_start,
+        )
+    };
+    let mut archive = open_archive()?;
     let images = ImageStore::open(&opts.data_dir.join("images"))?;
     let store = Arc::new(PageStore::new(
         BaseFiles::new(opts.data_dir.join("base")),
@@ -870,12 +874,7 @@ pub async fn run_with_state(
             log::warn!("{e}; reconnecting in {}s", backoff.as_secs());
         }
         // Forget unflushed bytes: the next session restarts at the flush position.
-        archive = WalArchive::open(
-            &opts.data_dir.join("wal"),
-            meta.segment_size,
-            meta.timeline,
-            archive_start,
-        )?;
+        archive = open_archive()?;
         status.update(|s| {
             s.state = if disk_full {
                 "disk_full".into()
@@ -893,7 +892,7 @@ pub async fn run_with_state(
     }
 }
 
-/// Path helpers for tools and tests.
+/// Where the WAL archive of a data directory lives.
 pub fn archive_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("wal")
 }

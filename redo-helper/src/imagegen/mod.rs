@@ -5,7 +5,6 @@
 
 use crate::store::page_store::PageStore;
 use crate::wal::block::{PageKey, RelFileLocator};
-use crate::wal::page::Lsn;
 use hdrhistogram::Histogram;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -248,18 +247,6 @@ impl ImageGenerator {
             })
             .max()
             .unwrap_or(0)
-    }
-
-    /// The LSN up to which the chains of `key` are known (for tests and tools).
-    pub fn newest_change(&self, key: &PageKey) -> Option<Lsn> {
-        self.store
-            .index
-            .read()
-            .ok()?
-            .page(key)?
-            .changes
-            .last()
-            .map(|c| c.lsn)
     }
 }
 

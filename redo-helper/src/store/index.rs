@@ -173,11 +173,6 @@ impl PageIndex {
         self.pages.len()
     }
 
-    /// Number of (page, record) entries held.
-    pub fn entries(&self) -> u64 {
-        self.block_refs
-    }
-
     /// Indexes one decoded record. Records must arrive in LSN order, each exactly once.
     pub fn add_record(&mut self, rec: &DecodedRecord) {
         self.records += 1;
