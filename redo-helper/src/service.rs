@@ -8,7 +8,7 @@ use crate::store::base::BaseFiles;
 use crate::store::images::{ImageStore, ImageStoreError};
 use crate::store::lock::{DataDirLock, LockError};
 use crate::store::meta::{HelperMeta, MetaError};
-use crate::store::page_store::{PageRedo, PageStore};
+use crate::store::page_store::PageStore;
 use crate::stream::base_backup::{BaseBackupError, run_base_backup};
 use crate::stream::connection::{ConnectionError, PgConnection};
 use crate::stream::conninfo::ConnInfo;
@@ -42,6 +42,8 @@ pub struct RunOptions {
     pub imagegen_workers: usize,
     /// Image queue depth above which flush acknowledgements are held back.
     pub backpressure_depth: usize,
+    /// Bound of the cache of recently served pages, in pages (0: no cache).
+    pub cache_pages: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -408,7 +410,8 @@ impl HelperState {
 struct Ingest {
     decoder: WalStreamDecoder,
     store: Arc<PageStore>,
-    imagegen: Arc<ImageGenerator>,
+    /// None when the store is opened for offline checks.
+    imagegen: Option<Arc<ImageGenerator>>,
     backup_start: Lsn,
     backup_end: Lsn,
     record: DecodedRecord,
@@ -419,7 +422,7 @@ impl Ingest {
     fn new(
         meta: &HelperMeta,
         store: Arc<PageStore>,
-        imagegen: Arc<ImageGenerator>,
+        imagegen: Option<Arc<ImageGenerator>>,
     ) -> Result<Ingest, ServiceError> {
         let start = meta.start_lsn().segment_start(meta.segment_size);
         let cfg = DecoderConfig {
@@ -460,9 +463,7 @@ impl Ingest {
                     Ok(true) => {
                         // Records before the backup's start are already in the base pages.
                         if self.record.lsn >= self.backup_start {
-                            idx.add_record(&self.record);
-                            self.touched
-                                .extend(self.record.blocks().iter().map(|b| b.page_key()));
+                            idx.add_record_touching(&self.record, &mut self.touched);
                         }
                     }
                     Ok(false) => break Ok(()),
@@ -475,13 +476,15 @@ impl Ingest {
                 }
             }
         };
+        let Some(imagegen) = &self.imagegen else {
+            return result;
+        };
         self.touched.sort_unstable();
         self.touched.dedup();
         let idx = self.store.index.read().unwrap_or_else(|e| e.into_inner());
         for key in &self.touched {
             if let Some(h) = idx.page(key) {
-                self.imagegen
-                    .consider(key, h.deltas_since_image, h.unreadable_from.is_some());
+                imagegen.consider(key, h.deltas_since_image, h.unreadable_from.is_some());
             }
         }
         result
@@ -526,6 +529,9 @@ async fn bootstrap(opts: &RunOptions, status: &SharedStatus) -> Result<HelperMet
     let mut conn = PgConnection::connect_replication(&opts.conninfo).await?;
     let sys = conn.identify_system().await?;
     let segment_size = conn.wal_segment_size().await?;
+    // Hint-bit logging changes what some redo does to page LSNs (XLogHintBitIsNeeded).
+    let data_checksums = conn.show_bool("data_checksums").await?;
+    let wal_log_hints = conn.show_bool("wal_log_hints").await?;
     // Reserve WAL before the backup starts, so every byte from its start LSN is retained.
     if conn.create_physical_slot_if_missing(&opts.slot).await? {
         log::info!("created physical replication slot \"{}\"", opts.slot);
@@ -570,6 +576,8 @@ async fn bootstrap(opts: &RunOptions, status: &SharedStatus) -> Result<HelperMet
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        data_checksums,
+        wal_log_hints,
     };
     meta.store(&opts.data_dir)?;
     Ok(meta)
@@ -677,11 +685,16 @@ async fn stream_once(
             let flushed_before = archive.flush_position();
             flush_and_decode(archive, ingest, &mut pending, status)?;
             let moved = archive.flush_position() != flushed_before;
-            let ack = if ingest.imagegen.backpressure() {
+            let behind = ingest
+                .imagegen
+                .as_ref()
+                .filter(|g| g.backpressure())
+                .map(|g| g.queue_depth());
+            let ack = if let Some(depth) = behind {
                 if held_ack.is_none() {
                     log::warn!(
                         "image generation is behind ({} pages queued): holding flush acknowledgements at {}",
-                        ingest.imagegen.queue_depth(),
+                        depth,
                         archive.flush_position()
                     );
                 }
@@ -741,15 +754,89 @@ fn flush_and_decode(
 }
 
 /// The service: never returns Ok; returns an error that retrying cannot fix.
-pub async fn run(opts: RunOptions, redo: Arc<dyn PageRedo>) -> Result<(), ServiceError> {
-    run_with_state(opts, redo, Arc::new(HelperState::default())).await
+pub async fn run(opts: RunOptions) -> Result<(), ServiceError> {
+    run_with_state(opts, Arc::new(HelperState::default())).await
 }
 
-pub async fn run_with_state(
-    opts: RunOptions,
-    redo: Arc<dyn PageRedo>,
-    state: Arc<HelperState>,
-) -> Result<(), ServiceError> {
+/// A bootstrapped data directory opened without streaming: the page store with its index
+/// rebuilt from the archive (for offline checks such as `redo-helper check`). Holds the
+/// directory's lock, so it cannot run beside `redo-helper run`.
+pub struct OfflineStore {
+    pub meta: HelperMeta,
+    pub store: Arc<PageStore>,
+    _lock: DataDirLock,
+}
+
+impl OfflineStore {
+    pub fn open(data_dir: &Path) -> Result<OfflineStore, ServiceError> {
+        let lock = DataDirLock::acquire(data_dir)?;
+        let meta = HelperMeta::load(data_dir)?.ok_or_else(|| ServiceError::DataDir {
+            dir: data_dir.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not a bootstrapped helper data directory (no helper.json)",
+            ),
+        })?;
+        let archive = open_archive(data_dir, &meta)?;
+        let store = open_store(data_dir, &meta, &archive)?;
+        let mut ingest = Ingest::new(&meta, Arc::clone(&store), None)?;
+        rebuild(&archive, &mut ingest, archive_start(&meta))?;
+        note_generated_images(&store);
+        Ok(OfflineStore {
+            meta,
+            store,
+            _lock: lock,
+        })
+    }
+}
+
+fn archive_start(meta: &HelperMeta) -> Lsn {
+    meta.start_lsn().segment_start(meta.segment_size)
+}
+
+fn open_archive(data_dir: &Path, meta: &HelperMeta) -> Result<WalArchive, ServiceError> {
+    Ok(WalArchive::open(
+        &archive_dir(data_dir),
+        meta.segment_size,
+        meta.timeline,
+        archive_start(meta),
+    )?)
+}
+
+fn open_store(
+    data_dir: &Path,
+    meta: &HelperMeta,
+    archive: &WalArchive,
+) -> Result<Arc<PageStore>, ServiceError> {
+    let images = ImageStore::open(&data_dir.join("images"))?;
+    Ok(Arc::new(PageStore::new(
+        BaseFiles::new(data_dir.join("base")),
+        images,
+        archive,
+        meta.system_identifier,
+        meta.start_lsn(),
+        crate::redo::RedoEngine {
+            ctx: meta.redo_context(),
+        },
+    )))
+}
+
+/// Images generated before a restart count again (the index was rebuilt without them).
+fn note_generated_images(store: &PageStore) {
+    let img = store.images.lock().unwrap_or_else(|e| e.into_inner());
+    let mut idx = store.index.write().unwrap_or_else(|e| e.into_inner());
+    let keys: Vec<_> = idx.keys().copied().collect();
+    for key in keys {
+        if let (Some(lsn), Some(h)) = (
+            img.newest_at_or_before(&key, Lsn(u64::MAX)),
+            idx.page_mut(&key),
+        ) {
+            h.note_generated_image(lsn);
+        }
+    }
+}
+
+pub async fn run_with_state(opts: RunOptions, state: Arc<HelperState>) -> Result<(), ServiceError> {
     let dd = |source| ServiceError::DataDir {
         dir: opts.data_dir.clone(),
         source,
@@ -801,47 +888,24 @@ pub async fn run_with_state(
         s.backup_end_lsn = Some(meta.backup_end_lsn.clone());
     });
 
-    let archive_start = meta.start_lsn().segment_start(meta.segment_size);
-    let archive_path = archive_dir(&opts.data_dir);
-    let open_archive = || {
-        WalArchive::open(
-            &archive_path,
-            meta.segment_size,
-            meta.timeline,
-            archive_start,
-        )
-    };
-    let mut archive = open_archive()?;
-    let images = ImageStore::open(&opts.data_dir.join("images"))?;
-    let store = Arc::new(PageStore::new(
-        BaseFiles::new(opts.data_dir.join("base")),
-        images,
-        &archive,
-        meta.system_identifier,
-        meta.start_lsn(),
-        redo,
-    ));
+    if meta.data_checksums || meta.wal_log_hints {
+        log::info!(
+            "cluster has data_checksums={} wal_log_hints={}: hint bits are WAL-logged",
+            meta.data_checksums,
+            meta.wal_log_hints
+        );
+    }
+    let mut archive = open_archive(&opts.data_dir, &meta)?;
+    let store = open_store(&opts.data_dir, &meta, &archive)?;
+    store.set_cache_pages(opts.cache_pages);
     let imagegen = ImageGenerator::new(
         Arc::clone(&store),
         opts.image_threshold,
         opts.backpressure_depth,
     );
-    let mut ingest = Ingest::new(&meta, Arc::clone(&store), Arc::clone(&imagegen))?;
-    blocking(|| rebuild(&archive, &mut ingest, archive_start))?;
-    // Images generated before a restart count again (the index was rebuilt without them).
-    {
-        let img = store.images.lock().unwrap_or_else(|e| e.into_inner());
-        let mut idx = store.index.write().unwrap_or_else(|e| e.into_inner());
-        let keys: Vec<_> = idx.keys().copied().collect();
-        for key in keys {
-            if let (Some(lsn), Some(h)) = (
-                img.newest_at_or_before(&key, Lsn(u64::MAX)),
-                idx.page_mut(&key),
-            ) {
-                h.note_generated_image(lsn);
-            }
-        }
-    }
+    let mut ingest = Ingest::new(&meta, Arc::clone(&store), Some(Arc::clone(&imagegen)))?;
+    blocking(|| rebuild(&archive, &mut ingest, archive_start(&meta)))?;
+    note_generated_images(&store);
     let _workers = imagegen.spawn_workers(opts.imagegen_workers);
     let _ = state.pages.set(Pages {
         store: Arc::clone(&store),
@@ -874,7 +938,7 @@ pub async fn run_with_state(
             log::warn!("{e}; reconnecting in {}s", backoff.as_secs());
         }
         // Forget unflushed bytes: the next session restarts at the flush position.
-        archive = open_archive()?;
+        archive = open_archive(&opts.data_dir, &meta)?;
         status.update(|s| {
             s.state = if disk_full {
                 "disk_full".into()

@@ -8,7 +8,7 @@
 //!   record's end (`BLK_NEEDS_REDO`), and the page is stamped with the record's end LSN.
 //! - [`apply_to_page`]: the same for any page a record changes, including the VM pages heap
 //!   records clear without referencing them ([`vm::implicit_vm_clears`]) and the last VM
-//!   page an smgr truncation trims. [`RedoEngine`] implements the store's `PageRedo` with it.
+//!   page an smgr truncation trims. The store's page reconstruction uses it.
 //! - [`pages_changed`]: every page a record changes (block references + implicit pages).
 //! - [`relation_changes`]: creations, truncations and drops (smgr, commit/abort, database
 //!   drop) that change which pages exist.
@@ -297,19 +297,8 @@ pub fn replay_chain<'a>(
     Ok(applied)
 }
 
-/// The redo engine as the store's page reconstruction uses it.
+/// The redo engine as the store's page reconstruction uses it: the compute's settings.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RedoEngine {
     pub ctx: RedoContext,
-}
-
-impl crate::store::page_store::PageRedo for RedoEngine {
-    fn apply(&self, key: &PageKey, page: &mut [u8], rec: &DecodedRecord) -> Result<(), String> {
-        let page: &mut Page = page
-            .try_into()
-            .map_err(|_| "page buffer is not 8 KB".to_string())?;
-        apply_to_page(page, rec, key, &self.ctx)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
 }

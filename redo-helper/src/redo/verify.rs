@@ -144,35 +144,34 @@ impl VerifySummary {
     }
 }
 
-/// FNV-1a over the key's bytes: page keys are small and trusted (we build them), so the
-/// DoS-resistant default hasher only costs time on every block reference.
+/// A fast hasher for page keys: page keys are small and trusted (we build them), so the
+/// DoS-resistant default hasher only costs time on every block reference. The fields are
+/// combined FxHash-style and the result goes through MurmurHash3's 64-bit finaliser: the
+/// hash table takes its bucket index from the low bits and its tag from the top seven,
+/// and both must change with the block number (keys of one relation differ only there).
 #[derive(Default, Clone, Copy)]
 pub struct PageKeyHasher(u64);
 
 impl std::hash::Hasher for PageKeyHasher {
+    #[inline]
     fn finish(&self) -> u64 {
-        self.0
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
         for b in bytes {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x100_0000_01b3);
+            self.write_u32(*b as u32);
         }
-        self.0 = h;
     }
+    #[inline]
     fn write_u32(&mut self, v: u32) {
-        let h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        self.0 = (h ^ v as u64).wrapping_mul(0x100_0000_01b3).rotate_left(23);
+        self.0 = (self.0.rotate_left(5) ^ v as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
+    #[inline]
     fn write_u8(&mut self, v: u8) {
         self.write_u32(v as u32)
     }
@@ -191,6 +190,8 @@ struct PageState {
 /// The replayed pages plus what is known about which pages exist.
 struct PageSet {
     base: BaseFiles,
+    /// Open base files (None: the file does not exist), so loading a page is one pread.
+    files: BaseFileCache,
     pages: FastMap<PageKey, PageState>,
     /// Relations dropped in the WAL: their base files are gone.
     dropped: HashSet<RelFileLocator>,
@@ -199,10 +200,45 @@ struct PageSet {
     dropped_dbs: HashSet<(u32, u32)>,
 }
 
+/// Base file handles by (relation, fork, segment).
+#[derive(Default)]
+struct BaseFileCache {
+    open: FastMap<(RelFileLocator, ForkNumber, u32), Option<std::fs::File>>,
+}
+
+impl BaseFileCache {
+    /// Reads the base image of `key` into `page`; false when the backup does not have it.
+    fn read_into(
+        &mut self,
+        base: &BaseFiles,
+        key: &PageKey,
+        page: &mut Page,
+    ) -> Result<bool, VerifyError> {
+        use std::os::unix::fs::FileExt;
+        let seg = key.block / crate::store::base::RELSEG_SIZE;
+        let (path, offset) = base.page_location(key);
+        let file = match self.open.entry((key.rel, key.fork, seg)) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => match std::fs::File::open(&path) {
+                Ok(f) => v.insert(Some(f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => v.insert(None),
+                Err(source) => return Err(VerifyError::Io { path, source }),
+            },
+        };
+        let Some(f) = file else { return Ok(false) };
+        match f.read_exact_at(&mut page[..], offset) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(source) => Err(VerifyError::Io { path, source }),
+        }
+    }
+}
+
 impl PageSet {
     fn new(base: BaseFiles) -> PageSet {
         PageSet {
             base,
+            files: BaseFileCache::default(),
             pages: FastMap::default(),
             dropped: HashSet::new(),
             truncated: HashMap::new(),
@@ -211,14 +247,7 @@ impl PageSet {
     }
 
     fn base_gone(&self, key: &PageKey) -> bool {
-        self.dropped.contains(&key.rel)
-            || self
-                .dropped_dbs
-                .contains(&(key.rel.spc_oid, key.rel.db_oid))
-            || self
-                .truncated
-                .get(&(key.rel, key.fork))
-                .is_some_and(|n| key.block >= *n)
+        base_gone(&self.dropped, &self.dropped_dbs, &self.truncated, key)
     }
 
     /// The page's current state, loading it from the base backup on first use. None when
@@ -228,34 +257,26 @@ impl PageSet {
         key: &PageKey,
         create: bool,
     ) -> Result<Option<&mut PageState>, VerifyError> {
-        if !self.pages.contains_key(key) {
-            let base = if self.base_gone(key) {
-                None
-            } else {
-                self.base.read_page(key).map_err(|source| VerifyError::Io {
-                    path: self.base.page_location(key).0,
-                    source,
-                })?
-            };
-            let page: Box<Page> = match base {
-                Some(v) => {
-                    let mut p = Box::new([0u8; BLCKSZ]);
-                    p.copy_from_slice(&v);
-                    p
+        use std::collections::hash_map::Entry;
+        match self.pages.entry(*key) {
+            Entry::Occupied(o) => Ok(Some(o.into_mut())),
+            Entry::Vacant(v) => {
+                let mut page: Box<Page> = Box::new([0u8; BLCKSZ]);
+                let found = !base_gone(&self.dropped, &self.dropped_dbs, &self.truncated, key)
+                    && self.files.read_into(&self.base, key, &mut page)?;
+                if !found {
+                    if !create {
+                        return Ok(None);
+                    }
+                    page.fill(0);
                 }
-                None if create => Box::new([0u8; BLCKSZ]),
-                None => return Ok(None),
-            };
-            self.pages.insert(
-                *key,
-                PageState {
+                Ok(Some(v.insert(PageState {
                     page,
                     kind: None,
                     unreadable: None,
-                },
-            );
+                })))
+            }
         }
-        Ok(self.pages.get_mut(key))
     }
 
     fn apply_relation_change(&mut self, ch: &RelationChange) {
@@ -284,6 +305,20 @@ impl PageSet {
             }
         }
     }
+}
+
+fn base_gone(
+    dropped: &HashSet<RelFileLocator>,
+    dropped_dbs: &HashSet<(u32, u32)>,
+    truncated: &HashMap<(RelFileLocator, ForkNumber), u32>,
+    key: &PageKey,
+) -> bool {
+    (!dropped.is_empty() && dropped.contains(&key.rel))
+        || (!dropped_dbs.is_empty() && dropped_dbs.contains(&(key.rel.spc_oid, key.rel.db_oid)))
+        || (!truncated.is_empty()
+            && truncated
+                .get(&(key.rel, key.fork))
+                .is_some_and(|n| key.block >= *n))
 }
 
 /// Runs the verification.
@@ -811,7 +846,7 @@ fn pg_relation_path(
     }
 }
 
-fn read_pg_page(pgdata: &Path, key: &PageKey) -> std::io::Result<Option<Box<Page>>> {
+pub(crate) fn read_pg_page(pgdata: &Path, key: &PageKey) -> std::io::Result<Option<Box<Page>>> {
     use std::os::unix::fs::FileExt;
     let seg = key.block / crate::store::base::RELSEG_SIZE;
     let path = pg_relation_path(pgdata, &key.rel, key.fork, seg);
@@ -1021,7 +1056,7 @@ pub fn run_cli(opts: &VerifyOptions) -> std::process::ExitCode {
 }
 
 /// Blanks the data of a sequence page's tuple (last_value, log_cnt, is_called).
-fn mask_sequence_values(page: &mut Page) {
+pub(crate) fn mask_sequence_values(page: &mut Page) {
     let Ok(id) = page.item_id(1) else { return };
     let (off, len) = (id.off() as usize, id.len() as usize);
     if !id.has_storage() || off + len > BLCKSZ || len <= T_HOFF {

@@ -1,14 +1,16 @@
 //! The helper's loopback HTTP listener:
 //! - `GET /status` (JSON) and `GET /metrics` (Prometheus text);
-//! - `GET /page/{spc}/{db}/{rel}/{fork}/{blk}[?lsn=X/Y][&wait_ms=N][&images=none]`: GetPage@LSN, the 8 KB
-//!   page as `application/octet-stream`, with `x-deltas-replayed`, `x-start` and `x-lsn`
-//!   headers; 404 unknown page, 409 unreadable page, 410 LSN before the retained history,
-//!   425 LSN not received within the wait, 503 while bootstrapping;
+//! - `GET /page/{spc}/{db}/{rel}/{fork}/{blk}[?lsn=X/Y][&wait_ms=N][&images=none][&cache=none]`:
+//!   GetPage@LSN, the 8 KB page as `application/octet-stream`, with `x-deltas-replayed`,
+//!   `x-start` and `x-lsn` headers; 404 unknown page (or truncated/dropped at that LSN), 409
+//!   unreadable page, 410 LSN before the retained history, 425 LSN not received within the
+//!   wait, 503 while bootstrapping. `images=none` replays the whole chain from the WAL or the
+//!   base backup (verification), `cache=none` bypasses the cache of recent pages;
 //! - `POST /imagegen/pause`, `POST /imagegen/resume`;
 //! - `POST /threshold/{spc}/{db}/{rel}?value=N` (no value: back to the default).
 
 use crate::service::HelperState;
-use crate::store::page_store::PageError;
+use crate::store::page_store::{PageError, ReadOptions};
 use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
 use crate::wal::page::Lsn;
 use bytes::Bytes;
@@ -85,15 +87,23 @@ async fn get_page(state: Arc<HelperState>, key: PageKey, query: Option<&str>) ->
         .and_then(|v| v.parse::<u64>().ok())
         .map(|ms| Duration::from_millis(ms).min(MAX_WAIT))
         .unwrap_or(DEFAULT_WAIT);
-    // images=none: replay the whole chain, ignoring generated images (verification).
-    let use_images = query_param(query, "images") != Some("none");
+    // images=none: replay the whole chain from the WAL or the base backup, ignoring
+    // generated images and the cache (verification); cache=none: bypass the cache only.
+    let opts = if query_param(query, "images") == Some("none") {
+        ReadOptions::full_chain()
+    } else {
+        ReadOptions {
+            generated_images: true,
+            cache: query_param(query, "cache") != Some("none"),
+        }
+    };
     let deadline = Instant::now() + wait;
     loop {
         let st = Arc::clone(&state);
         let result = tokio::task::spawn_blocking(move || {
             let pages = st.pages.get().ok_or(())?;
             let started = Instant::now();
-            let page = pages.store.reconstruct_with(&key, lsn, use_images);
+            let page = pages.store.reconstruct_with(&key, lsn, opts);
             Ok::<_, ()>((page, started.elapsed()))
         })
         .await;
@@ -137,7 +147,7 @@ async fn get_page(state: Arc<HelperState>, key: PageKey, query: Option<&str>) ->
             }
             Err(e) => {
                 let code = match &e {
-                    PageError::Unknown { .. } => StatusCode::NOT_FOUND,
+                    PageError::Unknown { .. } | PageError::Removed { .. } => StatusCode::NOT_FOUND,
                     PageError::Unreadable { .. } => StatusCode::CONFLICT,
                     PageError::BeforeRetention { .. } => StatusCode::GONE,
                     PageError::NotYetReceived { .. } => StatusCode::TOO_EARLY,

@@ -2,7 +2,7 @@
 //! own naming (`REL`, `REL_fsm`, `REL_vm`, `REL_init`, `.N` for each 1 GB segment) under
 //! `DATA_DIR/base/SPC/DB/`. A page of block b lives in segment b / RELSEG_SIZE.
 
-use crate::wal::block::{ForkNumber, PageKey};
+use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
 use crate::wal::page::BLCKSZ;
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -101,6 +101,50 @@ impl BaseFiles {
             self.relation_path(key.rel.spc_oid, key.rel.db_oid, &file),
             offset,
         )
+    }
+
+    /// Every page of every relation file the backup holds.
+    pub fn page_keys(&self) -> Vec<PageKey> {
+        let mut keys = Vec::new();
+        let numbered = |dir: &Path| -> Vec<(u32, PathBuf)> {
+            std::fs::read_dir(dir)
+                .map(|it| {
+                    it.flatten()
+                        .filter_map(|e| {
+                            let n = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+                            Some((n, e.path()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for (spc_oid, spc_dir) in numbered(&self.root) {
+            for (db_oid, db_dir) in numbered(&spc_dir) {
+                let Ok(files) = std::fs::read_dir(&db_dir) else {
+                    continue;
+                };
+                for f in files.flatten() {
+                    let Some(name) = RelationFileName::parse(&f.file_name().to_string_lossy())
+                    else {
+                        continue;
+                    };
+                    let Ok(md) = f.metadata() else { continue };
+                    let rel = RelFileLocator {
+                        spc_oid,
+                        db_oid,
+                        rel_number: name.rel_number,
+                    };
+                    for b in 0..(md.len() / BLCKSZ as u64) as u32 {
+                        keys.push(PageKey {
+                            rel,
+                            fork: name.fork,
+                            block: name.segment * RELSEG_SIZE + b,
+                        });
+                    }
+                }
+            }
+        }
+        keys
     }
 
     /// The base image of a page, or None if the backup did not have it.

@@ -1,11 +1,15 @@
-//! The page index: for every page a record references, the LSNs of those records, in order,
+//! The page index: for every page a record changes, the LSNs of those records, in order,
 //! with what each did to the page (delta, applicable full image, or re-initialisation). A
 //! record touching three pages is stored once (in the archive) and indexed three times.
+//! Pages a record changes without referencing them (the VM page a heap record clears, see
+//! `redo::implicit_changes`) are indexed as deltas too. Truncations and drops, which end a
+//! page's existence without touching it, are kept per relation ([`RelationEvents`]).
 
-use crate::wal::block::{BlockRef, PageKey};
+use crate::redo::{RelationChange, implicit_changes, relation_changes};
+use crate::wal::block::{BlockRef, ForkNumber, PageKey, RelFileLocator};
 use crate::wal::page::Lsn;
 use crate::wal::record::DecodedRecord;
-use crate::wal::rmgr::RM_XLOG_ID;
+use crate::wal::rmgr::{RM_DBASE_ID, RM_HEAP_ID, RM_HEAP2_ID, RM_SMGR_ID, RM_XACT_ID, RM_XLOG_ID};
 use std::collections::HashMap;
 
 /// `XLOG_CHECKPOINT_SHUTDOWN`, `XLOG_CHECKPOINT_ONLINE`, `XLOG_FPW_CHANGE` (catalog/pg_control.h).
@@ -29,18 +33,11 @@ pub enum ChangeKind {
     Unsupported,
 }
 
-/// Resource managers whose page changes the Rust redo replays: XLOG, Heap2, Heap, Btree,
-/// Sequence (ids from access/rmgrlist.h). Storage and Transaction records touch no page
-/// through block references.
-pub fn redo_supported(rmid: u8) -> bool {
-    matches!(rmid, 0 | 9 | 10 | 11 | 15)
-}
-
 impl ChangeKind {
     pub fn of(rmid: u8, block: &BlockRef) -> ChangeKind {
         if block.has_applicable_image() {
             ChangeKind::Image
-        } else if !redo_supported(rmid) {
+        } else if !crate::redo::rmgr_replayed(rmid) {
             ChangeKind::Unsupported
         } else if block.will_init() {
             ChangeKind::Init
@@ -137,9 +134,80 @@ pub struct FpwModeChange {
     pub explicit: bool,
 }
 
+/// When pages stopped existing: smgr truncations (pages at or past the new size of a fork),
+/// relation drops (commit/abort records) and database drops. A page read at an LSN after
+/// such an event starts from nothing: only records after the event rebuild it.
+#[derive(Debug, Default)]
+pub struct RelationEvents {
+    truncations: HashMap<(RelFileLocator, ForkNumber), Vec<(Lsn, u32)>>,
+    drops: HashMap<RelFileLocator, Vec<Lsn>>,
+    database_drops: HashMap<(u32, u32), Vec<Lsn>>,
+}
+
+impl RelationEvents {
+    fn note(&mut self, lsn: Lsn, change: &RelationChange) {
+        match *change {
+            // A created fork is empty; a reused relfilenode was dropped before (its drop
+            // is an event already), so creation needs no entry of its own.
+            RelationChange::Create { .. } => {}
+            RelationChange::Truncate {
+                rel, fork, nblocks, ..
+            } => self
+                .truncations
+                .entry((rel, fork))
+                .or_default()
+                .push((lsn, nblocks)),
+            RelationChange::Drop { rel } => self.drops.entry(rel).or_default().push(lsn),
+            RelationChange::DropDatabase { db_oid, spc_oids } => {
+                for spc in spc_oids {
+                    self.database_drops
+                        .entry((spc, db_oid))
+                        .or_default()
+                        .push(lsn)
+                }
+            }
+        }
+    }
+
+    /// The newest event at or before `lsn` that removed `key` (None: it was never removed).
+    pub fn removed_at(&self, key: &PageKey, lsn: Lsn) -> Option<Lsn> {
+        let newest = |v: &Vec<Lsn>| {
+            let n = v.partition_point(|l| *l <= lsn);
+            n.checked_sub(1).map(|i| v[i])
+        };
+        let truncated = self.truncations.get(&(key.rel, key.fork)).and_then(|v| {
+            let n = v.partition_point(|(l, _)| *l <= lsn);
+            v[..n]
+                .iter()
+                .rev()
+                .find(|(_, nblocks)| key.block >= *nblocks)
+                .map(|(l, _)| *l)
+        });
+        let dropped = self.drops.get(&key.rel).and_then(newest);
+        let db_dropped = self
+            .database_drops
+            .get(&(key.rel.spc_oid, key.rel.db_oid))
+            .and_then(newest);
+        truncated.max(dropped).max(db_dropped)
+    }
+
+    pub fn len(&self) -> usize {
+        self.truncations.values().map(Vec::len).sum::<usize>()
+            + self.drops.values().map(Vec::len).sum::<usize>()
+            + self.database_drops.values().map(Vec::len).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct PageIndex {
     pages: HashMap<PageKey, PageHistory>,
+    pub relation_events: RelationEvents,
+    /// Changes indexed for pages the records did not reference (VM clears).
+    pub implicit_changes: u64,
     pub records: u64,
     pub block_refs: u64,
     pub applicable_images: u64,
@@ -175,33 +243,21 @@ impl PageIndex {
 
     /// Indexes one decoded record. Records must arrive in LSN order, each exactly once.
     pub fn add_record(&mut self, rec: &DecodedRecord) {
+        let mut touched = Vec::new();
+        self.add_record_touching(rec, &mut touched);
+    }
+
+    /// Like `add_record`, appending every page the record changed to `touched`.
+    pub fn add_record_touching(&mut self, rec: &DecodedRecord, touched: &mut Vec<PageKey>) {
         self.records += 1;
         self.wal_bytes += u64::from(rec.total_len());
         self.last_record_end = rec.end_lsn;
+        let first_touched = touched.len();
         for block in rec.blocks() {
             let kind = ChangeKind::of(rec.rmid(), block);
-            let h = self.pages.entry(block.page_key()).or_default();
-            debug_assert!(
-                h.changes.last().is_none_or(|c| c.lsn < rec.lsn),
-                "record indexed twice or out of order"
-            );
-            h.changes.push(PageChange {
-                lsn: rec.lsn,
-                kind,
-                rmid: rec.rmid(),
-                info: rec.info(),
-            });
-            if kind == ChangeKind::Unsupported && h.unreadable_from.is_none() {
-                h.unreadable_from = Some(rec.lsn);
-                self.unreadable_pages += 1;
-            } else if kind == ChangeKind::Image && h.unreadable_from.take().is_some() {
-                self.unreadable_pages -= 1;
-            }
-            if kind.resets_chain() {
-                h.deltas_since_image = 0;
-            } else {
-                h.deltas_since_image = h.deltas_since_image.saturating_add(1);
-            }
+            let key = block.page_key();
+            self.push_change(key, rec, kind);
+            touched.push(key);
             self.block_refs += 1;
             match (block.has_image(), kind) {
                 (true, ChangeKind::Image) => self.applicable_images += 1,
@@ -209,8 +265,53 @@ impl PageIndex {
                 _ => {}
             }
         }
+        match rec.rmid() {
+            // Heap records clear VM bits and smgr truncations trim the last VM page
+            // without a block reference; the redo engine names those pages.
+            RM_HEAP_ID | RM_HEAP2_ID | RM_SMGR_ID => {
+                for (key, _) in implicit_changes(rec) {
+                    // Several clears on one VM page are one change of that page.
+                    if !touched[first_touched..].contains(&key) {
+                        self.push_change(key, rec, ChangeKind::Delta);
+                        touched.push(key);
+                        self.implicit_changes += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+        if matches!(rec.rmid(), RM_SMGR_ID | RM_XACT_ID | RM_DBASE_ID) {
+            for change in relation_changes(rec) {
+                self.relation_events.note(rec.lsn, &change);
+            }
+        }
         if rec.rmid() == RM_XLOG_ID {
             self.observe_fpw_mode(rec);
+        }
+    }
+
+    fn push_change(&mut self, key: PageKey, rec: &DecodedRecord, kind: ChangeKind) {
+        let h = self.pages.entry(key).or_default();
+        debug_assert!(
+            h.changes.last().is_none_or(|c| c.lsn < rec.lsn),
+            "record indexed twice or out of order"
+        );
+        h.changes.push(PageChange {
+            lsn: rec.lsn,
+            kind,
+            rmid: rec.rmid(),
+            info: rec.info(),
+        });
+        if kind == ChangeKind::Unsupported && h.unreadable_from.is_none() {
+            h.unreadable_from = Some(rec.lsn);
+            self.unreadable_pages += 1;
+        } else if kind.resets_chain() && h.unreadable_from.take().is_some() {
+            self.unreadable_pages -= 1;
+        }
+        if kind.resets_chain() {
+            h.deltas_since_image = 0;
+        } else {
+            h.deltas_since_image = h.deltas_since_image.saturating_add(1);
         }
     }
 
@@ -315,7 +416,8 @@ mod tests {
 
     #[test]
     fn unsupported_rmgrs_are_unreadable_not_guessed() {
-        assert!(redo_supported(10) && redo_supported(11) && !redo_supported(13));
+        use crate::redo::rmgr_replayed;
+        assert!(rmgr_replayed(10) && rmgr_replayed(11) && !rmgr_replayed(13));
         assert!(!ChangeKind::Unsupported.resets_chain());
         assert!(ChangeKind::Init.resets_chain() && ChangeKind::Image.resets_chain());
     }

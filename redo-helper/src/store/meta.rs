@@ -17,6 +17,12 @@ pub struct HelperMeta {
     /// BASE_BACKUP end: base pages are consistent once WAL up to here is ingested.
     pub backup_end_lsn: String,
     pub created_unix: u64,
+    /// `data_checksums` of the cluster (SHOW at bootstrap; absent in older directories).
+    #[serde(default)]
+    pub data_checksums: bool,
+    /// `wal_log_hints` of the cluster at bootstrap.
+    #[serde(default)]
+    pub wal_log_hints: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,5 +74,13 @@ impl HelperMeta {
 
     pub fn end_lsn(&self) -> Lsn {
         self.backup_end_lsn.parse().unwrap_or_default()
+    }
+
+    /// The settings of the compute that change what redo does.
+    pub fn redo_context(&self) -> crate::redo::RedoContext {
+        crate::redo::RedoContext {
+            data_checksums: self.data_checksums,
+            wal_log_hints: self.wal_log_hints,
+        }
     }
 }

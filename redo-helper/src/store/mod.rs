@@ -13,6 +13,7 @@
 
 pub mod archive;
 pub mod base;
+pub mod check;
 pub mod images;
 pub mod index;
 pub mod lock;

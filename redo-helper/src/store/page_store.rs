@@ -1,51 +1,20 @@
 //! Per page, its images and its deltas, and GetPage@LSN: start from the newest image at or
 //! before the LSN (a generated image, an applicable full page image or WILL_INIT record in
-//! the WAL, or the base backup's page) and replay the deltas after it with the Rust redo.
+//! the WAL, a recently served page from the cache, or the base backup's page) and replay the
+//! deltas after it with the Rust redo.
 
 use super::archive::{RecordReadError, RecordReader, WalArchive};
 use super::base::BaseFiles;
 use super::images::{ImageStore, ImageStoreError};
 use super::index::{ChangeKind, PageChange, PageIndex, StartKind};
+use crate::redo::page::Page;
+use crate::redo::{RedoEngine, RedoError, apply_to_page};
 use crate::wal::block::PageKey;
 use crate::wal::page::{BLCKSZ, Lsn};
 use crate::wal::record::DecodedRecord;
 use crate::wal::rmgr::record_type_name;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
-
-/// The redo engine as page reconstruction needs it: apply one record's change to one page it
-/// affects (a block reference, or a page the record changes implicitly such as a VM page),
-/// following PostgreSQL's redo rules (image restore, WILL_INIT, page-LSN check).
-pub trait PageRedo: Send + Sync {
-    fn apply(&self, key: &PageKey, page: &mut [u8], rec: &DecodedRecord) -> Result<(), String>;
-}
-
-/// Redo that can only restore applicable full page images from the WAL; any other change
-/// is reported as not replayable. Stands in where the Rust redo engine is not linked.
-pub struct ImageOnlyRedo;
-
-impl PageRedo for ImageOnlyRedo {
-    fn apply(&self, key: &PageKey, page: &mut [u8], rec: &DecodedRecord) -> Result<(), String> {
-        let block = rec
-            .blocks()
-            .iter()
-            .find(|b| b.page_key() == *key && b.has_applicable_image());
-        let Some(block) = block else {
-            return Err(format!(
-                "no redo engine for {} records",
-                crate::wal::rmgr::RmgrId(rec.rmid()).name()
-            ));
-        };
-        let page: &mut [u8; BLCKSZ] = page
-            .try_into()
-            .map_err(|_| "page buffer is not 8 KB".to_string())?;
-        rec.restore_block_image(block, page)
-            .map_err(|e| e.to_string())?;
-        // PostgreSQL stamps a restored page with the record's end (XLogReadBufferForRedoExtended).
-        page[0..4].copy_from_slice(&((rec.end_lsn.0 >> 32) as u32).to_le_bytes());
-        page[4..8].copy_from_slice(&(rec.end_lsn.0 as u32).to_le_bytes());
-        Ok(())
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
@@ -61,12 +30,10 @@ pub enum PageError {
         record: String,
         at: Lsn,
     },
-    #[error("page {key}: redo of the record at {at} failed: {reason}")]
-    Redo {
-        key: PageKey,
-        at: Lsn,
-        reason: String,
-    },
+    #[error(transparent)]
+    Redo(#[from] RedoError),
+    #[error("page {key} does not exist at {lsn}: its relation was truncated or dropped at {at}")]
+    Removed { key: PageKey, lsn: Lsn, at: Lsn },
     #[error("page {key} at {lsn}: WAL not received yet (decoded up to {decoded})")]
     NotYetReceived {
         key: PageKey,
@@ -100,11 +67,92 @@ pub struct Reconstructed {
     pub start: &'static str,
 }
 
+/// Where a reconstruction starts; each means "the page after every change at or before
+/// its LSN".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// The base backup's page (or nothing, if the backup did not have it).
+    Base,
+    /// A record in the WAL that sets the whole page (applicable image, WILL_INIT).
+    Wal(Lsn),
+    /// An image the helper generated.
+    Generated(Lsn),
+    /// A page served recently, from the cache.
+    Cached(Lsn),
+    /// The page's relation was truncated below it or dropped.
+    Removed(Lsn),
+}
+
+impl Start {
+    fn lsn(self) -> Option<Lsn> {
+        match self {
+            Start::Base => None,
+            Start::Wal(l) | Start::Generated(l) | Start::Cached(l) | Start::Removed(l) => Some(l),
+        }
+    }
+
+    /// The newest of two starts; on a tie the one that needs no WAL read.
+    fn newest(self, other: Start) -> Start {
+        match (self.lsn(), other.lsn()) {
+            (_, None) => self,
+            (None, _) => other,
+            (Some(a), Some(b)) if b > a => other,
+            (Some(a), Some(b)) if a == b && matches!(self, Start::Wal(_)) => other,
+            _ => self,
+        }
+    }
+}
+
+/// Recently served pages, each as of the LSN it was read at: a later read of the same page
+/// replays only the deltas after that LSN. Bounded by a page count; oldest insertion goes
+/// first.
+#[derive(Debug, Default)]
+struct PageCache {
+    capacity: usize,
+    pages: HashMap<PageKey, (Lsn, Arc<Vec<u8>>)>,
+    order: VecDeque<PageKey>,
+}
+
+impl PageCache {
+    fn get(&self, key: &PageKey, lsn: Lsn) -> Option<(Lsn, Arc<Vec<u8>>)> {
+        self.pages
+            .get(key)
+            .filter(|(at, _)| *at <= lsn)
+            .map(|(at, p)| (*at, Arc::clone(p)))
+    }
+
+    fn put(&mut self, key: PageKey, lsn: Lsn, page: &[u8]) {
+        if self.capacity == 0 {
+            return;
+        }
+        match self.pages.get_mut(&key) {
+            Some(entry) if entry.0 >= lsn => {}
+            Some(entry) => *entry = (lsn, Arc::new(page.to_vec())),
+            None => {
+                while self.pages.len() >= self.capacity {
+                    match self.order.pop_front() {
+                        Some(old) => {
+                            self.pages.remove(&old);
+                        }
+                        None => break,
+                    }
+                }
+                self.pages.insert(key, (lsn, Arc::new(page.to_vec())));
+                self.order.push_back(key);
+            }
+        }
+    }
+}
+
+/// Default bound of the page cache: 4096 pages (32 MB).
+pub const DEFAULT_CACHE_PAGES: usize = 4096;
+
 pub struct PageStore {
     pub base: BaseFiles,
     pub images: Mutex<ImageStore>,
     pub index: RwLock<PageIndex>,
-    redo: Arc<dyn PageRedo>,
+    redo: RedoEngine,
+    cache: Mutex<PageCache>,
     /// Template for per-call record readers (each has its own buffer).
     archive: RecordReader,
     backup_start: Lsn,
@@ -117,70 +165,108 @@ impl PageStore {
         archive: &WalArchive,
         system_identifier: u64,
         backup_start: Lsn,
-        redo: Arc<dyn PageRedo>,
+        redo: RedoEngine,
     ) -> PageStore {
         PageStore {
             base,
             images: Mutex::new(images),
             index: RwLock::new(PageIndex::new()),
             redo,
+            cache: Mutex::new(PageCache {
+                capacity: DEFAULT_CACHE_PAGES,
+                ..PageCache::default()
+            }),
             archive: RecordReader::new(archive, system_identifier),
             backup_start,
         }
     }
 
-    /// The page as of `lsn` (None: as of everything decoded).
-    pub fn reconstruct(&self, key: &PageKey, lsn: Option<Lsn>) -> Result<Reconstructed, PageError> {
-        self.reconstruct_with(key, lsn, true)
+    /// Bounds the page cache (0 disables it).
+    pub fn set_cache_pages(&self, pages: usize) {
+        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        c.capacity = pages;
+        c.pages.clear();
+        c.order.clear();
     }
 
-    /// Like `reconstruct`; with `use_generated_images = false` the replay ignores the helper's
-    /// own images and runs the whole chain from the WAL or the base backup (for verification).
+    pub fn backup_start(&self) -> Lsn {
+        self.backup_start
+    }
+
+    /// The page as of `lsn` (None: as of everything decoded).
+    pub fn reconstruct(&self, key: &PageKey, lsn: Option<Lsn>) -> Result<Reconstructed, PageError> {
+        self.reconstruct_with(key, lsn, ReadOptions::default())
+    }
+
+    /// Like `reconstruct`, with control over what the replay may start from.
     pub fn reconstruct_with(
         &self,
         key: &PageKey,
         lsn: Option<Lsn>,
-        use_generated_images: bool,
+        opts: ReadOptions,
     ) -> Result<Reconstructed, PageError> {
-        // Copy what is needed under the read lock; replay without it.
-        let (target, start, changes, start_change) = {
-            let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
-            let decoded = idx.last_record_end;
-            let target = lsn.unwrap_or(decoded);
-            if target > decoded {
-                return Err(PageError::NotYetReceived {
-                    key: *key,
-                    lsn: target,
-                    decoded,
-                });
+        let decoded = self
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_record_end;
+        let target = lsn.unwrap_or(decoded);
+        if target > decoded {
+            return Err(PageError::NotYetReceived {
+                key: *key,
+                lsn: target,
+                decoded,
+            });
+        }
+        if target < self.backup_start {
+            return Err(PageError::BeforeRetention {
+                key: *key,
+                lsn: target,
+                start: self.backup_start,
+            });
+        }
+        // The helper's own images and the cache: looked up before the index lock (image
+        // generation takes the image store's lock and then the index's).
+        let mut start = Start::Base;
+        if opts.generated_images {
+            let images = self.images.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(l) = images.newest_at_or_before(key, target) {
+                start = start.newest(Start::Generated(l));
             }
-            if target < self.backup_start {
-                return Err(PageError::BeforeRetention {
-                    key: *key,
-                    lsn: target,
-                    start: self.backup_start,
-                });
+        }
+        let cached = if opts.cache {
+            self.cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(key, target)
+        } else {
+            None
+        };
+        if let Some((l, _)) = &cached {
+            start = start.newest(Start::Cached(*l));
+        }
+        // Copy what is needed under the read lock; replay without it.
+        let (start, changes, start_change) = {
+            let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(l) = idx.relation_events.removed_at(key, target) {
+                start = start.newest(Start::Removed(l));
             }
             match idx.page(key) {
                 Some(h) => {
-                    let start = if use_generated_images {
-                        h.start_point(target)
-                    } else {
-                        h.wal_start_point(target)
-                    };
-                    let after = start.map(|(l, _)| l);
+                    if let Some((l, StartKind::Wal)) = h.wal_start_point(target) {
+                        start = start.newest(Start::Wal(l));
+                    }
                     let start_change = match start {
-                        Some((l, StartKind::Wal)) => h.changes.iter().find(|c| c.lsn == l).copied(),
+                        Start::Wal(l) => h.changes.iter().find(|c| c.lsn == l).copied(),
                         _ => None,
                     };
                     (
-                        target,
                         start,
-                        h.changes_between(after, target).to_vec(),
+                        h.changes_between(start.lsn(), target).to_vec(),
                         start_change,
                     )
                 }
-                None => (target, None, Vec::new(), None),
+                None => (start, Vec::new(), None),
             }
         };
         let mut reader = self.archive.clone_empty();
@@ -202,61 +288,114 @@ impl PageStore {
             }
             Ok(())
         };
-        let (mut page, start_lsn, start_name) = match start {
-            Some((l, StartKind::Generated)) => {
+        let mut page: Box<Page> = Box::new([0u8; BLCKSZ]);
+        let (start_lsn, start_name) = match start {
+            Start::Generated(l) => {
                 let img = self
                     .images
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .read(key, l)?;
-                (
-                    img.ok_or(PageError::Unknown { key: *key })?,
-                    l,
-                    "generated image",
-                )
+                    .read(key, l)?
+                    .ok_or(PageError::Unknown { key: *key })?;
+                copy_page(&mut page, &img, key)?;
+                (l, "generated image")
             }
-            Some((l, StartKind::Wal)) => {
-                let mut page = vec![0u8; BLCKSZ];
+            Start::Cached(l) => {
+                if let Some((_, p)) = &cached {
+                    copy_page(&mut page, p, key)?;
+                }
+                (l, "cached page")
+            }
+            Start::Wal(l) => {
                 if let Some(c) = start_change {
                     check_supported(&c)?;
                 }
                 read(l, &mut rec)?;
-                self.redo
-                    .apply(key, &mut page, &rec)
-                    .map_err(|reason| PageError::Redo {
-                        key: *key,
-                        at: l,
-                        reason,
-                    })?;
-                (page, l, "WAL image")
+                apply_to_page(&mut page, &rec, key, &self.redo.ctx)?;
+                (l, "WAL image")
             }
-            None => match self
+            Start::Removed(l) => {
+                if changes.is_empty() {
+                    return Err(PageError::Removed {
+                        key: *key,
+                        lsn: target,
+                        at: l,
+                    });
+                }
+                (l, "empty page (after truncation or drop)")
+            }
+            Start::Base => match self
                 .base
                 .read_page(key)
                 .map_err(|source| PageError::Base { key: *key, source })?
             {
-                Some(p) => (p, self.backup_start, "base backup"),
+                Some(p) => {
+                    copy_page(&mut page, &p, key)?;
+                    (self.backup_start, "base backup")
+                }
                 // A page that did not exist at the backup: its first record must create it.
-                None if !changes.is_empty() => (vec![0u8; BLCKSZ], self.backup_start, "empty page"),
+                None if !changes.is_empty() => (self.backup_start, "empty page"),
                 None => return Err(PageError::Unknown { key: *key }),
             },
         };
         for c in &changes {
             check_supported(c)?;
             read(c.lsn, &mut rec)?;
-            self.redo
-                .apply(key, &mut page, &rec)
-                .map_err(|reason| PageError::Redo {
-                    key: *key,
-                    at: c.lsn,
-                    reason,
-                })?;
+            apply_to_page(&mut page, &rec, key, &self.redo.ctx)?;
+        }
+        if opts.cache {
+            self.cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .put(*key, target, &page[..]);
         }
         Ok(Reconstructed {
-            page,
+            page: page.to_vec(),
             deltas_replayed: changes.len() as u32,
             start_lsn,
             start: start_name,
         })
     }
+}
+
+/// What a reconstruction may start from besides WAL images and the base backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// The helper's generated images.
+    pub generated_images: bool,
+    /// The cache of recently served pages (read and filled).
+    pub cache: bool,
+}
+
+impl Default for ReadOptions {
+    fn default() -> ReadOptions {
+        ReadOptions {
+            generated_images: true,
+            cache: true,
+        }
+    }
+}
+
+impl ReadOptions {
+    /// The whole chain from the WAL or the base backup: no generated image, no cache.
+    pub fn full_chain() -> ReadOptions {
+        ReadOptions {
+            generated_images: false,
+            cache: false,
+        }
+    }
+}
+
+fn copy_page(page: &mut Page, src: &[u8], key: &PageKey) -> Result<(), PageError> {
+    if src.len() != BLCKSZ {
+        return Err(PageError::Base {
+            key: *key,
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("stored page is {} bytes, not {BLCKSZ}", src.len()),
+            ),
+        });
+    }
+    page.copy_from_slice(src);
+    Ok(())
 }

@@ -156,6 +156,18 @@ impl PgConnection {
             .ok_or_else(|| self.protocol(format!("unexpected wal_segment_size {text:?}")))
     }
 
+    /// A boolean setting by `SHOW` (on replication connections too).
+    pub async fn show_bool(&mut self, name: &str) -> Result<bool, ConnectionError> {
+        let sets = self
+            .simple_query(&format!("SHOW {}", quote_ident(name)))
+            .await?;
+        match sets.first().and_then(|s| s.value(0, 0)) {
+            Some("on") => Ok(true),
+            Some("off") => Ok(false),
+            other => Err(self.protocol(format!("unexpected {name} {other:?}"))),
+        }
+    }
+
     /// Creates the physical slot with WAL reserved now; returns false if it already existed.
     pub async fn create_physical_slot_if_missing(
         &mut self,

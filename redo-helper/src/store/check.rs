@@ -1,0 +1,269 @@
+//! `redo-helper check`: exactness of the pages the helper serves.
+//!
+//! - Against the cluster: every page the store knows (indexed by the WAL or held by the base
+//!   backup), rebuilt as of everything decoded, the way GetPage serves it (generated images
+//!   included), is compared with the cluster's data file page after a `CHECKPOINT`, masked
+//!   like PostgreSQL's `rm_mask` functions (hint bits, unused space, LSN/checksum). The FSM is
+//!   not WAL-logged and is skipped (counted). A page the store says was truncated or dropped
+//!   must be absent from the data files.
+//! - Against itself: a random sample of (page, historical LSN) reads served with generated
+//!   images must equal, byte for byte, the replay of the page's whole chain from the WAL or
+//!   the base backup (`images=none`).
+
+use super::page_store::{PageError, PageStore, ReadOptions};
+use crate::redo::mask::PageKind;
+use crate::redo::page::{Page, PageLayout};
+use crate::redo::verify::{compare_masked, mask_sequence_values, read_pg_page};
+use crate::wal::block::{ForkNumber, PageKey};
+use crate::wal::page::{BLCKSZ, Lsn};
+use std::collections::HashSet;
+use std::path::Path;
+
+#[derive(Debug, Clone, Default)]
+pub struct CheckSummary {
+    /// The LSN pages were rebuilt at (everything decoded).
+    pub lsn: Lsn,
+    pub pages_compared: u64,
+    pub mismatches: u64,
+    /// Pages the store holds that the data files do not have (non-zero).
+    pub missing_in_pgdata: u64,
+    pub removed_pages: u64,
+    pub fsm_skipped: u64,
+    pub unreadable: u64,
+    pub errors: u64,
+    pub first_problem: Option<String>,
+    /// Pages whose served version started from a helper-generated image.
+    pub served_from_generated: u64,
+    pub history_samples: u64,
+    pub history_mismatches: u64,
+    pub history_max_deltas_with_images: u32,
+    pub history_max_deltas_full_chain: u32,
+    pub history_from_generated: u64,
+}
+
+impl CheckSummary {
+    pub fn ok(&self) -> bool {
+        self.mismatches == 0
+            && self.missing_in_pgdata == 0
+            && self.errors == 0
+            && self.history_mismatches == 0
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "check at {}: {} pages compared with the data files, {} mismatches, {} missing, \
+             {} removed, {} FSM skipped, {} unreadable, {} errors ({} served from generated \
+             images); history: {} samples, {} mismatches, max deltas per read {} with images \
+             vs {} full chain ({} from generated images)",
+            self.lsn,
+            self.pages_compared,
+            self.mismatches,
+            self.missing_in_pgdata,
+            self.removed_pages,
+            self.fsm_skipped,
+            self.unreadable,
+            self.errors,
+            self.served_from_generated,
+            self.history_samples,
+            self.history_mismatches,
+            self.history_max_deltas_with_images,
+            self.history_max_deltas_full_chain,
+            self.history_from_generated,
+        )
+    }
+
+    fn problem(&mut self, what: impl FnOnce() -> String) {
+        if self.first_problem.is_none() {
+            self.first_problem = Some(what());
+        }
+    }
+}
+
+/// Serve-path options: generated images, no cache (each page is read once).
+const SERVED: ReadOptions = ReadOptions {
+    generated_images: true,
+    cache: false,
+};
+
+/// Compares every page the store serves at its decoded end with `pgdata`'s data files.
+pub fn check_against_pgdata(store: &PageStore, pgdata: &Path, sum: &mut CheckSummary) {
+    let (lsn, mut keys) = {
+        let idx = store.index.read().unwrap_or_else(|e| e.into_inner());
+        (idx.last_record_end, idx.keys().copied().collect::<Vec<_>>())
+    };
+    sum.lsn = lsn;
+    let known: HashSet<PageKey> = keys.iter().copied().collect();
+    keys.extend(
+        store
+            .base
+            .page_keys()
+            .into_iter()
+            .filter(|k| !known.contains(k)),
+    );
+    keys.sort();
+    for key in keys {
+        if key.fork == ForkNumber::FSM {
+            sum.fsm_skipped += 1;
+            continue;
+        }
+        let theirs = match read_pg_page(pgdata, &key) {
+            Ok(p) => p,
+            Err(e) => {
+                sum.errors += 1;
+                sum.problem(|| format!("page {key}: reading the data file: {e}"));
+                continue;
+            }
+        };
+        match store.reconstruct_with(&key, Some(lsn), SERVED) {
+            Ok(r) => {
+                if r.start == "generated image" {
+                    sum.served_from_generated += 1;
+                }
+                compare_one(&key, &r.page, theirs.as_deref(), sum);
+            }
+            Err(PageError::Removed { at, .. }) => {
+                sum.removed_pages += 1;
+                if theirs.as_ref().is_some_and(|p| p.iter().any(|&b| b != 0)) {
+                    sum.mismatches += 1;
+                    sum.problem(|| {
+                        format!(
+                            "page {key}: removed at {at} for the helper, present in the data files"
+                        )
+                    });
+                }
+            }
+            Err(PageError::Unreadable { .. }) => sum.unreadable += 1,
+            Err(PageError::Unknown { .. }) => {}
+            Err(e) => {
+                sum.errors += 1;
+                sum.problem(|| e.to_string());
+            }
+        }
+    }
+}
+
+fn compare_one(key: &PageKey, ours: &[u8], theirs: Option<&Page>, sum: &mut CheckSummary) {
+    let Ok(ours) = <&Page>::try_from(ours) else {
+        sum.errors += 1;
+        sum.problem(|| format!("page {key}: served page is not {BLCKSZ} bytes"));
+        return;
+    };
+    let Some(theirs) = theirs else {
+        // An all-zero page PostgreSQL never wrote is fine; anything else is a difference.
+        if ours.iter().any(|&b| b != 0) {
+            sum.missing_in_pgdata += 1;
+            sum.problem(|| format!("page {key} is served by the helper but not in the data files"));
+        }
+        return;
+    };
+    let kind = if ours.is_new() {
+        PageKind::guess(theirs, key.fork)
+    } else {
+        PageKind::guess(ours, key.fork)
+    };
+    let mut a = Box::new(*ours);
+    let mut b = Box::new(*theirs);
+    if kind == PageKind::Sequence {
+        // nextval() changes the tuple without WAL within the range the last XLOG_SEQ_LOG
+        // logged ahead (SEQ_LOG_VALS), so the values legitimately differ.
+        mask_sequence_values(&mut a);
+        mask_sequence_values(&mut b);
+    }
+    sum.pages_compared += 1;
+    if let Some(diff) = compare_masked(&a, &b, kind, key.block) {
+        sum.mismatches += 1;
+        sum.problem(|| format!("page {key} (mask {kind:?}): helper vs data file:\n{diff}"));
+    }
+}
+
+/// splitmix64: a small deterministic generator for sampling (not for anything secret).
+struct Sampler(u64);
+
+impl Sampler {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Reads `samples` random (page, LSN) pairs both ways and compares them byte for byte. The
+/// LSN is a random point in the page's history: one of its changes, or just before one.
+pub fn check_history(store: &PageStore, samples: usize, seed: u64, sum: &mut CheckSummary) {
+    let candidates: Vec<(PageKey, Vec<Lsn>)> = {
+        let idx = store.index.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<(PageKey, Vec<Lsn>)> = idx
+            .keys()
+            .filter(|k| k.fork != ForkNumber::FSM)
+            .filter_map(|k| {
+                let h = idx.page(k)?;
+                Some((*k, h.changes.iter().map(|c| c.lsn).collect()))
+            })
+            .collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    };
+    if candidates.is_empty() {
+        return;
+    }
+    // Pages with long histories are where generated images matter: pick half the samples
+    // among the 10% longest.
+    let mut by_length: Vec<usize> = (0..candidates.len()).collect();
+    by_length.sort_by_key(|&i| std::cmp::Reverse(candidates[i].1.len()));
+    let hot = &by_length[..by_length.len().div_ceil(10)];
+    let mut rng = Sampler(seed);
+    for n in 0..samples {
+        let i = if n % 2 == 0 {
+            hot[rng.below(hot.len())]
+        } else {
+            rng.below(candidates.len())
+        };
+        let (key, lsns) = &candidates[i];
+        let pick = lsns[rng.below(lsns.len())];
+        let lsn = if rng.next() % 4 == 0 {
+            Lsn(pick.0.saturating_sub(1)).max(store.backup_start())
+        } else {
+            pick
+        };
+        sum.history_samples += 1;
+        let served = store.reconstruct_with(key, Some(lsn), SERVED);
+        let full = store.reconstruct_with(key, Some(lsn), ReadOptions::full_chain());
+        match (served, full) {
+            (Ok(a), Ok(b)) => {
+                sum.history_max_deltas_with_images =
+                    sum.history_max_deltas_with_images.max(a.deltas_replayed);
+                sum.history_max_deltas_full_chain =
+                    sum.history_max_deltas_full_chain.max(b.deltas_replayed);
+                if a.start == "generated image" {
+                    sum.history_from_generated += 1;
+                }
+                if a.page != b.page {
+                    sum.history_mismatches += 1;
+                    let at = a.page.iter().zip(&b.page).position(|(x, y)| x != y);
+                    sum.problem(|| {
+                        format!(
+                            "page {key} at {lsn}: served (from {} at {}) differs from the full chain (from {} at {}) at byte {at:?}",
+                            a.start, a.start_lsn, b.start, b.start_lsn
+                        )
+                    });
+                }
+            }
+            (Err(a), Err(b)) if std::mem::discriminant(&a) == std::mem::discriminant(&b) => {}
+            (a, b) => {
+                sum.history_mismatches += 1;
+                let show = |r: &Result<super::page_store::Reconstructed, PageError>| match r {
+                    Ok(p) => format!("a page from {} at {}", p.start, p.start_lsn),
+                    Err(e) => e.to_string(),
+                };
+                let (a, b) = (show(&a), show(&b));
+                sum.problem(|| format!("page {key} at {lsn}: served {a}, full chain {b}"));
+            }
+        }
+    }
+}
