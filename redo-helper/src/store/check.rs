@@ -54,7 +54,7 @@ impl CheckSummary {
             "check at {}: {} pages compared with the data files, {} mismatches, {} missing, \
              {} removed, {} FSM skipped, {} unreadable, {} errors ({} served from generated \
              images); history: {} samples, {} mismatches, max deltas per read {} with images \
-             vs {} full chain ({} from generated images)",
+             vs {} full chain ({} started from generated images)",
             self.lsn,
             self.pages_compared,
             self.mismatches,

@@ -78,7 +78,7 @@ impl HelperProcess {
         &mut self,
         what: &str,
         timeout: Duration,
-        pred: impl Fn(&serde_json::Value) -> bool,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
         loop {
@@ -151,6 +151,44 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     s.read_to_string(&mut resp).ok()?;
     let (head, body) = resp.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// An HTTP reply: status, raw header block, body bytes.
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Minimal HTTP/1.1 request with an empty body against 127.0.0.1:port.
+pub fn http(port: u16, method: &str, path: &str) -> Option<HttpReply> {
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).ok()?;
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let headers = String::from_utf8_lossy(&resp[..split]).into_owned();
+    let status = headers.split_whitespace().nth(1)?.parse().ok()?;
+    Some(HttpReply {
+        status,
+        headers,
+        body: resp[split + 4..].to_vec(),
+    })
 }
 
 /// Parses "X/Y" into a u64 LSN.

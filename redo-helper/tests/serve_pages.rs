@@ -1,0 +1,245 @@
+//! GetPage@LSN end to end against a real PostgreSQL 15 cluster with full_page_writes off:
+//! the helper's Rust redo and image generation serve every page exactly as the cluster has
+//! it after CHECKPOINT, historical reads equal the replay of the whole chain, and image
+//! generation keeps reads bounded (lost while paused, back after resume).
+
+mod common;
+mod support;
+
+use common::{PgCluster, TempDir};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::{HELPER_BIN, HelperProcess, http, lsn, status_lsn};
+
+fn fpw_off_cluster() -> PgCluster {
+    PgCluster::start(
+        &[],
+        &[
+            "listen_addresses = '127.0.0.1'",
+            "wal_level = replica",
+            "max_wal_senders = 10",
+            "autovacuum = off",
+            "full_page_writes = off",
+            "checkpoint_timeout = 1h",
+        ],
+    )
+}
+
+fn conninfo(c: &PgCluster) -> String {
+    format!("host=127.0.0.1 port={} user=postgres", c.port)
+}
+
+/// Waits until the helper has decoded everything the server has flushed and image
+/// generation has nothing queued.
+fn wait_settled(c: &PgCluster, h: &mut HelperProcess) -> serde_json::Value {
+    let target = lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
+    h.wait_status("catch-up", Duration::from_secs(120), |s| {
+        status_lsn(s, "decoded_lsn") >= target
+    });
+    let mut last = None;
+    h.wait_status("image generation drained", Duration::from_secs(120), |s| {
+        let generated = s["images_generated"].as_u64();
+        let stable = s["imagegen_queue_depth"].as_u64() == Some(0) && last == generated;
+        last = generated;
+        stable
+    })
+}
+
+/// (spc, db, relfilenode) of a relation, for /page paths.
+fn rel_path(c: &PgCluster, rel: &str) -> String {
+    let row = c.sql(&format!(
+        "SELECT CASE WHEN reltablespace = 0 THEN 1663 ELSE reltablespace END || '/' || \
+         (SELECT oid FROM pg_database WHERE datname = current_database()) || '/' || \
+         pg_relation_filenode('{rel}') FROM pg_class WHERE oid = '{rel}'::regclass"
+    ));
+    assert!(!row.is_empty(), "relation {rel} not found");
+    row
+}
+
+fn deltas(r: &support::HttpReply) -> u32 {
+    r.header("x-deltas-replayed")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no x-deltas-replayed header in {}", r.headers))
+}
+
+fn get_page(h: &HelperProcess, path: &str) -> support::HttpReply {
+    let r = http(h.listen, "GET", path).expect("GET /page");
+    assert_eq!(
+        r.status,
+        200,
+        "GET {path}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.body.len(), 8192);
+    r
+}
+
+/// The workload issue 6 lists, in miniature, plus pgbench: inserts, HOT and non-HOT
+/// updates, deletes, locks, vacuum (VM set), freeze, btree splits and page deletion,
+/// sequences, TOAST, COPY, TRUNCATE and DROP.
+fn mixed_workload(c: &PgCluster) {
+    c.sql(
+        "CREATE TABLE t (id serial PRIMARY KEY, k int, v text);
+         CREATE INDEX t_k ON t (k);
+         INSERT INTO t (k, v) SELECT g % 97, repeat('x', g % 300) FROM generate_series(1, 20000) g;",
+    );
+    c.sql("UPDATE t SET v = v || 'y' WHERE id % 7 = 0");
+    c.sql("UPDATE t SET k = k + 1000 WHERE id % 11 = 0");
+    c.sql("DELETE FROM t WHERE id % 5 = 0");
+    c.sql("VACUUM t");
+    c.sql("SELECT * FROM t WHERE id < 100 FOR UPDATE");
+    c.sql("INSERT INTO t (k, v) SELECT 5, repeat(md5(g::text), 500) FROM generate_series(1, 50) g");
+    c.sql("DELETE FROM t WHERE id BETWEEN 1000 AND 9000");
+    c.sql("VACUUM FREEZE t");
+    c.sql("UPDATE t SET v = 'z' WHERE id % 13 = 0");
+    c.sql(
+        "CREATE TABLE gone (a int); INSERT INTO gone SELECT generate_series(1, 5000);
+         CREATE TABLE cut (a int); INSERT INTO cut SELECT generate_series(1, 5000);
+         CREATE SEQUENCE s; SELECT nextval('s') FROM generate_series(1, 100);",
+    );
+    c.sql("COPY (SELECT g, g FROM generate_series(1, 3000) g) TO '/tmp/serve_pages_copy.csv'");
+    c.sql("CREATE TABLE copied (a int, b int); COPY copied FROM '/tmp/serve_pages_copy.csv'");
+    c.sql("DROP TABLE gone");
+    c.sql("TRUNCATE cut");
+    c.sql("INSERT INTO cut SELECT generate_series(1, 10)");
+    c.sql("DELETE FROM t WHERE id > 15000");
+    c.sql("VACUUM t");
+}
+
+#[test]
+fn served_pages_equal_the_data_files_and_history_equals_the_full_chain() {
+    let c = fpw_off_cluster();
+    c.pgbench(&["-i", "-s", "2", "-q"]);
+    let tmp = TempDir::new("serve-pages");
+    let dir = tmp.path().join("helper");
+    let mut h = HelperProcess::spawn_with(
+        &conninfo(&c),
+        &dir,
+        &tmp.path().join("helper.log"),
+        &["--image-threshold", "16"],
+    );
+    h.wait_status("streaming", Duration::from_secs(120), |s| {
+        s["state"] == "streaming"
+    });
+    mixed_workload(&c);
+    c.pgbench(&["-c", "2", "-T", "8", "-n"]);
+    c.sql("CHECKPOINT");
+    let st = wait_settled(&c, &mut h);
+    let generated = st["images_generated"].as_u64().unwrap_or(0);
+    assert!(generated > 0, "no images generated: {st}");
+    assert_eq!(st["image_failures"].as_u64(), Some(0), "{st}");
+
+    // Served pages carry their replay cost; hot pgbench pages stay within the threshold.
+    let branches = rel_path(&c, "pgbench_branches");
+    let r = get_page(&h, &format!("/page/{branches}/main/0?cache=none"));
+    assert!(
+        deltas(&r) <= 16,
+        "branches page replayed {} deltas",
+        deltas(&r)
+    );
+    // A dropped relation's pages are gone (404 with the reason).
+    let unknown = http(h.listen, "GET", "/page/1663/5/999999999/main/0").expect("GET");
+    assert_eq!(unknown.status, 404);
+
+    // Stop the helper (kill -9: the store must recover) and check it offline.
+    h.kill9();
+    let out = Command::new(HELPER_BIN)
+        .args(["check", "--data-dir"])
+        .arg(&dir)
+        .arg("--pgdata")
+        .arg(&c.data)
+        .args(["--samples", "1000"])
+        .output()
+        .expect("redo-helper check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
+    assert!(out.status.success(), "check failed:\n{stdout}\n{stderr}");
+    let summary = stdout.lines().last().unwrap_or_default();
+    let num = |after: &str| -> u64 {
+        summary
+            .split(after)
+            .next()
+            .and_then(|s| s.split_whitespace().last())
+            .and_then(|n| n.trim_start_matches('(').parse().ok())
+            .unwrap_or_else(|| panic!("no `{after}` in {summary}"))
+    };
+    assert!(num(" pages compared") > 1000, "{summary}");
+    assert!(
+        num(" removed") > 0,
+        "the dropped/truncated pages: {summary}"
+    );
+    assert!(num(" served from generated") > 0, "{summary}");
+    assert_eq!(num(" samples"), 1000, "{summary}");
+    assert!(num(" started from generated images)") > 0, "{summary}");
+}
+
+#[test]
+fn image_generation_bounds_reads_and_the_bound_returns_after_a_pause() {
+    let c = fpw_off_cluster();
+    c.pgbench(&["-i", "-s", "1", "-q"]);
+    let tmp = TempDir::new("bounded-reads");
+    let mut h = HelperProcess::spawn_with(
+        &conninfo(&c),
+        &tmp.path().join("helper"),
+        &tmp.path().join("helper.log"),
+        &["--image-threshold", "16"],
+    );
+    h.wait_status("streaming", Duration::from_secs(120), |s| {
+        s["state"] == "streaming"
+    });
+    let branches = format!("/page/{}/main/0", rel_path(&c, "pgbench_branches"));
+    let tellers = format!("/page/{}/main/0", rel_path(&c, "pgbench_tellers"));
+    c.pgbench(&["-c", "2", "-t", "500", "-n"]);
+    wait_settled(&c, &mut h);
+    for page in [&branches, &tellers] {
+        let r = get_page(&h, &format!("{page}?cache=none"));
+        assert!(
+            deltas(&r) <= 16,
+            "{page}: {} deltas with generation on",
+            deltas(&r)
+        );
+    }
+
+    // Paused: the chain of the hot page grows with every transaction.
+    let paused = http(h.listen, "POST", "/imagegen/pause").expect("pause");
+    assert_eq!(paused.status, 200);
+    c.pgbench(&["-c", "2", "-t", "200", "-n"]);
+    let target = lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
+    let st = h.wait_status("catch-up", Duration::from_secs(60), |s| {
+        status_lsn(s, "decoded_lsn") >= target
+    });
+    assert_eq!(st["imagegen_paused"], true);
+    assert!(st["imagegen_queue_depth"].as_u64().unwrap_or(0) > 0, "{st}");
+    let at = st["decoded_lsn"].as_str().unwrap_or_default().to_string();
+    let long = get_page(&h, &format!("{branches}?cache=none&lsn={at}"));
+    assert!(
+        deltas(&long) > 100,
+        "paused generation should leave a long chain, got {}",
+        deltas(&long)
+    );
+    // Still exact: the same page from the whole chain.
+    let full = get_page(&h, &format!("{branches}?images=none&lsn={at}"));
+    assert!(
+        long.body == full.body,
+        "served page differs from the full chain"
+    );
+
+    // Resumed: the queue drains and the bound is back.
+    let resumed = http(h.listen, "POST", "/imagegen/resume").expect("resume");
+    assert_eq!(resumed.status, 200);
+    let started = Instant::now();
+    wait_settled(&c, &mut h);
+    let r = get_page(&h, &format!("{branches}?cache=none"));
+    assert!(
+        deltas(&r) <= 16,
+        "{} deltas after resume ({:?} to drain)",
+        deltas(&r),
+        started.elapsed()
+    );
+    let metrics = h.metrics().unwrap_or_default();
+    assert!(
+        metrics.contains("redo_helper_deltas_per_read"),
+        "metrics: {metrics}"
+    );
+}
