@@ -24,6 +24,7 @@ pub mod heap;
 pub mod heap2;
 pub mod mask;
 pub mod page;
+mod pagetable;
 pub mod seq;
 pub mod smgr;
 pub mod tuple;

@@ -18,6 +18,7 @@ use super::mask::{PageKind, mask_page};
 use super::page::{
     ITEM_ID_SIZE, ItemId, Page, PageLayout, SIZE_OF_PAGE_HEADER, get_u16, get_u32, lp_pos,
 };
+use super::pagetable::{PageTable, key_hash};
 use super::smgr::RelationChange;
 use super::tuple::*;
 use super::{BlockOutcome, RedoContext, RedoError, apply_block, apply_implicit, implicit_changes};
@@ -179,20 +180,12 @@ impl std::hash::Hasher for PageKeyHasher {
 
 type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<PageKeyHasher>>;
 
-/// One page being replayed.
-struct PageState {
-    page: Box<Page>,
-    kind: Option<PageKind>,
-    /// Set by a change the engine cannot replay: (LSN, description).
-    unreadable: Option<String>,
-}
-
 /// The replayed pages plus what is known about which pages exist.
 struct PageSet {
     base: BaseFiles,
     /// Open base files (None: the file does not exist), so loading a page is one pread.
     files: BaseFileCache,
-    pages: FastMap<PageKey, PageState>,
+    pages: PageTable,
     /// Relations dropped in the WAL: their base files are gone.
     dropped: HashSet<RelFileLocator>,
     /// Forks truncated in the WAL: base pages at or past the limit are gone.
@@ -216,20 +209,26 @@ impl BaseFileCache {
     ) -> Result<bool, VerifyError> {
         use std::os::unix::fs::FileExt;
         let seg = key.block / crate::store::base::RELSEG_SIZE;
-        let (path, offset) = base.page_location(key);
         let file = match self.open.entry((key.rel, key.fork, seg)) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => match std::fs::File::open(&path) {
-                Ok(f) => v.insert(Some(f)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => v.insert(None),
-                Err(source) => return Err(VerifyError::Io { path, source }),
-            },
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let (path, _) = base.page_location(key);
+                match std::fs::File::open(&path) {
+                    Ok(f) => v.insert(Some(f)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => v.insert(None),
+                    Err(source) => return Err(VerifyError::Io { path, source }),
+                }
+            }
         };
         let Some(f) = file else { return Ok(false) };
+        let offset = u64::from(key.block % crate::store::base::RELSEG_SIZE) * BLCKSZ as u64;
         match f.read_exact_at(&mut page[..], offset) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-            Err(source) => Err(VerifyError::Io { path, source }),
+            Err(source) => Err(VerifyError::Io {
+                path: base.page_location(key).0,
+                source,
+            }),
         }
     }
 }
@@ -239,7 +238,7 @@ impl PageSet {
         PageSet {
             base,
             files: BaseFileCache::default(),
-            pages: FastMap::default(),
+            pages: PageTable::new(),
             dropped: HashSet::new(),
             truncated: HashMap::new(),
             dropped_dbs: HashSet::new(),
@@ -250,33 +249,36 @@ impl PageSet {
         base_gone(&self.dropped, &self.dropped_dbs, &self.truncated, key)
     }
 
-    /// The page's current state, loading it from the base backup on first use. None when
+    /// The page's slot, loading the page from the base backup on first use. None when
     /// the page does not exist (PostgreSQL's redo then skips the block: BLK_NOTFOUND).
     fn get_or_load(
         &mut self,
         key: &PageKey,
+        hash: u64,
         create: bool,
-    ) -> Result<Option<&mut PageState>, VerifyError> {
-        use std::collections::hash_map::Entry;
-        match self.pages.entry(*key) {
-            Entry::Occupied(o) => Ok(Some(o.into_mut())),
-            Entry::Vacant(v) => {
-                let mut page: Box<Page> = Box::new([0u8; BLCKSZ]);
-                let found = !base_gone(&self.dropped, &self.dropped_dbs, &self.truncated, key)
-                    && self.files.read_into(&self.base, key, &mut page)?;
-                if !found {
-                    if !create {
-                        return Ok(None);
-                    }
-                    page.fill(0);
-                }
-                Ok(Some(v.insert(PageState {
-                    page,
-                    kind: None,
-                    unreadable: None,
-                })))
-            }
+    ) -> Result<Option<u32>, VerifyError> {
+        if let Some(slot) = self.pages.find(key, hash) {
+            return Ok(Some(slot));
         }
+        let (mut buf, _) = self.pages.new_page();
+        // SAFETY: a buffer of the table not given to any slot yet.
+        let page = unsafe { buf.as_mut() };
+        let found = !self.base_gone(key)
+            && match self.files.read_into(&self.base, key, page) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.pages.release(buf);
+                    return Err(e);
+                }
+            };
+        if !found {
+            if !create {
+                self.pages.release(buf);
+                return Ok(None);
+            }
+            page.fill(0);
+        }
+        Ok(Some(self.pages.insert(*key, hash, buf)))
     }
 
     fn apply_relation_change(&mut self, ch: &RelationChange) {
@@ -288,18 +290,18 @@ impl PageSet {
                 rel, fork, nblocks, ..
             } => {
                 self.pages
-                    .retain(|k, _| !(k.rel == rel && k.fork == fork && k.block >= nblocks));
+                    .retain(|k| !(k.rel == rel && k.fork == fork && k.block >= nblocks));
                 let e = self.truncated.entry((rel, fork)).or_insert(nblocks);
                 *e = (*e).min(nblocks);
             }
             RelationChange::Drop { rel } => {
-                self.pages.retain(|k, _| k.rel != rel);
+                self.pages.retain(|k| k.rel != rel);
                 self.dropped.insert(rel);
             }
             RelationChange::DropDatabase { db_oid, spc_oids } => {
                 for spc in spc_oids {
                     self.pages
-                        .retain(|k, _| !(k.rel.db_oid == db_oid && k.rel.spc_oid == spc));
+                        .retain(|k| !(k.rel.db_oid == db_oid && k.rel.spc_oid == spc));
                     self.dropped_dbs.insert((spc, db_oid));
                 }
             }
@@ -354,21 +356,25 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifySummary, VerifyError> {
     if opts.workers > 1 {
         set = replay_parallel(&mut reader, set, &mut sum, &mut per_type, opts)?;
     } else {
-        let mut rec = DecodedRecord::default();
-        let mut image = Box::new([0u8; BLCKSZ]);
-        while next_record(&mut reader, &mut rec)? {
-            // Per-type cost is sampled (one record in 8) to keep the clock off the hot path.
-            let tr = (opts.timing && sampled(sum.records)).then(Instant::now);
-            sum.records += 1;
-            sum.wal_bytes += rec.total_len() as u64;
-            replay_record(&rec, &mut set, &mut sum, opts, &mut image, &|_| true)?;
-            let c = per_type.entry((rec.rmid(), rec.info() & 0xF0)).or_default();
-            c.records += 1;
-            c.bytes += rec.total_len() as u64;
-            if let Some(tr) = tr {
-                c.time += tr.elapsed() * 8;
+        // Records are decoded a batch at a time (buffers reused) so the replay can prefetch
+        // the pages of the records ahead.
+        let mut r = Replayer::new(set, opts, 0, 1);
+        let mut batch: Vec<DecodedRecord> = Vec::new();
+        loop {
+            let more = fill_batch(&mut reader, &mut batch, SERIAL_BATCH)?;
+            for rec in &batch {
+                sum.records += 1;
+                sum.wal_bytes += rec.total_len() as u64;
+                let c = per_type.entry((rec.rmid(), rec.info() & 0xF0)).or_default();
+                c.records += 1;
+                c.bytes += rec.total_len() as u64;
+            }
+            r.replay_batch(&batch, None)?;
+            if !more {
+                break;
             }
         }
+        set = r.finish(&mut sum, &mut per_type);
     }
     sum.replay_time = t0.elapsed();
     for ((rmid, info), c) in per_type {
@@ -380,7 +386,8 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifySummary, VerifyError> {
     }
     sum.unreadable_pages = set
         .pages
-        .values()
+        .slots()
+        .iter()
         .filter(|p| p.unreadable.is_some())
         .count() as u64;
     if let Some(pgdata) = &opts.pgdata {
@@ -399,6 +406,28 @@ fn next_record(reader: &mut WalFileReader, rec: &mut DecodedRecord) -> Result<bo
     }
 }
 
+/// Decodes up to `n` records into `batch`, reusing the records already there (their
+/// buffers) and truncating the rest; false when the WAL range ended.
+fn fill_batch(
+    reader: &mut WalFileReader,
+    batch: &mut Vec<DecodedRecord>,
+    n: usize,
+) -> Result<bool, VerifyError> {
+    let mut i = 0;
+    while i < n {
+        if i == batch.len() {
+            batch.push(DecodedRecord::default());
+        }
+        if !next_record(reader, &mut batch[i])? {
+            batch.truncate(i);
+            return Ok(false);
+        }
+        i += 1;
+    }
+    batch.truncate(i);
+    Ok(true)
+}
+
 /// One record in 8 is timed for the per-type costs. The choice follows the top bits of a
 /// multiplicative hash of the record number: a fixed stride would alias with workloads
 /// whose transactions write a fixed sequence of records (pgbench writes ~8 per transaction).
@@ -407,18 +436,164 @@ fn sampled(i: u64) -> bool {
 }
 
 /// Records per message to the replay workers.
-const BATCH: usize = 256;
+const BATCH: usize = 512;
+/// Records per batch of the serial replay.
+const SERIAL_BATCH: usize = 64;
+/// Prefetch distances, in page references ahead of the one being applied: the hash bucket
+/// first, then (once the bucket is in cache) the page itself.
+const PREFETCH_BUCKET: usize = 12;
+const PREFETCH_PAGE: usize = 6;
 
-/// Which worker replays `key`: pages are partitioned by a hash of the key, so each page's
-/// records are applied by one thread, in WAL order — the result equals a serial replay.
-fn owner(key: &PageKey, workers: usize) -> usize {
-    use std::hash::{BuildHasher, BuildHasherDefault};
-    (BuildHasherDefault::<PageKeyHasher>::default().hash_one(key) % workers as u64) as usize
+/// Which worker replays the page with key hash `hash`: pages are partitioned by hash, so
+/// each page's records are applied by one thread, in WAL order — the result equals a serial
+/// replay.
+#[inline]
+fn owner(hash: u64, workers: usize) -> usize {
+    ((hash >> 32) % workers as u64) as usize
 }
 
-/// Parallel replay: this thread decodes and broadcasts batches of records; each worker
-/// applies the records' changes to the pages it owns (relation drops and truncations to
-/// its own pages too). Returns the merged page set.
+/// One replay thread: its pages (those `owner` gives it) and its counters.
+struct Replayer<'o> {
+    set: PageSet,
+    sum: VerifySummary,
+    per_type: HashMap<(u8, u8), TypeCost>,
+    image: Box<Page>,
+    opts: &'o VerifyOptions,
+    worker: usize,
+    workers: usize,
+    /// Records replayed (for timing samples).
+    seen: u64,
+    /// Page references of the batch being replayed (key, hash), and where each record's
+    /// start: the prefetch schedule.
+    refs: Vec<(PageKey, u64)>,
+    starts: Vec<u32>,
+}
+
+impl<'o> Replayer<'o> {
+    fn new(set: PageSet, opts: &'o VerifyOptions, worker: usize, workers: usize) -> Self {
+        Replayer {
+            set,
+            sum: VerifySummary::default(),
+            per_type: HashMap::new(),
+            image: Box::new([0u8; BLCKSZ]),
+            opts,
+            worker,
+            workers,
+            seen: 0,
+            refs: Vec::new(),
+            starts: Vec::new(),
+        }
+    }
+
+    /// Replays `batch` (only the records at `which`, if given), prefetching the hash
+    /// buckets and pages of the records ahead.
+    fn replay_batch(
+        &mut self,
+        batch: &[DecodedRecord],
+        which: Option<&[u32]>,
+    ) -> Result<(), VerifyError> {
+        let count = which.map_or(batch.len(), |w| w.len());
+        let rec_at = |i: usize| match which {
+            Some(w) => &batch[w[i] as usize],
+            None => &batch[i],
+        };
+        self.refs.clear();
+        self.starts.clear();
+        for i in 0..count {
+            self.starts.push(self.refs.len() as u32);
+            for b in rec_at(i).blocks() {
+                let key = b.page_key();
+                let h = key_hash(&key);
+                if owner(h, self.workers) == self.worker {
+                    self.refs.push((key, h));
+                }
+            }
+        }
+        let (mut next_bucket, mut next_page) = (0usize, 0usize);
+        for i in 0..count {
+            let rec = rec_at(i);
+            let at = self.starts[i] as usize;
+            let end = (at + PREFETCH_BUCKET).min(self.refs.len());
+            while next_bucket < end {
+                self.set.pages.prefetch_entry(self.refs[next_bucket].1);
+                next_bucket += 1;
+            }
+            let end = (at + PREFETCH_PAGE).min(self.refs.len());
+            while next_page < end {
+                let (key, h) = &self.refs[next_page];
+                self.set.pages.prefetch_page(key, *h);
+                next_page += 1;
+            }
+            self.seen += 1;
+            // Per-type cost is sampled (one record in 8) to keep the clock off the hot path.
+            let tr = (self.opts.timing && sampled(self.seen)).then(Instant::now);
+            replay_record(
+                rec,
+                &mut self.set,
+                &mut self.sum,
+                self.opts,
+                &mut self.image,
+                self.worker,
+                self.workers,
+            )?;
+            if let Some(tr) = tr {
+                self.per_type
+                    .entry((rec.rmid(), rec.info() & 0xF0))
+                    .or_default()
+                    .time += tr.elapsed() * 8;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds this thread's counters to `sum` and `per_type`; returns its pages.
+    fn finish(
+        self,
+        sum: &mut VerifySummary,
+        per_type: &mut HashMap<(u8, u8), TypeCost>,
+    ) -> PageSet {
+        let w = self.sum;
+        sum.page_changes += w.page_changes;
+        sum.pages_verified += w.pages_verified;
+        sum.mismatches += w.mismatches;
+        sum.unsupported_changes += w.unsupported_changes;
+        sum.redo_errors += w.redo_errors;
+        sum.first_mismatch = sum.first_mismatch.take().or(w.first_mismatch);
+        sum.first_unreadable = sum.first_unreadable.take().or(w.first_unreadable);
+        sum.first_redo_error = sum.first_redo_error.take().or(w.first_redo_error);
+        for (k, c) in self.per_type {
+            per_type.entry(k).or_default().time += c.time;
+        }
+        self.set
+    }
+}
+
+/// The workers that need `rec`: the owners of its block references and implicit pages;
+/// all of them when it changes which pages exist (drops, truncations).
+fn route(rec: &DecodedRecord, workers: usize) -> u64 {
+    let mut mask = 0u64;
+    for b in rec.blocks() {
+        mask |= 1 << owner(key_hash(&b.page_key()), workers);
+    }
+    if matches!(
+        rec.rmid(),
+        crate::wal::rmgr::RM_HEAP_ID | crate::wal::rmgr::RM_HEAP2_ID | crate::wal::rmgr::RM_SMGR_ID
+    ) {
+        for (key, _) in implicit_changes(rec) {
+            mask |= 1 << owner(key_hash(&key), workers);
+        }
+    }
+    if !super::relation_changes(rec).is_empty() {
+        mask = u64::MAX;
+    }
+    mask
+}
+
+/// Parallel replay: this thread decodes batches of records and sends each worker the
+/// batch with the positions of the records it needs; each worker applies the records'
+/// changes to the pages it owns (relation drops and truncations to its own pages too).
+/// Batches come back for reuse once every worker is done with them. Returns the merged
+/// page set.
 fn replay_parallel(
     reader: &mut WalFileReader,
     base_set: PageSet,
@@ -430,37 +605,30 @@ fn replay_parallel(
     use std::sync::mpsc::sync_channel;
     type Batch = Arc<Vec<DecodedRecord>>;
     type WorkerOut = (PageSet, VerifySummary, HashMap<(u8, u8), TypeCost>);
-    let n = opts.workers;
+    let n = opts.workers.min(64);
+    let (back_tx, back_rx) = sync_channel::<Vec<DecodedRecord>>(16);
     let mut senders = Vec::with_capacity(n);
     let mut handles = Vec::with_capacity(n);
     for w in 0..n {
-        let (tx, rx) = sync_channel::<Batch>(8);
+        let (tx, rx) = sync_channel::<(Batch, Vec<u32>)>(8);
         senders.push(tx);
         let opts = opts.clone();
         let base = base_set.base.clone();
+        let back = back_tx.clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("redo-{w}"))
                 .spawn(move || -> Result<WorkerOut, VerifyError> {
-                    let mut set = PageSet::new(base);
-                    let mut sum = VerifySummary::default();
-                    let mut per_type: HashMap<(u8, u8), TypeCost> = HashMap::new();
-                    let mut image = Box::new([0u8; BLCKSZ]);
-                    let mine = move |k: &PageKey| owner(k, n) == w;
-                    let mut i = 0u64;
-                    while let Ok(batch) = rx.recv() {
-                        for rec in batch.iter() {
-                            i += 1;
-                            let tr = (opts.timing && sampled(i)).then(Instant::now);
-                            replay_record(rec, &mut set, &mut sum, &opts, &mut image, &mine)?;
-                            if let Some(tr) = tr {
-                                per_type
-                                    .entry((rec.rmid(), rec.info() & 0xF0))
-                                    .or_default()
-                                    .time += tr.elapsed() * 8;
-                            }
+                    let mut r = Replayer::new(PageSet::new(base), &opts, w, n);
+                    while let Ok((batch, which)) = rx.recv() {
+                        r.replay_batch(&batch, Some(&which))?;
+                        if let Some(b) = Arc::into_inner(batch) {
+                            let _ = back.try_send(b);
                         }
                     }
+                    let mut sum = VerifySummary::default();
+                    let mut per_type = HashMap::new();
+                    let set = r.finish(&mut sum, &mut per_type);
                     Ok((set, sum, per_type))
                 })
                 .map_err(|source| VerifyError::Io {
@@ -469,24 +637,32 @@ fn replay_parallel(
                 })?,
         );
     }
-    let mut batch: Vec<DecodedRecord> = Vec::with_capacity(BATCH);
+    drop(back_tx);
     let mut failed = false;
     loop {
-        let mut rec = DecodedRecord::default();
-        let more = next_record(reader, &mut rec)?;
-        if more {
+        let mut batch = back_rx
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+        let more = fill_batch(reader, &mut batch, BATCH)?;
+        let mut which: Vec<Vec<u32>> = (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
+        for (i, rec) in batch.iter().enumerate() {
             sum.records += 1;
             sum.wal_bytes += rec.total_len() as u64;
             let c = per_type.entry((rec.rmid(), rec.info() & 0xF0)).or_default();
             c.records += 1;
             c.bytes += rec.total_len() as u64;
-            batch.push(rec);
+            let mask = route(rec, n);
+            for (w, list) in which.iter_mut().enumerate() {
+                if mask & (1 << w) != 0 {
+                    list.push(i as u32);
+                }
+            }
         }
-        if batch.len() == BATCH || (!more && !batch.is_empty()) {
-            let b: Batch = Arc::new(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
-            for tx in &senders {
+        if !batch.is_empty() {
+            let b: Batch = Arc::new(batch);
+            for (tx, list) in senders.iter().zip(which) {
                 // A worker that stopped has an error to report at join.
-                if tx.send(b.clone()).is_err() {
+                if tx.send((b.clone(), list)).is_err() {
                     failed = true;
                 }
             }
@@ -515,7 +691,7 @@ fn replay_parallel(
         }
         match &mut merged {
             None => merged = Some(set),
-            Some(m) => m.pages.extend(set.pages),
+            Some(m) => m.pages.absorb(set.pages),
         }
     }
     Ok(merged.unwrap_or(base_set))
@@ -548,24 +724,27 @@ fn replay_record(
     sum: &mut VerifySummary,
     opts: &VerifyOptions,
     image: &mut Box<Page>,
-    mine: &dyn Fn(&PageKey) -> bool,
+    worker: usize,
+    workers: usize,
 ) -> Result<(), VerifyError> {
     for block in rec.blocks() {
         let key = block.page_key();
-        if !mine(&key) {
+        let hash = key_hash(&key);
+        if owner(hash, workers) != worker {
             continue;
         }
         // Pages that do not exist are created by WILL_INIT/images, and VM pages by the
         // VISIBLE record (PostgreSQL reads them with RBM_ZERO_ON_ERROR).
         let create =
             block.will_init() || block.has_applicable_image() || key.fork == ForkNumber::VM;
-        let Some(state) = set.get_or_load(&key, create)? else {
+        let Some(slot) = set.get_or_load(&key, hash, create)? else {
             continue;
         };
+        let state = set.pages.slot_mut(slot);
         if state.unreadable.is_some() && !block.has_applicable_image() && !block.will_init() {
             continue;
         }
-        let mut outcome = apply_block(&mut state.page, rec, block, &opts.ctx);
+        let mut outcome = apply_block(state.page_mut(), rec, block, &opts.ctx);
         if outcome.as_ref().is_err_and(|e| e.is_unsupported()) && block.will_init() {
             // A re-initialisation by an rmgr we do not replay leaves the page unknown.
             outcome = Err(RedoError::new(rec, key, super::RedoErrorKind::Unsupported));
@@ -622,7 +801,7 @@ fn replay_record(
         let kind = PageKind::of_rmgr(rec.rmid(), key.fork)
             .unwrap_or_else(|| PageKind::guess(image, key.fork));
         sum.pages_verified += 1;
-        if let Some(diff) = compare_masked(&state.page, image, kind, key.block) {
+        if let Some(diff) = compare_masked(state.page(), image, kind, key.block) {
             sum.mismatches += 1;
             if sum.first_mismatch.is_none() {
                 sum.first_mismatch = Some(format!(
@@ -633,12 +812,14 @@ fn replay_record(
         }
     }
     for (key, change) in implicit_changes(rec) {
-        if !mine(&key) {
+        let hash = key_hash(&key);
+        if owner(hash, workers) != worker {
             continue;
         }
-        if let Some(state) = set.get_or_load(&key, true)? {
+        if let Some(slot) = set.get_or_load(&key, hash, true)? {
+            let state = set.pages.slot_mut(slot);
             if state.unreadable.is_none() {
-                apply_implicit(&mut state.page, change);
+                apply_implicit(state.page_mut(), change);
                 sum.page_changes += 1;
                 state.kind = Some(PageKind::VisibilityMap);
             }
@@ -914,7 +1095,7 @@ fn compare_pgdata(
     pgdata: &Path,
     sum: &mut VerifySummary,
 ) -> Result<(), VerifyError> {
-    let mut keys: Vec<PageKey> = set.pages.keys().copied().collect();
+    let mut keys: Vec<PageKey> = set.pages.slots().iter().map(|s| s.key).collect();
     let held: HashSet<PageKey> = keys.iter().copied().collect();
     for k in base_page_keys(set) {
         if !held.contains(&k) && !set.base_gone(&k) {
@@ -927,12 +1108,16 @@ fn compare_pgdata(
             sum.pgdata_fsm_pages_skipped += 1;
             continue;
         }
-        let (page, kind) = match set.pages.get(&key) {
+        let (page, kind) = match set
+            .pages
+            .find(&key, key_hash(&key))
+            .map(|i| set.pages.slot(i))
+        {
             Some(s) if s.unreadable.is_some() => {
                 sum.pgdata_unreadable_skipped += 1;
                 continue;
             }
-            Some(s) => (s.page.clone(), s.kind),
+            Some(s) => (Box::new(*s.page()), s.kind),
             None => match set.base.read_page(&key) {
                 Ok(Some(v)) => {
                     let mut p = Box::new([0u8; BLCKSZ]);

@@ -1,0 +1,429 @@
+//! The page table `verify` replays into: page keys to 8 KB pages, built for a replay loop
+//! whose cost is mostly memory latency (a random heap page per record).
+//!
+//! - An open-addressing hash table (linear probing) of small entries that carry the page's
+//!   address, so the bucket of a key can be prefetched from its hash alone and the page from
+//!   the bucket, records ahead of the one being applied ([`PageTable::prefetch_entry`],
+//!   [`PageTable::prefetch_page`]). Prefetches are hints: a stale or missing entry only
+//!   costs the prefetch.
+//! - Pages live in a [`PageArena`]: large anonymous mappings (huge pages where the kernel
+//!   gives them), so loading thousands of pages costs neither a heap allocation nor two page
+//!   faults each.
+//!
+//! Removal (relation drops and truncations, which are rare) rebuilds the table.
+
+use super::mask::PageKind;
+use super::page::Page;
+use crate::wal::block::PageKey;
+use crate::wal::page::BLCKSZ;
+use std::ptr::NonNull;
+
+/// Pages per arena chunk (16 MB).
+const CHUNK_PAGES: usize = 2048;
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Page-sized buffers carved out of anonymous mappings. Fresh buffers are zero (the kernel
+/// zeroes anonymous memory); recycled ones are not.
+pub(crate) struct PageArena {
+    /// (mapping, its length): unmapped on drop.
+    maps: Vec<(NonNull<u8>, usize)>,
+    /// The unused rest of the newest mapping: next page, pages left.
+    next: Option<NonNull<u8>>,
+    left: usize,
+    free: Vec<NonNull<Page>>,
+}
+
+// The arena owns its mappings; the raw pointers are not shared with other threads except by
+// moving the whole arena.
+unsafe impl Send for PageArena {}
+
+impl PageArena {
+    pub(crate) fn new() -> PageArena {
+        PageArena {
+            maps: Vec::new(),
+            next: None,
+            left: 0,
+            free: Vec::new(),
+        }
+    }
+
+    /// A page buffer; `zeroed` tells whether it is known to be all zeros.
+    pub(crate) fn alloc(&mut self) -> (NonNull<Page>, bool) {
+        if let Some(p) = self.free.pop() {
+            return (p, false);
+        }
+        if self.left == 0 {
+            self.map_chunk();
+        }
+        let p = self.next.expect("arena chunk");
+        self.left -= 1;
+        // SAFETY: the chunk holds `left` more pages after `p`.
+        self.next = Some(unsafe { NonNull::new_unchecked(p.as_ptr().add(BLCKSZ)) });
+        (p.cast(), true)
+    }
+
+    /// Returns a page buffer for reuse.
+    pub(crate) fn release(&mut self, p: NonNull<Page>) {
+        self.free.push(p);
+    }
+
+    fn map_chunk(&mut self) {
+        let len = CHUNK_PAGES * BLCKSZ + HUGE_PAGE;
+        // SAFETY: a fresh private anonymous mapping; checked for failure.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            // Fall back to the heap (never freed before the arena is dropped).
+            let layout =
+                std::alloc::Layout::from_size_align(CHUNK_PAGES * BLCKSZ, 4096).expect("layout");
+            // SAFETY: non-zero size.
+            let p = unsafe { std::alloc::alloc_zeroed(layout) };
+            let p = NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+            self.maps.push((p, 0));
+            self.next = Some(p);
+            self.left = CHUNK_PAGES;
+            return;
+        }
+        let base = base as *mut u8;
+        let aligned = ((base as usize + HUGE_PAGE - 1) & !(HUGE_PAGE - 1)) as *mut u8;
+        // SAFETY: `aligned` lies within the first HUGE_PAGE bytes of the mapping, which
+        // has CHUNK_PAGES pages after it. madvise is only a hint.
+        unsafe {
+            libc::madvise(
+                aligned as *mut libc::c_void,
+                CHUNK_PAGES * BLCKSZ,
+                libc::MADV_HUGEPAGE,
+            );
+        }
+        self.maps
+            .push((NonNull::new(base).expect("mmap result"), len));
+        self.next = NonNull::new(aligned);
+        self.left = CHUNK_PAGES;
+    }
+
+    /// Takes over `other`'s mappings (its pages stay valid).
+    pub(crate) fn absorb(&mut self, mut other: PageArena) {
+        self.maps.append(&mut other.maps);
+        self.free.append(&mut other.free);
+    }
+}
+
+impl Drop for PageArena {
+    fn drop(&mut self) {
+        for (p, len) in self.maps.drain(..) {
+            if len == 0 {
+                let layout = std::alloc::Layout::from_size_align(CHUNK_PAGES * BLCKSZ, 4096)
+                    .expect("layout");
+                // SAFETY: allocated with this layout in map_chunk.
+                unsafe { std::alloc::dealloc(p.as_ptr(), layout) };
+            } else {
+                // SAFETY: a mapping of `len` bytes made by map_chunk.
+                unsafe { libc::munmap(p.as_ptr() as *mut libc::c_void, len) };
+            }
+        }
+    }
+}
+
+/// One page of the table and what replay knows about it.
+pub(crate) struct Slot {
+    pub key: PageKey,
+    page: NonNull<Page>,
+    pub kind: Option<PageKind>,
+    /// Set by a change the engine cannot replay: (LSN, description).
+    pub unreadable: Option<String>,
+}
+
+// A slot owns its page buffer exclusively.
+unsafe impl Send for Slot {}
+
+impl Slot {
+    pub(crate) fn page(&self) -> &Page {
+        // SAFETY: the buffer belongs to this slot alone and lives as long as the arena,
+        // which outlives the table's slots.
+        unsafe { self.page.as_ref() }
+    }
+    pub(crate) fn page_mut(&mut self) -> &mut Page {
+        // SAFETY: as above; `&mut self` makes the access exclusive.
+        unsafe { self.page.as_mut() }
+    }
+}
+
+const EMPTY: u32 = u32::MAX;
+const NO_KEY: PageKey = PageKey {
+    rel: crate::wal::block::RelFileLocator {
+        spc_oid: 0,
+        db_oid: 0,
+        rel_number: 0,
+    },
+    fork: crate::wal::block::ForkNumber(0),
+    block: 0,
+};
+
+#[derive(Clone, Copy)]
+struct Entry {
+    key: PageKey,
+    slot: u32,
+    page: *const Page,
+}
+
+/// Page keys to slots.
+pub(crate) struct PageTable {
+    entries: Vec<Entry>,
+    mask: usize,
+    slots: Vec<Slot>,
+    arena: PageArena,
+}
+
+unsafe impl Send for PageTable {}
+
+/// The hash of a page key: the fields combined FxHash-style, then MurmurHash3's finaliser
+/// (bucket indexes come from the low bits and must change with the block number).
+#[inline]
+pub(crate) fn key_hash(key: &PageKey) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = (key.rel.spc_oid as u64) << 32 | key.rel.db_oid as u64;
+    h = (h.rotate_left(5) ^ ((key.rel.rel_number as u64) << 8 | key.fork.0 as u64)).wrapping_mul(K);
+    h = (h.rotate_left(5) ^ key.block as u64).wrapping_mul(K);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint and never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+impl PageTable {
+    pub(crate) fn new() -> PageTable {
+        let cap = 1024;
+        PageTable {
+            entries: vec![
+                Entry {
+                    key: NO_KEY,
+                    slot: EMPTY,
+                    page: std::ptr::null(),
+                };
+                cap
+            ],
+            mask: cap - 1,
+            slots: Vec::new(),
+            arena: PageArena::new(),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Prefetches the bucket where `hash`'s key lives (first step ahead of a lookup).
+    #[inline]
+    pub(crate) fn prefetch_entry(&self, hash: u64) {
+        prefetch(&self.entries[hash as usize & self.mask] as *const Entry as *const u8);
+    }
+
+    /// Prefetches the header and first line pointers of the page of `key`, if loaded
+    /// (second step; the bucket should be in cache by now).
+    #[inline]
+    pub(crate) fn prefetch_page(&self, key: &PageKey, hash: u64) {
+        let mut i = hash as usize & self.mask;
+        loop {
+            let e = &self.entries[i];
+            if e.slot == EMPTY {
+                return;
+            }
+            if e.key == *key {
+                prefetch(e.page as *const u8);
+                prefetch((e.page as *const u8).wrapping_add(64));
+                return;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// The slot of `key`.
+    #[inline]
+    pub(crate) fn find(&self, key: &PageKey, hash: u64) -> Option<u32> {
+        let mut i = hash as usize & self.mask;
+        loop {
+            let e = &self.entries[i];
+            if e.slot == EMPTY {
+                return None;
+            }
+            if e.key == *key {
+                return Some(e.slot);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    pub(crate) fn slot(&self, slot: u32) -> &Slot {
+        &self.slots[slot as usize]
+    }
+
+    pub(crate) fn slot_mut(&mut self, slot: u32) -> &mut Slot {
+        &mut self.slots[slot as usize]
+    }
+
+    pub(crate) fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    /// A page buffer for a new key; fill it, then [`PageTable::insert`] it (or give it
+    /// back with [`PageTable::release`]). The flag tells whether it is already zeroed.
+    pub(crate) fn new_page(&mut self) -> (NonNull<Page>, bool) {
+        self.arena.alloc()
+    }
+
+    pub(crate) fn release(&mut self, page: NonNull<Page>) {
+        self.arena.release(page);
+    }
+
+    /// Adds `key` (not present) with its page buffer from [`PageTable::new_page`].
+    pub(crate) fn insert(&mut self, key: PageKey, hash: u64, page: NonNull<Page>) -> u32 {
+        if (self.slots.len() + 1) * 2 > self.entries.len() {
+            self.rebuild(self.entries.len() * 2);
+        }
+        let slot = self.slots.len() as u32;
+        self.slots.push(Slot {
+            key,
+            page,
+            kind: None,
+            unreadable: None,
+        });
+        self.place(key, hash, slot, page.as_ptr());
+        slot
+    }
+
+    fn place(&mut self, key: PageKey, hash: u64, slot: u32, page: *const Page) {
+        let mut i = hash as usize & self.mask;
+        while self.entries[i].slot != EMPTY {
+            i = (i + 1) & self.mask;
+        }
+        self.entries[i] = Entry { key, slot, page };
+    }
+
+    fn rebuild(&mut self, cap: usize) {
+        self.entries.clear();
+        self.entries.resize(
+            cap,
+            Entry {
+                key: NO_KEY,
+                slot: EMPTY,
+                page: std::ptr::null(),
+            },
+        );
+        self.mask = cap - 1;
+        for i in 0..self.slots.len() {
+            let (key, page) = (self.slots[i].key, self.slots[i].page.as_ptr());
+            self.place(key, key_hash(&key), i as u32, page);
+        }
+    }
+
+    /// Keeps the pages `keep` accepts; the others' buffers are recycled.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&PageKey) -> bool) {
+        let before = self.slots.len();
+        let mut kept = Vec::with_capacity(before);
+        for s in self.slots.drain(..) {
+            if keep(&s.key) {
+                kept.push(s);
+            } else {
+                self.arena.release(s.page);
+            }
+        }
+        self.slots = kept;
+        if self.slots.len() != before {
+            let cap = self.entries.len();
+            self.rebuild(cap);
+        }
+    }
+
+    /// Takes over the pages of `other` (whose keys are not in this table).
+    pub(crate) fn absorb(&mut self, mut other: PageTable) {
+        let slots = std::mem::take(&mut other.slots);
+        let arena = std::mem::replace(&mut other.arena, PageArena::new());
+        self.arena.absorb(arena);
+        for s in slots {
+            let (key, page) = (s.key, s.page);
+            let slot = self.insert(key, key_hash(&key), page);
+            let dst = &mut self.slots[slot as usize];
+            dst.kind = s.kind;
+            dst.unreadable = s.unreadable;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::block::{ForkNumber, RelFileLocator};
+
+    fn key(rel: u32, block: u32) -> PageKey {
+        PageKey {
+            rel: RelFileLocator {
+                spc_oid: 1663,
+                db_oid: 5,
+                rel_number: rel,
+            },
+            fork: ForkNumber::MAIN,
+            block,
+        }
+    }
+
+    #[test]
+    fn insert_find_retain_absorb() {
+        let mut t = PageTable::new();
+        for b in 0..5000u32 {
+            let k = key(16384 + b % 3, b);
+            assert!(t.find(&k, key_hash(&k)).is_none());
+            let (mut p, zeroed) = t.new_page();
+            assert!(zeroed);
+            // SAFETY: a fresh buffer of the table.
+            unsafe { p.as_mut()[0] = b as u8 };
+            t.insert(k, key_hash(&k), p);
+        }
+        assert_eq!(t.len(), 5000);
+        for b in 0..5000u32 {
+            let k = key(16384 + b % 3, b);
+            let s = t.find(&k, key_hash(&k)).expect("present");
+            assert_eq!(t.slot(s).page()[0], b as u8);
+            assert_eq!(t.slot(s).key, k);
+        }
+        t.retain(|k| k.rel.rel_number != 16384);
+        assert_eq!(t.len(), 5000 - 1667);
+        let k0 = key(16384, 0);
+        assert!(t.find(&k0, key_hash(&k0)).is_none());
+        let k1 = key(16385, 1);
+        let s = t.find(&k1, key_hash(&k1)).expect("kept");
+        assert_eq!(t.slot(s).page()[0], 1);
+        // Recycled buffers are handed out again, not zeroed.
+        let (_, zeroed) = t.new_page();
+        assert!(!zeroed);
+        let mut u = PageTable::new();
+        let k = key(99, 7);
+        let (mut p, _) = u.new_page();
+        // SAFETY: a fresh buffer of the table.
+        unsafe { p.as_mut()[1] = 42 };
+        u.insert(k, key_hash(&k), p);
+        t.absorb(u);
+        let s = t.find(&k, key_hash(&k)).expect("absorbed");
+        assert_eq!(t.slot(s).page()[1], 42);
+    }
+}
