@@ -199,8 +199,9 @@ pub(crate) fn key_hash(key: &PageKey) -> u64 {
     h ^ (h >> 33)
 }
 
+/// Prefetches the cache line at `p` (a hint; any address is fine).
 #[inline(always)]
-fn prefetch(p: *const u8) {
+pub(crate) fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetching is a hint and never faults, whatever the address.
     unsafe {

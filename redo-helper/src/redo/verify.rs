@@ -18,7 +18,7 @@ use super::mask::{PageKind, mask_page};
 use super::page::{
     ITEM_ID_SIZE, ItemId, Page, PageLayout, SIZE_OF_PAGE_HEADER, get_u16, get_u32, lp_pos,
 };
-use super::pagetable::{PageTable, key_hash};
+use super::pagetable::{PageTable, key_hash, prefetch};
 use super::smgr::RelationChange;
 use super::tuple::*;
 use super::{BlockOutcome, RedoContext, RedoError, apply_block, apply_implicit, implicit_changes};
@@ -340,25 +340,30 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifySummary, VerifyError> {
         end,
         ..Default::default()
     };
-    let mut reader = WalFileReader::open(
-        &wal_dir,
-        start,
-        FileReaderOptions {
-            timeline: Some(meta.timeline),
-            end: Some(end),
-            system_identifier: Some(meta.system_identifier),
-            read_ahead: true,
-            ..Default::default()
-        },
-    )?;
+    let ropts = FileReaderOptions {
+        timeline: Some(meta.timeline),
+        end: Some(end),
+        system_identifier: Some(meta.system_identifier),
+        read_ahead: true,
+        ..Default::default()
+    };
     let mut per_type: HashMap<(u8, u8), TypeCost> = HashMap::new();
     let t0 = Instant::now();
+    let mut reader = WalFileReader::open(&wal_dir, start, ropts.clone())?;
     if opts.workers > 1 {
-        set = replay_parallel(&mut reader, set, &mut sum, &mut per_type, opts)?;
+        let hot = sample_hot_pages(
+            &wal_dir,
+            start,
+            FileReaderOptions {
+                read_ahead: false,
+                ..ropts
+            },
+        )?;
+        set = replay_parallel(&mut reader, set, &mut sum, &mut per_type, opts, &hot)?;
     } else {
         // Records are decoded a batch at a time (buffers reused) so the replay can prefetch
         // the pages of the records ahead.
-        let mut r = Replayer::new(set, opts, 0, 1);
+        let mut r = Replayer::new(set, opts, 0, Partition::serial());
         let mut batch: Vec<DecodedRecord> = Vec::new();
         loop {
             let more = fill_batch(&mut reader, &mut batch, SERIAL_BATCH)?;
@@ -443,13 +448,115 @@ const SERIAL_BATCH: usize = 64;
 /// first, then (once the bucket is in cache) the page itself.
 const PREFETCH_BUCKET: usize = 12;
 const PREFETCH_PAGE: usize = 6;
+/// How many records ahead the decoded records themselves are prefetched.
+const RECORD_AHEAD: usize = 4;
 
-/// Which worker replays the page with key hash `hash`: pages are partitioned by hash, so
-/// each page's records are applied by one thread, in WAL order — the result equals a serial
-/// replay.
+/// Which replay thread owns which pages. A page's key hash picks one of 256 shares and
+/// the shares are dealt to the threads, so each page's records are applied by one thread,
+/// in WAL order — the result equals a serial replay. Thread 0 is the one that also decodes
+/// the WAL, so it gets a smaller part of the pages. Pages that take a large part of the
+/// references (found by sampling the start of the range: pgbench's branches and tellers
+/// pages take a third of the records) are dealt one by one, so that they do not end up on
+/// the same thread by chance.
+#[derive(Clone, Copy)]
+struct Partition {
+    of: [u8; 256],
+    /// Shares that hold a hot page.
+    has_hot: [bool; 256],
+    hot: [(PageKey, u8); MAX_HOT],
+    nhot: usize,
+}
+
+/// Hot pages dealt individually, at most.
+const MAX_HOT: usize = 8;
+
 #[inline]
-fn owner(hash: u64, workers: usize) -> usize {
-    ((hash >> 32) % workers as u64) as usize
+fn share(hash: u64) -> usize {
+    (hash >> 56) as usize
+}
+
+impl Partition {
+    fn serial() -> Partition {
+        Partition {
+            of: [0; 256],
+            has_hot: [false; 256],
+            hot: [(NO_PAGE, 0); MAX_HOT],
+            nhot: 0,
+        }
+    }
+
+    /// `threads` threads (at most 64), thread 0 getting `first` shares of 256 and the
+    /// others the rest in equal parts; the `hot` pages are dealt in turn, starting with
+    /// thread 1.
+    fn new(threads: usize, first: usize, hot: &[PageKey]) -> Partition {
+        let mut p = Partition::serial();
+        if threads > 1 {
+            let first = first.min(256);
+            let rest = (256 - first).max(1);
+            for (i, o) in p.of.iter_mut().enumerate().skip(first) {
+                *o = (1 + (i - first) * (threads - 1) / rest) as u8;
+            }
+            for (i, key) in hot.iter().take(MAX_HOT).enumerate() {
+                p.hot[i] = (*key, ((i + 1) % threads) as u8);
+                p.has_hot[share(key_hash(key))] = true;
+                p.nhot = i + 1;
+            }
+        }
+        p
+    }
+
+    #[inline]
+    fn owner(&self, key: &PageKey, hash: u64) -> usize {
+        let s = share(hash);
+        if self.has_hot[s]
+            && let Some((_, t)) = self.hot[..self.nhot].iter().find(|(k, _)| k == key)
+        {
+            return *t as usize;
+        }
+        self.of[s] as usize
+    }
+}
+
+const NO_PAGE: PageKey = PageKey {
+    rel: RelFileLocator {
+        spc_oid: 0,
+        db_oid: 0,
+        rel_number: 0,
+    },
+    fork: ForkNumber::MAIN,
+    block: 0,
+};
+
+/// Records sampled at the start of the range to find hot pages.
+const HOT_SAMPLE: usize = 32_768;
+
+/// The pages that take at least 2% of the block references of the first records of the
+/// range, hottest first.
+fn sample_hot_pages(
+    wal_dir: &Path,
+    start: Lsn,
+    ropts: FileReaderOptions,
+) -> Result<Vec<PageKey>, VerifyError> {
+    let mut reader = WalFileReader::open(wal_dir, start, ropts)?;
+    let mut counts: FastMap<PageKey, u32> = FastMap::default();
+    let mut total = 0u64;
+    let mut rec = DecodedRecord::default();
+    for _ in 0..HOT_SAMPLE {
+        if !next_record(&mut reader, &mut rec)? {
+            break;
+        }
+        for b in rec.blocks() {
+            *counts.entry(b.page_key()).or_default() += 1;
+            total += 1;
+        }
+    }
+    let mut hot: Vec<(u32, PageKey)> = counts
+        .into_iter()
+        .filter(|(_, c)| *c as u64 * 50 >= total)
+        .map(|(k, c)| (c, k))
+        .collect();
+    hot.sort_by(|a, b| b.cmp(a));
+    Ok(hot.into_iter().take(MAX_HOT).map(|(_, k)| k).collect())
 }
 
 /// One replay thread: its pages (those `owner` gives it) and its counters.
@@ -460,7 +567,7 @@ struct Replayer<'o> {
     image: Box<Page>,
     opts: &'o VerifyOptions,
     worker: usize,
-    workers: usize,
+    part: Partition,
     /// Records replayed (for timing samples).
     seen: u64,
     /// Page references of the batch being replayed (key, hash), and where each record's
@@ -470,7 +577,7 @@ struct Replayer<'o> {
 }
 
 impl<'o> Replayer<'o> {
-    fn new(set: PageSet, opts: &'o VerifyOptions, worker: usize, workers: usize) -> Self {
+    fn new(set: PageSet, opts: &'o VerifyOptions, worker: usize, part: Partition) -> Self {
         Replayer {
             set,
             sum: VerifySummary::default(),
@@ -478,7 +585,7 @@ impl<'o> Replayer<'o> {
             image: Box::new([0u8; BLCKSZ]),
             opts,
             worker,
-            workers,
+            part,
             seen: 0,
             refs: Vec::new(),
             starts: Vec::new(),
@@ -500,11 +607,21 @@ impl<'o> Replayer<'o> {
         self.refs.clear();
         self.starts.clear();
         for i in 0..count {
+            // The records were decoded on another core: fetch the block references and the
+            // payload of the records ahead while this one is scanned.
+            if i + RECORD_AHEAD < count {
+                let ahead = rec_at(i + RECORD_AHEAD);
+                prefetch(ahead.blocks().as_ptr() as *const u8);
+                let raw = ahead.raw();
+                prefetch(raw.as_ptr());
+                prefetch(raw.as_ptr().wrapping_add(64));
+                prefetch(ahead.main_data().as_ptr());
+            }
             self.starts.push(self.refs.len() as u32);
             for b in rec_at(i).blocks() {
                 let key = b.page_key();
                 let h = key_hash(&key);
-                if owner(h, self.workers) == self.worker {
+                if self.part.owner(&key, h) == self.worker {
                     self.refs.push((key, h));
                 }
             }
@@ -534,7 +651,7 @@ impl<'o> Replayer<'o> {
                 self.opts,
                 &mut self.image,
                 self.worker,
-                self.workers,
+                &self.part,
             )?;
             if let Some(tr) = tr {
                 self.per_type
@@ -570,17 +687,18 @@ impl<'o> Replayer<'o> {
 
 /// The workers that need `rec`: the owners of its block references and implicit pages;
 /// all of them when it changes which pages exist (drops, truncations).
-fn route(rec: &DecodedRecord, workers: usize) -> u64 {
+fn route(rec: &DecodedRecord, part: &Partition) -> u64 {
     let mut mask = 0u64;
     for b in rec.blocks() {
-        mask |= 1 << owner(key_hash(&b.page_key()), workers);
+        let key = b.page_key();
+        mask |= 1 << part.owner(&key, key_hash(&key));
     }
     if matches!(
         rec.rmid(),
         crate::wal::rmgr::RM_HEAP_ID | crate::wal::rmgr::RM_HEAP2_ID | crate::wal::rmgr::RM_SMGR_ID
     ) {
         for (key, _) in implicit_changes(rec) {
-            mask |= 1 << owner(key_hash(&key), workers);
+            mask |= 1 << part.owner(&key, key_hash(&key));
         }
     }
     if !super::relation_changes(rec).is_empty() {
@@ -589,27 +707,36 @@ fn route(rec: &DecodedRecord, workers: usize) -> u64 {
     mask
 }
 
-/// Parallel replay: this thread decodes batches of records and sends each worker the
-/// batch with the positions of the records it needs; each worker applies the records'
-/// changes to the pages it owns (relation drops and truncations to its own pages too).
-/// Batches come back for reuse once every worker is done with them. Returns the merged
-/// page set.
+/// Share of the pages (of 256) the decoding thread replays itself with two threads: it
+/// also spends about a third of its time reading and decoding the WAL.
+const DECODER_SHARE_OF_TWO: usize = 80;
+
+/// Parallel replay over `opts.workers` threads, this one included: this thread decodes
+/// batches of records, sends each other thread the batch with the positions of the records
+/// it needs, and replays its own (smaller) share of the pages; each thread applies the
+/// records' changes to the pages it owns (relation drops and truncations to its own pages
+/// too). Batches come back for reuse once every thread is done with them. Returns the
+/// merged page set.
 fn replay_parallel(
     reader: &mut WalFileReader,
     base_set: PageSet,
     sum: &mut VerifySummary,
     per_type: &mut HashMap<(u8, u8), TypeCost>,
     opts: &VerifyOptions,
+    hot: &[PageKey],
 ) -> Result<PageSet, VerifyError> {
     use std::sync::Arc;
     use std::sync::mpsc::sync_channel;
     type Batch = Arc<Vec<DecodedRecord>>;
     type WorkerOut = (PageSet, VerifySummary, HashMap<(u8, u8), TypeCost>);
-    let n = opts.workers.min(64);
+    let n = opts.workers.clamp(1, 64);
+    // Thread 0's share: as much as one other thread's, less the decoding.
+    let first = DECODER_SHARE_OF_TWO * 2 / n;
+    let part = Partition::new(n, first, hot);
     let (back_tx, back_rx) = sync_channel::<Vec<DecodedRecord>>(16);
     let mut senders = Vec::with_capacity(n);
     let mut handles = Vec::with_capacity(n);
-    for w in 0..n {
+    for w in 1..n {
         let (tx, rx) = sync_channel::<(Batch, Vec<u32>)>(8);
         senders.push(tx);
         let opts = opts.clone();
@@ -619,7 +746,7 @@ fn replay_parallel(
             std::thread::Builder::new()
                 .name(format!("redo-{w}"))
                 .spawn(move || -> Result<WorkerOut, VerifyError> {
-                    let mut r = Replayer::new(PageSet::new(base), &opts, w, n);
+                    let mut r = Replayer::new(PageSet::new(base), &opts, w, part);
                     while let Ok((batch, which)) = rx.recv() {
                         r.replay_batch(&batch, Some(&which))?;
                         if let Some(b) = Arc::into_inner(batch) {
@@ -638,12 +765,22 @@ fn replay_parallel(
         );
     }
     drop(back_tx);
+    let mut mine = Replayer::new(base_set, opts, 0, part);
+    let mut spare: Option<Vec<DecodedRecord>> = None;
     let mut failed = false;
+    let mut result = Ok(());
     loop {
-        let mut batch = back_rx
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(BATCH));
-        let more = fill_batch(reader, &mut batch, BATCH)?;
+        let mut batch = spare
+            .take()
+            .or_else(|| back_rx.try_recv().ok())
+            .unwrap_or_else(|| Vec::with_capacity(BATCH));
+        let more = match fill_batch(reader, &mut batch, BATCH) {
+            Ok(m) => m,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
         let mut which: Vec<Vec<u32>> = (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
         for (i, rec) in batch.iter().enumerate() {
             sum.records += 1;
@@ -651,7 +788,7 @@ fn replay_parallel(
             let c = per_type.entry((rec.rmid(), rec.info() & 0xF0)).or_default();
             c.records += 1;
             c.bytes += rec.total_len() as u64;
-            let mask = route(rec, n);
+            let mask = route(rec, &part);
             for (w, list) in which.iter_mut().enumerate() {
                 if mask & (1 << w) != 0 {
                     list.push(i as u32);
@@ -660,19 +797,26 @@ fn replay_parallel(
         }
         if !batch.is_empty() {
             let b: Batch = Arc::new(batch);
-            for (tx, list) in senders.iter().zip(which) {
+            let mut lists = which.into_iter();
+            let own = lists.next().unwrap_or_default();
+            for (tx, list) in senders.iter().zip(lists) {
                 // A worker that stopped has an error to report at join.
                 if tx.send((b.clone(), list)).is_err() {
                     failed = true;
                 }
             }
+            if let Err(e) = mine.replay_batch(&b, Some(&own)) {
+                result = Err(e);
+                break;
+            }
+            spare = Arc::into_inner(b);
         }
         if !more || failed {
             break;
         }
     }
     drop(senders);
-    let mut merged: Option<PageSet> = None;
+    let mut merged = mine.finish(sum, per_type);
     for h in handles {
         let (set, wsum, wtypes) = h.join().map_err(|_| VerifyError::Io {
             path: PathBuf::from("replay worker"),
@@ -689,12 +833,10 @@ fn replay_parallel(
         for (k, c) in wtypes {
             per_type.entry(k).or_default().time += c.time;
         }
-        match &mut merged {
-            None => merged = Some(set),
-            Some(m) => m.pages.absorb(set.pages),
-        }
+        merged.pages.absorb(set.pages);
     }
-    Ok(merged.unwrap_or(base_set))
+    result?;
+    Ok(merged)
 }
 
 fn read_flushed(wal_dir: &Path) -> Result<Lsn, VerifyError> {
@@ -725,12 +867,12 @@ fn replay_record(
     opts: &VerifyOptions,
     image: &mut Box<Page>,
     worker: usize,
-    workers: usize,
+    part: &Partition,
 ) -> Result<(), VerifyError> {
     for block in rec.blocks() {
         let key = block.page_key();
         let hash = key_hash(&key);
-        if owner(hash, workers) != worker {
+        if part.owner(&key, hash) != worker {
             continue;
         }
         // Pages that do not exist are created by WILL_INIT/images, and VM pages by the
@@ -813,7 +955,7 @@ fn replay_record(
     }
     for (key, change) in implicit_changes(rec) {
         let hash = key_hash(&key);
-        if owner(hash, workers) != worker {
+        if part.owner(&key, hash) != worker {
             continue;
         }
         if let Some(slot) = set.get_or_load(&key, hash, true)? {
@@ -1222,7 +1364,7 @@ pub fn run_cli(opts: &VerifyOptions) -> std::process::ExitCode {
             sum.wal_bytes as f64 / 1e6 / secs
         );
         let mut types: Vec<(&String, &TypeCost)> = sum.per_type.iter().collect();
-        types.sort_by(|a, b| b.1.time.cmp(&a.1.time));
+        types.sort_by_key(|t| std::cmp::Reverse(t.1.time));
         for (name, c) in types.iter().take(5) {
             println!(
                 "  {name}: {} records, {:.1}% of time, {:.2} us/record",
