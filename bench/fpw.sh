@@ -3,9 +3,10 @@
 # wal_compression = lz4 and = zstd (what a DBA tries first), off alone (forced, no helper),
 # and off with the redo helper attached (guarded switch), for pgbench's TPC-B-like default
 # and a TPC-C-like workload with poorly compressible strings (bench/tpcc/). Also reports the
-# helper's CPU and lag during its run, and GetPage latency and deltas per read measured by the
-# helper itself.
-# Knobs: BENCH_SECONDS (20), BENCH_SCALE (pgbench scale, 20), BENCH_WAREHOUSES (4),
+# helper's CPU, images/s and image queue depth at peak load during its run, and GetPage@LSN
+# latency and deltas per read with threshold 16 (with and without the page cache) against no
+# image generation (the whole chain replayed).
+# Knobs: BENCH_SECONDS (20), BENCH_SCALE (pgbench scale, 50), BENCH_WAREHOUSES (4),
 # BENCH_CLIENTS (4), BENCH_READS (2000).
 set -euo pipefail
 
@@ -14,7 +15,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../scripts/pg_cluster.sh"
 helper_bin=${REDO_HELPER_BIN:-$here/../target/release/redo-helper}
 seconds=${BENCH_SECONDS:-20}
-scale=${BENCH_SCALE:-20}
+scale=${BENCH_SCALE:-50}
 warehouses=${BENCH_WAREHOUSES:-4}
 clients=${BENCH_CLIENTS:-4}
 reads=${BENCH_READS:-2000}
@@ -94,25 +95,81 @@ sleep 0.3
 sql -c "SELECT fpw_pushdown.disable_full_page_writes()" >/dev/null
 hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$HELPER_PID/stat"; }
+# Samples the image queue while pgbench runs (peak load): prints the largest depth seen.
+watch_queue() {
+    local max=0 d
+    while [ -f "$work/watching" ]; do
+        d=$(status | json_field imagegen_queue_depth 2>/dev/null || echo 0)
+        [ "${d:-0}" -gt "$max" ] 2>/dev/null && max=$d
+        sleep 0.5
+    done
+    echo "$max"
+}
+declare -A QMAX IMGS
 for w in tpcb tpcc; do
     t0=$(ticks)
     s0=$(date +%s.%N)
+    i0=$(status | json_field images_generated)
+    touch "$work/watching"
+    watch_queue >"$work/qmax.$w" &
+    watcher=$!
     read -r "B[$w,helper]" "T[$w,helper]" < <(run $w "full_page_writes=off + redo helper")
+    rm -f "$work/watching"
+    wait "$watcher"
     s1=$(date +%s.%N)
-    CPU[$w]=$(awk -v a="$t0" -v b="$(ticks)" -v hz="$hz" -v e="$(awk -v a="$s0" -v b="$s1" 'BEGIN{print b-a}')" 'BEGIN{printf "%.2f", (b-a)/hz/e}')
+    e=$(awk -v a="$s0" -v b="$s1" 'BEGIN{print b-a}')
+    CPU[$w]=$(awk -v a="$t0" -v b="$(ticks)" -v hz="$hz" -v e="$e" 'BEGIN{printf "%.2f", (b-a)/hz/e}')
+    QMAX[$w]=$(cat "$work/qmax.$w")
+    IMGS[$w]=$(awk -v a="$i0" -v b="$(status | json_field images_generated)" -v e="$e" 'BEGIN{printf "%.0f", (b-a)/e}')
 done
 sql -c "SELECT fpw_pushdown.enable_full_page_writes()" >/dev/null
 
-# GetPage: hot and random pgbench pages, read at the current LSN; latency measured in the helper.
+# GetPage@LSN: the same pages (every 10th the hottest pgbench page, the others random
+# pgbench_accounts pages) read three ways, each at the LSN where the load stopped:
+#   served      - what a caller gets: cached page or generated image + deltas
+#   no cache    - generated images (threshold 16) + deltas, the page cache bypassed
+#   no images   - the whole chain from the WAL or the base backup: no image generation
+# Latency is the client's time to first byte after connecting (curl), so it includes the
+# HTTP round trip on loopback; deltas per read come from the x-deltas-replayed header.
 db=$(sql -c "SELECT oid FROM pg_database WHERE datname = 'postgres'")
 acc=$(sql -c "SELECT pg_relation_filenode('pgbench_accounts')")
 blocks=$(sql -c "SELECT pg_relation_size('pgbench_accounts') / 8192")
 br=$(sql -c "SELECT pg_relation_filenode('pgbench_branches')")
-errors=0
+at=$(sql -c "SELECT pg_current_wal_flush_lsn()")
+: >"$work/pages"
 for i in $(seq 1 "$reads"); do
-    if [ $((i % 10)) = 0 ]; then p="1663/$db/$br/main/0"; else p="1663/$db/$acc/main/$(( (RANDOM * 32768 + RANDOM) % blocks ))"; fi
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$hport/page/$p")" = 200 ] || errors=$((errors + 1))
-done
+    if [ $((i % 10)) = 0 ]; then echo "1663/$db/$br/main/0"; else echo "1663/$db/$acc/main/$(( (RANDOM * 32768 + RANDOM) % blocks ))"; fi
+done >"$work/pages"
+# read_pages QUERY OUT: one line per read: "http_code latency_us deltas"
+read_pages() {
+    local q=$1 out=$2 p
+    : >"$out"
+    while read -r p; do
+        r=$(curl -s -o /dev/null -D "$work/h" -w '%{http_code} %{time_connect} %{time_starttransfer}' \
+            "http://127.0.0.1:$hport/page/$p?lsn=$at&wait_ms=5000$q")
+        d=$(sed -n 's/^x-deltas-replayed: \([0-9]*\).*/\1/p' "$work/h")
+        echo "$r ${d:--1}" | awk '{printf "%s %.0f %s\n", $1, ($3 - $2) * 1e6, $4}' >>"$out"
+    done <"$work/pages"
+}
+# quantile SORTED_FILE P → the value at fraction P (nearest rank)
+quantile() {
+    local n
+    n=$(wc -l <"$1")
+    [ "$n" -gt 0 ] || { echo -; return; }
+    sed -n "$(awk -v n="$n" -v p="$2" 'BEGIN{i=int(n*p+0.5); if(i<1)i=1; if(i>n)i=n; print i}')p" "$1"
+}
+# summary FILE → "errors p50_us p99_us deltas_p50 deltas_p99 deltas_max"
+summary() {
+    local f=$1
+    awk '$1 == 200 {print $2}' "$f" | sort -n >"$f.lat"
+    awk '$1 == 200 {print $3}' "$f" | sort -n >"$f.del"
+    echo "$(awk '$1 != 200' "$f" | wc -l) $(quantile "$f.lat" 0.5) $(quantile "$f.lat" 0.99)" \
+        "$(quantile "$f.del" 0.5) $(quantile "$f.del" 0.99) $(quantile "$f.del" 1)"
+}
+log "GetPage: $reads reads x 3 ways at $at"
+read_pages "" "$work/r.served"
+read_pages "&cache=none" "$work/r.nocache"
+read_pages "&images=none" "$work/r.noimages"
 st=$(status)
 
 pct() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f%%", (1 - a/b) * 100}'; }
@@ -130,14 +187,21 @@ for w in tpcb tpcc; do
         esac
         printf '%-40s %12s %10s\n' "$label" "${B[$w,$m]}" "${T[$w,$m]}"
     done
-    printf '%-56s %s\n' "WAL/txn reduction, helper vs FPW on (target >= 91%)" "$(pct "${B[$w,helper]}" "${B[$w,on]}")" \
+    printf '%-60s %s\n' "WAL/txn reduction, helper vs FPW on (target >= 91%)" "$(pct "${B[$w,helper]}" "${B[$w,on]}")" \
         "WAL/txn below FPW on + zstd (target >= 40%)" "$(pct "${B[$w,helper]}" "${B[$w,zstd]}")" \
         "TPS with helper / TPS off alone (target >= 97%)" "$(awk -v a="${T[$w,helper]}" -v b="${T[$w,off]}" 'BEGIN{printf "%.1f%%", a/b*100}')" \
-        "helper CPU during its run (cores)" "${CPU[$w]}"
+        "helper CPU during its run (cores)" "${CPU[$w]}" \
+        "images generated per second during its run" "${IMGS[$w]}" \
+        "image queue depth, max sampled at peak load" "${QMAX[$w]}"
 done
 echo
-printf '%-56s %s\n' \
-    "GetPage reads (errors)" "$reads ($errors)" \
-    "GetPage latency in the helper p50 / p99 (us)" "$(echo "$st" | json_field p50 getpage_latency_us) / $(echo "$st" | json_field p99 getpage_latency_us)" \
-    "deltas replayed per read p50 / p99 / max (threshold 16)" "$(echo "$st" | json_field p50 deltas_per_read) / $(echo "$st" | json_field p99 deltas_per_read) / $(echo "$st" | json_field max deltas_per_read)" \
-    "images generated / queue depth" "$(echo "$st" | json_field images_generated) / $(echo "$st" | json_field imagegen_queue_depth)"
+echo "GetPage@LSN at $at: $reads reads (10% the hottest page, 90% random pgbench_accounts pages)"
+printf '%-44s %7s %9s %9s %17s\n' "read" errors "p50 us" "p99 us" "deltas p50/p99/max"
+for r in served:"served (cache + images, threshold 16)" nocache:"images, threshold 16, no cache" noimages:"no image generation (full chain)"; do
+    read -r e l50 l99 d50 d99 dmax < <(summary "$work/r.${r%%:*}")
+    printf '%-44s %7s %9s %9s %17s\n' "${r#*:}" "$e" "$l50" "$l99" "$d50/$d99/$dmax"
+done
+printf '%-60s %s\n' \
+    "GetPage p99 target (cached image + <= 16 deltas)" "<= 200 us" \
+    "helper-side rebuild time p50 / p99 over all reads (us)" "$(echo "$st" | json_field p50 getpage_latency_us) / $(echo "$st" | json_field p99 getpage_latency_us)" \
+    "images generated / failed / queue depth now" "$(echo "$st" | json_field images_generated) / $(echo "$st" | json_field image_failures) / $(echo "$st" | json_field imagegen_queue_depth)"
