@@ -41,6 +41,18 @@ CREATE TABLE helper_load AS SELECT g AS id, md5(g::text) AS v FROM generate_seri
 SELECT regress.wait_for($$SELECT slot_lag_bytes < 65536 FROM fpw_pushdown.status()$$, '30s') AS slot_caught_up;
 SELECT full_page_writes, slot_active, helper_healthy FROM fpw_pushdown.status();
 DROP TABLE helper_load;
+-- With FPW off, no page images reach the WAL: the helper rebuilds pages from the deltas with
+-- its own redo, and still serves the older versions (time travel).
+UPDATE page_probe SET v = v || '?' WHERE id % 3 = 0;
+DELETE FROM page_probe WHERE id = 11;
+INSERT INTO page_probe VALUES (51, 'row 51');
+SELECT pg_current_wal_flush_lsn() AS off_lsn \gset
+SELECT (SELECT array_agg((lp, lp_flags, t_ctid, t_data) ORDER BY lp) FROM heap_page_items(fpw_pushdown.page_at('page_probe', 0, lsn => :'off_lsn')))
+     = (SELECT array_agg((lp, lp_flags, t_ctid, t_data) ORDER BY lp) FROM heap_page_items(get_raw_page('page_probe', 0))) AS heap_page_from_deltas,
+       (SELECT array_agg(ctid ORDER BY itemoffset) FROM bt_page_items(fpw_pushdown.page_at('page_probe_pkey', 1, lsn => :'off_lsn')))
+     = (SELECT array_agg(ctid ORDER BY itemoffset) FROM bt_page_items(get_raw_page('page_probe_pkey', 1))) AS index_page_from_deltas,
+       (SELECT count(*) FROM heap_page_items(fpw_pushdown.page_at('page_probe', 0, lsn => :'probe_lsn')))
+     < (SELECT count(*) FROM heap_page_items(fpw_pushdown.page_at('page_probe', 0, lsn => :'off_lsn'))) AS older_version_served;
 -- The helper dies: the autopilot turns FPW back on.
 \! kill -9 "$(cat "$FPW_TEST_TMP/helper.pid")"
 -- The autopilot records its switch right after the record is flushed; wait for both.
