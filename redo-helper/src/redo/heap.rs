@@ -98,28 +98,48 @@ pub fn transaction_id_precedes(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
 }
 
+thread_local! {
+    /// Where a tuple is assembled before PageAddItem copies it into the page: one buffer
+    /// per thread, reused, so replaying inserts and updates does not allocate.
+    static TUPLE_BUF: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(Vec::with_capacity(crate::wal::page::BLCKSZ));
+}
+
 /// Builds a heap tuple from an `xl_heap_header` and the bitmap/data bytes that follow the
-/// fixed header, as heap_xlog_insert does: header zeroed, infomask/hoff from the record,
-/// xmin = the record's xid, cmin = FirstCommandId, t_ctid = (blk, off).
-fn build_tuple(
+/// fixed header (given in pieces), as heap_xlog_insert does: header zeroed, infomask/hoff
+/// from the record, xmin = the record's xid, cmin = FirstCommandId, t_ctid = (blk, off);
+/// then hands it to `f`.
+fn with_tuple<R>(
     xlhdr: &[u8],
-    data: &[u8],
+    data: &[&[u8]],
     xid: u32,
     blk: u32,
     off: u16,
-) -> Result<Vec<u8>, RedoErrorKind> {
+    f: impl FnOnce(&mut [u8]) -> Result<R, RedoErrorKind>,
+) -> Result<R, RedoErrorKind> {
     if xlhdr.len() < SIZE_OF_HEAP_HEADER {
         return Err(malformed("heap tuple header truncated"));
     }
-    let mut t = vec![0u8; SIZEOF_HEAP_TUPLE_HEADER + data.len()];
-    t[SIZEOF_HEAP_TUPLE_HEADER..].copy_from_slice(data);
-    let mut h = HeapTupleHeader { b: &mut t };
+    TUPLE_BUF.with(|buf| {
+        let mut t = buf.borrow_mut();
+        fill_tuple(&mut t, xlhdr, data, xid, blk, off);
+        f(&mut t)
+    })
+}
+
+/// The assembly of `with_tuple` into `t` (`xlhdr` checked by the caller).
+fn fill_tuple(t: &mut Vec<u8>, xlhdr: &[u8], data: &[&[u8]], xid: u32, blk: u32, off: u16) {
+    t.clear();
+    t.resize(SIZEOF_HEAP_TUPLE_HEADER, 0);
+    for piece in data {
+        t.extend_from_slice(piece);
+    }
+    let mut h = HeapTupleHeader { b: t };
     h.set_infomask2(get_u16(xlhdr, 0));
     h.set_infomask(get_u16(xlhdr, 2));
     h.b[T_HOFF] = xlhdr[4];
     h.set_xmin(xid);
     h.set_ctid(blk, off);
-    Ok(t)
 }
 
 fn insert(
@@ -142,14 +162,14 @@ fn insert(
     if data.len() <= SIZE_OF_HEAP_HEADER {
         return Err(malformed("insert without tuple data"));
     }
-    let tup = build_tuple(
+    with_tuple(
         &data[..SIZE_OF_HEAP_HEADER],
-        &data[SIZE_OF_HEAP_HEADER..],
+        &[&data[SIZE_OF_HEAP_HEADER..]],
         rec.xid(),
         block.block,
         x.offnum,
+        |tup| Ok(page.add_item(tup, x.offnum, PAI_OVERWRITE | PAI_IS_HEAP)?),
     )?;
-    page.add_item(&tup, x.offnum, PAI_OVERWRITE | PAI_IS_HEAP)?;
     if x.flags & XLH_INSERT_ALL_VISIBLE_CLEARED != 0 {
         page.set_flag(super::page::PD_ALL_VISIBLE, false);
     }
@@ -214,17 +234,12 @@ fn update(
         return Err(malformed(format!("unexpected block id {}", block.id)));
     }
     // The old tuple (for prefix/suffix compression) lives on this page when same_page.
-    let mut old_tuple: Option<Vec<u8>> = None;
     if same_page {
         update_old(rec, page, x, block.block)?;
-        // The old tuple is only needed for prefix/suffix compression.
-        if x.flags & (XLH_UPDATE_PREFIX_FROM_OLD | XLH_UPDATE_SUFFIX_FROM_OLD) != 0 {
-            old_tuple = Some(page.item(x.old_offnum)?.to_vec());
-        }
     } else if x.init_page {
         page.init(0);
     }
-    update_new(rec, block, page, x, old_tuple.as_deref())?;
+    update_new(rec, block, page, x, same_page)?;
     Ok(LsnRule::Stamp)
 }
 
@@ -263,7 +278,7 @@ fn update_new(
     block: &BlockRef,
     page: &mut Page,
     x: &HeapUpdate,
-    old_tuple: Option<&[u8]>,
+    old_on_page: bool,
 ) -> Result<(), RedoErrorKind> {
     if page.max_offset() + 1 < x.new_offnum {
         return Err(malformed(format!(
@@ -297,43 +312,51 @@ fn update_new(
     pos += SIZE_OF_HEAP_HEADER;
     let rest = &data[pos..];
     let hoff = xlhdr[4] as usize;
-    let mut body: Vec<u8> = Vec::with_capacity(rest.len() + prefixlen + suffixlen);
-    if prefixlen > 0 || suffixlen > 0 {
-        let old = old_tuple.ok_or_else(|| {
-            malformed("prefix/suffix compression but the old tuple is on another page")
-        })?;
-        let old_hoff = *old
-            .get(T_HOFF)
-            .ok_or_else(|| malformed("old tuple too short"))? as usize;
-        if prefixlen > 0 {
-            // Bitmap [+ padding] [+ oid] from the record, then the prefix of the old data,
-            // then the rest of the new data from the record.
-            let bitmap_len = hoff
-                .checked_sub(SIZEOF_HEAP_TUPLE_HEADER)
-                .filter(|l| *l <= rest.len())
-                .ok_or_else(|| malformed(format!("bad t_hoff {hoff}")))?;
-            body.extend_from_slice(&rest[..bitmap_len]);
-            let prefix = old
-                .get(old_hoff..old_hoff + prefixlen)
-                .ok_or_else(|| malformed(format!("prefix {prefixlen} longer than old tuple")))?;
-            body.extend_from_slice(prefix);
-            body.extend_from_slice(&rest[bitmap_len..]);
-        } else {
-            body.extend_from_slice(rest);
+    TUPLE_BUF.with(|buf| {
+        let mut t = buf.borrow_mut();
+        {
+            // The new tuple's data: [bitmap + padding + oid from the record] [prefix of the
+            // old tuple's data] [rest from the record] [suffix of the old tuple].
+            let mut pieces: [&[u8]; 4] = [&[]; 4];
+            if prefixlen > 0 || suffixlen > 0 {
+                if !old_on_page {
+                    return Err(malformed(
+                        "prefix/suffix compression but the old tuple is on another page",
+                    ));
+                }
+                let old = page.item(x.old_offnum)?;
+                let old_hoff = *old
+                    .get(T_HOFF)
+                    .ok_or_else(|| malformed("old tuple too short"))?
+                    as usize;
+                if prefixlen > 0 {
+                    let bitmap_len = hoff
+                        .checked_sub(SIZEOF_HEAP_TUPLE_HEADER)
+                        .filter(|l| *l <= rest.len())
+                        .ok_or_else(|| malformed(format!("bad t_hoff {hoff}")))?;
+                    pieces[0] = &rest[..bitmap_len];
+                    pieces[1] = old.get(old_hoff..old_hoff + prefixlen).ok_or_else(|| {
+                        malformed(format!("prefix {prefixlen} longer than old tuple"))
+                    })?;
+                    pieces[2] = &rest[bitmap_len..];
+                } else {
+                    pieces[2] = rest;
+                }
+                if suffixlen > 0 {
+                    let start = old.len().checked_sub(suffixlen).ok_or_else(|| {
+                        malformed(format!("suffix {suffixlen} longer than old tuple"))
+                    })?;
+                    pieces[3] = &old[start..];
+                }
+            } else {
+                pieces[2] = rest;
+            }
+            fill_tuple(&mut t, xlhdr, &pieces, rec.xid(), block.block, x.new_offnum);
         }
-        if suffixlen > 0 {
-            let start = old
-                .len()
-                .checked_sub(suffixlen)
-                .ok_or_else(|| malformed(format!("suffix {suffixlen} longer than old tuple")))?;
-            body.extend_from_slice(&old[start..]);
-        }
-    } else {
-        body.extend_from_slice(rest);
-    }
-    let mut tup = build_tuple(xlhdr, &body, rec.xid(), block.block, x.new_offnum)?;
-    HeapTupleHeader { b: &mut tup }.set_xmax(x.new_xmax);
-    page.add_item(&tup, x.new_offnum, PAI_OVERWRITE | PAI_IS_HEAP)?;
+        HeapTupleHeader { b: &mut t }.set_xmax(x.new_xmax);
+        page.add_item(&t, x.new_offnum, PAI_OVERWRITE | PAI_IS_HEAP)?;
+        Ok(())
+    })?;
     if x.flags & XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED != 0 {
         page.set_flag(super::page::PD_ALL_VISIBLE, false);
     }

@@ -96,25 +96,28 @@ fn prune(
     nredirected: u16,
     ndead: u16,
 ) -> Result<LsnRule, RedoErrorKind> {
-    let all = offsets(data, data.len() / 2, "prune")?;
+    // The offsets follow the header: redirect pairs, then dead, then unused (the rest).
+    let n = data.len() / 2;
     let nred = nredirected as usize * 2;
     let nd = ndead as usize;
-    if all.len() < nred + nd {
+    if n < nred + nd {
         return Err(malformed(format!(
-            "prune: {nredirected} redirects and {ndead} dead announced, {} offsets present",
-            all.len()
+            "prune: {nredirected} redirects and {ndead} dead announced, {n} offsets present"
         )));
     }
-    for pair in all[..nred].chunks_exact(2) {
-        let (from, to) = (pair[0], pair[1]);
+    let at = |i: usize| get_u16(data, i * 2);
+    for pair in 0..nredirected as usize {
+        let (from, to) = (at(2 * pair), at(2 * pair + 1));
         page.item_id(from)?;
         page.set_item_id(from, super::page::ItemId::new(to, LP_REDIRECT, 0))?;
     }
-    for &off in &all[nred..nred + nd] {
+    for i in nred..nred + nd {
+        let off = at(i);
         page.item_id(off)?;
         page.set_item_id(off, super::page::ItemId::new(0, LP_DEAD, 0))?;
     }
-    for &off in &all[nred + nd..] {
+    for i in nred + nd..n {
+        let off = at(i);
         page.item_id(off)?;
         page.set_item_id(off, super::page::ItemId(0))?;
     }

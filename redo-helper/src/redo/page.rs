@@ -455,7 +455,7 @@ pub trait PageLayout {
             self.special() as usize,
         );
         let nline = self.max_offset();
-        let mut items = CompactList::with_capacity(nline as usize);
+        let mut items = CompactList::new();
         let mut nunused = 0usize;
         let mut totallen = 0usize;
         let mut finalused = 0u16;
@@ -640,7 +640,7 @@ pub trait PageLayout {
             self.special() as usize,
         );
         let nline = self.max_offset();
-        let mut items = CompactList::with_capacity(nline as usize);
+        let mut items = CompactList::new();
         let mut kept: Vec<ItemId> = Vec::with_capacity(nline as usize);
         let mut nkept = 0usize;
         let mut totallen = 0usize;
@@ -798,26 +798,49 @@ struct CompactItem {
     alignedlen: u16,
 }
 
-/// The items `compactify_tuples` moves, in line pointer order.
+/// The items `compactify_tuples` moves, in line pointer order: a small fixed array on the
+/// stack. A page has at most MaxIndexTuplesPerPage line pointers with storage (index pages;
+/// heap pages at most MaxHeapTuplesPerPage, fewer), so a page with more is damaged and
+/// refused.
 struct CompactList {
-    items: Vec<CompactItem>,
+    items: [CompactItem; COMPACT_MAX],
+    len: usize,
 }
 
+const COMPACT_MAX: usize = if MAX_INDEX_TUPLES_PER_PAGE > MAX_HEAP_TUPLES_PER_PAGE {
+    MAX_INDEX_TUPLES_PER_PAGE
+} else {
+    MAX_HEAP_TUPLES_PER_PAGE
+};
+
 impl CompactList {
-    fn with_capacity(n: usize) -> CompactList {
+    fn new() -> CompactList {
         CompactList {
-            items: Vec::with_capacity(n),
+            items: [CompactItem {
+                index: 0,
+                itemoff: 0,
+                alignedlen: 0,
+            }; COMPACT_MAX],
+            len: 0,
         }
     }
     fn push(&mut self, it: CompactItem) -> Result<(), PageError> {
-        self.items.push(it);
+        let slot = self
+            .items
+            .get_mut(self.len)
+            .ok_or(PageError::CorruptItemLengths {
+                total: self.len,
+                available: COMPACT_MAX,
+            })?;
+        *slot = it;
+        self.len += 1;
         Ok(())
     }
     fn as_slice(&self) -> &[CompactItem] {
-        &self.items
+        &self.items[..self.len]
     }
     fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.len == 0
     }
 }
 
@@ -833,19 +856,13 @@ fn compactify_tuples(
 ) -> Result<(), PageError> {
     let special = get_u16(b, 16) as usize;
     let pd_upper = get_u16(b, 14) as usize;
-    // Only the non-presorted path needs a copy of the tuple area (bufpage.c's scratch).
-    let scratch: Vec<u8> = if presorted {
-        Vec::new()
-    } else {
-        if pd_upper > special || special > BLCKSZ {
-            return Err(PageError::CorruptPointers {
-                lower: get_u16(b, 12),
-                upper: pd_upper as u16,
-                special: special as u16,
-            });
-        }
-        b[pd_upper..special].to_vec()
-    };
+    if !presorted && (pd_upper > special || special > BLCKSZ) {
+        return Err(PageError::CorruptPointers {
+            lower: get_u16(b, 12),
+            upper: pd_upper as u16,
+            special: special as u16,
+        });
+    }
     let check = |off: usize, len: usize, upper: usize| {
         if len > upper || off + len > BLCKSZ {
             Err(PageError::CorruptItemLengths {
@@ -890,6 +907,10 @@ fn compactify_tuples(
             b.copy_within(copy_head..copy_tail, upper);
         }
     } else {
+        // Only this path needs a copy of the tuple area (bufpage.c's scratch buffer).
+        let mut buf = [0u8; BLCKSZ];
+        let scratch = &mut buf[..special - pd_upper];
+        scratch.copy_from_slice(&b[pd_upper..special]);
         for it in items {
             let (off, len) = (it.itemoff as usize, it.alignedlen as usize);
             check(off, len, upper)?;
