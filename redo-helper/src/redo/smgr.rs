@@ -66,6 +66,7 @@ pub fn relation_changes(rec: &DecodedRecord) -> Vec<RelationChange> {
             }
             Err(_) => {}
         },
+        RM_XACT_ID if !xact_may_drop_relations(rec) => {}
         RM_XACT_ID => match xact::parse(rec) {
             Ok(xact::XactRecord::Commit(f)) | Ok(xact::XactRecord::Abort(f)) => {
                 out.extend(f.rels.into_iter().map(|rel| RelationChange::Drop { rel }));
@@ -91,4 +92,20 @@ pub fn relation_changes(rec: &DecodedRecord) -> Vec<RelationChange> {
         _ => {}
     }
     out
+}
+
+/// Commit and abort records list dropped relations only when their `xl_xact_xinfo` (after
+/// the 8-byte `xact_time`, present when XLOG_XACT_HAS_INFO is set) has
+/// XACT_XINFO_HAS_RELFILENODES. Most transactions drop nothing: those need no full parse.
+fn xact_may_drop_relations(rec: &DecodedRecord) -> bool {
+    if rec.info() & xact::XLOG_XACT_HAS_INFO == 0 {
+        return false;
+    }
+    match rec.main_data().get(8..12) {
+        Some(b) => {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & xact::XACT_XINFO_HAS_RELFILENODES != 0
+        }
+        // Too short: let the parser name the problem.
+        None => true,
+    }
 }
