@@ -54,6 +54,19 @@ enum Command {
         /// Recently served pages kept in memory (8 KB each; 0 disables the cache).
         #[arg(long, default_value_t = redo_helper::store::page_store::DEFAULT_CACHE_PAGES)]
         page_cache_pages: usize,
+        /// History to keep: WAL segments and page images older than this are removed and
+        /// pages can no longer be read before it. A WAL distance (512MB, 4GB, 1TB; no unit:
+        /// bytes), a time (30min, 2h, 7d; counted while the helper runs), or `all`.
+        #[arg(long, value_name = "SIZE|TIME|all",
+              default_value = redo_helper::store::retention::DEFAULT_RETAIN,
+              value_parser = redo_helper::store::retention::parse_retain)]
+        retain: redo_helper::store::retention::Retain,
+        /// How often retention checks whether the horizon can move, in milliseconds.
+        #[arg(long, default_value_t = 10_000, hide = true)]
+        retention_interval_ms: u64,
+        /// Entries per image file (0: the default; tests use small files).
+        #[arg(long, default_value_t = 0, hide = true)]
+        image_file_entries: u64,
     },
     /// Check the pages the helper serves (stop `run` first: this takes the directory's lock):
     /// every page at the newest decoded LSN against a cluster's data files after CHECKPOINT
@@ -143,6 +156,9 @@ fn main() -> ExitCode {
             imagegen_workers,
             backpressure_queue,
             page_cache_pages,
+            retain,
+            retention_interval_ms,
+            image_file_entries,
         } => {
             let conninfo = match redo_helper::stream::conninfo::ConnInfo::parse(&connect) {
                 Ok(c) => c,
@@ -169,6 +185,11 @@ fn main() -> ExitCode {
                 imagegen_workers: workers,
                 backpressure_depth: backpressure_queue,
                 cache_pages: page_cache_pages,
+                retain,
+                retention_interval: std::time::Duration::from_millis(
+                    retention_interval_ms.max(100),
+                ),
+                image_file_entries,
             })
         }
         Command::Verify {

@@ -9,6 +9,7 @@ use crate::store::images::{ImageStore, ImageStoreError};
 use crate::store::lock::{DataDirLock, LockError};
 use crate::store::meta::{HelperMeta, MetaError};
 use crate::store::page_store::PageStore;
+use crate::store::retention::{Retain, Retention, RetentionError, RetentionState, RetentionStatus};
 use crate::stream::base_backup::{BaseBackupError, run_base_backup};
 use crate::stream::connection::{ConnectionError, PgConnection};
 use crate::stream::conninfo::ConnInfo;
@@ -44,6 +45,12 @@ pub struct RunOptions {
     pub backpressure_depth: usize,
     /// Bound of the cache of recently served pages, in pages (0: no cache).
     pub cache_pages: usize,
+    /// How much history (WAL segments, images) is kept.
+    pub retain: Retain,
+    /// How often the retention pass checks whether the horizon can move.
+    pub retention_interval: Duration,
+    /// Entries per image file (tests use small files to exercise compaction).
+    pub image_file_entries: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +91,8 @@ pub enum ServiceError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Retention(#[from] RetentionError),
 }
 
 impl ServiceError {
@@ -148,6 +157,8 @@ pub struct HelperStatus {
     pub deltas_per_read: Quantiles,
     pub getpage_latency_us: Quantiles,
     pub chain_at_image: Quantiles,
+    /// History retention (`--retain`): horizon, disk use, last pass.
+    pub retention: RetentionStatus,
     #[serde(skip)]
     pub flush_lsn_raw: u64,
     #[serde(skip)]
@@ -176,7 +187,9 @@ impl Quantiles {
 
 impl HelperStatus {
     pub fn prometheus(&self) -> String {
-        let gauges: [(&str, &str, &str, u64); 19] = [
+        let r = &self.retention;
+        let last = r.last_pass.clone().unwrap_or_default();
+        let gauges: [(&str, &str, &str, u64); 28] = [
             (
                 "redo_helper_up",
                 "gauge",
@@ -291,6 +304,60 @@ impl HelperStatus {
                 "1 while flush acknowledgements are held back",
                 u64::from(self.backpressure),
             ),
+            (
+                "redo_helper_retention_horizon_lsn",
+                "gauge",
+                "oldest LSN pages can be read at (older WAL and images are removed)",
+                r.horizon_raw,
+            ),
+            (
+                "redo_helper_archive_bytes",
+                "gauge",
+                "bytes of WAL segment files in the archive",
+                r.archive_bytes,
+            ),
+            (
+                "redo_helper_archive_segments",
+                "gauge",
+                "WAL segment files in the archive",
+                r.archive_segments,
+            ),
+            (
+                "redo_helper_image_file_bytes",
+                "gauge",
+                "bytes of image files on disk (live and not yet compacted)",
+                r.image_file_bytes,
+            ),
+            (
+                "redo_helper_retention_passes_total",
+                "counter",
+                "retention passes that moved the horizon or removed files",
+                r.passes,
+            ),
+            (
+                "redo_helper_retention_segments_removed_total",
+                "counter",
+                "WAL segment files removed by retention",
+                r.segments_removed_total,
+            ),
+            (
+                "redo_helper_retention_image_entries_removed_total",
+                "counter",
+                "page images removed by retention",
+                r.image_entries_removed_total,
+            ),
+            (
+                "redo_helper_retention_last_pages_rebased",
+                "gauge",
+                "pages rebuilt as images at the horizon by the last pass",
+                last.pages_rebased,
+            ),
+            (
+                "redo_helper_retention_last_duration_ms",
+                "gauge",
+                "duration of the last retention pass in milliseconds",
+                last.duration_ms,
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, value) in gauges {
@@ -344,6 +411,8 @@ impl SharedStatus {
 pub struct Pages {
     pub store: Arc<PageStore>,
     pub imagegen: Arc<ImageGenerator>,
+    /// None with `--retain all`.
+    pub retention: Option<Arc<Retention>>,
 }
 
 /// Shared by the HTTP server, the ingest loop and the image workers.
@@ -395,6 +464,14 @@ impl HelperState {
             if let Ok(idx) = p.store.index.read() {
                 s.unreadable_pages = idx.unreadable_pages;
             }
+            match &p.retention {
+                Some(r) => s.retention = r.status(),
+                None => {
+                    s.retention.retain = Retain::All.to_string();
+                    s.retention.horizon_lsn = p.store.horizon().to_string();
+                    s.retention.horizon_raw = p.store.horizon().0;
+                }
+            }
         }
         if let Ok(Some(h)) = self.deltas_per_read.lock().as_deref() {
             s.deltas_per_read = Quantiles::of(h);
@@ -412,19 +489,24 @@ struct Ingest {
     store: Arc<PageStore>,
     /// None when the store is opened for offline checks.
     imagegen: Option<Arc<ImageGenerator>>,
-    backup_start: Lsn,
+    /// Records before this are not indexed: before the backup start they are in the base
+    /// pages, before the retention horizon in the retained images and state.
+    index_from: Lsn,
     backup_end: Lsn,
     record: DecodedRecord,
     touched: Vec<crate::wal::block::PageKey>,
 }
 
 impl Ingest {
+    /// A decoder from the segment of `store`'s horizon (the backup start, or the retention
+    /// horizon once one is set).
     fn new(
         meta: &HelperMeta,
         store: Arc<PageStore>,
         imagegen: Option<Arc<ImageGenerator>>,
     ) -> Result<Ingest, ServiceError> {
-        let start = meta.start_lsn().segment_start(meta.segment_size);
+        let index_from = store.horizon();
+        let start = index_from.segment_start(meta.segment_size);
         let cfg = DecoderConfig {
             segment_size: meta.segment_size,
             system_identifier: Some(meta.system_identifier),
@@ -436,7 +518,7 @@ impl Ingest {
             decoder,
             store,
             imagegen,
-            backup_start: meta.start_lsn(),
+            index_from,
             backup_end: meta.end_lsn(),
             record: DecodedRecord::default(),
             touched: Vec::new(),
@@ -461,8 +543,9 @@ impl Ingest {
             loop {
                 match self.decoder.next_record_into(&mut self.record) {
                     Ok(true) => {
-                        // Records before the backup's start are already in the base pages.
-                        if self.record.lsn >= self.backup_start {
+                        // Records before the backup's start are already in the base pages,
+                        // those before the retention horizon in the retained images.
+                        if self.record.lsn >= self.index_from {
                             idx.add_record_touching(&self.record, &mut self.touched);
                         }
                     }
@@ -583,7 +666,8 @@ async fn bootstrap(opts: &RunOptions, status: &SharedStatus) -> Result<HelperMet
     Ok(meta)
 }
 
-/// Rebuilds the index from the archive (start of the backup's segment up to the flush point).
+/// Rebuilds the index from the archive (start of the backup's or the retention horizon's
+/// segment up to the flush point).
 fn rebuild(archive: &WalArchive, ingest: &mut Ingest, from: Lsn) -> Result<(), ServiceError> {
     const CHUNK: u64 = 4 << 20;
     let end = archive.flush_position();
@@ -778,9 +862,10 @@ impl OfflineStore {
             ),
         })?;
         let archive = open_archive(data_dir, &meta)?;
-        let store = open_store(data_dir, &meta, &archive)?;
+        let store = open_store(data_dir, &meta, &archive, 0)?;
+        let from = load_retention(data_dir, &meta, &store)?;
         let mut ingest = Ingest::new(&meta, Arc::clone(&store), None)?;
-        rebuild(&archive, &mut ingest, archive_start(&meta))?;
+        rebuild(&archive, &mut ingest, from)?;
         note_generated_images(&store);
         Ok(OfflineStore {
             meta,
@@ -803,12 +888,42 @@ fn open_archive(data_dir: &Path, meta: &HelperMeta) -> Result<WalArchive, Servic
     )?)
 }
 
+/// Loads `retention.json` into a freshly opened store (horizon, relation events, unreadable
+/// markers); returns where the index rebuild starts: the horizon's segment, or the backup
+/// start's.
+fn load_retention(
+    data_dir: &Path,
+    meta: &HelperMeta,
+    store: &PageStore,
+) -> Result<Lsn, ServiceError> {
+    if let Some(state) = RetentionState::load(data_dir)? {
+        let horizon = state.apply(store);
+        log::info!(
+            "retention horizon {horizon}: history before it was removed ({} relation events, {} unreadable pages kept)",
+            state.relation_events.truncations.len()
+                + state.relation_events.drops.len()
+                + state.relation_events.database_drops.len(),
+            state.unreadable.len()
+        );
+    }
+    Ok(store
+        .horizon()
+        .segment_start(meta.segment_size)
+        .max(archive_start(meta)))
+}
+
+/// `entries_per_file` 0: the default.
 fn open_store(
     data_dir: &Path,
     meta: &HelperMeta,
     archive: &WalArchive,
+    entries_per_file: u64,
 ) -> Result<Arc<PageStore>, ServiceError> {
-    let images = ImageStore::open(&data_dir.join("images"))?;
+    let entries_per_file = match entries_per_file {
+        0 => crate::store::images::DEFAULT_ENTRIES_PER_FILE,
+        n => n,
+    };
+    let images = ImageStore::open_with(&data_dir.join("images"), entries_per_file)?;
     Ok(Arc::new(PageStore::new(
         BaseFiles::new(data_dir.join("base")),
         images,
@@ -896,20 +1011,42 @@ pub async fn run_with_state(opts: RunOptions, state: Arc<HelperState>) -> Result
         );
     }
     let mut archive = open_archive(&opts.data_dir, &meta)?;
-    let store = open_store(&opts.data_dir, &meta, &archive)?;
+    let store = open_store(&opts.data_dir, &meta, &archive, opts.image_file_entries)?;
     store.set_cache_pages(opts.cache_pages);
+    let rebuild_from = load_retention(&opts.data_dir, &meta, &store)?;
     let imagegen = ImageGenerator::new(
         Arc::clone(&store),
         opts.image_threshold,
         opts.backpressure_depth,
     );
     let mut ingest = Ingest::new(&meta, Arc::clone(&store), Some(Arc::clone(&imagegen)))?;
-    blocking(|| rebuild(&archive, &mut ingest, archive_start(&meta)))?;
+    blocking(|| rebuild(&archive, &mut ingest, rebuild_from))?;
     note_generated_images(&store);
     let _workers = imagegen.spawn_workers(opts.imagegen_workers);
+    let retention = match opts.retain {
+        Retain::All => None,
+        policy => {
+            let r = Retention::new(
+                Arc::clone(&store),
+                &opts.data_dir,
+                &archive_dir(&opts.data_dir),
+                meta.timeline,
+                meta.segment_size,
+                policy,
+                meta.end_lsn(),
+            );
+            r.spawn(opts.retention_interval);
+            log::info!(
+                "retention: keeping {policy} of history (horizon now {})",
+                store.horizon()
+            );
+            Some(r)
+        }
+    };
     let _ = state.pages.set(Pages {
         store: Arc::clone(&store),
         imagegen: Arc::clone(&imagegen),
+        retention,
     });
     ingest.publish(&status);
     let flush = archive.flush_position();

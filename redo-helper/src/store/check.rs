@@ -92,14 +92,20 @@ pub fn check_against_pgdata(store: &PageStore, pgdata: &Path, sum: &mut CheckSum
         (idx.last_record_end, idx.keys().copied().collect::<Vec<_>>())
     };
     sum.lsn = lsn;
-    let known: HashSet<PageKey> = keys.iter().copied().collect();
-    keys.extend(
-        store
-            .base
-            .page_keys()
-            .into_iter()
-            .filter(|k| !known.contains(k)),
-    );
+    let mut known: HashSet<PageKey> = keys.iter().copied().collect();
+    // Pages whose whole history went behind the retention horizon live on in their image.
+    let imaged: Vec<PageKey> = store
+        .images
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .copied()
+        .collect();
+    for k in imaged.into_iter().chain(store.base.page_keys()) {
+        if known.insert(k) {
+            keys.push(k);
+        }
+    }
     keys.sort();
     for key in keys {
         if key.fork == ForkNumber::FSM {
@@ -196,6 +202,8 @@ impl Sampler {
 /// Reads `samples` random (page, LSN) pairs both ways and compares them byte for byte. The
 /// LSN is a random point in the page's history: one of its changes, or just before one.
 pub fn check_history(store: &PageStore, samples: usize, seed: u64, sum: &mut CheckSummary) {
+    // Changes retention kept as unreadable markers are before the horizon: not sampled.
+    let horizon = store.horizon();
     let candidates: Vec<(PageKey, Vec<Lsn>)> = {
         let idx = store.index.read().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<(PageKey, Vec<Lsn>)> = idx
@@ -203,7 +211,13 @@ pub fn check_history(store: &PageStore, samples: usize, seed: u64, sum: &mut Che
             .filter(|k| k.fork != ForkNumber::FSM)
             .filter_map(|k| {
                 let h = idx.page(k)?;
-                Some((*k, h.changes.iter().map(|c| c.lsn).collect()))
+                let lsns: Vec<Lsn> = h
+                    .changes
+                    .iter()
+                    .map(|c| c.lsn)
+                    .filter(|l| *l >= horizon)
+                    .collect();
+                (!lsns.is_empty()).then_some((*k, lsns))
             })
             .collect();
         v.sort_by_key(|(k, _)| *k);
@@ -227,7 +241,7 @@ pub fn check_history(store: &PageStore, samples: usize, seed: u64, sum: &mut Che
         let (key, lsns) = &candidates[i];
         let pick = lsns[rng.below(lsns.len())];
         let lsn = if rng.next() % 4 == 0 {
-            Lsn(pick.0.saturating_sub(1)).max(store.backup_start())
+            Lsn(pick.0.saturating_sub(1)).max(horizon)
         } else {
             pick
         };

@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 const MAGIC: u32 = 0x4650_5749; // "FPWI"
 const HEADER: usize = 36;
 pub const ENTRY_SIZE: usize = HEADER + BLCKSZ;
-/// Entries per file before a new one is started (~512 MB).
-const ENTRIES_PER_FILE: u64 = 65_536;
+/// Entries per file before a new one is started (64 MB): retention reclaims space a whole
+/// file at a time, so files are kept moderate.
+pub const DEFAULT_ENTRIES_PER_FILE: u64 = 8_192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageStoreError {
@@ -47,8 +48,21 @@ pub struct ImageStore {
     current: u32,
     current_file: File,
     current_entries: u64,
+    entries_per_file: u64,
+    /// Entries in each file, live or not (the file's size / ENTRY_SIZE).
+    file_entries: std::collections::BTreeMap<u32, u64>,
+    /// Images in the index (readable).
     pub images: u64,
+    /// Bytes of the image files on disk.
     pub bytes: u64,
+}
+
+/// What `compact` did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CompactStats {
+    pub files_removed: u64,
+    pub entries_moved: u64,
+    pub bytes_freed: u64,
 }
 
 fn file_path(dir: &Path, n: u32) -> PathBuf {
@@ -97,6 +111,11 @@ fn decode_header(h: &[u8]) -> (PageKey, Lsn, u32) {
 impl ImageStore {
     /// Opens the store, scanning every file; a torn or corrupt tail is truncated.
     pub fn open(dir: &Path) -> Result<ImageStore, ImageStoreError> {
+        Self::open_with(dir, DEFAULT_ENTRIES_PER_FILE)
+    }
+
+    /// Like `open`, starting a new file every `entries_per_file` entries.
+    pub fn open_with(dir: &Path, entries_per_file: u64) -> Result<ImageStore, ImageStoreError> {
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ImageStoreError::Io { path, source }
@@ -115,7 +134,8 @@ impl ImageStore {
             .collect();
         numbers.sort_unstable();
         let mut index: HashMap<PageKey, Vec<ImageLocation>> = HashMap::new();
-        let (mut images, mut last_entries) = (0u64, 0u64);
+        let mut file_entries = std::collections::BTreeMap::new();
+        let mut last_entries = 0u64;
         let mut buf = vec![0u8; ENTRY_SIZE];
         for &n in &numbers {
             let path = file_path(dir, n);
@@ -138,7 +158,6 @@ impl ImageStore {
                         file: n,
                         offset,
                     });
-                    images += 1;
                 } else {
                     log::warn!(
                         "image store: skipping a damaged entry at offset {offset} of {}",
@@ -156,11 +175,17 @@ impl ImageStore {
                 f.set_len(whole).map_err(io_err(&path))?;
             }
             last_entries = whole / ENTRY_SIZE as u64;
+            file_entries.insert(n, last_entries);
         }
         for v in index.values_mut() {
-            v.sort_by_key(|l| l.lsn);
+            // Files in order, so on equal LSNs the copy in the newest file (a compaction that
+            // was cut short by a crash left the old one) is kept.
+            v.sort_by_key(|l| (l.lsn, std::cmp::Reverse(l.file)));
+            v.dedup_by_key(|l| l.lsn);
         }
+        let images = index.values().map(|v| v.len() as u64).sum();
         let current = numbers.last().copied().unwrap_or(0);
+        file_entries.entry(current).or_insert(0);
         let path = file_path(dir, current);
         let current_file = OpenOptions::new()
             .create(true)
@@ -175,14 +200,28 @@ impl ImageStore {
             current,
             current_file,
             current_entries: if numbers.is_empty() { 0 } else { last_entries },
+            entries_per_file: entries_per_file.max(1),
+            bytes: file_entries.values().sum::<u64>() * ENTRY_SIZE as u64,
+            file_entries,
             images,
-            bytes: images * ENTRY_SIZE as u64,
         })
     }
 
     /// Appends an image of `key` as of `lsn`. Durability is batched: see `sync`.
     pub fn put(&mut self, key: &PageKey, lsn: Lsn, page: &[u8]) -> Result<(), ImageStoreError> {
-        if self.current_entries >= ENTRIES_PER_FILE {
+        let header = encode_header(key, lsn, page);
+        let (file, offset) = self.append(&header, page)?;
+        let locs = self.index.entry(*key).or_default();
+        let at = locs.partition_point(|l| l.lsn <= lsn);
+        locs.insert(at, ImageLocation { lsn, file, offset });
+        self.images += 1;
+        Ok(())
+    }
+
+    /// Appends one entry (header and page) to the current file, starting a new file when it
+    /// is full; returns where it went.
+    fn append(&mut self, header: &[u8], page: &[u8]) -> Result<(u32, u64), ImageStoreError> {
+        if self.current_entries >= self.entries_per_file {
             self.sync()?;
             self.current += 1;
             let path = file_path(&self.dir, self.current);
@@ -194,12 +233,12 @@ impl ImageStore {
                 .open(&path)
                 .map_err(|source| ImageStoreError::Io { path, source })?;
             self.current_entries = 0;
+            self.file_entries.insert(self.current, 0);
         }
-        let header = encode_header(key, lsn, page);
         let offset = self.current_entries * ENTRY_SIZE as u64;
         let path = || file_path(&self.dir, self.current);
         self.current_file
-            .write_all_at(&header, offset)
+            .write_all_at(header, offset)
             .map_err(|source| ImageStoreError::Io {
                 path: path(),
                 source,
@@ -211,19 +250,108 @@ impl ImageStore {
                 source,
             })?;
         self.current_entries += 1;
-        let locs = self.index.entry(*key).or_default();
-        let at = locs.partition_point(|l| l.lsn <= lsn);
-        locs.insert(
-            at,
-            ImageLocation {
-                lsn,
-                file: self.current,
-                offset,
-            },
-        );
-        self.images += 1;
+        *self.file_entries.entry(self.current).or_insert(0) += 1;
         self.bytes += ENTRY_SIZE as u64;
-        Ok(())
+        Ok((self.current, offset))
+    }
+
+    /// Every page with at least one image.
+    pub fn keys(&self) -> impl Iterator<Item = &PageKey> {
+        self.index.keys()
+    }
+
+    /// Retention: forgets the images no read at or after `horizon` can start from: of each
+    /// page's images before the horizon, all but the newest, and that one too when
+    /// `removed_after(key, lsn)` says the page was truncated away or dropped after it. Images
+    /// at or after the horizon are kept. Only the in-memory index changes: `compact` gives
+    /// the space back. Returns how many images were forgotten.
+    pub fn forget_before(
+        &mut self,
+        horizon: Lsn,
+        mut removed_after: impl FnMut(&PageKey, Lsn) -> bool,
+    ) -> u64 {
+        let mut forgotten = 0u64;
+        self.index.retain(|key, locs| {
+            let n = locs.partition_point(|l| l.lsn < horizon);
+            if n == 0 {
+                return true;
+            }
+            let mut drop = n - 1;
+            if removed_after(key, locs[n - 1].lsn) {
+                drop = n;
+            }
+            locs.drain(..drop);
+            forgotten += drop as u64;
+            !locs.is_empty()
+        });
+        self.images -= forgotten;
+        forgotten
+    }
+
+    /// Gives back the space of forgotten images: a file (other than the one being appended
+    /// to) with no image left is deleted; one with fewer than `min_live_ratio` of its entries
+    /// still live has them copied to the current file (synced) and is then deleted. Works one
+    /// file per call of `step` so the caller can release the lock in between; returns None
+    /// when nothing is left to do.
+    pub fn compact_step(
+        &mut self,
+        min_live_ratio: f64,
+    ) -> Result<Option<CompactStats>, ImageStoreError> {
+        let mut live: HashMap<u32, Vec<(PageKey, usize)>> = HashMap::new();
+        for (key, locs) in &self.index {
+            for (i, l) in locs.iter().enumerate() {
+                if l.file != self.current {
+                    live.entry(l.file).or_default().push((*key, i));
+                }
+            }
+        }
+        let candidate = self
+            .file_entries
+            .iter()
+            .filter(|(f, _)| **f != self.current)
+            .map(|(f, total)| (*f, *total, live.get(f).map_or(0, Vec::len) as u64))
+            .find(|(_, total, n)| (*n as f64) < min_live_ratio * (*total as f64) || *n == 0);
+        let Some((file, total, _)) = candidate else {
+            return Ok(None);
+        };
+        let mut stats = CompactStats::default();
+        let path = file_path(&self.dir, file);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ImageStoreError::Io { path, source }
+        };
+        if let Some(entries) = live.remove(&file) {
+            let f = File::open(&path).map_err(io(&path))?;
+            let mut buf = vec![0u8; ENTRY_SIZE];
+            let mut moved = Vec::with_capacity(entries.len());
+            for (key, i) in entries {
+                let loc = self.index[&key][i];
+                f.read_exact_at(&mut buf, loc.offset).map_err(io(&path))?;
+                let (hdr, page) = buf.split_at(HEADER);
+                let to = self.append(hdr, page)?;
+                moved.push((key, loc.lsn, to));
+            }
+            // The copies are durable before the originals go.
+            self.sync()?;
+            for (key, lsn, (to_file, to_offset)) in moved {
+                if let Some(l) = self
+                    .index
+                    .get_mut(&key)
+                    .and_then(|v| v.iter_mut().find(|l| l.lsn == lsn))
+                {
+                    l.file = to_file;
+                    l.offset = to_offset;
+                }
+                stats.entries_moved += 1;
+            }
+        }
+        fs::remove_file(&path).map_err(io(&path))?;
+        super::sync_dir(&self.dir).map_err(io(&self.dir))?;
+        self.file_entries.remove(&file);
+        stats.files_removed = 1;
+        stats.bytes_freed = total * ENTRY_SIZE as u64;
+        self.bytes = self.bytes.saturating_sub(stats.bytes_freed);
+        Ok(Some(stats))
     }
 
     pub fn sync(&self) -> Result<(), ImageStoreError> {
@@ -337,6 +465,57 @@ mod tests {
         let s = ImageStore::open(&dir).unwrap();
         assert_eq!(s.images, 3, "the damaged entry is skipped, the others stay");
         assert_eq!(s.newest_at_or_before(&key(1), Lsn(200)), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn retention_forgets_old_images_and_compaction_gives_the_space_back() {
+        let dir = std::env::temp_dir().join(format!("rh_images_ret_{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        // Files of 4 entries.
+        let mut s = ImageStore::open_with(&dir, 4).unwrap();
+        let page = |v: u8| vec![v; BLCKSZ];
+        // File 0: key 1 at 10, 20, 30; key 2 at 15.  File 1: key 1 at 40; key 3 at 5, 50;
+        // key 2 at 60.  File 2: key 4 at 70.
+        for (k, l) in [
+            (1, 10),
+            (1, 20),
+            (1, 30),
+            (2, 15),
+            (1, 40),
+            (3, 5),
+            (3, 50),
+            (2, 60),
+        ] {
+            s.put(&key(k), Lsn(l), &page(l as u8)).unwrap();
+        }
+        s.put(&key(4), Lsn(70), &page(70)).unwrap();
+        s.sync().unwrap();
+        assert_eq!((s.images, s.bytes), (9, 9 * ENTRY_SIZE as u64));
+        // Horizon 45; key 3 was dropped at 8 (after its image at 5).
+        let forgotten = s.forget_before(Lsn(45), |k, l| *k == key(3) && l < Lsn(8));
+        // Key 1: 10, 20, 30 go (40 is the newest before 45); key 3: 5 goes.
+        assert_eq!(forgotten, 4);
+        assert_eq!(s.newest_at_or_before(&key(1), Lsn(44)), Some(Lsn(40)));
+        assert_eq!(s.newest_at_or_before(&key(1), Lsn(35)), None);
+        assert_eq!(s.newest_at_or_before(&key(2), Lsn(45)), Some(Lsn(15)));
+        assert_eq!(s.newest_at_or_before(&key(3), Lsn(45)), None);
+        // File 0 keeps 1 of 4 entries (key 2 at 15): copied to the current file, deleted.
+        let c = s.compact_step(0.5).unwrap().unwrap();
+        assert_eq!((c.files_removed, c.entries_moved), (1, 1));
+        assert!(!file_path(&dir, 0).exists());
+        // File 1 keeps 3 of 4: left alone.
+        assert_eq!(s.compact_step(0.5).unwrap(), None);
+        assert_eq!(s.read(&key(2), Lsn(15)).unwrap(), Some(page(15)));
+        assert_eq!(s.bytes, 6 * ENTRY_SIZE as u64);
+        drop(s);
+        // After a restart the same images are found.
+        // (Key 3's image at 5 was only forgotten in memory: file 1 still has it, and the next
+        // retention pass forgets it again.)
+        let s = ImageStore::open_with(&dir, 4).unwrap();
+        assert_eq!(s.images, 6);
+        assert_eq!(s.read(&key(2), Lsn(15)).unwrap(), Some(page(15)));
+        assert_eq!(s.read(&key(1), Lsn(40)).unwrap(), Some(page(40)));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,6 +10,7 @@ use crate::wal::block::{BlockRef, ForkNumber, PageKey, RelFileLocator};
 use crate::wal::page::Lsn;
 use crate::wal::record::DecodedRecord;
 use crate::wal::rmgr::{RM_DBASE_ID, RM_HEAP_ID, RM_HEAP2_ID, RM_SMGR_ID, RM_XACT_ID, RM_XLOG_ID};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// `XLOG_CHECKPOINT_SHUTDOWN`, `XLOG_CHECKPOINT_ONLINE`, `XLOG_FPW_CHANGE` (catalog/pg_control.h).
@@ -111,8 +112,27 @@ impl PageHistory {
         if self.generated_image.is_none_or(|g| g < lsn) {
             self.generated_image = Some(lsn);
         }
+        self.recount();
+    }
+
+    /// Recounts the deltas after the newest start point.
+    pub fn recount(&mut self) {
         let start = self.start_point(Lsn(u64::MAX)).map(|(l, _)| l);
         self.deltas_since_image = self.changes_between(start, Lsn(u64::MAX)).len() as u32;
+    }
+
+    /// Where `unreadable_from` must stand for the changes as they are: the first unsupported
+    /// change after the newest re-initialisation or applicable image (as `push_change` does).
+    fn unreadable_from_changes(&self) -> Option<Lsn> {
+        let mut from = None;
+        for c in &self.changes {
+            if c.kind == ChangeKind::Unsupported && from.is_none() {
+                from = Some(c.lsn);
+            } else if c.kind.resets_chain() {
+                from = None;
+            }
+        }
+        from
     }
 }
 
@@ -191,6 +211,86 @@ impl RelationEvents {
         truncated.max(dropped).max(db_dropped)
     }
 
+    /// The events before `lsn`, in a form that can be saved (the retention state keeps the
+    /// events whose records were removed from the archive).
+    pub fn saved_before(&self, lsn: Lsn) -> SavedRelationEvents {
+        let mut out = SavedRelationEvents::default();
+        for ((rel, fork), v) in &self.truncations {
+            for (at, nblocks) in v.iter().filter(|(at, _)| *at < lsn) {
+                out.truncations.push(SavedTruncation {
+                    spc: rel.spc_oid,
+                    db: rel.db_oid,
+                    rel: rel.rel_number,
+                    fork: fork.0,
+                    lsn: at.0,
+                    nblocks: *nblocks,
+                });
+            }
+        }
+        for (rel, v) in &self.drops {
+            for at in v.iter().filter(|at| **at < lsn) {
+                out.drops.push(SavedDrop {
+                    spc: rel.spc_oid,
+                    db: rel.db_oid,
+                    rel: rel.rel_number,
+                    lsn: at.0,
+                });
+            }
+        }
+        for ((spc, db), v) in &self.database_drops {
+            for at in v.iter().filter(|at| **at < lsn) {
+                out.database_drops.push(SavedDatabaseDrop {
+                    spc: *spc,
+                    db: *db,
+                    lsn: at.0,
+                });
+            }
+        }
+        out.truncations
+            .sort_by_key(|t| (t.lsn, t.spc, t.db, t.rel, t.fork));
+        out.drops.sort_by_key(|d| (d.lsn, d.spc, d.db, d.rel));
+        out.database_drops.sort_by_key(|d| (d.lsn, d.spc, d.db));
+        out
+    }
+
+    /// Adds saved events (before any record is indexed: the lists stay in LSN order).
+    pub fn load(&mut self, saved: &SavedRelationEvents) {
+        for t in &saved.truncations {
+            let rel = RelFileLocator {
+                spc_oid: t.spc,
+                db_oid: t.db,
+                rel_number: t.rel,
+            };
+            self.truncations
+                .entry((rel, ForkNumber(t.fork)))
+                .or_default()
+                .push((Lsn(t.lsn), t.nblocks));
+        }
+        for d in &saved.drops {
+            let rel = RelFileLocator {
+                spc_oid: d.spc,
+                db_oid: d.db,
+                rel_number: d.rel,
+            };
+            self.drops.entry(rel).or_default().push(Lsn(d.lsn));
+        }
+        for d in &saved.database_drops {
+            self.database_drops
+                .entry((d.spc, d.db))
+                .or_default()
+                .push(Lsn(d.lsn));
+        }
+        for v in self.truncations.values_mut() {
+            v.sort_by_key(|(l, _)| *l);
+        }
+        for v in self.drops.values_mut() {
+            v.sort();
+        }
+        for v in self.database_drops.values_mut() {
+            v.sort();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.truncations.values().map(Vec::len).sum::<usize>()
             + self.drops.values().map(Vec::len).sum::<usize>()
@@ -200,6 +300,49 @@ impl RelationEvents {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Relation events in a saved retention state.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedRelationEvents {
+    #[serde(default)]
+    pub truncations: Vec<SavedTruncation>,
+    #[serde(default)]
+    pub drops: Vec<SavedDrop>,
+    #[serde(default)]
+    pub database_drops: Vec<SavedDatabaseDrop>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedTruncation {
+    pub spc: u32,
+    pub db: u32,
+    pub rel: u32,
+    pub fork: u8,
+    pub lsn: u64,
+    pub nblocks: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedDrop {
+    pub spc: u32,
+    pub db: u32,
+    pub rel: u32,
+    pub lsn: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedDatabaseDrop {
+    pub spc: u32,
+    pub db: u32,
+    pub lsn: u64,
+}
+
+/// What pruning did to the index.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PruneStats {
+    pub changes_removed: u64,
+    pub pages_removed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -288,6 +431,70 @@ impl PageIndex {
         if rec.rmid() == RM_XLOG_ID {
             self.observe_fpw_mode(rec);
         }
+    }
+
+    /// Puts back a page's unreadable marker from a saved retention state: the change the redo
+    /// could not replay, whose record is no longer in the archive. Before any record is
+    /// indexed.
+    pub fn add_unreadable_marker(&mut self, key: PageKey, marker: PageChange) {
+        let h = self.pages.entry(key).or_default();
+        let at = h.changes.partition_point(|c| c.lsn < marker.lsn);
+        if h.changes.get(at).is_some_and(|c| c.lsn == marker.lsn) {
+            return;
+        }
+        h.changes.insert(at, marker);
+        let before = h.unreadable_from.is_some();
+        h.unreadable_from = h.unreadable_from_changes();
+        h.recount();
+        match (before, h.unreadable_from.is_some()) {
+            (false, true) => self.unreadable_pages += 1,
+            (true, false) => self.unreadable_pages -= 1,
+            _ => {}
+        }
+    }
+
+    /// Retention: forgets every change before `horizon`. A page in `markers` (unreadable as
+    /// of the horizon) keeps its marker change, so it stays unreadable until a later image;
+    /// a page in `rebased` now starts from the helper's image at that LSN. Pages left with
+    /// no change are dropped (reads find their image, their base page or their removal).
+    pub fn prune_before(
+        &mut self,
+        horizon: Lsn,
+        markers: &HashMap<PageKey, PageChange>,
+        rebased: &HashMap<PageKey, Lsn>,
+    ) -> PruneStats {
+        let mut stats = PruneStats::default();
+        let mut unreadable_delta: i64 = 0;
+        self.pages.retain(|key, h| {
+            let n = h.changes.partition_point(|c| c.lsn < horizon);
+            if n == 0 {
+                return true;
+            }
+            let was_unreadable = h.unreadable_from.is_some();
+            h.changes.drain(..n);
+            stats.changes_removed += n as u64;
+            if let Some(m) = markers.get(key) {
+                h.changes.insert(0, *m);
+                stats.changes_removed -= 1;
+            }
+            h.unreadable_from = h.unreadable_from_changes();
+            match (was_unreadable, h.unreadable_from.is_some()) {
+                (false, true) => unreadable_delta += 1,
+                (true, false) => unreadable_delta -= 1,
+                _ => {}
+            }
+            if let Some(l) = rebased.get(key).filter(|l| h.generated_image < Some(**l)) {
+                h.generated_image = Some(*l);
+            }
+            h.recount();
+            if h.changes.is_empty() {
+                stats.pages_removed += 1;
+                return false;
+            }
+            true
+        });
+        self.unreadable_pages = (self.unreadable_pages as i64 + unreadable_delta).max(0) as u64;
+        stats
     }
 
     fn push_change(&mut self, key: PageKey, rec: &DecodedRecord, kind: ChangeKind) {
@@ -420,5 +627,91 @@ mod tests {
         assert!(rmgr_replayed(10) && rmgr_replayed(11) && !rmgr_replayed(13));
         assert!(!ChangeKind::Unsupported.resets_chain());
         assert!(ChangeKind::Init.resets_chain() && ChangeKind::Image.resets_chain());
+    }
+
+    #[test]
+    fn pruning_keeps_markers_and_drops_empty_pages() {
+        use ChangeKind::*;
+        let key = |b| PageKey {
+            rel: RelFileLocator::default(),
+            fork: ForkNumber(0),
+            block: b,
+        };
+        let mut idx = PageIndex::new();
+        idx.pages
+            .insert(key(1), history(&[(10, Delta), (20, Delta), (60, Delta)]));
+        idx.pages
+            .insert(key(2), history(&[(10, Init), (30, Delta)]));
+        let mut unreadable = history(&[(10, Delta), (25, Unsupported), (40, Delta)]);
+        unreadable.unreadable_from = Some(Lsn(25));
+        idx.pages.insert(key(3), unreadable);
+        idx.unreadable_pages = 1;
+        let markers = HashMap::from([(key(3), change(25, Unsupported))]);
+        let rebased = HashMap::from([(key(1), Lsn(20)), (key(2), Lsn(30))]);
+        let stats = idx.prune_before(Lsn(50), &markers, &rebased);
+        assert_eq!(stats.pages_removed, 1, "page 2 has no change left");
+        assert_eq!(stats.changes_removed, 2 + 2 + 2);
+        assert!(idx.page(&key(2)).is_none());
+        let h1 = idx.page(&key(1)).unwrap();
+        assert_eq!(h1.changes, vec![change(60, Delta)]);
+        assert_eq!(h1.generated_image, Some(Lsn(20)));
+        assert_eq!(h1.deltas_since_image, 1);
+        let h3 = idx.page(&key(3)).unwrap();
+        assert_eq!(h3.changes, vec![change(25, Unsupported)]);
+        assert_eq!(h3.unreadable_from, Some(Lsn(25)));
+        assert_eq!(idx.unreadable_pages, 1);
+        // A saved marker comes back before the records after the horizon.
+        let mut fresh = PageIndex::new();
+        fresh.add_unreadable_marker(key(3), change(25, Unsupported));
+        assert_eq!(fresh.unreadable_pages, 1);
+        assert_eq!(fresh.page(&key(3)).unwrap().unreadable_from, Some(Lsn(25)));
+    }
+
+    #[test]
+    fn relation_events_survive_saving() {
+        let rel = RelFileLocator {
+            spc_oid: 1663,
+            db_oid: 5,
+            rel_number: 16384,
+        };
+        let mut ev = RelationEvents::default();
+        ev.note(
+            Lsn(100),
+            &RelationChange::Truncate {
+                rel,
+                fork: ForkNumber(0),
+                nblocks: 3,
+                vm_tail_of: None,
+            },
+        );
+        ev.note(Lsn(200), &RelationChange::Drop { rel });
+        ev.note(
+            Lsn(300),
+            &RelationChange::DropDatabase {
+                db_oid: 7,
+                spc_oids: [1663],
+            },
+        );
+        let saved = ev.saved_before(Lsn(250));
+        assert_eq!(
+            (
+                saved.truncations.len(),
+                saved.drops.len(),
+                saved.database_drops.len()
+            ),
+            (1, 1, 0)
+        );
+        let json = serde_json::to_string(&saved).unwrap();
+        let mut back = RelationEvents::default();
+        back.load(&serde_json::from_str(&json).unwrap());
+        let page = |block| PageKey {
+            rel,
+            fork: ForkNumber(0),
+            block,
+        };
+        assert_eq!(back.removed_at(&page(5), Lsn(150)), Some(Lsn(100)));
+        assert_eq!(back.removed_at(&page(1), Lsn(150)), None);
+        assert_eq!(back.removed_at(&page(1), Lsn(250)), Some(Lsn(200)));
+        assert_eq!(back.len(), 2);
     }
 }

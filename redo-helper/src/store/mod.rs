@@ -6,10 +6,13 @@
 //!   helper.json          cluster identity + bootstrap positions (HelperMeta)
 //!   base/SPC/DB/REL...   relation files from BASE_BACKUP (base page images)
 //!   wal/                 WAL archive: segment files as in pg_wal, plus `flushed`
+//!   images/              generated page images (images-NNNNNN.dat)
+//!   retention.json       retention horizon and what the WAL before it said (retention.rs)
 //! ```
 //!
-//! The page index is in memory and rebuilt from the archive at start-up, so it never holds a
-//! record the archive does not durably have.
+//! The page index is in memory and rebuilt from the archive at start-up (from the retention
+//! horizon's segment, after loading `retention.json`), so it never holds a record the archive
+//! does not durably have.
 
 pub mod archive;
 pub mod base;
@@ -19,6 +22,7 @@ pub mod index;
 pub mod lock;
 pub mod meta;
 pub mod page_store;
+pub mod retention;
 
 use std::fs::File;
 use std::io;

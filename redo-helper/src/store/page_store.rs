@@ -14,6 +14,7 @@ use crate::wal::page::{BLCKSZ, Lsn};
 use crate::wal::record::DecodedRecord;
 use crate::wal::rmgr::record_type_name;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,9 @@ enum Start {
     Generated(Lsn),
     /// A page served recently, from the cache.
     Cached(Lsn),
+    /// The helper's image of the page as of the retention horizon (its history before the
+    /// horizon is gone: this is where every chain now starts).
+    Retained(Lsn),
     /// The page's relation was truncated below it or dropped.
     Removed(Lsn),
 }
@@ -87,7 +91,11 @@ impl Start {
     fn lsn(self) -> Option<Lsn> {
         match self {
             Start::Base => None,
-            Start::Wal(l) | Start::Generated(l) | Start::Cached(l) | Start::Removed(l) => Some(l),
+            Start::Wal(l)
+            | Start::Generated(l)
+            | Start::Cached(l)
+            | Start::Retained(l)
+            | Start::Removed(l) => Some(l),
         }
     }
 
@@ -114,11 +122,19 @@ struct PageCache {
 }
 
 impl PageCache {
-    fn get(&self, key: &PageKey, lsn: Lsn) -> Option<(Lsn, Arc<Vec<u8>>)> {
+    /// The cached page of `key` as of an LSN in [horizon, lsn] (a page cached before the
+    /// retention horizon would need deltas that are gone).
+    fn get(&self, key: &PageKey, lsn: Lsn, horizon: Lsn) -> Option<(Lsn, Arc<Vec<u8>>)> {
         self.pages
             .get(key)
-            .filter(|(at, _)| *at <= lsn)
+            .filter(|(at, _)| *at <= lsn && *at >= horizon)
             .map(|(at, p)| (*at, Arc::clone(p)))
+    }
+
+    fn forget_before(&mut self, horizon: Lsn) {
+        self.pages.retain(|_, (at, _)| *at >= horizon);
+        let pages = &self.pages;
+        self.order.retain(|k| pages.contains_key(k));
     }
 
     fn put(&mut self, key: PageKey, lsn: Lsn, page: &[u8]) {
@@ -156,6 +172,13 @@ pub struct PageStore {
     /// Template for per-call record readers (each has its own buffer).
     archive: RecordReader,
     backup_start: Lsn,
+    /// Retention horizon: WAL before it is gone; reads before it are refused. Never below
+    /// `backup_start` (see `horizon()`).
+    horizon: AtomicU64,
+    /// Every read holds this shared for its whole duration; retention takes it exclusively
+    /// after moving the horizon, before deleting anything, so no read that may need what is
+    /// deleted is still running.
+    gate: RwLock<()>,
 }
 
 impl PageStore {
@@ -178,7 +201,25 @@ impl PageStore {
             }),
             archive: RecordReader::new(archive, system_identifier),
             backup_start,
+            horizon: AtomicU64::new(backup_start.0),
+            gate: RwLock::new(()),
         }
+    }
+
+    /// The oldest LSN a page can be read at: the retention horizon, or the backup start.
+    pub fn horizon(&self) -> Lsn {
+        Lsn(self.horizon.load(Ordering::SeqCst)).max(self.backup_start)
+    }
+
+    /// Moves the retention horizon (never back) and waits until every read that started
+    /// before is done: after this returns, no running read uses anything before `horizon`.
+    pub fn set_horizon(&self, horizon: Lsn) {
+        self.horizon.fetch_max(horizon.0, Ordering::SeqCst);
+        drop(self.gate.write().unwrap_or_else(|e| e.into_inner()));
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget_before(self.horizon());
     }
 
     /// Bounds the page cache (0 disables it).
@@ -205,6 +246,8 @@ impl PageStore {
         lsn: Option<Lsn>,
         opts: ReadOptions,
     ) -> Result<Reconstructed, PageError> {
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let horizon = self.horizon();
         let decoded = self
             .index
             .read()
@@ -218,27 +261,34 @@ impl PageStore {
                 decoded,
             });
         }
-        if target < self.backup_start {
+        if target < horizon {
             return Err(PageError::BeforeRetention {
                 key: *key,
                 lsn: target,
-                start: self.backup_start,
+                start: horizon,
             });
         }
         // The helper's own images and the cache: looked up before the index lock (image
         // generation takes the image store's lock and then the index's).
         let mut start = Start::Base;
-        if opts.generated_images {
+        {
             let images = self.images.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(l) = images.newest_at_or_before(key, target) {
-                start = start.newest(Start::Generated(l));
+            if opts.generated_images {
+                if let Some(l) = images.newest_at_or_before(key, target) {
+                    start = start.newest(Start::Generated(l));
+                }
+            } else if horizon > self.backup_start {
+                // The whole chain now starts at the image retention kept at the horizon.
+                if let Some(l) = images.newest_at_or_before(key, Lsn(horizon.0 - 1)) {
+                    start = start.newest(Start::Retained(l));
+                }
             }
         }
         let cached = if opts.cache {
             self.cache
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .get(key, target)
+                .get(key, target, horizon)
         } else {
             None
         };
@@ -299,6 +349,16 @@ impl PageStore {
                     .ok_or(PageError::Unknown { key: *key })?;
                 copy_page(&mut page, &img, key)?;
                 (l, "generated image")
+            }
+            Start::Retained(l) => {
+                let img = self
+                    .images
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(key, l)?
+                    .ok_or(PageError::Unknown { key: *key })?;
+                copy_page(&mut page, &img, key)?;
+                (l, "retained image")
             }
             Start::Cached(l) => {
                 if let Some((_, p)) = &cached {

@@ -1,0 +1,889 @@
+//! Retention of the helper's history (`redo-helper run --retain`): WAL segments and page
+//! images older than a horizon are removed, and reads before the horizon are refused (410).
+//!
+//! The horizon H is a WAL segment start: the decoded end minus the `--retain` distance (or the
+//! decoded end as of `--retain` ago), rounded down, never moving back. A pass that moves it:
+//!
+//! 1. rebases every page changed before H: unless the image store already has an image of it
+//!    at or after its last change before H (and before H), the page is rebuilt as of H − 1
+//!    and stored as an image at that last change. A page that is unreadable there (a change
+//!    the Rust redo does not replay, no image since) keeps that change as a marker, so it
+//!    stays unreadable until a later image; a page truncated away or dropped needs nothing
+//!    (its removal is kept). The image store is synced.
+//! 2. saves `DATA_DIR/retention.json` atomically: H, the relation events (truncations,
+//!    drops, database drops) before H, the unreadable markers and the full_page_writes modes
+//!    before H — what the WAL before H said and the index can no longer learn from it;
+//! 3. moves the page store's horizon and waits for every read that started before (the
+//!    store's read gate), so no running read needs what follows;
+//! 4. prunes the index (changes before H), deletes the archive segments that end at or
+//!    before H, forgets images before H that no read can start from any more, and compacts
+//!    the image files.
+//!
+//! At start-up the saved state is loaded before the index is rebuilt from H's segment.
+//! Time horizons use samples of (time, decoded end) taken while running: after a restart
+//! nothing is removed until the helper has run for the retention time again.
+
+use super::images::ImageStoreError;
+use super::index::{ChangeKind, FpwModeChange, PageChange, SavedRelationEvents};
+use super::page_store::{PageError, PageStore, ReadOptions};
+use super::write_atomic;
+use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
+use crate::wal::page::{Lsn, parse_segment_file_name};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Default `--retain`: 4 GB of WAL.
+pub const DEFAULT_RETAIN: &str = "4GB";
+
+/// How much history the helper keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retain {
+    /// Everything, forever.
+    All,
+    /// This many bytes of WAL before the decoded end.
+    Bytes(u64),
+    /// The WAL of this long (wall clock).
+    Time(Duration),
+}
+
+impl FromStr for Retain {
+    type Err = String;
+
+    /// `all`; a WAL distance `N[B|kB|MB|GB|TB]` (1024-based, as PostgreSQL's memory units;
+    /// no unit: bytes); or a time `N(s|min|h|d)`.
+    fn from_str(s: &str) -> Result<Retain, String> {
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("all") {
+            return Ok(Retain::All);
+        }
+        let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!(
+                "invalid retention {s:?}: expected `all`, a WAL size such as 512MB, 4GB, 1TB, or a time such as 30min, 2h, 7d"
+            ));
+        }
+        let n: u64 = t[..digits]
+            .parse()
+            .map_err(|_| format!("invalid retention {s:?}: number too large"))?;
+        let unit = t[digits..].trim();
+        let bytes = |mult: u64| {
+            n.checked_mul(mult)
+                .map(Retain::Bytes)
+                .ok_or_else(|| format!("invalid retention {s:?}: too large"))
+        };
+        let secs = |mult: u64| {
+            n.checked_mul(mult)
+                .map(|v| Retain::Time(Duration::from_secs(v)))
+                .ok_or_else(|| format!("invalid retention {s:?}: too large"))
+        };
+        match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => bytes(1),
+            "kb" => bytes(1 << 10),
+            "mb" => bytes(1 << 20),
+            "gb" => bytes(1 << 30),
+            "tb" => bytes(1 << 40),
+            "s" | "sec" => secs(1),
+            "min" => secs(60),
+            "h" => secs(3600),
+            "d" => secs(86_400),
+            _ => Err(format!(
+                "invalid retention unit {unit:?} in {s:?}: use B, kB, MB, GB, TB for WAL sizes, s, min, h, d for times, or `all`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Retain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Retain::All => write!(f, "all"),
+            Retain::Bytes(b) => {
+                for (unit, mult) in [("TB", 1u64 << 40), ("GB", 1 << 30), ("MB", 1 << 20)] {
+                    if b >= mult && b % mult == 0 {
+                        return write!(f, "{}{unit}", b / mult);
+                    }
+                }
+                if b >= 1024 && b % 1024 == 0 {
+                    return write!(f, "{}kB", b / 1024);
+                }
+                write!(f, "{b}B")
+            }
+            Retain::Time(d) => {
+                let s = d.as_secs();
+                for (unit, mult) in [("d", 86_400u64), ("h", 3600), ("min", 60)] {
+                    if s >= mult && s % mult == 0 {
+                        return write!(f, "{}{unit}", s / mult);
+                    }
+                }
+                write!(f, "{s}s")
+            }
+        }
+    }
+}
+
+/// For clap's `value_parser`.
+pub fn parse_retain(s: &str) -> Result<Retain, String> {
+    s.parse()
+}
+
+/// (time, decoded end) samples for time horizons.
+#[derive(Debug, Default)]
+pub struct EndSamples {
+    samples: VecDeque<(Instant, Lsn)>,
+}
+
+impl EndSamples {
+    pub fn push(&mut self, at: Instant, end: Lsn) {
+        if self.samples.back().is_none_or(|(_, l)| *l != end) {
+            self.samples.push_back((at, end));
+        }
+    }
+
+    /// The decoded end as of `at` (the newest sample at or before it); drops older samples.
+    fn end_as_of(&mut self, at: Instant) -> Option<Lsn> {
+        let n = self.samples.partition_point(|(t, _)| *t <= at);
+        let i = n.checked_sub(1)?;
+        self.samples.drain(..i);
+        self.samples.front().map(|(_, l)| *l)
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+}
+
+impl Retain {
+    /// The oldest LSN that must stay readable given the decoded end `end` (None: nothing may
+    /// be removed yet).
+    pub fn keep_from(&self, end: Lsn, samples: &mut EndSamples, now: Instant) -> Option<Lsn> {
+        match *self {
+            Retain::All => None,
+            Retain::Bytes(b) => Some(Lsn(end.0.saturating_sub(b))),
+            Retain::Time(d) => samples.end_as_of(now.checked_sub(d)?),
+        }
+    }
+}
+
+/// The horizon for `keep_from`: rounded down to a segment start, never below `current` (the
+/// store's horizon, itself never below the backup start).
+pub fn horizon_for(keep_from: Lsn, current: Lsn, segment_size: u32) -> Lsn {
+    keep_from.segment_start(segment_size).max(current)
+}
+
+/// A page left unreadable at the horizon, as saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedMarker {
+    pub spc: u32,
+    pub db: u32,
+    pub rel: u32,
+    pub fork: u8,
+    pub block: u32,
+    /// The change the redo could not replay (or that failed).
+    pub lsn: u64,
+    pub rmid: u8,
+    pub info: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedFpwMode {
+    pub lsn: u64,
+    pub full_page_writes: bool,
+    pub explicit: bool,
+}
+
+/// `DATA_DIR/retention.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionState {
+    /// The horizon, `X/Y`: the archive starts at this segment; reads before it are refused.
+    pub horizon: String,
+    #[serde(default)]
+    pub relation_events: SavedRelationEvents,
+    #[serde(default)]
+    pub unreadable: Vec<SavedMarker>,
+    #[serde(default)]
+    pub fpw_modes: Vec<SavedFpwMode>,
+    #[serde(default)]
+    pub saved_unix: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    #[error("retention state {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("retention state {path} is damaged: {reason}")]
+    Damaged { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Images(#[from] ImageStoreError),
+    #[error("rebasing {key}: {source}")]
+    Page {
+        key: PageKey,
+        source: Box<PageError>,
+    },
+}
+
+impl RetentionState {
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("retention.json")
+    }
+
+    pub fn load(data_dir: &Path) -> Result<Option<RetentionState>, RetentionError> {
+        let path = Self::path(data_dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(RetentionError::Io { path, source }),
+        };
+        let damaged = |reason: String| RetentionError::Damaged {
+            path: path.clone(),
+            reason,
+        };
+        let state: RetentionState =
+            serde_json::from_str(&text).map_err(|e| damaged(e.to_string()))?;
+        state
+            .horizon
+            .parse::<Lsn>()
+            .map_err(|e| damaged(e.to_string()))?;
+        Ok(Some(state))
+    }
+
+    pub fn store(&self, data_dir: &Path) -> Result<(), RetentionError> {
+        let path = Self::path(data_dir);
+        let text = serde_json::to_string(self).map_err(|e| RetentionError::Damaged {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&path, text.as_bytes()).map_err(|source| RetentionError::Io { path, source })
+    }
+
+    pub fn horizon_lsn(&self) -> Lsn {
+        self.horizon.parse().unwrap_or_default()
+    }
+
+    /// Puts the saved state into a store whose index is still empty (before the rebuild from
+    /// the archive): the horizon, relation events, full_page_writes modes and unreadable
+    /// markers. Returns the horizon.
+    pub fn apply(&self, store: &PageStore) -> Lsn {
+        let horizon = self.horizon_lsn();
+        store.set_horizon(horizon);
+        let mut idx = store.index.write().unwrap_or_else(|e| e.into_inner());
+        idx.relation_events.load(&self.relation_events);
+        idx.fpw_modes = self
+            .fpw_modes
+            .iter()
+            .map(|m| FpwModeChange {
+                lsn: Lsn(m.lsn),
+                full_page_writes: m.full_page_writes,
+                explicit: m.explicit,
+            })
+            .collect();
+        for m in &self.unreadable {
+            idx.add_unreadable_marker(
+                marker_key(m),
+                PageChange {
+                    lsn: Lsn(m.lsn),
+                    kind: ChangeKind::Unsupported,
+                    rmid: m.rmid,
+                    info: m.info,
+                },
+            );
+        }
+        horizon
+    }
+}
+
+fn marker_key(m: &SavedMarker) -> PageKey {
+    PageKey {
+        rel: RelFileLocator {
+            spc_oid: m.spc,
+            db_oid: m.db,
+            rel_number: m.rel,
+        },
+        fork: ForkNumber(m.fork),
+        block: m.block,
+    }
+}
+
+/// What one pass did (in /status).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PassStats {
+    pub horizon_lsn: String,
+    /// Pages rebuilt and stored as images at the horizon.
+    pub pages_rebased: u64,
+    /// Pages that already had an image there.
+    pub pages_covered: u64,
+    /// Pages left unreadable at the horizon (marker kept).
+    pub pages_unreadable: u64,
+    /// Pages truncated away or dropped before the horizon.
+    pub pages_removed: u64,
+    pub index_changes_removed: u64,
+    pub index_pages_removed: u64,
+    pub segments_removed: u64,
+    pub image_entries_removed: u64,
+    pub image_entries_moved: u64,
+    pub image_files_removed: u64,
+    pub duration_ms: u64,
+    /// When the pass ended, seconds since the epoch.
+    pub finished_unix: u64,
+}
+
+/// Retention in /status and /metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RetentionStatus {
+    pub retain: String,
+    pub horizon_lsn: String,
+    #[serde(skip)]
+    pub horizon_raw: u64,
+    pub archive_segments: u64,
+    pub archive_bytes: u64,
+    pub image_file_bytes: u64,
+    pub passes: u64,
+    pub segments_removed_total: u64,
+    pub image_entries_removed_total: u64,
+    pub last_pass: Option<PassStats>,
+    pub last_error: Option<String>,
+}
+
+/// The retention pass and its state; one per running helper.
+pub struct Retention {
+    store: Arc<PageStore>,
+    data_dir: PathBuf,
+    wal_dir: PathBuf,
+    timeline: u32,
+    segment_size: u32,
+    policy: Retain,
+    /// The backup's end: base pages are consistent once WAL up to it is decoded; the horizon
+    /// does not move before.
+    backup_end: Lsn,
+    samples: Mutex<EndSamples>,
+    /// Segments or images before the horizon may still be on disk (after a restart, or a
+    /// pass that failed after saving its state).
+    cleanup_pending: AtomicBool,
+    status: Mutex<RetentionStatus>,
+}
+
+/// Live-entry share below which an image file is compacted.
+const MIN_LIVE_RATIO: f64 = 0.5;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Retention {
+    pub fn new(
+        store: Arc<PageStore>,
+        data_dir: &Path,
+        wal_dir: &Path,
+        timeline: u32,
+        segment_size: u32,
+        policy: Retain,
+        backup_end: Lsn,
+    ) -> Arc<Retention> {
+        let r = Arc::new(Retention {
+            store,
+            data_dir: data_dir.to_path_buf(),
+            wal_dir: wal_dir.to_path_buf(),
+            timeline,
+            segment_size,
+            policy,
+            backup_end,
+            samples: Mutex::new(EndSamples::default()),
+            cleanup_pending: AtomicBool::new(true),
+            status: Mutex::new(RetentionStatus {
+                retain: policy.to_string(),
+                ..RetentionStatus::default()
+            }),
+        });
+        r.refresh_disk_usage();
+        r
+    }
+
+    pub fn status(&self) -> RetentionStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn decoded_end(&self) -> Lsn {
+        self.store
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_record_end
+    }
+
+    /// Archive segments on disk (segno, bytes).
+    fn segments(&self) -> Vec<(u64, u64)> {
+        let Ok(dir) = std::fs::read_dir(&self.wal_dir) else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name();
+                let (tli, segno) = parse_segment_file_name(name.to_str()?, self.segment_size)?;
+                (tli == self.timeline).then(|| (segno, e.metadata().map(|m| m.len()).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    fn refresh_disk_usage(&self) {
+        let segs = self.segments();
+        let image_bytes = self
+            .store
+            .images
+            .lock()
+            .map(|i| i.bytes)
+            .unwrap_or_default();
+        let horizon = self.store.horizon();
+        if let Ok(mut s) = self.status.lock() {
+            s.archive_segments = segs.len() as u64;
+            s.archive_bytes = segs.iter().map(|(_, b)| b).sum();
+            s.image_file_bytes = image_bytes;
+            s.horizon_lsn = horizon.to_string();
+            s.horizon_raw = horizon.0;
+        }
+    }
+
+    /// One tick: samples the decoded end, runs a pass if the horizon can move by a segment
+    /// or more (and the clean-up a restart left pending). Errors are logged and kept in the
+    /// status; the next tick tries again.
+    pub fn tick(&self, now: Instant) {
+        let result = self.run_pass(now);
+        match &result {
+            Ok(Some(p)) => {
+                log::info!(
+                    "retention: horizon {} ({}): {} pages rebased ({} already imaged, {} unreadable kept, {} removed), {} index changes and {} pages dropped, {} segments removed, {} image entries removed ({} moved, {} files removed) in {} ms",
+                    p.horizon_lsn,
+                    self.policy,
+                    p.pages_rebased,
+                    p.pages_covered,
+                    p.pages_unreadable,
+                    p.pages_removed,
+                    p.index_changes_removed,
+                    p.index_pages_removed,
+                    p.segments_removed,
+                    p.image_entries_removed,
+                    p.image_entries_moved,
+                    p.image_files_removed,
+                    p.duration_ms
+                );
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("retention pass failed (retrying later): {e}"),
+        }
+        self.refresh_disk_usage();
+        if let Ok(mut s) = self.status.lock() {
+            match result {
+                Ok(Some(p)) => {
+                    s.passes += 1;
+                    s.segments_removed_total += p.segments_removed;
+                    s.image_entries_removed_total += p.image_entries_removed;
+                    s.last_pass = Some(p);
+                    s.last_error = None;
+                }
+                Ok(None) => {}
+                Err(e) => s.last_error = Some(e.to_string()),
+            }
+        }
+    }
+
+    /// Moves the horizon if it can advance by a segment or more; Some(stats) when a pass
+    /// (or a pending clean-up) did something.
+    pub fn run_pass(&self, now: Instant) -> Result<Option<PassStats>, RetentionError> {
+        let started = Instant::now();
+        let end = self.decoded_end();
+        let current = self.store.horizon();
+        let keep_from = {
+            let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+            samples.push(now, end);
+            self.policy.keep_from(end, &mut samples, now)
+        };
+        let target = keep_from
+            .filter(|_| end >= self.backup_end)
+            .map(|k| horizon_for(k, current, self.segment_size));
+        let mut stats = PassStats::default();
+        let moved = match target {
+            Some(h) if h > current => {
+                self.move_horizon(current, h, &mut stats)?;
+                true
+            }
+            _ => false,
+        };
+        if !moved && !self.cleanup_pending.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let horizon = self.store.horizon();
+        self.cleanup_pending.store(true, Ordering::SeqCst);
+        self.clean_up(horizon, &mut stats)?;
+        self.cleanup_pending.store(false, Ordering::SeqCst);
+        stats.horizon_lsn = horizon.to_string();
+        stats.duration_ms = started.elapsed().as_millis() as u64;
+        stats.finished_unix = unix_now();
+        if !moved
+            && stats.segments_removed == 0
+            && stats.image_entries_removed == 0
+            && stats.image_files_removed == 0
+        {
+            return Ok(None);
+        }
+        Ok(Some(stats))
+    }
+
+    /// Steps 1–3 and the index pruning of step 4 (see the module comment).
+    fn move_horizon(
+        &self,
+        current: Lsn,
+        horizon: Lsn,
+        stats: &mut PassStats,
+    ) -> Result<(), RetentionError> {
+        let store = &*self.store;
+        let below = Lsn(horizon.0 - 1);
+        // Each page changed before the horizon, with its last change before it.
+        let candidates: Vec<(PageKey, PageChange)> = {
+            let idx = store.index.read().unwrap_or_else(|e| e.into_inner());
+            let mut v: Vec<(PageKey, PageChange)> = idx
+                .keys()
+                .filter_map(|k| {
+                    let h = idx.page(k)?;
+                    let n = h.changes.partition_point(|c| c.lsn < horizon);
+                    n.checked_sub(1).map(|i| (*k, h.changes[i]))
+                })
+                .collect();
+            v.sort_unstable_by_key(|(k, _)| *k);
+            v
+        };
+        let mut markers: HashMap<PageKey, PageChange> = HashMap::new();
+        let mut rebased: HashMap<PageKey, Lsn> = HashMap::new();
+        let opts = ReadOptions {
+            generated_images: true,
+            cache: false,
+        };
+        for (key, last) in candidates {
+            if last.lsn < current {
+                // Only a kept unreadable marker is older than the current horizon.
+                debug_assert_eq!(last.kind, ChangeKind::Unsupported);
+                markers.insert(key, last);
+                stats.pages_unreadable += 1;
+                continue;
+            }
+            let covered = store
+                .images
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .newest_at_or_before(&key, below)
+                .filter(|l| *l >= last.lsn);
+            if let Some(l) = covered {
+                rebased.insert(key, l);
+                stats.pages_covered += 1;
+                continue;
+            }
+            match store.reconstruct_with(&key, Some(below), opts) {
+                Ok(r) => {
+                    store
+                        .images
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .put(&key, last.lsn, &r.page)?;
+                    rebased.insert(key, last.lsn);
+                    stats.pages_rebased += 1;
+                }
+                Err(PageError::Removed { .. }) => stats.pages_removed += 1,
+                Err(PageError::Unreadable { at, .. }) => {
+                    let marker = store
+                        .index
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .page(&key)
+                        .and_then(|h| h.changes.iter().find(|c| c.lsn == at).copied())
+                        .unwrap_or(last);
+                    markers.insert(
+                        key,
+                        PageChange {
+                            kind: ChangeKind::Unsupported,
+                            ..marker
+                        },
+                    );
+                    stats.pages_unreadable += 1;
+                }
+                Err(e @ (PageError::Images(_) | PageError::BeforeRetention { .. })) => {
+                    return Err(RetentionError::Page {
+                        key,
+                        source: Box::new(e),
+                    });
+                }
+                Err(e) => {
+                    // The page cannot be rebuilt here (a redo or archive error): it must not
+                    // become readable from older state, so it stays unreadable from its last
+                    // change before the horizon.
+                    log::warn!(
+                        "retention: {key} cannot be rebuilt at {below} ({e}); it stays unreadable until its next image"
+                    );
+                    markers.insert(
+                        key,
+                        PageChange {
+                            kind: ChangeKind::Unsupported,
+                            ..last
+                        },
+                    );
+                    stats.pages_unreadable += 1;
+                }
+            }
+        }
+        // Every image a skipped page relies on, and every rebased one, is durable first.
+        store
+            .images
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sync()?;
+
+        let state = {
+            let idx = store.index.read().unwrap_or_else(|e| e.into_inner());
+            let mut unreadable: Vec<SavedMarker> = markers
+                .iter()
+                .map(|(k, c)| SavedMarker {
+                    spc: k.rel.spc_oid,
+                    db: k.rel.db_oid,
+                    rel: k.rel.rel_number,
+                    fork: k.fork.0,
+                    block: k.block,
+                    lsn: c.lsn.0,
+                    rmid: c.rmid,
+                    info: c.info,
+                })
+                .collect();
+            unreadable.sort_by_key(|m| (m.spc, m.db, m.rel, m.fork, m.block));
+            RetentionState {
+                horizon: horizon.to_string(),
+                relation_events: idx.relation_events.saved_before(horizon),
+                unreadable,
+                fpw_modes: idx
+                    .fpw_modes
+                    .iter()
+                    .filter(|m| m.lsn < horizon)
+                    .map(|m| SavedFpwMode {
+                        lsn: m.lsn.0,
+                        full_page_writes: m.full_page_writes,
+                        explicit: m.explicit,
+                    })
+                    .collect(),
+                saved_unix: unix_now(),
+            }
+        };
+        state.store(&self.data_dir)?;
+        // From here on the files below the horizon may go (even after a crash).
+        self.cleanup_pending.store(true, Ordering::SeqCst);
+        store.set_horizon(horizon);
+        let pruned = store
+            .index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .prune_before(horizon, &markers, &rebased);
+        stats.index_changes_removed = pruned.changes_removed;
+        stats.index_pages_removed = pruned.pages_removed;
+        Ok(())
+    }
+
+    /// Deletes archive segments ending at or before the horizon, forgets images no read can
+    /// start from, and compacts the image files.
+    fn clean_up(&self, horizon: Lsn, stats: &mut PassStats) -> Result<(), RetentionError> {
+        let seg = u64::from(self.segment_size);
+        let horizon_segno = horizon.0 / seg;
+        let mut removed_any = false;
+        for (segno, _) in self.segments() {
+            if segno < horizon_segno {
+                let path = self.wal_dir.join(crate::wal::page::segment_file_name(
+                    self.timeline,
+                    segno,
+                    self.segment_size,
+                ));
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        stats.segments_removed += 1;
+                        removed_any = true;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(RetentionError::Io { path, source }),
+                }
+            }
+        }
+        if removed_any {
+            super::sync_dir(&self.wal_dir).map_err(|source| RetentionError::Io {
+                path: self.wal_dir.clone(),
+                source,
+            })?;
+        }
+        {
+            // Lock order: image store, then index (as reads take them).
+            let mut images = self.store.images.lock().unwrap_or_else(|e| e.into_inner());
+            let idx = self.store.index.read().unwrap_or_else(|e| e.into_inner());
+            let below = Lsn(horizon.0.saturating_sub(1));
+            stats.image_entries_removed = images.forget_before(horizon, |key, lsn| {
+                idx.relation_events
+                    .removed_at(key, below)
+                    .is_some_and(|at| at > lsn)
+            });
+        }
+        loop {
+            // One file per lock hold: reads and image generation go on in between.
+            let step = self
+                .store
+                .images
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .compact_step(MIN_LIVE_RATIO)?;
+            match step {
+                Some(c) => {
+                    stats.image_files_removed += c.files_removed;
+                    stats.image_entries_moved += c.entries_moved;
+                }
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `tick` every `interval` on its own thread until the process ends.
+    pub fn spawn(self: &Arc<Self>, interval: Duration) -> std::thread::JoinHandle<()> {
+        let me = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("retention".into())
+            .spawn(move || {
+                loop {
+                    me.tick(Instant::now());
+                    std::thread::sleep(interval);
+                }
+            })
+            .unwrap_or_else(|e| panic!("cannot start the retention thread: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retain_values_parse_and_print() {
+        assert_eq!("all".parse::<Retain>(), Ok(Retain::All));
+        assert_eq!("ALL".parse::<Retain>(), Ok(Retain::All));
+        assert_eq!("512MB".parse::<Retain>(), Ok(Retain::Bytes(512 << 20)));
+        assert_eq!("4GB".parse::<Retain>(), Ok(Retain::Bytes(4 << 30)));
+        assert_eq!("4gb".parse::<Retain>(), Ok(Retain::Bytes(4 << 30)));
+        assert_eq!("1TB".parse::<Retain>(), Ok(Retain::Bytes(1 << 40)));
+        assert_eq!("64kB".parse::<Retain>(), Ok(Retain::Bytes(64 << 10)));
+        assert_eq!("1000".parse::<Retain>(), Ok(Retain::Bytes(1000)));
+        assert_eq!("1000B".parse::<Retain>(), Ok(Retain::Bytes(1000)));
+        assert_eq!(
+            "30min".parse::<Retain>(),
+            Ok(Retain::Time(Duration::from_secs(1800)))
+        );
+        assert_eq!(
+            "2h".parse::<Retain>(),
+            Ok(Retain::Time(Duration::from_secs(7200)))
+        );
+        assert_eq!(
+            "7d".parse::<Retain>(),
+            Ok(Retain::Time(Duration::from_secs(7 * 86_400)))
+        );
+        assert_eq!(
+            "45s".parse::<Retain>(),
+            Ok(Retain::Time(Duration::from_secs(45)))
+        );
+        for bad in [
+            "",
+            "MB",
+            "-1GB",
+            "4 parsecs",
+            "1.5GB",
+            "4XB",
+            "2m",
+            "99999999999999999999GB",
+            "20000000TB",
+        ] {
+            let e = bad.parse::<Retain>().unwrap_err();
+            assert!(e.contains("retention"), "{bad:?}: {e}");
+        }
+        for v in [
+            "all", "512MB", "4GB", "1TB", "64kB", "1000B", "30min", "2h", "7d", "45s",
+        ] {
+            assert_eq!(v.parse::<Retain>().unwrap().to_string(), v);
+        }
+    }
+
+    const SEG: u32 = 16 << 20;
+
+    #[test]
+    fn horizon_is_a_segment_start_that_never_moves_back() {
+        let seg = u64::from(SEG);
+        let backup_start = Lsn(3 * seg + 0x28);
+        let mut samples = EndSamples::default();
+        let now = Instant::now();
+        let keep = |end: u64, samples: &mut EndSamples| {
+            Retain::Bytes(32 << 20).keep_from(Lsn(end), samples, now)
+        };
+        // Not enough WAL yet: the horizon stays at the backup start.
+        let k = keep(4 * seg + 100, &mut samples).unwrap();
+        assert_eq!(horizon_for(k, backup_start, SEG), backup_start);
+        let k = keep(5 * seg + 100, &mut samples).unwrap();
+        assert_eq!(horizon_for(k, backup_start, SEG), backup_start);
+        // 32 MB behind 6 segments + 100 bytes is inside segment 4: its start.
+        let k = keep(6 * seg + 100, &mut samples).unwrap();
+        assert_eq!(k, Lsn(4 * seg + 100));
+        assert_eq!(horizon_for(k, backup_start, SEG), Lsn(4 * seg));
+        // Never below the current horizon.
+        assert_eq!(horizon_for(k, Lsn(5 * seg), SEG), Lsn(5 * seg));
+        // Less WAL than the distance.
+        let k = keep(100, &mut samples).unwrap();
+        assert_eq!(k, Lsn(0));
+        assert_eq!(horizon_for(k, backup_start, SEG), backup_start);
+        assert_eq!(
+            Retain::All.keep_from(Lsn(u64::MAX), &mut samples, now),
+            None
+        );
+    }
+
+    #[test]
+    fn time_horizon_uses_the_end_as_of_then() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let r = Retain::Time(Duration::from_secs(60));
+        let mut samples = EndSamples::default();
+        samples.push(at(0), Lsn(1000));
+        samples.push(at(10), Lsn(2000));
+        samples.push(at(20), Lsn(2000)); // unchanged: not a new sample
+        samples.push(at(30), Lsn(3000));
+        assert_eq!(samples.len(), 3);
+        // Less than a minute of samples: nothing may go.
+        assert_eq!(r.keep_from(Lsn(3000), &mut samples, at(59)), None);
+        assert_eq!(
+            r.keep_from(Lsn(3000), &mut samples, at(60)),
+            Some(Lsn(1000))
+        );
+        assert_eq!(
+            r.keep_from(Lsn(3000), &mut samples, at(75)),
+            Some(Lsn(2000))
+        );
+        assert_eq!(samples.len(), 2, "older samples are dropped");
+        samples.push(at(200), Lsn(9000));
+        assert_eq!(
+            r.keep_from(Lsn(9000), &mut samples, at(200)),
+            Some(Lsn(3000))
+        );
+        assert_eq!(
+            r.keep_from(Lsn(9000), &mut samples, at(260)),
+            Some(Lsn(9000))
+        );
+    }
+}
