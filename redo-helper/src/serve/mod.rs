@@ -2,7 +2,7 @@
 //! - `GET /status` (JSON) and `GET /metrics` (Prometheus text);
 //! - `GET /page/{spc}/{db}/{rel}/{fork}/{blk}[?lsn=X/Y][&wait_ms=N][&images=none][&cache=none]`:
 //!   GetPage@LSN, the 8 KB page as `application/octet-stream`, with `x-deltas-replayed`,
-//!   `x-start` and `x-lsn` headers; 404 unknown page (or truncated/dropped at that LSN), 409
+//!   `x-read-us` (time to rebuild the page), `x-start` and `x-lsn` headers; 404 unknown page (or truncated/dropped at that LSN), 409
 //!   unreadable page, 410 LSN before the retained history, 425 LSN not received within the
 //!   wait, 503 while bootstrapping. `images=none` replays the whole chain from the WAL or the
 //!   base backup (verification), `cache=none` bypasses the cache of recent pages;
@@ -129,6 +129,7 @@ async fn get_page(state: Arc<HelperState>, key: PageKey, query: Option<&str>) ->
                 let mut r = response(StatusCode::OK, "application/octet-stream", page.page);
                 for (name, value) in [
                     ("x-deltas-replayed", page.deltas_replayed.to_string()),
+                    ("x-read-us", elapsed.as_micros().to_string()),
                     ("x-start", format!("{} at {}", page.start, page.start_lsn)),
                     (
                         "x-lsn",

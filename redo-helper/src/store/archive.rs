@@ -225,6 +225,10 @@ pub struct RecordReader {
     timeline: u32,
     cfg: crate::wal::reader::DecoderConfig,
     buf: Vec<u8>,
+    /// The segment file read last: a page's deltas are mostly in one segment, so a read of
+    /// its chain opens it once. Readers live for one reconstruction, so a segment that
+    /// retention removes is never held open for long.
+    open: Option<(u64, File)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +251,7 @@ impl RecordReader {
                 timeline: Some(archive.timeline),
             },
             buf: Vec::new(),
+            open: None,
         }
     }
 
@@ -258,6 +263,7 @@ impl RecordReader {
             timeline: self.timeline,
             cfg: self.cfg,
             buf: Vec::new(),
+            open: None,
         }
     }
 
@@ -277,16 +283,26 @@ impl RecordReader {
             let page_end = (pos.0 / 8192 + 1) * 8192;
             let n = (page_end - pos.0) as usize;
             let segno = pos.0 / seg;
-            let path = self
-                .dir
-                .join(segment_file_name(self.timeline, segno, self.segment_size));
-            let f = File::open(&path).map_err(|source| ArchiveError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let path = || {
+                self.dir
+                    .join(segment_file_name(self.timeline, segno, self.segment_size))
+            };
+            let f = match &mut self.open {
+                Some((open_segno, f)) if *open_segno == segno => f,
+                slot => {
+                    let f = File::open(path()).map_err(|source| ArchiveError::Io {
+                        path: path(),
+                        source,
+                    })?;
+                    &mut slot.insert((segno, f)).1
+                }
+            };
             self.buf.resize(n, 0);
             f.read_exact_at(&mut self.buf, pos.0 % seg)
-                .map_err(|source| ArchiveError::Io { path, source })?;
+                .map_err(|source| ArchiveError::Io {
+                    path: path(),
+                    source,
+                })?;
             decoder.push(&self.buf);
             match decoder.next_record_into(out) {
                 Ok(true) => return Ok(()),
