@@ -38,8 +38,9 @@ sql() { "$PGBIN/psql" -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d postgres 
 status() { helper_status "$hport"; }
 
 cluster_init "$cdir" "$port"
+# Autovacuum off: a vacuum starting in one run and not another would decide the comparison.
 cluster_conf "$cdir" "wal_level = replica" "shared_preload_libraries = 'fpw_pushdown'" "max_wal_senders = 4" \
-    "checkpoint_timeout = 30min" "max_wal_size = 8GB" "fpw_pushdown.autopilot = off"
+    "checkpoint_timeout = 30min" "max_wal_size = 8GB" "fpw_pushdown.autopilot = off" "autovacuum = off"
 cluster_start "$cdir"
 sql -c "CREATE EXTENSION fpw_pushdown"
 log "loading pgbench scale $scale and TPC-C-like with $warehouses warehouses"
@@ -72,27 +73,7 @@ run() {
 
 set_compression() { sql -c "ALTER SYSTEM SET wal_compression = '$1'" -c "SELECT pg_reload_conf()" >/dev/null; sleep 0.3; }
 
-declare -A B T CPU
-for w in tpcb tpcc; do
-    # Warm-up (not recorded): the first run after loading also sets hint bits and fills caches.
-    run $w "warm-up" >/dev/null
-    # FPW off alone: no helper yet, so the switch must be forced.
-    sql -c "SELECT fpw_pushdown.disable_full_page_writes(force => true)" >/dev/null 2>&1
-    read -r "B[$w,off]" "T[$w,off]" < <(run $w "full_page_writes=off (no helper)")
-    sql -c "SELECT fpw_pushdown.enable_full_page_writes()" >/dev/null
-    read -r "B[$w,on]" "T[$w,on]" < <(run $w "full_page_writes=on")
-    set_compression lz4
-    read -r "B[$w,lz4]" "T[$w,lz4]" < <(run $w "full_page_writes=on, wal_compression=lz4")
-    set_compression zstd
-    read -r "B[$w,zstd]" "T[$w,zstd]" < <(run $w "full_page_writes=on, wal_compression=zstd")
-    set_compression off
-done
-
-log "starting the redo helper"
-helper_start "$helper_bin" "$work/helper" "$port" "$hport" "$work/helper.log" --image-threshold 16
-sql -c "ALTER SYSTEM SET fpw_pushdown.helper_address = '127.0.0.1:$hport'" -c "SELECT pg_reload_conf()" >/dev/null
-sleep 0.3
-sql -c "SELECT fpw_pushdown.disable_full_page_writes()" >/dev/null
+declare -A B T CPU QMAX IMGS
 hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$HELPER_PID/stat"; }
 # Samples the image queue while pgbench runs (peak load): prints the largest depth seen.
@@ -105,8 +86,41 @@ watch_queue() {
     done
     echo "$max"
 }
-declare -A QMAX IMGS
+# Starts the helper (the first time it bootstraps; later it resumes from its slot) and waits
+# until the extension's guard sees it healthy (slot active, lag within bounds).
+helper_attach() {
+    helper_start "$helper_bin" "$work/helper" "$port" "$hport" "$work/helper.log" --image-threshold 16
+    sql -c "ALTER SYSTEM SET fpw_pushdown.helper_address = '127.0.0.1:$hport'" -c "SELECT pg_reload_conf()" >/dev/null
+    for _ in $(seq 1 600); do
+        [ "$(sql -c "SELECT helper_healthy FROM fpw_pushdown.status()")" = t ] && return 0
+        sleep 0.2
+    done
+    echo "the redo helper did not become healthy; see $work/helper.log" >&2
+    return 1
+}
+helper_detach() {
+    helper_stop
+    sql -c "ALTER SYSTEM RESET fpw_pushdown.helper_address" -c "SELECT pg_reload_conf()" >/dev/null
+}
+
+# Per workload, the runs that are compared directly are adjacent: FPW on, lz4, zstd, then
+# FPW off alone (forced, no helper), then FPW off with the helper attached (guarded switch).
+# The helper is not running during the other runs.
 for w in tpcb tpcc; do
+    # Warm-up (not recorded): the first run after loading also sets hint bits and fills caches.
+    run $w "warm-up" >/dev/null
+    read -r "B[$w,on]" "T[$w,on]" < <(run $w "full_page_writes=on")
+    set_compression lz4
+    read -r "B[$w,lz4]" "T[$w,lz4]" < <(run $w "full_page_writes=on, wal_compression=lz4")
+    set_compression zstd
+    read -r "B[$w,zstd]" "T[$w,zstd]" < <(run $w "full_page_writes=on, wal_compression=zstd")
+    set_compression off
+    sql -c "SELECT fpw_pushdown.disable_full_page_writes(force => true)" >/dev/null 2>&1
+    read -r "B[$w,off]" "T[$w,off]" < <(run $w "full_page_writes=off (no helper)")
+    sql -c "SELECT fpw_pushdown.enable_full_page_writes()" >/dev/null
+    log "attaching the redo helper"
+    helper_attach
+    sql -c "SELECT fpw_pushdown.disable_full_page_writes()" >/dev/null
     t0=$(ticks)
     s0=$(date +%s.%N)
     i0=$(status | json_field images_generated)
@@ -121,8 +135,10 @@ for w in tpcb tpcc; do
     CPU[$w]=$(awk -v a="$t0" -v b="$(ticks)" -v hz="$hz" -v e="$e" 'BEGIN{printf "%.2f", (b-a)/hz/e}')
     QMAX[$w]=$(cat "$work/qmax.$w")
     IMGS[$w]=$(awk -v a="$i0" -v b="$(status | json_field images_generated)" -v e="$e" 'BEGIN{printf "%.0f", (b-a)/e}')
+    sql -c "SELECT fpw_pushdown.enable_full_page_writes()" >/dev/null
+    # The last workload's helper stays attached for the GetPage reads below.
+    [ "$w" = tpcc ] || helper_detach
 done
-sql -c "SELECT fpw_pushdown.enable_full_page_writes()" >/dev/null
 
 # GetPage@LSN: the same pages (every 10th the hottest pgbench page, the others random
 # pgbench_accounts pages) read three ways, each at the LSN where the load stopped:
@@ -169,6 +185,12 @@ summary() {
         "$(quantile "$f.srv" 0.5) $(quantile "$f.srv" 0.99)" \
         "$(quantile "$f.del" 0.5) $(quantile "$f.del" 0.99) $(quantile "$f.del" 1)"
 }
+# Reads after the load, once image generation has drained its queue (its peak depth and rate
+# under load are reported above).
+for _ in $(seq 1 1200); do
+    [ "$(status | json_field imagegen_queue_depth)" = 0 ] && break
+    sleep 0.1
+done
 log "GetPage: $reads reads x 3 ways at $at"
 read_pages "" "$work/r.served"
 read_pages "&cache=none" "$work/r.nocache"

@@ -457,7 +457,7 @@ impl HelperState {
             if let Ok(h) = g.stats.chain_at_image.lock() {
                 s.chain_at_image = Quantiles::of(&h);
             }
-            if let Ok(img) = p.store.images.lock() {
+            if let Ok(img) = p.store.images.read() {
                 s.images_stored = img.images;
                 s.image_bytes = img.bytes;
             }
@@ -539,14 +539,19 @@ impl Ingest {
         self.decoder.push(durable);
         self.touched.clear();
         let result = {
-            let mut idx = self.store.index.write().unwrap_or_else(|e| e.into_inner());
             loop {
                 match self.decoder.next_record_into(&mut self.record) {
                     Ok(true) => {
                         // Records before the backup's start are already in the base pages,
-                        // those before the retention horizon in the retained images.
+                        // those before the retention horizon in the retained images. The
+                        // index is locked per record (decoding happens outside), so page
+                        // reads never wait for a whole flushed chunk to be indexed.
                         if self.record.lsn >= self.index_from {
-                            idx.add_record_touching(&self.record, &mut self.touched);
+                            self.store
+                                .index
+                                .write()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .add_record_touching(&self.record, &mut self.touched);
                         }
                     }
                     Ok(false) => break Ok(()),
@@ -938,7 +943,7 @@ fn open_store(
 
 /// Images generated before a restart count again (the index was rebuilt without them).
 fn note_generated_images(store: &PageStore) {
-    let img = store.images.lock().unwrap_or_else(|e| e.into_inner());
+    let img = store.images.read().unwrap_or_else(|e| e.into_inner());
     let mut idx = store.index.write().unwrap_or_else(|e| e.into_inner());
     let keys: Vec<_> = idx.keys().copied().collect();
     for key in keys {

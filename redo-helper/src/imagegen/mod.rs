@@ -178,7 +178,7 @@ impl ImageGenerator {
         let Some(lsn) = newest else { return };
         match self.store.reconstruct(key, Some(lsn)) {
             Ok(r) => {
-                let stored = self.store.images.lock().map_err(|_| ()).and_then(|mut s| {
+                let stored = self.store.images.write().map_err(|_| ()).and_then(|mut s| {
                     s.put(key, lsn, &r.page)
                         .map_err(|e| log::error!("storing image of {key} at {lsn}: {e}"))
                 });
@@ -218,7 +218,7 @@ impl ImageGenerator {
                             since_sync += 1;
                             if since_sync >= 256 {
                                 since_sync = 0;
-                                if let Ok(s) = me.store.images.lock() {
+                                if let Ok(s) = me.store.images.read() {
                                     let _ = s.sync();
                                 }
                             }

@@ -96,7 +96,7 @@ pub fn check_against_pgdata(store: &PageStore, pgdata: &Path, sum: &mut CheckSum
     // Pages whose whole history went behind the retention horizon live on in their image.
     let imaged: Vec<PageKey> = store
         .images
-        .lock()
+        .read()
         .unwrap_or_else(|e| e.into_inner())
         .keys()
         .copied()

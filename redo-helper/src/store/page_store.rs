@@ -165,7 +165,7 @@ pub const DEFAULT_CACHE_PAGES: usize = 4096;
 
 pub struct PageStore {
     pub base: BaseFiles,
-    pub images: Mutex<ImageStore>,
+    pub images: RwLock<ImageStore>,
     pub index: RwLock<PageIndex>,
     redo: RedoEngine,
     cache: Mutex<PageCache>,
@@ -192,7 +192,7 @@ impl PageStore {
     ) -> PageStore {
         PageStore {
             base,
-            images: Mutex::new(images),
+            images: RwLock::new(images),
             index: RwLock::new(PageIndex::new()),
             redo,
             cache: Mutex::new(PageCache {
@@ -272,7 +272,7 @@ impl PageStore {
         // generation takes the image store's lock and then the index's).
         let mut start = Start::Base;
         {
-            let images = self.images.lock().unwrap_or_else(|e| e.into_inner());
+            let images = self.images.read().unwrap_or_else(|e| e.into_inner());
             if opts.generated_images {
                 if let Some(l) = images.newest_at_or_before(key, target) {
                     start = start.newest(Start::Generated(l));
@@ -343,7 +343,7 @@ impl PageStore {
             Start::Generated(l) => {
                 let img = self
                     .images
-                    .lock()
+                    .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .read(key, l)?
                     .ok_or(PageError::Unknown { key: *key })?;
@@ -353,7 +353,7 @@ impl PageStore {
             Start::Retained(l) => {
                 let img = self
                     .images
-                    .lock()
+                    .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .read(key, l)?
                     .ok_or(PageError::Unknown { key: *key })?;

@@ -444,7 +444,7 @@ impl Retention {
         let image_bytes = self
             .store
             .images
-            .lock()
+            .read()
             .map(|i| i.bytes)
             .unwrap_or_default();
         let horizon = self.store.horizon();
@@ -581,7 +581,7 @@ impl Retention {
             }
             let covered = store
                 .images
-                .lock()
+                .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .newest_at_or_before(&key, below)
                 .filter(|l| *l >= last.lsn);
@@ -594,7 +594,7 @@ impl Retention {
                 Ok(r) => {
                     store
                         .images
-                        .lock()
+                        .write()
                         .unwrap_or_else(|e| e.into_inner())
                         .put(&key, last.lsn, &r.page)?;
                     rebased.insert(key, last.lsn);
@@ -645,7 +645,7 @@ impl Retention {
         // Every image a skipped page relies on, and every rebased one, is durable first.
         store
             .images
-            .lock()
+            .read()
             .unwrap_or_else(|e| e.into_inner())
             .sync()?;
 
@@ -727,7 +727,7 @@ impl Retention {
         }
         {
             // Lock order: image store, then index (as reads take them).
-            let mut images = self.store.images.lock().unwrap_or_else(|e| e.into_inner());
+            let mut images = self.store.images.write().unwrap_or_else(|e| e.into_inner());
             let idx = self.store.index.read().unwrap_or_else(|e| e.into_inner());
             let below = Lsn(horizon.0.saturating_sub(1));
             stats.image_entries_removed = images.forget_before(horizon, |key, lsn| {
@@ -741,7 +741,7 @@ impl Retention {
             let step = self
                 .store
                 .images
-                .lock()
+                .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .compact_step(MIN_LIVE_RATIO)?;
             match step {
