@@ -104,7 +104,9 @@ helper_detach() {
 }
 
 # Per workload, the runs that are compared directly are adjacent: FPW on, lz4, zstd, then
-# FPW off alone (forced, no helper), then FPW off with the helper attached (guarded switch).
+# FPW off alone (forced, no helper), FPW off with pg_receivewal streaming durably (the cost
+# of any durable physical replication client, the helper's peer), then FPW off with the
+# helper attached (guarded switch).
 # The helper is not running during the other runs.
 for w in tpcb tpcc; do
     # Warm-up (not recorded): the first run after loading also sets hint bits and fills caches.
@@ -117,6 +119,20 @@ for w in tpcb tpcc; do
     set_compression off
     sql -c "SELECT fpw_pushdown.disable_full_page_writes(force => true)" >/dev/null 2>&1
     read -r "B[$w,off]" "T[$w,off]" < <(run $w "full_page_writes=off (no helper)")
+    # The cost of streaming WAL durably to anyone: PostgreSQL's own pg_receivewal, fsyncing
+    # what it receives (--synchronous, as the helper does), on its own slot.
+    # A fresh slot and directory per run, so it streams from now on instead of catching up.
+    rm -rf "$work/receivewal" && mkdir -p "$work/receivewal"
+    sql -c "SELECT pg_create_physical_replication_slot('bench_receivewal', true)" >/dev/null
+    "$PGBIN/pg_receivewal" -h 127.0.0.1 -p "$port" -U postgres -S bench_receivewal -D "$work/receivewal" \
+        --synchronous >"$work/receivewal.log" 2>&1 &
+    receivewal=$!
+    sleep 1
+    read -r "B[$w,rw]" "T[$w,rw]" < <(run $w "full_page_writes=off + pg_receivewal --synchronous")
+    kill "$receivewal" 2>/dev/null || true
+    wait "$receivewal" 2>/dev/null || true
+    sql -c "SELECT pg_drop_replication_slot('bench_receivewal')" >/dev/null
+    rm -rf "$work/receivewal"
     sql -c "SELECT fpw_pushdown.enable_full_page_writes()" >/dev/null
     log "attaching the redo helper"
     helper_attach
@@ -202,12 +218,13 @@ for w in tpcb tpcc; do
     echo
     echo "workload: $w ($clients clients, ${seconds}s per run; pgbench scale $scale / $warehouses warehouses)"
     printf '%-40s %12s %10s\n' mode "WAL B/txn" TPS
-    for m in on lz4 zstd off helper; do
+    for m in on lz4 zstd off rw helper; do
         case $m in
         on) label="full_page_writes=on" ;;
         lz4) label="on + wal_compression=lz4" ;;
         zstd) label="on + wal_compression=zstd" ;;
         off) label="off alone (forced)" ;;
+        rw) label="off + pg_receivewal --synchronous" ;;
         helper) label="off + redo helper" ;;
         esac
         printf '%-40s %12s %10s\n' "$label" "${B[$w,$m]}" "${T[$w,$m]}"
@@ -215,6 +232,7 @@ for w in tpcb tpcc; do
     printf '%-60s %s\n' "WAL/txn reduction, helper vs FPW on (target >= 91%)" "$(pct "${B[$w,helper]}" "${B[$w,on]}")" \
         "WAL/txn below FPW on + zstd (target >= 40%)" "$(pct "${B[$w,helper]}" "${B[$w,zstd]}")" \
         "TPS with helper / TPS off alone (target >= 97%)" "$(awk -v a="${T[$w,helper]}" -v b="${T[$w,off]}" 'BEGIN{printf "%.1f%%", a/b*100}')" \
+        "TPS with pg_receivewal --synchronous / TPS off alone (peer)" "$(awk -v a="${T[$w,rw]}" -v b="${T[$w,off]}" 'BEGIN{printf "%.1f%%", a/b*100}')" \
         "helper CPU during its run (cores)" "${CPU[$w]}" \
         "images generated per second during its run" "${IMGS[$w]}" \
         "image queue depth, max sampled at peak load" "${QMAX[$w]}"

@@ -10,7 +10,7 @@
 //!   images must equal, byte for byte, the replay of the page's whole chain from the WAL or
 //!   the base backup (`images=none`).
 
-use super::page_store::{PageError, PageStore, ReadOptions};
+use super::page_store::{PageError, PageStore, ReadOptions, StartSource};
 use crate::redo::mask::PageKind;
 use crate::redo::page::{Page, PageLayout};
 use crate::redo::verify::{compare_masked, mask_sequence_values, read_pg_page};
@@ -122,7 +122,7 @@ pub fn check_against_pgdata(store: &PageStore, pgdata: &Path, sum: &mut CheckSum
         };
         match store.reconstruct_with(&key, Some(lsn), SERVED) {
             Ok(r) => {
-                if r.start == "generated image" {
+                if r.start == StartSource::GeneratedImage {
                     sum.served_from_generated += 1;
                 }
                 compare_one(&key, &r.page, theirs.as_deref(), sum);
@@ -254,7 +254,7 @@ pub fn check_history(store: &PageStore, samples: usize, seed: u64, sum: &mut Che
                     sum.history_max_deltas_with_images.max(a.deltas_replayed);
                 sum.history_max_deltas_full_chain =
                     sum.history_max_deltas_full_chain.max(b.deltas_replayed);
-                if a.start == "generated image" {
+                if a.start == StartSource::GeneratedImage {
                     sum.history_from_generated += 1;
                 }
                 if a.page != b.page {

@@ -65,7 +65,43 @@ pub struct Reconstructed {
     pub deltas_replayed: u32,
     /// Where the replay started (LSN of the image; the backup start for base pages).
     pub start_lsn: Lsn,
-    pub start: &'static str,
+    pub start: StartSource,
+}
+
+/// What a reconstruction started from (reported in `x-start` and by `check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartSource {
+    GeneratedImage,
+    /// The image retention kept where the history before its horizon was removed.
+    RetainedImage,
+    CachedPage,
+    /// An applicable full page image or a WILL_INIT record in the WAL.
+    WalImage,
+    /// Nothing: the page's relation was truncated below it or dropped, then re-created.
+    AfterRemoval,
+    BaseBackup,
+    /// Nothing: the page did not exist at the backup; its first record creates it.
+    EmptyPage,
+}
+
+impl StartSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartSource::GeneratedImage => "generated image",
+            StartSource::RetainedImage => "retained image",
+            StartSource::CachedPage => "cached page",
+            StartSource::WalImage => "WAL image",
+            StartSource::AfterRemoval => "empty page (after truncation or drop)",
+            StartSource::BaseBackup => "base backup",
+            StartSource::EmptyPage => "empty page",
+        }
+    }
+}
+
+impl std::fmt::Display for StartSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Where a reconstruction starts; each means "the page after every change at or before
@@ -348,7 +384,7 @@ impl PageStore {
                     .read(key, l)?
                     .ok_or(PageError::Unknown { key: *key })?;
                 copy_page(&mut page, &img, key)?;
-                (l, "generated image")
+                (l, StartSource::GeneratedImage)
             }
             Start::Retained(l) => {
                 let img = self
@@ -358,13 +394,13 @@ impl PageStore {
                     .read(key, l)?
                     .ok_or(PageError::Unknown { key: *key })?;
                 copy_page(&mut page, &img, key)?;
-                (l, "retained image")
+                (l, StartSource::RetainedImage)
             }
             Start::Cached(l) => {
                 if let Some((_, p)) = &cached {
                     copy_page(&mut page, p, key)?;
                 }
-                (l, "cached page")
+                (l, StartSource::CachedPage)
             }
             Start::Wal(l) => {
                 if let Some(c) = start_change {
@@ -372,7 +408,7 @@ impl PageStore {
                 }
                 read(l, &mut rec)?;
                 apply_to_page(&mut page, &rec, key, &self.redo.ctx)?;
-                (l, "WAL image")
+                (l, StartSource::WalImage)
             }
             Start::Removed(l) => {
                 if changes.is_empty() {
@@ -382,7 +418,7 @@ impl PageStore {
                         at: l,
                     });
                 }
-                (l, "empty page (after truncation or drop)")
+                (l, StartSource::AfterRemoval)
             }
             Start::Base => match self
                 .base
@@ -391,10 +427,10 @@ impl PageStore {
             {
                 Some(p) => {
                     copy_page(&mut page, &p, key)?;
-                    (self.backup_start, "base backup")
+                    (self.backup_start, StartSource::BaseBackup)
                 }
                 // A page that did not exist at the backup: its first record must create it.
-                None if !changes.is_empty() => (self.backup_start, "empty page"),
+                None if !changes.is_empty() => (self.backup_start, StartSource::EmptyPage),
                 None => return Err(PageError::Unknown { key: *key }),
             },
         };
