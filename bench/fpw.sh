@@ -172,17 +172,26 @@ at=$(sql -c "SELECT pg_current_wal_flush_lsn()")
 for i in $(seq 1 "$reads"); do
     if [ $((i % 10)) = 0 ]; then echo "1663/$db/$br/main/0"; else echo "1663/$db/$acc/main/$(( (RANDOM * 32768 + RANDOM) % blocks ))"; fi
 done >"$work/pages"
-# read_pages QUERY OUT: one line per read: "http_code latency_us deltas helper_us"
+# read_pages QUERY OUT: one line per read: "http_code client_us deltas helper_us start".
+# One curl process reads every page over one kept-alive connection, one request at a time,
+# as a compute's page client would (a new process and connection per read measures curl's
+# start-up and a cold CPU, not the helper).
 read_pages() {
     local q=$1 out=$2 p
-    : >"$out"
     while read -r p; do
-        r=$(curl -s -o /dev/null -D "$work/h" -w '%{http_code} %{time_connect} %{time_starttransfer}' \
-            "http://127.0.0.1:$hport/page/$p?lsn=$at&wait_ms=5000$q")
-        d=$(sed -n 's/^x-deltas-replayed: \([0-9]*\).*/\1/p' "$work/h")
-        u=$(sed -n 's/^x-read-us: \([0-9]*\).*/\1/p' "$work/h")
-        echo "$r ${d:--1} ${u:--1}" | awk '{printf "%s %.0f %s %s\n", $1, ($3 - $2) * 1e6, $4, $5}' >>"$out"
-    done <"$work/pages"
+        printf 'url = "http://127.0.0.1:%s/page/%s?lsn=%s&wait_ms=5000%s"\noutput = /dev/null\n' "$hport" "$p" "$at" "$q"
+    done <"$work/pages" >"$work/curl.cfg"
+    curl -s -K "$work/curl.cfg" -D "$work/h" -w '%{http_code} %{time_starttransfer}\n' >"$work/w" || true
+    # The headers of each response, in order: its status line, then x-deltas-replayed,
+    # x-read-us (time to rebuild the page inside the helper) and x-start.
+    tr -d '\r' <"$work/h" | awk '
+        function flush() { if (code != "") print d, u, s; code = "" }
+        /^HTTP\// { flush(); code = $2; d = -1; u = -1; s = "-"; next }
+        /^x-deltas-replayed:/ { d = $2 }
+        /^x-read-us:/ { u = $2 }
+        /^x-start:/ { s = $2 "_" $3; sub(/_at$/, "", s) }
+        END { flush() }' >"$work/h.fields"
+    paste -d' ' <(awk '{printf "%s %.0f\n", $1, $2 * 1e6}' "$work/w") "$work/h.fields" >"$out"
 }
 # quantile SORTED_FILE P → the value at fraction P (nearest rank)
 quantile() {
@@ -191,15 +200,16 @@ quantile() {
     [ "$n" -gt 0 ] || { echo -; return; }
     sed -n "$(awk -v n="$n" -v p="$2" 'BEGIN{i=int(n*p+0.5); if(i<1)i=1; if(i>n)i=n; print i}')p" "$1"
 }
-# summary FILE → "errors p50_us p99_us helper_p50_us helper_p99_us deltas_p50 deltas_p99 deltas_max"
+# summary FILE [FILTER] → "errors p50_us p99_us helper_p50_us helper_p99_us deltas_p50 deltas_p99
+# deltas_max count" over the successful reads FILTER (an awk condition) selects.
 summary() {
-    local f=$1
-    awk '$1 == 200 {print $2}' "$f" | sort -n >"$f.lat"
-    awk '$1 == 200 {print $3}' "$f" | sort -n >"$f.del"
-    awk '$1 == 200 {print $4}' "$f" | sort -n >"$f.srv"
+    local f=$1 cond=${2:-1}
+    awk "\$1 == 200 && ($cond) {print \$2}" "$f" | sort -n >"$f.lat"
+    awk "\$1 == 200 && ($cond) {print \$3}" "$f" | sort -n >"$f.del"
+    awk "\$1 == 200 && ($cond) {print \$4}" "$f" | sort -n >"$f.srv"
     echo "$(awk '$1 != 200' "$f" | wc -l) $(quantile "$f.lat" 0.5) $(quantile "$f.lat" 0.99)" \
         "$(quantile "$f.srv" 0.5) $(quantile "$f.srv" 0.99)" \
-        "$(quantile "$f.del" 0.5) $(quantile "$f.del" 0.99) $(quantile "$f.del" 1)"
+        "$(quantile "$f.del" 0.5) $(quantile "$f.del" 0.99) $(quantile "$f.del" 1) $(wc -l <"$f.lat")"
 }
 # Reads after the load, once image generation has drained its queue (its peak depth and rate
 # under load are reported above).
@@ -238,14 +248,27 @@ for w in tpcb tpcc; do
         "image queue depth, max sampled at peak load" "${QMAX[$w]}"
 done
 echo
-echo "GetPage@LSN at $at: $reads reads (10% the hottest page, 90% random pgbench_accounts pages)"
+echo "GetPage@LSN at $at: $reads reads (10% the hottest page, 90% random pgbench_accounts pages),"
+echo "one request at a time over one kept-alive connection"
 echo "(latency: 'helper' = time to rebuild the page inside the helper, x-read-us; 'client' = curl's"
-echo " time to first byte after connecting, so it adds the HTTP round trip and curl itself)"
-printf '%-40s %6s %16s %16s %17s\n' "read" errors "helper p50/p99" "client p50/p99" "deltas p50/p99/max"
+echo " time to first byte, so it adds the HTTP round trip and curl itself)"
+printf '%-48s %6s %6s %16s %16s %17s\n' "read" reads errors "helper p50/p99" "client p50/p99" "deltas p50/p99/max"
+row() {
+    local label=$1 e l50 l99 s50 s99 d50 d99 dmax n
+    read -r e l50 l99 s50 s99 d50 d99 dmax n < <(summary "$2" "${3:-1}")
+    printf '%-48s %6s %6s %16s %16s %17s\n' "$label" "$n" "$e" "$s50/$s99 us" "$l50/$l99 us" "$d50/$d99/$dmax"
+}
 for r in served:"served (cache + images, threshold 16)" nocache:"images, threshold 16, no cache" noimages:"no image generation (full chain)"; do
-    read -r e l50 l99 s50 s99 d50 d99 dmax < <(summary "$work/r.${r%%:*}")
-    printf '%-40s %6s %16s %16s %17s\n' "${r#*:}" "$e" "$s50/$s99 us" "$l50/$l99 us" "$d50/$d99/$dmax"
+    row "${r#*:}" "$work/r.${r%%:*}"
 done
+# The reads the target is about: the replay starts from an image the helper holds (a page it
+# served recently, or one it generated) and has at most 16 deltas on top. The other reads
+# start from the base backup's data files, which this VM's DAMON pageout evicts from the page
+# cache after a minute without access: those are disk reads.
+image_start='($5 == "cached_page" || $5 == "generated_image") && $3 <= 16'
+row "  of served: cached/generated image + <= 16" "$work/r.served" "$image_start"
+row "  of served: base backup page (data files)" "$work/r.served" '$5 == "base_backup"'
+row "  of no cache: generated image + <= 16" "$work/r.nocache" "$image_start"
 printf '%-60s %s\n' \
     "GetPage p99 target (cached image + <= 16 deltas, in the helper)" "<= 200 us" \
     "images generated / failed / queue depth now" "$(echo "$st" | json_field images_generated) / $(echo "$st" | json_field image_failures) / $(echo "$st" | json_field imagegen_queue_depth)"

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 pub const DEFAULT_IMAGE_THRESHOLD: u32 = 16;
 
+/// How often image generation syncs the image files.
+const IMAGE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Threshold policy: a default and per-relation overrides.
 #[derive(Debug, Default)]
 pub struct ThresholdPolicy {
@@ -212,15 +215,17 @@ impl ImageGenerator {
                 std::thread::Builder::new()
                     .name(format!("imagegen-{i}"))
                     .spawn(move || {
-                        let mut since_sync = 0u32;
+                        // Images can always be rebuilt from the WAL and a torn entry fails
+                        // its CRC at start-up, so they are synced for restart time's sake
+                        // only: at most once per interval (the OS writes back the rest).
+                        let mut last_sync = std::time::Instant::now();
                         while let Some(key) = me.next_job() {
                             me.generate(&key);
-                            since_sync += 1;
-                            if since_sync >= 256 {
-                                since_sync = 0;
+                            if last_sync.elapsed() >= IMAGE_SYNC_INTERVAL {
                                 if let Ok(s) = me.store.images.read() {
                                     let _ = s.sync();
                                 }
+                                last_sync = std::time::Instant::now();
                             }
                         }
                     })

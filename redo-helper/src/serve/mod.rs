@@ -131,6 +131,7 @@ async fn get_page(state: Arc<HelperState>, key: PageKey, query: Option<&str>) ->
                     ("x-deltas-replayed", page.deltas_replayed.to_string()),
                     ("x-read-us", elapsed.as_micros().to_string()),
                     ("x-start", format!("{} at {}", page.start, page.start_lsn)),
+                    ("x-read-phases", page.phases.to_string()),
                     (
                         "x-lsn",
                         lsn.map(|l| l.to_string())

@@ -226,10 +226,16 @@ pub struct RecordReader {
     cfg: crate::wal::reader::DecoderConfig,
     buf: Vec<u8>,
     /// The segment file read last: a page's deltas are mostly in one segment, so a read of
-    /// its chain opens it once. Readers live for one reconstruction, so a segment that
-    /// retention removes is never held open for long.
+    /// its chain opens it once. The page store keeps a few readers for reuse and drops them
+    /// when retention removes segments, so a removed segment is not held open for long.
     open: Option<(u64, File)>,
+    /// Reused from record to record (its buffers stay allocated).
+    decoder: Option<crate::wal::reader::WalStreamDecoder>,
 }
+
+/// The first read of a record: most records are far smaller than the rest of their WAL page,
+/// and copying the whole page out of the page cache for each was most of a read's cost.
+const FIRST_READ: u64 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordReadError {
@@ -252,6 +258,7 @@ impl RecordReader {
             },
             buf: Vec::new(),
             open: None,
+            decoder: None,
         }
     }
 
@@ -264,6 +271,7 @@ impl RecordReader {
             cfg: self.cfg,
             buf: Vec::new(),
             open: None,
+            decoder: None,
         }
     }
 
@@ -274,19 +282,28 @@ impl RecordReader {
         out: &mut crate::wal::record::DecodedRecord,
     ) -> Result<(), RecordReadError> {
         let err = |reason: String| RecordReadError::Decode { lsn, reason };
-        let mut decoder = crate::wal::reader::WalStreamDecoder::new(lsn, self.cfg)
-            .map_err(|e| err(e.to_string()))?;
+        let decoder = match &mut self.decoder {
+            Some(d) => {
+                d.restart(lsn).map_err(|e| err(e.to_string()))?;
+                d
+            }
+            slot => slot.insert(
+                crate::wal::reader::WalStreamDecoder::new(lsn, self.cfg)
+                    .map_err(|e| err(e.to_string()))?,
+            ),
+        };
         let seg = u64::from(self.segment_size);
         let mut pos = lsn;
-        // Read up to the end of the current WAL page, then page by page.
+        // A first small read, then up to the end of the WAL page, then page by page.
+        let mut limit = FIRST_READ;
         loop {
             let page_end = (pos.0 / 8192 + 1) * 8192;
-            let n = (page_end - pos.0) as usize;
+            let n = (page_end - pos.0).min(limit);
+            limit = u64::MAX;
             let segno = pos.0 / seg;
-            let path = || {
-                self.dir
-                    .join(segment_file_name(self.timeline, segno, self.segment_size))
-            };
+            let dir = &self.dir;
+            let (timeline, segment_size) = (self.timeline, self.segment_size);
+            let path = || dir.join(segment_file_name(timeline, segno, segment_size));
             let f = match &mut self.open {
                 Some((open_segno, f)) if *open_segno == segno => f,
                 slot => {
@@ -297,19 +314,20 @@ impl RecordReader {
                     &mut slot.insert((segno, f)).1
                 }
             };
-            self.buf.resize(n, 0);
-            f.read_exact_at(&mut self.buf, pos.0 % seg)
+            let mut chunk = std::mem::take(&mut self.buf);
+            chunk.resize(n as usize, 0);
+            f.read_exact_at(&mut chunk, pos.0 % seg)
                 .map_err(|source| ArchiveError::Io {
                     path: path(),
                     source,
                 })?;
-            decoder.push(&self.buf);
+            self.buf = decoder.push_owned(chunk);
             match decoder.next_record_into(out) {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(e) => return Err(err(e.to_string())),
             }
-            pos = Lsn(page_end);
+            pos = Lsn(pos.0 + n);
             if pos.0 - lsn.0 > (1u64 << 30) + 8192 {
                 return Err(err("record longer than the WAL record size limit".into()));
             }

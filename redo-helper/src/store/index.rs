@@ -73,9 +73,40 @@ pub struct PageHistory {
     pub deltas_since_image: u32,
     /// Set by a change the redo cannot replay; cleared by the next applicable image.
     pub unreadable_from: Option<Lsn>,
+    /// The LSNs of the changes in `changes` that reset the chain (images, WILL_INIT), in
+    /// order: a hot page has tens of thousands of deltas and few or no resets, and every
+    /// read and every generated image looks for the newest reset before an LSN. Only this
+    /// module changes `changes`, and keeps this in step.
+    resets: Vec<Lsn>,
 }
 
 impl PageHistory {
+    /// A history of these changes (in LSN order).
+    pub fn with_changes(changes: Vec<PageChange>) -> PageHistory {
+        let mut h = PageHistory {
+            changes,
+            ..PageHistory::default()
+        };
+        h.rebuild_resets();
+        h.recount();
+        h
+    }
+
+    fn rebuild_resets(&mut self) {
+        self.resets = self
+            .changes
+            .iter()
+            .filter(|c| c.kind.resets_chain())
+            .map(|c| c.lsn)
+            .collect();
+    }
+
+    /// The change at exactly `lsn`.
+    pub fn change_at(&self, lsn: Lsn) -> Option<PageChange> {
+        let i = self.changes.partition_point(|c| c.lsn < lsn);
+        self.changes.get(i).filter(|c| c.lsn == lsn).copied()
+    }
+
     /// Where a reconstruction up to `lsn` can start: the newest applicable WAL image,
     /// re-initialisation or generated image at or before `lsn` (None: the base backup).
     pub fn start_point(&self, lsn: Lsn) -> Option<(Lsn, StartKind)> {
@@ -92,12 +123,8 @@ impl PageHistory {
 
     /// Like `start_point`, ignoring generated images.
     pub fn wal_start_point(&self, lsn: Lsn) -> Option<(Lsn, StartKind)> {
-        let upto = self.changes.partition_point(|c| c.lsn <= lsn);
-        self.changes[..upto]
-            .iter()
-            .rev()
-            .find(|c| c.kind.resets_chain())
-            .map(|c| (c.lsn, StartKind::Wal))
+        let n = self.resets.partition_point(|l| *l <= lsn);
+        n.checked_sub(1).map(|i| (self.resets[i], StartKind::Wal))
     }
 
     /// Changes in (after, upto].
@@ -443,6 +470,7 @@ impl PageIndex {
             return;
         }
         h.changes.insert(at, marker);
+        h.rebuild_resets();
         let before = h.unreadable_from.is_some();
         h.unreadable_from = h.unreadable_from_changes();
         h.recount();
@@ -477,6 +505,7 @@ impl PageIndex {
                 h.changes.insert(0, *m);
                 stats.changes_removed -= 1;
             }
+            h.rebuild_resets();
             h.unreadable_from = h.unreadable_from_changes();
             match (was_unreadable, h.unreadable_from.is_some()) {
                 (false, true) => unreadable_delta += 1,
@@ -516,6 +545,7 @@ impl PageIndex {
             self.unreadable_pages -= 1;
         }
         if kind.resets_chain() {
+            h.resets.push(rec.lsn);
             h.deltas_since_image = 0;
         } else {
             h.deltas_since_image = h.deltas_since_image.saturating_add(1);
@@ -571,10 +601,7 @@ mod tests {
     }
 
     fn history(kinds: &[(u64, ChangeKind)]) -> PageHistory {
-        PageHistory {
-            changes: kinds.iter().map(|(l, k)| change(*l, *k)).collect(),
-            ..PageHistory::default()
-        }
+        PageHistory::with_changes(kinds.iter().map(|(l, k)| change(*l, *k)).collect())
     }
 
     #[test]

@@ -66,6 +66,33 @@ pub struct Reconstructed {
     /// Where the replay started (LSN of the image; the backup start for base pages).
     pub start_lsn: Lsn,
     pub start: StartSource,
+    /// Where the time went (reported in `x-read-phases`).
+    pub phases: ReadPhases,
+}
+
+/// Microseconds spent in each part of a reconstruction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadPhases {
+    /// Finding the starting point and the chain (image store, cache, index).
+    pub lookup_us: u32,
+    /// Reading the starting page (image file, base backup, WAL image).
+    pub start_us: u32,
+    /// Reading and applying the deltas.
+    pub replay_us: u32,
+}
+
+impl std::fmt::Display for ReadPhases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "lookup={} start={} replay={}",
+            self.lookup_us, self.start_us, self.replay_us
+        )
+    }
+}
+
+fn micros_since(t: std::time::Instant) -> u32 {
+    u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)
 }
 
 /// What a reconstruction started from (reported in `x-start` and by `check`).
@@ -207,6 +234,9 @@ pub struct PageStore {
     cache: Mutex<PageCache>,
     /// Template for per-call record readers (each has its own buffer).
     archive: RecordReader,
+    /// Readers kept between reconstructions, each with its open segment and buffers (opening
+    /// the segment and allocating per read was a large part of a short chain's cost).
+    readers: Mutex<Vec<RecordReader>>,
     backup_start: Lsn,
     /// Retention horizon: WAL before it is gone; reads before it are refused. Never below
     /// `backup_start` (see `horizon()`).
@@ -236,6 +266,7 @@ impl PageStore {
                 ..PageCache::default()
             }),
             archive: RecordReader::new(archive, system_identifier),
+            readers: Mutex::new(Vec::new()),
             backup_start,
             horizon: AtomicU64::new(backup_start.0),
             gate: RwLock::new(()),
@@ -252,6 +283,11 @@ impl PageStore {
     pub fn set_horizon(&self, horizon: Lsn) {
         self.horizon.fetch_max(horizon.0, Ordering::SeqCst);
         drop(self.gate.write().unwrap_or_else(|e| e.into_inner()));
+        // Pooled readers may hold segments that retention is about to remove open.
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -282,6 +318,25 @@ impl PageStore {
         lsn: Option<Lsn>,
         opts: ReadOptions,
     ) -> Result<Reconstructed, PageError> {
+        let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut reader = pooled.unwrap_or_else(|| self.archive.clone_empty());
+        let result = self.reconstruct_using(&mut reader, key, lsn, opts);
+        let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOLED_READERS {
+            pool.push(reader);
+        }
+        result
+    }
+
+    fn reconstruct_using(
+        &self,
+        reader: &mut RecordReader,
+        key: &PageKey,
+        lsn: Option<Lsn>,
+        opts: ReadOptions,
+    ) -> Result<Reconstructed, PageError> {
+        let t0 = std::time::Instant::now();
+        let mut phases = ReadPhases::default();
         let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
         let horizon = self.horizon();
         let decoded = self
@@ -343,7 +398,7 @@ impl PageStore {
                         start = start.newest(Start::Wal(l));
                     }
                     let start_change = match start {
-                        Start::Wal(l) => h.changes.iter().find(|c| c.lsn == l).copied(),
+                        Start::Wal(l) => h.change_at(l),
                         _ => None,
                     };
                     (
@@ -355,7 +410,6 @@ impl PageStore {
                 None => (start, Vec::new(), None),
             }
         };
-        let mut reader = self.archive.clone_empty();
         let mut rec = DecodedRecord::default();
         let mut read = |at: Lsn, rec: &mut DecodedRecord| -> Result<(), PageError> {
             reader
@@ -374,6 +428,8 @@ impl PageStore {
             }
             Ok(())
         };
+        phases.lookup_us = micros_since(t0);
+        let t1 = std::time::Instant::now();
         let mut page: Box<Page> = Box::new([0u8; BLCKSZ]);
         let (start_lsn, start_name) = match start {
             Start::Generated(l) => {
@@ -434,11 +490,14 @@ impl PageStore {
                 None => return Err(PageError::Unknown { key: *key }),
             },
         };
+        phases.start_us = micros_since(t1);
+        let t2 = std::time::Instant::now();
         for c in &changes {
             check_supported(c)?;
             read(c.lsn, &mut rec)?;
             apply_to_page(&mut page, &rec, key, &self.redo.ctx)?;
         }
+        phases.replay_us = micros_since(t2);
         if opts.cache {
             self.cache
                 .lock()
@@ -450,9 +509,13 @@ impl PageStore {
             deltas_replayed: changes.len() as u32,
             start_lsn,
             start: start_name,
+            phases,
         })
     }
 }
+
+/// At most this many idle readers are kept (one per concurrent reconstruction is enough).
+const POOLED_READERS: usize = 8;
 
 /// What a reconstruction may start from besides WAL images and the base backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -607,7 +607,7 @@ impl Retention {
                         .read()
                         .unwrap_or_else(|e| e.into_inner())
                         .page(&key)
-                        .and_then(|h| h.changes.iter().find(|c| c.lsn == at).copied())
+                        .and_then(|h| h.change_at(at))
                         .unwrap_or(last);
                     markers.insert(
                         key,

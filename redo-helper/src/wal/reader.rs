@@ -128,6 +128,19 @@ impl WalStreamDecoder {
         })
     }
 
+    /// Starts over at `start` as [`new`](Self::new) does, keeping the buffers' allocations
+    /// (a reader of single records restarts once per record).
+    pub fn restart(&mut self, start: Lsn) -> Result<(), WalError> {
+        let mut fresh = WalStreamDecoder::new(start, self.cfg)?;
+        fresh.defer_verification = self.defer_verification;
+        fresh.buf = std::mem::take(&mut self.buf);
+        fresh.buf.clear();
+        fresh.rec = std::mem::take(&mut self.rec);
+        fresh.rec.clear();
+        *self = fresh;
+        Ok(())
+    }
+
     /// Like [`new`](Self::new), for a start in the middle of the stream where the previous
     /// record's position is known: the first record's `xl_prev` is then checked exactly.
     pub fn new_after(
