@@ -117,6 +117,7 @@ helper_caught_up() {
         fi
         sleep 0.2
     done
+    log "the helper has not caught up after 4 minutes; measuring anyway"
 }
 
 # Per workload, the runs that are compared directly are adjacent: FPW on, lz4, zstd, then
@@ -219,7 +220,7 @@ read_pages() {
         /^HTTP\// { flush(); code = $2; d = -1; u = -1; s = "-"; next }
         /^x-deltas-replayed:/ { d = $2 }
         /^x-read-us:/ { u = $2 }
-        /^x-start:/ { s = $2 "_" $3; sub(/_at$/, "", s) }
+        /^x-start:/ { s = $2 "_" $3 }
         END { flush() }' >"$work/h.fields"
     paste -d' ' <(awk '{printf "%s %.0f\n", $1, $2 * 1e6}' "$work/w") "$work/h.fields" >"$out"
 }
@@ -241,12 +242,9 @@ summary() {
         "$(quantile "$f.srv" 0.5) $(quantile "$f.srv" 0.99)" \
         "$(quantile "$f.del" 0.5) $(quantile "$f.del" 0.99) $(quantile "$f.del" 1) $(wc -l <"$f.lat")"
 }
-# Reads after the load, once image generation has drained its queue (its peak depth and rate
-# under load are reported above).
-for _ in $(seq 1 1200); do
-    [ "$(status | json_field imagegen_queue_depth)" = 0 ] && break
-    sleep 0.1
-done
+# Reads after the load, once the helper has caught up and image generation has drained its
+# queue (its peak depth and rate under load are reported above).
+helper_caught_up
 log "GetPage: $reads reads x 3 ways at $at"
 read_pages "" "$work/r.served"
 read_pages "&cache=none" "$work/r.nocache"

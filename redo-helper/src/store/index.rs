@@ -82,7 +82,8 @@ pub struct PageHistory {
 
 impl PageHistory {
     /// A history of these changes (in LSN order).
-    pub fn with_changes(changes: Vec<PageChange>) -> PageHistory {
+    #[cfg(test)]
+    fn with_changes(changes: Vec<PageChange>) -> PageHistory {
         let mut h = PageHistory {
             changes,
             ..PageHistory::default()
