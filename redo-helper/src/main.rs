@@ -93,6 +93,19 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Repair torn pages of a stopped or crashed cluster that ran with full_page_writes off,
+    /// before starting it again (stop `run` first): takes the WAL in PGDATA/pg_wal the helper
+    /// had not received, writes every page changed since the last checkpoint's REDO location
+    /// as of the end of WAL, and rewrites any other page failing its checksum or differing
+    /// from the helper's (masked).
+    Repair {
+        /// The helper's data directory.
+        #[arg(long = "data-dir", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The cluster's data directory (PostgreSQL stopped).
+        #[arg(long, value_name = "PGDATA")]
+        pgdata: PathBuf,
+    },
     /// Decode WAL and print one line per record, like pg_waldump (PostgreSQL 15).
     Waldump {
         /// Directory holding the WAL segment files (default: the FILE's directory, or pg_wal).
@@ -224,6 +237,13 @@ fn main() -> ExitCode {
             samples,
             seed,
         } => run_check(&data_dir, pgdata.as_deref(), samples, seed),
+        Command::Repair { data_dir, pgdata } => {
+            redo_helper::store::repair::run_cli(&redo_helper::store::repair::RepairOptions {
+                data_dir,
+                pgdata,
+                progress_every: std::time::Duration::from_secs(5),
+            })
+        }
         Command::Waldump {
             path,
             start,

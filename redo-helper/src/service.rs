@@ -853,7 +853,22 @@ pub async fn run(opts: RunOptions) -> Result<(), ServiceError> {
 pub struct OfflineStore {
     pub meta: HelperMeta,
     pub store: Arc<PageStore>,
+    archive: WalArchive,
+    ingest: Ingest,
     _lock: DataDirLock,
+}
+
+/// What [`OfflineStore::catch_up_from_pg_wal`] took from the cluster's `pg_wal`.
+#[derive(Debug, Clone, Default)]
+pub struct WalCatchUp {
+    /// The archive's flush position before.
+    pub from: Lsn,
+    /// End of the last valid record in `pg_wal` (where crash recovery will stop too).
+    pub end: Lsn,
+    /// Records decoded past the archive's flush position.
+    pub records: u64,
+    /// Why reading stopped: the first invalid or missing record after the last valid one.
+    pub stopped: String,
 }
 
 impl OfflineStore {
@@ -875,9 +890,120 @@ impl OfflineStore {
         Ok(OfflineStore {
             meta,
             store,
+            archive,
+            ingest,
             _lock: lock,
         })
     }
+
+    /// Takes into the archive and the index the WAL a stopped (or crashed) cluster has in
+    /// `pg_wal` beyond what the helper had acknowledged: streaming lags the server's flush by
+    /// up to a flush interval, and a helper that was down lags by more (the slot kept that
+    /// WAL). Reads records from the last complete one the helper has, as crash recovery
+    /// would, until the first invalid or missing one; appends exactly the bytes up to the end
+    /// of the last valid record, so a helper started afterwards streams on from there.
+    pub fn catch_up_from_pg_wal(&mut self, pg_wal: &Path) -> Result<WalCatchUp, ServiceError> {
+        use crate::wal::reader::{FileReaderOptions, WalFileReader};
+        let flushed = self.archive.flush_position();
+        let mut out = WalCatchUp {
+            from: flushed,
+            end: flushed,
+            ..Default::default()
+        };
+        // A record boundary at or before the flush position: the start of the record the
+        // decoder is assembling, else the end of the last one, MAXALIGNed (where PostgreSQL
+        // puts the next record, its header split across pages if need be).
+        let start = Lsn((self.ingest.decoder.next_record_lsn().0 + 7) & !7);
+        let opts = FileReaderOptions {
+            timeline: Some(self.meta.timeline),
+            system_identifier: Some(self.meta.system_identifier),
+            ..Default::default()
+        };
+        let mut reader = WalFileReader::open(pg_wal, start, opts)
+            .map_err(|source| ServiceError::Decode { lsn: start, source })?;
+        if reader.segment_size() != self.meta.segment_size {
+            return Err(ServiceError::DataDir {
+                dir: pg_wal.to_path_buf(),
+                source: std::io::Error::other(format!(
+                    "WAL segment size {} differs from the helper's {}",
+                    reader.segment_size(),
+                    self.meta.segment_size
+                )),
+            });
+        }
+        let mut rec = crate::wal::DecodedRecord::default();
+        let mut end = Lsn(0);
+        loop {
+            match reader.next_record_into(&mut rec) {
+                Ok(true) => {
+                    end = rec.lsn.add(rec.total_len() as u64);
+                    if end > flushed {
+                        out.records += 1;
+                    }
+                }
+                Ok(false) => {
+                    out.stopped = "end of the segment files".into();
+                    break;
+                }
+                Err(e) => {
+                    out.stopped = e.to_string();
+                    break;
+                }
+            }
+        }
+        if end < flushed && end.0 != 0 {
+            // The helper has durably received WAL this pg_wal does not have: a different
+            // history (restored from a backup, or another cluster's directory).
+            return Err(ServiceError::DataDir {
+                dir: pg_wal.to_path_buf(),
+                source: std::io::Error::other(format!(
+                    "its WAL ends at {end}, before the {flushed} the helper already has \
+                     ({}); it is not the WAL of the cluster the helper follows",
+                    out.stopped
+                )),
+            });
+        }
+        if end <= flushed {
+            return Ok(out);
+        }
+        let mut bytes = Vec::with_capacity((end.0 - flushed.0) as usize);
+        read_pg_wal(pg_wal, &self.meta, flushed, end, &mut bytes)?;
+        self.archive.write(flushed, &bytes)?;
+        self.archive.flush()?;
+        self.ingest.push_and_index(&bytes)?;
+        out.end = end;
+        Ok(out)
+    }
+}
+
+/// Reads the bytes [from, to) of the WAL in `pg_wal`'s segment files.
+fn read_pg_wal(
+    pg_wal: &Path,
+    meta: &HelperMeta,
+    from: Lsn,
+    to: Lsn,
+    out: &mut Vec<u8>,
+) -> Result<(), ServiceError> {
+    use std::os::unix::fs::FileExt;
+    let seg = u64::from(meta.segment_size);
+    let mut pos = from;
+    while pos < to {
+        let segno = pos.0 / seg;
+        let off = pos.0 % seg;
+        let n = (to.0 - pos.0).min(seg - off) as usize;
+        let path = pg_wal.join(crate::wal::page::segment_file_name(
+            meta.timeline,
+            segno,
+            meta.segment_size,
+        ));
+        let at = out.len();
+        out.resize(at + n, 0);
+        std::fs::File::open(&path)
+            .and_then(|f| f.read_exact_at(&mut out[at..], off))
+            .map_err(|source| ServiceError::DataDir { dir: path, source })?;
+        pos = pos.add(n as u64);
+    }
+    Ok(())
 }
 
 fn archive_start(meta: &HelperMeta) -> Lsn {

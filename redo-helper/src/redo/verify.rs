@@ -1137,7 +1137,7 @@ fn item_bytes(page: &Page, id: ItemId) -> Option<&[u8]> {
 
 /// Path of a relation file in a PostgreSQL data directory (`relpath`): global/ for the
 /// global tablespace (1664), base/DB/ for the default one (1663), pg_tblspc/SPC/... else.
-fn pg_relation_path(
+pub(crate) fn pg_relation_path(
     pgdata: &Path,
     rel: &RelFileLocator,
     fork: ForkNumber,

@@ -87,26 +87,8 @@ const SERVED: ReadOptions = ReadOptions {
 
 /// Compares every page the store serves at its decoded end with `pgdata`'s data files.
 pub fn check_against_pgdata(store: &PageStore, pgdata: &Path, sum: &mut CheckSummary) {
-    let (lsn, mut keys) = {
-        let idx = store.index.read().unwrap_or_else(|e| e.into_inner());
-        (idx.last_record_end, idx.keys().copied().collect::<Vec<_>>())
-    };
+    let (lsn, keys) = known_pages(store);
     sum.lsn = lsn;
-    let mut known: HashSet<PageKey> = keys.iter().copied().collect();
-    // Pages whose whole history went behind the retention horizon live on in their image.
-    let imaged: Vec<PageKey> = store
-        .images
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .copied()
-        .collect();
-    for k in imaged.into_iter().chain(store.base.page_keys()) {
-        if known.insert(k) {
-            keys.push(k);
-        }
-    }
-    keys.sort();
     for key in keys {
         if key.fork == ForkNumber::FSM {
             sum.fsm_skipped += 1;
@@ -148,6 +130,31 @@ pub fn check_against_pgdata(store: &PageStore, pgdata: &Path, sum: &mut CheckSum
     }
 }
 
+/// Every page the store knows (indexed by the WAL, imaged, or held by the base backup), in
+/// key order, and the LSN everything decoded reaches.
+pub fn known_pages(store: &PageStore) -> (Lsn, Vec<PageKey>) {
+    let (lsn, mut keys) = {
+        let idx = store.index.read().unwrap_or_else(|e| e.into_inner());
+        (idx.last_record_end, idx.keys().copied().collect::<Vec<_>>())
+    };
+    let mut known: HashSet<PageKey> = keys.iter().copied().collect();
+    // Pages whose whole history went behind the retention horizon live on in their image.
+    let imaged: Vec<PageKey> = store
+        .images
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .copied()
+        .collect();
+    for k in imaged.into_iter().chain(store.base.page_keys()) {
+        if known.insert(k) {
+            keys.push(k);
+        }
+    }
+    keys.sort();
+    (lsn, keys)
+}
+
 fn compare_one(key: &PageKey, ours: &[u8], theirs: Option<&Page>, sum: &mut CheckSummary) {
     let Ok(ours) = <&Page>::try_from(ours) else {
         sum.errors += 1;
@@ -162,6 +169,16 @@ fn compare_one(key: &PageKey, ours: &[u8], theirs: Option<&Page>, sum: &mut Chec
         }
         return;
     };
+    sum.pages_compared += 1;
+    if let Some(diff) = masked_difference(key, ours, theirs) {
+        sum.mismatches += 1;
+        sum.problem(|| format!("page {key}: helper vs data file:\n{diff}"));
+    }
+}
+
+/// How the helper's page differs from the data file's once both are masked like
+/// PostgreSQL's `rm_mask` (hint bits, unused space, LSN, checksum); None when they agree.
+pub fn masked_difference(key: &PageKey, ours: &Page, theirs: &Page) -> Option<String> {
     let kind = if ours.is_new() {
         PageKind::guess(theirs, key.fork)
     } else {
@@ -175,11 +192,7 @@ fn compare_one(key: &PageKey, ours: &[u8], theirs: Option<&Page>, sum: &mut Chec
         mask_sequence_values(&mut a);
         mask_sequence_values(&mut b);
     }
-    sum.pages_compared += 1;
-    if let Some(diff) = compare_masked(&a, &b, kind, key.block) {
-        sum.mismatches += 1;
-        sum.problem(|| format!("page {key} (mask {kind:?}): helper vs data file:\n{diff}"));
-    }
+    compare_masked(&a, &b, kind, key.block).map(|diff| format!("(mask {kind:?})\n{diff}"))
 }
 
 /// splitmix64: a small deterministic generator for sampling (not for anything secret).

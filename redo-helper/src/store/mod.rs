@@ -17,11 +17,13 @@
 pub mod archive;
 pub mod base;
 pub mod check;
+pub mod control_file;
 pub mod images;
 pub mod index;
 pub mod lock;
 pub mod meta;
 pub mod page_store;
+pub mod repair;
 pub mod retention;
 
 use std::fs::File;

@@ -164,6 +164,112 @@ impl PgCluster {
         );
     }
 
+    /// Simulates a crash: `pg_ctl stop -m immediate` (no shutdown checkpoint; dirty buffers
+    /// are lost, the next start runs crash recovery).
+    pub fn crash(&mut self) {
+        check(
+            pg_command("pg_ctl")
+                .args(["-w", "-m", "immediate", "-D"])
+                .arg(&self.data)
+                .arg("stop")
+                .output()
+                .expect("pg_ctl stop"),
+            "pg_ctl stop -m immediate",
+        );
+        self.running = false;
+    }
+
+    /// Starts a stopped cluster; Err with the server log's tail when it does not come up
+    /// (e.g. crash recovery fails).
+    pub fn try_start(&mut self) -> Result<(), String> {
+        let out = pg_command("pg_ctl")
+            .args(["-w", "-t", "60", "-D"])
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.root.join("log"))
+            .arg("start")
+            .output()
+            .expect("pg_ctl start");
+        if out.status.success() {
+            self.running = true;
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(self.root.join("log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        Err(tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+    }
+
+    /// Runs SQL, returning psql's error instead of panicking.
+    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
+        let out = pg_command("psql")
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                "postgres",
+                "-h",
+            ])
+            .arg(&self.root)
+            .args(["-p", &self.port.to_string(), "-c", sql])
+            .output()
+            .expect("psql");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// A copy of this (stopped) cluster's data directory in a new root, on its own port and
+    /// socket directory; not started.
+    pub fn copy_stopped(&self) -> PgCluster {
+        assert!(!self.running, "copy of a running cluster");
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let root =
+            std::env::temp_dir().join(format!("redo-helper-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("create temp dir");
+        let data = root.join("data");
+        check(
+            Command::new("cp")
+                .arg("-a")
+                .arg(&self.data)
+                .arg(&data)
+                .output()
+                .expect("cp"),
+            "cp -a",
+        );
+        if is_root() {
+            check(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&root)
+                    .output()
+                    .expect("chown"),
+                "chown",
+            );
+        }
+        let port = free_port();
+        let conf_path = data.join("postgresql.conf");
+        let mut conf = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
+        conf.push_str(&format!(
+            "port = {port}\nunix_socket_directories = '{}'\nlisten_addresses = ''\n",
+            root.display()
+        ));
+        std::fs::write(&conf_path, conf).expect("write postgresql.conf");
+        let _ = std::fs::remove_file(data.join("postmaster.pid"));
+        PgCluster {
+            root,
+            data,
+            port,
+            running: false,
+        }
+    }
+
     pub fn stop(&mut self) {
         if self.running {
             let _ = pg_command("pg_ctl")

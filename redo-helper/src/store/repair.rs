@@ -1,0 +1,429 @@
+//! `redo-helper repair`: torn pages of a crashed cluster that ran with full_page_writes off.
+//!
+//! With FPW off, a page write interrupted by a crash can leave a page that is part new, part
+//! old ("torn"). PostgreSQL's crash recovery replays deltas on top of whatever is on disk and
+//! would build on the torn page: silent corruption (FPW exists to prevent exactly this). The
+//! helper has every page, so before PostgreSQL is started again:
+//!
+//! 1. the WAL in `PGDATA/pg_wal` that the helper had not acknowledged yet is taken into its
+//!    archive, up to the end of the last valid record (where crash recovery stops too);
+//! 2. every page changed at or after the REDO location of the last checkpoint (from
+//!    `pg_control`) is written into the data files as of the end of WAL. Its `pd_lsn` is then
+//!    the LSN of its last change, so crash recovery skips every record already in it
+//!    (XLogReadBufferForRedo returns BLK_DONE when the page LSN is not older than the record);
+//! 3. every other page the helper knows is checked and rewritten if it fails: its data
+//!    checksum when the cluster has them (hint-bit-only writes are not WAL-logged with FPW
+//!    off and can tear too), and a masked comparison with the helper's page in any case.
+//!
+//! Pages of relations dropped or truncated in the WAL are not written (not resurrected). The
+//! free space map is not WAL-logged and is left alone: PostgreSQL reads FSM pages with
+//! RBM_ZERO_ON_ERROR and rebuilds them. A page changed since the checkpoint that the helper
+//! cannot rebuild (an access method it does not replay: hash, GIN, GiST, SP-GiST, BRIN) is
+//! reported, and the command fails, so the operator knows it was not covered.
+
+use super::check::{known_pages, masked_difference};
+use super::control_file::{ControlFile, ControlFileError, DbState};
+use super::page_store::{PageError, ReadOptions};
+use crate::redo::page::{Page, PageLayout, checksum_page};
+use crate::redo::verify::{pg_relation_path, read_pg_page};
+use crate::service::{OfflineStore, ServiceError, WalCatchUp};
+use crate::wal::block::{ForkNumber, PageKey};
+use crate::wal::page::{BLCKSZ, Lsn};
+use std::collections::{BTreeSet, HashMap};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepairError {
+    #[error(
+        "PostgreSQL is running on {pgdata} (postmaster.pid names live process {pid}): stop it first; repair writes into its data files"
+    )]
+    PostgresRunning { pgdata: PathBuf, pid: i32 },
+    #[error(transparent)]
+    ControlFile(#[from] ControlFileError),
+    #[error(
+        "{pgdata} is a different cluster: system identifier {cluster}, the helper follows {helper}"
+    )]
+    WrongCluster {
+        pgdata: PathBuf,
+        cluster: u64,
+        helper: u64,
+    },
+    #[error(
+        "{pgdata} is on timeline {cluster}, the helper follows timeline {helper}: it cannot repair a cluster after a promotion"
+    )]
+    Timeline {
+        pgdata: PathBuf,
+        cluster: u32,
+        helper: u32,
+    },
+    #[error(
+        "the last checkpoint's REDO location {redo} is before the helper's history ({start}): pages changed since then are not all known"
+    )]
+    RedoBeforeHistory { redo: Lsn, start: Lsn },
+    #[error("helper data directory: {0}")]
+    Helper(Box<ServiceError>),
+    #[error("writing page {key} into {path}: {source}")]
+    Write {
+        key: PageKey,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("syncing {path}: {source}")]
+    Sync {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl From<ServiceError> for RepairError {
+    fn from(e: ServiceError) -> RepairError {
+        RepairError::Helper(Box::new(e))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RepairOptions {
+    pub data_dir: PathBuf,
+    pub pgdata: PathBuf,
+    /// Progress lines on stderr at most this often.
+    pub progress_every: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RepairSummary {
+    pub redo: Lsn,
+    pub data_checksums: bool,
+    pub wal: WalCatchUp,
+    /// Pages changed at or after the REDO location, written as of the end of WAL.
+    pub changed_written: u64,
+    /// Of those, how many differed from the data file (masked): torn, or not yet written
+    /// when the cluster stopped.
+    pub changed_differed: u64,
+    /// Other pages checked against the data files.
+    pub checked: u64,
+    /// Other pages rewritten: checksum failure, masked difference.
+    pub rewritten_checksum: u64,
+    pub rewritten_mismatch: u64,
+    pub removed_skipped: u64,
+    pub fsm_skipped: u64,
+    /// Pages of databases whose directory does not exist yet (created after the checkpoint).
+    pub no_directory: u64,
+    /// Unchanged since the checkpoint but not rebuildable by the helper: left alone.
+    pub unreadable_unchanged: u64,
+    /// Changed since the checkpoint and not rebuildable: not repaired (the command fails).
+    pub unrepairable: u64,
+    pub errors: u64,
+    pub problems: Vec<String>,
+}
+
+const MAX_PROBLEMS: usize = 10;
+
+impl RepairSummary {
+    pub fn ok(&self) -> bool {
+        self.unrepairable == 0 && self.errors == 0
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "repair: WAL {}..{} ({} records taken from pg_wal), checkpoint REDO {}; {} pages \
+             changed since written ({} differed from the data files), {} other pages checked, \
+             {} rewritten (checksum {}, mismatch {}); {} removed skipped, {} FSM skipped, {} \
+             without a database directory, {} unreadable unchanged, {} unrepairable, {} errors",
+            self.wal.from,
+            self.wal.end,
+            self.wal.records,
+            self.redo,
+            self.changed_written,
+            self.changed_differed,
+            self.checked,
+            self.rewritten_checksum + self.rewritten_mismatch,
+            self.rewritten_checksum,
+            self.rewritten_mismatch,
+            self.removed_skipped,
+            self.fsm_skipped,
+            self.no_directory,
+            self.unreadable_unchanged,
+            self.unrepairable,
+            self.errors,
+        )
+    }
+
+    fn problem(&mut self, what: impl FnOnce() -> String) {
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(what());
+        }
+    }
+}
+
+/// Refuses to touch a data directory whose postmaster is alive.
+fn ensure_postgres_stopped(pgdata: &Path) -> Result<(), RepairError> {
+    let Ok(text) = std::fs::read_to_string(pgdata.join("postmaster.pid")) else {
+        return Ok(());
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let alive = pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
+    if alive {
+        return Err(RepairError::PostgresRunning {
+            pgdata: pgdata.to_path_buf(),
+            pid,
+        });
+    }
+    Ok(())
+}
+
+/// Data files opened for writing, synced (with their directories) at the end.
+#[derive(Default)]
+struct OpenFiles {
+    files: HashMap<PathBuf, std::fs::File>,
+}
+
+impl OpenFiles {
+    /// Writes `page` in place; false when its database directory does not exist (a
+    /// database created after the checkpoint: nothing of it was written, crash recovery
+    /// creates it from the WAL).
+    fn write(&mut self, pgdata: &Path, key: &PageKey, page: &Page) -> Result<bool, RepairError> {
+        let seg = key.block / super::base::RELSEG_SIZE;
+        let path = pg_relation_path(pgdata, &key.rel, key.fork, seg);
+        let err = |path: &Path, source| RepairError::Write {
+            key: *key,
+            path: path.to_path_buf(),
+            source,
+        };
+        if !self.files.contains_key(&path) {
+            // A relation created after the checkpoint may not have its file yet (crash
+            // recovery creates it too, and tolerates finding it).
+            let Some(dir) = path.parent().and_then(|d| std::fs::metadata(d).ok()) else {
+                return Ok(false);
+            };
+            let existed = path.exists();
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| err(&path, e))?;
+            if !existed {
+                // Run as root, a new file must still belong to the cluster's owner.
+                use std::os::unix::fs::MetadataExt;
+                std::os::unix::fs::fchown(&f, Some(dir.uid()), Some(dir.gid()))
+                    .map_err(|e| err(&path, e))?;
+            }
+            self.files.insert(path.clone(), f);
+        }
+        let off = u64::from(key.block % super::base::RELSEG_SIZE) * BLCKSZ as u64;
+        match self.files.get(&path) {
+            Some(f) => f
+                .write_all_at(page, off)
+                .map_err(|e| err(&path, e))
+                .map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    fn sync(self) -> Result<usize, RepairError> {
+        let mut dirs = BTreeSet::new();
+        let n = self.files.len();
+        for (path, f) in self.files {
+            f.sync_all().map_err(|source| RepairError::Sync {
+                path: path.clone(),
+                source,
+            })?;
+            if let Some(d) = path.parent() {
+                dirs.insert(d.to_path_buf());
+            }
+        }
+        for d in dirs {
+            super::sync_dir(&d).map_err(|source| RepairError::Sync { path: d, source })?;
+        }
+        Ok(n)
+    }
+}
+
+/// Whether a data file page passes PostgreSQL's checksum verification (`PageIsVerified`:
+/// an all-zero page is valid; a new page with a non-zero byte is not checked here).
+fn checksum_ok(page: &Page, blkno: u32) -> bool {
+    if page.iter().all(|&b| b == 0) {
+        return true;
+    }
+    page.checksum() == checksum_page(page, blkno)
+}
+
+/// Runs the repair (see the module documentation).
+pub fn repair(opts: &RepairOptions) -> Result<RepairSummary, RepairError> {
+    let pgdata = &opts.pgdata;
+    ensure_postgres_stopped(pgdata)?;
+    let control = ControlFile::read(pgdata)?;
+    let mut offline = OfflineStore::open(&opts.data_dir)?;
+    if control.system_identifier != offline.meta.system_identifier {
+        return Err(RepairError::WrongCluster {
+            pgdata: pgdata.clone(),
+            cluster: control.system_identifier,
+            helper: offline.meta.system_identifier,
+        });
+    }
+    if control.timeline != offline.meta.timeline {
+        return Err(RepairError::Timeline {
+            pgdata: pgdata.clone(),
+            cluster: control.timeline,
+            helper: offline.meta.timeline,
+        });
+    }
+    if control.redo < offline.meta.start_lsn() {
+        return Err(RepairError::RedoBeforeHistory {
+            redo: control.redo,
+            start: offline.meta.start_lsn(),
+        });
+    }
+    if control.state == DbState::ShutDown {
+        eprintln!(
+            "redo-helper: the cluster was shut down cleanly (no page can be torn); checking anyway"
+        );
+    }
+    let mut sum = RepairSummary {
+        redo: control.redo,
+        data_checksums: control.data_checksum_version != 0,
+        ..Default::default()
+    };
+    sum.wal = offline.catch_up_from_pg_wal(&pgdata.join("pg_wal"))?;
+    eprintln!(
+        "redo-helper: WAL {}..{}: {} records taken from pg_wal (stopped at: {})",
+        sum.wal.from, sum.wal.end, sum.wal.records, sum.wal.stopped
+    );
+    let store = &offline.store;
+    let (end, keys) = known_pages(store);
+    let read_opts = ReadOptions {
+        generated_images: true,
+        cache: false,
+    };
+    let mut files = OpenFiles::default();
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let total = keys.len();
+    for (i, key) in keys.into_iter().enumerate() {
+        if last_progress.elapsed() >= opts.progress_every {
+            eprintln!(
+                "redo-helper: {i}/{total} pages ({} written, {} rewritten) in {:.0}s",
+                sum.changed_written,
+                sum.rewritten_checksum + sum.rewritten_mismatch,
+                started.elapsed().as_secs_f64()
+            );
+            last_progress = Instant::now();
+        }
+        if key.fork == ForkNumber::FSM {
+            sum.fsm_skipped += 1;
+            continue;
+        }
+        let changed = {
+            let idx = store.index.read().unwrap_or_else(|e| e.into_inner());
+            idx.page(&key)
+                .and_then(|h| h.changes.last())
+                .is_some_and(|c| c.lsn >= control.redo)
+        };
+        let mut page: Box<Page> = match store.reconstruct_with(&key, Some(end), read_opts) {
+            Ok(r) => match <Box<Page>>::try_from(r.page.into_boxed_slice()) {
+                Ok(p) => p,
+                Err(_) => {
+                    sum.errors += 1;
+                    sum.problem(|| format!("page {key}: rebuilt page is not {BLCKSZ} bytes"));
+                    continue;
+                }
+            },
+            Err(PageError::Removed { .. }) => {
+                sum.removed_skipped += 1;
+                continue;
+            }
+            Err(PageError::Unknown { .. }) => continue,
+            Err(e @ PageError::Unreadable { .. }) => {
+                if changed {
+                    sum.unrepairable += 1;
+                    sum.problem(|| format!("not repaired: {e}"));
+                } else {
+                    sum.unreadable_unchanged += 1;
+                }
+                continue;
+            }
+            Err(e) => {
+                sum.errors += 1;
+                sum.problem(|| e.to_string());
+                continue;
+            }
+        };
+        let theirs = match read_pg_page(pgdata, &key) {
+            Ok(p) => p,
+            Err(e) => {
+                sum.errors += 1;
+                sum.problem(|| format!("page {key}: reading the data file: {e}"));
+                continue;
+            }
+        };
+        let differs = match &theirs {
+            Some(t) => masked_difference(&key, &page, t).is_some(),
+            None => page.iter().any(|&b| b != 0),
+        };
+        let write = if changed {
+            sum.changed_written += 1;
+            sum.changed_differed += u64::from(differs);
+            true
+        } else {
+            sum.checked += 1;
+            let bad_checksum =
+                sum.data_checksums && theirs.as_ref().is_some_and(|t| !checksum_ok(t, key.block));
+            if bad_checksum {
+                sum.rewritten_checksum += 1;
+            } else if differs {
+                sum.rewritten_mismatch += 1;
+            }
+            bad_checksum || differs
+        };
+        if !write {
+            continue;
+        }
+        if sum.data_checksums && !page.is_new() {
+            let c = checksum_page(&page, key.block);
+            page.set_checksum(c);
+        }
+        if !files.write(pgdata, &key, &page)? {
+            sum.no_directory += 1;
+        }
+    }
+    let synced = files.sync()?;
+    eprintln!(
+        "redo-helper: {total} pages done in {:.1}s, {synced} data files synced",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(sum)
+}
+
+/// `redo-helper repair`: prints the problems and the summary line; exit status 1 when a page
+/// changed since the checkpoint could not be rebuilt or an error occurred, 2 when the repair
+/// could not start.
+pub fn run_cli(opts: &RepairOptions) -> std::process::ExitCode {
+    match repair(opts) {
+        Ok(sum) => {
+            for p in &sum.problems {
+                println!("problem: {p}");
+            }
+            println!("{}", sum.line());
+            if sum.ok() {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("redo-helper: repair: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
