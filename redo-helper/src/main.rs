@@ -105,6 +105,10 @@ enum Command {
         /// The cluster's data directory (PostgreSQL stopped).
         #[arg(long, value_name = "PGDATA")]
         pgdata: PathBuf,
+        /// Check every page even when the cluster was shut down cleanly (by default a clean
+        /// shutdown is recognised from pg_control and nothing is done).
+        #[arg(long)]
+        even_if_clean: bool,
     },
     /// Decode WAL and print one line per record, like pg_waldump (PostgreSQL 15).
     Waldump {
@@ -237,13 +241,16 @@ fn main() -> ExitCode {
             samples,
             seed,
         } => run_check(&data_dir, pgdata.as_deref(), samples, seed),
-        Command::Repair { data_dir, pgdata } => {
-            redo_helper::store::repair::run_cli(&redo_helper::store::repair::RepairOptions {
-                data_dir,
-                pgdata,
-                progress_every: std::time::Duration::from_secs(5),
-            })
-        }
+        Command::Repair {
+            data_dir,
+            pgdata,
+            even_if_clean,
+        } => redo_helper::store::repair::run_cli(&redo_helper::store::repair::RepairOptions {
+            data_dir,
+            pgdata,
+            progress_every: std::time::Duration::from_secs(5),
+            even_if_clean,
+        }),
         Command::Waldump {
             path,
             start,

@@ -144,6 +144,17 @@ fn crash_tear_repair(checksums: bool) {
     let quiet_blocks = blocks_of(&c, "quiet", "true");
     assert!(changed.len() >= 3 && quiet_blocks.len() >= 3);
     c.crash();
+    // Our reading of pg_control agrees with pg_controldata (checked again in the summary).
+    let controldata = common::pg_command("pg_controldata")
+        .arg(&c.data)
+        .output()
+        .expect("pg_controldata");
+    let controldata = String::from_utf8_lossy(&controldata.stdout).to_string();
+    let redo = controldata
+        .lines()
+        .find_map(|l| l.strip_prefix("Latest checkpoint's REDO location:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no REDO location in {controldata}"));
 
     // Torn writes: three accounts pages changed after the checkpoint, one quiet page.
     for &b in &changed[..3] {
@@ -185,6 +196,12 @@ fn crash_tear_repair(checksums: bool) {
             .unwrap_or_else(|| panic!("no '{after}' in {line}"))
     };
     assert!(num(" records taken from pg_wal") > 0, "{line}");
+    let (hi, lo) = redo.split_once('/').expect("LSN");
+    let redo = format!("{hi}/{lo:0>8}");
+    assert!(
+        line.contains(&format!("checkpoint REDO {redo};")),
+        "pg_controldata says {redo}: {line}"
+    );
     assert!(num(" pages changed since written") >= 3, "{line}");
     assert!(num(" other pages checked") > 0, "{line}");
     assert!(num(" rewritten (checksum") >= 1, "{line}");
@@ -220,6 +237,19 @@ fn crash_tear_repair(checksums: bool) {
     if let Err(e) = recovers_intact(&mut c, &digest) {
         panic!("after repair: {e}");
     }
+    // After a clean shutdown there is nothing to do (and the store is not even opened).
+    c.stop();
+    let clean = Command::new(HELPER_BIN)
+        .args(["repair", "--data-dir"])
+        .arg(&helper_dir)
+        .arg("--pgdata")
+        .arg(&c.data)
+        .output()
+        .expect("redo-helper repair");
+    let clean_out = String::from_utf8_lossy(&clean.stdout);
+    assert!(clean.status.success(), "{clean_out}");
+    assert!(clean_out.contains("clean shutdown"), "{clean_out}");
+    c.try_start().expect("restart");
 
     // The helper follows the cluster on from where repair left its archive.
     let mut h = HelperProcess::spawn(
