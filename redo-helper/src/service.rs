@@ -736,43 +736,54 @@ async fn stream_once(
     // While image generation is behind, the flush position reported to the server stays here.
     let mut held_ack: Option<Lsn> = None;
 
-    let mut pending: Vec<u8> = Vec::new(); // written, not yet fsynced (fed to the decoder after fsync)
-    let mut server_end = start;
+    let mut rx = Received {
+        pending: Vec::new(),
+        server_end: start,
+        bytes: 0,
+        ended: false,
+    };
     let mut last_status = Instant::now() - Duration::from_secs(60);
     let mut ticker = tokio::time::interval(opts.flush_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The runtime is woken for the stream only once this much has queued in the socket (or
+    // at the next flush tick, which reads whatever is there): not once per WAL flush of
+    // the server. Half of a flush's worth, at most 1 MB.
+    conn.set_receive_low_water((opts.flush_bytes / 2).clamp(1, 1 << 20) as usize);
 
     loop {
         let mut reply_now = false;
         tokio::select! {
-            ev = conn.next_stream_event() => match ev? {
-                StreamEvent::Message(ServerStreamMessage::XLogData { start, server_end: end, data }) => {
-                    let before = archive.write_position();
-                    blocking(|| archive.write(start, &data))?;
-                    // Only the bytes the archive did not have yet go to the decoder.
-                    let new_from = (before.0.saturating_sub(start.0) as usize).min(data.len());
-                    pending.extend_from_slice(&data[new_from..]);
-                    server_end = server_end.max(end);
-                    status.update(|s| s.wal_bytes_received += data.len() as u64);
-                    if pending.len() as u64 >= opts.flush_bytes {
-                        reply_now = true;
+            ev = conn.next_stream_event() => {
+                reply_now |= rx.take(ev?, archive.write_position(), opts.flush_bytes)?;
+            }
+            _ = ticker.tick() => {
+                reply_now = true;
+                // What arrived below the low-water mark since the last wake-up.
+                while let Some(ev) = conn.next_stream_event_now()? {
+                    rx.take(ev, archive.write_position(), opts.flush_bytes)?;
+                    if rx.ended || rx.pending.len() as u64 >= opts.flush_bytes {
+                        break;
                     }
                 }
-                StreamEvent::Message(ServerStreamMessage::Keepalive { server_end: end, reply_requested }) => {
-                    server_end = server_end.max(end);
-                    reply_now |= reply_requested;
-                }
-                StreamEvent::Ended => {
-                    flush_and_decode(archive, ingest, &mut pending, status)?;
-                    log::info!("server ended the replication stream at {}", archive.flush_position());
-                    return Ok(());
-                }
-            },
-            _ = ticker.tick() => reply_now = true,
+            }
+        }
+        if rx.bytes > 0 {
+            let n = std::mem::take(&mut rx.bytes);
+            status.update(|s| s.wal_bytes_received += n);
+        }
+        let pending = &mut rx.pending;
+        let server_end = rx.server_end;
+        if rx.ended {
+            flush_and_decode(archive, ingest, pending, status)?;
+            log::info!(
+                "server ended the replication stream at {}",
+                archive.flush_position()
+            );
+            return Ok(());
         }
         if reply_now {
             let flushed_before = archive.flush_position();
-            flush_and_decode(archive, ingest, &mut pending, status)?;
+            flush_and_decode(archive, ingest, pending, status)?;
             let moved = archive.flush_position() != flushed_before;
             let behind = ingest
                 .imagegen
@@ -825,6 +836,64 @@ async fn stream_once(
     }
 }
 
+/// What the stream delivered since the last flush.
+struct Received {
+    /// WAL bytes past the archive's write position, in order. They wait in memory until the
+    /// next flush writes, fsyncs and decodes them in one go: a write per message (thousands
+    /// a second) cost a system call and a hand-off of the runtime thread each.
+    pending: Vec<u8>,
+    server_end: Lsn,
+    /// Bytes received (for the status), not yet counted.
+    bytes: u64,
+    ended: bool,
+}
+
+impl Received {
+    /// Takes one stream event; true when it asks for a flush and reply now (a full batch,
+    /// or a keepalive requesting a reply).
+    fn take(
+        &mut self,
+        ev: StreamEvent,
+        written: Lsn,
+        flush_bytes: u64,
+    ) -> Result<bool, ServiceError> {
+        match ev {
+            StreamEvent::Message(ServerStreamMessage::XLogData {
+                start,
+                server_end,
+                data,
+            }) => {
+                // Bytes the archive or `pending` already has (a resend after reconnecting)
+                // are skipped; a gap is an error.
+                let have = written.add(self.pending.len() as u64);
+                if start > have {
+                    return Err(ArchiveError::Gap {
+                        expected: have,
+                        got: start,
+                    }
+                    .into());
+                }
+                let new_from = (have.0.saturating_sub(start.0) as usize).min(data.len());
+                self.pending.extend_from_slice(&data[new_from..]);
+                self.server_end = self.server_end.max(server_end);
+                self.bytes += data.len() as u64;
+                Ok(self.pending.len() as u64 >= flush_bytes)
+            }
+            StreamEvent::Message(ServerStreamMessage::Keepalive {
+                server_end,
+                reply_requested,
+            }) => {
+                self.server_end = self.server_end.max(server_end);
+                Ok(reply_requested)
+            }
+            StreamEvent::Ended => {
+                self.ended = true;
+                Ok(true)
+            }
+        }
+    }
+}
+
 /// fsync the archive, then decode and index the bytes that just became durable.
 fn flush_and_decode(
     archive: &mut WalArchive,
@@ -835,8 +904,12 @@ fn flush_and_decode(
     if pending.is_empty() && archive.write_position() == archive.flush_position() {
         return Ok(());
     }
-    blocking(|| archive.flush())?;
-    blocking(|| ingest.push_and_index(pending))?;
+    blocking(|| -> Result<(), ServiceError> {
+        archive.write(archive.write_position(), pending)?;
+        archive.flush()?;
+        ingest.push_and_index(pending)?;
+        Ok(())
+    })?;
     pending.clear();
     ingest.publish(status);
     Ok(())

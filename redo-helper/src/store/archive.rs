@@ -42,6 +42,24 @@ pub struct WalArchive {
     dirty: BTreeMap<u64, File>,
     /// A segment file was created since the last flush: the directory needs an fsync.
     dir_dirty: bool,
+    /// `wal/flushed`, open once and rewritten in place.
+    flushed_file: Option<File>,
+}
+
+/// Bytes of the flush position record in `wal/flushed`: the LSN as text, padded with spaces,
+/// and a newline. Rewritten in place: a write this small at offset 0 lies in one 512-byte
+/// sector, which disks write atomically (the assumption PostgreSQL makes for pg_control,
+/// also rewritten in place). Creating a temporary file, renaming it and syncing the
+/// directory ten times a second cost the helper a tenth of its CPU in ext4 inode allocation.
+const FLUSHED_RECORD_LEN: usize = 32;
+
+fn flushed_record(lsn: Lsn) -> [u8; FLUSHED_RECORD_LEN] {
+    let mut rec = [b' '; FLUSHED_RECORD_LEN];
+    let text = lsn.to_string();
+    let n = text.len().min(FLUSHED_RECORD_LEN - 1);
+    rec[..n].copy_from_slice(&text.as_bytes()[..n]);
+    rec[FLUSHED_RECORD_LEN - 1] = b'\n';
+    rec
 }
 
 fn flushed_path(dir: &Path) -> PathBuf {
@@ -81,6 +99,7 @@ impl WalArchive {
             flush_pos,
             dirty: BTreeMap::new(),
             dir_dirty: false,
+            flushed_file: None,
         })
     }
 
@@ -185,14 +204,36 @@ impl WalArchive {
             })?;
             self.dir_dirty = false;
         }
-        let fp = flushed_path(&self.dir);
-        write_atomic(&fp, format!("{}\n", self.write_pos).as_bytes())
-            .map_err(|source| ArchiveError::Io { path: fp, source })?;
+        self.record_flushed(self.write_pos)?;
         self.flush_pos = self.write_pos;
         // Keep only the current segment open.
         let current = self.write_pos.0 / u64::from(self.segment_size);
         self.dirty.retain(|segno, _| *segno == current);
         Ok(self.flush_pos)
+    }
+
+    /// Durably records `lsn` in `wal/flushed` (created, synced with its directory, the first
+    /// time; then rewritten in place and fdatasync'ed).
+    fn record_flushed(&mut self, lsn: Lsn) -> Result<(), ArchiveError> {
+        let fp = flushed_path(&self.dir);
+        let err = |source| ArchiveError::Io {
+            path: flushed_path(&self.dir),
+            source,
+        };
+        let rec = flushed_record(lsn);
+        if let Some(f) = &self.flushed_file {
+            f.write_all_at(&rec, 0).map_err(err)?;
+            return f.sync_data().map_err(err);
+        }
+        if fp.exists() {
+            let f = OpenOptions::new().write(true).open(&fp).map_err(err)?;
+            f.write_all_at(&rec, 0).map_err(err)?;
+            f.sync_data().map_err(err)?;
+            self.flushed_file = Some(f);
+        } else {
+            write_atomic(&fp, &rec).map_err(err)?;
+        }
+        Ok(())
     }
 
     /// Reads archived bytes [from, to) into `out` (used to rebuild the index at start-up).

@@ -307,35 +307,99 @@ impl PgConnection {
         }
     }
 
+    /// The next complete message already received, if any (no I/O).
+    pub(crate) fn buffered_message(&mut self) -> Result<Option<BackendMessage>> {
+        if self.rbuf.len() < 5 {
+            return Ok(None);
+        }
+        let tag = self.rbuf[0];
+        let len =
+            u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
+        if !(4..=MAX_MESSAGE_LEN).contains(&len) {
+            return Err(self.protocol(format!(
+                "message '{}' with invalid length {len}",
+                tag as char
+            )));
+        }
+        if self.rbuf.len() <= len {
+            self.rbuf.reserve(len + 1 - self.rbuf.len());
+            return Ok(None);
+        }
+        if tag == b'W' {
+            let _ = self.rbuf.split_to(len + 1);
+            return Ok(Some(BackendMessage::CopyBothResponse));
+        }
+        match Message::parse(&mut self.rbuf) {
+            Ok(Some(m)) => Ok(Some(BackendMessage::Message(m))),
+            Ok(None) => Err(self.protocol("incomplete message after framing check")),
+            Err(e) => Err(self.protocol(format!("cannot parse message '{}': {e}", tag as char))),
+        }
+    }
+
+    /// Receives, without waiting, whatever the socket holds, bypassing the runtime's
+    /// readiness tracking (which does not report a socket whose receive low-water mark is
+    /// not reached, see [`PgConnection::set_receive_low_water`]). Returns the bytes read.
+    pub(crate) fn receive_available(&mut self) -> Result<usize> {
+        use std::os::fd::AsRawFd;
+        let fd = self.stream.as_raw_fd();
+        let mut total = 0;
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            // SAFETY: recv writes at most chunk.len() bytes into the stack buffer.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    chunk.as_mut_ptr() as *mut libc::c_void,
+                    chunk.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                self.rbuf.extend_from_slice(&chunk[..n as usize]);
+                total += n as usize;
+                continue;
+            }
+            if n == 0 {
+                return Err(ConnectionError::Closed {
+                    target: self.target.clone(),
+                });
+            }
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock => Ok(total),
+                io::ErrorKind::Interrupted => continue,
+                _ => Err(self.io(e)),
+            };
+        }
+    }
+
+    /// Sets the socket's receive low-water mark (SO_RCVLOWAT): the kernel wakes the reader
+    /// only once this many bytes are queued. A streaming client that reads on a timer
+    /// anyway then sleeps through the thousands of small messages a second a busy server
+    /// sends (one per WAL flush), instead of being woken for each. Best effort.
+    pub fn set_receive_low_water(&self, bytes: usize) {
+        use std::os::fd::AsRawFd;
+        let v = bytes.min(i32::MAX as usize) as libc::c_int;
+        // SAFETY: setsockopt reads one c_int from a valid pointer.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            log::debug!("SO_RCVLOWAT {bytes}: {}", std::io::Error::last_os_error());
+        }
+    }
+
     /// Reads the next complete backend message.
     pub async fn read_message(&mut self) -> Result<BackendMessage> {
         loop {
-            if self.rbuf.len() >= 5 {
-                let tag = self.rbuf[0];
-                let len =
-                    u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
-                        as usize;
-                if !(4..=MAX_MESSAGE_LEN).contains(&len) {
-                    return Err(self.protocol(format!(
-                        "message '{}' with invalid length {len}",
-                        tag as char
-                    )));
-                }
-                if self.rbuf.len() > len {
-                    if tag == b'W' {
-                        let _ = self.rbuf.split_to(len + 1);
-                        return Ok(BackendMessage::CopyBothResponse);
-                    }
-                    return match Message::parse(&mut self.rbuf) {
-                        Ok(Some(m)) => Ok(BackendMessage::Message(m)),
-                        Ok(None) => Err(self.protocol("incomplete message after framing check")),
-                        Err(e) => {
-                            Err(self
-                                .protocol(format!("cannot parse message '{}': {e}", tag as char)))
-                        }
-                    };
-                }
-                self.rbuf.reserve(len + 1 - self.rbuf.len());
+            if let Some(m) = self.buffered_message()? {
+                return Ok(m);
             }
             let n = self
                 .stream

@@ -220,20 +220,47 @@ impl PgConnection {
     /// Next message of the COPY BOTH stream.
     pub async fn next_stream_event(&mut self) -> Result<StreamEvent, ConnectionError> {
         loop {
-            match self.read_message().await? {
-                BackendMessage::Message(Message::CopyData(body)) => {
-                    return parse_stream_message(body.into_bytes())
-                        .map(StreamEvent::Message)
-                        .map_err(|e| self.protocol(e));
-                }
-                BackendMessage::Message(Message::CopyDone) => return Ok(StreamEvent::Ended),
-                BackendMessage::Message(Message::ErrorResponse(body)) => {
-                    return Err(self.server_error(&body));
-                }
-                BackendMessage::Message(Message::NoticeResponse(_)) => {}
-                _ => return Err(self.protocol("unexpected message in replication stream")),
+            let m = self.read_message().await?;
+            if let Some(ev) = self.stream_event(m)? {
+                return Ok(ev);
             }
         }
+    }
+
+    /// Next message of the COPY BOTH stream among what the socket holds now, without waiting:
+    /// None when no complete message is there.
+    pub fn next_stream_event_now(&mut self) -> Result<Option<StreamEvent>, ConnectionError> {
+        loop {
+            let m = match self.buffered_message()? {
+                Some(m) => m,
+                None => {
+                    if self.receive_available()? == 0 {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+            };
+            if let Some(ev) = self.stream_event(m)? {
+                return Ok(Some(ev));
+            }
+        }
+    }
+
+    /// The event a message of the stream is; None for one to skip (a notice).
+    fn stream_event(&self, m: BackendMessage) -> Result<Option<StreamEvent>, ConnectionError> {
+        Ok(Some(match m {
+            BackendMessage::Message(Message::CopyData(body)) => {
+                parse_stream_message(body.into_bytes())
+                    .map(StreamEvent::Message)
+                    .map_err(|e| self.protocol(e))?
+            }
+            BackendMessage::Message(Message::CopyDone) => StreamEvent::Ended,
+            BackendMessage::Message(Message::ErrorResponse(body)) => {
+                return Err(self.server_error(&body));
+            }
+            BackendMessage::Message(Message::NoticeResponse(_)) => return Ok(None),
+            _ => return Err(self.protocol("unexpected message in replication stream")),
+        }))
     }
 }
 
