@@ -23,6 +23,7 @@
 
 use super::check::{known_pages, masked_difference};
 use super::control_file::{ControlFile, ControlFileError, DbState};
+use super::meta::HelperMeta;
 use super::page_store::{PageError, ReadOptions};
 use crate::redo::page::{Page, PageLayout, checksum_page};
 use crate::redo::verify::{pg_relation_path, read_pg_page};
@@ -289,27 +290,30 @@ pub fn repair(opts: &RepairOptions) -> Result<RepairSummary, RepairError> {
             ..Default::default()
         });
     }
+    // Identity first, from helper.json alone: opening the store rebuilds its page index.
+    if let Some(meta) = HelperMeta::load(&opts.data_dir).map_err(ServiceError::from)? {
+        if control.system_identifier != meta.system_identifier {
+            return Err(RepairError::WrongCluster {
+                pgdata: pgdata.clone(),
+                cluster: control.system_identifier,
+                helper: meta.system_identifier,
+            });
+        }
+        if control.timeline != meta.timeline {
+            return Err(RepairError::Timeline {
+                pgdata: pgdata.clone(),
+                cluster: control.timeline,
+                helper: meta.timeline,
+            });
+        }
+        if control.redo < meta.start_lsn() {
+            return Err(RepairError::RedoBeforeHistory {
+                redo: control.redo,
+                start: meta.start_lsn(),
+            });
+        }
+    }
     let mut offline = OfflineStore::open(&opts.data_dir)?;
-    if control.system_identifier != offline.meta.system_identifier {
-        return Err(RepairError::WrongCluster {
-            pgdata: pgdata.clone(),
-            cluster: control.system_identifier,
-            helper: offline.meta.system_identifier,
-        });
-    }
-    if control.timeline != offline.meta.timeline {
-        return Err(RepairError::Timeline {
-            pgdata: pgdata.clone(),
-            cluster: control.timeline,
-            helper: offline.meta.timeline,
-        });
-    }
-    if control.redo < offline.meta.start_lsn() {
-        return Err(RepairError::RedoBeforeHistory {
-            redo: control.redo,
-            start: offline.meta.start_lsn(),
-        });
-    }
     let mut sum = RepairSummary {
         redo: control.redo,
         data_checksums: control.data_checksum_version != 0,
