@@ -536,6 +536,9 @@ impl Ingest {
     /// Decodes every complete record in the bytes pushed so far, indexes it, and queues the
     /// pages whose chains went over the threshold.
     fn push_and_index(&mut self, durable: &[u8]) -> Result<(), ServiceError> {
+        self.store
+            .recent_wal
+            .push(self.decoder.input_lsn(), durable);
         self.decoder.push(durable);
         self.touched.clear();
         let result = {
@@ -992,8 +995,15 @@ impl OfflineStore {
             system_identifier: Some(self.meta.system_identifier),
             ..Default::default()
         };
-        let mut reader = WalFileReader::open(pg_wal, start, opts)
-            .map_err(|source| ServiceError::Decode { lsn: start, source })?;
+        let mut reader = match WalFileReader::open(pg_wal, start, opts) {
+            Ok(r) => r,
+            // No segment for the next record (WAL ended at a segment boundary): nothing new.
+            Err(e) if e.is_end_of_wal() => {
+                out.stopped = e.to_string();
+                return Ok(out);
+            }
+            Err(source) => return Err(ServiceError::Decode { lsn: start, source }),
+        };
         if reader.segment_size() != self.meta.segment_size {
             return Err(ServiceError::DataDir {
                 dir: pg_wal.to_path_buf(),

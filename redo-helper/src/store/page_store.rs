@@ -3,7 +3,7 @@
 //! the WAL, a recently served page from the cache, or the base backup's page) and replay the
 //! deltas after it with the Rust redo.
 
-use super::archive::{RecordReadError, RecordReader, WalArchive};
+use super::archive::{RECENT_WAL_BYTES, RecentWal, RecordReadError, RecordReader, WalArchive};
 use super::base::BaseFiles;
 use super::images::{ImageStore, ImageStoreError};
 use super::index::{ChangeKind, PageChange, PageIndex, StartKind};
@@ -234,6 +234,8 @@ pub struct PageStore {
     cache: Mutex<PageCache>,
     /// Template for per-call record readers (each has its own buffer).
     archive: RecordReader,
+    /// The newest durable WAL in memory (fed by the ingest), read before the archive files.
+    pub recent_wal: Arc<RecentWal>,
     /// Readers kept between reconstructions, each with its open segment and buffers (opening
     /// the segment and allocating per read was a large part of a short chain's cost).
     readers: Mutex<Vec<RecordReader>>,
@@ -256,6 +258,7 @@ impl PageStore {
         backup_start: Lsn,
         redo: RedoEngine,
     ) -> PageStore {
+        let recent_wal = Arc::new(RecentWal::new(RECENT_WAL_BYTES));
         PageStore {
             base,
             images: RwLock::new(images),
@@ -265,7 +268,9 @@ impl PageStore {
                 capacity: DEFAULT_CACHE_PAGES,
                 ..PageCache::default()
             }),
-            archive: RecordReader::new(archive, system_identifier),
+            archive: RecordReader::new(archive, system_identifier)
+                .with_recent(Arc::clone(&recent_wal)),
+            recent_wal,
             readers: Mutex::new(Vec::new()),
             backup_start,
             horizon: AtomicU64::new(backup_start.0),
