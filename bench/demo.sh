@@ -165,7 +165,7 @@ sql "CHECKPOINT"
 "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$clients" -T 5 postgres >/dev/null 2>&1
 before=$(sql "SELECT (SELECT sum(abalance) FROM pgbench_accounts) || ' / ' || (SELECT sum(bbalance) FROM pgbench_branches)")
 accounts="$cdir/data/$(sql "SELECT pg_relation_filepath('pgbench_accounts')")"
-blk=$(sql "SELECT (ctid::text::point)[0]::int FROM pgbench_history h JOIN pgbench_accounts a USING (aid) ORDER BY h.mtime DESC LIMIT 1")
+blk=$(sql "SELECT (a.ctid::text::point)[0]::int FROM pgbench_history h JOIN pgbench_accounts a USING (aid) ORDER BY h.mtime DESC LIMIT 1")
 as_postgres "$PGBIN/pg_ctl" -D "$cdir/data" -m immediate -w stop >/dev/null
 helper_stop
 # The second 4 KB of a recently changed page replaced by another page's: a torn write.
