@@ -109,6 +109,11 @@ enum Command {
         /// shutdown is recognised from pg_control and nothing is done).
         #[arg(long)]
         even_if_clean: bool,
+        /// Only write the pages changed since the last checkpoint; skip reading and checking
+        /// every other page (faster on a large cluster; a torn hint-bit-only write is then
+        /// left to PostgreSQL's data checksums to report).
+        #[arg(long)]
+        changed_only: bool,
     },
     /// Decode WAL and print one line per record, like pg_waldump (PostgreSQL 15).
     Waldump {
@@ -245,11 +250,13 @@ fn main() -> ExitCode {
             data_dir,
             pgdata,
             even_if_clean,
+            changed_only,
         } => redo_helper::store::repair::run_cli(&redo_helper::store::repair::RepairOptions {
             data_dir,
             pgdata,
             progress_every: std::time::Duration::from_secs(5),
             even_if_clean,
+            changed_only,
         }),
         Command::Waldump {
             path,
