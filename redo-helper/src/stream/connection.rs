@@ -147,6 +147,9 @@ pub fn decode_data_row(
         .collect()
 }
 
+/// Bytes [`PgConnection::receive_available`] takes from the socket in one call.
+const RECEIVE_AVAILABLE_MAX: usize = 4 << 20;
+
 impl PgConnection {
     /// Connects and authenticates as a physical replication client (`replication=true`).
     pub async fn connect_replication(info: &ConnInfo) -> Result<PgConnection> {
@@ -336,9 +339,10 @@ impl PgConnection {
         }
     }
 
-    /// Receives, without waiting, whatever the socket holds, bypassing the runtime's
-    /// readiness tracking (which does not report a socket whose receive low-water mark is
-    /// not reached, see [`PgConnection::set_receive_low_water`]). Returns the bytes read.
+    /// Receives, without waiting, what the socket holds (at most [`RECEIVE_AVAILABLE_MAX`]),
+    /// bypassing the runtime's readiness tracking (which does not report a socket whose
+    /// receive low-water mark is not reached, see [`PgConnection::set_receive_low_water`]).
+    /// Returns the bytes read.
     pub(crate) fn receive_available(&mut self) -> Result<usize> {
         use std::os::fd::AsRawFd;
         let fd = self.stream.as_raw_fd();
@@ -357,6 +361,10 @@ impl PgConnection {
             if n > 0 {
                 self.rbuf.extend_from_slice(&chunk[..n as usize]);
                 total += n as usize;
+                // Enough for one flush; the rest stays in the socket until the next call.
+                if total >= RECEIVE_AVAILABLE_MAX {
+                    return Ok(total);
+                }
                 continue;
             }
             if n == 0 {
