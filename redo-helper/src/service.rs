@@ -1049,11 +1049,19 @@ impl OfflineStore {
         if end <= flushed {
             return Ok(out);
         }
-        let mut bytes = Vec::with_capacity((end.0 - flushed.0) as usize);
-        read_pg_wal(pg_wal, &self.meta, flushed, end, &mut bytes)?;
-        self.archive.write(flushed, &bytes)?;
-        self.archive.flush()?;
-        self.ingest.push_and_index(&bytes)?;
+        // In pieces: a helper that was down for long may be gigabytes behind.
+        const PIECE: u64 = 16 << 20;
+        let mut bytes = Vec::new();
+        let mut pos = flushed;
+        while pos < end {
+            let to = Lsn(end.0.min(pos.0 + PIECE));
+            bytes.clear();
+            read_pg_wal(pg_wal, &self.meta, pos, to, &mut bytes)?;
+            self.archive.write(pos, &bytes)?;
+            self.archive.flush()?;
+            self.ingest.push_and_index(&bytes)?;
+            pos = to;
+        }
         out.end = end;
         Ok(out)
     }
