@@ -1056,7 +1056,14 @@ impl OfflineStore {
         while pos < end {
             let to = Lsn(end.0.min(pos.0 + PIECE));
             bytes.clear();
-            read_pg_wal(pg_wal, &self.meta, pos, to, &mut bytes)?;
+            crate::store::archive::read_segment_files(
+                pg_wal,
+                self.meta.timeline,
+                self.meta.segment_size,
+                pos,
+                to,
+                &mut bytes,
+            )?;
             self.archive.write(pos, &bytes)?;
             self.archive.flush()?;
             self.ingest.push_and_index(&bytes)?;
@@ -1065,36 +1072,6 @@ impl OfflineStore {
         out.end = end;
         Ok(out)
     }
-}
-
-/// Reads the bytes [from, to) of the WAL in `pg_wal`'s segment files.
-fn read_pg_wal(
-    pg_wal: &Path,
-    meta: &HelperMeta,
-    from: Lsn,
-    to: Lsn,
-    out: &mut Vec<u8>,
-) -> Result<(), ServiceError> {
-    use std::os::unix::fs::FileExt;
-    let seg = u64::from(meta.segment_size);
-    let mut pos = from;
-    while pos < to {
-        let segno = pos.0 / seg;
-        let off = pos.0 % seg;
-        let n = (to.0 - pos.0).min(seg - off) as usize;
-        let path = pg_wal.join(crate::wal::page::segment_file_name(
-            meta.timeline,
-            segno,
-            meta.segment_size,
-        ));
-        let at = out.len();
-        out.resize(at + n, 0);
-        std::fs::File::open(&path)
-            .and_then(|f| f.read_exact_at(&mut out[at..], off))
-            .map_err(|source| ServiceError::DataDir { dir: path, source })?;
-        pos = pos.add(n as u64);
-    }
-    Ok(())
 }
 
 fn archive_start(meta: &HelperMeta) -> Lsn {

@@ -24,10 +24,6 @@ fn tcp_cluster(conf: &[&str]) -> PgCluster {
     PgCluster::start(&[], &all)
 }
 
-fn conninfo(c: &PgCluster) -> String {
-    format!("host=127.0.0.1 port={} user=postgres", c.port)
-}
-
 /// Waits until the helper has fsynced everything the server has flushed.
 fn wait_caught_up(c: &PgCluster, h: &mut HelperProcess) -> serde_json::Value {
     let target = lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
@@ -75,7 +71,7 @@ fn bootstrap_under_load_then_archive_equals_pg_wal() {
     c.pgbench(&["-i", "-s", "5", "-q"]);
     let dir = TempDir::new("ingest-boot");
     let mut h = HelperProcess::spawn(
-        &conninfo(&c),
+        &c.conninfo(),
         &dir.path().join("helper"),
         &dir.path().join("helper.log"),
     );
@@ -133,7 +129,7 @@ fn kill_nine_ten_times_under_load_loses_nothing() {
     let dir = TempDir::new("ingest-kill");
     let data = dir.path().join("helper");
     let log = dir.path().join("helper.log");
-    let mut h = HelperProcess::spawn(&conninfo(&c), &data, &log);
+    let mut h = HelperProcess::spawn(&c.conninfo(), &data, &log);
     h.wait_status("bootstrap", Duration::from_secs(60), |s| {
         s["state"] == "streaming"
     });
@@ -155,7 +151,7 @@ fn kill_nine_ten_times_under_load_loses_nothing() {
                 restart <= flushed,
                 "round {round}: slot restart_lsn {restart:X} is past the helper's fsynced {flushed:X}"
             );
-            h = HelperProcess::spawn(&conninfo(&c), &data, &log);
+            h = HelperProcess::spawn(&c.conninfo(), &data, &log);
         }
     });
     let st = wait_caught_up(&c, &mut h);
@@ -263,7 +259,7 @@ fn bad_inputs_are_clear_errors_or_retries() {
         ],
     );
     let mut h = HelperProcess::spawn(
-        &conninfo(&minimal),
+        &minimal.conninfo(),
         &dir.path().join("minimal"),
         &dir.path().join("minimal.log"),
     );
@@ -287,11 +283,11 @@ fn bad_inputs_are_clear_errors_or_retries() {
 
     // A second helper on the same data directory.
     let data = dir.path().join("main");
-    let mut h1 = HelperProcess::spawn(&conninfo(&c), &data, &dir.path().join("main.log"));
+    let mut h1 = HelperProcess::spawn(&c.conninfo(), &data, &dir.path().join("main.log"));
     h1.wait_status("streaming", Duration::from_secs(60), |s| {
         s["state"] == "streaming"
     });
-    let mut h2 = HelperProcess::spawn(&conninfo(&c), &data, &dir.path().join("second.log"));
+    let mut h2 = HelperProcess::spawn(&c.conninfo(), &data, &dir.path().join("second.log"));
     let (ok, log) = h2.wait_exit(Duration::from_secs(10));
     assert!(
         !ok && log.contains("in use by another redo-helper"),
@@ -330,7 +326,7 @@ fn bad_inputs_are_clear_errors_or_retries() {
     {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut h1 = HelperProcess::spawn(&conninfo(&c), &data, &dir.path().join("main.log"));
+    let mut h1 = HelperProcess::spawn(&c.conninfo(), &data, &dir.path().join("main.log"));
     h1.wait_status("slot-busy error", Duration::from_secs(30), |s| {
         s["last_error"]
             .as_str()
@@ -349,7 +345,7 @@ fn bad_inputs_are_clear_errors_or_retries() {
 
     // A data directory bootstrapped from another cluster.
     let other = tcp_cluster(&[]);
-    let mut h = HelperProcess::spawn(&conninfo(&other), &data, &dir.path().join("other.log"));
+    let mut h = HelperProcess::spawn(&other.conninfo(), &data, &dir.path().join("other.log"));
     let (ok, log) = h.wait_exit(Duration::from_secs(30));
     assert!(!ok && log.contains("different cluster"), "{log}");
 
@@ -383,7 +379,7 @@ fn bad_inputs_are_clear_errors_or_retries() {
         *b ^= 0x5A;
     }
     std::fs::write(&seg_path, bytes).expect("corrupt");
-    let mut h = HelperProcess::spawn(&conninfo(&c), &data, &dir.path().join("corrupt.log"));
+    let mut h = HelperProcess::spawn(&c.conninfo(), &data, &dir.path().join("corrupt.log"));
     let (ok, log) = h.wait_exit(Duration::from_secs(30));
     assert!(!ok && log.contains("WAL decoding failed at"), "{log}");
 }
@@ -448,7 +444,7 @@ fn disk_full_stops_acknowledging_and_resumes_when_space_returns() {
         return;
     };
     let data = dir.path().join("mnt/helper");
-    let mut h = HelperProcess::spawn(&conninfo(&c), &data, &dir.path().join("helper.log"));
+    let mut h = HelperProcess::spawn(&c.conninfo(), &data, &dir.path().join("helper.log"));
     h.wait_status("bootstrap", Duration::from_secs(60), |s| {
         s["state"] == "streaming"
     });

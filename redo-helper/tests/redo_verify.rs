@@ -31,10 +31,6 @@ fn cluster() -> PgCluster {
     )
 }
 
-fn conninfo(c: &PgCluster) -> String {
-    format!("host=127.0.0.1 port={} user=postgres", c.port)
-}
-
 /// A psql session kept open (for locks held across statements of another session).
 struct Session {
     child: Child,
@@ -76,7 +72,7 @@ impl Session {
 /// Starts the helper and waits until it has bootstrapped and streams.
 fn start_helper(c: &PgCluster, dir: &TempDir) -> HelperProcess {
     let mut h = HelperProcess::spawn(
-        &conninfo(c),
+        &c.conninfo(),
         &dir.path().join("helper"),
         &dir.path().join("helper.log"),
     );

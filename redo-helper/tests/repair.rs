@@ -69,6 +69,28 @@ fn blocks_of(c: &PgCluster, table: &str, cond: &str) -> Vec<u64> {
     .collect()
 }
 
+/// Runs `redo-helper repair` (with `flags`) on `pgdata`: (exit code, stdout, stderr).
+fn run_repair(
+    helper_dir: &std::path::Path,
+    pgdata: &std::path::Path,
+    flags: &[&str],
+) -> (Option<i32>, String, String) {
+    let out = Command::new(HELPER_BIN)
+        .arg("repair")
+        .args(flags)
+        .arg("--data-dir")
+        .arg(helper_dir)
+        .arg("--pgdata")
+        .arg(pgdata)
+        .output()
+        .expect("redo-helper repair");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 /// Whether the cluster recovers to `digest` with clean amcheck.
 fn recovers_intact(c: &mut PgCluster, digest: &str) -> Result<(), String> {
     c.try_start().map_err(|e| format!("startup failed:\n{e}"))?;
@@ -98,17 +120,7 @@ fn repair_without_data_checksums() {
 }
 
 fn crash_tear_repair(checksums: bool) {
-    let mut c = PgCluster::start(
-        if checksums { &["-k"] } else { &[] },
-        &[
-            "listen_addresses = '127.0.0.1'",
-            "wal_level = replica",
-            "max_wal_senders = 10",
-            "autovacuum = off",
-            "full_page_writes = off",
-            "checkpoint_timeout = 1h",
-        ],
-    );
+    let mut c = PgCluster::start_fpw_off(if checksums { &["-k"] } else { &[] });
     c.pgbench(&["-i", "-s", "2", "-q"]);
     c.sql("CREATE EXTENSION amcheck");
     c.sql(
@@ -117,11 +129,7 @@ fn crash_tear_repair(checksums: bool) {
     );
     let tmp = TempDir::new("repair");
     let helper_dir = tmp.path().join("helper");
-    let mut h = HelperProcess::spawn(
-        &format!("host=127.0.0.1 port={} user=postgres", c.port),
-        &helper_dir,
-        &tmp.path().join("helper.log"),
-    );
+    let mut h = HelperProcess::spawn(&c.conninfo(), &helper_dir, &tmp.path().join("helper.log"));
     h.wait_status("streaming", Duration::from_secs(120), |s| {
         s["state"] == "streaming"
     });
@@ -174,34 +182,15 @@ fn crash_tear_repair(checksums: bool) {
 
     // --changed-only writes the changed pages and checks nothing else: the torn page of
     // `quiet` is left for the full repair below.
-    let quick = Command::new(HELPER_BIN)
-        .args(["repair", "--changed-only", "--data-dir"])
-        .arg(&helper_dir)
-        .arg("--pgdata")
-        .arg(&c.data)
-        .output()
-        .expect("redo-helper repair --changed-only");
-    let quick_out = String::from_utf8_lossy(&quick.stdout);
-    assert!(quick.status.success(), "{quick_out}");
+    let (code, quick_out, _) = run_repair(&helper_dir, &c.data, &["--changed-only"]);
+    assert_eq!(code, Some(0), "{quick_out}");
     assert!(
         quick_out.contains(" 0 other pages checked, 0 rewritten"),
         "{quick_out}"
     );
 
-    let out = Command::new(HELPER_BIN)
-        .args(["repair", "--data-dir"])
-        .arg(&helper_dir)
-        .arg("--pgdata")
-        .arg(&c.data)
-        .output()
-        .expect("redo-helper repair");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "repair failed: {}\n{stdout}\n{stderr}",
-        out.status
-    );
+    let (code, stdout, stderr) = run_repair(&helper_dir, &c.data, &[]);
+    assert_eq!(code, Some(0), "repair failed:\n{stdout}\n{stderr}");
     eprintln!("{stderr}{stdout}");
     let line = stdout.lines().last().unwrap_or_default();
     let num = |after: &str| -> u64 {
@@ -239,15 +228,8 @@ fn crash_tear_repair(checksums: bool) {
     assert_eq!(num(" unrepairable"), 0, "{line}");
 
     // Repairing twice is harmless (nothing left to take from pg_wal, nothing torn).
-    let again = Command::new(HELPER_BIN)
-        .args(["repair", "--data-dir"])
-        .arg(&helper_dir)
-        .arg("--pgdata")
-        .arg(&c.data)
-        .output()
-        .expect("redo-helper repair");
-    let again_out = String::from_utf8_lossy(&again.stdout);
-    assert!(again.status.success(), "second repair: {again_out}");
+    let (code, again_out, _) = run_repair(&helper_dir, &c.data, &[]);
+    assert_eq!(code, Some(0), "second repair: {again_out}");
     assert!(
         again_out.contains("0 records taken from pg_wal"),
         "{again_out}"
@@ -259,24 +241,13 @@ fn crash_tear_repair(checksums: bool) {
     }
     // After a clean shutdown there is nothing to do (and the store is not even opened).
     c.stop();
-    let clean = Command::new(HELPER_BIN)
-        .args(["repair", "--data-dir"])
-        .arg(&helper_dir)
-        .arg("--pgdata")
-        .arg(&c.data)
-        .output()
-        .expect("redo-helper repair");
-    let clean_out = String::from_utf8_lossy(&clean.stdout);
-    assert!(clean.status.success(), "{clean_out}");
+    let (code, clean_out, _) = run_repair(&helper_dir, &c.data, &[]);
+    assert_eq!(code, Some(0), "{clean_out}");
     assert!(clean_out.contains("clean shutdown"), "{clean_out}");
     c.try_start().expect("restart");
 
     // The helper follows the cluster on from where repair left its archive.
-    let mut h = HelperProcess::spawn(
-        &format!("host=127.0.0.1 port={} user=postgres", c.port),
-        &helper_dir,
-        &tmp.path().join("helper.log"),
-    );
+    let mut h = HelperProcess::spawn(&c.conninfo(), &helper_dir, &tmp.path().join("helper.log"));
     c.pgbench(&["-n", "-c", "2", "-t", "100"]);
     let target = support::lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
     h.wait_status("streaming after repair", Duration::from_secs(60), |s| {
@@ -298,27 +269,14 @@ fn repair_refuses_a_running_cluster_and_a_foreign_one() {
     other.crash();
     let tmp = TempDir::new("repair-refuse");
     let helper_dir = tmp.path().join("helper");
-    let mut h = HelperProcess::spawn(
-        &format!("host=127.0.0.1 port={} user=postgres", c.port),
-        &helper_dir,
-        &tmp.path().join("helper.log"),
-    );
+    let mut h = HelperProcess::spawn(&c.conninfo(), &helper_dir, &tmp.path().join("helper.log"));
     h.wait_status("streaming", Duration::from_secs(120), |s| {
         s["state"] == "streaming"
     });
     h.kill9();
     let run = |pgdata: &std::path::Path| {
-        let out = Command::new(HELPER_BIN)
-            .args(["repair", "--data-dir"])
-            .arg(&helper_dir)
-            .arg("--pgdata")
-            .arg(pgdata)
-            .output()
-            .expect("redo-helper repair");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+        let (code, _, err) = run_repair(&helper_dir, pgdata, &[]);
+        (code, err)
     };
     let (code, err) = run(&c.data);
     assert_eq!(code, Some(2), "{err}");

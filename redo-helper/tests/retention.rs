@@ -15,24 +15,6 @@ use support::{HELPER_BIN, HelperProcess, http, lsn, status_lsn};
 
 const SEG: u64 = 16 << 20;
 
-fn fpw_off_cluster() -> PgCluster {
-    PgCluster::start(
-        &[],
-        &[
-            "listen_addresses = '127.0.0.1'",
-            "wal_level = replica",
-            "max_wal_senders = 10",
-            "autovacuum = off",
-            "full_page_writes = off",
-            "checkpoint_timeout = 1h",
-        ],
-    )
-}
-
-fn conninfo(c: &PgCluster) -> String {
-    format!("host=127.0.0.1 port={} user=postgres", c.port)
-}
-
 /// (spc, db, relfilenode) of a relation, for /page paths.
 fn rel_path(c: &PgCluster, rel: &str) -> String {
     let row = c.sql(&format!(
@@ -81,7 +63,7 @@ fn retention_args() -> [&'static str; 8] {
 
 #[test]
 fn history_before_the_horizon_is_removed_and_what_remains_is_exact() {
-    let c = fpw_off_cluster();
+    let c = PgCluster::start_fpw_off(&[]);
     c.pgbench(&["-i", "-s", "2", "-q"]);
     // In the base backup: a table to drop, one to TRUNCATE (new relfilenode, old one dropped)
     // and one VACUUM truncates (smgr truncation).
@@ -94,7 +76,7 @@ fn history_before_the_horizon_is_removed_and_what_remains_is_exact() {
     let tmp = TempDir::new("retention");
     let dir = tmp.path().join("helper");
     let log = tmp.path().join("helper.log");
-    let mut h = HelperProcess::spawn_with(&conninfo(&c), &dir, &log, &retention_args());
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &retention_args());
     h.wait_status("streaming", Duration::from_secs(120), |s| {
         s["state"] == "streaming"
     });
@@ -205,7 +187,7 @@ fn history_before_the_horizon_is_removed_and_what_remains_is_exact() {
     h.kill9();
     c.sql("CHECKPOINT");
     let target = lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
-    let mut h = HelperProcess::spawn_with(&conninfo(&c), &dir, &log, &retention_args());
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &retention_args());
     let st = h.wait_status("catch-up after restart", Duration::from_secs(120), |s| {
         status_lsn(s, "decoded_lsn") >= target
     });

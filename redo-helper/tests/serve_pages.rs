@@ -11,24 +11,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{HELPER_BIN, HelperProcess, http, lsn, status_lsn};
 
-fn fpw_off_cluster() -> PgCluster {
-    PgCluster::start(
-        &[],
-        &[
-            "listen_addresses = '127.0.0.1'",
-            "wal_level = replica",
-            "max_wal_senders = 10",
-            "autovacuum = off",
-            "full_page_writes = off",
-            "checkpoint_timeout = 1h",
-        ],
-    )
-}
-
-fn conninfo(c: &PgCluster) -> String {
-    format!("host=127.0.0.1 port={} user=postgres", c.port)
-}
-
 /// Waits until the helper has decoded everything the server has flushed and image
 /// generation has nothing queued.
 fn wait_settled(c: &PgCluster, h: &mut HelperProcess) -> serde_json::Value {
@@ -108,12 +90,12 @@ fn mixed_workload(c: &PgCluster) {
 
 #[test]
 fn served_pages_equal_the_data_files_and_history_equals_the_full_chain() {
-    let c = fpw_off_cluster();
+    let c = PgCluster::start_fpw_off(&[]);
     c.pgbench(&["-i", "-s", "2", "-q"]);
     let tmp = TempDir::new("serve-pages");
     let dir = tmp.path().join("helper");
     let mut h = HelperProcess::spawn_with(
-        &conninfo(&c),
+        &c.conninfo(),
         &dir,
         &tmp.path().join("helper.log"),
         &["--image-threshold", "16"],
@@ -176,11 +158,11 @@ fn served_pages_equal_the_data_files_and_history_equals_the_full_chain() {
 
 #[test]
 fn image_generation_bounds_reads_and_the_bound_returns_after_a_pause() {
-    let c = fpw_off_cluster();
+    let c = PgCluster::start_fpw_off(&[]);
     c.pgbench(&["-i", "-s", "1", "-q"]);
     let tmp = TempDir::new("bounded-reads");
     let mut h = HelperProcess::spawn_with(
-        &conninfo(&c),
+        &c.conninfo(),
         &tmp.path().join("helper"),
         &tmp.path().join("helper.log"),
         &["--image-threshold", "16"],

@@ -239,25 +239,38 @@ impl WalArchive {
 
     /// Reads archived bytes [from, to) into `out` (used to rebuild the index at start-up).
     pub fn read(&self, from: Lsn, to: Lsn, out: &mut Vec<u8>) -> Result<(), ArchiveError> {
-        let seg = u64::from(self.segment_size);
-        let mut pos = from;
-        while pos < to {
-            let segno = pos.0 / seg;
-            let off = pos.0 % seg;
-            let n = (to.0 - pos.0).min(seg - off) as usize;
-            let path = self.segment_path(segno);
-            let f = File::open(&path).map_err(|source| ArchiveError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let at = out.len();
-            out.resize(at + n, 0);
-            f.read_exact_at(&mut out[at..], off)
-                .map_err(|source| ArchiveError::Io { path, source })?;
-            pos = pos.add(n as u64);
-        }
-        Ok(())
+        read_segment_files(&self.dir, self.timeline, self.segment_size, from, to, out)
     }
+}
+
+/// Appends the WAL bytes [from, to) held by the segment files of `dir` (laid out as in
+/// `pg_wal`: the archive's own, or a cluster's) to `out`.
+pub fn read_segment_files(
+    dir: &Path,
+    timeline: u32,
+    segment_size: u32,
+    from: Lsn,
+    to: Lsn,
+    out: &mut Vec<u8>,
+) -> Result<(), ArchiveError> {
+    let seg = u64::from(segment_size);
+    let mut pos = from;
+    while pos < to {
+        let segno = pos.0 / seg;
+        let off = pos.0 % seg;
+        let n = (to.0 - pos.0).min(seg - off) as usize;
+        let path = dir.join(segment_file_name(timeline, segno, segment_size));
+        let f = File::open(&path).map_err(|source| ArchiveError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let at = out.len();
+        out.resize(at + n, 0);
+        f.read_exact_at(&mut out[at..], off)
+            .map_err(|source| ArchiveError::Io { path, source })?;
+        pos = pos.add(n as u64);
+    }
+    Ok(())
 }
 
 /// The newest archived WAL, kept in memory as the chunks the ingest made durable: image

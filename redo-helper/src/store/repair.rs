@@ -215,35 +215,33 @@ impl OpenFiles {
             path: path.to_path_buf(),
             source,
         };
-        if !self.files.contains_key(&path) {
-            // A relation created after the checkpoint may not have its file yet (crash
-            // recovery creates it too, and tolerates finding it).
-            let Some(dir) = path.parent().and_then(|d| std::fs::metadata(d).ok()) else {
-                return Ok(false);
-            };
-            let existed = path.exists();
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| err(&path, e))?;
-            if !existed {
-                // Run as root, a new file must still belong to the cluster's owner.
-                use std::os::unix::fs::MetadataExt;
-                std::os::unix::fs::fchown(&f, Some(dir.uid()), Some(dir.gid()))
+        let f = match self.files.entry(path.clone()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                // A relation created after the checkpoint may not have its file yet (crash
+                // recovery creates it too, and tolerates finding it).
+                let Some(dir) = path.parent().and_then(|d| std::fs::metadata(d).ok()) else {
+                    return Ok(false);
+                };
+                let existed = path.exists();
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
                     .map_err(|e| err(&path, e))?;
+                if !existed {
+                    // Run as root, a new file must still belong to the cluster's owner.
+                    use std::os::unix::fs::MetadataExt;
+                    std::os::unix::fs::fchown(&f, Some(dir.uid()), Some(dir.gid()))
+                        .map_err(|e| err(&path, e))?;
+                }
+                v.insert(f)
             }
-            self.files.insert(path.clone(), f);
-        }
+        };
         let off = u64::from(key.block % super::base::RELSEG_SIZE) * BLCKSZ as u64;
-        match self.files.get(&path) {
-            Some(f) => f
-                .write_all_at(page, off)
-                .map_err(|e| err(&path, e))
-                .map(|()| true),
-            None => Ok(false),
-        }
+        f.write_all_at(page, off).map_err(|e| err(&path, e))?;
+        Ok(true)
     }
 
     fn sync(self) -> Result<usize, RepairError> {

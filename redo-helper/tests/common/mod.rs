@@ -122,32 +122,35 @@ impl PgCluster {
         cluster
     }
 
+    /// A cluster the helper can follow with full_page_writes off (the mode it serves):
+    /// loopback TCP, replication, no autovacuum or timed checkpoint in the way.
+    pub fn start_fpw_off(extra_initdb: &[&str]) -> PgCluster {
+        PgCluster::start(
+            extra_initdb,
+            &[
+                "listen_addresses = '127.0.0.1'",
+                "wal_level = replica",
+                "max_wal_senders = 10",
+                "autovacuum = off",
+                "full_page_writes = off",
+                "checkpoint_timeout = 1h",
+            ],
+        )
+    }
+
+    /// Connection string of the cluster's loopback TCP listener (for `redo-helper run`).
+    pub fn conninfo(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres", self.port)
+    }
+
     pub fn wal_dir(&self) -> PathBuf {
         self.data.join("pg_wal")
     }
 
-    /// Runs one SQL string (one implicit transaction) and returns stdout.
+    /// Runs one SQL string (one implicit transaction) and returns stdout; panics on error.
     pub fn sql(&self, sql: &str) -> String {
-        let out = check(
-            pg_command("psql")
-                .args([
-                    "-X",
-                    "-q",
-                    "-A",
-                    "-t",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-d",
-                    "postgres",
-                    "-h",
-                ])
-                .arg(&self.root)
-                .args(["-p", &self.port.to_string(), "-c", sql])
-                .output()
-                .expect("psql"),
-            sql,
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        self.try_sql(sql)
+            .unwrap_or_else(|e| panic!("{sql} failed:\n{e}"))
     }
 
     pub fn pgbench(&self, args: &[&str]) {
