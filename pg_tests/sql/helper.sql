@@ -13,6 +13,9 @@ SELECT regress.try('SELECT fpw_pushdown.disable_full_page_writes()') ~ 'cannot t
 SELECT regress.wait_for($$SELECT active FROM pg_replication_slots WHERE slot_name = 'fpw_pushdown'$$, '60s') AS helper_holds_slot;
 SELECT regress.wait_for($$SELECT count(*) = 1 FROM pg_stat_replication WHERE application_name LIKE 'fpw\_pg\_tests\_client\_%'$$, '30s') AS helper_is_walsender_client;
 SELECT regress.wait_for($$SELECT helper_healthy FROM fpw_pushdown.status()$$, '30s') AS helper_healthy;
+-- status() judges the slot only; the helper's own /status says when its pages are consistent
+-- (its first flush after the backup's end, up to --flush-interval-ms later).
+SELECT regress.wait_for($$SELECT s->>'state' = 'streaming' AND s->>'consistent' = 'true' FROM fpw_pushdown.helper_status() s$$, '30s') AS helper_streaming;
 SELECT s->>'state' AS state, s->>'consistent' AS consistent, s->>'slot' AS slot
   FROM fpw_pushdown.helper_status() s;
 
