@@ -140,4 +140,5 @@ awk -v w="$WORKERS" -v r="$RECORDS" -v mb="$MB" -v pg="$PG_BEST" -v h="$H_BEST" 
     printf "ratio (PostgreSQL time / helper time): %.2fx\n", pg/h }'
 echo "helper cost per record type (top 5; apply time summed over workers, sampled):"
 echo "$H_OUT" | sed -n '/^replay: /,/^verify: /p' | grep '^  '
+echo "$H_OUT" | grep '^parallel replay: ' || true
 echo "$H_OUT" | tail -1

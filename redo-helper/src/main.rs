@@ -163,6 +163,9 @@ enum Command {
         /// Replay threads (pages are partitioned among them).
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Hand pages over between replay threads every N batches (for tests).
+        #[arg(long, value_name = "N", hide = true)]
+        hand_over_every: Option<usize>,
     },
 }
 
@@ -230,6 +233,7 @@ fn main() -> ExitCode {
             end,
             bench,
             workers,
+            hand_over_every,
         } => redo_helper::redo::verify::run_cli(&redo_helper::redo::verify::VerifyOptions {
             data_dir,
             pgdata,
@@ -238,6 +242,7 @@ fn main() -> ExitCode {
             skip_consistency: bench,
             timing: bench,
             workers,
+            hand_over_every,
             ..Default::default()
         }),
         Command::Check {

@@ -104,12 +104,14 @@ struct VerifyRun {
 }
 
 fn run_verify(data_dir: &Path, pgdata: &Path) -> VerifyRun {
-    run_verify_with(data_dir, pgdata, 1)
+    run_verify_with(data_dir, pgdata, &["--workers", "1"])
 }
 
-fn run_verify_with(data_dir: &Path, pgdata: &Path, workers: usize) -> VerifyRun {
+fn run_verify_with(data_dir: &Path, pgdata: &Path, args: &[&str]) -> VerifyRun {
     let out = Command::new(HELPER_BIN)
-        .args(["verify", "--workers", &workers.to_string(), "--data-dir"])
+        .arg("verify")
+        .args(args)
+        .arg("--data-dir")
         .arg(data_dir)
         .arg("--pgdata")
         .arg(pgdata)
@@ -288,13 +290,28 @@ fn redo_matches_consistency_images_and_data_files() {
         run.records
     );
     assert!(run.pages > 20_000, "too few pages verified: {}", run.pages);
-    // The parallel replay (pages partitioned over two threads) gives the same result.
-    let par = run_verify_with(&dir.path().join("helper"), &c.data, 2);
-    assert!(par.ok, "parallel verify failed:\n{}", par.stdout);
-    assert_eq!(
-        (par.records, par.pages, par.mismatches, par.unreadable),
-        (run.records, run.pages, 0, 0)
-    );
+    // The parallel replay (pages partitioned over two threads) gives the same result; so
+    // does one over three threads where the decoding thread hands pages over to the others
+    // after every batch (in normal runs only when they wait for work).
+    for args in [
+        &["--workers", "2"][..],
+        &["--workers", "3", "--hand-over-every", "1"][..],
+    ] {
+        let par = run_verify_with(&dir.path().join("helper"), &c.data, args);
+        assert!(par.ok, "parallel verify {args:?} failed:\n{}", par.stdout);
+        assert_eq!(
+            (par.records, par.pages, par.mismatches, par.unreadable),
+            (run.records, run.pages, 0, 0),
+            "parallel verify {args:?}"
+        );
+        if args.contains(&"--hand-over-every") {
+            assert!(
+                par.stdout.contains("parallel replay: 3 threads, 10 hand-overs of pages, the decoding thread kept 8 of 256"),
+                "{}",
+                par.stdout
+            );
+        }
+    }
     // The record types of the workload were all exercised (and checked page by page).
     let types = run
         .stdout

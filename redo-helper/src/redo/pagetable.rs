@@ -346,11 +346,36 @@ impl PageTable {
         }
     }
 
-    /// Takes over the pages of `other` (whose keys are not in this table).
-    pub(crate) fn absorb(&mut self, mut other: PageTable) {
-        let slots = std::mem::take(&mut other.slots);
-        let arena = std::mem::replace(&mut other.arena, PageArena::new());
-        self.arena.absorb(arena);
+    /// Removes the pages `take` picks and returns them with their buffers (which stay in
+    /// this table's arena): a hand-over of pages to another table (see
+    /// [`PageTable::adopt`]).
+    pub(crate) fn take_where(&mut self, mut take: impl FnMut(&PageKey) -> bool) -> Vec<Slot> {
+        let before = self.slots.len();
+        let mut kept = Vec::with_capacity(before);
+        let mut taken = Vec::new();
+        for s in self.slots.drain(..) {
+            if take(&s.key) {
+                taken.push(s);
+            } else {
+                kept.push(s);
+            }
+        }
+        self.slots = kept;
+        if !taken.is_empty() {
+            let cap = self.entries.len();
+            self.rebuild(cap);
+        }
+        taken
+    }
+
+    /// Adds pages another table gave up with [`PageTable::take_where`] (keys not in this
+    /// table).
+    ///
+    /// # Safety
+    /// The buffers belong to the giving table's arena: that arena must stay mapped as long
+    /// as this table uses them (absorb this table into the giver, or keep the giver alive
+    /// longer).
+    pub(crate) unsafe fn adopt(&mut self, slots: Vec<Slot>) {
         for s in slots {
             let (key, page) = (s.key, s.page);
             let slot = self.insert(key, key_hash(&key), page);
@@ -358,6 +383,16 @@ impl PageTable {
             dst.kind = s.kind;
             dst.unreadable = s.unreadable;
         }
+    }
+
+    /// Takes over the pages of `other` (whose keys are not in this table).
+    pub(crate) fn absorb(&mut self, mut other: PageTable) {
+        let slots = std::mem::take(&mut other.slots);
+        let arena = std::mem::replace(&mut other.arena, PageArena::new());
+        self.arena.absorb(arena);
+        // SAFETY: the buffers' arenas are now this table's (or were already, for pages
+        // `other` adopted from this table).
+        unsafe { self.adopt(slots) };
     }
 }
 

@@ -52,6 +52,9 @@ pub struct VerifyOptions {
     /// Replay threads (pages are partitioned among them; records are decoded once on the
     /// calling thread). 0 or 1: replay on the calling thread.
     pub workers: usize,
+    /// Hand pages over from the decoding thread every this many batches, whether or not
+    /// the others wait (tests exercise the hand-over with it).
+    pub hand_over_every: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +112,10 @@ pub struct VerifySummary {
     pub pgdata_by_kind: BTreeMap<String, u64>,
     pub replay_time: Duration,
     pub per_type: BTreeMap<String, TypeCost>,
+    /// Parallel replay: hand-overs of page shares from the decoding thread, and the shares
+    /// (of 256) it kept.
+    pub hand_overs: u64,
+    pub decoder_shares: Option<usize>,
 }
 
 impl VerifySummary {
@@ -349,17 +356,9 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifySummary, VerifyError> {
     };
     let mut per_type: HashMap<(u8, u8), TypeCost> = HashMap::new();
     let t0 = Instant::now();
-    let mut reader = WalFileReader::open(&wal_dir, start, ropts.clone())?;
+    let mut reader = WalFileReader::open(&wal_dir, start, ropts)?;
     if opts.workers > 1 {
-        let hot = sample_hot_pages(
-            &wal_dir,
-            start,
-            FileReaderOptions {
-                read_ahead: false,
-                ..ropts
-            },
-        )?;
-        set = replay_parallel(&mut reader, set, &mut sum, &mut per_type, opts, &hot)?;
+        set = replay_parallel(&mut reader, set, &mut sum, &mut per_type, opts)?;
     } else {
         // Records are decoded a batch at a time (buffers reused) so the replay can prefetch
         // the pages of the records ahead.
@@ -528,23 +527,14 @@ const NO_PAGE: PageKey = PageKey {
 };
 
 /// Records sampled at the start of the range to find hot pages.
-const HOT_SAMPLE: usize = 32_768;
+const HOT_SAMPLE: usize = 8_192;
 
-/// The pages that take at least 2% of the block references of the first records of the
-/// range, hottest first.
-fn sample_hot_pages(
-    wal_dir: &Path,
-    start: Lsn,
-    ropts: FileReaderOptions,
-) -> Result<Vec<PageKey>, VerifyError> {
-    let mut reader = WalFileReader::open(wal_dir, start, ropts)?;
+/// The pages that take at least 2% of the block references of `records` (the first
+/// records of the range), hottest first.
+fn hot_pages<'r>(records: impl Iterator<Item = &'r DecodedRecord>) -> Vec<PageKey> {
     let mut counts: FastMap<PageKey, u32> = FastMap::default();
     let mut total = 0u64;
-    let mut rec = DecodedRecord::default();
-    for _ in 0..HOT_SAMPLE {
-        if !next_record(&mut reader, &mut rec)? {
-            break;
-        }
+    for rec in records {
         for b in rec.blocks() {
             *counts.entry(b.page_key()).or_default() += 1;
             total += 1;
@@ -556,7 +546,7 @@ fn sample_hot_pages(
         .map(|(k, c)| (c, k))
         .collect();
     hot.sort_by(|a, b| b.cmp(a));
-    Ok(hot.into_iter().take(MAX_HOT).map(|(_, k)| k).collect())
+    hot.into_iter().take(MAX_HOT).map(|(_, k)| k).collect()
 }
 
 /// One replay thread: its pages (those `owner` gives it) and its counters.
@@ -707,101 +697,221 @@ fn route(rec: &DecodedRecord, part: &Partition) -> u64 {
     mask
 }
 
-/// Share of the pages (of 256) the decoding thread replays itself with two threads: it
-/// also spends about a third of its time reading and decoding the WAL.
-const DECODER_SHARE_OF_TWO: usize = 80;
+/// The balance between the decoding thread and the others. The decoding thread starts
+/// with an equal share of the pages, which is right while applying records is costly (at
+/// the start of a range most records load their page from the base backup) and too much
+/// later, when decoding is most of the cost of a record. So whenever the other threads
+/// were found waiting for work in a window of batches, the decoding thread hands some of
+/// its shares over (with their pages, at a batch boundary: no thread waits for another).
+/// Shares only move away from the decoding thread: taking them back would make it wait
+/// for the others to catch up.
+const BALANCE_WINDOW: usize = 8;
+/// Sends, in a window, that found a worker with nothing to do: the signal to hand over.
+const BALANCE_IDLE: usize = 2;
+/// Shares handed over at a time.
+const BALANCE_STEP: usize = 8;
+/// Shares the decoding thread keeps, at least.
+const MIN_DECODER_SHARES: usize = 8;
+
+/// One message to a replay worker: a batch and the positions of the records it needs,
+/// and, when the balance changed, the new partition and the pages handed over to it.
+struct Work {
+    batch: std::sync::Arc<Vec<DecodedRecord>>,
+    which: Vec<u32>,
+    part: Option<Partition>,
+    pages: Vec<super::pagetable::Slot>,
+}
+
+impl Partition {
+    /// A partition where thread 0 gave up to `step` of its shares (keeping at least
+    /// `keep`) to the other `threads - 1` threads in turn; None when it has no more to give.
+    fn hand_over(&self, threads: usize, step: usize, keep: usize) -> Option<Partition> {
+        let own = self.of.iter().filter(|o| **o == 0).count();
+        if threads < 2 || own <= keep {
+            return None;
+        }
+        let mut p = *self;
+        let mut given = 0;
+        for (i, o) in p.of.iter_mut().enumerate().rev() {
+            if given == step.min(own - keep) {
+                break;
+            }
+            if *o == 0 {
+                *o = (1 + i % (threads - 1)) as u8;
+                given += 1;
+            }
+        }
+        Some(p)
+    }
+
+    fn decoder_shares(&self) -> usize {
+        self.of.iter().filter(|o| **o == 0).count()
+    }
+}
 
 /// Parallel replay over `opts.workers` threads, this one included: this thread decodes
 /// batches of records, sends each other thread the batch with the positions of the records
-/// it needs, and replays its own (smaller) share of the pages; each thread applies the
-/// records' changes to the pages it owns (relation drops and truncations to its own pages
-/// too). Batches come back for reuse once every thread is done with them. Returns the
-/// merged page set.
+/// it needs, and replays its own share of the pages (smaller and smaller: see
+/// [`BALANCE_WINDOW`]); each thread applies the records' changes to the pages it owns
+/// (relation drops and truncations to its own pages too). Batches come back for reuse once
+/// every thread is done with them. Returns the merged page set.
 fn replay_parallel(
     reader: &mut WalFileReader,
     base_set: PageSet,
     sum: &mut VerifySummary,
     per_type: &mut HashMap<(u8, u8), TypeCost>,
     opts: &VerifyOptions,
-    hot: &[PageKey],
 ) -> Result<PageSet, VerifyError> {
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc::sync_channel;
-    type Batch = Arc<Vec<DecodedRecord>>;
     type WorkerOut = (PageSet, VerifySummary, HashMap<(u8, u8), TypeCost>);
     let n = opts.workers.clamp(1, 64);
-    // Thread 0's share: as much as one other thread's, less the decoding.
-    let first = DECODER_SHARE_OF_TWO * 2 / n;
-    let part = Partition::new(n, first, hot);
-    let (back_tx, back_rx) = sync_channel::<Vec<DecodedRecord>>(16);
-    let mut senders = Vec::with_capacity(n);
-    let mut handles = Vec::with_capacity(n);
-    for w in 1..n {
-        let (tx, rx) = sync_channel::<(Batch, Vec<u32>)>(8);
-        senders.push(tx);
-        let opts = opts.clone();
-        let base = base_set.base.clone();
-        let back = back_tx.clone();
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("redo-{w}"))
-                .spawn(move || -> Result<WorkerOut, VerifyError> {
-                    let mut r = Replayer::new(PageSet::new(base), &opts, w, part);
-                    while let Ok((batch, which)) = rx.recv() {
-                        r.replay_batch(&batch, Some(&which))?;
-                        if let Some(b) = Arc::into_inner(batch) {
-                            let _ = back.try_send(b);
+    // The first batches are decoded before the workers start: the hot pages among them
+    // are dealt one by one.
+    let mut pending = std::collections::VecDeque::new();
+    let mut more = true;
+    let mut decoded = 0;
+    while more && decoded < HOT_SAMPLE {
+        let mut b = Vec::with_capacity(BATCH);
+        more = fill_batch(reader, &mut b, BATCH)?;
+        decoded += b.len();
+        pending.push_back(b);
+    }
+    let hot = hot_pages(pending.iter().flatten());
+    let mut part = Partition::new(n, 256 / n, &hot);
+    let base = base_set.base.clone();
+    // Declared outside the scope: the workers adopt pages whose buffers live in this
+    // thread's arena, and the scope joins them (even on a panic) before it is dropped.
+    let mut mine = Replayer::new(base_set, opts, 0, part);
+    // Batches each worker was sent and has not finished.
+    let inflight: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+    let outs = std::thread::scope(|scope| -> Result<Vec<WorkerOut>, VerifyError> {
+        let (back_tx, back_rx) = sync_channel::<Vec<DecodedRecord>>(16);
+        let mut senders = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        for w in 1..n {
+            let (tx, rx) = sync_channel::<Work>(8);
+            senders.push(tx);
+            let base = base.clone();
+            let back = back_tx.clone();
+            let inflight = &inflight[w];
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("redo-{w}"))
+                    .spawn_scoped(scope, move || -> Result<WorkerOut, VerifyError> {
+                        let mut r = Replayer::new(PageSet::new(base), opts, w, part);
+                        while let Ok(work) = rx.recv() {
+                            if let Some(p) = work.part {
+                                r.part = p;
+                            }
+                            if !work.pages.is_empty() {
+                                // SAFETY: the pages' buffers are in the decoding thread's
+                                // arena, which outlives this thread (see `mine`) and absorbs
+                                // this table at the end.
+                                unsafe { r.set.pages.adopt(work.pages) };
+                            }
+                            let res = r.replay_batch(&work.batch, Some(&work.which));
+                            inflight.fetch_sub(1, Ordering::Relaxed);
+                            res?;
+                            if let Some(b) = Arc::into_inner(work.batch) {
+                                let _ = back.try_send(b);
+                            }
+                        }
+                        let mut sum = VerifySummary::default();
+                        let mut per_type = HashMap::new();
+                        let set = r.finish(&mut sum, &mut per_type);
+                        Ok((set, sum, per_type))
+                    })
+                    .map_err(|source| VerifyError::Io {
+                        path: PathBuf::from("replay worker"),
+                        source,
+                    })?,
+            );
+        }
+        drop(back_tx);
+        let mut spare: Option<Vec<DecodedRecord>> = None;
+        let mut failed = false;
+        let mut result = Ok(());
+        let (mut window, mut idle, mut handovers) = (0usize, 0usize, 0u64);
+        loop {
+            let batch = match pending.pop_front() {
+                Some(b) => b,
+                None if !more => break,
+                None => {
+                    let mut b = spare
+                        .take()
+                        .or_else(|| back_rx.try_recv().ok())
+                        .unwrap_or_else(|| Vec::with_capacity(BATCH));
+                    match fill_batch(reader, &mut b, BATCH) {
+                        Ok(m) => more = m,
+                        Err(e) => {
+                            result = Err(e);
+                            break;
                         }
                     }
-                    let mut sum = VerifySummary::default();
-                    let mut per_type = HashMap::new();
-                    let set = r.finish(&mut sum, &mut per_type);
-                    Ok((set, sum, per_type))
-                })
-                .map_err(|source| VerifyError::Io {
-                    path: PathBuf::from("replay worker"),
-                    source,
-                })?,
-        );
-    }
-    drop(back_tx);
-    let mut mine = Replayer::new(base_set, opts, 0, part);
-    let mut spare: Option<Vec<DecodedRecord>> = None;
-    let mut failed = false;
-    let mut result = Ok(());
-    loop {
-        let mut batch = spare
-            .take()
-            .or_else(|| back_rx.try_recv().ok())
-            .unwrap_or_else(|| Vec::with_capacity(BATCH));
-        let more = match fill_batch(reader, &mut batch, BATCH) {
-            Ok(m) => m,
-            Err(e) => {
-                result = Err(e);
-                break;
+                    b
+                }
+            };
+            if batch.is_empty() {
+                continue;
             }
-        };
-        let mut which: Vec<Vec<u32>> = (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
-        for (i, rec) in batch.iter().enumerate() {
-            sum.records += 1;
-            sum.wal_bytes += rec.total_len() as u64;
-            let c = per_type.entry((rec.rmid(), rec.info() & 0xF0)).or_default();
-            c.records += 1;
-            c.bytes += rec.total_len() as u64;
-            let mask = route(rec, &part);
-            for (w, list) in which.iter_mut().enumerate() {
-                if mask & (1 << w) != 0 {
-                    list.push(i as u32);
+            // Rebalance at this batch boundary: this thread has applied everything before
+            // it, the workers have not started on it.
+            let mut pages: Vec<Vec<super::pagetable::Slot>> = (1..n).map(|_| Vec::new()).collect();
+            let mut new_part = None;
+            window += 1;
+            idle += (1..n)
+                .filter(|w| inflight[*w].load(Ordering::Relaxed) == 0)
+                .count()
+                .min(1);
+            let (every, needed) = match opts.hand_over_every {
+                Some(e) => (e.max(1), 0),
+                None => (BALANCE_WINDOW, BALANCE_IDLE),
+            };
+            if window >= every {
+                if idle >= needed
+                    && let Some(p) = part.hand_over(n, BALANCE_STEP, MIN_DECODER_SHARES)
+                {
+                    for slot in mine.set.pages.take_where(|k| p.owner(k, key_hash(k)) != 0) {
+                        let w = p.owner(&slot.key, key_hash(&slot.key));
+                        pages[w - 1].push(slot);
+                    }
+                    part = p;
+                    mine.part = p;
+                    new_part = Some(p);
+                    handovers += 1;
+                }
+                window = 0;
+                idle = 0;
+            }
+            let mut which: Vec<Vec<u32>> = (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
+            for (i, rec) in batch.iter().enumerate() {
+                sum.records += 1;
+                sum.wal_bytes += rec.total_len() as u64;
+                let c = per_type.entry((rec.rmid(), rec.info() & 0xF0)).or_default();
+                c.records += 1;
+                c.bytes += rec.total_len() as u64;
+                let mask = route(rec, &part);
+                for (w, list) in which.iter_mut().enumerate() {
+                    if mask & (1 << w) != 0 {
+                        list.push(i as u32);
+                    }
                 }
             }
-        }
-        if !batch.is_empty() {
-            let b: Batch = Arc::new(batch);
+            let b = Arc::new(batch);
             let mut lists = which.into_iter();
             let own = lists.next().unwrap_or_default();
-            for (tx, list) in senders.iter().zip(lists) {
+            for (w, ((tx, list), pages)) in senders.iter().zip(lists).zip(pages).enumerate() {
+                inflight[w + 1].fetch_add(1, Ordering::Relaxed);
+                let work = Work {
+                    batch: b.clone(),
+                    which: list,
+                    part: new_part,
+                    pages,
+                };
                 // A worker that stopped has an error to report at join.
-                if tx.send((b.clone(), list)).is_err() {
+                if tx.send(work).is_err() {
                     failed = true;
                 }
             }
@@ -810,18 +920,39 @@ fn replay_parallel(
                 break;
             }
             spare = Arc::into_inner(b);
+            if failed {
+                break;
+            }
         }
-        if !more || failed {
-            break;
+        sum.hand_overs = handovers;
+        sum.decoder_shares = Some(part.decoder_shares());
+        drop(senders);
+        // Every worker is joined before an error is returned (the scope would join them
+        // anyway); the first error wins, a worker's before this thread's.
+        let mut outs = Vec::with_capacity(n);
+        let mut first_err = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(out)) => outs.push(out),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(VerifyError::Io {
+                        path: PathBuf::from("replay worker"),
+                        source: std::io::Error::other("replay worker panicked"),
+                    });
+                }
+            }
         }
-    }
-    drop(senders);
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        result?;
+        Ok(outs)
+    })?;
     let mut merged = mine.finish(sum, per_type);
-    for h in handles {
-        let (set, wsum, wtypes) = h.join().map_err(|_| VerifyError::Io {
-            path: PathBuf::from("replay worker"),
-            source: std::io::Error::other("replay worker panicked"),
-        })??;
+    for (set, wsum, wtypes) in outs {
         sum.page_changes += wsum.page_changes;
         sum.pages_verified += wsum.pages_verified;
         sum.mismatches += wsum.mismatches;
@@ -835,7 +966,6 @@ fn replay_parallel(
         }
         merged.pages.absorb(set.pages);
     }
-    result?;
     Ok(merged)
 }
 
@@ -1353,6 +1483,12 @@ pub fn run_cli(opts: &VerifyOptions) -> std::process::ExitCode {
         .map(|(k, c)| format!("{k} {}", c.records))
         .collect();
     println!("record types: {}", types.join(", "));
+    if let Some(shares) = sum.decoder_shares {
+        println!(
+            "parallel replay: {} threads, {} hand-overs of pages, the decoding thread kept {shares} of 256 page shares",
+            opts.workers, sum.hand_overs
+        );
+    }
     if opts.timing {
         let secs = sum.replay_time.as_secs_f64().max(1e-9);
         println!(
@@ -1398,5 +1534,50 @@ pub(crate) fn mask_sequence_values(page: &mut Page) {
     let hoff = page[off + T_HOFF] as usize;
     if hoff < len {
         page[off + hoff..off + len].fill(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(block: u32) -> PageKey {
+        PageKey {
+            rel: RelFileLocator {
+                spc_oid: 1663,
+                db_oid: 5,
+                rel_number: 16384,
+            },
+            fork: ForkNumber::MAIN,
+            block,
+        }
+    }
+
+    #[test]
+    fn hand_over_moves_only_decoder_shares_and_keeps_the_minimum() {
+        let hot = [key(0)];
+        let start = Partition::new(3, 128, &hot);
+        assert_eq!(start.decoder_shares(), 128);
+        let mut p = start;
+        let mut steps = 0;
+        while let Some(next) = p.hand_over(3, 8, 8) {
+            for i in 0..256 {
+                // A share that was another thread's stays where it was.
+                if p.of[i] != 0 {
+                    assert_eq!(next.of[i], p.of[i]);
+                }
+            }
+            assert_eq!(next.decoder_shares(), p.decoder_shares() - 8);
+            p = next;
+            steps += 1;
+        }
+        assert_eq!(p.decoder_shares(), 8);
+        assert_eq!(steps, 15);
+        // Both other threads received shares, and hot pages keep their owner.
+        assert!(p.of.iter().any(|o| *o == 1) && p.of.iter().any(|o| *o == 2));
+        let h = key_hash(&hot[0]);
+        assert_eq!(p.owner(&hot[0], h), start.owner(&hot[0], h));
+        // A serial partition has nobody to hand over to.
+        assert!(Partition::serial().hand_over(1, 8, 8).is_none());
     }
 }
