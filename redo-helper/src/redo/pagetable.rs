@@ -99,6 +99,14 @@ impl PageArena {
         self.left = CHUNK_PAGES;
     }
 
+    /// Takes ownership of a mapping made elsewhere (a base file mapped copy-on-write):
+    /// unmapped with the arena, so pages in it stay valid as long as the arena.
+    pub(crate) fn own_mapping(&mut self, p: NonNull<u8>, len: usize) {
+        if len > 0 {
+            self.maps.push((p, len));
+        }
+    }
+
     /// Takes over `other`'s mappings (its pages stay valid).
     pub(crate) fn absorb(&mut self, mut other: PageArena) {
         self.maps.append(&mut other.maps);
@@ -285,6 +293,12 @@ impl PageTable {
 
     pub(crate) fn release(&mut self, page: NonNull<Page>) {
         self.arena.release(page);
+    }
+
+    /// Makes this table's arena the owner of a mapping its pages may point into (see
+    /// [`PageArena::own_mapping`]).
+    pub(crate) fn own_mapping(&mut self, p: NonNull<u8>, len: usize) {
+        self.arena.own_mapping(p, len);
     }
 
     /// Adds `key` (not present) with its page buffer from [`PageTable::new_page`].
