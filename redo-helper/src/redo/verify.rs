@@ -188,6 +188,9 @@ impl std::hash::Hasher for PageKeyHasher {
 
 type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<PageKeyHasher>>;
 
+/// Costs by (rmgr, info & 0xF0): counted for every record, so not with SipHash.
+type TypeCosts = FastMap<(u8, u8), TypeCost>;
+
 /// The replayed pages plus what is known about which pages exist.
 struct PageSet {
     base: BaseFiles,
@@ -435,7 +438,7 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifySummary, VerifyError> {
         read_ahead: true,
         ..Default::default()
     };
-    let mut per_type: HashMap<(u8, u8), TypeCost> = HashMap::new();
+    let mut per_type = TypeCosts::default();
     let t0 = Instant::now();
     let mut reader = WalFileReader::open(&wal_dir, start, ropts)?;
     if opts.workers > 1 {
@@ -634,7 +637,7 @@ fn hot_pages<'r>(records: impl Iterator<Item = &'r DecodedRecord>) -> Vec<PageKe
 struct Replayer<'o> {
     set: PageSet,
     sum: VerifySummary,
-    per_type: HashMap<(u8, u8), TypeCost>,
+    per_type: TypeCosts,
     image: Box<Page>,
     opts: &'o VerifyOptions,
     worker: usize,
@@ -652,7 +655,7 @@ impl<'o> Replayer<'o> {
         Replayer {
             set,
             sum: VerifySummary::default(),
-            per_type: HashMap::new(),
+            per_type: TypeCosts::default(),
             image: Box::new([0u8; BLCKSZ]),
             opts,
             worker,
@@ -738,7 +741,7 @@ impl<'o> Replayer<'o> {
     fn finish(
         self,
         sum: &mut VerifySummary,
-        per_type: &mut HashMap<(u8, u8), TypeCost>,
+        per_type: &mut TypeCosts,
     ) -> PageSet {
         let w = self.sum;
         sum.page_changes += w.page_changes;
@@ -840,13 +843,13 @@ fn replay_parallel(
     reader: &mut WalFileReader,
     base_set: PageSet,
     sum: &mut VerifySummary,
-    per_type: &mut HashMap<(u8, u8), TypeCost>,
+    per_type: &mut TypeCosts,
     opts: &VerifyOptions,
 ) -> Result<PageSet, VerifyError> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc::sync_channel;
-    type WorkerOut = (PageSet, VerifySummary, HashMap<(u8, u8), TypeCost>);
+    type WorkerOut = (PageSet, VerifySummary, TypeCosts);
     let n = opts.workers.clamp(1, 64);
     // The first batches are decoded before the workers start: the hot pages among them
     // are dealt one by one.
@@ -900,7 +903,7 @@ fn replay_parallel(
                             }
                         }
                         let mut sum = VerifySummary::default();
-                        let mut per_type = HashMap::new();
+                        let mut per_type = TypeCosts::default();
                         let set = r.finish(&mut sum, &mut per_type);
                         Ok((set, sum, per_type))
                     })

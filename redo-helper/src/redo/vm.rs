@@ -95,6 +95,9 @@ pub struct VmClear {
 /// the error).
 pub fn implicit_vm_clears(rec: &DecodedRecord) -> Vec<VmClear> {
     let mut out = Vec::new();
+    if !may_clear_vm(rec) {
+        return out;
+    }
     let Some(b0) = rec.block(0) else {
         return out;
     };
@@ -147,6 +150,35 @@ pub fn implicit_vm_clears(rec: &DecodedRecord) -> Vec<VmClear> {
         _ => {}
     }
     out
+}
+
+/// Whether the record's flags byte has a visibility-map-clearing bit: a look at one byte
+/// of the main data, where the record's struct has its flags (xl_heap_insert: offset 2;
+/// xl_heap_delete, xl_heap_update, xl_heap_lock, xl_heap_lock_updated: 7; the multi-insert:
+/// 0). Nearly every heap record clears nothing, and this runs for each of them (the full
+/// parse, only when a bit is set, decides).
+fn may_clear_vm(rec: &DecodedRecord) -> bool {
+    let op = rec.rmgr_info() & XLOG_HEAP_OPMASK;
+    let (at, bits) = match rec.rmid() {
+        RM_HEAP_ID => match op {
+            XLOG_HEAP_INSERT => (2, XLH_INSERT_ALL_VISIBLE_CLEARED),
+            XLOG_HEAP_DELETE => (7, XLH_DELETE_ALL_VISIBLE_CLEARED),
+            XLOG_HEAP_UPDATE | XLOG_HEAP_HOT_UPDATE => (
+                7,
+                XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED | XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED,
+            ),
+            XLOG_HEAP_LOCK => (7, XLH_LOCK_ALL_FROZEN_CLEARED),
+            _ => return false,
+        },
+        RM_HEAP2_ID => match op {
+            XLOG_HEAP2_MULTI_INSERT => (0, XLH_INSERT_ALL_VISIBLE_CLEARED),
+            XLOG_HEAP2_LOCK_UPDATED => (7, XLH_LOCK_ALL_FROZEN_CLEARED),
+            _ => return false,
+        },
+        _ => return false,
+    };
+    // A record too short for its struct: let the full parse decide (it reports nothing).
+    rec.main_data().get(at).is_none_or(|f| f & bits != 0)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub struct MainDataReader<'a> {
 }
 
 impl<'a> MainDataReader<'a> {
+    #[inline]
     pub fn new(data: &'a [u8], lsn: Lsn, rmgr: &'static str, record: &'static str) -> Self {
         MainDataReader {
             data,
@@ -39,6 +40,7 @@ impl<'a> MainDataReader<'a> {
         self.pos
     }
 
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.data.len() - self.pos
     }
@@ -58,17 +60,26 @@ impl<'a> MainDataReader<'a> {
         self.seek(off.min(self.data.len().max(self.pos)))
     }
 
+    // The fixed-size readers are inlined into the record parsers (they run for every
+    // record the redo applies); the error, never taken on valid WAL, is built out of line.
+    #[inline]
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], MainDataError> {
         if self.remaining() < n {
-            return Err(self.error(format!(
-                "need {n} bytes at offset {}, only {} left",
-                self.pos,
-                self.remaining()
-            )));
+            return Err(self.short(n));
         }
         let s = &self.data[self.pos..self.pos + n];
         self.pos += n;
         Ok(s)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn short(&self, n: usize) -> MainDataError {
+        self.error(format!(
+            "need {n} bytes at offset {}, only {} left",
+            self.pos,
+            self.remaining()
+        ))
     }
 
     pub fn rest(&mut self) -> &'a [u8] {
@@ -77,6 +88,7 @@ impl<'a> MainDataReader<'a> {
         s
     }
 
+    #[inline]
     pub fn u8(&mut self) -> Result<u8, MainDataError> {
         Ok(self.bytes(1)?[0])
     }
@@ -85,11 +97,13 @@ impl<'a> MainDataReader<'a> {
         Ok(self.u8()? != 0)
     }
 
+    #[inline]
     pub fn u16(&mut self) -> Result<u16, MainDataError> {
         let b = self.bytes(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
 
+    #[inline]
     pub fn u32(&mut self) -> Result<u32, MainDataError> {
         let b = self.bytes(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
