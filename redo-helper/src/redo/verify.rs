@@ -738,11 +738,7 @@ impl<'o> Replayer<'o> {
     }
 
     /// Adds this thread's counters to `sum` and `per_type`; returns its pages.
-    fn finish(
-        self,
-        sum: &mut VerifySummary,
-        per_type: &mut TypeCosts,
-    ) -> PageSet {
+    fn finish(self, sum: &mut VerifySummary, per_type: &mut TypeCosts) -> PageSet {
         let w = self.sum;
         sum.page_changes += w.page_changes;
         sum.pages_verified += w.pages_verified;

@@ -67,8 +67,43 @@ pub fn record_crc(raw: &[u8]) -> u32 {
     if raw.len() < SIZE_OF_XLOG_RECORD {
         return 0;
     }
-    let crc = crc32c::crc32c(&raw[SIZE_OF_XLOG_RECORD..]);
-    crc32c::crc32c_append(crc, &raw[..XL_CRC_OFFSET])
+    let crc = crc32c_append(0, &raw[SIZE_OF_XLOG_RECORD..]);
+    crc32c_append(crc, &raw[..XL_CRC_OFFSET])
+}
+
+/// Records shorter than this are checksummed by a plain loop of the SSE 4.2 `crc32`
+/// instruction; longer ones by the crc32c crate (three interleaved streams). Most WAL
+/// records are short (pgbench: ~70 bytes on average), where the crate's set-up for the
+/// interleaving costs more than the checksum itself (measured: ~300 instructions per record
+/// against ~30).
+const SHORT_CRC: usize = 256;
+
+/// CRC-32C of `data` appended to `crc` (same contract as `crc32c::crc32c_append`).
+#[inline]
+pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if data.len() < SHORT_CRC && std::arch::is_x86_feature_detected!("sse4.2") {
+        // SAFETY: the CPU has SSE 4.2 (checked just above).
+        return unsafe { crc32c_short_sse42(crc, data) };
+    }
+    crc32c::crc32c_append(crc, data)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+unsafe fn crc32c_short_sse42(crc: u32, data: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u8, _mm_crc32_u64};
+    let mut c = !crc as u64;
+    let mut words = data.chunks_exact(8);
+    for w in &mut words {
+        let v = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        c = _mm_crc32_u64(c, v);
+    }
+    let mut c = c as u32;
+    for b in words.remainder() {
+        c = _mm_crc32_u8(c, *b);
+    }
+    !c
 }
 
 /// A fully decoded WAL record. The raw bytes are kept; block data, images and main data are
@@ -461,6 +496,21 @@ pub(crate) fn decode_body(rec: &mut DecodedRecord) -> Result<(), WalError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The short-record loop and the crate agree, at every length around the switch
+        /// and from any starting CRC.
+        #[test]
+        fn crc32c_append_matches_the_crate(
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            start in proptest::num::u32::ANY,
+        ) {
+            proptest::prop_assert_eq!(
+                crc32c_append(start, &data),
+                crc32c::crc32c_append(start, &data)
+            );
+        }
+    }
 
     /// Builds a raw record from a header and body (CRC filled in).
     pub(crate) fn build_record(rmid: u8, info: u8, xid: u32, prev: Lsn, body: &[u8]) -> Vec<u8> {
