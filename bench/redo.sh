@@ -25,7 +25,7 @@ set -euo pipefail
 
 SCALE=${SCALE:-10}
 SECS=${SECS:-30}
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 WORKERS=${WORKERS:-2}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target-helper}

@@ -461,8 +461,12 @@ pub trait PageLayout {
         let mut finalused = 0u16;
         let mut presorted = true;
         let mut last_off = special;
-        for i in 1..=nline {
-            let id = self.item_id(i)?;
+        // One pass over the line pointer array as a slice (check_pointers bounds it by
+        // pd_lower <= BLCKSZ): this loop runs over every line pointer of every pruned page.
+        let lp_end = SIZE_OF_PAGE_HEADER + nline as usize * ITEM_ID_SIZE;
+        let lps = &mut self.bytes_mut()[SIZE_OF_PAGE_HEADER..lp_end];
+        for (i, lp) in (1u16..).zip(lps.chunks_exact_mut(ITEM_ID_SIZE)) {
+            let id = ItemId(u32::from_le_bytes([lp[0], lp[1], lp[2], lp[3]]));
             if id.is_used() {
                 if id.has_storage() {
                     let off = id.off() as usize;
@@ -489,7 +493,7 @@ pub trait PageLayout {
                 finalused = i;
             } else {
                 // Unused entries should have lp_len = 0; make sure.
-                self.set_item_id(i, ItemId(0))?;
+                lp.fill(0);
                 nunused += 1;
             }
         }
