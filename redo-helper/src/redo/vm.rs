@@ -155,7 +155,7 @@ pub fn implicit_vm_clears(rec: &DecodedRecord) -> Vec<VmClear> {
 /// Whether the record's flags byte has a visibility-map-clearing bit: a look at one byte
 /// of the main data, where the record's struct has its flags (xl_heap_insert: offset 2;
 /// xl_heap_delete, xl_heap_update, xl_heap_lock, xl_heap_lock_updated: 7; the multi-insert:
-/// 0). Nearly every heap record clears nothing, and this runs for each of them (the full
+/// 0). Most heap records clear nothing, and this runs for every one of them (the full
 /// parse, only when a bit is set, decides).
 fn may_clear_vm(rec: &DecodedRecord) -> bool {
     let op = rec.rmgr_info() & XLOG_HEAP_OPMASK;
