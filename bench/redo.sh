@@ -85,6 +85,7 @@ as_postgres cp -a "$WORK/pg/data" "$WORK/pg/crashed"
 # load, a virtual machine's host) does not fall on one side only.
 # PostgreSQL: crash recovery from a fresh copy of the crashed data directory.
 PG_BEST=""
+PG_ALL=""
 pg_run() {
     local r=$1
     rm -rf "$WORK/pg/data"
@@ -101,6 +102,7 @@ pg_run() {
     REDO_START=$(echo "$START_LINE" | sed -n 's/.*redo starts at \([0-9A-F]*\/[0-9A-F]*\).*/\1/p')
     REDO_END=$(echo "$LINE" | sed -n 's/.*redo done at \([0-9A-F]*\/[0-9A-F]*\).*/\1/p')
     echo "  PostgreSQL crash recovery run $r: redo $REDO_START..$REDO_END in $EL s" >&2
+    PG_ALL="$PG_ALL $EL"
     if [ -z "$PG_BEST" ] || awk "BEGIN{exit !($EL < $PG_BEST)}"; then PG_BEST=$EL; fi
 }
 
@@ -108,6 +110,7 @@ pg_run() {
 # copy of its data directory like PostgreSQL (the originals were written minutes ago; the
 # page cache may have dropped them since).
 H_BEST=""
+H_ALL=""
 H_OUT=""
 helper_run() {
     local r=$1
@@ -117,6 +120,7 @@ helper_run() {
     OUT=$("$HELPER" verify --bench --workers "$WORKERS" --data-dir "$WORK/helper-run" --start "$REDO_START")
     SECS_H=$(echo "$OUT" | sed -n 's/^replay: .* in \([0-9.]*\)s:.*/\1/p')
     echo "  helper replay run $r: $SECS_H s" >&2
+    H_ALL="$H_ALL $SECS_H"
     if [ -z "$H_BEST" ] || awk "BEGIN{exit !($SECS_H < $H_BEST)}"; then
         H_BEST=$SECS_H
         H_OUT=$OUT
@@ -138,6 +142,13 @@ awk -v w="$WORKERS" -v r="$RECORDS" -v mb="$MB" -v pg="$PG_BEST" -v h="$H_BEST" 
     printf "%-34s %10.3f %14.0f %10.1f\n", "PostgreSQL 15 crash recovery", pg, r/pg, mb/pg;
     printf "%-34s %10.3f %14.0f %10.1f\n", "redo-helper (Rust redo, " w " workers)", h, r/h, mb/h;
     printf "ratio (PostgreSQL time / helper time): %.2fx\n", pg/h }'
+# This VM's timings vary by +-25% from run to run (both sides): the medians say it too.
+median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+PG_MED=$(echo "$PG_ALL" | median)
+H_MED=$(echo "$H_ALL" | median)
+awk -v pg="$PG_MED" -v h="$H_MED" -v pa="$PG_ALL" -v ha="$H_ALL" 'BEGIN {
+    printf "runs: PostgreSQL%s s; helper%s s\n", pa, ha;
+    printf "ratio of the medians (%.3f s / %.3f s): %.2fx\n", pg, h, pg/h }'
 echo "helper cost per record type (top 5; apply time summed over workers, sampled):"
 echo "$H_OUT" | sed -n '/^replay: /,/^verify: /p' | grep '^  '
 echo "$H_OUT" | grep '^parallel replay: ' || true
