@@ -344,25 +344,14 @@ impl PageTable {
 
     /// Keeps the pages `keep` accepts; the others' buffers are recycled.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&PageKey) -> bool) {
-        let before = self.slots.len();
-        let mut kept = Vec::with_capacity(before);
-        for s in self.slots.drain(..) {
-            if keep(&s.key) {
-                kept.push(s);
-            } else {
-                self.arena.release(s.page);
-            }
-        }
-        self.slots = kept;
-        if self.slots.len() != before {
-            let cap = self.entries.len();
-            self.rebuild(cap);
+        for s in self.take_where(|k| !keep(k)) {
+            self.arena.release(s.page);
         }
     }
 
     /// Removes the pages `take` picks and returns them with their buffers (which stay in
-    /// this table's arena): a hand-over of pages to another table (see
-    /// [`PageTable::adopt`]).
+    /// this table's arena): to hand them over to another table ([`PageTable::adopt`]) or to
+    /// recycle them ([`PageTable::retain`]).
     pub(crate) fn take_where(&mut self, mut take: impl FnMut(&PageKey) -> bool) -> Vec<Slot> {
         let before = self.slots.len();
         let mut kept = Vec::with_capacity(before);

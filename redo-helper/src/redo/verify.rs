@@ -806,7 +806,7 @@ impl Partition {
     /// A partition where thread 0 gave up to `step` of its shares (keeping at least
     /// `keep`) to the other `threads - 1` threads in turn; None when it has no more to give.
     fn hand_over(&self, threads: usize, step: usize, keep: usize) -> Option<Partition> {
-        let own = self.of.iter().filter(|o| **o == 0).count();
+        let own = self.decoder_shares();
         if threads < 2 || own <= keep {
             return None;
         }
@@ -845,7 +845,6 @@ fn replay_parallel(
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc::sync_channel;
-    type WorkerOut = (PageSet, VerifySummary, TypeCosts);
     let n = opts.workers.clamp(1, 64);
     // The first batches are decoded before the workers start: the hot pages among them
     // are dealt one by one.
@@ -866,7 +865,7 @@ fn replay_parallel(
     let mut mine = Replayer::new(base_set, opts, 0, part);
     // Batches each worker was sent and has not finished.
     let inflight: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-    let outs = std::thread::scope(|scope| -> Result<Vec<WorkerOut>, VerifyError> {
+    let workers = std::thread::scope(|scope| -> Result<Vec<Replayer>, VerifyError> {
         let (back_tx, back_rx) = sync_channel::<Vec<DecodedRecord>>(16);
         let mut senders = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
@@ -879,7 +878,7 @@ fn replay_parallel(
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("redo-{w}"))
-                    .spawn_scoped(scope, move || -> Result<WorkerOut, VerifyError> {
+                    .spawn_scoped(scope, move || -> Result<Replayer, VerifyError> {
                         let mut r = Replayer::new(PageSet::new(base), opts, w, part);
                         while let Ok(work) = rx.recv() {
                             if let Some(p) = work.part {
@@ -898,10 +897,7 @@ fn replay_parallel(
                                 let _ = back.try_send(b);
                             }
                         }
-                        let mut sum = VerifySummary::default();
-                        let mut per_type = TypeCosts::default();
-                        let set = r.finish(&mut sum, &mut per_type);
-                        Ok((set, sum, per_type))
+                        Ok(r)
                     })
                     .map_err(|source| VerifyError::Io {
                         path: PathBuf::from("replay worker"),
@@ -914,6 +910,10 @@ fn replay_parallel(
         let mut failed = false;
         let mut result = Ok(());
         let (mut window, mut idle, mut handovers) = (0usize, 0usize, 0u64);
+        let (every, needed) = match opts.hand_over_every {
+            Some(e) => (e.max(1), 0),
+            None => (BALANCE_WINDOW, BALANCE_IDLE),
+        };
         loop {
             let batch = match pending.pop_front() {
                 Some(b) => b,
@@ -941,14 +941,7 @@ fn replay_parallel(
             let mut pages: Vec<Vec<super::pagetable::Slot>> = (1..n).map(|_| Vec::new()).collect();
             let mut new_part = None;
             window += 1;
-            idle += (1..n)
-                .filter(|w| inflight[*w].load(Ordering::Relaxed) == 0)
-                .count()
-                .min(1);
-            let (every, needed) = match opts.hand_over_every {
-                Some(e) => (e.max(1), 0),
-                None => (BALANCE_WINDOW, BALANCE_IDLE),
-            };
+            idle += usize::from((1..n).any(|w| inflight[w].load(Ordering::Relaxed) == 0));
             if window >= every {
                 if idle >= needed
                     && let Some(p) = part.hand_over(n, BALANCE_STEP, MIN_DECODER_SHARES)
@@ -1009,11 +1002,11 @@ fn replay_parallel(
         drop(senders);
         // Every worker is joined before an error is returned (the scope would join them
         // anyway); the first error wins, a worker's before this thread's.
-        let mut outs = Vec::with_capacity(n);
+        let mut workers = Vec::with_capacity(n);
         let mut first_err = None;
         for h in handles {
             match h.join() {
-                Ok(Ok(out)) => outs.push(out),
+                Ok(Ok(r)) => workers.push(r),
                 Ok(Err(e)) => {
                     first_err.get_or_insert(e);
                 }
@@ -1029,22 +1022,11 @@ fn replay_parallel(
             return Err(e);
         }
         result?;
-        Ok(outs)
+        Ok(workers)
     })?;
     let mut merged = mine.finish(sum, per_type);
-    for (set, wsum, wtypes) in outs {
-        sum.page_changes += wsum.page_changes;
-        sum.pages_verified += wsum.pages_verified;
-        sum.mismatches += wsum.mismatches;
-        sum.unsupported_changes += wsum.unsupported_changes;
-        sum.redo_errors += wsum.redo_errors;
-        sum.first_mismatch = sum.first_mismatch.take().or(wsum.first_mismatch);
-        sum.first_unreadable = sum.first_unreadable.take().or(wsum.first_unreadable);
-        sum.first_redo_error = sum.first_redo_error.take().or(wsum.first_redo_error);
-        for (k, c) in wtypes {
-            per_type.entry(k).or_default().time += c.time;
-        }
-        merged.pages.absorb(set.pages);
+    for r in workers {
+        merged.pages.absorb(r.finish(sum, per_type).pages);
     }
     Ok(merged)
 }
