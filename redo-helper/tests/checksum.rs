@@ -7,7 +7,7 @@
 mod common;
 
 use common::PgCluster;
-use redo_helper::redo::page::{Page, PageLayout, checksum_page};
+use redo_helper::{Page, PageLayout, checksum_page};
 use redo_helper::wal::page::BLCKSZ;
 
 /// Pages per 1 GB segment file (`RELSEG_SIZE`).

@@ -9,10 +9,8 @@
 //! - [`apply_to_page`]: the same for any page a record changes, including the VM pages heap
 //!   records clear without referencing them ([`vm::implicit_vm_clears`]) and the last VM
 //!   page an smgr truncation trims. The store's page reconstruction uses it.
-//! - [`pages_changed`]: every page a record changes (block references + implicit pages).
 //! - [`relation_changes`]: creations, truncations and drops (smgr, commit/abort, database
 //!   drop) that change which pages exist.
-//! - [`replay_chain`]: rebuild a page from a starting image and its records.
 //!
 //! Resource managers replayed: XLOG (FPI), Heap, Heap2, Btree, Sequence; Storage and
 //! Transaction records change relations, not pages. Any other record touching a page
@@ -20,15 +18,15 @@
 //! [`RedoErrorKind::Unsupported`]: its page is unreadable until an image arrives.
 
 pub mod btree;
+pub mod compare;
 pub mod heap;
 pub mod heap2;
 pub mod mask;
 pub mod page;
-mod pagetable;
+pub mod pagetable;
 pub mod seq;
 pub mod smgr;
 pub mod tuple;
-pub mod verify;
 pub mod vm;
 pub mod xlog;
 
@@ -231,17 +229,6 @@ pub fn implicit_changes(rec: &DecodedRecord) -> Vec<(PageKey, ImplicitChange)> {
     out
 }
 
-/// Every page `rec` changes: its block references, then the implicit pages.
-pub fn pages_changed(rec: &DecodedRecord) -> Vec<PageKey> {
-    let mut v: Vec<PageKey> = rec.blocks().iter().map(|b| b.page_key()).collect();
-    for (k, _) in implicit_changes(rec) {
-        if !v.contains(&k) {
-            v.push(k);
-        }
-    }
-    v
-}
-
 /// Applies an implicit change. These ignore the page LSN and do not stamp it, as
 /// PostgreSQL's redo does for them.
 pub fn apply_implicit(page: &mut Page, change: ImplicitChange) {
@@ -279,23 +266,6 @@ pub fn apply_to_page(
     } else {
         Err(RedoError::new(rec, *key, RedoErrorKind::NotTouched))
     }
-}
-
-/// Rebuilds a page: starts from `start` (an image, or zeros) and applies `records` (in LSN
-/// order, each changing `key`). Returns the number of records that changed the page.
-pub fn replay_chain<'a>(
-    start: &mut Page,
-    key: &PageKey,
-    records: impl IntoIterator<Item = &'a DecodedRecord>,
-    ctx: &RedoContext,
-) -> Result<u32, RedoError> {
-    let mut applied = 0;
-    for rec in records {
-        if apply_to_page(start, rec, key, ctx)? != BlockOutcome::AlreadyApplied {
-            applied += 1;
-        }
-    }
-    Ok(applied)
 }
 
 /// The redo engine as the store's page reconstruction uses it: the compute's settings.

@@ -12,7 +12,6 @@ use crate::wal::record::DecodedRecord;
 use crate::wal::rmgr::heap::*;
 use crate::wal::rmgr::{RM_HEAP_ID, RM_HEAP2_ID};
 
-pub const VISIBILITYMAP_ALL_VISIBLE: u8 = 0x01;
 pub const VISIBILITYMAP_ALL_FROZEN: u8 = 0x02;
 pub const VISIBILITYMAP_VALID_BITS: u8 = 0x03;
 
@@ -30,12 +29,6 @@ pub fn map_block(heap_blk: u32) -> u32 {
 fn byte_and_shift(heap_blk: u32) -> (usize, u32) {
     let in_page = heap_blk % HEAPBLOCKS_PER_PAGE;
     (MAP_START + (in_page / 4) as usize, (in_page % 4) * 2)
-}
-
-/// The bits of `heap_blk` on its VM page.
-pub fn get(page: &Page, heap_blk: u32) -> u8 {
-    let (byte, shift) = byte_and_shift(heap_blk);
-    (page[byte] >> shift) & VISIBILITYMAP_VALID_BITS
 }
 
 /// `visibilitymap_set` in redo: ORs `flags` in; true when the bits changed (only then does
@@ -184,6 +177,12 @@ fn may_clear_vm(rec: &DecodedRecord) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bits of `heap_blk` on its VM page.
+    fn get(page: &Page, heap_blk: u32) -> u8 {
+        let (byte, shift) = byte_and_shift(heap_blk);
+        (page[byte] >> shift) & VISIBILITYMAP_VALID_BITS
+    }
 
     #[test]
     fn geometry() {

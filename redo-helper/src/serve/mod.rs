@@ -9,8 +9,11 @@
 //! - `POST /imagegen/pause`, `POST /imagegen/resume`;
 //! - `POST /threshold/{spc}/{db}/{rel}?value=N` (no value: back to the default).
 
-use crate::service::HelperState;
+mod metrics;
+pub mod status;
+
 use crate::store::page_store::{PageError, ReadOptions};
+use status::SharedState;
 use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
 use crate::wal::page::Lsn;
 use bytes::Bytes;
@@ -75,7 +78,7 @@ fn parse_page_path(rest: &str) -> Result<PageKey, String> {
     })
 }
 
-async fn get_page(state: Arc<HelperState>, key: PageKey, query: Option<&str>) -> HttpResponse {
+async fn get_page(state: Arc<SharedState>, key: PageKey, query: Option<&str>) -> HttpResponse {
     let lsn = match query_param(query, "lsn")
         .map(|v| v.replace("%2F", "/").replace("%2f", "/").parse::<Lsn>())
     {
@@ -161,7 +164,7 @@ async fn get_page(state: Arc<HelperState>, key: PageKey, query: Option<&str>) ->
     }
 }
 
-fn set_threshold(state: &HelperState, rest: &str, query: Option<&str>) -> HttpResponse {
+fn set_threshold(state: &SharedState, rest: &str, query: Option<&str>) -> HttpResponse {
     let Some(pages) = state.pages.get() else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -199,7 +202,7 @@ fn set_threshold(state: &HelperState, rest: &str, query: Option<&str>) -> HttpRe
 
 async fn handle(
     req: Request<Incoming>,
-    state: Arc<HelperState>,
+    state: Arc<SharedState>,
 ) -> Result<HttpResponse, Infallible> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
@@ -258,7 +261,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<HelperState>) {
+pub async fn serve(listener: TcpListener, state: Arc<SharedState>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,

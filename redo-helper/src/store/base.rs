@@ -2,7 +2,8 @@
 //! own naming (`REL`, `REL_fsm`, `REL_vm`, `REL_init`, `.N` for each 1 GB segment) under
 //! `DATA_DIR/base/SPC/DB/`. A page of block b lives in segment b / RELSEG_SIZE.
 
-use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
+use crate::pgdata::relpath::{RELSEG_SIZE, RelationFileName};
+use crate::wal::block::{PageKey, RelFileLocator};
 use crate::wal::page::BLCKSZ;
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -10,58 +11,6 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-
-/// Blocks per 1 GB relation segment (`RELSEG_SIZE` with 8 KB blocks).
-pub const RELSEG_SIZE: u32 = 131_072;
-
-/// A relation file name: relfilenode, fork and segment number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RelationFileName {
-    pub rel_number: u32,
-    pub fork: ForkNumber,
-    pub segment: u32,
-}
-
-impl RelationFileName {
-    /// Parses `16384`, `16384_vm`, `16384.2`, `16384_fsm.1`; anything else is not relation data.
-    pub fn parse(name: &str) -> Option<RelationFileName> {
-        let (stem, segment) = match name.split_once('.') {
-            Some((s, seg)) if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) => {
-                (s, seg.parse().ok()?)
-            }
-            Some(_) => return None,
-            None => (name, 0),
-        };
-        let (rel, fork) = match stem.split_once('_') {
-            Some((r, f)) if f.bytes().all(|b| b.is_ascii_alphabetic()) => {
-                (r, ForkNumber::parse(f).filter(|f| f.0 != 0)?)
-            }
-            Some(_) => return None,
-            None => (stem, ForkNumber(0)),
-        };
-        if rel.is_empty() || !rel.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        Some(RelationFileName {
-            rel_number: rel.parse().ok()?,
-            fork,
-            segment,
-        })
-    }
-
-    pub fn file_name(&self) -> String {
-        let fork = match self.fork.0 {
-            0 => String::new(),
-            _ => format!("_{}", self.fork.name()),
-        };
-        let seg = if self.segment == 0 {
-            String::new()
-        } else {
-            format!(".{}", self.segment)
-        };
-        format!("{}{fork}{seg}", self.rel_number)
-    }
-}
 
 /// The base file store; cheap to clone (shares the list of directories to fsync).
 #[derive(Clone)]

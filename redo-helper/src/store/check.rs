@@ -13,7 +13,8 @@
 use super::page_store::{PageError, PageStore, ReadOptions, StartSource};
 use crate::redo::mask::PageKind;
 use crate::redo::page::{Page, PageLayout};
-use crate::redo::verify::{compare_masked, mask_sequence_values, read_pg_page};
+use crate::pgdata::read_pg_page;
+use crate::redo::compare::{compare_masked, mask_sequence_values};
 use crate::wal::block::{ForkNumber, PageKey};
 use crate::wal::page::{BLCKSZ, Lsn};
 use std::collections::HashSet;

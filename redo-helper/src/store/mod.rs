@@ -17,18 +17,42 @@
 pub mod archive;
 pub mod base;
 pub mod check;
-pub mod control_file;
 pub mod images;
 pub mod index;
+pub mod ingest;
 pub mod lock;
 pub mod meta;
+pub mod offline;
 pub mod page_store;
 pub mod repair;
+pub mod replay;
 pub mod retention;
+pub mod verify;
 
+use crate::wal::WalError;
+use crate::wal::page::Lsn;
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Opening, ingesting into or catching up a store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    #[error(transparent)]
+    Meta(#[from] meta::MetaError),
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
+    #[error(transparent)]
+    Images(#[from] images::ImageStoreError),
+    #[error(transparent)]
+    Retention(#[from] retention::RetentionError),
+    #[error("WAL decoding failed at {lsn}: {source}")]
+    Decode { lsn: Lsn, source: WalError },
+    #[error("cannot use data directory {dir}: {source}")]
+    DataDir { dir: PathBuf, source: io::Error },
+}
 
 /// fsync a directory, so a created or renamed entry in it is durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -22,12 +22,14 @@
 //! reported, and the command fails, so the operator knows it was not covered.
 
 use super::check::{known_pages, masked_difference};
-use super::control_file::{ControlFile, ControlFileError, DbState};
+use super::StoreError;
 use super::meta::HelperMeta;
+use super::offline::{OfflineStore, WalCatchUp};
 use super::page_store::{PageError, ReadOptions};
+use crate::pgdata::control_file::{ControlFile, ControlFileError, DbState};
+use crate::pgdata::read_pg_page;
+use crate::pgdata::relpath::{RELSEG_SIZE, pg_relation_path};
 use crate::redo::page::{Page, PageLayout, checksum_page};
-use crate::redo::verify::{pg_relation_path, read_pg_page};
-use crate::service::{OfflineStore, ServiceError, WalCatchUp};
 use crate::wal::block::{ForkNumber, PageKey};
 use crate::wal::page::{BLCKSZ, Lsn};
 use std::collections::{BTreeSet, HashMap};
@@ -64,7 +66,7 @@ pub enum RepairError {
     )]
     RedoBeforeHistory { redo: Lsn, start: Lsn },
     #[error("helper data directory: {0}")]
-    Helper(Box<ServiceError>),
+    Helper(Box<StoreError>),
     #[error("writing page {key} into {path}: {source}")]
     Write {
         key: PageKey,
@@ -78,8 +80,8 @@ pub enum RepairError {
     },
 }
 
-impl From<ServiceError> for RepairError {
-    fn from(e: ServiceError) -> RepairError {
+impl From<StoreError> for RepairError {
+    fn from(e: StoreError) -> RepairError {
         RepairError::Helper(Box::new(e))
     }
 }
@@ -88,7 +90,7 @@ impl From<ServiceError> for RepairError {
 pub struct RepairOptions {
     pub data_dir: PathBuf,
     pub pgdata: PathBuf,
-    /// Progress lines on stderr at most this often.
+    /// [`RepairProgress::Pages`] at most this often.
     pub progress_every: Duration,
     /// Check and repair even after a clean shutdown (which cannot leave torn pages).
     pub even_if_clean: bool,
@@ -96,6 +98,29 @@ pub struct RepairOptions {
     /// (faster on a large cluster; a torn hint-bit-only write is then left to PostgreSQL's
     /// checksum verification to report).
     pub changed_only: bool,
+}
+
+/// What [`repair`] reports while it works (the command prints it).
+#[derive(Debug)]
+pub enum RepairProgress<'a> {
+    /// Nothing to do: the cluster was shut down cleanly, with this checkpoint.
+    CleanShutdown { checkpoint: Lsn },
+    /// The WAL taken from `pg_wal` into the helper's archive.
+    WalTaken(&'a WalCatchUp),
+    /// Pages gone through so far, of `total`.
+    Pages {
+        done: usize,
+        total: usize,
+        written: u64,
+        rewritten: u64,
+        elapsed: Duration,
+    },
+    /// Every page gone through; `synced` data files fsynced.
+    Done {
+        total: usize,
+        synced: usize,
+        elapsed: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -208,7 +233,7 @@ impl OpenFiles {
     /// database created after the checkpoint: nothing of it was written, crash recovery
     /// creates it from the WAL).
     fn write(&mut self, pgdata: &Path, key: &PageKey, page: &Page) -> Result<bool, RepairError> {
-        let seg = key.block / super::base::RELSEG_SIZE;
+        let seg = key.block / RELSEG_SIZE;
         let path = pg_relation_path(pgdata, &key.rel, key.fork, seg);
         let err = |path: &Path, source| RepairError::Write {
             key: *key,
@@ -239,7 +264,7 @@ impl OpenFiles {
                 v.insert(f)
             }
         };
-        let off = u64::from(key.block % super::base::RELSEG_SIZE) * BLCKSZ as u64;
+        let off = u64::from(key.block % RELSEG_SIZE) * BLCKSZ as u64;
         f.write_all_at(page, off).map_err(|e| err(&path, e))?;
         Ok(true)
     }
@@ -273,18 +298,19 @@ fn checksum_ok(page: &Page, blkno: u32) -> bool {
 }
 
 /// Runs the repair (see the module documentation).
-pub fn repair(opts: &RepairOptions) -> Result<RepairSummary, RepairError> {
+pub fn repair(
+    opts: &RepairOptions,
+    progress: &mut dyn FnMut(RepairProgress),
+) -> Result<RepairSummary, RepairError> {
     let pgdata = &opts.pgdata;
     ensure_postgres_stopped(pgdata)?;
     let control = ControlFile::read(pgdata)?;
     if control.state == DbState::ShutDown && !opts.even_if_clean {
         // A clean shutdown ends with a checkpoint that wrote and fsynced every page: nothing
         // can be torn, and a start-up hook costs no more than reading pg_control.
-        eprintln!(
-            "redo-helper: {} was shut down cleanly (checkpoint at {}): nothing to repair",
-            pgdata.display(),
-            control.checkpoint
-        );
+        progress(RepairProgress::CleanShutdown {
+            checkpoint: control.checkpoint,
+        });
         return Ok(RepairSummary {
             redo: control.redo,
             data_checksums: control.data_checksum_version != 0,
@@ -293,7 +319,7 @@ pub fn repair(opts: &RepairOptions) -> Result<RepairSummary, RepairError> {
         });
     }
     // Identity first, from helper.json alone: opening the store rebuilds its page index.
-    if let Some(meta) = HelperMeta::load(&opts.data_dir).map_err(ServiceError::from)? {
+    if let Some(meta) = HelperMeta::load(&opts.data_dir).map_err(StoreError::from)? {
         if control.system_identifier != meta.system_identifier {
             return Err(RepairError::WrongCluster {
                 pgdata: pgdata.clone(),
@@ -322,10 +348,7 @@ pub fn repair(opts: &RepairOptions) -> Result<RepairSummary, RepairError> {
         ..Default::default()
     };
     sum.wal = offline.catch_up_from_pg_wal(&pgdata.join("pg_wal"))?;
-    eprintln!(
-        "redo-helper: WAL {}..{}: {} records taken from pg_wal (stopped at: {})",
-        sum.wal.from, sum.wal.end, sum.wal.records, sum.wal.stopped
-    );
+    progress(RepairProgress::WalTaken(&sum.wal));
     let store = &offline.store;
     let (end, keys) = known_pages(store);
     let read_opts = ReadOptions {
@@ -338,12 +361,13 @@ pub fn repair(opts: &RepairOptions) -> Result<RepairSummary, RepairError> {
     let total = keys.len();
     for (i, key) in keys.into_iter().enumerate() {
         if last_progress.elapsed() >= opts.progress_every {
-            eprintln!(
-                "redo-helper: {i}/{total} pages ({} written, {} rewritten) in {:.0}s",
-                sum.changed_written,
-                sum.rewritten_checksum + sum.rewritten_mismatch,
-                started.elapsed().as_secs_f64()
-            );
+            progress(RepairProgress::Pages {
+                done: i,
+                total,
+                written: sum.changed_written,
+                rewritten: sum.rewritten_checksum + sum.rewritten_mismatch,
+                elapsed: started.elapsed(),
+            });
             last_progress = Instant::now();
         }
         if key.fork == ForkNumber::FSM {
@@ -427,32 +451,10 @@ pub fn repair(opts: &RepairOptions) -> Result<RepairSummary, RepairError> {
         }
     }
     let synced = files.sync()?;
-    eprintln!(
-        "redo-helper: {total} pages done in {:.1}s, {synced} data files synced",
-        started.elapsed().as_secs_f64()
-    );
+    progress(RepairProgress::Done {
+        total,
+        synced,
+        elapsed: started.elapsed(),
+    });
     Ok(sum)
-}
-
-/// `redo-helper repair`: prints the problems and the summary line; exit status 1 when a page
-/// changed since the checkpoint could not be rebuilt or an error occurred, 2 when the repair
-/// could not start.
-pub fn run_cli(opts: &RepairOptions) -> std::process::ExitCode {
-    match repair(opts) {
-        Ok(sum) => {
-            for p in &sum.problems {
-                println!("problem: {p}");
-            }
-            println!("{}", sum.line());
-            if sum.ok() {
-                std::process::ExitCode::SUCCESS
-            } else {
-                std::process::ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("redo-helper: repair: {e}");
-            std::process::ExitCode::from(2)
-        }
-    }
 }

@@ -319,7 +319,7 @@ fn marker_key(m: &SavedMarker) -> PageKey {
 /// What one pass did (in /status).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PassStats {
-    pub horizon_lsn: String,
+    pub horizon_lsn: Lsn,
     /// Pages rebuilt and stored as images at the horizon.
     pub pages_rebased: u64,
     /// Pages that already had an image there.
@@ -343,9 +343,7 @@ pub struct PassStats {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RetentionStatus {
     pub retain: String,
-    pub horizon_lsn: String,
-    #[serde(skip)]
-    pub horizon_raw: u64,
+    pub horizon_lsn: Lsn,
     pub archive_segments: u64,
     pub archive_bytes: u64,
     pub image_file_bytes: u64,
@@ -452,8 +450,7 @@ impl Retention {
             s.archive_segments = segs.len() as u64;
             s.archive_bytes = segs.iter().map(|(_, b)| b).sum();
             s.image_file_bytes = image_bytes;
-            s.horizon_lsn = horizon.to_string();
-            s.horizon_raw = horizon.0;
+            s.horizon_lsn = horizon;
         }
     }
 
@@ -529,7 +526,7 @@ impl Retention {
         self.cleanup_pending.store(true, Ordering::SeqCst);
         self.clean_up(horizon, &mut stats)?;
         self.cleanup_pending.store(false, Ordering::SeqCst);
-        stats.horizon_lsn = horizon.to_string();
+        stats.horizon_lsn = horizon;
         stats.duration_ms = started.elapsed().as_millis() as u64;
         stats.finished_unix = unix_now();
         if !moved

@@ -6,7 +6,8 @@
 //! the page store's base directory; everything else in the backup is skipped.
 
 use super::connection::{BackendMessage, ConnectionError, PgConnection, decode_data_row};
-use crate::store::base::{BaseFiles, RelationFileName};
+use crate::pgdata::relpath::RelationFileName;
+use crate::store::base::BaseFiles;
 use crate::wal::page::Lsn;
 use bytes::Bytes;
 use postgres_protocol::message::backend::Message;

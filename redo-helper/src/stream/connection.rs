@@ -185,11 +185,6 @@ impl PgConnection {
         conn.authenticate(info).await?;
         Ok(conn)
     }
-
-    pub fn target(&self) -> &str {
-        &self.target
-    }
-
     fn io(&self, source: io::Error) -> ConnectionError {
         ConnectionError::Io {
             target: self.target.clone(),
@@ -476,11 +471,6 @@ impl PgConnection {
     pub async fn send_copy_data(&mut self, data: &[u8]) -> Result<()> {
         let body = frontend::CopyData::new(Bytes::copy_from_slice(data)).map_err(|e| self.io(e))?;
         body.write(&mut self.wbuf);
-        self.flush().await
-    }
-
-    pub async fn send_copy_done(&mut self) -> Result<()> {
-        frontend::copy_done(&mut self.wbuf);
         self.flush().await
     }
 

@@ -122,6 +122,23 @@ impl fmt::Debug for Lsn {
     }
 }
 
+/// In JSON (/status, helper.json) an LSN is written as PostgreSQL prints a `pg_lsn`
+/// (`%X/%X`, `0/16B3748`):
+/// a u64 can exceed what JSON numbers carry exactly, and this is the form a DBA compares
+/// with `pg_current_wal_lsn()`.
+impl serde::Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.short())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl From<u64> for Lsn {
     fn from(v: u64) -> Self {
         Lsn(v)

@@ -10,7 +10,66 @@ use crate::wal::{
     DecodedRecord, FileReaderOptions, ForkNumber, PageKey, RelFileLocator, WalError, WalFileReader,
 };
 
-/// Options of the waldump command (see `main.rs` for the command line).
+#[derive(clap::Args)]
+pub struct WaldumpArgs {
+    /// Directory holding the WAL segment files (default: the FILE's directory, or pg_wal).
+    #[arg(short = 'p', long)]
+    pub path: Option<PathBuf>,
+    /// Start reading at this LSN (first record at or after it).
+    #[arg(short = 's', long)]
+    pub start: Option<Lsn>,
+    /// Stop reading at this LSN.
+    #[arg(short = 'e', long)]
+    pub end: Option<Lsn>,
+    /// Timeline of the segment files to read.
+    #[arg(short = 't', long)]
+    pub timeline: Option<u32>,
+    /// Show statistics instead of records; `--stats=record` per record type.
+    #[arg(short = 'z', long, num_args = 0..=1, require_equals = true, default_missing_value = "rmgr",
+          value_parser = ["rmgr", "record"])]
+    pub stats: Option<String>,
+    /// Only records referencing this block: SPC/DB/REL[/FORK]/BLK.
+    #[arg(short = 'B', long, value_parser = parse_block_filter)]
+    pub block: Option<PageKey>,
+    /// Stop after this many records.
+    #[arg(short = 'n', long)]
+    pub limit: Option<u64>,
+    /// Segment files (STARTSEG [ENDSEG]); they set the default start, end and timeline.
+    pub files: Vec<PathBuf>,
+}
+
+/// Runs `waldump` on stdout; exit status 1 on a decoding error.
+pub fn main(args: WaldumpArgs) -> std::process::ExitCode {
+    let opts = WaldumpOptions {
+        path: args.path,
+        start: args.start,
+        end: args.end,
+        timeline: args.timeline,
+        stats: args.stats.map(|s| s == "record"),
+        block: args.block,
+        limit: args.limit,
+        files: args.files,
+    };
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    match run(&opts, &mut lock) {
+        Ok(summary) => {
+            if let Some(e) = summary.end_of_wal {
+                match summary.last_lsn {
+                    Some(l) => eprintln!("redo-helper: {e} (last record at {l})"),
+                    None => eprintln!("redo-helper: {e}"),
+                }
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(msg) => {
+            eprintln!("redo-helper: error: {msg}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Options of the waldump command.
 #[derive(Debug, Clone, Default)]
 pub struct WaldumpOptions {
     pub path: Option<PathBuf>,

@@ -1,0 +1,205 @@
+//! What the helper reports about itself: the state of `run`, positions, counters and
+//! latency summaries, shared between the streaming loop (which updates it), the image
+//! workers and the HTTP server (which reads it for /status and /metrics).
+
+use crate::imagegen::{ImageGenerator, histogram};
+use crate::store::page_store::PageStore;
+use crate::store::retention::{Retain, Retention, RetentionStatus};
+use crate::sync::lock;
+use crate::wal::page::Lsn;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// What `redo-helper run` is doing; `state` in /status (snake_case), which the extension's
+/// guard reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Opening the data directory and the API.
+    #[default]
+    Starting,
+    /// Taking the base backup, or decoding WAL up to its end (pages not yet consistent).
+    Bootstrapping,
+    /// Streaming with consistent pages.
+    Streaming,
+    /// The connection ended; retrying with back-off.
+    Reconnecting,
+    /// The archive's disk is full; retrying with back-off.
+    DiskFull,
+    /// Stopped for good on an error a retry cannot fix (see `last_error`).
+    Stopped,
+}
+
+fn as_decimal_string<S: serde::Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+/// A full page image counts as one of these kinds in /status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FpwRange {
+    pub from_lsn: Lsn,
+    pub full_page_writes: bool,
+    pub source: &'static str,
+}
+
+/// What /status and /metrics report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HelperStatus {
+    pub state: RunState,
+    pub server: String,
+    pub slot: String,
+    /// As a string: a u64 exceeds what JSON numbers carry exactly.
+    #[serde(serialize_with = "as_decimal_string")]
+    pub system_identifier: Option<u64>,
+    pub timeline: Option<u32>,
+    pub backup_start_lsn: Option<Lsn>,
+    pub backup_end_lsn: Option<Lsn>,
+    /// Base pages are consistent once WAL up to backup_end_lsn is decoded.
+    pub consistent: bool,
+    pub write_lsn: Option<Lsn>,
+    pub flush_lsn: Option<Lsn>,
+    pub decoded_lsn: Option<Lsn>,
+    pub server_wal_end_lsn: Option<Lsn>,
+    /// Server's end of WAL minus what the helper has fsynced.
+    pub lag_bytes: u64,
+    pub wal_bytes_received: u64,
+    pub records_decoded: u64,
+    pub block_refs_indexed: u64,
+    pub pages_indexed: u64,
+    pub fpi_applicable: u64,
+    pub fpi_consistency_only: u64,
+    pub fpw_modes: Vec<FpwRange>,
+    pub reconnects: u64,
+    pub last_error: Option<String>,
+    pub image_threshold: u32,
+    pub imagegen_paused: bool,
+    pub imagegen_queue_depth: usize,
+    pub images_generated: u64,
+    pub image_failures: u64,
+    pub images_stored: u64,
+    pub image_bytes: u64,
+    pub image_lag_bytes: u64,
+    pub unreadable_pages: u64,
+    /// Flush acknowledgements are held back because image generation is behind.
+    pub backpressure: bool,
+    pub deltas_per_read: Quantiles,
+    pub getpage_latency_us: Quantiles,
+    pub chain_at_image: Quantiles,
+    /// History retention (`--retain`): horizon, disk use, last pass.
+    pub retention: RetentionStatus,
+}
+
+/// Summary of a histogram for /status and /metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Quantiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Quantiles {
+    pub fn of(h: &Histogram<u64>) -> Quantiles {
+        Quantiles {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+        }
+    }
+}
+
+
+#[derive(Clone, Default)]
+pub struct SharedStatus(Arc<Mutex<HelperStatus>>);
+
+impl SharedStatus {
+    pub fn snapshot(&self) -> HelperStatus {
+        lock(&self.0).clone()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut HelperStatus)) {
+        f(&mut lock(&self.0));
+    }
+}
+
+/// The page store and its image generator, once bootstrapped.
+pub struct Pages {
+    pub store: Arc<PageStore>,
+    pub imagegen: Arc<ImageGenerator>,
+    /// None with `--retain all`.
+    pub retention: Option<Arc<Retention>>,
+}
+
+/// Shared by the HTTP server, the ingest loop and the image workers.
+#[derive(Default)]
+pub struct SharedState {
+    pub status: SharedStatus,
+    pub pages: OnceLock<Pages>,
+    /// Deltas replayed per GetPage read.
+    pub deltas_per_read: Mutex<Option<Histogram<u64>>>,
+    /// Time to rebuild a page for GetPage, in microseconds (measured in the helper).
+    pub getpage_latency_us: Mutex<Option<Histogram<u64>>>,
+}
+
+impl SharedState {
+    pub fn record_read(&self, deltas: u32, elapsed: Duration) {
+        if let Ok(mut h) = self.deltas_per_read.lock() {
+            let _ = h
+                .get_or_insert_with(histogram)
+                .record(u64::from(deltas.max(1)));
+        }
+        if let Ok(mut h) = self.getpage_latency_us.lock() {
+            let _ = h
+                .get_or_insert_with(histogram)
+                .record((elapsed.as_micros() as u64).clamp(1, 1_000_000));
+        }
+    }
+
+    /// The status with the image generator's live numbers filled in.
+    pub fn snapshot(&self) -> HelperStatus {
+        let mut s = self.status.snapshot();
+        if let Some(p) = self.pages.get() {
+            let g = &p.imagegen;
+            s.imagegen_paused = g.is_paused();
+            s.imagegen_queue_depth = g.queue_depth();
+            s.backpressure = s.imagegen_queue_depth > g.backpressure_depth;
+            s.images_generated = g
+                .stats
+                .images_generated
+                .load(std::sync::atomic::Ordering::Relaxed);
+            s.image_failures = g.stats.failures.load(std::sync::atomic::Ordering::Relaxed);
+            s.image_lag_bytes = g.image_lag_bytes();
+            if let Ok(h) = g.stats.chain_at_image.lock() {
+                s.chain_at_image = Quantiles::of(&h);
+            }
+            if let Ok(img) = p.store.images.read() {
+                s.images_stored = img.images;
+                s.image_bytes = img.bytes;
+            }
+            if let Ok(idx) = p.store.index.read() {
+                s.unreadable_pages = idx.unreadable_pages;
+            }
+            match &p.retention {
+                Some(r) => s.retention = r.status(),
+                None => {
+                    s.retention.retain = Retain::All.to_string();
+                    s.retention.horizon_lsn = p.store.horizon();
+                }
+            }
+        }
+        if let Ok(Some(h)) = self.deltas_per_read.lock().as_deref() {
+            s.deltas_per_read = Quantiles::of(h);
+        }
+        if let Ok(Some(h)) = self.getpage_latency_us.lock().as_deref() {
+            s.getpage_latency_us = Quantiles::of(h);
+        }
+        s
+    }
+}
+

@@ -1,0 +1,735 @@
+//! Bulk replay of the store's WAL over its base pages, with the Rust redo, page by page:
+//! what `redo-helper verify` runs (and `verify --bench` measures).
+//!
+//! Records are decoded once, on the calling thread, a batch at a time; with several
+//! workers the pages are partitioned among the threads ([`partition`]), so each page's
+//! records are applied by one thread in WAL order and the result equals a serial replay.
+//! Pages come from the base backup's files ([`pages`]) on first use.
+//!
+//! With `check_consistency`, every page a record carries a `wal_consistency_checking` image
+//! for (an image of the page after the record, without BKPIMAGE_APPLY) is compared, masked
+//! with the rmgr's mask, with the replayed page: PostgreSQL's own
+//! `verifyBackupPageConsistency` (`access/transam/xlogrecovery.c`).
+//!
+//! Pages changed by rmgrs the engine does not replay are marked unreadable from that record
+//! on (until an applicable image) and skipped, with the first error kept for the report.
+
+pub mod pages;
+mod partition;
+
+pub(crate) use pages::PageSet;
+use partition::{HOT_SAMPLE, Partition, hot_pages};
+
+use crate::redo::compare::compare_masked;
+use crate::redo::mask::PageKind;
+use crate::redo::page::Page;
+use crate::redo::pagetable::{key_hash, prefetch};
+use crate::redo::{
+    BlockOutcome, RedoContext, RedoError, RedoErrorKind, apply_block, apply_implicit,
+    implicit_changes, relation_changes,
+};
+use crate::store::base::BaseFiles;
+use crate::wal::block::{ForkNumber, PageKey};
+use crate::wal::page::{BLCKSZ, Lsn};
+use crate::wal::reader::WalFileReader;
+use crate::wal::record::DecodedRecord;
+use crate::wal::rmgr::{RmgrId, record_type_name};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How to replay.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    pub ctx: RedoContext,
+    /// Compare every page with the records' consistency images (off for benchmarks).
+    pub check_consistency: bool,
+    /// Collect time per record type.
+    pub timing: bool,
+    /// Replay threads (pages are partitioned among them; records are decoded once on the
+    /// calling thread). 0 or 1: replay on the calling thread.
+    pub workers: usize,
+    /// Hand pages over from the decoding thread every this many batches, whether or not
+    /// the others wait (tests exercise the hand-over with it).
+    pub hand_over_every: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("reading WAL: {0}")]
+    Wal(#[from] crate::wal::WalError),
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Per record type cost (for `--timing`).
+#[derive(Debug, Clone, Default)]
+pub struct TypeCost {
+    pub records: u64,
+    pub bytes: u64,
+    pub time: Duration,
+}
+
+/// What a replay did and found.
+#[derive(Debug, Clone, Default)]
+pub struct ReplaySummary {
+    pub start: Lsn,
+    pub end: Lsn,
+    pub records: u64,
+    pub wal_bytes: u64,
+    /// Page changes applied (block references and implicit pages).
+    pub page_changes: u64,
+    /// Pages compared with a consistency image.
+    pub pages_verified: u64,
+    pub mismatches: u64,
+    /// Pages unreadable at the end of the replay.
+    pub unreadable_pages: u64,
+    /// Records refused on a page (unsupported rmgr), counted per page change.
+    pub unsupported_changes: u64,
+    /// Redo errors on pages (malformed record, page not as expected).
+    pub redo_errors: u64,
+    pub first_mismatch: Option<String>,
+    pub first_unreadable: Option<String>,
+    pub first_redo_error: Option<String>,
+    pub replay_time: Duration,
+    /// Per record type (`Heap/INSERT`): records, bytes and (with `timing`) time.
+    pub per_type: BTreeMap<String, TypeCost>,
+    /// Parallel replay: hand-overs of page shares from the decoding thread, and the shares
+    /// (of 256) it kept.
+    pub hand_overs: u64,
+    pub decoder_shares: Option<usize>,
+}
+
+/// Replays `reader`'s records (from `start` to `end`, which the reader was opened for) over
+/// the base pages in `base`; returns the summary and the replayed pages.
+pub fn replay(
+    reader: &mut WalFileReader,
+    base: BaseFiles,
+    start: Lsn,
+    end: Lsn,
+    opts: &ReplayOptions,
+) -> Result<(ReplaySummary, PageSet), ReplayError> {
+    let mut set = PageSet::new(base);
+    let mut sum = ReplaySummary {
+        start,
+        end,
+        ..Default::default()
+    };
+    let mut per_type = TypeCosts::default();
+    let t0 = Instant::now();
+    if opts.workers > 1 {
+        set = replay_parallel(reader, set, &mut sum, &mut per_type, opts)?;
+    } else {
+        // Records are decoded a batch at a time (buffers reused) so the replay can prefetch
+        // the pages of the records ahead.
+        let mut r = Replayer::new(set, opts, 0, Partition::serial());
+        let mut batch: Vec<DecodedRecord> = Vec::new();
+        loop {
+            let more = fill_batch(reader, &mut batch, SERIAL_BATCH)?;
+            for rec in &batch {
+                sum.records += 1;
+                sum.wal_bytes += rec.total_len() as u64;
+                let c = per_type.entry((rec.rmid(), rec.info() & 0xF0)).or_default();
+                c.records += 1;
+                c.bytes += rec.total_len() as u64;
+            }
+            r.replay_batch(&batch, None)?;
+            if !more {
+                break;
+            }
+        }
+        set = r.finish(&mut sum, &mut per_type);
+    }
+    sum.replay_time = t0.elapsed();
+    for ((rmid, info), c) in per_type {
+        let name = format!("{}/{}", RmgrId(rmid).name(), record_type_name(rmid, info));
+        let e = sum.per_type.entry(name).or_default();
+        e.records += c.records;
+        e.bytes += c.bytes;
+        e.time += c.time;
+    }
+    sum.unreadable_pages = set.unreadable_pages();
+    Ok((sum, set))
+}
+
+/// A fast hasher for page keys: page keys are small and trusted (we build them), so the
+/// DoS-resistant default hasher only costs time on every block reference. The fields are
+/// combined FxHash-style and the result goes through MurmurHash3's 64-bit finaliser: the
+/// hash table takes its bucket index from the low bits and its tag from the top seven,
+/// and both must change with the block number (keys of one relation differ only there).
+#[derive(Default, Clone, Copy)]
+pub struct PageKeyHasher(u64);
+
+impl std::hash::Hasher for PageKeyHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u32(*b as u32);
+        }
+    }
+    #[inline]
+    fn write_u32(&mut self, v: u32) {
+        self.0 = (self.0.rotate_left(5) ^ v as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    #[inline]
+    fn write_u8(&mut self, v: u8) {
+        self.write_u32(v as u32)
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<PageKeyHasher>>;
+
+/// Costs by (rmgr, info & 0xF0): counted for every record, so not with SipHash.
+type TypeCosts = FastMap<(u8, u8), TypeCost>;
+/// The next record; false at the end of the range or of the archive.
+fn next_record(reader: &mut WalFileReader, rec: &mut DecodedRecord) -> Result<bool, ReplayError> {
+    match reader.next_record_into(rec) {
+        Ok(more) => Ok(more),
+        // The archive ends where the helper stopped receiving: stop there.
+        Err(crate::wal::WalError::EndOfWal { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Decodes up to `n` records into `batch`, reusing the records already there (their
+/// buffers) and truncating the rest; false when the WAL range ended.
+fn fill_batch(
+    reader: &mut WalFileReader,
+    batch: &mut Vec<DecodedRecord>,
+    n: usize,
+) -> Result<bool, ReplayError> {
+    let mut i = 0;
+    while i < n {
+        if i == batch.len() {
+            batch.push(DecodedRecord::default());
+        }
+        if !next_record(reader, &mut batch[i])? {
+            batch.truncate(i);
+            return Ok(false);
+        }
+        i += 1;
+    }
+    batch.truncate(i);
+    Ok(true)
+}
+
+/// One record in 8 is timed for the per-type costs. The choice follows the top bits of a
+/// multiplicative hash of the record number: a fixed stride would alias with workloads
+/// whose transactions write a fixed sequence of records (pgbench writes ~8 per transaction).
+fn sampled(i: u64) -> bool {
+    i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 61 == 0
+}
+
+/// Records per message to the replay workers.
+const BATCH: usize = 512;
+/// Records per batch of the serial replay.
+const SERIAL_BATCH: usize = 64;
+/// Prefetch distances, in page references ahead of the one being applied: the hash bucket
+/// first, then (once the bucket is in cache) the page itself.
+const PREFETCH_BUCKET: usize = 12;
+const PREFETCH_PAGE: usize = 6;
+/// How many records ahead the decoded records themselves are prefetched.
+const RECORD_AHEAD: usize = 4;
+/// One replay thread: its pages (those `owner` gives it) and its counters.
+struct Replayer<'o> {
+    set: PageSet,
+    sum: ReplaySummary,
+    per_type: TypeCosts,
+    image: Box<Page>,
+    opts: &'o ReplayOptions,
+    worker: usize,
+    part: Partition,
+    /// Records replayed (for timing samples).
+    seen: u64,
+    /// Page references of the batch being replayed (key, hash), and where each record's
+    /// start: the prefetch schedule.
+    refs: Vec<(PageKey, u64)>,
+    starts: Vec<u32>,
+}
+
+impl<'o> Replayer<'o> {
+    fn new(set: PageSet, opts: &'o ReplayOptions, worker: usize, part: Partition) -> Self {
+        Replayer {
+            set,
+            sum: ReplaySummary::default(),
+            per_type: TypeCosts::default(),
+            image: Box::new([0u8; BLCKSZ]),
+            opts,
+            worker,
+            part,
+            seen: 0,
+            refs: Vec::new(),
+            starts: Vec::new(),
+        }
+    }
+
+    /// Replays `batch` (only the records at `which`, if given), prefetching the hash
+    /// buckets and pages of the records ahead.
+    fn replay_batch(
+        &mut self,
+        batch: &[DecodedRecord],
+        which: Option<&[u32]>,
+    ) -> Result<(), ReplayError> {
+        let count = which.map_or(batch.len(), |w| w.len());
+        let rec_at = |i: usize| match which {
+            Some(w) => &batch[w[i] as usize],
+            None => &batch[i],
+        };
+        self.refs.clear();
+        self.starts.clear();
+        for i in 0..count {
+            // The records were decoded on another core: fetch the block references and the
+            // payload of the records ahead while this one is scanned.
+            if i + RECORD_AHEAD < count {
+                let ahead = rec_at(i + RECORD_AHEAD);
+                prefetch(ahead.blocks().as_ptr() as *const u8);
+                let raw = ahead.raw();
+                prefetch(raw.as_ptr());
+                prefetch(raw.as_ptr().wrapping_add(64));
+                prefetch(ahead.main_data().as_ptr());
+            }
+            self.starts.push(self.refs.len() as u32);
+            for b in rec_at(i).blocks() {
+                let key = b.page_key();
+                let h = key_hash(&key);
+                if self.part.owner(&key, h) == self.worker {
+                    self.refs.push((key, h));
+                }
+            }
+        }
+        let (mut next_bucket, mut next_page) = (0usize, 0usize);
+        for i in 0..count {
+            let rec = rec_at(i);
+            let at = self.starts[i] as usize;
+            let end = (at + PREFETCH_BUCKET).min(self.refs.len());
+            while next_bucket < end {
+                self.set.pages.prefetch_entry(self.refs[next_bucket].1);
+                next_bucket += 1;
+            }
+            let end = (at + PREFETCH_PAGE).min(self.refs.len());
+            while next_page < end {
+                let (key, h) = &self.refs[next_page];
+                self.set.pages.prefetch_page(key, *h);
+                next_page += 1;
+            }
+            self.seen += 1;
+            // Per-type cost is sampled (one record in 8) to keep the clock off the hot path.
+            let tr = (self.opts.timing && sampled(self.seen)).then(Instant::now);
+            replay_record(
+                rec,
+                &mut self.set,
+                &mut self.sum,
+                self.opts,
+                &mut self.image,
+                self.worker,
+                &self.part,
+            )?;
+            if let Some(tr) = tr {
+                self.per_type
+                    .entry((rec.rmid(), rec.info() & 0xF0))
+                    .or_default()
+                    .time += tr.elapsed() * 8;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds this thread's counters to `sum` and `per_type`; returns its pages.
+    fn finish(self, sum: &mut ReplaySummary, per_type: &mut TypeCosts) -> PageSet {
+        let w = self.sum;
+        sum.page_changes += w.page_changes;
+        sum.pages_verified += w.pages_verified;
+        sum.mismatches += w.mismatches;
+        sum.unsupported_changes += w.unsupported_changes;
+        sum.redo_errors += w.redo_errors;
+        sum.first_mismatch = sum.first_mismatch.take().or(w.first_mismatch);
+        sum.first_unreadable = sum.first_unreadable.take().or(w.first_unreadable);
+        sum.first_redo_error = sum.first_redo_error.take().or(w.first_redo_error);
+        for (k, c) in self.per_type {
+            per_type.entry(k).or_default().time += c.time;
+        }
+        self.set
+    }
+}
+
+/// The workers that need `rec`: the owners of its block references and implicit pages;
+/// all of them when it changes which pages exist (drops, truncations).
+fn route(rec: &DecodedRecord, part: &Partition) -> u64 {
+    let mut mask = 0u64;
+    for b in rec.blocks() {
+        let key = b.page_key();
+        mask |= 1 << part.owner(&key, key_hash(&key));
+    }
+    if matches!(
+        rec.rmid(),
+        crate::wal::rmgr::RM_HEAP_ID | crate::wal::rmgr::RM_HEAP2_ID | crate::wal::rmgr::RM_SMGR_ID
+    ) {
+        for (key, _) in implicit_changes(rec) {
+            mask |= 1 << part.owner(&key, key_hash(&key));
+        }
+    }
+    if !relation_changes(rec).is_empty() {
+        mask = u64::MAX;
+    }
+    mask
+}
+
+/// The balance between the decoding thread and the others. The decoding thread starts
+/// with an equal share of the pages, which is right while applying records is costly (at
+/// the start of a range most records load their page from the base backup) and too much
+/// later, when decoding is most of the cost of a record. So whenever the other threads
+/// were found waiting for work in a window of batches, the decoding thread hands some of
+/// its shares over (with their pages, at a batch boundary: no thread waits for another).
+/// Shares only move away from the decoding thread: taking them back would make it wait
+/// for the others to catch up.
+const BALANCE_WINDOW: usize = 8;
+/// Sends, in a window, that found a worker with nothing to do: the signal to hand over.
+const BALANCE_IDLE: usize = 2;
+/// Shares handed over at a time.
+const BALANCE_STEP: usize = 8;
+/// Shares the decoding thread keeps, at least.
+const MIN_DECODER_SHARES: usize = 8;
+
+/// One message to a replay worker: a batch and the positions of the records it needs,
+/// and, when the balance changed, the new partition and the pages handed over to it.
+struct Work {
+    batch: std::sync::Arc<Vec<DecodedRecord>>,
+    which: Vec<u32>,
+    part: Option<Partition>,
+    pages: Vec<crate::redo::pagetable::Slot>,
+}
+
+/// Parallel replay over `opts.workers` threads, this one included: this thread decodes
+/// batches of records, sends each other thread the batch with the positions of the records
+/// it needs, and replays its own share of the pages (smaller and smaller: see
+/// [`BALANCE_WINDOW`]); each thread applies the records' changes to the pages it owns
+/// (relation drops and truncations to its own pages too). Batches come back for reuse once
+/// every thread is done with them. Returns the merged page set.
+fn replay_parallel(
+    reader: &mut WalFileReader,
+    base_set: PageSet,
+    sum: &mut ReplaySummary,
+    per_type: &mut TypeCosts,
+    opts: &ReplayOptions,
+) -> Result<PageSet, ReplayError> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc::sync_channel;
+    let n = opts.workers.clamp(1, 64);
+    // The first batches are decoded before the workers start: the hot pages among them
+    // are dealt one by one.
+    let mut pending = std::collections::VecDeque::new();
+    let mut more = true;
+    let mut decoded = 0;
+    while more && decoded < HOT_SAMPLE {
+        let mut b = Vec::with_capacity(BATCH);
+        more = fill_batch(reader, &mut b, BATCH)?;
+        decoded += b.len();
+        pending.push_back(b);
+    }
+    let hot = hot_pages(pending.iter().flatten());
+    let mut part = Partition::new(n, 256 / n, &hot);
+    let base = base_set.base.clone();
+    // Declared outside the scope: the workers adopt pages whose buffers live in this
+    // thread's arena, and the scope joins them (even on a panic) before it is dropped.
+    let mut mine = Replayer::new(base_set, opts, 0, part);
+    // Batches each worker was sent and has not finished.
+    let inflight: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+    let workers = std::thread::scope(|scope| -> Result<Vec<Replayer>, ReplayError> {
+        let (back_tx, back_rx) = sync_channel::<Vec<DecodedRecord>>(16);
+        let mut senders = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        for w in 1..n {
+            let (tx, rx) = sync_channel::<Work>(8);
+            senders.push(tx);
+            let base = base.clone();
+            let back = back_tx.clone();
+            let inflight = &inflight[w];
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("redo-{w}"))
+                    .spawn_scoped(scope, move || -> Result<Replayer, ReplayError> {
+                        let mut r = Replayer::new(PageSet::new(base), opts, w, part);
+                        while let Ok(work) = rx.recv() {
+                            if let Some(p) = work.part {
+                                r.part = p;
+                            }
+                            if !work.pages.is_empty() {
+                                // SAFETY: the pages' buffers are in the decoding thread's
+                                // arena, which outlives this thread (see `mine`) and absorbs
+                                // this table at the end.
+                                unsafe { r.set.pages.adopt(work.pages) };
+                            }
+                            let res = r.replay_batch(&work.batch, Some(&work.which));
+                            inflight.fetch_sub(1, Ordering::Relaxed);
+                            res?;
+                            if let Some(b) = Arc::into_inner(work.batch) {
+                                let _ = back.try_send(b);
+                            }
+                        }
+                        Ok(r)
+                    })
+                    .map_err(|source| ReplayError::Io {
+                        path: PathBuf::from("replay worker"),
+                        source,
+                    })?,
+            );
+        }
+        drop(back_tx);
+        let mut spare: Option<Vec<DecodedRecord>> = None;
+        let mut failed = false;
+        let mut result = Ok(());
+        let (mut window, mut idle, mut handovers) = (0usize, 0usize, 0u64);
+        let (every, needed) = match opts.hand_over_every {
+            Some(e) => (e.max(1), 0),
+            None => (BALANCE_WINDOW, BALANCE_IDLE),
+        };
+        loop {
+            let batch = match pending.pop_front() {
+                Some(b) => b,
+                None if !more => break,
+                None => {
+                    let mut b = spare
+                        .take()
+                        .or_else(|| back_rx.try_recv().ok())
+                        .unwrap_or_else(|| Vec::with_capacity(BATCH));
+                    match fill_batch(reader, &mut b, BATCH) {
+                        Ok(m) => more = m,
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                    b
+                }
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            // Rebalance at this batch boundary: this thread has applied everything before
+            // it, the workers have not started on it.
+            let mut pages: Vec<Vec<crate::redo::pagetable::Slot>> = (1..n).map(|_| Vec::new()).collect();
+            let mut new_part = None;
+            window += 1;
+            idle += usize::from((1..n).any(|w| inflight[w].load(Ordering::Relaxed) == 0));
+            if window >= every {
+                if idle >= needed
+                    && let Some(p) = part.hand_over(n, BALANCE_STEP, MIN_DECODER_SHARES)
+                {
+                    for slot in mine.set.pages.take_where(|k| p.owner(k, key_hash(k)) != 0) {
+                        let w = p.owner(&slot.key, key_hash(&slot.key));
+                        pages[w - 1].push(slot);
+                    }
+                    part = p;
+                    mine.part = p;
+                    new_part = Some(p);
+                    handovers += 1;
+                }
+                window = 0;
+                idle = 0;
+            }
+            let mut which: Vec<Vec<u32>> = (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
+            for (i, rec) in batch.iter().enumerate() {
+                sum.records += 1;
+                sum.wal_bytes += rec.total_len() as u64;
+                let c = per_type.entry((rec.rmid(), rec.info() & 0xF0)).or_default();
+                c.records += 1;
+                c.bytes += rec.total_len() as u64;
+                let mask = route(rec, &part);
+                for (w, list) in which.iter_mut().enumerate() {
+                    if mask & (1 << w) != 0 {
+                        list.push(i as u32);
+                    }
+                }
+            }
+            let b = Arc::new(batch);
+            let mut lists = which.into_iter();
+            let own = lists.next().unwrap_or_default();
+            for (w, ((tx, list), pages)) in senders.iter().zip(lists).zip(pages).enumerate() {
+                inflight[w + 1].fetch_add(1, Ordering::Relaxed);
+                let work = Work {
+                    batch: b.clone(),
+                    which: list,
+                    part: new_part,
+                    pages,
+                };
+                // A worker that stopped has an error to report at join.
+                if tx.send(work).is_err() {
+                    failed = true;
+                }
+            }
+            if let Err(e) = mine.replay_batch(&b, Some(&own)) {
+                result = Err(e);
+                break;
+            }
+            spare = Arc::into_inner(b);
+            if failed {
+                break;
+            }
+        }
+        sum.hand_overs = handovers;
+        sum.decoder_shares = Some(part.decoder_shares());
+        drop(senders);
+        // Every worker is joined before an error is returned (the scope would join them
+        // anyway); the first error wins, a worker's before this thread's.
+        let mut workers = Vec::with_capacity(n);
+        let mut first_err = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(r)) => workers.push(r),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(ReplayError::Io {
+                        path: PathBuf::from("replay worker"),
+                        source: std::io::Error::other("replay worker panicked"),
+                    });
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        result?;
+        Ok(workers)
+    })?;
+    let mut merged = mine.finish(sum, per_type);
+    for r in workers {
+        merged.pages.absorb(r.finish(sum, per_type).pages);
+    }
+    Ok(merged)
+}
+
+fn describe(rec: &DecodedRecord) -> String {
+    format!(
+        "{} {} at {}",
+        RmgrId(rec.rmid()).name(),
+        record_type_name(rec.rmid(), rec.info()),
+        rec.lsn
+    )
+}
+
+fn replay_record(
+    rec: &DecodedRecord,
+    set: &mut PageSet,
+    sum: &mut ReplaySummary,
+    opts: &ReplayOptions,
+    image: &mut Box<Page>,
+    worker: usize,
+    part: &Partition,
+) -> Result<(), ReplayError> {
+    for block in rec.blocks() {
+        let key = block.page_key();
+        let hash = key_hash(&key);
+        if part.owner(&key, hash) != worker {
+            continue;
+        }
+        // Pages that do not exist are created by WILL_INIT/images, and VM pages by the
+        // VISIBLE record (PostgreSQL reads them with RBM_ZERO_ON_ERROR).
+        let create =
+            block.will_init() || block.has_applicable_image() || key.fork == ForkNumber::VM;
+        let Some(slot) = set.get_or_load(&key, hash, create)? else {
+            continue;
+        };
+        let state = set.pages.slot_mut(slot);
+        if state.unreadable.is_some() && !block.has_applicable_image() && !block.will_init() {
+            continue;
+        }
+        let mut outcome = apply_block(state.page_mut(), rec, block, &opts.ctx);
+        if outcome.as_ref().is_err_and(|e| e.is_unsupported()) && block.will_init() {
+            // A re-initialisation by an rmgr we do not replay leaves the page unknown.
+            outcome = Err(RedoError::new(rec, key, RedoErrorKind::Unsupported));
+        }
+        match outcome {
+            Ok(o) => {
+                sum.page_changes += 1;
+                if o == BlockOutcome::Restored || block.will_init() {
+                    state.unreadable = None;
+                }
+                if let Some(k) = PageKind::of_rmgr(rec.rmid(), key.fork) {
+                    state.kind = Some(k);
+                }
+            }
+            Err(e) if e.is_unsupported() => {
+                sum.unsupported_changes += 1;
+                if state.unreadable.is_none() {
+                    if sum.first_unreadable.is_none() {
+                        sum.first_unreadable = Some(e.to_string());
+                    }
+                    state.unreadable = Some(e.to_string());
+                }
+                state.kind = PageKind::of_rmgr(rec.rmid(), key.fork).or(state.kind);
+                continue;
+            }
+            Err(e) => {
+                sum.redo_errors += 1;
+                if sum.first_redo_error.is_none() {
+                    sum.first_redo_error = Some(e.to_string());
+                }
+                state.unreadable = Some(e.to_string());
+                continue;
+            }
+        }
+        // Consistency image: the page as PostgreSQL had it right after this record.
+        if !opts.check_consistency
+            || !block.has_image()
+            || block.has_applicable_image()
+            || state.unreadable.is_some()
+        {
+            continue;
+        }
+        match rec.restore_block_image(block, image) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                sum.redo_errors += 1;
+                if sum.first_redo_error.is_none() {
+                    sum.first_redo_error = Some(format!("{}: {e}", describe(rec)));
+                }
+                continue;
+            }
+        }
+        let kind = PageKind::of_rmgr(rec.rmid(), key.fork)
+            .unwrap_or_else(|| PageKind::guess(image, key.fork));
+        sum.pages_verified += 1;
+        if let Some(diff) = compare_masked(state.page(), image, kind, key.block) {
+            sum.mismatches += 1;
+            if sum.first_mismatch.is_none() {
+                sum.first_mismatch = Some(format!(
+                    "page {key} after {} (mask {kind:?}): replayed vs consistency image:\n{diff}",
+                    describe(rec)
+                ));
+            }
+        }
+    }
+    for (key, change) in implicit_changes(rec) {
+        let hash = key_hash(&key);
+        if part.owner(&key, hash) != worker {
+            continue;
+        }
+        if let Some(slot) = set.get_or_load(&key, hash, true)? {
+            let state = set.pages.slot_mut(slot);
+            if state.unreadable.is_none() {
+                apply_implicit(state.page_mut(), change);
+                sum.page_changes += 1;
+                state.kind = Some(PageKind::VisibilityMap);
+            }
+        }
+    }
+    for ch in relation_changes(rec) {
+        set.apply_relation_change(&ch);
+    }
+    Ok(())
+}

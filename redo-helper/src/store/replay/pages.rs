@@ -1,0 +1,291 @@
+//! The pages of a bulk replay: a page table filled from the base backup's files on first
+//! use, and what the WAL said about which pages exist (drops, truncations).
+
+use super::{FastMap, ReplayError};
+use crate::redo::page::Page;
+use crate::redo::pagetable::PageTable;
+use crate::redo::smgr::RelationChange;
+use crate::pgdata::relpath::{RELSEG_SIZE, RelationFileName};
+use crate::store::base::BaseFiles;
+use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
+use crate::wal::page::BLCKSZ;
+use std::collections::{HashMap, HashSet};
+use std::ptr::NonNull;
+
+/// The replayed pages plus what is known about which pages exist.
+pub struct PageSet {
+    pub(crate) base: BaseFiles,
+    /// Open base files (None: the file does not exist), so loading a page is one pread.
+    files: BaseFileCache,
+    pub(crate) pages: PageTable,
+    /// Relations dropped in the WAL: their base files are gone.
+    dropped: HashSet<RelFileLocator>,
+    /// Forks truncated in the WAL: base pages at or past the limit are gone.
+    truncated: HashMap<(RelFileLocator, ForkNumber), u32>,
+    dropped_dbs: HashSet<(u32, u32)>,
+}
+
+/// Base files by (relation, fork, segment), mapped copy-on-write on first use.
+///
+/// A page loaded from the base backup is used where it lies in the mapping, copied by the
+/// kernel straight from the page cache when it is loaded. A `pread` into fresh memory costs
+/// more: the kernel zeroes the memory (a page fault per 4 KB), then copies into it, plus
+/// the system call. The base files never change after the bootstrap, which a private
+/// mapping relies on (a file truncated under it would fault on access).
+#[derive(Default)]
+struct BaseFileCache {
+    open: FastMap<(RelFileLocator, ForkNumber, u32), BaseSegment>,
+}
+
+enum BaseSegment {
+    Missing,
+    /// The segment's mapping (owned by the page table's arena) and its length.
+    Mapped(NonNull<u8>, usize),
+    /// Could not be mapped (an empty file, a file system without mmap): read with pread.
+    Unmapped(std::fs::File),
+}
+
+// The mapping belongs to the page table of the thread that made it; the cache moves
+// between threads only together with that table (a worker's page set returned at join).
+unsafe impl Send for BaseSegment {}
+
+impl BaseFileCache {
+    /// The base image of `key`: a pointer into the segment's mapping, or (for a segment
+    /// that could not be mapped) a buffer of `pages` read with pread. None when the backup
+    /// does not have the page.
+    fn load(
+        &mut self,
+        base: &BaseFiles,
+        key: &PageKey,
+        pages: &mut PageTable,
+    ) -> Result<Option<NonNull<Page>>, ReplayError> {
+        use std::os::unix::fs::FileExt;
+        use std::os::unix::io::AsRawFd;
+        let seg = key.block / RELSEG_SIZE;
+        let segment = match self.open.entry((key.rel, key.fork, seg)) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let (path, _) = base.page_location(key);
+                let file = match std::fs::File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        v.insert(BaseSegment::Missing);
+                        return Ok(None);
+                    }
+                    Err(source) => return Err(ReplayError::Io { path, source }),
+                };
+                let len = file
+                    .metadata()
+                    .map_err(|source| ReplayError::Io {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .len() as usize;
+                // SAFETY: a private mapping of a file opened here; the result is checked.
+                let p = if len == 0 {
+                    libc::MAP_FAILED
+                } else {
+                    unsafe {
+                        libc::mmap(
+                            std::ptr::null_mut(),
+                            len,
+                            libc::PROT_READ | libc::PROT_WRITE,
+                            libc::MAP_PRIVATE,
+                            file.as_raw_fd(),
+                            0,
+                        )
+                    }
+                };
+                match NonNull::new(p as *mut u8) {
+                    Some(p) if p.as_ptr() as *mut libc::c_void != libc::MAP_FAILED => {
+                        pages.own_mapping(p, len);
+                        v.insert(BaseSegment::Mapped(p, len))
+                    }
+                    _ => v.insert(BaseSegment::Unmapped(file)),
+                }
+            }
+        };
+        let offset = (key.block % RELSEG_SIZE) as usize * BLCKSZ;
+        match segment {
+            BaseSegment::Missing => Ok(None),
+            BaseSegment::Mapped(p, len) => {
+                if offset + BLCKSZ > *len {
+                    return Ok(None);
+                }
+                // SAFETY: within the mapping (checked above).
+                let page = unsafe { p.as_ptr().add(offset) };
+                // Take the private copy now, with a write fault on a page not mapped yet:
+                // if the first access were a read, the page cache's page would be mapped
+                // read-only and the first write would replace that mapping, which needs a
+                // TLB flush on every CPU running another replay thread (an IPI; costly in
+                // a virtual machine: replay measured ~25% slower). An error (a kernel
+                // before 5.14) only leaves the copy to the first write.
+                // SAFETY: the range lies in a private mapping of ours.
+                unsafe {
+                    libc::madvise(page as *mut libc::c_void, BLCKSZ, libc::MADV_POPULATE_WRITE)
+                };
+                // SAFETY: within the mapping, not null.
+                Ok(Some(unsafe { NonNull::new_unchecked(page) }.cast()))
+            }
+            BaseSegment::Unmapped(f) => {
+                let (mut buf, _) = pages.new_page();
+                // SAFETY: a buffer of the table not given to any slot yet.
+                let page = unsafe { buf.as_mut() };
+                match f.read_exact_at(&mut page[..], offset as u64) {
+                    Ok(()) => Ok(Some(buf)),
+                    Err(e) => {
+                        pages.release(buf);
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                            Ok(None)
+                        } else {
+                            Err(ReplayError::Io {
+                                path: base.page_location(key).0,
+                                source: e,
+                            })
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl PageSet {
+    pub(crate) fn new(base: BaseFiles) -> PageSet {
+        PageSet {
+            base,
+            files: BaseFileCache::default(),
+            pages: PageTable::new(),
+            dropped: HashSet::new(),
+            truncated: HashMap::new(),
+            dropped_dbs: HashSet::new(),
+        }
+    }
+
+    /// Pages unreadable at the end of the replay.
+    pub(crate) fn unreadable_pages(&self) -> u64 {
+        self.pages
+            .slots()
+            .iter()
+            .filter(|p| p.unreadable.is_some())
+            .count() as u64
+    }
+
+    pub(crate) fn base_gone(&self, key: &PageKey) -> bool {
+        base_gone(&self.dropped, &self.dropped_dbs, &self.truncated, key)
+    }
+
+    /// The page's slot, loading the page from the base backup on first use. None when
+    /// the page does not exist (PostgreSQL's redo then skips the block: BLK_NOTFOUND).
+    pub(super) fn get_or_load(
+        &mut self,
+        key: &PageKey,
+        hash: u64,
+        create: bool,
+    ) -> Result<Option<u32>, ReplayError> {
+        if let Some(slot) = self.pages.find(key, hash) {
+            return Ok(Some(slot));
+        }
+        if !self.base_gone(key)
+            && let Some(page) = self.files.load(&self.base, key, &mut self.pages)?
+        {
+            return Ok(Some(self.pages.insert(*key, hash, page)));
+        }
+        if !create {
+            return Ok(None);
+        }
+        let (mut buf, zeroed) = self.pages.new_page();
+        if !zeroed {
+            // SAFETY: a buffer of the table not given to any slot yet.
+            unsafe { buf.as_mut() }.fill(0);
+        }
+        Ok(Some(self.pages.insert(*key, hash, buf)))
+    }
+
+    pub(super) fn apply_relation_change(&mut self, ch: &RelationChange) {
+        match *ch {
+            RelationChange::Create { rel, .. } => {
+                self.dropped.remove(&rel);
+            }
+            RelationChange::Truncate {
+                rel, fork, nblocks, ..
+            } => {
+                self.pages
+                    .retain(|k| !(k.rel == rel && k.fork == fork && k.block >= nblocks));
+                let e = self.truncated.entry((rel, fork)).or_insert(nblocks);
+                *e = (*e).min(nblocks);
+            }
+            RelationChange::Drop { rel } => {
+                self.pages.retain(|k| k.rel != rel);
+                self.dropped.insert(rel);
+            }
+            RelationChange::DropDatabase { db_oid, spc_oids } => {
+                for spc in spc_oids {
+                    self.pages
+                        .retain(|k| !(k.rel.db_oid == db_oid && k.rel.spc_oid == spc));
+                    self.dropped_dbs.insert((spc, db_oid));
+                }
+            }
+        }
+    }
+}
+
+fn base_gone(
+    dropped: &HashSet<RelFileLocator>,
+    dropped_dbs: &HashSet<(u32, u32)>,
+    truncated: &HashMap<(RelFileLocator, ForkNumber), u32>,
+    key: &PageKey,
+) -> bool {
+    (!dropped.is_empty() && dropped.contains(&key.rel))
+        || (!dropped_dbs.is_empty() && dropped_dbs.contains(&(key.rel.spc_oid, key.rel.db_oid)))
+        || (!truncated.is_empty()
+            && truncated
+                .get(&(key.rel, key.fork))
+                .is_some_and(|n| key.block >= *n))
+}
+
+/// Every page of every base file that still exists, as keys.
+pub(crate) fn base_page_keys(set: &PageSet) -> Vec<PageKey> {
+    let mut keys = Vec::new();
+    let root = set.base.root().to_path_buf();
+    let Ok(spcs) = std::fs::read_dir(&root) else {
+        return keys;
+    };
+    for spc in spcs.flatten() {
+        let Ok(spc_oid) = spc.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(dbs) = std::fs::read_dir(spc.path()) else {
+            continue;
+        };
+        for db in dbs.flatten() {
+            let Ok(db_oid) = db.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(files) = std::fs::read_dir(db.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let Some(name) = RelationFileName::parse(&f.file_name().to_string_lossy()) else {
+                    continue;
+                };
+                let Ok(md) = f.metadata() else { continue };
+                let nblocks = (md.len() / BLCKSZ as u64) as u32;
+                let rel = RelFileLocator {
+                    spc_oid,
+                    db_oid,
+                    rel_number: name.rel_number,
+                };
+                for b in 0..nblocks {
+                    keys.push(PageKey {
+                        rel,
+                        fork: name.fork,
+                        block: name.segment * RELSEG_SIZE + b,
+                    });
+                }
+            }
+        }
+    }
+    keys
+}
+

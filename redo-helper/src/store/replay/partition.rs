@@ -1,0 +1,178 @@
+//! Which replay thread owns which pages, and how the decoding thread hands pages over.
+
+use super::FastMap;
+use crate::redo::pagetable::key_hash;
+use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
+use crate::wal::record::DecodedRecord;
+
+/// Which replay thread owns which pages. A page's key hash picks one of 256 shares and
+/// the shares are dealt to the threads, so each page's records are applied by one thread,
+/// in WAL order — the result equals a serial replay. Thread 0 is the one that also decodes
+/// the WAL, so it gets a smaller part of the pages. Pages that take a large part of the
+/// references (found by sampling the start of the range: pgbench's branches and tellers
+/// pages take a third of the records) are dealt one by one, so that they do not end up on
+/// the same thread by chance.
+#[derive(Clone, Copy)]
+pub(super) struct Partition {
+    of: [u8; 256],
+    /// Shares that hold a hot page.
+    has_hot: [bool; 256],
+    hot: [(PageKey, u8); MAX_HOT],
+    nhot: usize,
+}
+
+/// Hot pages dealt individually, at most.
+const MAX_HOT: usize = 8;
+
+#[inline]
+fn share(hash: u64) -> usize {
+    (hash >> 56) as usize
+}
+
+impl Partition {
+    pub(super) fn serial() -> Partition {
+        Partition {
+            of: [0; 256],
+            has_hot: [false; 256],
+            hot: [(NO_PAGE, 0); MAX_HOT],
+            nhot: 0,
+        }
+    }
+
+    /// `threads` threads (at most 64), thread 0 getting `first` shares of 256 and the
+    /// others the rest in equal parts; the `hot` pages are dealt in turn, starting with
+    /// thread 1.
+    pub(super) fn new(threads: usize, first: usize, hot: &[PageKey]) -> Partition {
+        let mut p = Partition::serial();
+        if threads > 1 {
+            let first = first.min(256);
+            let rest = (256 - first).max(1);
+            for (i, o) in p.of.iter_mut().enumerate().skip(first) {
+                *o = (1 + (i - first) * (threads - 1) / rest) as u8;
+            }
+            for (i, key) in hot.iter().take(MAX_HOT).enumerate() {
+                p.hot[i] = (*key, ((i + 1) % threads) as u8);
+                p.has_hot[share(key_hash(key))] = true;
+                p.nhot = i + 1;
+            }
+        }
+        p
+    }
+
+    #[inline]
+    pub(super) fn owner(&self, key: &PageKey, hash: u64) -> usize {
+        let s = share(hash);
+        if self.has_hot[s]
+            && let Some((_, t)) = self.hot[..self.nhot].iter().find(|(k, _)| k == key)
+        {
+            return *t as usize;
+        }
+        self.of[s] as usize
+    }
+}
+
+const NO_PAGE: PageKey = PageKey {
+    rel: RelFileLocator {
+        spc_oid: 0,
+        db_oid: 0,
+        rel_number: 0,
+    },
+    fork: ForkNumber::MAIN,
+    block: 0,
+};
+
+/// Records sampled at the start of the range to find hot pages.
+pub(super) const HOT_SAMPLE: usize = 8_192;
+
+/// The pages that take at least 2% of the block references of `records` (the first
+/// records of the range), hottest first.
+pub(super) fn hot_pages<'r>(records: impl Iterator<Item = &'r DecodedRecord>) -> Vec<PageKey> {
+    let mut counts: FastMap<PageKey, u32> = FastMap::default();
+    let mut total = 0u64;
+    for rec in records {
+        for b in rec.blocks() {
+            *counts.entry(b.page_key()).or_default() += 1;
+            total += 1;
+        }
+    }
+    let mut hot: Vec<(u32, PageKey)> = counts
+        .into_iter()
+        .filter(|(_, c)| *c as u64 * 50 >= total)
+        .map(|(k, c)| (c, k))
+        .collect();
+    hot.sort_by(|a, b| b.cmp(a));
+    hot.into_iter().take(MAX_HOT).map(|(_, k)| k).collect()
+}
+
+impl Partition {
+    /// A partition where thread 0 gave up to `step` of its shares (keeping at least
+    /// `keep`) to the other `threads - 1` threads in turn; None when it has no more to give.
+    pub(super) fn hand_over(&self, threads: usize, step: usize, keep: usize) -> Option<Partition> {
+        let own = self.decoder_shares();
+        if threads < 2 || own <= keep {
+            return None;
+        }
+        let mut p = *self;
+        let mut given = 0;
+        for (i, o) in p.of.iter_mut().enumerate().rev() {
+            if given == step.min(own - keep) {
+                break;
+            }
+            if *o == 0 {
+                *o = (1 + i % (threads - 1)) as u8;
+                given += 1;
+            }
+        }
+        Some(p)
+    }
+
+    pub(super) fn decoder_shares(&self) -> usize {
+        self.of.iter().filter(|o| **o == 0).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(block: u32) -> PageKey {
+        PageKey {
+            rel: RelFileLocator {
+                spc_oid: 1663,
+                db_oid: 5,
+                rel_number: 16384,
+            },
+            fork: ForkNumber::MAIN,
+            block,
+        }
+    }
+
+    #[test]
+    fn hand_over_moves_only_decoder_shares_and_keeps_the_minimum() {
+        let hot = [key(0)];
+        let start = Partition::new(3, 128, &hot);
+        assert_eq!(start.decoder_shares(), 128);
+        let mut p = start;
+        let mut steps = 0;
+        while let Some(next) = p.hand_over(3, 8, 8) {
+            for i in 0..256 {
+                // A share that was another thread's stays where it was.
+                if p.of[i] != 0 {
+                    assert_eq!(next.of[i], p.of[i]);
+                }
+            }
+            assert_eq!(next.decoder_shares(), p.decoder_shares() - 8);
+            p = next;
+            steps += 1;
+        }
+        assert_eq!(p.decoder_shares(), 8);
+        assert_eq!(steps, 15);
+        // Both other threads received shares, and hot pages keep their owner.
+        assert!(p.of.iter().any(|o| *o == 1) && p.of.iter().any(|o| *o == 2));
+        let h = key_hash(&hot[0]);
+        assert_eq!(p.owner(&hot[0], h), start.owner(&hot[0], h));
+        // A serial partition has nobody to hand over to.
+        assert!(Partition::serial().hand_over(1, 8, 8).is_none());
+    }
+}
+
