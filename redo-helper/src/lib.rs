@@ -30,3 +30,98 @@ pub mod wal;
 pub use pgdata::control_file::ControlFile;
 pub use redo::page::{Page, PageLayout, checksum_page};
 pub use stream::conninfo::ConnInfo;
+
+/// The layering above, checked on the source: every `crate::m` path in a module names a
+/// module of a lower layer (or `sync`, usable by all).
+#[cfg(test)]
+mod layers {
+    use std::path::Path;
+
+    /// The layer of each top-level module; a module may use modules of lower layers only.
+    /// `serve` sits above `imagegen` (it pauses and reports it); `stream` and `imagegen`
+    /// share a layer and do not use each other.
+    const LAYERS: [(&str, u32); 10] = [
+        ("sync", 0),
+        ("wal", 1),
+        ("pgdata", 2),
+        ("redo", 3),
+        ("store", 4),
+        ("imagegen", 5),
+        ("stream", 5),
+        ("serve", 6),
+        ("cmd", 7),
+        ("main", 8),
+    ];
+
+    fn layer(module: &str) -> Option<u32> {
+        LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
+    }
+
+    /// `crate::x` paths in `code` (comments removed), as module names.
+    fn crate_paths(code: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for line in code.lines() {
+            let line = line.split("//").next().unwrap_or("");
+            let mut rest = line;
+            while let Some(i) = rest.find("crate::") {
+                let after = &rest[i + "crate::".len()..];
+                let name: String = after
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                out.push(name);
+                rest = after;
+            }
+        }
+        out
+    }
+
+    fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("read src").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    #[test]
+    fn modules_import_only_from_lower_layers() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut all = Vec::new();
+        files(&src, &mut all);
+        let mut violations = Vec::new();
+        for path in &all {
+            let rel = path.strip_prefix(&src).expect("under src");
+            let first = rel.components().next().expect("a component");
+            let module = first.as_os_str().to_string_lossy();
+            let module = module.trim_end_matches(".rs");
+            if module == "lib" {
+                continue;
+            }
+            let Some(own) = layer(module) else {
+                violations.push(format!("{}: module {module} has no layer", rel.display()));
+                continue;
+            };
+            let code = std::fs::read_to_string(path).expect("read file");
+            for used in crate_paths(&code) {
+                match layer(&used) {
+                    Some(l) if l < own || used == module => {}
+                    _ => violations.push(format!("{}: {module} uses crate::{used}", rel.display())),
+                }
+            }
+        }
+        assert!(violations.is_empty(), "{}", violations.join("\n"));
+    }
+
+    #[test]
+    fn the_check_sees_an_upward_import() {
+        assert_eq!(
+            crate_paths("use crate::cmd::run; // crate::wal"),
+            vec!["cmd"]
+        );
+        assert!(layer("cmd") > layer("store"));
+    }
+}

@@ -11,12 +11,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{
-    LockResult, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard,
+    LockResult, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
 
 static POISON_REPORTED: AtomicBool = AtomicBool::new(false);
 
-fn recover<G>(r: LockResult<G>) -> G {
+/// The guard of a lock result (a `Condvar` wait gives one too), poisoned or not.
+pub(crate) fn recover<G>(r: LockResult<G>) -> G {
     r.unwrap_or_else(|e: PoisonError<G>| {
         if !POISON_REPORTED.swap(true, Ordering::Relaxed) {
             log::error!(
@@ -35,4 +36,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Read-locks `l` (see the module documentation for poisoning).
 pub(crate) fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     recover(l.read())
+}
+
+/// Write-locks `l` (see the module documentation for poisoning).
+pub(crate) fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    recover(l.write())
 }

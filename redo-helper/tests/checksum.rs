@@ -7,8 +7,8 @@
 mod common;
 
 use common::PgCluster;
-use redo_helper::{Page, PageLayout, checksum_page};
 use redo_helper::wal::page::BLCKSZ;
+use redo_helper::{Page, PageLayout, checksum_page};
 
 /// Pages per 1 GB segment file (`RELSEG_SIZE`).
 const RELSEG_SIZE: u32 = 131_072;

@@ -11,10 +11,10 @@ use crate::store::base::BaseFiles;
 use crate::store::ingest::{Ingest, rebuild};
 use crate::store::lock::DataDirLock;
 use crate::store::meta::HelperMeta;
-use crate::store::page_store::PageStore;
 use crate::store::offline::{
     archive_dir, load_retention, note_generated_images, open_archive, open_store,
 };
+use crate::store::page_store::PageStore;
 use crate::store::retention::{Retain, Retention};
 use crate::stream::base_backup::{BaseBackupError, run_base_backup};
 use crate::stream::connection::{ConnectionError, PgConnection};
@@ -474,7 +474,10 @@ pub async fn run_with_state(opts: RunOptions, state: Arc<SharedState>) -> Result
     })?;
     note_generated_images(&store);
     let _workers = imagegen.spawn_workers(opts.imagegen_workers);
-    let mut ingest = Indexer { ingest, imagegen: Arc::clone(&imagegen) };
+    let mut ingest = Indexer {
+        ingest,
+        imagegen: Arc::clone(&imagegen),
+    };
     let retention = match opts.retain {
         Retain::All => None,
         policy => {
@@ -513,7 +516,8 @@ pub async fn run_with_state(opts: RunOptions, state: Arc<SharedState>) -> Result
         let err = stream_once(&opts, &meta, &mut archive, &mut ingest, &status)
             .await
             .err();
-        let disk_full = matches!(&err, Some(ServiceError::Store(StoreError::Archive(a))) if a.is_disk_full());
+        let disk_full =
+            matches!(&err, Some(ServiceError::Store(StoreError::Archive(a))) if a.is_disk_full());
         let message = err.as_ref().map(|e| e.to_string());
         if let Some(e) = err {
             if !e.is_transient() {
@@ -544,10 +548,9 @@ pub async fn run_with_state(opts: RunOptions, state: Arc<SharedState>) -> Result
     }
 }
 
-
 /// Puts the index's numbers into the status.
 fn publish(ingest: &Ingest, status: &SharedStatus) {
-    let idx = ingest.store.index.read().unwrap_or_else(|e| e.into_inner());
+    let idx = read(&ingest.store.index);
     let idx = &*idx;
     status.update(|s| {
         s.records_decoded = idx.records;
@@ -684,9 +687,7 @@ pub fn main(args: RunArgs) -> ExitCode {
         backpressure_depth: args.backpressure_queue,
         cache_pages: args.page_cache_pages,
         retain: args.retain,
-        retention_interval: std::time::Duration::from_millis(
-            args.retention_interval_ms.max(100),
-        ),
+        retention_interval: std::time::Duration::from_millis(args.retention_interval_ms.max(100)),
         image_file_entries: args.image_file_entries,
     })
 }
@@ -737,4 +738,3 @@ fn run_service(opts: RunOptions) -> ExitCode {
         }
     }
 }
-

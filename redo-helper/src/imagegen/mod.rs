@@ -4,6 +4,7 @@
 //! is per page, driven by its own change rate, not by checkpoints. Longest chains go first.
 
 use crate::store::page_store::PageStore;
+use crate::sync::{lock, read, recover, write};
 use crate::wal::block::{PageKey, RelFileLocator};
 use hdrhistogram::Histogram;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -32,28 +33,26 @@ impl ThresholdPolicy {
     }
 
     pub fn threshold(&self, rel: &RelFileLocator) -> u32 {
-        self.overrides
-            .read()
-            .ok()
-            .and_then(|o| o.get(rel).copied())
+        read(&self.overrides)
+            .get(rel)
+            .copied()
             .unwrap_or_else(|| self.default.load(Ordering::Relaxed))
     }
 
     /// Sets (Some) or removes (None) a relation's own threshold.
     pub fn set_override(&self, rel: RelFileLocator, threshold: Option<u32>) {
-        if let Ok(mut o) = self.overrides.write() {
-            match threshold {
-                Some(t) => o.insert(rel, t),
-                None => o.remove(&rel),
-            };
-        }
+        let mut o = write(&self.overrides);
+        match threshold {
+            Some(t) => o.insert(rel, t),
+            None => o.remove(&rel),
+        };
     }
 
     pub fn overrides(&self) -> Vec<(RelFileLocator, u32)> {
-        self.overrides
-            .read()
-            .map(|o| o.iter().map(|(k, v)| (*k, *v)).collect())
-            .unwrap_or_default()
+        read(&self.overrides)
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
     }
 }
 
@@ -118,16 +117,15 @@ impl ImageGenerator {
         if unreadable || deltas_since_image <= self.policy.threshold(&key.rel) {
             return;
         }
-        if let Ok(mut q) = self.queue.lock() {
-            if q.queued.insert(*key) {
-                q.heap.push((deltas_since_image, *key));
-                self.wake.notify_one();
-            }
+        let mut q = lock(&self.queue);
+        if q.queued.insert(*key) {
+            q.heap.push((deltas_since_image, *key));
+            self.wake.notify_one();
         }
     }
 
     pub fn queue_depth(&self) -> usize {
-        self.queue.lock().map(|q| q.queued.len()).unwrap_or(0)
+        lock(&self.queue).queued.len()
     }
 
     pub fn backpressure(&self) -> bool {
@@ -150,7 +148,7 @@ impl ImageGenerator {
     }
 
     fn next_job(&self) -> Option<PageKey> {
-        let mut q = self.queue.lock().ok()?;
+        let mut q = lock(&self.queue);
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return None;
@@ -161,18 +159,14 @@ impl ImageGenerator {
                     return Some(key);
                 }
             }
-            q = self
-                .wake
-                .wait_timeout(q, Duration::from_millis(200))
-                .ok()?
-                .0;
+            q = recover(self.wake.wait_timeout(q, Duration::from_millis(200))).0;
         }
     }
 
     /// Rebuilds one page at its newest change and stores the image.
     fn generate(&self, key: &PageKey) {
         let newest = {
-            let idx = self.store.index.read().unwrap_or_else(|e| e.into_inner());
+            let idx = read(&self.store.index);
             match idx.page(key) {
                 Some(h) if h.unreadable_from.is_none() => h.changes.last().map(|c| c.lsn),
                 _ => None,
@@ -181,20 +175,16 @@ impl ImageGenerator {
         let Some(lsn) = newest else { return };
         match self.store.reconstruct(key, Some(lsn)) {
             Ok(r) => {
-                let stored = self.store.images.write().map_err(|_| ()).and_then(|mut s| {
-                    s.put(key, lsn, &r.page)
-                        .map_err(|e| log::error!("storing image of {key} at {lsn}: {e}"))
-                });
+                let stored = write(&self.store.images)
+                    .put(key, lsn, &r.page)
+                    .map_err(|e| log::error!("storing image of {key} at {lsn}: {e}"));
                 if stored.is_ok() {
-                    if let Ok(mut idx) = self.store.index.write() {
-                        if let Some(h) = idx.page_mut(key) {
-                            h.note_generated_image(lsn);
-                        }
+                    if let Some(h) = write(&self.store.index).page_mut(key) {
+                        h.note_generated_image(lsn);
                     }
                     self.stats.images_generated.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut h) = self.stats.chain_at_image.lock() {
-                        let _ = h.record(u64::from(r.deltas_replayed.max(1)));
-                    }
+                    let _ = lock(&self.stats.chain_at_image)
+                        .record(u64::from(r.deltas_replayed.max(1)));
                 }
             }
             // The page's newest change went behind the retention horizon while it waited:
@@ -222,9 +212,7 @@ impl ImageGenerator {
                         while let Some(key) = me.next_job() {
                             me.generate(&key);
                             if last_sync.elapsed() >= IMAGE_SYNC_INTERVAL {
-                                if let Ok(s) = me.store.images.read() {
-                                    let _ = s.sync();
-                                }
+                                let _ = read(&me.store.images).sync();
                                 last_sync = std::time::Instant::now();
                             }
                         }
@@ -237,12 +225,8 @@ impl ImageGenerator {
     /// Image lag: over pages waiting for an image, the largest distance between their newest
     /// delta and their newest image (or chain start).
     pub fn image_lag_bytes(&self) -> u64 {
-        let keys: Vec<PageKey> = self
-            .queue
-            .lock()
-            .map(|q| q.queued.iter().copied().collect())
-            .unwrap_or_default();
-        let idx = self.store.index.read().unwrap_or_else(|e| e.into_inner());
+        let keys: Vec<PageKey> = lock(&self.queue).queued.iter().copied().collect();
+        let idx = read(&self.store.index);
         keys.iter()
             .filter_map(|k| {
                 let h = idx.page(k)?;

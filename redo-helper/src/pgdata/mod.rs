@@ -30,4 +30,3 @@ pub fn read_pg_page(pgdata: &Path, key: &PageKey) -> std::io::Result<Option<Box<
         Err(e) => Err(e),
     }
 }
-

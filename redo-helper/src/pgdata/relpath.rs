@@ -90,4 +90,3 @@ pub fn pg_relation_path(
         }
     }
 }
-

@@ -184,4 +184,3 @@ pub(crate) fn mask_sequence_values(page: &mut Page) {
         page[off + hoff..off + len].fill(0);
     }
 }
-

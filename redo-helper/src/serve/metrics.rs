@@ -209,4 +209,3 @@ impl HelperStatus {
         out
     }
 }
-

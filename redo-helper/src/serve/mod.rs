@@ -13,7 +13,6 @@ mod metrics;
 pub mod status;
 
 use crate::store::page_store::{PageError, ReadOptions};
-use status::SharedState;
 use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
 use crate::wal::page::Lsn;
 use bytes::Bytes;
@@ -23,6 +22,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use status::SharedState;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 use crate::imagegen::{ImageGenerator, histogram};
 use crate::store::page_store::PageStore;
 use crate::store::retention::{Retain, Retention, RetentionStatus};
-use crate::sync::lock;
+use crate::sync::{lock, read};
 use crate::wal::page::Lsn;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -114,7 +114,6 @@ impl Quantiles {
     }
 }
 
-
 #[derive(Clone, Default)]
 pub struct SharedStatus(Arc<Mutex<HelperStatus>>);
 
@@ -149,16 +148,12 @@ pub struct SharedState {
 
 impl SharedState {
     pub fn record_read(&self, deltas: u32, elapsed: Duration) {
-        if let Ok(mut h) = self.deltas_per_read.lock() {
-            let _ = h
-                .get_or_insert_with(histogram)
-                .record(u64::from(deltas.max(1)));
-        }
-        if let Ok(mut h) = self.getpage_latency_us.lock() {
-            let _ = h
-                .get_or_insert_with(histogram)
-                .record((elapsed.as_micros() as u64).clamp(1, 1_000_000));
-        }
+        let _ = lock(&self.deltas_per_read)
+            .get_or_insert_with(histogram)
+            .record(u64::from(deltas.max(1)));
+        let _ = lock(&self.getpage_latency_us)
+            .get_or_insert_with(histogram)
+            .record((elapsed.as_micros() as u64).clamp(1, 1_000_000));
     }
 
     /// The status with the image generator's live numbers filled in.
@@ -175,16 +170,13 @@ impl SharedState {
                 .load(std::sync::atomic::Ordering::Relaxed);
             s.image_failures = g.stats.failures.load(std::sync::atomic::Ordering::Relaxed);
             s.image_lag_bytes = g.image_lag_bytes();
-            if let Ok(h) = g.stats.chain_at_image.lock() {
-                s.chain_at_image = Quantiles::of(&h);
-            }
-            if let Ok(img) = p.store.images.read() {
+            s.chain_at_image = Quantiles::of(&lock(&g.stats.chain_at_image));
+            {
+                let img = read(&p.store.images);
                 s.images_stored = img.images;
                 s.image_bytes = img.bytes;
             }
-            if let Ok(idx) = p.store.index.read() {
-                s.unreadable_pages = idx.unreadable_pages;
-            }
+            s.unreadable_pages = read(&p.store.index).unreadable_pages;
             match &p.retention {
                 Some(r) => s.retention = r.status(),
                 None => {
@@ -193,13 +185,12 @@ impl SharedState {
                 }
             }
         }
-        if let Ok(Some(h)) = self.deltas_per_read.lock().as_deref() {
+        if let Some(h) = lock(&self.deltas_per_read).as_ref() {
             s.deltas_per_read = Quantiles::of(h);
         }
-        if let Ok(Some(h)) = self.getpage_latency_us.lock().as_deref() {
+        if let Some(h) = lock(&self.getpage_latency_us).as_ref() {
             s.getpage_latency_us = Quantiles::of(h);
         }
         s
     }
 }
-

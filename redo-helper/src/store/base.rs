@@ -3,6 +3,7 @@
 //! `DATA_DIR/base/SPC/DB/`. A page of block b lives in segment b / RELSEG_SIZE.
 
 use crate::pgdata::relpath::{RELSEG_SIZE, RelationFileName};
+use crate::sync::lock;
 use crate::wal::block::{PageKey, RelFileLocator};
 use crate::wal::page::BLCKSZ;
 use std::collections::BTreeSet;
@@ -120,7 +121,8 @@ impl BaseFiles {
         let n = io::copy(src, &mut f)?;
         f.flush()?;
         f.sync_all()?;
-        if let Ok(mut dirs) = self.dirs.lock() {
+        {
+            let mut dirs = lock(&self.dirs);
             let mut d = dir.as_path();
             // The file's directory and every parent up to the root.
             while d.starts_with(&self.root) {
@@ -136,7 +138,7 @@ impl BaseFiles {
 
     /// fsync every directory a file was written into.
     pub fn sync_all(&self) -> io::Result<()> {
-        let dirs = self.dirs.lock().map(|d| d.clone()).unwrap_or_default();
+        let dirs = lock(&self.dirs).clone();
         for d in dirs {
             super::sync_dir(&d)?;
         }

@@ -11,10 +11,11 @@
 //!   the base backup (`images=none`).
 
 use super::page_store::{PageError, PageStore, ReadOptions, StartSource};
-use crate::redo::mask::PageKind;
-use crate::redo::page::{Page, PageLayout};
 use crate::pgdata::read_pg_page;
 use crate::redo::compare::{compare_masked, mask_sequence_values};
+use crate::redo::mask::PageKind;
+use crate::redo::page::{Page, PageLayout};
+use crate::sync::read;
 use crate::wal::block::{ForkNumber, PageKey};
 use crate::wal::page::{BLCKSZ, Lsn};
 use std::collections::HashSet;
@@ -135,18 +136,12 @@ pub fn check_against_pgdata(store: &PageStore, pgdata: &Path, sum: &mut CheckSum
 /// key order, and the LSN everything decoded reaches.
 pub fn known_pages(store: &PageStore) -> (Lsn, Vec<PageKey>) {
     let (lsn, mut keys) = {
-        let idx = store.index.read().unwrap_or_else(|e| e.into_inner());
+        let idx = read(&store.index);
         (idx.last_record_end, idx.keys().copied().collect::<Vec<_>>())
     };
     let mut known: HashSet<PageKey> = keys.iter().copied().collect();
     // Pages whose whole history went behind the retention horizon live on in their image.
-    let imaged: Vec<PageKey> = store
-        .images
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .copied()
-        .collect();
+    let imaged: Vec<PageKey> = read(&store.images).keys().copied().collect();
     for k in imaged.into_iter().chain(store.base.page_keys()) {
         if known.insert(k) {
             keys.push(k);
@@ -219,7 +214,7 @@ pub fn check_history(store: &PageStore, samples: usize, seed: u64, sum: &mut Che
     // Changes retention kept as unreadable markers are before the horizon: not sampled.
     let horizon = store.horizon();
     let candidates: Vec<(PageKey, Vec<Lsn>)> = {
-        let idx = store.index.read().unwrap_or_else(|e| e.into_inner());
+        let idx = read(&store.index);
         let mut v: Vec<(PageKey, Vec<Lsn>)> = idx
             .keys()
             .filter(|k| k.fork != ForkNumber::FSM)

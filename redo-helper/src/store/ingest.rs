@@ -6,6 +6,7 @@ use super::StoreError;
 use super::archive::WalArchive;
 use super::meta::HelperMeta;
 use super::page_store::PageStore;
+use crate::sync::{read, write};
 use crate::wal::block::PageKey;
 use crate::wal::page::Lsn;
 use crate::wal::reader::{DecoderConfig, WalStreamDecoder};
@@ -28,10 +29,7 @@ pub struct Ingest {
 impl Ingest {
     /// A decoder from the segment of `store`'s horizon (the backup start, or the retention
     /// horizon once one is set).
-    pub fn new(
-        meta: &HelperMeta,
-        store: Arc<PageStore>,
-    ) -> Result<Ingest, StoreError> {
+    pub fn new(meta: &HelperMeta, store: Arc<PageStore>) -> Result<Ingest, StoreError> {
         let index_from = store.horizon();
         let start = index_from.segment_start(meta.segment_size);
         let cfg = DecoderConfig {
@@ -52,11 +50,7 @@ impl Ingest {
     }
 
     pub fn decoded_end(&self) -> Lsn {
-        self.store
-            .index
-            .read()
-            .map(|i| i.last_record_end)
-            .unwrap_or_default()
+        read(&self.store.index).last_record_end
     }
 
     /// Decodes every complete record in the bytes pushed so far and indexes it; returns the
@@ -76,10 +70,7 @@ impl Ingest {
                         // index is locked per record (decoding happens outside), so page
                         // reads never wait for a whole flushed chunk to be indexed.
                         if self.record.lsn >= self.index_from {
-                            self.store
-                                .index
-                                .write()
-                                .unwrap_or_else(|e| e.into_inner())
+                            write(&self.store.index)
                                 .add_record_touching(&self.record, &mut self.touched);
                         }
                     }
@@ -98,9 +89,7 @@ impl Ingest {
         self.touched.dedup();
         Ok(&self.touched)
     }
-
 }
-
 
 /// Rebuilds the index from the archive (start of the backup's or the retention horizon's
 /// segment up to the flush point); `on_indexed` gets the pages each piece touched.
@@ -126,11 +115,10 @@ pub fn rebuild(
     if end > from {
         log::info!(
             "rebuilt page index from the archive ({from}..{end}): {} records, {} pages in {:.1}s",
-            ingest.store.index.read().map(|i| i.records).unwrap_or(0),
-            ingest.store.index.read().map(|i| i.pages()).unwrap_or(0),
+            read(&ingest.store.index).records,
+            read(&ingest.store.index).pages(),
             started.elapsed().as_secs_f64()
         );
     }
     Ok(())
 }
-

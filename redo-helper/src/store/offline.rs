@@ -11,6 +11,7 @@ use super::lock::DataDirLock;
 use super::meta::HelperMeta;
 use super::page_store::PageStore;
 use super::retention::RetentionState;
+use crate::sync::{read, write};
 use crate::wal::page::Lsn;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -229,8 +230,8 @@ pub fn open_store(
 
 /// Images generated before a restart count again (the index was rebuilt without them).
 pub fn note_generated_images(store: &PageStore) {
-    let img = store.images.read().unwrap_or_else(|e| e.into_inner());
-    let mut idx = store.index.write().unwrap_or_else(|e| e.into_inner());
+    let img = read(&store.images);
+    let mut idx = write(&store.index);
     let keys: Vec<_> = idx.keys().copied().collect();
     for key in keys {
         if let (Some(lsn), Some(h)) = (
@@ -242,9 +243,7 @@ pub fn note_generated_images(store: &PageStore) {
     }
 }
 
-
 /// Where the WAL archive of a data directory lives.
 pub fn archive_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("wal")
 }
-

@@ -9,6 +9,7 @@ use super::images::{ImageStore, ImageStoreError};
 use super::index::{ChangeKind, PageChange, PageIndex, StartKind};
 use crate::redo::page::Page;
 use crate::redo::{RedoEngine, RedoError, apply_to_page};
+use crate::sync::{lock, read, write};
 use crate::wal::block::PageKey;
 use crate::wal::page::{BLCKSZ, Lsn};
 use crate::wal::record::DecodedRecord;
@@ -287,21 +288,15 @@ impl PageStore {
     /// before is done: after this returns, no running read uses anything before `horizon`.
     pub fn set_horizon(&self, horizon: Lsn) {
         self.horizon.fetch_max(horizon.0, Ordering::SeqCst);
-        drop(self.gate.write().unwrap_or_else(|e| e.into_inner()));
+        drop(write(&self.gate));
         // Pooled readers may hold segments that retention is about to remove open.
-        self.readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .forget_before(self.horizon());
+        lock(&self.readers).clear();
+        lock(&self.cache).forget_before(self.horizon());
     }
 
     /// Bounds the page cache (0 disables it).
     pub fn set_cache_pages(&self, pages: usize) {
-        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = lock(&self.cache);
         c.capacity = pages;
         c.pages.clear();
         c.order.clear();
@@ -323,16 +318,20 @@ impl PageStore {
         lsn: Option<Lsn>,
         opts: ReadOptions,
     ) -> Result<Reconstructed, PageError> {
-        let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let pooled = lock(&self.readers).pop();
         let mut reader = pooled.unwrap_or_else(|| self.archive.clone_empty());
         let result = self.reconstruct_using(&mut reader, key, lsn, opts);
-        let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = lock(&self.readers);
         if pool.len() < POOLED_READERS {
             pool.push(reader);
         }
         result
     }
 
+    /// GetPage@LSN in its three phases, under the retention gate (retention waits for
+    /// running reads before it removes anything they may use): [`Self::lookup`] chooses where
+    /// the replay starts and which deltas follow, [`Self::load_start`] loads that page, and
+    /// [`Self::replay`] applies the deltas.
     fn reconstruct_using(
         &self,
         reader: &mut RecordReader,
@@ -342,13 +341,40 @@ impl PageStore {
     ) -> Result<Reconstructed, PageError> {
         let t0 = std::time::Instant::now();
         let mut phases = ReadPhases::default();
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _gate = read(&self.gate);
+        let plan = self.lookup(key, lsn, opts)?;
+        phases.lookup_us = micros_since(t0);
+        let t1 = std::time::Instant::now();
+        let mut page: Box<Page> = Box::new([0u8; BLCKSZ]);
+        let mut rec = DecodedRecord::default();
+        let (start_lsn, start) = self.load_start(&plan, reader, &mut page, &mut rec)?;
+        phases.start_us = micros_since(t1);
+        let t2 = std::time::Instant::now();
+        self.replay(&plan, reader, &mut page, &mut rec)?;
+        phases.replay_us = micros_since(t2);
+        if opts.cache {
+            lock(&self.cache).put(*key, plan.target, &page[..]);
+        }
+        Ok(Reconstructed {
+            page: page.to_vec(),
+            deltas_replayed: plan.changes.len() as u32,
+            start_lsn,
+            start,
+            phases,
+        })
+    }
+
+    /// Phase 1: where the page as of `lsn` starts (the newest of: a generated or retained
+    /// image, a cached page, a WAL image or initialisation, a removal, the base backup) and
+    /// the changes after it, copied out of the index so the replay runs without its lock.
+    fn lookup(
+        &self,
+        key: &PageKey,
+        lsn: Option<Lsn>,
+        opts: ReadOptions,
+    ) -> Result<ReadPlan, PageError> {
         let horizon = self.horizon();
-        let decoded = self
-            .index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_record_end;
+        let decoded = read(&self.index).last_record_end;
         let target = lsn.unwrap_or(decoded);
         if target > decoded {
             return Err(PageError::NotYetReceived {
@@ -368,7 +394,7 @@ impl PageStore {
         // generation takes the image store's lock and then the index's).
         let mut start = Start::Base;
         {
-            let images = self.images.read().unwrap_or_else(|e| e.into_inner());
+            let images = read(&self.images);
             if opts.generated_images {
                 if let Some(l) = images.newest_at_or_before(key, target) {
                     start = start.newest(Start::Generated(l));
@@ -381,101 +407,87 @@ impl PageStore {
             }
         }
         let cached = if opts.cache {
-            self.cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(key, target, horizon)
+            lock(&self.cache).get(key, target, horizon)
         } else {
             None
         };
         if let Some((l, _)) = &cached {
             start = start.newest(Start::Cached(*l));
         }
-        // Copy what is needed under the read lock; replay without it.
-        let (start, changes, start_change) = {
-            let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(l) = idx.relation_events.removed_at(key, target) {
-                start = start.newest(Start::Removed(l));
-            }
-            match idx.page(key) {
-                Some(h) => {
-                    if let Some((l, StartKind::Wal)) = h.wal_start_point(target) {
-                        start = start.newest(Start::Wal(l));
-                    }
-                    let start_change = match start {
-                        Start::Wal(l) => h.change_at(l),
-                        _ => None,
-                    };
-                    (
-                        start,
-                        h.changes_between(start.lsn(), target).to_vec(),
-                        start_change,
-                    )
-                }
-                None => (start, Vec::new(), None),
-            }
+        let idx = read(&self.index);
+        if let Some(l) = idx.relation_events.removed_at(key, target) {
+            start = start.newest(Start::Removed(l));
+        }
+        let Some(h) = idx.page(key) else {
+            return Ok(ReadPlan {
+                key: *key,
+                target,
+                start,
+                cached,
+                start_change: None,
+                changes: Vec::new(),
+            });
         };
-        let mut rec = DecodedRecord::default();
-        let mut read = |at: Lsn, rec: &mut DecodedRecord| -> Result<(), PageError> {
-            reader
-                .read_into(at, rec)
-                .map_err(|source| PageError::Record { key: *key, source })
+        if let Some((l, StartKind::Wal)) = h.wal_start_point(target) {
+            start = start.newest(Start::Wal(l));
+        }
+        let start_change = match start {
+            Start::Wal(l) => h.change_at(l),
+            _ => None,
         };
-        let check_supported = |c: &PageChange| -> Result<(), PageError> {
-            if c.kind == ChangeKind::Unsupported {
-                return Err(PageError::Unreadable {
-                    key: *key,
-                    lsn: target,
-                    rmgr: crate::wal::rmgr::RmgrId(c.rmid).name().into_owned(),
-                    record: record_type_name(c.rmid, c.info).into_owned(),
-                    at: c.lsn,
-                });
-            }
-            Ok(())
-        };
-        phases.lookup_us = micros_since(t0);
-        let t1 = std::time::Instant::now();
-        let mut page: Box<Page> = Box::new([0u8; BLCKSZ]);
-        let (start_lsn, start_name) = match start {
+        Ok(ReadPlan {
+            key: *key,
+            target,
+            start,
+            cached,
+            start_change,
+            changes: h.changes_between(start.lsn(), target).to_vec(),
+        })
+    }
+
+    /// Phase 2: loads the plan's starting page into `page`; returns its LSN and source.
+    fn load_start(
+        &self,
+        plan: &ReadPlan,
+        reader: &mut RecordReader,
+        page: &mut Page,
+        rec: &mut DecodedRecord,
+    ) -> Result<(Lsn, StartSource), PageError> {
+        let key = &plan.key;
+        Ok(match plan.start {
             Start::Generated(l) => {
-                let img = self
-                    .images
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
+                let img = read(&self.images)
                     .read(key, l)?
                     .ok_or(PageError::Unknown { key: *key })?;
-                copy_page(&mut page, &img, key)?;
+                copy_page(page, &img, key)?;
                 (l, StartSource::GeneratedImage)
             }
             Start::Retained(l) => {
-                let img = self
-                    .images
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
+                let img = read(&self.images)
                     .read(key, l)?
                     .ok_or(PageError::Unknown { key: *key })?;
-                copy_page(&mut page, &img, key)?;
+                copy_page(page, &img, key)?;
                 (l, StartSource::RetainedImage)
             }
             Start::Cached(l) => {
-                if let Some((_, p)) = &cached {
-                    copy_page(&mut page, p, key)?;
+                if let Some((_, p)) = &plan.cached {
+                    copy_page(page, p, key)?;
                 }
                 (l, StartSource::CachedPage)
             }
             Start::Wal(l) => {
-                if let Some(c) = start_change {
-                    check_supported(&c)?;
+                if let Some(c) = &plan.start_change {
+                    plan.check_supported(c)?;
                 }
-                read(l, &mut rec)?;
-                apply_to_page(&mut page, &rec, key, &self.redo.ctx)?;
+                plan.read_record(reader, l, rec)?;
+                apply_to_page(page, rec, key, &self.redo.ctx)?;
                 (l, StartSource::WalImage)
             }
             Start::Removed(l) => {
-                if changes.is_empty() {
+                if plan.changes.is_empty() {
                     return Err(PageError::Removed {
                         key: *key,
-                        lsn: target,
+                        lsn: plan.target,
                         at: l,
                     });
                 }
@@ -487,35 +499,74 @@ impl PageStore {
                 .map_err(|source| PageError::Base { key: *key, source })?
             {
                 Some(p) => {
-                    copy_page(&mut page, &p, key)?;
+                    copy_page(page, &p, key)?;
                     (self.backup_start, StartSource::BaseBackup)
                 }
                 // A page that did not exist at the backup: its first record must create it.
-                None if !changes.is_empty() => (self.backup_start, StartSource::EmptyPage),
+                None if !plan.changes.is_empty() => (self.backup_start, StartSource::EmptyPage),
                 None => return Err(PageError::Unknown { key: *key }),
             },
-        };
-        phases.start_us = micros_since(t1);
-        let t2 = std::time::Instant::now();
-        for c in &changes {
-            check_supported(c)?;
-            read(c.lsn, &mut rec)?;
-            apply_to_page(&mut page, &rec, key, &self.redo.ctx)?;
-        }
-        phases.replay_us = micros_since(t2);
-        if opts.cache {
-            self.cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .put(*key, target, &page[..]);
-        }
-        Ok(Reconstructed {
-            page: page.to_vec(),
-            deltas_replayed: changes.len() as u32,
-            start_lsn,
-            start: start_name,
-            phases,
         })
+    }
+
+    /// Phase 3: applies the plan's changes to `page` with the Rust redo.
+    fn replay(
+        &self,
+        plan: &ReadPlan,
+        reader: &mut RecordReader,
+        page: &mut Page,
+        rec: &mut DecodedRecord,
+    ) -> Result<(), PageError> {
+        for c in &plan.changes {
+            plan.check_supported(c)?;
+            plan.read_record(reader, c.lsn, rec)?;
+            apply_to_page(page, rec, &plan.key, &self.redo.ctx)?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`PageStore::lookup`] found: where a read starts and the changes after it.
+struct ReadPlan {
+    key: PageKey,
+    /// The LSN the page is read as of.
+    target: Lsn,
+    start: Start,
+    /// The cached page, when the read starts from it.
+    cached: Option<(Lsn, Arc<Vec<u8>>)>,
+    /// The change that is the start, when the start is a WAL image or initialisation.
+    start_change: Option<PageChange>,
+    /// The changes after the start up to `target`, in LSN order.
+    changes: Vec<PageChange>,
+}
+
+impl ReadPlan {
+    fn read_record(
+        &self,
+        reader: &mut RecordReader,
+        at: Lsn,
+        rec: &mut DecodedRecord,
+    ) -> Result<(), PageError> {
+        reader
+            .read_into(at, rec)
+            .map_err(|source| PageError::Record {
+                key: self.key,
+                source,
+            })
+    }
+
+    /// A change by a record the redo does not replay makes the page unreadable, by name.
+    fn check_supported(&self, c: &PageChange) -> Result<(), PageError> {
+        if c.kind == ChangeKind::Unsupported {
+            return Err(PageError::Unreadable {
+                key: self.key,
+                lsn: self.target,
+                rmgr: crate::wal::rmgr::RmgrId(c.rmid).name().into_owned(),
+                record: record_type_name(c.rmid, c.info).into_owned(),
+                at: c.lsn,
+            });
+        }
+        Ok(())
     }
 }
 

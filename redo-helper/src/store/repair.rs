@@ -21,8 +21,8 @@
 //! cannot rebuild (an access method it does not replay: hash, GIN, GiST, SP-GiST, BRIN) is
 //! reported, and the command fails, so the operator knows it was not covered.
 
-use super::check::{known_pages, masked_difference};
 use super::StoreError;
+use super::check::{known_pages, masked_difference};
 use super::meta::HelperMeta;
 use super::offline::{OfflineStore, WalCatchUp};
 use super::page_store::{PageError, ReadOptions};
@@ -30,6 +30,7 @@ use crate::pgdata::control_file::{ControlFile, ControlFileError, DbState};
 use crate::pgdata::read_pg_page;
 use crate::pgdata::relpath::{RELSEG_SIZE, pg_relation_path};
 use crate::redo::page::{Page, PageLayout, checksum_page};
+use crate::sync::read;
 use crate::wal::block::{ForkNumber, PageKey};
 use crate::wal::page::{BLCKSZ, Lsn};
 use std::collections::{BTreeSet, HashMap};
@@ -375,7 +376,7 @@ pub fn repair(
             continue;
         }
         let changed = {
-            let idx = store.index.read().unwrap_or_else(|e| e.into_inner());
+            let idx = read(&store.index);
             idx.page(&key)
                 .and_then(|h| h.changes.last())
                 .is_some_and(|c| c.lsn >= control.redo)

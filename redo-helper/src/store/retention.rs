@@ -27,6 +27,7 @@ use super::images::ImageStoreError;
 use super::index::{ChangeKind, FpwModeChange, PageChange, SavedRelationEvents};
 use super::page_store::{PageError, PageStore, ReadOptions};
 use super::write_atomic;
+use crate::sync::{lock, read, write};
 use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
 use crate::wal::page::{Lsn, parse_segment_file_name};
 use serde::{Deserialize, Serialize};
@@ -278,7 +279,7 @@ impl RetentionState {
     pub fn apply(&self, store: &PageStore) -> Lsn {
         let horizon = self.horizon_lsn();
         store.set_horizon(horizon);
-        let mut idx = store.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut idx = write(&store.index);
         idx.relation_events.load(&self.relation_events);
         idx.fpw_modes = self
             .fpw_modes
@@ -412,15 +413,11 @@ impl Retention {
     }
 
     pub fn status(&self) -> RetentionStatus {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        lock(&self.status).clone()
     }
 
     fn decoded_end(&self) -> Lsn {
-        self.store
-            .index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_record_end
+        read(&self.store.index).last_record_end
     }
 
     /// Archive segments on disk (segno, bytes).
@@ -439,14 +436,10 @@ impl Retention {
 
     fn refresh_disk_usage(&self) {
         let segs = self.segments();
-        let image_bytes = self
-            .store
-            .images
-            .read()
-            .map(|i| i.bytes)
-            .unwrap_or_default();
+        let image_bytes = read(&self.store.images).bytes;
         let horizon = self.store.horizon();
-        if let Ok(mut s) = self.status.lock() {
+        {
+            let mut s = lock(&self.status);
             s.archive_segments = segs.len() as u64;
             s.archive_bytes = segs.iter().map(|(_, b)| b).sum();
             s.image_file_bytes = image_bytes;
@@ -482,7 +475,8 @@ impl Retention {
             Err(e) => log::warn!("retention pass failed (retrying later): {e}"),
         }
         self.refresh_disk_usage();
-        if let Ok(mut s) = self.status.lock() {
+        {
+            let mut s = lock(&self.status);
             match result {
                 Ok(Some(p)) => {
                     s.passes += 1;
@@ -504,7 +498,7 @@ impl Retention {
         let end = self.decoded_end();
         let current = self.store.horizon();
         let keep_from = {
-            let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+            let mut samples = lock(&self.samples);
             samples.push(now, end);
             self.policy.keep_from(end, &mut samples, now)
         };
@@ -550,7 +544,7 @@ impl Retention {
         let below = Lsn(horizon.0 - 1);
         // Each page changed before the horizon, with its last change before it.
         let candidates: Vec<(PageKey, PageChange)> = {
-            let idx = store.index.read().unwrap_or_else(|e| e.into_inner());
+            let idx = read(&store.index);
             let mut v: Vec<(PageKey, PageChange)> = idx
                 .keys()
                 .filter_map(|k| {
@@ -576,10 +570,7 @@ impl Retention {
                 stats.pages_unreadable += 1;
                 continue;
             }
-            let covered = store
-                .images
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
+            let covered = read(&store.images)
                 .newest_at_or_before(&key, below)
                 .filter(|l| *l >= last.lsn);
             if let Some(l) = covered {
@@ -589,20 +580,13 @@ impl Retention {
             }
             match store.reconstruct_with(&key, Some(below), opts) {
                 Ok(r) => {
-                    store
-                        .images
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .put(&key, last.lsn, &r.page)?;
+                    write(&store.images).put(&key, last.lsn, &r.page)?;
                     rebased.insert(key, last.lsn);
                     stats.pages_rebased += 1;
                 }
                 Err(PageError::Removed { .. }) => stats.pages_removed += 1,
                 Err(PageError::Unreadable { at, .. }) => {
-                    let marker = store
-                        .index
-                        .read()
-                        .unwrap_or_else(|e| e.into_inner())
+                    let marker = read(&store.index)
                         .page(&key)
                         .and_then(|h| h.change_at(at))
                         .unwrap_or(last);
@@ -640,14 +624,10 @@ impl Retention {
             }
         }
         // Every image a skipped page relies on, and every rebased one, is durable first.
-        store
-            .images
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .sync()?;
+        read(&store.images).sync()?;
 
         let state = {
-            let idx = store.index.read().unwrap_or_else(|e| e.into_inner());
+            let idx = read(&store.index);
             let mut unreadable: Vec<SavedMarker> = markers
                 .iter()
                 .map(|(k, c)| SavedMarker {
@@ -683,11 +663,7 @@ impl Retention {
         // From here on the files below the horizon may go (even after a crash).
         self.cleanup_pending.store(true, Ordering::SeqCst);
         store.set_horizon(horizon);
-        let pruned = store
-            .index
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .prune_before(horizon, &markers, &rebased);
+        let pruned = write(&store.index).prune_before(horizon, &markers, &rebased);
         stats.index_changes_removed = pruned.changes_removed;
         stats.index_pages_removed = pruned.pages_removed;
         Ok(())
@@ -724,8 +700,8 @@ impl Retention {
         }
         {
             // Lock order: image store, then index (as reads take them).
-            let mut images = self.store.images.write().unwrap_or_else(|e| e.into_inner());
-            let idx = self.store.index.read().unwrap_or_else(|e| e.into_inner());
+            let mut images = write(&self.store.images);
+            let idx = read(&self.store.index);
             let below = Lsn(horizon.0.saturating_sub(1));
             stats.image_entries_removed = images.forget_before(horizon, |key, lsn| {
                 idx.relation_events
@@ -735,12 +711,7 @@ impl Retention {
         }
         loop {
             // One file per lock hold: reads and image generation go on in between.
-            let step = self
-                .store
-                .images
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .compact_step(MIN_LIVE_RATIO)?;
+            let step = write(&self.store.images).compact_step(MIN_LIVE_RATIO)?;
             match step {
                 Some(c) => {
                     stats.image_files_removed += c.files_removed;

@@ -1038,16 +1038,16 @@ impl WalFileReader {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::wal::record::tests::build_record;
+    pub(crate) use crate::wal::record::tests::build_record;
     use crate::wal::rmgr::xlog::{self, XlogRecord};
 
-    const SEG_START: u64 = 0x100_0000;
+    pub(crate) const SEG_START: u64 = 0x100_0000;
 
     /// Writes synthetic WAL: page headers at page boundaries, records MAXALIGNed.
-    struct WalBuilder {
-        out: Vec<u8>,
+    pub(crate) struct WalBuilder {
+        pub(crate) out: Vec<u8>,
     }
 
     impl WalBuilder {
@@ -1075,7 +1075,7 @@ mod tests {
         }
 
         /// Writes `rec` (or only its first `limit` bytes), returning its LSN.
-        fn record(&mut self, rec: &[u8], limit: Option<usize>) -> Lsn {
+        pub(crate) fn record(&mut self, rec: &[u8], limit: Option<usize>) -> Lsn {
             if self.pos().is_multiple_of(XLOG_BLCKSZ as u64) {
                 self.header(0, 0);
             }
@@ -1093,7 +1093,7 @@ mod tests {
             lsn
         }
 
-        fn pad_to_page(&mut self) {
+        pub(crate) fn pad_to_page(&mut self) {
             while !self.pos().is_multiple_of(XLOG_BLCKSZ as u64) {
                 self.out.push(0);
             }
@@ -1106,7 +1106,7 @@ mod tests {
         v
     }
 
-    fn main_data_long(len: usize) -> Vec<u8> {
+    pub(crate) fn main_data_long(len: usize) -> Vec<u8> {
         let mut v = vec![254u8];
         v.extend_from_slice(&(len as u32).to_le_bytes());
         v.extend((0..len).map(|i| i as u8));
@@ -1127,60 +1127,6 @@ mod tests {
             }
         }
         (recs, d.finish())
-    }
-
-    /// The archive's record reader, reused from record to record (decoder restarted, a small
-    /// first read, then the rest of the page and whole pages), reads every record exactly,
-    /// in any order: small ones, ones just over the first read, and ones across pages.
-    #[test]
-    fn archive_record_reader_reads_records_of_every_size_in_any_order() {
-        use crate::store::archive::{RecordReader, WalArchive};
-        let mut w = WalBuilder { out: Vec::new() };
-        let mut prev = Lsn(0);
-        let mut expect = Vec::new();
-        for (i, len) in [4usize, 900, 1000, 1100, 3000, 7000, 20000, 16, 8100, 40]
-            .into_iter()
-            .cycle()
-            .take(60)
-            .enumerate()
-        {
-            let body = main_data_long(len + i);
-            let lsn = w.record(&build_record(10, 0x00, 9, prev, &body), None);
-            expect.push((lsn, len + i));
-            prev = lsn;
-        }
-        w.pad_to_page();
-        let dir = std::env::temp_dir().join(format!("rh_reader_{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut archive = WalArchive::open(&dir, DEFAULT_SEGMENT_SIZE, 1, Lsn(SEG_START)).unwrap();
-        archive.write(Lsn(SEG_START), &w.out).unwrap();
-        archive.flush().unwrap();
-        let mut reader = RecordReader::new(&archive, 7);
-        let mut rec = DecodedRecord::default();
-        // Forwards, backwards, and strided, all with the same reader.
-        let n = expect.len();
-        let order: Vec<usize> = (0..n)
-            .chain((0..n).rev())
-            .chain((0..n).map(|i| i * 7 % n))
-            .collect();
-        for i in order {
-            let (lsn, len) = expect[i];
-            reader.read_into(lsn, &mut rec).unwrap();
-            assert_eq!(rec.lsn, lsn);
-            assert_eq!(rec.main_data().len(), len, "record {i} at {lsn}");
-            assert!(
-                rec.main_data()
-                    .iter()
-                    .enumerate()
-                    .all(|(j, &b)| b == j as u8)
-            );
-        }
-        // A position that is not a record start is an error, not a panic.
-        assert!(reader.read_into(Lsn(expect[3].0.0 + 8), &mut rec).is_err());
-        // The reader still works after an error.
-        reader.read_into(expect[5].0, &mut rec).unwrap();
-        assert_eq!(rec.lsn, expect[5].0);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

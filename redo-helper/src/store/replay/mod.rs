@@ -519,7 +519,8 @@ fn replay_parallel(
             }
             // Rebalance at this batch boundary: this thread has applied everything before
             // it, the workers have not started on it.
-            let mut pages: Vec<Vec<crate::redo::pagetable::Slot>> = (1..n).map(|_| Vec::new()).collect();
+            let mut pages: Vec<Vec<crate::redo::pagetable::Slot>> =
+                (1..n).map(|_| Vec::new()).collect();
             let mut new_part = None;
             window += 1;
             idle += usize::from((1..n).any(|w| inflight[w].load(Ordering::Relaxed) == 0));

@@ -2,10 +2,10 @@
 //! use, and what the WAL said about which pages exist (drops, truncations).
 
 use super::{FastMap, ReplayError};
+use crate::pgdata::relpath::{RELSEG_SIZE, RelationFileName};
 use crate::redo::page::Page;
 use crate::redo::pagetable::PageTable;
 use crate::redo::smgr::RelationChange;
-use crate::pgdata::relpath::{RELSEG_SIZE, RelationFileName};
 use crate::store::base::BaseFiles;
 use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
 use crate::wal::page::BLCKSZ;
@@ -288,4 +288,3 @@ pub(crate) fn base_page_keys(set: &PageSet) -> Vec<PageKey> {
     }
     keys
 }
-

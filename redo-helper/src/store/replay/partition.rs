@@ -175,4 +175,3 @@ mod tests {
         assert!(Partition::serial().hand_over(1, 8, 8).is_none());
     }
 }
-
