@@ -6,15 +6,12 @@
 //! image (masked as PostgreSQL masks it), and every page the store holds equals the data
 //! files after a CHECKPOINT.
 
-mod common;
-mod support;
-
-use common::{PgCluster, TempDir, pg_command};
+use crate::common::{PgCluster, TempDir, pg_command};
+use crate::support::{HELPER_BIN, HelperProcess, lsn, status_lsn};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::{HELPER_BIN, HelperProcess, lsn, status_lsn};
 
 fn cluster() -> PgCluster {
     PgCluster::start(

@@ -6,12 +6,10 @@
 //! record type, lengths, xid, block references (relation, fork, block, image, applied or
 //! verification-only) and, for the rmgrs we describe, the description text.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{PgCluster, pg_waldump};
+use crate::common::{PgCluster, pg_waldump};
 use redo_helper::wal::desc::{describe, has_pg_waldump_desc};
 use redo_helper::wal::rmgr::record_type_name;
 use redo_helper::wal::{

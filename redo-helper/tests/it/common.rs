@@ -4,10 +4,11 @@
 //! Unix socket in that directory, and is stopped and removed by `Drop` (also when a test
 //! panics). Run as root, commands are executed through `runuser -u postgres` because
 //! PostgreSQL refuses to run as root.
-#![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub const PGBIN: &str = "/usr/lib/postgresql/15/bin";
@@ -45,11 +46,22 @@ fn check(out: Output, what: &str) -> Output {
     out
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(54329)
+/// A free loopback port, never one this process has handed out before: every area's tests
+/// run as threads of one process, so clusters and helpers started at the same time must not
+/// be given the same port between our probe and their bind.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind 127.0.0.1:0");
+        if given.insert(port) {
+            return port;
+        }
+    }
+    panic!("no unused loopback port");
 }
 
 pub struct PgCluster {

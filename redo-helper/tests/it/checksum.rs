@@ -4,9 +4,7 @@
 //! stop; then every page of those files, read back from disk, must carry in `pd_checksum`
 //! exactly the checksum we compute for it and its block number.
 
-mod common;
-
-use common::PgCluster;
+use crate::common::PgCluster;
 use redo_helper::wal::page::BLCKSZ;
 use redo_helper::{Page, PageLayout, checksum_page};
 

@@ -3,11 +3,9 @@
 //! final error) must not depend on the chunking. A second property mutates record bodies
 //! with a valid CRC to reach the block-header parser, image restoration and main-data views.
 //!
-//! More cases: `PROPTEST_CASES=5000 cargo test -p redo-helper --release --test fuzz_wal`.
+//! More cases: `PROPTEST_CASES=5000 cargo test -p redo-helper --release --test it fuzz_wal`.
 
-mod common;
-
-use common::wal_fixture;
+use crate::common::wal_fixture;
 use proptest::prelude::*;
 use redo_helper::wal::desc::format_record;
 use redo_helper::wal::record::{SIZE_OF_XLOG_RECORD, record_crc};

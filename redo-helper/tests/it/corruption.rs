@@ -1,9 +1,7 @@
 //! Bad input: every corruption case is a typed error naming the LSN (or a clean end of
 //! WAL), never a panic. Real WAL from a throwaway cluster is damaged in one place at a time.
 
-mod common;
-
-use common::{SEG, TempDir, wal_fixture};
+use crate::common::{SEG, TempDir, wal_fixture};
 use redo_helper::wal::page::{SIZE_OF_LONG_PAGE_HEADER, XLOG_BLCKSZ, XLP_FIRST_IS_CONTRECORD};
 use redo_helper::wal::record::SIZE_OF_XLOG_RECORD;
 use redo_helper::wal::{

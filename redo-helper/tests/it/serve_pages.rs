@@ -3,13 +3,11 @@
 //! it after CHECKPOINT, historical reads equal the replay of the whole chain, and image
 //! generation keeps reads bounded (lost while paused, back after resume).
 
-mod common;
-mod support;
-
-use common::{PgCluster, TempDir};
+use crate::common::{PgCluster, TempDir};
+use crate::support;
+use crate::support::{HELPER_BIN, HelperProcess, http, lsn, status_lsn};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{HELPER_BIN, HelperProcess, http, lsn, status_lsn};
 
 /// Waits until the helper has decoded everything the server has flushed and image
 /// generation has nothing queued.
@@ -79,8 +77,15 @@ fn mixed_workload(c: &PgCluster) {
          CREATE TABLE cut (a int); INSERT INTO cut SELECT generate_series(1, 5000);
          CREATE SEQUENCE s; SELECT nextval('s') FROM generate_series(1, 100);",
     );
-    c.sql("COPY (SELECT g, g FROM generate_series(1, 3000) g) TO '/tmp/serve_pages_copy.csv'");
-    c.sql("CREATE TABLE copied (a int, b int); COPY copied FROM '/tmp/serve_pages_copy.csv'");
+    // The file lives in the cluster's own directory (not a fixed /tmp path other test runs share).
+    let csv = c.root.join("copy.csv");
+    let csv = csv.display();
+    c.sql(&format!(
+        "COPY (SELECT g, g FROM generate_series(1, 3000) g) TO '{csv}'"
+    ));
+    c.sql(&format!(
+        "CREATE TABLE copied (a int, b int); COPY copied FROM '{csv}'"
+    ));
     c.sql("DROP TABLE gone");
     c.sql("TRUNCATE cut");
     c.sql("INSERT INTO cut SELECT generate_series(1, 10)");

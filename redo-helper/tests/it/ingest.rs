@@ -3,13 +3,11 @@
 //! moments with no gap or duplicate, the slot never ahead of what the helper fsynced, SCRAM
 //! and MD5 authentication, and each bad input as a clear error or a retry.
 
-mod common;
-mod support;
-
-use common::{PgCluster, TempDir, pg_waldump};
+use crate::common::{PgCluster, TempDir, pg_waldump};
+use crate::support::{HelperProcess, lsn, status_lsn};
+use crate::{common, support};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::{HelperProcess, lsn, status_lsn};
 
 const SEG: u64 = 16 << 20;
 

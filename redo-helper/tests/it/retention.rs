@@ -5,13 +5,10 @@
 //! serves every page exactly as the cluster has it, including a table dropped, one
 //! truncated by VACUUM and one rewritten by TRUNCATE before the horizon.
 
-mod common;
-mod support;
-
-use common::{PgCluster, TempDir};
+use crate::common::{PgCluster, TempDir};
+use crate::support::{HELPER_BIN, HelperProcess, http, lsn, status_lsn};
 use std::process::Command;
 use std::time::Duration;
-use support::{HELPER_BIN, HelperProcess, http, lsn, status_lsn};
 
 const SEG: u64 = 16 << 20;
 

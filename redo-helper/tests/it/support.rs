@@ -1,5 +1,4 @@
 //! Running the `redo-helper` binary against real clusters in integration tests.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -7,15 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const HELPER_BIN: &str = env!("CARGO_BIN_EXE_redo-helper");
+pub use crate::common::free_port;
 
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(45999)
-}
+pub const HELPER_BIN: &str = env!("CARGO_BIN_EXE_redo-helper");
 
 /// A running `redo-helper run`; killed on drop.
 pub struct HelperProcess {
@@ -82,10 +75,10 @@ impl HelperProcess {
     ) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(s) = self.status() {
-                if pred(&s) {
-                    return s;
-                }
+            if let Some(s) = self.status()
+                && pred(&s)
+            {
+                return s;
             }
             if let Ok(Some(code)) = self.child.try_wait() {
                 panic!(

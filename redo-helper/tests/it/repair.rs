@@ -10,14 +10,12 @@
 //!   before the crash, and amcheck (verify_heapam, bt_index_check with heapallindexed) is
 //!   clean.
 
-mod common;
-mod support;
-
-use common::{PgCluster, TempDir};
+use crate::common::{PgCluster, TempDir};
+use crate::support::{HELPER_BIN, HelperProcess};
+use crate::{common, support};
 use std::os::unix::fs::FileExt;
 use std::process::Command;
 use std::time::Duration;
-use support::{HELPER_BIN, HelperProcess};
 
 const DIGEST: &str = "SELECT md5(string_agg(x, '|')) FROM ( \
      (SELECT string_agg(aid || ':' || abalance, ',' ORDER BY aid) FROM pgbench_accounts) \

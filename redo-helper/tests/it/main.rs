@@ -1,0 +1,21 @@
+//! The redo-helper integration tests, built as one test binary (`cargo test -p redo-helper
+//! --test it`; one area: `--test it repair::`). Each module is one area; `common` runs
+//! throwaway PostgreSQL 15 clusters and `support` runs the `redo-helper` binary against them.
+//!
+//! All modules' tests run as threads of this one process, in parallel: anything shared
+//! (temporary directory names, ports, the WAL fixture) comes from `common`, which keeps it
+//! unique per process; no test changes the environment, the working directory or other
+//! process-global state.
+
+mod common;
+mod support;
+
+mod checksum;
+mod corruption;
+mod fuzz_wal;
+mod ingest;
+mod redo_verify;
+mod repair;
+mod retention;
+mod serve_pages;
+mod waldump_parity;
