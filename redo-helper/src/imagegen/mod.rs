@@ -189,7 +189,7 @@ impl ImageGenerator {
             }
             // The page's newest change went behind the retention horizon while it waited:
             // retention rebased it, nothing to do.
-            Err(crate::store::page_store::PageError::BeforeRetention { .. }) => {}
+            Err(crate::store::page_store::GetPageError::BeforeRetention { .. }) => {}
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 log::warn!("image generation: {e}");

@@ -125,110 +125,49 @@ fn temp_page_copy_special(page: &Page) -> Box<Page> {
     t
 }
 
+/// `btree_redo`: one block reference of a btree record, by the function of `nbtxlog.c`
+/// that replays its record type.
 pub(super) fn redo_block(
     rec: &DecodedRecord,
     block: &BlockRef,
     page: &mut Page,
 ) -> Result<LsnRule, RedoErrorKind> {
-    let info = rec.rmgr_info();
-    let id = block.id;
     let parsed = parse(rec).map_err(|e| malformed(e.to_string()))?;
     match parsed {
-        BtreeRecord::Insert { kind, offnum } => match id {
-            0 => insert(rec, block, page, offnum, kind == XLOG_BTREE_INSERT_POST),
-            1 => clear_incomplete_split(page),
-            2 => restore_meta(rec, block, page),
-            _ => unexpected(id),
-        },
+        BtreeRecord::Insert { kind, offnum } => {
+            insert(rec, block, page, offnum, kind == XLOG_BTREE_INSERT_POST)
+        }
         BtreeRecord::Split {
             new_item_on_left,
             level,
             firstrightoff,
             newitemoff,
             postingoff,
-        } => {
-            let right_blk = rec
-                .block(1)
-                .map(|b| b.block)
-                .ok_or_else(|| malformed("split without right page"))?;
-            match id {
-                0 => split_left(
-                    rec,
-                    block,
-                    page,
-                    new_item_on_left,
-                    level,
-                    firstrightoff,
-                    newitemoff,
-                    postingoff,
-                    right_blk,
-                ),
-                1 => {
-                    let orig = rec
-                        .block(0)
-                        .map(|b| b.block)
-                        .ok_or_else(|| malformed("split without left page"))?;
-                    let snext = rec.block(2).map_or(P_NONE, |b| b.block);
-                    bt_pageinit(page);
-                    write_opaque(
-                        page,
-                        &BtOpaque {
-                            prev: orig,
-                            next: snext,
-                            level,
-                            flags: if level == 0 { BTP_LEAF } else { 0 },
-                            cycleid: 0,
-                        },
-                    )?;
-                    restore_page(page, rec.block_data(block))?;
-                    Ok(LsnRule::Stamp)
-                }
-                2 => {
-                    update_opaque(page, |o| o.prev = right_blk)?;
-                    Ok(LsnRule::Stamp)
-                }
-                3 => clear_incomplete_split(page),
-                _ => unexpected(id),
-            }
-        }
-        BtreeRecord::Dedup { nintervals } => match id {
-            0 => dedup(rec.block_data(block), page, nintervals),
-            _ => unexpected(id),
-        },
+        } => split(
+            rec,
+            block,
+            page,
+            SplitFields {
+                new_item_on_left,
+                level,
+                firstrightoff,
+                newitemoff,
+                postingoff,
+            },
+        ),
+        BtreeRecord::Dedup { nintervals } => dedup(rec, block, page, nintervals),
+        // btree_xlog_vacuum and btree_xlog_delete apply the same page change.
         BtreeRecord::Vacuum { ndeleted, nupdated }
         | BtreeRecord::Delete {
             ndeleted, nupdated, ..
-        } => match id {
-            0 => delete_items(rec.block_data(block), page, ndeleted, nupdated),
-            _ => unexpected(id),
-        },
+        } => vacuum_or_delete(rec, block, page, ndeleted, nupdated),
         BtreeRecord::MarkPageHalfDead {
             poffset,
             leftblk,
             rightblk,
             topparent,
             ..
-        } => match id {
-            0 => {
-                half_dead_leaf(page, leftblk, rightblk, topparent)?;
-                Ok(LsnRule::Stamp)
-            }
-            1 => {
-                // The parent: the pivot at poffset takes over the right sibling's downlink
-                // and the pivot after it goes.
-                let next = poffset
-                    .checked_add(1)
-                    .ok_or_else(|| malformed("poffset overflow"))?;
-                let rightsib = {
-                    let it = page.item(next)?;
-                    downlink(it)?
-                };
-                set_downlink(page.item_mut(poffset)?, rightsib)?;
-                page.index_tuple_delete(next)?;
-                Ok(LsnRule::Stamp)
-            }
-            _ => unexpected(id),
-        },
+        } => mark_page_halfdead(block, page, poffset, leftblk, rightblk, topparent),
         BtreeRecord::UnlinkPage {
             leftsib,
             rightsib,
@@ -238,73 +177,258 @@ pub(super) fn redo_block(
             leafrightsib,
             leaftopparent,
             ..
-        } => match id {
-            0 => {
-                bt_pageinit(page);
-                write_opaque(
-                    page,
-                    &BtOpaque {
-                        prev: leftsib,
-                        next: rightsib,
-                        level,
-                        // BTPageSetDeleted, then BTP_LEAF for a leaf.
-                        flags: BTP_DELETED
-                            | BTP_HAS_FULLXID
-                            | if level == 0 { BTP_LEAF } else { 0 },
-                        cycleid: 0,
-                    },
-                )?;
-                // BTDeletedPageData {safexid} in the tuple area; pd_lower just past it.
-                page[SIZE_OF_PAGE_HEADER..SIZE_OF_PAGE_HEADER + 8]
-                    .copy_from_slice(&safexid.to_le_bytes());
-                page.set_lower((maxalign(SIZE_OF_PAGE_HEADER) + 8) as u16);
-                let special = page.special();
-                page.set_upper(special);
-                Ok(LsnRule::Stamp)
-            }
-            1 => {
-                update_opaque(page, |o| o.next = rightsib)?;
-                Ok(LsnRule::Stamp)
-            }
-            2 => {
-                update_opaque(page, |o| o.prev = leftsib)?;
-                Ok(LsnRule::Stamp)
-            }
-            3 => {
-                half_dead_leaf(page, leafleftsib, leafrightsib, leaftopparent)?;
-                Ok(LsnRule::Stamp)
-            }
-            4 if info == XLOG_BTREE_UNLINK_PAGE_META => restore_meta(rec, block, page),
-            _ => unexpected(id),
-        },
-        BtreeRecord::NewRoot { level, .. } => match id {
-            0 => {
-                bt_pageinit(page);
-                write_opaque(
-                    page,
-                    &BtOpaque {
-                        prev: P_NONE,
-                        next: P_NONE,
-                        level,
-                        flags: BTP_ROOT | if level == 0 { BTP_LEAF } else { 0 },
-                        cycleid: 0,
-                    },
-                )?;
-                if level > 0 {
-                    restore_page(page, rec.block_data(block))?;
-                }
-                Ok(LsnRule::Stamp)
-            }
-            1 => clear_incomplete_split(page),
-            2 => restore_meta(rec, block, page),
-            _ => unexpected(id),
-        },
-        // Only a recovery conflict for hot standby; no page.
+        } => unlink_page(
+            rec,
+            block,
+            page,
+            UnlinkFields {
+                leftsib,
+                rightsib,
+                level,
+                safexid,
+                leafleftsib,
+                leafrightsib,
+                leaftopparent,
+            },
+        ),
+        BtreeRecord::NewRoot { level, .. } => newroot(rec, block, page, level),
+        // btree_xlog_reuse_page: only a recovery conflict for hot standby; no page.
         BtreeRecord::ReusePage { .. } => Ok(LsnRule::Keep),
-        BtreeRecord::MetaCleanup { .. } => match id {
+        // btree_redo's XLOG_BTREE_META_CLEANUP: the metapage only.
+        BtreeRecord::MetaCleanup { .. } => match block.id {
             0 => restore_meta(rec, block, page),
-            _ => unexpected(id),
+            id => unexpected(id),
         },
+    }
+}
+
+/// `btree_xlog_insert`: the new tuple on its page (block 0), the child's incomplete-split
+/// flag cleared (block 1), the metapage (block 2).
+fn insert(
+    rec: &DecodedRecord,
+    block: &BlockRef,
+    page: &mut Page,
+    offnum: u16,
+    posting: bool,
+) -> Result<LsnRule, RedoErrorKind> {
+    match block.id {
+        0 => insert_on_page(rec, block, page, offnum, posting),
+        1 => clear_incomplete_split(page),
+        2 => restore_meta(rec, block, page),
+        id => unexpected(id),
+    }
+}
+
+/// The fields of `xl_btree_split`.
+struct SplitFields {
+    new_item_on_left: bool,
+    level: u32,
+    firstrightoff: u16,
+    newitemoff: u16,
+    postingoff: u16,
+}
+
+/// `btree_xlog_split`: the left page rebuilt (block 0), the new right page from its logged
+/// contents (block 1), the old right sibling's left link (block 2), the child's
+/// incomplete-split flag (block 3).
+fn split(
+    rec: &DecodedRecord,
+    block: &BlockRef,
+    page: &mut Page,
+    f: SplitFields,
+) -> Result<LsnRule, RedoErrorKind> {
+    let right_blk = rec
+        .block(1)
+        .map(|b| b.block)
+        .ok_or_else(|| malformed("split without right page"))?;
+    match block.id {
+        0 => split_left(
+            rec,
+            block,
+            page,
+            f.new_item_on_left,
+            f.level,
+            f.firstrightoff,
+            f.newitemoff,
+            f.postingoff,
+            right_blk,
+        ),
+        1 => {
+            let orig = rec
+                .block(0)
+                .map(|b| b.block)
+                .ok_or_else(|| malformed("split without left page"))?;
+            let snext = rec.block(2).map_or(P_NONE, |b| b.block);
+            bt_pageinit(page);
+            write_opaque(
+                page,
+                &BtOpaque {
+                    prev: orig,
+                    next: snext,
+                    level: f.level,
+                    flags: if f.level == 0 { BTP_LEAF } else { 0 },
+                    cycleid: 0,
+                },
+            )?;
+            restore_page(page, rec.block_data(block))?;
+            Ok(LsnRule::Stamp)
+        }
+        2 => {
+            update_opaque(page, |o| o.prev = right_blk)?;
+            Ok(LsnRule::Stamp)
+        }
+        3 => clear_incomplete_split(page),
+        id => unexpected(id),
+    }
+}
+
+/// `btree_xlog_dedup`: the leaf's tuples merged into posting lists by the logged intervals.
+fn dedup(
+    rec: &DecodedRecord,
+    block: &BlockRef,
+    page: &mut Page,
+    nintervals: u16,
+) -> Result<LsnRule, RedoErrorKind> {
+    match block.id {
+        0 => dedup_intervals(rec.block_data(block), page, nintervals),
+        id => unexpected(id),
+    }
+}
+
+/// `btree_xlog_vacuum` / `btree_xlog_delete`: posting lists updated, items deleted.
+fn vacuum_or_delete(
+    rec: &DecodedRecord,
+    block: &BlockRef,
+    page: &mut Page,
+    ndeleted: u16,
+    nupdated: u16,
+) -> Result<LsnRule, RedoErrorKind> {
+    match block.id {
+        0 => delete_items(rec.block_data(block), page, ndeleted, nupdated),
+        id => unexpected(id),
+    }
+}
+
+/// `btree_xlog_mark_page_halfdead`: the leaf marked half-dead (block 0); in the parent
+/// (block 1), the pivot at `poffset` takes over the right sibling's downlink and the pivot
+/// after it goes.
+fn mark_page_halfdead(
+    block: &BlockRef,
+    page: &mut Page,
+    poffset: u16,
+    leftblk: u32,
+    rightblk: u32,
+    topparent: u32,
+) -> Result<LsnRule, RedoErrorKind> {
+    match block.id {
+        0 => {
+            half_dead_leaf(page, leftblk, rightblk, topparent)?;
+            Ok(LsnRule::Stamp)
+        }
+        1 => {
+            let next = poffset
+                .checked_add(1)
+                .ok_or_else(|| malformed("poffset overflow"))?;
+            let rightsib = {
+                let it = page.item(next)?;
+                downlink(it)?
+            };
+            set_downlink(page.item_mut(poffset)?, rightsib)?;
+            page.index_tuple_delete(next)?;
+            Ok(LsnRule::Stamp)
+        }
+        id => unexpected(id),
+    }
+}
+
+/// The fields of `xl_btree_unlink_page`.
+struct UnlinkFields {
+    leftsib: u32,
+    rightsib: u32,
+    level: u32,
+    safexid: u64,
+    leafleftsib: u32,
+    leafrightsib: u32,
+    leaftopparent: u32,
+}
+
+/// `btree_xlog_unlink_page`: the target page deleted (block 0), its siblings' links
+/// (blocks 1 and 2), the half-dead leaf of an internal page's deletion (block 3), the
+/// metapage (block 4, XLOG_BTREE_UNLINK_PAGE_META only).
+fn unlink_page(
+    rec: &DecodedRecord,
+    block: &BlockRef,
+    page: &mut Page,
+    f: UnlinkFields,
+) -> Result<LsnRule, RedoErrorKind> {
+    match block.id {
+        0 => {
+            bt_pageinit(page);
+            write_opaque(
+                page,
+                &BtOpaque {
+                    prev: f.leftsib,
+                    next: f.rightsib,
+                    level: f.level,
+                    // BTPageSetDeleted, then BTP_LEAF for a leaf.
+                    flags: BTP_DELETED | BTP_HAS_FULLXID | if f.level == 0 { BTP_LEAF } else { 0 },
+                    cycleid: 0,
+                },
+            )?;
+            // BTDeletedPageData {safexid} in the tuple area; pd_lower just past it.
+            page[SIZE_OF_PAGE_HEADER..SIZE_OF_PAGE_HEADER + 8]
+                .copy_from_slice(&f.safexid.to_le_bytes());
+            page.set_lower((maxalign(SIZE_OF_PAGE_HEADER) + 8) as u16);
+            let special = page.special();
+            page.set_upper(special);
+            Ok(LsnRule::Stamp)
+        }
+        1 => {
+            update_opaque(page, |o| o.next = f.rightsib)?;
+            Ok(LsnRule::Stamp)
+        }
+        2 => {
+            update_opaque(page, |o| o.prev = f.leftsib)?;
+            Ok(LsnRule::Stamp)
+        }
+        3 => {
+            half_dead_leaf(page, f.leafleftsib, f.leafrightsib, f.leaftopparent)?;
+            Ok(LsnRule::Stamp)
+        }
+        4 if rec.rmgr_info() == XLOG_BTREE_UNLINK_PAGE_META => restore_meta(rec, block, page),
+        id => unexpected(id),
+    }
+}
+
+/// `btree_xlog_newroot`: the new root (block 0; an internal root from its logged
+/// contents), the child's incomplete-split flag (block 1), the metapage (block 2).
+fn newroot(
+    rec: &DecodedRecord,
+    block: &BlockRef,
+    page: &mut Page,
+    level: u32,
+) -> Result<LsnRule, RedoErrorKind> {
+    match block.id {
+        0 => {
+            bt_pageinit(page);
+            write_opaque(
+                page,
+                &BtOpaque {
+                    prev: P_NONE,
+                    next: P_NONE,
+                    level,
+                    flags: BTP_ROOT | if level == 0 { BTP_LEAF } else { 0 },
+                    cycleid: 0,
+                },
+            )?;
+            if level > 0 {
+                restore_page(page, rec.block_data(block))?;
+            }
+            Ok(LsnRule::Stamp)
+        }
+        1 => clear_incomplete_split(page),
+        2 => restore_meta(rec, block, page),
+        id => unexpected(id),
     }
 }
 
@@ -383,7 +507,9 @@ fn take_tuple(data: &[u8]) -> Result<(&[u8], usize), RedoErrorKind> {
     Ok((&data[..size], aligned))
 }
 
-fn insert(
+/// The block-0 part of btree_xlog_insert: the tuple (or, with a posting split, the
+/// rewritten posting list and the new item) added to the page.
+fn insert_on_page(
     rec: &DecodedRecord,
     block: &BlockRef,
     page: &mut Page,
@@ -641,9 +767,13 @@ impl DedupState {
     }
 }
 
-/// btree_xlog_dedup: rebuild the page on a temporary copy, merging the items of each
+/// The page change of btree_xlog_dedup: rebuild the page on a temporary copy, merging the items of each
 /// logged interval into one posting list.
-fn dedup(data: &[u8], page: &mut Page, nintervals: u16) -> Result<LsnRule, RedoErrorKind> {
+fn dedup_intervals(
+    data: &[u8],
+    page: &mut Page,
+    nintervals: u16,
+) -> Result<LsnRule, RedoErrorKind> {
     let n = nintervals as usize;
     if data.len() < n * 4 {
         return Err(malformed("dedup intervals truncated"));

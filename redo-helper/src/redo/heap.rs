@@ -52,7 +52,7 @@ pub(super) fn tuple_at(page: &mut Page, offnum: u16) -> Result<HeapTupleHeader<'
     page.normal_item_id(offnum)?;
     let item = page.item_mut(offnum)?;
     HeapTupleHeader::new(item).ok_or_else(|| {
-        RedoErrorKind::Page(super::page::PageError::Other(format!(
+        RedoErrorKind::Page(super::page::PageShapeError::Other(format!(
             "item {offnum} is shorter than a heap tuple header"
         )))
     })

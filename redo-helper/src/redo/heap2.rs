@@ -131,7 +131,7 @@ fn vacuum(data: &[u8], page: &mut Page, nunused: u16) -> Result<LsnRule, RedoErr
     for off in offsets(data, nunused as usize, "vacuum")? {
         let id = page.item_id(off)?;
         if !id.is_dead() || id.has_storage() {
-            return Err(super::page::PageError::UnexpectedLinePointer {
+            return Err(super::page::PageShapeError::UnexpectedLinePointer {
                 offnum: off,
                 itemid: id,
                 expected: "LP_DEAD without storage",

@@ -35,7 +35,7 @@ use crate::wal::error::WalError;
 use crate::wal::page::Lsn;
 use crate::wal::record::DecodedRecord;
 use crate::wal::rmgr::{self, RmgrId, record_type_name};
-use page::{Page, PageError, PageLayout};
+use page::{Page, PageLayout, PageShapeError};
 
 pub use smgr::{RelationChange, relation_changes};
 
@@ -82,7 +82,7 @@ pub enum RedoErrorKind {
     #[error("malformed record: {0}")]
     Malformed(String),
     #[error("page does not match the record: {0}")]
-    Page(#[from] PageError),
+    Page(#[from] PageShapeError),
     #[error("not replayed by the helper's redo; the page is unreadable until a full page image")]
     Unsupported,
     #[error("restoring the full page image: {0}")]

@@ -6,7 +6,7 @@
 //! the item operations (PageAddItemExtended, PageRepairFragmentation, PageIndexTupleDelete,
 //! PageIndexMultiDelete, PageIndexTupleOverwrite, PageTruncateLinePointerArray). Every
 //! operation checks the page pointers and line pointers it relies on and returns a
-//! [`PageError`] instead of panicking: the page may come from a corrupt base file or a bug,
+//! [`PageShapeError`] instead of panicking: the page may come from a corrupt base file or a bug,
 //! and the caller turns the error into one that names the record and page.
 
 use crate::wal::page::{BLCKSZ, Lsn};
@@ -146,7 +146,7 @@ impl std::fmt::Display for ItemId {
 
 /// A page that does not have the shape an operation needs. Messages follow bufpage.c's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PageError {
+pub enum PageShapeError {
     #[error("corrupted page pointers: lower = {lower}, upper = {upper}, special = {special}")]
     CorruptPointers {
         lower: u16,
@@ -281,18 +281,18 @@ pub trait PageLayout {
     }
 
     /// `PageGetItemId` for 1-based `offnum`; line pointers past `pd_lower` are an error.
-    fn item_id(&self, offnum: u16) -> Result<ItemId, PageError> {
+    fn item_id(&self, offnum: u16) -> Result<ItemId, PageShapeError> {
         let max = self.max_offset();
         if offnum == 0 || offnum > max {
-            return Err(PageError::InvalidOffset { offnum, max });
+            return Err(PageShapeError::InvalidOffset { offnum, max });
         }
         Ok(ItemId(get_u32(self.bytes(), lp_pos(offnum))))
     }
     /// Writes line pointer `offnum` (which must lie inside the page).
-    fn set_item_id(&mut self, offnum: u16, id: ItemId) -> Result<(), PageError> {
+    fn set_item_id(&mut self, offnum: u16, id: ItemId) -> Result<(), PageShapeError> {
         let pos = lp_pos(offnum);
         if offnum == 0 || pos + ITEM_ID_SIZE > BLCKSZ {
-            return Err(PageError::InvalidOffset {
+            return Err(PageShapeError::InvalidOffset {
                 offnum,
                 max: self.max_offset(),
             });
@@ -301,10 +301,10 @@ pub trait PageLayout {
         Ok(())
     }
     /// A line pointer that must be LP_NORMAL with storage inside the page.
-    fn normal_item_id(&self, offnum: u16) -> Result<ItemId, PageError> {
+    fn normal_item_id(&self, offnum: u16) -> Result<ItemId, PageShapeError> {
         let id = self.item_id(offnum)?;
         if !id.is_normal() {
-            return Err(PageError::UnexpectedLinePointer {
+            return Err(PageShapeError::UnexpectedLinePointer {
                 offnum,
                 itemid: id,
                 expected: "LP_NORMAL",
@@ -314,12 +314,12 @@ pub trait PageLayout {
         Ok(id)
     }
     /// `PageGetItem` for a line pointer with storage.
-    fn item(&self, offnum: u16) -> Result<&[u8], PageError> {
+    fn item(&self, offnum: u16) -> Result<&[u8], PageShapeError> {
         let id = self.item_id(offnum)?;
         check_storage(offnum, id)?;
         Ok(&self.bytes()[id.off() as usize..id.off() as usize + id.len() as usize])
     }
-    fn item_mut(&mut self, offnum: u16) -> Result<&mut [u8], PageError> {
+    fn item_mut(&mut self, offnum: u16) -> Result<&mut [u8], PageShapeError> {
         let id = self.item_id(offnum)?;
         check_storage(offnum, id)?;
         Ok(&mut self.bytes_mut()[id.off() as usize..id.off() as usize + id.len() as usize])
@@ -338,7 +338,7 @@ pub trait PageLayout {
     }
 
     /// The checks bufpage.c makes before reshuffling a page ("corrupted page pointers").
-    fn check_pointers(&self) -> Result<(), PageError> {
+    fn check_pointers(&self) -> Result<(), PageShapeError> {
         let (lower, upper, special) = (self.lower(), self.upper(), self.special());
         if (lower as usize) < SIZE_OF_PAGE_HEADER
             || lower > upper
@@ -346,7 +346,7 @@ pub trait PageLayout {
             || special as usize > BLCKSZ
             || special as usize != maxalign(special as usize)
         {
-            return Err(PageError::CorruptPointers {
+            return Err(PageShapeError::CorruptPointers {
                 lower,
                 upper,
                 special,
@@ -357,14 +357,14 @@ pub trait PageLayout {
 
     /// `PageAddItemExtended`. `offnum` 0 (InvalidOffsetNumber) finds a free slot. Returns
     /// the offset the item went to; a refusal is an error (PostgreSQL's redo PANICs then).
-    fn add_item(&mut self, item: &[u8], offnum: u16, flags: u8) -> Result<u16, PageError> {
+    fn add_item(&mut self, item: &[u8], offnum: u16, flags: u8) -> Result<u16, PageShapeError> {
         let (lower0, upper0, special) = (self.lower(), self.upper(), self.special());
         if (lower0 as usize) < SIZE_OF_PAGE_HEADER
             || lower0 > upper0
             || upper0 > special
             || special as usize > BLCKSZ
         {
-            return Err(PageError::CorruptPointers {
+            return Err(PageShapeError::CorruptPointers {
                 lower: lower0,
                 upper: upper0,
                 special,
@@ -378,7 +378,7 @@ pub trait PageLayout {
                 if offnum < limit {
                     let id = self.item_id(offnum)?;
                     if id.is_used() || id.has_storage() {
-                        return Err(PageError::ItemInUse { offnum });
+                        return Err(PageShapeError::ItemInUse { offnum });
                     }
                 }
             } else if offnum < limit {
@@ -402,13 +402,13 @@ pub trait PageLayout {
             offnum = limit;
         }
         if offnum > limit {
-            return Err(PageError::InvalidOffset {
+            return Err(PageShapeError::InvalidOffset {
                 offnum,
                 max: limit - 1,
             });
         }
         if flags & PAI_IS_HEAP != 0 && offnum as usize > MAX_HEAP_TUPLES_PER_PAGE {
-            return Err(PageError::TooManyHeapItems { offnum });
+            return Err(PageShapeError::TooManyHeapItems { offnum });
         }
         let lower = if offnum == limit || needshuffle {
             lower0 as i32 + ITEM_ID_SIZE as i32
@@ -418,7 +418,7 @@ pub trait PageLayout {
         let aligned = maxalign(item.len());
         let upper = upper0 as i32 - aligned as i32;
         if lower > upper || item.len() > 0x7FFF {
-            return Err(PageError::NoSpace {
+            return Err(PageShapeError::NoSpace {
                 offnum,
                 size: item.len(),
                 lower: lower0,
@@ -447,7 +447,7 @@ pub trait PageLayout {
     /// with storage toward the end of the page in reverse line pointer order, marks unused
     /// line pointers properly unused, removes trailing unused line pointers (PostgreSQL 15
     /// truncates the array here) and maintains PD_HAS_FREE_LINES.
-    fn repair_fragmentation(&mut self) -> Result<(), PageError> {
+    fn repair_fragmentation(&mut self) -> Result<(), PageShapeError> {
         self.check_pointers()?;
         let (lower, upper, special) = (
             self.lower() as usize,
@@ -471,7 +471,7 @@ pub trait PageLayout {
                 if id.has_storage() {
                     let off = id.off() as usize;
                     if off < upper || off >= special {
-                        return Err(PageError::CorruptLinePointer {
+                        return Err(PageShapeError::CorruptLinePointer {
                             offnum: i,
                             off: id.off(),
                             len: id.len(),
@@ -501,7 +501,7 @@ pub trait PageLayout {
             self.set_upper(special as u16);
         } else {
             if totallen > special - lower {
-                return Err(PageError::CorruptItemLengths {
+                return Err(PageShapeError::CorruptItemLengths {
                     total: totallen,
                     available: special - lower,
                 });
@@ -519,7 +519,7 @@ pub trait PageLayout {
 
     /// `PageTruncateLinePointerArray` (heap pages, VACUUM's second pass): drop trailing
     /// unused line pointers, but never the first one; maintain PD_HAS_FREE_LINES.
-    fn truncate_line_pointer_array(&mut self) -> Result<(), PageError> {
+    fn truncate_line_pointer_array(&mut self) -> Result<(), PageShapeError> {
         let mut countdone = false;
         let mut sethint = false;
         let mut nunusedend = 0usize;
@@ -584,17 +584,17 @@ pub trait PageLayout {
     }
 
     /// `PageIndexTupleDelete`: removes the item and its line pointer, closing both gaps.
-    fn index_tuple_delete(&mut self, offnum: u16) -> Result<(), PageError> {
+    fn index_tuple_delete(&mut self, offnum: u16) -> Result<(), PageShapeError> {
         self.check_pointers()?;
         let nline = self.max_offset();
         if offnum == 0 || offnum > nline {
-            return Err(PageError::InvalidOffset { offnum, max: nline });
+            return Err(PageShapeError::InvalidOffset { offnum, max: nline });
         }
         let id = self.item_id(offnum)?;
         let (offset, size) = (id.off() as usize, id.len() as usize);
         let upper = self.upper() as usize;
         if offset < upper || offset + size > self.special() as usize || offset != maxalign(offset) {
-            return Err(PageError::CorruptLinePointer {
+            return Err(PageShapeError::CorruptLinePointer {
                 offnum,
                 off: id.off(),
                 len: id.len(),
@@ -629,7 +629,7 @@ pub trait PageLayout {
 
     /// `PageIndexMultiDelete`: deletes the items at `offnums` (ascending), compacting the
     /// line pointer array and the tuple space.
-    fn index_multi_delete(&mut self, offnums: &[u16]) -> Result<(), PageError> {
+    fn index_multi_delete(&mut self, offnums: &[u16]) -> Result<(), PageShapeError> {
         if offnums.len() <= 2 {
             // Retail deletion, in reverse so earlier offsets stay valid.
             for &o in offnums.iter().rev() {
@@ -655,7 +655,7 @@ pub trait PageLayout {
             let id = self.item_id(offnum)?;
             let (offset, size) = (id.off() as usize, id.len() as usize);
             if offset < upper || offset + size > special || offset != maxalign(offset) {
-                return Err(PageError::CorruptLinePointer {
+                return Err(PageShapeError::CorruptLinePointer {
                     offnum,
                     off: id.off(),
                     len: id.len(),
@@ -681,10 +681,10 @@ pub trait PageLayout {
             }
         }
         if next != offnums.len() {
-            return Err(PageError::BadOffsetList);
+            return Err(PageShapeError::BadOffsetList);
         }
         if totallen > special - lower {
-            return Err(PageError::CorruptItemLengths {
+            return Err(PageShapeError::CorruptItemLengths {
                 total: totallen,
                 available: special - lower,
             });
@@ -706,11 +706,11 @@ pub trait PageLayout {
 
     /// `PageIndexTupleOverwrite`: replaces the item at `offnum` in place, shifting the
     /// tuple data before it when the aligned size changes; keeps `lp_flags`.
-    fn index_tuple_overwrite(&mut self, offnum: u16, newtup: &[u8]) -> Result<(), PageError> {
+    fn index_tuple_overwrite(&mut self, offnum: u16, newtup: &[u8]) -> Result<(), PageShapeError> {
         self.check_pointers()?;
         let itemcount = self.max_offset();
         if offnum == 0 || offnum > itemcount {
-            return Err(PageError::InvalidOffset {
+            return Err(PageShapeError::InvalidOffset {
                 offnum,
                 max: itemcount,
             });
@@ -722,7 +722,7 @@ pub trait PageLayout {
             || offset + oldsize > self.special() as usize
             || offset != maxalign(offset)
         {
-            return Err(PageError::CorruptLinePointer {
+            return Err(PageShapeError::CorruptLinePointer {
                 offnum,
                 off: id.off(),
                 len: id.len(),
@@ -731,7 +731,7 @@ pub trait PageLayout {
         let oldsize = maxalign(oldsize);
         let newsize = maxalign(newtup.len());
         if newsize > oldsize + (upper - lower) || newtup.len() > 0x7FFF {
-            return Err(PageError::NoSpace {
+            return Err(PageShapeError::NoSpace {
                 offnum,
                 size: newtup.len(),
                 lower: lower as u16,
@@ -781,10 +781,10 @@ pub fn lp_pos(offnum: u16) -> usize {
     SIZE_OF_PAGE_HEADER + (offnum as usize).saturating_sub(1) * ITEM_ID_SIZE
 }
 
-fn check_storage(offnum: u16, id: ItemId) -> Result<(), PageError> {
+fn check_storage(offnum: u16, id: ItemId) -> Result<(), PageShapeError> {
     let off = id.off() as usize;
     if off < SIZE_OF_PAGE_HEADER || off + id.len() as usize > BLCKSZ || id.len() == 0 {
-        return Err(PageError::CorruptLinePointer {
+        return Err(PageShapeError::CorruptLinePointer {
             offnum,
             off: id.off(),
             len: id.len(),
@@ -825,11 +825,11 @@ impl CompactList {
             len: 0,
         }
     }
-    fn push(&mut self, it: CompactItem) -> Result<(), PageError> {
+    fn push(&mut self, it: CompactItem) -> Result<(), PageShapeError> {
         let slot = self
             .items
             .get_mut(self.len)
-            .ok_or(PageError::CorruptItemLengths {
+            .ok_or(PageShapeError::CorruptItemLengths {
                 total: self.len,
                 available: COMPACT_MAX,
             })?;
@@ -856,11 +856,11 @@ fn compactify_tuples(
     b: &mut [u8; BLCKSZ],
     items: &[CompactItem],
     presorted: bool,
-) -> Result<(), PageError> {
+) -> Result<(), PageShapeError> {
     let special = get_u16(b, 16) as usize;
     let pd_upper = get_u16(b, 14) as usize;
     if !presorted && (pd_upper > special || special > BLCKSZ) {
-        return Err(PageError::CorruptPointers {
+        return Err(PageShapeError::CorruptPointers {
             lower: get_u16(b, 12),
             upper: pd_upper as u16,
             special: special as u16,
@@ -868,7 +868,7 @@ fn compactify_tuples(
     }
     let check = |off: usize, len: usize, upper: usize| {
         if len > upper || off + len > BLCKSZ {
-            Err(PageError::CorruptItemLengths {
+            Err(PageShapeError::CorruptItemLengths {
                 total: len,
                 available: upper,
             })
@@ -921,7 +921,7 @@ fn compactify_tuples(
             let src = off
                 .checked_sub(pd_upper)
                 .and_then(|o| scratch.get(o..o + len))
-                .ok_or(PageError::CorruptItemLengths {
+                .ok_or(PageShapeError::CorruptItemLengths {
                     total: len,
                     available: upper,
                 })?;
@@ -1048,7 +1048,7 @@ mod tests {
         // Overwriting a used slot is refused.
         assert_eq!(
             p.add_item(&tuple(24, 3), 1, PAI_OVERWRITE),
-            Err(PageError::ItemInUse { offnum: 1 })
+            Err(PageShapeError::ItemInUse { offnum: 1 })
         );
         // An unused slot is reused without growing the array.
         p.set_item_id(1, ItemId(0)).unwrap();
@@ -1067,13 +1067,13 @@ mod tests {
                 (MAX_HEAP_TUPLES_PER_PAGE + 1) as u16,
                 PAI_IS_HEAP
             ),
-            Err(PageError::TooManyHeapItems { .. })
+            Err(PageShapeError::TooManyHeapItems { .. })
         ));
         // No space.
         let mut small = new_page(0);
         assert!(matches!(
             small.add_item(&tuple(8200, 0), 0, 0),
-            Err(PageError::NoSpace { .. })
+            Err(PageShapeError::NoSpace { .. })
         ));
     }
 
@@ -1162,7 +1162,7 @@ mod tests {
         assert_eq!(p.upper(), 8144);
         assert_eq!(
             p.index_multi_delete(&[2, 1, 9]),
-            Err(PageError::BadOffsetList)
+            Err(PageShapeError::BadOffsetList)
         );
     }
 
@@ -1200,7 +1200,7 @@ mod tests {
         p.set_lower(9000);
         assert!(matches!(
             p.repair_fragmentation(),
-            Err(PageError::CorruptPointers { .. })
+            Err(PageShapeError::CorruptPointers { .. })
         ));
         assert!(p.add_item(&tuple(8, 1), 0, 0).is_err());
         let q = new_page(0);

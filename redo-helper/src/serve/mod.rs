@@ -12,7 +12,7 @@
 mod metrics;
 pub mod status;
 
-use crate::store::page_store::{PageError, ReadOptions};
+use crate::store::page_store::{GetPageError, ReadOptions};
 use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
 use crate::wal::page::Lsn;
 use bytes::Bytes;
@@ -147,15 +147,17 @@ async fn get_page(state: Arc<SharedState>, key: PageKey, query: Option<&str>) ->
                 }
                 return r;
             }
-            Err(PageError::NotYetReceived { .. }) if Instant::now() < deadline => {
+            Err(GetPageError::NotYetReceived { .. }) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => {
                 let code = match &e {
-                    PageError::Unknown { .. } | PageError::Removed { .. } => StatusCode::NOT_FOUND,
-                    PageError::Unreadable { .. } => StatusCode::CONFLICT,
-                    PageError::BeforeRetention { .. } => StatusCode::GONE,
-                    PageError::NotYetReceived { .. } => StatusCode::TOO_EARLY,
+                    GetPageError::Unknown { .. } | GetPageError::Removed { .. } => {
+                        StatusCode::NOT_FOUND
+                    }
+                    GetPageError::Unreadable { .. } => StatusCode::CONFLICT,
+                    GetPageError::BeforeRetention { .. } => StatusCode::GONE,
+                    GetPageError::NotYetReceived { .. } => StatusCode::TOO_EARLY,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 return text(code, e);

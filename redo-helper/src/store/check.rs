@@ -10,7 +10,7 @@
 //!   images must equal, byte for byte, the replay of the page's whole chain from the WAL or
 //!   the base backup (`images=none`).
 
-use super::page_store::{PageError, PageStore, ReadOptions, StartSource};
+use super::page_store::{GetPageError, PageStore, ReadOptions, StartSource};
 use crate::pgdata::read_pg_page;
 use crate::redo::compare::{compare_masked, mask_sequence_values};
 use crate::redo::mask::PageKind;
@@ -111,7 +111,7 @@ pub fn check_against_pgdata(store: &PageStore, pgdata: &Path, sum: &mut CheckSum
                 }
                 compare_one(&key, &r.page, theirs.as_deref(), sum);
             }
-            Err(PageError::Removed { at, .. }) => {
+            Err(GetPageError::Removed { at, .. }) => {
                 sum.removed_pages += 1;
                 if theirs.as_ref().is_some_and(|p| p.iter().any(|&b| b != 0)) {
                     sum.mismatches += 1;
@@ -122,8 +122,8 @@ pub fn check_against_pgdata(store: &PageStore, pgdata: &Path, sum: &mut CheckSum
                     });
                 }
             }
-            Err(PageError::Unreadable { .. }) => sum.unreadable += 1,
-            Err(PageError::Unknown { .. }) => {}
+            Err(GetPageError::Unreadable { .. }) => sum.unreadable += 1,
+            Err(GetPageError::Unknown { .. }) => {}
             Err(e) => {
                 sum.errors += 1;
                 sum.problem(|| e.to_string());
@@ -280,7 +280,7 @@ pub fn check_history(store: &PageStore, samples: usize, seed: u64, sum: &mut Che
             (Err(a), Err(b)) if std::mem::discriminant(&a) == std::mem::discriminant(&b) => {}
             (a, b) => {
                 sum.history_mismatches += 1;
-                let show = |r: &Result<super::page_store::Reconstructed, PageError>| match r {
+                let show = |r: &Result<super::page_store::Reconstructed, GetPageError>| match r {
                     Ok(p) => format!("a page from {} at {}", p.start, p.start_lsn),
                     Err(e) => e.to_string(),
                 };

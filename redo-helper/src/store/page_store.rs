@@ -18,8 +18,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+/// Why GetPage@LSN cannot serve a page; each says by name what is missing.
 #[derive(Debug, thiserror::Error)]
-pub enum PageError {
+pub enum GetPageError {
     #[error("page {key} is unknown to the helper (no base image and no WAL for it)")]
     Unknown { key: PageKey },
     #[error(
@@ -307,7 +308,11 @@ impl PageStore {
     }
 
     /// The page as of `lsn` (None: as of everything decoded).
-    pub fn reconstruct(&self, key: &PageKey, lsn: Option<Lsn>) -> Result<Reconstructed, PageError> {
+    pub fn reconstruct(
+        &self,
+        key: &PageKey,
+        lsn: Option<Lsn>,
+    ) -> Result<Reconstructed, GetPageError> {
         self.reconstruct_with(key, lsn, ReadOptions::default())
     }
 
@@ -317,7 +322,7 @@ impl PageStore {
         key: &PageKey,
         lsn: Option<Lsn>,
         opts: ReadOptions,
-    ) -> Result<Reconstructed, PageError> {
+    ) -> Result<Reconstructed, GetPageError> {
         let pooled = lock(&self.readers).pop();
         let mut reader = pooled.unwrap_or_else(|| self.archive.clone_empty());
         let result = self.reconstruct_using(&mut reader, key, lsn, opts);
@@ -338,7 +343,7 @@ impl PageStore {
         key: &PageKey,
         lsn: Option<Lsn>,
         opts: ReadOptions,
-    ) -> Result<Reconstructed, PageError> {
+    ) -> Result<Reconstructed, GetPageError> {
         let t0 = std::time::Instant::now();
         let mut phases = ReadPhases::default();
         let _gate = read(&self.gate);
@@ -372,19 +377,19 @@ impl PageStore {
         key: &PageKey,
         lsn: Option<Lsn>,
         opts: ReadOptions,
-    ) -> Result<ReadPlan, PageError> {
+    ) -> Result<ReadPlan, GetPageError> {
         let horizon = self.horizon();
         let decoded = read(&self.index).last_record_end;
         let target = lsn.unwrap_or(decoded);
         if target > decoded {
-            return Err(PageError::NotYetReceived {
+            return Err(GetPageError::NotYetReceived {
                 key: *key,
                 lsn: target,
                 decoded,
             });
         }
         if target < horizon {
-            return Err(PageError::BeforeRetention {
+            return Err(GetPageError::BeforeRetention {
                 key: *key,
                 lsn: target,
                 start: horizon,
@@ -452,20 +457,20 @@ impl PageStore {
         reader: &mut RecordReader,
         page: &mut Page,
         rec: &mut DecodedRecord,
-    ) -> Result<(Lsn, StartSource), PageError> {
+    ) -> Result<(Lsn, StartSource), GetPageError> {
         let key = &plan.key;
         Ok(match plan.start {
             Start::Generated(l) => {
                 let img = read(&self.images)
                     .read(key, l)?
-                    .ok_or(PageError::Unknown { key: *key })?;
+                    .ok_or(GetPageError::Unknown { key: *key })?;
                 copy_page(page, &img, key)?;
                 (l, StartSource::GeneratedImage)
             }
             Start::Retained(l) => {
                 let img = read(&self.images)
                     .read(key, l)?
-                    .ok_or(PageError::Unknown { key: *key })?;
+                    .ok_or(GetPageError::Unknown { key: *key })?;
                 copy_page(page, &img, key)?;
                 (l, StartSource::RetainedImage)
             }
@@ -485,7 +490,7 @@ impl PageStore {
             }
             Start::Removed(l) => {
                 if plan.changes.is_empty() {
-                    return Err(PageError::Removed {
+                    return Err(GetPageError::Removed {
                         key: *key,
                         lsn: plan.target,
                         at: l,
@@ -496,7 +501,7 @@ impl PageStore {
             Start::Base => match self
                 .base
                 .read_page(key)
-                .map_err(|source| PageError::Base { key: *key, source })?
+                .map_err(|source| GetPageError::Base { key: *key, source })?
             {
                 Some(p) => {
                     copy_page(page, &p, key)?;
@@ -504,7 +509,7 @@ impl PageStore {
                 }
                 // A page that did not exist at the backup: its first record must create it.
                 None if !plan.changes.is_empty() => (self.backup_start, StartSource::EmptyPage),
-                None => return Err(PageError::Unknown { key: *key }),
+                None => return Err(GetPageError::Unknown { key: *key }),
             },
         })
     }
@@ -516,7 +521,7 @@ impl PageStore {
         reader: &mut RecordReader,
         page: &mut Page,
         rec: &mut DecodedRecord,
-    ) -> Result<(), PageError> {
+    ) -> Result<(), GetPageError> {
         for c in &plan.changes {
             plan.check_supported(c)?;
             plan.read_record(reader, c.lsn, rec)?;
@@ -546,19 +551,19 @@ impl ReadPlan {
         reader: &mut RecordReader,
         at: Lsn,
         rec: &mut DecodedRecord,
-    ) -> Result<(), PageError> {
+    ) -> Result<(), GetPageError> {
         reader
             .read_into(at, rec)
-            .map_err(|source| PageError::Record {
+            .map_err(|source| GetPageError::Record {
                 key: self.key,
                 source,
             })
     }
 
     /// A change by a record the redo does not replay makes the page unreadable, by name.
-    fn check_supported(&self, c: &PageChange) -> Result<(), PageError> {
+    fn check_supported(&self, c: &PageChange) -> Result<(), GetPageError> {
         if c.kind == ChangeKind::Unsupported {
-            return Err(PageError::Unreadable {
+            return Err(GetPageError::Unreadable {
                 key: self.key,
                 lsn: self.target,
                 rmgr: crate::wal::rmgr::RmgrId(c.rmid).name().into_owned(),
@@ -601,9 +606,9 @@ impl ReadOptions {
     }
 }
 
-fn copy_page(page: &mut Page, src: &[u8], key: &PageKey) -> Result<(), PageError> {
+fn copy_page(page: &mut Page, src: &[u8], key: &PageKey) -> Result<(), GetPageError> {
     if src.len() != BLCKSZ {
-        return Err(PageError::Base {
+        return Err(GetPageError::Base {
             key: *key,
             source: std::io::Error::new(
                 std::io::ErrorKind::InvalidData,

@@ -25,7 +25,7 @@ use super::StoreError;
 use super::check::{known_pages, masked_difference};
 use super::meta::HelperMeta;
 use super::offline::{OfflineStore, WalCatchUp};
-use super::page_store::{PageError, ReadOptions};
+use super::page_store::{GetPageError, ReadOptions};
 use crate::pgdata::control_file::{ControlFile, ControlFileError, DbState};
 use crate::pgdata::read_pg_page;
 use crate::pgdata::relpath::{RELSEG_SIZE, pg_relation_path};
@@ -393,12 +393,12 @@ pub fn repair(
                     continue;
                 }
             },
-            Err(PageError::Removed { .. }) => {
+            Err(GetPageError::Removed { .. }) => {
                 sum.removed_skipped += 1;
                 continue;
             }
-            Err(PageError::Unknown { .. }) => continue,
-            Err(e @ PageError::Unreadable { .. }) => {
+            Err(GetPageError::Unknown { .. }) => continue,
+            Err(e @ GetPageError::Unreadable { .. }) => {
                 if changed {
                     sum.unrepairable += 1;
                     sum.problem(|| format!("not repaired: {e}"));

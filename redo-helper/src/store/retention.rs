@@ -25,7 +25,7 @@
 
 use super::images::ImageStoreError;
 use super::index::{ChangeKind, FpwModeChange, PageChange, SavedRelationEvents};
-use super::page_store::{PageError, PageStore, ReadOptions};
+use super::page_store::{GetPageError, PageStore, ReadOptions};
 use super::write_atomic;
 use crate::sync::{lock, read, write};
 use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
@@ -231,7 +231,7 @@ pub enum RetentionError {
     #[error("rebasing {key}: {source}")]
     Page {
         key: PageKey,
-        source: Box<PageError>,
+        source: Box<GetPageError>,
     },
 }
 
@@ -584,8 +584,8 @@ impl Retention {
                     rebased.insert(key, last.lsn);
                     stats.pages_rebased += 1;
                 }
-                Err(PageError::Removed { .. }) => stats.pages_removed += 1,
-                Err(PageError::Unreadable { at, .. }) => {
+                Err(GetPageError::Removed { .. }) => stats.pages_removed += 1,
+                Err(GetPageError::Unreadable { at, .. }) => {
                     let marker = read(&store.index)
                         .page(&key)
                         .and_then(|h| h.change_at(at))
@@ -599,7 +599,7 @@ impl Retention {
                     );
                     stats.pages_unreadable += 1;
                 }
-                Err(e @ (PageError::Images(_) | PageError::BeforeRetention { .. })) => {
+                Err(e @ (GetPageError::Images(_) | GetPageError::BeforeRetention { .. })) => {
                     return Err(RetentionError::Page {
                         key,
                         source: Box::new(e),
