@@ -153,11 +153,11 @@ impl ImageGenerator {
             if self.stop.load(Ordering::SeqCst) {
                 return None;
             }
-            if !self.paused.load(Ordering::SeqCst) {
-                if let Some((_, key)) = q.heap.pop() {
-                    q.queued.remove(&key);
-                    return Some(key);
-                }
+            if !self.paused.load(Ordering::SeqCst)
+                && let Some((_, key)) = q.heap.pop()
+            {
+                q.queued.remove(&key);
+                return Some(key);
             }
             q = recover(self.wake.wait_timeout(q, Duration::from_millis(200))).0;
         }

@@ -887,21 +887,23 @@ fn split_left(
             leftoff += 1;
             off += 1;
             continue;
-        } else if newitemonleft && off == newitemoff {
-            if let Some(ni) = &newitem {
-                left.add_item(ni, leftoff, 0)?;
-                leftoff += 1;
-            }
+        } else if newitemonleft
+            && off == newitemoff
+            && let Some(ni) = &newitem
+        {
+            left.add_item(ni, leftoff, 0)?;
+            leftoff += 1;
         }
         let item = page.item(off)?;
         left.add_item(item, leftoff, 0)?;
         leftoff += 1;
         off += 1;
     }
-    if newitemonleft && off == newitemoff {
-        if let Some(ni) = &newitem {
-            left.add_item(ni, leftoff, 0)?;
-        }
+    if newitemonleft
+        && off == newitemoff
+        && let Some(ni) = &newitem
+    {
+        left.add_item(ni, leftoff, 0)?;
     }
     page.copy_from_slice(&left[..]);
     update_opaque(page, |o| {

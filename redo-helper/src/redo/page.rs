@@ -118,7 +118,7 @@ impl ItemId {
     }
     /// `ItemIdHasStorage`: `lp_len != 0`.
     pub fn has_storage(self) -> bool {
-        self.len() != 0
+        !self.is_empty()
     }
     /// `ItemIdGetRedirect`: a redirect keeps its target offset in `lp_off`.
     pub fn redirect_target(self) -> u16 {
@@ -783,7 +783,7 @@ pub fn lp_pos(offnum: u16) -> usize {
 
 fn check_storage(offnum: u16, id: ItemId) -> Result<(), PageShapeError> {
     let off = id.off() as usize;
-    if off < SIZE_OF_PAGE_HEADER || off + id.len() as usize > BLCKSZ || id.len() == 0 {
+    if off < SIZE_OF_PAGE_HEADER || off + id.len() as usize > BLCKSZ || id.is_empty() {
         return Err(PageShapeError::CorruptLinePointer {
             offnum,
             off: id.off(),

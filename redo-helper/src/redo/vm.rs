@@ -68,7 +68,7 @@ pub fn truncate_tail(page: &mut Page, nheapblocks: u32) {
 /// last page whose tail bits are cleared (if the cut is not on a page boundary).
 pub fn truncated_size(nheapblocks: u32) -> (u32, Option<u32>) {
     let blk = map_block(nheapblocks);
-    if nheapblocks % HEAPBLOCKS_PER_PAGE != 0 {
+    if !nheapblocks.is_multiple_of(HEAPBLOCKS_PER_PAGE) {
         (blk + 1, Some(blk))
     } else {
         (blk, None)

@@ -249,7 +249,7 @@ pub fn check_history(store: &PageStore, samples: usize, seed: u64, sum: &mut Che
         };
         let (key, lsns) = &candidates[i];
         let pick = lsns[rng.below(lsns.len())];
-        let lsn = if rng.next() % 4 == 0 {
+        let lsn = if rng.next().is_multiple_of(4) {
             Lsn(pick.0.saturating_sub(1)).max(horizon)
         } else {
             pick

@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(p.decoder_shares(), 8);
         assert_eq!(steps, 15);
         // Both other threads received shares, and hot pages keep their owner.
-        assert!(p.of.iter().any(|o| *o == 1) && p.of.iter().any(|o| *o == 2));
+        assert!(p.of.contains(&1) && p.of.contains(&2));
         let h = key_hash(&hot[0]);
         assert_eq!(p.owner(&hot[0], h), start.owner(&hot[0], h));
         // A serial partition has nobody to hand over to.
