@@ -31,8 +31,8 @@ pub(crate) struct PageArena {
     free: Vec<NonNull<Page>>,
 }
 
-// The arena owns its mappings; the raw pointers are not shared with other threads except by
-// moving the whole arena.
+// SAFETY: the arena owns its mappings; the raw pointers are not shared with other threads
+// except by moving the whole arena, so no two threads reach one buffer through it.
 unsafe impl Send for PageArena {}
 
 impl PageArena {
@@ -139,7 +139,8 @@ pub(crate) struct Slot {
     pub unreadable: Option<String>,
 }
 
-// A slot owns its page buffer exclusively.
+// SAFETY: a slot owns its page buffer exclusively (no other slot or table points at it), so
+// moving the slot to another thread moves the only access to the buffer.
 unsafe impl Send for Slot {}
 
 impl Slot {
@@ -180,6 +181,8 @@ pub(crate) struct PageTable {
     arena: PageArena,
 }
 
+// SAFETY: a table is its entries, its slots (each Send, above) and its arena (Send, above);
+// it holds no pointer into another table, so moving it moves all access to its pages.
 unsafe impl Send for PageTable {}
 
 /// The hash of a page key: the fields combined FxHash-style, then MurmurHash3's finaliser

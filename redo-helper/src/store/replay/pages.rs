@@ -45,8 +45,9 @@ enum BaseSegment {
     Unmapped(std::fs::File),
 }
 
-// The mapping belongs to the page table of the thread that made it; the cache moves
-// between threads only together with that table (a worker's page set returned at join).
+// SAFETY: the mapping belongs to the page table of the thread that made it; the cache moves
+// between threads only together with that table (a worker's page set returned at join), so
+// no two threads use the mapping at once.
 unsafe impl Send for BaseSegment {}
 
 impl BaseFileCache {
@@ -81,10 +82,11 @@ impl BaseFileCache {
                         source,
                     })?
                     .len() as usize;
-                // SAFETY: a private mapping of a file opened here; the result is checked.
                 let p = if len == 0 {
                     libc::MAP_FAILED
                 } else {
+                    // SAFETY: a private mapping of a file opened here, of its length; mmap
+                    // touches no memory of ours and its result is checked below.
                     unsafe {
                         libc::mmap(
                             std::ptr::null_mut(),
