@@ -17,6 +17,8 @@
 //! Modules are private to the crate; what the binary and the integration tests use is
 //! re-exported here.
 
+#![warn(unreachable_pub)]
+
 pub mod cmd;
 mod imagegen;
 mod pgdata;
@@ -27,9 +29,7 @@ mod stream;
 mod sync;
 pub mod wal;
 
-pub use pgdata::control_file::ControlFile;
 pub use redo::page::{Page, PageLayout, checksum_page};
-pub use stream::conninfo::ConnInfo;
 
 /// The layering above, checked on the source: every `crate::m` path in a module names a
 /// module of a lower layer (or `sync`, usable by all).

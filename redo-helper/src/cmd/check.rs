@@ -13,16 +13,16 @@ use std::process::ExitCode;
 pub struct CheckArgs {
     /// The helper's data directory.
     #[arg(long = "data-dir", value_name = "DIR")]
-    pub data_dir: PathBuf,
+    data_dir: PathBuf,
     /// The cluster's data directory (after a CHECKPOINT, with no writes since).
     #[arg(long, value_name = "PGDATA")]
-    pub pgdata: Option<PathBuf>,
+    pgdata: Option<PathBuf>,
     /// Random (page, historical LSN) reads to compare with the full-chain replay.
     #[arg(long, default_value_t = 1000)]
-    pub samples: usize,
+    samples: usize,
     /// Seed of the sample.
     #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    seed: u64,
 }
 
 /// Runs `check`; exit status 1 on any mismatch or error, 2 when the store cannot be opened.

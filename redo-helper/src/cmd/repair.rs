@@ -11,19 +11,19 @@ use std::time::Duration;
 pub struct RepairArgs {
     /// The helper's data directory.
     #[arg(long = "data-dir", value_name = "DIR")]
-    pub data_dir: PathBuf,
+    data_dir: PathBuf,
     /// The cluster's data directory (PostgreSQL stopped).
     #[arg(long, value_name = "PGDATA")]
-    pub pgdata: PathBuf,
+    pgdata: PathBuf,
     /// Check every page even when the cluster was shut down cleanly (by default a clean
     /// shutdown is recognised from pg_control and nothing is done).
     #[arg(long)]
-    pub even_if_clean: bool,
+    even_if_clean: bool,
     /// Only write the pages changed since the last checkpoint; skip reading and checking
     /// every other page (faster on a large cluster; a torn hint-bit-only write is then
     /// left to PostgreSQL's data checksums to report).
     #[arg(long)]
-    pub changed_only: bool,
+    changed_only: bool,
 }
 
 /// Runs `repair`; exit status 1 when a page changed since the checkpoint could not be

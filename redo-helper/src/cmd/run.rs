@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     pub conninfo: ConnInfo,
     pub data_dir: PathBuf,
     pub slot: String,
@@ -57,7 +57,7 @@ pub struct RunOptions {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
+pub(crate) enum ServiceError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -104,7 +104,7 @@ impl From<crate::store::lock::LockError> for ServiceError {
 
 impl ServiceError {
     /// Failures a retry can fix: the network, a server restart, a full disk, a busy slot.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             ServiceError::Connection(e) => !e.is_permanent(),
             ServiceError::Store(StoreError::Archive(e)) => e.is_disk_full(),
@@ -394,11 +394,14 @@ fn flush_and_decode(
 }
 
 /// The service: never returns Ok; returns an error that retrying cannot fix.
-pub async fn run(opts: RunOptions) -> Result<(), ServiceError> {
+pub(crate) async fn run(opts: RunOptions) -> Result<(), ServiceError> {
     run_with_state(opts, Arc::new(SharedState::default())).await
 }
 
-pub async fn run_with_state(opts: RunOptions, state: Arc<SharedState>) -> Result<(), ServiceError> {
+pub(crate) async fn run_with_state(
+    opts: RunOptions,
+    state: Arc<SharedState>,
+) -> Result<(), ServiceError> {
     let dd = |source| StoreError::DataDir {
         dir: opts.data_dir.clone(),
         source,
@@ -608,54 +611,54 @@ fn queue_images(imagegen: &ImageGenerator, store: &PageStore, touched: &[PageKey
 pub struct RunArgs {
     /// libpq connection string or URI of the compute (a role with REPLICATION).
     #[arg(long = "connect", value_name = "CONNINFO")]
-    pub connect: String,
+    connect: String,
     /// The helper's own data directory (created if missing; one helper per directory).
     #[arg(long = "data-dir", value_name = "DIR")]
-    pub data_dir: PathBuf,
+    data_dir: PathBuf,
     /// Physical replication slot to create (if missing) and stream from.
     #[arg(long, default_value = "fpw_pushdown")]
-    pub slot: String,
+    slot: String,
     /// Loopback address for /status and /metrics (e.g. 127.0.0.1:7432).
     #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Option<std::net::SocketAddr>,
+    listen: Option<std::net::SocketAddr>,
     /// How often received WAL is fsynced and acknowledged, in milliseconds.
     #[arg(long, default_value_t = 100)]
-    pub flush_interval_ms: u64,
+    flush_interval_ms: u64,
     /// Longest pause between reconnection attempts, in seconds.
     #[arg(long, default_value_t = 30)]
-    pub max_backoff_secs: u64,
+    max_backoff_secs: u64,
     /// Generate a page image when a page has more than this many deltas since its last image.
     #[arg(long, default_value_t = crate::imagegen::DEFAULT_IMAGE_THRESHOLD)]
-    pub image_threshold: u32,
+    image_threshold: u32,
     /// Image generation threads (default: cores - 1, at least 1).
     #[arg(long)]
-    pub imagegen_workers: Option<usize>,
+    imagegen_workers: Option<usize>,
     /// Pages waiting for an image above which flush acknowledgements are held back.
     #[arg(long, default_value_t = 100_000)]
-    pub backpressure_queue: usize,
+    backpressure_queue: usize,
     /// Recently served pages kept in memory (8 KB each; 0 disables the cache).
     #[arg(long, default_value_t = crate::store::page_store::DEFAULT_CACHE_PAGES)]
-    pub page_cache_pages: usize,
+    page_cache_pages: usize,
     /// History to keep: WAL segments and page images older than this are removed and
     /// pages can no longer be read before it. A WAL distance (512MB, 4GB, 1TB; no unit:
     /// bytes), a time (30min, 2h, 7d; counted while the helper runs), or `all`.
     #[arg(long, value_name = "SIZE|TIME|all",
           default_value = crate::store::retention::DEFAULT_RETAIN,
           value_parser = crate::store::retention::parse_retain)]
-    pub retain: crate::store::retention::Retain,
+    retain: crate::store::retention::Retain,
     /// CPU priority (nice value, -20..19) of the helper's threads, for a helper that shares
     /// cores with the database: at a positive value it yields to the backends and falls
     /// behind only when the cores have no idle time (then image generation queues and
     /// back-pressure holds acknowledgements). 0 keeps the priority it was started with.
     #[arg(long, default_value_t = DEFAULT_NICE, allow_negative_numbers = true,
           value_parser = clap::value_parser!(i32).range(-20..=19))]
-    pub nice: i32,
+    nice: i32,
     /// How often retention checks whether the horizon can move, in milliseconds.
     #[arg(long, default_value_t = 10_000, hide = true)]
-    pub retention_interval_ms: u64,
+    retention_interval_ms: u64,
     /// Entries per image file (0: the default; tests use small files).
     #[arg(long, default_value_t = 0, hide = true)]
-    pub image_file_entries: u64,
+    image_file_entries: u64,
 }
 
 /// Runs the helper until an error a retry cannot fix.

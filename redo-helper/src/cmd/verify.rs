@@ -12,25 +12,25 @@ use std::process::ExitCode;
 pub struct VerifyArgs {
     /// The helper's data directory.
     #[arg(long = "data-dir", value_name = "DIR")]
-    pub data_dir: PathBuf,
+    data_dir: PathBuf,
     /// Also compare every page with this cluster's data files (after a CHECKPOINT).
     #[arg(long, value_name = "PGDATA")]
-    pub pgdata: Option<PathBuf>,
+    pgdata: Option<PathBuf>,
     /// First record to replay (default: the bootstrap backup's start).
     #[arg(long)]
-    pub start: Option<Lsn>,
+    start: Option<Lsn>,
     /// Stop before this LSN (default: the archive's flush position).
     #[arg(long)]
-    pub end: Option<Lsn>,
+    end: Option<Lsn>,
     /// Replay only (no consistency comparisons) and print throughput and per-type cost.
     #[arg(long)]
-    pub bench: bool,
+    bench: bool,
     /// Replay threads (pages are partitioned among them).
     #[arg(long, default_value_t = 1)]
-    pub workers: usize,
+    workers: usize,
     /// Hand pages over between replay threads every N batches (for tests).
     #[arg(long, value_name = "N", hide = true)]
-    pub hand_over_every: Option<usize>,
+    hand_over_every: Option<usize>,
 }
 
 /// Runs `verify`; exit status 1 on any mismatch, 2 when it could not run.

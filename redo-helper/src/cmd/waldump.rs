@@ -14,28 +14,28 @@ use crate::wal::{
 pub struct WaldumpArgs {
     /// Directory holding the WAL segment files (default: the FILE's directory, or pg_wal).
     #[arg(short = 'p', long)]
-    pub path: Option<PathBuf>,
+    path: Option<PathBuf>,
     /// Start reading at this LSN (first record at or after it).
     #[arg(short = 's', long)]
-    pub start: Option<Lsn>,
+    start: Option<Lsn>,
     /// Stop reading at this LSN.
     #[arg(short = 'e', long)]
-    pub end: Option<Lsn>,
+    end: Option<Lsn>,
     /// Timeline of the segment files to read.
     #[arg(short = 't', long)]
-    pub timeline: Option<u32>,
+    timeline: Option<u32>,
     /// Show statistics instead of records; `--stats=record` per record type.
     #[arg(short = 'z', long, num_args = 0..=1, require_equals = true, default_missing_value = "rmgr",
           value_parser = ["rmgr", "record"])]
-    pub stats: Option<String>,
+    stats: Option<String>,
     /// Only records referencing this block: SPC/DB/REL[/FORK]/BLK.
     #[arg(short = 'B', long, value_parser = parse_block_filter)]
-    pub block: Option<PageKey>,
+    block: Option<PageKey>,
     /// Stop after this many records.
     #[arg(short = 'n', long)]
-    pub limit: Option<u64>,
+    limit: Option<u64>,
     /// Segment files (STARTSEG [ENDSEG]); they set the default start, end and timeline.
-    pub files: Vec<PathBuf>,
+    files: Vec<PathBuf>,
 }
 
 /// Runs `waldump` on stdout; exit status 1 on a decoding error.
@@ -71,7 +71,7 @@ pub fn main(args: WaldumpArgs) -> std::process::ExitCode {
 
 /// Options of the waldump command.
 #[derive(Debug, Clone, Default)]
-pub struct WaldumpOptions {
+pub(crate) struct WaldumpOptions {
     pub path: Option<PathBuf>,
     pub start: Option<Lsn>,
     pub end: Option<Lsn>,
@@ -84,7 +84,7 @@ pub struct WaldumpOptions {
 }
 
 /// Parses `SPC/DB/REL/BLK` (main fork) or `SPC/DB/REL/FORK/BLK` (fork by name or number).
-pub fn parse_block_filter(s: &str) -> Result<PageKey, String> {
+pub(crate) fn parse_block_filter(s: &str) -> Result<PageKey, String> {
     let parts: Vec<&str> = s.split('/').collect();
     let num = |p: &str| {
         p.parse::<u32>()
@@ -112,7 +112,7 @@ pub fn parse_block_filter(s: &str) -> Result<PageKey, String> {
 
 /// Outcome of a run: how many records were shown and how the WAL ended.
 #[derive(Debug)]
-pub struct WaldumpSummary {
+pub(crate) struct WaldumpSummary {
     pub records: u64,
     pub last_lsn: Option<Lsn>,
     /// `Some` when reading stopped at the end of valid WAL (not an error).
@@ -205,7 +205,7 @@ fn matches_block(rec: &DecodedRecord, key: &PageKey) -> bool {
 }
 
 /// Runs the command, writing to `out`. Errors other than end of WAL are returned.
-pub fn run(opts: &WaldumpOptions, out: &mut dyn Write) -> Result<WaldumpSummary, String> {
+pub(crate) fn run(opts: &WaldumpOptions, out: &mut dyn Write) -> Result<WaldumpSummary, String> {
     let (dir, start, end, timeline) = resolve(opts)?;
     let mut reader = WalFileReader::open(
         &dir,

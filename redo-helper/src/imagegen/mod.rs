@@ -12,27 +12,27 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
-pub const DEFAULT_IMAGE_THRESHOLD: u32 = 16;
+pub(crate) const DEFAULT_IMAGE_THRESHOLD: u32 = 16;
 
 /// How often image generation syncs the image files.
 const IMAGE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Threshold policy: a default and per-relation overrides.
 #[derive(Debug, Default)]
-pub struct ThresholdPolicy {
+pub(crate) struct ThresholdPolicy {
     default: AtomicU32,
     overrides: RwLock<HashMap<RelFileLocator, u32>>,
 }
 
 impl ThresholdPolicy {
-    pub fn new(default: u32) -> ThresholdPolicy {
+    pub(crate) fn new(default: u32) -> ThresholdPolicy {
         ThresholdPolicy {
             default: AtomicU32::new(default),
             overrides: RwLock::new(HashMap::new()),
         }
     }
 
-    pub fn threshold(&self, rel: &RelFileLocator) -> u32 {
+    pub(crate) fn threshold(&self, rel: &RelFileLocator) -> u32 {
         read(&self.overrides)
             .get(rel)
             .copied()
@@ -40,19 +40,12 @@ impl ThresholdPolicy {
     }
 
     /// Sets (Some) or removes (None) a relation's own threshold.
-    pub fn set_override(&self, rel: RelFileLocator, threshold: Option<u32>) {
+    pub(crate) fn set_override(&self, rel: RelFileLocator, threshold: Option<u32>) {
         let mut o = write(&self.overrides);
         match threshold {
             Some(t) => o.insert(rel, t),
             None => o.remove(&rel),
         };
-    }
-
-    pub fn overrides(&self) -> Vec<(RelFileLocator, u32)> {
-        read(&self.overrides)
-            .iter()
-            .map(|(k, v)| (*k, *v))
-            .collect()
     }
 }
 
@@ -63,14 +56,14 @@ struct Queue {
 }
 
 /// Counters and histograms for /metrics.
-pub struct ImageGenStats {
+pub(crate) struct ImageGenStats {
     pub images_generated: AtomicU64,
     pub failures: AtomicU64,
     /// Chain length (deltas replayed) when an image was made.
     pub chain_at_image: Mutex<Histogram<u64>>,
 }
 
-pub struct ImageGenerator {
+pub(crate) struct ImageGenerator {
     store: Arc<PageStore>,
     pub policy: ThresholdPolicy,
     queue: Mutex<Queue>,
@@ -83,7 +76,7 @@ pub struct ImageGenerator {
 }
 
 /// 1..=1e6 deltas with 2 significant digits.
-pub fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     match Histogram::new_with_bounds(1, 1_000_000, 2) {
         Ok(h) => h,
         Err(e) => unreachable!("constant histogram bounds are valid: {e}"),
@@ -91,7 +84,7 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 impl ImageGenerator {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<PageStore>,
         threshold: u32,
         backpressure_depth: usize,
@@ -113,7 +106,7 @@ impl ImageGenerator {
     }
 
     /// Called after indexing: queues the page if its chain is over its threshold.
-    pub fn consider(&self, key: &PageKey, deltas_since_image: u32, unreadable: bool) {
+    pub(crate) fn consider(&self, key: &PageKey, deltas_since_image: u32, unreadable: bool) {
         if unreadable || deltas_since_image <= self.policy.threshold(&key.rel) {
             return;
         }
@@ -124,27 +117,22 @@ impl ImageGenerator {
         }
     }
 
-    pub fn queue_depth(&self) -> usize {
+    pub(crate) fn queue_depth(&self) -> usize {
         lock(&self.queue).queued.len()
     }
 
-    pub fn backpressure(&self) -> bool {
+    pub(crate) fn backpressure(&self) -> bool {
         self.queue_depth() > self.backpressure_depth
     }
 
     /// Pausing stops workers from taking new pages (for tests and maintenance).
-    pub fn set_paused(&self, paused: bool) {
+    pub(crate) fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::SeqCst);
         self.wake.notify_all();
     }
 
-    pub fn is_paused(&self) -> bool {
+    pub(crate) fn is_paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
-    }
-
-    pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.wake.notify_all();
     }
 
     fn next_job(&self) -> Option<PageKey> {
@@ -198,7 +186,7 @@ impl ImageGenerator {
     }
 
     /// Starts `n` worker threads.
-    pub fn spawn_workers(self: &Arc<Self>, n: usize) -> Vec<std::thread::JoinHandle<()>> {
+    pub(crate) fn spawn_workers(self: &Arc<Self>, n: usize) -> Vec<std::thread::JoinHandle<()>> {
         (0..n.max(1))
             .map(|i| {
                 let me = Arc::clone(self);
@@ -224,7 +212,7 @@ impl ImageGenerator {
 
     /// Image lag: over pages waiting for an image, the largest distance between their newest
     /// delta and their newest image (or chain start).
-    pub fn image_lag_bytes(&self) -> u64 {
+    pub(crate) fn image_lag_bytes(&self) -> u64 {
         let keys: Vec<PageKey> = lock(&self.queue).queued.iter().copied().collect();
         let idx = read(&self.store.index);
         keys.iter()

@@ -23,7 +23,7 @@ const OFF_CRC: usize = 288;
 
 /// `DBState`: what the cluster was doing when pg_control was last written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DbState {
+pub(crate) enum DbState {
     Startup,
     ShutDown,
     ShutDownInRecovery,
@@ -47,24 +47,10 @@ impl DbState {
             v => DbState::Unknown(v),
         }
     }
-
-    /// The wording of `pg_controldata`'s "Database cluster state".
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DbState::Startup => "starting up",
-            DbState::ShutDown => "shut down",
-            DbState::ShutDownInRecovery => "shut down in recovery",
-            DbState::ShuttingDown => "shutting down",
-            DbState::InCrashRecovery => "in crash recovery",
-            DbState::InArchiveRecovery => "in archive recovery",
-            DbState::InProduction => "in production",
-            DbState::Unknown(_) => "unrecognized status code",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControlFile {
+pub(crate) struct ControlFile {
     pub system_identifier: u64,
     pub state: DbState,
     /// Location of the latest checkpoint record.
@@ -78,7 +64,7 @@ pub struct ControlFile {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ControlFileError {
+pub(crate) enum ControlFileError {
     #[error("reading {path}: {source}")]
     Io {
         path: PathBuf,
@@ -89,12 +75,12 @@ pub enum ControlFileError {
 }
 
 impl ControlFile {
-    pub fn path(pgdata: &Path) -> PathBuf {
+    pub(crate) fn path(pgdata: &Path) -> PathBuf {
         pgdata.join("global").join("pg_control")
     }
 
     /// Reads and checks (version, CRC, block size) `PGDATA/global/pg_control`.
-    pub fn read(pgdata: &Path) -> Result<ControlFile, ControlFileError> {
+    pub(crate) fn read(pgdata: &Path) -> Result<ControlFile, ControlFileError> {
         let path = Self::path(pgdata);
         let bytes = std::fs::read(&path).map_err(|source| ControlFileError::Io {
             path: path.clone(),
@@ -103,7 +89,7 @@ impl ControlFile {
         Self::parse(&bytes).map_err(|reason| ControlFileError::Invalid { path, reason })
     }
 
-    pub fn parse(b: &[u8]) -> Result<ControlFile, String> {
+    pub(crate) fn parse(b: &[u8]) -> Result<ControlFile, String> {
         if b.len() < OFF_CRC + 4 {
             return Err(format!("{} bytes, too short", b.len()));
         }

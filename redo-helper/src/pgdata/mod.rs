@@ -4,8 +4,8 @@
 //!
 //! Only facts of the on-disk format live here; nothing of the helper's own data directory.
 
-pub mod control_file;
-pub mod relpath;
+pub(crate) mod control_file;
+pub(crate) mod relpath;
 
 use crate::wal::block::PageKey;
 use crate::wal::page::BLCKSZ;
@@ -13,7 +13,10 @@ use relpath::{RELSEG_SIZE, pg_relation_path};
 use std::path::Path;
 
 /// A data-file page of `pgdata`, as on disk; None when its file or block does not exist.
-pub fn read_pg_page(pgdata: &Path, key: &PageKey) -> std::io::Result<Option<Box<[u8; BLCKSZ]>>> {
+pub(crate) fn read_pg_page(
+    pgdata: &Path,
+    key: &PageKey,
+) -> std::io::Result<Option<Box<[u8; BLCKSZ]>>> {
     use std::os::unix::fs::FileExt;
     let seg = key.block / RELSEG_SIZE;
     let path = pg_relation_path(pgdata, &key.rel, key.fork, seg);

@@ -6,11 +6,11 @@ use crate::wal::block::{ForkNumber, RelFileLocator};
 use std::path::{Path, PathBuf};
 
 /// Blocks per 1 GB relation segment (`RELSEG_SIZE` with 8 KB blocks).
-pub const RELSEG_SIZE: u32 = 131_072;
+pub(crate) const RELSEG_SIZE: u32 = 131_072;
 
 /// A relation file name: relfilenode, fork and segment number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RelationFileName {
+pub(crate) struct RelationFileName {
     pub rel_number: u32,
     pub fork: ForkNumber,
     pub segment: u32,
@@ -18,7 +18,7 @@ pub struct RelationFileName {
 
 impl RelationFileName {
     /// Parses `16384`, `16384_vm`, `16384.2`, `16384_fsm.1`; anything else is not relation data.
-    pub fn parse(name: &str) -> Option<RelationFileName> {
+    pub(crate) fn parse(name: &str) -> Option<RelationFileName> {
         let (stem, segment) = match name.split_once('.') {
             Some((s, seg)) if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) => {
                 (s, seg.parse().ok()?)
@@ -43,7 +43,7 @@ impl RelationFileName {
         })
     }
 
-    pub fn file_name(&self) -> String {
+    pub(crate) fn file_name(&self) -> String {
         let fork = match self.fork.0 {
             0 => String::new(),
             _ => format!("_{}", self.fork.name()),
@@ -59,7 +59,7 @@ impl RelationFileName {
 
 /// Path of a relation file in a PostgreSQL data directory (`relpath`): global/ for the
 /// global tablespace (1664), base/DB/ for the default one (1663), pg_tblspc/SPC/... else.
-pub fn pg_relation_path(
+pub(crate) fn pg_relation_path(
     pgdata: &Path,
     rel: &RelFileLocator,
     fork: ForkNumber,

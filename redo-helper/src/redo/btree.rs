@@ -20,23 +20,23 @@ use crate::wal::page::BLCKSZ;
 use crate::wal::record::DecodedRecord;
 use crate::wal::rmgr::btree::*;
 
-pub const BTP_LEAF: u16 = 1 << 0;
-pub const BTP_ROOT: u16 = 1 << 1;
-pub const BTP_DELETED: u16 = 1 << 2;
-pub const BTP_META: u16 = 1 << 3;
-pub const BTP_HALF_DEAD: u16 = 1 << 4;
-pub const BTP_SPLIT_END: u16 = 1 << 5;
-pub const BTP_HAS_GARBAGE: u16 = 1 << 6;
-pub const BTP_INCOMPLETE_SPLIT: u16 = 1 << 7;
-pub const BTP_HAS_FULLXID: u16 = 1 << 8;
+pub(crate) const BTP_LEAF: u16 = 1 << 0;
+pub(crate) const BTP_ROOT: u16 = 1 << 1;
+pub(crate) const BTP_DELETED: u16 = 1 << 2;
+pub(crate) const BTP_META: u16 = 1 << 3;
+pub(crate) const BTP_HALF_DEAD: u16 = 1 << 4;
+pub(crate) const BTP_SPLIT_END: u16 = 1 << 5;
+pub(crate) const BTP_HAS_GARBAGE: u16 = 1 << 6;
+pub(crate) const BTP_INCOMPLETE_SPLIT: u16 = 1 << 7;
+pub(crate) const BTP_HAS_FULLXID: u16 = 1 << 8;
 /// `sizeof(BTPageOpaqueData)`.
-pub const BT_OPAQUE_SIZE: usize = 16;
+pub(crate) const BT_OPAQUE_SIZE: usize = 16;
 /// `P_NONE`, `P_HIKEY`, `P_FIRSTKEY`.
-pub const P_NONE: u32 = 0;
-pub const P_HIKEY: u16 = 1;
-pub const P_FIRSTKEY: u16 = 2;
+pub(crate) const P_NONE: u32 = 0;
+pub(crate) const P_HIKEY: u16 = 1;
+pub(crate) const P_FIRSTKEY: u16 = 2;
 /// `BTREE_MAGIC`.
-pub const BTREE_MAGIC: u32 = 0x053162;
+pub(crate) const BTREE_MAGIC: u32 = 0x053162;
 /// `INDEX_ALT_TID_MASK` (nbtree's use of the AM-reserved t_info bit).
 const INDEX_ALT_TID_MASK: u16 = INDEX_AM_RESERVED_BIT;
 const BT_OFFSET_MASK: u16 = 0x0FFF;
@@ -52,7 +52,7 @@ const BT_MAX_ITEM_SIZE: usize =
 
 /// The btree special space of a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct BtOpaque {
+pub(crate) struct BtOpaque {
     pub prev: u32,
     pub next: u32,
     pub level: u32,
@@ -70,7 +70,7 @@ fn opaque_pos(page: &Page) -> Result<usize, RedoErrorKind> {
     Ok(s)
 }
 
-pub fn read_opaque(page: &Page) -> Result<BtOpaque, RedoErrorKind> {
+pub(crate) fn read_opaque(page: &Page) -> Result<BtOpaque, RedoErrorKind> {
     let s = opaque_pos(page)?;
     Ok(BtOpaque {
         prev: get_u32(page, s),
@@ -81,7 +81,7 @@ pub fn read_opaque(page: &Page) -> Result<BtOpaque, RedoErrorKind> {
     })
 }
 
-pub fn write_opaque(page: &mut Page, o: &BtOpaque) -> Result<(), RedoErrorKind> {
+pub(crate) fn write_opaque(page: &mut Page, o: &BtOpaque) -> Result<(), RedoErrorKind> {
     let s = opaque_pos(page)?;
     put_u32(page, s, o.prev);
     put_u32(page, s + 4, o.next);

@@ -11,7 +11,7 @@ use crate::wal::page::BLCKSZ;
 use std::fmt::Write as _;
 
 /// Masks copies of both pages and compares them; a field-level diff when they differ.
-pub fn compare_masked(
+pub(crate) fn compare_masked(
     replayed: &Page,
     expected: &Page,
     kind: PageKind,
@@ -29,7 +29,7 @@ pub fn compare_masked(
 
 /// A field-level description of how two (masked) pages differ: header fields, line
 /// pointers, heap tuple headers or btree special space, then the first differing bytes.
-pub fn diff_pages(replayed: &Page, expected: &Page, kind: PageKind) -> String {
+pub(crate) fn diff_pages(replayed: &Page, expected: &Page, kind: PageKind) -> String {
     let mut out = String::new();
     let fields: [(&str, u64, u64); 8] = [
         ("pd_lsn", replayed.lsn().0, expected.lsn().0),

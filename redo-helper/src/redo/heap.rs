@@ -91,7 +91,7 @@ pub(super) fn page_set_prunable(page: &mut Page, xid: u32) {
 }
 
 /// `TransactionIdPrecedes`.
-pub fn transaction_id_precedes(a: u32, b: u32) -> bool {
+pub(crate) fn transaction_id_precedes(a: u32, b: u32) -> bool {
     if a < 3 || b < 3 {
         return a < b;
     }

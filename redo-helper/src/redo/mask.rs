@@ -16,13 +16,13 @@ use crate::wal::rmgr;
 const MASK_MARKER: u8 = 0;
 
 /// `mask_page_lsn_and_checksum`.
-pub fn mask_page_lsn_and_checksum(page: &mut Page) {
+pub(crate) fn mask_page_lsn_and_checksum(page: &mut Page) {
     page[0..10].fill(MASK_MARKER);
 }
 
 /// `mask_page_hint_bits`: pd_prune_xid, PD_PAGE_FULL, PD_HAS_FREE_LINES and PD_ALL_VISIBLE
 /// (redo does not set PD_ALL_VISIBLE when the page LSN is past the VISIBLE record).
-pub fn mask_page_hint_bits(page: &mut Page) {
+pub(crate) fn mask_page_hint_bits(page: &mut Page) {
     page.set_prune_xid(MASK_MARKER as u32);
     let f = page.flags() & !(PD_PAGE_FULL | PD_HAS_FREE_LINES | PD_ALL_VISIBLE);
     page.set_flags(f);
@@ -30,7 +30,7 @@ pub fn mask_page_hint_bits(page: &mut Page) {
 
 /// `mask_unused_space`: the hole between pd_lower and pd_upper. A page whose pointers are
 /// not sane is left alone (PostgreSQL raises an error; the comparison will then differ).
-pub fn mask_unused_space(page: &mut Page) {
+pub(crate) fn mask_unused_space(page: &mut Page) {
     let (lower, upper, special) = (
         page.lower() as usize,
         page.upper() as usize,
@@ -43,7 +43,7 @@ pub fn mask_unused_space(page: &mut Page) {
 }
 
 /// `mask_lp_flags`: used line pointers become LP_UNUSED (keeping offset and length).
-pub fn mask_lp_flags(page: &mut Page) {
+pub(crate) fn mask_lp_flags(page: &mut Page) {
     for off in 1..=page.max_offset() {
         if let Ok(id) = page.item_id(off)
             && id.is_used()
@@ -56,14 +56,14 @@ pub fn mask_lp_flags(page: &mut Page) {
 /// `mask_page_content`: everything after the header, and pd_lower/pd_upper. No page kind
 /// replayed today is masked this way; the masks of GIN, BRIN and generic-WAL pages are.
 #[allow(dead_code)]
-pub fn mask_page_content(page: &mut Page) {
+pub(crate) fn mask_page_content(page: &mut Page) {
     page[SIZE_OF_PAGE_HEADER..].fill(MASK_MARKER);
     put_u16(page, 12, 0);
     put_u16(page, 14, 0);
 }
 
 /// `heap_mask`.
-pub fn heap_mask(page: &mut Page, blkno: u32) {
+pub(crate) fn heap_mask(page: &mut Page, blkno: u32) {
     mask_page_lsn_and_checksum(page);
     mask_page_hint_bits(page);
     mask_unused_space(page);
@@ -111,7 +111,7 @@ pub fn heap_mask(page: &mut Page, blkno: u32) {
 use super::btree::{BTP_HAS_GARBAGE, BTP_LEAF, BTP_SPLIT_END};
 
 /// `btree_mask`.
-pub fn btree_mask(page: &mut Page) {
+pub(crate) fn btree_mask(page: &mut Page) {
     mask_page_lsn_and_checksum(page);
     mask_page_hint_bits(page);
     mask_unused_space(page);
@@ -135,14 +135,14 @@ pub fn btree_mask(page: &mut Page) {
 }
 
 /// `seq_mask`.
-pub fn seq_mask(page: &mut Page) {
+pub(crate) fn seq_mask(page: &mut Page) {
     mask_page_lsn_and_checksum(page);
     mask_unused_space(page);
 }
 
 /// Which mask applies to a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PageKind {
+pub(crate) enum PageKind {
     Heap,
     Btree,
     Sequence,
@@ -154,7 +154,7 @@ pub enum PageKind {
 
 impl PageKind {
     /// The kind of page a record of `rmid` changes in `fork`.
-    pub fn of_rmgr(rmid: u8, fork: ForkNumber) -> Option<PageKind> {
+    pub(crate) fn of_rmgr(rmid: u8, fork: ForkNumber) -> Option<PageKind> {
         if fork == ForkNumber::VM {
             return Some(PageKind::VisibilityMap);
         }
@@ -173,7 +173,7 @@ impl PageKind {
     /// A guess from the page itself (for pages only ever written by FPIs or the base
     /// backup): the special space size and its magic numbers tell the access method, as
     /// pageinspect does.
-    pub fn guess(page: &Page, fork: ForkNumber) -> PageKind {
+    pub(crate) fn guess(page: &Page, fork: ForkNumber) -> PageKind {
         if fork == ForkNumber::VM {
             return PageKind::VisibilityMap;
         }
@@ -200,7 +200,7 @@ impl PageKind {
 }
 
 /// Applies the mask for `kind` (block number needed by heap_mask).
-pub fn mask_page(page: &mut Page, kind: PageKind, blkno: u32) {
+pub(crate) fn mask_page(page: &mut Page, kind: PageKind, blkno: u32) {
     match kind {
         PageKind::Heap => heap_mask(page, blkno),
         PageKind::Btree => btree_mask(page),

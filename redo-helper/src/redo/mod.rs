@@ -17,18 +17,18 @@
 //! (hash, GIN, GiST, SP-GiST, BRIN, generic, custom) is refused with
 //! [`RedoErrorKind::Unsupported`]: its page is unreadable until an image arrives.
 
-pub mod btree;
-pub mod compare;
-pub mod heap;
-pub mod heap2;
-pub mod mask;
-pub mod page;
-pub mod pagetable;
-pub mod seq;
-pub mod smgr;
-pub mod tuple;
-pub mod vm;
-pub mod xlog;
+pub(crate) mod btree;
+pub(crate) mod compare;
+pub(crate) mod heap;
+pub(crate) mod heap2;
+pub(crate) mod mask;
+pub(crate) mod page;
+pub(crate) mod pagetable;
+pub(crate) mod seq;
+pub(crate) mod smgr;
+pub(crate) mod tuple;
+pub(crate) mod vm;
+pub(crate) mod xlog;
 
 use crate::wal::block::{BlockRef, ForkNumber, PageKey};
 use crate::wal::error::WalError;
@@ -37,11 +37,11 @@ use crate::wal::record::DecodedRecord;
 use crate::wal::rmgr::{self, RmgrId, record_type_name};
 use page::{Page, PageLayout, PageShapeError};
 
-pub use smgr::{RelationChange, relation_changes};
+pub(crate) use smgr::{RelationChange, relation_changes};
 
 /// Settings of the compute that change what redo does.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RedoContext {
+pub(crate) struct RedoContext {
     /// The cluster has data checksums (`initdb -k`).
     pub data_checksums: bool,
     /// `wal_log_hints` is on.
@@ -50,14 +50,14 @@ pub struct RedoContext {
 
 impl RedoContext {
     /// `XLogHintBitIsNeeded()`.
-    pub fn hint_bits_logged(&self) -> bool {
+    pub(crate) fn hint_bits_logged(&self) -> bool {
         self.data_checksums || self.wal_log_hints
     }
 }
 
 /// Whether a rmgr's redo touches the page's LSN after changing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LsnRule {
+pub(crate) enum LsnRule {
     /// `PageSetLSN(page, EndRecPtr)`.
     Stamp,
     /// The page keeps its LSN (nothing changed, or PostgreSQL deliberately does not bump
@@ -67,7 +67,7 @@ pub enum LsnRule {
 
 /// What happened to a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlockOutcome {
+pub(crate) enum BlockOutcome {
     /// An applicable full page image was restored (`BLK_RESTORED`).
     Restored,
     /// The record's change was applied (`BLK_NEEDS_REDO`).
@@ -78,7 +78,7 @@ pub enum BlockOutcome {
 
 /// Why a record could not be applied to a page.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum RedoErrorKind {
+pub(crate) enum RedoErrorKind {
     #[error("malformed record: {0}")]
     Malformed(String),
     #[error("page does not match the record: {0}")]
@@ -98,7 +98,7 @@ pub(crate) fn malformed(what: impl Into<String>) -> RedoErrorKind {
 /// A redo failure, naming the record (rmgr, type, LSN) and the page.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("redo of {rmgr} {record} at {lsn} on page {page}: {kind}")]
-pub struct RedoError {
+pub(crate) struct RedoError {
     pub lsn: Lsn,
     pub rmgr: String,
     pub record: String,
@@ -107,7 +107,7 @@ pub struct RedoError {
 }
 
 impl RedoError {
-    pub fn new(rec: &DecodedRecord, page: PageKey, kind: RedoErrorKind) -> RedoError {
+    pub(crate) fn new(rec: &DecodedRecord, page: PageKey, kind: RedoErrorKind) -> RedoError {
         RedoError {
             lsn: rec.lsn,
             rmgr: RmgrId(rec.rmid()).name().into_owned(),
@@ -116,13 +116,13 @@ impl RedoError {
             kind,
         }
     }
-    pub fn is_unsupported(&self) -> bool {
+    pub(crate) fn is_unsupported(&self) -> bool {
         matches!(self.kind, RedoErrorKind::Unsupported)
     }
 }
 
 /// Resource managers whose page changes the engine replays.
-pub fn rmgr_replayed(rmid: u8) -> bool {
+pub(crate) fn rmgr_replayed(rmid: u8) -> bool {
     matches!(
         rmid,
         rmgr::RM_XLOG_ID
@@ -135,7 +135,7 @@ pub fn rmgr_replayed(rmid: u8) -> bool {
 
 /// Applies the change of `rec` described by block reference `block` to `page` (the page
 /// as of before the record; all zeros if it does not exist yet).
-pub fn apply_block(
+pub(crate) fn apply_block(
     page: &mut Page,
     rec: &DecodedRecord,
     block: &BlockRef,
@@ -182,7 +182,7 @@ fn apply_block_kind(
 
 /// A page a record changes without referencing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImplicitChange {
+pub(crate) enum ImplicitChange {
     /// A heap record clears visibility-map bits (`visibilitymap_clear` in heap redo).
     VmClear { heap_blk: u32, flags: u8 },
     /// An smgr truncation clears the tail bits of the last remaining VM page
@@ -191,7 +191,7 @@ pub enum ImplicitChange {
 }
 
 /// The pages `rec` changes without a block reference.
-pub fn implicit_changes(rec: &DecodedRecord) -> Vec<(PageKey, ImplicitChange)> {
+pub(crate) fn implicit_changes(rec: &DecodedRecord) -> Vec<(PageKey, ImplicitChange)> {
     let mut out: Vec<(PageKey, ImplicitChange)> = vm::implicit_vm_clears(rec)
         .into_iter()
         .map(|c| {
@@ -231,7 +231,7 @@ pub fn implicit_changes(rec: &DecodedRecord) -> Vec<(PageKey, ImplicitChange)> {
 
 /// Applies an implicit change. These ignore the page LSN and do not stamp it, as
 /// PostgreSQL's redo does for them.
-pub fn apply_implicit(page: &mut Page, change: ImplicitChange) {
+pub(crate) fn apply_implicit(page: &mut Page, change: ImplicitChange) {
     match change {
         ImplicitChange::VmClear { heap_blk, flags } => vm::clear(page, heap_blk, flags),
         ImplicitChange::VmTruncateTail { nheapblocks } => {
@@ -245,7 +245,7 @@ pub fn apply_implicit(page: &mut Page, change: ImplicitChange) {
 /// Applies whatever `rec` does to the page `key`: its block reference if it has one (block
 /// references come first, as in PostgreSQL where the VM clear of a record that also
 /// references the VM page cannot happen), else an implicit change.
-pub fn apply_to_page(
+pub(crate) fn apply_to_page(
     page: &mut Page,
     rec: &DecodedRecord,
     key: &PageKey,
@@ -270,6 +270,6 @@ pub fn apply_to_page(
 
 /// The redo engine as the store's page reconstruction uses it: the compute's settings.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RedoEngine {
+pub(crate) struct RedoEngine {
     pub ctx: RedoContext,
 }

@@ -15,64 +15,64 @@ use crate::wal::page::{BLCKSZ, Lsn};
 pub type Page = [u8; BLCKSZ];
 
 /// `SizeOfPageHeaderData`: `offsetof(PageHeaderData, pd_linp)`.
-pub const SIZE_OF_PAGE_HEADER: usize = 24;
+pub(crate) const SIZE_OF_PAGE_HEADER: usize = 24;
 /// `sizeof(ItemIdData)`.
-pub const ITEM_ID_SIZE: usize = 4;
+pub(crate) const ITEM_ID_SIZE: usize = 4;
 /// `MAXIMUM_ALIGNOF` on the 64-bit platforms PostgreSQL 15 runs on here.
-pub const MAXIMUM_ALIGNOF: usize = 8;
+pub(crate) const MAXIMUM_ALIGNOF: usize = 8;
 /// `PG_PAGE_LAYOUT_VERSION`.
-pub const PG_PAGE_LAYOUT_VERSION: u16 = 4;
+pub(crate) const PG_PAGE_LAYOUT_VERSION: u16 = 4;
 
 /// `pd_flags` bits.
-pub const PD_HAS_FREE_LINES: u16 = 0x0001;
-pub const PD_PAGE_FULL: u16 = 0x0002;
-pub const PD_ALL_VISIBLE: u16 = 0x0004;
+pub(crate) const PD_HAS_FREE_LINES: u16 = 0x0001;
+pub(crate) const PD_PAGE_FULL: u16 = 0x0002;
+pub(crate) const PD_ALL_VISIBLE: u16 = 0x0004;
 
 /// `lp_flags` values.
-pub const LP_UNUSED: u8 = 0;
-pub const LP_NORMAL: u8 = 1;
-pub const LP_REDIRECT: u8 = 2;
-pub const LP_DEAD: u8 = 3;
+pub(crate) const LP_UNUSED: u8 = 0;
+pub(crate) const LP_NORMAL: u8 = 1;
+pub(crate) const LP_REDIRECT: u8 = 2;
+pub(crate) const LP_DEAD: u8 = 3;
 
 /// `SizeofHeapTupleHeader`.
-pub const SIZEOF_HEAP_TUPLE_HEADER: usize = 23;
+pub(crate) const SIZEOF_HEAP_TUPLE_HEADER: usize = 23;
 /// `MaxHeapTuplesPerPage`: (BLCKSZ - header) / (MAXALIGN(SizeofHeapTupleHeader) + ItemId).
-pub const MAX_HEAP_TUPLES_PER_PAGE: usize =
+pub(crate) const MAX_HEAP_TUPLES_PER_PAGE: usize =
     (BLCKSZ - SIZE_OF_PAGE_HEADER) / (maxalign(SIZEOF_HEAP_TUPLE_HEADER) + ITEM_ID_SIZE);
 /// `MaxIndexTuplesPerPage`: (BLCKSZ - header) / (MAXALIGN(sizeof(IndexTupleData) + 1) + ItemId).
-pub const MAX_INDEX_TUPLES_PER_PAGE: usize =
+pub(crate) const MAX_INDEX_TUPLES_PER_PAGE: usize =
     (BLCKSZ - SIZE_OF_PAGE_HEADER) / (maxalign(8 + 1) + ITEM_ID_SIZE);
 
 /// `PageAddItemExtended` flags.
-pub const PAI_OVERWRITE: u8 = 1 << 0;
-pub const PAI_IS_HEAP: u8 = 1 << 1;
+pub(crate) const PAI_OVERWRITE: u8 = 1 << 0;
+pub(crate) const PAI_IS_HEAP: u8 = 1 << 1;
 
 /// `MAXALIGN`.
 #[inline]
-pub const fn maxalign(n: usize) -> usize {
+pub(crate) const fn maxalign(n: usize) -> usize {
     (n + MAXIMUM_ALIGNOF - 1) & !(MAXIMUM_ALIGNOF - 1)
 }
 
 /// `SHORTALIGN`.
 #[inline]
-pub const fn shortalign(n: usize) -> usize {
+pub(crate) const fn shortalign(n: usize) -> usize {
     (n + 1) & !1
 }
 
 #[inline]
-pub fn get_u16(b: &[u8], off: usize) -> u16 {
+pub(crate) fn get_u16(b: &[u8], off: usize) -> u16 {
     u16::from_le_bytes([b[off], b[off + 1]])
 }
 #[inline]
-pub fn get_u32(b: &[u8], off: usize) -> u32 {
+pub(crate) fn get_u32(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 #[inline]
-pub fn put_u16(b: &mut [u8], off: usize, v: u16) {
+pub(crate) fn put_u16(b: &mut [u8], off: usize, v: u16) {
     b[off..off + 2].copy_from_slice(&v.to_le_bytes());
 }
 #[inline]
-pub fn put_u32(b: &mut [u8], off: usize, v: u32) {
+pub(crate) fn put_u32(b: &mut [u8], off: usize, v: u32) {
     b[off..off + 4].copy_from_slice(&v.to_le_bytes());
 }
 
@@ -777,7 +777,7 @@ impl PageLayout for Page {
 
 /// Byte position of line pointer `offnum` (1-based).
 #[inline]
-pub fn lp_pos(offnum: u16) -> usize {
+pub(crate) fn lp_pos(offnum: u16) -> usize {
     SIZE_OF_PAGE_HEADER + (offnum as usize).saturating_sub(1) * ITEM_ID_SIZE
 }
 

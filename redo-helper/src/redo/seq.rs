@@ -8,7 +8,7 @@ use crate::wal::record::DecodedRecord;
 use crate::wal::rmgr::seq;
 
 /// `SEQ_MAGIC`, stored in the page's special space (`sequence_magic`).
-pub const SEQ_MAGIC: u32 = 0x1717;
+pub(crate) const SEQ_MAGIC: u32 = 0x1717;
 
 pub(super) fn redo_block(
     rec: &DecodedRecord,

@@ -11,7 +11,7 @@ use crate::wal::rmgr::{RM_DBASE_ID, RM_SMGR_ID, RM_XACT_ID, dbase, xact};
 
 /// A change to the set of pages a relation has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelationChange {
+pub(crate) enum RelationChange {
     /// `XLOG_SMGR_CREATE`: the fork exists (empty).
     Create {
         rel: RelFileLocator,
@@ -34,7 +34,7 @@ pub enum RelationChange {
 
 /// The relation-level changes of `rec` (empty for records that have none). Records whose
 /// main data does not parse yield none; the decoder's typed views report those errors.
-pub fn relation_changes(rec: &DecodedRecord) -> Vec<RelationChange> {
+pub(crate) fn relation_changes(rec: &DecodedRecord) -> Vec<RelationChange> {
     let mut out = Vec::new();
     match rec.rmid() {
         RM_SMGR_ID => match smgr::parse(rec) {

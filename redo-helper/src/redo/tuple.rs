@@ -8,105 +8,105 @@
 use super::page::{get_u16, get_u32, put_u16, put_u32};
 
 /// `HeapTupleHeaderData` field offsets.
-pub const T_XMIN: usize = 0;
-pub const T_XMAX: usize = 4;
+pub(crate) const T_XMIN: usize = 0;
+pub(crate) const T_XMAX: usize = 4;
 /// `t_cid` / `t_xvac` (a union).
-pub const T_FIELD3: usize = 8;
-pub const T_CTID: usize = 12;
-pub const T_INFOMASK2: usize = 18;
-pub const T_INFOMASK: usize = 20;
-pub const T_HOFF: usize = 22;
+pub(crate) const T_FIELD3: usize = 8;
+pub(crate) const T_CTID: usize = 12;
+pub(crate) const T_INFOMASK2: usize = 18;
+pub(crate) const T_INFOMASK: usize = 20;
+pub(crate) const T_HOFF: usize = 22;
 
 // t_infomask
-pub const HEAP_HASNULL: u16 = 0x0001;
-pub const HEAP_HASVARWIDTH: u16 = 0x0002;
-pub const HEAP_HASEXTERNAL: u16 = 0x0004;
-pub const HEAP_XMAX_KEYSHR_LOCK: u16 = 0x0010;
-pub const HEAP_COMBOCID: u16 = 0x0020;
-pub const HEAP_XMAX_EXCL_LOCK: u16 = 0x0040;
-pub const HEAP_XMAX_LOCK_ONLY: u16 = 0x0080;
-pub const HEAP_XMIN_COMMITTED: u16 = 0x0100;
-pub const HEAP_XMIN_INVALID: u16 = 0x0200;
-pub const HEAP_XMIN_FROZEN: u16 = HEAP_XMIN_COMMITTED | HEAP_XMIN_INVALID;
-pub const HEAP_XMAX_COMMITTED: u16 = 0x0400;
-pub const HEAP_XMAX_INVALID: u16 = 0x0800;
-pub const HEAP_XMAX_IS_MULTI: u16 = 0x1000;
-pub const HEAP_UPDATED: u16 = 0x2000;
-pub const HEAP_MOVED_OFF: u16 = 0x4000;
-pub const HEAP_MOVED_IN: u16 = 0x8000;
-pub const HEAP_MOVED: u16 = HEAP_MOVED_OFF | HEAP_MOVED_IN;
+pub(crate) const HEAP_HASNULL: u16 = 0x0001;
+pub(crate) const HEAP_HASVARWIDTH: u16 = 0x0002;
+pub(crate) const HEAP_HASEXTERNAL: u16 = 0x0004;
+pub(crate) const HEAP_XMAX_KEYSHR_LOCK: u16 = 0x0010;
+pub(crate) const HEAP_COMBOCID: u16 = 0x0020;
+pub(crate) const HEAP_XMAX_EXCL_LOCK: u16 = 0x0040;
+pub(crate) const HEAP_XMAX_LOCK_ONLY: u16 = 0x0080;
+pub(crate) const HEAP_XMIN_COMMITTED: u16 = 0x0100;
+pub(crate) const HEAP_XMIN_INVALID: u16 = 0x0200;
+pub(crate) const HEAP_XMIN_FROZEN: u16 = HEAP_XMIN_COMMITTED | HEAP_XMIN_INVALID;
+pub(crate) const HEAP_XMAX_COMMITTED: u16 = 0x0400;
+pub(crate) const HEAP_XMAX_INVALID: u16 = 0x0800;
+pub(crate) const HEAP_XMAX_IS_MULTI: u16 = 0x1000;
+pub(crate) const HEAP_UPDATED: u16 = 0x2000;
+pub(crate) const HEAP_MOVED_OFF: u16 = 0x4000;
+pub(crate) const HEAP_MOVED_IN: u16 = 0x8000;
+pub(crate) const HEAP_MOVED: u16 = HEAP_MOVED_OFF | HEAP_MOVED_IN;
 /// `HEAP_LOCK_MASK`: SHR (= EXCL | KEYSHR) | EXCL | KEYSHR.
-pub const HEAP_LOCK_MASK: u16 = HEAP_XMAX_EXCL_LOCK | HEAP_XMAX_KEYSHR_LOCK;
+pub(crate) const HEAP_LOCK_MASK: u16 = HEAP_XMAX_EXCL_LOCK | HEAP_XMAX_KEYSHR_LOCK;
 /// `HEAP_XMAX_BITS`.
-pub const HEAP_XMAX_BITS: u16 = HEAP_XMAX_COMMITTED
+pub(crate) const HEAP_XMAX_BITS: u16 = HEAP_XMAX_COMMITTED
     | HEAP_XMAX_INVALID
     | HEAP_XMAX_IS_MULTI
     | HEAP_LOCK_MASK
     | HEAP_XMAX_LOCK_ONLY;
 /// `HEAP_XACT_MASK`: visibility-related bits (hint bits included).
-pub const HEAP_XACT_MASK: u16 = 0xFFF0;
+pub(crate) const HEAP_XACT_MASK: u16 = 0xFFF0;
 
 // t_infomask2
-pub const HEAP_NATTS_MASK: u16 = 0x07FF;
-pub const HEAP_KEYS_UPDATED: u16 = 0x2000;
-pub const HEAP_HOT_UPDATED: u16 = 0x4000;
-pub const HEAP_ONLY_TUPLE: u16 = 0x8000;
+pub(crate) const HEAP_NATTS_MASK: u16 = 0x07FF;
+pub(crate) const HEAP_KEYS_UPDATED: u16 = 0x2000;
+pub(crate) const HEAP_HOT_UPDATED: u16 = 0x4000;
+pub(crate) const HEAP_ONLY_TUPLE: u16 = 0x8000;
 
 /// `SpecTokenOffsetNumber`: a speculative insertion's ctid offset.
-pub const SPEC_TOKEN_OFFSET_NUMBER: u16 = 0xFFFE;
+pub(crate) const SPEC_TOKEN_OFFSET_NUMBER: u16 = 0xFFFE;
 /// `MovedPartitionsOffsetNumber` / `MovedPartitionsBlockNumber`.
-pub const MOVED_PARTITIONS_OFFSET_NUMBER: u16 = 0xFFFD;
-pub const MOVED_PARTITIONS_BLOCK_NUMBER: u32 = 0xFFFF_FFFF;
+pub(crate) const MOVED_PARTITIONS_OFFSET_NUMBER: u16 = 0xFFFD;
+pub(crate) const MOVED_PARTITIONS_BLOCK_NUMBER: u32 = 0xFFFF_FFFF;
 
 /// `FrozenTransactionId`.
-pub const FROZEN_TRANSACTION_ID: u32 = 2;
+pub(crate) const FROZEN_TRANSACTION_ID: u32 = 2;
 
 /// A mutable view of a heap tuple header at the start of `b` (at least 23 bytes).
-pub struct HeapTupleHeader<'a> {
+pub(crate) struct HeapTupleHeader<'a> {
     pub b: &'a mut [u8],
 }
 
 impl<'a> HeapTupleHeader<'a> {
-    pub fn new(b: &'a mut [u8]) -> Option<HeapTupleHeader<'a>> {
+    pub(crate) fn new(b: &'a mut [u8]) -> Option<HeapTupleHeader<'a>> {
         (b.len() >= super::page::SIZEOF_HEAP_TUPLE_HEADER).then_some(HeapTupleHeader { b })
     }
-    pub fn xmin(&self) -> u32 {
+    pub(crate) fn xmin(&self) -> u32 {
         get_u32(self.b, T_XMIN)
     }
-    pub fn set_xmin(&mut self, v: u32) {
+    pub(crate) fn set_xmin(&mut self, v: u32) {
         put_u32(self.b, T_XMIN, v)
     }
-    pub fn xmax(&self) -> u32 {
+    pub(crate) fn xmax(&self) -> u32 {
         get_u32(self.b, T_XMAX)
     }
-    pub fn set_xmax(&mut self, v: u32) {
+    pub(crate) fn set_xmax(&mut self, v: u32) {
         put_u32(self.b, T_XMAX, v)
     }
-    pub fn set_field3(&mut self, v: u32) {
+    pub(crate) fn set_field3(&mut self, v: u32) {
         put_u32(self.b, T_FIELD3, v)
     }
-    pub fn infomask(&self) -> u16 {
+    pub(crate) fn infomask(&self) -> u16 {
         get_u16(self.b, T_INFOMASK)
     }
-    pub fn set_infomask(&mut self, v: u16) {
+    pub(crate) fn set_infomask(&mut self, v: u16) {
         put_u16(self.b, T_INFOMASK, v)
     }
-    pub fn infomask2(&self) -> u16 {
+    pub(crate) fn infomask2(&self) -> u16 {
         get_u16(self.b, T_INFOMASK2)
     }
-    pub fn set_infomask2(&mut self, v: u16) {
+    pub(crate) fn set_infomask2(&mut self, v: u16) {
         put_u16(self.b, T_INFOMASK2, v)
     }
-    pub fn hoff(&self) -> u8 {
+    pub(crate) fn hoff(&self) -> u8 {
         self.b[T_HOFF]
     }
     /// `ItemPointerSet(&t_ctid, blk, off)`: block id as two uint16 halves (hi, lo).
-    pub fn set_ctid(&mut self, blk: u32, off: u16) {
+    pub(crate) fn set_ctid(&mut self, blk: u32, off: u16) {
         put_u16(self.b, T_CTID, (blk >> 16) as u16);
         put_u16(self.b, T_CTID + 2, blk as u16);
         put_u16(self.b, T_CTID + 4, off);
     }
-    pub fn ctid(&self) -> (u32, u16) {
+    pub(crate) fn ctid(&self) -> (u32, u16) {
         (
             ((get_u16(self.b, T_CTID) as u32) << 16) | get_u16(self.b, T_CTID + 2) as u32,
             get_u16(self.b, T_CTID + 4),
@@ -114,7 +114,7 @@ impl<'a> HeapTupleHeader<'a> {
     }
     /// `HeapTupleHeaderSetCmax(tup, FirstCommandId, false)` / `SetCmin(tup, FirstCommandId)`:
     /// t_cid = 0 and no combo CID.
-    pub fn set_first_command_id(&mut self) {
+    pub(crate) fn set_first_command_id(&mut self) {
         self.set_field3(0);
         let m = self.infomask() & !HEAP_COMBOCID;
         self.set_infomask(m);
@@ -122,25 +122,25 @@ impl<'a> HeapTupleHeader<'a> {
 }
 
 /// `HeapTupleHeaderXminFrozen`.
-pub fn xmin_frozen(infomask: u16) -> bool {
+pub(crate) fn xmin_frozen(infomask: u16) -> bool {
     infomask & HEAP_XMIN_FROZEN == HEAP_XMIN_FROZEN
 }
 
 /// `HEAP_XMAX_IS_LOCKED_ONLY`.
-pub fn xmax_is_locked_only(infomask: u16) -> bool {
+pub(crate) fn xmax_is_locked_only(infomask: u16) -> bool {
     infomask & HEAP_XMAX_LOCK_ONLY != 0
         || infomask & (HEAP_XMAX_IS_MULTI | HEAP_LOCK_MASK) == HEAP_XMAX_EXCL_LOCK
 }
 
 // IndexTupleData: t_tid (6 bytes), t_info (uint16).
-pub const INDEX_SIZE_MASK: u16 = 0x1FFF;
-pub const INDEX_AM_RESERVED_BIT: u16 = 0x2000;
-pub const INDEX_VAR_MASK: u16 = 0x4000;
-pub const INDEX_NULL_MASK: u16 = 0x8000;
+pub(crate) const INDEX_SIZE_MASK: u16 = 0x1FFF;
+pub(crate) const INDEX_AM_RESERVED_BIT: u16 = 0x2000;
+pub(crate) const INDEX_VAR_MASK: u16 = 0x4000;
+pub(crate) const INDEX_NULL_MASK: u16 = 0x8000;
 /// `sizeof(IndexTupleData)`.
-pub const SIZEOF_INDEX_TUPLE: usize = 8;
+pub(crate) const SIZEOF_INDEX_TUPLE: usize = 8;
 
 /// `IndexTupleSize` of the tuple at the start of `b`.
-pub fn index_tuple_size(b: &[u8]) -> Option<usize> {
+pub(crate) fn index_tuple_size(b: &[u8]) -> Option<usize> {
     (b.len() >= SIZEOF_INDEX_TUPLE).then(|| (get_u16(b, 6) & INDEX_SIZE_MASK) as usize)
 }

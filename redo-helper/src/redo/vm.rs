@@ -12,17 +12,17 @@ use crate::wal::record::DecodedRecord;
 use crate::wal::rmgr::heap::*;
 use crate::wal::rmgr::{RM_HEAP_ID, RM_HEAP2_ID};
 
-pub const VISIBILITYMAP_ALL_FROZEN: u8 = 0x02;
-pub const VISIBILITYMAP_VALID_BITS: u8 = 0x03;
+pub(crate) const VISIBILITYMAP_ALL_FROZEN: u8 = 0x02;
+pub(crate) const VISIBILITYMAP_VALID_BITS: u8 = 0x03;
 
 /// `MAPSIZE`: bytes of bitmap per VM page.
-pub const MAPSIZE: usize = crate::wal::page::BLCKSZ - maxalign(SIZE_OF_PAGE_HEADER);
+pub(crate) const MAPSIZE: usize = crate::wal::page::BLCKSZ - maxalign(SIZE_OF_PAGE_HEADER);
 /// `HEAPBLOCKS_PER_PAGE`: 4 heap blocks per byte.
-pub const HEAPBLOCKS_PER_PAGE: u32 = (MAPSIZE * 4) as u32;
+pub(crate) const HEAPBLOCKS_PER_PAGE: u32 = (MAPSIZE * 4) as u32;
 const MAP_START: usize = maxalign(SIZE_OF_PAGE_HEADER);
 
 /// VM block holding the bits of heap block `heap_blk` (`HEAPBLK_TO_MAPBLOCK`).
-pub fn map_block(heap_blk: u32) -> u32 {
+pub(crate) fn map_block(heap_blk: u32) -> u32 {
     heap_blk / HEAPBLOCKS_PER_PAGE
 }
 
@@ -33,7 +33,7 @@ fn byte_and_shift(heap_blk: u32) -> (usize, u32) {
 
 /// `visibilitymap_set` in redo: ORs `flags` in; true when the bits changed (only then does
 /// PostgreSQL stamp the VM page's LSN).
-pub fn set(page: &mut Page, heap_blk: u32, flags: u8) -> bool {
+pub(crate) fn set(page: &mut Page, heap_blk: u32, flags: u8) -> bool {
     let (byte, shift) = byte_and_shift(heap_blk);
     if flags != (page[byte] >> shift) & VISIBILITYMAP_VALID_BITS {
         page[byte] |= flags << shift;
@@ -45,7 +45,7 @@ pub fn set(page: &mut Page, heap_blk: u32, flags: u8) -> bool {
 
 /// `visibilitymap_clear`: clears `flags` for `heap_blk`. A VM page that does not exist yet
 /// is created initialised, as `vm_readbuf(.., extend = true)` does during redo.
-pub fn clear(page: &mut Page, heap_blk: u32, flags: u8) {
+pub(crate) fn clear(page: &mut Page, heap_blk: u32, flags: u8) {
     if page.is_new() {
         page.init(0);
     }
@@ -56,7 +56,7 @@ pub fn clear(page: &mut Page, heap_blk: u32, flags: u8) {
 /// `visibilitymap_prepare_truncate`: with the heap cut to `nheapblocks`, clears the bits
 /// of the truncated heap blocks on the last remaining VM page. Returns that page's block
 /// number and the new number of VM blocks.
-pub fn truncate_tail(page: &mut Page, nheapblocks: u32) {
+pub(crate) fn truncate_tail(page: &mut Page, nheapblocks: u32) {
     let (byte, shift) = byte_and_shift(nheapblocks);
     if byte + 1 < page.len() {
         page[byte + 1..].fill(0);
@@ -66,7 +66,7 @@ pub fn truncate_tail(page: &mut Page, nheapblocks: u32) {
 
 /// New number of VM blocks after truncating the heap to `nheapblocks`, and the partial
 /// last page whose tail bits are cleared (if the cut is not on a page boundary).
-pub fn truncated_size(nheapblocks: u32) -> (u32, Option<u32>) {
+pub(crate) fn truncated_size(nheapblocks: u32) -> (u32, Option<u32>) {
     let blk = map_block(nheapblocks);
     if !nheapblocks.is_multiple_of(HEAPBLOCKS_PER_PAGE) {
         (blk + 1, Some(blk))
@@ -77,7 +77,7 @@ pub fn truncated_size(nheapblocks: u32) -> (u32, Option<u32>) {
 
 /// One VM clear a heap record performs without referencing the VM page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VmClear {
+pub(crate) struct VmClear {
     pub vm_page: PageKey,
     pub heap_blk: u32,
     pub flags: u8,
@@ -86,7 +86,7 @@ pub struct VmClear {
 /// The VM clears `rec` performs (heap_xlog_insert/delete/update/lock, heap_xlog_lock_updated
 /// and heap_xlog_multi_insert). Records that do not parse yield none (their redo reports
 /// the error).
-pub fn implicit_vm_clears(rec: &DecodedRecord) -> Vec<VmClear> {
+pub(crate) fn implicit_vm_clears(rec: &DecodedRecord) -> Vec<VmClear> {
     let mut out = Vec::new();
     if !may_clear_vm(rec) {
         return out;

@@ -4,7 +4,7 @@ use super::status::{HelperStatus, RunState};
 
 impl HelperStatus {
     /// The status in the Prometheus text exposition format (`/metrics`).
-    pub fn prometheus(&self) -> String {
+    pub(crate) fn prometheus(&self) -> String {
         let r = &self.retention;
         let last = r.last_pass.clone().unwrap_or_default();
         let gauges: [(&str, &str, &str, u64); 28] = [

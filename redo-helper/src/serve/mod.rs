@@ -10,7 +10,7 @@
 //! - `POST /threshold/{spc}/{db}/{rel}?value=N` (no value: back to the default).
 
 mod metrics;
-pub mod status;
+pub(crate) mod status;
 
 use crate::store::page_store::{GetPageError, ReadOptions};
 use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
@@ -254,7 +254,7 @@ async fn handle(
 }
 
 /// Binds the listener (so the caller learns about a busy port at once).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     if !addr.ip().is_loopback() {
         log::warn!(
             "listening on non-loopback address {addr}: the status and page API has no authentication"
@@ -263,7 +263,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<SharedState>) {
+pub(crate) async fn serve(listener: TcpListener, state: Arc<SharedState>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,

@@ -16,7 +16,7 @@ use std::time::Duration;
 /// guard reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RunState {
+pub(crate) enum RunState {
     /// Opening the data directory and the API.
     #[default]
     Starting,
@@ -41,7 +41,7 @@ fn as_decimal_string<S: serde::Serializer>(v: &Option<u64>, s: S) -> Result<S::O
 
 /// A full page image counts as one of these kinds in /status.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct FpwRange {
+pub(crate) struct FpwRange {
     pub from_lsn: Lsn,
     pub full_page_writes: bool,
     pub source: &'static str,
@@ -49,7 +49,7 @@ pub struct FpwRange {
 
 /// What /status and /metrics report.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct HelperStatus {
+pub(crate) struct HelperStatus {
     pub state: RunState,
     pub server: String,
     pub slot: String,
@@ -96,7 +96,7 @@ pub struct HelperStatus {
 
 /// Summary of a histogram for /status and /metrics.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Quantiles {
+pub(crate) struct Quantiles {
     pub count: u64,
     pub p50: u64,
     pub p99: u64,
@@ -104,7 +104,7 @@ pub struct Quantiles {
 }
 
 impl Quantiles {
-    pub fn of(h: &Histogram<u64>) -> Quantiles {
+    pub(crate) fn of(h: &Histogram<u64>) -> Quantiles {
         Quantiles {
             count: h.len(),
             p50: h.value_at_quantile(0.5),
@@ -115,20 +115,20 @@ impl Quantiles {
 }
 
 #[derive(Clone, Default)]
-pub struct SharedStatus(Arc<Mutex<HelperStatus>>);
+pub(crate) struct SharedStatus(Arc<Mutex<HelperStatus>>);
 
 impl SharedStatus {
-    pub fn snapshot(&self) -> HelperStatus {
+    pub(crate) fn snapshot(&self) -> HelperStatus {
         lock(&self.0).clone()
     }
 
-    pub fn update(&self, f: impl FnOnce(&mut HelperStatus)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut HelperStatus)) {
         f(&mut lock(&self.0));
     }
 }
 
 /// The page store and its image generator, once bootstrapped.
-pub struct Pages {
+pub(crate) struct Pages {
     pub store: Arc<PageStore>,
     pub imagegen: Arc<ImageGenerator>,
     /// None with `--retain all`.
@@ -137,7 +137,7 @@ pub struct Pages {
 
 /// Shared by the HTTP server, the ingest loop and the image workers.
 #[derive(Default)]
-pub struct SharedState {
+pub(crate) struct SharedState {
     pub status: SharedStatus,
     pub pages: OnceLock<Pages>,
     /// Deltas replayed per GetPage read.
@@ -147,7 +147,7 @@ pub struct SharedState {
 }
 
 impl SharedState {
-    pub fn record_read(&self, deltas: u32, elapsed: Duration) {
+    pub(crate) fn record_read(&self, deltas: u32, elapsed: Duration) {
         let _ = lock(&self.deltas_per_read)
             .get_or_insert_with(histogram)
             .record(u64::from(deltas.max(1)));
@@ -157,7 +157,7 @@ impl SharedState {
     }
 
     /// The status with the image generator's live numbers filled in.
-    pub fn snapshot(&self) -> HelperStatus {
+    pub(crate) fn snapshot(&self) -> HelperStatus {
         let mut s = self.status.snapshot();
         if let Some(p) = self.pages.get() {
             let g = &p.imagegen;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ArchiveError {
+pub(crate) enum ArchiveError {
     #[error("WAL archive {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("WAL stream gap: expected bytes at {expected}, server sent {got}")]
@@ -29,12 +29,12 @@ pub enum ArchiveError {
 
 impl ArchiveError {
     /// True when the disk is full (ENOSPC/EDQUOT): wait and retry rather than give up.
-    pub fn is_disk_full(&self) -> bool {
+    pub(crate) fn is_disk_full(&self) -> bool {
         matches!(self, ArchiveError::Io { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
     }
 }
 
-pub struct WalArchive {
+pub(crate) struct WalArchive {
     dir: PathBuf,
     segment_size: u32,
     timeline: u32,
@@ -70,7 +70,7 @@ fn flushed_path(dir: &Path) -> PathBuf {
 
 impl WalArchive {
     /// Opens (or creates) the archive; a new archive starts at `start`.
-    pub fn open(
+    pub(crate) fn open(
         dir: &Path,
         segment_size: u32,
         timeline: u32,
@@ -105,23 +105,14 @@ impl WalArchive {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn write_position(&self) -> Lsn {
+    pub(crate) fn write_position(&self) -> Lsn {
         self.write_pos
     }
 
-    pub fn flush_position(&self) -> Lsn {
+    pub(crate) fn flush_position(&self) -> Lsn {
         self.flush_pos
     }
-
-    pub fn segment_size(&self) -> u32 {
-        self.segment_size
-    }
-
-    pub fn segment_path(&self, segno: u64) -> PathBuf {
+    pub(crate) fn segment_path(&self, segno: u64) -> PathBuf {
         self.dir
             .join(segment_file_name(self.timeline, segno, self.segment_size))
     }
@@ -159,7 +150,7 @@ impl WalArchive {
 
     /// Appends bytes that start at `start`. Bytes the archive already has (a resend after
     /// reconnecting) are skipped; a gap is an error.
-    pub fn write(&mut self, start: Lsn, data: &[u8]) -> Result<(), ArchiveError> {
+    pub(crate) fn write(&mut self, start: Lsn, data: &[u8]) -> Result<(), ArchiveError> {
         let end = start.add(data.len() as u64);
         if start > self.write_pos {
             return Err(ArchiveError::Gap {
@@ -189,7 +180,7 @@ impl WalArchive {
     }
 
     /// Makes everything written durable and records the new flush position. Returns it.
-    pub fn flush(&mut self) -> Result<Lsn, ArchiveError> {
+    pub(crate) fn flush(&mut self) -> Result<Lsn, ArchiveError> {
         if self.write_pos == self.flush_pos && self.dirty.is_empty() {
             return Ok(self.flush_pos);
         }
@@ -239,14 +230,14 @@ impl WalArchive {
     }
 
     /// Reads archived bytes [from, to) into `out` (used to rebuild the index at start-up).
-    pub fn read(&self, from: Lsn, to: Lsn, out: &mut Vec<u8>) -> Result<(), ArchiveError> {
+    pub(crate) fn read(&self, from: Lsn, to: Lsn, out: &mut Vec<u8>) -> Result<(), ArchiveError> {
         read_segment_files(&self.dir, self.timeline, self.segment_size, from, to, out)
     }
 }
 
 /// Appends the WAL bytes [from, to) held by the segment files of `dir` (laid out as in
 /// `pg_wal`: the archive's own, or a cluster's) to `out`.
-pub fn read_segment_files(
+pub(crate) fn read_segment_files(
     dir: &Path,
     timeline: u32,
     segment_size: u32,
@@ -279,7 +270,7 @@ pub fn read_segment_files(
 /// from here is a copy instead of a system call (at a thousand images a second of 17 deltas
 /// each, the reads were a large part of the helper's CPU). Holds only bytes already fsynced
 /// into the archive, so it never says anything the archive does not.
-pub struct RecentWal {
+pub(crate) struct RecentWal {
     chunks: RwLock<RecentChunks>,
     capacity: usize,
 }
@@ -292,10 +283,10 @@ struct RecentChunks {
 }
 
 /// Default size of the in-memory WAL tail: at a busy compute's ~10 MB/s, several seconds.
-pub const RECENT_WAL_BYTES: usize = 64 << 20;
+pub(crate) const RECENT_WAL_BYTES: usize = 64 << 20;
 
 impl RecentWal {
-    pub fn new(capacity: usize) -> RecentWal {
+    pub(crate) fn new(capacity: usize) -> RecentWal {
         RecentWal {
             chunks: RwLock::new(RecentChunks::default()),
             capacity,
@@ -304,7 +295,7 @@ impl RecentWal {
 
     /// Adds durable bytes starting at `start`; a chunk not following the last one starts
     /// the tail over. The oldest chunks go beyond the capacity.
-    pub fn push(&self, start: Lsn, bytes: &[u8]) {
+    pub(crate) fn push(&self, start: Lsn, bytes: &[u8]) {
         if self.capacity == 0 || bytes.is_empty() {
             return;
         }
@@ -326,7 +317,7 @@ impl RecentWal {
     }
 
     /// Copies the bytes at `pos` into `out` when one chunk holds all of them.
-    pub fn copy_into(&self, pos: Lsn, out: &mut [u8]) -> bool {
+    pub(crate) fn copy_into(&self, pos: Lsn, out: &mut [u8]) -> bool {
         let c = read(&self.chunks);
         let i = c.list.partition_point(|(s, _)| *s <= pos);
         let Some((s, b)) = i.checked_sub(1).and_then(|i| c.list.get(i)) else {
@@ -344,7 +335,7 @@ impl RecentWal {
 }
 
 /// Random access to records in the archive, by LSN (for page reconstruction).
-pub struct RecordReader {
+pub(crate) struct RecordReader {
     dir: PathBuf,
     segment_size: u32,
     timeline: u32,
@@ -365,7 +356,7 @@ pub struct RecordReader {
 const FIRST_READ: u64 = 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum RecordReadError {
+pub(crate) enum RecordReadError {
     #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error("no complete record at {lsn} in the archive: {reason}")]
@@ -373,7 +364,7 @@ pub enum RecordReadError {
 }
 
 impl RecordReader {
-    pub fn new(archive: &WalArchive, system_identifier: u64) -> RecordReader {
+    pub(crate) fn new(archive: &WalArchive, system_identifier: u64) -> RecordReader {
         RecordReader {
             dir: archive.dir.clone(),
             segment_size: archive.segment_size,
@@ -391,13 +382,13 @@ impl RecordReader {
     }
 
     /// Reads bytes `recent` holds from memory.
-    pub fn with_recent(mut self, recent: Arc<RecentWal>) -> RecordReader {
+    pub(crate) fn with_recent(mut self, recent: Arc<RecentWal>) -> RecordReader {
         self.recent = Some(recent);
         self
     }
 
     /// A reader of the same archive with its own buffer (one per thread).
-    pub fn clone_empty(&self) -> RecordReader {
+    pub(crate) fn clone_empty(&self) -> RecordReader {
         RecordReader {
             dir: self.dir.clone(),
             segment_size: self.segment_size,
@@ -411,7 +402,7 @@ impl RecordReader {
     }
 
     /// Decodes the record that starts at `lsn` into `out`.
-    pub fn read_into(
+    pub(crate) fn read_into(
         &mut self,
         lsn: Lsn,
         out: &mut crate::wal::record::DecodedRecord,

@@ -15,24 +15,24 @@ use std::sync::{Arc, Mutex};
 
 /// The base file store; cheap to clone (shares the list of directories to fsync).
 #[derive(Clone)]
-pub struct BaseFiles {
+pub(crate) struct BaseFiles {
     root: PathBuf,
     dirs: Arc<Mutex<BTreeSet<PathBuf>>>,
 }
 
 impl BaseFiles {
-    pub fn new(root: PathBuf) -> BaseFiles {
+    pub(crate) fn new(root: PathBuf) -> BaseFiles {
         BaseFiles {
             root,
             dirs: Arc::new(Mutex::new(BTreeSet::new())),
         }
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn relation_path(&self, spc: u32, db: u32, file: &RelationFileName) -> PathBuf {
+    pub(crate) fn relation_path(&self, spc: u32, db: u32, file: &RelationFileName) -> PathBuf {
         self.root
             .join(spc.to_string())
             .join(db.to_string())
@@ -40,7 +40,7 @@ impl BaseFiles {
     }
 
     /// Where the page of `key` lives, and its byte offset in that file.
-    pub fn page_location(&self, key: &PageKey) -> (PathBuf, u64) {
+    pub(crate) fn page_location(&self, key: &PageKey) -> (PathBuf, u64) {
         let file = RelationFileName {
             rel_number: key.rel.rel_number,
             fork: key.fork,
@@ -54,7 +54,7 @@ impl BaseFiles {
     }
 
     /// Every page of every relation file the backup holds.
-    pub fn page_keys(&self) -> Vec<PageKey> {
+    pub(crate) fn page_keys(&self) -> Vec<PageKey> {
         let mut keys = Vec::new();
         let numbered = |dir: &Path| -> Vec<(u32, PathBuf)> {
             std::fs::read_dir(dir)
@@ -98,7 +98,7 @@ impl BaseFiles {
     }
 
     /// The base image of a page, or None if the backup did not have it.
-    pub fn read_page(&self, key: &PageKey) -> io::Result<Option<Vec<u8>>> {
+    pub(crate) fn read_page(&self, key: &PageKey) -> io::Result<Option<Vec<u8>>> {
         let (path, offset) = self.page_location(key);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -114,7 +114,7 @@ impl BaseFiles {
     }
 
     /// Copies `src` to `dest` and fsyncs the file; the directory is synced by `sync_all`.
-    pub fn write_file(&self, dest: &Path, src: &mut impl Read) -> io::Result<u64> {
+    pub(crate) fn write_file(&self, dest: &Path, src: &mut impl Read) -> io::Result<u64> {
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir)?;
         let mut f = File::create(dest)?;
@@ -137,7 +137,7 @@ impl BaseFiles {
     }
 
     /// fsync every directory a file was written into.
-    pub fn sync_all(&self) -> io::Result<()> {
+    pub(crate) fn sync_all(&self) -> io::Result<()> {
         let dirs = lock(&self.dirs).clone();
         for d in dirs {
             super::sync_dir(&d)?;

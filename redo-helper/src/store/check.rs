@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 #[derive(Debug, Clone, Default)]
-pub struct CheckSummary {
+pub(crate) struct CheckSummary {
     /// The LSN pages were rebuilt at (everything decoded).
     pub lsn: Lsn,
     pub pages_compared: u64,
@@ -44,14 +44,14 @@ pub struct CheckSummary {
 }
 
 impl CheckSummary {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.mismatches == 0
             && self.missing_in_pgdata == 0
             && self.errors == 0
             && self.history_mismatches == 0
     }
 
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         format!(
             "check at {}: {} pages compared with the data files, {} mismatches, {} missing, \
              {} removed, {} FSM skipped, {} unreadable, {} errors ({} served from generated \
@@ -88,7 +88,7 @@ const SERVED: ReadOptions = ReadOptions {
 };
 
 /// Compares every page the store serves at its decoded end with `pgdata`'s data files.
-pub fn check_against_pgdata(store: &PageStore, pgdata: &Path, sum: &mut CheckSummary) {
+pub(crate) fn check_against_pgdata(store: &PageStore, pgdata: &Path, sum: &mut CheckSummary) {
     let (lsn, keys) = known_pages(store);
     sum.lsn = lsn;
     for key in keys {
@@ -134,7 +134,7 @@ pub fn check_against_pgdata(store: &PageStore, pgdata: &Path, sum: &mut CheckSum
 
 /// Every page the store knows (indexed by the WAL, imaged, or held by the base backup), in
 /// key order, and the LSN everything decoded reaches.
-pub fn known_pages(store: &PageStore) -> (Lsn, Vec<PageKey>) {
+pub(crate) fn known_pages(store: &PageStore) -> (Lsn, Vec<PageKey>) {
     let (lsn, mut keys) = {
         let idx = read(&store.index);
         (idx.last_record_end, idx.keys().copied().collect::<Vec<_>>())
@@ -174,7 +174,7 @@ fn compare_one(key: &PageKey, ours: &[u8], theirs: Option<&Page>, sum: &mut Chec
 
 /// How the helper's page differs from the data file's once both are masked like
 /// PostgreSQL's `rm_mask` (hint bits, unused space, LSN, checksum); None when they agree.
-pub fn masked_difference(key: &PageKey, ours: &Page, theirs: &Page) -> Option<String> {
+pub(crate) fn masked_difference(key: &PageKey, ours: &Page, theirs: &Page) -> Option<String> {
     let kind = if ours.is_new() {
         PageKind::guess(theirs, key.fork)
     } else {
@@ -210,7 +210,7 @@ impl Sampler {
 
 /// Reads `samples` random (page, LSN) pairs both ways and compares them byte for byte. The
 /// LSN is a random point in the page's history: one of its changes, or just before one.
-pub fn check_history(store: &PageStore, samples: usize, seed: u64, sum: &mut CheckSummary) {
+pub(crate) fn check_history(store: &PageStore, samples: usize, seed: u64, sum: &mut CheckSummary) {
     // Changes retention kept as unreadable markers are before the horizon: not sampled.
     let horizon = store.horizon();
     let candidates: Vec<(PageKey, Vec<Lsn>)> = {

@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: u32 = 0x4650_5749; // "FPWI"
 const HEADER: usize = 36;
-pub const ENTRY_SIZE: usize = HEADER + BLCKSZ;
+pub(crate) const ENTRY_SIZE: usize = HEADER + BLCKSZ;
 /// Entries per file before a new one is started (64 MB): retention reclaims space a whole
 /// file at a time, so files are kept moderate.
-pub const DEFAULT_ENTRIES_PER_FILE: u64 = 8_192;
+pub(crate) const DEFAULT_ENTRIES_PER_FILE: u64 = 8_192;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ImageStoreError {
+pub(crate) enum ImageStoreError {
     #[error("image store {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("image of {key} at {lsn} in {path} fails its CRC")]
@@ -41,7 +41,7 @@ struct ImageLocation {
     offset: u64,
 }
 
-pub struct ImageStore {
+pub(crate) struct ImageStore {
     dir: PathBuf,
     /// Per page, images sorted by LSN.
     index: HashMap<PageKey, Vec<ImageLocation>>,
@@ -59,7 +59,7 @@ pub struct ImageStore {
 
 /// What `compact` did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct CompactStats {
+pub(crate) struct CompactStats {
     pub files_removed: u64,
     pub entries_moved: u64,
     pub bytes_freed: u64,
@@ -110,12 +110,16 @@ fn decode_header(h: &[u8]) -> (PageKey, Lsn, u32) {
 
 impl ImageStore {
     /// Opens the store, scanning every file; a torn or corrupt tail is truncated.
-    pub fn open(dir: &Path) -> Result<ImageStore, ImageStoreError> {
+    #[cfg(test)]
+    pub(crate) fn open(dir: &Path) -> Result<ImageStore, ImageStoreError> {
         Self::open_with(dir, DEFAULT_ENTRIES_PER_FILE)
     }
 
     /// Like `open`, starting a new file every `entries_per_file` entries.
-    pub fn open_with(dir: &Path, entries_per_file: u64) -> Result<ImageStore, ImageStoreError> {
+    pub(crate) fn open_with(
+        dir: &Path,
+        entries_per_file: u64,
+    ) -> Result<ImageStore, ImageStoreError> {
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ImageStoreError::Io { path, source }
@@ -208,7 +212,12 @@ impl ImageStore {
     }
 
     /// Appends an image of `key` as of `lsn`. Durability is batched: see `sync`.
-    pub fn put(&mut self, key: &PageKey, lsn: Lsn, page: &[u8]) -> Result<(), ImageStoreError> {
+    pub(crate) fn put(
+        &mut self,
+        key: &PageKey,
+        lsn: Lsn,
+        page: &[u8],
+    ) -> Result<(), ImageStoreError> {
         let header = encode_header(key, lsn, page);
         let (file, offset) = self.append(&header, page)?;
         let locs = self.index.entry(*key).or_default();
@@ -256,7 +265,7 @@ impl ImageStore {
     }
 
     /// Every page with at least one image.
-    pub fn keys(&self) -> impl Iterator<Item = &PageKey> {
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &PageKey> {
         self.index.keys()
     }
 
@@ -265,7 +274,7 @@ impl ImageStore {
     /// `removed_after(key, lsn)` says the page was truncated away or dropped after it. Images
     /// at or after the horizon are kept. Only the in-memory index changes: `compact` gives
     /// the space back. Returns how many images were forgotten.
-    pub fn forget_before(
+    pub(crate) fn forget_before(
         &mut self,
         horizon: Lsn,
         mut removed_after: impl FnMut(&PageKey, Lsn) -> bool,
@@ -293,7 +302,7 @@ impl ImageStore {
     /// still live has them copied to the current file (synced) and is then deleted. Works one
     /// file per call of `step` so the caller can release the lock in between; returns None
     /// when nothing is left to do.
-    pub fn compact_step(
+    pub(crate) fn compact_step(
         &mut self,
         min_live_ratio: f64,
     ) -> Result<Option<CompactStats>, ImageStoreError> {
@@ -354,7 +363,7 @@ impl ImageStore {
         Ok(Some(stats))
     }
 
-    pub fn sync(&self) -> Result<(), ImageStoreError> {
+    pub(crate) fn sync(&self) -> Result<(), ImageStoreError> {
         self.current_file
             .sync_data()
             .map_err(|source| ImageStoreError::Io {
@@ -364,14 +373,14 @@ impl ImageStore {
     }
 
     /// LSN of the newest image of `key` at or before `lsn`.
-    pub fn newest_at_or_before(&self, key: &PageKey, lsn: Lsn) -> Option<Lsn> {
+    pub(crate) fn newest_at_or_before(&self, key: &PageKey, lsn: Lsn) -> Option<Lsn> {
         let locs = self.index.get(key)?;
         let n = locs.partition_point(|l| l.lsn <= lsn);
         n.checked_sub(1).map(|i| locs[i].lsn)
     }
 
     /// Reads the image of `key` taken at exactly `lsn`, checking its CRC.
-    pub fn read(&self, key: &PageKey, lsn: Lsn) -> Result<Option<Vec<u8>>, ImageStoreError> {
+    pub(crate) fn read(&self, key: &PageKey, lsn: Lsn) -> Result<Option<Vec<u8>>, ImageStoreError> {
         let Some(loc) = self
             .index
             .get(key)
@@ -401,10 +410,6 @@ impl ImageStore {
         }
         buf.drain(..HEADER);
         Ok(Some(buf))
-    }
-
-    pub fn pages(&self) -> usize {
-        self.index.len()
     }
 }
 

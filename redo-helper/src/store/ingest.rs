@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// The decoder feeding the page index, only with durable (fsynced) WAL.
-pub struct Ingest {
+pub(crate) struct Ingest {
     pub(crate) decoder: WalStreamDecoder,
     pub store: Arc<PageStore>,
     /// Records before this are not indexed: before the backup start they are in the base
@@ -29,7 +29,7 @@ pub struct Ingest {
 impl Ingest {
     /// A decoder from the segment of `store`'s horizon (the backup start, or the retention
     /// horizon once one is set).
-    pub fn new(meta: &HelperMeta, store: Arc<PageStore>) -> Result<Ingest, StoreError> {
+    pub(crate) fn new(meta: &HelperMeta, store: Arc<PageStore>) -> Result<Ingest, StoreError> {
         let index_from = store.horizon();
         let start = index_from.segment_start(meta.segment_size);
         let cfg = DecoderConfig {
@@ -49,13 +49,13 @@ impl Ingest {
         })
     }
 
-    pub fn decoded_end(&self) -> Lsn {
+    pub(crate) fn decoded_end(&self) -> Lsn {
         read(&self.store.index).last_record_end
     }
 
     /// Decodes every complete record in the bytes pushed so far and indexes it; returns the
     /// pages the records touched (sorted, each once), for image generation to consider.
-    pub fn push_and_index(&mut self, durable: &[u8]) -> Result<&[PageKey], StoreError> {
+    pub(crate) fn push_and_index(&mut self, durable: &[u8]) -> Result<&[PageKey], StoreError> {
         self.store
             .recent_wal
             .push(self.decoder.input_lsn(), durable);
@@ -93,7 +93,7 @@ impl Ingest {
 
 /// Rebuilds the index from the archive (start of the backup's or the retention horizon's
 /// segment up to the flush point); `on_indexed` gets the pages each piece touched.
-pub fn rebuild(
+pub(crate) fn rebuild(
     archive: &WalArchive,
     ingest: &mut Ingest,
     from: Lsn,

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-pub enum LockError {
+pub(crate) enum LockError {
     #[error("data directory {dir} is in use by another redo-helper (pid {pid}); stop it first")]
     InUse { dir: PathBuf, pid: String },
     #[error("cannot lock data directory {dir}: {source}")]
@@ -13,12 +13,12 @@ pub enum LockError {
 }
 
 /// Held for the life of the process; the OS releases it when the process dies (kill -9 too).
-pub struct DataDirLock {
+pub(crate) struct DataDirLock {
     _file: File,
 }
 
 impl DataDirLock {
-    pub fn acquire(dir: &Path) -> Result<DataDirLock, LockError> {
+    pub(crate) fn acquire(dir: &Path) -> Result<DataDirLock, LockError> {
         let path = dir.join("helper.lock");
         let io_err = |source| LockError::Io {
             dir: dir.to_path_buf(),

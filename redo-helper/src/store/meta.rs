@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HelperMeta {
+pub(crate) struct HelperMeta {
     pub system_identifier: u64,
     pub timeline: u32,
     pub segment_size: u32,
@@ -26,7 +26,7 @@ pub struct HelperMeta {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum MetaError {
+pub(crate) enum MetaError {
     #[error("reading {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path} is damaged: {reason}")]
@@ -34,12 +34,12 @@ pub enum MetaError {
 }
 
 impl HelperMeta {
-    pub fn path(dir: &Path) -> PathBuf {
+    pub(crate) fn path(dir: &Path) -> PathBuf {
         dir.join("helper.json")
     }
 
     /// None when the directory has not been bootstrapped yet.
-    pub fn load(dir: &Path) -> Result<Option<HelperMeta>, MetaError> {
+    pub(crate) fn load(dir: &Path) -> Result<Option<HelperMeta>, MetaError> {
         let path = Self::path(dir);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -59,7 +59,7 @@ impl HelperMeta {
         Ok(Some(meta))
     }
 
-    pub fn store(&self, dir: &Path) -> Result<(), MetaError> {
+    pub(crate) fn store(&self, dir: &Path) -> Result<(), MetaError> {
         let path = Self::path(dir);
         let text = serde_json::to_string_pretty(self).map_err(|e| MetaError::Damaged {
             path: path.clone(),
@@ -68,16 +68,16 @@ impl HelperMeta {
         write_atomic(&path, text.as_bytes()).map_err(|source| MetaError::Io { path, source })
     }
 
-    pub fn start_lsn(&self) -> Lsn {
+    pub(crate) fn start_lsn(&self) -> Lsn {
         self.backup_start_lsn.parse().unwrap_or_default()
     }
 
-    pub fn end_lsn(&self) -> Lsn {
+    pub(crate) fn end_lsn(&self) -> Lsn {
         self.backup_end_lsn.parse().unwrap_or_default()
     }
 
     /// The settings of the compute that change what redo does.
-    pub fn redo_context(&self) -> crate::redo::RedoContext {
+    pub(crate) fn redo_context(&self) -> crate::redo::RedoContext {
         crate::redo::RedoContext {
             data_checksums: self.data_checksums,
             wal_log_hints: self.wal_log_hints,

@@ -14,20 +14,20 @@
 //! horizon's segment, after loading `retention.json`), so it never holds a record the archive
 //! does not durably have.
 
-pub mod archive;
-pub mod base;
-pub mod check;
-pub mod images;
-pub mod index;
-pub mod ingest;
-pub mod lock;
-pub mod meta;
-pub mod offline;
-pub mod page_store;
-pub mod repair;
-pub mod replay;
-pub mod retention;
-pub mod verify;
+pub(crate) mod archive;
+pub(crate) mod base;
+pub(crate) mod check;
+pub(crate) mod images;
+pub(crate) mod index;
+pub(crate) mod ingest;
+pub(crate) mod lock;
+pub(crate) mod meta;
+pub(crate) mod offline;
+pub(crate) mod page_store;
+pub(crate) mod repair;
+pub(crate) mod replay;
+pub(crate) mod retention;
+pub(crate) mod verify;
 
 use crate::wal::WalError;
 use crate::wal::page::Lsn;
@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 
 /// Opening, ingesting into or catching up a store failed.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error(transparent)]
     Lock(#[from] lock::LockError),
     #[error(transparent)]
@@ -55,12 +55,12 @@ pub enum StoreError {
 }
 
 /// fsync a directory, so a created or renamed entry in it is durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 /// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 /// A bootstrapped data directory opened without streaming: the page store with its index
 /// rebuilt from the archive (for offline checks such as `redo-helper check`). Holds the
 /// directory's lock, so it cannot run beside `redo-helper run`.
-pub struct OfflineStore {
+pub(crate) struct OfflineStore {
     pub meta: HelperMeta,
     pub store: Arc<PageStore>,
     archive: WalArchive,
@@ -29,7 +29,7 @@ pub struct OfflineStore {
 
 /// What [`OfflineStore::catch_up_from_pg_wal`] took from the cluster's `pg_wal`.
 #[derive(Debug, Clone, Default)]
-pub struct WalCatchUp {
+pub(crate) struct WalCatchUp {
     /// The archive's flush position before.
     pub from: Lsn,
     /// End of the last valid record in `pg_wal` (where crash recovery will stop too).
@@ -41,7 +41,7 @@ pub struct WalCatchUp {
 }
 
 impl OfflineStore {
-    pub fn open(data_dir: &Path) -> Result<OfflineStore, StoreError> {
+    pub(crate) fn open(data_dir: &Path) -> Result<OfflineStore, StoreError> {
         let lock = DataDirLock::acquire(data_dir)?;
         let meta = HelperMeta::load(data_dir)?.ok_or_else(|| StoreError::DataDir {
             dir: data_dir.to_path_buf(),
@@ -71,7 +71,7 @@ impl OfflineStore {
     /// WAL). Reads records from the last complete one the helper has, as crash recovery
     /// would, until the first invalid or missing one; appends exactly the bytes up to the end
     /// of the last valid record, so a helper started afterwards streams on from there.
-    pub fn catch_up_from_pg_wal(&mut self, pg_wal: &Path) -> Result<WalCatchUp, StoreError> {
+    pub(crate) fn catch_up_from_pg_wal(&mut self, pg_wal: &Path) -> Result<WalCatchUp, StoreError> {
         use crate::wal::reader::{FileReaderOptions, WalFileReader};
         let flushed = self.archive.flush_position();
         let mut out = WalCatchUp {
@@ -167,11 +167,11 @@ impl OfflineStore {
     }
 }
 
-pub fn archive_start(meta: &HelperMeta) -> Lsn {
+pub(crate) fn archive_start(meta: &HelperMeta) -> Lsn {
     meta.start_lsn().segment_start(meta.segment_size)
 }
 
-pub fn open_archive(data_dir: &Path, meta: &HelperMeta) -> Result<WalArchive, StoreError> {
+pub(crate) fn open_archive(data_dir: &Path, meta: &HelperMeta) -> Result<WalArchive, StoreError> {
     Ok(WalArchive::open(
         &archive_dir(data_dir),
         meta.segment_size,
@@ -183,7 +183,7 @@ pub fn open_archive(data_dir: &Path, meta: &HelperMeta) -> Result<WalArchive, St
 /// Loads `retention.json` into a freshly opened store (horizon, relation events, unreadable
 /// markers); returns where the index rebuild starts: the horizon's segment, or the backup
 /// start's.
-pub fn load_retention(
+pub(crate) fn load_retention(
     data_dir: &Path,
     meta: &HelperMeta,
     store: &PageStore,
@@ -205,7 +205,7 @@ pub fn load_retention(
 }
 
 /// `entries_per_file` 0: the default.
-pub fn open_store(
+pub(crate) fn open_store(
     data_dir: &Path,
     meta: &HelperMeta,
     archive: &WalArchive,
@@ -229,7 +229,7 @@ pub fn open_store(
 }
 
 /// Images generated before a restart count again (the index was rebuilt without them).
-pub fn note_generated_images(store: &PageStore) {
+pub(crate) fn note_generated_images(store: &PageStore) {
     let img = read(&store.images);
     let mut idx = write(&store.index);
     let keys: Vec<_> = idx.keys().copied().collect();
@@ -244,6 +244,6 @@ pub fn note_generated_images(store: &PageStore) {
 }
 
 /// Where the WAL archive of a data directory lives.
-pub fn archive_dir(data_dir: &Path) -> PathBuf {
+pub(crate) fn archive_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("wal")
 }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 /// Why GetPage@LSN cannot serve a page; each says by name what is missing.
 #[derive(Debug, thiserror::Error)]
-pub enum GetPageError {
+pub(crate) enum GetPageError {
     #[error("page {key} is unknown to the helper (no base image and no WAL for it)")]
     Unknown { key: PageKey },
     #[error(
@@ -61,7 +61,7 @@ pub enum GetPageError {
 
 /// A page rebuilt as of an LSN.
 #[derive(Debug, Clone)]
-pub struct Reconstructed {
+pub(crate) struct Reconstructed {
     pub page: Vec<u8>,
     /// Deltas replayed on top of the starting image.
     pub deltas_replayed: u32,
@@ -74,7 +74,7 @@ pub struct Reconstructed {
 
 /// Microseconds spent in each part of a reconstruction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReadPhases {
+pub(crate) struct ReadPhases {
     /// Finding the starting point and the chain (image store, cache, index).
     pub lookup_us: u32,
     /// Reading the starting page (image file, base backup, WAL image).
@@ -99,7 +99,7 @@ fn micros_since(t: std::time::Instant) -> u32 {
 
 /// What a reconstruction started from (reported in `x-start` and by `check`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartSource {
+pub(crate) enum StartSource {
     GeneratedImage,
     /// The image retention kept where the history before its horizon was removed.
     RetainedImage,
@@ -114,7 +114,7 @@ pub enum StartSource {
 }
 
 impl StartSource {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             StartSource::GeneratedImage => "generated image",
             StartSource::RetainedImage => "retained image",
@@ -226,9 +226,9 @@ impl PageCache {
 }
 
 /// Default bound of the page cache: 4096 pages (32 MB).
-pub const DEFAULT_CACHE_PAGES: usize = 4096;
+pub(crate) const DEFAULT_CACHE_PAGES: usize = 4096;
 
-pub struct PageStore {
+pub(crate) struct PageStore {
     pub base: BaseFiles,
     pub images: RwLock<ImageStore>,
     pub index: RwLock<PageIndex>,
@@ -252,7 +252,7 @@ pub struct PageStore {
 }
 
 impl PageStore {
-    pub fn new(
+    pub(crate) fn new(
         base: BaseFiles,
         images: ImageStore,
         archive: &WalArchive,
@@ -281,13 +281,13 @@ impl PageStore {
     }
 
     /// The oldest LSN a page can be read at: the retention horizon, or the backup start.
-    pub fn horizon(&self) -> Lsn {
+    pub(crate) fn horizon(&self) -> Lsn {
         Lsn(self.horizon.load(Ordering::SeqCst)).max(self.backup_start)
     }
 
     /// Moves the retention horizon (never back) and waits until every read that started
     /// before is done: after this returns, no running read uses anything before `horizon`.
-    pub fn set_horizon(&self, horizon: Lsn) {
+    pub(crate) fn set_horizon(&self, horizon: Lsn) {
         self.horizon.fetch_max(horizon.0, Ordering::SeqCst);
         drop(write(&self.gate));
         // Pooled readers may hold segments that retention is about to remove open.
@@ -296,19 +296,15 @@ impl PageStore {
     }
 
     /// Bounds the page cache (0 disables it).
-    pub fn set_cache_pages(&self, pages: usize) {
+    pub(crate) fn set_cache_pages(&self, pages: usize) {
         let mut c = lock(&self.cache);
         c.capacity = pages;
         c.pages.clear();
         c.order.clear();
     }
 
-    pub fn backup_start(&self) -> Lsn {
-        self.backup_start
-    }
-
     /// The page as of `lsn` (None: as of everything decoded).
-    pub fn reconstruct(
+    pub(crate) fn reconstruct(
         &self,
         key: &PageKey,
         lsn: Option<Lsn>,
@@ -317,7 +313,7 @@ impl PageStore {
     }
 
     /// Like `reconstruct`, with control over what the replay may start from.
-    pub fn reconstruct_with(
+    pub(crate) fn reconstruct_with(
         &self,
         key: &PageKey,
         lsn: Option<Lsn>,
@@ -580,7 +576,7 @@ const POOLED_READERS: usize = 8;
 
 /// What a reconstruction may start from besides WAL images and the base backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadOptions {
+pub(crate) struct ReadOptions {
     /// The helper's generated images.
     pub generated_images: bool,
     /// The cache of recently served pages (read and filled).
@@ -598,7 +594,7 @@ impl Default for ReadOptions {
 
 impl ReadOptions {
     /// The whole chain from the WAL or the base backup: no generated image, no cache.
-    pub fn full_chain() -> ReadOptions {
+    pub(crate) fn full_chain() -> ReadOptions {
         ReadOptions {
             generated_images: false,
             cache: false,

@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
-pub enum RepairError {
+pub(crate) enum RepairError {
     #[error(
         "PostgreSQL is running on {pgdata} (postmaster.pid names live process {pid}): stop it first; repair writes into its data files"
     )]
@@ -88,7 +88,7 @@ impl From<StoreError> for RepairError {
 }
 
 #[derive(Debug, Clone)]
-pub struct RepairOptions {
+pub(crate) struct RepairOptions {
     pub data_dir: PathBuf,
     pub pgdata: PathBuf,
     /// [`RepairProgress::Pages`] at most this often.
@@ -103,7 +103,7 @@ pub struct RepairOptions {
 
 /// What [`repair`] reports while it works (the command prints it).
 #[derive(Debug)]
-pub enum RepairProgress<'a> {
+pub(crate) enum RepairProgress<'a> {
     /// Nothing to do: the cluster was shut down cleanly, with this checkpoint.
     CleanShutdown { checkpoint: Lsn },
     /// The WAL taken from `pg_wal` into the helper's archive.
@@ -125,7 +125,7 @@ pub enum RepairProgress<'a> {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct RepairSummary {
+pub(crate) struct RepairSummary {
     /// The cluster was shut down cleanly: nothing was done.
     pub clean_shutdown: bool,
     pub redo: Lsn,
@@ -156,11 +156,11 @@ pub struct RepairSummary {
 const MAX_PROBLEMS: usize = 10;
 
 impl RepairSummary {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.unrepairable == 0 && self.errors == 0
     }
 
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         if self.clean_shutdown {
             return format!(
                 "repair: clean shutdown (checkpoint REDO {}): no page can be torn, nothing done",
@@ -299,7 +299,7 @@ fn checksum_ok(page: &Page, blkno: u32) -> bool {
 }
 
 /// Runs the repair (see the module documentation).
-pub fn repair(
+pub(crate) fn repair(
     opts: &RepairOptions,
     progress: &mut dyn FnMut(RepairProgress),
 ) -> Result<RepairSummary, RepairError> {

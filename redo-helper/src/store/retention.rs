@@ -40,11 +40,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Default `--retain`: 4 GB of WAL.
-pub const DEFAULT_RETAIN: &str = "4GB";
+pub(crate) const DEFAULT_RETAIN: &str = "4GB";
 
 /// How much history the helper keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retain {
+pub(crate) enum Retain {
     /// Everything, forever.
     All,
     /// This many bytes of WAL before the decoded end.
@@ -129,18 +129,18 @@ impl fmt::Display for Retain {
 }
 
 /// For clap's `value_parser`.
-pub fn parse_retain(s: &str) -> Result<Retain, String> {
+pub(crate) fn parse_retain(s: &str) -> Result<Retain, String> {
     s.parse()
 }
 
 /// (time, decoded end) samples for time horizons.
 #[derive(Debug, Default)]
-pub struct EndSamples {
+pub(crate) struct EndSamples {
     samples: VecDeque<(Instant, Lsn)>,
 }
 
 impl EndSamples {
-    pub fn push(&mut self, at: Instant, end: Lsn) {
+    pub(crate) fn push(&mut self, at: Instant, end: Lsn) {
         if self.samples.back().is_none_or(|(_, l)| *l != end) {
             self.samples.push_back((at, end));
         }
@@ -154,19 +154,21 @@ impl EndSamples {
         self.samples.front().map(|(_, l)| *l)
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.samples.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
     }
 }
 
 impl Retain {
     /// The oldest LSN that must stay readable given the decoded end `end` (None: nothing may
     /// be removed yet).
-    pub fn keep_from(&self, end: Lsn, samples: &mut EndSamples, now: Instant) -> Option<Lsn> {
+    pub(crate) fn keep_from(
+        &self,
+        end: Lsn,
+        samples: &mut EndSamples,
+        now: Instant,
+    ) -> Option<Lsn> {
         match *self {
             Retain::All => None,
             Retain::Bytes(b) => Some(Lsn(end.0.saturating_sub(b))),
@@ -177,13 +179,13 @@ impl Retain {
 
 /// The horizon for `keep_from`: rounded down to a segment start, never below `current` (the
 /// store's horizon, itself never below the backup start).
-pub fn horizon_for(keep_from: Lsn, current: Lsn, segment_size: u32) -> Lsn {
+pub(crate) fn horizon_for(keep_from: Lsn, current: Lsn, segment_size: u32) -> Lsn {
     keep_from.segment_start(segment_size).max(current)
 }
 
 /// A page left unreadable at the horizon, as saved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedMarker {
+pub(crate) struct SavedMarker {
     pub spc: u32,
     pub db: u32,
     pub rel: u32,
@@ -196,7 +198,7 @@ pub struct SavedMarker {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedFpwMode {
+pub(crate) struct SavedFpwMode {
     pub lsn: u64,
     pub full_page_writes: bool,
     pub explicit: bool,
@@ -204,7 +206,7 @@ pub struct SavedFpwMode {
 
 /// `DATA_DIR/retention.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RetentionState {
+pub(crate) struct RetentionState {
     /// The horizon, `X/Y`: the archive starts at this segment; reads before it are refused.
     pub horizon: String,
     #[serde(default)]
@@ -218,7 +220,7 @@ pub struct RetentionState {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RetentionError {
+pub(crate) enum RetentionError {
     #[error("retention state {path}: {source}")]
     Io {
         path: PathBuf,
@@ -236,11 +238,11 @@ pub enum RetentionError {
 }
 
 impl RetentionState {
-    pub fn path(data_dir: &Path) -> PathBuf {
+    pub(crate) fn path(data_dir: &Path) -> PathBuf {
         data_dir.join("retention.json")
     }
 
-    pub fn load(data_dir: &Path) -> Result<Option<RetentionState>, RetentionError> {
+    pub(crate) fn load(data_dir: &Path) -> Result<Option<RetentionState>, RetentionError> {
         let path = Self::path(data_dir);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -260,7 +262,7 @@ impl RetentionState {
         Ok(Some(state))
     }
 
-    pub fn store(&self, data_dir: &Path) -> Result<(), RetentionError> {
+    pub(crate) fn store(&self, data_dir: &Path) -> Result<(), RetentionError> {
         let path = Self::path(data_dir);
         let text = serde_json::to_string(self).map_err(|e| RetentionError::Damaged {
             path: path.clone(),
@@ -269,14 +271,14 @@ impl RetentionState {
         write_atomic(&path, text.as_bytes()).map_err(|source| RetentionError::Io { path, source })
     }
 
-    pub fn horizon_lsn(&self) -> Lsn {
+    pub(crate) fn horizon_lsn(&self) -> Lsn {
         self.horizon.parse().unwrap_or_default()
     }
 
     /// Puts the saved state into a store whose index is still empty (before the rebuild from
     /// the archive): the horizon, relation events, full_page_writes modes and unreadable
     /// markers. Returns the horizon.
-    pub fn apply(&self, store: &PageStore) -> Lsn {
+    pub(crate) fn apply(&self, store: &PageStore) -> Lsn {
         let horizon = self.horizon_lsn();
         store.set_horizon(horizon);
         let mut idx = write(&store.index);
@@ -319,7 +321,7 @@ fn marker_key(m: &SavedMarker) -> PageKey {
 
 /// What one pass did (in /status).
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct PassStats {
+pub(crate) struct PassStats {
     pub horizon_lsn: Lsn,
     /// Pages rebuilt and stored as images at the horizon.
     pub pages_rebased: u64,
@@ -342,7 +344,7 @@ pub struct PassStats {
 
 /// Retention in /status and /metrics.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct RetentionStatus {
+pub(crate) struct RetentionStatus {
     pub retain: String,
     pub horizon_lsn: Lsn,
     pub archive_segments: u64,
@@ -356,7 +358,7 @@ pub struct RetentionStatus {
 }
 
 /// The retention pass and its state; one per running helper.
-pub struct Retention {
+pub(crate) struct Retention {
     store: Arc<PageStore>,
     data_dir: PathBuf,
     wal_dir: PathBuf,
@@ -384,7 +386,7 @@ fn unix_now() -> u64 {
 }
 
 impl Retention {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<PageStore>,
         data_dir: &Path,
         wal_dir: &Path,
@@ -412,7 +414,7 @@ impl Retention {
         r
     }
 
-    pub fn status(&self) -> RetentionStatus {
+    pub(crate) fn status(&self) -> RetentionStatus {
         lock(&self.status).clone()
     }
 
@@ -450,7 +452,7 @@ impl Retention {
     /// One tick: samples the decoded end, runs a pass if the horizon can move by a segment
     /// or more (and the clean-up a restart left pending). Errors are logged and kept in the
     /// status; the next tick tries again.
-    pub fn tick(&self, now: Instant) {
+    pub(crate) fn tick(&self, now: Instant) {
         let result = self.run_pass(now);
         match &result {
             Ok(Some(p)) => {
@@ -493,7 +495,7 @@ impl Retention {
 
     /// Moves the horizon if it can advance by a segment or more; Some(stats) when a pass
     /// (or a pending clean-up) did something.
-    pub fn run_pass(&self, now: Instant) -> Result<Option<PassStats>, RetentionError> {
+    pub(crate) fn run_pass(&self, now: Instant) -> Result<Option<PassStats>, RetentionError> {
         let started = Instant::now();
         let end = self.decoded_end();
         let current = self.store.horizon();
@@ -724,7 +726,7 @@ impl Retention {
     }
 
     /// Runs `tick` every `interval` on its own thread until the process ends.
-    pub fn spawn(self: &Arc<Self>, interval: Duration) -> std::thread::JoinHandle<()> {
+    pub(crate) fn spawn(self: &Arc<Self>, interval: Duration) -> std::thread::JoinHandle<()> {
         let me = Arc::clone(self);
         std::thread::Builder::new()
             .name("retention".into())

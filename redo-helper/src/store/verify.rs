@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default)]
-pub struct VerifyOptions {
+pub(crate) struct VerifyOptions {
     /// The helper's data directory (helper.json, base/, wal/).
     pub data_dir: PathBuf,
     /// A cluster's data directory to compare against after the replay.
@@ -35,7 +35,7 @@ pub struct VerifyOptions {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum VerifyError {
+pub(crate) enum VerifyError {
     #[error("{0}")]
     Meta(#[from] crate::store::meta::MetaError),
     #[error("{dir} is not a bootstrapped helper data directory (no helper.json)")]
@@ -53,7 +53,7 @@ pub enum VerifyError {
 
 /// Result of a verification run.
 #[derive(Debug, Clone, Default)]
-pub struct VerifySummary {
+pub(crate) struct VerifySummary {
     pub replay: ReplaySummary,
     /// Data-file comparison (`pgdata`).
     pub pgdata_pages_compared: u64,
@@ -67,12 +67,12 @@ pub struct VerifySummary {
 }
 
 impl VerifySummary {
-    pub fn total_mismatches(&self) -> u64 {
+    pub(crate) fn total_mismatches(&self) -> u64 {
         self.replay.mismatches + self.pgdata_mismatches + self.replay.redo_errors
     }
 
     /// The one-line summary `redo-helper verify` ends with.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let mut s = format!(
             "verify: records replayed {}, pages verified {}, mismatches {}, unreadable pages {}",
             self.replay.records,
@@ -101,7 +101,7 @@ impl VerifySummary {
 }
 
 /// Runs the verification.
-pub fn verify(opts: &VerifyOptions) -> Result<VerifySummary, VerifyError> {
+pub(crate) fn verify(opts: &VerifyOptions) -> Result<VerifySummary, VerifyError> {
     let meta = HelperMeta::load(&opts.data_dir)?.ok_or_else(|| VerifyError::NotBootstrapped {
         dir: opts.data_dir.clone(),
     })?;

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Default tablespace (`pg_default`) and shared catalog tablespace (`pg_global`) OIDs.
-pub const DEFAULTTABLESPACE_OID: u32 = 1663;
-pub const GLOBALTABLESPACE_OID: u32 = 1664;
+pub(crate) const DEFAULTTABLESPACE_OID: u32 = 1663;
+pub(crate) const GLOBALTABLESPACE_OID: u32 = 1664;
 
 #[derive(Debug, thiserror::Error)]
-pub enum BaseBackupError {
+pub(crate) enum BaseBackupError {
     #[error(transparent)]
     Connection(#[from] ConnectionError),
     #[error("base backup protocol: {0}")]
@@ -33,7 +33,7 @@ pub enum BaseBackupError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BaseBackupResult {
+pub(crate) struct BaseBackupResult {
     pub start_lsn: Lsn,
     pub end_lsn: Lsn,
     pub timeline: u32,
@@ -192,7 +192,7 @@ fn parse_position(row: Option<&Vec<Option<String>>>) -> Option<(Lsn, u32)> {
 }
 
 /// Runs BASE_BACKUP on `conn` (a replication connection) and writes relation files to `base`.
-pub async fn run_base_backup(
+pub(crate) async fn run_base_backup(
     conn: &mut PgConnection,
     base: &BaseFiles,
     label: &str,

@@ -22,7 +22,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An ErrorResponse from the server.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ServerError {
+pub(crate) struct ServerError {
     pub severity: String,
     pub code: String,
     pub message: String,
@@ -64,7 +64,7 @@ impl ServerError {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectionError {
+pub(crate) enum ConnectionError {
     #[error("cannot connect to {target}: {source}")]
     Connect { target: String, source: io::Error },
     #[error("connection to {target} failed: {source}")]
@@ -81,7 +81,7 @@ pub enum ConnectionError {
 
 impl ConnectionError {
     /// SQLSTATE of a server error, if this is one.
-    pub fn sqlstate(&self) -> Option<&str> {
+    pub(crate) fn sqlstate(&self) -> Option<&str> {
         match self {
             ConnectionError::Server { error, .. } => Some(error.code.as_str()),
             _ => None,
@@ -89,7 +89,7 @@ impl ConnectionError {
     }
 
     /// Errors that retrying cannot fix (bad credentials, missing privilege, misconfiguration).
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         match self {
             ConnectionError::Auth { .. } => true,
             ConnectionError::Server { error, .. } => {
@@ -108,7 +108,7 @@ impl ConnectionError {
 }
 
 /// What the connection read next.
-pub enum BackendMessage {
+pub(crate) enum BackendMessage {
     Message(Message),
     /// 'W': the server switched to COPY BOTH (after START_REPLICATION).
     CopyBothResponse,
@@ -116,12 +116,12 @@ pub enum BackendMessage {
 
 /// One result set of a simple query, all values as text.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ResultSet {
+pub(crate) struct ResultSet {
     pub rows: Vec<Vec<Option<String>>>,
 }
 
 impl ResultSet {
-    pub fn value(&self, row: usize, col: usize) -> Option<&str> {
+    pub(crate) fn value(&self, row: usize, col: usize) -> Option<&str> {
         self.rows
             .get(row)
             .and_then(|r| r.get(col))
@@ -129,16 +129,16 @@ impl ResultSet {
     }
 }
 
-pub struct PgConnection {
+pub(crate) struct PgConnection {
     stream: TcpStream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     target: String,
 }
 
-pub type Result<T> = std::result::Result<T, ConnectionError>;
+pub(crate) type Result<T> = std::result::Result<T, ConnectionError>;
 
-pub fn decode_data_row(
+pub(crate) fn decode_data_row(
     body: &postgres_protocol::message::backend::DataRowBody,
 ) -> io::Result<Vec<Option<String>>> {
     let buf = body.buffer();
@@ -152,7 +152,7 @@ const RECEIVE_AVAILABLE_MAX: usize = 4 << 20;
 
 impl PgConnection {
     /// Connects and authenticates as a physical replication client (`replication=true`).
-    pub async fn connect_replication(info: &ConnInfo) -> Result<PgConnection> {
+    pub(crate) async fn connect_replication(info: &ConnInfo) -> Result<PgConnection> {
         let target = format!("{}:{}", info.host, info.port);
         let stream = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -380,7 +380,7 @@ impl PgConnection {
     /// only once this many bytes are queued. A streaming client that reads on a timer
     /// anyway then sleeps through the thousands of small messages a second a busy server
     /// sends (one per WAL flush), instead of being woken for each. Best effort.
-    pub fn set_receive_low_water(&self, bytes: usize) {
+    pub(crate) fn set_receive_low_water(&self, bytes: usize) {
         use std::os::fd::AsRawFd;
         let v = bytes.min(i32::MAX as usize) as libc::c_int;
         // SAFETY: setsockopt reads one c_int from a valid pointer.
@@ -399,7 +399,7 @@ impl PgConnection {
     }
 
     /// Reads the next complete backend message.
-    pub async fn read_message(&mut self) -> Result<BackendMessage> {
+    pub(crate) async fn read_message(&mut self) -> Result<BackendMessage> {
         loop {
             if let Some(m) = self.buffered_message()? {
                 return Ok(m);
@@ -418,13 +418,13 @@ impl PgConnection {
     }
 
     /// Sends a simple query without waiting for the answer.
-    pub async fn send_query(&mut self, sql: &str) -> Result<()> {
+    pub(crate) async fn send_query(&mut self, sql: &str) -> Result<()> {
         frontend::query(sql, &mut self.wbuf).map_err(|e| self.io(e))?;
         self.flush().await
     }
 
     /// Runs a simple query and returns its result sets (replication commands return text).
-    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<ResultSet>> {
+    pub(crate) async fn simple_query(&mut self, sql: &str) -> Result<Vec<ResultSet>> {
         self.send_query(sql).await?;
         let mut sets = Vec::new();
         let mut current: Option<ResultSet> = None;
@@ -468,13 +468,13 @@ impl PgConnection {
     }
 
     /// Sends one CopyData message.
-    pub async fn send_copy_data(&mut self, data: &[u8]) -> Result<()> {
+    pub(crate) async fn send_copy_data(&mut self, data: &[u8]) -> Result<()> {
         let body = frontend::CopyData::new(Bytes::copy_from_slice(data)).map_err(|e| self.io(e))?;
         body.write(&mut self.wbuf);
         self.flush().await
     }
 
-    pub async fn terminate(mut self) {
+    pub(crate) async fn terminate(mut self) {
         frontend::terminate(&mut self.wbuf);
         let _ = self.flush().await;
     }

@@ -6,7 +6,7 @@ use std::fmt;
 
 /// Where and as whom to connect.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     pub host: String,
     pub port: u16,
     pub user: String,
@@ -33,7 +33,7 @@ impl fmt::Display for ConnInfo {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConnInfoError {
+pub(crate) enum ConnInfoError {
     #[error("invalid connection string: {0}")]
     Syntax(String),
     #[error("invalid port {0:?} in connection string")]
@@ -183,11 +183,11 @@ fn parse_uri(s: &str) -> Result<BTreeMap<String, String>, ConnInfoError> {
 impl ConnInfo {
     /// Parses a conninfo string or URI; missing values come from PGHOST, PGPORT, PGUSER,
     /// PGPASSWORD, then defaults (localhost, 5432, user "postgres").
-    pub fn parse(s: &str) -> Result<ConnInfo, ConnInfoError> {
+    pub(crate) fn parse(s: &str) -> Result<ConnInfo, ConnInfoError> {
         Self::parse_with_env(s, |k| std::env::var(k).ok())
     }
 
-    pub fn parse_with_env(
+    pub(crate) fn parse_with_env(
         s: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<ConnInfo, ConnInfoError> {

@@ -1,6 +1,6 @@
 //! Talking to the compute: the replication protocol client and the BASE_BACKUP bootstrap.
 
-pub mod base_backup;
-pub mod connection;
-pub mod conninfo;
-pub mod replication;
+pub(crate) mod base_backup;
+pub(crate) mod connection;
+pub(crate) mod conninfo;
+pub(crate) mod replication;

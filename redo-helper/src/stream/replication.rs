@@ -13,7 +13,7 @@ const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 /// IDENTIFY_SYSTEM's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SystemInfo {
+pub(crate) struct SystemInfo {
     pub system_identifier: u64,
     pub timeline: u32,
     pub xlogpos: Lsn,
@@ -21,7 +21,7 @@ pub struct SystemInfo {
 
 /// A message the server sends inside COPY BOTH.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerStreamMessage {
+pub(crate) enum ServerStreamMessage {
     /// WAL bytes starting at `start`; `server_end` is the server's current end of WAL.
     XLogData {
         start: Lsn,
@@ -36,7 +36,7 @@ pub enum ServerStreamMessage {
 
 /// The end of a COPY BOTH stream from the server side.
 #[derive(Debug)]
-pub enum StreamEvent {
+pub(crate) enum StreamEvent {
     Message(ServerStreamMessage),
     /// CopyDone: the server ended streaming (timeline switch or shutdown).
     Ended,
@@ -49,7 +49,7 @@ fn be_u64(b: &[u8], at: usize) -> Option<u64> {
 }
 
 /// Parses one CopyData payload of the replication stream.
-pub fn parse_stream_message(data: Bytes) -> Result<ServerStreamMessage, String> {
+pub(crate) fn parse_stream_message(data: Bytes) -> Result<ServerStreamMessage, String> {
     match data.first() {
         Some(b'w') => {
             let (Some(start), Some(end)) = (be_u64(&data, 1), be_u64(&data, 9)) else {
@@ -82,7 +82,7 @@ pub fn parse_stream_message(data: Bytes) -> Result<ServerStreamMessage, String> 
 }
 
 /// Current time as PostgreSQL's TimestampTz.
-pub fn pg_now() -> i64 {
+pub(crate) fn pg_now() -> i64 {
     let us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
@@ -91,7 +91,12 @@ pub fn pg_now() -> i64 {
 }
 
 /// Standby status update ('r'): what we have written, flushed (durably) and applied.
-pub fn standby_status_update(write: Lsn, flush: Lsn, apply: Lsn, reply_requested: bool) -> Vec<u8> {
+pub(crate) fn standby_status_update(
+    write: Lsn,
+    flush: Lsn,
+    apply: Lsn,
+    reply_requested: bool,
+) -> Vec<u8> {
     let mut m = Vec::with_capacity(34);
     m.push(b'r');
     m.extend_from_slice(&write.0.to_be_bytes());
@@ -103,7 +108,7 @@ pub fn standby_status_update(write: Lsn, flush: Lsn, apply: Lsn, reply_requested
 }
 
 /// Parses a GUC size as SHOW prints it ("16MB", "1GB", "8192").
-pub fn parse_size(text: &str) -> Option<u32> {
+pub(crate) fn parse_size(text: &str) -> Option<u32> {
     let t = text.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let n: u64 = t[..digits].parse().ok()?;
@@ -118,12 +123,12 @@ pub fn parse_size(text: &str) -> Option<u32> {
 }
 
 /// Quotes an identifier for a replication command.
-pub fn quote_ident(s: &str) -> String {
+pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 impl PgConnection {
-    pub async fn identify_system(&mut self) -> Result<SystemInfo, ConnectionError> {
+    pub(crate) async fn identify_system(&mut self) -> Result<SystemInfo, ConnectionError> {
         let sets = self.simple_query("IDENTIFY_SYSTEM").await?;
         let set = sets
             .first()
@@ -145,7 +150,7 @@ impl PgConnection {
     }
 
     /// `SHOW wal_segment_size` (allowed on replication connections), in bytes.
-    pub async fn wal_segment_size(&mut self) -> Result<u32, ConnectionError> {
+    pub(crate) async fn wal_segment_size(&mut self) -> Result<u32, ConnectionError> {
         let sets = self.simple_query("SHOW wal_segment_size").await?;
         let text = sets
             .first()
@@ -157,7 +162,7 @@ impl PgConnection {
     }
 
     /// A boolean setting by `SHOW` (on replication connections too).
-    pub async fn show_bool(&mut self, name: &str) -> Result<bool, ConnectionError> {
+    pub(crate) async fn show_bool(&mut self, name: &str) -> Result<bool, ConnectionError> {
         let sets = self
             .simple_query(&format!("SHOW {}", quote_ident(name)))
             .await?;
@@ -169,7 +174,7 @@ impl PgConnection {
     }
 
     /// Creates the physical slot with WAL reserved now; returns false if it already existed.
-    pub async fn create_physical_slot_if_missing(
+    pub(crate) async fn create_physical_slot_if_missing(
         &mut self,
         slot: &str,
     ) -> Result<bool, ConnectionError> {
@@ -187,7 +192,7 @@ impl PgConnection {
     }
 
     /// START_REPLICATION SLOT … PHYSICAL; on success the connection is in COPY BOTH.
-    pub async fn start_replication(
+    pub(crate) async fn start_replication(
         &mut self,
         slot: &str,
         start: Lsn,
@@ -218,7 +223,7 @@ impl PgConnection {
     }
 
     /// Next message of the COPY BOTH stream.
-    pub async fn next_stream_event(&mut self) -> Result<StreamEvent, ConnectionError> {
+    pub(crate) async fn next_stream_event(&mut self) -> Result<StreamEvent, ConnectionError> {
         loop {
             let m = self.read_message().await?;
             if let Some(ev) = self.stream_event(m)? {
@@ -229,7 +234,7 @@ impl PgConnection {
 
     /// Next message of the COPY BOTH stream among what the socket holds now, without waiting:
     /// None when no complete message is there.
-    pub fn next_stream_event_now(&mut self) -> Result<Option<StreamEvent>, ConnectionError> {
+    pub(crate) fn next_stream_event_now(&mut self) -> Result<Option<StreamEvent>, ConnectionError> {
         loop {
             let m = match self.buffered_message()? {
                 Some(m) => m,

@@ -14,7 +14,7 @@
 //! Pages changed by rmgrs the engine does not replay are marked unreadable from that record
 //! on (until an applicable image) and skipped, with the first error kept for the report.
 
-pub mod pages;
+pub(crate) mod pages;
 mod partition;
 
 pub(crate) use pages::PageSet;
@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 /// How to replay.
 #[derive(Debug, Clone, Default)]
-pub struct ReplayOptions {
+pub(crate) struct ReplayOptions {
     pub ctx: RedoContext,
     /// Compare every page with the records' consistency images (off for benchmarks).
     pub check_consistency: bool,
@@ -55,7 +55,7 @@ pub struct ReplayOptions {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
+pub(crate) enum ReplayError {
     #[error("reading WAL: {0}")]
     Wal(#[from] crate::wal::WalError),
     #[error("reading {path}: {source}")]
@@ -67,7 +67,7 @@ pub enum ReplayError {
 
 /// Per record type cost (for `--timing`).
 #[derive(Debug, Clone, Default)]
-pub struct TypeCost {
+pub(crate) struct TypeCost {
     pub records: u64,
     pub bytes: u64,
     pub time: Duration,
@@ -75,7 +75,7 @@ pub struct TypeCost {
 
 /// What a replay did and found.
 #[derive(Debug, Clone, Default)]
-pub struct ReplaySummary {
+pub(crate) struct ReplaySummary {
     pub start: Lsn,
     pub end: Lsn,
     pub records: u64,
@@ -105,7 +105,7 @@ pub struct ReplaySummary {
 
 /// Replays `reader`'s records (from `start` to `end`, which the reader was opened for) over
 /// the base pages in `base`; returns the summary and the replayed pages.
-pub fn replay(
+pub(crate) fn replay(
     reader: &mut WalFileReader,
     base: BaseFiles,
     start: Lsn,
@@ -161,7 +161,7 @@ pub fn replay(
 /// hash table takes its bucket index from the low bits and its tag from the top seven,
 /// and both must change with the block number (keys of one relation differ only there).
 #[derive(Default, Clone, Copy)]
-pub struct PageKeyHasher(u64);
+pub(crate) struct PageKeyHasher(u64);
 
 impl std::hash::Hasher for PageKeyHasher {
     #[inline]

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::ptr::NonNull;
 
 /// The replayed pages plus what is known about which pages exist.
-pub struct PageSet {
+pub(crate) struct PageSet {
     pub(crate) base: BaseFiles,
     /// Open base files (None: the file does not exist), so loading a page is one pread.
     files: BaseFileCache,
