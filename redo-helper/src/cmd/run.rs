@@ -29,6 +29,141 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// libpq connection string or URI of the compute (a role with REPLICATION).
+    #[arg(long = "connect", value_name = "CONNINFO")]
+    connect: String,
+    /// The helper's own data directory (created if missing; one helper per directory).
+    #[arg(long = "data-dir", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Physical replication slot to create (if missing) and stream from.
+    #[arg(long, default_value = "fpw_pushdown")]
+    slot: String,
+    /// Loopback address for /status and /metrics (e.g. 127.0.0.1:7432).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<std::net::SocketAddr>,
+    /// How often received WAL is fsynced and acknowledged, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    flush_interval_ms: u64,
+    /// Longest pause between reconnection attempts, in seconds.
+    #[arg(long, default_value_t = 30)]
+    max_backoff_secs: u64,
+    /// Generate a page image when a page has more than this many deltas since its last image.
+    #[arg(long, default_value_t = crate::imagegen::DEFAULT_IMAGE_THRESHOLD)]
+    image_threshold: u32,
+    /// Image generation threads (default: cores - 1, at least 1).
+    #[arg(long)]
+    imagegen_workers: Option<usize>,
+    /// Pages waiting for an image above which flush acknowledgements are held back.
+    #[arg(long, default_value_t = 100_000)]
+    backpressure_queue: usize,
+    /// Recently served pages kept in memory (8 KB each; 0 disables the cache).
+    #[arg(long, default_value_t = crate::store::page_store::DEFAULT_CACHE_PAGES)]
+    page_cache_pages: usize,
+    /// History to keep: WAL segments and page images older than this are removed and
+    /// pages can no longer be read before it. A WAL distance (512MB, 4GB, 1TB; no unit:
+    /// bytes), a time (30min, 2h, 7d; counted while the helper runs), or `all`.
+    #[arg(long, value_name = "SIZE|TIME|all",
+          default_value = crate::store::retention::DEFAULT_RETAIN,
+          value_parser = crate::store::retention::parse_retain)]
+    retain: crate::store::retention::Retain,
+    /// CPU priority (nice value, -20..19) of the helper's threads, for a helper that shares
+    /// cores with the database: at a positive value it yields to the backends and falls
+    /// behind only when the cores have no idle time (then image generation queues and
+    /// back-pressure holds acknowledgements). 0 keeps the priority it was started with.
+    #[arg(long, default_value_t = DEFAULT_NICE, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    nice: i32,
+    /// How often retention checks whether the horizon can move, in milliseconds.
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    retention_interval_ms: u64,
+    /// Entries per image file (0: the default; tests use small files).
+    #[arg(long, default_value_t = 0, hide = true)]
+    image_file_entries: u64,
+}
+
+/// Runs the helper until an error a retry cannot fix.
+pub fn main(args: RunArgs) -> ExitCode {
+    set_nice(args.nice);
+    let conninfo = match ConnInfo::parse(&args.connect) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("redo-helper: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let workers = args.imagegen_workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get().saturating_sub(1))
+            .unwrap_or(1)
+            .max(1)
+    });
+    run_service(RunOptions {
+        conninfo,
+        data_dir: args.data_dir,
+        slot: args.slot,
+        listen: args.listen,
+        flush_interval: std::time::Duration::from_millis(args.flush_interval_ms.max(1)),
+        flush_bytes: 4 << 20,
+        max_backoff: std::time::Duration::from_secs(args.max_backoff_secs.max(1)),
+        image_threshold: args.image_threshold.max(1),
+        imagegen_workers: workers,
+        backpressure_depth: args.backpressure_queue,
+        cache_pages: args.page_cache_pages,
+        retain: args.retain,
+        retention_interval: std::time::Duration::from_millis(args.retention_interval_ms.max(100)),
+        image_file_entries: args.image_file_entries,
+    })
+}
+
+/// Default `--nice`: the priority the helper was started with. Measured beside PostgreSQL on
+/// 2 cores (pgbench TPC-B, 3 alternating pairs each), 10 and 19 did not beat 0 by more than
+/// the runs' noise.
+const DEFAULT_NICE: i32 = 0;
+
+/// Sets the calling thread's nice value before any other thread starts (on Linux a nice
+/// value belongs to a thread; threads created later inherit it). A failure (raising the
+/// priority needs privileges) is reported and the helper goes on at its current priority.
+fn set_nice(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: setpriority has no memory-safety preconditions; `who` 0 is the caller.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if rc != 0 {
+        eprintln!(
+            "redo-helper: cannot set nice {nice}: {}; running at the current priority",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// `redo-helper run`: logs at info by default (RUST_LOG overrides); exits non-zero with the
+/// error when something a retry cannot fix happens.
+fn run_service(opts: RunOptions) -> ExitCode {
+    log::set_max_level(log::LevelFilter::Info.max(log::max_level()));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("redo-helper: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("redo-helper: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct RunOptions {
     pub conninfo: ConnInfo,
@@ -603,141 +738,6 @@ fn queue_images(imagegen: &ImageGenerator, store: &PageStore, touched: &[PageKey
     for key in touched {
         if let Some(h) = idx.page(key) {
             imagegen.consider(key, h.deltas_since_image, h.unreadable_from.is_some());
-        }
-    }
-}
-
-#[derive(clap::Args)]
-pub struct RunArgs {
-    /// libpq connection string or URI of the compute (a role with REPLICATION).
-    #[arg(long = "connect", value_name = "CONNINFO")]
-    connect: String,
-    /// The helper's own data directory (created if missing; one helper per directory).
-    #[arg(long = "data-dir", value_name = "DIR")]
-    data_dir: PathBuf,
-    /// Physical replication slot to create (if missing) and stream from.
-    #[arg(long, default_value = "fpw_pushdown")]
-    slot: String,
-    /// Loopback address for /status and /metrics (e.g. 127.0.0.1:7432).
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: Option<std::net::SocketAddr>,
-    /// How often received WAL is fsynced and acknowledged, in milliseconds.
-    #[arg(long, default_value_t = 100)]
-    flush_interval_ms: u64,
-    /// Longest pause between reconnection attempts, in seconds.
-    #[arg(long, default_value_t = 30)]
-    max_backoff_secs: u64,
-    /// Generate a page image when a page has more than this many deltas since its last image.
-    #[arg(long, default_value_t = crate::imagegen::DEFAULT_IMAGE_THRESHOLD)]
-    image_threshold: u32,
-    /// Image generation threads (default: cores - 1, at least 1).
-    #[arg(long)]
-    imagegen_workers: Option<usize>,
-    /// Pages waiting for an image above which flush acknowledgements are held back.
-    #[arg(long, default_value_t = 100_000)]
-    backpressure_queue: usize,
-    /// Recently served pages kept in memory (8 KB each; 0 disables the cache).
-    #[arg(long, default_value_t = crate::store::page_store::DEFAULT_CACHE_PAGES)]
-    page_cache_pages: usize,
-    /// History to keep: WAL segments and page images older than this are removed and
-    /// pages can no longer be read before it. A WAL distance (512MB, 4GB, 1TB; no unit:
-    /// bytes), a time (30min, 2h, 7d; counted while the helper runs), or `all`.
-    #[arg(long, value_name = "SIZE|TIME|all",
-          default_value = crate::store::retention::DEFAULT_RETAIN,
-          value_parser = crate::store::retention::parse_retain)]
-    retain: crate::store::retention::Retain,
-    /// CPU priority (nice value, -20..19) of the helper's threads, for a helper that shares
-    /// cores with the database: at a positive value it yields to the backends and falls
-    /// behind only when the cores have no idle time (then image generation queues and
-    /// back-pressure holds acknowledgements). 0 keeps the priority it was started with.
-    #[arg(long, default_value_t = DEFAULT_NICE, allow_negative_numbers = true,
-          value_parser = clap::value_parser!(i32).range(-20..=19))]
-    nice: i32,
-    /// How often retention checks whether the horizon can move, in milliseconds.
-    #[arg(long, default_value_t = 10_000, hide = true)]
-    retention_interval_ms: u64,
-    /// Entries per image file (0: the default; tests use small files).
-    #[arg(long, default_value_t = 0, hide = true)]
-    image_file_entries: u64,
-}
-
-/// Runs the helper until an error a retry cannot fix.
-pub fn main(args: RunArgs) -> ExitCode {
-    set_nice(args.nice);
-    let conninfo = match ConnInfo::parse(&args.connect) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("redo-helper: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let workers = args.imagegen_workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get().saturating_sub(1))
-            .unwrap_or(1)
-            .max(1)
-    });
-    run_service(RunOptions {
-        conninfo,
-        data_dir: args.data_dir,
-        slot: args.slot,
-        listen: args.listen,
-        flush_interval: std::time::Duration::from_millis(args.flush_interval_ms.max(1)),
-        flush_bytes: 4 << 20,
-        max_backoff: std::time::Duration::from_secs(args.max_backoff_secs.max(1)),
-        image_threshold: args.image_threshold.max(1),
-        imagegen_workers: workers,
-        backpressure_depth: args.backpressure_queue,
-        cache_pages: args.page_cache_pages,
-        retain: args.retain,
-        retention_interval: std::time::Duration::from_millis(args.retention_interval_ms.max(100)),
-        image_file_entries: args.image_file_entries,
-    })
-}
-
-/// Default `--nice`: the priority the helper was started with. Measured beside PostgreSQL on
-/// 2 cores (pgbench TPC-B, 3 alternating pairs each), 10 and 19 did not beat 0 by more than
-/// the runs' noise.
-const DEFAULT_NICE: i32 = 0;
-
-/// Sets the calling thread's nice value before any other thread starts (on Linux a nice
-/// value belongs to a thread; threads created later inherit it). A failure (raising the
-/// priority needs privileges) is reported and the helper goes on at its current priority.
-fn set_nice(nice: i32) {
-    if nice == 0 {
-        return;
-    }
-    // SAFETY: setpriority has no memory-safety preconditions; `who` 0 is the caller.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
-    if rc != 0 {
-        eprintln!(
-            "redo-helper: cannot set nice {nice}: {}; running at the current priority",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-/// `redo-helper run`: logs at info by default (RUST_LOG overrides); exits non-zero with the
-/// error when something a retry cannot fix happens.
-fn run_service(opts: RunOptions) -> ExitCode {
-    log::set_max_level(log::LevelFilter::Info.max(log::max_level()));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("redo-helper: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(opts)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            eprintln!("redo-helper: {e}");
-            ExitCode::FAILURE
         }
     }
 }
