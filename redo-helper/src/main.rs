@@ -42,8 +42,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    // The service logs what it does (bootstrap progress, streaming, retention) at info; the
+    // one-shot commands print their results and log only problems. RUST_LOG overrides both.
+    let default_level = match command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .init();
+    match command {
         Command::Version => {
             println!("redo-helper {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -139,10 +139,9 @@ fn set_nice(nice: i32) {
     }
 }
 
-/// `redo-helper run`: logs at info by default (RUST_LOG overrides); exits non-zero with the
-/// error when something a retry cannot fix happens.
+/// `redo-helper run`: exits non-zero with the error when something a retry cannot fix
+/// happens.
 fn run_service(opts: RunOptions) -> ExitCode {
-    log::set_max_level(log::LevelFilter::Info.max(log::max_level()));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
