@@ -6,6 +6,7 @@
 //! extension keeps is a small cluster-wide file (`state`).
 
 use pgrx::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 mod autopilot;
 mod error;
@@ -20,20 +21,23 @@ mod switch;
 
 ::pgrx::pg_module_magic!(name, version);
 
-/// True in processes that inherited the library from shared_preload_libraries.
-static mut PRELOADED: bool = false;
+/// True in processes that inherited the library from shared_preload_libraries: set once in
+/// _PG_init in the postmaster, before any fork, and inherited by its children. Processes are
+/// single-threaded, so Relaxed ordering is enough; the atomic only makes the static safe.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn preloaded() -> bool {
-    // SAFETY: written once in _PG_init in the postmaster, before any fork.
-    unsafe { PRELOADED }
+    PRELOADED.load(Ordering::Relaxed)
 }
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::register();
-    // SAFETY: reading a postmaster global during library load.
+    // SAFETY: `process_shared_preload_libraries_in_progress` is a plain bool global that
+    // PostgreSQL writes only around the load loop in process_shared_preload_libraries, on
+    // the same (only) thread that is running this _PG_init, so a by-value read cannot race.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        unsafe { PRELOADED = true };
+        PRELOADED.store(true, Ordering::Relaxed);
         autopilot::register_worker();
     }
 }
