@@ -14,6 +14,7 @@ mod fpw_change;
 mod guard;
 mod gucs;
 mod helper_client;
+mod helper_state;
 mod sql_api;
 mod sql_types;
 mod state;
