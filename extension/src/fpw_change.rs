@@ -219,6 +219,13 @@ pub fn flush_inserted_wal() {
     }
 }
 
+/// Current WAL insert position.
+pub fn insert_lsn() -> u64 {
+    // SAFETY: GetXLogInsertRecPtr reads XLogCtl's insert position under its spinlock; it
+    // only needs shared memory attached, which it is in any backend or worker running SQL.
+    unsafe { pg_sys::GetXLogInsertRecPtr() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::inserted_end;
@@ -230,11 +237,4 @@ mod tests {
         assert_eq!(inserted_end(0x5002018, seg), 0x5002000); // page start, short header
         assert_eq!(inserted_end(0x5002030, seg), 0x5002030);
     }
-}
-
-/// Current WAL insert position.
-pub fn insert_lsn() -> u64 {
-    // SAFETY: GetXLogInsertRecPtr reads XLogCtl's insert position under its spinlock; it
-    // only needs shared memory attached, which it is in any backend or worker running SQL.
-    unsafe { pg_sys::GetXLogInsertRecPtr() }
 }
