@@ -34,6 +34,13 @@ pub(crate) fn preloaded() -> bool {
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::register();
+    // After the definitions: placeholders left under the prefix (a mistyped name in
+    // postgresql.conf or a SET before the library was loaded) are removed with a WARNING,
+    // and from now on SET of an undefined fpw_pushdown.* name is an ERROR.
+    // SAFETY: MarkGUCPrefixReserved reads the NUL-terminated prefix (a 'static C string) and
+    // pstrdup's it into TopMemoryContext; like the DefineCustom*Variable calls in register(),
+    // it runs during library load on the process's only thread, outside any GUC processing.
+    unsafe { pg_sys::MarkGUCPrefixReserved(gucs::PREFIX.as_ptr()) };
     // SAFETY: `process_shared_preload_libraries_in_progress` is a plain bool global that
     // PostgreSQL writes only around the load loop in process_shared_preload_libraries, on
     // the same (only) thread that is running this _PG_init, so a by-value read cannot race.
@@ -90,6 +97,29 @@ mod tests {
     fn zero_timeout_is_refused() {
         Spi::run("SELECT fpw_pushdown.enable_full_page_writes(timeout => '0s')").unwrap();
     }
+
+    /// The library is loaded in this backend (the test function lives in it), not preloaded:
+    /// _PG_init reserved the prefix, so a mistyped setting is an error, not a placeholder.
+    #[pg_test(error = "invalid configuration parameter name \"fpw_pushdown.max_helper_lagg\"")]
+    fn mistyped_setting_is_refused() {
+        Spi::run("SET fpw_pushdown.max_helper_lagg = '1MB'").unwrap();
+    }
+
+    /// postgresql.conf of the test cluster has a mistyped `fpw_pushdown.autopilot_gracee`
+    /// (see `pg_test::postgresql_conf_options`): every backend starts with it as a placeholder,
+    /// and loading the library removes it (with a WARNING).
+    #[pg_test]
+    fn mistyped_setting_from_config_is_removed() {
+        let typo =
+            Spi::get_one::<String>("SELECT current_setting('fpw_pushdown.autopilot_gracee', true)")
+                .unwrap();
+        assert_eq!(typo, None);
+        // The real setting is there.
+        let grace =
+            Spi::get_one::<String>("SELECT current_setting('fpw_pushdown.autopilot_grace')")
+                .unwrap();
+        assert_eq!(grace.as_deref(), Some("10s"));
+    }
 }
 
 /// Required by `cargo pgrx test`.
@@ -99,6 +129,11 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec!["wal_level = replica"]
+        // The typo is on purpose: mistyped_setting_from_config_is_removed checks that loading
+        // the library removes it (the fpw_pushdown prefix is reserved).
+        vec![
+            "wal_level = replica",
+            "fpw_pushdown.autopilot_gracee = '5s'",
+        ]
     }
 }
