@@ -47,9 +47,12 @@ bench: setup install
 fmt:
 	$(CARGO) fmt --all
 
-lint:
+# Formatting and clippy (workspace lints, warnings are errors) on both crates. Needs setup:
+# the extension's build (pgrx-pg-sys) needs libclang and `cargo pgrx init`.
+lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy -p redo-helper --all-targets -- -D warnings
+	$(CARGO) clippy -p fpw_pushdown --all-targets -- -D warnings
 
 clean:
 	$(CARGO) clean

@@ -31,6 +31,18 @@ if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install Rust (rustup) first" >&2
     exit 1
 fi
+# `make lint` needs rustfmt and clippy (in rustup's default profile, not in the minimal one).
+for c in rustfmt clippy; do
+    sub=$([ $c = rustfmt ] && echo fmt || echo clippy)
+    if ! cargo "$sub" --version >/dev/null 2>&1; then
+        if command -v rustup >/dev/null; then
+            echo "setup: rustup component add $c"
+            rustup component add "$c"
+        else
+            echo "setup: cargo $sub not found and no rustup to install $c; make lint needs it" >&2
+        fi
+    fi
+done
 if [ "$(cargo pgrx --version 2>/dev/null | awk '{print $2}')" != "$PGRX_VERSION" ]; then
     echo "setup: installing cargo-pgrx $PGRX_VERSION"
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked

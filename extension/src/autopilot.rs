@@ -68,7 +68,11 @@ pub extern "C-unwind" fn fpw_pushdown_autopilot_main(_arg: pg_sys::Datum) {
     let mut unhealthy_since: Option<Instant> = None;
     while BackgroundWorker::wait_latch(Some(TICK)) {
         if BackgroundWorker::sighup_received() {
-            // SAFETY: the worker's main loop is the place PostgreSQL reloads config.
+            // SAFETY: ProcessConfigFile(PGC_SIGHUP) may be called by any process under the
+            // postmaster from its main loop, on its only thread, outside a critical section
+            // and not from a signal handler: that is where we are (between latch waits, no
+            // transaction open). Problems in the file are reported at DEBUG level in a child
+            // process, so it does not longjmp out of this loop for a bad setting.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         if !gucs::AUTOPILOT.get() {

@@ -64,7 +64,12 @@ impl FpwChangeScanner {
             segment_open: Some(raw::wal_segment_open),
             segment_close: Some(raw::wal_segment_close),
         };
-        // SAFETY: XLogReaderAllocate copies the routine; `private` outlives the reader.
+        // SAFETY: XLogReaderAllocate copies `*routine` into the new state (`state->routine =
+        // *routine`), so the stack copy may die after the call; a NULL waldir is allowed (the
+        // segment callbacks find the WAL directory themselves). `private_data` points into the
+        // Box's heap allocation, which does not move when the Box is moved into the scanner and
+        // is dropped only after Drop has freed the reader. `wal_segment_size` is set at startup
+        // and constant in a backend. A NULL result (out of memory) is checked below.
         let reader = unsafe {
             pg_sys::XLogReaderAllocate(
                 pg_sys::wal_segment_size,
@@ -89,8 +94,12 @@ impl FpwChangeScanner {
     /// whose value is `want`. Call again later to continue where this call stopped.
     pub fn scan_for(&mut self, want: bool) -> Option<FpwChange> {
         self.private.end_of_wal = false;
-        // SAFETY: reader is valid for the scanner's lifetime; the decoded record is only
-        // read before the next XLogReadRecord call.
+        // SAFETY: `self.reader` is non-NULL (new() errors out otherwise) and stays allocated
+        // until Drop; it is only used from this backend's thread. `errormsg`, when set, points
+        // into the reader's own error buffer and is copied before the next read. The decoded
+        // record (`(*reader).record`) is valid until the next XLogReadRecord call, and we read
+        // only its header and, after checking `main_data` is non-NULL with length >= 1, its
+        // first main-data byte (XLOG_FPW_CHANGE's payload is a single bool).
         unsafe {
             let start = if self.at_record_boundary {
                 self.cursor
@@ -140,7 +149,11 @@ impl FpwChangeScanner {
 
 impl Drop for FpwChangeScanner {
     fn drop(&mut self) {
-        // SAFETY: allocated in new(), freed once.
+        // SAFETY: `reader` came non-NULL from XLogReaderAllocate in new() (no scanner exists
+        // otherwise), Drop runs once and nothing uses the pointer afterwards. The scanner
+        // lives on the stack of one SQL function call or one worker transaction, so the
+        // memory context the reader was allocated in has not been reset yet (an ERROR unwinds
+        // through this Drop before PostgreSQL aborts the transaction).
         unsafe { pg_sys::XLogReaderFree(self.reader) };
     }
 }
@@ -157,8 +170,11 @@ const XLOG_NOOP: u8 = 0x20;
 pub fn inserts_take_page_images() -> bool {
     let mut marker: u8 = 0;
     let (mut redo, mut do_page_writes) = (0u64, true);
-    // SAFETY: a plain WAL insertion on a primary (the caller checked recovery), then a read
-    // of this backend's cached flag.
+    // SAFETY: XLogBeginInsert needs a primary (the callers ran check_switch_possible; in
+    // recovery it raises an ERROR rather than misbehaving) and no insertion already begun in
+    // this backend (none is: we do not insert WAL anywhere else). The registered data,
+    // `marker`, is on this stack frame and outlives XLogInsert, which copies it into WAL.
+    // GetFullPageWriteInfo only writes through the two out-pointers, both to our locals.
     unsafe {
         pg_sys::XLogBeginInsert();
         pg_sys::XLogRegisterData((&mut marker as *mut u8).cast(), 1);
@@ -190,7 +206,10 @@ pub fn inserted_end(insert: u64, segment_size: u64) -> u64 {
 /// Flushes everything inserted so far: the checkpointer does not flush XLOG_FPW_CHANGE by
 /// itself, and the local page reader only sees flushed WAL.
 pub fn flush_inserted_wal() {
-    // SAFETY: plain backend calls; the target is the end of inserted WAL.
+    // SAFETY: GetXLogInsertRecPtr takes the insert-position spinlock itself;
+    // `wal_segment_size` is set at startup and constant afterwards. XLogFlush requires a
+    // target no later than the WAL inserted so far (else it raises "xlog flush request ...
+    // is not satisfied"): inserted_end() never returns more than the insert position.
     unsafe {
         let end = inserted_end(
             pg_sys::GetXLogInsertRecPtr(),
@@ -198,6 +217,13 @@ pub fn flush_inserted_wal() {
         );
         pg_sys::XLogFlush(end);
     }
+}
+
+/// Current WAL insert position.
+pub fn insert_lsn() -> u64 {
+    // SAFETY: GetXLogInsertRecPtr reads XLogCtl's insert position under its spinlock; it
+    // only needs shared memory attached, which it is in any backend or worker running SQL.
+    unsafe { pg_sys::GetXLogInsertRecPtr() }
 }
 
 #[cfg(test)]
@@ -211,10 +237,4 @@ mod tests {
         assert_eq!(inserted_end(0x5002018, seg), 0x5002000); // page start, short header
         assert_eq!(inserted_end(0x5002030, seg), 0x5002030);
     }
-}
-
-/// Current WAL insert position.
-pub fn insert_lsn() -> u64 {
-    // SAFETY: reads shared insert state under its own locks.
-    unsafe { pg_sys::GetXLogInsertRecPtr() }
 }

@@ -2,6 +2,7 @@
 //! that full_page_writes may be off?
 
 use crate::gucs;
+use crate::helper_state::HelperStatus;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
@@ -146,13 +147,13 @@ pub fn check_helper_status() -> Result<(), Unhealthy> {
             resp.status
         )));
     }
-    let status: serde_json::Value = serde_json::from_slice(&resp.body).map_err(|e| {
+    let status = HelperStatus::parse(&resp.body).map_err(|e| {
         Unhealthy::Helper(format!("redo helper at {addr}: unreadable /status: {e}"))
     })?;
-    let state = status["state"].as_str().unwrap_or("unknown");
-    if state != "streaming" || status["consistent"] != serde_json::Value::Bool(true) {
+    if !status.ready() {
         return Err(Unhealthy::Helper(format!(
-            "redo helper at {addr} is {state}, not streaming with consistent pages"
+            "redo helper at {addr} is {}, not streaming with consistent pages",
+            status.state
         )));
     }
     Ok(())

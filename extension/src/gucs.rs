@@ -2,7 +2,11 @@
 //! the guard's bounds are set by the DBA for the whole cluster, not loosened per session.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
+
+/// The prefix of every setting of this extension; reserved in _PG_init, so that once the
+/// library is loaded, `fpw_pushdown.<anything not defined here>` is an error, not a placeholder.
+pub const PREFIX: &CStr = c"fpw_pushdown";
 
 /// Physical replication slot held by the redo helper.
 pub static SLOT_NAME: GucSetting<Option<CString>> =

@@ -6,6 +6,7 @@
 //! extension keeps is a small cluster-wide file (`state`).
 
 use pgrx::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 mod autopilot;
 mod error;
@@ -13,6 +14,7 @@ mod fpw_change;
 mod guard;
 mod gucs;
 mod helper_client;
+mod helper_state;
 mod sql_api;
 mod sql_types;
 mod state;
@@ -20,20 +22,30 @@ mod switch;
 
 ::pgrx::pg_module_magic!(name, version);
 
-/// True in processes that inherited the library from shared_preload_libraries.
-static mut PRELOADED: bool = false;
+/// True in processes that inherited the library from shared_preload_libraries: set once in
+/// _PG_init in the postmaster, before any fork, and inherited by its children. Processes are
+/// single-threaded, so Relaxed ordering is enough; the atomic only makes the static safe.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn preloaded() -> bool {
-    // SAFETY: written once in _PG_init in the postmaster, before any fork.
-    unsafe { PRELOADED }
+    PRELOADED.load(Ordering::Relaxed)
 }
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::register();
-    // SAFETY: reading a postmaster global during library load.
+    // After the definitions: placeholders left under the prefix (a mistyped name in
+    // postgresql.conf or a SET before the library was loaded) are removed with a WARNING,
+    // and from now on SET of an undefined fpw_pushdown.* name is an ERROR.
+    // SAFETY: MarkGUCPrefixReserved reads the NUL-terminated prefix (a 'static C string) and
+    // pstrdup's it into TopMemoryContext; like the DefineCustom*Variable calls in register(),
+    // it runs during library load on the process's only thread, outside any GUC processing.
+    unsafe { pg_sys::MarkGUCPrefixReserved(gucs::PREFIX.as_ptr()) };
+    // SAFETY: `process_shared_preload_libraries_in_progress` is a plain bool global that
+    // PostgreSQL writes only around the load loop in process_shared_preload_libraries, on
+    // the same (only) thread that is running this _PG_init, so a by-value read cannot race.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        unsafe { PRELOADED = true };
+        PRELOADED.store(true, Ordering::Relaxed);
         autopilot::register_worker();
     }
 }
@@ -85,6 +97,29 @@ mod tests {
     fn zero_timeout_is_refused() {
         Spi::run("SELECT fpw_pushdown.enable_full_page_writes(timeout => '0s')").unwrap();
     }
+
+    /// The library is loaded in this backend (the test function lives in it), not preloaded:
+    /// _PG_init reserved the prefix, so a mistyped setting is an error, not a placeholder.
+    #[pg_test(error = "invalid configuration parameter name \"fpw_pushdown.max_helper_lagg\"")]
+    fn mistyped_setting_is_refused() {
+        Spi::run("SET fpw_pushdown.max_helper_lagg = '1MB'").unwrap();
+    }
+
+    /// postgresql.conf of the test cluster has a mistyped `fpw_pushdown.autopilot_gracee`
+    /// (see `pg_test::postgresql_conf_options`): every backend starts with it as a placeholder,
+    /// and loading the library removes it (with a WARNING).
+    #[pg_test]
+    fn mistyped_setting_from_config_is_removed() {
+        let typo =
+            Spi::get_one::<String>("SELECT current_setting('fpw_pushdown.autopilot_gracee', true)")
+                .unwrap();
+        assert_eq!(typo, None);
+        // The real setting is there.
+        let grace =
+            Spi::get_one::<String>("SELECT current_setting('fpw_pushdown.autopilot_grace')")
+                .unwrap();
+        assert_eq!(grace.as_deref(), Some("10s"));
+    }
 }
 
 /// Required by `cargo pgrx test`.
@@ -94,6 +129,11 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec!["wal_level = replica"]
+        // The typo is on purpose: mistyped_setting_from_config_is_removed checks that loading
+        // the library removes it (the fpw_pushdown prefix is reserved).
+        vec![
+            "wal_level = replica",
+            "fpw_pushdown.autopilot_gracee = '5s'",
+        ]
     }
 }

@@ -362,7 +362,10 @@ fn page_at(
             Some("Valid fork names are main, fsm, vm and init."),
         );
     }
-    // SAFETY: reads the shared WAL flush pointer.
+    // SAFETY: GetFlushRecPtr reads XLogCtl's flush position under its spinlock and writes
+    // the timeline only through its argument when that is non-NULL (we pass NULL). It is
+    // memory-safe in any backend; PostgreSQL means it for primaries (it asserts
+    // !RecoveryInProgress in assert-enabled builds; on a standby use an explicit `lsn`).
     let lsn = lsn.unwrap_or_else(|| PgLsn(unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) }));
     let (spc, db, node) = relation_locator(rel);
     let path = format!("/page/{spc}/{db}/{node}/{fork}/{blk}?lsn={lsn}&wait_ms=10000");

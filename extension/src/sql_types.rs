@@ -42,19 +42,32 @@ impl FromDatum for PgLsn {
     }
 }
 
+// SAFETY: ArgAbi must unbox the datum of the SQL type the argument is declared as. PgLsn is
+// declared as `pg_lsn` (impl_sql_translatable below), a by-value uint64, and both methods go
+// through FromDatum, which only reinterprets that 64-bit value and never dereferences it.
 unsafe impl<'fcx> ArgAbi<'fcx> for PgLsn {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
         // Only reached for non-null arguments (pgrx checks strictness first).
+        // SAFETY: our caller guarantees `arg` is this call's argument of the declared type,
+        // pg_lsn, which is what unbox_arg_using_from_datum requires; FromDatum for PgLsn
+        // reads the by-value datum and handles NULL.
         unsafe { arg.unbox_arg_using_from_datum() }.unwrap_or(PgLsn(0))
     }
 
     unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
+        // SAFETY: as above: `arg` is a pg_lsn argument of this call (possibly NULL, which
+        // FromDatum maps to None).
         unsafe { arg.unbox_arg_using_from_datum() }.into()
     }
 }
 
+// SAFETY: BoxRet must return a datum of the declared SQL return type: `pg_lsn` is a by-value
+// uint64 on the 64-bit platforms pgrx supports, so the raw value is the complete datum and
+// it points to no Rust memory.
 unsafe impl BoxRet for PgLsn {
     unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
+        // SAFETY: `fcinfo` is the live call frame pgrx passes in; a by-value pg_lsn datum
+        // (see the impl's comment) is a valid non-NULL result for it.
         unsafe { fcinfo.return_raw_datum(pg_sys::Datum::from(self.0)) }
     }
 }
@@ -89,12 +102,20 @@ impl FromDatum for RegClass {
     }
 }
 
+// SAFETY: ArgAbi must unbox the datum of the SQL type the argument is declared as. RegClass
+// is declared as `regclass` (impl_sql_translatable below), a by-value 32-bit OID, and both
+// methods go through FromDatum, which only truncates that value to an Oid.
 unsafe impl<'fcx> ArgAbi<'fcx> for RegClass {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        // SAFETY: our caller guarantees `arg` is this call's argument of the declared type,
+        // regclass, which is what unbox_arg_using_from_datum requires; FromDatum for RegClass
+        // reads the by-value datum and handles NULL.
         unsafe { arg.unbox_arg_using_from_datum() }.unwrap_or(RegClass(pg_sys::InvalidOid))
     }
 
     unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
+        // SAFETY: as above: `arg` is a regclass argument of this call (possibly NULL, which
+        // FromDatum maps to None).
         unsafe { arg.unbox_arg_using_from_datum() }.into()
     }
 }

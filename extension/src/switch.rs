@@ -29,7 +29,9 @@ pub enum SwitchOutcome {
 
 /// Refuses to switch where PostgreSQL would not log the change.
 pub fn check_switch_possible() {
-    // SAFETY: plain reads of backend globals.
+    // SAFETY: RecoveryInProgress reads XLogCtl's shared recovery state under its spinlock
+    // (or this backend's cached copy); it only needs shared memory attached, as in any
+    // backend or worker running SQL.
     if unsafe { pg_sys::RecoveryInProgress() } {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -38,6 +40,8 @@ pub fn check_switch_possible() {
             Some("full_page_writes can only be switched by fpw_pushdown on a primary."),
         );
     }
+    // SAFETY: `wal_level` is this process's copy of a PGC_POSTMASTER GUC: an int written
+    // only by GUC processing on this same (only) thread, so a by-value read cannot race.
     if unsafe { pg_sys::wal_level } < WAL_LEVEL_REPLICA {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -53,7 +57,11 @@ pub fn check_switch_possible() {
 /// Applies a pending configuration reload in this backend, so `fullPageWrites` reflects
 /// what the checkpointer will act on (matters when a statement switches several times).
 pub fn absorb_config_reload() {
-    // SAFETY: the same check-and-reload PostgreSQL's own loops do with this flag.
+    // SAFETY: ConfigReloadPending is a sig_atomic_t that this process's SIGHUP handler only
+    // ever sets to 1; reading and clearing it on the main thread and then calling
+    // ProcessConfigFile(PGC_SIGHUP) is the sequence PostgreSQL's own main loops use. We are
+    // in a SQL function or the worker's loop, not in a critical section, a signal handler
+    // or GUC processing itself; file problems are reported at DEBUG level in a child process.
     unsafe {
         if pg_sys::ConfigReloadPending != 0 {
             pg_sys::ConfigReloadPending = 0;
@@ -65,7 +73,8 @@ pub fn absorb_config_reload() {
 /// full_page_writes as this backend currently sees it.
 pub fn full_page_writes_now() -> bool {
     absorb_config_reload();
-    // SAFETY: GUC variable of this backend.
+    // SAFETY: `fullPageWrites` is this process's bool GUC variable, written only by GUC
+    // processing on this same thread (e.g. the reload just above); a by-value read.
     unsafe { pg_sys::fullPageWrites }
 }
 
@@ -76,8 +85,11 @@ fn persist_setting(on: bool) {
         if on { "on" } else { "off" }
     ))
     .unwrap_or_default();
-    // SAFETY: the parser returns a list with one RawStmt for this fixed statement; we check
-    // the node tag before using it as an AlterSystemStmt.
+    // SAFETY: `sql` is a NUL-terminated string that outlives raw_parser, which returns a
+    // palloc'd List of RawStmt in the current memory context (valid for this call; a syntax
+    // error would raise an ERROR, not return garbage). We take element 0 only if present and
+    // check its node tag before treating it as an AlterSystemStmt, the type
+    // AlterSystemSetConfigFile expects; that function checks privileges and the value itself.
     unsafe {
         let list = pg_sys::raw_parser(sql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
         let stmts = pgrx::PgList::<pg_sys::RawStmt>::from_pg(list);
@@ -93,7 +105,9 @@ fn persist_setting(on: bool) {
 }
 
 fn signal_reload() {
-    // SAFETY: what pg_reload_conf() does.
+    // SAFETY: `PostmasterPid` is set before the postmaster forks its children and never
+    // changes, so reading it cannot race; kill(2) has no memory-safety preconditions. This
+    // is exactly what pg_reload_conf() does.
     if unsafe { libc::kill(pg_sys::PostmasterPid, libc::SIGHUP) } != 0 {
         pgrx::error!(
             "fpw_pushdown: could not send SIGHUP to the postmaster: {}",
@@ -103,7 +117,10 @@ fn signal_reload() {
 }
 
 fn sleep_interruptibly(d: Duration) {
-    // SAFETY: standard latch wait of a backend; interrupts are honoured right after.
+    // SAFETY: `MyLatch` points to this process's own latch, set up at process start and
+    // valid for its lifetime; only the owning process may wait on and reset it, which we are.
+    // WL_EXIT_ON_PM_DEATH is allowed because every process running this code is a postmaster
+    // child. Interrupts that arrive during the wait are handled right after.
     unsafe {
         pg_sys::WaitLatch(
             pg_sys::MyLatch,
@@ -118,7 +135,10 @@ fn sleep_interruptibly(d: Duration) {
 
 /// Role that called us (current_user outside SECURITY DEFINER), for the record of who switched.
 pub fn calling_role_name() -> String {
-    // SAFETY: the outer user always exists while the session runs.
+    // SAFETY: GetOuterUserId only reads a backend global. With noerr = true,
+    // GetUserNameFromId returns NULL (checked) instead of raising when the role has been
+    // dropped, else a palloc'd NUL-terminated name that we copy before its memory context
+    // is reset.
     unsafe {
         let name = pg_sys::GetUserNameFromId(pg_sys::GetOuterUserId(), true);
         if name.is_null() {
