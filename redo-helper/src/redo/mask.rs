@@ -1,6 +1,7 @@
 //! Page masks for verification, equivalent to PostgreSQL 15's `rm_mask` functions:
 //! `heap_mask` (`access/heap/heapam.c`), `btree_mask` (`access/nbtree/nbtxlog.c`),
-//! `seq_mask` (`commands/sequence.c`) and the helpers of `access/common/bufmask.c`.
+//! `seq_mask` (`commands/sequence.c`), `generic_mask` (`access/transam/generic_xlog.c`)
+//! and the helpers of `access/common/bufmask.c`.
 //! They blank out what may legitimately differ between a replayed page and the primary's
 //! (LSN, checksum, hint bits, unused space, ...). `MASK_MARKER` is 0.
 
@@ -54,7 +55,8 @@ pub(crate) fn mask_lp_flags(page: &mut Page) {
 }
 
 /// `mask_page_content`: everything after the header, and pd_lower/pd_upper. No page kind
-/// replayed today is masked this way; the masks of GIN, BRIN and generic-WAL pages are.
+/// replayed today is masked this way (`generic_mask` is not either); `gin_mask` uses it for
+/// deleted pages and `hash_mask` for unused ones.
 #[allow(dead_code)]
 pub(crate) fn mask_page_content(page: &mut Page) {
     page[SIZE_OF_PAGE_HEADER..].fill(MASK_MARKER);
@@ -140,12 +142,25 @@ pub(crate) fn seq_mask(page: &mut Page) {
     mask_unused_space(page);
 }
 
+/// `generic_mask`: LSN, checksum and the hole only. PostgreSQL 15 does not call
+/// `mask_page_hint_bits` here: generic WAL is a byte delta of the whole page outside the
+/// hole, so pd_prune_xid and pd_flags are replayed exactly like any other byte.
+pub(crate) fn generic_mask(page: &mut Page) {
+    mask_page_lsn_and_checksum(page);
+    mask_unused_space(page);
+}
+
+/// `BLOOM_PAGE_ID` (`contrib/bloom/bloom.h`), the last field of the bloom special space.
+const BLOOM_PAGE_ID: u16 = 0xFF83;
+
 /// Which mask applies to a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum PageKind {
     Heap,
     Btree,
     Sequence,
+    /// Pages of access methods that write generic WAL (bloom, rum, pgvector).
+    Generic,
     VisibilityMap,
     FreeSpaceMap,
     /// Pages of rmgrs the engine does not replay, or unknown: generic masks.
@@ -165,6 +180,7 @@ impl PageKind {
             rmgr::RM_HEAP_ID | rmgr::RM_HEAP2_ID => Some(PageKind::Heap),
             rmgr::RM_BTREE_ID => Some(PageKind::Btree),
             rmgr::RM_SEQ_ID => Some(PageKind::Sequence),
+            rmgr::RM_GENERIC_ID => Some(PageKind::Generic),
             rmgr::RM_XLOG_ID => None,
             _ => Some(PageKind::Other),
         }
@@ -186,9 +202,12 @@ impl PageKind {
             8 if super::page::get_u32(page, special) == super::seq::SEQ_MAGIC => PageKind::Sequence,
             16 => {
                 // Hash, GiST and SP-GiST keep a page id in the last two bytes; btree keeps
-                // its cycle id there, which never reaches 0xFF80.
+                // its cycle id there, which never reaches 0xFF80. contrib bloom keeps
+                // BLOOM_PAGE_ID (0xFF83, bloom.h) there and writes generic WAL.
                 let id = get_u16(page, BLCKSZ - 2);
-                if id >= 0xFF80 {
+                if id == BLOOM_PAGE_ID {
+                    PageKind::Generic
+                } else if id >= 0xFF80 {
                     PageKind::Other
                 } else {
                     PageKind::Btree
@@ -205,6 +224,7 @@ pub(crate) fn mask_page(page: &mut Page, kind: PageKind, blkno: u32) {
         PageKind::Heap => heap_mask(page, blkno),
         PageKind::Btree => btree_mask(page),
         PageKind::Sequence => seq_mask(page),
+        PageKind::Generic => generic_mask(page),
         // VM bits are always WAL-logged; only LSN and checksum may differ.
         PageKind::VisibilityMap => mask_page_lsn_and_checksum(page),
         PageKind::FreeSpaceMap | PageKind::Other => {
@@ -260,6 +280,25 @@ mod tests {
     }
 
     #[test]
+    fn generic_mask_keeps_hint_bits_but_hides_hole_and_lsn() {
+        let mut a = Box::new([0u8; BLCKSZ]);
+        a.init(16);
+        a.add_item(&[3u8; 20], 1, 0).unwrap();
+        let mut b = a.clone();
+        b.set_lsn(crate::wal::Lsn(42));
+        b.set_checksum(9);
+        let hole = a.lower() as usize + 10;
+        b[hole] = 1;
+        generic_mask(&mut a);
+        generic_mask(&mut b);
+        assert_eq!(a[..], b[..]);
+        // pd_prune_xid and pd_flags are part of the delta: a difference there is real.
+        b.set_flags(PD_PAGE_FULL);
+        generic_mask(&mut b);
+        assert_ne!(a[..], b[..]);
+    }
+
+    #[test]
     fn guesses_kind() {
         let mut p = Box::new([0u8; BLCKSZ]);
         p.init(0);
@@ -268,6 +307,8 @@ mod tests {
         assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Btree);
         put_u16(&mut p[..], BLCKSZ - 2, 0xFF80);
         assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Other);
+        put_u16(&mut p[..], BLCKSZ - 2, BLOOM_PAGE_ID);
+        assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Generic);
         p.init(4);
         put_u32(&mut p[..], BLCKSZ - 8, 0x1717);
         assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Sequence);

@@ -13,6 +13,7 @@ mod support;
 mod checksum;
 mod corruption;
 mod fuzz_wal;
+mod generic_wal;
 mod ingest;
 mod redo_verify;
 mod repair;

@@ -4,6 +4,7 @@
 
 pub mod btree;
 pub mod dbase;
+pub mod generic;
 pub mod heap;
 pub mod seq;
 pub mod smgr;
@@ -210,10 +211,7 @@ pub fn identify(rmid: u8, info: u8) -> Option<&'static str> {
             0x10 => "DROP",
             _ => return None,
         },
-        RM_GENERIC_ID => match i {
-            0x00 => "Generic",
-            _ => return None,
-        },
+        RM_GENERIC_ID => generic::identify(info)?,
         RM_LOGICALMSG_ID => match i {
             0x00 => "MESSAGE",
             _ => return None,
@@ -246,5 +244,8 @@ mod tests {
         assert_eq!(identify(RM_HEAP_ID, 0x80), Some("INSERT+INIT"));
         assert_eq!(identify(RM_XACT_ID, 0x80), Some("COMMIT"));
         assert_eq!(record_type_name(RM_SEQ_ID, 0x10), "UNKNOWN (10)");
+        // generic_identify ignores the info bits.
+        assert_eq!(identify(RM_GENERIC_ID, 0x00), Some("Generic"));
+        assert_eq!(identify(RM_GENERIC_ID, 0x30), Some("Generic"));
     }
 }
