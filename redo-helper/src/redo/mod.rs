@@ -12,11 +12,12 @@
 //! - [`relation_changes`]: creations, truncations and drops (smgr, commit/abort, database
 //!   drop) that change which pages exist.
 //!
-//! Resource managers replayed: XLOG (FPI), Heap, Heap2, Btree, Sequence; Storage and
+//! Resource managers replayed: XLOG (FPI), Heap, Heap2, Btree, Sequence, BRIN; Storage and
 //! Transaction records change relations, not pages. Any other record touching a page
-//! (hash, GIN, GiST, SP-GiST, BRIN, generic, custom) is refused with
+//! (hash, GIN, GiST, SP-GiST, generic, custom) is refused with
 //! [`RedoErrorKind::Unsupported`]: its page is unreadable until an image arrives.
 
+pub(crate) mod brin;
 pub(crate) mod btree;
 pub(crate) mod compare;
 pub(crate) mod heap;
@@ -130,6 +131,7 @@ pub(crate) fn rmgr_replayed(rmid: u8) -> bool {
             | rmgr::RM_HEAP2_ID
             | rmgr::RM_BTREE_ID
             | rmgr::RM_SEQ_ID
+            | rmgr::RM_BRIN_ID
     )
 }
 
@@ -172,6 +174,7 @@ fn apply_block_kind(
         rmgr::RM_HEAP2_ID => heap2::redo_block(rec, block, page, ctx)?,
         rmgr::RM_BTREE_ID => btree::redo_block(rec, block, page)?,
         rmgr::RM_SEQ_ID => seq::redo_block(rec, block, page)?,
+        rmgr::RM_BRIN_ID => brin::redo_block(rec, block, page)?,
         _ => return Err(RedoErrorKind::Unsupported),
     };
     if rule == LsnRule::Stamp {
