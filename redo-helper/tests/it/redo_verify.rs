@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn cluster() -> PgCluster {
+pub(crate) fn cluster() -> PgCluster {
     PgCluster::start(
         &[],
         &[
@@ -67,7 +67,7 @@ impl Session {
 }
 
 /// Starts the helper and waits until it has bootstrapped and streams.
-fn start_helper(c: &PgCluster, dir: &TempDir) -> HelperProcess {
+pub(crate) fn start_helper(c: &PgCluster, dir: &TempDir) -> HelperProcess {
     let mut h = HelperProcess::spawn(
         &c.conninfo(),
         &dir.path().join("helper"),
@@ -80,7 +80,7 @@ fn start_helper(c: &PgCluster, dir: &TempDir) -> HelperProcess {
 }
 
 /// CHECKPOINT, wait until the helper has everything, stop it.
-fn checkpoint_and_stop(c: &PgCluster, mut h: HelperProcess) {
+pub(crate) fn checkpoint_and_stop(c: &PgCluster, mut h: HelperProcess) {
     c.sql("CHECKPOINT");
     // A small record after the checkpoint so its end is flushed and streamed.
     c.sql("SELECT pg_switch_wal()");
@@ -91,16 +91,16 @@ fn checkpoint_and_stop(c: &PgCluster, mut h: HelperProcess) {
     h.kill9();
 }
 
-struct VerifyRun {
-    ok: bool,
-    stdout: String,
-    records: u64,
-    pages: u64,
-    mismatches: u64,
-    unreadable: u64,
+pub(crate) struct VerifyRun {
+    pub(crate) ok: bool,
+    pub(crate) stdout: String,
+    pub(crate) records: u64,
+    pub(crate) pages: u64,
+    pub(crate) mismatches: u64,
+    pub(crate) unreadable: u64,
 }
 
-fn run_verify(data_dir: &Path, pgdata: &Path) -> VerifyRun {
+pub(crate) fn run_verify(data_dir: &Path, pgdata: &Path) -> VerifyRun {
     run_verify_with(data_dir, pgdata, &["--workers", "1"])
 }
 
