@@ -54,7 +54,7 @@ pub(crate) fn mask_lp_flags(page: &mut Page) {
 }
 
 /// `mask_page_content`: everything after the header, and pd_lower/pd_upper. No page kind
-/// replayed today is masked this way; the masks of GIN, BRIN and generic-WAL pages are.
+/// replayed today is masked this way; the masks of GIN and generic-WAL pages are.
 #[allow(dead_code)]
 pub(crate) fn mask_page_content(page: &mut Page) {
     page[SIZE_OF_PAGE_HEADER..].fill(MASK_MARKER);
