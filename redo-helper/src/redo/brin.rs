@@ -286,3 +286,36 @@ fn require_init(block: &BlockRef, init: bool) -> Result<(), RedoErrorKind> {
 fn unexpected(id: u8) -> Result<LsnRule, RedoErrorKind> {
     Err(malformed(format!("unexpected block id {id}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revmap_slots_hold_item_pointers() {
+        // REVMAP_PAGE_MAXITEMS for 8 KB pages (pageinspect's brin_revmap_data shows 1360).
+        assert_eq!(REVMAP_PAGE_MAXITEMS, 1360);
+        let mut p = Box::new([0u8; BLCKSZ]);
+        brin_page_init(&mut p, BRIN_PAGETYPE_REVMAP);
+        assert_eq!((p.lower(), p.upper(), p.special()), (24, 8184, 8184));
+        assert_eq!(page_type(&p), BRIN_PAGETYPE_REVMAP);
+        // Range 1361 of 4 pages each is slot 1 of the second revmap page: bytes 30..36,
+        // block as two uint16 halves (high first), then the offset.
+        set_heap_block_itemptr(&mut p, 4, 4 * 1361 + 3, Some((0x0001_2345, 7))).unwrap();
+        assert_eq!(&p[30..36], &[0x01, 0x00, 0x45, 0x23, 0x07, 0x00]);
+        set_heap_block_itemptr(&mut p, 4, 4 * 1361, None).unwrap();
+        assert_eq!(&p[30..36], &[0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00]);
+        assert!(set_heap_block_itemptr(&mut p, 0, 1, None).is_err());
+    }
+
+    #[test]
+    fn metapage_layout() {
+        let mut p = Box::new([0u8; BLCKSZ]);
+        brin_metapage_init(&mut p, 16, 1);
+        assert_eq!(page_type(&p), BRIN_PAGETYPE_META);
+        assert_eq!(p.lower(), 40);
+        assert_eq!(super::super::page::get_u32(&p[..], 24), BRIN_META_MAGIC);
+        assert_eq!(super::super::page::get_u32(&p[..], 32), 16);
+        assert_eq!(super::super::page::get_u32(&p[..], 36), 0);
+    }
+}

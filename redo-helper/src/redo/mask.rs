@@ -145,11 +145,10 @@ pub(crate) fn seq_mask(page: &mut Page) {
 /// metapages left it at 24). Revmap pages keep their TID array in that "hole" (pd_lower
 /// stays 24), so it is compared.
 ///
-/// One addition to upstream's `brin_mask`: the `BRIN_EVACUATE_PAGE` page flag is masked.
-/// `brin_start_evacuating_page` (`brin_pageops.c`) sets it with `MarkBufferDirtyHint`,
-/// without WAL, on the regular page the revmap is about to take over; the UPDATE records
-/// that then move its tuples away carry consistency images with the flag, which no redo
-/// sets. It is a hint like the others: the page becomes a revmap page right after.
+/// Last, the `BRIN_EVACUATE_PAGE` flag, on any BRIN page: `brin_start_evacuating_page`
+/// (`brin_pageops.c`) sets it with `MarkBufferDirtyHint`, without WAL, on the regular page
+/// the revmap is about to take over, and the UPDATE records that then move its tuples away
+/// carry consistency images with it that no redo reproduces.
 pub(crate) fn brin_mask(page: &mut Page) {
     use super::brin::{
         BRIN_EVACUATE_PAGE, BRIN_PAGETYPE_META, BRIN_PAGETYPE_REGULAR, page_flags_pos, page_type,
@@ -157,16 +156,14 @@ pub(crate) fn brin_mask(page: &mut Page) {
     mask_page_lsn_and_checksum(page);
     mask_page_hint_bits(page);
     let t = page_type(page);
-    if t == BRIN_PAGETYPE_REGULAR {
-        let at = page_flags_pos();
-        let flags = get_u16(page, at);
-        put_u16(page, at, flags & !BRIN_EVACUATE_PAGE);
-    }
     if t == BRIN_PAGETYPE_REGULAR
         || (t == BRIN_PAGETYPE_META && page.lower() as usize > SIZE_OF_PAGE_HEADER)
     {
         mask_unused_space(page);
     }
+    let at = page_flags_pos();
+    let flags = get_u16(page, at);
+    put_u16(page, at, flags & !BRIN_EVACUATE_PAGE);
 }
 
 /// Which mask applies to a page.
@@ -312,9 +309,11 @@ mod tests {
         brin_mask(&mut ma);
         brin_mask(&mut mb);
         assert_ne!(ma[..], mb[..]);
-        // On a regular page the same bytes are free space and masked.
+        // On a regular page the same bytes are free space and masked, and so is the
+        // unlogged BRIN_EVACUATE_PAGE flag.
         put_u16(&mut a[..], BLCKSZ - 2, BRIN_PAGETYPE_REGULAR);
         put_u16(&mut b[..], BLCKSZ - 2, BRIN_PAGETYPE_REGULAR);
+        put_u16(&mut b[..], BLCKSZ - 4, 1);
         brin_mask(&mut a);
         brin_mask(&mut b);
         assert_eq!(a[..], b[..]);
