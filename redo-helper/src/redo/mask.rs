@@ -1,7 +1,7 @@
 //! Page masks for verification, equivalent to PostgreSQL 15's `rm_mask` functions:
 //! `heap_mask` (`access/heap/heapam.c`), `btree_mask` (`access/nbtree/nbtxlog.c`),
-//! `seq_mask` (`commands/sequence.c`), `generic_mask` (`access/transam/generic_xlog.c`)
-//! and the helpers of `access/common/bufmask.c`.
+//! `seq_mask` (`commands/sequence.c`), `generic_mask` (`access/transam/generic_xlog.c`),
+//! `brin_mask` (`access/brin/brin_xlog.c`) and the helpers of `access/common/bufmask.c`.
 //! They blank out what may legitimately differ between a replayed page and the primary's
 //! (LSN, checksum, hint bits, unused space, ...). `MASK_MARKER` is 0.
 
@@ -153,6 +153,32 @@ pub(crate) fn generic_mask(page: &mut Page) {
 /// `BLOOM_PAGE_ID` (`contrib/bloom/bloom.h`), the last field of the bloom special space.
 const BLOOM_PAGE_ID: u16 = 0xFF83;
 
+/// `brin_mask`: hint bits and LSN as everywhere; the hole between pd_lower and pd_upper
+/// only on regular pages, and on the metapage once pd_lower is past the header (pre-v11
+/// metapages left it at 24). Revmap pages keep their TID array in that "hole" (pd_lower
+/// stays 24), so it is compared.
+///
+/// Last, the `BRIN_EVACUATE_PAGE` flag, on any BRIN page: `brin_start_evacuating_page`
+/// (`brin_pageops.c`) sets it with `MarkBufferDirtyHint`, without WAL, on the regular page
+/// the revmap is about to take over, and the UPDATE records that then move its tuples away
+/// carry consistency images with it that no redo reproduces.
+pub(crate) fn brin_mask(page: &mut Page) {
+    use super::brin::{
+        BRIN_EVACUATE_PAGE, BRIN_PAGETYPE_META, BRIN_PAGETYPE_REGULAR, page_flags_pos, page_type,
+    };
+    mask_page_lsn_and_checksum(page);
+    mask_page_hint_bits(page);
+    let t = page_type(page);
+    if t == BRIN_PAGETYPE_REGULAR
+        || (t == BRIN_PAGETYPE_META && page.lower() as usize > SIZE_OF_PAGE_HEADER)
+    {
+        mask_unused_space(page);
+    }
+    let at = page_flags_pos();
+    let flags = get_u16(page, at);
+    put_u16(page, at, flags & !BRIN_EVACUATE_PAGE);
+}
+
 /// Which mask applies to a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum PageKind {
@@ -161,6 +187,7 @@ pub(crate) enum PageKind {
     Sequence,
     /// Pages of access methods that write generic WAL (bloom, rum, pgvector).
     Generic,
+    Brin,
     VisibilityMap,
     FreeSpaceMap,
     /// Pages of rmgrs the engine does not replay, or unknown: generic masks.
@@ -181,6 +208,7 @@ impl PageKind {
             rmgr::RM_BTREE_ID => Some(PageKind::Btree),
             rmgr::RM_SEQ_ID => Some(PageKind::Sequence),
             rmgr::RM_GENERIC_ID => Some(PageKind::Generic),
+            rmgr::RM_BRIN_ID => Some(PageKind::Brin),
             rmgr::RM_XLOG_ID => None,
             _ => Some(PageKind::Other),
         }
@@ -200,6 +228,13 @@ impl PageKind {
         match BLCKSZ.saturating_sub(special) {
             0 => PageKind::Heap,
             8 if super::page::get_u32(page, special) == super::seq::SEQ_MAGIC => PageKind::Sequence,
+            // BRIN page types (0xF091..=0xF093) end the page; GIN's 8-byte special space
+            // ends with its flags, which stay below 0x100.
+            8 if (super::brin::BRIN_PAGETYPE_META..=super::brin::BRIN_PAGETYPE_REGULAR)
+                .contains(&super::brin::page_type(page)) =>
+            {
+                PageKind::Brin
+            }
             16 => {
                 // Hash, GiST and SP-GiST keep a page id in the last two bytes; btree keeps
                 // its cycle id there, which never reaches 0xFF80. contrib bloom keeps
@@ -225,6 +260,7 @@ pub(crate) fn mask_page(page: &mut Page, kind: PageKind, blkno: u32) {
         PageKind::Btree => btree_mask(page),
         PageKind::Sequence => seq_mask(page),
         PageKind::Generic => generic_mask(page),
+        PageKind::Brin => brin_mask(page),
         // VM bits are always WAL-logged; only LSN and checksum may differ.
         PageKind::VisibilityMap => mask_page_lsn_and_checksum(page),
         PageKind::FreeSpaceMap | PageKind::Other => {
@@ -296,6 +332,30 @@ mod tests {
         b.set_flags(PD_PAGE_FULL);
         generic_mask(&mut b);
         assert_ne!(a[..], b[..]);
+    }
+
+    #[test]
+    fn brin_mask_keeps_revmap_contents() {
+        use crate::redo::brin::{BRIN_PAGETYPE_REGULAR, BRIN_PAGETYPE_REVMAP};
+        let mut a = Box::new([0u8; BLCKSZ]);
+        a.init(8);
+        put_u16(&mut a[..], BLCKSZ - 2, BRIN_PAGETYPE_REVMAP);
+        assert_eq!(PageKind::guess(&a, ForkNumber::MAIN), PageKind::Brin);
+        let mut b = a.clone();
+        // A revmap TID differs: the mask must not hide it.
+        put_u16(&mut b[..], SIZE_OF_PAGE_HEADER + 4, 3);
+        let (mut ma, mut mb) = (a.clone(), b.clone());
+        brin_mask(&mut ma);
+        brin_mask(&mut mb);
+        assert_ne!(ma[..], mb[..]);
+        // On a regular page the same bytes are free space and masked, and so is the
+        // unlogged BRIN_EVACUATE_PAGE flag.
+        put_u16(&mut a[..], BLCKSZ - 2, BRIN_PAGETYPE_REGULAR);
+        put_u16(&mut b[..], BLCKSZ - 2, BRIN_PAGETYPE_REGULAR);
+        put_u16(&mut b[..], BLCKSZ - 4, 1);
+        brin_mask(&mut a);
+        brin_mask(&mut b);
+        assert_eq!(a[..], b[..]);
     }
 
     #[test]

@@ -12,12 +12,13 @@
 //! - [`relation_changes`]: creations, truncations and drops (smgr, commit/abort, database
 //!   drop) that change which pages exist.
 //!
-//! Resource managers replayed: XLOG (FPI), Heap, Heap2, Btree, Sequence, Generic (the
+//! Resource managers replayed: XLOG (FPI), Heap, Heap2, Btree, Sequence, BRIN, Generic (the
 //! generic WAL of extension index AMs such as bloom, rum, pgvector); Storage and
 //! Transaction records change relations, not pages. Any other record touching a page
-//! (hash, GIN, GiST, SP-GiST, BRIN, custom) is refused with
+//! (hash, GIN, GiST, SP-GiST, custom) is refused with
 //! [`RedoErrorKind::Unsupported`]: its page is unreadable until an image arrives.
 
+pub(crate) mod brin;
 pub(crate) mod btree;
 pub(crate) mod compare;
 pub(crate) mod generic;
@@ -133,6 +134,7 @@ pub(crate) fn rmgr_replayed(rmid: u8) -> bool {
             | rmgr::RM_BTREE_ID
             | rmgr::RM_SEQ_ID
             | rmgr::RM_GENERIC_ID
+            | rmgr::RM_BRIN_ID
     )
 }
 
@@ -176,6 +178,7 @@ fn apply_block_kind(
         rmgr::RM_BTREE_ID => btree::redo_block(rec, block, page)?,
         rmgr::RM_SEQ_ID => seq::redo_block(rec, block, page)?,
         rmgr::RM_GENERIC_ID => generic::redo_block(rec, block, page)?,
+        rmgr::RM_BRIN_ID => brin::redo_block(rec, block, page)?,
         _ => return Err(RedoErrorKind::Unsupported),
     };
     if rule == LsnRule::Stamp {

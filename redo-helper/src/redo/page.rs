@@ -627,6 +627,54 @@ pub trait PageLayout {
         Ok(())
     }
 
+    /// `PageIndexTupleDeleteNoCompact` (`storage/page/bufpage.c`): removes the item's data
+    /// like `PageIndexTupleDelete` but keeps the other items' offsets stable (BRIN's revmap
+    /// holds TIDs into its regular pages): the line pointer becomes LP_UNUSED, or is dropped
+    /// when it is the last one. Earlier unused pointers are not trimmed, and
+    /// PD_HAS_FREE_LINES is not touched, as upstream.
+    fn index_tuple_delete_no_compact(&mut self, offnum: u16) -> Result<(), PageShapeError> {
+        self.check_pointers()?;
+        let mut nline = self.max_offset();
+        if offnum == 0 || offnum > nline {
+            return Err(PageShapeError::InvalidOffset { offnum, max: nline });
+        }
+        let id = self.item_id(offnum)?;
+        let (offset, size) = (id.off() as usize, id.len() as usize);
+        let upper = self.upper() as usize;
+        if offset < upper || offset + size > self.special() as usize || offset != maxalign(offset) {
+            return Err(PageShapeError::CorruptLinePointer {
+                offnum,
+                off: id.off(),
+                len: id.len(),
+            });
+        }
+        let size = maxalign(size);
+        let lower = self.lower() as usize;
+        let b = self.bytes_mut();
+        if offnum < nline {
+            // ItemIdSetUnused: flags, offset and length all zero.
+            put_u32(b, lp_pos(offnum), 0);
+        } else {
+            put_u16(b, 12, (lower - ITEM_ID_SIZE) as u16);
+            nline -= 1;
+        }
+        // Close the gap: the tuple data stored before the deleted one moves up by its size.
+        if offset > upper {
+            b.copy_within(upper..offset, upper + size);
+        }
+        put_u16(b, 14, (upper + size) as u16);
+        // PageIsEmpty is pd_lower <= SizeOfPageHeaderData: then no pointer is left to fix.
+        if get_u16(b, 12) as usize > SIZE_OF_PAGE_HEADER {
+            for i in 1..=nline {
+                let ii = ItemId(get_u32(b, lp_pos(i)));
+                if ii.has_storage() && ii.off() as usize <= offset {
+                    put_u32(b, lp_pos(i), ii.with_off(ii.off() + size as u16).0);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `PageIndexMultiDelete`: deletes the items at `offnums` (ascending), compacting the
     /// line pointer array and the tuple space.
     fn index_multi_delete(&mut self, offnums: &[u16]) -> Result<(), PageShapeError> {
@@ -1164,6 +1212,33 @@ mod tests {
             p.index_multi_delete(&[2, 1, 9]),
             Err(PageShapeError::BadOffsetList)
         );
+    }
+
+    #[test]
+    fn index_tuple_delete_no_compact_keeps_offsets() {
+        let mut p = new_page(8);
+        for i in 1..=4u16 {
+            p.add_item(&tuple(12, i as u8), i, 0).unwrap();
+        }
+        // A middle item: its pointer stays as LP_UNUSED, later items keep their offsets.
+        p.index_tuple_delete_no_compact(2).unwrap();
+        assert_eq!(p.max_offset(), 4);
+        assert_eq!(p.item_id(2).unwrap().0, 0);
+        assert_eq!(p.item(3).unwrap(), &tuple(12, 3)[..]);
+        assert_eq!(p.item(4).unwrap(), &tuple(12, 4)[..]);
+        assert_eq!(p.item(1).unwrap(), &tuple(12, 1)[..]);
+        assert_eq!(p.upper(), 8184 - 3 * 16);
+        // The last item: its pointer goes; the unused one before it stays.
+        p.index_tuple_delete_no_compact(4).unwrap();
+        assert_eq!(p.max_offset(), 3);
+        assert_eq!(p.item(3).unwrap(), &tuple(12, 3)[..]);
+        assert_eq!(p.item_id(2).unwrap().0, 0);
+        assert!(p.index_tuple_delete_no_compact(2).is_err());
+        assert!(p.index_tuple_delete_no_compact(9).is_err());
+        // An unused slot is reused at its offset by PageAddItem with overwrite.
+        assert_eq!(p.add_item(&tuple(20, 7), 2, PAI_OVERWRITE).unwrap(), 2);
+        assert_eq!(p.item(2).unwrap(), &tuple(20, 7)[..]);
+        assert_eq!(p.max_offset(), 3);
     }
 
     #[test]

@@ -384,6 +384,45 @@ fn heap2_desc(
     Ok(())
 }
 
+/// `brin_desc` (`access/rmgrdesc/brindesc.c`).
+fn brin_desc(
+    buf: &mut String,
+    rec: &DecodedRecord,
+) -> Result<(), crate::wal::error::MainDataError> {
+    use brin::*;
+    let _ = match brin::parse(rec)? {
+        BrinRecord::CreateIndex {
+            pages_per_range,
+            version,
+        } => write!(buf, "v{version} pagesPerRange {pages_per_range}"),
+        BrinRecord::Insert { insert: i, .. } => write!(
+            buf,
+            "heapBlk {} pagesPerRange {} offnum {}",
+            i.heap_blk, i.pages_per_range, i.offnum
+        ),
+        BrinRecord::Update {
+            old_offnum,
+            insert: i,
+            ..
+        } => write!(
+            buf,
+            "heapBlk {} pagesPerRange {} old offnum {old_offnum}, new offnum {}",
+            i.heap_blk, i.pages_per_range, i.offnum
+        ),
+        BrinRecord::SamepageUpdate { offnum } => write!(buf, "offnum {offnum}"),
+        BrinRecord::RevmapExtend { target_blk } => write!(buf, "targetBlk {target_blk}"),
+        BrinRecord::Desummarize {
+            pages_per_range,
+            heap_blk,
+            reg_offset,
+        } => write!(
+            buf,
+            "pagesPerRange {pages_per_range}, heapBlk {heap_blk}, page offset {reg_offset}"
+        ),
+    };
+    Ok(())
+}
+
 fn btree_desc(
     buf: &mut String,
     rec: &DecodedRecord,
@@ -650,6 +689,7 @@ pub fn describe(rec: &DecodedRecord, buf: &mut String) {
         RM_HEAP_ID => heap_desc(buf, rec),
         RM_HEAP2_ID => heap2_desc(buf, rec),
         RM_BTREE_ID => btree_desc(buf, rec),
+        RM_BRIN_ID => brin_desc(buf, rec),
         RM_STANDBY_ID => standby_desc(buf, rec),
         RM_GENERIC_ID => generic_desc(buf, rec),
         _ => small_desc(buf, rec),
@@ -674,6 +714,7 @@ pub fn has_pg_waldump_desc(rmid: u8) -> bool {
             | RM_HEAP2_ID
             | RM_HEAP_ID
             | RM_BTREE_ID
+            | RM_BRIN_ID
             | RM_SEQ_ID
             | RM_COMMIT_TS_ID
             | RM_GENERIC_ID

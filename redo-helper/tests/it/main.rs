@@ -10,6 +10,7 @@
 mod common;
 mod support;
 
+mod brin;
 mod checksum;
 mod corruption;
 mod fuzz_wal;

@@ -220,6 +220,11 @@ const WORKLOAD: &[&str] = &[
     "VACUUM toasty",
     "CREATE TABLE t2 AS SELECT g AS a, md5(g::text) AS b FROM generate_series(1, 5000) g",
     "CREATE INDEX t2_b ON t2 (b)",
+    // BRIN: CREATE_INDEX, REVMAP_EXTEND, INSERT(+INIT), SAMEPAGE_UPDATE, DESUMMARIZE.
+    "CREATE INDEX t2_a_brin ON t2 USING brin (a) WITH (pages_per_range = 2)",
+    "UPDATE t2 SET a = -a WHERE a % 97 = 1",
+    "SELECT brin_desummarize_range('t2_a_brin', 0)",
+    "SELECT brin_summarize_new_values('t2_a_brin')",
     "DELETE FROM t2 WHERE a % 2 = 0",
     "VACUUM (FREEZE) t2",
     "TRUNCATE t2",

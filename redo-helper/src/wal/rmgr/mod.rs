@@ -2,6 +2,7 @@
 //! prints them (`*_identify` in `access/rmgrdesc/*.c`), and typed views of the main data
 //! of the records the redo engine replays.
 
+pub mod brin;
 pub mod btree;
 pub mod dbase;
 pub mod generic;
@@ -190,17 +191,7 @@ pub fn identify(rmid: u8, info: u8) -> Option<&'static str> {
             0x80 => "VACUUM_REDIRECT",
             _ => return None,
         },
-        RM_BRIN_ID => match i {
-            0x00 => "CREATE_INDEX",
-            0x10 => "INSERT",
-            0x90 => "INSERT+INIT",
-            0x20 => "UPDATE",
-            0xA0 => "UPDATE+INIT",
-            0x30 => "SAMEPAGE_UPDATE",
-            0x40 => "REVMAP_EXTEND",
-            0x50 => "DESUMMARIZE",
-            _ => return None,
-        },
+        RM_BRIN_ID => brin::identify(i)?,
         RM_COMMIT_TS_ID => match i {
             0x00 => "ZEROPAGE",
             0x10 => "TRUNCATE",
