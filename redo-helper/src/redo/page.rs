@@ -583,8 +583,10 @@ pub trait PageLayout {
         space
     }
 
-    /// `PageIndexTupleDelete`: removes the item and its line pointer, closing both gaps.
-    fn index_tuple_delete(&mut self, offnum: u16) -> Result<(), PageShapeError> {
+    /// The checks `PageIndexTupleDelete` and `PageIndexTupleDeleteNoCompact` make before
+    /// removing item `offnum` (its line pointer in range, its data within the tuple area
+    /// and aligned): (line pointers, the item's offset, its MAXALIGNed size).
+    fn deletable_item(&self, offnum: u16) -> Result<(u16, usize, usize), PageShapeError> {
         self.check_pointers()?;
         let nline = self.max_offset();
         if offnum == 0 || offnum > nline {
@@ -600,7 +602,13 @@ pub trait PageLayout {
                 len: id.len(),
             });
         }
-        let size = maxalign(size);
+        Ok((nline, offset, maxalign(size)))
+    }
+
+    /// `PageIndexTupleDelete`: removes the item and its line pointer, closing both gaps.
+    fn index_tuple_delete(&mut self, offnum: u16) -> Result<(), PageShapeError> {
+        let (nline, offset, size) = self.deletable_item(offnum)?;
+        let upper = self.upper() as usize;
         let lower = self.lower() as usize;
         let b = self.bytes_mut();
         // Shift the following line pointers down one slot.
@@ -633,22 +641,8 @@ pub trait PageLayout {
     /// when it is the last one. Earlier unused pointers are not trimmed, and
     /// PD_HAS_FREE_LINES is not touched, as upstream.
     fn index_tuple_delete_no_compact(&mut self, offnum: u16) -> Result<(), PageShapeError> {
-        self.check_pointers()?;
-        let mut nline = self.max_offset();
-        if offnum == 0 || offnum > nline {
-            return Err(PageShapeError::InvalidOffset { offnum, max: nline });
-        }
-        let id = self.item_id(offnum)?;
-        let (offset, size) = (id.off() as usize, id.len() as usize);
+        let (mut nline, offset, size) = self.deletable_item(offnum)?;
         let upper = self.upper() as usize;
-        if offset < upper || offset + size > self.special() as usize || offset != maxalign(offset) {
-            return Err(PageShapeError::CorruptLinePointer {
-                offnum,
-                off: id.off(),
-                len: id.len(),
-            });
-        }
-        let size = maxalign(size);
         let lower = self.lower() as usize;
         let b = self.bytes_mut();
         if offnum < nline {

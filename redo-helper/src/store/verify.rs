@@ -40,15 +40,19 @@ pub(crate) enum VerifyError {
     Meta(#[from] crate::store::meta::MetaError),
     #[error("{dir} is not a bootstrapped helper data directory (no helper.json)")]
     NotBootstrapped { dir: PathBuf },
+    /// Reading the WAL or a file (the replay's own errors, and the same of verification).
     #[error(transparent)]
     Replay(#[from] ReplayError),
-    #[error("reading WAL: {0}")]
-    Wal(#[from] crate::wal::WalError),
-    #[error("reading {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+}
+
+impl From<crate::wal::WalError> for VerifyError {
+    fn from(e: crate::wal::WalError) -> Self {
+        VerifyError::Replay(e.into())
+    }
+}
+
+fn io_error(path: PathBuf, source: std::io::Error) -> VerifyError {
+    VerifyError::Replay(ReplayError::Io { path, source })
 }
 
 /// Result of a verification run.
@@ -133,14 +137,10 @@ pub(crate) fn verify(opts: &VerifyOptions) -> Result<VerifySummary, VerifyError>
 
 fn read_flushed(wal_dir: &Path) -> Result<Lsn, VerifyError> {
     let path = wal_dir.join("flushed");
-    let text = std::fs::read_to_string(&path).map_err(|source| VerifyError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    text.trim().parse::<Lsn>().map_err(|e| VerifyError::Io {
-        path,
-        source: std::io::Error::other(e.to_string()),
-    })
+    let text = std::fs::read_to_string(&path).map_err(|source| io_error(path.clone(), source))?;
+    text.trim()
+        .parse::<Lsn>()
+        .map_err(|e| io_error(path, std::io::Error::other(e.to_string())))
 }
 
 fn compare_pgdata(
@@ -180,10 +180,8 @@ fn compare_pgdata(
                 _ => continue,
             },
         };
-        let theirs = read_pg_page(pgdata, &key).map_err(|source| VerifyError::Io {
-            path: pg_relation_path(pgdata, &key.rel, key.fork, 0),
-            source,
-        })?;
+        let theirs = read_pg_page(pgdata, &key)
+            .map_err(|source| io_error(pg_relation_path(pgdata, &key.rel, key.fork, 0), source))?;
         let Some(theirs) = theirs else {
             // A page that exists only in our store: an all-zero page PostgreSQL never wrote,
             // or a real difference.

@@ -9,8 +9,7 @@
 
 use crate::common::TempDir;
 use crate::redo_verify::{checkpoint_and_stop, cluster, run_verify, start_helper};
-use crate::support::HELPER_BIN;
-use std::process::Command;
+use crate::support::run_check;
 
 /// The BRIN record types as `verify` names them, with a trailing space so that `INSERT `
 /// does not match `INSERT+INIT`.
@@ -131,27 +130,9 @@ fn brin_redo_matches_consistency_images_and_data_files() {
     }
 
     // GetPage for every page the helper serves, against the data files.
-    let out = Command::new(HELPER_BIN)
-        .args(["check", "--data-dir"])
-        .arg(dir.path().join("helper"))
-        .arg("--pgdata")
-        .arg(&c.data)
-        .args(["--samples", "300"])
-        .output()
-        .expect("redo-helper check");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}{stderr}");
-    assert!(out.status.success(), "check failed:\n{stdout}\n{stderr}");
-    let summary = stdout.lines().last().unwrap_or_default();
-    let num = |after: &str| -> u64 {
-        summary
-            .split(after)
-            .next()
-            .and_then(|s| s.split_whitespace().last())
-            .and_then(|n| n.trim_start_matches('(').parse().ok())
-            .unwrap_or_else(|| panic!("no `{after}` in {summary}"))
-    };
+    let check = run_check(&dir.path().join("helper"), &c.data, 300);
+    let summary = &check.line;
+    let num = |after: &str| check.num(after);
     assert!(num(" pages compared") > 2000, "{summary}");
     assert_eq!(num(" mismatches,"), 0, "{summary}");
     assert_eq!(num(" unreadable"), 0, "{summary}");

@@ -9,9 +9,8 @@
 
 use crate::common::TempDir;
 use crate::redo_verify::{checkpoint_and_catch_up, cluster, run_verify, start_helper};
-use crate::support::{HELPER_BIN, http};
+use crate::support::{http, run_check};
 use std::os::unix::fs::FileExt;
-use std::process::Command;
 
 /// The number after `label` in `line` ("Generic/Generic 123, ...").
 fn count_after(line: &str, label: &str) -> Option<u64> {
@@ -112,26 +111,9 @@ fn bloom_index_generic_wal_replays_exactly() {
 
     // Every page the helper serves vs the data files.
     let helper_dir = dir.path().join("helper");
-    let out = Command::new(HELPER_BIN)
-        .args(["check", "--data-dir"])
-        .arg(&helper_dir)
-        .arg("--pgdata")
-        .arg(&c.data)
-        .args(["--samples", "300"])
-        .output()
-        .expect("redo-helper check");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "check failed:\n{stdout}");
-    let summary = stdout.lines().last().unwrap_or_default();
-    let num = |after: &str| -> u64 {
-        summary
-            .split(after)
-            .next()
-            .and_then(|s| s.split_whitespace().last())
-            .and_then(|n| n.trim_start_matches('(').parse().ok())
-            .unwrap_or_else(|| panic!("no `{after}` in {summary}"))
-    };
+    let check = run_check(&helper_dir, &c.data, 300);
+    let summary = &check.line;
+    let num = |after: &str| check.num(after);
     assert!(num(" pages compared") > served, "{summary}");
     assert_eq!(num(" mismatches,"), 0, "{summary}");
     assert_eq!(num(" unreadable"), 0, "{summary}");

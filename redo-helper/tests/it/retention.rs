@@ -6,8 +6,7 @@
 //! truncated by VACUUM and one rewritten by TRUNCATE before the horizon.
 
 use crate::common::{PgCluster, TempDir};
-use crate::support::{HELPER_BIN, HelperProcess, http, lsn, status_lsn};
-use std::process::Command;
+use crate::support::{HelperProcess, http, lsn, run_check, status_lsn};
 use std::time::Duration;
 
 const SEG: u64 = 16 << 20;
@@ -201,27 +200,9 @@ fn history_before_the_horizon_is_removed_and_what_remains_is_exact() {
     assert_eq!(code, 200, "{body}");
     h.kill9();
 
-    let out = Command::new(HELPER_BIN)
-        .args(["check", "--data-dir"])
-        .arg(&dir)
-        .arg("--pgdata")
-        .arg(&c.data)
-        .args(["--samples", "500"])
-        .output()
-        .expect("redo-helper check");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}{stderr}");
-    assert!(out.status.success(), "check failed:\n{stdout}\n{stderr}");
-    let summary = stdout.lines().last().unwrap_or_default();
-    let num = |after: &str| -> u64 {
-        summary
-            .split(after)
-            .next()
-            .and_then(|s| s.split_whitespace().last())
-            .and_then(|n| n.trim_start_matches('(').parse().ok())
-            .unwrap_or_else(|| panic!("no `{after}` in {summary}"))
-    };
+    let check = run_check(&dir, &c.data, 500);
+    let summary = &check.line;
+    let num = |after: &str| check.num(after);
     assert!(num(" pages compared") > 1000, "{summary}");
     assert_eq!(num(" mismatches,"), 0, "{summary}");
     assert!(num(" removed") > 0, "dropped/truncated pages: {summary}");

@@ -5,8 +5,7 @@
 
 use crate::common::{PgCluster, TempDir};
 use crate::support;
-use crate::support::{HELPER_BIN, HelperProcess, http, lsn, status_lsn};
-use std::process::Command;
+use crate::support::{HelperProcess, http, lsn, status_lsn};
 use std::time::{Duration, Instant};
 
 /// Waits until the helper has decoded everything the server has flushed and image
@@ -130,27 +129,9 @@ fn served_pages_equal_the_data_files_and_history_equals_the_full_chain() {
 
     // Stop the helper (kill -9: the store must recover) and check it offline.
     h.kill9();
-    let out = Command::new(HELPER_BIN)
-        .args(["check", "--data-dir"])
-        .arg(&dir)
-        .arg("--pgdata")
-        .arg(&c.data)
-        .args(["--samples", "1000"])
-        .output()
-        .expect("redo-helper check");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}{stderr}");
-    assert!(out.status.success(), "check failed:\n{stdout}\n{stderr}");
-    let summary = stdout.lines().last().unwrap_or_default();
-    let num = |after: &str| -> u64 {
-        summary
-            .split(after)
-            .next()
-            .and_then(|s| s.split_whitespace().last())
-            .and_then(|n| n.trim_start_matches('(').parse().ok())
-            .unwrap_or_else(|| panic!("no `{after}` in {summary}"))
-    };
+    let check = support::run_check(&dir, &c.data, 1000);
+    let summary = &check.line;
+    let num = |after: &str| check.num(after);
     assert!(num(" pages compared") > 1000, "{summary}");
     assert!(
         num(" removed") > 0,

@@ -193,3 +193,40 @@ pub fn lsn(s: &str) -> u64 {
 pub fn status_lsn(s: &serde_json::Value, field: &str) -> u64 {
     s[field].as_str().map(lsn).unwrap_or(0)
 }
+
+/// The summary line of a successful `redo-helper check --pgdata`.
+pub struct CheckSummary {
+    pub line: String,
+}
+
+impl CheckSummary {
+    /// The number printed just before `after` in the summary (`"1234 pages compared"`).
+    pub fn num(&self, after: &str) -> u64 {
+        self.line
+            .split(after)
+            .next()
+            .and_then(|s| s.split_whitespace().last())
+            .and_then(|n| n.trim_start_matches('(').parse().ok())
+            .unwrap_or_else(|| panic!("no `{after}` in {}", self.line))
+    }
+}
+
+/// Runs `redo-helper check` of the helper directory `data_dir` against `pgdata` with
+/// `samples` historical reads, asserts that it succeeded, and returns its summary line.
+pub fn run_check(data_dir: &Path, pgdata: &Path, samples: u32) -> CheckSummary {
+    let out = Command::new(HELPER_BIN)
+        .args(["check", "--data-dir"])
+        .arg(data_dir)
+        .arg("--pgdata")
+        .arg(pgdata)
+        .args(["--samples", &samples.to_string()])
+        .output()
+        .expect("redo-helper check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
+    assert!(out.status.success(), "check failed:\n{stdout}\n{stderr}");
+    CheckSummary {
+        line: stdout.lines().last().unwrap_or_default().to_string(),
+    }
+}
