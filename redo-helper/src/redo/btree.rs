@@ -137,24 +137,7 @@ pub(super) fn redo_block(
         BtreeRecord::Insert { kind, offnum } => {
             insert(rec, block, page, offnum, kind == XLOG_BTREE_INSERT_POST)
         }
-        BtreeRecord::Split {
-            new_item_on_left,
-            level,
-            firstrightoff,
-            newitemoff,
-            postingoff,
-        } => split(
-            rec,
-            block,
-            page,
-            SplitFields {
-                new_item_on_left,
-                level,
-                firstrightoff,
-                newitemoff,
-                postingoff,
-            },
-        ),
+        BtreeRecord::Split(x) => split(rec, block, page, &x),
         BtreeRecord::Dedup { nintervals } => dedup(rec, block, page, nintervals),
         // btree_xlog_vacuum and btree_xlog_delete apply the same page change.
         BtreeRecord::Vacuum { ndeleted, nupdated }
@@ -168,29 +151,7 @@ pub(super) fn redo_block(
             topparent,
             ..
         } => mark_page_halfdead(block, page, poffset, leftblk, rightblk, topparent),
-        BtreeRecord::UnlinkPage {
-            leftsib,
-            rightsib,
-            level,
-            safexid,
-            leafleftsib,
-            leafrightsib,
-            leaftopparent,
-            ..
-        } => unlink_page(
-            rec,
-            block,
-            page,
-            UnlinkFields {
-                leftsib,
-                rightsib,
-                level,
-                safexid,
-                leafleftsib,
-                leafrightsib,
-                leaftopparent,
-            },
-        ),
+        BtreeRecord::UnlinkPage(x) => unlink_page(rec, block, page, &x),
         BtreeRecord::NewRoot { level, .. } => newroot(rec, block, page, level),
         // btree_xlog_reuse_page: only a recovery conflict for hot standby; no page.
         BtreeRecord::ReusePage { .. } => Ok(LsnRule::Keep),
@@ -219,15 +180,6 @@ fn insert(
     }
 }
 
-/// The fields of `xl_btree_split`.
-struct SplitFields {
-    new_item_on_left: bool,
-    level: u32,
-    firstrightoff: u16,
-    newitemoff: u16,
-    postingoff: u16,
-}
-
 /// `btree_xlog_split`: the left page rebuilt (block 0), the new right page from its logged
 /// contents (block 1), the old right sibling's left link (block 2), the child's
 /// incomplete-split flag (block 3).
@@ -235,7 +187,7 @@ fn split(
     rec: &DecodedRecord,
     block: &BlockRef,
     page: &mut Page,
-    f: SplitFields,
+    f: &XlBtreeSplit,
 ) -> Result<LsnRule, RedoErrorKind> {
     let right_blk = rec
         .block(1)
@@ -341,17 +293,6 @@ fn mark_page_halfdead(
     }
 }
 
-/// The fields of `xl_btree_unlink_page`.
-struct UnlinkFields {
-    leftsib: u32,
-    rightsib: u32,
-    level: u32,
-    safexid: u64,
-    leafleftsib: u32,
-    leafrightsib: u32,
-    leaftopparent: u32,
-}
-
 /// `btree_xlog_unlink_page`: the target page deleted (block 0), its siblings' links
 /// (blocks 1 and 2), the half-dead leaf of an internal page's deletion (block 3), the
 /// metapage (block 4, XLOG_BTREE_UNLINK_PAGE_META only).
@@ -359,7 +300,7 @@ fn unlink_page(
     rec: &DecodedRecord,
     block: &BlockRef,
     page: &mut Page,
-    f: UnlinkFields,
+    f: &XlBtreeUnlinkPage,
 ) -> Result<LsnRule, RedoErrorKind> {
     match block.id {
         0 => {
@@ -395,7 +336,7 @@ fn unlink_page(
             half_dead_leaf(page, f.leafleftsib, f.leafrightsib, f.leaftopparent)?;
             Ok(LsnRule::Stamp)
         }
-        4 if rec.rmgr_info() == XLOG_BTREE_UNLINK_PAGE_META => restore_meta(rec, block, page),
+        4 if f.with_meta => restore_meta(rec, block, page),
         id => unexpected(id),
     }
 }

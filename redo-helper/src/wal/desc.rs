@@ -432,13 +432,13 @@ fn btree_desc(
         BtreeRecord::Insert { offnum, .. } => {
             let _ = write!(buf, "off {offnum}");
         }
-        BtreeRecord::Split {
+        BtreeRecord::Split(XlBtreeSplit {
             level,
             firstrightoff,
             newitemoff,
             postingoff,
             ..
-        } => {
+        }) => {
             let _ = write!(
                 buf,
                 "level {level}, firstrightoff {firstrightoff}, newitemoff {newitemoff}, postingoff {postingoff}"
@@ -472,7 +472,7 @@ fn btree_desc(
                 "topparent {topparent}; leaf {leafblk}; left {leftblk}; right {rightblk}"
             );
         }
-        BtreeRecord::UnlinkPage {
+        BtreeRecord::UnlinkPage(XlBtreeUnlinkPage {
             leftsib,
             rightsib,
             level,
@@ -481,7 +481,7 @@ fn btree_desc(
             leafrightsib,
             leaftopparent,
             ..
-        } => {
+        }) => {
             let _ = write!(
                 buf,
                 "left {leftsib}; right {rightsib}; level {level}; safexid {}:{}; \

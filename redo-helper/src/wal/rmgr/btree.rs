@@ -72,18 +72,35 @@ impl BtreeMetadata {
 
 /// Typed main data of a Btree record. Page contents (tuples, offsets, posting-list
 /// updates) are in block data and interpreted by redo.
+/// `xl_btree_split`, with the record type's side (SPLIT_L: the new item is on the left).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XlBtreeSplit {
+    pub new_item_on_left: bool,
+    pub level: u32,
+    pub firstrightoff: u16,
+    pub newitemoff: u16,
+    pub postingoff: u16,
+}
+
+/// `xl_btree_unlink_page`, with the record type's metapage flag (UNLINK_PAGE_META).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XlBtreeUnlinkPage {
+    pub with_meta: bool,
+    pub leftsib: u32,
+    pub rightsib: u32,
+    pub level: u32,
+    pub safexid: u64,
+    pub leafleftsib: u32,
+    pub leafrightsib: u32,
+    pub leaftopparent: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BtreeRecord {
     /// INSERT_LEAF / INSERT_UPPER / INSERT_META / INSERT_POST (`xl_btree_insert`).
     Insert { kind: u8, offnum: u16 },
     /// SPLIT_L / SPLIT_R (`xl_btree_split`).
-    Split {
-        new_item_on_left: bool,
-        level: u32,
-        firstrightoff: u16,
-        newitemoff: u16,
-        postingoff: u16,
-    },
+    Split(XlBtreeSplit),
     /// `xl_btree_dedup`.
     Dedup { nintervals: u16 },
     /// `xl_btree_delete`.
@@ -93,16 +110,7 @@ pub enum BtreeRecord {
         nupdated: u16,
     },
     /// UNLINK_PAGE / UNLINK_PAGE_META (`xl_btree_unlink_page`).
-    UnlinkPage {
-        with_meta: bool,
-        leftsib: u32,
-        rightsib: u32,
-        level: u32,
-        safexid: u64,
-        leafleftsib: u32,
-        leafrightsib: u32,
-        leaftopparent: u32,
-    },
+    UnlinkPage(XlBtreeUnlinkPage),
     /// `xl_btree_newroot`.
     NewRoot { rootblk: u32, level: u32 },
     /// `xl_btree_mark_page_halfdead`.
@@ -137,13 +145,13 @@ pub fn parse(rec: &DecodedRecord) -> Result<BtreeRecord, MainDataError> {
             kind: info,
             offnum: r.u16()?,
         },
-        XLOG_BTREE_SPLIT_L | XLOG_BTREE_SPLIT_R => BtreeRecord::Split {
+        XLOG_BTREE_SPLIT_L | XLOG_BTREE_SPLIT_R => BtreeRecord::Split(XlBtreeSplit {
             new_item_on_left: info == XLOG_BTREE_SPLIT_L,
             level: r.u32()?,
             firstrightoff: r.u16()?,
             newitemoff: r.u16()?,
             postingoff: r.u16()?,
-        },
+        }),
         XLOG_BTREE_DEDUP => BtreeRecord::Dedup {
             nintervals: r.u16()?,
         },
@@ -157,7 +165,7 @@ pub fn parse(rec: &DecodedRecord) -> Result<BtreeRecord, MainDataError> {
             let rightsib = r.u32()?;
             let level = r.u32()?;
             r.seek(16)?; // FullTransactionId is 8-byte aligned
-            BtreeRecord::UnlinkPage {
+            BtreeRecord::UnlinkPage(XlBtreeUnlinkPage {
                 with_meta: info == XLOG_BTREE_UNLINK_PAGE_META,
                 leftsib,
                 rightsib,
@@ -166,7 +174,7 @@ pub fn parse(rec: &DecodedRecord) -> Result<BtreeRecord, MainDataError> {
                 leafleftsib: r.u32()?,
                 leafrightsib: r.u32()?,
                 leaftopparent: r.u32()?,
-            }
+            })
         }
         XLOG_BTREE_NEWROOT => BtreeRecord::NewRoot {
             rootblk: r.u32()?,
