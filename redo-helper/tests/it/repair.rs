@@ -117,6 +117,27 @@ fn repair_without_data_checksums() {
     crash_tear_repair(false);
 }
 
+/// Starts the helper on `c` in a new temp dir and waits until it streams: (temp dir, the
+/// helper's data directory, the helper).
+fn stream_helper(c: &PgCluster, tag: &str) -> (TempDir, std::path::PathBuf, HelperProcess) {
+    let tmp = TempDir::new(tag);
+    let helper_dir = tmp.path().join("helper");
+    let mut h = HelperProcess::spawn(&c.conninfo(), &helper_dir, &tmp.path().join("helper.log"));
+    h.wait_status("streaming", Duration::from_secs(120), |s| {
+        s["state"] == "streaming"
+    });
+    (tmp, helper_dir, h)
+}
+
+/// The count before `after` in repair's summary `line`.
+fn summary_num(line: &str, after: &str) -> u64 {
+    line.split(after)
+        .next()
+        .and_then(|s| s.split_whitespace().last())
+        .and_then(|w| w.trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("no '{after}' in {line}"))
+}
+
 fn crash_tear_repair(checksums: bool) {
     let mut c = PgCluster::start_fpw_off(if checksums { &["-k"] } else { &[] });
     c.pgbench(&["-i", "-s", "2", "-q"]);
@@ -125,12 +146,7 @@ fn crash_tear_repair(checksums: bool) {
         "CREATE TABLE quiet (id int PRIMARY KEY, v text); \
          INSERT INTO quiet SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 2000) g",
     );
-    let tmp = TempDir::new("repair");
-    let helper_dir = tmp.path().join("helper");
-    let mut h = HelperProcess::spawn(&c.conninfo(), &helper_dir, &tmp.path().join("helper.log"));
-    h.wait_status("streaming", Duration::from_secs(120), |s| {
-        s["state"] == "streaming"
-    });
+    let (tmp, helper_dir, mut h) = stream_helper(&c, "repair");
     // Hint bits of `quiet` set now: with data checksums the first hint-bit change of a page
     // after a checkpoint is WAL-logged (XLOG_FPI_FOR_HINT); after this checkpoint `quiet`
     // has no change at all.
@@ -191,13 +207,7 @@ fn crash_tear_repair(checksums: bool) {
     assert_eq!(code, Some(0), "repair failed:\n{stdout}\n{stderr}");
     eprintln!("{stderr}{stdout}");
     let line = stdout.lines().last().unwrap_or_default();
-    let num = |after: &str| -> u64 {
-        line.split(after)
-            .next()
-            .and_then(|s| s.split_whitespace().last())
-            .and_then(|w| w.trim_start_matches('(').parse().ok())
-            .unwrap_or_else(|| panic!("no '{after}' in {line}"))
-    };
+    let num = |after: &str| summary_num(line, after);
     // (--changed-only above already took the WAL from pg_wal into the archive.)
     assert!(
         quick_out.contains("records taken from pg_wal") && !quick_out.contains("(0 records taken"),
@@ -286,4 +296,202 @@ fn repair_refuses_a_running_cluster_and_a_foreign_one() {
     let (code, err) = run(&tmp.path().join("nowhere"));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("pg_control"), "{err}");
+}
+
+/// Conditions on `ib` and the index that answers each (checked with EXPLAIN).
+const IB_QUERIES: [(&str, &str); 10] = [
+    ("t BETWEEN 5000 AND 6000", "ib_brin"),
+    ("t BETWEEN 20500 AND 22600", "ib_brin"),
+    ("t > 100000 AND t < 150000", "ib_brin"),
+    ("t >= 200000", "ib_brin"),
+    ("a = 123", "ib_bloom"),
+    ("a = 999", "ib_bloom"),
+    ("a = 124 AND b = 13", "ib_bloom"),
+    ("a = 8 AND b = 8", "ib_bloom"),
+    ("id = 4243", "ib_pkey"),
+    ("id = 21001", "ib_pkey"),
+];
+
+/// Each query of IB_QUERIES (`count digest`) through its index, after checking that the
+/// same query by sequential scan gives the same rows, and that amcheck is clean.
+fn ib_index_results(c: &PgCluster) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for (cond, index) in IB_QUERIES {
+        let q = format!(
+            "SELECT count(*) || ' ' || md5(coalesce(string_agg(id || ':' || t || ':' || a \
+             || ':' || b, ',' ORDER BY id), '')) FROM ib WHERE {cond}"
+        );
+        let idx = "SET enable_seqscan = off;";
+        let seq = "SET enable_indexscan = off; SET enable_bitmapscan = off;";
+        let plan = c.try_sql(&format!("{idx} EXPLAIN (COSTS OFF) {q}"))?;
+        if !plan.contains(index) {
+            return Err(format!("{cond}: not through {index}:\n{plan}"));
+        }
+        let plan = c.try_sql(&format!("{seq} EXPLAIN (COSTS OFF) {q}"))?;
+        if !plan.contains("Seq Scan") {
+            return Err(format!("{cond}: no sequential scan:\n{plan}"));
+        }
+        let by_index = c.try_sql(&format!("{idx} {q}"))?;
+        let by_seq = c.try_sql(&format!("{seq} {q}"))?;
+        if by_index != by_seq {
+            return Err(format!(
+                "{cond}: {index} gives {by_index}, seq scan {by_seq}"
+            ));
+        }
+        out.push(by_index);
+    }
+    let amcheck = c.try_sql(
+        "SELECT (SELECT count(*) FROM verify_heapam('ib')), bt_index_check('ib_pkey', true)",
+    )?;
+    if !amcheck.starts_with("0|") {
+        return Err(format!("amcheck found corruption: {amcheck}"));
+    }
+    Ok(out)
+}
+
+/// Blocks of index `rel` (metapage excluded) whose LSN is at or after `redo`.
+fn blocks_changed_since(c: &PgCluster, rel: &str, redo: &str) -> Vec<u64> {
+    c.sql(&format!(
+        "SELECT b FROM generate_series(1, pg_relation_size('{rel}') / 8192 - 1) b \
+         WHERE (page_header(get_raw_page('{rel}', b::int))).lsn >= '{redo}' ORDER BY b"
+    ))
+    .lines()
+    .filter_map(|l| l.trim().parse().ok())
+    .collect()
+}
+
+/// Tears block `blk` of `file` with the first other block whose second half differs.
+fn tear_with_any(file: &std::path::Path, blk: u64) {
+    let f = std::fs::File::open(file).expect("open");
+    let half = |b: u64| {
+        let mut buf = vec![0u8; 4096];
+        f.read_exact_at(&mut buf, b * 8192 + 4096).expect("read");
+        buf
+    };
+    let blocks = f.metadata().expect("metadata").len() / 8192;
+    let mine = half(blk);
+    let other = (0..blocks)
+        .find(|&o| o != blk && half(o) != mine)
+        .unwrap_or_else(|| panic!("{}: no block to tear {blk} with", file.display()));
+    tear(file, blk, other);
+}
+
+/// BRIN (regular and revmap pages, replayed from BRIN records) and bloom (generic WAL) index
+/// pages changed after the checkpoint are torn; repair rebuilds them and the indexes answer
+/// as a sequential scan does.
+#[test]
+fn repair_restores_torn_brin_and_bloom_index_pages() {
+    let mut c = PgCluster::start_fpw_off(&["-k"]);
+    c.sql("CREATE EXTENSION amcheck; CREATE EXTENSION bloom; CREATE EXTENSION pageinspect");
+    c.sql(
+        "CREATE TABLE ib (id int PRIMARY KEY, t int, a int, b int, pad text) \
+         WITH (fillfactor = 70); \
+         INSERT INTO ib SELECT g, g, g % 1000, g % 37, repeat('p', 100) \
+         FROM generate_series(1, 20000) g",
+    );
+    c.sql("CREATE INDEX ib_brin ON ib USING brin (t) WITH (pages_per_range = 2)");
+    c.sql("CREATE INDEX ib_bloom ON ib USING bloom (a, b) WITH (length = 64)");
+    let (_tmp, helper_dir, mut h) = stream_helper(&c, "repair-brin");
+    c.sql("CHECKPOINT");
+    let redo = c.sql("SELECT redo_lsn FROM pg_control_checkpoint()");
+    // Streamed: summaries widened in place, new ranges summarized (revmap), bloom tuples
+    // added and, by VACUUM, bloom pages rewritten without the deleted rows.
+    c.sql("UPDATE ib SET t = t + 100000 WHERE id % 100 = 0");
+    c.sql(
+        "INSERT INTO ib SELECT g, g, g % 1000, g % 37, repeat('p', 100) \
+         FROM generate_series(20001, 22000) g",
+    );
+    c.sql("SELECT brin_summarize_new_values('ib_brin')");
+    c.sql("DELETE FROM ib WHERE id % 7 = 0");
+    c.sql("VACUUM ib");
+    h.kill9();
+    // Only in pg_wal.
+    c.sql("UPDATE ib SET a = a + 1 WHERE id % 13 = 0");
+    c.sql(
+        "INSERT INTO ib SELECT g, g, g % 1000, g % 37, repeat('p', 100) \
+         FROM generate_series(22001, 23000) g",
+    );
+    c.sql("SELECT brin_summarize_new_values('ib_brin')");
+    c.sql("UPDATE ib SET t = t + 200000 WHERE id % 111 = 1");
+    let expected = ib_index_results(&c).unwrap_or_else(|e| panic!("before the crash: {e}"));
+    let brin = c.sql("SELECT pg_relation_filepath('ib_brin')");
+    let bloom = c.sql("SELECT pg_relation_filepath('ib_bloom')");
+    let brin_changed = blocks_changed_since(&c, "ib_brin", &redo);
+    let bloom_changed = blocks_changed_since(&c, "ib_bloom", &redo);
+    c.crash();
+
+    // To tear: every changed BRIN page (revmap and regular) and three changed bloom pages
+    // that are on disk.
+    let on_disk = |f: &str, b: u64| std::fs::metadata(c.data.join(f)).unwrap().len() > b * 8192;
+    let brin_torn: Vec<u64> = brin_changed
+        .iter()
+        .copied()
+        .filter(|&b| on_disk(&brin, b))
+        .collect();
+    let bloom_torn: Vec<u64> = bloom_changed
+        .iter()
+        .copied()
+        .filter(|&b| on_disk(&bloom, b))
+        .take(3)
+        .collect();
+    assert!(
+        !brin_torn.is_empty() && !bloom_torn.is_empty(),
+        "changed BRIN {brin_changed:?}, bloom {bloom_changed:?}"
+    );
+    eprintln!(
+        "torn BRIN blocks {brin_torn:?} (changed {brin_changed:?}), bloom blocks \
+         {bloom_torn:?} (of {} changed)",
+        bloom_changed.len()
+    );
+    let tear_in = |data: &std::path::Path, file: &str, blocks: &[u64]| {
+        for &b in blocks {
+            tear_with_any(&data.join(file), b);
+        }
+    };
+
+    // Controls, one per index kind torn: without repair recovery fails or the indexes
+    // answer differently.
+    for (file, blocks) in [(&brin, &brin_torn), (&bloom, &bloom_torn)] {
+        let mut control = c.copy_stopped();
+        tear_in(&control.data, file, blocks);
+        let outcome = match control.try_start() {
+            Err(e) => Err(format!("startup failed:\n{e}")),
+            Ok(()) => ib_index_results(&control).and_then(|got| {
+                if got == expected {
+                    Ok(())
+                } else {
+                    Err(format!("results differ: {got:?} != {expected:?}"))
+                }
+            }),
+        };
+        control.stop();
+        assert!(
+            outcome.is_err(),
+            "torn {file} {blocks:?} did not matter without repair: the test cannot fail"
+        );
+        eprintln!(
+            "without repair, {file} torn: {}",
+            outcome.err().unwrap_or_default()
+        );
+    }
+    tear_in(&c.data, &brin, &brin_torn);
+    tear_in(&c.data, &bloom, &bloom_torn);
+
+    let (code, stdout, stderr) = run_repair(&helper_dir, &c.data, &[]);
+    assert_eq!(code, Some(0), "repair failed:\n{stdout}\n{stderr}");
+    let line = stdout.lines().last().unwrap_or_default();
+    eprintln!("{line}");
+    assert!(
+        summary_num(line, " pages changed since written")
+            >= (brin_torn.len() + bloom_torn.len()) as u64,
+        "{line}"
+    );
+    assert_eq!(summary_num(line, " unrepairable"), 0, "{line}");
+    assert_eq!(summary_num(line, " errors"), 0, "{line}");
+
+    c.try_start()
+        .unwrap_or_else(|e| panic!("recovery after repair: {e}"));
+    let got = ib_index_results(&c).unwrap_or_else(|e| panic!("after repair: {e}"));
+    assert_eq!(got, expected, "after repair");
+    eprintln!("index = seq scan = before the crash: {got:?}");
 }
