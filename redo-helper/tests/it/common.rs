@@ -214,6 +214,17 @@ impl PgCluster {
         Err(tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
     }
 
+    /// `spc/db/relfilenode` of a relation, as in the helper's `/page` paths.
+    pub fn rel_path(&self, rel: &str) -> String {
+        let row = self.sql(&format!(
+            "SELECT CASE WHEN reltablespace = 0 THEN 1663 ELSE reltablespace END || '/' || \
+             (SELECT oid FROM pg_database WHERE datname = current_database()) || '/' || \
+             pg_relation_filenode('{rel}') FROM pg_class WHERE oid = '{rel}'::regclass"
+        ));
+        assert!(!row.is_empty(), "relation {rel} not found");
+        row
+    }
+
     /// Runs SQL, returning psql's error instead of panicking.
     pub fn try_sql(&self, sql: &str) -> Result<String, String> {
         let out = pg_command("psql")

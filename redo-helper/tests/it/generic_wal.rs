@@ -63,10 +63,9 @@ fn bloom_index_generic_wal_replays_exactly() {
     // GetPage of every bloom page, replaying the whole chain (no generated images, no
     // cache), equals the data file once CHECKPOINT wrote it.
     checkpoint_and_catch_up(&c, &mut h);
-    let db = c.sql("SELECT oid FROM pg_database WHERE datname = current_database()");
     let (mut served, mut deltas) = (0u64, 0u64);
     for idx in ["b_bloom", "b_bloom2"] {
-        let node = c.sql(&format!("SELECT pg_relation_filenode('{idx}')"));
+        let rel = c.rel_path(idx);
         let file = c
             .data
             .join(c.sql(&format!("SELECT pg_relation_filepath('{idx}')")));
@@ -77,7 +76,7 @@ fn bloom_index_generic_wal_replays_exactly() {
         assert!(blocks > 3, "{idx} has only {blocks} pages");
         let f = std::fs::File::open(&file).expect("open the index's data file");
         for blk in 0..blocks {
-            let path = format!("/page/1663/{db}/{node}/main/{blk}?images=none&cache=none");
+            let path = format!("/page/{rel}/main/{blk}?images=none&cache=none");
             let r = http(h.listen, "GET", &path).expect("GET /page");
             assert_eq!(
                 r.status,

@@ -11,17 +11,6 @@ use std::time::Duration;
 
 const SEG: u64 = 16 << 20;
 
-/// (spc, db, relfilenode) of a relation, for /page paths.
-fn rel_path(c: &PgCluster, rel: &str) -> String {
-    let row = c.sql(&format!(
-        "SELECT CASE WHEN reltablespace = 0 THEN 1663 ELSE reltablespace END || '/' || \
-         (SELECT oid FROM pg_database WHERE datname = current_database()) || '/' || \
-         pg_relation_filenode('{rel}') FROM pg_class WHERE oid = '{rel}'::regclass"
-    ));
-    assert!(!row.is_empty(), "relation {rel} not found");
-    row
-}
-
 fn status_code(h: &HelperProcess, path: &str) -> (u16, String) {
     let r = http(h.listen, "GET", path).expect("GET /page");
     (r.status, String::from_utf8_lossy(&r.body).into_owned())
@@ -94,9 +83,9 @@ fn history_before_the_horizon_is_removed_and_what_remains_is_exact() {
     c.sql("DELETE FROM shrink WHERE a > 2000");
     c.sql("VACUUM shrink");
     c.pgbench(&["-c", "2", "-T", "3", "-n"]);
-    let branches = format!("/page/{}/main/0", rel_path(&c, "pgbench_branches"));
-    let accounts = format!("/page/{}/main/7", rel_path(&c, "pgbench_accounts"));
-    let hash_meta = format!("/page/{}/main/0", rel_path(&c, "hashed_a"));
+    let branches = format!("/page/{}/main/0", c.rel_path("pgbench_branches"));
+    let accounts = format!("/page/{}/main/7", c.rel_path("pgbench_accounts"));
+    let hash_meta = format!("/page/{}/main/0", c.rel_path("hashed_a"));
     let early = c.sql("SELECT pg_current_wal_flush_lsn()");
     let early_lsn = lsn(&early);
     h.wait_status("early catch-up", Duration::from_secs(60), |s| {

@@ -24,17 +24,6 @@ fn wait_settled(c: &PgCluster, h: &mut HelperProcess) -> serde_json::Value {
     })
 }
 
-/// (spc, db, relfilenode) of a relation, for /page paths.
-fn rel_path(c: &PgCluster, rel: &str) -> String {
-    let row = c.sql(&format!(
-        "SELECT CASE WHEN reltablespace = 0 THEN 1663 ELSE reltablespace END || '/' || \
-         (SELECT oid FROM pg_database WHERE datname = current_database()) || '/' || \
-         pg_relation_filenode('{rel}') FROM pg_class WHERE oid = '{rel}'::regclass"
-    ));
-    assert!(!row.is_empty(), "relation {rel} not found");
-    row
-}
-
 fn deltas(r: &support::HttpReply) -> u32 {
     r.header("x-deltas-replayed")
         .and_then(|v| v.parse().ok())
@@ -116,7 +105,7 @@ fn served_pages_equal_the_data_files_and_history_equals_the_full_chain() {
     assert_eq!(st["image_failures"].as_u64(), Some(0), "{st}");
 
     // Served pages carry their replay cost; hot pgbench pages stay within the threshold.
-    let branches = rel_path(&c, "pgbench_branches");
+    let branches = c.rel_path("pgbench_branches");
     let r = get_page(&h, &format!("/page/{branches}/main/0?cache=none"));
     assert!(
         deltas(&r) <= 16,
@@ -156,8 +145,8 @@ fn image_generation_bounds_reads_and_the_bound_returns_after_a_pause() {
     h.wait_status("streaming", Duration::from_secs(120), |s| {
         s["state"] == "streaming"
     });
-    let branches = format!("/page/{}/main/0", rel_path(&c, "pgbench_branches"));
-    let tellers = format!("/page/{}/main/0", rel_path(&c, "pgbench_tellers"));
+    let branches = format!("/page/{}/main/0", c.rel_path("pgbench_branches"));
+    let tellers = format!("/page/{}/main/0", c.rel_path("pgbench_tellers"));
     c.pgbench(&["-c", "2", "-t", "500", "-n"]);
     wait_settled(&c, &mut h);
     for page in [&branches, &tellers] {
