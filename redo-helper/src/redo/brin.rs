@@ -22,7 +22,7 @@
 //! malformed.
 
 use super::page::{Page, PageLayout, SIZE_OF_PAGE_HEADER, put_u16, put_u32};
-use super::{LsnRule, RedoErrorKind, malformed};
+use super::{LsnRule, RedoErrorKind, malformed, require_init, unexpected_block as unexpected};
 use crate::wal::block::BlockRef;
 use crate::wal::page::BLCKSZ;
 use crate::wal::record::DecodedRecord;
@@ -264,27 +264,6 @@ fn revmap_extend(
         }
         id => unexpected(id),
     }
-}
-
-/// The record's WILL_INIT flag must agree with whether redo re-initialises the page
-/// (`XLogReadBufferForRedoExtended`: "block to be initialized in redo routine must be
-/// marked with WILL_INIT flag in the WAL record" and the converse, both PANIC).
-fn require_init(block: &BlockRef, init: bool) -> Result<(), RedoErrorKind> {
-    match (block.will_init(), init) {
-        (true, false) => Err(malformed(format!(
-            "block {} has WILL_INIT but BRIN redo does not initialise it",
-            block.id
-        ))),
-        (false, true) => Err(malformed(format!(
-            "block {} is initialised by BRIN redo but lacks WILL_INIT",
-            block.id
-        ))),
-        _ => Ok(()),
-    }
-}
-
-fn unexpected(id: u8) -> Result<LsnRule, RedoErrorKind> {
-    Err(malformed(format!("unexpected block id {id}")))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Page masks for verification, equivalent to PostgreSQL 15's `rm_mask` functions:
 //! `heap_mask` (`access/heap/heapam.c`), `btree_mask` (`access/nbtree/nbtxlog.c`),
 //! `seq_mask` (`commands/sequence.c`), `generic_mask` (`access/transam/generic_xlog.c`),
-//! `brin_mask` (`access/brin/brin_xlog.c`) and the helpers of `access/common/bufmask.c`.
+//! `brin_mask` (`access/brin/brin_xlog.c`), `gin_mask` (`access/gin/ginxlog.c`) and the
+//! helpers of `access/common/bufmask.c`.
 //! They blank out what may legitimately differ between a replayed page and the primary's
 //! (LSN, checksum, hint bits, unused space, ...). `MASK_MARKER` is 0.
 
@@ -54,10 +55,8 @@ pub(crate) fn mask_lp_flags(page: &mut Page) {
     }
 }
 
-/// `mask_page_content`: everything after the header, and pd_lower/pd_upper. No page kind
-/// replayed today is masked this way (`generic_mask` is not either); `gin_mask` uses it for
-/// deleted pages and `hash_mask` for unused ones.
-#[allow(dead_code)]
+/// `mask_page_content`: everything after the header, and pd_lower/pd_upper (`gin_mask`
+/// uses it for deleted pages, `hash_mask` for unused ones).
 pub(crate) fn mask_page_content(page: &mut Page) {
     page[SIZE_OF_PAGE_HEADER..].fill(MASK_MARKER);
     put_u16(page, 12, 0);
@@ -179,6 +178,26 @@ pub(crate) fn brin_mask(page: &mut Page) {
     put_u16(page, at, flags & !BRIN_EVACUATE_PAGE);
 }
 
+/// `gin_mask`: LSN, checksum and hint bits; a deleted page (re-initialised empty by the
+/// redo of DELETE_LISTPAGE, only flagged by DELETE_PAGE) is compared by its header only,
+/// other pages have their hole masked once pd_lower is past the header.
+pub(crate) fn gin_mask(page: &mut Page) {
+    use super::gin::{GIN_DELETED, GIN_SPECIAL_SIZE};
+    mask_page_lsn_and_checksum(page);
+    mask_page_hint_bits(page);
+    // GinPageGetOpaque reads at pd_special; a page without room for it is not masked
+    // further (the comparison then shows the difference).
+    let special = page.special() as usize;
+    if special + GIN_SPECIAL_SIZE > BLCKSZ {
+        return;
+    }
+    if get_u16(page, special + 6) & GIN_DELETED != 0 {
+        mask_page_content(page);
+    } else if page.lower() as usize > SIZE_OF_PAGE_HEADER {
+        mask_unused_space(page);
+    }
+}
+
 /// Which mask applies to a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum PageKind {
@@ -188,6 +207,7 @@ pub(crate) enum PageKind {
     /// Pages of access methods that write generic WAL (bloom, rum, pgvector).
     Generic,
     Brin,
+    Gin,
     VisibilityMap,
     FreeSpaceMap,
     /// Pages of rmgrs the engine does not replay, or unknown: generic masks.
@@ -209,6 +229,7 @@ impl PageKind {
             rmgr::RM_SEQ_ID => Some(PageKind::Sequence),
             rmgr::RM_GENERIC_ID => Some(PageKind::Generic),
             rmgr::RM_BRIN_ID => Some(PageKind::Brin),
+            rmgr::RM_GIN_ID => Some(PageKind::Gin),
             rmgr::RM_XLOG_ID => None,
             _ => Some(PageKind::Other),
         }
@@ -235,6 +256,7 @@ impl PageKind {
             {
                 PageKind::Brin
             }
+            8 if get_u16(page, BLCKSZ - 2) < 0x100 => PageKind::Gin,
             16 => {
                 // Hash, GiST and SP-GiST keep a page id in the last two bytes; btree keeps
                 // its cycle id there, which never reaches 0xFF80. contrib bloom keeps
@@ -261,6 +283,7 @@ pub(crate) fn mask_page(page: &mut Page, kind: PageKind, blkno: u32) {
         PageKind::Sequence => seq_mask(page),
         PageKind::Generic => generic_mask(page),
         PageKind::Brin => brin_mask(page),
+        PageKind::Gin => gin_mask(page),
         // VM bits are always WAL-logged; only LSN and checksum may differ.
         PageKind::VisibilityMap => mask_page_lsn_and_checksum(page),
         PageKind::FreeSpaceMap | PageKind::Other => {
@@ -372,5 +395,31 @@ mod tests {
         p.init(4);
         put_u32(&mut p[..], BLCKSZ - 8, 0x1717);
         assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Sequence);
+        // GIN: an 8-byte special space ending in flags; SP-GiST's page id is not GIN.
+        p.init(8);
+        put_u16(&mut p[..], BLCKSZ - 2, crate::redo::gin::GIN_DATA);
+        assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Gin);
+        put_u16(&mut p[..], BLCKSZ - 2, 0xFF82);
+        assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Other);
+    }
+
+    #[test]
+    fn gin_mask_hides_deleted_page_contents_only() {
+        use crate::redo::gin::GIN_DELETED;
+        let mut a = Box::new([0u8; BLCKSZ]);
+        a.init(8);
+        a.add_item(&[3u8; 16], 1, 0).unwrap();
+        let mut b = a.clone();
+        let at = b.upper() as usize;
+        b[at] = 9;
+        let (mut ma, mut mb) = (a.clone(), b.clone());
+        gin_mask(&mut ma);
+        gin_mask(&mut mb);
+        assert_ne!(ma[..], mb[..], "a live page's tuples are compared");
+        put_u16(&mut a[..], BLCKSZ - 2, GIN_DELETED);
+        put_u16(&mut b[..], BLCKSZ - 2, GIN_DELETED);
+        gin_mask(&mut a);
+        gin_mask(&mut b);
+        assert_eq!(a[..], b[..]);
     }
 }

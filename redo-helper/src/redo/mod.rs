@@ -12,16 +12,17 @@
 //! - [`relation_changes`]: creations, truncations and drops (smgr, commit/abort, database
 //!   drop) that change which pages exist.
 //!
-//! Resource managers replayed: XLOG (FPI), Heap, Heap2, Btree, Sequence, BRIN, Generic (the
-//! generic WAL of extension index AMs such as bloom, rum, pgvector); Storage and
+//! Resource managers replayed: XLOG (FPI), Heap, Heap2, Btree, Sequence, BRIN, GIN, Generic
+//! (the generic WAL of extension index AMs such as bloom, rum, pgvector); Storage and
 //! Transaction records change relations, not pages. Any other record touching a page
-//! (hash, GIN, GiST, SP-GiST, custom) is refused with
+//! (hash, GiST, SP-GiST, custom) is refused with
 //! [`RedoErrorKind::Unsupported`]: its page is unreadable until an image arrives.
 
 pub(crate) mod brin;
 pub(crate) mod btree;
 pub(crate) mod compare;
 pub(crate) mod generic;
+pub(crate) mod gin;
 pub(crate) mod heap;
 pub(crate) mod heap2;
 pub(crate) mod mask;
@@ -98,6 +99,28 @@ pub(crate) fn malformed(what: impl Into<String>) -> RedoErrorKind {
     RedoErrorKind::Malformed(what.into())
 }
 
+/// The record's WILL_INIT flag must agree with whether redo re-initialises the page
+/// (`XLogReadBufferForRedoExtended`: "block to be initialized in redo routine must be
+/// marked with WILL_INIT flag in the WAL record" and the converse, both PANIC).
+pub(crate) fn require_init(block: &BlockRef, init: bool) -> Result<(), RedoErrorKind> {
+    match (block.will_init(), init) {
+        (true, false) => Err(malformed(format!(
+            "block {} has WILL_INIT but redo does not initialise it",
+            block.id
+        ))),
+        (false, true) => Err(malformed(format!(
+            "block {} is initialised by redo but lacks WILL_INIT",
+            block.id
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A block id the record type never registers.
+pub(crate) fn unexpected_block(id: u8) -> Result<LsnRule, RedoErrorKind> {
+    Err(malformed(format!("unexpected block id {id}")))
+}
+
 /// A redo failure, naming the record (rmgr, type, LSN) and the page.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("redo of {rmgr} {record} at {lsn} on page {page}: {kind}")]
@@ -135,6 +158,7 @@ pub(crate) fn rmgr_replayed(rmid: u8) -> bool {
             | rmgr::RM_SEQ_ID
             | rmgr::RM_GENERIC_ID
             | rmgr::RM_BRIN_ID
+            | rmgr::RM_GIN_ID
     )
 }
 
@@ -179,6 +203,7 @@ fn apply_block_kind(
         rmgr::RM_SEQ_ID => seq::redo_block(rec, block, page)?,
         rmgr::RM_GENERIC_ID => generic::redo_block(rec, block, page)?,
         rmgr::RM_BRIN_ID => brin::redo_block(rec, block, page)?,
+        rmgr::RM_GIN_ID => gin::redo_block(rec, block, page)?,
         _ => return Err(RedoErrorKind::Unsupported),
     };
     if rule == LsnRule::Stamp {

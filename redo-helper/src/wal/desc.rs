@@ -596,6 +596,98 @@ fn generic_desc(
     Ok(())
 }
 
+/// `gin_desc`. For INSERT and VACUUM_DATA_LEAF_PAGE the block data is described only when
+/// block 0 has no image (the data is then not logged).
+fn gin_desc(buf: &mut String, rec: &DecodedRecord) -> Result<(), crate::wal::error::MainDataError> {
+    use gin::*;
+    let yn = |b: bool| if b { 'T' } else { 'F' };
+    // " (full page image[, for WAL verification])" when block 0 has an image, else None.
+    let image_note = |buf: &mut String| -> bool {
+        match rec.block(0).and_then(|b| b.image) {
+            Some(img) if img.apply() => buf.push_str(" (full page image)"),
+            Some(_) => buf.push_str(" (full page image, for WAL verification)"),
+            None => return false,
+        }
+        true
+    };
+    let block0_data = || rec.block(0).map(|b| rec.block_data(b)).unwrap_or(&[]);
+    match gin::parse(rec)? {
+        GinRecord::Insert { flags, children } => {
+            let _ = write!(
+                buf,
+                "isdata: {} isleaf: {}",
+                yn(GinRecord::is_data(flags)),
+                yn(GinRecord::is_leaf(flags))
+            );
+            if let Some((left, right)) = children {
+                let _ = write!(buf, " children: {left}/{right}");
+            }
+            if !image_note(buf) {
+                let data = block0_data();
+                if !GinRecord::is_data(flags) {
+                    let e = parse_insert_entry(rec, data)?;
+                    let _ = write!(buf, " isdelete: {}", yn(e.is_delete));
+                } else if GinRecord::is_leaf(flags) {
+                    recompress_desc(buf, rec, data)?;
+                } else {
+                    let i = parse_insert_data_internal(rec, data)?;
+                    let g = |o: usize| u16::from_le_bytes([i.new_item[o], i.new_item[o + 1]]);
+                    let child = (g(0) as u32) << 16 | g(2) as u32;
+                    let key_blk = (g(4) as u32) << 16 | g(6) as u32;
+                    let _ = write!(buf, " pitem: {child}-{key_blk}/{}", g(8));
+                }
+            }
+        }
+        GinRecord::Split { flags } => {
+            let _ = write!(
+                buf,
+                "isrootsplit: {} isdata: {} isleaf: {}",
+                yn(flags & GIN_SPLIT_ROOT != 0),
+                yn(GinRecord::is_data(flags)),
+                yn(GinRecord::is_leaf(flags))
+            );
+        }
+        GinRecord::VacuumDataLeafPage => {
+            if !image_note(buf) {
+                recompress_desc(buf, rec, block0_data())?;
+            }
+        }
+        GinRecord::DeleteListPages { ndeleted, .. } => {
+            let _ = write!(buf, "ndeleted: {ndeleted}");
+        }
+        GinRecord::CreatePostingTree { .. }
+        | GinRecord::VacuumPage
+        | GinRecord::DeletePage { .. }
+        | GinRecord::UpdateMetaPage { .. }
+        | GinRecord::InsertListPage { .. } => {}
+    }
+    Ok(())
+}
+
+/// `desc_recompress_leaf`.
+fn recompress_desc(
+    buf: &mut String,
+    rec: &DecodedRecord,
+    data: &[u8],
+) -> Result<(), crate::wal::error::MainDataError> {
+    use gin::SegmentAction;
+    let actions = gin::parse_recompress(rec, data)?;
+    let _ = write!(buf, " {} segments:", actions.len());
+    for (segno, a) in actions {
+        let _ = match a {
+            SegmentAction::AddItems(items) => write!(
+                buf,
+                " {segno} (add {} items)",
+                items.len() / gin::ITEM_POINTER_SIZE
+            ),
+            SegmentAction::Delete => write!(buf, " {segno} (delete)"),
+            SegmentAction::Insert(_) => write!(buf, " {segno} (insert)"),
+            SegmentAction::Replace(_) => write!(buf, " {segno} (replace)"),
+        };
+    }
+    Ok(())
+}
+
 fn small_desc(
     buf: &mut String,
     rec: &DecodedRecord,
@@ -690,6 +782,7 @@ pub fn describe(rec: &DecodedRecord, buf: &mut String) {
         RM_HEAP2_ID => heap2_desc(buf, rec),
         RM_BTREE_ID => btree_desc(buf, rec),
         RM_BRIN_ID => brin_desc(buf, rec),
+        RM_GIN_ID => gin_desc(buf, rec),
         RM_STANDBY_ID => standby_desc(buf, rec),
         RM_GENERIC_ID => generic_desc(buf, rec),
         _ => small_desc(buf, rec),
@@ -715,6 +808,7 @@ pub fn has_pg_waldump_desc(rmid: u8) -> bool {
             | RM_HEAP_ID
             | RM_BTREE_ID
             | RM_BRIN_ID
+            | RM_GIN_ID
             | RM_SEQ_ID
             | RM_COMMIT_TS_ID
             | RM_GENERIC_ID

@@ -15,6 +15,7 @@ mod checksum;
 mod corruption;
 mod fuzz_wal;
 mod generic_wal;
+mod gin;
 mod ingest;
 mod redo_verify;
 mod repair;

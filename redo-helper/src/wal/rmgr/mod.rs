@@ -6,6 +6,7 @@ pub mod brin;
 pub mod btree;
 pub mod dbase;
 pub mod generic;
+pub mod gin;
 pub mod heap;
 pub mod seq;
 pub mod smgr;
@@ -158,18 +159,7 @@ pub fn identify(rmid: u8, info: u8) -> Option<&'static str> {
             0xC0 => "VACUUM_ONE_PAGE",
             _ => return None,
         },
-        RM_GIN_ID => match i {
-            0x10 => "CREATE_PTREE",
-            0x20 => "INSERT",
-            0x30 => "SPLIT",
-            0x40 => "VACUUM_PAGE",
-            0x50 => "DELETE_PAGE",
-            0x60 => "UPDATE_META_PAGE",
-            0x70 => "INSERT_LISTPAGE",
-            0x80 => "DELETE_LISTPAGE",
-            0x90 => "VACUUM_DATA_LEAF_PAGE",
-            _ => return None,
-        },
+        RM_GIN_ID => gin::identify(i)?,
         RM_GIST_ID => match i {
             0x00 => "PAGE_UPDATE",
             0x10 => "DELETE",

@@ -1,0 +1,857 @@
+//! GIN redo (`gin_redo` in `access/gin/ginxlog.c`, PostgreSQL 15): all nine record types,
+//! one block reference at a time.
+//!
+//! Page layout facts (`access/ginblock.h`, `access/gin/ginutil.c`):
+//! - Every GIN page has an 8-byte special space, `GinPageOpaqueData` {rightlink, maxoff,
+//!   flags}; `GinInitPage` is `PageInit(page, BLCKSZ, 8)` with the flags and an invalid
+//!   right link. There is no page id: the flags (below 0x100) end the page.
+//! - The metapage (block 0) keeps `GinMetaPageData` (56 bytes) at `PageGetContents`
+//!   (offset 24), pd_lower just past it (80).
+//! - Entry-tree pages and pending-list pages hold ordinary index tuples.
+//! - Posting-tree (data) pages keep, at offset 24, the right bound (an item pointer,
+//!   MAXALIGNed to 8 bytes), then from offset 32 either `PostingItem`s (internal pages,
+//!   10 bytes each, `maxoff` of them) or, on leaves, a sequence of compressed
+//!   `GinPostingList` segments; pd_lower marks the end of either (`GinDataPageSetDataSize`).
+//! - A compressed segment is the first item pointer, a uint16 byte count, and the
+//!   following items as varbyte-encoded deltas of `block << 11 | offset`
+//!   (`access/gin/ginpostinglist.c`), padded to an even length.
+//!
+//! Page splits, root splits and entry-leaf vacuuming log full page images of every page
+//! they change (`ginRedoSplit` and `ginRedoVacuumPage` raise an error without them); the
+//! engine restores those before this module is reached, so a block of those records that
+//! arrives here is malformed. Every other change stamps the page with the record's end LSN.
+
+use super::page::{Page, PageLayout, SIZE_OF_PAGE_HEADER, get_u16, put_u16, put_u32};
+use super::{LsnRule, RedoErrorKind, malformed, require_init, unexpected_block};
+use crate::wal::block::BlockRef;
+use crate::wal::page::BLCKSZ;
+use crate::wal::record::DecodedRecord;
+use crate::wal::rmgr::gin::{
+    GIN_META_DATA_SIZE, GIN_POSTING_LIST_HEADER, GinRecord, ITEM_POINTER_SIZE, POSTING_ITEM_SIZE,
+    SegmentAction, parse, parse_insert_data_internal, parse_insert_entry, parse_recompress,
+    size_of_posting_list,
+};
+
+/// `sizeof(GinPageOpaqueData)`.
+pub(crate) const GIN_SPECIAL_SIZE: usize = 8;
+/// `GinPageOpaqueData.flags` bits.
+pub(crate) const GIN_DATA: u16 = 1 << 0;
+pub(crate) const GIN_LEAF: u16 = 1 << 1;
+pub(crate) const GIN_DELETED: u16 = 1 << 2;
+pub(crate) const GIN_META: u16 = 1 << 3;
+pub(crate) const GIN_LIST: u16 = 1 << 4;
+pub(crate) const GIN_LIST_FULLROW: u16 = 1 << 5;
+pub(crate) const GIN_INCOMPLETE_SPLIT: u16 = 1 << 6;
+pub(crate) const GIN_COMPRESSED: u16 = 1 << 7;
+/// `GIN_CURRENT_VERSION`.
+const GIN_CURRENT_VERSION: u32 = 2;
+/// `InvalidBlockNumber`.
+const INVALID_BLOCK: u32 = u32::MAX;
+/// Where a data page's items or segments start: `PageGetContents` plus the MAXALIGNed
+/// right bound.
+const GIN_DATA_START: usize = SIZE_OF_PAGE_HEADER + 8;
+/// Where the special space starts on every GIN page.
+const GIN_SPECIAL_START: usize = BLCKSZ - GIN_SPECIAL_SIZE;
+/// `GinDataPageMaxDataSize`.
+const GIN_DATA_PAGE_MAX_DATA_SIZE: usize = GIN_SPECIAL_START - GIN_DATA_START;
+/// `MaxHeapTuplesPerPageBits`: item pointers are packed as `block << 11 | offset`.
+const MAX_HEAP_TUPLES_PER_PAGE_BITS: u32 = 11;
+
+// GinPageOpaqueData fields, at the start of the special space.
+const OPAQUE_RIGHTLINK: usize = GIN_SPECIAL_START;
+const OPAQUE_MAXOFF: usize = GIN_SPECIAL_START + 4;
+const OPAQUE_FLAGS: usize = GIN_SPECIAL_START + 6;
+
+/// The flags of a GIN page (`GinPageGetOpaque(page)->flags`).
+pub(crate) fn page_flags(page: &Page) -> u16 {
+    get_u16(page, OPAQUE_FLAGS)
+}
+
+fn set_page_flags(page: &mut Page, flags: u16) {
+    put_u16(page, OPAQUE_FLAGS, flags);
+}
+
+fn maxoff(page: &Page) -> u16 {
+    get_u16(page, OPAQUE_MAXOFF)
+}
+
+fn set_maxoff(page: &mut Page, v: u16) {
+    put_u16(page, OPAQUE_MAXOFF, v);
+}
+
+fn set_rightlink(page: &mut Page, blk: u32) {
+    put_u32(page, OPAQUE_RIGHTLINK, blk);
+}
+
+/// `GinInitPage`.
+fn gin_init_page(page: &mut Page, flags: u16) {
+    page.init(GIN_SPECIAL_SIZE);
+    set_page_flags(page, flags);
+    set_rightlink(page, INVALID_BLOCK);
+}
+
+/// `GinInitMetabuffer`, then the logged metadata over the defaults it sets (the redo of
+/// UPDATE_META_PAGE and DELETE_LISTPAGE copies the whole `GinMetaPageData`). pd_lower goes
+/// just past the metadata so that page images keep it.
+fn gin_init_metapage(page: &mut Page, metadata: &[u8]) -> Result<(), RedoErrorKind> {
+    if metadata.len() != GIN_META_DATA_SIZE {
+        return Err(malformed(format!(
+            "GIN metadata of {} bytes, expected {GIN_META_DATA_SIZE}",
+            metadata.len()
+        )));
+    }
+    gin_init_page(page, GIN_META);
+    let at = SIZE_OF_PAGE_HEADER;
+    // The defaults: head and tail invalid, ginVersion current (the copy below replaces
+    // them, as in PostgreSQL).
+    put_u32(page, at, INVALID_BLOCK);
+    put_u32(page, at + 4, INVALID_BLOCK);
+    put_u32(page, at + 48, GIN_CURRENT_VERSION);
+    page[at..at + GIN_META_DATA_SIZE].copy_from_slice(metadata);
+    page.set_lower((at + GIN_META_DATA_SIZE) as u16);
+    Ok(())
+}
+
+/// A GIN page that redo changes in place must have GIN's special space and the given
+/// flags (PostgreSQL asserts `GinPageIsData`/`GinPageIsLeaf`; the engine refuses instead
+/// of writing into a page of another shape).
+fn require_gin_page(page: &Page, must: u16, must_not: u16) -> Result<u16, RedoErrorKind> {
+    if page.special() as usize != GIN_SPECIAL_START {
+        return Err(shape(format!(
+            "not a GIN page: special space at {} (expected {GIN_SPECIAL_START})",
+            page.special()
+        )));
+    }
+    let flags = page_flags(page);
+    if flags & must != must || flags & must_not != 0 {
+        return Err(shape(format!(
+            "GIN page flags {flags:#x} do not fit the record (need {must:#x}, not {must_not:#x})"
+        )));
+    }
+    Ok(flags)
+}
+
+fn shape(what: String) -> RedoErrorKind {
+    RedoErrorKind::Page(super::page::PageShapeError::Other(what))
+}
+
+/// `gin_redo`: one block reference of a GIN record, by the function of `ginxlog.c` that
+/// replays its record type.
+pub(super) fn redo_block(
+    rec: &DecodedRecord,
+    block: &BlockRef,
+    page: &mut Page,
+) -> Result<LsnRule, RedoErrorKind> {
+    let parsed = parse(rec).map_err(|e| malformed(e.to_string()))?;
+    match parsed {
+        GinRecord::CreatePostingTree { posting_list } => match block.id {
+            0 => create_posting_tree(block, page, posting_list),
+            id => unexpected_block(id),
+        },
+        GinRecord::Insert { flags, children } => match block.id {
+            0 => insert(rec, block, page, flags, children),
+            1 if children.is_some() => clear_incomplete_split(block, page),
+            id => unexpected_block(id),
+        },
+        GinRecord::Split { flags } => match block.id {
+            3 if !GinRecord::is_leaf(flags) => clear_incomplete_split(block, page),
+            0 => Err(malformed(
+                "GIN split record did not contain a full-page image of left page",
+            )),
+            1 => Err(malformed(
+                "GIN split record did not contain a full-page image of right page",
+            )),
+            2 => Err(malformed(
+                "GIN split record did not contain a full-page image of root page",
+            )),
+            id => unexpected_block(id),
+        },
+        GinRecord::VacuumPage => Err(malformed(
+            "replay of gin entry tree page vacuum did not restore the page",
+        )),
+        GinRecord::VacuumDataLeafPage => match block.id {
+            0 => {
+                require_init(block, false)?;
+                require_gin_page(page, GIN_DATA | GIN_LEAF, 0)?;
+                let actions = parse_recompress(rec, rec.block_data(block))
+                    .map_err(|e| malformed(e.to_string()))?;
+                redo_recompress(page, &actions)?;
+                Ok(LsnRule::Stamp)
+            }
+            id => unexpected_block(id),
+        },
+        GinRecord::DeletePage {
+            parent_offset,
+            right_link,
+            delete_xid,
+        } => delete_page(block, page, parent_offset, right_link, delete_xid),
+        GinRecord::UpdateMetaPage {
+            metadata,
+            prev_tail,
+            new_rightlink,
+            ntuples,
+        } => match block.id {
+            // Restored unconditionally, like an image: the record carries all of it.
+            0 => {
+                require_init(block, true)?;
+                gin_init_metapage(page, metadata)?;
+                Ok(LsnRule::Stamp)
+            }
+            1 if ntuples > 0 => {
+                require_init(block, false)?;
+                append_to_tail(rec, block, page, ntuples)
+            }
+            1 if prev_tail != INVALID_BLOCK => {
+                // A new sublist was linked after the old tail.
+                require_init(block, false)?;
+                require_gin_page(page, GIN_LIST, 0)?;
+                set_rightlink(page, new_rightlink);
+                Ok(LsnRule::Stamp)
+            }
+            id => unexpected_block(id),
+        },
+        GinRecord::InsertListPage { rightlink, ntuples } => match block.id {
+            0 => insert_list_page(rec, block, page, rightlink, ntuples),
+            id => unexpected_block(id),
+        },
+        GinRecord::DeleteListPages { metadata, ndeleted } => match block.id {
+            0 => {
+                require_init(block, true)?;
+                gin_init_metapage(page, metadata)?;
+                Ok(LsnRule::Stamp)
+            }
+            // The removed head pages become empty deleted pages; their right links are
+            // not kept (no reader can reach them any more).
+            id if (id as i32) <= ndeleted => {
+                require_init(block, true)?;
+                gin_init_page(page, GIN_DELETED);
+                Ok(LsnRule::Stamp)
+            }
+            id => unexpected_block(id),
+        },
+    }
+}
+
+/// `ginRedoCreatePTree`: a new posting tree's root, a compressed leaf holding the logged
+/// posting list.
+fn create_posting_tree(
+    block: &BlockRef,
+    page: &mut Page,
+    posting_list: &[u8],
+) -> Result<LsnRule, RedoErrorKind> {
+    require_init(block, true)?;
+    if posting_list.len() > GIN_DATA_PAGE_MAX_DATA_SIZE {
+        return Err(malformed(format!(
+            "posting tree root of {} bytes exceeds GinDataPageMaxDataSize",
+            posting_list.len()
+        )));
+    }
+    gin_init_page(page, GIN_DATA | GIN_LEAF | GIN_COMPRESSED);
+    page[GIN_DATA_START..GIN_DATA_START + posting_list.len()].copy_from_slice(posting_list);
+    set_data_size(page, posting_list.len());
+    Ok(LsnRule::Stamp)
+}
+
+/// `GinDataPageSetDataSize`: pd_lower marks the end of a data page's items.
+fn set_data_size(page: &mut Page, size: usize) {
+    page.set_lower((GIN_DATA_START + size) as u16);
+}
+
+/// `ginRedoClearIncompleteSplit`: the child whose split an insertion into its parent
+/// finishes loses `GIN_INCOMPLETE_SPLIT`.
+fn clear_incomplete_split(block: &BlockRef, page: &mut Page) -> Result<LsnRule, RedoErrorKind> {
+    require_init(block, false)?;
+    let flags = require_gin_page(page, 0, 0)?;
+    set_page_flags(page, flags & !GIN_INCOMPLETE_SPLIT);
+    Ok(LsnRule::Stamp)
+}
+
+/// `ginRedoInsert` on block 0: the payload's form depends on the tree (entry or posting
+/// tree) and the level (leaf or internal).
+fn insert(
+    rec: &DecodedRecord,
+    block: &BlockRef,
+    page: &mut Page,
+    flags: u16,
+    children: Option<(u32, u32)>,
+) -> Result<LsnRule, RedoErrorKind> {
+    require_init(block, false)?;
+    let data = rec.block_data(block);
+    let is_leaf = GinRecord::is_leaf(flags);
+    // A non-leaf insertion finishes a child's split: the right child's block number
+    // replaces the downlink at the insert offset, and the new item points to the left.
+    let right_child = children.map(|(_, right)| right);
+    if GinRecord::is_data(flags) {
+        if is_leaf {
+            require_gin_page(page, GIN_DATA | GIN_LEAF, 0)?;
+            let actions = parse_recompress(rec, data).map_err(|e| malformed(e.to_string()))?;
+            redo_recompress(page, &actions)?;
+        } else {
+            require_gin_page(page, GIN_DATA, GIN_LEAF)?;
+            let ins =
+                parse_insert_data_internal(rec, data).map_err(|e| malformed(e.to_string()))?;
+            let right = right_child.unwrap_or(INVALID_BLOCK);
+            set_posting_item_block(page, ins.offset, right)?;
+            add_posting_item(page, ins.new_item, ins.offset)?;
+        }
+    } else {
+        require_gin_page(page, 0, GIN_DATA)?;
+        let ins = parse_insert_entry(rec, data).map_err(|e| malformed(e.to_string()))?;
+        insert_entry(page, is_leaf, right_child, &ins)?;
+    }
+    Ok(LsnRule::Stamp)
+}
+
+/// `ginRedoInsertEntry`.
+fn insert_entry(
+    page: &mut Page,
+    is_leaf: bool,
+    right_child: Option<u32>,
+    ins: &crate::wal::rmgr::gin::InsertEntry<'_>,
+) -> Result<(), RedoErrorKind> {
+    if let Some(right) = right_child {
+        if is_leaf {
+            return Err(malformed("GIN leaf insert finishing a split"));
+        }
+        // GinSetDownlink: the tuple's t_tid becomes (right child, InvalidOffsetNumber).
+        let t = page.item_mut(ins.offset)?;
+        if t.len() < ITEM_POINTER_SIZE {
+            return Err(shape(format!("entry tuple at {} too short", ins.offset)));
+        }
+        put_u16(t, 0, (right >> 16) as u16);
+        put_u16(t, 2, right as u16);
+        put_u16(t, 4, 0);
+    }
+    if ins.is_delete {
+        if !is_leaf {
+            return Err(malformed("GIN isDelete on an internal entry page"));
+        }
+        page.index_tuple_delete(ins.offset)?;
+    }
+    let tuple = index_tuple(ins.tuple)?;
+    // PageAddItem(page, itup, IndexTupleSize(itup), offset, overwrite = false,
+    // is_heap = false).
+    page.add_item(tuple, ins.offset, 0)?;
+    Ok(())
+}
+
+/// The `IndexTupleSize` bytes of the tuple at the start of `data` (`t_info & 0x1FFF`,
+/// `INDEX_SIZE_MASK`).
+fn index_tuple(data: &[u8]) -> Result<&[u8], RedoErrorKind> {
+    if data.len() < 8 {
+        return Err(malformed(format!("index tuple of {} bytes", data.len())));
+    }
+    let size = (get_u16(data, 6) & 0x1FFF) as usize;
+    if size < 8 || size > data.len() {
+        return Err(malformed(format!(
+            "index tuple size {size} with {} bytes logged",
+            data.len()
+        )));
+    }
+    Ok(&data[..size])
+}
+
+/// Where `PostingItem` number `offset` (1-based) is on an internal data page.
+fn posting_item_pos(offset: u16) -> usize {
+    GIN_DATA_START + (offset as usize).saturating_sub(1) * POSTING_ITEM_SIZE
+}
+
+fn check_posting_offset(page: &Page, offset: u16, limit: u16) -> Result<(), RedoErrorKind> {
+    if offset == 0 || offset > limit {
+        return Err(RedoErrorKind::Page(
+            super::page::PageShapeError::InvalidOffset {
+                offnum: offset,
+                max: maxoff(page),
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// `PostingItemSetBlockNumber` on item `offset`.
+fn set_posting_item_block(page: &mut Page, offset: u16, blk: u32) -> Result<(), RedoErrorKind> {
+    check_posting_offset(page, offset, maxoff(page))?;
+    let pos = posting_item_pos(offset);
+    put_u16(page, pos, (blk >> 16) as u16);
+    put_u16(page, pos + 2, blk as u16);
+    Ok(())
+}
+
+/// `GinDataPageAddPostingItem`: the item goes in at `offset`, later ones move up; pd_lower
+/// follows the items so that page images can leave out the rest.
+fn add_posting_item(page: &mut Page, item: &[u8], offset: u16) -> Result<(), RedoErrorKind> {
+    let n = maxoff(page);
+    check_posting_offset(page, offset, n.saturating_add(1))?;
+    let new_size = (n as usize + 1) * POSTING_ITEM_SIZE;
+    if new_size > GIN_DATA_PAGE_MAX_DATA_SIZE {
+        return Err(shape(format!("no room for posting item {}", n + 1)));
+    }
+    let pos = posting_item_pos(offset);
+    let end = posting_item_pos(n + 1);
+    page.copy_within(pos..end, pos + POSTING_ITEM_SIZE);
+    page[pos..pos + POSTING_ITEM_SIZE].copy_from_slice(item);
+    set_maxoff(page, n + 1);
+    set_data_size(page, new_size);
+    Ok(())
+}
+
+/// `GinPageDeletePostingItem`.
+fn delete_posting_item(page: &mut Page, offset: u16) -> Result<(), RedoErrorKind> {
+    let n = maxoff(page);
+    check_posting_offset(page, offset, n)?;
+    let pos = posting_item_pos(offset);
+    page.copy_within(pos + POSTING_ITEM_SIZE..posting_item_pos(n + 1), pos);
+    set_maxoff(page, n - 1);
+    set_data_size(page, (n as usize - 1) * POSTING_ITEM_SIZE);
+    Ok(())
+}
+
+/// `ginRedoDeletePage`: the left sibling's right link skips the page (block 2), the page
+/// is marked deleted with the last XID that could see it in pd_prune_xid (block 0), and
+/// its downlink leaves the parent (block 1).
+fn delete_page(
+    block: &BlockRef,
+    page: &mut Page,
+    parent_offset: u16,
+    right_link: u32,
+    delete_xid: u32,
+) -> Result<LsnRule, RedoErrorKind> {
+    require_init(block, false)?;
+    match block.id {
+        0 => {
+            let flags = require_gin_page(page, GIN_DATA, 0)?;
+            set_page_flags(page, flags | GIN_DELETED);
+            page.set_prune_xid(delete_xid);
+        }
+        1 => {
+            require_gin_page(page, GIN_DATA, GIN_LEAF)?;
+            delete_posting_item(page, parent_offset)?;
+        }
+        2 => {
+            require_gin_page(page, GIN_DATA, 0)?;
+            set_rightlink(page, right_link);
+        }
+        id => return unexpected_block(id),
+    }
+    Ok(LsnRule::Stamp)
+}
+
+/// The `ntuples` index tuples packed one after another in `data`, which they must fill.
+fn packed_tuples(data: &[u8], ntuples: i32) -> Result<Vec<&[u8]>, RedoErrorKind> {
+    let n = usize::try_from(ntuples).map_err(|_| malformed(format!("ntuples {ntuples}")))?;
+    let mut out = Vec::with_capacity(n.min(1024));
+    let mut rest = data;
+    for _ in 0..n {
+        let t = index_tuple(rest)?;
+        rest = &rest[t.len()..];
+        out.push(t);
+    }
+    if !rest.is_empty() {
+        return Err(malformed(format!(
+            "{} bytes left after {n} pending-list tuples",
+            rest.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// `ginRedoUpdateMetapage`, block 1 with tuples: the pending list's tail gets them
+/// appended, and its heap-tuple counter (`maxoff` on list pages) goes up by one.
+fn append_to_tail(
+    rec: &DecodedRecord,
+    block: &BlockRef,
+    page: &mut Page,
+    ntuples: i32,
+) -> Result<LsnRule, RedoErrorKind> {
+    require_gin_page(page, GIN_LIST, 0)?;
+    let tuples = packed_tuples(rec.block_data(block), ntuples)?;
+    let mut off = if page.is_empty_page() {
+        1
+    } else {
+        page.max_offset() + 1
+    };
+    for t in tuples {
+        page.add_item(t, off, 0)?;
+        off += 1;
+    }
+    set_maxoff(page, maxoff(page).wrapping_add(1));
+    Ok(LsnRule::Stamp)
+}
+
+/// `ginRedoInsertListPage`: a pending-list page built from nothing. The last page of a
+/// sublist (no right link) holds whole rows (`GIN_LIST_FULLROW`) and counts one heap tuple.
+fn insert_list_page(
+    rec: &DecodedRecord,
+    block: &BlockRef,
+    page: &mut Page,
+    rightlink: u32,
+    ntuples: i32,
+) -> Result<LsnRule, RedoErrorKind> {
+    require_init(block, true)?;
+    let tuples = packed_tuples(rec.block_data(block), ntuples)?;
+    gin_init_page(page, GIN_LIST);
+    set_rightlink(page, rightlink);
+    if rightlink == INVALID_BLOCK {
+        set_page_flags(page, GIN_LIST | GIN_LIST_FULLROW);
+        set_maxoff(page, 1);
+    }
+    for (i, t) in tuples.into_iter().enumerate() {
+        page.add_item(t, i as u16 + 1, 0)?;
+    }
+    Ok(LsnRule::Stamp)
+}
+
+// ---- compressed posting lists (access/gin/ginpostinglist.c) ----
+
+/// An item pointer as GIN orders and encodes it: `block << 11 | offset`.
+type PackedItem = u64;
+
+fn pack(blk: u32, off: u16) -> PackedItem {
+    (blk as u64) << MAX_HEAP_TUPLES_PER_PAGE_BITS | off as u64
+}
+
+fn read_item_pointer(b: &[u8]) -> PackedItem {
+    let blk = (get_u16(b, 0) as u32) << 16 | get_u16(b, 2) as u32;
+    pack(blk, get_u16(b, 4))
+}
+
+fn write_item_pointer(out: &mut Vec<u8>, item: PackedItem) {
+    let blk = (item >> MAX_HEAP_TUPLES_PER_PAGE_BITS) as u32;
+    let off = (item & ((1 << MAX_HEAP_TUPLES_PER_PAGE_BITS) - 1)) as u16;
+    out.extend_from_slice(&((blk >> 16) as u16).to_le_bytes());
+    out.extend_from_slice(&(blk as u16).to_le_bytes());
+    out.extend_from_slice(&off.to_le_bytes());
+}
+
+/// The length of the segment at the start of `b` (`SizeOfGinPostingList`), if it fits.
+fn segment_len(b: &[u8]) -> Option<usize> {
+    if b.len() < GIN_POSTING_LIST_HEADER {
+        return None;
+    }
+    let len = size_of_posting_list(get_u16(b, ITEM_POINTER_SIZE) as usize);
+    (len <= b.len()).then_some(len)
+}
+
+/// `ginPostingListDecode` of one segment: the first item, then varbyte deltas (seven bits
+/// a byte, high bit set on all but the last; a seventh byte is taken whole).
+fn decode_segment(seg: &[u8]) -> Result<Vec<PackedItem>, RedoErrorKind> {
+    let bad = |what: &str| shape(format!("corrupt GIN posting list: {what}"));
+    let len = segment_len(seg).ok_or_else(|| bad("truncated header"))?;
+    let nbytes = get_u16(seg, ITEM_POINTER_SIZE) as usize;
+    let _ = len;
+    let bytes = &seg[GIN_POSTING_LIST_HEADER..GIN_POSTING_LIST_HEADER + nbytes];
+    let mut items = vec![read_item_pointer(seg)];
+    let mut prev = items[0];
+    let mut i = 0;
+    while i < bytes.len() {
+        let mut delta: u64 = 0;
+        let mut k = 0;
+        loop {
+            let c = *bytes
+                .get(i)
+                .ok_or_else(|| bad("varbyte runs past the segment"))? as u64;
+            i += 1;
+            if k == 6 {
+                delta |= c << 42;
+                break;
+            }
+            delta |= (c & 0x7F) << (7 * k);
+            if c & 0x80 == 0 {
+                break;
+            }
+            k += 1;
+        }
+        prev = prev
+            .checked_add(delta)
+            .filter(|v| v >> MAX_HEAP_TUPLES_PER_PAGE_BITS <= u32::MAX as u64)
+            .ok_or_else(|| bad("item pointer out of range"))?;
+        items.push(prev);
+    }
+    Ok(items)
+}
+
+/// `ginCompressPostingList` with room for everything (redo passes BLCKSZ): one segment.
+fn encode_segment(items: &[PackedItem]) -> Result<Vec<u8>, RedoErrorKind> {
+    let (&first, rest) = items
+        .split_first()
+        .ok_or_else(|| malformed("empty GIN posting list"))?;
+    let mut out = Vec::with_capacity(GIN_POSTING_LIST_HEADER + rest.len() * 2);
+    write_item_pointer(&mut out, first);
+    out.extend_from_slice(&[0, 0]);
+    let mut prev = first;
+    for &item in rest {
+        if item <= prev {
+            return Err(malformed("GIN posting list items out of order"));
+        }
+        let mut delta = item - prev;
+        while delta > 0x7F {
+            out.push(0x80 | (delta & 0x7F) as u8);
+            delta >>= 7;
+        }
+        out.push(delta as u8);
+        prev = item;
+    }
+    let nbytes = out.len() - GIN_POSTING_LIST_HEADER;
+    if nbytes > u16::MAX as usize || out.len() > BLCKSZ {
+        return Err(malformed("GIN posting list does not fit a page"));
+    }
+    put_u16(&mut out, ITEM_POINTER_SIZE, nbytes as u16);
+    // An odd length is padded with a zero byte.
+    if nbytes % 2 == 1 {
+        out.push(0);
+    }
+    Ok(out)
+}
+
+/// `ginMergeItemPointers`: the sorted union of two sorted lists.
+fn merge_items(a: &[PackedItem], b: &[PackedItem]) -> Vec<PackedItem> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(b[j]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
+/// `ginRedoRecompress`: a posting-tree leaf's segments after the logged actions. The
+/// actions name segments by their number in the old page, in increasing order; segments
+/// no action names are kept as they are. The page's segments are rebuilt in order and
+/// pd_lower set past the last; bytes after it are unused space, as in PostgreSQL.
+fn redo_recompress(
+    page: &mut Page,
+    actions: &[(u8, SegmentAction<'_>)],
+) -> Result<(), RedoErrorKind> {
+    if page_flags(page) & GIN_COMPRESSED == 0 {
+        convert_uncompressed_leaf(page)?;
+    }
+    let end = page.lower() as usize;
+    if !(GIN_DATA_START..=GIN_SPECIAL_START).contains(&end) {
+        return Err(shape(format!("GIN data leaf with pd_lower {end}")));
+    }
+    let old_area = page[GIN_DATA_START..end].to_vec();
+    let mut old: Vec<&[u8]> = Vec::new();
+    let mut rest = &old_area[..];
+    while !rest.is_empty() {
+        let len = segment_len(rest)
+            .ok_or_else(|| shape("corrupt GIN posting list: segment past pd_lower".into()))?;
+        old.push(&rest[..len]);
+        rest = &rest[len..];
+    }
+
+    let mut out: Vec<u8> = Vec::with_capacity(old_area.len() + 64);
+    let mut segno = 0usize;
+    for (a_segno, action) in actions {
+        let a_segno = *a_segno as usize;
+        if a_segno < segno {
+            return Err(malformed(format!(
+                "GIN leaf action on segment {a_segno} after segment {segno}"
+            )));
+        }
+        while segno < a_segno {
+            let seg = old.get(segno).ok_or_else(|| {
+                malformed(format!(
+                    "GIN leaf action on segment {a_segno} of {}",
+                    old.len()
+                ))
+            })?;
+            out.extend_from_slice(seg);
+            segno += 1;
+        }
+        let existing = old.get(segno);
+        match (action, existing) {
+            (SegmentAction::Insert(seg), _) => out.extend_from_slice(seg),
+            (SegmentAction::Delete, Some(_)) => segno += 1,
+            (SegmentAction::Replace(seg), Some(_)) => {
+                out.extend_from_slice(seg);
+                segno += 1;
+            }
+            (SegmentAction::AddItems(raw), Some(seg)) => {
+                let added: Vec<PackedItem> = raw
+                    .chunks_exact(ITEM_POINTER_SIZE)
+                    .map(read_item_pointer)
+                    .collect();
+                let olditems = decode_segment(seg)?;
+                let merged = merge_items(&added, &olditems);
+                // PostgreSQL asserts this: the added items are new to the segment.
+                if merged.len() != olditems.len() + added.len() {
+                    return Err(malformed(format!(
+                        "GIN ADDITEMS of {} items to segment {segno} repeats items",
+                        added.len()
+                    )));
+                }
+                out.extend_from_slice(&encode_segment(&merged)?);
+                segno += 1;
+            }
+            (_, None) => {
+                return Err(malformed(format!(
+                    "GIN leaf action on segment {segno} past the last of {}",
+                    old.len()
+                )));
+            }
+        }
+    }
+    for seg in old.iter().skip(segno) {
+        out.extend_from_slice(seg);
+    }
+    if out.len() > GIN_DATA_PAGE_MAX_DATA_SIZE {
+        return Err(shape(format!(
+            "GIN leaf segments of {} bytes exceed GinDataPageMaxDataSize",
+            out.len()
+        )));
+    }
+    page[GIN_DATA_START..GIN_DATA_START + out.len()].copy_from_slice(&out);
+    set_data_size(page, out.len());
+    Ok(())
+}
+
+/// A pre-9.4 (pg_upgrade'd) leaf keeps `maxoff` plain item pointers; `ginRedoRecompress`
+/// first turns them into one compressed segment.
+fn convert_uncompressed_leaf(page: &mut Page) -> Result<(), RedoErrorKind> {
+    let n = maxoff(page) as usize;
+    let end = GIN_DATA_START + n * ITEM_POINTER_SIZE;
+    if end > GIN_SPECIAL_START {
+        return Err(shape(format!("uncompressed GIN leaf with {n} items")));
+    }
+    let size = if n > 0 {
+        let items: Vec<PackedItem> = page[GIN_DATA_START..end]
+            .chunks_exact(ITEM_POINTER_SIZE)
+            .map(read_item_pointer)
+            .collect();
+        let seg = encode_segment(&items)?;
+        if seg.len() > GIN_DATA_PAGE_MAX_DATA_SIZE {
+            return Err(shape("converted GIN leaf does not fit".into()));
+        }
+        page[GIN_DATA_START..GIN_DATA_START + seg.len()].copy_from_slice(&seg);
+        seg.len()
+    } else {
+        0
+    };
+    set_data_size(page, size);
+    set_page_flags(page, page_flags(page) | GIN_COMPRESSED);
+    set_maxoff(page, 0);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(v: &[(u32, u16)]) -> Vec<PackedItem> {
+        v.iter().map(|&(b, o)| pack(b, o)).collect()
+    }
+
+    #[test]
+    fn posting_list_round_trip() {
+        // Deltas of one to seven varbyte bytes, the largest block number included.
+        let list = items(&[
+            (0, 1),
+            (0, 2),
+            (3, 7),
+            (1000, 1),
+            (70_000, 5),
+            (u32::MAX, 2047),
+        ]);
+        let seg = encode_segment(&list).unwrap();
+        assert_eq!(seg.len() % 2, 0);
+        assert_eq!(segment_len(&seg), Some(seg.len()));
+        assert_eq!(decode_segment(&seg).unwrap(), list);
+        // (0,1) -> (0,2): delta 1, one byte.
+        assert_eq!(seg[GIN_POSTING_LIST_HEADER], 1);
+        assert!(encode_segment(&items(&[(1, 1), (1, 1)])).is_err());
+        assert!(encode_segment(&[]).is_err());
+    }
+
+    #[test]
+    fn truncated_varbyte_is_an_error() {
+        let mut seg = encode_segment(&items(&[(0, 1), (5000, 3)])).unwrap();
+        // Claim one byte fewer: the last delta's continuation bit then runs out.
+        let nbytes = get_u16(&seg, ITEM_POINTER_SIZE) - 1;
+        put_u16(&mut seg, ITEM_POINTER_SIZE, nbytes);
+        assert!(decode_segment(&seg).is_err());
+    }
+
+    #[test]
+    fn merge_is_a_sorted_union() {
+        assert_eq!(merge_items(&[1, 4, 9], &[2, 4, 10]), vec![1, 2, 4, 9, 10]);
+        assert_eq!(merge_items(&[], &[3]), vec![3]);
+    }
+
+    #[test]
+    fn recompress_applies_actions_by_segment_number() {
+        let mut p = Box::new([0u8; BLCKSZ]);
+        gin_init_page(&mut p, GIN_DATA | GIN_LEAF | GIN_COMPRESSED);
+        let s0 = encode_segment(&items(&[(1, 1), (1, 2)])).unwrap();
+        let s1 = encode_segment(&items(&[(2, 1)])).unwrap();
+        let s2 = encode_segment(&items(&[(3, 1), (3, 9)])).unwrap();
+        let all = [s0.clone(), s1.clone(), s2.clone()].concat();
+        p[GIN_DATA_START..GIN_DATA_START + all.len()].copy_from_slice(&all);
+        set_data_size(&mut p, all.len());
+        let mut added = Vec::new();
+        write_item_pointer(&mut added, pack(3, 4));
+        let new = encode_segment(&items(&[(4, 1)])).unwrap();
+        // Segment 0 deleted, items added to segment 2, a new one after it.
+        let actions = vec![
+            (0u8, SegmentAction::Delete),
+            (2, SegmentAction::AddItems(&added)),
+            (3, SegmentAction::Insert(&new)),
+        ];
+        redo_recompress(&mut p, &actions).unwrap();
+        let merged = encode_segment(&items(&[(3, 1), (3, 4), (3, 9)])).unwrap();
+        let want = [s1, merged, new].concat();
+        assert_eq!(p.lower() as usize, GIN_DATA_START + want.len());
+        assert_eq!(&p[GIN_DATA_START..GIN_DATA_START + want.len()], &want[..]);
+        // An action past the last segment is refused.
+        let bad = vec![(9u8, SegmentAction::Delete)];
+        assert!(redo_recompress(&mut p, &bad).is_err());
+    }
+
+    #[test]
+    fn posting_items_insert_and_delete() {
+        let mut p = Box::new([0u8; BLCKSZ]);
+        gin_init_page(&mut p, GIN_DATA);
+        add_posting_item(&mut p, &[1; 10], 1).unwrap();
+        add_posting_item(&mut p, &[3; 10], 2).unwrap();
+        add_posting_item(&mut p, &[2; 10], 2).unwrap();
+        assert_eq!(maxoff(&p), 3);
+        assert_eq!(p.lower() as usize, GIN_DATA_START + 30);
+        assert_eq!(p[posting_item_pos(2)], 2);
+        assert_eq!(p[posting_item_pos(3)], 3);
+        assert!(add_posting_item(&mut p, &[9; 10], 5).is_err());
+        delete_posting_item(&mut p, 1).unwrap();
+        assert_eq!(maxoff(&p), 2);
+        assert_eq!(p[posting_item_pos(1)], 2);
+        assert!(delete_posting_item(&mut p, 3).is_err());
+        set_posting_item_block(&mut p, 2, 0x0001_0002).unwrap();
+        assert_eq!(
+            &p[posting_item_pos(2)..posting_item_pos(2) + 4],
+            &[1, 0, 2, 0]
+        );
+    }
+
+    #[test]
+    fn metapage_layout() {
+        let mut p = Box::new([0u8; BLCKSZ]);
+        let meta = [7u8; GIN_META_DATA_SIZE];
+        gin_init_metapage(&mut p, &meta).unwrap();
+        assert_eq!(p.lower(), 80);
+        assert_eq!(page_flags(&p), GIN_META);
+        assert_eq!((p.upper(), p.special()), (8184, 8184));
+        assert!(gin_init_metapage(&mut p, &meta[..10]).is_err());
+    }
+}
