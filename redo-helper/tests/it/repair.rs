@@ -299,7 +299,7 @@ fn repair_refuses_a_running_cluster_and_a_foreign_one() {
 }
 
 /// Conditions on `ib` and the index that answers each (checked with EXPLAIN).
-const IB_QUERIES: [(&str, &str); 10] = [
+const IB_QUERIES: [(&str, &str); 13] = [
     ("t BETWEEN 5000 AND 6000", "ib_brin"),
     ("t BETWEEN 20500 AND 22600", "ib_brin"),
     ("t > 100000 AND t < 150000", "ib_brin"),
@@ -308,6 +308,9 @@ const IB_QUERIES: [(&str, &str); 10] = [
     ("a = 999", "ib_bloom"),
     ("a = 124 AND b = 13", "ib_bloom"),
     ("a = 8 AND b = 8", "ib_bloom"),
+    ("tags @> ARRAY[17]", "ib_gin"),
+    ("tags @> ARRAY[1003, 42]", "ib_gin"),
+    ("tags && ARRAY[77, 21500, 22999]", "ib_gin"),
     ("id = 4243", "ib_pkey"),
     ("id = 21001", "ib_pkey"),
 ];
@@ -380,17 +383,19 @@ fn tear_with_any(file: &std::path::Path, blk: u64) {
 /// pages changed after the checkpoint are torn; repair rebuilds them and the indexes answer
 /// as a sequential scan does.
 #[test]
-fn repair_restores_torn_brin_and_bloom_index_pages() {
+fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
     let mut c = PgCluster::start_fpw_off(&["-k"]);
     c.sql("CREATE EXTENSION amcheck; CREATE EXTENSION bloom; CREATE EXTENSION pageinspect");
     c.sql(
-        "CREATE TABLE ib (id int PRIMARY KEY, t int, a int, b int, pad text) \
+        "CREATE TABLE ib (id int PRIMARY KEY, t int, a int, b int, tags int[], pad text) \
          WITH (fillfactor = 70); \
-         INSERT INTO ib SELECT g, g, g % 1000, g % 37, repeat('p', 100) \
-         FROM generate_series(1, 20000) g",
+         INSERT INTO ib SELECT g, g, g % 1000, g % 37, ARRAY[g % 50, 1000 + g % 7], \
+         repeat('p', 100) FROM generate_series(1, 20000) g",
     );
     c.sql("CREATE INDEX ib_brin ON ib USING brin (t) WITH (pages_per_range = 2)");
     c.sql("CREATE INDEX ib_bloom ON ib USING bloom (a, b) WITH (length = 64)");
+    // Entry tree and posting trees (each key has hundreds to thousands of rows).
+    c.sql("CREATE INDEX ib_gin ON ib USING gin (tags) WITH (fastupdate = off)");
     let (_tmp, helper_dir, mut h) = stream_helper(&c, "repair-brin");
     c.sql("CHECKPOINT");
     let redo = c.sql("SELECT redo_lsn FROM pg_control_checkpoint()");
@@ -398,8 +403,8 @@ fn repair_restores_torn_brin_and_bloom_index_pages() {
     // added and, by VACUUM, bloom pages rewritten without the deleted rows.
     c.sql("UPDATE ib SET t = t + 100000 WHERE id % 100 = 0");
     c.sql(
-        "INSERT INTO ib SELECT g, g, g % 1000, g % 37, repeat('p', 100) \
-         FROM generate_series(20001, 22000) g",
+        "INSERT INTO ib SELECT g, g, g % 1000, g % 37, ARRAY[g % 50, 1000 + g % 7, 5000 + g], \
+         repeat('p', 100) FROM generate_series(20001, 22000) g",
     );
     c.sql("SELECT brin_summarize_new_values('ib_brin')");
     c.sql("DELETE FROM ib WHERE id % 7 = 0");
@@ -408,20 +413,23 @@ fn repair_restores_torn_brin_and_bloom_index_pages() {
     // Only in pg_wal.
     c.sql("UPDATE ib SET a = a + 1 WHERE id % 13 = 0");
     c.sql(
-        "INSERT INTO ib SELECT g, g, g % 1000, g % 37, repeat('p', 100) \
-         FROM generate_series(22001, 23000) g",
+        "INSERT INTO ib SELECT g, g, g % 1000, g % 37, ARRAY[g % 50, 5000 + g], \
+         repeat('p', 100) FROM generate_series(22001, 23000) g",
     );
     c.sql("SELECT brin_summarize_new_values('ib_brin')");
     c.sql("UPDATE ib SET t = t + 200000 WHERE id % 111 = 1");
+    c.sql("UPDATE ib SET tags = tags || 77 WHERE id % 41 = 2");
     let expected = ib_index_results(&c).unwrap_or_else(|e| panic!("before the crash: {e}"));
     let brin = c.sql("SELECT pg_relation_filepath('ib_brin')");
     let bloom = c.sql("SELECT pg_relation_filepath('ib_bloom')");
     let brin_changed = blocks_changed_since(&c, "ib_brin", &redo);
     let bloom_changed = blocks_changed_since(&c, "ib_bloom", &redo);
+    let gin = c.sql("SELECT pg_relation_filepath('ib_gin')");
+    let gin_changed = blocks_changed_since(&c, "ib_gin", &redo);
     c.crash();
 
-    // To tear: every changed BRIN page (revmap and regular) and three changed bloom pages
-    // that are on disk.
+    // To tear: every changed BRIN page (revmap and regular), three changed bloom pages and
+    // six changed GIN pages (entry and posting-tree pages) that are on disk.
     let on_disk = |f: &str, b: u64| std::fs::metadata(c.data.join(f)).unwrap().len() > b * 8192;
     let brin_torn: Vec<u64> = brin_changed
         .iter()
@@ -434,14 +442,21 @@ fn repair_restores_torn_brin_and_bloom_index_pages() {
         .filter(|&b| on_disk(&bloom, b))
         .take(3)
         .collect();
+    let gin_torn: Vec<u64> = gin_changed
+        .iter()
+        .copied()
+        .filter(|&b| on_disk(&gin, b))
+        .take(6)
+        .collect();
     assert!(
-        !brin_torn.is_empty() && !bloom_torn.is_empty(),
-        "changed BRIN {brin_changed:?}, bloom {bloom_changed:?}"
+        !brin_torn.is_empty() && !bloom_torn.is_empty() && !gin_torn.is_empty(),
+        "changed BRIN {brin_changed:?}, bloom {bloom_changed:?}, GIN {gin_changed:?}"
     );
     eprintln!(
         "torn BRIN blocks {brin_torn:?} (changed {brin_changed:?}), bloom blocks \
-         {bloom_torn:?} (of {} changed)",
-        bloom_changed.len()
+         {bloom_torn:?} (of {} changed), GIN blocks {gin_torn:?} (of {} changed)",
+        bloom_changed.len(),
+        gin_changed.len()
     );
     let tear_in = |data: &std::path::Path, file: &str, blocks: &[u64]| {
         for &b in blocks {
@@ -451,7 +466,11 @@ fn repair_restores_torn_brin_and_bloom_index_pages() {
 
     // Controls, one per index kind torn: without repair recovery fails or the indexes
     // answer differently.
-    for (file, blocks) in [(&brin, &brin_torn), (&bloom, &bloom_torn)] {
+    for (file, blocks) in [
+        (&brin, &brin_torn),
+        (&bloom, &bloom_torn),
+        (&gin, &gin_torn),
+    ] {
         let mut control = c.copy_stopped();
         tear_in(&control.data, file, blocks);
         let outcome = match control.try_start() {
@@ -476,6 +495,7 @@ fn repair_restores_torn_brin_and_bloom_index_pages() {
     }
     tear_in(&c.data, &brin, &brin_torn);
     tear_in(&c.data, &bloom, &bloom_torn);
+    tear_in(&c.data, &gin, &gin_torn);
 
     let (code, stdout, stderr) = run_repair(&helper_dir, &c.data, &[]);
     assert_eq!(code, Some(0), "repair failed:\n{stdout}\n{stderr}");
@@ -483,7 +503,7 @@ fn repair_restores_torn_brin_and_bloom_index_pages() {
     eprintln!("{line}");
     assert!(
         summary_num(line, " pages changed since written")
-            >= (brin_torn.len() + bloom_torn.len()) as u64,
+            >= (brin_torn.len() + bloom_torn.len() + gin_torn.len()) as u64,
         "{line}"
     );
     assert_eq!(summary_num(line, " unrepairable"), 0, "{line}");

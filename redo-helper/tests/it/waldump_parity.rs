@@ -225,6 +225,15 @@ const WORKLOAD: &[&str] = &[
     "UPDATE t2 SET a = -a WHERE a % 97 = 1",
     "SELECT brin_desummarize_range('t2_a_brin', 0)",
     "SELECT brin_summarize_new_values('t2_a_brin')",
+    // GIN: entry and posting-tree inserts (with leaf recompression actions), splits, a
+    // pending list and its cleanup, vacuum of entry and posting-tree leaves.
+    "CREATE TABLE gt (id int, k int[])",
+    "CREATE INDEX gt_k ON gt USING gin (k) WITH (fastupdate = off)",
+    "CREATE INDEX gt_fast ON gt USING gin (k) WITH (fastupdate = on, gin_pending_list_limit = 64)",
+    "INSERT INTO gt SELECT g, ARRAY[g % 2, g] FROM generate_series(1, 3000) g",
+    "DELETE FROM gt WHERE id % 3 = 0",
+    "VACUUM gt",
+    "DROP TABLE gt",
     "DELETE FROM t2 WHERE a % 2 = 0",
     "VACUUM (FREEZE) t2",
     "TRUNCATE t2",
