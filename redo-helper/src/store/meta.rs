@@ -50,11 +50,33 @@ impl HelperMeta {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        for s in [&meta.backup_start_lsn, &meta.backup_end_lsn] {
-            s.parse::<Lsn>().map_err(|e| MetaError::Damaged {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        let damaged = |reason: String| MetaError::Damaged {
+            path: path.clone(),
+            reason,
+        };
+        let mut bounds = [Lsn(0); 2];
+        for (i, s) in [&meta.backup_start_lsn, &meta.backup_end_lsn]
+            .into_iter()
+            .enumerate()
+        {
+            bounds[i] = s.parse::<Lsn>().map_err(|e| damaged(e.to_string()))?;
+        }
+        // Every LSN computation divides by the segment size: refuse what PostgreSQL could
+        // not have written (IsValidWalSegSize) instead of failing later, or panicking.
+        if !crate::wal::page::is_valid_segment_size(meta.segment_size) {
+            return Err(damaged(format!(
+                "segment_size {} is not a WAL segment size (a power of two from 1 MB to 1 GB)",
+                meta.segment_size
+            )));
+        }
+        if meta.timeline == 0 {
+            return Err(damaged("timeline 0".into()));
+        }
+        if bounds[1] < bounds[0] {
+            return Err(damaged(format!(
+                "backup_end_lsn {} before backup_start_lsn {}",
+                bounds[1], bounds[0]
+            )));
         }
         Ok(Some(meta))
     }
@@ -82,5 +104,67 @@ impl HelperMeta {
             data_checksums: self.data_checksums,
             wal_log_hints: self.wal_log_hints,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> HelperMeta {
+        HelperMeta {
+            system_identifier: 7,
+            timeline: 1,
+            segment_size: 16 << 20,
+            slot: "s".into(),
+            backup_start_lsn: "0/2000028".into(),
+            backup_end_lsn: "0/2000100".into(),
+            created_unix: 0,
+            data_checksums: true,
+            wal_log_hints: false,
+        }
+    }
+
+    #[test]
+    fn impossible_values_are_damage_not_panics() {
+        let dir = std::env::temp_dir().join(format!("rh_meta_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        meta().store(&dir).unwrap();
+        assert_eq!(HelperMeta::load(&dir).unwrap(), Some(meta()));
+        for (m, what) in [
+            (
+                HelperMeta {
+                    segment_size: 0,
+                    ..meta()
+                },
+                "segment_size 0",
+            ),
+            (
+                HelperMeta {
+                    segment_size: 3 << 20,
+                    ..meta()
+                },
+                "segment_size 3145728",
+            ),
+            (
+                HelperMeta {
+                    timeline: 0,
+                    ..meta()
+                },
+                "timeline 0",
+            ),
+            (
+                HelperMeta {
+                    backup_end_lsn: "0/1000000".into(),
+                    ..meta()
+                },
+                "before backup_start_lsn",
+            ),
+        ] {
+            m.store(&dir).unwrap();
+            let err = HelperMeta::load(&dir).unwrap_err().to_string();
+            assert!(err.contains("is damaged") && err.contains(what), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -98,7 +98,7 @@ fn relation_of(archive_spc: u32, path: &str) -> Option<(u32, u32, RelationFileNa
 fn extract_archive(
     name: String,
     spc: u32,
-    reader: ChannelReader,
+    reader: impl Read,
     base: BaseFiles,
 ) -> Result<(u64, u64), BaseBackupError> {
     let mut archive = tar::Archive::new(reader);
@@ -107,9 +107,28 @@ fn extract_archive(
         source,
     };
     let (mut files, mut bytes) = (0u64, 0u64);
-    for entry in archive.entries().map_err(tar_err)? {
+    // Raw entries: the tar crate would read a GNU long-name or PAX member whole into memory
+    // (its size is the sender's word, up to gigabytes). PostgreSQL's tar writer never emits
+    // them (`tarCreateHeader` refuses names over 99 bytes), so one is refused by name
+    // instead; regular members are streamed to disk.
+    for entry in archive.entries().map_err(tar_err)?.raw(true) {
         let mut entry = entry.map_err(tar_err)?;
-        if !entry.header().entry_type().is_file() {
+        let kind = entry.header().entry_type();
+        if kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+            || kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions()
+        {
+            return Err(tar_err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "unexpected {:?} member of {} bytes (PostgreSQL's base backup never writes one)",
+                    kind,
+                    entry.size()
+                ),
+            )));
+        }
+        if !kind.is_file() {
             continue;
         }
         let path = entry
@@ -367,5 +386,39 @@ mod tests {
         assert_eq!(archive_tablespace("base.tar"), Some(1663));
         assert_eq!(archive_tablespace("16500.tar"), Some(16500));
         assert_eq!(archive_tablespace("x.tar"), None);
+    }
+
+    /// A tar archive: one regular file under `path` holding `data`.
+    fn archive_with(path: &str, data: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o600);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, data).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn relation_files_are_extracted_and_long_names_refused() {
+        let dir = std::env::temp_dir().join(format!("rh_bb_{}", std::process::id()));
+        let base = BaseFiles::new(dir.clone());
+        let page = vec![7u8; 8192];
+        let tar = archive_with("base/5/16384", &page);
+        let (files, bytes) =
+            extract_archive("base.tar".into(), 1663, &tar[..], base.clone()).unwrap();
+        assert_eq!((files, bytes), (1, 8192));
+        // A name over 100 bytes makes tar::Builder write a GNU long-name member first, which
+        // PostgreSQL never sends: refused, not read into memory.
+        let long = format!("base/5/{}", "1".repeat(150));
+        let tar = archive_with(&long, &page);
+        let err = extract_archive("base.tar".into(), 1663, &tar[..], base)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("GNULongName") && err.contains("never writes"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

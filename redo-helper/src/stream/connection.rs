@@ -18,7 +18,17 @@ use tokio::net::TcpStream;
 
 /// Largest backend message accepted (PostgreSQL's own limit for a CopyData is 1 GB).
 const MAX_MESSAGE_LEN: usize = 1 << 30;
+/// How much more buffer a partly received message may claim at a time: the declared length
+/// is the server's word, so memory grows with the bytes that actually arrive.
+const RECEIVE_RESERVE_STEP: usize = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Makes room in `buf` towards a message of `total` bytes, at most
+/// [`RECEIVE_RESERVE_STEP`] beyond what is already buffered.
+fn reserve_for_message(buf: &mut BytesMut, total: usize) {
+    let missing = total.saturating_sub(buf.len());
+    buf.reserve(missing.min(RECEIVE_RESERVE_STEP));
+}
 
 /// An ErrorResponse from the server.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -320,7 +330,7 @@ impl PgConnection {
             )));
         }
         if self.rbuf.len() <= len {
-            self.rbuf.reserve(len + 1 - self.rbuf.len());
+            reserve_for_message(&mut self.rbuf, len + 1);
             return Ok(None);
         }
         if tag == b'W' {
@@ -477,5 +487,27 @@ impl PgConnection {
     pub(crate) async fn terminate(mut self) {
         frontend::terminate(&mut self.wbuf);
         let _ = self.flush().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_declared_length_does_not_reserve_memory_up_front() {
+        // A header claiming a 1 GB message: the buffer grows by one step, not by 1 GB.
+        let mut buf = BytesMut::with_capacity(64);
+        buf.extend_from_slice(&[b'd', 0x40, 0, 0, 0]);
+        reserve_for_message(&mut buf, MAX_MESSAGE_LEN + 1);
+        assert!(
+            buf.capacity() <= 2 * RECEIVE_RESERVE_STEP,
+            "{}",
+            buf.capacity()
+        );
+        // A small message gets exactly what it needs.
+        let mut buf = BytesMut::new();
+        reserve_for_message(&mut buf, 100);
+        assert!(buf.capacity() >= 100);
     }
 }

@@ -157,7 +157,10 @@ impl PgConnection {
             .and_then(|s| s.value(0, 0))
             .unwrap_or_default()
             .to_string();
+        // Every LSN computation divides by it: a size PostgreSQL could not have
+        // (IsValidWalSegSize: a power of two from 1 MB to 1 GB) is a protocol error.
         parse_size(&text)
+            .filter(|&n| crate::wal::page::is_valid_segment_size(n))
             .ok_or_else(|| self.protocol(format!("unexpected wal_segment_size {text:?}")))
     }
 
