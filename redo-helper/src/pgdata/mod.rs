@@ -1,10 +1,12 @@
 //! A PostgreSQL cluster's own files, read (and, by repair, written) where PostgreSQL keeps
 //! them: `global/pg_control` ([`control_file`]), relation files by PostgreSQL's naming
-//! ([`relpath`]), and data-file pages.
+//! ([`relpath`]), data-file pages, and `postmaster.pid` ([`lock`]), which repair holds while
+//! it writes.
 //!
 //! Only facts of the on-disk format live here; nothing of the helper's own data directory.
 
 pub(crate) mod control_file;
+pub(crate) mod lock;
 pub(crate) mod relpath;
 
 use crate::wal::block::PageKey;

@@ -41,10 +41,8 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RepairError {
-    #[error(
-        "PostgreSQL is running on {pgdata} (postmaster.pid names live process {pid}): stop it first; repair writes into its data files"
-    )]
-    PostgresRunning { pgdata: PathBuf, pid: i32 },
+    #[error(transparent)]
+    Locked(#[from] crate::pgdata::lock::DataDirLockError),
     #[error(transparent)]
     ControlFile(#[from] ControlFileError),
     #[error(
@@ -199,31 +197,6 @@ impl RepairSummary {
     }
 }
 
-/// Refuses to touch a data directory whose postmaster is alive.
-fn ensure_postgres_stopped(pgdata: &Path) -> Result<(), RepairError> {
-    let Ok(text) = std::fs::read_to_string(pgdata.join("postmaster.pid")) else {
-        return Ok(());
-    };
-    let Some(pid) = text
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse::<i32>().ok())
-    else {
-        return Ok(());
-    };
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    let alive = pid > 0
-        && (unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
-    if alive {
-        return Err(RepairError::PostgresRunning {
-            pgdata: pgdata.to_path_buf(),
-            pid,
-        });
-    }
-    Ok(())
-}
-
 /// Data files opened for writing, synced (with their directories) at the end.
 #[derive(Default)]
 struct OpenFiles {
@@ -305,7 +278,11 @@ pub(crate) fn repair(
     progress: &mut dyn FnMut(RepairProgress),
 ) -> Result<RepairSummary, RepairError> {
     let pgdata = &opts.pgdata;
-    ensure_postgres_stopped(pgdata)?;
+    // pg_control first, read-only: it names a directory that is no cluster at all.
+    ControlFile::read(pgdata)?;
+    // Held until the repair returns: no postmaster or single-user backend can start on the
+    // directory meanwhile, and none may be running now.
+    let _lock = crate::pgdata::lock::DataDirLock::acquire(pgdata)?;
     let control = ControlFile::read(pgdata)?;
     if control.state == DbState::ShutDown && !opts.even_if_clean {
         // A clean shutdown ends with a checkpoint that wrote and fsynced every page: nothing

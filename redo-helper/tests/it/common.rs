@@ -211,7 +211,12 @@ impl PgCluster {
         }
         let log = std::fs::read_to_string(self.root.join("log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(15).collect();
-        Err(tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+        // pg_ctl's own refusals (e.g. an unreadable PID file) go to its stderr, not the log.
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ))
     }
 
     /// `spc/db/relfilenode` of a relation, as in the helper's `/page` paths.

@@ -290,6 +290,60 @@ fn repair_refuses_a_running_cluster_and_a_foreign_one() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("PostgreSQL is running"), "{err}");
     c.crash();
+
+    // A single-user backend (`postgres --single`) writes its PID negated: still running.
+    let mut single = common::pg_command("postgres")
+        .args(["--single", "-D"])
+        .arg(&c.data)
+        .arg("postgres")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("postgres --single");
+    let pidfile = c.data.join("postmaster.pid");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&pidfile).is_ok_and(|t| t.starts_with('-')) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no single-user postmaster.pid"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, err) = run(&c.data);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("single-user backend"), "{err}");
+    drop(single.stdin.take());
+    let _ = single.wait();
+
+    // While repair holds postmaster.pid (here: a live process's PID in a 0600 file of the
+    // user running the test, as repair writes its own), PostgreSQL refuses to start on the
+    // directory.
+    let mut holder = Command::new("sleep").arg("60").spawn().expect("sleep");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&pidfile)
+            .expect("create postmaster.pid");
+        write!(f, "{}\n{}\n", holder.id(), c.data.display()).expect("write postmaster.pid");
+    }
+    let started = c.try_start();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let refusal = started.expect_err("PostgreSQL started over a held postmaster.pid");
+    // As root, the 0600 file cannot even be opened by pg_ctl or the postmaster.
+    assert!(
+        refusal.contains("lock file") || refusal.contains("PID file"),
+        "{refusal}"
+    );
+    // The holder is gone: its file is stale, and repair replaces and removes it.
+    let (code, out, err) = run_repair(&helper_dir, &c.data, &["--changed-only"]);
+    assert!(matches!(code, Some(0) | Some(1)), "{out}\n{err}");
+    assert!(!pidfile.exists(), "repair left postmaster.pid behind");
     let (code, err) = run(&other.data);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("different cluster"), "{err}");
