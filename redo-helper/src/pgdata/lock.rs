@@ -12,7 +12,7 @@
 //! runs as root: PostgreSQL treats a PID it may not signal (EPERM) as no competitor, but it
 //! cannot open a root-owned 0600 file at all and stops with "could not open lock file". Run
 //! as the cluster's owner, PostgreSQL sees a live PID ("lock file already exists"). The file
-//! is removed when the [`DataDirLock`] is dropped. If repair is killed, the file names a dead
+//! is removed when the [`PostmasterLock`] is dropped. If repair is killed, the file names a dead
 //! process: PostgreSQL replaces it as stale when it can read it (repair ran as the owner);
 //! a root-owned one must be removed by hand, or by running repair again.
 
@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 /// Why the data directory could not be locked.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum DataDirLockError {
+pub(crate) enum PostmasterLockError {
     #[error(
         "PostgreSQL is running on {pgdata} (postmaster.pid names live process {pid}{}): stop it first; repair writes into its data files",
         if *single_user { ", a single-user backend" } else { "" }
@@ -42,7 +42,7 @@ pub(crate) enum DataDirLockError {
 
 /// `postmaster.pid`, created by this process; removed on drop.
 #[derive(Debug)]
-pub(crate) struct DataDirLock {
+pub(crate) struct PostmasterLock {
     path: PathBuf,
     pid: u32,
 }
@@ -57,11 +57,11 @@ fn process_alive(pid: i32) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-impl DataDirLock {
+impl PostmasterLock {
     /// Creates `pgdata/postmaster.pid` naming this process, replacing a stale one.
-    pub(crate) fn acquire(pgdata: &Path) -> Result<DataDirLock, DataDirLockError> {
+    pub(crate) fn acquire(pgdata: &Path) -> Result<PostmasterLock, PostmasterLockError> {
         let path = pgdata.join("postmaster.pid");
-        let io_err = |source| DataDirLockError::Io {
+        let io_err = |source| PostmasterLockError::Io {
             path: path.clone(),
             source,
         };
@@ -77,7 +77,7 @@ impl DataDirLock {
                 Ok(mut f) => {
                     // The lines PostgreSQL reads: PID, then the data directory.
                     let text = format!("{pid}\n{}\n", pgdata.display());
-                    let lock = DataDirLock {
+                    let lock = PostmasterLock {
                         path: path.clone(),
                         pid,
                     };
@@ -96,7 +96,7 @@ impl DataDirLock {
             };
             let first = content.lines().next().unwrap_or("").trim();
             let Ok(other) = first.parse::<i32>() else {
-                return Err(DataDirLockError::Bogus {
+                return Err(PostmasterLockError::Bogus {
                     path,
                     content: first.chars().take(40).collect(),
                 });
@@ -104,7 +104,7 @@ impl DataDirLock {
             // A standalone backend writes its PID negated.
             let other_pid = other.checked_abs().unwrap_or(0);
             if process_alive(other_pid) {
-                return Err(DataDirLockError::Running {
+                return Err(PostmasterLockError::Running {
                     pgdata: pgdata.to_path_buf(),
                     pid: other_pid,
                     single_user: other < 0,
@@ -122,7 +122,7 @@ impl DataDirLock {
     }
 }
 
-impl Drop for DataDirLock {
+impl Drop for PostmasterLock {
     fn drop(&mut self) {
         // Only our own file: never remove a postmaster's.
         let ours = std::fs::read_to_string(&self.path)
@@ -151,7 +151,7 @@ mod tests {
         let d = dir("a");
         let pidfile = d.join("postmaster.pid");
         {
-            let _lock = DataDirLock::acquire(&d).unwrap();
+            let _lock = PostmasterLock::acquire(&d).unwrap();
             let text = std::fs::read_to_string(&pidfile).unwrap();
             assert_eq!(
                 text.lines().next(),
@@ -162,8 +162,8 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600, "as PostgreSQL creates it");
             // A second taker (another repair, or PostgreSQL's own check) sees a live PID.
             assert!(matches!(
-                DataDirLock::acquire(&d),
-                Err(DataDirLockError::Running { .. })
+                PostmasterLock::acquire(&d),
+                Err(PostmasterLockError::Running { .. })
             ));
         }
         assert!(!pidfile.exists(), "dropped lock removes its file");
@@ -172,8 +172,8 @@ mod tests {
         let parent = std::os::unix::process::parent_id() as i32;
         for (content, single) in [(parent, false), (-parent, true)] {
             std::fs::write(&pidfile, format!("{content}\n/x\n")).unwrap();
-            match DataDirLock::acquire(&d) {
-                Err(DataDirLockError::Running {
+            match PostmasterLock::acquire(&d) {
+                Err(PostmasterLockError::Running {
                     pid, single_user, ..
                 }) => assert_eq!((pid, single_user), (parent, single)),
                 other => panic!("{content}: {other:?}"),
@@ -183,12 +183,12 @@ mod tests {
 
         // A dead process's file is stale: replaced, and removed with the lock.
         std::fs::write(&pidfile, "-2147483647\n/x\n").unwrap();
-        drop(DataDirLock::acquire(&d).unwrap());
+        drop(PostmasterLock::acquire(&d).unwrap());
         assert!(!pidfile.exists());
         std::fs::write(&pidfile, "garbage\n").unwrap();
         assert!(matches!(
-            DataDirLock::acquire(&d),
-            Err(DataDirLockError::Bogus { .. })
+            PostmasterLock::acquire(&d),
+            Err(PostmasterLockError::Bogus { .. })
         ));
         std::fs::remove_dir_all(&d).unwrap();
     }

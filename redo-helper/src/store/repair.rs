@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RepairError {
     #[error(transparent)]
-    Locked(#[from] crate::pgdata::lock::DataDirLockError),
+    Locked(#[from] crate::pgdata::lock::PostmasterLockError),
     #[error(transparent)]
     ControlFile(#[from] ControlFileError),
     #[error(
@@ -282,7 +282,7 @@ pub(crate) fn repair(
     ControlFile::read(pgdata)?;
     // Held until the repair returns: no postmaster or single-user backend can start on the
     // directory meanwhile, and none may be running now.
-    let _lock = crate::pgdata::lock::DataDirLock::acquire(pgdata)?;
+    let _lock = crate::pgdata::lock::PostmasterLock::acquire(pgdata)?;
     let control = ControlFile::read(pgdata)?;
     if control.state == DbState::ShutDown && !opts.even_if_clean {
         // A clean shutdown ends with a checkpoint that wrote and fsynced every page: nothing
@@ -321,6 +321,16 @@ pub(crate) fn repair(
         }
     }
     let mut offline = OfflineStore::open(&opts.data_dir)?;
+    // Retention may have moved the history's start past the backup: the index then no
+    // longer knows which pages changed between the REDO location and the horizon, and
+    // `changed` below would call such a page unchanged.
+    let horizon = offline.store.horizon();
+    if control.redo < horizon {
+        return Err(RepairError::RedoBeforeHistory {
+            redo: control.redo,
+            start: horizon,
+        });
+    }
     let mut sum = RepairSummary {
         redo: control.redo,
         data_checksums: control.data_checksum_version != 0,

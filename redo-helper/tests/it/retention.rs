@@ -168,8 +168,29 @@ fn history_before_the_horizon_is_removed_and_what_remains_is_exact() {
         println!("{line}");
     }
 
-    // kill -9, CHECKPOINT, restart: the saved state brings the horizon back.
+    // A crash now: the last checkpoint (the base backup's) is before the horizon, so the
+    // helper no longer knows every page changed since it. repair refuses (exit 2), in
+    // both modes, instead of skipping pages it takes for unchanged.
     h.kill9();
+    let mut c = c;
+    c.crash();
+    for flags in [&["--changed-only"][..], &[]] {
+        let out = std::process::Command::new(crate::support::HELPER_BIN)
+            .arg("repair")
+            .args(flags)
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--pgdata")
+            .arg(&c.data)
+            .output()
+            .expect("run repair");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(err.contains("before the helper's history"), "{err}");
+    }
+    c.try_start().expect("crash recovery");
+
+    // kill -9, CHECKPOINT, restart: the saved state brings the horizon back.
     c.sql("CHECKPOINT");
     let target = lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
     let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &retention_args());
