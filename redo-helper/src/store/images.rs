@@ -1,8 +1,17 @@
 //! Generated page images: append-only files of fixed-size entries, each an 8 KB page at an
 //! LSN with a CRC of our own (crc32fast, over key, LSN and page), plus an in-memory index
-//! rebuilt by scanning the files at start-up. A torn tail after `kill -9` fails its CRC or
-//! its length and is cut off; images are a cache of what the WAL already determines, so a
-//! lost image is simply generated again.
+//! rebuilt by scanning the files at start-up. A torn tail after `kill -9` (entries after the
+//! last sync: a partial entry, or whole entries failing their CRC up to the end of the
+//! newest file) is cut off.
+//!
+//! A damaged entry anywhere else is kept in [`ImageStore::damaged`]. Before retention has
+//! removed any history, images are a cache of what the WAL still determines: the store
+//! opener quarantines such entries ([`ImageStore::quarantine_damaged`], a tombstone magic,
+//! so later scans skip them knowingly) and the image is generated again. After retention an
+//! image may be the only record of a page's history before the horizon: then a damaged
+//! entry is an error and the store does not open, rather than serve a page rebuilt from
+//! the base backup and only the changes after the horizon. Retention syncs images, and the
+//! directory, before it deletes the WAL they replace ([`ImageStore::sync`]).
 //!
 //! Entry layout (little endian): magic u32, spc u32, db u32, rel u32, fork u8, pad [u8;3],
 //! block u32, lsn u64, crc u32, page [u8; 8192].
@@ -16,6 +25,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 const MAGIC: u32 = 0x4650_5749; // "FPWI"
+/// A damaged entry quarantined while images were only a cache: skipped without warning.
+const MAGIC_QUARANTINED: u32 = 0x4650_5758; // "XWPF"
 const HEADER: usize = 36;
 pub(crate) const ENTRY_SIZE: usize = HEADER + BLCKSZ;
 /// Entries per file before a new one is started (64 MB): retention reclaims space a whole
@@ -55,6 +66,21 @@ pub(crate) struct ImageStore {
     pub images: u64,
     /// Bytes of the image files on disk.
     pub bytes: u64,
+    /// Entries found damaged at open, not at the torn tail (see the module documentation).
+    pub damaged: Vec<DamagedEntry>,
+}
+
+/// An image entry that fails its CRC (or magic) in the middle of the files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DamagedEntry {
+    pub path: PathBuf,
+    pub offset: u64,
+}
+
+impl std::fmt::Display for DamagedEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at offset {}", self.path.display(), self.offset)
+    }
 }
 
 /// What `compact` did.
@@ -141,6 +167,8 @@ impl ImageStore {
         let mut file_entries = std::collections::BTreeMap::new();
         let mut last_entries = 0u64;
         let mut buf = vec![0u8; ENTRY_SIZE];
+        let mut damaged = Vec::new();
+        let newest = numbers.last().copied();
         for &n in &numbers {
             let path = file_path(dir, n);
             let f = OpenOptions::new()
@@ -149,26 +177,44 @@ impl ImageStore {
                 .open(&path)
                 .map_err(io_err(&path))?;
             let len = f.metadata().map_err(io_err(&path))?.len();
-            // Whole entries are checked one by one (a bad one is skipped: it is only a cache);
-            // a partial entry at the end is a torn append and is cut off.
-            let whole = len - len % ENTRY_SIZE as u64;
+            // Whole entries are checked one by one; a partial entry at the end is a torn
+            // append and is cut off, and so are damaged whole entries that end the newest
+            // file (appends after the last sync).
+            let mut whole = len - len % ENTRY_SIZE as u64;
             let mut offset = 0u64;
+            let mut bad_here: Vec<u64> = Vec::new();
+            let mut last_good_end = 0u64;
             while offset < whole {
                 f.read_exact_at(&mut buf, offset).map_err(io_err(&path))?;
                 let (key, lsn, crc) = decode_header(&buf);
-                if u32_at(&buf, 0) == MAGIC && entry_crc(&buf[..HEADER], &buf[HEADER..]) == crc {
+                let magic = u32_at(&buf, 0);
+                if magic == MAGIC && entry_crc(&buf[..HEADER], &buf[HEADER..]) == crc {
                     index.entry(key).or_default().push(ImageLocation {
                         lsn,
                         file: n,
                         offset,
                     });
+                    last_good_end = offset + ENTRY_SIZE as u64;
+                } else if magic == MAGIC_QUARANTINED {
+                    last_good_end = offset + ENTRY_SIZE as u64;
                 } else {
-                    log::warn!(
-                        "image store: skipping a damaged entry at offset {offset} of {}",
-                        path.display()
-                    );
+                    bad_here.push(offset);
                 }
                 offset += ENTRY_SIZE as u64;
+            }
+            if Some(n) == newest && last_good_end < whole {
+                bad_here.retain(|&o| o < last_good_end);
+                whole = last_good_end;
+            }
+            for offset in bad_here {
+                log::warn!(
+                    "image store: damaged entry at offset {offset} of {}",
+                    path.display()
+                );
+                damaged.push(DamagedEntry {
+                    path: path.clone(),
+                    offset,
+                });
             }
             if whole != len {
                 log::warn!(
@@ -208,7 +254,28 @@ impl ImageStore {
             bytes: file_entries.values().sum::<u64>() * ENTRY_SIZE as u64,
             file_entries,
             images,
+            damaged,
         })
+    }
+
+    /// Marks the damaged entries found at open as quarantined (a tombstone magic, synced):
+    /// for use only while images are a cache (no history removed yet).
+    pub(crate) fn quarantine_damaged(&mut self) -> Result<(), ImageStoreError> {
+        for d in std::mem::take(&mut self.damaged) {
+            let io_err = |source| ImageStoreError::Io {
+                path: d.path.clone(),
+                source,
+            };
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&d.path)
+                .map_err(io_err)?;
+            f.write_all_at(&MAGIC_QUARANTINED.to_le_bytes(), d.offset)
+                .map_err(io_err)?;
+            f.sync_data().map_err(io_err)?;
+            log::warn!("image store: quarantined the damaged entry {d} (it is regenerated)");
+        }
+        Ok(())
     }
 
     /// Appends an image of `key` as of `lsn`. Durability is batched: see `sync`.
@@ -363,13 +430,20 @@ impl ImageStore {
         Ok(Some(stats))
     }
 
+    /// Makes every appended image durable: the current file's data, and the directory, so
+    /// that files started since (and their entries) survive a crash too. (Full files were
+    /// synced when the next one was started.)
     pub(crate) fn sync(&self) -> Result<(), ImageStoreError> {
         self.current_file
             .sync_data()
             .map_err(|source| ImageStoreError::Io {
                 path: file_path(&self.dir, self.current),
                 source,
-            })
+            })?;
+        super::sync_dir(&self.dir).map_err(|source| ImageStoreError::Io {
+            path: self.dir.clone(),
+            source,
+        })
     }
 
     /// LSN of the newest image of `key` at or before `lsn`.
@@ -427,6 +501,56 @@ mod tests {
             fork: ForkNumber(0),
             block: b,
         }
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_reported_and_a_damaged_tail_cut_off() {
+        let dir = std::env::temp_dir().join(format!("rh_images_dmg_{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut s = ImageStore::open_with(&dir, 4).unwrap();
+        for b in 0..7 {
+            s.put(&key(b), Lsn(100 + b as u64), &vec![b as u8; BLCKSZ])
+                .unwrap();
+        }
+        s.sync().unwrap();
+        drop(s);
+        // One flipped byte in entry 1 of file 0 (followed by good entries), and in the last
+        // entry of the newest file (an unsynced append, as after a crash).
+        let flip = |file: u32, entry: u64| {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(file_path(&dir, file))
+                .unwrap();
+            let at = entry * ENTRY_SIZE as u64 + HEADER as u64 + 100;
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, at).unwrap();
+            f.write_all_at(&[b[0] ^ 0xFF], at).unwrap();
+        };
+        flip(0, 1);
+        flip(1, 2);
+        let mut s = ImageStore::open_with(&dir, 4).unwrap();
+        assert_eq!(
+            s.damaged,
+            vec![DamagedEntry {
+                path: file_path(&dir, 0),
+                offset: ENTRY_SIZE as u64
+            }]
+        );
+        assert_eq!(s.images, 5, "keys 1 and 6 are gone");
+        assert_eq!(s.newest_at_or_before(&key(1), Lsn(u64::MAX)), None);
+        assert_eq!(
+            fs::metadata(file_path(&dir, 1)).unwrap().len(),
+            2 * ENTRY_SIZE as u64,
+            "the damaged tail is cut off"
+        );
+        // Quarantined, the entry is no longer reported.
+        s.quarantine_damaged().unwrap();
+        drop(s);
+        let s = ImageStore::open_with(&dir, 4).unwrap();
+        assert!(s.damaged.is_empty());
+        assert_eq!(s.images, 5);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

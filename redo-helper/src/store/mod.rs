@@ -52,6 +52,14 @@ pub(crate) enum StoreError {
     Decode { lsn: Lsn, source: WalError },
     #[error("cannot use data directory {dir}: {source}")]
     DataDir { dir: PathBuf, source: io::Error },
+    #[error(
+        "{count} page image(s) damaged (first: {first}); retention removed the history before {horizon}, so images may be the only record of it and pages cannot be proven: bootstrap the helper again into an empty data directory"
+    )]
+    ImagesDamaged {
+        count: usize,
+        first: String,
+        horizon: Lsn,
+    },
 }
 
 /// fsync a directory, so a created or renamed entry in it is durable.

@@ -188,7 +188,8 @@ pub(crate) fn load_retention(
     meta: &HelperMeta,
     store: &PageStore,
 ) -> Result<Lsn, StoreError> {
-    if let Some(state) = RetentionState::load(data_dir)? {
+    let saved = RetentionState::load(data_dir)?;
+    if let Some(state) = &saved {
         let horizon = state.apply(store);
         log::info!(
             "retention horizon {horizon}: history before it was removed ({} relation events, {} unreadable pages kept)",
@@ -197,6 +198,21 @@ pub(crate) fn load_retention(
                 + state.relation_events.database_drops.len(),
             state.unreadable.len()
         );
+    }
+    // Damaged image entries: harmless while the WAL since the backup is all there (images
+    // are a cache), fatal once retention removed history they may be the only record of.
+    {
+        let mut images = write(&store.images);
+        if let Some(first) = images.damaged.first() {
+            if store.horizon() > meta.start_lsn() {
+                return Err(StoreError::ImagesDamaged {
+                    count: images.damaged.len(),
+                    first: first.to_string(),
+                    horizon: store.horizon(),
+                });
+            }
+            images.quarantine_damaged()?;
+        }
     }
     Ok(store
         .horizon()

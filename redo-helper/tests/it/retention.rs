@@ -218,4 +218,45 @@ fn history_before_the_horizon_is_removed_and_what_remains_is_exact() {
     assert!(num(" removed") > 0, "dropped/truncated pages: {summary}");
     assert!(num(" unreadable") > 0, "the hash index: {summary}");
     assert_eq!(num(" samples"), 500, "{summary}");
+
+    // A retained image damaged on disk (one flipped bit in the first entry, intact entries
+    // after it): images are now the only record of the history before the horizon, so the
+    // store refuses to open instead of serving pages rebuilt without it.
+    let images = dir.join("images");
+    let mut files: Vec<_> = std::fs::read_dir(&images)
+        .expect("images dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "dat"))
+        .collect();
+    files.sort();
+    let first = files.first().expect("an image file");
+    let entries: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0) / 8228)
+        .sum();
+    assert!(entries >= 2, "need an intact entry after the damaged one");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(first)
+            .expect("open image file");
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, 5000).expect("read");
+        f.write_all_at(&[b[0] ^ 0x10], 5000).expect("flip");
+    }
+    let out = std::process::Command::new(crate::support::HELPER_BIN)
+        .args(["check", "--data-dir"])
+        .arg(&dir)
+        .arg("--pgdata")
+        .arg(&c.data)
+        .output()
+        .expect("redo-helper check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "check ran on a damaged image: {err}");
+    assert!(
+        err.contains("damaged") && err.contains("cannot be proven"),
+        "{err}"
+    );
 }
