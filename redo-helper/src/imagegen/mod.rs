@@ -190,22 +190,21 @@ impl ImageGenerator {
         (0..n.max(1))
             .map(|i| {
                 let me = Arc::clone(self);
-                std::thread::Builder::new()
-                    .name(format!("imagegen-{i}"))
-                    .spawn(move || {
-                        // Images can always be rebuilt from the WAL and a torn entry fails
-                        // its CRC at start-up, so they are synced for restart time's sake
-                        // only: at most once per interval (the OS writes back the rest).
-                        let mut last_sync = std::time::Instant::now();
-                        while let Some(key) = me.next_job() {
-                            me.generate(&key);
-                            if last_sync.elapsed() >= IMAGE_SYNC_INTERVAL {
-                                let _ = read(&me.store.images).sync();
-                                last_sync = std::time::Instant::now();
-                            }
+                crate::sync::supervise::spawn(format!("imagegen-{i}"), "imagegen", move || {
+                    // Images can always be rebuilt from the WAL and a torn entry fails its
+                    // CRC at start-up, so they are synced for restart time's sake only: at
+                    // most once per interval (the OS writes back the rest).
+                    let mut last_sync = std::time::Instant::now();
+                    while let Some(key) = me.next_job() {
+                        crate::sync::supervise::test_hook("imagegen");
+                        me.generate(&key);
+                        if last_sync.elapsed() >= IMAGE_SYNC_INTERVAL {
+                            let _ = read(&me.store.images).sync();
+                            last_sync = std::time::Instant::now();
                         }
-                    })
-                    .unwrap_or_else(|e| panic!("cannot start an image generation thread: {e}"))
+                    }
+                })
+                .unwrap_or_else(|e| panic!("cannot start an image generation thread: {e}"))
             })
             .collect()
     }

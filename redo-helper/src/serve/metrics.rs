@@ -183,6 +183,19 @@ impl HelperStatus {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
             ));
         }
+        // Caught panics of supervised worker threads (always listed, so alerts can use them
+        // from the first scrape).
+        let panics = crate::sync::supervise::panics();
+        out.push_str(
+            "# HELP redo_helper_worker_panics_total panics caught in worker threads (each restarted)\n\
+             # TYPE redo_helper_worker_panics_total counter\n",
+        );
+        for worker in ["imagegen", "retention"] {
+            out.push_str(&format!(
+                "redo_helper_worker_panics_total{{worker=\"{worker}\"}} {}\n",
+                panics.get(worker).copied().unwrap_or(0)
+            ));
+        }
         for (name, help, q) in [
             (
                 "redo_helper_deltas_per_read",

@@ -728,15 +728,16 @@ impl Retention {
     /// Runs `tick` every `interval` on its own thread until the process ends.
     pub(crate) fn spawn(self: &Arc<Self>, interval: Duration) -> std::thread::JoinHandle<()> {
         let me = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("retention".into())
-            .spawn(move || {
-                loop {
-                    me.tick(Instant::now());
-                    std::thread::sleep(interval);
-                }
-            })
-            .unwrap_or_else(|e| panic!("cannot start the retention thread: {e}"))
+        // Supervised: every pass's steps are ordered so that stopping anywhere (a crash, or
+        // a panic caught here) leaves the durable state consistent for the next pass.
+        crate::sync::supervise::spawn("retention".into(), "retention", move || {
+            loop {
+                crate::sync::supervise::test_hook("retention");
+                me.tick(Instant::now());
+                std::thread::sleep(interval);
+            }
+        })
+        .unwrap_or_else(|e| panic!("cannot start the retention thread: {e}"))
     }
 }
 

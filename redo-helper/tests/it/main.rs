@@ -13,6 +13,7 @@ mod support;
 mod brin;
 mod checksum;
 mod corruption;
+mod faults;
 mod fuzz_wal;
 mod generic_wal;
 mod gin;

@@ -28,6 +28,17 @@ impl HelperProcess {
         log: &Path,
         extra: &[&str],
     ) -> HelperProcess {
+        Self::spawn_with_env(conninfo, data_dir, log, extra, &[])
+    }
+
+    /// Like `spawn_with`, with extra environment variables for the helper process.
+    pub fn spawn_with_env(
+        conninfo: &str,
+        data_dir: &Path,
+        log: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> HelperProcess {
         let listen = free_port();
         let logf = std::fs::OpenOptions::new()
             .create(true)
@@ -45,6 +56,7 @@ impl HelperProcess {
             ])
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
@@ -99,10 +111,16 @@ impl HelperProcess {
 
     /// Waits for the process to exit by itself; returns (success, log).
     pub fn wait_exit(&mut self, timeout: Duration) -> (bool, String) {
+        let (code, log) = self.wait_exit_code(timeout);
+        (code == Some(0), log)
+    }
+
+    /// Waits for the process to exit by itself; returns (exit code, log).
+    pub fn wait_exit_code(&mut self, timeout: Duration) -> (Option<i32>, String) {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(code)) = self.child.try_wait() {
-                return (code.success(), self.log_text());
+                return (code.code(), self.log_text());
             }
             if Instant::now() > deadline {
                 panic!(
