@@ -5,8 +5,10 @@ set -euo pipefail
 
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PGRX_VERSION=0.18.0
-packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo
-    procps time pkg-config curl)
+# postgresql-15-rum: the rum index access method (writes generic WAL), in the generic WAL
+# integration test.
+packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib postgresql-15-rum
+    libclang-dev clang sudo procps time pkg-config curl)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
