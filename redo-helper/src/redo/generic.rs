@@ -4,7 +4,8 @@
 //!
 //! Per block, `generic_redo` calls `XLogReadBufferForRedo`, so the dispatcher's rules apply
 //! unchanged: a full page image (`GENERIC_XLOG_FULL_IMAGE`, which `GenericXLogFinish`
-//! registers with `REGBUF_FORCE_IMAGE`; new pages always come this way) is restored, a page
+//! registers with `REGBUF_FORCE_IMAGE`; bloom's new pages come this way, rum logs the new
+//! page of a split as a delta over the zeroed page instead) is restored, a page
 //! whose LSN is not older than the record is left alone (`BLK_DONE`), and only a page that
 //! needs redo gets the delta. The delta was computed against the page as it was right
 //! before the record, so applying it twice or to an older page would be wrong; the LSN

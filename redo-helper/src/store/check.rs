@@ -109,7 +109,8 @@ pub(crate) fn check_against_pgdata(store: &PageStore, pgdata: &Path, sum: &mut C
                 if r.start == StartSource::GeneratedImage {
                     sum.served_from_generated += 1;
                 }
-                compare_one(&key, &r.page, theirs.as_deref(), sum);
+                let kind = page_kind_hint(store, &key);
+                compare_one(&key, &r.page, theirs.as_deref(), kind, sum);
             }
             Err(GetPageError::Removed { at, .. }) => {
                 sum.removed_pages += 1;
@@ -151,7 +152,22 @@ pub(crate) fn known_pages(store: &PageStore) -> (Lsn, Vec<PageKey>) {
     (lsn, keys)
 }
 
-fn compare_one(key: &PageKey, ours: &[u8], theirs: Option<&Page>, sum: &mut CheckSummary) {
+/// The mask a page needs, by the resource manager of the newest change the index knows
+/// for it (None: the page only comes from images or the base backup, so it is guessed from
+/// its bytes). Extension AMs without a page id (rum) would otherwise be guessed as btree.
+pub(crate) fn page_kind_hint(store: &PageStore, key: &PageKey) -> Option<PageKind> {
+    let idx = read(&store.index);
+    let change = idx.page(key)?.changes.last()?;
+    PageKind::of_rmgr(change.rmid, key.fork)
+}
+
+fn compare_one(
+    key: &PageKey,
+    ours: &[u8],
+    theirs: Option<&Page>,
+    kind: Option<PageKind>,
+    sum: &mut CheckSummary,
+) {
     let Ok(ours) = <&Page>::try_from(ours) else {
         sum.errors += 1;
         sum.problem(|| format!("page {key}: served page is not {BLCKSZ} bytes"));
@@ -166,7 +182,7 @@ fn compare_one(key: &PageKey, ours: &[u8], theirs: Option<&Page>, sum: &mut Chec
         return;
     };
     sum.pages_compared += 1;
-    if let Some(diff) = masked_difference(key, ours, theirs) {
+    if let Some(diff) = masked_difference(key, ours, theirs, kind) {
         sum.mismatches += 1;
         sum.problem(|| format!("page {key}: helper vs data file:\n{diff}"));
     }
@@ -174,12 +190,19 @@ fn compare_one(key: &PageKey, ours: &[u8], theirs: Option<&Page>, sum: &mut Chec
 
 /// How the helper's page differs from the data file's once both are masked like
 /// PostgreSQL's `rm_mask` (hint bits, unused space, LSN, checksum); None when they agree.
-pub(crate) fn masked_difference(key: &PageKey, ours: &Page, theirs: &Page) -> Option<String> {
-    let kind = if ours.is_new() {
-        PageKind::guess(theirs, key.fork)
-    } else {
-        PageKind::guess(ours, key.fork)
-    };
+pub(crate) fn masked_difference(
+    key: &PageKey,
+    ours: &Page,
+    theirs: &Page,
+    kind: Option<PageKind>,
+) -> Option<String> {
+    let kind = kind.unwrap_or_else(|| {
+        if ours.is_new() {
+            PageKind::guess(theirs, key.fork)
+        } else {
+            PageKind::guess(ours, key.fork)
+        }
+    });
     let mut a = Box::new(*ours);
     let mut b = Box::new(*theirs);
     if kind == PageKind::Sequence {

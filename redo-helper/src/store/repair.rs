@@ -23,7 +23,7 @@
 //! command fails, so the operator knows it was not covered.
 
 use super::StoreError;
-use super::check::{known_pages, masked_difference};
+use super::check::{known_pages, masked_difference, page_kind_hint};
 use super::meta::HelperMeta;
 use super::offline::{OfflineStore, WalCatchUp};
 use super::page_store::{GetPageError, ReadOptions};
@@ -410,7 +410,7 @@ pub(crate) fn repair(
             }
         };
         let differs = match &theirs {
-            Some(t) => masked_difference(&key, &page, t).is_some(),
+            Some(t) => masked_difference(&key, &page, t, page_kind_hint(store, &key)).is_some(),
             None => page.iter().any(|&b| b != 0),
         };
         let write = if changed {

@@ -637,10 +637,16 @@ fn replay_record(
         if part.owner(&key, hash) != worker {
             continue;
         }
-        // Pages that do not exist are created by WILL_INIT/images, and VM pages by the
-        // VISIBLE record (PostgreSQL reads them with RBM_ZERO_ON_ERROR).
-        let create =
-            block.will_init() || block.has_applicable_image() || key.fork == ForkNumber::VM;
+        // Pages that do not exist are created by WILL_INIT/images, VM pages by the VISIBLE
+        // record (PostgreSQL reads them with RBM_ZERO_ON_ERROR), and pages a generic WAL
+        // delta comes for: `GenericXLogFinish` diffs against the buffer as it was, and a
+        // page just added to the relation was all zeros (rum logs the new page of a split
+        // so). PostgreSQL's redo would skip such a block as missing (BLK_NOTFOUND); GetPage
+        // starts it from zeros, and so does verify, to check it against the images.
+        let create = block.will_init()
+            || block.has_applicable_image()
+            || key.fork == ForkNumber::VM
+            || rec.rmid() == crate::wal::rmgr::RM_GENERIC_ID;
         let Some(slot) = set.get_or_load(&key, hash, create)? else {
             continue;
         };
