@@ -16,6 +16,7 @@ mod corruption;
 mod fuzz_wal;
 mod generic_wal;
 mod gin;
+mod gist;
 mod ingest;
 mod redo_verify;
 mod repair;
