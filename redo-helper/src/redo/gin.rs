@@ -465,14 +465,13 @@ fn append_to_tail(
 ) -> Result<LsnRule, RedoErrorKind> {
     require_gin_page(page, GIN_LIST, 0)?;
     let tuples = packed_tuples(rec.block_data(block), ntuples)?;
-    let mut off = if page.is_empty_page() {
+    let first = if page.is_empty_page() {
         1
     } else {
         page.max_offset() + 1
     };
-    for t in tuples {
+    for (t, off) in tuples.into_iter().zip(first..) {
         page.add_item(t, off, 0)?;
-        off += 1;
     }
     set_maxoff(page, maxoff(page).wrapping_add(1));
     Ok(LsnRule::Stamp)

@@ -25,7 +25,7 @@
 //! PAGE_REUSE and ASSIGN_LSN change no page: they reference no block, so a block of theirs
 //! that arrives here is malformed.
 
-use super::page::{Page, PageLayout, SIZE_OF_PAGE_HEADER, get_u16, get_u32, put_u16, put_u32};
+use super::page::{Page, PageLayout, SIZE_OF_PAGE_HEADER, get_u16, put_u16, put_u32};
 use super::{LsnRule, RedoErrorKind, malformed, require_init, unexpected_block};
 use crate::wal::block::BlockRef;
 use crate::wal::page::{BLCKSZ, Lsn};
@@ -67,18 +67,8 @@ fn set_page_flags(page: &mut Page, flags: u16) {
     put_u16(page, GIST_SPECIAL_START + OPAQUE_FLAGS, flags);
 }
 
-fn rightlink(page: &Page) -> u32 {
-    get_u32(page, GIST_SPECIAL_START + OPAQUE_RIGHTLINK)
-}
-
 fn set_rightlink(page: &mut Page, blk: u32) {
     put_u32(page, GIST_SPECIAL_START + OPAQUE_RIGHTLINK, blk);
-}
-
-/// `GistPageGetNSN`.
-fn nsn(page: &Page) -> Lsn {
-    let at = GIST_SPECIAL_START + OPAQUE_NSN;
-    Lsn((get_u32(page, at) as u64) << 32 | get_u32(page, at + 4) as u64)
 }
 
 /// `GistPageSetNSN`: stored like pd_lsn, the high half first.
@@ -252,16 +242,15 @@ fn page_update(page: &mut Page, data: &PageUpdateData<'_>) -> Result<(), RedoErr
                 page.index_multi_delete(todelete)?;
             }
             // New tuples go after the last item, from FirstOffsetNumber on an empty page.
-            let mut off = if page.is_empty_page() {
+            let first = if page.is_empty_page() {
                 1
             } else {
                 page.max_offset() + 1
             };
-            for tuple in tuples {
+            for (tuple, off) in tuples.iter().zip(first..) {
                 // PageAddItem(page, itup, sz, off, overwrite = false, is_heap = false).
                 page.add_item(tuple, off, 0)
                     .map_err(|e| add_failed(tuple.len(), e))?;
-                off += 1;
             }
             Ok(())
         }
@@ -395,6 +384,7 @@ fn set_deleted(page: &mut Page, delete_xid: u64) -> Result<(), RedoErrorKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redo::page::get_u32;
     use crate::redo::{BlockOutcome, RedoContext, apply_block};
     use crate::wal::rmgr::RM_GIST_ID;
     use crate::wal::rmgr::gist::*;
@@ -414,6 +404,16 @@ mod tests {
             p.add_item(t, i as u16 + 1, 0).unwrap();
         }
         p
+    }
+
+    fn rightlink(page: &Page) -> u32 {
+        get_u32(page, GIST_SPECIAL_START + OPAQUE_RIGHTLINK)
+    }
+
+    /// `GistPageGetNSN`.
+    fn nsn(page: &Page) -> Lsn {
+        let at = GIST_SPECIAL_START + OPAQUE_NSN;
+        Lsn((get_u32(page, at) as u64) << 32 | get_u32(page, at + 4) as u64)
     }
 
     fn keys(page: &Page) -> Vec<u8> {
