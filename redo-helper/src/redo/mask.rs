@@ -1,8 +1,8 @@
 //! Page masks for verification, equivalent to PostgreSQL 15's `rm_mask` functions:
 //! `heap_mask` (`access/heap/heapam.c`), `btree_mask` (`access/nbtree/nbtxlog.c`),
 //! `seq_mask` (`commands/sequence.c`), `generic_mask` (`access/transam/generic_xlog.c`),
-//! `brin_mask` (`access/brin/brin_xlog.c`), `gin_mask` (`access/gin/ginxlog.c`) and the
-//! helpers of `access/common/bufmask.c`.
+//! `brin_mask` (`access/brin/brin_xlog.c`), `gin_mask` (`access/gin/ginxlog.c`),
+//! `gist_mask` (`access/gist/gistxlog.c`) and the helpers of `access/common/bufmask.c`.
 //! They blank out what may legitimately differ between a replayed page and the primary's
 //! (LSN, checksum, hint bits, unused space, ...). `MASK_MARKER` is 0.
 
@@ -198,6 +198,31 @@ pub(crate) fn gin_mask(page: &mut Page) {
     }
 }
 
+/// `gist_mask`: LSN, checksum, hint bits and the hole; then the NSN ("nothing but a special
+/// purpose LSN"), F_FOLLOW_RIGHT (set on every page: the left child loses it after the WAL
+/// record is written, see `gistplacetopage`), the line pointer flags of leaves (LP_DEAD is
+/// set without WAL by `gistkillitems`) and F_HAS_GARBAGE (redo never sets it).
+pub(crate) fn gist_mask(page: &mut Page) {
+    use super::gist::{
+        F_FOLLOW_RIGHT, F_HAS_GARBAGE, F_LEAF, GIST_SPECIAL_SIZE, OPAQUE_FLAGS, OPAQUE_NSN,
+    };
+    mask_page_lsn_and_checksum(page);
+    mask_page_hint_bits(page);
+    mask_unused_space(page);
+    // GistPageGetOpaque reads at pd_special; a page without room for it is not masked
+    // further (the comparison then shows the difference).
+    let special = page.special() as usize;
+    if special + GIST_SPECIAL_SIZE > BLCKSZ {
+        return;
+    }
+    page[special + OPAQUE_NSN..special + OPAQUE_NSN + 8].fill(MASK_MARKER);
+    let flags = get_u16(page, special + OPAQUE_FLAGS) | F_FOLLOW_RIGHT;
+    if flags & F_LEAF != 0 {
+        mask_lp_flags(page);
+    }
+    put_u16(page, special + OPAQUE_FLAGS, flags & !F_HAS_GARBAGE);
+}
+
 /// Which mask applies to a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum PageKind {
@@ -208,6 +233,7 @@ pub(crate) enum PageKind {
     Generic,
     Brin,
     Gin,
+    Gist,
     VisibilityMap,
     FreeSpaceMap,
     /// Pages of rmgrs the engine does not replay, or unknown: generic masks.
@@ -230,6 +256,7 @@ impl PageKind {
             rmgr::RM_GENERIC_ID => Some(PageKind::Generic),
             rmgr::RM_BRIN_ID => Some(PageKind::Brin),
             rmgr::RM_GIN_ID => Some(PageKind::Gin),
+            rmgr::RM_GIST_ID => Some(PageKind::Gist),
             rmgr::RM_XLOG_ID => None,
             _ => Some(PageKind::Other),
         }
@@ -264,6 +291,8 @@ impl PageKind {
                 let id = get_u16(page, BLCKSZ - 2);
                 if id == BLOOM_PAGE_ID {
                     PageKind::Generic
+                } else if id == super::gist::GIST_PAGE_ID {
+                    PageKind::Gist
                 } else if id >= 0xFF80 {
                     PageKind::Other
                 } else {
@@ -284,6 +313,7 @@ pub(crate) fn mask_page(page: &mut Page, kind: PageKind, blkno: u32) {
         PageKind::Generic => generic_mask(page),
         PageKind::Brin => brin_mask(page),
         PageKind::Gin => gin_mask(page),
+        PageKind::Gist => gist_mask(page),
         // VM bits are always WAL-logged; only LSN and checksum may differ.
         PageKind::VisibilityMap => mask_page_lsn_and_checksum(page),
         PageKind::FreeSpaceMap | PageKind::Other => {
@@ -421,5 +451,50 @@ mod tests {
         gin_mask(&mut a);
         gin_mask(&mut b);
         assert_eq!(a[..], b[..]);
+    }
+
+    #[test]
+    fn gist_mask_hides_nsn_follow_right_garbage_and_leaf_lp_flags() {
+        use crate::redo::gist::{F_FOLLOW_RIGHT, F_HAS_GARBAGE, F_LEAF, GIST_PAGE_ID};
+        let mut a = Box::new([0u8; BLCKSZ]);
+        a.init(16);
+        put_u16(&mut a[..], BLCKSZ - 2, GIST_PAGE_ID);
+        put_u16(&mut a[..], BLCKSZ - 4, F_LEAF);
+        a.add_item(&[3u8; 16], 1, 0).unwrap();
+        assert_eq!(PageKind::guess(&a, ForkNumber::MAIN), PageKind::Gist);
+        let mut b = a.clone();
+        put_u32(&mut b[..], BLCKSZ - 16, 1);
+        put_u32(&mut b[..], BLCKSZ - 12, 0x4000);
+        put_u16(
+            &mut b[..],
+            BLCKSZ - 4,
+            F_LEAF | F_FOLLOW_RIGHT | F_HAS_GARBAGE,
+        );
+        let id = b.item_id(1).unwrap();
+        b.set_item_id(1, id.with_flags(crate::redo::page::LP_DEAD))
+            .unwrap();
+        let (mut ma, mut mb) = (a.clone(), b.clone());
+        gist_mask(&mut ma);
+        gist_mask(&mut mb);
+        assert_eq!(ma[..], mb[..]);
+        // The right link, the other flags and the tuples are compared.
+        for change in [BLCKSZ - 8, BLCKSZ - 4, BLCKSZ - 1] {
+            let mut c = a.clone();
+            c[change] ^= 2;
+            let mut mc = c.clone();
+            gist_mask(&mut mc);
+            assert_ne!(ma[..], mc[..], "byte {change}");
+        }
+        let mut c = a.clone();
+        let at = c.upper() as usize;
+        c[at + 9] = 7;
+        gist_mask(&mut c);
+        assert_ne!(ma[..], c[..]);
+        // On an internal page the line pointer flags are compared.
+        put_u16(&mut a[..], BLCKSZ - 4, 0);
+        put_u16(&mut b[..], BLCKSZ - 4, 0);
+        gist_mask(&mut a);
+        gist_mask(&mut b);
+        assert_ne!(a[..], b[..]);
     }
 }

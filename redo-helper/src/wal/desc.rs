@@ -664,6 +664,47 @@ fn gin_desc(buf: &mut String, rec: &DecodedRecord) -> Result<(), crate::wal::err
     Ok(())
 }
 
+/// `gist_desc` (`access/rmgrdesc/gistdesc.c`, PostgreSQL 15 wording: `latestRemovedXid`;
+/// PAGE_UPDATE and ASSIGN_LSN print nothing).
+fn gist_desc(
+    buf: &mut String,
+    rec: &DecodedRecord,
+) -> Result<(), crate::wal::error::MainDataError> {
+    use gist::GistRecord;
+    let _ = match gist::parse(rec)? {
+        GistRecord::PageReuse {
+            node,
+            block,
+            latest_removed_full_xid,
+        } => write!(
+            buf,
+            "rel {node}; blk {block}; latestRemovedXid {}:{}",
+            latest_removed_full_xid >> 32,
+            latest_removed_full_xid as u32
+        ),
+        GistRecord::Delete {
+            latest_removed_xid,
+            ntodelete,
+            ..
+        } => write!(
+            buf,
+            "delete: latestRemovedXid {latest_removed_xid}, nitems: {ntodelete}"
+        ),
+        GistRecord::PageSplit { npage, .. } => write!(buf, "page_split: splits to {npage} pages"),
+        GistRecord::PageDelete {
+            delete_xid,
+            downlink_offset,
+        } => write!(
+            buf,
+            "deleteXid {}:{}; downlink {downlink_offset}",
+            delete_xid >> 32,
+            delete_xid as u32
+        ),
+        GistRecord::PageUpdate { .. } | GistRecord::AssignLsn => Ok(()),
+    };
+    Ok(())
+}
+
 /// `desc_recompress_leaf`.
 fn recompress_desc(
     buf: &mut String,
@@ -783,6 +824,7 @@ pub fn describe(rec: &DecodedRecord, buf: &mut String) {
         RM_BTREE_ID => btree_desc(buf, rec),
         RM_BRIN_ID => brin_desc(buf, rec),
         RM_GIN_ID => gin_desc(buf, rec),
+        RM_GIST_ID => gist_desc(buf, rec),
         RM_STANDBY_ID => standby_desc(buf, rec),
         RM_GENERIC_ID => generic_desc(buf, rec),
         _ => small_desc(buf, rec),
@@ -809,6 +851,7 @@ pub fn has_pg_waldump_desc(rmid: u8) -> bool {
             | RM_BTREE_ID
             | RM_BRIN_ID
             | RM_GIN_ID
+            | RM_GIST_ID
             | RM_SEQ_ID
             | RM_COMMIT_TS_ID
             | RM_GENERIC_ID

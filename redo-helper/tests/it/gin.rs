@@ -27,7 +27,7 @@ const GIN_TYPES: [&str; 9] = [
 
 /// Loads rows with COPY through a file in the data directory: `heap_multi_insert` logs one
 /// record per heap page, where INSERT ... SELECT would log (and image) every row.
-fn copy_load(c: &PgCluster, table: &str, select: &str) {
+pub(crate) fn copy_load(c: &PgCluster, table: &str, select: &str) {
     let file = c.data.join(format!("{table}.copy"));
     let file = file.display();
     c.sql(&format!("COPY ({select}) TO '{file}'"));
@@ -35,7 +35,7 @@ fn copy_load(c: &PgCluster, table: &str, select: &str) {
 }
 
 /// Rows whose index scan (bitmap scan over the GIN index) and sequential scan agree.
-fn scans_agree(c: &PgCluster, query: &str) -> String {
+pub(crate) fn scans_agree(c: &PgCluster, query: &str) -> String {
     let idx = c.sql(&format!(
         "SET enable_seqscan = off; SET enable_indexscan = on; SET enable_bitmapscan = on; {query}"
     ));

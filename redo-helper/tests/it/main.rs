@@ -17,6 +17,7 @@ mod faults;
 mod fuzz_wal;
 mod generic_wal;
 mod gin;
+mod gist;
 mod ingest;
 mod redo_verify;
 mod repair;

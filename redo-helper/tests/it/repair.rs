@@ -353,7 +353,7 @@ fn repair_refuses_a_running_cluster_and_a_foreign_one() {
 }
 
 /// Conditions on `ib` and the index that answers each (checked with EXPLAIN).
-const IB_QUERIES: [(&str, &str); 13] = [
+const IB_QUERIES: [(&str, &str); 16] = [
     ("t BETWEEN 5000 AND 6000", "ib_brin"),
     ("t BETWEEN 20500 AND 22600", "ib_brin"),
     ("t > 100000 AND t < 150000", "ib_brin"),
@@ -365,6 +365,10 @@ const IB_QUERIES: [(&str, &str); 13] = [
     ("tags @> ARRAY[17]", "ib_gin"),
     ("tags @> ARRAY[1003, 42]", "ib_gin"),
     ("tags && ARRAY[77, 21500, 22999]", "ib_gin"),
+    // Every row through the GiST index (b is 0..36): a torn leaf anywhere shows.
+    ("point(t, b) <@ box '((0,0),(1000000,40))'", "ib_gist"),
+    ("point(t, b) <@ box '((20000,0),(23000,10))'", "ib_gist"),
+    ("point(t, b) <@ box '((100000,5),(300000,36))'", "ib_gist"),
     ("id = 4243", "ib_pkey"),
     ("id = 21001", "ib_pkey"),
 ];
@@ -433,8 +437,8 @@ fn tear_with_any(file: &std::path::Path, blk: u64) {
     tear(file, blk, other);
 }
 
-/// BRIN (regular and revmap pages, replayed from BRIN records) and bloom (generic WAL) index
-/// pages changed after the checkpoint are torn; repair rebuilds them and the indexes answer
+/// BRIN (regular and revmap pages, replayed from BRIN records), GIN, GiST and bloom (generic
+/// WAL) index pages changed after the checkpoint are torn; repair rebuilds them and the indexes answer
 /// as a sequential scan does.
 #[test]
 fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
@@ -450,6 +454,7 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
     c.sql("CREATE INDEX ib_bloom ON ib USING bloom (a, b) WITH (length = 64)");
     // Entry tree and posting trees (each key has hundreds to thousands of rows).
     c.sql("CREATE INDEX ib_gin ON ib USING gin (tags) WITH (fastupdate = off)");
+    c.sql("CREATE INDEX ib_gist ON ib USING gist (point(t, b))");
     let (_tmp, helper_dir, mut h) = stream_helper(&c, "repair-brin");
     c.sql("CHECKPOINT");
     let redo = c.sql("SELECT redo_lsn FROM pg_control_checkpoint()");
@@ -480,6 +485,8 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
     let bloom_changed = blocks_changed_since(&c, "ib_bloom", &redo);
     let gin = c.sql("SELECT pg_relation_filepath('ib_gin')");
     let gin_changed = blocks_changed_since(&c, "ib_gin", &redo);
+    let gist = c.sql("SELECT pg_relation_filepath('ib_gist')");
+    let gist_changed = blocks_changed_since(&c, "ib_gist", &redo);
     c.crash();
 
     // To tear: every changed BRIN page (revmap and regular), three changed bloom pages and
@@ -502,9 +509,23 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
         .filter(|&b| on_disk(&gin, b))
         .take(6)
         .collect();
+    // Six changed GiST pages other than the root: the lowest blocks, leaves of the build
+    // that VACUUM changed with deltas (pages split after the checkpoint would be rebuilt
+    // from their WILL_INIT record and not stay torn).
+    let gist_torn: Vec<u64> = gist_changed
+        .iter()
+        .copied()
+        .filter(|&b| on_disk(&gist, b))
+        .take(6)
+        .collect();
     assert!(
         !brin_torn.is_empty() && !bloom_torn.is_empty() && !gin_torn.is_empty(),
         "changed BRIN {brin_changed:?}, bloom {bloom_changed:?}, GIN {gin_changed:?}"
+    );
+    assert!(!gist_torn.is_empty(), "changed GiST {gist_changed:?}");
+    eprintln!(
+        "torn GiST blocks {gist_torn:?} (of {} changed)",
+        gist_changed.len()
     );
     eprintln!(
         "torn BRIN blocks {brin_torn:?} (changed {brin_changed:?}), bloom blocks \
@@ -524,6 +545,7 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
         (&brin, &brin_torn),
         (&bloom, &bloom_torn),
         (&gin, &gin_torn),
+        (&gist, &gist_torn),
     ] {
         let mut control = c.copy_stopped();
         tear_in(&control.data, file, blocks);
@@ -550,6 +572,7 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
     tear_in(&c.data, &brin, &brin_torn);
     tear_in(&c.data, &bloom, &bloom_torn);
     tear_in(&c.data, &gin, &gin_torn);
+    tear_in(&c.data, &gist, &gist_torn);
 
     let (code, stdout, stderr) = run_repair(&helper_dir, &c.data, &[]);
     assert_eq!(code, Some(0), "repair failed:\n{stdout}\n{stderr}");
@@ -557,7 +580,7 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
     eprintln!("{line}");
     assert!(
         summary_num(line, " pages changed since written")
-            >= (brin_torn.len() + bloom_torn.len() + gin_torn.len()) as u64,
+            >= (brin_torn.len() + bloom_torn.len() + gin_torn.len() + gist_torn.len()) as u64,
         "{line}"
     );
     assert_eq!(summary_num(line, " unrepairable"), 0, "{line}");

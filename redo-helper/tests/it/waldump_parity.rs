@@ -234,6 +234,21 @@ const WORKLOAD: &[&str] = &[
     "DELETE FROM gt WHERE id % 3 = 0",
     "VACUUM gt",
     "DROP TABLE gt",
+    // GiST: inserts with leaf and root splits, killed tuples pruned by inserts into full
+    // leaves (DELETE), leaves emptied by VACUUM (PAGE_DELETE) and recycled (PAGE_REUSE).
+    "CREATE TABLE gst (id int, p point)",
+    "CREATE INDEX gst_p ON gst USING gist (p)",
+    "INSERT INTO gst SELECT g, point(g, g % 10) FROM generate_series(1, 1500) g",
+    "DELETE FROM gst WHERE id BETWEEN 100 AND 300 AND id % 2 = 0",
+    "SET enable_seqscan = off; SET enable_bitmapscan = off; \
+     SELECT sum(id) FROM gst WHERE p <@ box '((90,0),(310,10))'",
+    "INSERT INTO gst SELECT g, point(100 + g % 200, g % 10) FROM generate_series(1501, 1900) g",
+    "DELETE FROM gst WHERE id BETWEEN 500 AND 1300",
+    "VACUUM gst",
+    "SELECT txid_current()",
+    "VACUUM gst",
+    "INSERT INTO gst SELECT g, point(g, g % 10) FROM generate_series(1901, 2700) g",
+    "DROP TABLE gst",
     "DELETE FROM t2 WHERE a % 2 = 0",
     "VACUUM (FREEZE) t2",
     "TRUNCATE t2",

@@ -7,6 +7,7 @@ pub mod btree;
 pub mod dbase;
 pub mod generic;
 pub mod gin;
+pub mod gist;
 pub mod heap;
 pub mod seq;
 pub mod smgr;
@@ -160,15 +161,7 @@ pub fn identify(rmid: u8, info: u8) -> Option<&'static str> {
             _ => return None,
         },
         RM_GIN_ID => gin::identify(i)?,
-        RM_GIST_ID => match i {
-            0x00 => "PAGE_UPDATE",
-            0x10 => "DELETE",
-            0x20 => "PAGE_REUSE",
-            0x30 => "PAGE_SPLIT",
-            0x60 => "PAGE_DELETE",
-            0x70 => "ASSIGN_LSN",
-            _ => return None,
-        },
+        RM_GIST_ID => gist::identify(i)?,
         RM_SEQ_ID => seq::identify(i)?,
         RM_SPGIST_ID => match i {
             0x10 => "ADD_LEAF",
