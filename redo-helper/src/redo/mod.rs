@@ -12,10 +12,10 @@
 //! - [`relation_changes`]: creations, truncations and drops (smgr, commit/abort, database
 //!   drop) that change which pages exist.
 //!
-//! Resource managers replayed: XLOG (FPI), Heap, Heap2, Btree, Sequence, BRIN, GIN, Generic
-//! (the generic WAL of extension index AMs such as bloom, rum, pgvector); Storage and
-//! Transaction records change relations, not pages. Any other record touching a page
-//! (hash, GiST, SP-GiST, custom) is refused with
+//! Resource managers replayed: XLOG (FPI), Heap, Heap2, Btree, Sequence, BRIN, GIN, Hash,
+//! Generic (the generic WAL of extension index AMs such as bloom, rum, pgvector); Storage
+//! and Transaction records change relations, not pages. Any other record touching a page
+//! (GiST, SP-GiST, custom) is refused with
 //! [`RedoErrorKind::Unsupported`]: its page is unreadable until an image arrives.
 
 pub(crate) mod brin;
@@ -23,6 +23,7 @@ pub(crate) mod btree;
 pub(crate) mod compare;
 pub(crate) mod generic;
 pub(crate) mod gin;
+pub(crate) mod hash;
 pub(crate) mod heap;
 pub(crate) mod heap2;
 pub(crate) mod mask;
@@ -159,6 +160,7 @@ pub(crate) fn rmgr_replayed(rmid: u8) -> bool {
             | rmgr::RM_GENERIC_ID
             | rmgr::RM_BRIN_ID
             | rmgr::RM_GIN_ID
+            | rmgr::RM_HASH_ID
     )
 }
 
@@ -204,6 +206,7 @@ fn apply_block_kind(
         rmgr::RM_GENERIC_ID => generic::redo_block(rec, block, page)?,
         rmgr::RM_BRIN_ID => brin::redo_block(rec, block, page)?,
         rmgr::RM_GIN_ID => gin::redo_block(rec, block, page)?,
+        rmgr::RM_HASH_ID => hash::redo_block(rec, block, page)?,
         _ => return Err(RedoErrorKind::Unsupported),
     };
     if rule == LsnRule::Stamp {

@@ -29,8 +29,8 @@ pub(crate) enum ChangeKind {
     Image,
     /// WILL_INIT: the record rebuilds the page from nothing.
     Init,
-    /// A change by a resource manager the Rust redo does not implement (hash, GiST,
-    /// SP-GiST, custom): the page is unreadable until the next image.
+    /// A change by a resource manager the Rust redo does not implement (GiST, SP-GiST,
+    /// custom): the page is unreadable until the next image.
     Unsupported,
 }
 
@@ -636,8 +636,11 @@ mod tests {
         use crate::redo::rmgr_replayed;
         assert!(rmgr_replayed(10) && rmgr_replayed(11) && rmgr_replayed(17));
         assert!(rmgr_replayed(crate::wal::rmgr::RM_GIN_ID));
-        // GiST and hash are not replayed yet.
-        assert!(!rmgr_replayed(14) && !rmgr_replayed(12));
+        assert!(rmgr_replayed(crate::wal::rmgr::RM_HASH_ID));
+        // GiST is not replayed yet.
+        assert!(!rmgr_replayed(14));
+        // Custom resource managers never are: their redo is in the extension.
+        assert!(!rmgr_replayed(crate::wal::rmgr::RM_MIN_CUSTOM_ID));
         // Generic WAL (bloom, rum, pgvector) is replayed: its deltas are ordinary deltas.
         assert!(rmgr_replayed(crate::wal::rmgr::RM_GENERIC_ID));
         assert!(!ChangeKind::Unsupported.resets_chain());
