@@ -27,7 +27,7 @@ const GIN_TYPES: [&str; 9] = [
 
 /// Loads rows with COPY through a file in the data directory: `heap_multi_insert` logs one
 /// record per heap page, where INSERT ... SELECT would log (and image) every row.
-fn copy_load(c: &PgCluster, table: &str, select: &str) {
+pub(crate) fn copy_load(c: &PgCluster, table: &str, select: &str) {
     let file = c.data.join(format!("{table}.copy"));
     let file = file.display();
     c.sql(&format!("COPY ({select}) TO '{file}'"));

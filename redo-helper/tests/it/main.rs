@@ -17,6 +17,7 @@ mod faults;
 mod fuzz_wal;
 mod generic_wal;
 mod gin;
+mod hash;
 mod ingest;
 mod redo_verify;
 mod repair;
