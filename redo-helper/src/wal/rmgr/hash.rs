@@ -291,7 +291,7 @@ pub fn parse_moved_tuples<'a>(
 pub fn parse_offsets(rec: &DecodedRecord, data: &[u8]) -> Result<Vec<u16>, MainDataError> {
     let name = identify(rec.rmgr_info()).unwrap_or("UNKNOWN");
     let mut r = MainDataReader::new(data, rec.lsn, "Hash", name);
-    if data.len() % 2 != 0 {
+    if !data.len().is_multiple_of(2) {
         return Err(r.error(format!("{} bytes of offset numbers", data.len())));
     }
     r.u16_array(data.len() / 2)
