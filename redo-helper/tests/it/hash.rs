@@ -73,6 +73,7 @@ fn record_variants(wal: &std::path::Path) -> Vec<(String, usize)> {
         ("MOVE_PAGE_CONTENTS", "is_primary T"),
         ("SQUEEZE_PAGE", "is_primary F"),
         ("SQUEEZE_PAGE", "is_primary T"),
+        ("SQUEEZE_PAGE", "ntups 0,"),
         ("DELETE", "is_primary F"),
         ("DELETE", "is_primary T"),
         ("DELETE", "clear_dead_marking T"),
@@ -109,6 +110,11 @@ fn hash_redo_matches_consistency_images_and_data_files() {
     c.sql("CREATE INDEX hg_k ON hg USING hash (k) WITH (fillfactor = 10)");
     copy_load(&c, "hg", "SELECT g, g FROM generate_series(1, 24000) g");
 
+    // A build on a loaded table: the metapage sized for the estimated tuples (2,000 at 40 a
+    // bucket: 64 buckets, logged as page images) and the build's inserts.
+    c.sql("CREATE TABLE hs AS SELECT g AS id FROM generate_series(1, 2000) g");
+    c.sql("CREATE INDEX hs_id ON hs USING hash (id) WITH (fillfactor = 10)");
+
     // Overflow chains: four keys with 3,000 rows each, a bucket page holding about 400.
     c.sql("CREATE TABLE hd (id int, k int) WITH (autovacuum_enabled = off)");
     c.sql("CREATE INDEX hd_k ON hd USING hash (k)");
@@ -141,6 +147,7 @@ fn hash_redo_matches_consistency_images_and_data_files() {
         "SELECT count(*) FROM hd WHERE k = 3",
         "SELECT count(*) FROM hg WHERE k = 15",
         "SELECT count(*) FROM hg WHERE k = 30500",
+        "SELECT count(*) FROM hs WHERE id = 1999",
     ] {
         let n = scans_agree(&c, q);
         assert!(
@@ -155,6 +162,7 @@ fn hash_redo_matches_consistency_images_and_data_files() {
     );
     println!("hg_k pages: {}", page_types(&c, "hg_k"));
     println!("hd_k pages: {}", page_types(&c, "hd_k"));
+    println!("hs_id pages: {}", page_types(&c, "hs_id"));
     c.sql("VACUUM");
     checkpoint_and_stop(&c, h);
     let workload = started.elapsed();
