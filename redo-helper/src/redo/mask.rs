@@ -222,8 +222,9 @@ pub(crate) fn hash_mask(page: &mut Page) {
     } else if page_type == LH_BUCKET_PAGE || page_type == LH_OVERFLOW_PAGE {
         mask_lp_flags(page);
     }
+    // hasho_flag, after hasho_prevblkno, hasho_nextblkno and hasho_bucket.
     let at = special + 12;
-    let flag = get_u16(page, at);
+    let flag = page_flag_at(page, special);
     put_u16(page, at, flag & !LH_PAGE_HAS_DEAD_TUPLES);
 }
 
