@@ -31,6 +31,13 @@ pub mod wal;
 
 pub use redo::page::{Page, PageLayout, checksum_page};
 
+/// Whether the redo engine replays the page changes of resource manager `rmid`; a page a
+/// record of any other rmgr changes is unreadable until a full page image. The integration
+/// tests use it to find an access method that is still unreadable.
+pub fn rmgr_replayed(rmid: u8) -> bool {
+    redo::rmgr_replayed(rmid)
+}
+
 /// The layering above, checked on the source: every `crate::m` path in a module names a
 /// module of a lower layer (or `sync`, usable by all).
 #[cfg(test)]

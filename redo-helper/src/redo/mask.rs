@@ -2,7 +2,8 @@
 //! `heap_mask` (`access/heap/heapam.c`), `btree_mask` (`access/nbtree/nbtxlog.c`),
 //! `seq_mask` (`commands/sequence.c`), `generic_mask` (`access/transam/generic_xlog.c`),
 //! `brin_mask` (`access/brin/brin_xlog.c`), `gin_mask` (`access/gin/ginxlog.c`),
-//! `gist_mask` (`access/gist/gistxlog.c`) and the helpers of `access/common/bufmask.c`.
+//! `gist_mask` (`access/gist/gistxlog.c`), `hash_mask` (`access/hash/hash_xlog.c`) and the
+//! helpers of `access/common/bufmask.c`.
 //! They blank out what may legitimately differ between a replayed page and the primary's
 //! (LSN, checksum, hint bits, unused space, ...). `MASK_MARKER` is 0.
 
@@ -223,6 +224,36 @@ pub(crate) fn gist_mask(page: &mut Page) {
     put_u16(page, special + OPAQUE_FLAGS, flags & !F_HAS_GARBAGE);
 }
 
+/// `hash_mask`: LSN, checksum, hint bits and the hole on every hash page; an unused page
+/// (a freed overflow page, or one `_hash_alloc_buckets` wrote ahead) entirely; on bucket
+/// and overflow pages the line pointer flags (`_hash_kill_items` sets LP_DEAD without WAL);
+/// and on every page the `LH_PAGE_HAS_DEAD_TUPLES` hint it sets with them.
+pub(crate) fn hash_mask(page: &mut Page) {
+    use super::hash::{
+        HASH_SPECIAL_SIZE, LH_BUCKET_PAGE, LH_OVERFLOW_PAGE, LH_PAGE_HAS_DEAD_TUPLES, LH_PAGE_TYPE,
+        LH_UNUSED_PAGE, page_flag_at,
+    };
+    mask_page_lsn_and_checksum(page);
+    mask_page_hint_bits(page);
+    mask_unused_space(page);
+    // HashPageGetOpaque reads at pd_special; a page without room for it is not masked
+    // further (the comparison then shows the difference).
+    let special = page.special() as usize;
+    if special + HASH_SPECIAL_SIZE > BLCKSZ {
+        return;
+    }
+    let page_type = page_flag_at(page, special) & LH_PAGE_TYPE;
+    if page_type == LH_UNUSED_PAGE {
+        mask_page_content(page);
+    } else if page_type == LH_BUCKET_PAGE || page_type == LH_OVERFLOW_PAGE {
+        mask_lp_flags(page);
+    }
+    // hasho_flag, after hasho_prevblkno, hasho_nextblkno and hasho_bucket.
+    let at = special + 12;
+    let flag = page_flag_at(page, special);
+    put_u16(page, at, flag & !LH_PAGE_HAS_DEAD_TUPLES);
+}
+
 /// Which mask applies to a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum PageKind {
@@ -234,6 +265,7 @@ pub(crate) enum PageKind {
     Brin,
     Gin,
     Gist,
+    Hash,
     VisibilityMap,
     FreeSpaceMap,
     /// Pages of rmgrs the engine does not replay, or unknown: generic masks.
@@ -257,6 +289,7 @@ impl PageKind {
             rmgr::RM_BRIN_ID => Some(PageKind::Brin),
             rmgr::RM_GIN_ID => Some(PageKind::Gin),
             rmgr::RM_GIST_ID => Some(PageKind::Gist),
+            rmgr::RM_HASH_ID => Some(PageKind::Hash),
             rmgr::RM_XLOG_ID => None,
             _ => Some(PageKind::Other),
         }
@@ -293,6 +326,8 @@ impl PageKind {
                     PageKind::Generic
                 } else if id == super::gist::GIST_PAGE_ID {
                     PageKind::Gist
+                } else if id == super::hash::HASHO_PAGE_ID {
+                    PageKind::Hash
                 } else if id >= 0xFF80 {
                     PageKind::Other
                 } else {
@@ -314,6 +349,7 @@ pub(crate) fn mask_page(page: &mut Page, kind: PageKind, blkno: u32) {
         PageKind::Brin => brin_mask(page),
         PageKind::Gin => gin_mask(page),
         PageKind::Gist => gist_mask(page),
+        PageKind::Hash => hash_mask(page),
         // VM bits are always WAL-logged; only LSN and checksum may differ.
         PageKind::VisibilityMap => mask_page_lsn_and_checksum(page),
         PageKind::FreeSpaceMap | PageKind::Other => {
@@ -418,8 +454,8 @@ mod tests {
         assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Heap);
         p.init(16);
         assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Btree);
-        put_u16(&mut p[..], BLCKSZ - 2, 0xFF80);
-        assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Other);
+        put_u16(&mut p[..], BLCKSZ - 2, crate::redo::hash::HASHO_PAGE_ID);
+        assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Hash);
         put_u16(&mut p[..], BLCKSZ - 2, BLOOM_PAGE_ID);
         assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Generic);
         p.init(4);
@@ -496,5 +532,48 @@ mod tests {
         gist_mask(&mut a);
         gist_mask(&mut b);
         assert_ne!(a[..], b[..]);
+    }
+
+    #[test]
+    fn hash_mask_hides_unlogged_dead_marks_and_unused_pages() {
+        use crate::redo::hash::{
+            LH_BITMAP_PAGE, LH_BUCKET_PAGE, LH_PAGE_HAS_DEAD_TUPLES, LH_UNUSED_PAGE,
+        };
+        let flag_at = BLCKSZ - 4;
+        let mut a = Box::new([0u8; BLCKSZ]);
+        a.init(16);
+        put_u16(&mut a[..], flag_at, LH_BUCKET_PAGE);
+        a.add_item(&[3u8; 16], 1, 0).unwrap();
+        let mut b = a.clone();
+        // _hash_kill_items: LP_DEAD and the page hint, without WAL.
+        let id = b.item_id(1).unwrap();
+        b.set_item_id(1, id.with_flags(crate::redo::page::LP_DEAD))
+            .unwrap();
+        put_u16(
+            &mut b[..],
+            flag_at,
+            LH_BUCKET_PAGE | LH_PAGE_HAS_DEAD_TUPLES,
+        );
+        let (mut ma, mut mb) = (a.clone(), b.clone());
+        hash_mask(&mut ma);
+        hash_mask(&mut mb);
+        assert_eq!(ma[..], mb[..]);
+        // A tuple's bytes are compared.
+        let at = b.upper() as usize;
+        b[at + 9] = 1;
+        hash_mask(&mut b);
+        assert_ne!(ma[..], b[..]);
+        // A bitmap page's bits are compared; an unused page is not compared at all.
+        for (page_type, equal) in [(LH_BITMAP_PAGE, false), (LH_UNUSED_PAGE, true)] {
+            let mut c = Box::new([0u8; BLCKSZ]);
+            c.init(16);
+            put_u16(&mut c[..], flag_at, page_type);
+            c.set_lower(24 + 64);
+            let mut d = c.clone();
+            d[30] = 0xFF;
+            hash_mask(&mut c);
+            hash_mask(&mut d);
+            assert_eq!(c[..] == d[..], equal, "page type {page_type}");
+        }
     }
 }

@@ -13,9 +13,9 @@
 //!   drop) that change which pages exist.
 //!
 //! Resource managers replayed: XLOG (FPI), Heap, Heap2, Btree, Sequence, BRIN, GIN, GiST,
-//! Generic (the generic WAL of extension index AMs such as bloom, rum, pgvector); Storage and
-//! Transaction records change relations, not pages. Any other record touching a page
-//! (hash, SP-GiST, custom) is refused with
+//! Hash, Generic (the generic WAL of extension index AMs such as bloom, rum, pgvector);
+//! Storage and Transaction records change relations, not pages. Any other record touching a
+//! page (SP-GiST, custom) is refused with
 //! [`RedoErrorKind::Unsupported`]: its page is unreadable until an image arrives.
 
 pub(crate) mod brin;
@@ -24,6 +24,7 @@ pub(crate) mod compare;
 pub(crate) mod generic;
 pub(crate) mod gin;
 pub(crate) mod gist;
+pub(crate) mod hash;
 pub(crate) mod heap;
 pub(crate) mod heap2;
 pub(crate) mod mask;
@@ -161,6 +162,7 @@ pub(crate) fn rmgr_replayed(rmid: u8) -> bool {
             | rmgr::RM_BRIN_ID
             | rmgr::RM_GIN_ID
             | rmgr::RM_GIST_ID
+            | rmgr::RM_HASH_ID
     )
 }
 
@@ -211,6 +213,7 @@ fn apply_block_kind(
         rmgr::RM_BRIN_ID => brin::redo_block(rec, block, page)?,
         rmgr::RM_GIN_ID => gin::redo_block(rec, block, page)?,
         rmgr::RM_GIST_ID => gist::redo_block(rec, block, page)?,
+        rmgr::RM_HASH_ID => hash::redo_block(rec, block, page)?,
         _ => return Err(RedoErrorKind::Unsupported),
     };
     if rule == LsnRule::Stamp {

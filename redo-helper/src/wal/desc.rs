@@ -729,6 +729,118 @@ fn recompress_desc(
     Ok(())
 }
 
+/// C's `%g` (six significant digits, the shorter of `%e` and `%f` with trailing zeros
+/// removed), as `hash_desc` prints its tuple counts.
+fn format_g(v: f64) -> String {
+    const PRECISION: i32 = 6;
+    if v.is_nan() {
+        return if v.is_sign_negative() { "-nan" } else { "nan" }.into();
+    }
+    if v.is_infinite() {
+        return if v < 0.0 { "-inf" } else { "inf" }.into();
+    }
+    if v == 0.0 {
+        return if v.is_sign_negative() { "-0" } else { "0" }.into();
+    }
+    // The exponent %e would print, after rounding to PRECISION digits.
+    let e_form = format!("{:.*e}", (PRECISION - 1) as usize, v);
+    let (mantissa, exp) = e_form.split_once('e').unwrap_or((&e_form, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let trim = |s: &str| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    if (-4..PRECISION).contains(&exp) {
+        trim(&format!("{:.*}", (PRECISION - 1 - exp) as usize, v))
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa), exp.abs())
+    }
+}
+
+/// `hash_desc` (PostgreSQL 15: VACUUM_ONE_PAGE prints `latestRemovedXid`).
+fn hash_desc(
+    buf: &mut String,
+    rec: &DecodedRecord,
+) -> Result<(), crate::wal::error::MainDataError> {
+    use hash::HashRecord;
+    let tf = |b: bool| if b { 'T' } else { 'F' };
+    let _ = match hash::parse(rec)? {
+        HashRecord::InitMetaPage {
+            num_tuples,
+            ffactor,
+            ..
+        } => write!(
+            buf,
+            "num_tuples {}, fillfactor {ffactor}",
+            format_g(num_tuples)
+        ),
+        HashRecord::InitBitmapPage { bmsize } => write!(buf, "bmsize {bmsize}"),
+        HashRecord::Insert { offnum } => write!(buf, "off {offnum}"),
+        HashRecord::AddOvflPage {
+            bmsize,
+            bmpage_found,
+        } => write!(buf, "bmsize {bmsize}, bmpage_found {}", tf(bmpage_found)),
+        HashRecord::SplitAllocatePage {
+            new_bucket, flags, ..
+        } => write!(
+            buf,
+            "new_bucket {new_bucket}, meta_page_masks_updated {}, issplitpoint_changed {}",
+            tf(flags & hash::XLH_SPLIT_META_UPDATE_MASKS != 0),
+            tf(flags & hash::XLH_SPLIT_META_UPDATE_SPLITPOINT != 0)
+        ),
+        HashRecord::SplitComplete {
+            old_bucket_flag,
+            new_bucket_flag,
+        } => write!(
+            buf,
+            "old_bucket_flag {old_bucket_flag}, new_bucket_flag {new_bucket_flag}"
+        ),
+        HashRecord::MovePageContents {
+            ntups,
+            is_prim_bucket_same_wrt,
+        } => write!(
+            buf,
+            "ntups {ntups}, is_primary {}",
+            tf(is_prim_bucket_same_wrt)
+        ),
+        HashRecord::SqueezePage {
+            prevblkno,
+            nextblkno,
+            ntups,
+            is_prim_bucket_same_wrt,
+            ..
+        } => write!(
+            buf,
+            "prevblkno {prevblkno}, nextblkno {nextblkno}, ntups {ntups}, is_primary {}",
+            tf(is_prim_bucket_same_wrt)
+        ),
+        HashRecord::Delete {
+            clear_dead_marking,
+            is_primary_bucket_page,
+        } => write!(
+            buf,
+            "clear_dead_marking {}, is_primary {}",
+            tf(clear_dead_marking),
+            tf(is_primary_bucket_page)
+        ),
+        HashRecord::UpdateMetaPage { ntuples } => write!(buf, "ntuples {}", format_g(ntuples)),
+        HashRecord::VacuumOnePage {
+            latest_removed_xid,
+            ntuples,
+            ..
+        } => write!(
+            buf,
+            "ntuples {ntuples}, latestRemovedXid {latest_removed_xid}"
+        ),
+        HashRecord::SplitPage | HashRecord::SplitCleanup => Ok(()),
+    };
+    Ok(())
+}
+
 fn small_desc(
     buf: &mut String,
     rec: &DecodedRecord,
@@ -825,6 +937,7 @@ pub fn describe(rec: &DecodedRecord, buf: &mut String) {
         RM_BRIN_ID => brin_desc(buf, rec),
         RM_GIN_ID => gin_desc(buf, rec),
         RM_GIST_ID => gist_desc(buf, rec),
+        RM_HASH_ID => hash_desc(buf, rec),
         RM_STANDBY_ID => standby_desc(buf, rec),
         RM_GENERIC_ID => generic_desc(buf, rec),
         _ => small_desc(buf, rec),
@@ -852,6 +965,7 @@ pub fn has_pg_waldump_desc(rmid: u8) -> bool {
             | RM_BRIN_ID
             | RM_GIN_ID
             | RM_GIST_ID
+            | RM_HASH_ID
             | RM_SEQ_ID
             | RM_COMMIT_TS_ID
             | RM_GENERIC_ID
@@ -907,6 +1021,26 @@ mod tests {
             timestamptz_to_str(secs * 1_000_000 + 799_420),
             "2026-11-25 06:34:59.799420 UTC"
         );
+    }
+
+    #[test]
+    fn format_g_is_printf_g() {
+        for (v, want) in [
+            (0.0, "0"),
+            (1.0, "1"),
+            (12345.0, "12345"),
+            (123456.0, "123456"),
+            (999999.5, "1e+06"),
+            (1234567.0, "1.23457e+06"),
+            (20000000.0, "2e+07"),
+            (0.5, "0.5"),
+            (0.0001, "0.0001"),
+            (0.00001234, "1.234e-05"),
+            (-3.25, "-3.25"),
+            (1e100, "1e+100"),
+        ] {
+            assert_eq!(format_g(v), want, "{v}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod fuzz_wal;
 mod generic_wal;
 mod gin;
 mod gist;
+mod hash;
 mod ingest;
 mod redo_verify;
 mod repair;

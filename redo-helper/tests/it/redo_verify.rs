@@ -378,15 +378,50 @@ fn redo_matches_consistency_images_and_data_files() {
     }
 }
 
+/// An index access method whose records the redo engine does not replay: the rmgr name
+/// verify reports, the `USING` method for an index on a `point` column, and a block of such
+/// an index that inserts after the build change (GiST's root is block 0; SP-GiST's block 0
+/// is its metapage, which only the build writes, its root block 1). `None` once every
+/// candidate is replayed; the unit test
+/// `store::index::tests::unsupported_rmgrs_are_unreadable_not_guessed` still covers custom
+/// resource managers, which no built-in AM can stand in for.
+pub(crate) struct UnreplayedAm {
+    pub(crate) rmgr: &'static str,
+    pub(crate) using: &'static str,
+    pub(crate) changed_block: u32,
+}
+
+pub(crate) fn unreplayed_index_am() -> Option<UnreplayedAm> {
+    use redo_helper::wal::rmgr::{RM_GIST_ID, RM_SPGIST_ID};
+    [
+        (RM_GIST_ID, "Gist", "gist", 0),
+        (RM_SPGIST_ID, "SPGist", "spgist", 1),
+    ]
+    .into_iter()
+    .find(|(rmid, ..)| !redo_helper::rmgr_replayed(*rmid))
+    .map(|(_, rmgr, using, changed_block)| UnreplayedAm {
+        rmgr,
+        using,
+        changed_block,
+    })
+}
+
 #[test]
-fn hash_pages_are_unreadable_while_heap_and_btree_stay_exact() {
+fn unreplayed_index_pages_are_unreadable_while_heap_and_btree_stay_exact() {
+    let Some(am) = unreplayed_index_am() else {
+        eprintln!("every built-in index access method is replayed: nothing to mark unreadable");
+        return;
+    };
     let c = cluster();
-    let dir = TempDir::new("redo-hash");
+    let dir = TempDir::new("redo-unreplayed");
     let h = start_helper(&c, &dir);
-    c.sql("CREATE TABLE docs (id int PRIMARY KEY, tag int)");
-    c.sql("CREATE INDEX docs_tag ON docs USING hash (tag)");
-    c.sql("INSERT INTO docs SELECT g, g % 97 FROM generate_series(1, 5000) g");
-    c.sql("UPDATE docs SET tag = tag + 1000 WHERE id % 5 = 0");
+    c.sql("CREATE TABLE docs (id int PRIMARY KEY, p point)");
+    c.sql(&format!(
+        "CREATE INDEX docs_p ON docs USING {} (p)",
+        am.using
+    ));
+    c.sql("INSERT INTO docs SELECT g, point(g % 97, g / 97) FROM generate_series(1, 5000) g");
+    c.sql("UPDATE docs SET p = point(p[0] + 1000, p[1]) WHERE id % 5 = 0");
     c.sql("DELETE FROM docs WHERE id % 11 = 0");
     c.sql("VACUUM docs");
     checkpoint_and_stop(&c, h);
@@ -395,12 +430,15 @@ fn hash_pages_are_unreadable_while_heap_and_btree_stay_exact() {
     assert!(run.ok, "verify failed:\n{}", run.stdout);
     assert!(
         run.unreadable > 0,
-        "hash index pages must be unreadable:\n{}",
+        "{} index pages must be unreadable:\n{}",
+        am.using,
         run.stdout
     );
+    let named = format!("first unreadable page: redo of {} ", am.rmgr);
     assert!(
-        run.stdout.contains("first unreadable page: redo of Hash"),
-        "the error names the hash record:\n{}",
+        run.stdout.contains(&named),
+        "the error names the {} record:\n{}",
+        am.rmgr,
         run.stdout
     );
     assert!(run.records > 1_000 && run.pages > 1_000);

@@ -220,6 +220,17 @@ const WORKLOAD: &[&str] = &[
     "VACUUM toasty",
     "CREATE TABLE t2 AS SELECT g AS a, md5(g::text) AS b FROM generate_series(1, 5000) g",
     "CREATE INDEX t2_b ON t2 (b)",
+    // Hash: metapage and bitmap page init (on an empty and on a loaded table), inserts,
+    // bucket splits (fill factor 10), overflow pages (three keys), VACUUM (delete, squeeze,
+    // metapage update), and new rows into recycled overflow pages.
+    "CREATE TABLE ht (id int, k int)",
+    "CREATE INDEX ht_k ON ht USING hash (k) WITH (fillfactor = 10)",
+    "INSERT INTO ht SELECT g, g FROM generate_series(1, 3000) g",
+    "CREATE INDEX ht_dup ON ht USING hash ((id % 3))",
+    "DELETE FROM ht WHERE id % 2 = 0",
+    "VACUUM ht",
+    "INSERT INTO ht SELECT g, g FROM generate_series(3001, 3600) g",
+    "DROP TABLE ht",
     // BRIN: CREATE_INDEX, REVMAP_EXTEND, INSERT(+INIT), SAMEPAGE_UPDATE, DESUMMARIZE.
     "CREATE INDEX t2_a_brin ON t2 USING brin (a) WITH (pages_per_range = 2)",
     "UPDATE t2 SET a = -a WHERE a % 97 = 1",

@@ -8,6 +8,7 @@ pub mod dbase;
 pub mod generic;
 pub mod gin;
 pub mod gist;
+pub mod hash;
 pub mod heap;
 pub mod seq;
 pub mod smgr;
@@ -144,22 +145,7 @@ pub fn identify(rmid: u8, info: u8) -> Option<&'static str> {
         RM_HEAP2_ID => heap::heap2_identify(i)?,
         RM_HEAP_ID => heap::heap_identify(i)?,
         RM_BTREE_ID => btree::identify(i)?,
-        RM_HASH_ID => match i {
-            0x00 => "INIT_META_PAGE",
-            0x10 => "INIT_BITMAP_PAGE",
-            0x20 => "INSERT",
-            0x30 => "ADD_OVFL_PAGE",
-            0x40 => "SPLIT_ALLOCATE_PAGE",
-            0x50 => "SPLIT_PAGE",
-            0x60 => "SPLIT_COMPLETE",
-            0x70 => "MOVE_PAGE_CONTENTS",
-            0x80 => "SQUEEZE_PAGE",
-            0x90 => "DELETE",
-            0xA0 => "SPLIT_CLEANUP",
-            0xB0 => "UPDATE_META_PAGE",
-            0xC0 => "VACUUM_ONE_PAGE",
-            _ => return None,
-        },
+        RM_HASH_ID => hash::identify(i)?,
         RM_GIN_ID => gin::identify(i)?,
         RM_GIST_ID => gist::identify(i)?,
         RM_SEQ_ID => seq::identify(i)?,
