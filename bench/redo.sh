@@ -4,7 +4,7 @@
 #
 #   bench/redo.sh                  # pgbench scale 10, 30 s of TPC-B-like load (~3 minutes)
 #   SCALE=20 SECS=60 bench/redo.sh
-#   WORKLOAD=index bench/redo.sh   # GIN/BRIN-heavy: bench/redo-index/ (~5 minutes)
+#   WORKLOAD=index bench/redo.sh   # index-heavy: bench/redo-index/ (~5 minutes)
 #   WORKLOAD=index GIN=0 bench/redo.sh   # the same without the GIN indexes
 #   KEEP=1 bench/redo.sh           # keep the work directory (path printed)
 #   WORKERS=1 bench/redo.sh        # helper replay threads (default 2)
@@ -13,8 +13,8 @@
 #   pgbench (default): pgbench -i -s SCALE, then SECS seconds of TPC-B-like transactions
 #     from 2 clients.
 #   index: bench/redo-index/schema.sql (a table with GIN indexes on jsonb, tsvector, int[]
-#     and pg_trgm, BRIN minmax, minmax-multi, bloom and inclusion indexes, a contrib bloom
-#     index; ROWS initial rows), then bench/redo-index/txn.sql (inserts, updates of indexed
+#     and pg_trgm, BRIN minmax, minmax-multi, bloom and inclusion indexes, GiST, SP-GiST and
+#     hash indexes, a contrib bloom index; ROWS initial rows), then bench/redo-index/txn.sql (inserts, updates of indexed
 #     columns, deletes) from 2 clients for SECS seconds in two halves, each followed by a
 #     VACUUM (GIN pending-list cleanup and vacuum records, BRIN summaries of new ranges).
 #     GIN=0 leaves the GIN indexes out. The helper calls pages it cannot replay unreadable

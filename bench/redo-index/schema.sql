@@ -1,4 +1,4 @@
--- A GIN/BRIN-heavy schema for bench/redo.sh (WORKLOAD=index): one table of documents with
+-- An index-heavy schema for bench/redo.sh (WORKLOAD=index): one table of documents with
 -- the index kinds a production schema has besides btree, so that replaying its WAL is
 -- mostly index redo:
 --   GIN:   jsonb (jsonb_path_ops), tsvector, int[] (array_ops, fastupdate off: inserts go
@@ -6,6 +6,7 @@
 --          the others keep fastupdate on (the pending list, merged when it passes
 --          gin_pending_list_limit and by VACUUM).
 --   BRIN:  minmax (created), minmax-multi (id), bloom (a), inclusion (ip: inet, span: range).
+--   GiST: span (range_ops); SP-GiST: ip (inet_ops); hash: a.
 --   contrib bloom: (a, b, c), generic WAL.
 -- psql variables: rows (initial rows), gin (1: create the GIN indexes, 0: leave them out).
 SET client_min_messages = warning;
@@ -60,4 +61,7 @@ CREATE INDEX docs_a_bloom ON docs USING brin (a int4_bloom_ops) WITH (pages_per_
 CREATE INDEX docs_ip ON docs USING brin (ip inet_inclusion_ops) WITH (pages_per_range = 8);
 CREATE INDEX docs_span ON docs USING brin (span range_inclusion_ops) WITH (pages_per_range = 8);
 CREATE INDEX docs_bloom ON docs USING bloom (a, b, c) WITH (length = 80);
+CREATE INDEX docs_span_gist ON docs USING gist (span);
+CREATE INDEX docs_ip_spgist ON docs USING spgist (ip);
+CREATE INDEX docs_a_hash ON docs USING hash (a);
 VACUUM ANALYZE docs;
