@@ -75,12 +75,25 @@ pub struct RunArgs {
     #[arg(long, default_value_t = DEFAULT_NICE, allow_negative_numbers = true,
           value_parser = clap::value_parser!(i32).range(-20..=19))]
     nice: i32,
+    /// Space kept free on the data directory's filesystem for retention: the WAL archive and
+    /// image generation stop writing below it (a full disk), so that retention can still
+    /// write the images and state that must precede deleting WAL (64MB, 1GB, ...; 0: none).
+    #[arg(long, value_name = "SIZE", default_value = "64MB", value_parser = parse_disk_reserve)]
+    disk_reserve: u64,
     /// How often retention checks whether the horizon can move, in milliseconds.
     #[arg(long, default_value_t = 10_000, hide = true)]
     retention_interval_ms: u64,
     /// Entries per image file (0: the default; tests use small files).
     #[arg(long, default_value_t = 0, hide = true)]
     image_file_entries: u64,
+}
+
+/// `--disk-reserve`: a size, in `--retain`'s units.
+fn parse_disk_reserve(s: &str) -> Result<u64, String> {
+    match s.parse::<crate::store::retention::Retain>() {
+        Ok(crate::store::retention::Retain::Bytes(n)) => Ok(n),
+        _ => Err(format!("expected a size such as 64MB or 0, not {s:?}")),
+    }
 }
 
 /// Runs the helper until an error a retry cannot fix.
@@ -114,6 +127,7 @@ pub fn main(args: RunArgs) -> ExitCode {
         retain: args.retain,
         retention_interval: std::time::Duration::from_millis(args.retention_interval_ms.max(100)),
         image_file_entries: args.image_file_entries,
+        disk_reserve: args.disk_reserve,
     })
 }
 
@@ -142,6 +156,7 @@ fn set_nice(nice: i32) {
 /// `redo-helper run`: exits non-zero with the error when something a retry cannot fix
 /// happens.
 fn run_service(opts: RunOptions) -> ExitCode {
+    crate::store::set_disk_headroom(opts.disk_reserve);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -188,6 +203,8 @@ pub(crate) struct RunOptions {
     pub retention_interval: Duration,
     /// Entries per image file (tests use small files to exercise compaction).
     pub image_file_entries: u64,
+    /// Bytes of the reserve file retention releases on a full disk.
+    pub disk_reserve: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

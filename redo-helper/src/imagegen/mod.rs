@@ -161,6 +161,13 @@ impl ImageGenerator {
             }
         };
         let Some(lsn) = newest else { return };
+        // Below the headroom kept for retention an image is not written: pages stay
+        // readable from the WAL, and the space is retention's (`--disk-reserve`).
+        let dir = read(&self.store.images).dir().to_path_buf();
+        if crate::store::check_headroom(&dir, crate::store::images::ENTRY_SIZE as u64).is_err() {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         match self.store.reconstruct(key, Some(lsn)) {
             Ok(r) => {
                 let stored = write(&self.store.images)

@@ -163,6 +163,17 @@ impl WalArchive {
         }
         let mut pos = self.write_pos;
         let mut rest = &data[(self.write_pos.0 - start.0) as usize..];
+        // Below the headroom kept for retention this is a full disk, as ENOSPC would be.
+        super::check_headroom(&self.dir, rest.len() as u64).map_err(|source| {
+            log::warn!(
+                "WAL archive: less than the reserve (--disk-reserve) free on {}: waiting for retention to make room",
+                self.dir.display()
+            );
+            ArchiveError::Io {
+                path: self.dir.clone(),
+                source,
+            }
+        })?;
         let seg = u64::from(self.segment_size);
         while !rest.is_empty() {
             let segno = pos.0 / seg;

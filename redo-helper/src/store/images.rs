@@ -446,6 +446,11 @@ impl ImageStore {
         })
     }
 
+    /// The directory of the image files.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// LSN of the newest image of `key` at or before `lsn`.
     pub(crate) fn newest_at_or_before(&self, key: &PageKey, lsn: Lsn) -> Option<Lsn> {
         let locs = self.index.get(key)?;

@@ -62,6 +62,43 @@ pub(crate) enum StoreError {
     },
 }
 
+/// Space the archive and image generation leave free on the data directory's filesystem,
+/// for retention's images and state (`run --disk-reserve`); 0: none. Set once at start-up.
+static DISK_HEADROOM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub(crate) fn set_disk_headroom(bytes: u64) {
+    DISK_HEADROOM.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Bytes available to this process on the filesystem of `dir` (`statvfs`).
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs only writes into the zeroed struct we own; the path is a C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// ENOSPC when writing `len` more bytes under `dir` would leave less than the headroom:
+/// the archive and image generation stop there, so that retention can always write the
+/// images and state it needs before it deletes WAL.
+pub(crate) fn check_headroom(dir: &Path, len: u64) -> io::Result<()> {
+    let headroom = DISK_HEADROOM.load(std::sync::atomic::Ordering::Relaxed);
+    if headroom == 0 {
+        return Ok(());
+    }
+    match free_bytes(dir) {
+        Some(free) if free < headroom.saturating_add(len) => {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// fsync a directory, so a created or renamed entry in it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -19,6 +19,11 @@
 //!    before H, forgets images before H that no read can start from any more, and compacts
 //!    the image files.
 //!
+//! On a full disk a pass could never free anything if it found no room: steps 1 and 2 need
+//! new space before step 4 may delete. So the archive and image generation stop writing
+//! when less than the headroom (`--disk-reserve`, [`super::set_disk_headroom`]) is free on
+//! the data directory's filesystem, and a pass alone may use it.
+//!
 //! At start-up the saved state is loaded before the index is rebuilt from H's segment.
 //! Time horizons use samples of (time, decoded end) taken while running: after a restart
 //! nothing is removed until the helper has run for the retention time again.

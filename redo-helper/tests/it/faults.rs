@@ -61,3 +61,118 @@ fn a_panicking_worker_is_restarted_and_counted_and_a_failing_one_ends_the_helper
     assert_eq!(code, Some(70), "{log}");
     assert!(log.contains("retention panicked 6 times"), "{log}");
 }
+
+/// A small tmpfs mounted for one test (root only), unmounted on drop.
+struct SmallFs {
+    dir: std::path::PathBuf,
+}
+
+impl SmallFs {
+    fn mount(dir: std::path::PathBuf, size: &str) -> Option<SmallFs> {
+        std::fs::create_dir_all(&dir).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallFs { dir })
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+#[test]
+fn retention_frees_space_on_a_full_disk() {
+    let tmp = TempDir::new("faults-disk-full");
+    let Some(fs) = SmallFs::mount(tmp.path().join("small"), "500M") else {
+        // Mounting needs root, as `make test` runs here; say so rather than pass silently.
+        panic!("cannot mount a tmpfs for the disk-full test (needs root)");
+    };
+    let c = PgCluster::start_fpw_off(&[]);
+    c.pgbench(&["-i", "-s", "2", "-q"]);
+    let dir = fs.dir.join("helper");
+    let log = tmp.path().join("helper.log");
+    // Passes 20 s apart: the WAL received in between piles up.
+    let args = [
+        "--retain",
+        "32MB",
+        "--retention-interval-ms",
+        "20000",
+        "--image-threshold",
+        "64",
+        "--image-file-entries",
+        "256",
+    ];
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args);
+    h.wait_status("streaming", Duration::from_secs(120), |s| {
+        s["state"] == "streaming"
+    });
+    h.kill9();
+    // ~200 MB of WAL the helper has not received (the slot keeps it): pgbench between WAL
+    // switches, each of which adds the rest of a 16 MB segment.
+    for _ in 0..12 {
+        c.pgbench(&["-n", "-c", "2", "-T", "1"]);
+        c.sql("SELECT pg_switch_wal()");
+    }
+    let target = crate::support::lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
+
+    // Fill the filesystem but for the 64 MB headroom and 100 MB more. Restarted, the helper
+    // receives the WAL faster than a pass comes: the archive stops at the headroom (without
+    // it, it fills the disk); the next pass needs new images of the pages changed before its
+    // horizon and its state file before it may delete segments, and only the headroom has
+    // room for them. Without the headroom no pass can ever write, and the helper stays in
+    // disk_full.
+    let filler = fs.dir.join("filler");
+    let free = {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&fs.dir)
+            .output()
+            .expect("df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse::<u64>().ok())
+            .expect("df avail")
+    };
+    let status = std::process::Command::new("fallocate")
+        .args(["-l", &(free - (164 << 20)).to_string()])
+        .arg(&filler)
+        .status()
+        .expect("fallocate");
+    assert!(status.success());
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args);
+    let st = h.wait_status("caught up on a full disk", Duration::from_secs(300), |s| {
+        crate::support::status_lsn(s, "decoded_lsn") >= target && s["state"] == "streaming"
+    });
+    assert!(filler.exists(), "the filler stays: retention made the room");
+    let text = h.log_text();
+    assert!(
+        text.contains("waiting for retention to make room"),
+        "{text}"
+    );
+    assert!(
+        st["retention"]["passes"].as_u64().unwrap_or(0) > 0
+            && st["retention"]["segments_removed_total"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0,
+        "{st}"
+    );
+    for line in text
+        .lines()
+        .filter(|l| l.contains("retention: horizon"))
+        .take(8)
+    {
+        println!("{line}");
+    }
+    h.kill9();
+    drop(fs);
+}
