@@ -363,11 +363,17 @@ pub(crate) fn repair(
             sum.fsm_skipped += 1;
             continue;
         }
+        // A database copy since the checkpoint changed every page of the copy (crash
+        // recovery would replay the copy from the template's files as they are then).
         let changed = {
             let idx = read(&store.index);
             idx.page(&key)
                 .and_then(|h| h.changes.last())
                 .is_some_and(|c| c.lsn >= control.redo)
+                || idx
+                    .relation_events
+                    .copied_at(&key, end)
+                    .is_some_and(|(at, _)| at >= control.redo)
         };
         if !changed && opts.changed_only {
             continue;
@@ -386,7 +392,7 @@ pub(crate) fn repair(
                 continue;
             }
             Err(GetPageError::Unknown { .. }) => continue,
-            Err(e @ GetPageError::Unreadable { .. }) => {
+            Err(e) if e.is_unreadable() => {
                 if changed {
                     sum.unrepairable += 1;
                     sum.problem(|| format!("not repaired: {e}"));

@@ -1,11 +1,12 @@
 //! The pages of a bulk replay: a page table filled from the base backup's files on first
-//! use, and what the WAL said about which pages exist (drops, truncations).
+//! use, and what the WAL said about which pages exist (drops, truncations, database
+//! copies).
 
 use super::{FastMap, ReplayError};
 use crate::pgdata::relpath::{RELSEG_SIZE, RelationFileName};
 use crate::redo::page::Page;
-use crate::redo::pagetable::PageTable;
-use crate::redo::smgr::RelationChange;
+use crate::redo::pagetable::{PageTable, key_hash};
+use crate::redo::smgr::{DatabaseDir, RelationChange};
 use crate::store::base::BaseFiles;
 use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
 use crate::wal::page::BLCKSZ;
@@ -204,6 +205,70 @@ impl PageSet {
         Ok(Some(self.pages.insert(*key, hash, buf)))
     }
 
+    /// `XLOG_DBASE_CREATE_FILE_COPY` at `lsn`: the directory `dst` is removed, then every
+    /// page of `src` as of now (this replay's page, or the base backup's) that `owns`
+    /// accepts is copied to the same relfilenode, fork and block in `dst` (`dbase_redo`
+    /// copies the template's directory with `copydir` after flushing its buffers). The
+    /// caller owns both the template's page and its copy (see `DatabaseAliases`). Returns
+    /// the pages copied.
+    pub(super) fn copy_database(
+        &mut self,
+        lsn: crate::wal::page::Lsn,
+        dst: DatabaseDir,
+        src: DatabaseDir,
+        owns: impl Fn(&PageKey, u64) -> bool,
+    ) -> Result<u64, ReplayError> {
+        self.drop_directory(dst);
+        let mut template: Vec<PageKey> = self
+            .pages
+            .slots()
+            .iter()
+            .filter(|s| src.holds(&s.key.rel))
+            .map(|s| s.key)
+            .collect();
+        let held: std::collections::HashSet<PageKey> = template.iter().copied().collect();
+        let mut base = Vec::new();
+        base_page_keys_in(self.base.root(), src, &mut base);
+        template.extend(
+            base.into_iter()
+                .filter(|k| !held.contains(k) && !self.base_gone(k)),
+        );
+        let mut copied = 0;
+        for key in template {
+            let hash = key_hash(&key);
+            if !owns(&key, hash) {
+                continue;
+            }
+            let Some(from) = self.get_or_load(&key, hash, false)? else {
+                continue;
+            };
+            let (mut buf, _) = self.pages.new_page();
+            let s = self.pages.slot(from);
+            // SAFETY: a buffer of the table not given to any slot yet.
+            unsafe { buf.as_mut() }.copy_from_slice(s.page());
+            let (kind, hole) = (s.kind, s.image_hole);
+            let unreadable = s.unreadable.as_ref().map(|why| {
+                format!(
+                    "copied by Database CREATE_FILE_COPY at {lsn} from unreadable page {key}: {why}"
+                )
+            });
+            let to = dst.page(&key);
+            let slot = self.pages.insert(to, key_hash(&to), buf);
+            let d = self.pages.slot_mut(slot);
+            d.kind = kind;
+            d.image_hole = hole;
+            d.unreadable = unreadable;
+            copied += 1;
+        }
+        Ok(copied)
+    }
+
+    /// Every page of `dir` is gone, its base files too.
+    fn drop_directory(&mut self, dir: DatabaseDir) {
+        self.pages.retain(|k| !dir.holds(&k.rel));
+        self.dropped_dbs.insert((dir.spc_oid, dir.db_oid));
+    }
+
     pub(super) fn apply_relation_change(&mut self, ch: &RelationChange) {
         match *ch {
             RelationChange::Create { rel, .. } => {
@@ -223,11 +288,14 @@ impl PageSet {
             }
             RelationChange::DropDatabase { db_oid, spc_oids } => {
                 for spc in spc_oids {
-                    self.pages
-                        .retain(|k| !(k.rel.db_oid == db_oid && k.rel.spc_oid == spc));
-                    self.dropped_dbs.insert((spc, db_oid));
+                    self.drop_directory(DatabaseDir {
+                        spc_oid: spc,
+                        db_oid,
+                    });
                 }
             }
+            // The copy needs the page owners: `copy_database`, called by the replay.
+            RelationChange::CopyDatabase { dst, .. } => self.drop_directory(dst),
         }
     }
 }
@@ -264,29 +332,37 @@ pub(crate) fn base_page_keys(set: &PageSet) -> Vec<PageKey> {
             let Ok(db_oid) = db.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
-            let Ok(files) = std::fs::read_dir(db.path()) else {
-                continue;
-            };
-            for f in files.flatten() {
-                let Some(name) = RelationFileName::parse(&f.file_name().to_string_lossy()) else {
-                    continue;
-                };
-                let Ok(md) = f.metadata() else { continue };
-                let nblocks = (md.len() / BLCKSZ as u64) as u32;
-                let rel = RelFileLocator {
-                    spc_oid,
-                    db_oid,
-                    rel_number: name.rel_number,
-                };
-                for b in 0..nblocks {
-                    keys.push(PageKey {
-                        rel,
-                        fork: name.fork,
-                        block: name.segment * RELSEG_SIZE + b,
-                    });
-                }
-            }
+            base_page_keys_in(&root, DatabaseDir { spc_oid, db_oid }, &mut keys);
         }
     }
     keys
+}
+
+/// Every page of the base files of one database directory, appended to `keys`.
+fn base_page_keys_in(root: &std::path::Path, dir: DatabaseDir, keys: &mut Vec<PageKey>) {
+    let path = root
+        .join(dir.spc_oid.to_string())
+        .join(dir.db_oid.to_string());
+    let Ok(files) = std::fs::read_dir(path) else {
+        return;
+    };
+    for f in files.flatten() {
+        let Some(name) = RelationFileName::parse(&f.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let Ok(md) = f.metadata() else { continue };
+        let nblocks = (md.len() / BLCKSZ as u64) as u32;
+        let rel = RelFileLocator {
+            spc_oid: dir.spc_oid,
+            db_oid: dir.db_oid,
+            rel_number: name.rel_number,
+        };
+        for b in 0..nblocks {
+            keys.push(PageKey {
+                rel,
+                fork: name.fork,
+                block: name.segment * RELSEG_SIZE + b,
+            });
+        }
+    }
 }
