@@ -97,7 +97,8 @@ impl GetPageError {
 #[derive(Debug, Clone)]
 pub(crate) struct Reconstructed {
     pub page: Vec<u8>,
-    /// Deltas replayed on top of the starting image.
+    /// Deltas replayed on top of the starting image (for a page of a copied database that
+    /// starts from the template's page, the template's deltas too).
     pub deltas_replayed: u32,
     /// Where the replay started (LSN of the image; the backup start for base pages).
     pub start_lsn: Lsn,
@@ -368,6 +369,7 @@ impl PageStore {
     /// (`redo::vm::bits_only_missing_in_hole`).
     pub(crate) fn image_hole(&self, key: &PageKey, lsn: Lsn) -> Option<(u16, u16)> {
         let _gate = read(&self.gate);
+        let horizon = self.horizon();
         let (mut key, mut lsn) = (*key, lsn);
         loop {
             let (image_at, copy) = {
@@ -408,7 +410,7 @@ impl PageStore {
                 return hole;
             }
             let (at, template) = copy?;
-            if at < self.horizon() {
+            if at < horizon {
                 return None;
             }
             key = template.page(&key);
@@ -445,26 +447,39 @@ impl PageStore {
         opts: ReadOptions,
     ) -> Result<Reconstructed, GetPageError> {
         let _gate = read(&self.gate);
-        self.reconstruct_gated(reader, key, lsn, opts)
+        // Everything at or after this horizon stays until the gate is released, even if
+        // retention moves the horizon meanwhile; the template reads of a copied page use it too.
+        let horizon = self.horizon();
+        self.reconstruct_gated(reader, key, lsn, opts, horizon)
     }
 
-    /// The three phases, with the read gate held by the caller (a page of a copied database
-    /// reads its template's page through here, under the same hold of the gate).
+    /// The three phases, with the read gate held by the caller since before it read
+    /// `horizon` (a page of a copied database reads its template's page through here, under
+    /// the same hold of the gate).
     fn reconstruct_gated(
         &self,
         reader: &mut RecordReader,
         key: &PageKey,
         lsn: Option<Lsn>,
         opts: ReadOptions,
+        horizon: Lsn,
     ) -> Result<Reconstructed, GetPageError> {
         let t0 = std::time::Instant::now();
         let mut phases = ReadPhases::default();
-        let plan = self.lookup(key, lsn, opts)?;
+        let plan = self.lookup(key, lsn, opts, horizon)?;
         phases.lookup_us = micros_since(t0);
         let t1 = std::time::Instant::now();
         let mut page: Box<Page> = Box::new([0u8; BLCKSZ]);
         let mut rec = DecodedRecord::default();
-        let (start_lsn, start) = self.load_start(&plan, reader, &mut page, &mut rec, opts)?;
+        let mut template_deltas = 0;
+        let (start_lsn, start) = self.load_start(
+            &plan,
+            reader,
+            &mut page,
+            &mut rec,
+            opts,
+            &mut template_deltas,
+        )?;
         phases.start_us = micros_since(t1);
         let t2 = std::time::Instant::now();
         self.replay(&plan, reader, &mut page, &mut rec)?;
@@ -474,7 +489,7 @@ impl PageStore {
         }
         Ok(Reconstructed {
             page: page.to_vec(),
-            deltas_replayed: plan.changes.len() as u32,
+            deltas_replayed: (plan.changes.len() as u32).saturating_add(template_deltas),
             start_lsn,
             start,
             phases,
@@ -489,8 +504,8 @@ impl PageStore {
         key: &PageKey,
         lsn: Option<Lsn>,
         opts: ReadOptions,
+        horizon: Lsn,
     ) -> Result<ReadPlan, GetPageError> {
-        let horizon = self.horizon();
         let decoded = read(&self.index).last_record_end;
         let target = lsn.unwrap_or(decoded);
         if target > decoded {
@@ -542,6 +557,7 @@ impl PageStore {
             return Ok(ReadPlan {
                 key: *key,
                 target,
+                horizon,
                 start,
                 cached,
                 start_change: None,
@@ -560,6 +576,7 @@ impl PageStore {
         Ok(ReadPlan {
             key: *key,
             target,
+            horizon,
             start,
             cached,
             start_change,
@@ -567,7 +584,8 @@ impl PageStore {
         })
     }
 
-    /// Phase 2: loads the plan's starting page into `page`; returns its LSN and source.
+    /// Phase 2: loads the plan's starting page into `page`; returns its LSN and source, and
+    /// sets `template_deltas` to the deltas replayed to rebuild a template's page.
     fn load_start(
         &self,
         plan: &ReadPlan,
@@ -575,6 +593,7 @@ impl PageStore {
         page: &mut Page,
         rec: &mut DecodedRecord,
         opts: ReadOptions,
+        template_deltas: &mut u32,
     ) -> Result<(Lsn, StartSource), GetPageError> {
         let key = &plan.key;
         Ok(match plan.start {
@@ -617,7 +636,10 @@ impl PageStore {
                 (l, StartSource::AfterRemoval)
             }
             Start::Copied(at, template) => {
-                self.load_template_page(plan, at, template, reader, page, opts)?
+                let (l, source, deltas) =
+                    self.load_template_page(plan, at, template, reader, page, opts)?;
+                *template_deltas = deltas;
+                (l, source)
             }
             Start::Base => match self
                 .base
@@ -637,6 +659,8 @@ impl PageStore {
 
     /// The start of a page of a copied database: the template's page as of the copy, read
     /// through this store (generated images as the read allows, no cache).
+    /// Returns the start's LSN and source and the deltas replayed to rebuild the template's
+    /// page.
     fn load_template_page(
         &self,
         plan: &ReadPlan,
@@ -645,7 +669,7 @@ impl PageStore {
         reader: &mut RecordReader,
         page: &mut Page,
         opts: ReadOptions,
-    ) -> Result<(Lsn, StartSource), GetPageError> {
+    ) -> Result<(Lsn, StartSource, u32), GetPageError> {
         let key = &plan.key;
         if let Some(c) = &plan.start_change {
             // Retention could not prove the template's page when the horizon passed the
@@ -657,10 +681,10 @@ impl PageStore {
             if plan.changes.is_empty() {
                 Err(GetPageError::Unknown { key: *key })
             } else {
-                Ok((at, StartSource::EmptyPage))
+                Ok((at, StartSource::EmptyPage, 0))
             }
         };
-        if at < self.horizon() {
+        if at < plan.horizon {
             // The template's history at the copy is gone. Retention, before it moved the
             // horizon past the copy, stored every page of the copy as an image at the copy's
             // LSN (or kept a marker for one it could not prove), and that image is the newer
@@ -672,10 +696,10 @@ impl PageStore {
             cache: false,
             ..opts
         };
-        match self.reconstruct_gated(reader, &template_key, Some(at), template_opts) {
+        match self.reconstruct_gated(reader, &template_key, Some(at), template_opts, plan.horizon) {
             Ok(r) => {
                 copy_page(page, &r.page, key)?;
-                Ok((at, StartSource::TemplateCopy))
+                Ok((at, StartSource::TemplateCopy, r.deltas_replayed))
             }
             // `copydir` copies the files the template has: a page it did not have (never
             // created, truncated or dropped before the copy) is not in the copy either.
@@ -714,6 +738,8 @@ struct ReadPlan {
     key: PageKey,
     /// The LSN the page is read as of.
     target: Lsn,
+    /// The retention horizon the read goes by (see `reconstruct_using`).
+    horizon: Lsn,
     start: Start,
     /// The cached page, when the read starts from it.
     cached: Option<(Lsn, Arc<Vec<u8>>)>,
