@@ -366,3 +366,114 @@ fn base_page_keys_in(root: &std::path::Path, dir: DatabaseDir, keys: &mut Vec<Pa
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::page::Lsn;
+
+    fn key(db: u32, rel_number: u32, block: u32) -> PageKey {
+        PageKey {
+            rel: RelFileLocator {
+                spc_oid: 1663,
+                db_oid: db,
+                rel_number,
+            },
+            fork: ForkNumber::MAIN,
+            block,
+        }
+    }
+
+    fn page_of(set: &mut PageSet, k: &PageKey) -> Option<Vec<u8>> {
+        let slot = set.get_or_load(k, key_hash(k), false).ok()??;
+        Some(set.pages.slot(slot).page().to_vec())
+    }
+
+    #[test]
+    fn a_database_copy_takes_the_template_s_replayed_and_base_pages() {
+        let root = std::env::temp_dir().join(format!("rh_copy_db_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        // The template's base file: relation 16400, two blocks (0x11.., 0x22..).
+        let dir = root.join("1663").join("5");
+        std::fs::create_dir_all(&dir).expect("base dir");
+        let mut file = vec![0x11u8; BLCKSZ];
+        file.extend(vec![0x22u8; BLCKSZ]);
+        std::fs::write(dir.join("16400"), &file).expect("base file");
+        let mut set = PageSet::new(BaseFiles::new(root.clone()));
+        // Replayed: block 1 of 16400 changed, 16401 created, unreadable.
+        let b1 = key(5, 16400, 1);
+        let slot = set.get_or_load(&b1, key_hash(&b1), false).unwrap().unwrap();
+        set.pages.slot_mut(slot).page_mut()[100] = 0xEE;
+        set.pages.slot_mut(slot).image_hole = Some((24, 8168));
+        let idx = key(5, 16401, 0);
+        let slot = set
+            .get_or_load(&idx, key_hash(&idx), true)
+            .unwrap()
+            .unwrap();
+        set.pages.slot_mut(slot).unreadable = Some("Hash INSERT at 0/1".into());
+        // The target held an older page, gone with the copy.
+        let old = key(9, 16400, 7);
+        set.get_or_load(&old, key_hash(&old), true).unwrap();
+        let (src, dst) = (
+            DatabaseDir {
+                spc_oid: 1663,
+                db_oid: 5,
+            },
+            DatabaseDir {
+                spc_oid: 1663,
+                db_oid: 9,
+            },
+        );
+        let copied = set
+            .copy_database(Lsn(0x100), dst, src, |_, _| true)
+            .expect("copy");
+        assert_eq!(copied, 3);
+        assert_eq!(
+            page_of(&mut set, &key(9, 16400, 0)),
+            Some(vec![0x11u8; BLCKSZ])
+        );
+        let b1_copy = page_of(&mut set, &key(9, 16400, 1)).expect("copied block 1");
+        assert_eq!(
+            (b1_copy[0], b1_copy[100]),
+            (0x22, 0xEE),
+            "the replayed page"
+        );
+        let slot = set
+            .pages
+            .find(&key(9, 16400, 1), key_hash(&key(9, 16400, 1)));
+        assert_eq!(set.pages.slot(slot.unwrap()).image_hole, Some((24, 8168)));
+        let slot = set
+            .pages
+            .find(&key(9, 16401, 0), key_hash(&key(9, 16401, 0)));
+        let why = set
+            .pages
+            .slot(slot.unwrap())
+            .unreadable
+            .clone()
+            .unwrap_or_default();
+        assert!(
+            why.contains("CREATE_FILE_COPY") && why.contains("Hash INSERT"),
+            "{why}"
+        );
+        assert_eq!(
+            page_of(&mut set, &old),
+            None,
+            "the target's older page is gone"
+        );
+        // The template's later changes are its own.
+        let slot = set.pages.find(&b1, key_hash(&b1)).unwrap();
+        set.pages.slot_mut(slot).page_mut()[100] = 0x01;
+        assert_eq!(page_of(&mut set, &key(9, 16400, 1)).unwrap()[100], 0xEE);
+        // A thread copies only the pages it owns.
+        let third = DatabaseDir {
+            spc_oid: 1663,
+            db_oid: 11,
+        };
+        let copied = set
+            .copy_database(Lsn(0x200), third, src, |k, _| k.block == 0)
+            .expect("copy");
+        assert_eq!(copied, 2);
+        assert_eq!(page_of(&mut set, &key(11, 16400, 1)), None);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
