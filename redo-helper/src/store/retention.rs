@@ -16,8 +16,9 @@
 //!    unreadable marker; from then on, a page of the copy without an image did not exist at
 //!    the copy. The image store is synced.
 //! 2. saves `DATA_DIR/retention.json` atomically: H, the relation events (truncations,
-//!    drops, database drops and copies) before H, the unreadable markers and the full_page_writes modes
-//!    before H — what the WAL before H said and the index can no longer learn from it;
+//!    drops, database drops and copies) before H, the unreadable markers and the
+//!    full_page_writes modes before H — what the WAL before H said and the index can no
+//!    longer learn from it;
 //! 3. moves the page store's horizon and waits for every read that started before (the
 //!    store's read gate), so no running read needs what follows;
 //! 4. prunes the index (changes before H), deletes the archive segments that end at or
@@ -327,6 +328,28 @@ fn marker_key(m: &SavedMarker) -> PageKey {
     }
 }
 
+/// A failure of the store itself (reading its images, or a read behind the horizon; also
+/// under a template read): the pass fails and is tried again, rather than leaving the page
+/// unreadable for good.
+fn store_failure(e: &GetPageError) -> bool {
+    match e {
+        GetPageError::Images(_) | GetPageError::BeforeRetention { .. } => true,
+        GetPageError::TemplateUnprovable { source, .. } => store_failure(source),
+        _ => false,
+    }
+}
+
+/// The unreadable marker of a page of a copied database whose template page could not be
+/// proven at the copy (`XLOG_DBASE_CREATE_FILE_COPY` at `at`).
+fn copy_marker(at: Lsn) -> PageChange {
+    PageChange {
+        lsn: at,
+        kind: ChangeKind::Unsupported,
+        rmid: RM_DBASE_ID,
+        info: XLOG_DBASE_CREATE_FILE_COPY,
+    }
+}
+
 /// What one pass did (in /status).
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct PassStats {
@@ -628,17 +651,18 @@ impl Retention {
                 Err(GetPageError::Removed { .. } | GetPageError::Unknown { .. }) => {
                     stats.pages_removed += 1
                 }
+                Err(e) if store_failure(&e) => {
+                    return Err(RetentionError::Page {
+                        key,
+                        source: Box::new(e),
+                    });
+                }
                 Err(GetPageError::Unreadable { at, .. }) => {
                     let marker = read(&store.index)
                         .page(&key)
                         .and_then(|h| h.change_at(at))
                         .or(last)
-                        .unwrap_or(PageChange {
-                            lsn: at,
-                            kind: ChangeKind::Unsupported,
-                            rmid: 0,
-                            info: 0,
-                        });
+                        .unwrap_or_else(|| copy_marker(since));
                     markers.insert(
                         key,
                         PageChange {
@@ -651,22 +675,8 @@ impl Retention {
                 Err(GetPageError::TemplateUnprovable { at, .. }) => {
                     // The copy itself becomes the page's marker: a read from here on finds
                     // it where the copy starts the page and refuses the page.
-                    markers.insert(
-                        key,
-                        PageChange {
-                            lsn: at,
-                            kind: ChangeKind::Unsupported,
-                            rmid: RM_DBASE_ID,
-                            info: XLOG_DBASE_CREATE_FILE_COPY,
-                        },
-                    );
+                    markers.insert(key, copy_marker(at));
                     stats.pages_unreadable += 1;
-                }
-                Err(e @ (GetPageError::Images(_) | GetPageError::BeforeRetention { .. })) => {
-                    return Err(RetentionError::Page {
-                        key,
-                        source: Box::new(e),
-                    });
                 }
                 Err(e) => {
                     // The page cannot be rebuilt here (a redo or archive error): it must not
@@ -675,12 +685,9 @@ impl Retention {
                     log::warn!(
                         "retention: {key} cannot be rebuilt at {below} ({e}); it stays unreadable until its next image"
                     );
-                    let marker = last.filter(|c| c.lsn == since).unwrap_or(PageChange {
-                        lsn: since,
-                        kind: ChangeKind::Unsupported,
-                        rmid: RM_DBASE_ID,
-                        info: XLOG_DBASE_CREATE_FILE_COPY,
-                    });
+                    let marker = last
+                        .filter(|c| c.lsn == since)
+                        .unwrap_or_else(|| copy_marker(since));
                     markers.insert(
                         key,
                         PageChange {
