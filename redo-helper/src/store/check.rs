@@ -1,11 +1,15 @@
 //! `redo-helper check`: exactness of the pages the helper serves.
 //!
-//! - Against the cluster: every page the store knows (indexed by the WAL or held by the base
-//!   backup), rebuilt as of everything decoded, the way GetPage serves it (generated images
-//!   included), is compared with the cluster's data file page after a `CHECKPOINT`, masked
-//!   like PostgreSQL's `rm_mask` functions (hint bits, unused space, LSN/checksum). The FSM is
+//! - Against the cluster: every page the store knows (indexed by the WAL, held by the base
+//!   backup, or copied with a database by `CREATE DATABASE ... STRATEGY FILE_COPY`), rebuilt
+//!   as of everything decoded, the way GetPage serves it (generated images included), is
+//!   compared with the cluster's data file page after a `CHECKPOINT`, masked like
+//!   PostgreSQL's `rm_mask` functions (hint bits, unused space, LSN/checksum). The FSM is
 //!   not WAL-logged and is skipped (counted). A page the store says was truncated or dropped
-//!   must be absent from the data files.
+//!   must be absent from the data files. A page it cannot prove (unreadable, or its
+//!   template's page at a database copy) is counted, never compared as if it were known.
+//!   Visibility-map pages that differ only by bits no WAL carries (`CREATE DATABASE` with
+//!   the WAL_LOG strategy, see `redo::vm::bits_only_missing_in_hole`) are counted apart.
 //! - Against itself: a random sample of (page, historical LSN) reads served with generated
 //!   images must equal, byte for byte, the replay of the page's whole chain from the WAL or
 //!   the base backup (`images=none`).

@@ -15,6 +15,9 @@
 //!    checksum when the cluster has them (hint-bit-only writes are not WAL-logged with FPW
 //!    off and can tear too), and a masked comparison with the helper's page in any case.
 //!
+//! The pages of a database created with `STRATEGY FILE_COPY` are known from its template's
+//! (no record names them) and rebuilt from the template's page as of the copy; a copy at or
+//! after the REDO location counts as a change of every page of the copy.
 //! Pages of relations dropped or truncated in the WAL are not written (not resurrected). The
 //! free space map is not WAL-logged and is left alone: PostgreSQL reads FSM pages with
 //! RBM_ZERO_ON_ERROR and rebuilds them. A page changed since the checkpoint that the helper
