@@ -68,6 +68,21 @@ pub fn main(args: VerifyArgs) -> ExitCode {
     if let Some(m) = &sum.replay.first_unreadable {
         println!("first unreadable page: {m}");
     }
+    if sum.total_vm_bits_not_in_wal() > 0 {
+        println!(
+            "visibility-map pages with bits the WAL does not carry (vm_bits_not_in_wal; not mismatches: \
+             CREATE DATABASE with the WAL_LOG strategy logs VM pages as standard pages, whose \
+             bitmap is the image's hole, so PostgreSQL's own replay clears them too): {} in the \
+             data files, {} against consistency images",
+            sum.pgdata_vm_bits_not_in_wal, sum.replay.vm_bits_not_in_wal
+        );
+    }
+    if let Some(m) = &sum.pgdata_first_vm_bits_not_in_wal {
+        println!("first data-file page with VM bits not in the WAL: {m}");
+    }
+    if let Some(m) = &sum.replay.first_vm_bits_not_in_wal {
+        println!("first consistency image with VM bits not in the WAL: {m}");
+    }
     if !sum.pgdata_by_kind.is_empty() {
         let kinds: Vec<String> = sum
             .pgdata_by_kind

@@ -137,6 +137,11 @@ pub(crate) struct Slot {
     pub kind: Option<PageKind>,
     /// Set by a change the engine cannot replay: (LSN, description).
     pub unreadable: Option<String>,
+    /// The hole (offset, length) of the full page image the page was last restored from,
+    /// if that image had one: bytes PostgreSQL did not log but took as zeros. A
+    /// visibility-map page logged as a standard page (`log_newpage_buffer(.., true)`) has its
+    /// whole bitmap there (see `redo::vm::bits_only_missing_in_hole`).
+    pub image_hole: Option<(u16, u16)>,
 }
 
 // SAFETY: a slot owns its page buffer exclusively (no other slot or table points at it), so
@@ -315,6 +320,7 @@ impl PageTable {
             page,
             kind: None,
             unreadable: None,
+            image_hole: None,
         });
         self.place(key, hash, slot, page.as_ptr());
         slot
@@ -388,6 +394,7 @@ impl PageTable {
             let dst = &mut self.slots[slot as usize];
             dst.kind = s.kind;
             dst.unreadable = s.unreadable;
+            dst.image_hole = s.image_hole;
         }
     }
 

@@ -1,10 +1,11 @@
 //! Relation-level changes: which pages exist. `smgr_redo` (`catalog/storage.c`) creates
 //! and truncates relation forks; commit and abort records drop relation files
 //! (`xact_redo_commit` / `xact_redo_abort` in `access/transam/xact.c`); a database drop
-//! removes its directories (`dbase_redo`, `commands/dbcommands.c`).
+//! removes its directories and `CREATE DATABASE ... STRATEGY FILE_COPY` replaces one with a
+//! copy of another (`dbase_redo`, `commands/dbcommands.c`).
 
 use super::vm;
-use crate::wal::block::{ForkNumber, RelFileLocator};
+use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
 use crate::wal::record::DecodedRecord;
 use crate::wal::rmgr::smgr::{self, SMGR_TRUNCATE_HEAP, SMGR_TRUNCATE_VM, SmgrRecord};
 use crate::wal::rmgr::{RM_DBASE_ID, RM_SMGR_ID, RM_XACT_ID, dbase, xact};
@@ -30,6 +31,56 @@ pub(crate) enum RelationChange {
     Drop { rel: RelFileLocator },
     /// `XLOG_DBASE_DROP`: every relation of the database in these tablespaces is gone.
     DropDatabase { db_oid: u32, spc_oids: [u32; 1] },
+    /// `XLOG_DBASE_CREATE_FILE_COPY`: the directory `dst` becomes a file-level copy of the
+    /// directory `src` as of this record. `dbase_redo` removes `dst` if it exists, flushes
+    /// the source database's buffers (`FlushDatabaseBuffers`), then copies every file with
+    /// `copydir`; so every page of `dst` is, from here on, the page of the same relfilenode,
+    /// fork and block in `src` after every record before this one, and pages `src` did not
+    /// have do not exist in `dst`. `CREATE DATABASE ... STRATEGY FILE_COPY` writes one per
+    /// tablespace of the template (`CreateDatabaseUsingFileCopy`), `ALTER DATABASE ... SET
+    /// TABLESPACE` one from the old tablespace to the new (`movedb`, same database OID).
+    CopyDatabase { dst: DatabaseDir, src: DatabaseDir },
+}
+
+/// One database's directory in one tablespace (`GetDatabasePath(db_id, tablespace_id)`):
+/// the unit `dbase_redo` copies and removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct DatabaseDir {
+    pub spc_oid: u32,
+    pub db_oid: u32,
+}
+
+impl DatabaseDir {
+    /// The directory a relation's files are in.
+    pub(crate) fn of(rel: &RelFileLocator) -> DatabaseDir {
+        DatabaseDir {
+            spc_oid: rel.spc_oid,
+            db_oid: rel.db_oid,
+        }
+    }
+
+    pub(crate) fn holds(&self, rel: &RelFileLocator) -> bool {
+        rel.spc_oid == self.spc_oid && rel.db_oid == self.db_oid
+    }
+
+    /// The same relfilenode, fork and block in this directory (where `copydir` puts the
+    /// copy of a file, or where it took it from).
+    pub(crate) fn page(&self, key: &PageKey) -> PageKey {
+        PageKey {
+            rel: RelFileLocator {
+                spc_oid: self.spc_oid,
+                db_oid: self.db_oid,
+                rel_number: key.rel.rel_number,
+            },
+            ..*key
+        }
+    }
+}
+
+impl std::fmt::Display for DatabaseDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.spc_oid, self.db_oid)
+    }
 }
 
 /// The relation-level changes of `rec` (empty for records that have none). Records whose
@@ -74,19 +125,46 @@ pub(crate) fn relation_changes(rec: &DecodedRecord) -> Vec<RelationChange> {
             _ => {}
         },
         RM_DBASE_ID => {
-            if let Ok(dbase::DbaseRecord::Drop {
-                db_id,
-                tablespace_ids,
-            }) = dbase::parse(rec)
-            {
-                out.extend(
-                    tablespace_ids
-                        .into_iter()
-                        .map(|spc| RelationChange::DropDatabase {
+            match dbase::parse(rec) {
+                Ok(dbase::DbaseRecord::Drop {
+                    db_id,
+                    tablespace_ids,
+                }) => {
+                    out.extend(tablespace_ids.into_iter().map(|spc| {
+                        RelationChange::DropDatabase {
                             db_oid: db_id,
                             spc_oids: [spc],
-                        }),
-                );
+                        }
+                    }));
+                }
+                Ok(dbase::DbaseRecord::CreateFileCopy {
+                    db_id,
+                    tablespace_id,
+                    src_db_id,
+                    src_tablespace_id,
+                }) => {
+                    let dst = DatabaseDir {
+                        spc_oid: tablespace_id,
+                        db_oid: db_id,
+                    };
+                    let src = DatabaseDir {
+                        spc_oid: src_tablespace_id,
+                        db_oid: src_db_id,
+                    };
+                    if src == dst {
+                        // PostgreSQL never writes this; its redo would remove the directory and
+                        // then copy the (now missing, created empty) source: an empty database.
+                        out.push(RelationChange::DropDatabase {
+                            db_oid: db_id,
+                            spc_oids: [tablespace_id],
+                        });
+                    } else {
+                        out.push(RelationChange::CopyDatabase { dst, src });
+                    }
+                }
+                // XLOG_DBASE_CREATE_WAL_LOG only creates the directory; its contents follow as
+                // full page images (`RelationCopyStorageUsingBuffer`).
+                _ => {}
             }
         }
         _ => {}
@@ -107,5 +185,67 @@ fn xact_may_drop_relations(rec: &DecodedRecord) -> bool {
         }
         // Too short: let the parser name the problem.
         None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::page::Lsn;
+    use crate::wal::rmgr::dbase::{XLOG_DBASE_CREATE_FILE_COPY, XLOG_DBASE_CREATE_WAL_LOG};
+
+    /// A Database record with `main` as its main data.
+    fn dbase_record(info: u8, main: &[u32]) -> DecodedRecord {
+        let mut body = vec![255u8, (main.len() * 4) as u8];
+        for v in main {
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+        let raw =
+            crate::wal::record::tests::build_record(RM_DBASE_ID, info, 0, Lsn(0x1000000), &body);
+        DecodedRecord::from_raw(Lsn(0x2000000), raw).expect("record decodes")
+    }
+
+    #[test]
+    fn a_file_copy_replaces_the_target_directory_with_the_template_s() {
+        // xl_dbase_create_file_copy_rec: db_id, tablespace_id, src_db_id, src_tablespace_id.
+        let rec = dbase_record(XLOG_DBASE_CREATE_FILE_COPY, &[16400, 1663, 16384, 1663]);
+        let dst = DatabaseDir {
+            spc_oid: 1663,
+            db_oid: 16400,
+        };
+        let src = DatabaseDir {
+            spc_oid: 1663,
+            db_oid: 16384,
+        };
+        assert_eq!(
+            relation_changes(&rec),
+            vec![RelationChange::CopyDatabase { dst, src }]
+        );
+        let key = PageKey {
+            rel: RelFileLocator {
+                spc_oid: 1663,
+                db_oid: 16400,
+                rel_number: 1259,
+            },
+            fork: ForkNumber::VM,
+            block: 2,
+        };
+        assert!(dst.holds(&key.rel) && !src.holds(&key.rel));
+        let template = src.page(&key);
+        assert_eq!(template.to_string(), "1663/16384/1259/vm/2");
+        assert_eq!(dst.page(&template), key);
+        // A copy onto itself (never written) is what PostgreSQL's redo of it leaves: an empty
+        // directory.
+        let rec = dbase_record(XLOG_DBASE_CREATE_FILE_COPY, &[16400, 1663, 16400, 1663]);
+        assert_eq!(
+            relation_changes(&rec),
+            vec![RelationChange::DropDatabase {
+                db_oid: 16400,
+                spc_oids: [1663]
+            }]
+        );
+        // WAL_LOG creates the directory only: its pages come as images.
+        let rec = dbase_record(XLOG_DBASE_CREATE_WAL_LOG, &[16400, 1663]);
+        assert!(relation_changes(&rec).is_empty());
     }
 }

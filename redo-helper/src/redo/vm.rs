@@ -75,6 +75,45 @@ pub(crate) fn truncated_size(nheapblocks: u32) -> (u32, Option<u32>) {
     }
 }
 
+/// Whether a replayed VM page differs from PostgreSQL's (a data file page, or a
+/// consistency image) only by bits PostgreSQL's WAL never carried. `CREATE DATABASE` with the
+/// WAL_LOG strategy logs every copied page, VM pages included, with
+/// `log_newpage_buffer(buf, page_std = true)` (`RelationCopyStorageUsingBuffer`,
+/// storage/buffer/bufmgr.c); a VM page is initialised with no special space
+/// (`PageInit(page, BLCKSZ, 0)` in `vm_readbuf`), so pd_lower = 24 and pd_upper = 8192 and
+/// `XLogRecordAssemble` leaves out everything between them as the hole: the image restores
+/// an all-zero bitmap, on this replay as on any standby, while the primary kept its bits.
+///
+/// True when, with `hole` the (offset, length) of the image the replayed page was restored
+/// from: the headers agree except pd_lsn and pd_checksum (what the VM mask ignores), every
+/// bit set in `replayed` is set in `theirs` too, and every byte that differs lies in the hole.
+/// A bit set in the replay and clear on the primary, or any other difference, is a real
+/// mismatch.
+pub(crate) fn bits_only_missing_in_hole(replayed: &Page, theirs: &Page, hole: (u16, u16)) -> bool {
+    // pd_lsn (8 bytes) and pd_checksum (2) are masked; pd_flags to pd_prune_xid must agree.
+    if replayed[10..SIZE_OF_PAGE_HEADER] != theirs[10..SIZE_OF_PAGE_HEADER] {
+        return false;
+    }
+    let (from, len) = (usize::from(hole.0), usize::from(hole.1));
+    let in_hole = from..from + len;
+    let mut differs = false;
+    for (i, (r, t)) in replayed
+        .iter()
+        .zip(theirs.iter())
+        .enumerate()
+        .skip(SIZE_OF_PAGE_HEADER)
+    {
+        if r == t {
+            continue;
+        }
+        if r & !t != 0 || !in_hole.contains(&i) {
+            return false;
+        }
+        differs = true;
+    }
+    differs
+}
+
 /// One VM clear a heap record performs without referencing the VM page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct VmClear {
@@ -177,6 +216,35 @@ fn may_clear_vm(rec: &DecodedRecord) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_bits_missing_in_the_image_hole_are_not_a_mismatch() {
+        let mut primary = [0u8; crate::wal::page::BLCKSZ];
+        primary.init(0);
+        for b in 0..400 {
+            set(&mut primary, b, VISIBILITYMAP_VALID_BITS);
+        }
+        // The replay: the image restored the header only; VACUUM then set heap block 7's
+        // bits again (also on the primary).
+        let mut replayed = [0u8; crate::wal::page::BLCKSZ];
+        replayed.init(0);
+        replayed.set_lsn(crate::wal::page::Lsn(0x1234));
+        set(&mut replayed, 7, VISIBILITYMAP_VALID_BITS);
+        let hole = (24, 8168);
+        assert!(bits_only_missing_in_hole(&replayed, &primary, hole));
+        // Not from a hole covering the bits.
+        assert!(!bits_only_missing_in_hole(&replayed, &primary, (24, 16)));
+        // Equal pages are not in the category.
+        assert!(!bits_only_missing_in_hole(&primary, &primary, hole));
+        // A bit set in the replay and clear on the primary is a mismatch.
+        let mut cleared = primary;
+        clear(&mut cleared, 7, VISIBILITYMAP_VALID_BITS);
+        assert!(!bits_only_missing_in_hole(&replayed, &cleared, hole));
+        // So is a header difference.
+        let mut other_header = primary;
+        other_header[12] ^= 0x08;
+        assert!(!bits_only_missing_in_hole(&replayed, &other_header, hole));
+    }
 
     /// The bits of `heap_blk` on its VM page.
     fn get(page: &Page, heap_blk: u32) -> u8 {

@@ -155,7 +155,7 @@ async fn get_page(state: Arc<SharedState>, key: PageKey, query: Option<&str>) ->
                     GetPageError::Unknown { .. } | GetPageError::Removed { .. } => {
                         StatusCode::NOT_FOUND
                     }
-                    GetPageError::Unreadable { .. } => StatusCode::CONFLICT,
+                    e if e.is_unreadable() => StatusCode::CONFLICT,
                     GetPageError::BeforeRetention { .. } => StatusCode::GONE,
                     GetPageError::NotYetReceived { .. } => StatusCode::TOO_EARLY,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,11 +1,15 @@
 //! `redo-helper check`: exactness of the pages the helper serves.
 //!
-//! - Against the cluster: every page the store knows (indexed by the WAL or held by the base
-//!   backup), rebuilt as of everything decoded, the way GetPage serves it (generated images
-//!   included), is compared with the cluster's data file page after a `CHECKPOINT`, masked
-//!   like PostgreSQL's `rm_mask` functions (hint bits, unused space, LSN/checksum). The FSM is
+//! - Against the cluster: every page the store knows (indexed by the WAL, held by the base
+//!   backup, or copied with a database by `CREATE DATABASE ... STRATEGY FILE_COPY`), rebuilt
+//!   as of everything decoded, the way GetPage serves it (generated images included), is
+//!   compared with the cluster's data file page after a `CHECKPOINT`, masked like
+//!   PostgreSQL's `rm_mask` functions (hint bits, unused space, LSN/checksum). The FSM is
 //!   not WAL-logged and is skipped (counted). A page the store says was truncated or dropped
-//!   must be absent from the data files.
+//!   must be absent from the data files. A page it cannot prove (unreadable, or its
+//!   template's page at a database copy) is counted, never compared as if it were known.
+//!   Visibility-map pages that differ only by bits no WAL carries (`CREATE DATABASE` with
+//!   the WAL_LOG strategy, see `redo::vm::bits_only_missing_in_hole`) are counted apart.
 //! - Against itself: a random sample of (page, historical LSN) reads served with generated
 //!   images must equal, byte for byte, the replay of the page's whole chain from the WAL or
 //!   the base backup (`images=none`).
@@ -15,6 +19,7 @@ use crate::pgdata::read_pg_page;
 use crate::redo::compare::{compare_masked, mask_sequence_values};
 use crate::redo::mask::PageKind;
 use crate::redo::page::{Page, PageLayout};
+use crate::redo::vm::bits_only_missing_in_hole;
 use crate::sync::read;
 use crate::wal::block::{ForkNumber, PageKey};
 use crate::wal::page::{BLCKSZ, Lsn};
@@ -27,6 +32,10 @@ pub(crate) struct CheckSummary {
     pub lsn: Lsn,
     pub pages_compared: u64,
     pub mismatches: u64,
+    /// Visibility-map pages that differ from the data file only by bits the WAL does not
+    /// carry (`redo::vm::bits_only_missing_in_hole`; `CREATE DATABASE` with the WAL_LOG
+    /// strategy): not mismatches.
+    pub vm_bits_not_in_wal: u64,
     /// Pages the store holds that the data files do not have (non-zero).
     pub missing_in_pgdata: u64,
     pub removed_pages: u64,
@@ -53,13 +62,15 @@ impl CheckSummary {
 
     pub(crate) fn line(&self) -> String {
         format!(
-            "check at {}: {} pages compared with the data files, {} mismatches, {} missing, \
-             {} removed, {} FSM skipped, {} unreadable, {} errors ({} served from generated \
-             images); history: {} samples, {} mismatches, max deltas per read {} with images \
-             vs {} full chain ({} started from generated images)",
+            "check at {}: {} pages compared with the data files, {} mismatches, {} \
+             vm_bits_not_in_wal, {} missing, {} removed, {} FSM skipped, {} unreadable, {} \
+             errors ({} served from generated images); history: {} samples, {} mismatches, max \
+             deltas per read {} with images vs {} full chain ({} started from generated \
+             images)",
             self.lsn,
             self.pages_compared,
             self.mismatches,
+            self.vm_bits_not_in_wal,
             self.missing_in_pgdata,
             self.removed_pages,
             self.fsm_skipped,
@@ -110,7 +121,8 @@ pub(crate) fn check_against_pgdata(store: &PageStore, pgdata: &Path, sum: &mut C
                     sum.served_from_generated += 1;
                 }
                 let kind = page_kind_hint(store, &key);
-                compare_one(&key, &r.page, theirs.as_deref(), kind, sum);
+                let vm_hole = || store.image_hole(&key, lsn);
+                compare_one(&key, &r.page, theirs.as_deref(), kind, vm_hole, sum);
             }
             Err(GetPageError::Removed { at, .. }) => {
                 sum.removed_pages += 1;
@@ -123,7 +135,7 @@ pub(crate) fn check_against_pgdata(store: &PageStore, pgdata: &Path, sum: &mut C
                     });
                 }
             }
-            Err(GetPageError::Unreadable { .. }) => sum.unreadable += 1,
+            Err(e) if e.is_unreadable() => sum.unreadable += 1,
             Err(GetPageError::Unknown { .. }) => {}
             Err(e) => {
                 sum.errors += 1;
@@ -133,12 +145,17 @@ pub(crate) fn check_against_pgdata(store: &PageStore, pgdata: &Path, sum: &mut C
     }
 }
 
-/// Every page the store knows (indexed by the WAL, imaged, or held by the base backup), in
-/// key order, and the LSN everything decoded reaches.
+/// Every page the store knows (indexed by the WAL, imaged, held by the base backup, or
+/// copied from one of those by a database copy), in key order, and the LSN everything
+/// decoded reaches. A superset: a read says which of them exist.
 pub(crate) fn known_pages(store: &PageStore) -> (Lsn, Vec<PageKey>) {
-    let (lsn, mut keys) = {
+    let (lsn, mut keys, copies) = {
         let idx = read(&store.index);
-        (idx.last_record_end, idx.keys().copied().collect::<Vec<_>>())
+        (
+            idx.last_record_end,
+            idx.keys().copied().collect::<Vec<_>>(),
+            idx.relation_events.database_copies(),
+        )
     };
     let mut known: HashSet<PageKey> = keys.iter().copied().collect();
     // Pages whose whole history went behind the retention horizon live on in their image.
@@ -148,17 +165,49 @@ pub(crate) fn known_pages(store: &PageStore) -> (Lsn, Vec<PageKey>) {
             keys.push(k);
         }
     }
+    // A copied database has every page its template had (no record names them): in LSN
+    // order, so a copy of a copy has the first template's too.
+    for copy in copies {
+        let copied: Vec<PageKey> = keys
+            .iter()
+            .filter(|k| copy.src.holds(&k.rel))
+            .map(|k| copy.dst.page(k))
+            .collect();
+        for k in copied {
+            if known.insert(k) {
+                keys.push(k);
+            }
+        }
+    }
     keys.sort();
     (lsn, keys)
 }
 
 /// The mask a page needs, by the resource manager of the newest change the index knows
 /// for it (None: the page only comes from images or the base backup, so it is guessed from
-/// its bytes). Extension AMs without a page id (rum) would otherwise be guessed as btree.
+/// its bytes). Extension AMs without a page id (rum) would otherwise be guessed as btree. A
+/// page of a database copied with FILE_COPY and unchanged since is its template's page: the
+/// template's newest change before the copy says.
 pub(crate) fn page_kind_hint(store: &PageStore, key: &PageKey) -> Option<PageKind> {
     let idx = read(&store.index);
-    let change = idx.page(key)?.changes.last()?;
-    PageKind::of_rmgr(change.rmid, key.fork)
+    let (mut key, mut upto) = (*key, Lsn(u64::MAX));
+    loop {
+        let last = idx.page(&key).and_then(|h| {
+            let n = h.changes.partition_point(|c| c.lsn <= upto);
+            n.checked_sub(1).map(|i| h.changes[i])
+        });
+        let copy = idx.relation_events.copied_at(&key, upto);
+        match (last, copy) {
+            (Some(c), copy) if copy.is_none_or(|(at, _)| c.lsn > at) => {
+                return PageKind::of_rmgr(c.rmid, key.fork);
+            }
+            (_, Some((at, template))) => {
+                key = template.page(&key);
+                upto = at;
+            }
+            _ => return None,
+        }
+    }
 }
 
 fn compare_one(
@@ -166,6 +215,7 @@ fn compare_one(
     ours: &[u8],
     theirs: Option<&Page>,
     kind: Option<PageKind>,
+    vm_hole: impl FnOnce() -> Option<(u16, u16)>,
     sum: &mut CheckSummary,
 ) {
     let Ok(ours) = <&Page>::try_from(ours) else {
@@ -183,6 +233,12 @@ fn compare_one(
     };
     sum.pages_compared += 1;
     if let Some(diff) = masked_difference(key, ours, theirs, kind) {
+        if key.fork == ForkNumber::VM
+            && vm_hole().is_some_and(|hole| bits_only_missing_in_hole(ours, theirs, hole))
+        {
+            sum.vm_bits_not_in_wal += 1;
+            return;
+        }
         sum.mismatches += 1;
         sum.problem(|| format!("page {key}: helper vs data file:\n{diff}"));
     }

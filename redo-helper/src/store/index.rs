@@ -3,8 +3,11 @@
 //! record touching three pages is stored once (in the archive) and indexed three times.
 //! Pages a record changes without referencing them (the VM page a heap record clears, see
 //! `redo::implicit_changes`) are indexed as deltas too. Truncations and drops, which end a
-//! page's existence without touching it, are kept per relation ([`RelationEvents`]).
+//! page's existence without touching it, are kept per relation, and database copies
+//! (`CREATE DATABASE ... STRATEGY FILE_COPY`), which give a whole directory the template's
+//! pages without a record per page, per directory ([`RelationEvents`]).
 
+use crate::redo::smgr::DatabaseDir;
 use crate::redo::{RelationChange, implicit_changes, relation_changes};
 use crate::wal::block::{BlockRef, ForkNumber, PageKey, RelFileLocator};
 use crate::wal::page::Lsn;
@@ -185,11 +188,25 @@ pub(crate) struct FpwModeChange {
 /// When pages stopped existing: smgr truncations (pages at or past the new size of a fork),
 /// relation drops (commit/abort records) and database drops. A page read at an LSN after
 /// such an event starts from nothing: only records after the event rebuild it.
+///
+/// And when a database directory became a copy of another (`XLOG_DBASE_CREATE_FILE_COPY`):
+/// a page read after the copy starts from the template's page as of the copy.
 #[derive(Debug, Default)]
 pub(crate) struct RelationEvents {
     truncations: HashMap<(RelFileLocator, ForkNumber), Vec<(Lsn, u32)>>,
     drops: HashMap<RelFileLocator, Vec<Lsn>>,
     database_drops: HashMap<(u32, u32), Vec<Lsn>>,
+    /// Per target directory, its copies in LSN order: (copy LSN, template directory).
+    database_copies: HashMap<DatabaseDir, Vec<(Lsn, DatabaseDir)>>,
+}
+
+/// A database directory copied from another (`CREATE DATABASE ... STRATEGY FILE_COPY`, or
+/// `ALTER DATABASE ... SET TABLESPACE`) at `lsn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DatabaseCopy {
+    pub lsn: Lsn,
+    pub dst: DatabaseDir,
+    pub src: DatabaseDir,
 }
 
 impl RelationEvents {
@@ -214,7 +231,44 @@ impl RelationEvents {
                         .push(lsn)
                 }
             }
+            RelationChange::CopyDatabase { dst, src } => self
+                .database_copies
+                .entry(dst)
+                .or_default()
+                .push((lsn, src)),
         }
+    }
+
+    /// The newest copy at or before `lsn` that made `key`'s directory a copy of another:
+    /// its LSN and the template's directory (None: never copied).
+    pub(crate) fn copied_at(&self, key: &PageKey, lsn: Lsn) -> Option<(Lsn, DatabaseDir)> {
+        let v = self.database_copies.get(&DatabaseDir::of(&key.rel))?;
+        let n = v.partition_point(|(l, _)| *l <= lsn);
+        n.checked_sub(1).map(|i| v[i])
+    }
+
+    /// The newest event at or before `lsn` after which the page's earlier contents no longer
+    /// count: a removal, or a copy that replaced its directory.
+    pub(crate) fn replaced_at(&self, key: &PageKey, lsn: Lsn) -> Option<Lsn> {
+        self.removed_at(key, lsn)
+            .max(self.copied_at(key, lsn).map(|(l, _)| l))
+    }
+
+    /// Every database copy, in LSN order.
+    pub(crate) fn database_copies(&self) -> Vec<DatabaseCopy> {
+        let mut v: Vec<DatabaseCopy> = self
+            .database_copies
+            .iter()
+            .flat_map(|(dst, copies)| {
+                copies.iter().map(|(lsn, src)| DatabaseCopy {
+                    lsn: *lsn,
+                    dst: *dst,
+                    src: *src,
+                })
+            })
+            .collect();
+        v.sort_by_key(|c| (c.lsn, c.dst));
+        v
     }
 
     /// The newest event at or before `lsn` that removed `key` (None: it was never removed).
@@ -274,6 +328,18 @@ impl RelationEvents {
                 });
             }
         }
+        for (dst, v) in &self.database_copies {
+            for (at, src) in v.iter().filter(|(at, _)| *at < lsn) {
+                out.database_copies.push(SavedDatabaseCopy {
+                    spc: dst.spc_oid,
+                    db: dst.db_oid,
+                    src_spc: src.spc_oid,
+                    src_db: src.db_oid,
+                    lsn: at.0,
+                });
+            }
+        }
+        out.database_copies.sort_by_key(|c| (c.lsn, c.spc, c.db));
         out.truncations
             .sort_by_key(|t| (t.lsn, t.spc, t.db, t.rel, t.fork));
         out.drops.sort_by_key(|d| (d.lsn, d.spc, d.db, d.rel));
@@ -308,6 +374,23 @@ impl RelationEvents {
                 .or_default()
                 .push(Lsn(d.lsn));
         }
+        for c in &saved.database_copies {
+            let dst = DatabaseDir {
+                spc_oid: c.spc,
+                db_oid: c.db,
+            };
+            let src = DatabaseDir {
+                spc_oid: c.src_spc,
+                db_oid: c.src_db,
+            };
+            self.database_copies
+                .entry(dst)
+                .or_default()
+                .push((Lsn(c.lsn), src));
+        }
+        for v in self.database_copies.values_mut() {
+            v.sort_by_key(|(l, _)| *l);
+        }
         for v in self.truncations.values_mut() {
             v.sort_by_key(|(l, _)| *l);
         }
@@ -324,6 +407,7 @@ impl RelationEvents {
         self.truncations.values().map(Vec::len).sum::<usize>()
             + self.drops.values().map(Vec::len).sum::<usize>()
             + self.database_drops.values().map(Vec::len).sum::<usize>()
+            + self.database_copies.values().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -336,6 +420,8 @@ pub(crate) struct SavedRelationEvents {
     pub drops: Vec<SavedDrop>,
     #[serde(default)]
     pub database_drops: Vec<SavedDatabaseDrop>,
+    #[serde(default)]
+    pub database_copies: Vec<SavedDatabaseCopy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -360,6 +446,16 @@ pub(crate) struct SavedDrop {
 pub(crate) struct SavedDatabaseDrop {
     pub spc: u32,
     pub db: u32,
+    pub lsn: u64,
+}
+
+/// A database copy: directory `spc/db` became a copy of `src_spc/src_db` at `lsn`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SavedDatabaseCopy {
+    pub spc: u32,
+    pub db: u32,
+    pub src_spc: u32,
+    pub src_db: u32,
     pub lsn: u64,
 }
 
@@ -709,14 +805,34 @@ mod tests {
                 spc_oids: [1663],
             },
         );
+        let template = DatabaseDir {
+            spc_oid: 1663,
+            db_oid: 4,
+        };
+        let copy = DatabaseDir::of(&rel);
+        ev.note(
+            Lsn(120),
+            &RelationChange::CopyDatabase {
+                dst: copy,
+                src: template,
+            },
+        );
+        ev.note(
+            Lsn(400),
+            &RelationChange::CopyDatabase {
+                dst: copy,
+                src: template,
+            },
+        );
         let saved = ev.saved_before(Lsn(250));
         assert_eq!(
             (
                 saved.truncations.len(),
                 saved.drops.len(),
-                saved.database_drops.len()
+                saved.database_drops.len(),
+                saved.database_copies.len()
             ),
-            (1, 1, 0)
+            (1, 1, 0, 1)
         );
         let json = serde_json::to_string(&saved).unwrap();
         let mut back = RelationEvents::default();
@@ -729,6 +845,21 @@ mod tests {
         assert_eq!(back.removed_at(&page(5), Lsn(150)), Some(Lsn(100)));
         assert_eq!(back.removed_at(&page(1), Lsn(150)), None);
         assert_eq!(back.removed_at(&page(1), Lsn(250)), Some(Lsn(200)));
-        assert_eq!(back.len(), 2);
+        assert_eq!(back.len(), 3);
+        // The copy is not a removal, but it replaces what was before it.
+        assert_eq!(back.copied_at(&page(1), Lsn(119)), None);
+        assert_eq!(
+            back.copied_at(&page(1), Lsn(150)),
+            Some((Lsn(120), template))
+        );
+        assert_eq!(back.removed_at(&page(1), Lsn(130)), None);
+        assert_eq!(back.replaced_at(&page(1), Lsn(130)), Some(Lsn(120)));
+        assert_eq!(back.replaced_at(&page(5), Lsn(130)), Some(Lsn(120)));
+        assert_eq!(
+            ev.copied_at(&page(1), Lsn(500)),
+            Some((Lsn(400), template)),
+            "the newest copy"
+        );
+        assert_eq!(ev.database_copies().len(), 2);
     }
 }

@@ -1,13 +1,22 @@
 //! Per page, its images and its deltas, and GetPage@LSN: start from the newest image at or
 //! before the LSN (a generated image, an applicable full page image or WILL_INIT record in
-//! the WAL, a recently served page from the cache, or the base backup's page) and replay the
-//! deltas after it with the Rust redo.
+//! the WAL, a recently served page from the cache, the template's page as of a
+//! `CREATE DATABASE ... STRATEGY FILE_COPY` that copied the page's database, or the base
+//! backup's page) and replay the deltas after it with the Rust redo.
+//!
+//! A database copy has no record per page: `dbase_redo` copies the template's directory as
+//! it is after every record before the copy (commands/dbcommands.c). So a page of the copy
+//! whose history starts there is the template's page rebuilt, by this same store, as of the
+//! copy's LSN (recursively, for a copy of a copy); a page the template did not have does
+//! not exist in the copy; a template page the store cannot prove leaves the copied page
+//! unprovable too, by name ([`GetPageError::TemplateUnprovable`]).
 
 use super::archive::{RECENT_WAL_BYTES, RecentWal, RecordReadError, RecordReader, WalArchive};
 use super::base::BaseFiles;
 use super::images::{ImageStore, ImageStoreError};
 use super::index::{ChangeKind, PageChange, PageIndex, StartKind};
 use crate::redo::page::Page;
+use crate::redo::smgr::DatabaseDir;
 use crate::redo::{RedoEngine, RedoError, apply_to_page};
 use crate::sync::{lock, read, write};
 use crate::wal::block::PageKey;
@@ -57,13 +66,39 @@ pub(crate) enum GetPageError {
         key: PageKey,
         source: std::io::Error,
     },
+    #[error(
+        "page {key} cannot be proven at {lsn}: CREATE DATABASE STRATEGY FILE_COPY at {at} copied its database {copy} from {template}, and the template's page {template_key} cannot be proven there: {source}"
+    )]
+    TemplateUnprovable {
+        key: PageKey,
+        lsn: Lsn,
+        /// The copy record (`XLOG_DBASE_CREATE_FILE_COPY`).
+        at: Lsn,
+        copy: DatabaseDir,
+        template: DatabaseDir,
+        template_key: PageKey,
+        source: Box<GetPageError>,
+    },
+}
+
+impl GetPageError {
+    /// A page that a change the redo does not replay makes unreadable (409): the page's own
+    /// history, or its template's at the database copy its history starts from.
+    pub(crate) fn is_unreadable(&self) -> bool {
+        match self {
+            GetPageError::Unreadable { .. } => true,
+            GetPageError::TemplateUnprovable { source, .. } => source.is_unreadable(),
+            _ => false,
+        }
+    }
 }
 
 /// A page rebuilt as of an LSN.
 #[derive(Debug, Clone)]
 pub(crate) struct Reconstructed {
     pub page: Vec<u8>,
-    /// Deltas replayed on top of the starting image.
+    /// Deltas replayed on top of the starting image (for a page of a copied database that
+    /// starts from the template's page, the template's deltas too).
     pub deltas_replayed: u32,
     /// Where the replay started (LSN of the image; the backup start for base pages).
     pub start_lsn: Lsn,
@@ -111,6 +146,8 @@ pub(crate) enum StartSource {
     BaseBackup,
     /// Nothing: the page did not exist at the backup; its first record creates it.
     EmptyPage,
+    /// The template's page as of a database copy (`CREATE DATABASE ... STRATEGY FILE_COPY`).
+    TemplateCopy,
 }
 
 impl StartSource {
@@ -123,6 +160,7 @@ impl StartSource {
             StartSource::AfterRemoval => "empty page (after truncation or drop)",
             StartSource::BaseBackup => "base backup",
             StartSource::EmptyPage => "empty page",
+            StartSource::TemplateCopy => "template page (CREATE DATABASE FILE_COPY)",
         }
     }
 }
@@ -150,6 +188,9 @@ enum Start {
     Retained(Lsn),
     /// The page's relation was truncated below it or dropped.
     Removed(Lsn),
+    /// The page's database directory was copied from the template's at this LSN
+    /// (`XLOG_DBASE_CREATE_FILE_COPY`): the template's page as of then.
+    Copied(Lsn, DatabaseDir),
 }
 
 impl Start {
@@ -160,17 +201,24 @@ impl Start {
             | Start::Generated(l)
             | Start::Cached(l)
             | Start::Retained(l)
-            | Start::Removed(l) => Some(l),
+            | Start::Removed(l)
+            | Start::Copied(l, _) => Some(l),
         }
     }
 
-    /// The newest of two starts; on a tie the one that needs no WAL read.
+    /// Starts that read something else first: a WAL record, or the template's page.
+    fn needs_read(self) -> bool {
+        matches!(self, Start::Wal(_) | Start::Copied(..))
+    }
+
+    /// The newest of two starts; on a tie the one that needs no read (an image retention
+    /// kept at a copy's LSN is that copy's page).
     fn newest(self, other: Start) -> Start {
         match (self.lsn(), other.lsn()) {
             (_, None) => self,
             (None, _) => other,
             (Some(a), Some(b)) if b > a => other,
-            (Some(a), Some(b)) if a == b && matches!(self, Start::Wal(_)) => other,
+            (Some(a), Some(b)) if a == b && self.needs_read() && !other.needs_read() => other,
             _ => self,
         }
     }
@@ -312,6 +360,64 @@ impl PageStore {
         self.reconstruct_with(key, lsn, ReadOptions::default())
     }
 
+    /// The hole (offset, length) of the full page image the page's contents as of `lsn`
+    /// descend from: the newest applicable image in its WAL history (through the template's
+    /// history when that is where the page starts, after a database copy), when that image
+    /// left a hole. None when the page descends from no such image, or when that cannot be
+    /// told (the image went behind the retention horizon): callers then treat the page as
+    /// fully logged. `check` uses it to tell visibility-map bits that no WAL carries
+    /// (`redo::vm::bits_only_missing_in_hole`).
+    pub(crate) fn image_hole(&self, key: &PageKey, lsn: Lsn) -> Option<(u16, u16)> {
+        let _gate = read(&self.gate);
+        let horizon = self.horizon();
+        let (mut key, mut lsn) = (*key, lsn);
+        loop {
+            let (image_at, copy) = {
+                let idx = read(&self.index);
+                let removed = idx.relation_events.removed_at(&key, lsn);
+                let copy = idx.relation_events.copied_at(&key, lsn);
+                let newest_event = removed.max(copy.map(|(l, _)| l));
+                let image_at = idx
+                    .page(&key)
+                    .and_then(|h| h.wal_start_point(lsn))
+                    .map(|(l, _)| l)
+                    .filter(|l| newest_event.is_none_or(|e| *l > e))
+                    .and_then(|l| idx.page(&key)?.change_at(l))
+                    .filter(|c| c.kind == ChangeKind::Image)
+                    .map(|c| c.lsn);
+                (
+                    image_at,
+                    copy.filter(|(l, _)| removed.is_none_or(|r| *l > r)),
+                )
+            };
+            if let Some(at) = image_at {
+                let mut reader = lock(&self.readers)
+                    .pop()
+                    .unwrap_or_else(|| self.archive.clone_empty());
+                let mut rec = DecodedRecord::default();
+                let hole = reader.read_into(at, &mut rec).ok().and_then(|()| {
+                    rec.blocks()
+                        .iter()
+                        .find(|b| b.page_key() == key)
+                        .and_then(|b| b.image)
+                        .filter(|i| i.apply() && i.has_hole())
+                        .map(|i| (i.hole_offset, i.hole_length))
+                });
+                let mut pool = lock(&self.readers);
+                if pool.len() < POOLED_READERS {
+                    pool.push(reader);
+                }
+                return hole;
+            }
+            let (at, template) = copy?;
+            if at < horizon {
+                return None;
+            }
+            key = template.page(&key);
+            lsn = at;
+        }
+    }
+
     /// Like `reconstruct`, with control over what the replay may start from.
     pub(crate) fn reconstruct_with(
         &self,
@@ -340,15 +446,40 @@ impl PageStore {
         lsn: Option<Lsn>,
         opts: ReadOptions,
     ) -> Result<Reconstructed, GetPageError> {
+        let _gate = read(&self.gate);
+        // Everything at or after this horizon stays until the gate is released, even if
+        // retention moves the horizon meanwhile; the template reads of a copied page use it too.
+        let horizon = self.horizon();
+        self.reconstruct_gated(reader, key, lsn, opts, horizon)
+    }
+
+    /// The three phases, with the read gate held by the caller since before it read
+    /// `horizon` (a page of a copied database reads its template's page through here, under
+    /// the same hold of the gate).
+    fn reconstruct_gated(
+        &self,
+        reader: &mut RecordReader,
+        key: &PageKey,
+        lsn: Option<Lsn>,
+        opts: ReadOptions,
+        horizon: Lsn,
+    ) -> Result<Reconstructed, GetPageError> {
         let t0 = std::time::Instant::now();
         let mut phases = ReadPhases::default();
-        let _gate = read(&self.gate);
-        let plan = self.lookup(key, lsn, opts)?;
+        let plan = self.lookup(key, lsn, opts, horizon)?;
         phases.lookup_us = micros_since(t0);
         let t1 = std::time::Instant::now();
         let mut page: Box<Page> = Box::new([0u8; BLCKSZ]);
         let mut rec = DecodedRecord::default();
-        let (start_lsn, start) = self.load_start(&plan, reader, &mut page, &mut rec)?;
+        let mut template_deltas = 0;
+        let (start_lsn, start) = self.load_start(
+            &plan,
+            reader,
+            &mut page,
+            &mut rec,
+            opts,
+            &mut template_deltas,
+        )?;
         phases.start_us = micros_since(t1);
         let t2 = std::time::Instant::now();
         self.replay(&plan, reader, &mut page, &mut rec)?;
@@ -358,7 +489,7 @@ impl PageStore {
         }
         Ok(Reconstructed {
             page: page.to_vec(),
-            deltas_replayed: plan.changes.len() as u32,
+            deltas_replayed: (plan.changes.len() as u32).saturating_add(template_deltas),
             start_lsn,
             start,
             phases,
@@ -373,8 +504,8 @@ impl PageStore {
         key: &PageKey,
         lsn: Option<Lsn>,
         opts: ReadOptions,
+        horizon: Lsn,
     ) -> Result<ReadPlan, GetPageError> {
-        let horizon = self.horizon();
         let decoded = read(&self.index).last_record_end;
         let target = lsn.unwrap_or(decoded);
         if target > decoded {
@@ -419,10 +550,14 @@ impl PageStore {
         if let Some(l) = idx.relation_events.removed_at(key, target) {
             start = start.newest(Start::Removed(l));
         }
+        if let Some((l, template)) = idx.relation_events.copied_at(key, target) {
+            start = start.newest(Start::Copied(l, template));
+        }
         let Some(h) = idx.page(key) else {
             return Ok(ReadPlan {
                 key: *key,
                 target,
+                horizon,
                 start,
                 cached,
                 start_change: None,
@@ -433,12 +568,15 @@ impl PageStore {
             start = start.newest(Start::Wal(l));
         }
         let start_change = match start {
-            Start::Wal(l) => h.change_at(l),
+            // At a copy: the unreadable marker retention keeps there for a page whose
+            // template it could not prove (see `load_start`).
+            Start::Wal(l) | Start::Copied(l, _) => h.change_at(l),
             _ => None,
         };
         Ok(ReadPlan {
             key: *key,
             target,
+            horizon,
             start,
             cached,
             start_change,
@@ -446,13 +584,16 @@ impl PageStore {
         })
     }
 
-    /// Phase 2: loads the plan's starting page into `page`; returns its LSN and source.
+    /// Phase 2: loads the plan's starting page into `page`; returns its LSN and source, and
+    /// sets `template_deltas` to the deltas replayed to rebuild a template's page.
     fn load_start(
         &self,
         plan: &ReadPlan,
         reader: &mut RecordReader,
         page: &mut Page,
         rec: &mut DecodedRecord,
+        opts: ReadOptions,
+        template_deltas: &mut u32,
     ) -> Result<(Lsn, StartSource), GetPageError> {
         let key = &plan.key;
         Ok(match plan.start {
@@ -494,6 +635,12 @@ impl PageStore {
                 }
                 (l, StartSource::AfterRemoval)
             }
+            Start::Copied(at, template) => {
+                let (l, source, deltas) =
+                    self.load_template_page(plan, at, template, reader, page, opts)?;
+                *template_deltas = deltas;
+                (l, source)
+            }
             Start::Base => match self
                 .base
                 .read_page(key)
@@ -508,6 +655,65 @@ impl PageStore {
                 None => return Err(GetPageError::Unknown { key: *key }),
             },
         })
+    }
+
+    /// The start of a page of a copied database: the template's page as of the copy, read
+    /// through this store (generated images as the read allows, no cache).
+    /// Returns the start's LSN and source and the deltas replayed to rebuild the template's
+    /// page.
+    fn load_template_page(
+        &self,
+        plan: &ReadPlan,
+        at: Lsn,
+        template: DatabaseDir,
+        reader: &mut RecordReader,
+        page: &mut Page,
+        opts: ReadOptions,
+    ) -> Result<(Lsn, StartSource, u32), GetPageError> {
+        let key = &plan.key;
+        if let Some(c) = &plan.start_change {
+            // Retention could not prove the template's page when the horizon passed the
+            // copy, and kept the copy as the page's unreadable marker.
+            plan.check_supported(c)?;
+        }
+        // Nothing of the page at the copy, or only records after it create the page.
+        let absent = || {
+            if plan.changes.is_empty() {
+                Err(GetPageError::Unknown { key: *key })
+            } else {
+                Ok((at, StartSource::EmptyPage, 0))
+            }
+        };
+        if at < plan.horizon {
+            // The template's history at the copy is gone. Retention, before it moved the
+            // horizon past the copy, stored every page of the copy as an image at the copy's
+            // LSN (or kept a marker for one it could not prove), and that image is the newer
+            // start on a tie: no image means the template had no such page.
+            return absent();
+        }
+        let template_key = template.page(key);
+        let template_opts = ReadOptions {
+            cache: false,
+            ..opts
+        };
+        match self.reconstruct_gated(reader, &template_key, Some(at), template_opts, plan.horizon) {
+            Ok(r) => {
+                copy_page(page, &r.page, key)?;
+                Ok((at, StartSource::TemplateCopy, r.deltas_replayed))
+            }
+            // `copydir` copies the files the template has: a page it did not have (never
+            // created, truncated or dropped before the copy) is not in the copy either.
+            Err(GetPageError::Unknown { .. } | GetPageError::Removed { .. }) => absent(),
+            Err(source) => Err(GetPageError::TemplateUnprovable {
+                key: *key,
+                lsn: plan.target,
+                at,
+                copy: DatabaseDir::of(&key.rel),
+                template,
+                template_key,
+                source: Box::new(source),
+            }),
+        }
     }
 
     /// Phase 3: applies the plan's changes to `page` with the Rust redo.
@@ -532,6 +738,8 @@ struct ReadPlan {
     key: PageKey,
     /// The LSN the page is read as of.
     target: Lsn,
+    /// The retention horizon the read goes by (see `reconstruct_using`).
+    horizon: Lsn,
     start: Start,
     /// The cached page, when the read starts from it.
     cached: Option<(Lsn, Arc<Vec<u8>>)>,

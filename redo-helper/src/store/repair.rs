@@ -15,6 +15,9 @@
 //!    checksum when the cluster has them (hint-bit-only writes are not WAL-logged with FPW
 //!    off and can tear too), and a masked comparison with the helper's page in any case.
 //!
+//! The pages of a database created with `STRATEGY FILE_COPY` are known from its template's
+//! (no record names them) and rebuilt from the template's page as of the copy; a copy at or
+//! after the REDO location counts as a change of every page of the copy.
 //! Pages of relations dropped or truncated in the WAL are not written (not resurrected). The
 //! free space map is not WAL-logged and is left alone: PostgreSQL reads FSM pages with
 //! RBM_ZERO_ON_ERROR and rebuilds them. A page changed since the checkpoint that the helper
@@ -363,11 +366,17 @@ pub(crate) fn repair(
             sum.fsm_skipped += 1;
             continue;
         }
+        // A database copy since the checkpoint changed every page of the copy (crash
+        // recovery would replay the copy from the template's files as they are then).
         let changed = {
             let idx = read(&store.index);
             idx.page(&key)
                 .and_then(|h| h.changes.last())
                 .is_some_and(|c| c.lsn >= control.redo)
+                || idx
+                    .relation_events
+                    .copied_at(&key, end)
+                    .is_some_and(|(at, _)| at >= control.redo)
         };
         if !changed && opts.changed_only {
             continue;
@@ -386,7 +395,7 @@ pub(crate) fn repair(
                 continue;
             }
             Err(GetPageError::Unknown { .. }) => continue,
-            Err(e @ GetPageError::Unreadable { .. }) => {
+            Err(e) if e.is_unreadable() => {
                 if changed {
                     sum.unrepairable += 1;
                     sum.problem(|| format!("not repaired: {e}"));

@@ -9,10 +9,16 @@
 //!    and stored as an image at that last change. A page that is unreadable there (a change
 //!    the Rust redo does not replay, no image since) keeps that change as a marker, so it
 //!    stays unreadable until a later image; a page truncated away or dropped needs nothing
-//!    (its removal is kept). The image store is synced.
+//!    (its removal is kept). A database copied before H (`CREATE DATABASE ... STRATEGY
+//!    FILE_COPY`) starts from its template's pages as of the copy, whose history goes now:
+//!    every page of the copy is rebased too (at the copy's LSN when it has no change of its
+//!    own after it), and one whose template page is unprovable keeps the copy as its
+//!    unreadable marker; from then on, a page of the copy without an image did not exist at
+//!    the copy. The image store is synced.
 //! 2. saves `DATA_DIR/retention.json` atomically: H, the relation events (truncations,
-//!    drops, database drops) before H, the unreadable markers and the full_page_writes modes
-//!    before H — what the WAL before H said and the index can no longer learn from it;
+//!    drops, database drops and copies) before H, the unreadable markers and the
+//!    full_page_writes modes before H — what the WAL before H said and the index can no
+//!    longer learn from it;
 //! 3. moves the page store's horizon and waits for every read that started before (the
 //!    store's read gate), so no running read needs what follows;
 //! 4. prunes the index (changes before H), deletes the archive segments that end at or
@@ -32,11 +38,14 @@ use super::images::ImageStoreError;
 use super::index::{ChangeKind, FpwModeChange, PageChange, SavedRelationEvents};
 use super::page_store::{GetPageError, PageStore, ReadOptions};
 use super::write_atomic;
+use crate::redo::smgr::DatabaseDir;
 use crate::sync::{lock, read, write};
 use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
 use crate::wal::page::{Lsn, parse_segment_file_name};
+use crate::wal::rmgr::RM_DBASE_ID;
+use crate::wal::rmgr::dbase::XLOG_DBASE_CREATE_FILE_COPY;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -324,6 +333,28 @@ fn marker_key(m: &SavedMarker) -> PageKey {
     }
 }
 
+/// A failure of the store itself (reading its images, or a read behind the horizon; also
+/// under a template read): the pass fails and is tried again, rather than leaving the page
+/// unreadable for good.
+fn store_failure(e: &GetPageError) -> bool {
+    match e {
+        GetPageError::Images(_) | GetPageError::BeforeRetention { .. } => true,
+        GetPageError::TemplateUnprovable { source, .. } => store_failure(source),
+        _ => false,
+    }
+}
+
+/// The unreadable marker of a page of a copied database whose template page could not be
+/// proven at the copy (`XLOG_DBASE_CREATE_FILE_COPY` at `at`).
+fn copy_marker(at: Lsn) -> PageChange {
+    PageChange {
+        lsn: at,
+        kind: ChangeKind::Unsupported,
+        rmid: RM_DBASE_ID,
+        info: XLOG_DBASE_CREATE_FILE_COPY,
+    }
+}
+
 /// What one pass did (in /status).
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct PassStats {
@@ -550,19 +581,40 @@ impl Retention {
         let store = &*self.store;
         let below = Lsn(horizon.0 - 1);
         // Each page changed before the horizon, with its last change before it.
-        let candidates: Vec<(PageKey, PageChange)> = {
+        let mut candidates: Vec<(PageKey, Option<PageChange>)> = {
             let idx = read(&store.index);
-            let mut v: Vec<(PageKey, PageChange)> = idx
+            let mut v: Vec<(PageKey, Option<PageChange>)> = idx
                 .keys()
                 .filter_map(|k| {
                     let h = idx.page(k)?;
                     let n = h.changes.partition_point(|c| c.lsn < horizon);
-                    n.checked_sub(1).map(|i| (*k, h.changes[i]))
+                    n.checked_sub(1).map(|i| (*k, Some(h.changes[i])))
                 })
                 .collect();
             v.sort_unstable_by_key(|(k, _)| *k);
             v
         };
+        // And every page of a database copied between the current horizon and the new one
+        // (no record names them; earlier copies were rebased by earlier passes).
+        let copied_dirs: HashSet<_> = read(&store.index)
+            .relation_events
+            .database_copies()
+            .into_iter()
+            .filter(|c| c.lsn >= current && c.lsn < horizon)
+            .map(|c| c.dst)
+            .collect();
+        if !copied_dirs.is_empty() {
+            let changed: HashSet<PageKey> = candidates.iter().map(|(k, _)| *k).collect();
+            let (_, known) = super::check::known_pages(store);
+            candidates.extend(
+                known
+                    .into_iter()
+                    .filter(|k| {
+                        copied_dirs.contains(&DatabaseDir::of(&k.rel)) && !changed.contains(k)
+                    })
+                    .map(|k| (k, None)),
+            );
+        }
         let mut markers: HashMap<PageKey, PageChange> = HashMap::new();
         let mut rebased: HashMap<PageKey, Lsn> = HashMap::new();
         let opts = ReadOptions {
@@ -570,16 +622,25 @@ impl Retention {
             cache: false,
         };
         for (key, last) in candidates {
-            if last.lsn < current {
+            if let Some(last) = last
+                && last.lsn < current
+            {
                 // Only a kept unreadable marker is older than the current horizon.
                 debug_assert_eq!(last.kind, ChangeKind::Unsupported);
                 markers.insert(key, last);
                 stats.pages_unreadable += 1;
                 continue;
             }
+            // The page's newest start before the horizon: its last change, or the copy of
+            // its database if that is newer (the page is then the template's, plus its own
+            // changes since).
+            let copy = read(&store.index).relation_events.copied_at(&key, below);
+            let Some(since) = last.map(|c| c.lsn).max(copy.map(|(l, _)| l)) else {
+                continue;
+            };
             let covered = read(&store.images)
                 .newest_at_or_before(&key, below)
-                .filter(|l| *l >= last.lsn);
+                .filter(|l| *l >= since);
             if let Some(l) = covered {
                 rebased.insert(key, l);
                 stats.pages_covered += 1;
@@ -587,16 +648,26 @@ impl Retention {
             }
             match store.reconstruct_with(&key, Some(below), opts) {
                 Ok(r) => {
-                    write(&store.images).put(&key, last.lsn, &r.page)?;
-                    rebased.insert(key, last.lsn);
+                    write(&store.images).put(&key, since, &r.page)?;
+                    rebased.insert(key, since);
                     stats.pages_rebased += 1;
                 }
-                Err(GetPageError::Removed { .. }) => stats.pages_removed += 1,
+                // Unknown: a page of a copy whose template did not have it.
+                Err(GetPageError::Removed { .. } | GetPageError::Unknown { .. }) => {
+                    stats.pages_removed += 1
+                }
+                Err(e) if store_failure(&e) => {
+                    return Err(RetentionError::Page {
+                        key,
+                        source: Box::new(e),
+                    });
+                }
                 Err(GetPageError::Unreadable { at, .. }) => {
                     let marker = read(&store.index)
                         .page(&key)
                         .and_then(|h| h.change_at(at))
-                        .unwrap_or(last);
+                        .or(last)
+                        .unwrap_or_else(|| copy_marker(since));
                     markers.insert(
                         key,
                         PageChange {
@@ -606,11 +677,11 @@ impl Retention {
                     );
                     stats.pages_unreadable += 1;
                 }
-                Err(e @ (GetPageError::Images(_) | GetPageError::BeforeRetention { .. })) => {
-                    return Err(RetentionError::Page {
-                        key,
-                        source: Box::new(e),
-                    });
+                Err(GetPageError::TemplateUnprovable { at, .. }) => {
+                    // The copy itself becomes the page's marker: a read from here on finds
+                    // it where the copy starts the page and refuses the page.
+                    markers.insert(key, copy_marker(at));
+                    stats.pages_unreadable += 1;
                 }
                 Err(e) => {
                     // The page cannot be rebuilt here (a redo or archive error): it must not
@@ -619,11 +690,14 @@ impl Retention {
                     log::warn!(
                         "retention: {key} cannot be rebuilt at {below} ({e}); it stays unreadable until its next image"
                     );
+                    let marker = last
+                        .filter(|c| c.lsn == since)
+                        .unwrap_or_else(|| copy_marker(since));
                     markers.insert(
                         key,
                         PageChange {
                             kind: ChangeKind::Unsupported,
-                            ..last
+                            ..marker
                         },
                     );
                     stats.pages_unreadable += 1;
@@ -670,9 +744,20 @@ impl Retention {
         // From here on the files below the horizon may go (even after a crash).
         self.cleanup_pending.store(true, Ordering::SeqCst);
         store.set_horizon(horizon);
-        let pruned = write(&store.index).prune_before(horizon, &markers, &rebased);
+        let mut idx = write(&store.index);
+        let pruned = idx.prune_before(horizon, &markers, &rebased);
         stats.index_changes_removed = pruned.changes_removed;
         stats.index_pages_removed = pruned.pages_removed;
+        // Pages of a copy with no change before the horizon, which pruning did not visit:
+        // their marker and their image at the copy (a no-op for the pages it did visit).
+        for (key, marker) in &markers {
+            idx.add_unreadable_marker(*key, *marker);
+        }
+        for (key, at) in &rebased {
+            if let Some(h) = idx.page_mut(key) {
+                h.note_generated_image(*at);
+            }
+        }
         Ok(())
     }
 
@@ -712,7 +797,7 @@ impl Retention {
             let below = Lsn(horizon.0.saturating_sub(1));
             stats.image_entries_removed = images.forget_before(horizon, |key, lsn| {
                 idx.relation_events
-                    .removed_at(key, below)
+                    .replaced_at(key, below)
                     .is_some_and(|at| at > lsn)
             });
         }

@@ -13,6 +13,7 @@ mod support;
 mod brin;
 mod checksum;
 mod corruption;
+mod dbase;
 mod faults;
 mod fuzz_wal;
 mod generic_wal;

@@ -130,7 +130,7 @@ pub(crate) fn run_verify(data_dir: &Path, pgdata: &Path) -> VerifyRun {
     run_verify_with(data_dir, pgdata, &["--workers", "1"])
 }
 
-fn run_verify_with(data_dir: &Path, pgdata: &Path, args: &[&str]) -> VerifyRun {
+pub(crate) fn run_verify_with(data_dir: &Path, pgdata: &Path, args: &[&str]) -> VerifyRun {
     let out = Command::new(HELPER_BIN)
         .arg("verify")
         .args(args)

@@ -68,7 +68,7 @@ fn blocks_of(c: &PgCluster, table: &str, cond: &str) -> Vec<u64> {
 }
 
 /// Runs `redo-helper repair` (with `flags`) on `pgdata`: (exit code, stdout, stderr).
-fn run_repair(
+pub(crate) fn run_repair(
     helper_dir: &std::path::Path,
     pgdata: &std::path::Path,
     flags: &[&str],
@@ -119,7 +119,10 @@ fn repair_without_data_checksums() {
 
 /// Starts the helper on `c` in a new temp dir and waits until it streams: (temp dir, the
 /// helper's data directory, the helper).
-fn stream_helper(c: &PgCluster, tag: &str) -> (TempDir, std::path::PathBuf, HelperProcess) {
+pub(crate) fn stream_helper(
+    c: &PgCluster,
+    tag: &str,
+) -> (TempDir, std::path::PathBuf, HelperProcess) {
     let tmp = TempDir::new(tag);
     let helper_dir = tmp.path().join("helper");
     let mut h = HelperProcess::spawn(&c.conninfo(), &helper_dir, &tmp.path().join("helper.log"));
@@ -130,7 +133,7 @@ fn stream_helper(c: &PgCluster, tag: &str) -> (TempDir, std::path::PathBuf, Help
 }
 
 /// The count before `after` in repair's summary `line`.
-fn summary_num(line: &str, after: &str) -> u64 {
+pub(crate) fn summary_num(line: &str, after: &str) -> u64 {
     line.split(after)
         .next()
         .and_then(|s| s.split_whitespace().last())
@@ -422,7 +425,7 @@ fn blocks_changed_since(c: &PgCluster, rel: &str, redo: &str) -> Vec<u64> {
 }
 
 /// Tears block `blk` of `file` with the first other block whose second half differs.
-fn tear_with_any(file: &std::path::Path, blk: u64) {
+pub(crate) fn tear_with_any(file: &std::path::Path, blk: u64) {
     let f = std::fs::File::open(file).expect("open");
     let half = |b: u64| {
         let mut buf = vec![0u8; 4096];

@@ -1,11 +1,12 @@
 //! The pages of a bulk replay: a page table filled from the base backup's files on first
-//! use, and what the WAL said about which pages exist (drops, truncations).
+//! use, and what the WAL said about which pages exist (drops, truncations, database
+//! copies).
 
 use super::{FastMap, ReplayError};
 use crate::pgdata::relpath::{RELSEG_SIZE, RelationFileName};
 use crate::redo::page::Page;
-use crate::redo::pagetable::PageTable;
-use crate::redo::smgr::RelationChange;
+use crate::redo::pagetable::{PageTable, key_hash};
+use crate::redo::smgr::{DatabaseDir, RelationChange};
 use crate::store::base::BaseFiles;
 use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
 use crate::wal::page::BLCKSZ;
@@ -204,6 +205,70 @@ impl PageSet {
         Ok(Some(self.pages.insert(*key, hash, buf)))
     }
 
+    /// `XLOG_DBASE_CREATE_FILE_COPY` at `lsn`: the directory `dst` is removed, then every
+    /// page of `src` as of now (this replay's page, or the base backup's) that `owns`
+    /// accepts is copied to the same relfilenode, fork and block in `dst` (`dbase_redo`
+    /// copies the template's directory with `copydir` after flushing its buffers). The
+    /// caller owns both the template's page and its copy (see `DatabaseAliases`). Returns
+    /// the pages copied.
+    pub(super) fn copy_database(
+        &mut self,
+        lsn: crate::wal::page::Lsn,
+        dst: DatabaseDir,
+        src: DatabaseDir,
+        owns: impl Fn(&PageKey, u64) -> bool,
+    ) -> Result<u64, ReplayError> {
+        self.drop_directory(dst);
+        let mut template: Vec<PageKey> = self
+            .pages
+            .slots()
+            .iter()
+            .filter(|s| src.holds(&s.key.rel))
+            .map(|s| s.key)
+            .collect();
+        let held: std::collections::HashSet<PageKey> = template.iter().copied().collect();
+        let mut base = Vec::new();
+        base_page_keys_in(self.base.root(), src, &mut base);
+        template.extend(
+            base.into_iter()
+                .filter(|k| !held.contains(k) && !self.base_gone(k)),
+        );
+        let mut copied = 0;
+        for key in template {
+            let hash = key_hash(&key);
+            if !owns(&key, hash) {
+                continue;
+            }
+            let Some(from) = self.get_or_load(&key, hash, false)? else {
+                continue;
+            };
+            let (mut buf, _) = self.pages.new_page();
+            let s = self.pages.slot(from);
+            // SAFETY: a buffer of the table not given to any slot yet.
+            unsafe { buf.as_mut() }.copy_from_slice(s.page());
+            let (kind, hole) = (s.kind, s.image_hole);
+            let unreadable = s.unreadable.as_ref().map(|why| {
+                format!(
+                    "copied by Database CREATE_FILE_COPY at {lsn} from unreadable page {key}: {why}"
+                )
+            });
+            let to = dst.page(&key);
+            let slot = self.pages.insert(to, key_hash(&to), buf);
+            let d = self.pages.slot_mut(slot);
+            d.kind = kind;
+            d.image_hole = hole;
+            d.unreadable = unreadable;
+            copied += 1;
+        }
+        Ok(copied)
+    }
+
+    /// Every page of `dir` is gone, its base files too.
+    fn drop_directory(&mut self, dir: DatabaseDir) {
+        self.pages.retain(|k| !dir.holds(&k.rel));
+        self.dropped_dbs.insert((dir.spc_oid, dir.db_oid));
+    }
+
     pub(super) fn apply_relation_change(&mut self, ch: &RelationChange) {
         match *ch {
             RelationChange::Create { rel, .. } => {
@@ -223,11 +288,14 @@ impl PageSet {
             }
             RelationChange::DropDatabase { db_oid, spc_oids } => {
                 for spc in spc_oids {
-                    self.pages
-                        .retain(|k| !(k.rel.db_oid == db_oid && k.rel.spc_oid == spc));
-                    self.dropped_dbs.insert((spc, db_oid));
+                    self.drop_directory(DatabaseDir {
+                        spc_oid: spc,
+                        db_oid,
+                    });
                 }
             }
+            // The copy needs the page owners: `copy_database`, called by the replay.
+            RelationChange::CopyDatabase { dst, .. } => self.drop_directory(dst),
         }
     }
 }
@@ -264,29 +332,148 @@ pub(crate) fn base_page_keys(set: &PageSet) -> Vec<PageKey> {
             let Ok(db_oid) = db.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
-            let Ok(files) = std::fs::read_dir(db.path()) else {
-                continue;
-            };
-            for f in files.flatten() {
-                let Some(name) = RelationFileName::parse(&f.file_name().to_string_lossy()) else {
-                    continue;
-                };
-                let Ok(md) = f.metadata() else { continue };
-                let nblocks = (md.len() / BLCKSZ as u64) as u32;
-                let rel = RelFileLocator {
-                    spc_oid,
-                    db_oid,
-                    rel_number: name.rel_number,
-                };
-                for b in 0..nblocks {
-                    keys.push(PageKey {
-                        rel,
-                        fork: name.fork,
-                        block: name.segment * RELSEG_SIZE + b,
-                    });
-                }
-            }
+            base_page_keys_in(&root, DatabaseDir { spc_oid, db_oid }, &mut keys);
         }
     }
     keys
+}
+
+/// Every page of the base files of one database directory, appended to `keys`.
+fn base_page_keys_in(root: &std::path::Path, dir: DatabaseDir, keys: &mut Vec<PageKey>) {
+    let path = root
+        .join(dir.spc_oid.to_string())
+        .join(dir.db_oid.to_string());
+    let Ok(files) = std::fs::read_dir(path) else {
+        return;
+    };
+    for f in files.flatten() {
+        let Some(name) = RelationFileName::parse(&f.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let Ok(md) = f.metadata() else { continue };
+        let nblocks = (md.len() / BLCKSZ as u64) as u32;
+        let rel = RelFileLocator {
+            spc_oid: dir.spc_oid,
+            db_oid: dir.db_oid,
+            rel_number: name.rel_number,
+        };
+        for b in 0..nblocks {
+            keys.push(PageKey {
+                rel,
+                fork: name.fork,
+                block: name.segment * RELSEG_SIZE + b,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::page::Lsn;
+
+    fn key(db: u32, rel_number: u32, block: u32) -> PageKey {
+        PageKey {
+            rel: RelFileLocator {
+                spc_oid: 1663,
+                db_oid: db,
+                rel_number,
+            },
+            fork: ForkNumber::MAIN,
+            block,
+        }
+    }
+
+    fn page_of(set: &mut PageSet, k: &PageKey) -> Option<Vec<u8>> {
+        let slot = set.get_or_load(k, key_hash(k), false).ok()??;
+        Some(set.pages.slot(slot).page().to_vec())
+    }
+
+    #[test]
+    fn a_database_copy_takes_the_template_s_replayed_and_base_pages() {
+        let root = std::env::temp_dir().join(format!("rh_copy_db_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        // The template's base file: relation 16400, two blocks (0x11.., 0x22..).
+        let dir = root.join("1663").join("5");
+        std::fs::create_dir_all(&dir).expect("base dir");
+        let mut file = vec![0x11u8; BLCKSZ];
+        file.extend(vec![0x22u8; BLCKSZ]);
+        std::fs::write(dir.join("16400"), &file).expect("base file");
+        let mut set = PageSet::new(BaseFiles::new(root.clone()));
+        // Replayed: block 1 of 16400 changed, 16401 created, unreadable.
+        let b1 = key(5, 16400, 1);
+        let slot = set.get_or_load(&b1, key_hash(&b1), false).unwrap().unwrap();
+        set.pages.slot_mut(slot).page_mut()[100] = 0xEE;
+        set.pages.slot_mut(slot).image_hole = Some((24, 8168));
+        let idx = key(5, 16401, 0);
+        let slot = set
+            .get_or_load(&idx, key_hash(&idx), true)
+            .unwrap()
+            .unwrap();
+        set.pages.slot_mut(slot).unreadable = Some("Hash INSERT at 0/1".into());
+        // The target held an older page, gone with the copy.
+        let old = key(9, 16400, 7);
+        set.get_or_load(&old, key_hash(&old), true).unwrap();
+        let (src, dst) = (
+            DatabaseDir {
+                spc_oid: 1663,
+                db_oid: 5,
+            },
+            DatabaseDir {
+                spc_oid: 1663,
+                db_oid: 9,
+            },
+        );
+        let copied = set
+            .copy_database(Lsn(0x100), dst, src, |_, _| true)
+            .expect("copy");
+        assert_eq!(copied, 3);
+        assert_eq!(
+            page_of(&mut set, &key(9, 16400, 0)),
+            Some(vec![0x11u8; BLCKSZ])
+        );
+        let b1_copy = page_of(&mut set, &key(9, 16400, 1)).expect("copied block 1");
+        assert_eq!(
+            (b1_copy[0], b1_copy[100]),
+            (0x22, 0xEE),
+            "the replayed page"
+        );
+        let slot = set
+            .pages
+            .find(&key(9, 16400, 1), key_hash(&key(9, 16400, 1)));
+        assert_eq!(set.pages.slot(slot.unwrap()).image_hole, Some((24, 8168)));
+        let slot = set
+            .pages
+            .find(&key(9, 16401, 0), key_hash(&key(9, 16401, 0)));
+        let why = set
+            .pages
+            .slot(slot.unwrap())
+            .unreadable
+            .clone()
+            .unwrap_or_default();
+        assert!(
+            why.contains("CREATE_FILE_COPY") && why.contains("Hash INSERT"),
+            "{why}"
+        );
+        assert_eq!(
+            page_of(&mut set, &old),
+            None,
+            "the target's older page is gone"
+        );
+        // The template's later changes are its own.
+        let slot = set.pages.find(&b1, key_hash(&b1)).unwrap();
+        set.pages.slot_mut(slot).page_mut()[100] = 0x01;
+        assert_eq!(page_of(&mut set, &key(9, 16400, 1)).unwrap()[100], 0xEE);
+        // A thread copies only the pages it owns.
+        let third = DatabaseDir {
+            spc_oid: 1663,
+            db_oid: 11,
+        };
+        let copied = set
+            .copy_database(Lsn(0x200), third, src, |k, _| k.block == 0)
+            .expect("copy");
+        assert_eq!(copied, 2);
+        assert_eq!(page_of(&mut set, &key(11, 16400, 1)), None);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

@@ -2,6 +2,7 @@
 
 use super::FastMap;
 use crate::redo::pagetable::key_hash;
+use crate::redo::smgr::DatabaseDir;
 use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
 use crate::wal::record::DecodedRecord;
 
@@ -68,6 +69,46 @@ impl Partition {
             return *t as usize;
         }
         self.of[s] as usize
+    }
+}
+
+/// Which directory a copied database's pages are owned as. A database copy
+/// (`XLOG_DBASE_CREATE_FILE_COPY`) makes every page of the copy the template's page as of the
+/// copy, so the thread that holds the template's page must make the copy's: pages of a
+/// copied directory are owned as the same page of the directory it was (ultimately) copied
+/// from. Every thread sees every copy record, in WAL order, and updates its own aliases
+/// there (the decoding thread a second set, for routing): at any point of the WAL all threads
+/// agree on every page's owner, and the owner of a copy's pages changes only at a copy,
+/// when the copy has no pages yet.
+#[derive(Debug, Default, Clone)]
+pub(super) struct DatabaseAliases {
+    owned_as: FastMap<DatabaseDir, DatabaseDir>,
+}
+
+impl DatabaseAliases {
+    /// `dst` became a copy of `src`.
+    pub(super) fn note_copy(&mut self, dst: DatabaseDir, src: DatabaseDir) {
+        let root = self.owned_as.get(&src).copied().unwrap_or(src);
+        if root == dst {
+            self.owned_as.remove(&dst);
+        } else {
+            self.owned_as.insert(dst, root);
+        }
+    }
+
+    /// The thread that owns `key` (whose key hash is `hash`).
+    #[inline]
+    pub(super) fn owner(&self, part: &Partition, key: &PageKey, hash: u64) -> usize {
+        if self.owned_as.is_empty() {
+            return part.owner(key, hash);
+        }
+        match self.owned_as.get(&DatabaseDir::of(&key.rel)) {
+            Some(root) => {
+                let as_key = root.page(key);
+                part.owner(&as_key, key_hash(&as_key))
+            }
+            None => part.owner(key, hash),
+        }
     }
 }
 
@@ -145,6 +186,39 @@ mod tests {
             fork: ForkNumber::MAIN,
             block,
         }
+    }
+
+    #[test]
+    fn a_copied_database_s_pages_are_owned_with_the_template_s() {
+        let part = Partition::new(4, 64, &[]);
+        let dir = |db| DatabaseDir {
+            spc_oid: 1663,
+            db_oid: db,
+        };
+        let in_db = |db, block| PageKey {
+            rel: RelFileLocator {
+                spc_oid: 1663,
+                db_oid: db,
+                rel_number: 16384,
+            },
+            ..key(block)
+        };
+        let mut aliases = DatabaseAliases::default();
+        let owner = |a: &DatabaseAliases, k: &PageKey| a.owner(&part, k, key_hash(k));
+        aliases.note_copy(dir(7), dir(5));
+        // A copy of the copy: owned as the first template's too.
+        aliases.note_copy(dir(9), dir(7));
+        let mut differs = false;
+        for b in 0..64 {
+            let template = owner(&aliases, &in_db(5, b));
+            assert_eq!(owner(&aliases, &in_db(7, b)), template);
+            assert_eq!(owner(&aliases, &in_db(9, b)), template);
+            differs |= part.owner(&in_db(7, b), key_hash(&in_db(7, b))) != template;
+        }
+        assert!(differs, "without the alias some pages would go elsewhere");
+        // Database 5 re-created as a copy of 9: its own again.
+        aliases.note_copy(dir(5), dir(9));
+        assert!(!aliases.owned_as.contains_key(&dir(5)));
     }
 
     #[test]
