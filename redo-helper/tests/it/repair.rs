@@ -356,7 +356,7 @@ fn repair_refuses_a_running_cluster_and_a_foreign_one() {
 }
 
 /// Conditions on `ib` and the index that answers each (checked with EXPLAIN).
-const IB_QUERIES: [(&str, &str); 16] = [
+const IB_QUERIES: [(&str, &str); 18] = [
     ("t BETWEEN 5000 AND 6000", "ib_brin"),
     ("t BETWEEN 20500 AND 22600", "ib_brin"),
     ("t > 100000 AND t < 150000", "ib_brin"),
@@ -372,6 +372,8 @@ const IB_QUERIES: [(&str, &str); 16] = [
     ("point(t, b) <@ box '((0,0),(1000000,40))'", "ib_gist"),
     ("point(t, b) <@ box '((20000,0),(23000,10))'", "ib_gist"),
     ("point(t, b) <@ box '((100000,5),(300000,36))'", "ib_gist"),
+    ("id % 997 = 5", "ib_hash"),
+    ("id % 997 = 996", "ib_hash"),
     ("id = 4243", "ib_pkey"),
     ("id = 21001", "ib_pkey"),
 ];
@@ -458,6 +460,9 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
     // Entry tree and posting trees (each key has hundreds to thousands of rows).
     c.sql("CREATE INDEX ib_gin ON ib USING gin (tags) WITH (fastupdate = off)");
     c.sql("CREATE INDEX ib_gist ON ib USING gist (point(t, b))");
+    // Hash: ~23 rows per key, the inserts and deletes below split buckets and chain
+    // overflow pages.
+    c.sql("CREATE INDEX ib_hash ON ib USING hash ((id % 997))");
     let (_tmp, helper_dir, mut h) = stream_helper(&c, "repair-brin");
     c.sql("CHECKPOINT");
     let redo = c.sql("SELECT redo_lsn FROM pg_control_checkpoint()");
@@ -490,6 +495,8 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
     let gin_changed = blocks_changed_since(&c, "ib_gin", &redo);
     let gist = c.sql("SELECT pg_relation_filepath('ib_gist')");
     let gist_changed = blocks_changed_since(&c, "ib_gist", &redo);
+    let hash = c.sql("SELECT pg_relation_filepath('ib_hash')");
+    let hash_changed = blocks_changed_since(&c, "ib_hash", &redo);
     c.crash();
 
     // To tear: every changed BRIN page (revmap and regular), three changed bloom pages and
@@ -526,6 +533,18 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
         "changed BRIN {brin_changed:?}, bloom {bloom_changed:?}, GIN {gin_changed:?}"
     );
     assert!(!gist_torn.is_empty(), "changed GiST {gist_changed:?}");
+    // Six changed hash pages (bucket and overflow pages; the metapage is not in the list).
+    let hash_torn: Vec<u64> = hash_changed
+        .iter()
+        .copied()
+        .filter(|&b| on_disk(&hash, b))
+        .take(6)
+        .collect();
+    assert!(!hash_torn.is_empty(), "changed hash {hash_changed:?}");
+    eprintln!(
+        "torn hash blocks {hash_torn:?} (of {} changed)",
+        hash_changed.len()
+    );
     eprintln!(
         "torn GiST blocks {gist_torn:?} (of {} changed)",
         gist_changed.len()
@@ -549,6 +568,7 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
         (&bloom, &bloom_torn),
         (&gin, &gin_torn),
         (&gist, &gist_torn),
+        (&hash, &hash_torn),
     ] {
         let mut control = c.copy_stopped();
         tear_in(&control.data, file, blocks);
@@ -576,6 +596,7 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
     tear_in(&c.data, &bloom, &bloom_torn);
     tear_in(&c.data, &gin, &gin_torn);
     tear_in(&c.data, &gist, &gist_torn);
+    tear_in(&c.data, &hash, &hash_torn);
 
     let (code, stdout, stderr) = run_repair(&helper_dir, &c.data, &[]);
     assert_eq!(code, Some(0), "repair failed:\n{stdout}\n{stderr}");
@@ -583,7 +604,11 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
     eprintln!("{line}");
     assert!(
         summary_num(line, " pages changed since written")
-            >= (brin_torn.len() + bloom_torn.len() + gin_torn.len() + gist_torn.len()) as u64,
+            >= (brin_torn.len()
+                + bloom_torn.len()
+                + gin_torn.len()
+                + gist_torn.len()
+                + hash_torn.len()) as u64,
         "{line}"
     );
     assert_eq!(summary_num(line, " unrepairable"), 0, "{line}");
