@@ -13,9 +13,9 @@
 //!   drop) that change which pages exist.
 //!
 //! Resource managers replayed: XLOG (FPI), Heap, Heap2, Btree, Sequence, BRIN, GIN, GiST,
-//! Generic (the generic WAL of extension index AMs such as bloom, rum, pgvector); Storage and
-//! Transaction records change relations, not pages. Any other record touching a page
-//! (hash, SP-GiST, custom) is refused with
+//! SP-GiST, Generic (the generic WAL of extension index AMs such as bloom, rum, pgvector);
+//! Storage and Transaction records change relations, not pages. Any other record touching a
+//! page (hash, custom) is refused with
 //! [`RedoErrorKind::Unsupported`]: its page is unreadable until an image arrives.
 
 pub(crate) mod brin;
@@ -31,6 +31,7 @@ pub(crate) mod page;
 pub(crate) mod pagetable;
 pub(crate) mod seq;
 pub(crate) mod smgr;
+pub(crate) mod spgist;
 pub(crate) mod tuple;
 pub(crate) mod vm;
 pub(crate) mod xlog;
@@ -161,6 +162,7 @@ pub(crate) fn rmgr_replayed(rmid: u8) -> bool {
             | rmgr::RM_BRIN_ID
             | rmgr::RM_GIN_ID
             | rmgr::RM_GIST_ID
+            | rmgr::RM_SPGIST_ID
     )
 }
 
@@ -211,6 +213,7 @@ fn apply_block_kind(
         rmgr::RM_BRIN_ID => brin::redo_block(rec, block, page)?,
         rmgr::RM_GIN_ID => gin::redo_block(rec, block, page)?,
         rmgr::RM_GIST_ID => gist::redo_block(rec, block, page)?,
+        rmgr::RM_SPGIST_ID => spgist::redo_block(rec, block, page)?,
         _ => return Err(RedoErrorKind::Unsupported),
     };
     if rule == LsnRule::Stamp {
