@@ -353,7 +353,7 @@ fn repair_refuses_a_running_cluster_and_a_foreign_one() {
 }
 
 /// Conditions on `ib` and the index that answers each (checked with EXPLAIN).
-const IB_QUERIES: [(&str, &str); 16] = [
+const IB_QUERIES: [(&str, &str); 19] = [
     ("t BETWEEN 5000 AND 6000", "ib_brin"),
     ("t BETWEEN 20500 AND 22600", "ib_brin"),
     ("t > 100000 AND t < 150000", "ib_brin"),
@@ -369,6 +369,10 @@ const IB_QUERIES: [(&str, &str); 16] = [
     ("point(t, b) <@ box '((0,0),(1000000,40))'", "ib_gist"),
     ("point(t, b) <@ box '((20000,0),(23000,10))'", "ib_gist"),
     ("point(t, b) <@ box '((100000,5),(300000,36))'", "ib_gist"),
+    // Every row through the SP-GiST quad tree (a is 0..1000), a slice and one point.
+    ("point(a, b) <@ box '((0,0),(1001,40))'", "ib_spgist"),
+    ("point(a, b) <@ box '((100,3),(250,20))'", "ib_spgist"),
+    ("point(a, b) ~= point(124, 13)", "ib_spgist"),
     ("id = 4243", "ib_pkey"),
     ("id = 21001", "ib_pkey"),
 ];
@@ -437,8 +441,8 @@ fn tear_with_any(file: &std::path::Path, blk: u64) {
     tear(file, blk, other);
 }
 
-/// BRIN (regular and revmap pages, replayed from BRIN records), GIN, GiST and bloom (generic
-/// WAL) index pages changed after the checkpoint are torn; repair rebuilds them and the indexes answer
+/// BRIN (regular and revmap pages, replayed from BRIN records), GIN, GiST, SP-GiST and bloom
+/// (generic WAL) index pages changed after the checkpoint are torn; repair rebuilds them and the indexes answer
 /// as a sequential scan does.
 #[test]
 fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
@@ -455,6 +459,7 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
     // Entry tree and posting trees (each key has hundreds to thousands of rows).
     c.sql("CREATE INDEX ib_gin ON ib USING gin (tags) WITH (fastupdate = off)");
     c.sql("CREATE INDEX ib_gist ON ib USING gist (point(t, b))");
+    c.sql("CREATE INDEX ib_spgist ON ib USING spgist (point(a, b))");
     let (_tmp, helper_dir, mut h) = stream_helper(&c, "repair-brin");
     c.sql("CHECKPOINT");
     let redo = c.sql("SELECT redo_lsn FROM pg_control_checkpoint()");
@@ -487,6 +492,8 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
     let gin_changed = blocks_changed_since(&c, "ib_gin", &redo);
     let gist = c.sql("SELECT pg_relation_filepath('ib_gist')");
     let gist_changed = blocks_changed_since(&c, "ib_gist", &redo);
+    let spgist = c.sql("SELECT pg_relation_filepath('ib_spgist')");
+    let spgist_changed = blocks_changed_since(&c, "ib_spgist", &redo);
     c.crash();
 
     // To tear: every changed BRIN page (revmap and regular), three changed bloom pages and
@@ -523,6 +530,22 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
         "changed BRIN {brin_changed:?}, bloom {bloom_changed:?}, GIN {gin_changed:?}"
     );
     assert!(!gist_torn.is_empty(), "changed GiST {gist_changed:?}");
+    // Six changed SP-GiST pages past the roots (blocks 1 and 2): leaves of the build that
+    // the inserts and VACUUM changed with deltas.
+    let spgist_torn: Vec<u64> = spgist_changed
+        .iter()
+        .copied()
+        .filter(|&b| b > 2 && on_disk(&spgist, b))
+        .take(6)
+        .collect();
+    assert!(
+        !spgist_torn.is_empty(),
+        "changed SP-GiST {spgist_changed:?}"
+    );
+    eprintln!(
+        "torn SP-GiST blocks {spgist_torn:?} (of {} changed)",
+        spgist_changed.len()
+    );
     eprintln!(
         "torn GiST blocks {gist_torn:?} (of {} changed)",
         gist_changed.len()
@@ -546,6 +569,7 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
         (&bloom, &bloom_torn),
         (&gin, &gin_torn),
         (&gist, &gist_torn),
+        (&spgist, &spgist_torn),
     ] {
         let mut control = c.copy_stopped();
         tear_in(&control.data, file, blocks);
@@ -573,6 +597,7 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
     tear_in(&c.data, &bloom, &bloom_torn);
     tear_in(&c.data, &gin, &gin_torn);
     tear_in(&c.data, &gist, &gist_torn);
+    tear_in(&c.data, &spgist, &spgist_torn);
 
     let (code, stdout, stderr) = run_repair(&helper_dir, &c.data, &[]);
     assert_eq!(code, Some(0), "repair failed:\n{stdout}\n{stderr}");
@@ -580,7 +605,11 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
     eprintln!("{line}");
     assert!(
         summary_num(line, " pages changed since written")
-            >= (brin_torn.len() + bloom_torn.len() + gin_torn.len() + gist_torn.len()) as u64,
+            >= (brin_torn.len()
+                + bloom_torn.len()
+                + gin_torn.len()
+                + gist_torn.len()
+                + spgist_torn.len()) as u64,
         "{line}"
     );
     assert_eq!(summary_num(line, " unrepairable"), 0, "{line}");
