@@ -29,8 +29,8 @@ pub(crate) enum ChangeKind {
     Image,
     /// WILL_INIT: the record rebuilds the page from nothing.
     Init,
-    /// A change by a resource manager the Rust redo does not implement (hash, SP-GiST,
-    /// custom): the page is unreadable until the next image.
+    /// A change by a resource manager the Rust redo does not implement (hash, custom): the
+    /// page is unreadable until the next image.
     Unsupported,
 }
 
