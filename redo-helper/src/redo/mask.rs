@@ -2,7 +2,8 @@
 //! `heap_mask` (`access/heap/heapam.c`), `btree_mask` (`access/nbtree/nbtxlog.c`),
 //! `seq_mask` (`commands/sequence.c`), `generic_mask` (`access/transam/generic_xlog.c`),
 //! `brin_mask` (`access/brin/brin_xlog.c`), `gin_mask` (`access/gin/ginxlog.c`),
-//! `gist_mask` (`access/gist/gistxlog.c`), `hash_mask` (`access/hash/hash_xlog.c`) and the
+//! `gist_mask` (`access/gist/gistxlog.c`), `hash_mask` (`access/hash/hash_xlog.c`),
+//! `spg_mask` (`access/spgist/spgxlog.c`) and the
 //! helpers of `access/common/bufmask.c`.
 //! They blank out what may legitimately differ between a replayed page and the primary's
 //! (LSN, checksum, hint bits, unused space, ...). `MASK_MARKER` is 0.
@@ -254,6 +255,21 @@ pub(crate) fn hash_mask(page: &mut Page) {
     put_u16(page, at, flag & !LH_PAGE_HAS_DEAD_TUPLES);
 }
 
+/// `spg_mask`: LSN, checksum and hint bits, then the hole between pd_lower and pd_upper
+/// when pd_lower is at least the header size: PostgreSQL 15.20's test is
+/// `pd_lower >= SizeOfPageHeaderData` (the installed server's `spg_mask` compares pd_lower
+/// with 23, `cmpw $0x17; ja`), so an emptied page has its hole masked too, where `gin_mask`
+/// and `brin_mask` want pd_lower past the header. Nothing AM-specific: SP-GiST changes no
+/// page byte without WAL but the metapage's cache, which no record compares
+/// (`spgist::mask_last_used_pages` covers the data-file comparisons).
+pub(crate) fn spg_mask(page: &mut Page) {
+    mask_page_lsn_and_checksum(page);
+    mask_page_hint_bits(page);
+    if page.lower() as usize >= SIZE_OF_PAGE_HEADER {
+        mask_unused_space(page);
+    }
+}
+
 /// Which mask applies to a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum PageKind {
@@ -266,6 +282,7 @@ pub(crate) enum PageKind {
     Gin,
     Gist,
     Hash,
+    SpGist,
     VisibilityMap,
     FreeSpaceMap,
     /// Pages of rmgrs the engine does not replay, or unknown: generic masks.
@@ -290,6 +307,7 @@ impl PageKind {
             rmgr::RM_GIN_ID => Some(PageKind::Gin),
             rmgr::RM_GIST_ID => Some(PageKind::Gist),
             rmgr::RM_HASH_ID => Some(PageKind::Hash),
+            rmgr::RM_SPGIST_ID => Some(PageKind::SpGist),
             rmgr::RM_XLOG_ID => None,
             _ => Some(PageKind::Other),
         }
@@ -316,6 +334,8 @@ impl PageKind {
             {
                 PageKind::Brin
             }
+            // SP-GiST's 8-byte special space ends with SPGIST_PAGE_ID (0xFF82).
+            8 if get_u16(page, BLCKSZ - 2) == super::spgist::SPGIST_PAGE_ID => PageKind::SpGist,
             8 if get_u16(page, BLCKSZ - 2) < 0x100 => PageKind::Gin,
             16 => {
                 // Hash, GiST and SP-GiST keep a page id in the last two bytes; btree keeps
@@ -350,6 +370,7 @@ pub(crate) fn mask_page(page: &mut Page, kind: PageKind, blkno: u32) {
         PageKind::Gin => gin_mask(page),
         PageKind::Gist => gist_mask(page),
         PageKind::Hash => hash_mask(page),
+        PageKind::SpGist => spg_mask(page),
         // VM bits are always WAL-logged; only LSN and checksum may differ.
         PageKind::VisibilityMap => mask_page_lsn_and_checksum(page),
         PageKind::FreeSpaceMap | PageKind::Other => {
@@ -466,6 +487,8 @@ mod tests {
         put_u16(&mut p[..], BLCKSZ - 2, crate::redo::gin::GIN_DATA);
         assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Gin);
         put_u16(&mut p[..], BLCKSZ - 2, 0xFF82);
+        assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::SpGist);
+        put_u16(&mut p[..], BLCKSZ - 2, 0xFF81);
         assert_eq!(PageKind::guess(&p, ForkNumber::MAIN), PageKind::Other);
     }
 
@@ -574,6 +597,38 @@ mod tests {
             hash_mask(&mut c);
             hash_mask(&mut d);
             assert_eq!(c[..] == d[..], equal, "page type {page_type}");
+        }
+    }
+
+    #[test]
+    fn spg_mask_hides_the_hole_even_of_an_empty_page() {
+        use crate::redo::spgist::SPGIST_PAGE_ID;
+        let mut a = Box::new([0u8; BLCKSZ]);
+        a.init(8);
+        put_u16(&mut a[..], BLCKSZ - 2, SPGIST_PAGE_ID);
+        assert_eq!(PageKind::guess(&a, ForkNumber::MAIN), PageKind::SpGist);
+        assert_eq!(
+            PageKind::of_rmgr(rmgr::RM_SPGIST_ID, ForkNumber::MAIN),
+            Some(PageKind::SpGist)
+        );
+        // pd_lower == SizeOfPageHeaderData: the hole is still masked (>=, not >).
+        let mut b = a.clone();
+        b[100] = 7;
+        b.set_lsn(crate::wal::Lsn(9));
+        b.set_prune_xid(3);
+        let (mut ma, mut mb) = (a.clone(), b.clone());
+        spg_mask(&mut ma);
+        spg_mask(&mut mb);
+        assert_eq!(ma[..], mb[..]);
+        // Tuples, line pointers (their flags too) and the special space are compared.
+        a.add_item(&[3u8; 16], 1, 0).unwrap();
+        for change in [a.upper() as usize + 3, SIZE_OF_PAGE_HEADER + 3, BLCKSZ - 4] {
+            let mut c = a.clone();
+            c[change] ^= 1;
+            let (mut ma, mut mc) = (a.clone(), c);
+            spg_mask(&mut ma);
+            spg_mask(&mut mc);
+            assert_ne!(ma[..], mc[..], "byte {change}");
         }
     }
 }

@@ -13,9 +13,9 @@
 //!   drop) that change which pages exist.
 //!
 //! Resource managers replayed: XLOG (FPI), Heap, Heap2, Btree, Sequence, BRIN, GIN, GiST,
-//! Hash, Generic (the generic WAL of extension index AMs such as bloom, rum, pgvector);
-//! Storage and Transaction records change relations, not pages. Any other record touching a
-//! page (SP-GiST, custom) is refused with
+//! Hash, SP-GiST, Generic (the generic WAL of extension index AMs such as bloom, rum,
+//! pgvector); Storage and Transaction records change relations, not pages. Any other record
+//! touching a page (custom resource managers) is refused with
 //! [`RedoErrorKind::Unsupported`]: its page is unreadable until an image arrives.
 
 pub(crate) mod brin;
@@ -32,6 +32,7 @@ pub(crate) mod page;
 pub(crate) mod pagetable;
 pub(crate) mod seq;
 pub(crate) mod smgr;
+pub(crate) mod spgist;
 pub(crate) mod tuple;
 pub(crate) mod vm;
 pub(crate) mod xlog;
@@ -163,6 +164,7 @@ pub(crate) fn rmgr_replayed(rmid: u8) -> bool {
             | rmgr::RM_GIN_ID
             | rmgr::RM_GIST_ID
             | rmgr::RM_HASH_ID
+            | rmgr::RM_SPGIST_ID
     )
 }
 
@@ -214,6 +216,7 @@ fn apply_block_kind(
         rmgr::RM_GIN_ID => gin::redo_block(rec, block, page)?,
         rmgr::RM_GIST_ID => gist::redo_block(rec, block, page)?,
         rmgr::RM_HASH_ID => hash::redo_block(rec, block, page)?,
+        rmgr::RM_SPGIST_ID => spgist::redo_block(rec, block, page)?,
         _ => return Err(RedoErrorKind::Unsupported),
     };
     if rule == LsnRule::Stamp {

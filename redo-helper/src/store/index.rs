@@ -32,8 +32,8 @@ pub(crate) enum ChangeKind {
     Image,
     /// WILL_INIT: the record rebuilds the page from nothing.
     Init,
-    /// A change by a resource manager the Rust redo does not implement (SP-GiST,
-    /// custom): the page is unreadable until the next image.
+    /// A change by a resource manager the Rust redo does not implement (custom resource
+    /// managers): the page is unreadable until the next image.
     Unsupported,
 }
 

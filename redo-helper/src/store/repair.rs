@@ -21,7 +21,8 @@
 //! Pages of relations dropped or truncated in the WAL are not written (not resurrected). The
 //! free space map is not WAL-logged and is left alone: PostgreSQL reads FSM pages with
 //! RBM_ZERO_ON_ERROR and rebuilds them. A page changed since the checkpoint that the helper
-//! cannot rebuild (an access method it does not replay: SP-GiST; BRIN, GIN, GiST, hash and
+//! cannot rebuild (an access method it does not replay: a custom resource manager; BRIN,
+//! GIN, GiST, hash, SP-GiST and
 //! the generic WAL of bloom, rum or pgvector indexes are replayed) is reported, and the
 //! command fails, so the operator knows it was not covered.
 

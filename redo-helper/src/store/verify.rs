@@ -238,6 +238,12 @@ fn compare_pgdata(
             mask_sequence_values(&mut page);
             mask_sequence_values(&mut theirs);
         }
+        if kind == PageKind::SpGist {
+            // The metapage's lastUsedPages cache is written without WAL
+            // (SpGistUpdateMetaPage): no replay has it.
+            crate::redo::spgist::mask_last_used_pages(&mut page);
+            crate::redo::spgist::mask_last_used_pages(&mut theirs);
+        }
         if let Some(diff) = compare_masked(&page, &theirs, kind, key.block) {
             if kind == PageKind::VisibilityMap
                 && image_hole.is_some_and(|hole| bits_only_missing_in_hole(&page, &theirs, hole))

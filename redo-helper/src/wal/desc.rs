@@ -705,6 +705,135 @@ fn gist_desc(
     Ok(())
 }
 
+/// `spg_desc` (`access/rmgrdesc/spgdesc.c`, PostgreSQL 15 wording: VACUUM_REDIRECT's
+/// `newestredirectxid`, no `isCatalogRel`).
+fn spg_desc(buf: &mut String, rec: &DecodedRecord) -> Result<(), crate::wal::error::MainDataError> {
+    use spgist::SpgRecord;
+    let flag = |buf: &mut String, on: bool, what: &str| {
+        if on {
+            buf.push_str(what);
+        }
+    };
+    match spgist::parse(rec)? {
+        SpgRecord::AddLeaf {
+            new_page,
+            stores_nulls,
+            offnum_leaf,
+            offnum_head_leaf,
+            offnum_parent,
+            node_i,
+            ..
+        } => {
+            let _ = write!(
+                buf,
+                "off: {offnum_leaf}, headoff: {offnum_head_leaf}, parentoff: {offnum_parent}, \
+                 nodeI: {node_i}"
+            );
+            flag(buf, new_page, " (newpage)");
+            flag(buf, stores_nulls, " (nulls)");
+        }
+        SpgRecord::MoveLeafs {
+            n_moves,
+            new_page,
+            replace_dead,
+            stores_nulls,
+            offnum_parent,
+            node_i,
+            ..
+        } => {
+            let _ = write!(
+                buf,
+                "nmoves: {n_moves}, parentoff: {offnum_parent}, nodeI: {node_i}"
+            );
+            flag(buf, new_page, " (newpage)");
+            flag(buf, replace_dead, " (replacedead)");
+            flag(buf, stores_nulls, " (nulls)");
+        }
+        SpgRecord::AddNode {
+            offnum,
+            offnum_new,
+            new_page,
+            parent_blk,
+            offnum_parent,
+            node_i,
+            ..
+        } => {
+            let _ = write!(
+                buf,
+                "off: {offnum}, newoff: {offnum_new}, parentBlk: {parent_blk}, \
+                 parentoff: {offnum_parent}, nodeI: {node_i}"
+            );
+            flag(buf, new_page, " (newpage)");
+        }
+        SpgRecord::SplitTuple {
+            offnum_prefix,
+            offnum_postfix,
+            new_page,
+            postfix_blk_same,
+            ..
+        } => {
+            let _ = write!(
+                buf,
+                "prefixoff: {offnum_prefix}, postfixoff: {offnum_postfix}"
+            );
+            flag(buf, new_page, " (newpage)");
+            flag(buf, postfix_blk_same, " (same)");
+        }
+        SpgRecord::PickSplit {
+            is_root_split,
+            n_delete,
+            n_insert,
+            offnum_inner,
+            stores_nulls,
+            inner_is_parent,
+            offnum_parent,
+            node_i,
+            ..
+        } => {
+            let _ = write!(
+                buf,
+                "ndelete: {n_delete}, ninsert: {n_insert}, inneroff: {offnum_inner}, \
+                 parentoff: {offnum_parent}, nodeI: {node_i}"
+            );
+            flag(buf, inner_is_parent, " (innerIsParent)");
+            flag(buf, stores_nulls, " (nulls)");
+            flag(buf, is_root_split, " (isRootSplit)");
+        }
+        SpgRecord::VacuumLeaf {
+            to_dead,
+            to_placeholder,
+            move_src,
+            chain_src,
+            ..
+        } => {
+            let _ = write!(
+                buf,
+                "ndead: {}, nplaceholder: {}, nmove: {}, nchain: {}",
+                to_dead.len(),
+                to_placeholder.len(),
+                move_src.len(),
+                chain_src.len()
+            );
+        }
+        SpgRecord::VacuumRoot { to_delete, .. } => {
+            let _ = write!(buf, "ndelete: {}", to_delete.len());
+        }
+        SpgRecord::VacuumRedirect {
+            first_placeholder,
+            newest_redirect_xid,
+            to_placeholder,
+        } => {
+            let _ = write!(
+                buf,
+                "ntoplaceholder: {}, firstplaceholder: {first_placeholder}, \
+                 newestredirectxid: {newest_redirect_xid}",
+                to_placeholder.len()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `desc_recompress_leaf`.
 fn recompress_desc(
     buf: &mut String,
@@ -938,6 +1067,7 @@ pub fn describe(rec: &DecodedRecord, buf: &mut String) {
         RM_GIN_ID => gin_desc(buf, rec),
         RM_GIST_ID => gist_desc(buf, rec),
         RM_HASH_ID => hash_desc(buf, rec),
+        RM_SPGIST_ID => spg_desc(buf, rec),
         RM_STANDBY_ID => standby_desc(buf, rec),
         RM_GENERIC_ID => generic_desc(buf, rec),
         _ => small_desc(buf, rec),
@@ -966,6 +1096,7 @@ pub fn has_pg_waldump_desc(rmid: u8) -> bool {
             | RM_GIN_ID
             | RM_GIST_ID
             | RM_HASH_ID
+            | RM_SPGIST_ID
             | RM_SEQ_ID
             | RM_COMMIT_TS_ID
             | RM_GENERIC_ID

@@ -25,4 +25,5 @@ mod redo_verify;
 mod repair;
 mod retention;
 mod serve_pages;
+mod spgist;
 mod waldump_parity;

@@ -356,7 +356,7 @@ fn repair_refuses_a_running_cluster_and_a_foreign_one() {
 }
 
 /// Conditions on `ib` and the index that answers each (checked with EXPLAIN).
-const IB_QUERIES: [(&str, &str); 18] = [
+const IB_QUERIES: [(&str, &str); 21] = [
     ("t BETWEEN 5000 AND 6000", "ib_brin"),
     ("t BETWEEN 20500 AND 22600", "ib_brin"),
     ("t > 100000 AND t < 150000", "ib_brin"),
@@ -374,6 +374,10 @@ const IB_QUERIES: [(&str, &str); 18] = [
     ("point(t, b) <@ box '((100000,5),(300000,36))'", "ib_gist"),
     ("id % 997 = 5", "ib_hash"),
     ("id % 997 = 996", "ib_hash"),
+    // Every row through the SP-GiST quad tree (a is 0..1000), a slice and one point.
+    ("point(a, b) <@ box '((0,0),(1001,40))'", "ib_spgist"),
+    ("point(a, b) <@ box '((100,3),(250,20))'", "ib_spgist"),
+    ("point(a, b) ~= point(124, 13)", "ib_spgist"),
     ("id = 4243", "ib_pkey"),
     ("id = 21001", "ib_pkey"),
 ];
@@ -442,8 +446,8 @@ pub(crate) fn tear_with_any(file: &std::path::Path, blk: u64) {
     tear(file, blk, other);
 }
 
-/// BRIN (regular and revmap pages, replayed from BRIN records), GIN, GiST and bloom (generic
-/// WAL) index pages changed after the checkpoint are torn; repair rebuilds them and the indexes answer
+/// BRIN (regular and revmap pages, replayed from BRIN records), GIN, GiST, SP-GiST and bloom
+/// (generic WAL) index pages changed after the checkpoint are torn; repair rebuilds them and the indexes answer
 /// as a sequential scan does.
 #[test]
 fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
@@ -463,6 +467,7 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
     // Hash: ~23 rows per key, the inserts and deletes below split buckets and chain
     // overflow pages.
     c.sql("CREATE INDEX ib_hash ON ib USING hash ((id % 997))");
+    c.sql("CREATE INDEX ib_spgist ON ib USING spgist (point(a, b))");
     let (_tmp, helper_dir, mut h) = stream_helper(&c, "repair-brin");
     c.sql("CHECKPOINT");
     let redo = c.sql("SELECT redo_lsn FROM pg_control_checkpoint()");
@@ -497,6 +502,8 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
     let gist_changed = blocks_changed_since(&c, "ib_gist", &redo);
     let hash = c.sql("SELECT pg_relation_filepath('ib_hash')");
     let hash_changed = blocks_changed_since(&c, "ib_hash", &redo);
+    let spgist = c.sql("SELECT pg_relation_filepath('ib_spgist')");
+    let spgist_changed = blocks_changed_since(&c, "ib_spgist", &redo);
     c.crash();
 
     // To tear: every changed BRIN page (revmap and regular), three changed bloom pages and
@@ -545,6 +552,22 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
         "torn hash blocks {hash_torn:?} (of {} changed)",
         hash_changed.len()
     );
+    // Six changed SP-GiST pages past the roots (blocks 1 and 2): leaves of the build that
+    // the inserts and VACUUM changed with deltas.
+    let spgist_torn: Vec<u64> = spgist_changed
+        .iter()
+        .copied()
+        .filter(|&b| b > 2 && on_disk(&spgist, b))
+        .take(6)
+        .collect();
+    assert!(
+        !spgist_torn.is_empty(),
+        "changed SP-GiST {spgist_changed:?}"
+    );
+    eprintln!(
+        "torn SP-GiST blocks {spgist_torn:?} (of {} changed)",
+        spgist_changed.len()
+    );
     eprintln!(
         "torn GiST blocks {gist_torn:?} (of {} changed)",
         gist_changed.len()
@@ -569,6 +592,7 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
         (&gin, &gin_torn),
         (&gist, &gist_torn),
         (&hash, &hash_torn),
+        (&spgist, &spgist_torn),
     ] {
         let mut control = c.copy_stopped();
         tear_in(&control.data, file, blocks);
@@ -597,6 +621,7 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
     tear_in(&c.data, &gin, &gin_torn);
     tear_in(&c.data, &gist, &gist_torn);
     tear_in(&c.data, &hash, &hash_torn);
+    tear_in(&c.data, &spgist, &spgist_torn);
 
     let (code, stdout, stderr) = run_repair(&helper_dir, &c.data, &[]);
     assert_eq!(code, Some(0), "repair failed:\n{stdout}\n{stderr}");
@@ -608,7 +633,8 @@ fn repair_restores_torn_brin_gin_and_bloom_index_pages() {
                 + bloom_torn.len()
                 + gin_torn.len()
                 + gist_torn.len()
-                + hash_torn.len()) as u64,
+                + hash_torn.len()
+                + spgist_torn.len()) as u64,
         "{line}"
     );
     assert_eq!(summary_num(line, " unrepairable"), 0, "{line}");

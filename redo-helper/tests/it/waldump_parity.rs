@@ -260,6 +260,33 @@ const WORKLOAD: &[&str] = &[
     "VACUUM gst",
     "INSERT INTO gst SELECT g, point(g, g % 10) FROM generate_series(1901, 2700) g",
     "DROP TABLE gst",
+    // SP-GiST: radix text (prefixes split by diverging values, nodes added, inner tuples
+    // moved), quad points, NULLs in the nulls tree, root splits, moved chains, vacuum of
+    // leaves, of redirects and of a root that is still a leaf.
+    "CREATE TABLE spt (id int, t text, p point)",
+    "CREATE INDEX spt_t ON spt USING spgist (t)",
+    "CREATE INDEX spt_p ON spt USING spgist (p)",
+    "INSERT INTO spt SELECT g, 'k' || (g % 20) || '/' || chr(97 + g % 3) || md5(g::text), \
+     point(g % 100, g / 100) FROM generate_series(1, 2000) g",
+    "INSERT INTO spt SELECT g, 'https://www.example.com/' || md5(g::text), \
+     point(50 + g % 10 * 0.01, 5) FROM generate_series(2001, 2600) g",
+    "INSERT INTO spt SELECT g, CASE WHEN g % 2 = 0 THEN 'https://www.exbmple.com/' || g \
+     ELSE 'k' || (g % 20) || '/' || chr(40 + (g / 20) % 80) || (g % 7) END, \
+     point(50 + g % 10 * 0.01, 5) FROM generate_series(2601, 4000) g",
+    "INSERT INTO spt (id) SELECT generate_series(4001, 4500)",
+    "DELETE FROM spt WHERE id % 4 = 0 OR id BETWEEN 1000 AND 1500",
+    "VACUUM spt",
+    "SELECT txid_current()",
+    "VACUUM spt",
+    "INSERT INTO spt SELECT g, 'k' || (g % 20) || '/' || chr(97 + g % 3) || md5(g::text), \
+     point(g % 100, g / 100) FROM generate_series(1000, 1300) g",
+    "CREATE TABLE spr (t text)",
+    "CREATE INDEX spr_t ON spr USING spgist (t)",
+    "INSERT INTO spr SELECT 'v' || g FROM generate_series(1, 40) g",
+    "DELETE FROM spr WHERE t LIKE '%3'",
+    "VACUUM spr",
+    "DROP TABLE spt",
+    "DROP TABLE spr",
     "DELETE FROM t2 WHERE a % 2 = 0",
     "VACUUM (FREEZE) t2",
     "TRUNCATE t2",

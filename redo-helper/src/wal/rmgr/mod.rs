@@ -12,6 +12,7 @@ pub mod hash;
 pub mod heap;
 pub mod seq;
 pub mod smgr;
+pub mod spgist;
 pub mod standby;
 pub mod xact;
 pub mod xlog;
@@ -149,17 +150,7 @@ pub fn identify(rmid: u8, info: u8) -> Option<&'static str> {
         RM_GIN_ID => gin::identify(i)?,
         RM_GIST_ID => gist::identify(i)?,
         RM_SEQ_ID => seq::identify(i)?,
-        RM_SPGIST_ID => match i {
-            0x10 => "ADD_LEAF",
-            0x20 => "MOVE_LEAFS",
-            0x30 => "ADD_NODE",
-            0x40 => "SPLIT_TUPLE",
-            0x50 => "PICKSPLIT",
-            0x60 => "VACUUM_LEAF",
-            0x70 => "VACUUM_ROOT",
-            0x80 => "VACUUM_REDIRECT",
-            _ => return None,
-        },
+        RM_SPGIST_ID => spgist::identify(i)?,
         RM_BRIN_ID => brin::identify(i)?,
         RM_COMMIT_TS_ID => match i {
             0x00 => "ZEROPAGE",
