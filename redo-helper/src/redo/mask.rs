@@ -338,9 +338,11 @@ impl PageKind {
             8 if get_u16(page, BLCKSZ - 2) == super::spgist::SPGIST_PAGE_ID => PageKind::SpGist,
             8 if get_u16(page, BLCKSZ - 2) < 0x100 => PageKind::Gin,
             16 => {
-                // Hash, GiST and SP-GiST keep a page id in the last two bytes; btree keeps
-                // its cycle id there, which never reaches 0xFF80. contrib bloom keeps
-                // BLOOM_PAGE_ID (0xFF83, bloom.h) there and writes generic WAL.
+                // Hash and GiST keep a page id in the last two bytes; btree keeps its cycle
+                // id there, which never reaches 0xFF80. contrib bloom keeps BLOOM_PAGE_ID
+                // (0xFF83, bloom.h) there and writes generic WAL. rum has no page id and is
+                // guessed as btree: check and repair take the mask from the page's last
+                // record instead when the WAL changed it (`check::page_kind_hint`).
                 let id = get_u16(page, BLCKSZ - 2);
                 if id == BLOOM_PAGE_ID {
                     PageKind::Generic
