@@ -53,12 +53,19 @@ pub(crate) fn apply_delta(
 ) -> Result<(), RedoErrorKind> {
     // Parse everything first: a malformed delta must not leave a half-applied page.
     let fragments = parse_delta(delta, lsn, block_id).map_err(|e| malformed(e.to_string()))?;
-    let mut out: Page = *page;
+    // pd_lower and pd_upper (bytes 12..16) as the delta leaves them, checked before the page
+    // is touched (no copy of the page needed to keep it unchanged on error).
+    let mut bounds = [page[12], page[13], page[14], page[15]];
     for f in &fragments {
-        // parse_delta checked f.end() <= BLCKSZ.
-        out[f.offset as usize..f.end()].copy_from_slice(f.data);
+        for (i, b) in bounds.iter_mut().enumerate() {
+            let at = 12 + i;
+            if (f.offset as usize..f.end()).contains(&at) {
+                *b = f.data[at - f.offset as usize];
+            }
+        }
     }
-    let (lower, upper) = (out.lower() as usize, out.upper() as usize);
+    let lower = u16::from_le_bytes([bounds[0], bounds[1]]) as usize;
+    let upper = u16::from_le_bytes([bounds[2], bounds[3]]) as usize;
     // PostgreSQL memsets pd_upper - pd_lower bytes without checking; with pd_lower above
     // pd_upper or pd_upper past the page that would overrun the buffer.
     if lower > upper || upper > BLCKSZ {
@@ -67,8 +74,11 @@ pub(crate) fn apply_delta(
              {upper} do not delimit a hole within the {BLCKSZ}-byte page"
         )));
     }
-    out[lower..upper].fill(0);
-    *page = out;
+    for f in &fragments {
+        // parse_delta checked f.end() <= BLCKSZ.
+        page[f.offset as usize..f.end()].copy_from_slice(f.data);
+    }
+    page[lower..upper].fill(0);
     Ok(())
 }
 
