@@ -442,7 +442,13 @@ fn disk_full_stops_acknowledging_and_resumes_when_space_returns() {
         return;
     };
     let data = dir.path().join("mnt/helper");
-    let mut h = HelperProcess::spawn(&c.conninfo(), &data, &dir.path().join("helper.log"));
+    // No headroom for retention (there is none here): the disk fills for real (ENOSPC).
+    let mut h = HelperProcess::spawn_with(
+        &c.conninfo(),
+        &data,
+        &dir.path().join("helper.log"),
+        &["--disk-reserve", "0"],
+    );
     h.wait_status("bootstrap", Duration::from_secs(60), |s| {
         s["state"] == "streaming"
     });
