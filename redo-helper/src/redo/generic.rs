@@ -16,7 +16,7 @@
 //! the hole, and `GenericXLogFinish` zeroed it on the primary too, so zeroing makes the
 //! replayed page byte-identical. The page LSN is then set to the record's end.
 
-use super::page::{Page, PageLayout};
+use super::page::Page;
 use super::{LsnRule, RedoErrorKind, malformed};
 use crate::wal::block::BlockRef;
 use crate::wal::page::{BLCKSZ, Lsn};
@@ -85,7 +85,7 @@ pub(crate) fn apply_delta(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::redo::page::PAI_OVERWRITE;
+    use crate::redo::page::{PAI_OVERWRITE, PageLayout};
     use crate::redo::{BlockOutcome, RedoContext, RedoErrorKind, apply_block};
     use crate::wal::rmgr::RM_GENERIC_ID;
 
