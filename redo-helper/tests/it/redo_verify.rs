@@ -114,6 +114,20 @@ impl VerifyRun {
             .unwrap_or_default()
     }
 
+    /// The count of each of `types` (e.g. `"Gin/INSERT"`), asserting that the workload
+    /// produced every one (the per-AM redo tests).
+    pub(crate) fn every_type_replayed(&self, types: &[&'static str]) -> Vec<(&'static str, u64)> {
+        let counts: Vec<(&str, u64)> = types.iter().map(|t| (*t, self.type_count(t))).collect();
+        for (name, n) in &counts {
+            assert!(
+                *n > 0,
+                "the workload did not produce {name}: {}",
+                self.record_types()
+            );
+        }
+        counts
+    }
+
     /// How many records of type `name` (e.g. `"Gin/INSERT"`) were replayed: the count
     /// after exactly that name in the "record types:" line, 0 when absent.
     pub(crate) fn type_count(&self, name: &str) -> u64 {
@@ -128,6 +142,15 @@ impl VerifyRun {
 
 pub(crate) fn run_verify(data_dir: &Path, pgdata: &Path) -> VerifyRun {
     run_verify_with(data_dir, pgdata, &["--workers", "1"])
+}
+
+/// `verify --pgdata` that must find 0 mismatches and 0 unreadable pages, and succeed.
+pub(crate) fn run_verify_clean(data_dir: &Path, pgdata: &Path) -> VerifyRun {
+    let run = run_verify(data_dir, pgdata);
+    assert_eq!(run.mismatches, 0, "mismatches:\n{}", run.stdout);
+    assert_eq!(run.unreadable, 0, "unreadable pages:\n{}", run.stdout);
+    assert!(run.ok, "verify failed:\n{}", run.stdout);
+    run
 }
 
 pub(crate) fn run_verify_with(data_dir: &Path, pgdata: &Path, args: &[&str]) -> VerifyRun {

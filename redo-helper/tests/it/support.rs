@@ -231,6 +231,18 @@ impl CheckSummary {
 
 /// Runs `redo-helper check` of the helper directory `data_dir` against `pgdata` with
 /// `samples` historical reads, asserts that it succeeded, and returns its summary line.
+/// `check` (GetPage of every page the helper serves, against the data files) that must
+/// compare more than `min_pages` pages with no mismatch, unreadable page or error.
+pub fn run_check_clean(data_dir: &Path, pgdata: &Path, min_pages: u64) -> CheckSummary {
+    let check = run_check(data_dir, pgdata, 300);
+    let summary = &check.line;
+    assert!(check.num(" pages compared") > min_pages, "{summary}");
+    assert_eq!(check.num(" mismatches,"), 0, "{summary}");
+    assert_eq!(check.num(" unreadable"), 0, "{summary}");
+    assert_eq!(check.num(" errors"), 0, "{summary}");
+    check
+}
+
 pub fn run_check(data_dir: &Path, pgdata: &Path, samples: u32) -> CheckSummary {
     let out = Command::new(HELPER_BIN)
         .args(["check", "--data-dir"])
