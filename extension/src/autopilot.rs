@@ -1,10 +1,16 @@
 //! The autopilot: a background worker that turns full_page_writes back on when the redo
 //! helper that justified turning it off is gone or lagging for longer than a grace period.
-//! It only acts while full_page_writes is off because of this extension, and never turns it
-//! off by itself.
+//! It never turns full_page_writes off by itself.
+//!
+//! It watches every full_page_writes = off except one the state file records as forced
+//! (`disable_full_page_writes(force => true)`): a guarded switch, but also a switch whose
+//! backend died before it was confirmed (the intent is recorded first, see `switch`), a
+//! state file that cannot be read, and full_page_writes turned off behind the extension's
+//! back (postgresql.conf, ALTER SYSTEM). All of these are treated as guarded: off is fine
+//! while the helper is healthy, and turned back on after the grace period when it is not.
 
 use crate::guard::SlotHealth;
-use crate::state::{self, FpwDirection};
+use crate::state::{self, ExtensionState, FpwDirection};
 use crate::switch::{self, SwitchOutcome};
 use crate::{error, gucs};
 use pgrx::bgworkers::{
@@ -66,6 +72,8 @@ pub extern "C-unwind" fn fpw_pushdown_autopilot_main(_arg: pg_sys::Datum) {
 
     // When the helper first looked unhealthy, and why.
     let mut unhealthy_since: Option<Instant> = None;
+    // What was already logged about the current period of full_page_writes = off.
+    let mut said = Said::default();
     while BackgroundWorker::wait_latch(Some(TICK)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: ProcessConfigFile(PGC_SIGHUP) may be called by any process under the
@@ -75,12 +83,57 @@ pub extern "C-unwind" fn fpw_pushdown_autopilot_main(_arg: pg_sys::Datum) {
             // process, so it does not longjmp out of this loop for a bad setting.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        if !gucs::AUTOPILOT.get() {
+        if !gucs::AUTOPILOT.get() || switch::full_page_writes_now() {
+            unhealthy_since = None;
+            said = Said::default();
+            continue;
+        }
+        let loaded = state::load();
+        let st = match &loaded {
+            Ok(st) => st.clone(),
+            Err(e) => {
+                let e = e.to_string();
+                if said.state_error.as_deref() != Some(e.as_str()) {
+                    error::warn(
+                        &format!("{WORKER_TYPE}: cannot read the state file: {e}"),
+                        Some(
+                            "full_page_writes is off and no forced switch can be seen: the autopilot treats it as a guarded switch.",
+                        ),
+                    );
+                    said.state_error = Some(e);
+                }
+                ExtensionState::default()
+            }
+        };
+        if st.forced_off() {
             unhealthy_since = None;
             continue;
         }
-        let st = state::load().unwrap_or_default();
-        if switch::full_page_writes_now() || !st.guarded_off() {
+        let unrecorded = match &loaded {
+            Err(e) => Some(format!("and the state file cannot be read ({e})")),
+            Ok(st) if st.last_switch_direction != Some(FpwDirection::Off) => {
+                Some("without a switch off recorded by fpw_pushdown".to_string())
+            }
+            Ok(_) => None,
+        };
+        if let Some(why) = &unrecorded
+            && !said.unrecorded
+        {
+            log!("{WORKER_TYPE}: full_page_writes is off {why}; it is watched as a guarded switch");
+            said.unrecorded = true;
+        }
+        if !switch::wal_level_logs_switch() {
+            if !said.wal_level {
+                error::warn(
+                    &format!(
+                        "{WORKER_TYPE}: full_page_writes is off, but wal_level is minimal: the autopilot cannot turn it back on"
+                    ),
+                    Some(
+                        "fpw_pushdown only switches full_page_writes where PostgreSQL logs the change (wal_level = replica or logical).",
+                    ),
+                );
+                said.wal_level = true;
+            }
             unhealthy_since = None;
             continue;
         }
@@ -101,12 +154,20 @@ pub extern "C-unwind" fn fpw_pushdown_autopilot_main(_arg: pg_sys::Datum) {
         });
         let action = match outcome {
             SwitchOutcome::Switched(change) => {
-                let msg = format!(
+                let mut msg = format!(
                     "{WORKER_TYPE}: turned full_page_writes back on at {}: {problem} for {:.1} s (grace {} ms)",
                     crate::sql_types::PgLsn(change.lsn),
                     since.elapsed().as_secs_f64(),
                     grace.as_millis()
                 );
+                if let Some(why) = &unrecorded {
+                    msg.push_str(&format!("; it was off {why}"));
+                } else if st.last_switch_lsn.is_none() {
+                    msg.push_str(&format!(
+                        "; the switch off by {} was never confirmed",
+                        st.last_switch_by.as_deref().unwrap_or("?")
+                    ));
+                }
                 error::warn(&msg, None);
                 msg
             }
@@ -120,4 +181,16 @@ pub extern "C-unwind" fn fpw_pushdown_autopilot_main(_arg: pg_sys::Datum) {
         unhealthy_since = None;
     }
     log!("{WORKER_TYPE} exiting");
+}
+
+/// What the worker has already logged about the current period of full_page_writes = off, so
+/// that it says each thing once instead of every tick.
+#[derive(Default)]
+struct Said {
+    /// full_page_writes is off without a switch off recorded.
+    unrecorded: bool,
+    /// The last error reading the state file.
+    state_error: Option<String>,
+    /// wal_level is minimal, so the autopilot cannot switch.
+    wal_level: bool,
 }

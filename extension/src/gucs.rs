@@ -46,7 +46,7 @@ pub fn register() {
     GucRegistry::define_bool_guc(
         c"fpw_pushdown.autopilot",
         c"Turn full_page_writes back on when the redo helper is gone or lagging.",
-        c"Only acts while full_page_writes is off because of fpw_pushdown; never turns it off.",
+        c"Acts on any full_page_writes = off except a switch made with force => true (recorded in fpw_pushdown.state); never turns it off.",
         &AUTOPILOT,
         GucContext::Sighup,
         GucFlags::default(),

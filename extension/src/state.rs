@@ -52,7 +52,8 @@ pub struct WalBaseline {
 /// Everything the extension remembers across sessions and restarts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExtensionState {
-    /// LSN of the last XLOG_FPW_CHANGE record this extension caused.
+    /// LSN of the last XLOG_FPW_CHANGE record this extension caused; absent while a switch
+    /// off is requested and not yet confirmed (a backend that died mid-switch leaves it so).
     pub last_switch_lsn: Option<u64>,
     pub last_switch_direction: Option<FpwDirection>,
     /// Who caused it: a role name, or "autopilot".
@@ -66,11 +67,52 @@ pub struct ExtensionState {
     pub wal_baseline: Option<WalBaseline>,
 }
 
+/// The record of one switch: the `last_switch_*` fields of [`ExtensionState`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SwitchRecord {
+    /// None while a switch off is requested but not yet confirmed (its intent is recorded
+    /// before full_page_writes is changed).
+    pub lsn: Option<u64>,
+    pub direction: Option<FpwDirection>,
+    pub by: Option<String>,
+    pub at_unix: Option<u64>,
+    pub forced: bool,
+}
+
+impl SwitchRecord {
+    /// The same switch, whether or not its LSN has been recorded yet.
+    pub fn same_switch(&self, other: &SwitchRecord) -> bool {
+        self.direction == other.direction
+            && self.by == other.by
+            && self.at_unix == other.at_unix
+            && self.forced == other.forced
+    }
+}
+
 impl ExtensionState {
-    /// full_page_writes was last switched off by a guarded call of this extension, so the
-    /// autopilot is responsible for it.
-    pub fn guarded_off(&self) -> bool {
-        self.last_switch_direction == Some(FpwDirection::Off) && !self.last_switch_forced
+    /// full_page_writes was last switched off with `force => true` (or such a switch is under
+    /// way): the DBA accepted running without a helper, and the autopilot stands down. Any
+    /// other full_page_writes = off, recorded or not, is the autopilot's to watch.
+    pub fn forced_off(&self) -> bool {
+        self.last_switch_direction == Some(FpwDirection::Off) && self.last_switch_forced
+    }
+
+    pub fn switch_record(&self) -> SwitchRecord {
+        SwitchRecord {
+            lsn: self.last_switch_lsn,
+            direction: self.last_switch_direction,
+            by: self.last_switch_by.clone(),
+            at_unix: self.last_switch_at_unix,
+            forced: self.last_switch_forced,
+        }
+    }
+
+    pub fn set_switch_record(&mut self, r: SwitchRecord) {
+        self.last_switch_lsn = r.lsn;
+        self.last_switch_direction = r.direction;
+        self.last_switch_by = r.by;
+        self.last_switch_at_unix = r.at_unix;
+        self.last_switch_forced = r.forced;
     }
 
     fn to_text(&self) -> String {
@@ -234,13 +276,52 @@ mod tests {
             back.autopilot_last_action.as_deref(),
             Some("re-enabled at 0/3000028: slot inactive for 10s")
         );
-        assert!(back.guarded_off());
+        assert!(!back.forced_off());
         let forced = ExtensionState {
             last_switch_forced: true,
             ..s
         };
         let back = ExtensionState::from_text(&forced.to_text());
-        assert!(back.last_switch_forced && !back.guarded_off());
+        assert!(back.last_switch_forced && back.forced_off());
+    }
+
+    /// Only a recorded forced switch off makes the autopilot stand down: no record, a damaged
+    /// or unreadable file (the empty state), a last switch on, a guarded switch off and an
+    /// unconfirmed one are all watched.
+    #[test]
+    fn only_a_forced_switch_off_is_left_alone() {
+        assert!(!ExtensionState::default().forced_off());
+        let off = |forced, lsn| {
+            let mut s = ExtensionState::default();
+            s.set_switch_record(SwitchRecord {
+                lsn,
+                direction: Some(FpwDirection::Off),
+                by: Some("alice".into()),
+                at_unix: Some(1),
+                forced,
+            });
+            s
+        };
+        assert!(!off(false, Some(42)).forced_off());
+        assert!(!off(false, None).forced_off());
+        assert!(off(true, Some(42)).forced_off());
+        assert!(off(true, None).forced_off());
+        let mut on = off(true, Some(42));
+        on.last_switch_direction = Some(FpwDirection::On);
+        assert!(!on.forced_off());
+        // The record of an unconfirmed switch survives the file, LSN absent.
+        let intent = off(false, None);
+        let back = ExtensionState::from_text(&intent.to_text());
+        assert_eq!(back.switch_record(), intent.switch_record());
+        let confirmed = SwitchRecord {
+            lsn: Some(7),
+            ..intent.switch_record()
+        };
+        assert!(confirmed.same_switch(&intent.switch_record()));
+        assert!(!confirmed.same_switch(&SwitchRecord {
+            at_unix: Some(2),
+            ..confirmed.clone()
+        }));
     }
 
     #[test]

@@ -6,10 +6,31 @@
 //! with wal_level >= replica and outside recovery). That record is not flushed by the
 //! checkpointer, so we flush WAL ourselves before reading it back: the LSN we return is the
 //! record's own start, and it is durable when we return it.
+//!
+//! A switch off must never leave full_page_writes off without a record of it: the autopilot
+//! watches every full_page_writes = off except one recorded as forced, and a guarded switch
+//! must not be mistaken for a forced one (or the reverse). So a switch off
+//!
+//! - records its intent (off, guarded or forced, who, when; no LSN yet) in the state file
+//!   before it changes anything: a state file that cannot be written is an ERROR, and
+//!   full_page_writes stays on;
+//! - holds interrupts from writing the setting until the switch is confirmed and recorded.
+//!   Its own wait loop notices a termination (`pg_terminate_backend`, a fast shutdown) or a
+//!   cancel (including `statement_timeout`) and gives up with an ERROR; the backend then
+//!   terminates (FATAL) or the statement ends as usual. Without this, the FATAL would end
+//!   the process inside the wait, past any error handler, with the setting already off;
+//! - puts the setting back to on, and the previous record back, on any error before the
+//!   confirmed switch is recorded: a timeout, an interruption, a state file that has become
+//!   unwritable.
+//!
+//! A death nothing can intercept (SIGKILL, an OOM kill and the crash restart that follows)
+//! leaves the setting off with the unconfirmed intent recorded: the autopilot treats that,
+//! like any full_page_writes = off not recorded as forced, as a guarded switch.
 
 use crate::error::raise;
 use crate::fpw_change::{self, FpwChange, FpwChangeScanner};
-use crate::state::{self, FpwDirection};
+use crate::sql_types::PgLsn;
+use crate::state::{self, FpwDirection, SwitchRecord};
 use pgrx::PgTryBuilder;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -27,6 +48,13 @@ pub enum SwitchOutcome {
     Switched(FpwChange),
 }
 
+/// wal_level is replica or logical, so PostgreSQL logs a change of full_page_writes.
+pub fn wal_level_logs_switch() -> bool {
+    // SAFETY: `wal_level` is this process's copy of a PGC_POSTMASTER GUC: an int written
+    // only by GUC processing on this same (only) thread, so a by-value read cannot race.
+    unsafe { pg_sys::wal_level >= WAL_LEVEL_REPLICA }
+}
+
 /// Refuses to switch where PostgreSQL would not log the change.
 pub fn check_switch_possible() {
     // SAFETY: RecoveryInProgress reads XLogCtl's shared recovery state under its spinlock
@@ -40,9 +68,7 @@ pub fn check_switch_possible() {
             Some("full_page_writes can only be switched by fpw_pushdown on a primary."),
         );
     }
-    // SAFETY: `wal_level` is this process's copy of a PGC_POSTMASTER GUC: an int written
-    // only by GUC processing on this same (only) thread, so a by-value read cannot race.
-    if unsafe { pg_sys::wal_level } < WAL_LEVEL_REPLICA {
+    if !wal_level_logs_switch() {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "wal_level is minimal: PostgreSQL would not log the full_page_writes change",
@@ -116,7 +142,46 @@ fn signal_reload() {
     }
 }
 
-fn sleep_interruptibly(d: Duration) {
+/// A termination or cancel request noticed while interrupts are held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Interrupt {
+    Terminate,
+    Cancel,
+}
+
+/// `InterruptHoldoffCount`, the counter behind HOLD_INTERRUPTS()/RESUME_INTERRUPTS() (macros,
+/// so not in the bindings). While it is non-zero, CHECK_FOR_INTERRUPTS() does nothing.
+fn interrupt_holdoff() -> u32 {
+    // SAFETY: a plain process-global counter, read and written only by this process's only
+    // thread (no signal handler touches it); a by-value read.
+    unsafe { pg_sys::InterruptHoldoffCount }
+}
+
+fn set_interrupt_holdoff(n: u32) {
+    // SAFETY: as above; setting it is what HOLD_INTERRUPTS()/RESUME_INTERRUPTS() do. We
+    // restore the caller's value on every path out of the held section (errfinish resets it
+    // to 0 itself when a PostgreSQL ERROR is thrown).
+    unsafe { pg_sys::InterruptHoldoffCount = n }
+}
+
+fn pending_interrupt() -> Option<Interrupt> {
+    // SAFETY: sig_atomic_t flags that this process's signal handlers only set and its main
+    // thread reads and clears; by-value reads cannot tear.
+    unsafe {
+        if pg_sys::ProcDiePending != 0 {
+            Some(Interrupt::Terminate)
+        } else if pg_sys::QueryCancelPending != 0 {
+            Some(Interrupt::Cancel)
+        } else {
+            None
+        }
+    }
+}
+
+/// Sleeps on the process latch. While interrupts are held (a switch off under way), a
+/// pending termination or cancel is returned to the caller instead of acted upon; otherwise
+/// interrupts are handled as usual.
+fn pause(d: Duration) -> Option<Interrupt> {
     // SAFETY: `MyLatch` points to this process's own latch, set up at process start and
     // valid for its lifetime; only the owning process may wait on and reset it, which we are.
     // WL_EXIT_ON_PM_DEATH is allowed because every process running this code is a postmaster
@@ -130,7 +195,11 @@ fn sleep_interruptibly(d: Duration) {
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
     }
+    if interrupt_holdoff() > 0 {
+        return pending_interrupt();
+    }
     pgrx::check_for_interrupts!();
+    None
 }
 
 /// Role that called us (current_user outside SECURITY DEFINER), for the record of who switched.
@@ -162,26 +231,139 @@ pub fn switch_full_page_writes(
     if full_page_writes_now() == want_on {
         return SwitchOutcome::AlreadyThere;
     }
+    let change = match target {
+        FpwDirection::On => switch_on(timeout, by),
+        FpwDirection::Off => switch_off(timeout, by, forced),
+    };
+    SwitchOutcome::Switched(change)
+}
 
+/// Turning full_page_writes on is never refused and never undone: an error after the setting
+/// is written leaves it on in postgresql.auto.conf (the checkpointer applies it when it
+/// processes the reload), and a state file that cannot be written is only a WARNING.
+fn switch_on(timeout: Duration, by: &str) -> FpwChange {
     // Records after this position are candidates; the checkpointer's record comes later.
     let mut scanner = FpwChangeScanner::new(fpw_change::insert_lsn());
-    persist_setting(want_on);
+    persist_setting(true);
     signal_reload();
+    let change = wait_for_switch(&mut scanner, FpwDirection::On, timeout);
+    let record = SwitchRecord {
+        lsn: Some(change.lsn),
+        direction: Some(FpwDirection::On),
+        by: Some(by.to_string()),
+        at_unix: Some(state::now_unix()),
+        forced: false,
+    };
+    if let Err(e) = state::update(|s| s.set_switch_record(record)) {
+        pgrx::warning!(
+            "fpw_pushdown: full_page_writes switched on at {} but the state file could not be written: {e}",
+            PgLsn(change.lsn)
+        );
+    }
+    change
+}
 
-    // From here on the new value is on disk: if anything fails before the switch is
-    // confirmed, a disable is undone, so FPW is never left off without being recorded.
-    let undo_on_error = !want_on;
-    let confirmed = PgTryBuilder::new(move || wait_for_switch(&mut scanner, target, timeout))
-        .catch_others(move |e| {
-            if undo_on_error {
-                persist_setting(true);
-                signal_reload();
+/// Turns full_page_writes off with its intent recorded first and interrupts held until the
+/// switch is confirmed and recorded (see the module documentation).
+fn switch_off(timeout: Duration, by: &str, forced: bool) -> FpwChange {
+    let intent = SwitchRecord {
+        lsn: None,
+        direction: Some(FpwDirection::Off),
+        by: Some(by.to_string()),
+        at_unix: Some(state::now_unix()),
+        forced,
+    };
+    let mut previous = SwitchRecord::default();
+    if let Err(e) = state::update(|s| {
+        previous = s.switch_record();
+        s.set_switch_record(intent.clone());
+    }) {
+        raise(
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            &format!("cannot turn full_page_writes off: the state file could not be written: {e}"),
+            Some(
+                "fpw_pushdown records a switch off (guarded or forced) in fpw_pushdown.state in the data directory before it makes it. full_page_writes was not changed.",
+            ),
+            Some(
+                "Check fpw_pushdown.state, fpw_pushdown.state.tmp and fpw_pushdown.state.lock in the data directory (type, ownership, permissions) and free space.",
+            ),
+        );
+    }
+
+    let holdoff = interrupt_holdoff();
+    set_interrupt_holdoff(holdoff.saturating_add(1));
+    let (intent, previous) = (&intent, &previous);
+    let change = PgTryBuilder::new(move || {
+        // Records after this position are candidates; the checkpointer's record comes later.
+        let mut scanner = FpwChangeScanner::new(fpw_change::insert_lsn());
+        persist_setting(false);
+        signal_reload();
+        let change = wait_for_switch(&mut scanner, FpwDirection::Off, timeout);
+        let confirmed = SwitchRecord {
+            lsn: Some(change.lsn),
+            ..intent.clone()
+        };
+        if let Err(e) = state::update(|s| s.set_switch_record(confirmed)) {
+            raise(
+                PgSqlErrorCode::ERRCODE_IO_ERROR,
+                &format!(
+                    "full_page_writes was switched off at {} but the state file could not be written: {e}",
+                    PgLsn(change.lsn)
+                ),
+                None,
+                Some(
+                    "full_page_writes was put back to on: fpw_pushdown does not leave it off without a record of the switch.",
+                ),
+            );
+        }
+        change
+    })
+    .catch_others(move |e| {
+        // A PostgreSQL ERROR has reset the holdoff count: hold again while undoing, so that a
+        // pending termination cannot end the process half-way.
+        set_interrupt_holdoff(holdoff.saturating_add(1));
+        undo_switch_off(intent, previous);
+        set_interrupt_holdoff(holdoff);
+        e.rethrow()
+    })
+    .execute();
+    set_interrupt_holdoff(holdoff);
+    // A termination or cancel that arrived after the switch was confirmed acts now; the
+    // switch stands, and it is recorded.
+    pgrx::check_for_interrupts!();
+    change
+}
+
+/// Puts full_page_writes back to on after a failed switch off, and the switch record back to
+/// what it was if it is still ours. Failures here are WARNINGs: the caller re-raises the
+/// error that made us undo, which says more.
+fn undo_switch_off(intent: &SwitchRecord, previous: &SwitchRecord) {
+    PgTryBuilder::new(|| {
+        persist_setting(true);
+        signal_reload();
+    })
+    .catch_others(|e| {
+        let why = match &e {
+            pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+            | pgrx::pg_sys::panic::CaughtError::ErrorReport(r)
+            | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
+                r.message().to_string()
             }
-            e.rethrow()
-        })
-        .execute();
-    record_switch(confirmed, target, by, forced);
-    SwitchOutcome::Switched(confirmed)
+        };
+        pgrx::warning!(
+            "fpw_pushdown: could not put full_page_writes back to on: {why}; the autopilot turns it back on if the redo helper is not healthy"
+        );
+    })
+    .execute();
+    if let Err(e) = state::update(|s| {
+        if s.switch_record().same_switch(intent) {
+            s.set_switch_record(previous.clone());
+        }
+    }) {
+        pgrx::warning!(
+            "fpw_pushdown: could not restore the state file after the failed switch: {e}"
+        );
+    }
 }
 
 /// Polls flushed WAL for the checkpointer's XLOG_FPW_CHANGE record with the wanted value.
@@ -219,7 +401,9 @@ fn wait_for_switch(
                 }),
             );
         }
-        sleep_interruptibly(POLL);
+        if let Some(why) = pause(POLL) {
+            raise_interrupted(target, why);
+        }
     };
 
     if !want_on {
@@ -233,7 +417,9 @@ fn wait_for_switch(
                 );
                 break;
             }
-            sleep_interruptibly(Duration::from_millis(1));
+            if pause(Duration::from_millis(1)).is_some() {
+                break;
+            }
         }
     }
 
@@ -241,22 +427,34 @@ fn wait_for_switch(
     // (a loop of switches) judges idempotency correctly.
     let settle = Instant::now() + Duration::from_secs(2);
     while full_page_writes_now() != want_on && Instant::now() < settle {
-        sleep_interruptibly(POLL);
+        if pause(POLL).is_some() {
+            break;
+        }
     }
     change
 }
 
-/// Remembers a confirmed switch in the cluster-wide state file.
-fn record_switch(change: FpwChange, target: FpwDirection, by: &str, forced: bool) {
-    if let Err(e) = state::update(|s| {
-        s.last_switch_lsn = Some(change.lsn);
-        s.last_switch_direction = Some(target);
-        s.last_switch_by = Some(by.to_string());
-        s.last_switch_at_unix = Some(state::now_unix());
-        s.last_switch_forced = forced;
-    }) {
-        pgrx::warning!(
-            "fpw_pushdown: full_page_writes switched but the state file could not be written: {e}"
-        );
-    }
+/// A termination or cancel arrived while a switch was waiting with interrupts held: give up
+/// with an ERROR (the caller's error handler undoes a switch off). The termination itself
+/// follows at the next CHECK_FOR_INTERRUPTS(); a cancel has been answered by this error.
+fn raise_interrupted(target: FpwDirection, why: Interrupt) -> ! {
+    let (code, reason) = match why {
+        Interrupt::Terminate => (
+            PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
+            "this backend is being terminated",
+        ),
+        Interrupt::Cancel => (
+            PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+            "the statement was canceled",
+        ),
+    };
+    raise(
+        code,
+        &format!(
+            "switching full_page_writes {} was abandoned: {reason}",
+            target.as_str()
+        ),
+        None,
+        (target == FpwDirection::Off).then_some("The setting was put back to on."),
+    )
 }

@@ -14,8 +14,9 @@ SELECT full_page_writes FROM fpw_pushdown.status();
 \! kill "$(cat "$FPW_TEST_TMP/recv.pid")"
 SELECT clock_timestamp() AS killed_at \gset
 SELECT regress.wait_for($$SELECT NOT active FROM pg_replication_slots WHERE slot_name = 'fpw_pushdown'$$, '30s') AS slot_released;
--- The autopilot records its switch right after the record is flushed; wait for both.
-SELECT regress.wait_for($$SELECT full_page_writes AND last_switch_by = 'autopilot' FROM fpw_pushdown.status()$$, '30s') AS fpw_back_on;
+-- The autopilot records its switch right after the record is flushed, and then its action
+-- (naming the switch's LSN) in a second write; wait for both.
+SELECT regress.wait_for($$SELECT full_page_writes AND last_switch_by = 'autopilot' AND position(' at ' || last_switch_lsn || ':' IN coalesce(autopilot_last_action, '')) > 0 FROM fpw_pushdown.status()$$, '30s') AS fpw_back_on;
 SELECT clock_timestamp() - :'killed_at'::timestamptz < interval '8 seconds' AS within_grace_plus_few_seconds;
 SHOW full_page_writes;
 SELECT last_switch_direction, last_switch_by, regress.norm(autopilot_last_action) AS autopilot_last_action
