@@ -12,7 +12,8 @@
 //!    GetPage, retention, ingest, bulk replay, verify, check and repair.
 //! 5. `imagegen`, `stream`, `serve`: image generation, the replication connection, the
 //!    HTTP API with the status and metrics (`serve` may use `imagegen`).
-//! 6. [`cmd`]: one module per subcommand; all printing is there.
+//! 6. [`cmd`]: one module per subcommand; all printing is there. Beside it, `fuzzing`: the
+//!    entry points of the fuzz targets in `redo-helper/fuzz/`.
 //!
 //! Modules are private to the crate; what the binary and the integration tests use is
 //! re-exported here.
@@ -20,6 +21,8 @@
 #![warn(unreachable_pub)]
 
 pub mod cmd;
+#[doc(hidden)]
+pub mod fuzzing;
 mod imagegen;
 mod pgdata;
 mod redo;
@@ -47,7 +50,7 @@ mod layers {
     /// The layer of each top-level module; a module may use modules of lower layers only.
     /// `serve` sits above `imagegen` (it pauses and reports it); `stream` and `imagegen`
     /// share a layer and do not use each other.
-    const LAYERS: [(&str, u32); 10] = [
+    const LAYERS: [(&str, u32); 11] = [
         ("sync", 0),
         ("wal", 1),
         ("pgdata", 2),
@@ -57,6 +60,7 @@ mod layers {
         ("stream", 5),
         ("serve", 6),
         ("cmd", 7),
+        ("fuzzing", 7),
         ("main", 8),
     ];
 

@@ -46,7 +46,13 @@ impl HelperMeta {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(MetaError::Io { path, source }),
         };
-        let meta: HelperMeta = serde_json::from_str(&text).map_err(|e| MetaError::Damaged {
+        Self::parse(&text, &path).map(Some)
+    }
+
+    /// `helper.json`'s text, checked (`path` names it in errors).
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<HelperMeta, MetaError> {
+        let path = path.to_path_buf();
+        let meta: HelperMeta = serde_json::from_str(text).map_err(|e| MetaError::Damaged {
             path: path.clone(),
             reason: e.to_string(),
         })?;
@@ -78,7 +84,7 @@ impl HelperMeta {
                 bounds[1], bounds[0]
             )));
         }
-        Ok(Some(meta))
+        Ok(meta)
     }
 
     pub(crate) fn store(&self, dir: &Path) -> Result<(), MetaError> {

@@ -23,6 +23,49 @@ const MAX_MESSAGE_LEN: usize = 1 << 30;
 const RECEIVE_RESERVE_STEP: usize = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Takes the next complete backend message off `rbuf`, if one is there: the framing is
+/// checked here (length within bounds, room reserved as bytes arrive), CopyBothResponse
+/// recognised, the rest parsed by `postgres-protocol`. Errors are the protocol violation.
+pub(crate) fn next_backend_message(
+    rbuf: &mut BytesMut,
+) -> std::result::Result<Option<BackendMessage>, String> {
+    if rbuf.len() < 5 {
+        return Ok(None);
+    }
+    let tag = rbuf[0];
+    let len = u32::from_be_bytes([rbuf[1], rbuf[2], rbuf[3], rbuf[4]]) as usize;
+    if !(4..=MAX_MESSAGE_LEN).contains(&len) {
+        return Err(format!(
+            "message '{}' with invalid length {len}",
+            tag as char
+        ));
+    }
+    if rbuf.len() <= len {
+        reserve_for_message(rbuf, len + 1);
+        return Ok(None);
+    }
+    if tag == b'W' {
+        let _ = rbuf.split_to(len + 1);
+        return Ok(Some(BackendMessage::CopyBothResponse));
+    }
+    match Message::parse(rbuf) {
+        Ok(Some(m)) => Ok(Some(BackendMessage::Message(m))),
+        Ok(None) => Err("incomplete message after framing check".into()),
+        Err(e) => Err(format!("cannot parse message '{}': {e}", tag as char)),
+    }
+}
+
+/// Every backend message framed in `data` (for the fuzz target): stops at the first error
+/// or incomplete message.
+pub(crate) fn parse_backend_messages(data: &[u8]) -> usize {
+    let mut buf = BytesMut::from(data);
+    let mut n = 0;
+    while let Ok(Some(_)) = next_backend_message(&mut buf) {
+        n += 1;
+    }
+    n
+}
+
 /// Makes room in `buf` towards a message of `total` bytes, at most
 /// [`RECEIVE_RESERVE_STEP`] beyond what is already buffered.
 fn reserve_for_message(buf: &mut BytesMut, total: usize) {
@@ -317,31 +360,7 @@ impl PgConnection {
 
     /// The next complete message already received, if any (no I/O).
     pub(crate) fn buffered_message(&mut self) -> Result<Option<BackendMessage>> {
-        if self.rbuf.len() < 5 {
-            return Ok(None);
-        }
-        let tag = self.rbuf[0];
-        let len =
-            u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
-        if !(4..=MAX_MESSAGE_LEN).contains(&len) {
-            return Err(self.protocol(format!(
-                "message '{}' with invalid length {len}",
-                tag as char
-            )));
-        }
-        if self.rbuf.len() <= len {
-            reserve_for_message(&mut self.rbuf, len + 1);
-            return Ok(None);
-        }
-        if tag == b'W' {
-            let _ = self.rbuf.split_to(len + 1);
-            return Ok(Some(BackendMessage::CopyBothResponse));
-        }
-        match Message::parse(&mut self.rbuf) {
-            Ok(Some(m)) => Ok(Some(BackendMessage::Message(m))),
-            Ok(None) => Err(self.protocol("incomplete message after framing check")),
-            Err(e) => Err(self.protocol(format!("cannot parse message '{}': {e}", tag as char))),
-        }
+        next_backend_message(&mut self.rbuf).map_err(|e| self.protocol(e))
     }
 
     /// Receives, without waiting, what the socket holds (at most [`RECEIVE_AVAILABLE_MAX`]),
