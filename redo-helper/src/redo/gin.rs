@@ -22,7 +22,7 @@
 //! arrives here is malformed. Every other change stamps the page with the record's end LSN.
 
 use super::page::{Page, PageLayout, SIZE_OF_PAGE_HEADER, get_u16, put_u16, put_u32};
-use super::{LsnRule, RedoErrorKind, malformed, require_init, unexpected_block};
+use super::{LsnRule, RedoErrorKind, malformed, require_init, shape, unexpected_block};
 use crate::wal::block::BlockRef;
 use crate::wal::page::BLCKSZ;
 use crate::wal::record::DecodedRecord;
@@ -129,10 +129,6 @@ fn require_gin_page(page: &Page, must: u16, must_not: u16) -> Result<u16, RedoEr
         )));
     }
     Ok(flags)
-}
-
-fn shape(what: String) -> RedoErrorKind {
-    RedoErrorKind::Page(super::page::PageShapeError::Other(what))
 }
 
 /// `gin_redo`: one block reference of a GIN record, by the function of `ginxlog.c` that

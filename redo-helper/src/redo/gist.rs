@@ -26,7 +26,7 @@
 //! that arrives here is malformed.
 
 use super::page::{Page, PageLayout, SIZE_OF_PAGE_HEADER, get_u16, put_u16, put_u32};
-use super::{LsnRule, RedoErrorKind, malformed, require_init, unexpected_block};
+use super::{LsnRule, RedoErrorKind, malformed, require_init, shape, unexpected_block};
 use crate::wal::block::BlockRef;
 use crate::wal::page::{BLCKSZ, Lsn};
 use crate::wal::record::DecodedRecord;
@@ -97,10 +97,6 @@ fn require_gist_page(page: &Page) -> Result<u16, RedoErrorKind> {
         )));
     }
     Ok(page_flags(page))
-}
-
-fn shape(what: String) -> RedoErrorKind {
-    RedoErrorKind::Page(super::page::PageShapeError::Other(what))
 }
 
 fn parsed(rec: &DecodedRecord) -> Result<GistRecord, RedoErrorKind> {

@@ -27,7 +27,7 @@
 //! Every other change stamps the page with the record's end LSN.
 
 use super::page::{Page, PageLayout, SIZE_OF_PAGE_HEADER, get_u16, get_u32, put_u16, put_u32};
-use super::{LsnRule, RedoErrorKind, malformed, require_init, unexpected_block};
+use super::{LsnRule, RedoErrorKind, malformed, require_init, shape, unexpected_block};
 use crate::wal::block::BlockRef;
 use crate::wal::page::BLCKSZ;
 use crate::wal::record::DecodedRecord;
@@ -120,10 +120,6 @@ fn flag(page: &Page) -> u16 {
 
 fn set_flag(page: &mut Page, v: u16) {
     put_u16(page, HASH_SPECIAL_START + OPAQUE_FLAG, v);
-}
-
-fn shape(what: String) -> RedoErrorKind {
-    RedoErrorKind::Page(super::page::PageShapeError::Other(what))
 }
 
 /// A hash page that redo changes in place must have hash's special space and one of the

@@ -102,6 +102,12 @@ pub(crate) fn malformed(what: impl Into<String>) -> RedoErrorKind {
     RedoErrorKind::Malformed(what.into())
 }
 
+/// A page that does not have the shape the record needs (an access method's own checks,
+/// where PostgreSQL asserts or raises an error).
+pub(crate) fn shape(what: String) -> RedoErrorKind {
+    RedoErrorKind::Page(PageShapeError::Other(what))
+}
+
 /// The record's WILL_INIT flag must agree with whether redo re-initialises the page
 /// (`XLogReadBufferForRedoExtended`: "block to be initialized in redo routine must be
 /// marked with WILL_INIT flag in the WAL record" and the converse, both PANIC).

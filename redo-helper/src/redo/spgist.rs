@@ -32,7 +32,7 @@
 //! does, since a second application to the same page would find its LSN already current.
 
 use super::page::{Page, PageLayout, SIZE_OF_PAGE_HEADER, get_u16, get_u32, put_u16, put_u32};
-use super::{LsnRule, RedoErrorKind, malformed, require_init, unexpected_block};
+use super::{LsnRule, RedoErrorKind, malformed, require_init, shape, unexpected_block};
 use crate::wal::block::BlockRef;
 use crate::wal::page::BLCKSZ;
 use crate::wal::record::DecodedRecord;
@@ -127,10 +127,6 @@ fn require_spgist_page(page: &Page) -> Result<(), RedoErrorKind> {
         )));
     }
     Ok(())
-}
-
-fn shape(what: String) -> RedoErrorKind {
-    RedoErrorKind::Page(super::page::PageShapeError::Other(what))
 }
 
 fn parsed(rec: &DecodedRecord) -> Result<SpgRecord<'_>, RedoErrorKind> {
