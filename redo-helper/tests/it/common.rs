@@ -232,6 +232,11 @@ impl PgCluster {
 
     /// Runs SQL, returning psql's error instead of panicking.
     pub fn try_sql(&self, sql: &str) -> Result<String, String> {
+        self.try_sql_in("postgres", sql)
+    }
+
+    /// Runs SQL in database `db` (one implicit transaction), returning psql's error.
+    pub fn try_sql_in(&self, db: &str, sql: &str) -> Result<String, String> {
         let out = pg_command("psql")
             .args([
                 "-X",
@@ -241,7 +246,7 @@ impl PgCluster {
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-d",
-                "postgres",
+                db,
                 "-h",
             ])
             .arg(&self.root)

@@ -23,7 +23,7 @@
 //! standard-layout, the bitmap lies in the hole) as their own category, while a VM page
 //! whose replayed bits are not a subset of the data file's stays a mismatch.
 
-use crate::common::{PgCluster, TempDir, pg_command};
+use crate::common::{PgCluster, TempDir};
 use crate::redo_verify::{
     checkpoint_and_catch_up, cluster, run_verify, run_verify_with, start_helper,
     unreplayed_index_am,
@@ -34,28 +34,8 @@ use std::time::Duration;
 
 /// Runs SQL in database `db` (one implicit transaction); panics on error.
 fn sql_in(c: &PgCluster, db: &str, sql: &str) -> String {
-    let out = pg_command("psql")
-        .args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            db,
-            "-h",
-        ])
-        .arg(&c.root)
-        .args(["-p", &c.port.to_string(), "-c", sql])
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "{sql} in {db} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    c.try_sql_in(db, sql)
+        .unwrap_or_else(|e| panic!("{sql} in {db} failed:\n{e}"))
 }
 
 /// `spc/db/relfilenode` of relation `rel` in database `db` (the helper's `/page` path).
@@ -525,29 +505,7 @@ const AMCHECK: &str = "SELECT (SELECT count(*) FROM verify_heapam('t')) \
 
 /// The copy's contents and amcheck, on a started cluster.
 fn copy_intact(c: &PgCluster, db: &str, digest: &str) -> Result<(), String> {
-    let run = |sql: &str| {
-        let out = pg_command("psql")
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                db,
-                "-h",
-            ])
-            .arg(&c.root)
-            .args(["-p", &c.port.to_string(), "-c", sql])
-            .output()
-            .expect("psql");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
-    };
+    let run = |sql: &str| c.try_sql_in(db, sql);
     let got = run(DIGEST).map_err(|e| format!("reading the tables: {e}"))?;
     if got != digest {
         return Err(format!("contents differ: {got} != {digest}"));
