@@ -411,3 +411,18 @@ pub fn wal_fixture() -> &'static WalFixture {
         }
     })
 }
+
+/// pg_waldump's lines for the records of `rmgr` in every segment of a helper's WAL archive
+/// `wal` (first to last segment file).
+pub fn waldump_archive(wal: &Path, rmgr: &str) -> Vec<String> {
+    let mut segments: Vec<String> = std::fs::read_dir(wal)
+        .expect("helper WAL archive")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.len() == 24 && n.chars().all(|c| c.is_ascii_hexdigit()))
+        .collect();
+    segments.sort();
+    let (Some(first), Some(last)) = (segments.first(), segments.last()) else {
+        panic!("no segments in {}", wal.display());
+    };
+    pg_waldump(wal, &["-r", rmgr, first, last]).0
+}

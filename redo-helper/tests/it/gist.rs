@@ -11,7 +11,7 @@
 //! image and to the data files, and `redo-helper check --pgdata` every page GetPage serves
 //! equal to the data files.
 
-use crate::common::{TempDir, pg_waldump};
+use crate::common::{TempDir, waldump_archive};
 use crate::gin::{copy_load, scans_agree};
 use crate::redo_verify::{checkpoint_and_stop, cluster, run_verify_clean, start_helper};
 use crate::support::run_check_clean;
@@ -34,16 +34,7 @@ const GIST_TYPES: [&str; 5] = [
 /// (root splits, splits into more than two pages, splits that also finish the split of
 /// the left child, block 0).
 fn split_shapes(wal: &Path) -> (usize, usize, usize) {
-    let mut segments: Vec<String> = std::fs::read_dir(wal)
-        .expect("helper WAL archive")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.len() == 24 && n.chars().all(|c| c.is_ascii_hexdigit()))
-        .collect();
-    segments.sort();
-    let (Some(first), Some(last)) = (segments.first(), segments.last()) else {
-        panic!("no segments in {}", wal.display());
-    };
-    let (lines, _) = pg_waldump(wal, &["-r", "Gist", first, last]);
+    let lines = waldump_archive(wal, "Gist");
     let (mut root, mut wide, mut finishing) = (0, 0, 0);
     for l in lines.iter().filter(|l| l.contains("desc: PAGE_SPLIT")) {
         let blocks: Vec<&str> = l.split(", blkref #").skip(1).collect();

@@ -14,7 +14,7 @@
 //! image and to the data files, and `redo-helper check --pgdata` every page GetPage serves
 //! equal to the data files.
 
-use crate::common::{TempDir, pg_waldump};
+use crate::common::{TempDir, waldump_archive};
 use crate::gin::{copy_load, scans_agree};
 use crate::redo_verify::{checkpoint_and_stop, cluster, run_verify_clean, start_helper};
 use crate::support::run_check_clean;
@@ -51,16 +51,7 @@ struct Shapes {
 }
 
 fn shapes(wal: &Path) -> Shapes {
-    let mut segments: Vec<String> = std::fs::read_dir(wal)
-        .expect("helper WAL archive")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.len() == 24 && n.chars().all(|c| c.is_ascii_hexdigit()))
-        .collect();
-    segments.sort();
-    let (Some(first), Some(last)) = (segments.first(), segments.last()) else {
-        panic!("no segments in {}", wal.display());
-    };
-    let (lines, _) = pg_waldump(wal, &["-r", "SPGist", first, last]);
+    let lines = waldump_archive(wal, "SPGist");
     let mut s = Shapes::default();
     for l in &lines {
         let Some(desc) = l.split("desc: ").nth(1) else {
