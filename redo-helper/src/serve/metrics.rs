@@ -190,12 +190,45 @@ impl HelperStatus {
             "# HELP redo_helper_worker_panics_total panics caught in worker threads (each restarted)\n\
              # TYPE redo_helper_worker_panics_total counter\n",
         );
-        for worker in ["imagegen", "retention"] {
+        for worker in ["imagegen", "retention", "wal-upload", "image-upload"] {
             out.push_str(&format!(
                 "redo_helper_worker_panics_total{{worker=\"{worker}\"}} {}\n",
                 panics.get(worker).copied().unwrap_or(0)
             ));
         }
+        // Object storage (`run --object-store`): requests by operation (each part of a
+        // multipart upload counts), bytes each way, and how far the bucket's WAL reaches.
+        let os = crate::store::remote::counters();
+        out.push_str(
+            "# HELP redo_helper_object_store_requests_total object store requests\n\
+             # TYPE redo_helper_object_store_requests_total counter\n",
+        );
+        for (op, n) in [
+            ("get", os.get),
+            ("put", os.put),
+            ("list", os.list),
+            ("delete", os.delete),
+        ] {
+            out.push_str(&format!(
+                "redo_helper_object_store_requests_total{{op=\"{op}\"}} {n}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP redo_helper_object_store_bytes_total bytes sent to and received from the object store\n\
+             # TYPE redo_helper_object_store_bytes_total counter\n\
+             redo_helper_object_store_bytes_total{{direction=\"upload\"}} {}\n\
+             redo_helper_object_store_bytes_total{{direction=\"download\"}} {}\n\
+             # HELP redo_helper_object_store_wal_lsn end of the contiguous WAL in the bucket (flush acknowledgements never pass it)\n\
+             # TYPE redo_helper_object_store_wal_lsn gauge\n\
+             redo_helper_object_store_wal_lsn {}\n\
+             # HELP redo_helper_object_store_failing 1 while WAL uploads fail\n\
+             # TYPE redo_helper_object_store_failing gauge\n\
+             redo_helper_object_store_failing {}\n",
+            os.bytes_uploaded,
+            os.bytes_downloaded,
+            os.wal_lsn,
+            u64::from(os.failing)
+        ));
         for (name, help, q) in [
             (
                 "redo_helper_deltas_per_read",
