@@ -119,7 +119,10 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let remote = match args.object_store.map(crate::store::remote::Remote::from_env) {
+    let remote = match args
+        .object_store
+        .map(crate::store::remote::Remote::from_env)
+    {
         None => None,
         Some(Ok(r)) => Some(Arc::new(r)),
         Some(Err(e)) => {

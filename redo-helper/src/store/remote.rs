@@ -245,7 +245,10 @@ impl Remote {
                 builder = builder.with_token(t);
             }
         }
-        if builder.get_config_value(&AmazonS3ConfigKey::Region).is_none() {
+        if builder
+            .get_config_value(&AmazonS3ConfigKey::Region)
+            .is_none()
+        {
             let region = builder
                 .get_config_value(&AmazonS3ConfigKey::DefaultRegion)
                 .unwrap_or_else(|| "us-east-1".into());
@@ -376,8 +379,7 @@ impl Remote {
         self.run(async move {
             use tokio::io::AsyncWriteExt;
             let mut file = File::open(&src).map_err(io_err(&src))?;
-            let mut w =
-                object_store::buffered::BufWriter::with_capacity(store, path, UPLOAD_CHUNK);
+            let mut w = object_store::buffered::BufWriter::with_capacity(store, path, UPLOAD_CHUNK);
             let request = |source| RemoteError::Request {
                 op: "PUT",
                 key: key_s.clone(),
@@ -1067,10 +1069,8 @@ impl WalUploader {
                 source: io::Error::other(e.to_string()),
             })?;
             let off = from - segno * seg;
-            self.remote.put(
-                &format!("wal/{name}.partial/{off:08x}"),
-                Bytes::from(buf),
-            )?;
+            self.remote
+                .put(&format!("wal/{name}.partial/{off:08x}"), Bytes::from(buf))?;
             lock(&self.pieces).entry(segno).or_default().push(off);
             self.uploaded.store(to, Ordering::SeqCst);
             COUNTERS.wal_lsn.store(to, Ordering::Relaxed);
@@ -1125,14 +1125,15 @@ impl WalUploader {
     /// fewer of them; retention uploads them itself before it needs them).
     pub(crate) fn spawn_image_uploads(self: &Arc<Self>, store: Arc<PageStore>, interval: Duration) {
         let me = Arc::clone(self);
-        let spawned = crate::sync::supervise::spawn("image-upload".into(), "image-upload", move || {
-            loop {
-                std::thread::sleep(interval);
-                if let Err(e) = me.upload_images(&store) {
-                    log::warn!("object store {}: image upload failed: {e}", me.remote.url);
+        let spawned =
+            crate::sync::supervise::spawn("image-upload".into(), "image-upload", move || {
+                loop {
+                    std::thread::sleep(interval);
+                    if let Err(e) = me.upload_images(&store) {
+                        log::warn!("object store {}: image upload failed: {e}", me.remote.url);
+                    }
                 }
-            }
-        });
+            });
         if let Err(e) = spawned {
             log::warn!("cannot start the image upload thread: {e}");
         }
@@ -1204,14 +1205,26 @@ mod tests {
         for bad in ["b/p", "s3:///p", "s3://b/../x", "http://b"] {
             assert!(bad.parse::<ObjectStoreUrl>().is_err(), "{bad}");
         }
-        for ok in ["http://127.0.0.1:9000", "http://localhost/", "http://[::1]:80"] {
+        for ok in [
+            "http://127.0.0.1:9000",
+            "http://localhost/",
+            "http://[::1]:80",
+        ] {
             assert!(is_loopback_endpoint(ok), "{ok}");
         }
-        for no in ["http://10.0.0.1:9000", "https://127.0.0.1", "http://s3.example"] {
+        for no in [
+            "http://10.0.0.1:9000",
+            "https://127.0.0.1",
+            "http://s3.example",
+        ] {
             assert!(!is_loopback_endpoint(no), "{no}");
         }
-        let ini = "[default]\naws_access_key_id = A\naws_secret_access_key=B\n[x]\naws_access_key_id=C\n";
-        assert_eq!(parse_profile(ini, "default"), Some(("A".into(), "B".into(), None)));
+        let ini =
+            "[default]\naws_access_key_id = A\naws_secret_access_key=B\n[x]\naws_access_key_id=C\n";
+        assert_eq!(
+            parse_profile(ini, "default"),
+            Some(("A".into(), "B".into(), None))
+        );
         assert_eq!(parse_profile(ini, "x"), None);
     }
 
