@@ -522,6 +522,13 @@ impl Remote {
             files += 1;
             bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         }
+        // A data directory that ran without an object store may have moved its retention
+        // horizon already: the state goes up with the base (its images with the first image
+        // upload, before streaming starts).
+        let state = super::retention::RetentionState::path(data_dir);
+        if state.exists() {
+            self.put_file("retention.json", &state)?;
+        }
         let path = HelperMeta::path(data_dir);
         self.put_file("helper.json", &path)?;
         log::info!(
@@ -915,7 +922,25 @@ impl WalUploader {
         local_flush: Lsn,
         interval: Duration,
     ) -> Result<Arc<WalUploader>, RemoteError> {
-        let layout = WalLayout::of(&remote.list("wal/")?, meta)?;
+        let mut layout = WalLayout::of(&remote.list("wal/")?, meta)?;
+        if layout.whole.is_empty() && layout.pieces.is_empty() {
+            // Nothing uploaded yet: from the oldest segment the archive still has (retention
+            // may have removed older ones before object storage was configured).
+            let seg = u64::from(meta.segment_size);
+            let oldest = fs::read_dir(wal_dir)
+                .map_err(io_err(wal_dir))?
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name();
+                    parse_segment_file_name(name.to_str()?, meta.segment_size)
+                })
+                .filter(|(tli, _)| *tli == meta.timeline)
+                .map(|(_, segno)| segno)
+                .min();
+            if let Some(segno) = oldest {
+                layout.end = layout.end.max(Lsn(segno * seg).min(local_flush));
+            }
+        }
         if layout.end > local_flush {
             return Err(RemoteError::Damaged {
                 key: "wal/".into(),
