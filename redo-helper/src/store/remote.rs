@@ -208,7 +208,19 @@ fn is_loopback_endpoint(endpoint: &str) -> bool {
 pub(crate) struct Remote {
     store: Arc<dyn ObjectStore>,
     url: ObjectStoreUrl,
-    runtime: tokio::runtime::Runtime,
+    /// Always Some until dropped (see `Drop`).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Remote {
+    /// Dropping a runtime blocks until its tasks stop, which tokio refuses inside another
+    /// runtime (where `run` drops its options on an error); nothing is in flight when the
+    /// last user is gone, so it is shut down without waiting.
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for Remote {
@@ -282,7 +294,7 @@ impl Remote {
         Ok(Remote {
             store: Arc::new(store),
             url,
-            runtime,
+            runtime: Some(runtime),
         })
     }
 
@@ -317,7 +329,8 @@ impl Remote {
         fut: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Result<T, RemoteError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.runtime.spawn(async move {
+        let runtime = self.runtime.as_ref().ok_or(RemoteError::Runtime)?;
+        runtime.spawn(async move {
             let _ = tx.send(fut.await);
         });
         rx.recv().map_err(|_| RemoteError::Runtime)
