@@ -735,7 +735,10 @@ pub(crate) async fn run_with_state(
     if let Some(u) = &uploader {
         // Images the bucket lacks (a crash before their upload, or a data directory that ran
         // without an object store) go up before anything is acknowledged.
-        retry_transient(&opts, &status, "object store", || Ok(u.upload_images(&store)?)).await?;
+        retry_transient(&opts, &status, "object store", || {
+            Ok(u.upload_images(&store)?)
+        })
+        .await?;
         u.spawn_image_uploads(Arc::clone(&store), IMAGE_UPLOAD_INTERVAL);
     }
     let _ = state.pages.set(Pages {

@@ -199,33 +199,40 @@ impl HelperStatus {
         // Object storage (`run --object-store`): requests by operation (each part of a
         // multipart upload counts), bytes each way, and how far the bucket's WAL reaches.
         let os = crate::store::remote::counters();
+        use crate::store::remote::{KINDS, OPS};
         out.push_str(
-            "# HELP redo_helper_object_store_requests_total object store requests\n\
+            "# HELP redo_helper_object_store_requests_total object store requests by operation and object kind\n\
              # TYPE redo_helper_object_store_requests_total counter\n",
         );
-        for (op, n) in [
-            ("get", os.get),
-            ("put", os.put),
-            ("list", os.list),
-            ("delete", os.delete),
-        ] {
-            out.push_str(&format!(
-                "redo_helper_object_store_requests_total{{op=\"{op}\"}} {n}\n"
-            ));
+        for (o, op) in OPS.iter().enumerate() {
+            for (k, kind) in KINDS.iter().enumerate() {
+                out.push_str(&format!(
+                    "redo_helper_object_store_requests_total{{op=\"{op}\",kind=\"{kind}\"}} {}\n",
+                    os.requests[o][k]
+                ));
+            }
+        }
+        out.push_str(
+            "# HELP redo_helper_object_store_bytes_total bytes sent to and received from the object store\n\
+             # TYPE redo_helper_object_store_bytes_total counter\n",
+        );
+        for (k, kind) in KINDS.iter().enumerate() {
+            for (direction, n) in [
+                ("upload", os.bytes_uploaded[k]),
+                ("download", os.bytes_downloaded[k]),
+            ] {
+                out.push_str(&format!(
+                    "redo_helper_object_store_bytes_total{{direction=\"{direction}\",kind=\"{kind}\"}} {n}\n"
+                ));
+            }
         }
         out.push_str(&format!(
-            "# HELP redo_helper_object_store_bytes_total bytes sent to and received from the object store\n\
-             # TYPE redo_helper_object_store_bytes_total counter\n\
-             redo_helper_object_store_bytes_total{{direction=\"upload\"}} {}\n\
-             redo_helper_object_store_bytes_total{{direction=\"download\"}} {}\n\
-             # HELP redo_helper_object_store_wal_lsn end of the contiguous WAL in the bucket (flush acknowledgements never pass it)\n\
+            "# HELP redo_helper_object_store_wal_lsn end of the contiguous WAL in the bucket (flush acknowledgements never pass it)\n\
              # TYPE redo_helper_object_store_wal_lsn gauge\n\
              redo_helper_object_store_wal_lsn {}\n\
              # HELP redo_helper_object_store_failing 1 while WAL uploads fail\n\
              # TYPE redo_helper_object_store_failing gauge\n\
              redo_helper_object_store_failing {}\n",
-            os.bytes_uploaded,
-            os.bytes_downloaded,
             os.wal_lsn,
             u64::from(os.failing)
         ));

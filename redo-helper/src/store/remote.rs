@@ -96,15 +96,37 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RemoteError + '_ {
     }
 }
 
+/// What objects hold, for the counters: `wal/`, `base/`, `images/`, and the rest (metadata).
+pub(crate) const KINDS: [&str; 4] = ["wal", "base", "images", "meta"];
+/// Request kinds, for the counters.
+pub(crate) const OPS: [&str; 4] = ["get", "put", "list", "delete"];
+const GET: usize = 0;
+const PUT: usize = 1;
+const LIST: usize = 2;
+const DELETE: usize = 3;
+/// Byte rows of the counters, after the request rows.
+const UP: usize = 4;
+const DOWN: usize = 5;
+
+fn kind_of(key: &str) -> usize {
+    KINDS[..3]
+        .iter()
+        .position(|k| {
+            key.strip_prefix(k)
+                .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+        })
+        .unwrap_or(3)
+}
+
 /// Request and byte counts since start-up (`/metrics`).
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct RemoteCounters {
-    pub get: u64,
-    pub put: u64,
-    pub list: u64,
-    pub delete: u64,
-    pub bytes_uploaded: u64,
-    pub bytes_downloaded: u64,
+    /// Requests by [`OPS`] and [`KINDS`] (each part of a multipart upload counts).
+    pub requests: [[u64; 4]; 4],
+    /// Bytes uploaded, by [`KINDS`].
+    pub bytes_uploaded: [u64; 4],
+    /// Bytes downloaded, by [`KINDS`].
+    pub bytes_downloaded: [u64; 4],
     /// End of the contiguous WAL in the bucket (0 without an object store).
     pub wal_lsn: u64,
     /// 1 while uploads fail.
@@ -112,23 +134,14 @@ pub(crate) struct RemoteCounters {
 }
 
 struct Counters {
-    get: AtomicU64,
-    put: AtomicU64,
-    list: AtomicU64,
-    delete: AtomicU64,
-    up: AtomicU64,
-    down: AtomicU64,
+    /// Rows: [`OPS`], then bytes up and down; columns: [`KINDS`].
+    by: [[AtomicU64; 4]; 6],
     wal_lsn: AtomicU64,
     failing: std::sync::atomic::AtomicBool,
 }
 
 static COUNTERS: Counters = Counters {
-    get: AtomicU64::new(0),
-    put: AtomicU64::new(0),
-    list: AtomicU64::new(0),
-    delete: AtomicU64::new(0),
-    up: AtomicU64::new(0),
-    down: AtomicU64::new(0),
+    by: [const { [const { AtomicU64::new(0) }; 4] }; 6],
     wal_lsn: AtomicU64::new(0),
     failing: std::sync::atomic::AtomicBool::new(false),
 };
@@ -136,20 +149,20 @@ static COUNTERS: Counters = Counters {
 /// The counters of every object store request this process made.
 pub(crate) fn counters() -> RemoteCounters {
     let c = &COUNTERS;
+    let row =
+        |r: usize| -> [u64; 4] { std::array::from_fn(|k| c.by[r][k].load(Ordering::Relaxed)) };
     RemoteCounters {
-        get: c.get.load(Ordering::Relaxed),
-        put: c.put.load(Ordering::Relaxed),
-        list: c.list.load(Ordering::Relaxed),
-        delete: c.delete.load(Ordering::Relaxed),
-        bytes_uploaded: c.up.load(Ordering::Relaxed),
-        bytes_downloaded: c.down.load(Ordering::Relaxed),
+        requests: std::array::from_fn(row),
+        bytes_uploaded: row(UP),
+        bytes_downloaded: row(DOWN),
         wal_lsn: c.wal_lsn.load(Ordering::Relaxed),
         failing: c.failing.load(Ordering::Relaxed),
     }
 }
 
-fn count(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
+/// Counts `n` in row `what` for the kind of object `key`.
+fn count(what: usize, key: &str, n: u64) {
+    COUNTERS.by[what][kind_of(key)].fetch_add(n, Ordering::Relaxed);
 }
 
 /// `s3://BUCKET[/PREFIX]`.
@@ -340,7 +353,7 @@ impl Remote {
     pub(crate) fn get(&self, key: &str) -> Result<Option<Bytes>, RemoteError> {
         let store = Arc::clone(&self.store);
         let path = self.path(key);
-        count(&COUNTERS.get, 1);
+        count(GET, key, 1);
         let r = self.run(async move {
             match store.get(&path).await {
                 Ok(g) => g.bytes().await.map(Some),
@@ -354,7 +367,7 @@ impl Remote {
             source,
         })?;
         if let Some(b) = &r {
-            count(&COUNTERS.down, b.len() as u64);
+            count(DOWN, key, b.len() as u64);
         }
         Ok(r)
     }
@@ -364,14 +377,14 @@ impl Remote {
         let store = Arc::clone(&self.store);
         let path = self.path(key);
         let n = bytes.len() as u64;
-        count(&COUNTERS.put, 1);
+        count(PUT, key, 1);
         self.run(async move { store.put(&path, PutPayload::from(bytes)).await })?
             .map_err(|source| RemoteError::Request {
                 op: "PUT",
                 key: key.to_string(),
                 source,
             })?;
-        count(&COUNTERS.up, n);
+        count(UP, key, n);
         Ok(())
     }
 
@@ -388,7 +401,7 @@ impl Remote {
         let src = src.to_path_buf();
         let key_s = key.to_string();
         // Parts of a multipart upload count as requests of their own.
-        count(&COUNTERS.put, len.div_ceil(UPLOAD_CHUNK as u64) + 2);
+        count(PUT, key, len.div_ceil(UPLOAD_CHUNK as u64) + 2);
         self.run(async move {
             use tokio::io::AsyncWriteExt;
             let mut file = File::open(&src).map_err(io_err(&src))?;
@@ -413,7 +426,7 @@ impl Remote {
                     break;
                 }
                 buf.truncate(n);
-                count(&COUNTERS.up, n as u64);
+                count(UP, &key_s, n as u64);
                 w.put(Bytes::from(buf)).await.map_err(request)?;
             }
             w.shutdown().await.map_err(|e| RemoteError::Request {
@@ -433,7 +446,7 @@ impl Remote {
         let path = self.path(key);
         let dest = dest.to_path_buf();
         let key_s = key.to_string();
-        count(&COUNTERS.get, 1);
+        count(GET, key, 1);
         self.run(async move {
             use std::io::Write;
             let request = |source| RemoteError::Request {
@@ -451,7 +464,7 @@ impl Remote {
                 n += chunk.len() as u64;
             }
             f.sync_all().map_err(io_err(&dest))?;
-            count(&COUNTERS.down, n);
+            count(DOWN, &key_s, n);
             Ok(n)
         })?
     }
@@ -460,7 +473,7 @@ impl Remote {
     pub(crate) fn list(&self, key_prefix: &str) -> Result<Vec<(String, u64)>, RemoteError> {
         let store = Arc::clone(&self.store);
         let path = self.path(key_prefix.trim_end_matches('/'));
-        count(&COUNTERS.list, 1);
+        count(LIST, key_prefix, 1);
         let metas = self
             .run(async move {
                 let mut out = Vec::new();
@@ -486,7 +499,7 @@ impl Remote {
     pub(crate) fn delete(&self, key: &str) -> Result<(), RemoteError> {
         let store = Arc::clone(&self.store);
         let path = self.path(key);
-        count(&COUNTERS.delete, 1);
+        count(DELETE, key, 1);
         self.run(async move {
             match store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -1264,6 +1277,16 @@ mod tests {
             Some(("A".into(), "B".into(), None))
         );
         assert_eq!(parse_profile(ini, "x"), None);
+    }
+
+    #[test]
+    fn counters_by_kind() {
+        assert_eq!(kind_of("wal/000000010000000000000003"), 0);
+        assert_eq!(kind_of("wal/"), 0);
+        assert_eq!(kind_of("base/1663/5/16384"), 1);
+        assert_eq!(kind_of("images/images-000001.dat/0000000000000000"), 2);
+        assert_eq!(kind_of("helper.json"), 3);
+        assert_eq!(kind_of("walrus"), 3);
     }
 
     #[test]
