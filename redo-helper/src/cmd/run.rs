@@ -564,6 +564,7 @@ pub(crate) async fn run_with_state(
         s.image_threshold = opts.image_threshold;
         s.state = RunState::Starting;
         s.server = opts.conninfo.to_string();
+        s.data_dir = opts.data_dir.display().to_string();
         s.slot = opts.slot.clone();
     });
     if let Some(addr) = opts.listen {
