@@ -175,7 +175,9 @@ pub(crate) struct SharedState {
 impl SharedState {
     pub(crate) fn record_read(&self, deltas: u32, elapsed: Duration) {
         self.read_histograms.seconds.observe(elapsed.as_secs_f64());
-        self.read_histograms.deltas.observe(f64::from(deltas.max(1)));
+        self.read_histograms
+            .deltas
+            .observe(f64::from(deltas.max(1)));
         let _ = lock(&self.deltas_per_read)
             .get_or_insert_with(histogram)
             .record(u64::from(deltas.max(1)));
