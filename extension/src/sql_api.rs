@@ -319,7 +319,11 @@ fn helper_report() -> TableIterator<
                     status.state
                 )
             });
-            (Some(status.state.as_str().to_string()), Some(ready), problem)
+            (
+                Some(status.state.as_str().to_string()),
+                Some(ready),
+                problem,
+            )
         }
         Some(Err(why)) => (None, Some(false), Some(why.to_string())),
     };
