@@ -580,6 +580,7 @@ pub(crate) async fn run_with_state(
     std::fs::create_dir_all(&opts.data_dir).map_err(dd)?;
     let _lock = DataDirLock::acquire(&opts.data_dir)?;
     let status = state.status.clone();
+    let _ = state.data_dir.set(opts.data_dir.clone());
     status.update(|s| {
         s.image_threshold = opts.image_threshold;
         s.state = RunState::Starting;

@@ -262,11 +262,15 @@ fn register_status(m: &mut Exposition, s: &HelperStatus) {
         "1 while flush acknowledgements are held back",
         u64::from(s.backpressure),
     );
-    m.gauge(
-        "redo_helper_data_dir_free_bytes",
-        "bytes available to the helper on the data directory's filesystem",
-        s.data_dir_free_bytes.unwrap_or_default(),
-    );
+    // Absent, not 0, while unknown (before `run` opened the directory, or statvfs failed):
+    // a 0 would fire the disk alert.
+    if let Some(free) = s.data_dir_free_bytes {
+        m.gauge(
+            "redo_helper_data_dir_free_bytes",
+            "bytes available to the helper on the data directory's filesystem",
+            free,
+        );
+    }
     m.gauge(
         "redo_helper_disk_reserve_bytes",
         "space kept free on the data directory's filesystem for retention (--disk-reserve)",

@@ -165,6 +165,9 @@ impl Default for ReadHistograms {
 pub(crate) struct SharedState {
     pub status: SharedStatus,
     pub pages: OnceLock<Pages>,
+    /// The data directory, for its filesystem's free space (`data_dir` in the status is
+    /// its display form, lossy for a path that is not UTF-8).
+    pub data_dir: OnceLock<std::path::PathBuf>,
     pub read_histograms: ReadHistograms,
     /// Deltas replayed per GetPage read.
     pub deltas_per_read: Mutex<Option<Histogram<u64>>>,
@@ -190,9 +193,10 @@ impl SharedState {
     pub(crate) fn snapshot(&self) -> HelperStatus {
         let mut s = self.status.snapshot();
         s.disk_reserve_bytes = crate::store::disk_headroom();
-        if !s.data_dir.is_empty() {
-            s.data_dir_free_bytes = crate::store::free_bytes(std::path::Path::new(&s.data_dir));
-        }
+        s.data_dir_free_bytes = self
+            .data_dir
+            .get()
+            .and_then(|d| crate::store::free_bytes(d));
         if let Some(p) = self.pages.get() {
             let g = &p.imagegen;
             s.imagegen_paused = g.is_paused();
