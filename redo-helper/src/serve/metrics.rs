@@ -340,6 +340,14 @@ fn register_status(m: &mut Exposition, s: &HelperStatus) {
 mod tests {
     use super::*;
 
+    /// The state labels are /status's spelling of each state.
+    #[test]
+    fn state_labels_match_status() {
+        for (state, label) in STATES {
+            assert_eq!(serde_json::to_value(state).unwrap(), label);
+        }
+    }
+
     /// The names the docs, dashboard and alert rules rely on, in the exposed spelling.
     #[test]
     fn exposition_follows_the_conventions() {
