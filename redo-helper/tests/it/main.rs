@@ -22,6 +22,7 @@ mod gist;
 mod hash;
 mod ingest;
 mod object_store;
+mod observability;
 mod redo_verify;
 mod repair;
 mod retention;
