@@ -440,33 +440,27 @@ impl Remote {
         })?
     }
 
+    /// Downloads each (key, local file) into a new fsynced file, [`DOWNLOADS_IN_FLIGHT`] at
+    /// a time (a resume reads hundreds of base files); returns the bytes.
+    pub(crate) fn get_files(&self, files: Vec<(String, PathBuf)>) -> Result<u64, RemoteError> {
+        use futures_util::stream::TryStreamExt;
+        let store = Arc::clone(&self.store);
+        let jobs: Vec<_> = files
+            .into_iter()
+            .map(|(key, dest)| (self.path(&key), key, dest))
+            .collect();
+        self.run(async move {
+            futures_util::stream::iter(jobs.into_iter().map(Ok))
+                .map_ok(|(path, key, dest)| download(Arc::clone(&store), path, key, dest))
+                .try_buffer_unordered(DOWNLOADS_IN_FLIGHT)
+                .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
+                .await
+        })?
+    }
+
     /// Downloads `key` into the new local file `dest` (fsynced).
     pub(crate) fn get_file(&self, key: &str, dest: &Path) -> Result<u64, RemoteError> {
-        let store = Arc::clone(&self.store);
-        let path = self.path(key);
-        let dest = dest.to_path_buf();
-        let key_s = key.to_string();
-        count(GET, key, 1);
-        self.run(async move {
-            use std::io::Write;
-            let request = |source| RemoteError::Request {
-                op: "GET",
-                key: key_s.clone(),
-                source,
-            };
-            let got = store.get(&path).await.map_err(request)?;
-            let mut stream = got.into_stream();
-            let mut f = File::create(&dest).map_err(io_err(&dest))?;
-            let mut n = 0u64;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(request)?;
-                f.write_all(&chunk).map_err(io_err(&dest))?;
-                n += chunk.len() as u64;
-            }
-            f.sync_all().map_err(io_err(&dest))?;
-            count(DOWN, &key_s, n);
-            Ok(n)
-        })?
+        self.get_files(vec![(key.to_string(), dest.to_path_buf())])
     }
 
     /// Every object under `key_prefix` (relative to the prefix): (key, size), sorted.
@@ -586,13 +580,15 @@ impl Remote {
         }
         let _ = fs::remove_file(super::retention::RetentionState::path(data_dir));
 
+        let mut base = Vec::new();
         for (key, _) in self.list("base/")? {
             let dest = local_path(data_dir, &key)?;
             let dir = dest.parent().unwrap_or(data_dir);
             fs::create_dir_all(dir).map_err(io_err(dir))?;
-            stats.base_bytes += self.get_file(&key, &dest)?;
-            stats.base_files += 1;
+            base.push((key, dest));
         }
+        stats.base_files = base.len() as u64;
+        stats.base_bytes = self.get_files(base)?;
         sync_tree(&data_dir.join("base"))?;
 
         let images_dir = data_dir.join("images");
@@ -716,6 +712,38 @@ impl Remote {
         }
         Ok(n)
     }
+}
+
+/// Concurrent GETs of a restore.
+const DOWNLOADS_IN_FLIGHT: usize = 8;
+
+/// GETs `path` (`key` relative to the prefix, for errors and counters) into the new file
+/// `dest`, fsynced; returns its bytes.
+async fn download(
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+    key: String,
+    dest: PathBuf,
+) -> Result<u64, RemoteError> {
+    use std::io::Write;
+    count(GET, &key, 1);
+    let request = |source| RemoteError::Request {
+        op: "GET",
+        key: key.clone(),
+        source,
+    };
+    let got = store.get(&path).await.map_err(request)?;
+    let mut stream = got.into_stream();
+    let mut f = File::create(&dest).map_err(io_err(&dest))?;
+    let mut n = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(request)?;
+        f.write_all(&chunk).map_err(io_err(&dest))?;
+        n += chunk.len() as u64;
+    }
+    f.sync_all().map_err(io_err(&dest))?;
+    count(DOWN, &key, n);
+    Ok(n)
 }
 
 /// Refuses a bucket bootstrapped from another cluster or another BASE_BACKUP.
