@@ -617,7 +617,7 @@ impl Remote {
                     });
                 }
                 f.write_all_at(&bytes, offset).map_err(io_err(&dest))?;
-                end = end.max(offset + size);
+                end = end.max(offset.saturating_add(size));
                 stats.image_bytes += size;
             }
             f.sync_all().map_err(io_err(&dest))?;
@@ -900,7 +900,7 @@ impl WalLayout {
                 Some(p) => {
                     let off = u64::from_str_radix(p, 16)
                         .ok()
-                        .filter(|o| o + size <= seg)
+                        .filter(|o| o.checked_add(*size).is_some_and(|e| e <= seg))
                         .ok_or_else(|| damaged("is not a piece offset in the segment"))?;
                     layout.pieces.entry(segno).or_default().push((off, *size));
                 }
@@ -1011,7 +1011,11 @@ impl WalUploader {
                 .trim_end_matches(".dat")
                 .parse()
                 .unwrap_or(0);
-            let len = pieces.iter().map(|(o, s)| o + s).max().unwrap_or(0);
+            let len = pieces
+                .iter()
+                .map(|(o, s)| o.saturating_add(*s))
+                .max()
+                .unwrap_or(0);
             images.insert(n, (len, pieces.iter().map(|(o, _)| *o).collect()));
         }
         let pieces = layout
@@ -1336,6 +1340,11 @@ mod tests {
         assert_eq!(empty.end, Lsn(0x2000000));
         let bad = vec![(format!("wal/{}", name(2)), 5)];
         assert!(WalLayout::of(&bad, &meta()).is_err());
+        // Offsets past the segment (or overflowing) are damage, not a panic.
+        for off in ["ffffffffffffffff", "01000000", "zz"] {
+            let bad = vec![(format!("wal/{}.partial/{off}", name(2)), 10)];
+            assert!(WalLayout::of(&bad, &meta()).is_err(), "{off}");
+        }
         let other_tli = vec![(format!("wal/{}", segment_file_name(2, 2, 16 << 20)), seg)];
         assert!(WalLayout::of(&other_tli, &meta()).is_err());
     }
