@@ -41,7 +41,7 @@ use crate::wal::block::{BlockRef, ForkNumber, PageKey};
 use crate::wal::error::WalError;
 use crate::wal::page::Lsn;
 use crate::wal::record::DecodedRecord;
-use crate::wal::rmgr::{self, RmgrId, record_type_name};
+use crate::wal::rmgr::{self, RmgrId};
 use page::{Page, PageLayout, PageShapeError};
 
 pub(crate) use smgr::{RelationChange, relation_changes};
@@ -146,7 +146,7 @@ impl RedoError {
         RedoError {
             lsn: rec.lsn,
             rmgr: RmgrId(rec.rmid()).name().into_owned(),
-            record: record_type_name(rec.rmid(), rec.info()).into_owned(),
+            record: rmgr::record_type_name_of(rec.version, rec.rmid(), rec.info()).into_owned(),
             page,
             kind,
         }

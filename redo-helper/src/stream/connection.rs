@@ -187,6 +187,8 @@ pub(crate) struct PgConnection {
     rbuf: BytesMut,
     wbuf: BytesMut,
     target: String,
+    /// `server_version_num` from the start-up ParameterStatus messages.
+    server_version_num: Option<String>,
 }
 
 pub(crate) type Result<T> = std::result::Result<T, ConnectionError>;
@@ -226,6 +228,7 @@ impl PgConnection {
             rbuf: BytesMut::with_capacity(1 << 16),
             wbuf: BytesMut::new(),
             target,
+            server_version_num: None,
         };
         let params = [
             ("user", info.user.as_str()),
@@ -343,9 +346,13 @@ impl PgConnection {
                 }
                 Message::ErrorResponse(body) => return Err(self.server_error(&body)),
                 Message::ReadyForQuery(_) => return Ok(()),
-                Message::ParameterStatus(_)
-                | Message::BackendKeyData(_)
-                | Message::NoticeResponse(_) => {}
+                Message::ParameterStatus(body) => {
+                    if body.name().map_err(|e| self.io(e))? == "server_version_num" {
+                        self.server_version_num =
+                            Some(body.value().map_err(|e| self.io(e))?.to_string());
+                    }
+                }
+                Message::BackendKeyData(_) | Message::NoticeResponse(_) => {}
                 Message::AuthenticationGss
                 | Message::AuthenticationKerberosV5
                 | Message::AuthenticationSspi
@@ -355,6 +362,16 @@ impl PgConnection {
                 }
                 _ => return Err(self.protocol("unexpected message during authentication")),
             }
+        }
+    }
+
+    /// The server's PostgreSQL major version (its start-up `server_version_num`).
+    pub(crate) fn server_version(
+        &self,
+    ) -> std::result::Result<crate::wal::PgVersion, crate::wal::VersionError> {
+        match &self.server_version_num {
+            Some(v) => crate::wal::PgVersion::from_server_version_num(v),
+            None => Err(crate::wal::VersionError::ServerVersionMissing),
         }
     }
 

@@ -661,7 +661,7 @@ fn describe(rec: &DecodedRecord) -> String {
     format!(
         "{} {} at {}",
         RmgrId(rec.rmid()).name(),
-        record_type_name(rec.rmid(), rec.info()),
+        crate::wal::rmgr::record_type_name_of(rec.version, rec.rmid(), rec.info()),
         rec.lsn
     )
 }
