@@ -5,8 +5,9 @@
 //! `catalog/pg_control.h`) and the record layouts of every resource manager. Minor releases
 //! never change any of them. Three independent sources name the version, and each is checked
 //! where it is met:
-//! - the server: `server_version_num` (sent by every PostgreSQL >= 12 as a ParameterStatus at
-//!   connection start-up), checked before a replication slot is created;
+//! - the server: the ParameterStatus messages of connection start-up (`server_version`, and
+//!   `server_version_num` where the server reports it), checked before a replication slot is
+//!   created;
 //! - the WAL: every page header's `xlp_magic` (the decoder learns the version from the first
 //!   page it reads and refuses pages of another version);
 //! - `pg_control`: `pg_control_version` (1300 for 13..16, 1700 for 17, 1800 for 18).
@@ -40,7 +41,7 @@ pub enum VersionError {
         "PostgreSQL server version {found} is not supported (the helper follows PostgreSQL 15, 16, 17 and 18)"
     )]
     UnsupportedServer { found: String },
-    #[error("the server did not report server_version_num at connection start-up")]
+    #[error("the server did not report its version at connection start-up")]
     ServerVersionMissing,
     #[error(
         "pg_control_version {found} is not one the helper knows (1300 for PostgreSQL 15 and 16, 1700 for 17, 1800 for 18)"
@@ -116,6 +117,23 @@ impl PgVersion {
         PgVersion::from_major(num / 10000).ok_or_else(unsupported)
     }
 
+    /// The version of a server from its `server_version` text (e.g. "17.10",
+    /// "15.14 (Debian 15.14-0+deb12u1)", "18beta1"): the leading number is the major.
+    pub fn from_server_version(text: &str) -> Result<PgVersion, VersionError> {
+        let digits: String = text
+            .trim()
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits
+            .parse()
+            .ok()
+            .and_then(PgVersion::from_major)
+            .ok_or_else(|| VersionError::UnsupportedServer {
+                found: text.to_string(),
+            })
+    }
+
     /// 16 and later: `isCatalogRel` fields and the `snapshotConflictHorizon` naming.
     pub fn has_catalog_rel_flags(self) -> bool {
         self >= PgVersion::V16
@@ -170,6 +188,17 @@ mod tests {
         assert!(PgVersion::from_server_version_num("140011").is_err());
         assert!(PgVersion::from_server_version_num("190000").is_err());
         assert!(PgVersion::from_server_version_num("x").is_err());
+        assert_eq!(PgVersion::from_server_version("17.10"), Ok(PgVersion::V17));
+        assert_eq!(
+            PgVersion::from_server_version("15.14 (Debian 15.14-0+deb12u1)"),
+            Ok(PgVersion::V15)
+        );
+        assert_eq!(
+            PgVersion::from_server_version("18beta1"),
+            Ok(PgVersion::V18)
+        );
+        assert!(PgVersion::from_server_version("9.6.24").is_err());
+        assert!(PgVersion::from_server_version("").is_err());
         assert_eq!(PgVersion::from_control_version(1700), Ok(PgVersion::V17));
         assert!(PgVersion::from_control_version(1200).is_err());
     }
