@@ -44,7 +44,7 @@ fn cluster(major: u32) -> PgCluster {
 /// logical message, XLOG).
 fn workload(c: &PgCluster) {
     c.pgbench(&["-i", "-s", "1", "-q"]);
-    c.pgbench(&["-n", "-c", "2", "-t", "150"]);
+    c.pgbench(&["-n", "-c", "2", "-t", "60"]);
     c.sql("CREATE EXTENSION IF NOT EXISTS bloom");
     c.sql(
         "CREATE TABLE g (id int, h int, p point, b box, arr int[], pad text) \
@@ -60,7 +60,7 @@ fn workload(c: &PgCluster) {
     c.sql(
         "INSERT INTO g SELECT i, i % 50, point(i % 97, i % 89), \
          box(point(i % 61, i % 59), point(i % 61 + 2, i % 59 + 3)), \
-         ARRAY[i % 13, i % 17, i % 19], repeat('x', 40) FROM generate_series(1, 6000) i",
+         ARRAY[i % 13, i % 17, i % 19], repeat('x', 40) FROM generate_series(1, 3500) i",
     );
     // HOT and non-HOT updates, deletes, then pruning, vacuuming, the visibility map and
     // freezing (17 and 18: the merged prune/freeze records of every reason).
@@ -71,7 +71,22 @@ fn workload(c: &PgCluster) {
     c.sql("VACUUM g");
     c.sql("VACUUM (FREEZE) g");
     c.sql("UPDATE g SET pad = 'after freeze' WHERE id % 31 = 1");
-    c.sql("DELETE FROM g WHERE id > 5000");
+    // Index scans mark the entries of deleted rows LP_DEAD; inserts into those full pages
+    // then delete them (btree DELETE, hash VACUUM_ONE_PAGE, gist DELETE: the records 16
+    // gave `isCatalogRel`).
+    c.sql("DELETE FROM g WHERE id BETWEEN 1001 AND 2000");
+    c.sql(
+        "SET enable_seqscan = off; SET enable_bitmapscan = off; \
+         SELECT count(*) FROM g WHERE id BETWEEN 1001 AND 2000; \
+         SELECT count(*) FROM g WHERE h BETWEEN 0 AND 49 AND h = 7; \
+         SELECT count(*) FROM g WHERE b && box(point(0, 0), point(70, 70))",
+    );
+    c.sql(
+        "INSERT INTO g SELECT i, 7, point(i % 97, i % 89), \
+         box(point(i % 61, i % 59), point(i % 61 + 2, i % 59 + 3)), ARRAY[1], 'again' \
+         FROM generate_series(1001, 2000) i",
+    );
+    c.sql("DELETE FROM g WHERE id > 3000");
     c.sql("VACUUM g");
     // Copy (multi-insert), truncation, a dropped table, sequences.
     c.sql("CREATE TABLE cp (id int, note text)");
@@ -79,7 +94,7 @@ fn workload(c: &PgCluster) {
     c.sql("TRUNCATE cp");
     c.sql("INSERT INTO cp SELECT g, 'again' FROM generate_series(1, 200) g");
     c.sql("CREATE TABLE tail (id int, pad text)");
-    c.sql("INSERT INTO tail SELECT g, repeat('t', 100) FROM generate_series(1, 6000) g");
+    c.sql("INSERT INTO tail SELECT g, repeat('t', 100) FROM generate_series(1, 3000) g");
     c.sql("DELETE FROM tail WHERE id > 1000");
     c.sql("VACUUM tail");
     c.sql("CREATE TABLE dropme AS SELECT g AS id FROM generate_series(1, 1000) g");
@@ -274,14 +289,26 @@ pub(crate) fn stream_verify_check(major: u32) {
         "helper.json names the version: {meta}"
     );
     let run = run_verify_clean(&helper, &c.data);
-    assert!(run.records > 10_000, "{}", run.stdout);
-    let heap2 = if major >= 17 {
-        "Heap2/PRUNE_VACUUM_SCAN"
+    assert!(run.records > 5_000, "{}", run.stdout);
+    // The records whose layout 16 or 17 changed, replayed and compared.
+    let changed: &[&str] = if major >= 17 {
+        &[
+            "Heap2/PRUNE_VACUUM_SCAN",
+            "Heap2/PRUNE_VACUUM_CLEANUP",
+            "XLOG/CHECKPOINT_REDO",
+        ]
     } else {
-        "Heap2/PRUNE"
+        &["Heap2/PRUNE", "Heap2/VACUUM", "Heap2/FREEZE_PAGE"]
     };
+    run.every_type_replayed(changed);
     run.every_type_replayed(&[
-        heap2,
+        "Btree/DELETE",
+        "Hash/VACUUM_ONE_PAGE",
+        "SPGist/VACUUM_REDIRECT",
+    ]);
+    // Not every run fills a gist leaf holding LP_DEAD entries.
+    eprintln!("Gist/DELETE: {}", run.type_count("Gist/DELETE"));
+    run.every_type_replayed(&[
         "Heap2/VISIBLE",
         "Heap2/MULTI_INSERT",
         "Btree/INSERT_LEAF",
@@ -313,6 +340,7 @@ fn pg18_stream_decode_verify_check() {
 }
 
 #[test]
+#[ignore = "time: make test-all"]
 fn pg16_repair_torn_pages() {
     crate::repair::crash_tear_repair(16, true);
 }
@@ -323,6 +351,7 @@ fn pg17_repair_torn_pages() {
 }
 
 #[test]
+#[ignore = "time: make test-all"]
 fn pg18_repair_torn_pages() {
     crate::repair::crash_tear_repair(18, true);
 }
