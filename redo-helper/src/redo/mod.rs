@@ -433,10 +433,13 @@ mod fuzz {
                 (proptest::collection::vec(any::<u8>(), 0..160), any::<bool>()), 1..5),
             seed in proptest::collection::vec(any::<u8>(), 0..96),
             blk in 0u32..4,
+            version in 0..crate::wal::PgVersion::ALL.len(),
         ) {
-            let Some(rec) = record(RMGRS[rmgr], info & 0xF0, &blocks, &main, blk) else {
+            let Some(mut rec) = record(RMGRS[rmgr], info & 0xF0, &blocks, &main, blk) else {
                 return Ok(());
             };
+            // Every version's layouts (16's freeze plans, 17's prune sub-records, ...).
+            rec.version = crate::wal::PgVersion::ALL[version];
             let ctx = RedoContext { data_checksums: true, wal_log_hints: false };
             for start in pages(&seed) {
                 for block in rec.blocks() {

@@ -554,3 +554,60 @@ pub fn parse_heap2(rec: &DecodedRecord) -> Result<Heap2Record, MainDataError> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(xmax: u32, ntuples: u16) -> Vec<u8> {
+        let mut b = xmax.to_le_bytes().to_vec();
+        b.extend_from_slice(&0x0800u16.to_le_bytes());
+        b.extend_from_slice(&0x0B00u16.to_le_bytes());
+        b.extend_from_slice(&[0, 0]);
+        b.extend_from_slice(&ntuples.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn prune_freeze_sub_records_in_flag_order() {
+        // Two plans (2 + 1 tuples), one redirection, one dead, two unused, three frozen.
+        let mut d = 2u16.to_le_bytes().to_vec();
+        d.extend_from_slice(&[0, 0]);
+        d.extend(plan(0, 2));
+        d.extend(plan(7, 1));
+        for v in [1u16, 4, 9, 1, 5, 2, 6, 7, 10, 11, 12] {
+            d.extend_from_slice(&v.to_le_bytes());
+        }
+        let flags = XLHP_HAS_FREEZE_PLANS
+            | XLHP_HAS_REDIRECTIONS
+            | XLHP_HAS_DEAD_ITEMS
+            | XLHP_HAS_NOW_UNUSED_ITEMS;
+        let b = parse_prune_freeze_block(&d, flags).expect("valid");
+        assert_eq!(b.plans.len(), 2);
+        assert_eq!(b.plans[1].xmax, 7);
+        assert_eq!(b.redirected, [(4, 9)]);
+        assert_eq!(b.dead, [5]);
+        assert_eq!(b.unused, [6, 7]);
+        assert_eq!(b.frozen, [10, 11, 12]);
+        // Without the dead-items flag the same bytes do not add up.
+        assert!(parse_prune_freeze_block(&d, flags & !XLHP_HAS_DEAD_ITEMS).is_err());
+        // Truncated anywhere: an error, never a panic.
+        for n in 0..d.len() {
+            assert!(parse_prune_freeze_block(&d[..n], flags).is_err(), "{n}");
+        }
+    }
+
+    #[test]
+    fn freeze_plans_of_16() {
+        let mut d = plan(3, 2);
+        d.extend(plan(4, 1));
+        for v in [2u16, 3, 8] {
+            d.extend_from_slice(&v.to_le_bytes());
+        }
+        let (plans, offsets) = parse_freeze_plans_block(&d, 2).expect("valid");
+        assert_eq!(plans.len(), 2);
+        assert_eq!(offsets, [2, 3, 8]);
+        assert!(parse_freeze_plans_block(&d[..d.len() - 2], 2).is_err());
+        assert!(parse_freeze_plans_block(&d, 3).is_err());
+    }
+}
