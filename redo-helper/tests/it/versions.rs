@@ -365,11 +365,9 @@ fn version_is_refused_before_the_slot() {
     let helper = dir.path().join("helper");
     // A directory bootstrapped from 15 (helper.json says so) pointed at a 17 server.
     std::fs::create_dir_all(&helper).expect("mkdir");
-    let meta = format!(
-        "{{\"system_identifier\": 1, \"timeline\": 1, \"segment_size\": 16777216, \
+    let meta = "{\"system_identifier\": 1, \"timeline\": 1, \"segment_size\": 16777216, \
          \"slot\": \"fpw_pushdown\", \"backup_start_lsn\": \"0/2000028\", \
-         \"backup_end_lsn\": \"0/2000100\", \"created_unix\": 0, \"pg_version\": 15}}"
-    );
+         \"backup_end_lsn\": \"0/2000100\", \"created_unix\": 0, \"pg_version\": 15}";
     std::fs::write(helper.join("helper.json"), meta).expect("write helper.json");
     let mut h = crate::support::HelperProcess::spawn(
         &c.conninfo(),
