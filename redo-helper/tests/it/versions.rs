@@ -394,3 +394,67 @@ fn version_is_refused_before_the_slot() {
         .expect("psql");
     assert_eq!(String::from_utf8_lossy(&slots.stdout).trim(), "0");
 }
+
+/// Retention, image generation and GetPage over HTTP on PostgreSQL 17: a 32 MB history
+/// under pgbench moves its horizon and deletes segments; pages are then served (from the
+/// retained images) equal to the whole chain, and `check` is clean after CHECKPOINT.
+#[test]
+fn pg17_retention_images_and_getpage() {
+    use crate::support::{HelperProcess, http, lsn, status_lsn};
+    use std::time::Duration;
+    let c = PgCluster::start_fpw_off_version(17, &[]);
+    c.pgbench(&["-i", "-s", "1", "-q"]);
+    let tmp = TempDir::new("versions-retention");
+    let dir = tmp.path().join("helper");
+    let mut h = HelperProcess::spawn_with(
+        &c.conninfo(),
+        &dir,
+        &tmp.path().join("helper.log"),
+        &[
+            "--retain",
+            "32MB",
+            "--image-threshold",
+            "8",
+            "--retention-interval-ms",
+            "300",
+        ],
+    );
+    h.wait_status("streaming", Duration::from_secs(120), |s| {
+        s["state"] == "streaming"
+    });
+    for _ in 0..5 {
+        c.pgbench(&["-c", "2", "-T", "2", "-n"]);
+        c.sql("SELECT pg_switch_wal()");
+    }
+    let now = lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
+    h.wait_status("retention pass", Duration::from_secs(180), |s| {
+        status_lsn(s, "decoded_lsn") >= now
+            && s["retention"]["segments_removed_total"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+    });
+    for rel in ["pgbench_branches", "pgbench_accounts"] {
+        let page = format!("/page/{}/main/0", c.rel_path(rel));
+        let served = http(h.listen, "GET", &format!("{page}?cache=none")).expect("GET");
+        assert_eq!(
+            served.status,
+            200,
+            "{page}: {}",
+            String::from_utf8_lossy(&served.body)
+        );
+        let full = http(h.listen, "GET", &format!("{page}?images=none")).expect("GET");
+        assert_eq!(full.status, 200, "{}", String::from_utf8_lossy(&full.body));
+        assert!(
+            served.body == full.body,
+            "{page}: served differs from the chain"
+        );
+    }
+    crate::redo_verify::checkpoint_and_stop(&c, h);
+    let check = run_check_clean(&dir, &c.data, 50);
+    assert!(
+        check.num(" served from generated images") > 0,
+        "{}",
+        check.line
+    );
+}
