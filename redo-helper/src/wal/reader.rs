@@ -1234,6 +1234,50 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_version_is_learnt_from_the_page_magic_and_held_to() {
+        let mut w = WalBuilder { out: Vec::new() };
+        let a = w.record(
+            &build_record(0, 0x30, 0, Lsn(0), &main_data(&[1, 0, 0, 0])),
+            None,
+        );
+        w.record(&build_record(0, 0x30, 0, a, &main_data_long(9000)), None);
+        w.pad_to_page();
+        // Learnt: the builder writes 15's magic.
+        let (recs, _) = decode_all(&w.out, 4096);
+        assert_eq!(recs.len(), 2);
+        assert!(recs.iter().all(|r| r.version == PgVersion::V15));
+        // Expected another version: the first page is refused.
+        let cfg = DecoderConfig {
+            version: Some(PgVersion::V17),
+            ..Default::default()
+        };
+        let mut d = WalStreamDecoder::new(Lsn(SEG_START), cfg).unwrap();
+        d.push(&w.out);
+        assert!(matches!(
+            d.next_record(),
+            Err(WalError::VersionMismatch {
+                expected: PgVersion::V17,
+                found: PgVersion::V15,
+                ..
+            })
+        ));
+        // A later page of another version (17's magic on the second page) is refused too.
+        let mut mixed = w.out.clone();
+        mixed[XLOG_BLCKSZ..XLOG_BLCKSZ + 2]
+            .copy_from_slice(&PgVersion::V17.page_magic().to_le_bytes());
+        let mut d = WalStreamDecoder::new(Lsn(SEG_START), DecoderConfig::default()).unwrap();
+        d.push(&mixed);
+        assert!(d.next_record().unwrap().is_some());
+        assert!(matches!(
+            d.next_record(),
+            Err(WalError::VersionMismatch {
+                found: PgVersion::V17,
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn unaligned_start_must_be_a_record_start() {
         assert!(WalStreamDecoder::new(Lsn(SEG_START + 3), DecoderConfig::default()).is_err());
         assert!(WalStreamDecoder::new(Lsn(SEG_START + 8), DecoderConfig::default()).is_err());
