@@ -27,4 +27,5 @@ mod repair;
 mod retention;
 mod serve_pages;
 mod spgist;
+mod versions;
 mod waldump_parity;
