@@ -3,7 +3,7 @@ PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PGDATA_PGRX_TEST ?= /tmp/fpw_pushdown_pgrx_test
 CARGO ?= cargo
 
-.PHONY: all setup build install test test-rust test-pgrx test-pg demo bench fmt lint clean
+.PHONY: all setup build install test test-all test-rust test-rust-all test-pgrx test-pg demo bench fmt lint clean
 
 all: build
 
@@ -21,9 +21,17 @@ install: setup
 test: setup test-rust test-pgrx test-pg
 	@echo "make test: all test suites passed"
 
+# make test plus the tests left out of it for time (#[ignore]: torn-page repair on
+# PostgreSQL 16 and 18).
+test-all: setup test-rust-all test-pgrx test-pg
+	@echo "make test-all: all test suites passed"
+
 # Plain-Rust tests of the pgrx-free core (decoder, ...).
 test-rust:
 	$(CARGO) test -p redo-helper
+
+test-rust-all:
+	$(CARGO) test -p redo-helper -- --include-ignored
 
 # The extension's #[test] and #[pg_test] functions in a pgrx-managed throwaway cluster.
 test-pgrx:

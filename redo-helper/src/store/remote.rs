@@ -1277,6 +1277,7 @@ mod tests {
             created_unix: 0,
             data_checksums: false,
             wal_log_hints: false,
+            pg_version: crate::wal::PgVersion::V15,
         }
     }
 

@@ -28,4 +28,5 @@ mod repair;
 mod retention;
 mod serve_pages;
 mod spgist;
+mod versions;
 mod waldump_parity;
