@@ -68,6 +68,7 @@ start() {
         -master.volumeSizeLimitMB=256 -volume.max=0 -master.telemetry=false \
         "${config[@]}" >"$dir/weed.log" 2>&1 </dev/null &
     echo $! >"$dir/weed.pid"
+    echo "$port" >"$dir/weed.port"
     # Serving S3 takes ~10 s (the master elects itself, the volume server registers).
     local deadline=$((SECONDS + 60))
     until curl -s -o /dev/null "http://127.0.0.1:$port/"; do
@@ -78,6 +79,7 @@ start() {
         fi
         if [ $SECONDS -ge $deadline ]; then
             echo "seaweedfs.sh: S3 not serving on port $port after 60 s; see $dir/weed.log" >&2
+            stop "$dir" now
             exit 1
         fi
         sleep 0.5
@@ -93,6 +95,7 @@ start() {
             { [ "$code" = 200 ] || [ "$code" = 409 ]; }; do
             if [ $SECONDS -ge $deadline ]; then
                 echo "seaweedfs.sh: cannot create bucket $bucket (HTTP $code)" >&2
+                stop "$dir" now
                 exit 1
             fi
             sleep 0.5
@@ -118,6 +121,15 @@ stop() {
         kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$dir/weed.pid"
+    # weed puts its gRPC sockets in /tmp, named by port, whatever its flags say.
+    if [ -f "$dir/weed.port" ]; then
+        local port i
+        port=$(cat "$dir/weed.port")
+        for i in 4 5 6 7; do
+            rm -f /tmp/seaweedfs-*-grpc-$((port + i)).sock
+        done
+        rm -f "$dir/weed.port"
+    fi
 }
 
 case "${1:-}" in
