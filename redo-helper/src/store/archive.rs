@@ -68,6 +68,13 @@ fn flushed_path(dir: &Path) -> PathBuf {
     dir.join("flushed")
 }
 
+/// Records `lsn` as the flush position of the archive in `dir` (a restored archive: see
+/// `remote::Remote::restore`).
+pub(crate) fn record_flush_position(dir: &Path, lsn: Lsn) -> Result<(), ArchiveError> {
+    let path = flushed_path(dir);
+    write_atomic(&path, &flushed_record(lsn)).map_err(|source| ArchiveError::Io { path, source })
+}
+
 impl WalArchive {
     /// Opens (or creates) the archive; a new archive starts at `start`.
     pub(crate) fn open(

@@ -21,6 +21,7 @@ mod gin;
 mod gist;
 mod hash;
 mod ingest;
+mod object_store;
 mod observability;
 mod redo_verify;
 mod repair;
