@@ -1,9 +1,10 @@
 //! `redo-helper` command line: parses it and dispatches to the subcommand's module in
 //! `redo_helper::cmd`, where arguments, orchestration and printing live.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use redo_helper::cmd;
 
 #[derive(Parser)]
@@ -23,6 +24,9 @@ enum Command {
     Version,
     /// Run the helper: bootstrap from BASE_BACKUP once, then stream, archive and index WAL.
     Run(cmd::run::RunArgs),
+    /// Print the effective settings of `run` for these arguments (flags, REDO_HELPER_*
+    /// environment variables, --config FILE, defaults), each with its source; secrets masked.
+    Config(cmd::run::RunArgs),
     /// Check the pages the helper serves (stop `run` first: this takes the directory's lock):
     /// every page at the newest decoded LSN against a cluster's data files after CHECKPOINT
     /// (masked, FSM skipped), and random historical reads against the replay of their whole
@@ -41,22 +45,64 @@ enum Command {
     Verify(cmd::verify::VerifyArgs),
 }
 
+/// The command line with `run`'s settings from the environment and the configuration file
+/// merged in (`cmd::config`).
+fn parse(argv: Vec<OsString>) -> Result<(Cli, cmd::config::Merged), ExitCode> {
+    let merged = cmd::config::parse(Cli::command(), argv).map_err(|e| e.report())?;
+    let cli = Cli::from_arg_matches(&merged.matches).map_err(|e| {
+        let _ = e.print();
+        ExitCode::from(2)
+    })?;
+    Ok((cli, merged))
+}
+
+/// `run`'s settings parsed again for SIGHUP: the same arguments, the file read anew.
+fn reload_run_args(argv: Vec<OsString>) -> Result<cmd::run::RunArgs, String> {
+    let merged = cmd::config::parse(Cli::command(), argv).map_err(|e| e.to_string())?;
+    match Cli::from_arg_matches(&merged.matches).map_err(|e| e.to_string())? {
+        Cli {
+            command: Command::Run(args),
+        } => Ok(args),
+        _ => Err("not a run command line".into()),
+    }
+}
+
 fn main() -> ExitCode {
-    let command = Cli::parse().command;
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let (cli, merged) = match parse(argv.clone()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let command = cli.command;
     // The service logs what it does (bootstrap progress, streaming, retention) at info; the
-    // one-shot commands print their results and log only problems. RUST_LOG overrides both.
+    // one-shot commands print their results and log only problems. RUST_LOG overrides both,
+    // and `run --log-level` overrides RUST_LOG.
     let default_level = match command {
         Command::Run(_) => "info",
         _ => "warn",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .init();
+    let filter = match &command {
+        Command::Run(args) => args.log_level().map(str::to_owned),
+        _ => None,
+    }
+    .or_else(|| std::env::var("RUST_LOG").ok())
+    .unwrap_or_else(|| default_level.to_owned());
+    cmd::logging::init(
+        &filter,
+        Box::new(|filter| env_logger::Builder::new().parse_filters(filter).build()),
+    );
     match command {
         Command::Version => {
             println!("redo-helper {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Run(args) => cmd::run::main(args),
+        Command::Run(args) => {
+            cmd::run::set_reload(Box::new(move || reload_run_args(argv.clone())));
+            cmd::run::main(args)
+        }
+        Command::Config(_) => {
+            cmd::config::print(&cmd::config::with_env(Cli::command()), &merged)
+        }
         Command::Check(args) => cmd::check::main(args),
         Command::Repair(args) => cmd::repair::main(args),
         Command::Waldump(args) => cmd::waldump::main(args),
