@@ -90,6 +90,39 @@ impl DataDirLock {
         Self::acquire_within(dir, std::time::Duration::from_secs(10))
     }
 
+    /// The lock for a repair: taken at once when free; otherwise, with `wait`, asked of the
+    /// running helper (a [`RepairRequest`] and SIGUSR1) and waited for up to `wait`. The
+    /// request is returned to be dropped after the lock.
+    pub(crate) fn take_over(
+        dir: &Path,
+        wait: Option<std::time::Duration>,
+    ) -> Result<(DataDirLock, Option<RepairRequest>), LockError> {
+        let busy = match Self::acquire(dir) {
+            Ok(lock) => return Ok((lock, None)),
+            Err(e @ LockError::InUse { .. }) => e,
+            Err(e) => return Err(e),
+        };
+        let (Some(wait), Some(pid)) = (wait, holder_pid(dir)) else {
+            return Err(busy);
+        };
+        let request = RepairRequest::create(dir)?;
+        let Ok(target) = libc::pid_t::try_from(pid) else {
+            return Err(busy);
+        };
+        // SAFETY: kill has no memory-safety preconditions.
+        if unsafe { libc::kill(target, libc::SIGUSR1) } != 0 {
+            return Err(LockError::Io {
+                dir: dir.to_path_buf(),
+                source: io::Error::other(format!(
+                    "cannot signal the running redo-helper (pid {pid}): {}",
+                    io::Error::last_os_error()
+                )),
+            });
+        }
+        let lock = Self::acquire_within(dir, wait)?;
+        Ok((lock, Some(request)))
+    }
+
     /// Retries [`acquire`](Self::acquire) until `timeout` while the directory is in use.
     pub(crate) fn acquire_within(
         dir: &Path,

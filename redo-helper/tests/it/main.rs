@@ -25,5 +25,6 @@ mod redo_verify;
 mod repair;
 mod retention;
 mod serve_pages;
+mod service;
 mod spgist;
 mod waldump_parity;
