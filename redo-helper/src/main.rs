@@ -100,9 +100,7 @@ fn main() -> ExitCode {
             cmd::run::set_reload(Box::new(move || reload_run_args(argv.clone())));
             cmd::run::main(args)
         }
-        Command::Config(_) => {
-            cmd::config::print(&cmd::config::with_env(Cli::command()), &merged)
-        }
+        Command::Config(_) => cmd::config::print(&cmd::config::with_env(Cli::command()), &merged),
         Command::Check(args) => cmd::check::main(args),
         Command::Repair(args) => cmd::repair::main(args),
         Command::Waldump(args) => cmd::waldump::main(args),

@@ -43,7 +43,9 @@ pub enum ConfigError {
     },
     #[error("configuration file {path}: {message}")]
     Syntax { path: PathBuf, message: String },
-    #[error("configuration file {path}: unknown setting {key:?} (the settings are `run`'s long flag names; see `redo-helper run --help`)")]
+    #[error(
+        "configuration file {path}: unknown setting {key:?} (the settings are `run`'s long flag names; see `redo-helper run --help`)"
+    )]
     UnknownKey { path: PathBuf, key: String },
     #[error("configuration file {path}: {key:?}: {message}")]
     BadValue {
@@ -87,7 +89,10 @@ pub struct Merged {
 
 /// `REDO_HELPER_DATA_DIR` for `data-dir`.
 pub fn env_name(long: &str) -> String {
-    format!("{ENV_PREFIX}{}", long.to_ascii_uppercase().replace('-', "_"))
+    format!(
+        "{ENV_PREFIX}{}",
+        long.to_ascii_uppercase().replace('-', "_")
+    )
 }
 
 /// The command with an environment variable for every long flag of the configured
@@ -100,7 +105,11 @@ pub fn with_env(cmd: Command) -> Command {
         }
         cmd = cmd.mut_subcommand(name, |sc| {
             sc.mut_args(|a| match a.get_long().map(str::to_owned) {
-                Some(long) if long != "help" && long != "version" => a.env(env_name(&long)),
+                // hide_env_values: --help must not print a password given in the
+                // environment.
+                Some(long) if long != "help" && long != "version" => {
+                    a.env(env_name(&long)).hide_env_values(true)
+                }
                 _ => a,
             })
         });
@@ -193,9 +202,7 @@ pub fn parse(cmd: Command, argv: Vec<OsString>) -> Result<Merged, ConfigError> {
                 }
             };
             if switch {
-                return Err(bad(format!(
-                    "a switch takes true or false, not {text:?}"
-                )));
+                return Err(bad(format!("a switch takes true or false, not {text:?}")));
             }
             args.push(format!("--{long}={text}").into());
         }
@@ -266,8 +273,7 @@ pub fn effective(cmd: &Command, merged: &Merged) -> Vec<Setting> {
                 .join(",")
         });
         let source = match sub.value_source(id) {
-            Some(ValueSource::CommandLine) if merged.from_file.contains(id) => match &merged.file
-            {
+            Some(ValueSource::CommandLine) if merged.from_file.contains(id) => match &merged.file {
                 Some(f) => format!("file {}", f.display()),
                 None => "file".to_owned(),
             },
@@ -403,7 +409,10 @@ fn mask_keyword_password(s: &str) -> String {
 pub fn print(cmd: &Command, merged: &Merged) -> ExitCode {
     match &merged.file {
         Some(f) => println!("# configuration file: {}", f.display()),
-        None => println!("# no configuration file (--config or {})", env_name(CONFIG_FLAG)),
+        None => println!(
+            "# no configuration file (--config or {})",
+            env_name(CONFIG_FLAG)
+        ),
     }
     println!("# precedence: flag > environment ({ENV_PREFIX}*) > file > default");
     for s in effective(cmd, merged) {
@@ -428,7 +437,11 @@ mod tests {
     fn cli() -> Command {
         Command::new("redo-helper").subcommand(
             Command::new("run")
-                .arg(Arg::new("config").long("config").value_parser(clap::value_parser!(PathBuf)))
+                .arg(
+                    Arg::new("config")
+                        .long("config")
+                        .value_parser(clap::value_parser!(PathBuf)),
+                )
                 .arg(Arg::new("connect").long("connect").required(true))
                 .arg(
                     Arg::new("image_threshold")
@@ -437,7 +450,11 @@ mod tests {
                         .default_value("64"),
                 )
                 .arg(Arg::new("slot").long("slot").default_value("fpw_pushdown"))
-                .arg(Arg::new("verbose").long("verbose").action(ArgAction::SetTrue)),
+                .arg(
+                    Arg::new("verbose")
+                        .long("verbose")
+                        .action(ArgAction::SetTrue),
+                ),
         )
     }
 
@@ -475,7 +492,10 @@ mod tests {
         .unwrap();
         let sub = m.matches.subcommand_matches("run").unwrap();
         assert_eq!(sub.get_one::<u32>("image_threshold"), Some(&8));
-        assert_eq!(sub.get_one::<String>("slot").map(String::as_str), Some("s1"));
+        assert_eq!(
+            sub.get_one::<String>("slot").map(String::as_str),
+            Some("s1")
+        );
         assert!(sub.get_flag("verbose"));
         assert_eq!(source(&m, "slot").1, "flag");
         assert_eq!(
@@ -504,7 +524,10 @@ mod tests {
             .err()
             .unwrap();
         let text = e.to_string();
-        assert!(text.contains(p.to_str().unwrap()) && text.contains("many"), "{text}");
+        assert!(
+            text.contains(p.to_str().unwrap()) && text.contains("many"),
+            "{text}"
+        );
         std::fs::remove_file(p).unwrap();
     }
 

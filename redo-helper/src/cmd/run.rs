@@ -320,14 +320,22 @@ async fn handle_signals(stop: tokio::sync::watch::Sender<Stop>, state: Arc<Share
             log::warn!("second stop signal: exiting now");
             std::process::exit(1);
         }
+        let notifier = crate::cmd::systemd::Notifier::from_env();
         match asked {
             Stop::HandOver => {
-                log::info!("SIGUSR1: handing the data directory over to a repair")
+                log::info!("SIGUSR1: handing the data directory over to a repair");
+                // Not STOPPING=1: systemd would then wait for the process to exit and kill
+                // it after TimeoutStopSec, while it re-executes itself and goes on.
+                if let Some(n) = &notifier {
+                    n.notify(&["STATUS=handing the data directory over to a repair"]);
+                }
             }
-            _ => log::info!("stop signal: flushing, acknowledging and stopping"),
-        }
-        if let Some(n) = crate::cmd::systemd::Notifier::from_env() {
-            n.notify(&["STOPPING=1", "STATUS=stopping"]);
+            _ => {
+                log::info!("stop signal: flushing, acknowledging and stopping");
+                if let Some(n) = &notifier {
+                    n.notify(&["STOPPING=1", "STATUS=stopping"]);
+                }
+            }
         }
         stop.send_replace(asked);
     }

@@ -46,7 +46,10 @@ impl OfflineStore {
     }
 
     /// Opens the directory whose lock the caller took.
-    pub(crate) fn open_locked(data_dir: &Path, lock: DataDirLock) -> Result<OfflineStore, StoreError> {
+    pub(crate) fn open_locked(
+        data_dir: &Path,
+        lock: DataDirLock,
+    ) -> Result<OfflineStore, StoreError> {
         let meta = HelperMeta::load(data_dir)?.ok_or_else(|| StoreError::DataDir {
             dir: data_dir.to_path_buf(),
             source: std::io::Error::new(

@@ -306,7 +306,10 @@ pub(crate) fn repair(
     // directory meanwhile, and none may be running now.
     let _lock = crate::pgdata::lock::PostmasterLock::acquire(pgdata)?;
     let control = ControlFile::read(pgdata)?;
-    let clean = matches!(control.state, DbState::ShutDown | DbState::ShutDownInRecovery);
+    let clean = matches!(
+        control.state,
+        DbState::ShutDown | DbState::ShutDownInRecovery
+    );
     if clean && !opts.even_if_clean {
         // A clean shutdown ends with a checkpoint that wrote and fsynced every page: nothing
         // can be torn, and a start-up hook costs no more than reading pg_control.
@@ -343,8 +346,9 @@ pub(crate) fn repair(
             });
         }
     }
-    let (lock, _request) = crate::store::lock::DataDirLock::take_over(&opts.data_dir, opts.hand_over)
-        .map_err(StoreError::from)?;
+    let (lock, _request) =
+        crate::store::lock::DataDirLock::take_over(&opts.data_dir, opts.hand_over)
+            .map_err(StoreError::from)?;
     // Dropped before `_request` (declared later): the helper waits for the request to go.
     let mut offline = OfflineStore::open_locked(&opts.data_dir, lock)?;
     // Retention may have moved the history's start past the backup: the index then no

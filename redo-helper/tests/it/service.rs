@@ -33,7 +33,10 @@ fn systemd_unit_verifies() {
         .expect("systemd-analyze (Debian package systemd; make setup installs it)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.trim().is_empty(), "systemd-analyze verify warns:\n{stderr}");
+    assert!(
+        stderr.trim().is_empty(),
+        "systemd-analyze verify warns:\n{stderr}"
+    );
 }
 
 /// Spawns `redo-helper run --config FILE` with the listener from the environment, the
@@ -75,7 +78,10 @@ fn receive_until(
     let mut buf = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no {what} within {timeout:?}; got {seen:?}");
+        assert!(
+            !left.is_zero(),
+            "no {what} within {timeout:?}; got {seen:?}"
+        );
         sock.set_read_timeout(Some(left)).unwrap();
         if let Ok(n) = sock.recv(&mut buf) {
             let m = String::from_utf8_lossy(&buf[..n]).to_string();
@@ -95,7 +101,9 @@ fn signal(h: &HelperProcess, sig: i32) {
 }
 
 fn slot_restart_lsn(c: &PgCluster) -> u64 {
-    support::lsn(&c.sql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'fpw_pushdown'"))
+    support::lsn(
+        &c.sql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'fpw_pushdown'"),
+    )
 }
 
 #[test]
@@ -124,9 +132,13 @@ fn notify_reload_and_sigterm_under_load_lose_nothing() {
     let mut seen = Vec::new();
 
     // READY=1 only once streaming: every STATUS= before it names another state.
-    receive_until(&notify, Duration::from_secs(120), "READY=1", &mut seen, |m| {
-        m.lines().any(|l| l == "READY=1")
-    });
+    receive_until(
+        &notify,
+        Duration::from_secs(120),
+        "READY=1",
+        &mut seen,
+        |m| m.lines().any(|l| l == "READY=1"),
+    );
     let ready = seen.last().unwrap().clone();
     assert!(ready.contains("STATUS=streaming; lag "), "{ready}");
     assert!(
@@ -135,9 +147,13 @@ fn notify_reload_and_sigterm_under_load_lose_nothing() {
             .all(|m| !m.contains("READY=1") && !m.contains("STATUS=streaming")),
         "{seen:?}"
     );
-    receive_until(&notify, Duration::from_secs(5), "WATCHDOG=1", &mut seen, |m| {
-        m.lines().any(|l| l == "WATCHDOG=1")
-    });
+    receive_until(
+        &notify,
+        Duration::from_secs(5),
+        "WATCHDOG=1",
+        &mut seen,
+        |m| m.lines().any(|l| l == "WATCHDOG=1"),
+    );
     // No RUST_LOG: the service logs its start at info by default.
     let text = h.log_text();
     assert!(text.contains("streaming from"), "{text}");
@@ -158,7 +174,16 @@ fn notify_reload_and_sigterm_under_load_lose_nothing() {
         common::pg_command("pgbench")
             .args(["-h"])
             .arg(&root)
-            .args(["-p", &port.to_string(), "-n", "-c", "2", "-T", "8", "postgres"])
+            .args([
+                "-p",
+                &port.to_string(),
+                "-n",
+                "-c",
+                "2",
+                "-T",
+                "8",
+                "postgres",
+            ])
             .output()
             .expect("pgbench")
     });
@@ -168,12 +193,19 @@ fn notify_reload_and_sigterm_under_load_lose_nothing() {
     let (code, text) = h.wait_exit_code(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("replication stopped"), "{text}");
-    receive_until(&notify, Duration::from_secs(5), "STOPPING=1", &mut seen, |m| {
-        m.lines().any(|l| l == "STOPPING=1")
-    });
+    receive_until(
+        &notify,
+        Duration::from_secs(5),
+        "STOPPING=1",
+        &mut seen,
+        |m| m.lines().any(|l| l == "STOPPING=1"),
+    );
     // What the server was told is durable: the last acknowledgement.
     let acked = slot_restart_lsn(&c);
-    assert!(acked >= streamed, "acknowledged {acked:X} < streamed {streamed:X}");
+    assert!(
+        acked >= streamed,
+        "acknowledged {acked:X} < streamed {streamed:X}"
+    );
 
     // Restart: it resumes at its archive's end, at or past everything acknowledged.
     let mut h = spawn_configured(&config, &log, &notify_path);
@@ -188,10 +220,17 @@ fn notify_reload_and_sigterm_under_load_lose_nothing() {
         .last()
         .map(support::lsn)
         .unwrap_or_else(|| panic!("no 'streaming from' in\n{text}"));
-    assert!(from >= acked, "resumed at {from:X}, before the acknowledged {acked:X}");
+    assert!(
+        from >= acked,
+        "resumed at {from:X}, before the acknowledged {acked:X}"
+    );
     assert!(support::status_lsn(&resumed, "flush_lsn") >= acked);
     let out = load.join().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let target = support::lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
     h.wait_status("caught up", Duration::from_secs(120), |s| {
         support::status_lsn(s, "decoded_lsn") >= target
@@ -242,10 +281,16 @@ fn repair_if_needed_beside_a_running_helper() {
     c.try_start().expect("start after repair");
     c.pgbench(&["-n", "-c", "2", "-t", "100"]);
     let target = support::lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
-    h.wait_status("streaming after the repair", Duration::from_secs(120), |s| {
-        s["state"] == "streaming" && support::status_lsn(s, "decoded_lsn") >= target
-    });
-    assert_eq!(h.child.id(), pid, "the same process (re-executed) follows on");
+    h.wait_status(
+        "streaming after the repair",
+        Duration::from_secs(120),
+        |s| s["state"] == "streaming" && support::status_lsn(s, "decoded_lsn") >= target,
+    );
+    assert_eq!(
+        h.child.id(),
+        pid,
+        "the same process (re-executed) follows on"
+    );
     assert!(h.child.try_wait().unwrap().is_none());
     let text = h.log_text();
     assert!(text.contains("waiting for redo-helper repair"), "{text}");
