@@ -693,6 +693,8 @@ async fn stream_once(
 /// acknowledgement is dropped: the next session asks for it again), then Terminate. Errors
 /// are only logged: the server also copes with a connection that just closes.
 async fn say_goodbye(mut conn: PgConnection, write: Lsn, flush: Lsn, apply: Lsn) {
+    // The server's last messages may be fewer bytes than the receive low-water mark.
+    conn.set_receive_low_water(1);
     let goodbye = async {
         conn.send_copy_data(&standby_status_update(write, flush, apply, false))
             .await?;

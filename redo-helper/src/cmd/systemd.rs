@@ -8,6 +8,7 @@
 //! Written here rather than taken from a crate: it is one `sendto` on an unbound datagram
 //! socket. Without `$NOTIFY_SOCKET` (not started by systemd) every call does nothing.
 
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
@@ -49,10 +50,11 @@ impl Notifier {
                 ));
             }
         };
-        Ok(Notifier {
-            socket: UnixDatagram::unbound()?,
-            addr,
-        })
+        let socket = UnixDatagram::unbound()?;
+        // Never block the caller (an async task): a manager that does not read its socket
+        // (a full queue) loses a STATUS line, the helper goes on.
+        socket.set_nonblocking(true)?;
+        Ok(Notifier { socket, addr })
     }
 
     /// Sends the assignments (`READY=1`, `STATUS=...`); a failure is logged, never fatal:
@@ -64,8 +66,6 @@ impl Notifier {
         }
     }
 }
-
-use std::os::unix::ffi::OsStrExt;
 
 /// How often to send `WATCHDOG=1`: half of `$WATCHDOG_USEC` (sd_watchdog_enabled(3)
 /// recommends pinging at half the timeout), when it is set for this process

@@ -231,10 +231,8 @@ fn notify_reload_and_sigterm_under_load_lose_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let target = support::lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
-    h.wait_status("caught up", Duration::from_secs(120), |s| {
-        support::status_lsn(s, "decoded_lsn") >= target
-    });
+    // `check` compares with the data files as of a checkpoint the helper has decoded.
+    crate::redo_verify::checkpoint_and_catch_up(&c, &mut h);
     signal(&h, libc::SIGTERM);
     let (code, text) = h.wait_exit_code(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{text}");
