@@ -215,9 +215,9 @@ fn notify_reload_and_sigterm_under_load_lose_nothing() {
     let text = h.log_text();
     let from = text
         .lines()
+        .rev()
         .filter_map(|l| l.split("streaming from ").nth(1))
-        .filter_map(|r| r.split_whitespace().next())
-        .last()
+        .find_map(|r| r.split_whitespace().next())
         .map(support::lsn)
         .unwrap_or_else(|| panic!("no 'streaming from' in\n{text}"));
     assert!(
