@@ -4,7 +4,6 @@
 
 pub mod check;
 pub mod config;
-pub mod logging;
 pub mod repair;
 pub mod run;
 pub mod systemd;

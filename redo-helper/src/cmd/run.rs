@@ -105,16 +105,34 @@ pub struct RunArgs {
     /// Precedence: flag > REDO_HELPER_* environment variable > file > default.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Log filter (`info`, `debug`, `warn,redo_helper=debug`: env_logger's syntax); overrides
-    /// RUST_LOG; SIGHUP applies a changed value.
-    #[arg(long, value_name = "FILTER")]
-    log_level: Option<String>,
+    /// The helper's log level (off, error, warn, info, debug, trace; default info); SIGHUP
+    /// applies a changed value. A set RUST_LOG filters as well.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<log::LevelFilter>,
+    /// Log line format on stderr: `text` (env_logger's) or `json` (one object per line with
+    /// ts, level, target and message, for log shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// `run --log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `[2026-01-01T00:00:00Z INFO  redo_helper::cmd::run] message`
+    Text,
+    /// `{"ts":"2026-01-01T00:00:00.000000Z","level":"INFO","target":"redo_helper::cmd::run","message":"..."}`
+    Json,
 }
 
 impl RunArgs {
-    /// The log filter these arguments ask for, if any (`--log-level`).
-    pub fn log_level(&self) -> Option<&str> {
-        self.log_level.as_deref()
+    /// The log level asked for (`--log-level`), if any.
+    pub fn log_level(&self) -> Option<log::LevelFilter> {
+        self.log_level
+    }
+
+    /// The log format chosen on the command line (`main` sets up logging before `run`).
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
     }
 }
 
@@ -354,8 +372,9 @@ fn reload(state: &SharedState) {
             return;
         }
     };
-    if let Some(filter) = args.log_level.as_deref() {
-        crate::cmd::logging::reload(filter);
+    // main.rs's logging leaves the helper's own level to log::max_level (see init_logging).
+    if let Some(level) = args.log_level {
+        log::set_max_level(level);
     }
     let threshold = args.image_threshold.max(1);
     if let Some(p) = state.pages.get() {
@@ -364,7 +383,8 @@ fn reload(state: &SharedState) {
     state.status.update(|s| s.image_threshold = threshold);
     log::info!(
         "SIGHUP: configuration reloaded (image threshold {threshold}, log level {}); other settings take effect at restart",
-        args.log_level.as_deref().unwrap_or("unchanged")
+        args.log_level
+            .map_or_else(|| "unchanged".to_owned(), |l| l.to_string())
     );
 }
 
@@ -813,10 +833,12 @@ pub(crate) async fn run_with_state(
         })
     })?;
     let status = state.status.clone();
+    let _ = state.data_dir.set(opts.data_dir.clone());
     status.update(|s| {
         s.image_threshold = opts.image_threshold;
         s.state = RunState::Starting;
         s.server = opts.conninfo.to_string();
+        s.data_dir = opts.data_dir.display().to_string();
         s.slot = opts.slot.clone();
     });
     if let Some(addr) = opts.listen {
