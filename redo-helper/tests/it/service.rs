@@ -113,18 +113,18 @@ fn notify_reload_and_sigterm_under_load_lose_nothing() {
     let tmp = TempDir::new("service");
     let helper_dir = tmp.path().join("helper");
     let config = tmp.path().join("main.toml");
-    let write_config = |threshold: u32| {
+    let write_config = |threshold: u32, level: &str| {
         std::fs::write(
             &config,
             format!(
-                "connect = \"{}\"\ndata-dir = \"{}\"\nimage-threshold = {threshold}\nmax-backoff-secs = 2\n",
+                "connect = \"{}\"\ndata-dir = \"{}\"\nimage-threshold = {threshold}\nmax-backoff-secs = 2\nlog-level = \"{level}\"\n",
                 c.conninfo(),
                 helper_dir.display()
             ),
         )
         .unwrap();
     };
-    write_config(16);
+    write_config(16, "info");
     let notify_path = tmp.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
     let log = tmp.path().join("helper.log");
@@ -160,12 +160,17 @@ fn notify_reload_and_sigterm_under_load_lose_nothing() {
     let s = h.status().expect("status");
     assert_eq!(s["image_threshold"], 16, "{s}");
 
-    // SIGHUP: the file's new threshold applies live.
-    write_config(7);
+    // SIGHUP: the file's new threshold and log level apply live.
+    write_config(7, "debug");
     signal(&h, libc::SIGHUP);
     h.wait_status("threshold 7 after SIGHUP", Duration::from_secs(10), |s| {
         s["image_threshold"] == 7
     });
+    let text = h.log_text();
+    assert!(
+        text.contains("image threshold 7, log level DEBUG"),
+        "{text}"
+    );
 
     // SIGTERM under load.
     let port = c.port;
