@@ -68,6 +68,7 @@ install -m 0640 packaging/main.toml "$rh/etc/redo-helper/main.toml"
 install -m 0644 README.md docs/operations.md docs/reference.md docs/design.md \
     packaging/debian/copyright "$rh/usr/share/doc/redo-helper/"
 install -m 0644 packaging/main.toml packaging/postgresql-prestart.conf \
+    deploy/grafana/redo-helper.json deploy/prometheus/redo-helper.rules.yml \
     "$rh/usr/share/doc/redo-helper/examples/"
 for s in postinst prerm postrm; do
     install -m 0755 "packaging/debian/redo-helper.$s" "$rh/DEBIAN/$s"
