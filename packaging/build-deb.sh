@@ -74,7 +74,7 @@ for s in postinst prerm postrm; do
     install -m 0755 "packaging/debian/redo-helper.$s" "$rh/DEBIAN/$s"
 done
 echo /etc/redo-helper/main.toml >"$rh/DEBIAN/conffiles"
-rh_deps=$(shlibdeps "$rh/usr/bin/redo-helper")
+rh_deps=$(shlibdeps "$(realpath "$rh/usr/bin/redo-helper")")
 cat >"$rh/DEBIAN/control" <<CONTROL
 Package: redo-helper
 Version: $version-$revision

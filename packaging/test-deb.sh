@@ -40,21 +40,27 @@ cleanup() {
 trap cleanup EXIT
 
 step "contents"
-dpkg-deb -c "$rh_deb" | grep -q ' ./usr/bin/redo-helper$' || fail "no /usr/bin/redo-helper"
-dpkg-deb -c "$rh_deb" | grep -q ' ./lib/systemd/system/redo-helper@.service$' || fail "no unit"
-dpkg-deb -c "$rh_deb" | grep -q ' ./usr/share/doc/redo-helper/operations.md$' || fail "no docs"
-dpkg-deb -c "$ext_deb" | grep -q '/usr/lib/postgresql/15/lib/fpw_pushdown.so$' || fail "no .so"
-dpkg-deb -c "$ext_deb" | grep -q '/usr/share/postgresql/15/extension/fpw_pushdown.control$' \
+# Listings captured first: `grep -q` closing a pipe early would fail it under pipefail.
+rh_list=$(dpkg-deb -c "$rh_deb")
+ext_list=$(dpkg-deb -c "$ext_deb")
+has() { grep -q -- "$2" <<<"$1"; }
+has "$rh_list" ' ./usr/bin/redo-helper$' || fail "no /usr/bin/redo-helper"
+has "$rh_list" ' ./lib/systemd/system/redo-helper@.service$' || fail "no unit"
+has "$rh_list" ' ./usr/share/doc/redo-helper/operations.md$' || fail "no docs"
+has "$ext_list" '/usr/lib/postgresql/15/lib/fpw_pushdown.so$' || fail "no .so"
+has "$ext_list" '/usr/share/postgresql/15/extension/fpw_pushdown.control$' \
     || fail "no control file"
-dpkg-deb -f "$ext_deb" Depends | grep -q 'postgresql-15' || fail "extension does not depend on postgresql-15"
-dpkg-deb -I "$rh_deb" conffiles | grep -qx /etc/redo-helper/main.toml || fail "main.toml is no conffile"
+has "$(dpkg-deb -f "$ext_deb" Depends)" 'postgresql-15' \
+    || fail "extension does not depend on postgresql-15"
+has "$(dpkg-deb -I "$rh_deb" conffiles)" '^/etc/redo-helper/main.toml$' \
+    || fail "main.toml is no conffile"
 
 step "redo-helper: dpkg -i"
 if dpkg-query -W -f='${Status}' redo-helper 2>/dev/null | grep -q installed; then
     fail "redo-helper is already installed on this machine; not touching it"
 fi
 dpkg -i "$rh_deb" >/dev/null
-/usr/bin/redo-helper --version | grep -qx "redo-helper $version" || fail "--version"
+[ "$(/usr/bin/redo-helper --version)" = "redo-helper $version" ] || fail "--version"
 getent passwd redo-helper >/dev/null || fail "no redo-helper user"
 [ "$(stat -c '%a %U' /var/lib/redo-helper)" = "700 redo-helper" ] \
     || fail "/var/lib/redo-helper is $(stat -c '%a %U' /var/lib/redo-helper)"
