@@ -10,7 +10,7 @@ DESTDIR ?=
 # `cargo pgrx package` stages the extension's files here, as absolute paths under it.
 PGRX_PACKAGE_DIR = target/release/fpw_pushdown-pg15
 
-.PHONY: all setup build install deb test test-rust test-pgrx test-pg test-deb test-install demo bench fmt lint clean
+.PHONY: all setup build install deb test test-all test-rust test-rust-all test-pgrx test-pg test-deb demo bench fmt lint clean
 
 all: build
 
@@ -39,9 +39,17 @@ deb: build
 test: setup test-rust test-pgrx test-pg
 	@echo "make test: all test suites passed"
 
+# make test plus the tests left out of it for time (#[ignore]: torn-page repair on
+# PostgreSQL 16 and 18).
+test-all: setup test-rust-all test-pgrx test-pg
+	@echo "make test-all: all test suites passed"
+
 # Plain-Rust tests of the pgrx-free core (decoder, ...).
 test-rust:
 	$(CARGO) test -p redo-helper
+
+test-rust-all:
+	$(CARGO) test -p redo-helper -- --include-ignored
 
 # The extension's #[test] and #[pg_test] functions in a pgrx-managed throwaway cluster.
 test-pgrx:

@@ -456,6 +456,16 @@ pub(crate) enum ServiceError {
         "timeline switch: the server is on timeline {server}, the archive follows timeline {ours}; following a promotion is not supported (re-bootstrap into a new data directory)"
     )]
     Timeline { server: u32, ours: u32 },
+    #[error("{0}")]
+    Version(#[from] crate::wal::VersionError),
+    #[error(
+        "the server runs {server}, but {dir} follows {ours} (re-bootstrap into a new data directory after a major upgrade)"
+    )]
+    WrongVersion {
+        server: crate::wal::PgVersion,
+        ours: crate::wal::PgVersion,
+        dir: PathBuf,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -502,6 +512,9 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 async fn bootstrap(opts: &RunOptions, status: &SharedStatus) -> Result<HelperMeta, ServiceError> {
     status.update(|s| s.state = RunState::Bootstrapping);
     let mut conn = PgConnection::connect_replication(&opts.conninfo).await?;
+    // A version whose WAL the helper cannot read is refused before the slot exists, so
+    // nothing is left holding WAL on the server.
+    let pg_version = conn.server_version()?;
     let sys = conn.identify_system().await?;
     let segment_size = conn.wal_segment_size().await?;
     // Hint-bit logging changes what some redo does to page LSNs (XLogHintBitIsNeeded).
@@ -553,6 +566,7 @@ async fn bootstrap(opts: &RunOptions, status: &SharedStatus) -> Result<HelperMet
             .unwrap_or(0),
         data_checksums,
         wal_log_hints,
+        pg_version,
     };
     meta.store(&opts.data_dir)?;
     Ok(meta)
@@ -571,6 +585,14 @@ async fn stream_once(
         c = PgConnection::connect_replication(&opts.conninfo) => c?,
         _ = stop_requested(&mut stop) => return Ok(()),
     };
+    let server_version = conn.server_version()?;
+    if server_version != meta.pg_version {
+        return Err(ServiceError::WrongVersion {
+            server: server_version,
+            ours: meta.pg_version,
+            dir: opts.data_dir.clone(),
+        });
+    }
     let sys = conn.identify_system().await?;
     if sys.system_identifier != meta.system_identifier {
         return Err(ServiceError::WrongCluster {

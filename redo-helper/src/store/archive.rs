@@ -375,7 +375,11 @@ pub(crate) enum RecordReadError {
 }
 
 impl RecordReader {
-    pub(crate) fn new(archive: &WalArchive, system_identifier: u64) -> RecordReader {
+    pub(crate) fn new(
+        archive: &WalArchive,
+        system_identifier: u64,
+        version: crate::wal::PgVersion,
+    ) -> RecordReader {
         RecordReader {
             dir: archive.dir.clone(),
             segment_size: archive.segment_size,
@@ -384,6 +388,9 @@ impl RecordReader {
                 segment_size: archive.segment_size,
                 system_identifier: Some(system_identifier),
                 timeline: Some(archive.timeline),
+                // Records are read from their start, not a page header: the version
+                // cannot be learnt and must be given.
+                version: Some(version),
             },
             buf: Vec::new(),
             open: None,
@@ -585,7 +592,7 @@ mod tests {
         let mut archive = WalArchive::open(&dir, DEFAULT_SEGMENT_SIZE, 1, Lsn(SEG_START)).unwrap();
         archive.write(Lsn(SEG_START), &w.out).unwrap();
         archive.flush().unwrap();
-        let mut reader = RecordReader::new(&archive, 7);
+        let mut reader = RecordReader::new(&archive, 7, crate::wal::PgVersion::V15);
         let mut rec = DecodedRecord::default();
         // Forwards, backwards, and strided, all with the same reader.
         let n = expect.len();

@@ -28,4 +28,5 @@ mod retention;
 mod serve_pages;
 mod service;
 mod spgist;
+mod versions;
 mod waldump_parity;
