@@ -7,8 +7,11 @@
 //! (SIGUSR1), which stops cleanly and re-executes itself; the new image finds the request
 //! with a live pid and waits ([`DataDirLock::acquire_after_repair`]) until the file is gone,
 //! while the repair takes the lock as soon as it is free. The repair releases the lock before
-//! removing the request, so the helper sees the request gone only once the lock is free. A request whose process died (a
-//! killed repair) is stale and ignored: the pid is checked in /proc.
+//! removing the request, so the helper sees the request gone only once the lock is free. A
+//! request whose process died (a killed repair) is stale and ignored: the pid is checked in
+//! /proc. The helper re-executes rather than reopening its store in place: everything it
+//! holds (the archive's positions, the index, image workers, retention) is rebuilt from the
+//! directory the repair extended, exactly as after a restart.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
