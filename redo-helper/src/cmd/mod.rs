@@ -3,7 +3,9 @@
 //! below this layer prints (they return summaries and report progress by callback).
 
 pub mod check;
+pub mod config;
 pub mod repair;
 pub mod run;
+pub mod systemd;
 pub mod verify;
 pub mod waldump;

@@ -1,6 +1,12 @@
 //! `redo-helper repair`: repairs torn pages of a stopped or crashed cluster that ran with
 //! full_page_writes off (see `store::repair` for why it works); prints progress on stderr,
 //! then the problems and a summary line.
+//!
+//! `--if-needed` is PostgreSQL's pre-start step (`ExecStartPre=+redo-helper repair
+//! --if-needed ...`, run as root): nothing after a clean shutdown, without touching the
+//! helper's directory; after a crash, a running helper is asked to hand its directory over
+//! for the repair (see `store::repair`). Run as root, files the repair created in the
+//! helper's directory (new WAL segments) are given to the directory's owner afterwards.
 
 use crate::store::repair::{RepairOptions, RepairProgress, repair};
 use std::path::PathBuf;
@@ -24,6 +30,14 @@ pub struct RepairArgs {
     /// left to PostgreSQL's data checksums to report).
     #[arg(long)]
     changed_only: bool,
+    /// For PostgreSQL's pre-start step: when the helper is running and a repair is needed,
+    /// ask it to hand its data directory over (it stops cleanly, re-executes itself and
+    /// waits for the repair) instead of failing because the directory is in use.
+    #[arg(long)]
+    if_needed: bool,
+    /// How long `--if-needed` waits for the running helper to hand the directory over.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    hand_over_secs: u64,
 }
 
 /// Runs `repair`; exit status 1 when a page changed since the checkpoint could not be
@@ -35,6 +49,9 @@ pub fn main(args: RepairArgs) -> ExitCode {
         progress_every: Duration::from_secs(5),
         even_if_clean: args.even_if_clean,
         changed_only: args.changed_only,
+        hand_over: args
+            .if_needed
+            .then(|| Duration::from_secs(args.hand_over_secs)),
     };
     let pgdata = opts.pgdata.display().to_string();
     let mut report = |p: RepairProgress| match p {
@@ -64,7 +81,14 @@ pub fn main(args: RepairArgs) -> ExitCode {
             elapsed.as_secs_f64()
         ),
     };
-    match repair(&opts, &mut report) {
+    let result = repair(&opts, &mut report);
+    if let Err(e) = give_back_to_owner(&opts.data_dir) {
+        eprintln!(
+            "redo-helper: repair: giving {}'s new files back to its owner: {e}",
+            opts.data_dir.display()
+        );
+    }
+    match result {
         Ok(sum) => {
             for p in &sum.problems {
                 println!("problem: {p}");
@@ -81,4 +105,38 @@ pub fn main(args: RepairArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Run as root, gives the files in the helper's data directory that are not its owner's
+/// (created by this repair: new WAL segments, the index) to that owner, so that the helper,
+/// running as its own user, can write them again.
+fn give_back_to_owner(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let top = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let (uid, gid) = (top.uid(), top.gid());
+    if uid == 0 {
+        return Ok(());
+    }
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.uid() != uid || meta.gid() != gid {
+                std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))?;
+            }
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    Ok(())
 }

@@ -2,6 +2,21 @@
 //! archive, fsync before acknowledging, decode what is durable into the page index, queue
 //! pages for image generation, and reconnect with back-off when the connection drops.
 //! Serves the HTTP API beside it.
+//!
+//! As a service (see docs/operations.md): settings come from flags, `REDO_HELPER_*`
+//! variables and `--config FILE` (`cmd::config`); under systemd (`Type=notify`) it sends
+//! READY=1 once streaming with consistent pages, STATUS= with its state and lag each second,
+//! and WATCHDOG=1 when the unit sets `WatchdogSec=` (`cmd::systemd`). Signals:
+//! - SIGTERM, SIGINT: stop cleanly. The stream loop writes and fsyncs what it received,
+//!   sends a last standby status update acknowledging exactly what is durable (or the held
+//!   position under back-pressure), then CopyDone and Terminate; image workers finish their
+//!   page; exit status 0. A second signal exits at once (status 1).
+//! - SIGHUP: re-reads the configuration (file, environment, the original flags) and applies
+//!   what can change live: `--image-threshold` and `--log-level`. Other changes are logged
+//!   as needing a restart.
+//! - SIGUSR1: hand the data directory over to `redo-helper repair --if-needed` (see
+//!   `cmd::repair`): stop cleanly as for SIGTERM, then re-execute itself (same pid, same
+//!   arguments), and wait at start-up until the repair is done.
 
 use crate::imagegen::ImageGenerator;
 use crate::serve::status::{FpwRange, Pages, RunState, SharedState, SharedStatus};
@@ -99,6 +114,14 @@ pub struct RunArgs {
     /// are waiting); acknowledgements to the server lag by about this much.
     #[arg(long, default_value_t = 1000)]
     object_store_interval_ms: u64,
+    /// TOML file of settings keyed by these long flag names (`data-dir = "/var/lib/..."`).
+    /// Precedence: flag > REDO_HELPER_* environment variable > file > default.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The helper's log level (off, error, warn, info, debug, trace; default info); SIGHUP
+    /// applies a changed value. A set RUST_LOG filters as well.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<log::LevelFilter>,
     /// Log line format on stderr: `text` (env_logger's) or `json` (one object per line with
     /// ts, level, target and message, for log shippers).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -115,10 +138,25 @@ pub enum LogFormat {
 }
 
 impl RunArgs {
+    /// The log level asked for (`--log-level`), if any.
+    pub fn log_level(&self) -> Option<log::LevelFilter> {
+        self.log_level
+    }
+
     /// The log format chosen on the command line (`main` sets up logging before `run`).
     pub fn log_format(&self) -> LogFormat {
         self.log_format
     }
+}
+
+/// How SIGHUP gets the current settings: main.rs parses the original command line again with
+/// the environment and the (re-read) configuration file.
+pub type Reload = Box<dyn Fn() -> Result<RunArgs, String> + Send + Sync>;
+static RELOAD: std::sync::OnceLock<Reload> = std::sync::OnceLock::new();
+
+/// Registers how SIGHUP re-reads the settings (once, before [`main`]).
+pub fn set_reload(reload: Reload) {
+    let _ = RELOAD.set(reload);
 }
 
 /// `--disk-reserve`: a size, in `--retain`'s units.
@@ -129,7 +167,7 @@ fn parse_disk_reserve(s: &str) -> Result<u64, String> {
     }
 }
 
-/// Runs the helper until an error a retry cannot fix.
+/// Runs the helper until an error a retry cannot fix, or a stop signal.
 pub fn main(args: RunArgs) -> ExitCode {
     set_nice(args.nice);
     let conninfo = match ConnInfo::parse(&args.connect) {
@@ -174,6 +212,7 @@ pub fn main(args: RunArgs) -> ExitCode {
         disk_reserve: args.disk_reserve,
         remote,
         upload_interval: Duration::from_millis(args.object_store_interval_ms.max(10)),
+        stop: tokio::sync::watch::channel(Stop::Running).1,
     })
 }
 
@@ -214,8 +253,25 @@ fn run_service(opts: RunOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(opts)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let state = Arc::new(SharedState::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Running);
+    let opts = RunOptions {
+        stop: stop_rx,
+        ..opts
+    };
+    let outcome = runtime.block_on(async {
+        tokio::spawn(handle_signals(stop_tx, Arc::clone(&state)));
+        tokio::spawn(notify_service_manager(Arc::clone(&state)));
+        run_with_state(opts, state).await
+    });
+    // Threads still blocked in the runtime (the API server) are not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        Ok(Stop::HandOver) => reexec(),
+        Ok(_) => {
+            log::info!("stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             log::error!("{e}");
             eprintln!("redo-helper: {e}");
@@ -255,6 +311,159 @@ pub(crate) struct RunOptions {
     pub remote: Option<Arc<Remote>>,
     /// How often new WAL is uploaded to it.
     pub upload_interval: Duration,
+    /// Set by the signal handlers: the service stops (or hands over) when it changes.
+    pub stop: tokio::sync::watch::Receiver<Stop>,
+}
+
+/// What the signal handlers ask of the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    Running,
+    /// SIGTERM, SIGINT: stop cleanly and exit 0.
+    Terminate,
+    /// SIGUSR1: stop cleanly, then re-execute and wait for the repair to finish.
+    HandOver,
+}
+
+/// True once a stop was asked for; waits for it otherwise (for `select!`).
+async fn stop_requested(stop: &mut tokio::sync::watch::Receiver<Stop>) -> Stop {
+    loop {
+        let now = *stop.borrow_and_update();
+        if now != Stop::Running {
+            return now;
+        }
+        if stop.changed().await.is_err() {
+            // The sender is gone (tests without signal handlers): never stop.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 hands the data directory over.
+async fn handle_signals(stop: tokio::sync::watch::Sender<Stop>, state: Arc<SharedState>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int, mut hup, mut usr1) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+    ) {
+        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+        _ => {
+            log::error!("cannot install signal handlers: SIGTERM will not stop cleanly");
+            return;
+        }
+    };
+    loop {
+        let asked = tokio::select! {
+            _ = term.recv() => Stop::Terminate,
+            _ = int.recv() => Stop::Terminate,
+            _ = usr1.recv() => Stop::HandOver,
+            _ = hup.recv() => {
+                reload(&state);
+                continue;
+            }
+        };
+        if *stop.borrow() != Stop::Running {
+            log::warn!("second stop signal: exiting now");
+            std::process::exit(1);
+        }
+        let notifier = crate::cmd::systemd::Notifier::from_env();
+        match asked {
+            Stop::HandOver => {
+                log::info!("SIGUSR1: handing the data directory over to a repair");
+                // Not STOPPING=1: systemd would then wait for the process to exit and kill
+                // it after TimeoutStopSec, while it re-executes itself and goes on.
+                if let Some(n) = &notifier {
+                    n.notify(&["STATUS=handing the data directory over to a repair"]);
+                }
+            }
+            _ => {
+                log::info!("stop signal: flushing, acknowledging and stopping");
+                if let Some(n) = &notifier {
+                    n.notify(&["STOPPING=1", "STATUS=stopping"]);
+                }
+            }
+        }
+        stop.send_replace(asked);
+    }
+}
+
+/// SIGHUP: applies the settings that can change while running.
+fn reload(state: &SharedState) {
+    let Some(get) = RELOAD.get() else {
+        log::warn!("SIGHUP: no configuration to reload");
+        return;
+    };
+    let args = match get() {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!("SIGHUP: configuration not reloaded: {e}");
+            return;
+        }
+    };
+    // main.rs's logging leaves the helper's own level to log::max_level (see init_logging).
+    if let Some(level) = args.log_level {
+        log::set_max_level(level);
+    }
+    let threshold = args.image_threshold.max(1);
+    if let Some(p) = state.pages.get() {
+        p.imagegen.set_default_threshold(threshold);
+    }
+    state.status.update(|s| s.image_threshold = threshold);
+    log::info!(
+        "SIGHUP: configuration reloaded (image threshold {threshold}, log level {}); other settings take effect at restart",
+        args.log_level
+            .map_or_else(|| "unchanged".to_owned(), |l| l.to_string())
+    );
+}
+
+/// READY=1 once streaming with consistent pages, STATUS= each second, WATCHDOG=1 at half
+/// the watchdog timeout: for `Type=notify` units (nothing without `$NOTIFY_SOCKET`).
+async fn notify_service_manager(state: Arc<SharedState>) {
+    let Some(notifier) = crate::cmd::systemd::Notifier::from_env() else {
+        return;
+    };
+    let watchdog = crate::cmd::systemd::watchdog_interval();
+    let period = watchdog.map_or(Duration::from_secs(1), |w| w.min(Duration::from_secs(1)));
+    let mut ticker = tokio::time::interval(period);
+    let mut ready = false;
+    loop {
+        ticker.tick().await;
+        let s = state.status.snapshot();
+        let state_name = serde_json::to_value(s.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("{:?}", s.state));
+        let line = crate::cmd::systemd::status_line(
+            &state_name,
+            s.lag_bytes,
+            s.flush_lsn.map(|l| l.to_string()),
+        );
+        let mut msg = vec![line.as_str()];
+        if !ready && s.state == RunState::Streaming && s.consistent {
+            ready = true;
+            log::info!("ready: streaming with consistent pages");
+            msg.push("READY=1");
+        }
+        if watchdog.is_some() {
+            msg.push("WATCHDOG=1");
+        }
+        notifier.notify(&msg);
+    }
+}
+
+/// After a hand-over: the same program with the same arguments and environment, in this
+/// process (systemd keeps tracking the same pid). Our descriptors are close-on-exec, so the
+/// data directory's lock is released; the new image waits for the repair (see
+/// `store::lock`).
+fn reexec() -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let exe = std::path::Path::new("/proc/self/exe");
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let err = std::process::Command::new(exe).args(args).exec();
+    eprintln!("redo-helper: cannot re-execute after the hand-over: {err}");
+    ExitCode::FAILURE
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -412,7 +621,11 @@ async fn stream_once(
     status: &SharedStatus,
     uploader: Option<&WalUploader>,
 ) -> Result<(), ServiceError> {
-    let mut conn = PgConnection::connect_replication(&opts.conninfo).await?;
+    let mut stop = opts.stop.clone();
+    let mut conn = tokio::select! {
+        c = PgConnection::connect_replication(&opts.conninfo) => c?,
+        _ = stop_requested(&mut stop) => return Ok(()),
+    };
     let server_version = conn.server_version()?;
     if server_version != meta.pg_version {
         return Err(ServiceError::WrongVersion {
@@ -471,6 +684,18 @@ async fn stream_once(
         tokio::select! {
             ev = conn.next_stream_event() => {
                 reply_now |= rx.take(ev?, archive.write_position(), opts.flush_bytes)?;
+            }
+            _ = stop_requested(&mut stop) => {
+                flush_and_decode(archive, ingest, &mut rx.pending, status)?;
+                let ack = held_ack.unwrap_or(archive.flush_position());
+                // As every acknowledgement: never past what the bucket holds.
+                let ack = uploader.map_or(ack, |u| ack.min(u.uploaded()));
+                say_goodbye(conn, archive.write_position(), ack, ingest.ingest.decoded_end()).await;
+                log::info!(
+                    "replication stopped: {} durable, acknowledged {ack}",
+                    archive.flush_position()
+                );
+                return Ok(());
             }
             _ = ticker.tick() => {
                 reply_now = true;
@@ -563,6 +788,33 @@ async fn stream_once(
     }
 }
 
+/// Ends a replication session on a stop: the last standby status update (what is durable,
+/// or the position held back), CopyDone, the server's end of the copy (its WAL after our
+/// acknowledgement is dropped: the next session asks for it again), then Terminate. Errors
+/// are only logged: the server also copes with a connection that just closes.
+async fn say_goodbye(mut conn: PgConnection, write: Lsn, flush: Lsn, apply: Lsn) {
+    // The server's last messages may be fewer bytes than the receive low-water mark.
+    conn.set_receive_low_water(1);
+    let goodbye = async {
+        conn.send_copy_data(&standby_status_update(write, flush, apply, false))
+            .await?;
+        conn.send_copy_done().await?;
+        // The walsender answers CopyDone with its own once it has stopped sending.
+        loop {
+            if let StreamEvent::Ended = conn.next_stream_event().await? {
+                break;
+            }
+        }
+        Ok::<(), ConnectionError>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), goodbye).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::warn!("ending the replication session: {e}"),
+        Err(_) => log::warn!("ending the replication session: no answer from the server in 5 s"),
+    }
+    conn.terminate().await;
+}
+
 /// What the stream delivered since the last flush.
 struct Received {
     /// WAL bytes past the archive's write position, in order. They wait in memory until the
@@ -642,21 +894,24 @@ fn flush_and_decode(
     Ok(())
 }
 
-/// The service: never returns Ok; returns an error that retrying cannot fix.
-pub(crate) async fn run(opts: RunOptions) -> Result<(), ServiceError> {
-    run_with_state(opts, Arc::new(SharedState::default())).await
-}
-
+/// The service: returns Ok with the stop asked for by a signal, or an error that retrying
+/// cannot fix.
 pub(crate) async fn run_with_state(
     opts: RunOptions,
     state: Arc<SharedState>,
-) -> Result<(), ServiceError> {
+) -> Result<Stop, ServiceError> {
+    let mut stop = opts.stop.clone();
     let dd = |source| StoreError::DataDir {
         dir: opts.data_dir.clone(),
         source,
     };
     std::fs::create_dir_all(&opts.data_dir).map_err(dd)?;
-    let _lock = DataDirLock::acquire(&opts.data_dir)?;
+    // A repair that was handed the directory (SIGUSR1) is waited for (store::lock).
+    let _lock = blocking(|| {
+        DataDirLock::acquire_after_repair(&opts.data_dir, |pid| {
+            log::info!("waiting for redo-helper repair (pid {pid}) to hand the data directory back")
+        })
+    })?;
     let status = state.status.clone();
     let _ = state.data_dir.set(opts.data_dir.clone());
     status.update(|s| {
@@ -678,12 +933,19 @@ pub(crate) async fn run_with_state(
     let meta = loop {
         match HelperMeta::load(&opts.data_dir)? {
             Some(m) => break m,
-            None => match restore_or_bootstrap(&opts, &status).await {
+            None => match tokio::select! {
+                r = restore_or_bootstrap(&opts, &status) => r,
+                // base.tmp is removed by the next bootstrap.
+                s = stop_requested(&mut stop) => return Ok(s),
+            } {
                 Ok(m) => break m,
                 Err(e) if e.is_transient() => {
                     log::warn!("bootstrap: {e}; retrying in {}s", backoff.as_secs());
                     status.update(|s| s.last_error = Some(e.to_string()));
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        s = stop_requested(&mut stop) => return Ok(s),
+                    }
                     backoff = (backoff * 2).min(opts.max_backoff);
                 }
                 Err(e) => return Err(e),
@@ -748,7 +1010,7 @@ pub(crate) async fn run_with_state(
         })
     })?;
     note_generated_images(&store);
-    let _workers = imagegen.spawn_workers(opts.imagegen_workers);
+    let workers = imagegen.spawn_workers(opts.imagegen_workers);
     let mut ingest = Indexer {
         ingest,
         imagegen: Arc::clone(&imagegen),
@@ -810,6 +1072,10 @@ pub(crate) async fn run_with_state(
         )
         .await
         .err();
+        let asked = *stop.borrow();
+        if err.is_none() && asked != Stop::Running {
+            return Ok(stop_workers(&imagegen, workers, &store, &status, asked));
+        }
         let disk_full =
             matches!(&err, Some(ServiceError::Store(StoreError::Archive(a))) if a.is_disk_full());
         let message = err.as_ref().map(|e| e.to_string());
@@ -837,7 +1103,12 @@ pub(crate) async fn run_with_state(
         if connected_at.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_secs(1);
         }
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            s = stop_requested(&mut stop) => {
+                return Ok(stop_workers(&imagegen, workers, &store, &status, s));
+            }
+        }
         backoff = (backoff * 2).min(opts.max_backoff);
     }
 }
@@ -895,6 +1166,28 @@ async fn retry_transient<T>(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The end of a clean stop: image workers finish the page they are on, images are synced.
+/// Retention needs no stop: every pass is ordered to survive being cut anywhere.
+fn stop_workers(
+    imagegen: &ImageGenerator,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    store: &PageStore,
+    status: &SharedStatus,
+    asked: Stop,
+) -> Stop {
+    imagegen.stop();
+    blocking(|| {
+        for w in workers {
+            let _ = w.join();
+        }
+        if let Err(e) = read(&store.images).sync() {
+            log::warn!("syncing page images: {e}");
+        }
+    });
+    status.update(|s| s.state = RunState::Stopped);
+    asked
 }
 
 /// Puts the index's numbers into the status.

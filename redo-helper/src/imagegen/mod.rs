@@ -136,6 +136,17 @@ impl ImageGenerator {
         self.queue_depth() > self.backpressure_depth
     }
 
+    /// Changes the default threshold (SIGHUP); per-relation overrides stay.
+    pub(crate) fn set_default_threshold(&self, threshold: u32) {
+        self.policy.default.store(threshold, Ordering::Relaxed);
+    }
+
+    /// Workers return once done with the page they are on (a clean stop).
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake.notify_all();
+    }
+
     /// Pausing stops workers from taking new pages (for tests and maintenance).
     pub(crate) fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::SeqCst);

@@ -42,7 +42,14 @@ pub(crate) struct WalCatchUp {
 
 impl OfflineStore {
     pub(crate) fn open(data_dir: &Path) -> Result<OfflineStore, StoreError> {
-        let lock = DataDirLock::acquire(data_dir)?;
+        Self::open_locked(data_dir, DataDirLock::acquire(data_dir)?)
+    }
+
+    /// Opens the directory whose lock the caller took.
+    pub(crate) fn open_locked(
+        data_dir: &Path,
+        lock: DataDirLock,
+    ) -> Result<OfflineStore, StoreError> {
         let meta = HelperMeta::load(data_dir)?.ok_or_else(|| StoreError::DataDir {
             dir: data_dir.to_path_buf(),
             source: std::io::Error::new(

@@ -25,6 +25,21 @@
 //! GIN, GiST, hash, SP-GiST and
 //! the generic WAL of bloom, rum or pgvector indexes are replayed) is reported, and the
 //! command fails, so the operator knows it was not covered.
+//!
+//! As PostgreSQL's pre-start step (`ExecStartPre=`, `--if-needed` of the command), it must
+//! work whether or not `redo-helper run` is up:
+//! - a clean shutdown (pg_control `DB_SHUTDOWNED`, or `DB_SHUTDOWNED_IN_RECOVERY` for a
+//!   standby: its shutdown restartpoint, or the one before it, covers what was written) is
+//!   recognised from pg_control alone: nothing is done and the helper's directory is not
+//!   opened, so its lock is not needed;
+//! - after a crash, the repair needs the directory to itself: it appends the WAL from
+//!   `pg_wal` to the helper's archive, which the running helper also writes. Reading pages
+//!   through the helper's API instead would miss that WAL (the helper cannot stream it:
+//!   PostgreSQL is down until the repair is done). So the running helper is asked to hand
+//!   the directory over (`store::lock`: a request file and SIGUSR1): it stops cleanly,
+//!   re-executes itself and waits; the repair takes the lock, repairs, releases it, and the
+//!   helper starts again from the archive the repair extended, then streams on from its
+//!   end once PostgreSQL is up.
 
 use super::StoreError;
 use super::check::{known_pages, masked_difference, page_kind_hint};
@@ -111,6 +126,9 @@ pub(crate) struct RepairOptions {
     /// (faster on a large cluster; a torn hint-bit-only write is then left to PostgreSQL's
     /// checksum verification to report).
     pub changed_only: bool,
+    /// When a running helper holds the directory: ask it to hand it over and wait this long
+    /// (None: fail, the directory is in use).
+    pub hand_over: Option<Duration>,
 }
 
 /// What [`repair`] reports while it works (the command prints it).
@@ -297,7 +315,11 @@ pub(crate) fn repair(
     // directory meanwhile, and none may be running now.
     let _lock = crate::pgdata::lock::PostmasterLock::acquire(pgdata)?;
     let control = ControlFile::read(pgdata)?;
-    if control.state == DbState::ShutDown && !opts.even_if_clean {
+    let clean = matches!(
+        control.state,
+        DbState::ShutDown | DbState::ShutDownInRecovery
+    );
+    if clean && !opts.even_if_clean {
         // A clean shutdown ends with a checkpoint that wrote and fsynced every page: nothing
         // can be torn, and a start-up hook costs no more than reading pg_control.
         progress(RepairProgress::CleanShutdown {
@@ -341,7 +363,11 @@ pub(crate) fn repair(
             });
         }
     }
-    let mut offline = OfflineStore::open(&opts.data_dir)?;
+    let (lock, _request) =
+        crate::store::lock::DataDirLock::take_over(&opts.data_dir, opts.hand_over)
+            .map_err(StoreError::from)?;
+    // Dropped before `_request` (declared later): the helper waits for the request to go.
+    let mut offline = OfflineStore::open_locked(&opts.data_dir, lock)?;
     // Retention may have moved the history's start past the backup: the index then no
     // longer knows which pages changed between the REDO location and the horizon, and
     // `changed` below would call such a page unchanged.

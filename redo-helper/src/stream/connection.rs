@@ -530,6 +530,12 @@ impl PgConnection {
         self.flush().await
     }
 
+    /// Ends the COPY (START_REPLICATION's stream) from our side.
+    pub(crate) async fn send_copy_done(&mut self) -> Result<()> {
+        frontend::copy_done(&mut self.wbuf);
+        self.flush().await
+    }
+
     pub(crate) async fn terminate(mut self) {
         frontend::terminate(&mut self.wbuf);
         let _ = self.flush().await;

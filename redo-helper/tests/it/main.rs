@@ -27,6 +27,7 @@ mod redo_verify;
 mod repair;
 mod retention;
 mod serve_pages;
+mod service;
 mod spgist;
 mod versions;
 mod waldump_parity;
