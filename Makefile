@@ -18,7 +18,7 @@ build: setup
 install: setup
 	cd extension && $(CARGO) pgrx install --release --pg-config $(PG_CONFIG)
 
-test: setup test-rust test-pgrx test-pg
+test: setup test-rust test-pgrx test-pg test-pg-versions
 	@echo "make test: all test suites passed"
 
 # Plain-Rust tests of the pgrx-free core (decoder, ...).
@@ -57,3 +57,29 @@ lint: setup
 clean:
 	$(CARGO) clean
 	rm -rf pg_tests/results
+
+# --- The extension on PostgreSQL 17 and 18 ---
+# The npm servers in /opt/fpw_pushdown/pg/<major> with Debian's headers and a pg_config of ours
+# in /opt/fpw_pushdown/pgdev/<major> (scripts/pg-versions.sh, scripts/pg-dev.sh; make setup).
+PG_DEV_DIR ?= /opt/fpw_pushdown/pgdev
+
+.PHONY: install-pg17 install-pg18 test-pgrx-17 test-pgrx-18 test-pg-17 test-pg-18 test-pg-versions
+
+# Release build into that server's lib/postgresql and share/postgresql/extension.
+install-pg17 install-pg18: install-pg%: setup
+	cd extension && $(CARGO) pgrx install --release --pg-config $(PG_DEV_DIR)/$*/bin/pg_config
+
+test-pgrx-17 test-pgrx-18: test-pgrx-%:
+	rm -rf $(PGDATA_PGRX_TEST)-$*
+	cd extension && $(CARGO) pgrx test pg$* --runas postgres --pgdata $(PGDATA_PGRX_TEST)-$*
+	rm -rf $(PGDATA_PGRX_TEST)-$*
+
+# pg_regress suites "versions" and "minimal" (pg_tests/run.sh). A debug build is installed:
+# it shares its compiled pgrx with `cargo pgrx test` above instead of a slow release build.
+test-pg-17 test-pg-18: test-pg-%:
+	$(CARGO) build --release -p redo-helper
+	cd extension && $(CARGO) pgrx install --pg-config $(PG_DEV_DIR)/$*/bin/pg_config
+	FPW_PG_MAJOR=$* bash pg_tests/run.sh
+
+test-pg-versions: test-pgrx-17 test-pg-17 test-pgrx-18 test-pg-18
+	@echo "make test-pg-versions: the extension's suites passed on PostgreSQL 17 and 18"
