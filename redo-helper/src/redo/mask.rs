@@ -204,9 +204,16 @@ pub(crate) fn gin_mask(page: &mut Page) {
 /// purpose LSN"), F_FOLLOW_RIGHT (set on every page: the left child loses it after the WAL
 /// record is written, see `gistplacetopage`), the line pointer flags of leaves (LP_DEAD is
 /// set without WAL by `gistkillitems`) and F_HAS_GARBAGE (redo never sets it).
+///
+/// Unlike PostgreSQL's, it also masks F_TUPLES_DELETED: minor releases of one major version
+/// disagree about it (17.10 and 18.4 set it when VACUUM or its redo deletes leaf tuples;
+/// 15.20 and 17.12 removed `GistMarkTuplesDeleted`), the WAL does not say which behaviour
+/// wrote it, and no reader looks at it (it is the deprecated "old-style VACUUM FULL" flag).
+/// The redo does not set it.
 pub(crate) fn gist_mask(page: &mut Page) {
     use super::gist::{
-        F_FOLLOW_RIGHT, F_HAS_GARBAGE, F_LEAF, GIST_SPECIAL_SIZE, OPAQUE_FLAGS, OPAQUE_NSN,
+        F_FOLLOW_RIGHT, F_HAS_GARBAGE, F_LEAF, F_TUPLES_DELETED, GIST_SPECIAL_SIZE, OPAQUE_FLAGS,
+        OPAQUE_NSN,
     };
     mask_page_lsn_and_checksum(page);
     mask_page_hint_bits(page);
@@ -222,7 +229,11 @@ pub(crate) fn gist_mask(page: &mut Page) {
     if flags & F_LEAF != 0 {
         mask_lp_flags(page);
     }
-    put_u16(page, special + OPAQUE_FLAGS, flags & !F_HAS_GARBAGE);
+    put_u16(
+        page,
+        special + OPAQUE_FLAGS,
+        flags & !(F_HAS_GARBAGE | F_TUPLES_DELETED),
+    );
 }
 
 /// `hash_mask`: LSN, checksum, hint bits and the hole on every hash page; an unused page

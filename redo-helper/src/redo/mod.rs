@@ -41,7 +41,7 @@ use crate::wal::block::{BlockRef, ForkNumber, PageKey};
 use crate::wal::error::WalError;
 use crate::wal::page::Lsn;
 use crate::wal::record::DecodedRecord;
-use crate::wal::rmgr::{self, RmgrId, record_type_name};
+use crate::wal::rmgr::{self, RmgrId};
 use page::{Page, PageLayout, PageShapeError};
 
 pub(crate) use smgr::{RelationChange, relation_changes};
@@ -146,7 +146,7 @@ impl RedoError {
         RedoError {
             lsn: rec.lsn,
             rmgr: RmgrId(rec.rmid()).name().into_owned(),
-            record: record_type_name(rec.rmid(), rec.info()).into_owned(),
+            record: rmgr::record_type_name_of(rec.version, rec.rmid(), rec.info()).into_owned(),
             page,
             kind,
         }
@@ -211,6 +211,26 @@ fn apply_block_kind(
     } else if page.lsn() >= rec.end_lsn {
         return Ok(BlockOutcome::AlreadyApplied);
     }
+    if block.fork == ForkNumber::VM
+        && matches!(rec.rmid(), rmgr::RM_HEAP_ID | rmgr::RM_HEAP2_ID)
+        && let clears = vm::implicit_vm_clears(rec)
+            .into_iter()
+            .filter(|c| c.vm_page == block.page_key())
+            .collect::<Vec<_>>()
+        && !clears.is_empty()
+    {
+        // Newer minor releases (upstream's "Fix VM clear WAL logging by registering VM
+        // blocks": 17.12, 18.5 and later) register the VM page a heap record clears as a
+        // block reference (HEAP_INSERT_BLKREF_VM, HEAP_UPDATE_BLKREF_VM_NEW/_OLD, ...);
+        // heap_xlog_vm_clear then clears the bits the record's flags name on it, like the
+        // implicit clear of older releases, but only when the page LSN says it is not done
+        // yet, and stamps it.
+        for c in clears {
+            vm::clear(page, c.heap_blk, c.flags);
+        }
+        page.set_lsn(rec.end_lsn);
+        return Ok(BlockOutcome::Applied);
+    }
     let rule = match rec.rmid() {
         rmgr::RM_XLOG_ID => xlog::redo_block(rec, block, page)?,
         rmgr::RM_HEAP_ID => heap::redo_block(rec, block, page)?,
@@ -241,10 +261,12 @@ pub(crate) enum ImplicitChange {
     VmTruncateTail { nheapblocks: u32 },
 }
 
-/// The pages `rec` changes without a block reference.
+/// The pages `rec` changes without a block reference. A VM page the record references
+/// (newer minor releases register it) is changed through its block reference instead.
 pub(crate) fn implicit_changes(rec: &DecodedRecord) -> Vec<(PageKey, ImplicitChange)> {
     let mut out: Vec<(PageKey, ImplicitChange)> = vm::implicit_vm_clears(rec)
         .into_iter()
+        .filter(|c| !rec.blocks().iter().any(|b| b.page_key() == c.vm_page))
         .map(|c| {
             (
                 c.vm_page,
@@ -433,10 +455,13 @@ mod fuzz {
                 (proptest::collection::vec(any::<u8>(), 0..160), any::<bool>()), 1..5),
             seed in proptest::collection::vec(any::<u8>(), 0..96),
             blk in 0u32..4,
+            version in 0..crate::wal::PgVersion::ALL.len(),
         ) {
-            let Some(rec) = record(RMGRS[rmgr], info & 0xF0, &blocks, &main, blk) else {
+            let Some(mut rec) = record(RMGRS[rmgr], info & 0xF0, &blocks, &main, blk) else {
                 return Ok(());
             };
+            // Every version's layouts (16's freeze plans, 17's prune sub-records, ...).
+            rec.version = crate::wal::PgVersion::ALL[version];
             let ctx = RedoContext { data_checksums: true, wal_log_hints: false };
             for start in pages(&seed) {
                 for block in rec.blocks() {
@@ -445,5 +470,75 @@ mod fuzz {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod registered_vm_block {
+    use super::*;
+    use crate::wal::block::{BKPBLOCK_HAS_DATA, BKPBLOCK_SAME_REL, XLR_BLOCK_ID_DATA_SHORT};
+    use crate::wal::page::BLCKSZ;
+    use crate::wal::record::tests::build_record;
+
+    /// A heap INSERT clearing the all-visible bits of heap block 3, with (newer minor
+    /// releases) or without (older ones) the VM page as block reference 1.
+    fn insert(register_vm: bool) -> DecodedRecord {
+        let tuple = [0u8, 0, 0, 0, 24, 1, 2, 3]; // xl_heap_header (5 bytes), then data
+        let mut body = vec![0u8, BKPBLOCK_HAS_DATA, tuple.len() as u8, 0];
+        for v in [1663u32, 5, 16384, 3] {
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+        if register_vm {
+            body.extend_from_slice(&[1, BKPBLOCK_SAME_REL | ForkNumber::VM.0, 0, 0]);
+            body.extend_from_slice(&0u32.to_le_bytes());
+        }
+        body.extend_from_slice(&[XLR_BLOCK_ID_DATA_SHORT, 3]);
+        body.extend_from_slice(&tuple);
+        // xl_heap_insert: offnum 1, XLH_INSERT_ALL_VISIBLE_CLEARED.
+        body.extend_from_slice(&[1, 0, 1]);
+        let raw = build_record(rmgr::RM_HEAP_ID, 0, 7, Lsn(0x100_0000), &body);
+        DecodedRecord::from_raw(Lsn(0x200_0000), raw).expect("record decodes")
+    }
+
+    fn vm_page_with_bits() -> Box<Page> {
+        let mut p = Box::new([0u8; BLCKSZ]);
+        p.init(0);
+        for b in 0..8 {
+            vm::set(&mut p, b, vm::VISIBILITYMAP_VALID_BITS);
+        }
+        p
+    }
+
+    #[test]
+    fn a_registered_vm_page_is_cleared_through_its_block_and_stamped() {
+        let rec = insert(true);
+        let vm_block = rec.block(1).copied().expect("block 1");
+        assert_eq!(vm_block.fork, ForkNumber::VM);
+        // The implicit clear gives way to the block reference.
+        assert!(implicit_changes(&rec).is_empty());
+        let mut page = vm_page_with_bits();
+        let before = page.clone();
+        let ctx = RedoContext::default();
+        let out = apply_block(&mut page, &rec, &vm_block, &ctx).expect("applies");
+        assert_eq!(out, BlockOutcome::Applied);
+        assert_eq!(page.lsn(), rec.end_lsn);
+        let mut expected = before.clone();
+        vm::clear(&mut expected, 3, vm::VISIBILITYMAP_VALID_BITS);
+        assert_eq!(page[24..], expected[24..]);
+        // Replayed again: its LSN says done.
+        assert_eq!(
+            apply_block(&mut page, &rec, &vm_block, &ctx).expect("applies"),
+            BlockOutcome::AlreadyApplied
+        );
+    }
+
+    #[test]
+    fn without_the_block_the_clear_is_implicit_and_unstamped() {
+        let rec = insert(false);
+        let changes = implicit_changes(&rec);
+        assert_eq!(changes.len(), 1);
+        let mut page = vm_page_with_bits();
+        apply_implicit(&mut page, changes[0].1);
+        assert_eq!(page.lsn(), Lsn(0));
     }
 }

@@ -5,6 +5,8 @@
 //! reference the VM page; redo pins and clears it itself, whatever the heap page's LSN, and
 //! without touching the VM page's LSN. The engine derives that page from the record
 //! ([`implicit_vm_clears`]) so the store can index and replay it like a block reference.
+//! Newer minor releases (17.12, 18.5 and later) do reference it: the same clears then go
+//! through that block reference (`redo::apply_block`), LSN-checked and stamped.
 
 use super::page::{Page, PageLayout, SIZE_OF_PAGE_HEADER, maxalign};
 use crate::wal::block::{ForkNumber, PageKey};

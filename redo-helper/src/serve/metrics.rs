@@ -41,7 +41,7 @@ const STATES: [(RunState, &str); 6] = [
 ];
 
 /// Workers whose panics are counted (always listed, so alerts work from the first scrape).
-const SUPERVISED_WORKERS: [&str; 2] = ["imagegen", "retention"];
+const SUPERVISED_WORKERS: [&str; 4] = ["imagegen", "retention", "wal-upload", "image-upload"];
 
 /// Buckets of a time to rebuild a page, in seconds: 10 µs to about 2.6 s, doubling. A cached
 /// page takes microseconds; a long chain replayed from the archive, milliseconds to seconds.
@@ -84,6 +84,46 @@ impl Collector for Labelled {
             )?;
             for (value, n) in &self.values {
                 ConstGauge::new(*n).encode(family.encode_family(&[(self.label, *value)])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Object storage (`run --object-store`): requests by operation and object kind, bytes by
+/// direction and kind (two labels, which [`Labelled`] does not do).
+#[derive(Debug)]
+struct ObjectStoreCounters(crate::store::remote::RemoteCounters);
+
+impl Collector for ObjectStoreCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::store::remote::{KINDS, OPS};
+        let c = &self.0;
+        let mut family = encoder.encode_descriptor(
+            "redo_helper_object_store_requests",
+            "object store requests by operation and object kind",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (o, op) in OPS.iter().enumerate() {
+            for (k, kind) in KINDS.iter().enumerate() {
+                ConstCounter::new(c.requests[o][k])
+                    .encode(family.encode_family(&[("op", *op), ("kind", *kind)])?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "redo_helper_object_store_bytes",
+            "bytes sent to and received from the object store",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (k, kind) in KINDS.iter().enumerate() {
+            for (direction, n) in [
+                ("upload", c.bytes_uploaded[k]),
+                ("download", c.bytes_downloaded[k]),
+            ] {
+                ConstCounter::new(n)
+                    .encode(family.encode_family(&[("direction", direction), ("kind", *kind)])?)?;
             }
         }
         Ok(())
@@ -322,6 +362,18 @@ fn register_status(m: &mut Exposition, s: &HelperStatus) {
         "redo_helper_retention_last_duration_seconds",
         "duration of the last retention pass",
         last.duration_ms as f64 / 1000.0,
+    );
+    let os = crate::store::remote::counters();
+    m.0.register_collector(Box::new(ObjectStoreCounters(os)));
+    m.gauge(
+        "redo_helper_object_store_wal_lsn",
+        "end of the contiguous WAL in the object store (flush acknowledgements never pass it)",
+        os.wal_lsn,
+    );
+    m.gauge(
+        "redo_helper_object_store_failing",
+        "1 while WAL uploads to the object store fail",
+        u64::from(os.failing),
     );
     let panics = crate::sync::supervise::panics();
     m.0.register_collector(Box::new(Labelled {

@@ -68,6 +68,13 @@ fn flushed_path(dir: &Path) -> PathBuf {
     dir.join("flushed")
 }
 
+/// Records `lsn` as the flush position of the archive in `dir` (a restored archive: see
+/// `remote::Remote::restore`).
+pub(crate) fn record_flush_position(dir: &Path, lsn: Lsn) -> Result<(), ArchiveError> {
+    let path = flushed_path(dir);
+    write_atomic(&path, &flushed_record(lsn)).map_err(|source| ArchiveError::Io { path, source })
+}
+
 impl WalArchive {
     /// Opens (or creates) the archive; a new archive starts at `start`.
     pub(crate) fn open(
@@ -375,7 +382,11 @@ pub(crate) enum RecordReadError {
 }
 
 impl RecordReader {
-    pub(crate) fn new(archive: &WalArchive, system_identifier: u64) -> RecordReader {
+    pub(crate) fn new(
+        archive: &WalArchive,
+        system_identifier: u64,
+        version: crate::wal::PgVersion,
+    ) -> RecordReader {
         RecordReader {
             dir: archive.dir.clone(),
             segment_size: archive.segment_size,
@@ -384,6 +395,9 @@ impl RecordReader {
                 segment_size: archive.segment_size,
                 system_identifier: Some(system_identifier),
                 timeline: Some(archive.timeline),
+                // Records are read from their start, not a page header: the version
+                // cannot be learnt and must be given.
+                version: Some(version),
             },
             buf: Vec::new(),
             open: None,
@@ -585,7 +599,7 @@ mod tests {
         let mut archive = WalArchive::open(&dir, DEFAULT_SEGMENT_SIZE, 1, Lsn(SEG_START)).unwrap();
         archive.write(Lsn(SEG_START), &w.out).unwrap();
         archive.flush().unwrap();
-        let mut reader = RecordReader::new(&archive, 7);
+        let mut reader = RecordReader::new(&archive, 7, crate::wal::PgVersion::V15);
         let mut rec = DecodedRecord::default();
         // Forwards, backwards, and strided, all with the same reader.
         let n = expect.len();

@@ -91,7 +91,7 @@ pub(crate) struct CompactStats {
     pub bytes_freed: u64,
 }
 
-fn file_path(dir: &Path, n: u32) -> PathBuf {
+pub(crate) fn file_path(dir: &Path, n: u32) -> PathBuf {
     dir.join(format!("images-{n:06}.dat"))
 }
 
@@ -444,6 +444,14 @@ impl ImageStore {
             path: self.dir.clone(),
             source,
         })
+    }
+
+    /// Every image file with its length in bytes (whole entries), by file number.
+    pub(crate) fn file_lengths(&self) -> Vec<(u32, u64)> {
+        self.file_entries
+            .iter()
+            .map(|(n, e)| (*n, e * ENTRY_SIZE as u64))
+            .collect()
     }
 
     /// The directory of the image files.

@@ -36,6 +36,7 @@ impl Ingest {
             segment_size: meta.segment_size,
             system_identifier: Some(meta.system_identifier),
             timeline: Some(meta.timeline),
+            version: Some(meta.pg_version),
         };
         let decoder = WalStreamDecoder::new(start, cfg)
             .map_err(|source| StoreError::Decode { lsn: start, source })?;

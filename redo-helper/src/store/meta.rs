@@ -23,6 +23,11 @@ pub(crate) struct HelperMeta {
     /// `wal_log_hints` of the cluster at bootstrap.
     #[serde(default)]
     pub wal_log_hints: bool,
+    /// PostgreSQL major version of the cluster (`server_version_num` at bootstrap; written
+    /// as its major number; absent in directories bootstrapped before 16..18 were
+    /// supported, which followed 15).
+    #[serde(default)]
+    pub pg_version: crate::wal::PgVersion,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +133,7 @@ mod tests {
             created_unix: 0,
             data_checksums: true,
             wal_log_hints: false,
+            pg_version: crate::wal::PgVersion::V17,
         }
     }
 

@@ -24,6 +24,7 @@ pub(crate) mod lock;
 pub(crate) mod meta;
 pub(crate) mod offline;
 pub(crate) mod page_store;
+pub(crate) mod remote;
 pub(crate) mod repair;
 pub(crate) mod replay;
 pub(crate) mod retention;
@@ -48,6 +49,8 @@ pub(crate) enum StoreError {
     Images(#[from] images::ImageStoreError),
     #[error(transparent)]
     Retention(#[from] retention::RetentionError),
+    #[error(transparent)]
+    Remote(#[from] remote::RemoteError),
     #[error("WAL decoding failed at {lsn}: {source}")]
     Decode { lsn: Lsn, source: WalError },
     #[error("cannot use data directory {dir}: {source}")]

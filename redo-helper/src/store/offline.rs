@@ -86,6 +86,7 @@ impl OfflineStore {
         let opts = FileReaderOptions {
             timeline: Some(self.meta.timeline),
             system_identifier: Some(self.meta.system_identifier),
+            version: Some(self.meta.pg_version),
             ..Default::default()
         };
         let mut reader = match WalFileReader::open(pg_wal, start, opts) {
@@ -237,6 +238,7 @@ pub(crate) fn open_store(
         images,
         archive,
         meta.system_identifier,
+        meta.pg_version,
         meta.start_lsn(),
         crate::redo::RedoEngine {
             ctx: meta.redo_context(),

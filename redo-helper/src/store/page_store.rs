@@ -305,6 +305,7 @@ impl PageStore {
         images: ImageStore,
         archive: &WalArchive,
         system_identifier: u64,
+        version: crate::wal::PgVersion,
         backup_start: Lsn,
         redo: RedoEngine,
     ) -> PageStore {
@@ -318,7 +319,7 @@ impl PageStore {
                 capacity: DEFAULT_CACHE_PAGES,
                 ..PageCache::default()
             }),
-            archive: RecordReader::new(archive, system_identifier)
+            archive: RecordReader::new(archive, system_identifier, version)
                 .with_recent(Arc::clone(&recent_wal)),
             recent_wal,
             readers: Mutex::new(Vec::new()),

@@ -66,6 +66,15 @@ pub(crate) enum RepairError {
         helper: u32,
     },
     #[error(
+        "{pgdata} is a cluster with pg_control_version {cluster}, but the helper follows {helper} (pg_control_version {expected})"
+    )]
+    WrongVersion {
+        pgdata: PathBuf,
+        cluster: u32,
+        helper: crate::wal::PgVersion,
+        expected: u32,
+    },
+    #[error(
         "the last checkpoint's REDO location {redo} is before the helper's history ({start}): pages changed since then are not all known"
     )]
     RedoBeforeHistory { redo: Lsn, start: Lsn },
@@ -315,6 +324,14 @@ pub(crate) fn repair(
                 pgdata: pgdata.clone(),
                 cluster: control.timeline,
                 helper: meta.timeline,
+            });
+        }
+        if control.version.control_version() != meta.pg_version.control_version() {
+            return Err(RepairError::WrongVersion {
+                pgdata: pgdata.clone(),
+                cluster: control.version.control_version(),
+                helper: meta.pg_version,
+                expected: meta.pg_version.control_version(),
             });
         }
         if control.redo < meta.start_lsn() {

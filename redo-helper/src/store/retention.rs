@@ -244,6 +244,8 @@ pub(crate) enum RetentionError {
     Damaged { path: PathBuf, reason: String },
     #[error(transparent)]
     Images(#[from] ImageStoreError),
+    #[error(transparent)]
+    Remote(#[from] super::remote::RemoteError),
     #[error("rebasing {key}: {source}")]
     Page {
         key: PageKey,
@@ -409,6 +411,9 @@ pub(crate) struct Retention {
     /// pass that failed after saving its state).
     cleanup_pending: AtomicBool,
     status: Mutex<RetentionStatus>,
+    /// In object-storage mode: the bucket gets the images and state before its WAL goes,
+    /// and the horizon never passes the WAL the bucket holds.
+    uploader: std::sync::OnceLock<Arc<super::remote::WalUploader>>,
 }
 
 /// Live-entry share below which an image file is compacted.
@@ -445,9 +450,15 @@ impl Retention {
                 retain: policy.to_string(),
                 ..RetentionStatus::default()
             }),
+            uploader: std::sync::OnceLock::new(),
         });
         r.refresh_disk_usage();
         r
+    }
+
+    /// Object-storage mode (set once, before the first pass).
+    pub(crate) fn set_uploader(&self, uploader: Arc<super::remote::WalUploader>) {
+        let _ = self.uploader.set(uploader);
     }
 
     pub(crate) fn status(&self) -> RetentionStatus {
@@ -542,7 +553,12 @@ impl Retention {
         };
         let target = keep_from
             .filter(|_| end >= self.backup_end)
-            .map(|k| horizon_for(k, current, self.segment_size));
+            .map(|k| horizon_for(k, current, self.segment_size))
+            // WAL not yet in the bucket stays: the bucket's copy is what a resume reads.
+            .map(|h| match self.uploader.get() {
+                Some(u) => h.min(u.uploaded().segment_start(self.segment_size)),
+                None => h,
+            });
         let mut stats = PassStats::default();
         let moved = match target {
             Some(h) if h > current => {
@@ -704,8 +720,12 @@ impl Retention {
                 }
             }
         }
-        // Every image a skipped page relies on, and every rebased one, is durable first.
+        // Every image a skipped page relies on, and every rebased one, is durable first
+        // (and in the bucket, which a resume reads).
         read(&store.images).sync()?;
+        if let Some(u) = self.uploader.get() {
+            u.upload_images(store)?;
+        }
 
         let state = {
             let idx = read(&store.index);
@@ -741,6 +761,9 @@ impl Retention {
             }
         };
         state.store(&self.data_dir)?;
+        if let Some(u) = self.uploader.get() {
+            u.remote().put_retention_state(&self.data_dir)?;
+        }
         // From here on the files below the horizon may go (even after a crash).
         self.cleanup_pending.store(true, Ordering::SeqCst);
         store.set_horizon(horizon);
@@ -790,6 +813,10 @@ impl Retention {
                 source,
             })?;
         }
+        if let Some(u) = self.uploader.get() {
+            u.remote()
+                .delete_wal_before(horizon_segno, self.segment_size)?;
+        }
         {
             // Lock order: image store, then index (as reads take them).
             let mut images = write(&self.store.images);
@@ -811,6 +838,10 @@ impl Retention {
                 }
                 None => break,
             }
+        }
+        // Entries compaction moved are in the bucket before the old files' objects go.
+        if let Some(u) = self.uploader.get() {
+            u.upload_images(&self.store)?;
         }
         Ok(())
     }

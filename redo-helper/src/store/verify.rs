@@ -143,6 +143,7 @@ pub(crate) fn verify(opts: &VerifyOptions) -> Result<VerifySummary, VerifyError>
         timeline: Some(meta.timeline),
         end: Some(end),
         system_identifier: Some(meta.system_identifier),
+        version: Some(meta.pg_version),
         read_ahead: true,
         ..Default::default()
     };

@@ -187,6 +187,9 @@ pub(crate) struct PgConnection {
     rbuf: BytesMut,
     wbuf: BytesMut,
     target: String,
+    /// `server_version_num` or, when the server does not report it (17 does not, on a
+    /// replication connection), `server_version`, from the start-up ParameterStatus messages.
+    server_version: Option<(String, String)>,
 }
 
 pub(crate) type Result<T> = std::result::Result<T, ConnectionError>;
@@ -226,6 +229,7 @@ impl PgConnection {
             rbuf: BytesMut::with_capacity(1 << 16),
             wbuf: BytesMut::new(),
             target,
+            server_version: None,
         };
         let params = [
             ("user", info.user.as_str()),
@@ -343,9 +347,19 @@ impl PgConnection {
                 }
                 Message::ErrorResponse(body) => return Err(self.server_error(&body)),
                 Message::ReadyForQuery(_) => return Ok(()),
-                Message::ParameterStatus(_)
-                | Message::BackendKeyData(_)
-                | Message::NoticeResponse(_) => {}
+                Message::ParameterStatus(body) => {
+                    let name = body.name().map_err(|e| self.io(e))?;
+                    let numeric = name == "server_version_num";
+                    let have_numeric = self
+                        .server_version
+                        .as_ref()
+                        .is_some_and(|(n, _)| n == "server_version_num");
+                    if numeric || (name == "server_version" && !have_numeric) {
+                        let value = body.value().map_err(|e| self.io(e))?.to_string();
+                        self.server_version = Some((name.to_string(), value));
+                    }
+                }
+                Message::BackendKeyData(_) | Message::NoticeResponse(_) => {}
                 Message::AuthenticationGss
                 | Message::AuthenticationKerberosV5
                 | Message::AuthenticationSspi
@@ -355,6 +369,19 @@ impl PgConnection {
                 }
                 _ => return Err(self.protocol("unexpected message during authentication")),
             }
+        }
+    }
+
+    /// The server's PostgreSQL major version, from what it reported at start-up.
+    pub(crate) fn server_version(
+        &self,
+    ) -> std::result::Result<crate::wal::PgVersion, crate::wal::VersionError> {
+        match &self.server_version {
+            Some((name, v)) if name == "server_version_num" => {
+                crate::wal::PgVersion::from_server_version_num(v)
+            }
+            Some((_, v)) => crate::wal::PgVersion::from_server_version(v),
+            None => Err(crate::wal::VersionError::ServerVersionMissing),
         }
     }
 

@@ -192,6 +192,16 @@ fn xact_desc(
     Ok(())
 }
 
+/// `wal_level` as `get_wal_level_string` (17) names it.
+fn wal_level_name(level: i32) -> &'static str {
+    match level {
+        0 => "minimal",
+        1 => "replica",
+        2 => "logical",
+        _ => "?",
+    }
+}
+
 fn xlog_desc(
     buf: &mut String,
     rec: &DecodedRecord,
@@ -202,9 +212,14 @@ fn xlog_desc(
             shutdown,
             checkpoint: c,
         } => {
+            // 17 prints the wal_level after fpw (xlogdesc.c).
+            let wal_level = c
+                .wal_level
+                .map(|l| format!(" wal_level {};", wal_level_name(l)))
+                .unwrap_or_default();
             let _ = write!(
                 buf,
-                "redo {}; tli {}; prev tli {}; fpw {}; xid {}:{}; oid {}; multi {}; offset {}; \
+                "redo {}; tli {}; prev tli {}; fpw {};{wal_level} xid {}:{}; oid {}; multi {}; offset {}; \
                  oldest xid {} in DB {}; oldest multi {} in DB {}; \
                  oldest/newest commit timestamp xid: {}/{}; oldest running xid {}; {}",
                 ShortLsn(c.redo),
@@ -233,13 +248,11 @@ fn xlog_desc(
         XlogRecord::BackupEnd(lsn) => {
             let _ = write!(buf, "{}", ShortLsn(lsn));
         }
+        XlogRecord::CheckpointRedo { wal_level } => {
+            let _ = write!(buf, "wal_level {}", wal_level_name(wal_level));
+        }
         XlogRecord::ParameterChange(p) => {
-            let wal_level = match p.wal_level {
-                0 => "minimal",
-                1 => "replica",
-                2 => "logical",
-                _ => "?",
-            };
+            let wal_level = wal_level_name(p.wal_level);
             let onoff = |b: bool| if b { "on" } else { "off" };
             let _ = write!(
                 buf,
@@ -260,12 +273,16 @@ fn xlog_desc(
             end_time,
             this_timeline,
             prev_timeline,
+            wal_level,
         } => {
             let _ = write!(
                 buf,
                 "tli {this_timeline}; prev tli {prev_timeline}; time {}",
                 timestamptz_to_str(end_time)
             );
+            if let Some(l) = wal_level {
+                let _ = write!(buf, "; wal_level {}", wal_level_name(l));
+            }
         }
         XlogRecord::OverwriteContrecord {
             overwritten_lsn,
@@ -350,6 +367,32 @@ fn heap2_desc(
         }
         Heap2Record::Vacuum { nunused } => {
             let _ = write!(buf, "nunused {nunused}");
+        }
+        Heap2Record::PruneFreeze {
+            flags,
+            conflict_horizon,
+        } => {
+            if let Some(x) = conflict_horizon {
+                let _ = write!(buf, "snapshotConflictHorizon: {x}, ");
+            }
+            let _ = write!(
+                buf,
+                "isCatalogRel: {}",
+                if flags & XLHP_IS_CATALOG_REL != 0 {
+                    "T"
+                } else {
+                    "F"
+                }
+            );
+        }
+        Heap2Record::FreezePlans {
+            conflict_horizon,
+            nplans,
+        } => {
+            let _ = write!(
+                buf,
+                "snapshotConflictHorizon: {conflict_horizon}, nplans: {nplans}"
+            );
         }
         Heap2Record::FreezePage {
             cutoff_xid,
@@ -1025,7 +1068,12 @@ fn small_desc(
             let _ = write!(buf, "rel {}", s.node);
         }
         RM_CLOG_ID | RM_COMMIT_TS_ID => {
-            let page = r.i32()?;
+            // 17 made SLRU page numbers 64-bit.
+            let page = if rec.version >= crate::wal::PgVersion::V17 {
+                r.i64()?
+            } else {
+                r.i32()?.into()
+            };
             if info == 0x00 {
                 let _ = write!(buf, "page {page}");
             } else if rec.rmid() == RM_CLOG_ID {
@@ -1133,7 +1181,7 @@ pub fn format_record(rec: &DecodedRecord, buf: &mut String) {
         rec.xid(),
         rec.lsn,
         rec.prev(),
-        record_type_name(rec.rmid(), rec.info())
+        crate::wal::rmgr::record_type_name_of(rec.version, rec.rmid(), rec.info())
     );
     describe(rec, buf);
     block_refs(rec, buf);

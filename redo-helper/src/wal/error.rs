@@ -68,6 +68,13 @@ pub enum WalError {
     #[error("invalid magic number {magic:04X} in WAL page at {lsn}")]
     InvalidPageMagic { lsn: Lsn, magic: u16 },
 
+    #[error("WAL page at {lsn} is {found} WAL, expected {expected}")]
+    VersionMismatch {
+        lsn: Lsn,
+        expected: super::version::PgVersion,
+        found: super::version::PgVersion,
+    },
+
     #[error("invalid info bits {info:04X} in WAL page at {lsn}")]
     InvalidPageInfo { lsn: Lsn, info: u16 },
 
@@ -187,6 +194,7 @@ impl WalError {
         match self {
             WalError::EndOfWal { lsn, .. }
             | WalError::InvalidPageMagic { lsn, .. }
+            | WalError::VersionMismatch { lsn, .. }
             | WalError::InvalidPageInfo { lsn, .. }
             | WalError::MissingLongHeader { lsn, .. }
             | WalError::SystemIdMismatch { lsn, .. }

@@ -1,4 +1,4 @@
-//! PostgreSQL 15 WAL decoding: page headers, record assembly, block references, FPI
+//! PostgreSQL 15 to 18 WAL decoding: page headers, record assembly, block references, FPI
 //! decompression and typed views of record main data.
 //!
 //! Entry points:
@@ -16,6 +16,7 @@ pub mod reader;
 pub mod record;
 pub mod rmgr;
 pub mod stats;
+pub mod version;
 
 pub use block::{BlockImageHeader, BlockRef, ForkNumber, PageKey, RelFileLocator};
 pub use error::{CompressionMethod, EndOfWalReason, MainDataError, WalError};
@@ -23,3 +24,4 @@ pub use page::{BLCKSZ, Lsn, WalPageHeader, XLOG_BLCKSZ};
 pub use reader::{DecoderConfig, FileReaderOptions, WalFileReader, WalStreamDecoder};
 pub use record::{DecodedRecord, XLogRecord};
 pub use rmgr::RmgrId;
+pub use version::{PgVersion, VersionError};

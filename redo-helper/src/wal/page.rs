@@ -13,7 +13,7 @@ use std::str::FromStr;
 pub const XLOG_BLCKSZ: usize = 8192;
 /// Relation page size (`BLCKSZ`); full page images restore to exactly this many bytes.
 pub const BLCKSZ: usize = 8192;
-/// `XLOG_PAGE_MAGIC` for PostgreSQL 15 WAL.
+/// `XLOG_PAGE_MAGIC` of PostgreSQL 15 WAL (each version's is [`super::PgVersion::page_magic`]).
 pub const XLOG_PAGE_MAGIC: u16 = 0xD110;
 /// `SizeOfXLogShortPHD`: MAXALIGN(sizeof(XLogPageHeaderData)).
 pub const SIZE_OF_SHORT_PAGE_HEADER: usize = 24;

@@ -18,6 +18,7 @@ use super::error::{EndOfWalReason, WalError};
 use super::page::*;
 use super::record::*;
 use super::rmgr::{RM_XLOG_ID, RmgrId, XLOG_SWITCH};
+use super::version::PgVersion;
 
 /// What the decoder must know about the WAL it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,9 @@ pub struct DecoderConfig {
     /// Highest timeline pages may carry (the timeline being read). `None`: not checked
     /// beyond PostgreSQL's "timeline never goes backwards" rule.
     pub timeline: Option<u32>,
+    /// Expected PostgreSQL major version (its `XLOG_PAGE_MAGIC`). `None`: learnt from the
+    /// first page header seen; every later page must carry the same magic.
+    pub version: Option<PgVersion>,
 }
 
 impl Default for DecoderConfig {
@@ -37,6 +41,7 @@ impl Default for DecoderConfig {
             segment_size: DEFAULT_SEGMENT_SIZE,
             system_identifier: None,
             timeline: None,
+            version: None,
         }
     }
 }
@@ -474,6 +479,9 @@ impl WalStreamDecoder {
         out.lsn = start;
         out.end_lsn = end;
         out.header = header;
+        // Records of a stream decoded from its start carry the version of the pages read;
+        // one started mid-record (no page header yet) is read as the configured one.
+        out.version = self.cfg.version.unwrap_or_default();
         if self.defer_verification {
             out.blocks.clear();
             out.main_data_len = 0;
@@ -565,11 +573,22 @@ impl WalStreamDecoder {
                 reason: EndOfWalReason::ZeroedPage,
             });
         }
-        if hdr.magic != XLOG_PAGE_MAGIC {
-            return Err(WalError::InvalidPageMagic {
-                lsn: page_lsn,
-                magic: hdr.magic,
-            });
+        match (PgVersion::from_page_magic(hdr.magic), self.cfg.version) {
+            (Some(found), Some(expected)) if found != expected => {
+                return Err(WalError::VersionMismatch {
+                    lsn: page_lsn,
+                    expected,
+                    found,
+                });
+            }
+            (Some(found), None) => self.cfg.version = Some(found),
+            (Some(_), Some(_)) => {}
+            (None, _) => {
+                return Err(WalError::InvalidPageMagic {
+                    lsn: page_lsn,
+                    magic: hdr.magic,
+                });
+            }
         }
         if hdr.info & !XLP_ALL_FLAGS != 0 {
             return Err(WalError::InvalidPageInfo {
@@ -670,6 +689,8 @@ pub struct FileReaderOptions {
     pub defer_verification: bool,
     /// Read files on a separate thread, ahead of decoding.
     pub read_ahead: bool,
+    /// Expected PostgreSQL version; default: the one of the first page read.
+    pub version: Option<PgVersion>,
 }
 
 /// Reads records from the segment files of a directory (e.g. `pg_wal`), starting with the
@@ -820,6 +841,7 @@ impl WalFileReader {
             segment_size: seg_size,
             system_identifier: opts.system_identifier.or(Some(sysid)),
             timeline: Some(timeline),
+            version: opts.version,
         };
         let page = start.page_start();
         let mut decoder = WalStreamDecoder::new(page, cfg)?;
@@ -947,7 +969,7 @@ impl WalFileReader {
             lsn: start,
             what: format!("cannot parse the first page header of {}", path.display()),
         })?;
-        if h.magic != XLOG_PAGE_MAGIC {
+        if PgVersion::from_page_magic(h.magic).is_none() {
             return Err(WalError::InvalidPageMagic {
                 lsn: h.page_addr,
                 magic: h.magic,
@@ -1209,6 +1231,50 @@ pub(crate) mod tests {
             WalStreamDecoder::new(Lsn(SEG_START + page as u64), DecoderConfig::default()).unwrap();
         d.push(&w.out[page..]);
         assert_eq!(d.next_record().unwrap().map(|r| r.lsn), Some(c));
+    }
+
+    #[test]
+    fn the_version_is_learnt_from_the_page_magic_and_held_to() {
+        let mut w = WalBuilder { out: Vec::new() };
+        let a = w.record(
+            &build_record(0, 0x30, 0, Lsn(0), &main_data(&[1, 0, 0, 0])),
+            None,
+        );
+        w.record(&build_record(0, 0x30, 0, a, &main_data_long(9000)), None);
+        w.pad_to_page();
+        // Learnt: the builder writes 15's magic.
+        let (recs, _) = decode_all(&w.out, 4096);
+        assert_eq!(recs.len(), 2);
+        assert!(recs.iter().all(|r| r.version == PgVersion::V15));
+        // Expected another version: the first page is refused.
+        let cfg = DecoderConfig {
+            version: Some(PgVersion::V17),
+            ..Default::default()
+        };
+        let mut d = WalStreamDecoder::new(Lsn(SEG_START), cfg).unwrap();
+        d.push(&w.out);
+        assert!(matches!(
+            d.next_record(),
+            Err(WalError::VersionMismatch {
+                expected: PgVersion::V17,
+                found: PgVersion::V15,
+                ..
+            })
+        ));
+        // A later page of another version (17's magic on the second page) is refused too.
+        let mut mixed = w.out.clone();
+        mixed[XLOG_BLCKSZ..XLOG_BLCKSZ + 2]
+            .copy_from_slice(&PgVersion::V17.page_magic().to_le_bytes());
+        let mut d = WalStreamDecoder::new(Lsn(SEG_START), DecoderConfig::default()).unwrap();
+        d.push(&mixed);
+        assert!(d.next_record().unwrap().is_some());
+        assert!(matches!(
+            d.next_record(),
+            Err(WalError::VersionMismatch {
+                found: PgVersion::V17,
+                ..
+            })
+        ));
     }
 
     #[test]

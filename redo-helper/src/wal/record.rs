@@ -126,6 +126,9 @@ pub struct DecodedRecord {
     pub(crate) main_data_len: u32,
     /// CRC checked and body decoded (false only with deferred verification).
     pub(crate) verified: bool,
+    /// PostgreSQL major version that wrote the record (from its pages' `XLOG_PAGE_MAGIC`):
+    /// selects the main-data layouts in [`super::rmgr`].
+    pub version: super::version::PgVersion,
 }
 
 impl DecodedRecord {

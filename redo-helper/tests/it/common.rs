@@ -1,4 +1,6 @@
-//! Throwaway PostgreSQL 15 clusters for integration tests.
+//! Throwaway PostgreSQL clusters for integration tests: 15 from Debian's packages, 16 to 18
+//! from `/opt/fpw_pushdown/pg/<major>` (installed by `scripts/pg-versions.sh`; servers only:
+//! Debian's psql and pgbench 15 are their clients).
 //!
 //! Each cluster lives in its own temporary directory owned by `postgres`, listens only on a
 //! Unix socket in that directory, and is stopped and removed by `Drop` (also when a test
@@ -21,6 +23,35 @@ fn is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+/// Where `scripts/pg-versions.sh` puts the servers of PostgreSQL 16 to 18.
+pub const PG_VERSIONS_ROOT: &str = "/opt/fpw_pushdown/pg";
+
+/// Builds a command for a server program (initdb, pg_ctl, postgres) of PostgreSQL `major`,
+/// as `postgres` when we are root. 15 is Debian's; the others are found under
+/// [`PG_VERSIONS_ROOT`] and run with their own libraries.
+pub fn server_command(major: u32, bin: &str) -> Command {
+    if major == 15 {
+        return pg_command(bin);
+    }
+    let root = format!("{PG_VERSIONS_ROOT}/{major}");
+    let path = format!("{root}/bin/{bin}");
+    let lib = format!("LD_LIBRARY_PATH={root}/lib");
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", "env", &lib, &path]);
+        c
+    } else {
+        let mut c = Command::new(path);
+        c.env("LD_LIBRARY_PATH", format!("{root}/lib"));
+        c
+    }
+}
+
+/// Whether the server of PostgreSQL `major` is installed here.
+pub fn server_installed(major: u32) -> bool {
+    major == 15 || Path::new(&format!("{PG_VERSIONS_ROOT}/{major}/bin/postgres")).exists()
 }
 
 /// Builds a command for a PostgreSQL binary, as `postgres` when we are root.
@@ -68,12 +99,19 @@ pub struct PgCluster {
     pub root: PathBuf,
     pub data: PathBuf,
     pub port: u16,
+    /// PostgreSQL major version of the server programs.
+    pub major: u32,
     running: bool,
 }
 
 impl PgCluster {
     /// `initdb` (with `extra_initdb` args) and start with extra `postgresql.conf` lines.
     pub fn start(extra_initdb: &[&str], conf: &[&str]) -> PgCluster {
+        PgCluster::start_version(15, extra_initdb, conf)
+    }
+
+    /// [`PgCluster::start`] with the server programs of PostgreSQL `major`.
+    pub fn start_version(major: u32, extra_initdb: &[&str], conf: &[&str]) -> PgCluster {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let root =
             std::env::temp_dir().join(format!("redo-helper-test-{}-{n}", std::process::id()));
@@ -94,10 +132,11 @@ impl PgCluster {
             root: root.clone(),
             data: data.clone(),
             port: free_port(),
+            major,
             running: false,
         };
         check(
-            pg_command("initdb")
+            server_command(major, "initdb")
                 .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
                 .arg(&data)
                 .args(extra_initdb)
@@ -120,7 +159,7 @@ impl PgCluster {
         existing.push_str(&c);
         std::fs::write(&conf_path, existing).expect("write postgresql.conf");
         check(
-            pg_command("pg_ctl")
+            server_command(major, "pg_ctl")
                 .args(["-w", "-t", "60", "-D"])
                 .arg(&data)
                 .arg("-l")
@@ -137,7 +176,13 @@ impl PgCluster {
     /// A cluster the helper can follow with full_page_writes off (the mode it serves):
     /// loopback TCP, replication, no autovacuum or timed checkpoint in the way.
     pub fn start_fpw_off(extra_initdb: &[&str]) -> PgCluster {
-        PgCluster::start(
+        PgCluster::start_fpw_off_version(15, extra_initdb)
+    }
+
+    /// [`PgCluster::start_fpw_off`] with the server programs of PostgreSQL `major`.
+    pub fn start_fpw_off_version(major: u32, extra_initdb: &[&str]) -> PgCluster {
+        PgCluster::start_version(
+            major,
             extra_initdb,
             &[
                 "listen_addresses = '127.0.0.1'",
@@ -183,7 +228,7 @@ impl PgCluster {
     /// are lost, the next start runs crash recovery).
     pub fn crash(&mut self) {
         check(
-            pg_command("pg_ctl")
+            server_command(self.major, "pg_ctl")
                 .args(["-w", "-m", "immediate", "-D"])
                 .arg(&self.data)
                 .arg("stop")
@@ -197,7 +242,7 @@ impl PgCluster {
     /// Starts a stopped cluster; Err with the server log's tail when it does not come up
     /// (e.g. crash recovery fails).
     pub fn try_start(&mut self) -> Result<(), String> {
-        let out = pg_command("pg_ctl")
+        let out = server_command(self.major, "pg_ctl")
             .args(["-w", "-t", "60", "-D"])
             .arg(&self.data)
             .arg("-l")
@@ -302,13 +347,14 @@ impl PgCluster {
             root,
             data,
             port,
+            major: self.major,
             running: false,
         }
     }
 
     pub fn stop(&mut self) {
         if self.running {
-            let _ = pg_command("pg_ctl")
+            let _ = server_command(self.major, "pg_ctl")
                 .args(["-w", "-m", "fast", "-D"])
                 .arg(&self.data)
                 .arg("stop")
@@ -321,7 +367,7 @@ impl PgCluster {
 impl Drop for PgCluster {
     fn drop(&mut self) {
         if self.running {
-            let _ = pg_command("pg_ctl")
+            let _ = server_command(self.major, "pg_ctl")
                 .args(["-w", "-m", "immediate", "-D"])
                 .arg(&self.data)
                 .arg("stop")

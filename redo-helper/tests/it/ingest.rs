@@ -31,7 +31,7 @@ fn wait_caught_up(c: &PgCluster, h: &mut HelperProcess) -> serde_json::Value {
 }
 
 /// The archive holds exactly pg_wal's bytes over [from, to).
-fn assert_archive_matches_pg_wal(c: &PgCluster, archive: &Path, from: u64, to: u64) {
+pub(crate) fn assert_archive_matches_pg_wal(c: &PgCluster, archive: &Path, from: u64, to: u64) {
     let mut pos = from;
     while pos < to {
         let segno = pos / SEG;

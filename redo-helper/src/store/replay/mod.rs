@@ -44,7 +44,7 @@ use crate::wal::block::{ForkNumber, PageKey};
 use crate::wal::page::{BLCKSZ, Lsn};
 use crate::wal::reader::WalFileReader;
 use crate::wal::record::DecodedRecord;
-use crate::wal::rmgr::{RmgrId, record_type_name};
+use crate::wal::rmgr::RmgrId;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -161,8 +161,15 @@ pub(crate) fn replay(
         set = r.finish(&mut sum, &mut per_type);
     }
     sum.replay_time = t0.elapsed();
+    // Record type names are the version's (17 renamed Heap2's prune records); the decoder
+    // learnt it from the pages read.
+    let version = reader.decoder().config().version.unwrap_or_default();
     for ((rmid, info), c) in per_type {
-        let name = format!("{}/{}", RmgrId(rmid).name(), record_type_name(rmid, info));
+        let name = format!(
+            "{}/{}",
+            RmgrId(rmid).name(),
+            crate::wal::rmgr::record_type_name_of(version, rmid, info)
+        );
         let e = sum.per_type.entry(name).or_default();
         e.records += c.records;
         e.bytes += c.bytes;
@@ -661,7 +668,7 @@ fn describe(rec: &DecodedRecord) -> String {
     format!(
         "{} {} at {}",
         RmgrId(rec.rmid()).name(),
-        record_type_name(rec.rmid(), rec.info()),
+        crate::wal::rmgr::record_type_name_of(rec.version, rec.rmid(), rec.info()),
         rec.lsn
     )
 }

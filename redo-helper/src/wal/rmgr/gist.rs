@@ -31,6 +31,8 @@ pub const XLOG_GIST_ASSIGN_LSN: u8 = 0x70;
 
 /// `SizeOfGistxlogDelete`: latestRemovedXid and ntodelete, unpadded.
 pub const SIZE_OF_GISTXLOG_DELETE: usize = 6;
+/// `SizeOfGistxlogDelete` of 16+: `offsetof(gistxlogDelete, offsets)`.
+pub const SIZE_OF_GISTXLOG_DELETE_16: usize = 8;
 /// `sizeof(IndexTupleData)`: the heap TID (6 bytes) and `t_info`.
 const SIZE_OF_INDEX_TUPLE_DATA: usize = 8;
 /// `INDEX_SIZE_MASK`: the low 13 bits of `t_info` are the tuple's size.
@@ -99,9 +101,14 @@ pub fn parse(rec: &DecodedRecord) -> Result<GistRecord, MainDataError> {
         XLOG_GIST_DELETE => {
             let latest_removed_xid = r.u32()?;
             let ntodelete = r.u16()?;
-            // "if (XLogRecGetDataLen(record) > SizeOfGistxlogDelete)": the offsets follow
-            // the unpadded header.
-            let offsets = if r.remaining() > 0 {
+            let offsets = if rec.version.has_catalog_rel_flags() {
+                // 16+: `bool isCatalogRel` at 6, then `offsets[]` at offsetof 8, always
+                // read (gistRedoDeleteRecord no longer checks the length).
+                r.seek(SIZE_OF_GISTXLOG_DELETE_16)?;
+                r.u16_array(ntodelete as usize)?
+            } else if r.remaining() > 0 {
+                // 15: "if (XLogRecGetDataLen(record) > SizeOfGistxlogDelete)": the offsets
+                // follow the unpadded header.
                 r.u16_array(ntodelete as usize)?
             } else {
                 Vec::new()

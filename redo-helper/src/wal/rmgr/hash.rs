@@ -52,7 +52,8 @@ pub const XLH_SPLIT_META_UPDATE_MASKS: u8 = 1 << 0;
 /// `xl_hash_split_allocate_page.flags`: the metapage's splitpoint moved.
 pub const XLH_SPLIT_META_UPDATE_SPLITPOINT: u8 = 1 << 1;
 
-/// `SizeOfHashVacuumOnePage`: latestRemovedXid and ntuples; the target offsets follow.
+/// `SizeOfHashVacuumOnePage`: latestRemovedXid and ntuples (15: `int`; 16+: `uint16` and
+/// `bool isCatalogRel`, padded); the target offsets follow.
 pub const SIZE_OF_HASH_VACUUM_ONE_PAGE: usize = 8;
 
 pub fn identify(info: u8) -> Option<&'static str> {
@@ -188,6 +189,16 @@ pub fn parse(rec: &DecodedRecord) -> Result<HashRecord, MainDataError> {
         },
         XLOG_HASH_VACUUM_ONE_PAGE => {
             let latest_removed_xid = r.u32()?;
+            if rec.version.has_catalog_rel_flags() {
+                // 16+: `uint16 ntuples` at 4, `bool isCatalogRel` at 6, `offsets[]` at 8.
+                let ntuples = r.u16()?;
+                r.seek(SIZE_OF_HASH_VACUUM_ONE_PAGE)?;
+                return Ok(HashRecord::VacuumOnePage {
+                    latest_removed_xid,
+                    ntuples: ntuples.into(),
+                    offsets: r.u16_array(ntuples.into())?,
+                });
+            }
             let ntuples = r.i32()?;
             let offsets = if r.remaining() > 0 {
                 let n =

@@ -1,6 +1,20 @@
 //! Heap and Heap2 records (`access/heapam_xlog.h`). Offsets of C struct members are noted
 //! where padding matters. Per-block payloads (tuple data, offset arrays) stay in the block
-//! data and are interpreted by redo.
+//! data and are interpreted by redo, except 17's prune/freeze sub-records, decoded here by
+//! [`parse_prune_freeze_block`].
+//!
+//! Heap2's pruning, vacuuming and freezing records differ per version:
+//! - 15: `XLOG_HEAP2_PRUNE` (`xl_heap_prune`: latestRemovedXid, nredirected, ndead),
+//!   `XLOG_HEAP2_VACUUM` (`xl_heap_vacuum`: nunused), `XLOG_HEAP2_FREEZE_PAGE`
+//!   (`xl_heap_freeze_page`: cutoff_xid, ntuples; one 12-byte `xl_heap_freeze_tuple` per
+//!   tuple in block 0).
+//! - 16: the same three opcodes; prune gains `isCatalogRel` after ndead, and freezing is
+//!   deduplicated: `xl_heap_freeze_page` is snapshotConflictHorizon, nplans, isCatalogRel,
+//!   with block 0 holding `nplans` 12-byte `xl_heap_freeze_plan`s then each plan's offsets.
+//! - 17 and 18: the three are one record, `xl_heap_prune` (reason, flags, the conflict
+//!   horizon unaligned after them when `XLHP_HAS_CONFLICT_HORIZON`), with opcodes 0x10/0x20/
+//!   0x30 naming only why it was written (PRUNE_ON_ACCESS, PRUNE_VACUUM_SCAN,
+//!   PRUNE_VACUUM_CLEANUP); block 0 holds the sub-records the flags announce.
 
 use super::MainDataReader;
 use crate::wal::block::RelFileLocator;
@@ -63,6 +77,22 @@ pub const XLH_LOCK_ALL_FROZEN_CLEARED: u8 = 0x01;
 // xl_heap_visible.flags (visibilitymap.h)
 pub const VISIBILITYMAP_ALL_VISIBLE: u8 = 0x01;
 pub const VISIBILITYMAP_ALL_FROZEN: u8 = 0x02;
+/// `VISIBILITYMAP_XLOG_CATALOG_REL` (16+): in xl_heap_visible.flags only, never in the map.
+pub const VISIBILITYMAP_XLOG_CATALOG_REL: u8 = 0x04;
+
+// xl_heap_prune.flags (17+)
+pub const XLHP_IS_CATALOG_REL: u8 = 1 << 1;
+/// Replay needs a cleanup lock: the record prunes (moves tuple data), so the page is
+/// defragmented; without it only LP_DEAD items become unused and the array is truncated.
+pub const XLHP_CLEANUP_LOCK: u8 = 1 << 2;
+pub const XLHP_HAS_CONFLICT_HORIZON: u8 = 1 << 3;
+pub const XLHP_HAS_FREEZE_PLANS: u8 = 1 << 4;
+pub const XLHP_HAS_REDIRECTIONS: u8 = 1 << 5;
+pub const XLHP_HAS_DEAD_ITEMS: u8 = 1 << 6;
+pub const XLHP_HAS_NOW_UNUSED_ITEMS: u8 = 1 << 7;
+/// `sizeof(xl_heap_freeze_plan)` (16) / `sizeof(xlhp_freeze_plan)` (17+): xmax at 0,
+/// infomask2 at 4, infomask at 6, frzflags at 8, ntuples at 10.
+pub const SIZE_OF_FREEZE_PLAN: usize = 12;
 
 /// `heap_identify`.
 pub fn heap_identify(info: u8) -> Option<&'static str> {
@@ -82,9 +112,18 @@ pub fn heap_identify(info: u8) -> Option<&'static str> {
     })
 }
 
-/// `heap2_identify`.
+/// `heap2_identify` of 15 and 16.
 pub fn heap2_identify(info: u8) -> Option<&'static str> {
+    heap2_identify_of(crate::wal::PgVersion::V15, info)
+}
+
+/// `heap2_identify` of `version`: 17 renamed 0x10..0x30 after the merged prune record.
+pub fn heap2_identify_of(version: crate::wal::PgVersion, info: u8) -> Option<&'static str> {
+    let merged = version.has_merged_prune_freeze();
     Some(match info & 0xF0 {
+        0x10 if merged => "PRUNE_ON_ACCESS",
+        0x20 if merged => "PRUNE_VACUUM_SCAN",
+        0x30 if merged => "PRUNE_VACUUM_CLEANUP",
         0x10 => "PRUNE",
         0x20 => "VACUUM",
         0x30 => "FREEZE_PAGE",
@@ -239,14 +278,148 @@ pub struct HeapRewriteMapping {
     pub start_lsn: crate::wal::page::Lsn,
 }
 
+/// One freeze plan (`xl_heap_freeze_plan` in 16, `xlhp_freeze_plan` in 17+): what
+/// `heap_execute_freeze_tuple` writes into each of `ntuples` tuples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreezePlan {
+    pub xmax: u32,
+    pub infomask2: u16,
+    pub infomask: u16,
+    pub frzflags: u8,
+    pub ntuples: u16,
+}
+
+impl FreezePlan {
+    fn parse(b: &[u8]) -> FreezePlan {
+        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        FreezePlan {
+            xmax: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            infomask2: u16_at(4),
+            infomask: u16_at(6),
+            frzflags: b[8],
+            ntuples: u16_at(10),
+        }
+    }
+}
+
+/// Block 0's sub-records of a 17+ prune/freeze record
+/// (`heap_xlog_deserialize_prune_and_freeze`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneFreezeBlock {
+    pub plans: Vec<FreezePlan>,
+    /// (from, to) pairs.
+    pub redirected: Vec<(u16, u16)>,
+    pub dead: Vec<u16>,
+    pub unused: Vec<u16>,
+    /// The tuples to freeze, plan after plan.
+    pub frozen: Vec<u16>,
+}
+
+/// Decodes block 0's data of a 17+ prune/freeze record with main-data `flags`: the freeze
+/// plans (`uint16 nplans`, 2 bytes of padding, the plans), then for each of redirections,
+/// dead and unused items present a `uint16` count and its offsets (two per redirection),
+/// then the offsets of the tuples to freeze. Every byte must be used.
+pub fn parse_prune_freeze_block(data: &[u8], flags: u8) -> Result<PruneFreezeBlock, String> {
+    let mut at = 0usize;
+    let u16_at = |at: usize| -> Result<u16, String> {
+        data.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .ok_or_else(|| format!("prune/freeze block data ends at {} bytes", data.len()))
+    };
+    let mut out = PruneFreezeBlock::default();
+    if flags & XLHP_HAS_FREEZE_PLANS != 0 {
+        let nplans = u16_at(at)? as usize;
+        // offsetof(xlhp_freeze_plans, plans): the plans are TransactionId-aligned.
+        at += 4;
+        let end = at + nplans * SIZE_OF_FREEZE_PLAN;
+        let plans = data
+            .get(at..end)
+            .ok_or_else(|| format!("{nplans} freeze plans announced, {} bytes", data.len()))?;
+        out.plans = plans
+            .chunks_exact(SIZE_OF_FREEZE_PLAN)
+            .map(FreezePlan::parse)
+            .collect();
+        at = end;
+    }
+    let items = |flag: u8, per: usize, at: &mut usize| -> Result<Vec<u16>, String> {
+        if flags & flag == 0 {
+            return Ok(Vec::new());
+        }
+        let n = u16_at(*at)? as usize * per;
+        *at += 2;
+        let v = (0..n)
+            .map(|i| u16_at(*at + 2 * i))
+            .collect::<Result<Vec<u16>, String>>()?;
+        *at += 2 * n;
+        Ok(v)
+    };
+    let red = items(XLHP_HAS_REDIRECTIONS, 2, &mut at)?;
+    out.redirected = red.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+    out.dead = items(XLHP_HAS_DEAD_ITEMS, 1, &mut at)?;
+    out.unused = items(XLHP_HAS_NOW_UNUSED_ITEMS, 1, &mut at)?;
+    let nfrozen: usize = out.plans.iter().map(|p| p.ntuples as usize).sum();
+    out.frozen = (0..nfrozen)
+        .map(|i| u16_at(at + 2 * i))
+        .collect::<Result<Vec<u16>, String>>()?;
+    at += 2 * nfrozen;
+    if at != data.len() {
+        return Err(format!(
+            "prune/freeze block data: {at} of {} bytes used",
+            data.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// Decodes block 0's data of a 16 `XLOG_HEAP2_FREEZE_PAGE`: `nplans` plans, then each
+/// plan's offsets in plan order. Returns the plans and the offsets.
+pub fn parse_freeze_plans_block(
+    data: &[u8],
+    nplans: u16,
+) -> Result<(Vec<FreezePlan>, Vec<u16>), String> {
+    let end = nplans as usize * SIZE_OF_FREEZE_PLAN;
+    let plans: Vec<FreezePlan> = data
+        .get(..end)
+        .ok_or_else(|| format!("{nplans} freeze plans announced, {} bytes", data.len()))?
+        .chunks_exact(SIZE_OF_FREEZE_PLAN)
+        .map(FreezePlan::parse)
+        .collect();
+    let n: usize = plans.iter().map(|p| p.ntuples as usize).sum();
+    let rest = &data[end..];
+    if rest.len() != 2 * n {
+        return Err(format!(
+            "freeze plans name {n} tuples, {} bytes of offsets present",
+            rest.len()
+        ));
+    }
+    let offsets = rest
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    Ok((plans, offsets))
+}
+
 /// Typed main data of a Heap2 record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Heap2Record {
-    /// `xl_heap_prune`; redirected/dead/unused offset arrays are in block 0's data.
+    /// `xl_heap_prune` of 15 and 16; redirected/dead/unused offset arrays are in block 0's
+    /// data.
     Prune {
         latest_removed_xid: u32,
         nredirected: u16,
         ndead: u16,
+    },
+    /// `xl_heap_prune` of 17+ (any of its three opcodes); the sub-records are in block 0's
+    /// data ([`parse_prune_freeze_block`]).
+    PruneFreeze {
+        flags: u8,
+        conflict_horizon: Option<u32>,
+    },
+    /// `xl_heap_freeze_page` of 16: plans and offsets in block 0's data
+    /// ([`parse_freeze_plans_block`]).
+    FreezePlans {
+        conflict_horizon: u32,
+        nplans: u16,
     },
     /// `xl_heap_vacuum`; unused offsets in block 0's data.
     Vacuum {
@@ -283,9 +456,30 @@ pub enum Heap2Record {
 /// Parses the main data of a Heap2 record.
 pub fn parse_heap2(rec: &DecodedRecord) -> Result<Heap2Record, MainDataError> {
     let info = rec.rmgr_info();
-    let name = heap2_identify(info).unwrap_or("UNKNOWN");
+    let version = rec.version;
+    let name = heap2_identify_of(version, info).unwrap_or("UNKNOWN");
     let mut r = MainDataReader::new(rec.main_data(), rec.lsn, "Heap2", name);
     Ok(match info & XLOG_HEAP_OPMASK {
+        XLOG_HEAP2_PRUNE | XLOG_HEAP2_VACUUM | XLOG_HEAP2_FREEZE_PAGE
+            if version.has_merged_prune_freeze() =>
+        {
+            let _reason = r.u8()?;
+            let flags = r.u8()?;
+            Heap2Record::PruneFreeze {
+                flags,
+                conflict_horizon: if flags & XLHP_HAS_CONFLICT_HORIZON != 0 {
+                    Some(r.u32()?)
+                } else {
+                    None
+                },
+            }
+        }
+        XLOG_HEAP2_FREEZE_PAGE if version == crate::wal::PgVersion::V16 => {
+            Heap2Record::FreezePlans {
+                conflict_horizon: r.u32()?,
+                nplans: r.u16()?,
+            }
+        }
         XLOG_HEAP2_PRUNE => Heap2Record::Prune {
             latest_removed_xid: r.u32()?,
             nredirected: r.u16()?,
@@ -359,4 +553,61 @@ pub fn parse_heap2(rec: &DecodedRecord) -> Result<Heap2Record, MainDataError> {
             })
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(xmax: u32, ntuples: u16) -> Vec<u8> {
+        let mut b = xmax.to_le_bytes().to_vec();
+        b.extend_from_slice(&0x0800u16.to_le_bytes());
+        b.extend_from_slice(&0x0B00u16.to_le_bytes());
+        b.extend_from_slice(&[0, 0]);
+        b.extend_from_slice(&ntuples.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn prune_freeze_sub_records_in_flag_order() {
+        // Two plans (2 + 1 tuples), one redirection, one dead, two unused, three frozen.
+        let mut d = 2u16.to_le_bytes().to_vec();
+        d.extend_from_slice(&[0, 0]);
+        d.extend(plan(0, 2));
+        d.extend(plan(7, 1));
+        for v in [1u16, 4, 9, 1, 5, 2, 6, 7, 10, 11, 12] {
+            d.extend_from_slice(&v.to_le_bytes());
+        }
+        let flags = XLHP_HAS_FREEZE_PLANS
+            | XLHP_HAS_REDIRECTIONS
+            | XLHP_HAS_DEAD_ITEMS
+            | XLHP_HAS_NOW_UNUSED_ITEMS;
+        let b = parse_prune_freeze_block(&d, flags).expect("valid");
+        assert_eq!(b.plans.len(), 2);
+        assert_eq!(b.plans[1].xmax, 7);
+        assert_eq!(b.redirected, [(4, 9)]);
+        assert_eq!(b.dead, [5]);
+        assert_eq!(b.unused, [6, 7]);
+        assert_eq!(b.frozen, [10, 11, 12]);
+        // Without the dead-items flag the same bytes do not add up.
+        assert!(parse_prune_freeze_block(&d, flags & !XLHP_HAS_DEAD_ITEMS).is_err());
+        // Truncated anywhere: an error, never a panic.
+        for n in 0..d.len() {
+            assert!(parse_prune_freeze_block(&d[..n], flags).is_err(), "{n}");
+        }
+    }
+
+    #[test]
+    fn freeze_plans_of_16() {
+        let mut d = plan(3, 2);
+        d.extend(plan(4, 1));
+        for v in [2u16, 3, 8] {
+            d.extend_from_slice(&v.to_le_bytes());
+        }
+        let (plans, offsets) = parse_freeze_plans_block(&d, 2).expect("valid");
+        assert_eq!(plans.len(), 2);
+        assert_eq!(offsets, [2, 3, 8]);
+        assert!(parse_freeze_plans_block(&d[..d.len() - 2], 2).is_err());
+        assert!(parse_freeze_plans_block(&d, 3).is_err());
+    }
 }

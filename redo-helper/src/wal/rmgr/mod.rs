@@ -113,8 +113,14 @@ impl fmt::Display for RmgrId {
 }
 
 /// Record type name (`rm_identify`) for `xl_info` of rmgr `rmid`, or `None` when the rmgr
-/// does not know it (pg_waldump then prints `UNKNOWN (%x)`).
+/// does not know it (pg_waldump then prints `UNKNOWN (%x)`). PostgreSQL 15's names; see
+/// [`identify_of`] for another version's.
 pub fn identify(rmid: u8, info: u8) -> Option<&'static str> {
+    identify_of(crate::wal::PgVersion::V15, rmid, info)
+}
+
+/// [`identify`] as `version` names record types (17 renamed Heap2's prune records).
+pub fn identify_of(version: crate::wal::PgVersion, rmid: u8, info: u8) -> Option<&'static str> {
     let i = info & 0xF0;
     Some(match rmid {
         RM_XLOG_ID => xlog::identify(i)?,
@@ -143,7 +149,7 @@ pub fn identify(rmid: u8, info: u8) -> Option<&'static str> {
             _ => return None,
         },
         RM_STANDBY_ID => standby::identify(i)?,
-        RM_HEAP2_ID => heap::heap2_identify(i)?,
+        RM_HEAP2_ID => heap::heap2_identify_of(version, i)?,
         RM_HEAP_ID => heap::heap_identify(i)?,
         RM_BTREE_ID => btree::identify(i)?,
         RM_HASH_ID => hash::identify(i)?,
@@ -173,7 +179,16 @@ pub fn identify(rmid: u8, info: u8) -> Option<&'static str> {
 
 /// Record type name for display: `identify` or pg_waldump's `UNKNOWN (%x)`.
 pub fn record_type_name(rmid: u8, info: u8) -> std::borrow::Cow<'static, str> {
-    match identify(rmid, info) {
+    record_type_name_of(crate::wal::PgVersion::V15, rmid, info)
+}
+
+/// [`record_type_name`] as `version` names record types.
+pub fn record_type_name_of(
+    version: crate::wal::PgVersion,
+    rmid: u8,
+    info: u8,
+) -> std::borrow::Cow<'static, str> {
+    match identify_of(version, rmid, info) {
         Some(s) => std::borrow::Cow::Borrowed(s),
         None => std::borrow::Cow::Owned(format!("UNKNOWN ({:x})", info & 0xF0)),
     }

@@ -68,8 +68,10 @@ const SIZE_OF_PICK_SPLIT: usize = 28;
 const SIZE_OF_VACUUM_LEAF: usize = 16;
 /// `SizeOfSpgxlogVacuumRoot`.
 const SIZE_OF_VACUUM_ROOT: usize = 12;
-/// `SizeOfSpgxlogVacuumRedirect`.
+/// `SizeOfSpgxlogVacuumRedirect` (15).
 const SIZE_OF_VACUUM_REDIRECT: usize = 8;
+/// `SizeOfSpgxlogVacuumRedirect` (16+: `isCatalogRel` at 8, the offsets 2-aligned after it).
+const SIZE_OF_VACUUM_REDIRECT_16: usize = 10;
 
 /// `sizeof(SpGistLeafTupleData)` (MAXALIGNed: `SGLTHDRSZ(false)`), the least a leaf tuple
 /// is; leaf tuples are also at least `SGDTSIZE` (16) so they can become dead tuples.
@@ -360,7 +362,12 @@ pub fn parse(rec: &DecodedRecord) -> Result<SpgRecord<'_>, MainDataError> {
             let n_to_placeholder = r.u16()?;
             let first_placeholder = r.u16()?;
             let newest_redirect_xid = r.u32()?;
-            r.seek(SIZE_OF_VACUUM_REDIRECT)?;
+            // 16 added `bool isCatalogRel` at 8: the offsets start at 10, not 8.
+            r.seek(if rec.version.has_catalog_rel_flags() {
+                SIZE_OF_VACUUM_REDIRECT_16
+            } else {
+                SIZE_OF_VACUUM_REDIRECT
+            })?;
             SpgRecord::VacuumRedirect {
                 first_placeholder,
                 newest_redirect_xid,

@@ -47,12 +47,13 @@ pub fn identify(info: u8) -> Option<&'static str> {
     })
 }
 
-/// `xl_xact_stats_item` (PostgreSQL 15 layout: kind, dboid, objoid).
+/// `xl_xact_stats_item`: kind, dboid, then the object id: an `Oid objoid` up to 17, a
+/// 64-bit id stored as `uint32 objid_lo, objid_hi` from 18 on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DroppedStat {
     pub kind: i32,
     pub db_oid: u32,
-    pub obj_oid: u32,
+    pub obj_oid: u64,
 }
 
 /// A parsed commit or abort record (`xl_xact_parsed_commit` / `_abort`).
@@ -104,6 +105,7 @@ fn parse_finish(
     r: &mut MainDataReader<'_>,
     info: u8,
     is_commit: bool,
+    version: crate::wal::PgVersion,
 ) -> Result<XactFinish, MainDataError> {
     let op = info & XLOG_XACT_OPMASK;
     let mut p = XactFinish {
@@ -132,12 +134,21 @@ fn parse_finish(
     if p.xinfo & XACT_XINFO_HAS_DROPPED_STATS != 0 {
         let n = r.i32()?;
         let n = count(r, n, "nitems")?;
+        let wide = version >= crate::wal::PgVersion::V18;
         let mut v = Vec::with_capacity(n.min(r.remaining() / 12));
         for _ in 0..n {
+            let kind = r.i32()?;
+            let db_oid = r.u32()?;
+            let obj_oid = if wide {
+                let lo = r.u32()?;
+                u64::from(lo) | (u64::from(r.u32()?) << 32)
+            } else {
+                r.u32()?.into()
+            };
             v.push(DroppedStat {
-                kind: r.i32()?,
-                db_oid: r.u32()?,
-                obj_oid: r.u32()?,
+                kind,
+                db_oid,
+                obj_oid,
             });
         }
         p.dropped_stats = v;
@@ -170,12 +181,18 @@ pub fn parse(rec: &DecodedRecord) -> Result<XactRecord, MainDataError> {
         identify(info).unwrap_or("UNKNOWN"),
     );
     match info & XLOG_XACT_OPMASK {
-        XLOG_XACT_COMMIT | XLOG_XACT_COMMIT_PREPARED => {
-            Ok(XactRecord::Commit(parse_finish(&mut r, info, true)?))
-        }
-        XLOG_XACT_ABORT | XLOG_XACT_ABORT_PREPARED => {
-            Ok(XactRecord::Abort(parse_finish(&mut r, info, false)?))
-        }
+        XLOG_XACT_COMMIT | XLOG_XACT_COMMIT_PREPARED => Ok(XactRecord::Commit(parse_finish(
+            &mut r,
+            info,
+            true,
+            rec.version,
+        )?)),
+        XLOG_XACT_ABORT | XLOG_XACT_ABORT_PREPARED => Ok(XactRecord::Abort(parse_finish(
+            &mut r,
+            info,
+            false,
+            rec.version,
+        )?)),
         XLOG_XACT_PREPARE => {
             // xl_xact_prepare: magic, total_len, xid, database, prepared_at (8-aligned at 16),
             // owner, nsubxacts, ncommitrels, nabortrels, ncommitstats, nabortstats,

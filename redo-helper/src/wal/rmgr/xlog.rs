@@ -5,6 +5,7 @@ use super::MainDataReader;
 use crate::wal::error::MainDataError;
 use crate::wal::page::Lsn;
 use crate::wal::record::DecodedRecord;
+use crate::wal::version::PgVersion;
 
 pub const XLOG_CHECKPOINT_SHUTDOWN: u8 = 0x00;
 pub const XLOG_CHECKPOINT_ONLINE: u8 = 0x10;
@@ -19,6 +20,9 @@ pub const XLOG_END_OF_RECOVERY: u8 = 0x90;
 pub const XLOG_FPI_FOR_HINT: u8 = 0xA0;
 pub const XLOG_FPI: u8 = 0xB0;
 pub const XLOG_OVERWRITE_CONTRECORD: u8 = 0xD0;
+/// `XLOG_CHECKPOINT_REDO` (17+): marks the REDO point of an online checkpoint; its main
+/// data is the `int wal_level`.
+pub const XLOG_CHECKPOINT_REDO: u8 = 0xE0;
 
 /// `xlog_identify`.
 pub fn identify(info: u8) -> Option<&'static str> {
@@ -36,17 +40,20 @@ pub fn identify(info: u8) -> Option<&'static str> {
         XLOG_OVERWRITE_CONTRECORD => "OVERWRITE_CONTRECORD",
         XLOG_FPI => "FPI",
         XLOG_FPI_FOR_HINT => "FPI_FOR_HINT",
+        XLOG_CHECKPOINT_REDO => "CHECKPOINT_REDO",
         _ => return None,
     })
 }
 
-/// `CheckPoint` (88 bytes).
+/// `CheckPoint` (88 bytes in 15..18: 17's `wal_level` took padding before `nextXid`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckPoint {
     pub redo: Lsn,
     pub this_timeline: u32,
     pub prev_timeline: u32,
     pub full_page_writes: bool,
+    /// `wal_level` (17+).
+    pub wal_level: Option<i32>,
     pub next_xid: u64,
     pub next_oid: u32,
     pub next_multi: u32,
@@ -98,6 +105,12 @@ pub enum XlogRecord {
         end_time: i64,
         this_timeline: u32,
         prev_timeline: u32,
+        /// `wal_level` (17+).
+        wal_level: Option<i32>,
+    },
+    /// `XLOG_CHECKPOINT_REDO` (17+).
+    CheckpointRedo {
+        wal_level: i32,
     },
     /// `XLOG_FPI` / `XLOG_FPI_FOR_HINT`: the images are the block references.
     Fpi {
@@ -110,11 +123,20 @@ pub enum XlogRecord {
     },
 }
 
-pub fn parse_checkpoint(r: &mut MainDataReader<'_>) -> Result<CheckPoint, MainDataError> {
+pub fn parse_checkpoint(
+    r: &mut MainDataReader<'_>,
+    version: PgVersion,
+) -> Result<CheckPoint, MainDataError> {
     let redo = r.lsn()?;
     let this_timeline = r.u32()?;
     let prev_timeline = r.u32()?;
     let full_page_writes = r.bool()?;
+    let wal_level = if version >= PgVersion::V17 {
+        r.seek(20)?;
+        Some(r.i32()?)
+    } else {
+        None
+    };
     r.seek(24)?;
     let next_xid = r.u64()?;
     let next_oid = r.u32()?;
@@ -130,6 +152,7 @@ pub fn parse_checkpoint(r: &mut MainDataReader<'_>) -> Result<CheckPoint, MainDa
         this_timeline,
         prev_timeline,
         full_page_writes,
+        wal_level,
         next_xid,
         next_oid,
         next_multi,
@@ -156,7 +179,7 @@ pub fn parse(rec: &DecodedRecord) -> Result<XlogRecord, MainDataError> {
     Ok(match info {
         XLOG_CHECKPOINT_SHUTDOWN | XLOG_CHECKPOINT_ONLINE => XlogRecord::Checkpoint {
             shutdown: info == XLOG_CHECKPOINT_SHUTDOWN,
-            checkpoint: parse_checkpoint(&mut r)?,
+            checkpoint: parse_checkpoint(&mut r, rec.version)?,
         },
         XLOG_NOOP => XlogRecord::Noop,
         XLOG_NEXTOID => XlogRecord::NextOid(r.u32()?),
@@ -182,6 +205,14 @@ pub fn parse(rec: &DecodedRecord) -> Result<XlogRecord, MainDataError> {
             end_time: r.i64()?,
             this_timeline: r.u32()?,
             prev_timeline: r.u32()?,
+            wal_level: if rec.version >= PgVersion::V17 {
+                Some(r.i32()?)
+            } else {
+                None
+            },
+        },
+        XLOG_CHECKPOINT_REDO if rec.version >= PgVersion::V17 => XlogRecord::CheckpointRedo {
+            wal_level: r.i32()?,
         },
         XLOG_FPI | XLOG_FPI_FOR_HINT => XlogRecord::Fpi {
             for_hint: info == XLOG_FPI_FOR_HINT,
