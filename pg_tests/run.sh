@@ -6,11 +6,23 @@
 #   main     wal_level=replica, fpw_pushdown preloaded (autopilot on): pg_tests/schedule
 #   minimal  wal_level=minimal: the switch must be refused       : pg_tests/schedule_minimal
 #   standby  a streaming standby of a primary: refused in recovery: pg_tests/schedule_standby
+#   versions wal_level=replica, preloaded, no slot holder: switch forced, checked with
+#            pg_walinspect; allow_alter_system (17+)             : pg_tests/schedule_versions
 # Usage: pg_tests/run.sh [suite...]   (default: all). Needs the extension installed
 # (make install). Exit status is non-zero if any suite fails.
+#
+# FPW_PG_MAJOR=17 or 18 runs the suites on that PostgreSQL (the npm servers, through the
+# prefix scripts/pg-dev.sh makes; the extension installed with make install-pg17/18). There
+# the default suites are "versions minimal": main and standby need pg_receivewal,
+# pg_basebackup and pg_waldump, which exist here only in version 15.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+FPW_PG_MAJOR=${FPW_PG_MAJOR:-15}
+if [ "$FPW_PG_MAJOR" != 15 ]; then
+    PGBIN=${PGBIN:-${FPW_PG_DEV_DIR:-/opt/fpw_pushdown/pgdev}/$FPW_PG_MAJOR/bin}
+    [ -x "$PGBIN/pg_config" ] || { echo "pg_tests: no PostgreSQL $FPW_PG_MAJOR prefix in $PGBIN (make setup)" >&2; exit 1; }
+fi
 # shellcheck source=../scripts/pg_cluster.sh
 source "$here/../scripts/pg_cluster.sh"
 PG_REGRESS=${PG_REGRESS:-/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress}
@@ -18,7 +30,9 @@ export FPW_HELPER_BIN=${FPW_HELPER_BIN:-$here/../target/release/redo-helper}
 [ -x "$FPW_HELPER_BIN" ] || { echo "pg_tests: build the helper first (cargo build --release -p redo-helper)" >&2; exit 1; }
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(main minimal standby)
+if [ ${#suites[@]} -eq 0 ]; then
+    if [ "$FPW_PG_MAJOR" = 15 ]; then suites=(main minimal standby); else suites=(versions minimal); fi
+fi
 
 work=$(mktemp -d /tmp/fpw_pg_tests.XXXXXX)
 chmod 755 "$work"
@@ -32,6 +46,7 @@ cleanup() {
 trap cleanup EXIT
 
 outdir="$here/results"
+[ "$FPW_PG_MAJOR" = 15 ] || outdir="$here/results/pg$FPW_PG_MAJOR"
 rm -rf "$outdir"
 mkdir -p "$outdir"
 
@@ -48,7 +63,7 @@ base_conf=(
 run_suite() {
     local name=$1 port=$2 schedule=$3 cdir=$4
     shift 4
-    echo "== pg_tests suite '$name' (port $port)"
+    echo "== pg_tests suite '$name' on PostgreSQL $FPW_PG_MAJOR (port $port)"
     mkdir -p "$outdir/$name" "$work/$name-tmp"
     # Environment for the tests' \! shell commands.
     export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres PGBIN
@@ -87,6 +102,9 @@ for suite in "${suites[@]}"; do
     case $suite in
     main)
         single_cluster_suite main schedule "wal_level = replica" "fpw_pushdown.autopilot_grace = '2s'" || failed=1
+        ;;
+    versions)
+        single_cluster_suite versions schedule_versions "wal_level = replica" "fpw_pushdown.autopilot_grace = '2s'" || failed=1
         ;;
     minimal)
         single_cluster_suite minimal schedule_minimal "wal_level = minimal" "max_wal_senders = 0" || failed=1

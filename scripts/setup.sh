@@ -96,3 +96,16 @@ if ! "$seaweedfs_venv/bin/weed" version 2>/dev/null | grep -q " $SEAWEEDFS_VERSI
 else
     echo "setup: SeaweedFS $SEAWEEDFS_VERSION present"
 fi
+
+# PostgreSQL 17 and 18 build prefixes for the extension: Debian's server headers, a pg_config
+# of ours and a bin directory (scripts/pg-dev.sh), registered with pgrx. `cargo pgrx init`
+# rewrites its config with exactly the versions it is given, so 15 is passed again.
+bash "$(dirname "$0")/pg-dev.sh"
+pg_dev=${FPW_PG_DEV_DIR:-/opt/fpw_pushdown/pgdev}
+if ! grep -qs "^pg17 = \"$pg_dev/17/bin/pg_config\"" "$pgrx_home/config.toml" ||
+    ! grep -qs "^pg18 = \"$pg_dev/18/bin/pg_config\"" "$pgrx_home/config.toml"; then
+    echo "setup: cargo pgrx init for PostgreSQL 15, 17 and 18"
+    cargo pgrx init --pg15 "$PG_CONFIG" --pg17 "$pg_dev/17/bin/pg_config" --pg18 "$pg_dev/18/bin/pg_config"
+else
+    echo "setup: cargo pgrx already initialised for PostgreSQL 17 and 18"
+fi

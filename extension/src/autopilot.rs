@@ -137,6 +137,21 @@ pub extern "C-unwind" fn fpw_pushdown_autopilot_main(_arg: pg_sys::Datum) {
             unhealthy_since = None;
             continue;
         }
+        if !switch::alter_system_allowed() {
+            if !said.alter_system {
+                error::warn(
+                    &format!(
+                        "{WORKER_TYPE}: full_page_writes is off, but allow_alter_system is off: the autopilot cannot turn it back on"
+                    ),
+                    Some(
+                        "fpw_pushdown switches full_page_writes by writing postgresql.auto.conf, as ALTER SYSTEM does.",
+                    ),
+                );
+                said.alter_system = true;
+            }
+            unhealthy_since = None;
+            continue;
+        }
         let max_lag = gucs::max_helper_lag_bytes();
         let problem = BackgroundWorker::transaction(|| SlotHealth::read().check(max_lag).err());
         let Some(problem) = problem else {
@@ -193,4 +208,6 @@ struct Said {
     state_error: Option<String>,
     /// wal_level is minimal, so the autopilot cannot switch.
     wal_level: bool,
+    /// allow_alter_system is off (PostgreSQL 17+), so the autopilot cannot switch.
+    alter_system: bool,
 }

@@ -78,6 +78,37 @@ pub fn check_switch_possible() {
             Some("Set wal_level = replica and restart PostgreSQL."),
         );
     }
+    if !alter_system_allowed() {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "ALTER SYSTEM is disabled (allow_alter_system = off)",
+            Some(
+                "fpw_pushdown switches full_page_writes by writing postgresql.auto.conf, as ALTER SYSTEM does. full_page_writes was not changed.",
+            ),
+            Some(
+                "Set allow_alter_system = on, or change full_page_writes in postgresql.conf and reload.",
+            ),
+        );
+    }
+}
+
+/// Whether `AlterSystemSetConfigFile` may write postgresql.auto.conf. PostgreSQL 17 added
+/// `allow_alter_system` (guc.c refuses with "ALTER SYSTEM is not allowed in this
+/// environment" when it is off); checking first keeps a switch off from recording an intent
+/// and then failing half-way, and gives the reason in our terms.
+#[cfg(any(feature = "pg17", feature = "pg18"))]
+pub fn alter_system_allowed() -> bool {
+    // SAFETY: `AllowAlterSystem` is this process's bool GUC variable (PGC_SIGHUP), written
+    // only by GUC processing on this same thread; it is the variable AlterSystemSetConfigFile
+    // itself checks. A by-value read.
+    unsafe { pg_sys::AllowAlterSystem }
+}
+
+/// PostgreSQL 15 has no `allow_alter_system`: ALTER SYSTEM is always available to the roles
+/// AlterSystemSetConfigFile accepts.
+#[cfg(not(any(feature = "pg17", feature = "pg18")))]
+pub fn alter_system_allowed() -> bool {
+    true
 }
 
 /// Applies a pending configuration reload in this backend, so `fullPageWrites` reflects
