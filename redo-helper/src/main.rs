@@ -42,6 +42,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Everything the helper creates (its data directory, the API socket and token, files
+    // `repair` adds to PGDATA) is for its owner only, as PostgreSQL's PG_MODE_MASK_OWNER
+    // umask; the store also creates its files with explicit 0600/0700 modes.
+    // SAFETY: umask only changes this process's file-creation mask; no thread runs yet.
+    unsafe { libc::umask(0o077) };
     let command = Cli::parse().command;
     // The service logs what it does (bootstrap progress, streaming, retention) at info; the
     // one-shot commands print their results and log only problems. RUST_LOG overrides both.

@@ -553,11 +553,7 @@ pub(crate) async fn run_with_state(
     opts: RunOptions,
     state: Arc<SharedState>,
 ) -> Result<(), ServiceError> {
-    let dd = |source| StoreError::DataDir {
-        dir: opts.data_dir.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&opts.data_dir).map_err(dd)?;
+    crate::store::prepare_private_data_dir(&opts.data_dir)?;
     let _lock = DataDirLock::acquire(&opts.data_dir)?;
     let status = state.status.clone();
     status.update(|s| {

@@ -1,6 +1,6 @@
 //! One running helper per data directory.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -24,7 +24,7 @@ impl DataDirLock {
             dir: dir.to_path_buf(),
             source,
         };
-        let mut file = OpenOptions::new()
+        let mut file = super::private_file_options()
             .create(true)
             .truncate(false)
             .read(true)
