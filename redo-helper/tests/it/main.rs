@@ -24,6 +24,7 @@ mod ingest;
 mod redo_verify;
 mod repair;
 mod retention;
+mod security;
 mod serve_pages;
 mod spgist;
 mod waldump_parity;
