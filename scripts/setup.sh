@@ -6,9 +6,10 @@ set -euo pipefail
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PGRX_VERSION=0.18.0
 # postgresql-15-rum: the rum index access method (writes generic WAL), in the generic WAL
-# integration test.
+# integration test. prometheus: its promtool checks the helper's /metrics and the alert rules
+# in deploy/ (the observability integration tests); Debian ships promtool only in this package.
 packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib postgresql-15-rum
-    libclang-dev clang sudo procps time pkg-config curl)
+    libclang-dev clang sudo procps time pkg-config curl prometheus)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -20,6 +21,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    # Only promtool is needed: on a host with systemd the package also enables and starts a
+    # Prometheus server (port 9090); setup just installed it, so it stops it again.
+    if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null \
+        && systemctl is-enabled --quiet prometheus 2>/dev/null; then
+        as_root systemctl disable --now prometheus || true
+    fi
 else
     echo "setup: Debian packages present"
 fi

@@ -136,27 +136,40 @@ impl SlotHealth {
 /// When `fpw_pushdown.helper_address` is set, the helper's own view must agree: it answers
 /// /status, is streaming, and its base pages are consistent.
 pub fn check_helper_status() -> Result<(), Unhealthy> {
-    let Some(addr) = crate::helper_client::helper_address() else {
-        return Ok(());
-    };
-    let resp = crate::helper_client::request("GET", "/status", std::time::Duration::from_secs(3))
-        .map_err(Unhealthy::Helper)?;
-    if resp.status != 200 {
-        return Err(Unhealthy::Helper(format!(
-            "redo helper at {addr} answered /status with HTTP {}",
-            resp.status
-        )));
-    }
-    let status = HelperStatus::parse(&resp.body).map_err(|e| {
-        Unhealthy::Helper(format!("redo helper at {addr}: unreadable /status: {e}"))
-    })?;
-    if !status.ready() {
-        return Err(Unhealthy::Helper(format!(
+    match read_helper_status(std::time::Duration::from_secs(3)) {
+        None => Ok(()),
+        Some(Err(why)) => Err(why),
+        Some(Ok((addr, status))) if !status.ready() => Err(Unhealthy::Helper(format!(
             "redo helper at {addr} is {}, not streaming with consistent pages",
             status.state
-        )));
+        ))),
+        Some(Ok(_)) => Ok(()),
     }
-    Ok(())
+}
+
+/// The helper's `/status` at `fpw_pushdown.helper_address` (None when the address is unset),
+/// with the address; Err names why it could not be read.
+pub fn read_helper_status(
+    timeout: std::time::Duration,
+) -> Option<Result<(String, HelperStatus), Unhealthy>> {
+    let addr = crate::helper_client::helper_address()?;
+    let resp = match crate::helper_client::request("GET", "/status", timeout) {
+        Ok(r) => r,
+        Err(e) => return Some(Err(Unhealthy::Helper(e))),
+    };
+    if resp.status != 200 {
+        return Some(Err(Unhealthy::Helper(format!(
+            "redo helper at {addr} answered /status with HTTP {}",
+            resp.status
+        ))));
+    }
+    Some(
+        HelperStatus::parse(&resp.body)
+            .map(|status| (addr.clone(), status))
+            .map_err(|e| {
+                Unhealthy::Helper(format!("redo helper at {addr}: unreadable /status: {e}"))
+            }),
+    )
 }
 
 #[cfg(test)]

@@ -294,6 +294,87 @@ fn helper_status() -> pgrx::Json {
     }
 }
 
+/// The helper as it reports itself at `fpw_pushdown.helper_address`, for `fpw_pushdown.stat`:
+/// its state and whether it is ready (streaming with consistent pages), or why its /status
+/// could not be read (`problem`). All NULL when no address is set. Never raises: monitoring
+/// must see a down helper as a row, not an error.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn helper_report() -> TableIterator<
+    'static,
+    (
+        name!(state, Option<String>),
+        name!(ready, Option<bool>),
+        name!(problem, Option<String>),
+    ),
+> {
+    // Short: a monitoring query should not hang on a stuck helper.
+    let row = match guard::read_helper_status(Duration::from_secs(2)) {
+        None => (None, None, None),
+        Some(Ok((addr, status))) => {
+            let ready = status.ready();
+            let problem = (!ready).then(|| {
+                format!(
+                    "redo helper at {addr} is {}, not streaming with consistent pages",
+                    status.state
+                )
+            });
+            (
+                Some(status.state.as_str().to_string()),
+                Some(ready),
+                problem,
+            )
+        }
+        Some(Err(why)) => (None, Some(false), Some(why.to_string())),
+    };
+    TableIterator::once(row)
+}
+
+// `fpw_pushdown.stat`: one row for monitoring, like pg_stat_replication: the switch, the
+// helper's health (slot and /status, as the guard judges them), its lag, and WAL written
+// since reset_wal_stats(). Readable by pg_monitor. A view's functions are called with the
+// privileges of the role querying it (PostgreSQL's CREATE VIEW notes), so pg_monitor also
+// gets EXECUTE on the three read-only functions it calls; PUBLIC gets nothing (privileges.sql).
+extension_sql!(
+    r#"
+CREATE VIEW fpw_pushdown.stat AS
+SELECT s.full_page_writes,
+       s.last_switch_lsn,
+       s.last_switch_direction,
+       s.last_switch_by,
+       s.last_switch_at,
+       s.autopilot,
+       s.autopilot_last_action,
+       s.slot_name,
+       s.slot_active,
+       s.slot_lag_bytes,
+       pg_catalog.pg_size_bytes(pg_catalog.current_setting('fpw_pushdown.max_helper_lag', true))
+         AS max_helper_lag_bytes,
+       s.helper_healthy AND h.problem IS NULL AS helper_healthy,
+       coalesce(s.helper_problem, h.problem) AS helper_problem,
+       h.state AS helper_state,
+       w.wal_records,
+       w.wal_fpi,
+       w.wal_bytes,
+       w.transactions,
+       w.bytes_per_transaction,
+       w.fpi_per_transaction,
+       w.fpi_share_of_records,
+       w.since AS wal_stats_since
+  FROM fpw_pushdown.status() s,
+       fpw_pushdown.helper_report() h,
+       fpw_pushdown.wal_stats() w;
+COMMENT ON VIEW fpw_pushdown.stat IS
+  'fpw_pushdown: switch state, redo helper health and lag, WAL written since reset_wal_stats() (one row)';
+GRANT USAGE ON SCHEMA fpw_pushdown TO pg_monitor;
+GRANT SELECT ON fpw_pushdown.stat TO pg_monitor;
+GRANT EXECUTE ON FUNCTION fpw_pushdown.status(), fpw_pushdown.helper_report(),
+  fpw_pushdown.wal_stats() TO pg_monitor;
+"#,
+    name = "stat_view",
+    requires = [status, helper_report, wal_stats]
+);
+
 /// Tablespace, database and relfilenode of a relation, as the WAL names it.
 fn relation_locator(rel: RegClass) -> (i64, i64, i64) {
     let rel = rel.0;

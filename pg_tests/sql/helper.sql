@@ -24,6 +24,8 @@ SELECT regress.wait_for($$SELECT helper_healthy FROM fpw_pushdown.status()$$, '3
 SELECT regress.wait_for($$SELECT s->>'state' = 'streaming' AND s->>'consistent' = 'true' FROM fpw_pushdown.helper_status() s$$, '30s') AS helper_streaming;
 SELECT s->>'state' AS state, s->>'consistent' AS consistent, s->>'slot' AS slot
   FROM fpw_pushdown.helper_status() s;
+-- fpw_pushdown.stat shows the helper's own state beside the slot's health.
+SELECT helper_state, helper_healthy, helper_problem FROM fpw_pushdown.stat;
 
 -- page_at(): a page whose newest change carries a full page image (FPW still on).
 CREATE EXTENSION pageinspect;
@@ -105,6 +107,7 @@ SELECT (SELECT array_agg((lp, lp_flags, t_ctid, t_data) ORDER BY lp) FROM heap_p
 -- The autopilot records its switch right after the record is flushed; wait for both.
 SELECT regress.wait_for($$SELECT full_page_writes AND last_switch_by = 'autopilot' FROM fpw_pushdown.status()$$, '30s') AS fpw_back_on;
 SELECT last_switch_by, last_switch_direction FROM fpw_pushdown.status();
+SELECT helper_state, helper_healthy, helper_problem IS NOT NULL AS has_problem FROM fpw_pushdown.stat;
 SELECT regress.try('SELECT fpw_pushdown.helper_status()::text') ~ 'cannot reach the redo helper' AS helper_unreachable;
 ALTER SYSTEM RESET fpw_pushdown.helper_address;
 ALTER SYSTEM RESET fpw_pushdown.helper_token_file;

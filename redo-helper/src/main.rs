@@ -4,7 +4,10 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use log::LevelFilter;
 use redo_helper::cmd;
+use redo_helper::cmd::run::LogFormat;
+use std::io::Write;
 
 #[derive(Parser)]
 #[command(
@@ -50,12 +53,10 @@ fn main() -> ExitCode {
     let command = Cli::parse().command;
     // The service logs what it does (bootstrap progress, streaming, retention) at info; the
     // one-shot commands print their results and log only problems. RUST_LOG overrides both.
-    let default_level = match command {
-        Command::Run(_) => "info",
-        _ => "warn",
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .init();
+    match &command {
+        Command::Run(args) => init_logging(args.log_format(), LevelFilter::Info),
+        _ => init_logging(LogFormat::Text, LevelFilter::Warn),
+    }
     match command {
         Command::Version => {
             println!("redo-helper {}", env!("CARGO_PKG_VERSION"));
@@ -67,4 +68,61 @@ fn main() -> ExitCode {
         Command::Waldump(args) => cmd::waldump::main(args),
         Command::Verify(args) => cmd::verify::main(args),
     }
+}
+
+/// Sets up logging on stderr in `format`. RUST_LOG (env_logger's syntax), when set and not
+/// empty, decides what is logged. Otherwise every crate logs at `default_level`, and this
+/// crate's records pass the filter at any level while the global `log::max_level` (set to
+/// `default_level` here) does the levelling: a reload can then change the helper's level
+/// with `log::set_max_level` alone, without rebuilding the logger (env_logger's filter is
+/// fixed once it is installed).
+fn init_logging(format: LogFormat, default_level: LevelFilter) {
+    // Env::new() names no filter variable: only RUST_LOG_STYLE (colours) is read here.
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::new().write_style("RUST_LOG_STYLE"));
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    match &spec {
+        Some(spec) => {
+            builder.parse_filters(spec);
+        }
+        None => {
+            builder
+                .filter_level(default_level)
+                .filter_module("redo_helper", LevelFilter::Trace);
+        }
+    }
+    if format == LogFormat::Json {
+        builder.format(|buf, record| {
+            let line = JsonLogLine {
+                ts: buf.timestamp_micros().to_string(),
+                level: record.level().as_str(),
+                target: record.target(),
+                message: record.args().to_string(),
+            };
+            match serde_json::to_string(&line) {
+                Ok(json) => writeln!(buf, "{json}"),
+                // Strings always encode; this keeps the line JSON should that ever change.
+                Err(_) => writeln!(
+                    buf,
+                    r#"{{"level":"ERROR","message":"unencodable log line"}}"#
+                ),
+            }
+        });
+    }
+    builder.init();
+    if spec.is_none() {
+        log::set_max_level(default_level);
+    }
+}
+
+/// One line of `--log-format json`.
+#[derive(serde::Serialize)]
+struct JsonLogLine<'a> {
+    /// RFC 3339, UTC, microseconds.
+    ts: String,
+    level: &'a str,
+    target: &'a str,
+    message: String,
 }

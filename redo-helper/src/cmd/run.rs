@@ -114,6 +114,26 @@ pub struct RunArgs {
     /// Entries per image file (0: the default; tests use small files).
     #[arg(long, default_value_t = 0, hide = true)]
     image_file_entries: u64,
+    /// Log line format on stderr: `text` (env_logger's) or `json` (one object per line with
+    /// ts, level, target and message, for log shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// `run --log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `[2026-01-01T00:00:00Z INFO  redo_helper::cmd::run] message`
+    Text,
+    /// `{"ts":"2026-01-01T00:00:00.000000Z","level":"INFO","target":"redo_helper::cmd::run","message":"..."}`
+    Json,
+}
+
+impl RunArgs {
+    /// The log format chosen on the command line (`main` sets up logging before `run`).
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
 }
 
 /// `--disk-reserve`: a size, in `--retain`'s units.
@@ -602,10 +622,12 @@ pub(crate) async fn run_with_state(
     crate::store::prepare_private_data_dir(&opts.data_dir)?;
     let _lock = DataDirLock::acquire(&opts.data_dir)?;
     let status = state.status.clone();
+    let _ = state.data_dir.set(opts.data_dir.clone());
     status.update(|s| {
         s.image_threshold = opts.image_threshold;
         s.state = RunState::Starting;
         s.server = opts.conninfo.to_string();
+        s.data_dir = opts.data_dir.display().to_string();
         s.slot = opts.slot.clone();
     });
     let api = crate::serve::listen::bind(&opts.api).await?;

@@ -59,8 +59,10 @@ struct Queue {
 pub(crate) struct ImageGenStats {
     pub images_generated: AtomicU64,
     pub failures: AtomicU64,
-    /// Chain length (deltas replayed) when an image was made.
+    /// Chain length (deltas replayed) when an image was made: quantiles over the process's
+    /// life for /status, and the same observations as Prometheus buckets for /metrics.
     pub chain_at_image: Mutex<Histogram<u64>>,
+    pub chain_at_image_histogram: prometheus_client::metrics::histogram::Histogram,
 }
 
 pub(crate) struct ImageGenerator {
@@ -83,6 +85,14 @@ pub(crate) fn histogram() -> Histogram<u64> {
     }
 }
 
+/// Prometheus buckets of a chain length (deltas replayed): 1 to 4096, doubling. The default
+/// image threshold is 16, so most chains fall in 1..64; longer ones are the exception.
+pub(crate) fn chain_length_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    prometheus_client::metrics::histogram::Histogram::new(
+        prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 13),
+    )
+}
+
 impl ImageGenerator {
     pub(crate) fn new(
         store: Arc<PageStore>,
@@ -101,6 +111,7 @@ impl ImageGenerator {
                 images_generated: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
                 chain_at_image: Mutex::new(histogram()),
+                chain_at_image_histogram: chain_length_histogram(),
             },
         })
     }
@@ -178,8 +189,11 @@ impl ImageGenerator {
                         h.note_generated_image(lsn);
                     }
                     self.stats.images_generated.fetch_add(1, Ordering::Relaxed);
-                    let _ = lock(&self.stats.chain_at_image)
-                        .record(u64::from(r.deltas_replayed.max(1)));
+                    let chain = r.deltas_replayed.max(1);
+                    let _ = lock(&self.stats.chain_at_image).record(u64::from(chain));
+                    self.stats
+                        .chain_at_image_histogram
+                        .observe(f64::from(chain));
                 }
             }
             // The page's newest change went behind the retention horizon while it waited:

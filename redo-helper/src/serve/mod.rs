@@ -260,11 +260,10 @@ async fn handle(
             Ok(json) => response(StatusCode::OK, "application/json", json + "\n"),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
         },
-        (&Method::GET, "/metrics") => response(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            state.snapshot().prometheus(),
-        ),
+        (&Method::GET, "/metrics") => match metrics::encode(&state) {
+            Ok(body) => response(StatusCode::OK, metrics::CONTENT_TYPE, body),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
         (&Method::GET, p) if p.starts_with("/page/") => match parse_page_path(&p["/page/".len()..])
         {
             Ok(key) => get_page(state, key, query).await,

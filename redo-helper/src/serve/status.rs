@@ -2,7 +2,7 @@
 //! latency summaries, shared between the streaming loop (which updates it), the image
 //! workers and the HTTP server (which reads it for /status and /metrics).
 
-use crate::imagegen::{ImageGenerator, histogram};
+use crate::imagegen::{ImageGenerator, chain_length_histogram, histogram};
 use crate::store::page_store::PageStore;
 use crate::store::retention::{Retain, Retention, RetentionStatus};
 use crate::sync::{lock, read};
@@ -52,6 +52,8 @@ pub(crate) struct FpwRange {
 pub(crate) struct HelperStatus {
     pub state: RunState,
     pub server: String,
+    /// The helper's data directory (`--data-dir`).
+    pub data_dir: String,
     pub slot: String,
     /// As a string: a u64 exceeds what JSON numbers carry exactly.
     #[serde(serialize_with = "as_decimal_string")]
@@ -87,6 +89,12 @@ pub(crate) struct HelperStatus {
     pub unreadable_pages: u64,
     /// Flush acknowledgements are held back because image generation is behind.
     pub backpressure: bool,
+    /// Queue depth above which they are (`--backpressure-queue`).
+    pub backpressure_queue: usize,
+    /// Bytes available on the data directory's filesystem (statvfs; None if it failed).
+    pub data_dir_free_bytes: Option<u64>,
+    /// Space the archive and image generation leave free for retention (`--disk-reserve`).
+    pub disk_reserve_bytes: u64,
     pub deltas_per_read: Quantiles,
     pub getpage_latency_us: Quantiles,
     pub chain_at_image: Quantiles,
@@ -94,7 +102,7 @@ pub(crate) struct HelperStatus {
     pub retention: RetentionStatus,
 }
 
-/// Summary of a histogram for /status and /metrics.
+/// Summary of a histogram over the process's life, for /status (/metrics has buckets).
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Quantiles {
     pub count: u64,
@@ -135,11 +143,32 @@ pub(crate) struct Pages {
     pub retention: Option<Arc<Retention>>,
 }
 
+/// Prometheus histograms of GetPage reads (see `serve::metrics`).
+pub(crate) struct ReadHistograms {
+    /// Seconds to rebuild a page.
+    pub seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Deltas replayed per read.
+    pub deltas: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for ReadHistograms {
+    fn default() -> Self {
+        ReadHistograms {
+            seconds: super::metrics::page_read_seconds_histogram(),
+            deltas: chain_length_histogram(),
+        }
+    }
+}
+
 /// Shared by the HTTP server, the ingest loop and the image workers.
 #[derive(Default)]
 pub(crate) struct SharedState {
     pub status: SharedStatus,
     pub pages: OnceLock<Pages>,
+    /// The data directory, for its filesystem's free space (`data_dir` in the status is
+    /// its display form, lossy for a path that is not UTF-8).
+    pub data_dir: OnceLock<std::path::PathBuf>,
+    pub read_histograms: ReadHistograms,
     /// Deltas replayed per GetPage read.
     pub deltas_per_read: Mutex<Option<Histogram<u64>>>,
     /// Time to rebuild a page for GetPage, in microseconds (measured in the helper).
@@ -148,6 +177,10 @@ pub(crate) struct SharedState {
 
 impl SharedState {
     pub(crate) fn record_read(&self, deltas: u32, elapsed: Duration) {
+        self.read_histograms.seconds.observe(elapsed.as_secs_f64());
+        self.read_histograms
+            .deltas
+            .observe(f64::from(deltas.max(1)));
         let _ = lock(&self.deltas_per_read)
             .get_or_insert_with(histogram)
             .record(u64::from(deltas.max(1)));
@@ -159,11 +192,17 @@ impl SharedState {
     /// The status with the image generator's live numbers filled in.
     pub(crate) fn snapshot(&self) -> HelperStatus {
         let mut s = self.status.snapshot();
+        s.disk_reserve_bytes = crate::store::disk_headroom();
+        s.data_dir_free_bytes = self
+            .data_dir
+            .get()
+            .and_then(|d| crate::store::free_bytes(d));
         if let Some(p) = self.pages.get() {
             let g = &p.imagegen;
             s.imagegen_paused = g.is_paused();
             s.imagegen_queue_depth = g.queue_depth();
             s.backpressure = s.imagegen_queue_depth > g.backpressure_depth;
+            s.backpressure_queue = g.backpressure_depth;
             s.images_generated = g
                 .stats
                 .images_generated

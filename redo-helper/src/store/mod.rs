@@ -78,6 +78,11 @@ pub(crate) fn set_disk_headroom(bytes: u64) {
     DISK_HEADROOM.store(bytes, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// The headroom set by [`set_disk_headroom`] (for /status and /metrics).
+pub(crate) fn disk_headroom() -> u64 {
+    DISK_HEADROOM.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Bytes available to this process on the filesystem of `dir` (`statvfs`).
 pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;

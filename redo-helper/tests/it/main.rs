@@ -21,6 +21,7 @@ mod gin;
 mod gist;
 mod hash;
 mod ingest;
+mod observability;
 mod redo_verify;
 mod repair;
 mod retention;
