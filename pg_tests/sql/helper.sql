@@ -52,7 +52,7 @@ ALTER SYSTEM SET fpw_pushdown.helper_address = :'helper_tcp';
 SELECT pg_reload_conf();
 SELECT pg_sleep(0.3);
 SELECT current_setting('fpw_pushdown.helper_address') LIKE '127.0.0.1:%' AS on_tcp;
-SELECT regress.try('SELECT fpw_pushdown.helper_status()::text') ~ 'HTTP 401' AS refused_without_token;
+SELECT regress.try('SELECT fpw_pushdown.helper_status()::text') ~ 'needs Authorization: Bearer' AS refused_without_token;
 ALTER SYSTEM SET fpw_pushdown.helper_token_file = :'helper_token';
 SELECT pg_reload_conf();
 SELECT pg_sleep(0.3);
