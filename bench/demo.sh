@@ -47,7 +47,9 @@ log "pgbench -i -s $scale"
 
 log "starting redo-helper (BASE_BACKUP bootstrap, then streaming from slot fpw_pushdown)"
 helper_start "$helper_bin" "$work/helper" "$port" "$hport" "$work/helper.log" --image-threshold 16
-sql "ALTER SYSTEM SET fpw_pushdown.helper_address = '127.0.0.1:$hport'" && sql "SELECT pg_reload_conf()" >/dev/null
+helper_token_for_postgres "$cdir/helper.token"
+sql "ALTER SYSTEM SET fpw_pushdown.helper_address = '127.0.0.1:$hport'" &&
+    sql "ALTER SYSTEM SET fpw_pushdown.helper_token_file = '$cdir/helper.token'" && sql "SELECT pg_reload_conf()" >/dev/null
 
 # run_pgbench LABEL [SWITCH_LSN]: a checkpoint first (FPW logs an image on the first change
 # of a page after each checkpoint), then pgbench; appends one result row.
@@ -110,7 +112,7 @@ for i in $(seq 1 "$reads"); do
     1) path="1663/$db/$tl_rel/main/0" ;;
     *) path="1663/$db/$acc_rel/main/$(( (RANDOM * 32768 + RANDOM) % acc_blocks ))" ;;
     esac
-    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$hport/page/$path?lsn=$target")
+    code=$(helper_curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$hport/page/$path?lsn=$target")
     [ "$code" = 200 ] || errors=$((errors + 1))
 done
 on_lsn=$(sql "SELECT fpw_pushdown.enable_full_page_writes()")

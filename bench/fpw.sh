@@ -92,7 +92,9 @@ watch_queue() {
 # until the extension's guard sees it healthy (slot active, lag within bounds).
 helper_attach() {
     helper_start "$helper_bin" "$work/helper" "$port" "$hport" "$work/helper.log" --image-threshold 16
-    sql -c "ALTER SYSTEM SET fpw_pushdown.helper_address = '127.0.0.1:$hport'" -c "SELECT pg_reload_conf()" >/dev/null
+    helper_token_for_postgres "$cdir/helper.token"
+    sql -c "ALTER SYSTEM SET fpw_pushdown.helper_address = '127.0.0.1:$hport'" \
+        -c "ALTER SYSTEM SET fpw_pushdown.helper_token_file = '$cdir/helper.token'" -c "SELECT pg_reload_conf()" >/dev/null
     for _ in $(seq 1 600); do
         [ "$(sql -c "SELECT helper_healthy FROM fpw_pushdown.status()")" = t ] && return 0
         sleep 0.2
@@ -212,6 +214,8 @@ read_pages() {
     while read -r p; do
         printf 'url = "http://127.0.0.1:%s/page/%s?lsn=%s&wait_ms=5000%s"\noutput = /dev/null\n' "$hport" "$p" "$at" "$q"
     done <"$work/pages" >"$work/curl.cfg"
+    # The API token (kept out of the command line, where ps would show it).
+    printf 'header = "Authorization: Bearer %s"\n' "$(cat "$work/helper/api.token")" >>"$work/curl.cfg"
     curl -s -K "$work/curl.cfg" -D "$work/h" -w '%{http_code} %{time_starttransfer}\n' >"$work/w" || true
     # The headers of each response, in order: its status line, then x-deltas-replayed,
     # x-read-us (time to rebuild the page inside the helper) and x-start.

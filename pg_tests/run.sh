@@ -69,7 +69,8 @@ run_suite() {
     export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres PGBIN
     export FPW_TEST_TMP="$work/$name-tmp" FPW_TEST_CLUSTER="$cdir" FPW_TEST_TAG="fpw_pg_tests_client_$$"
     FPW_HELPER_PORT=$(free_port)
-    export FPW_HELPER_PORT
+    FPW_HELPER_TLS_PORT=$(p2=$(free_port); while [ "$p2" = "$FPW_HELPER_PORT" ]; do p2=$(free_port); done; echo "$p2")
+    export FPW_HELPER_PORT FPW_HELPER_TLS_PORT
     if "$PG_REGRESS" --host=127.0.0.1 --port="$port" --user=postgres \
         --bindir="$PGBIN" --inputdir="$here" --outputdir="$outdir/$name" \
         --schedule="$here/$schedule" "$@"; then

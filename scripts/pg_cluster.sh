@@ -77,10 +77,13 @@ cluster_remove() {
 # --- the redo helper, for the demo and benchmarks ---
 
 # helper_start BIN DATA_DIR PG_PORT LISTEN_PORT LOG [extra run args...]: starts
-# `redo-helper run` in the background (HELPER_PID) and waits until it streams.
+# `redo-helper run` in the background (HELPER_PID) and waits until it streams. Its API is on
+# DATA_DIR/api.sock and, with the token in DATA_DIR/api.token, on 127.0.0.1:LISTEN_PORT
+# (HELPER_DATA remembers the directory for helper_curl).
 helper_start() {
     local bin=$1 data=$2 pgport=$3 hport=$4 logf=$5
     shift 5
+    HELPER_DATA=$data
     "$bin" run --connect "host=127.0.0.1 port=$pgport user=postgres" --data-dir "$data" \
         --listen "127.0.0.1:$hport" "$@" >"$logf" 2>&1 &
     HELPER_PID=$!
@@ -102,7 +105,17 @@ helper_stop() {
     fi
 }
 
-helper_status() { curl -s "http://127.0.0.1:$1/status"; }
+# helper_curl ARGS...: curl with the started helper's API token (TCP listener).
+helper_curl() { curl -H "Authorization: Bearer $(cat "$HELPER_DATA/api.token" 2>/dev/null)" "$@"; }
+
+helper_status() { helper_curl -s "http://127.0.0.1:$1/status"; }
+
+# helper_token_for_postgres DEST: a copy of the helper's token that the postgres OS user can
+# read (0600, owned by postgres), for fpw_pushdown.helper_token_file when the helper runs as
+# another user (here: root).
+helper_token_for_postgres() {
+    install -o postgres -g postgres -m 600 "$HELPER_DATA/api.token" "$1"
+}
 
 # json_field NAME: the first scalar "NAME": value in pretty-printed JSON on stdin;
 # json_field NAME SECTION: the same inside the object "SECTION": { ... }.

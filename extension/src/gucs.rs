@@ -24,6 +24,13 @@ pub static AUTOPILOT_DATABASE: GucSetting<Option<CString>> =
 pub static HELPER_ADDRESS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
 
+/// A setting holding a file path (empty: unset).
+pub type PathSetting = GucSetting<Option<CString>>;
+/// File with the bearer token of the helper's TCP listener (superuser only).
+pub static HELPER_TOKEN_FILE: PathSetting = GucSetting::<Option<CString>>::new(Some(c""));
+/// PEM CA certificate(s) for TLS to the helper (superuser only); set: TLS is used.
+pub static HELPER_CA_FILE: PathSetting = GucSetting::<Option<CString>>::new(Some(c""));
+
 pub fn register() {
     GucRegistry::define_string_guc(
         c"fpw_pushdown.slot_name",
@@ -73,10 +80,28 @@ pub fn register() {
     );
     GucRegistry::define_string_guc(
         c"fpw_pushdown.helper_address",
-        c"host:port of the redo helper's loopback HTTP listener.",
+        c"The redo helper's API: unix:/path/to/api.sock (or an absolute socket path), or host:port of its TCP listener.",
         c"When set, disable_full_page_writes() also requires the helper's /status to say it is streaming and consistent; page_at() and helper_status() use it.",
         &HELPER_ADDRESS,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    // Superuser only: the token opens every table's pages, and the CA decides whom the
+    // backend trusts to hand it pages.
+    GucRegistry::define_string_guc(
+        c"fpw_pushdown.helper_token_file",
+        c"File with the bearer token of the redo helper's TCP listener (the helper's api.token).",
+        c"Read for every request to a host:port helper_address; refused when group or others can read it.",
+        &HELPER_TOKEN_FILE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"fpw_pushdown.helper_ca_file",
+        c"PEM CA certificate(s) the redo helper's TLS certificate must chain to; set: requests to a host:port helper_address use TLS.",
+        c"Required for a helper that is not on loopback. The certificate must name the host of helper_address.",
+        &HELPER_CA_FILE,
+        GucContext::Suset,
         GucFlags::default(),
     );
 }

@@ -1,14 +1,26 @@
-//! A minimal HTTP/1.1 client for the redo helper's loopback API (`/status`, `/page`,
-//! `/threshold`). Blocking with timeouts, on the backend's main thread; no WAL logic here.
+//! A minimal HTTP/1.1 client for the redo helper's API (`/status`, `/page`, `/threshold`).
+//! Blocking with timeouts, on the backend's main thread; no WAL logic here.
+//!
+//! `fpw_pushdown.helper_address` names the helper: `unix:/path/api.sock` (or an absolute
+//! path) for its Unix socket, where the socket's file permissions are the access control, or
+//! `host:port` for its TCP listener, where every request carries the bearer token read from
+//! `fpw_pushdown.helper_token_file` and, when `fpw_pushdown.helper_ca_file` is set, goes over
+//! TLS verified against that CA (required for a helper that is not on loopback: the
+//! answers are table pages).
 
 use crate::gucs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest response accepted (a page is 8 KB; /status a few KB).
 const MAX_RESPONSE: usize = 1 << 20;
+/// Largest token file read.
+const MAX_TOKEN_FILE: u64 = 4096;
 
 /// A response from the helper.
 pub struct HelperResponse {
@@ -38,6 +50,39 @@ pub fn helper_address() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// Where the helper listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Its Unix socket.
+    Socket(PathBuf),
+    /// Its TCP listener: `host:port` as configured (also sent as `Host`).
+    Tcp(String),
+}
+
+/// Parses `fpw_pushdown.helper_address`: `unix:PATH`, an absolute path, or `host:port`.
+pub fn parse_target(addr: &str) -> Result<Target, String> {
+    if let Some(path) = addr.strip_prefix("unix:") {
+        if !path.starts_with('/') {
+            return Err(format!(
+                "fpw_pushdown.helper_address {addr:?}: the socket path must be absolute"
+            ));
+        }
+        return Ok(Target::Socket(PathBuf::from(path)));
+    }
+    if addr.starts_with('/') {
+        return Ok(Target::Socket(PathBuf::from(addr)));
+    }
+    let port_ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !port_ok {
+        return Err(format!(
+            "invalid fpw_pushdown.helper_address {addr:?}: expected host:port, unix:/path/to/api.sock or an absolute socket path"
+        ));
+    }
+    Ok(Target::Tcp(addr.to_string()))
+}
+
 fn resolve(addr: &str) -> Result<SocketAddr, String> {
     addr.to_socket_addrs()
         .map_err(|e| format!("invalid fpw_pushdown.helper_address {addr:?}: {e}"))?
@@ -45,31 +90,126 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("fpw_pushdown.helper_address {addr:?} resolves to nothing"))
 }
 
-/// Sends one request and reads the whole response (the helper closes after `Connection: close`).
-pub fn request(method: &str, path: &str, timeout: Duration) -> Result<HelperResponse, String> {
-    let addr = helper_address().ok_or("fpw_pushdown.helper_address is not set")?;
-    let sock = resolve(&addr)?;
-    let mut s = TcpStream::connect_timeout(&sock, CONNECT_TIMEOUT)
-        .map_err(|e| format!("cannot reach the redo helper at {addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+/// The value of a superuser-only path setting (None when empty).
+fn path_setting(setting: &gucs::PathSetting) -> Option<PathBuf> {
+    setting
+        .get()
+        .map(|s| s.to_string_lossy().trim().to_string())
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Reads the bearer token; refuses a file others may read, as libpq refuses such a
+/// `.pgpass`. The token itself never appears in an error.
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let what = || format!("fpw_pushdown.helper_token_file {}", path.display());
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", what()))?;
+    let meta = f.metadata().map_err(|e| format!("{}: {e}", what()))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by group or others (mode {:04o}); fix with: chmod 0600 {}",
+            what(),
+            meta.mode() & 0o7777,
+            path.display()
+        ));
+    }
+    let mut text = String::new();
+    f.take(MAX_TOKEN_FILE)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{}: {e}", what()))?;
+    let token = text.trim();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("{} holds no usable token", what()));
+    }
+    Ok(token.to_string())
+}
+
+/// The HTTP request bytes (`Connection: close`, empty body).
+fn request_bytes(method: &str, path: &str, host: &str, token: Option<&str>) -> Vec<u8> {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
     )
-    .map_err(|e| format!("redo helper at {addr}: {e}"))?;
-    let mut raw = Vec::new();
-    s.take(MAX_RESPONSE as u64 + 1)
-        .read_to_end(&mut raw)
+    .into_bytes()
+}
+
+/// Writes the request and reads the whole response (the helper closes after it).
+fn exchange(
+    mut s: impl Read + Write,
+    request: &[u8],
+    addr: &str,
+) -> Result<HelperResponse, String> {
+    s.write_all(request)
+        .and_then(|()| s.flush())
         .map_err(|e| format!("redo helper at {addr}: {e}"))?;
+    let mut raw = Vec::new();
+    let read = s.take(MAX_RESPONSE as u64 + 1).read_to_end(&mut raw);
+    // A TLS peer closing without close_notify after a complete response is harmless here:
+    // the length is checked against Content-Length below.
+    if let Err(e) = read
+        && raw.is_empty()
+    {
+        return Err(format!("redo helper at {addr}: {e}"));
+    }
     if raw.len() > MAX_RESPONSE {
         return Err(format!(
             "redo helper at {addr}: response larger than {MAX_RESPONSE} bytes"
         ));
     }
     parse_response(&raw).map_err(|e| format!("redo helper at {addr}: {e}"))
+}
+
+/// Sends one request and reads the whole response.
+pub fn request(method: &str, path: &str, timeout: Duration) -> Result<HelperResponse, String> {
+    let addr = helper_address().ok_or("fpw_pushdown.helper_address is not set")?;
+    match parse_target(&addr)? {
+        Target::Socket(sock) => {
+            let s = UnixStream::connect(&sock)
+                .map_err(|e| format!("cannot reach the redo helper at {addr}: {e}"))?;
+            s.set_read_timeout(Some(timeout))
+                .and_then(|()| s.set_write_timeout(Some(timeout)))
+                .map_err(|e| e.to_string())?;
+            // The socket's permissions are the access control: no token.
+            exchange(s, &request_bytes(method, path, "localhost", None), &addr)
+        }
+        Target::Tcp(hostport) => {
+            let sock = resolve(&hostport)?;
+            let token = path_setting(&gucs::HELPER_TOKEN_FILE)
+                .map(|p| read_token(&p))
+                .transpose()?;
+            let ca = path_setting(&gucs::HELPER_CA_FILE);
+            if ca.is_none() && !sock.ip().is_loopback() {
+                return Err(format!(
+                    "the redo helper at {addr} is not on loopback: set fpw_pushdown.helper_ca_file to use TLS (the helper needs --tls-cert/--tls-key)"
+                ));
+            }
+            let s = TcpStream::connect_timeout(&sock, CONNECT_TIMEOUT)
+                .map_err(|e| format!("cannot reach the redo helper at {addr}: {e}"))?;
+            s.set_read_timeout(Some(timeout))
+                .and_then(|()| s.set_write_timeout(Some(timeout)))
+                .map_err(|e| e.to_string())?;
+            let req = request_bytes(method, path, &hostport, token.as_deref());
+            match ca {
+                None => exchange(s, &req, &addr),
+                Some(ca) => {
+                    let host = host_of(&hostport);
+                    let tls = crate::helper_tls::connect(s, &ca, host)
+                        .map_err(|e| format!("redo helper at {addr}: TLS: {e}"))?;
+                    exchange(tls, &req, &addr)
+                }
+            }
+        }
+    }
+}
+
+/// The host of `host:port` (`[v6]:port` without the brackets).
+fn host_of(hostport: &str) -> &str {
+    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
 }
 
 fn parse_response(raw: &[u8]) -> Result<HelperResponse, String> {
@@ -109,7 +249,46 @@ fn parse_response(raw: &[u8]) -> Result<HelperResponse, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_response;
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            parse_target("unix:/run/h/api.sock").unwrap(),
+            Target::Socket("/run/h/api.sock".into())
+        );
+        assert_eq!(
+            parse_target("/run/h/api.sock").unwrap(),
+            Target::Socket("/run/h/api.sock".into())
+        );
+        assert_eq!(
+            parse_target("127.0.0.1:7432").unwrap(),
+            Target::Tcp("127.0.0.1:7432".into())
+        );
+        assert!(parse_target("unix:relative").is_err());
+        assert!(parse_target("127.0.0.1").is_err());
+        assert!(parse_target(":7432").is_err());
+        assert_eq!(host_of("[::1]:7432"), "::1");
+        assert_eq!(host_of("helper.example:7432"), "helper.example");
+        let req = String::from_utf8(request_bytes("GET", "/status", "h:1", Some("t0k"))).unwrap();
+        assert!(req.contains("\r\nAuthorization: Bearer t0k\r\n"), "{req}");
+    }
+
+    #[test]
+    fn token_file_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let p = std::env::temp_dir().join(format!("fpw_token_{}", std::process::id()));
+        std::fs::write(&p, "secret-token-value\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_token(&p).unwrap(), "secret-token-value");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_token(&p).unwrap_err();
+        assert!(
+            e.contains("chmod 0600") && !e.contains("secret-token-value"),
+            "{e}"
+        );
+        std::fs::remove_file(&p).unwrap();
+    }
 
     #[test]
     fn parses_status_headers_and_body() {

@@ -15,6 +15,7 @@ mod guard;
 mod gucs;
 mod helper_client;
 mod helper_state;
+mod helper_tls;
 mod sql_api;
 mod sql_types;
 mod state;

@@ -417,8 +417,84 @@ fn relation_locator(rel: RegClass) -> (i64, i64, i64) {
     }
 }
 
+/// PostgreSQL's FirstNormalObjectId (access/transam.h): OIDs below it belong to objects
+/// initdb created, the system catalogs among them.
+const FIRST_NORMAL_OBJECT_ID: i64 = 16384;
+
+/// page_at() is SECURITY DEFINER (it reads helper settings a caller may not), so it checks
+/// the caller itself: the role that called it (GetOuterUserId: the session's role after SET
+/// ROLE, not the function's owner) must be allowed to SELECT the relation, and a system
+/// catalog (or anything initdb created) needs a superuser, as pageinspect's get_raw_page
+/// does for every relation: their raw pages hold what SELECT privileges hide (pg_authid's
+/// password hashes, dead row versions, other roles' data). An index or TOAST relation is
+/// judged by the table it belongs to, since those have no privileges of their own.
+fn check_page_read_allowed(rel: RegClass) {
+    // SAFETY: GetOuterUserId only reads a backend global.
+    let caller = unsafe { pg_sys::GetOuterUserId() };
+    let row = Spi::connect(|client| {
+        let t = client.select(
+            "WITH base AS (
+                 SELECT COALESCE(i.indrelid, c.oid) AS oid
+                   FROM pg_catalog.pg_class c
+                   LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = c.oid
+                  WHERE c.oid = $1),
+             owner AS (
+                 SELECT COALESCE((SELECT t.oid FROM pg_catalog.pg_class t
+                                   WHERE t.reltoastrelid = base.oid), base.oid) AS oid
+                   FROM base)
+             SELECT (c.relnamespace = 'pg_catalog'::pg_catalog.regnamespace
+                     OR c.oid::pg_catalog.int8 < $3)::bool,
+                    pg_catalog.has_table_privilege($2, c.oid, 'SELECT'),
+                    (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = $2),
+                    c.relname::text
+               FROM owner JOIN pg_catalog.pg_class c ON c.oid = owner.oid",
+            Some(1),
+            &[rel.0.into(), caller.into(), FIRST_NORMAL_OBJECT_ID.into()],
+        )?;
+        if t.is_empty() {
+            return Ok::<_, pgrx::spi::Error>(None);
+        }
+        let r = t.first();
+        Ok(Some((
+            r.get::<bool>(1)?,
+            r.get::<bool>(2)?,
+            r.get::<bool>(3)?,
+            r.get::<String>(4)?,
+        )))
+    });
+    let (catalog, may_select, superuser, name) = match row {
+        Ok(Some((Some(c), Some(s), su, Some(n)))) => (c, s, su.unwrap_or(false), n),
+        Ok(_) => raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            &format!("relation {} does not exist", rel.0.to_u32()),
+            None,
+            None,
+        ),
+        Err(e) => pgrx::error!("fpw_pushdown: could not check privileges: {e}"),
+    };
+    if catalog && !superuser {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            &format!("must be superuser to read raw pages of system relation \"{name}\""),
+            None,
+            None,
+        );
+    }
+    if !may_select && !superuser {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            &format!("permission denied for table {name}"),
+            Some(
+                "page_at() needs SELECT on the table (for an index or TOAST relation: on its table).",
+            ),
+            None,
+        );
+    }
+}
+
 /// The page `blk` of a relation fork as of `lsn` (default: the WAL flushed now), rebuilt by
 /// the redo helper: time-travel page inspection, e.g. with pageinspect's page_header().
+/// The caller needs SELECT on the relation, and superuser for a system catalog.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn page_at(
@@ -448,6 +524,7 @@ fn page_at(
     // memory-safe in any backend; PostgreSQL means it for primaries (it asserts
     // !RecoveryInProgress in assert-enabled builds; on a standby use an explicit `lsn`).
     let lsn = lsn.unwrap_or_else(|| PgLsn(unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) }));
+    check_page_read_allowed(rel);
     let (spc, db, node) = relation_locator(rel);
     let path = format!("/page/{spc}/{db}/{node}/{fork}/{blk}?lsn={lsn}&wait_ms=10000");
     let resp = helper_client::request("GET", &path, Duration::from_secs(15))

@@ -71,6 +71,11 @@ fn reload_run_args(argv: Vec<OsString>) -> Result<cmd::run::RunArgs, String> {
 }
 
 fn main() -> ExitCode {
+    // Everything the helper creates (its data directory, the API socket and token, files
+    // `repair` adds to PGDATA) is for its owner only, as PostgreSQL's PG_MODE_MASK_OWNER
+    // umask; the store also creates its files with explicit 0600/0700 modes.
+    // SAFETY: umask only changes this process's file-creation mask; no thread runs yet.
+    unsafe { libc::umask(0o077) };
     let argv: Vec<OsString> = std::env::args_os().collect();
     let (cli, merged) = match parse(argv.clone()) {
         Ok(p) => p,

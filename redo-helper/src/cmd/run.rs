@@ -19,6 +19,7 @@
 //!   arguments), and wait at start-up until the repair is done.
 
 use crate::imagegen::ImageGenerator;
+use crate::serve::listen::{ApiConfig, ApiError, TcpConfig, TlsFiles};
 use crate::serve::status::{FpwRange, Pages, RunState, SharedState, SharedStatus};
 use crate::store::StoreError;
 use crate::store::archive::{ArchiveError, WalArchive};
@@ -39,7 +40,6 @@ use crate::stream::replication::{ServerStreamMessage, StreamEvent, standby_statu
 use crate::sync::read;
 use crate::wal::block::PageKey;
 use crate::wal::page::Lsn;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -56,9 +56,37 @@ pub struct RunArgs {
     /// Physical replication slot to create (if missing) and stream from.
     #[arg(long, default_value = "fpw_pushdown")]
     slot: String,
-    /// Loopback address for /status and /metrics (e.g. 127.0.0.1:7432).
+    /// The API's Unix socket (default: DATA_DIR/api.sock, 0600 in the 0700 data directory:
+    /// only the helper's OS user can connect; no token needed there).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Also serve the API on TCP (e.g. 127.0.0.1:7432). Every request needs
+    /// `Authorization: Bearer <token>` (see --api-token-file); an address other than
+    /// loopback needs --tls-cert and --tls-key.
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<std::net::SocketAddr>,
+    /// The TCP listener's bearer token (default: DATA_DIR/api.token; created 0600 with a
+    /// random 256-bit token when missing; refused when readable by group or others).
+    #[arg(long, value_name = "PATH")]
+    api_token_file: Option<PathBuf>,
+    /// Let `GET /status` and `GET /metrics` on TCP through without the token (they carry
+    /// no table data; for a monitoring system).
+    #[arg(long)]
+    metrics_without_token: bool,
+    /// Host name (besides IP addresses and localhost) clients may put in the `Host` header
+    /// of a TCP request (repeatable). Other names are refused against DNS rebinding.
+    #[arg(long = "api-host-name", value_name = "NAME")]
+    api_host_names: Vec<String>,
+    /// PEM certificate chain for TLS on the TCP listener.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS on the TCP listener (0600, or 0640 owned by root).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Connections served at once per listener (socket, TCP); more are closed at once.
+    /// At most a quarter of the open-file limit.
+    #[arg(long, default_value_t = crate::serve::listen::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
     /// How often received WAL is fsynced and acknowledged, in milliseconds.
     #[arg(long, default_value_t = 100)]
     flush_interval_ms: u64,
@@ -194,11 +222,31 @@ pub fn main(args: RunArgs) -> ExitCode {
             .unwrap_or(1)
             .max(1)
     });
+    let api = ApiConfig {
+        socket: args
+            .api_socket
+            .unwrap_or_else(|| args.data_dir.join("api.sock")),
+        tcp: args.listen.map(|addr| TcpConfig {
+            addr,
+            token_file: args
+                .api_token_file
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("api.token")),
+            open_status_and_metrics: args.metrics_without_token,
+            host_names: args.api_host_names.clone(),
+            tls: args
+                .tls_cert
+                .clone()
+                .zip(args.tls_key.clone())
+                .map(|(cert, key)| TlsFiles { cert, key }),
+        }),
+        max_connections: args.max_connections,
+    };
     run_service(RunOptions {
         conninfo,
         data_dir: args.data_dir,
         slot: args.slot,
-        listen: args.listen,
+        api,
         flush_interval: std::time::Duration::from_millis(args.flush_interval_ms.max(1)),
         flush_bytes: 4 << 20,
         max_backoff: std::time::Duration::from_secs(args.max_backoff_secs.max(1)),
@@ -285,7 +333,8 @@ pub(crate) struct RunOptions {
     pub conninfo: ConnInfo,
     pub data_dir: PathBuf,
     pub slot: String,
-    pub listen: Option<SocketAddr>,
+    /// The API's listeners.
+    pub api: ApiConfig,
     /// How often buffered WAL is fsynced and acknowledged.
     pub flush_interval: Duration,
     /// Flush as soon as this many bytes are waiting.
@@ -496,11 +545,8 @@ pub(crate) enum ServiceError {
         ours: crate::wal::PgVersion,
         dir: PathBuf,
     },
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Api(#[from] ApiError),
 }
 
 /// The store's own errors, raised directly by `run`'s steps.
@@ -901,11 +947,7 @@ pub(crate) async fn run_with_state(
     state: Arc<SharedState>,
 ) -> Result<Stop, ServiceError> {
     let mut stop = opts.stop.clone();
-    let dd = |source| StoreError::DataDir {
-        dir: opts.data_dir.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&opts.data_dir).map_err(dd)?;
+    crate::store::prepare_private_data_dir(&opts.data_dir)?;
     // A repair that was handed the directory (SIGUSR1) is waited for (store::lock).
     let _lock = blocking(|| {
         DataDirLock::acquire_after_repair(&opts.data_dir, |pid| {
@@ -921,13 +963,9 @@ pub(crate) async fn run_with_state(
         s.data_dir = opts.data_dir.display().to_string();
         s.slot = opts.slot.clone();
     });
-    if let Some(addr) = opts.listen {
-        let listener = crate::serve::bind(addr)
-            .await
-            .map_err(|source| ServiceError::Listen { addr, source })?;
-        log::info!("status on http://{addr}/status, metrics on http://{addr}/metrics");
-        tokio::spawn(crate::serve::serve(listener, Arc::clone(&state)));
-    }
+    let api = crate::serve::listen::bind(&opts.api).await?;
+    log::info!("{}", api.describe());
+    crate::serve::listen::spawn(api, Arc::clone(&state));
 
     let mut backoff = Duration::from_secs(1);
     let meta = loop {

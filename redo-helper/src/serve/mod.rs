@@ -1,4 +1,6 @@
-//! The helper's loopback HTTP listener:
+//! The helper's HTTP API, on a Unix socket in the data directory and, with `--listen`, on TCP
+//! with a bearer token (and TLS off loopback); who may use it is checked in [`access`], the
+//! listeners and their limits are in [`listen`]:
 //! - `GET /status` (JSON) and `GET /metrics` (Prometheus text);
 //! - `GET /page/{spc}/{db}/{rel}/{fork}/{blk}[?lsn=X/Y][&wait_ms=N][&images=none][&cache=none]`:
 //!   GetPage@LSN, the 8 KB page as `application/octet-stream`, with `x-deltas-replayed`,
@@ -9,6 +11,8 @@
 //! - `POST /imagegen/pause`, `POST /imagegen/resume`;
 //! - `POST /threshold/{spc}/{db}/{rel}?value=N` (no value: back to the default).
 
+pub(crate) mod access;
+pub(crate) mod listen;
 mod metrics;
 pub(crate) mod status;
 
@@ -18,16 +22,11 @@ use crate::wal::page::Lsn;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use status::SharedState;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 
 /// Longest a page read waits for WAL that has not arrived yet.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -78,13 +77,14 @@ fn parse_page_path(rest: &str) -> Result<PageKey, String> {
     })
 }
 
-async fn get_page(state: Arc<SharedState>, key: PageKey, query: Option<&str>) -> HttpResponse {
+/// A page read's query: `lsn`, `wait_ms`, `images`, `cache`.
+fn parse_read_query(query: Option<&str>) -> Result<(Option<Lsn>, Duration, ReadOptions), String> {
     let lsn = match query_param(query, "lsn")
         .map(|v| v.replace("%2F", "/").replace("%2f", "/").parse::<Lsn>())
     {
         None => None,
         Some(Ok(l)) => Some(l),
-        Some(Err(e)) => return text(StatusCode::BAD_REQUEST, e),
+        Some(Err(e)) => return Err(e.to_string()),
     };
     let wait = query_param(query, "wait_ms")
         .and_then(|v| v.parse::<u64>().ok())
@@ -99,6 +99,14 @@ async fn get_page(state: Arc<SharedState>, key: PageKey, query: Option<&str>) ->
             generated_images: true,
             cache: query_param(query, "cache") != Some("none"),
         }
+    };
+    Ok((lsn, wait, opts))
+}
+
+async fn get_page(state: Arc<SharedState>, key: PageKey, query: Option<&str>) -> HttpResponse {
+    let (lsn, wait, opts) = match parse_read_query(query) {
+        Ok(q) => q,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
     let deadline = Instant::now() + wait;
     loop {
@@ -166,19 +174,15 @@ async fn get_page(state: Arc<SharedState>, key: PageKey, query: Option<&str>) ->
     }
 }
 
-fn set_threshold(state: &SharedState, rest: &str, query: Option<&str>) -> HttpResponse {
-    let Some(pages) = state.pages.get() else {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the helper is bootstrapping",
-        );
-    };
+/// `/threshold/{spc}/{db}/{rel}?value=N`: the relation and the new threshold (None: the
+/// default).
+fn parse_threshold(
+    rest: &str,
+    query: Option<&str>,
+) -> Result<(RelFileLocator, Option<u32>), &'static str> {
     let parts: Vec<u32> = rest.split('/').filter_map(|p| p.parse().ok()).collect();
     let [spc, db, rel] = parts.as_slice() else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "expected /threshold/{spc}/{db}/{rel}?value=N",
-        );
+        return Err("expected /threshold/{spc}/{db}/{rel}?value=N");
     };
     let rel = RelFileLocator {
         spc_oid: *spc,
@@ -188,7 +192,21 @@ fn set_threshold(state: &SharedState, rest: &str, query: Option<&str>) -> HttpRe
     let value = match query_param(query, "value").map(str::parse::<u32>) {
         None => None,
         Some(Ok(v)) if v > 0 => Some(v),
-        Some(_) => return text(StatusCode::BAD_REQUEST, "value must be a positive integer"),
+        Some(_) => return Err("value must be a positive integer"),
+    };
+    Ok((rel, value))
+}
+
+fn set_threshold(state: &SharedState, rest: &str, query: Option<&str>) -> HttpResponse {
+    let Some(pages) = state.pages.get() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the helper is bootstrapping",
+        );
+    };
+    let (rel, value) = match parse_threshold(rest, query) {
+        Ok(t) => t,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
     pages.imagegen.policy.set_override(rel, value);
     text(
@@ -202,10 +220,38 @@ fn set_threshold(state: &SharedState, rest: &str, query: Option<&str>) -> HttpRe
     )
 }
 
+/// How a connection came in, hence what its requests must show ([`access`]).
+#[derive(Clone)]
+pub(crate) enum Gate {
+    /// The Unix socket: its file permissions let only the helper's OS user connect.
+    Socket,
+    /// TCP: token, Host and Origin checked on every request.
+    Tcp(Arc<access::TcpAccess>),
+}
+
 async fn handle(
     req: Request<Incoming>,
     state: Arc<SharedState>,
+    gate: Gate,
 ) -> Result<HttpResponse, Infallible> {
+    if let Gate::Tcp(a) = &gate
+        && let Err(refusal) = access::check_tcp(a, req.method(), req.uri(), req.headers())
+    {
+        log::debug!(
+            "API: refused {} {}: {}",
+            req.method(),
+            req.uri().path(),
+            refusal.message
+        );
+        let mut r = text(refusal.status, refusal.message);
+        if refusal.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        return Ok(r);
+    }
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let query = query.as_deref();
@@ -252,39 +298,6 @@ async fn handle(
     })
 }
 
-/// Binds the listener (so the caller learns about a busy port at once).
-pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    if !addr.ip().is_loopback() {
-        log::warn!(
-            "listening on non-loopback address {addr}: the status and page API has no authentication"
-        );
-    }
-    TcpListener::bind(addr).await
-}
-
-pub(crate) async fn serve(listener: TcpListener, state: Arc<SharedState>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                log::warn!("http accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, Arc::clone(&state)));
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                log::debug!("http connection: {e}");
-            }
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,5 +320,29 @@ mod tests {
         assert!(parse_page_path("1663/5/16384/main").is_err());
         assert!(parse_page_path("x/5/16384/main/1").is_err());
         assert_eq!(query_param(Some("lsn=0/1&wait_ms=5"), "wait_ms"), Some("5"));
+        let (lsn, wait, _) = parse_read_query(Some("lsn=1%2F20&wait_ms=99999999")).unwrap();
+        assert_eq!((lsn, wait), (Some(Lsn(0x1_0000_0020)), MAX_WAIT));
+        assert!(parse_read_query(Some("lsn=zz")).is_err());
+        assert_eq!(
+            parse_threshold("1663/5/16384", Some("value=7")).unwrap().1,
+            Some(7)
+        );
+        assert!(parse_threshold("1663/5", None).is_err());
+        assert!(parse_threshold("1663/5/1", Some("value=0")).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(10_000))]
+
+        /// Paths and queries as a client may send them: typed errors, no panic.
+        #[test]
+        fn fuzz_path_and_query_parsing(
+            path in "[0-9a-z/%.-]{0,40}|([0-9]{1,12}/){0,6}(main|fsm|vm|init|[0-9]{1,3})?",
+            query in proptest::option::of("[a-z_]{0,7}(=[0-9a-zA-Z/%.-]{0,20})?(&[a-z_]{0,7}=[0-9A-F/%]{0,20}){0,4}"),
+        ) {
+            let _ = parse_page_path(&path);
+            let _ = parse_threshold(&path, query.as_deref());
+            let _ = parse_read_query(query.as_deref());
+        }
     }
 }

@@ -87,7 +87,7 @@ impl WalArchive {
             path: dir.to_path_buf(),
             source,
         };
-        fs::create_dir_all(dir).map_err(io_err)?;
+        super::create_private_dir_all(dir).map_err(io_err)?;
         let fp = flushed_path(dir);
         let flush_pos = match fs::read_to_string(&fp) {
             Ok(text) => text
@@ -128,7 +128,7 @@ impl WalArchive {
         if !self.dirty.contains_key(&segno) {
             let path = self.segment_path(segno);
             let existed = path.exists();
-            let f = OpenOptions::new()
+            let f = super::private_file_options()
                 .create(true)
                 .truncate(false)
                 .read(true)

@@ -7,7 +7,7 @@ use crate::sync::lock;
 use crate::wal::block::{PageKey, RelFileLocator};
 use crate::wal::page::BLCKSZ;
 use std::collections::BTreeSet;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -116,8 +116,12 @@ impl BaseFiles {
     /// Copies `src` to `dest` and fsyncs the file; the directory is synced by `sync_all`.
     pub(crate) fn write_file(&self, dest: &Path, src: &mut impl Read) -> io::Result<u64> {
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&dir)?;
-        let mut f = File::create(dest)?;
+        super::create_private_dir_all(&dir)?;
+        let mut f = super::private_file_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dest)?;
         let n = io::copy(src, &mut f)?;
         f.flush()?;
         f.sync_all()?;

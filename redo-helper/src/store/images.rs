@@ -150,7 +150,7 @@ impl ImageStore {
             let path = path.to_path_buf();
             move |source| ImageStoreError::Io { path, source }
         };
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        super::create_private_dir_all(dir).map_err(io_err(dir))?;
         let mut numbers: Vec<u32> = fs::read_dir(dir)
             .map_err(io_err(dir))?
             .filter_map(|e| e.ok())
@@ -237,7 +237,7 @@ impl ImageStore {
         let current = numbers.last().copied().unwrap_or(0);
         file_entries.entry(current).or_insert(0);
         let path = file_path(dir, current);
-        let current_file = OpenOptions::new()
+        let current_file = super::private_file_options()
             .create(true)
             .truncate(false)
             .read(true)
@@ -301,7 +301,7 @@ impl ImageStore {
             self.sync()?;
             self.current += 1;
             let path = file_path(&self.dir, self.current);
-            self.current_file = OpenOptions::new()
+            self.current_file = super::private_file_options()
                 .create(true)
                 .truncate(false)
                 .read(true)

@@ -13,7 +13,7 @@
 //! holds (the archive's positions, the index, image workers, retention) is rebuilt from the
 //! directory the repair extended, exactly as after a restart.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -148,7 +148,7 @@ impl DataDirLock {
             dir: dir.to_path_buf(),
             source,
         };
-        let mut file = OpenOptions::new()
+        let mut file = super::private_file_options()
             .create(true)
             .truncate(false)
             .read(true)

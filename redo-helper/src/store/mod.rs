@@ -56,6 +56,14 @@ pub(crate) enum StoreError {
     #[error("cannot use data directory {dir}: {source}")]
     DataDir { dir: PathBuf, source: io::Error },
     #[error(
+        "data directory {dir} is accessible by group or others (mode {mode:04o}), but it holds a copy of every table and the WAL; fix with: chmod 0700 {dir}"
+    )]
+    DataDirAccess { dir: PathBuf, mode: u32 },
+    #[error(
+        "data directory {dir} is owned by uid {owner}, not by the user running the helper (uid {euid}); run the helper as its owner"
+    )]
+    DataDirOwner { dir: PathBuf, owner: u32, euid: u32 },
+    #[error(
         "{count} page image(s) damaged (first: {first}); retention removed the history before {horizon}, so images may be the only record of it and pages cannot be proven: bootstrap the helper again into an empty data directory"
     )]
     ImagesDamaged {
@@ -112,15 +120,137 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Mode of every directory the helper creates in its data directory: owner only, as
+/// PostgreSQL's `pg_dir_create_mode` (0700) for PGDATA. The files hold copies of every
+/// table (pg_authid's password hashes too) and the WAL.
+pub(crate) const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of every file the helper creates: PostgreSQL's `pg_file_create_mode` (0600).
+pub(crate) const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// `mkdir -p` with [`PRIVATE_DIR_MODE`] for every directory it creates (the process umask,
+/// 0077 in `redo-helper`, can only take bits away). Existing directories are left as they are.
+pub(crate) fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+}
+
+/// Creates the data directory (0700) if missing and checks that only its owner, the user
+/// running the helper, can reach it, as PostgreSQL's `checkDataDir` does for PGDATA. An
+/// existing but empty directory is tightened to 0700 as `initdb` does ("fixing permissions
+/// on existing directory"); one with contents and group/other bits is refused, because
+/// what is already in it may have been readable.
+pub(crate) fn prepare_private_data_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dd = |source| StoreError::DataDir {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    create_private_dir_all(dir).map_err(dd)?;
+    let meta = std::fs::metadata(dir).map_err(dd)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        return Err(StoreError::DataDirOwner {
+            dir: dir.to_path_buf(),
+            owner: meta.uid(),
+            euid,
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        let empty = std::fs::read_dir(dir).map_err(dd)?.next().is_none();
+        if !empty {
+            return Err(StoreError::DataDirAccess {
+                dir: dir.to_path_buf(),
+                mode,
+            });
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+            .map_err(dd)?;
+        log::info!(
+            "data directory {}: fixed permissions of the empty directory ({mode:04o} -> 0700)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// `OpenOptions` that create a missing file with [`PRIVATE_FILE_MODE`].
+pub(crate) fn private_file_options() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.mode(PRIVATE_FILE_MODE);
+    o
+}
+
 /// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = private_file_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
     sync_dir(path.parent().unwrap_or_else(|| Path::new(".")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn private_dirs_and_files_whatever_the_umask() {
+        // The test process runs under the usual umask (022): the explicit modes must hold.
+        let root = std::env::temp_dir().join(format!("rh_private_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("a/b");
+        create_private_dir_all(&dir).unwrap();
+        assert_eq!(mode(&root.join("a")), 0o700);
+        assert_eq!(mode(&dir), 0o700);
+        write_atomic(&dir.join("f.json"), b"{}").unwrap();
+        assert_eq!(mode(&dir.join("f.json")), 0o600);
+        let f = dir.join("seg");
+        private_file_options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&f)
+            .unwrap();
+        assert_eq!(mode(&f), 0o600);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn data_dir_open_to_others_is_refused_unless_empty() {
+        let dir = std::env::temp_dir().join(format!("rh_datadir_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Empty: tightened, as initdb does.
+        prepare_private_data_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        // With contents: refused, with the fix in the message.
+        std::fs::write(dir.join("helper.json"), "{}").unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let e = prepare_private_data_dir(&dir).unwrap_err().to_string();
+        assert!(e.contains("mode 0750"), "{e}");
+        assert!(e.contains(&format!("chmod 0700 {}", dir.display())), "{e}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        prepare_private_data_dir(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

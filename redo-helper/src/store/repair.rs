@@ -266,6 +266,13 @@ impl OpenFiles {
                     use std::os::unix::fs::MetadataExt;
                     std::os::unix::fs::fchown(&f, Some(dir.uid()), Some(dir.gid()))
                         .map_err(|e| err(&path, e))?;
+                    // The process umask (0077) made it 0600, PostgreSQL's mode; a cluster
+                    // initialized with group access (initdb -g: 0750 directories) has 0640.
+                    if dir.mode() & 0o050 == 0o050 {
+                        use std::os::unix::fs::PermissionsExt;
+                        f.set_permissions(std::fs::Permissions::from_mode(0o640))
+                            .map_err(|e| err(&path, e))?;
+                    }
                 }
                 v.insert(f)
             }

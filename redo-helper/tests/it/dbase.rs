@@ -79,7 +79,7 @@ fn pages_copied(stdout: &str) -> u64 {
 
 /// GET /page: status and body.
 fn get_page(h: &HelperProcess, path: &str) -> (u16, Vec<u8>) {
-    let r = http(h.listen, "GET", path).expect("GET /page");
+    let r = http(&h.listen, "GET", path).expect("GET /page");
     (r.status, r.body)
 }
 
@@ -386,7 +386,7 @@ fn file_copy_pages_survive_retention_past_the_copy() {
             &data_file_page(&c, "xr", "keep", blk),
         );
         let full =
-            http(h.listen, "GET", &format!("{path}?images=none&cache=none")).expect("GET /page");
+            http(&h.listen, "GET", &format!("{path}?images=none&cache=none")).expect("GET /page");
         assert_eq!(full.status, 200, "{}", String::from_utf8_lossy(&full.body));
         assert_eq!(full.body, body, "xr.keep block {blk}: full chain");
         let start = full.header("x-start").unwrap_or_default().to_string();

@@ -147,7 +147,7 @@ fn bloom_and_rum_indexes_generic_wal_replay_exactly() {
         let f = std::fs::File::open(&file).expect("open the index's data file");
         for blk in 0..blocks {
             let path = format!("/page/{rel}/main/{blk}?images=none&cache=none");
-            let r = http(h.listen, "GET", &path).expect("GET /page");
+            let r = http(&h.listen, "GET", &path).expect("GET /page");
             assert_eq!(
                 r.status,
                 200,

@@ -26,6 +26,7 @@ mod observability;
 mod redo_verify;
 mod repair;
 mod retention;
+mod security;
 mod serve_pages;
 mod service;
 mod spgist;

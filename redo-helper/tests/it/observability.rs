@@ -117,7 +117,7 @@ fn live_metrics_pass_promtool_and_cover_the_dashboard_and_the_alert_rules() {
         .into_iter()
         .chain((0..10).map(|b| format!("/page/{accounts}/main/{b}")))
     {
-        let r = http(h.listen, "GET", &path).expect("GET /page");
+        let r = http(&h.listen, "GET", &path).expect("GET /page");
         assert_eq!(r.status, 200, "GET {path}");
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 const SEG: u64 = 16 << 20;
 
 fn status_code(h: &HelperProcess, path: &str) -> (u16, String) {
-    let r = http(h.listen, "GET", path).expect("GET /page");
+    let r = http(&h.listen, "GET", path).expect("GET /page");
     (r.status, String::from_utf8_lossy(&r.body).into_owned())
 }
 
@@ -153,14 +153,14 @@ fn history_before_the_horizon_is_removed_and_what_remains_is_exact() {
     let (code, body) = status_code(&h, &format!("{branches}?lsn={early}"));
     assert_eq!(code, 410, "{body}");
     for page in [&branches, &accounts] {
-        let served = http(h.listen, "GET", &format!("{page}?cache=none")).expect("GET");
+        let served = http(&h.listen, "GET", &format!("{page}?cache=none")).expect("GET");
         assert_eq!(
             served.status,
             200,
             "{page}: {}",
             String::from_utf8_lossy(&served.body)
         );
-        let full = http(h.listen, "GET", &format!("{page}?images=none")).expect("GET");
+        let full = http(&h.listen, "GET", &format!("{page}?images=none")).expect("GET");
         assert_eq!(full.status, 200, "{}", String::from_utf8_lossy(&full.body));
         assert!(
             served.body == full.body,

@@ -31,7 +31,7 @@ fn deltas(r: &support::HttpReply) -> u32 {
 }
 
 fn get_page(h: &HelperProcess, path: &str) -> support::HttpReply {
-    let r = http(h.listen, "GET", path).expect("GET /page");
+    let r = http(&h.listen, "GET", path).expect("GET /page");
     assert_eq!(
         r.status,
         200,
@@ -113,7 +113,7 @@ fn served_pages_equal_the_data_files_and_history_equals_the_full_chain() {
         deltas(&r)
     );
     // A dropped relation's pages are gone (404 with the reason).
-    let unknown = http(h.listen, "GET", "/page/1663/5/999999999/main/0").expect("GET");
+    let unknown = http(&h.listen, "GET", "/page/1663/5/999999999/main/0").expect("GET");
     assert_eq!(unknown.status, 404);
 
     // Stop the helper (kill -9: the store must recover) and check it offline.
@@ -159,7 +159,7 @@ fn image_generation_bounds_reads_and_the_bound_returns_after_a_pause() {
     }
 
     // Paused: the chain of the hot page grows with every transaction.
-    let paused = http(h.listen, "POST", "/imagegen/pause").expect("pause");
+    let paused = http(&h.listen, "POST", "/imagegen/pause").expect("pause");
     assert_eq!(paused.status, 200);
     c.pgbench(&["-c", "2", "-t", "200", "-n"]);
     let target = lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
@@ -183,7 +183,7 @@ fn image_generation_bounds_reads_and_the_bound_returns_after_a_pause() {
     );
 
     // Resumed: the queue drains and the bound is back.
-    let resumed = http(h.listen, "POST", "/imagegen/resume").expect("resume");
+    let resumed = http(&h.listen, "POST", "/imagegen/resume").expect("resume");
     assert_eq!(resumed.status, 200);
     let started = Instant::now();
     wait_settled(&c, &mut h);

@@ -41,7 +41,7 @@ fn systemd_unit_verifies() {
 
 /// Spawns `redo-helper run --config FILE` with the listener from the environment, the
 /// notification socket and watchdog set.
-fn spawn_configured(config: &Path, log: &Path, notify: &Path) -> HelperProcess {
+fn spawn_configured(config: &Path, data_dir: &Path, log: &Path, notify: &Path) -> HelperProcess {
     let listen = free_port();
     let logf = std::fs::OpenOptions::new()
         .create(true)
@@ -61,7 +61,11 @@ fn spawn_configured(config: &Path, log: &Path, notify: &Path) -> HelperProcess {
         .expect("spawn redo-helper");
     HelperProcess {
         child,
-        listen,
+        listen: support::Api {
+            port: listen,
+            token_file: data_dir.join("api.token"),
+            socket: data_dir.join("api.sock"),
+        },
         log: log.to_path_buf(),
     }
 }
@@ -128,7 +132,7 @@ fn notify_reload_and_sigterm_under_load_lose_nothing() {
     let notify_path = tmp.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
     let log = tmp.path().join("helper.log");
-    let mut h = spawn_configured(&config, &log, &notify_path);
+    let mut h = spawn_configured(&config, &helper_dir, &log, &notify_path);
     let mut seen = Vec::new();
 
     // READY=1 only once streaming: every STATUS= before it names another state.
@@ -213,7 +217,7 @@ fn notify_reload_and_sigterm_under_load_lose_nothing() {
     );
 
     // Restart: it resumes at its archive's end, at or past everything acknowledged.
-    let mut h = spawn_configured(&config, &log, &notify_path);
+    let mut h = spawn_configured(&config, &helper_dir, &log, &notify_path);
     let resumed = h.wait_status("streaming after restart", Duration::from_secs(60), |s| {
         s["state"] == "streaming"
     });

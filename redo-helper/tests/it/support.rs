@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,8 +14,27 @@ pub const HELPER_BIN: &str = env!("CARGO_BIN_EXE_redo-helper");
 /// A running `redo-helper run`; killed on drop.
 pub struct HelperProcess {
     pub child: Child,
-    pub listen: u16,
+    /// Its API: `status()` and `metrics()` use the Unix socket in the data directory (the
+    /// default), `http(&h.listen, ..)` the loopback TCP listener with the token.
+    pub listen: Api,
     pub log: PathBuf,
+}
+
+/// Where a helper's API is: its loopback TCP port with the token file, and its socket.
+#[derive(Clone)]
+pub struct Api {
+    pub port: u16,
+    pub token_file: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Api {
+    /// The bearer token the helper wrote into its data directory (None until it did).
+    pub fn token(&self) -> Option<String> {
+        std::fs::read_to_string(&self.token_file)
+            .ok()
+            .map(|t| t.trim().to_string())
+    }
 }
 
 impl HelperProcess {
@@ -63,19 +83,23 @@ impl HelperProcess {
             .expect("spawn redo-helper");
         HelperProcess {
             child,
-            listen,
+            listen: Api {
+                port: listen,
+                token_file: data_dir.join("api.token"),
+                socket: data_dir.join("api.sock"),
+            },
             log: log.to_path_buf(),
         }
     }
 
-    /// GET /status as JSON (None while the listener is not up).
+    /// GET /status as JSON over the socket (None while the listener is not up).
     pub fn status(&self) -> Option<serde_json::Value> {
-        let body = http_get(self.listen, "/status")?;
+        let body = http_get(&self.listen, "/status")?;
         serde_json::from_str(&body).ok()
     }
 
     pub fn metrics(&self) -> Option<String> {
-        http_get(self.listen, "/metrics")
+        http_get(&self.listen, "/metrics")
     }
 
     /// Waits until `pred(status)` holds; panics with the log after `timeout`.
@@ -148,10 +172,9 @@ impl Drop for HelperProcess {
     }
 }
 
-/// Minimal HTTP/1.1 GET against 127.0.0.1:port.
-pub fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+/// Minimal HTTP/1.1 GET over the helper's Unix socket; the body of a 200.
+pub fn http_get(api: &Api, path: &str) -> Option<String> {
+    let mut s = UnixStream::connect(&api.socket).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
@@ -180,18 +203,42 @@ impl HttpReply {
     }
 }
 
-/// Minimal HTTP/1.1 request with an empty body against 127.0.0.1:port.
-pub fn http(port: u16, method: &str, path: &str) -> Option<HttpReply> {
-    let mut s =
+/// Minimal HTTP/1.1 request with an empty body against the helper's loopback TCP listener,
+/// with its token.
+pub fn http(api: &Api, method: &str, path: &str) -> Option<HttpReply> {
+    let auth = format!("Authorization: Bearer {}\r\n", api.token()?);
+    http_raw(
+        api.port,
+        method,
+        path,
+        &format!("Host: localhost\r\n{auth}"),
+    )
+}
+
+/// An HTTP/1.1 request with an empty body and exactly the header lines `headers` (each
+/// ending in CRLF) against 127.0.0.1:port.
+pub fn http_raw(port: u16, method: &str, path: &str, headers: &str) -> Option<HttpReply> {
+    let s =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    http_over(s, method, path, headers)
+}
+
+/// The request of `http_raw` over any stream (TCP, TLS, a Unix socket).
+pub fn http_over<S: Read + Write>(
+    mut s: S,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> Option<HttpReply> {
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp).ok()?;
+    // A TLS peer may close without close_notify after the reply: keep what came.
+    let _ = s.read_to_end(&mut resp);
     let split = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
     let headers = String::from_utf8_lossy(&resp[..split]).into_owned();
     let status = headers.split_whitespace().nth(1)?.parse().ok()?;

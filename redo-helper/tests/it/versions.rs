@@ -436,14 +436,14 @@ fn pg17_retention_images_and_getpage() {
     });
     for rel in ["pgbench_branches", "pgbench_accounts"] {
         let page = format!("/page/{}/main/0", c.rel_path(rel));
-        let served = http(h.listen, "GET", &format!("{page}?cache=none")).expect("GET");
+        let served = http(&h.listen, "GET", &format!("{page}?cache=none")).expect("GET");
         assert_eq!(
             served.status,
             200,
             "{page}: {}",
             String::from_utf8_lossy(&served.body)
         );
-        let full = http(h.listen, "GET", &format!("{page}?images=none")).expect("GET");
+        let full = http(&h.listen, "GET", &format!("{page}?images=none")).expect("GET");
         assert_eq!(full.status, 200, "{}", String::from_utf8_lossy(&full.body));
         assert!(
             served.body == full.body,
