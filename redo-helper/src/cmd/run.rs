@@ -18,7 +18,8 @@ use crate::store::page_store::PageStore;
 use crate::store::retention::{Retain, Retention};
 use crate::stream::base_backup::{BaseBackupError, run_base_backup};
 use crate::stream::connection::{ConnectionError, PgConnection};
-use crate::stream::conninfo::ConnInfo;
+use crate::stream::conninfo::{ConnInfo, PasswordSource};
+use crate::stream::server_version::ServerVersionError;
 use crate::stream::replication::{ServerStreamMessage, StreamEvent, standby_status_update};
 use crate::sync::read;
 use crate::wal::block::PageKey;
@@ -106,6 +107,12 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if conninfo.password_source == Some(PasswordSource::ConnString) {
+        log::warn!(
+            "the --connect connection string holds a password: every local user can read it in \
+             `ps`; put it in ~/.pgpass (mode 0600) or a file named by PGPASSFILE instead"
+        );
+    }
     let workers = args.imagegen_workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get().saturating_sub(1))
@@ -170,12 +177,38 @@ fn run_service(opts: RunOptions) -> ExitCode {
     };
     match runtime.block_on(run(opts)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            eprintln!("redo-helper: {e}");
+        Err(Stopped { error, slot }) => {
+            log::error!("{error}");
+            eprintln!("redo-helper: {error}");
+            if let Some(slot) = slot {
+                // The slot keeps WAL on the primary for as long as it exists: a helper
+                // that is not coming back must not leave it behind unnoticed.
+                eprintln!(
+                    "redo-helper: the physical replication slot \"{slot}\" makes the primary keep \
+                     its WAL until the helper streams again; if this helper will not be restarted, \
+                     drop it on the primary with:\n    {}",
+                    drop_slot_sql(&slot)
+                );
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// The SQL that drops the helper's slot, the name quoted as a string literal.
+pub(crate) fn drop_slot_sql(slot: &str) -> String {
+    format!(
+        "SELECT pg_drop_replication_slot('{}');",
+        slot.replace('\'', "''")
+    )
+}
+
+/// Why the service stopped for good, and the slot it leaves on the server (it was created,
+/// or found, by this helper).
+#[derive(Debug)]
+pub(crate) struct Stopped {
+    pub error: ServiceError,
+    pub slot: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +260,8 @@ pub(crate) enum ServiceError {
         "timeline switch: the server is on timeline {server}, the archive follows timeline {ours}; following a promotion is not supported (re-bootstrap into a new data directory)"
     )]
     Timeline { server: u32, ours: u32 },
+    #[error(transparent)]
+    ServerVersion(#[from] ServerVersionError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -260,6 +295,7 @@ impl ServiceError {
             ServiceError::Connection(e) => !e.is_permanent(),
             ServiceError::Store(StoreError::Archive(e)) => e.is_disk_full(),
             ServiceError::BaseBackup(BaseBackupError::Connection(e)) => !e.is_permanent(),
+            ServiceError::ServerVersion(ServerVersionError::Connection(e)) => !e.is_permanent(),
             _ => false,
         }
     }
@@ -270,9 +306,15 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-async fn bootstrap(opts: &RunOptions, status: &SharedStatus) -> Result<HelperMeta, ServiceError> {
+async fn bootstrap(
+    opts: &RunOptions,
+    status: &SharedStatus,
+    slot_exists: &mut bool,
+) -> Result<HelperMeta, ServiceError> {
     status.update(|s| s.state = RunState::Bootstrapping);
     let mut conn = PgConnection::connect_replication(&opts.conninfo).await?;
+    // Before anything is created on the server or copied from it.
+    conn.check_server_version().await?;
     let sys = conn.identify_system().await?;
     let segment_size = conn.wal_segment_size().await?;
     // Hint-bit logging changes what some redo does to page LSNs (XLogHintBitIsNeeded).
@@ -282,6 +324,7 @@ async fn bootstrap(opts: &RunOptions, status: &SharedStatus) -> Result<HelperMet
     if conn.create_physical_slot_if_missing(&opts.slot).await? {
         log::info!("created physical replication slot \"{}\"", opts.slot);
     }
+    *slot_exists = true;
     let base_dir = opts.data_dir.join("base");
     let tmp_dir = opts.data_dir.join("base.tmp");
     let _ = std::fs::remove_dir_all(&tmp_dir);
@@ -338,6 +381,7 @@ async fn stream_once(
     status: &SharedStatus,
 ) -> Result<(), ServiceError> {
     let mut conn = PgConnection::connect_replication(&opts.conninfo).await?;
+    conn.check_server_version().await?;
     let sys = conn.identify_system().await?;
     if sys.system_identifier != meta.system_identifier {
         return Err(ServiceError::WrongCluster {
@@ -545,13 +589,29 @@ fn flush_and_decode(
 }
 
 /// The service: never returns Ok; returns an error that retrying cannot fix.
-pub(crate) async fn run(opts: RunOptions) -> Result<(), ServiceError> {
+pub(crate) async fn run(opts: RunOptions) -> Result<(), Stopped> {
     run_with_state(opts, Arc::new(SharedState::default())).await
 }
 
 pub(crate) async fn run_with_state(
     opts: RunOptions,
     state: Arc<SharedState>,
+) -> Result<(), Stopped> {
+    let mut slot_exists = false;
+    let slot = opts.slot.clone();
+    run_service_loop(opts, state, &mut slot_exists)
+        .await
+        .map_err(|error| Stopped {
+            error,
+            slot: slot_exists.then_some(slot),
+        })
+}
+
+/// `run_with_state`'s work; `slot_exists` is set once the slot is known to be on the server.
+async fn run_service_loop(
+    opts: RunOptions,
+    state: Arc<SharedState>,
+    slot_exists: &mut bool,
 ) -> Result<(), ServiceError> {
     let dd = |source| StoreError::DataDir {
         dir: opts.data_dir.clone(),
@@ -578,7 +638,7 @@ pub(crate) async fn run_with_state(
     let meta = loop {
         match HelperMeta::load(&opts.data_dir)? {
             Some(m) => break m,
-            None => match bootstrap(&opts, &status).await {
+            None => match bootstrap(&opts, &status, slot_exists).await {
                 Ok(m) => break m,
                 Err(e) if e.is_transient() => {
                     log::warn!("bootstrap: {e}; retrying in {}s", backoff.as_secs());
@@ -590,6 +650,9 @@ pub(crate) async fn run_with_state(
             },
         }
     };
+    // Bootstrapped (now or before): the slot was created then, and stream_once re-creates
+    // it if it went missing.
+    *slot_exists = true;
     if meta.slot != opts.slot {
         log::warn!(
             "data directory was bootstrapped with slot \"{}\", now using \"{}\"",
