@@ -23,6 +23,9 @@ enum Command {
     Version,
     /// Run the helper: bootstrap from BASE_BACKUP once, then stream, archive and index WAL.
     Run(cmd::run::RunArgs),
+    /// Connect to the compute as `run` would (TLS, authentication, server version check),
+    /// print what protects the connection and which server it reached, and disconnect.
+    Probe(cmd::probe::ProbeArgs),
     /// Check the pages the helper serves (stop `run` first: this takes the directory's lock):
     /// every page at the newest decoded LSN against a cluster's data files after CHECKPOINT
     /// (masked, FSM skipped), and random historical reads against the replay of their whole
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => cmd::run::main(args),
+        Command::Probe(args) => cmd::probe::main(args),
         Command::Check(args) => cmd::check::main(args),
         Command::Repair(args) => cmd::repair::main(args),
         Command::Waldump(args) => cmd::waldump::main(args),

@@ -3,6 +3,7 @@
 //! below this layer prints (they return summaries and report progress by callback).
 
 pub mod check;
+pub mod probe;
 pub mod repair;
 pub mod run;
 pub mod verify;

@@ -344,6 +344,28 @@ pub(crate) struct PgConnection {
     target: String,
     /// `server_version` as the server reported it at startup (ParameterStatus).
     server_version: Option<String>,
+    /// What protects the session, for logs and `redo-helper probe`.
+    security: SessionSecurity,
+}
+
+/// How a session is protected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SessionSecurity {
+    /// TLS protocol version and cipher suite; None for plaintext.
+    pub tls: Option<String>,
+    /// The authentication the server asked for: "SCRAM-SHA-256-PLUS", "SCRAM-SHA-256",
+    /// "md5", "password" or "none".
+    pub auth: &'static str,
+}
+
+impl fmt::Display for SessionSecurity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.tls {
+            Some(t) => write!(f, "{t}, ")?,
+            None => write!(f, "no TLS, ")?,
+        }
+        write!(f, "authentication {}", self.auth)
+    }
 }
 
 pub(crate) type Result<T> = std::result::Result<T, ConnectionError>;
@@ -510,12 +532,33 @@ impl PgConnection {
         } else {
             negotiate_tls(socket, info, tls, &target).await?
         };
+        let tls_description = match &stream {
+            Transport::Tls(s) => {
+                let session = s.get_ref().1;
+                Some(format!(
+                    "{} {}",
+                    session
+                        .protocol_version()
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("TLS"),
+                    session
+                        .negotiated_cipher_suite()
+                        .and_then(|c| c.suite().as_str())
+                        .unwrap_or("")
+                ))
+            }
+            Transport::Plain(_) => None,
+        };
         let mut conn = PgConnection {
             stream,
             rbuf: BytesMut::with_capacity(1 << 16),
             wbuf: BytesMut::new(),
             target,
             server_version: None,
+            security: SessionSecurity {
+                tls: tls_description,
+                auth: "none",
+            },
         };
         let params = [
             ("user", info.user.as_str()),
@@ -532,6 +575,7 @@ impl PgConnection {
             end_point,
         };
         conn.authenticate(&ctx).await?;
+        log::info!("connected to {}: {}", conn.target, conn.security);
         Ok(conn)
     }
 
@@ -576,6 +620,11 @@ impl PgConnection {
         let buf = self.wbuf.split();
         self.stream.write_all(&buf).await.map_err(|e| self.io(e))?;
         self.stream.flush().await.map_err(|e| self.io(e))
+    }
+
+    /// What protects this session.
+    pub(crate) fn security(&self) -> &SessionSecurity {
+        &self.security
     }
 
     /// `server_version` as reported at startup, e.g. "15.8 (Debian 15.8-1.pgdg120+1)".
@@ -688,6 +737,7 @@ impl PgConnection {
                 Message::AuthenticationCleartextPassword => {
                     requested = true;
                     self.check_request(ctx, AuthMethod::Password)?;
+                    self.security.auth = "password";
                     let pw = self.password(info)?;
                     frontend::password_message(&pw, &mut self.wbuf).map_err(|e| self.io(e))?;
                     self.flush().await?;
@@ -695,6 +745,7 @@ impl PgConnection {
                 Message::AuthenticationMd5Password(body) => {
                     requested = true;
                     self.check_request(ctx, AuthMethod::Md5)?;
+                    self.security.auth = "md5";
                     let pw = self.password(info)?;
                     let hash = md5_hash(info.user.as_bytes(), &pw, body.salt());
                     frontend::password_message(hash.as_bytes(), &mut self.wbuf)
@@ -712,6 +763,7 @@ impl PgConnection {
                     }
                     let (mechanism, binding) = self.choose_scram(ctx, plain, plus)?;
                     channel_bound = mechanism == SCRAM_SHA_256_PLUS;
+                    self.security.auth = mechanism;
                     let s = ScramSha256::new(&self.password(info)?, binding);
                     frontend::sasl_initial_response(mechanism, s.message(), &mut self.wbuf)
                         .map_err(|e| self.io(e))?;
