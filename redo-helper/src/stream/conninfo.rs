@@ -898,4 +898,82 @@ mod tests {
         assert!(RequireAuth::parse("md5,md5").is_err());
         assert!(RequireAuth::parse("kerberos").is_err());
     }
+
+    mod fuzz {
+        //! Property tests (proptest) of the parser on arbitrary and on connection-string-like
+        //! input: it never panics, and an error never shows the password.
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Cases per property: `FPW_PROPTEST_CASES` overrides the default.
+        fn cases(default: u32) -> u32 {
+            std::env::var("FPW_PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        }
+
+        fn keyword() -> impl Strategy<Value = String> {
+            prop_oneof![
+                proptest::sample::select(SUPPORTED).prop_map(str::to_string),
+                proptest::sample::select(LIBPQ_OTHER).prop_map(str::to_string),
+                "[a-z_]{1,12}",
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-z0-9./:@%=-]{0,12}",
+                "'[^']{0,12}'",
+                "[\\' =%a-z]{0,8}",
+                proptest::sample::select(vec![
+                    "verify-full", "require", "disable", "system", "!password,md5",
+                    "scram-sha-256,none", "0", "-5", "99999", "/var/run/postgresql", "::1",
+                ])
+                .prop_map(str::to_string),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(cases(20_000)))]
+
+            #[test]
+            fn arbitrary_text_never_panics(s in any::<String>()) {
+                let _ = ConnInfo::parse_with_env(&s, no_env);
+                let _ = ConnInfo::parse_with_env(&format!("postgresql://{s}"), no_env);
+            }
+
+            #[test]
+            fn errors_never_show_the_password(
+                pairs in proptest::collection::vec((keyword(), value()), 0..6),
+                first in "[A-Z]{5,8}",
+                second in "[A-Z]{5,8}",
+                split in any::<bool>(),
+                at in 0usize..7,
+                uri in any::<bool>(),
+            ) {
+                // The password, possibly with an unquoted space (its second half then
+                // looks like a stray word), somewhere among other pairs.
+                let password = if split { format!("{first} {second}") } else { format!("{first}{second}") };
+                let text = if uri {
+                    let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!("postgresql://u:{password}@h:5432/db?{}", query.join("&"))
+                } else {
+                    let mut items: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    items.insert(at.min(items.len()), format!("password={password}"));
+                    items.join(" ")
+                };
+                match ConnInfo::parse_with_env(&text, no_env) {
+                    Ok(c) => {
+                        let shown = format!("{c:?} {c} {}", c.target());
+                        prop_assert!(!shown.contains(&first) && !shown.contains(&second), "{shown}");
+                    }
+                    Err(e) => {
+                        let shown = format!("{e} {e:?}");
+                        prop_assert!(!shown.contains(&first) && !shown.contains(&second), "{text} -> {shown}");
+                    }
+                }
+            }
+        }
+    }
 }

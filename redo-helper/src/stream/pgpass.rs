@@ -182,4 +182,51 @@ mod tests {
         ));
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    mod fuzz {
+        //! Property tests (proptest): the parser never panics, and a line written with
+        //! libpq's escaping gives its password back.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn cases(default: u32) -> u32 {
+            std::env::var("FPW_PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        }
+
+        fn escape(s: &str) -> String {
+            s.replace('\\', "\\\\").replace(':', "\\:")
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(cases(20_000)))]
+
+            #[test]
+            fn arbitrary_files_never_panic(
+                text in any::<String>(),
+                host in "[a-z:\\\\*]{0,6}",
+                user in any::<String>(),
+            ) {
+                let key = PassKey { host: &host, port: "5432", database: "replication", user: &user };
+                let _ = lookup(&text, &key);
+            }
+
+            #[test]
+            fn escaped_lines_round_trip(
+                noise in "[^\n]{0,40}",
+                host in "[^\n\r]{1,12}",
+                user in "[^\n\r]{1,12}",
+                password in "[^\n\r]{1,16}",
+            ) {
+                let key = PassKey { host: &host, port: "5432", database: "replication", user: &user };
+                let line = format!(
+                    "#{noise}\n{}:5432:*:{}:{}\n",
+                    escape(&host), escape(&user), escape(&password)
+                );
+                prop_assert_eq!(lookup(&line, &key), Some(password));
+            }
+        }
+    }
 }
