@@ -201,7 +201,7 @@ impl RequireAuth {
     fn parse(s: &str) -> Result<RequireAuth, ConnInfoError> {
         let bad = |expected: &'static str| ConnInfoError::Value {
             keyword: "require_auth",
-            value: s.to_string(),
+            value: shown_value(s),
             expected,
         };
         let all = [
@@ -326,7 +326,7 @@ pub(crate) enum ConnInfoError {
     Syntax { at: usize, what: &'static str },
     #[error("invalid connection URI: {0} (the text is not shown: it may hold a password)")]
     Uri(&'static str),
-    #[error("invalid {keyword} {value:?}: expected {expected}")]
+    #[error("invalid {keyword} value {value}: expected {expected}")]
     Value {
         keyword: &'static str,
         value: String,
@@ -342,6 +342,21 @@ pub(crate) enum ConnInfoError {
     Unknown(usize),
     #[error("{0}")]
     Conflict(&'static str),
+}
+
+/// A bad value as an error shows it: only when it cannot be (part of) another pair. An empty
+/// value followed by white space takes the next word as its value (`sslmode= password=x`
+/// gives sslmode the value `password=x`, in libpq too).
+fn shown_value(v: &str) -> String {
+    let plain = v.len() <= 40
+        && v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:!,+".contains(c));
+    if plain {
+        v.to_string()
+    } else {
+        "(not shown)".to_string()
+    }
 }
 
 /// One `keyword=value` of the input, with where its keyword starts.
@@ -628,7 +643,7 @@ impl ConnInfo {
             .map(|a| {
                 a.parse::<IpAddr>().map_err(|_| ConnInfoError::Value {
                     keyword: "hostaddr",
-                    value: a,
+                    value: shown_value(&a),
                     expected: "a numeric IPv4 or IPv6 address",
                 })
             })
@@ -642,7 +657,7 @@ impl ConnInfo {
                 .filter(|&n| n > 0)
                 .ok_or(ConnInfoError::Value {
                     keyword: "port",
-                    value: p,
+                    value: shown_value(&p),
                     expected: "a port number from 1 to 65535",
                 })?,
         };
@@ -658,7 +673,7 @@ impl ConnInfo {
             None => SslMode::Prefer,
             Some(m) => SslMode::parse(&m).ok_or(ConnInfoError::Value {
                 keyword: "sslmode",
-                value: m,
+                value: shown_value(&m),
                 expected: "disable, allow, prefer, require, verify-ca or verify-full",
             })?,
         };
@@ -690,7 +705,7 @@ impl ConnInfo {
             Some(other) => {
                 return Err(ConnInfoError::Value {
                     keyword: "channel_binding",
-                    value: other.to_string(),
+                    value: shown_value(other),
                     expected: "disable, prefer or require",
                 });
             }
@@ -703,7 +718,7 @@ impl ConnInfo {
             Some(t) => {
                 let secs = t.trim().parse::<i64>().map_err(|_| ConnInfoError::Value {
                     keyword: "connect_timeout",
-                    value: t.clone(),
+                    value: shown_value(&t),
                     expected: "a whole number of seconds (0: no limit)",
                 })?;
                 // libpq: zero or negative waits forever; 1 is raised to 2 seconds.
@@ -935,7 +950,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(cases(20_000)))]
+            #![proptest_config(ProptestConfig::with_cases(cases(3_000)))]
 
             #[test]
             fn arbitrary_text_never_panics(s in any::<String>()) {

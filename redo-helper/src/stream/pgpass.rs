@@ -197,11 +197,12 @@ mod tests {
         }
 
         fn escape(s: &str) -> String {
-            s.replace('\\', "\\\\").replace(':', "\\:")
+            // '#' too: a line starting with it is a comment (libpq looks before unescaping).
+            s.replace('\\', "\\\\").replace(':', "\\:").replace('#', "\\#")
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(cases(20_000)))]
+            #![proptest_config(ProptestConfig::with_cases(cases(3_000)))]
 
             #[test]
             fn arbitrary_files_never_panic(
