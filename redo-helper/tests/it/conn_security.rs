@@ -383,3 +383,103 @@ fn helper_streams_over_verified_tls_with_channel_binding() {
         "{log}"
     );
 }
+
+/// A PostgreSQL 16 server (setup.sh installs one under /opt/fpw_pushdown/pg/16), loopback
+/// TCP, trust; stopped and removed on drop.
+struct OtherMajor {
+    bin: std::path::PathBuf,
+    dir: TempDir,
+    port: u16,
+}
+
+impl OtherMajor {
+    fn start(bin: std::path::PathBuf) -> OtherMajor {
+        let dir = TempDir::new("conn-pg16");
+        let chown = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .expect("chown");
+        assert!(chown.success());
+        let as_postgres = |prog: &str| {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin.join(prog));
+            c
+        };
+        let data = dir.path().join("data");
+        let out = as_postgres("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .expect("initdb 16");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let port = crate::common::free_port();
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\n",
+            dir.path().display()
+        );
+        let mut text = std::fs::read_to_string(data.join("postgresql.conf")).expect("conf");
+        text.push_str(&conf);
+        std::fs::write(data.join("postgresql.conf"), text).expect("conf");
+        let out = as_postgres("pg_ctl")
+            .args(["-w", "-t", "60", "-D"])
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path().join("log"))
+            .arg("start")
+            .output()
+            .expect("pg_ctl 16");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        OtherMajor { bin, dir, port }
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        let out = crate::common::pg_command("psql")
+            .args(["-X", "-A", "-t", "-h"])
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for OtherMajor {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-w", "-m", "immediate", "-D"])
+            .arg(self.dir.path().join("data"))
+            .arg("stop")
+            .output();
+    }
+}
+
+/// A server of another major version is refused before the slot is created or the base
+/// backup started, and no drop statement is printed (there is no slot).
+#[test]
+fn other_major_version_is_refused_before_the_slot() {
+    let bin = std::path::PathBuf::from("/opt/fpw_pushdown/pg/16/bin");
+    if !bin.join("postgres").exists() {
+        eprintln!("skipped: no PostgreSQL 16 at {} (scripts/setup.sh installs it)", bin.display());
+        return;
+    }
+    let pg16 = OtherMajor::start(bin);
+    let dir = TempDir::new("conn-pg16-helper");
+    let mut h = HelperProcess::spawn(
+        &format!("host=127.0.0.1 port={} user=postgres sslmode=disable", pg16.port),
+        &dir.path().join("data"),
+        &dir.path().join("helper.log"),
+    );
+    let (code, log) = h.wait_exit_code(Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("runs PostgreSQL 16") && log.contains("PostgreSQL 15 only"),
+        "{log}"
+    );
+    assert!(!log.contains("pg_drop_replication_slot"), "{log}");
+    assert_eq!(pg16.sql("SELECT count(*) FROM pg_replication_slots"), "0");
+    assert!(!dir.path().join("data/base").exists() && !dir.path().join("data/base.tmp").exists());
+}
