@@ -492,7 +492,9 @@ impl PgConnection {
                 r => r,
             },
             SslMode::Prefer => match Self::connect_once(info, TlsAttempt::IfOffered).await {
-                Err(e @ (ConnectionError::TlsHandshake { .. } | ConnectionError::Server { .. })) => {
+                Err(
+                    e @ (ConnectionError::TlsHandshake { .. } | ConnectionError::Server { .. }),
+                ) => {
                     log::warn!("{e}; sslmode=prefer: trying again without TLS");
                     Self::connect_once(info, TlsAttempt::Plain).await
                 }
@@ -851,9 +853,8 @@ impl PgConnection {
             }));
         }
         if !plain {
-            return Err(self.auth(
-                "the server offers no SASL mechanism this client supports (SCRAM-SHA-256)",
-            ));
+            return Err(self
+                .auth("the server offers no SASL mechanism this client supports (SCRAM-SHA-256)"));
         }
         let binding = if ctx.end_point.is_some() && mode != ChannelBindingMode::Disable {
             ChannelBinding::unrequested()
@@ -890,13 +891,11 @@ impl PgConnection {
                 let received = &chunk[..n as usize];
                 match &mut self.stream {
                     Transport::Plain(_) => self.rbuf.extend_from_slice(received),
-                    Transport::Tls(tls) => {
-                        decrypt_into(tls.get_mut().1, received, &mut self.rbuf)
-                            .map_err(|e| ConnectionError::Io {
-                                target: self.target.clone(),
-                                source: e,
-                            })?
-                    }
+                    Transport::Tls(tls) => decrypt_into(tls.get_mut().1, received, &mut self.rbuf)
+                        .map_err(|e| ConnectionError::Io {
+                            target: self.target.clone(),
+                            source: e,
+                        })?,
                 }
                 total += n as usize;
                 // Enough for one flush; the rest stays in the socket until the next call.

@@ -349,8 +349,7 @@ pub(crate) enum ConnInfoError {
 /// gives sslmode the value `password=x`, in libpq too).
 fn shown_value(v: &str) -> String {
     let plain = v.len() <= 40
-        && v
-            .chars()
+        && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-/:!,+".contains(c));
     if plain {
         v.to_string()
@@ -650,16 +649,17 @@ impl ConnInfo {
             .transpose()?;
         let port = match get("port", "PGPORT") {
             None => DEFAULT_PORT,
-            Some(p) => p
-                .trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|&n| n > 0)
-                .ok_or(ConnInfoError::Value {
-                    keyword: "port",
-                    value: shown_value(&p),
-                    expected: "a port number from 1 to 65535",
-                })?,
+            Some(p) => {
+                p.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or(ConnInfoError::Value {
+                        keyword: "port",
+                        value: shown_value(&p),
+                        expected: "a port number from 1 to 65535",
+                    })?
+            }
         };
         let user = get("user", "PGUSER").unwrap_or_else(|| "postgres".into());
         let password = get("password", "PGPASSWORD").map(Secret::new);
@@ -823,10 +823,7 @@ mod tests {
         let c = parse("postgresql://%2Fvar%2Frun%2Fpostgresql:5433").unwrap();
         assert_eq!(c.host, Host::Socket("/var/run/postgresql".into()));
         assert_eq!(c.pgpass_host(), "localhost");
-        assert_eq!(
-            c.target(),
-            "/var/run/postgresql/.s.PGSQL.5433".to_string()
-        );
+        assert_eq!(c.target(), "/var/run/postgresql/.s.PGSQL.5433".to_string());
         let c = parse("postgresql://[::1]:7000").unwrap();
         assert_eq!((&c.host, c.port), (&Host::Tcp("::1".into()), 7000));
     }
@@ -864,12 +861,18 @@ mod tests {
     fn errors_name_the_problem_but_no_secret() {
         assert!(matches!(
             parse("port=x"),
-            Err(ConnInfoError::Value { keyword: "port", .. })
+            Err(ConnInfoError::Value {
+                keyword: "port",
+                ..
+            })
         ));
         assert!(matches!(parse("host"), Err(ConnInfoError::Syntax { .. })));
         assert!(matches!(
             parse("sslmode=bogus"),
-            Err(ConnInfoError::Value { keyword: "sslmode", .. })
+            Err(ConnInfoError::Value {
+                keyword: "sslmode",
+                ..
+            })
         ));
         assert_eq!(
             parse("gssencmode=require"),
@@ -895,10 +898,7 @@ mod tests {
                 .to_string()
                 .contains("verify-full")
         );
-        assert!(matches!(
-            parse("host=a,b"),
-            Err(ConnInfoError::Conflict(_))
-        ));
+        assert!(matches!(parse("host=a,b"), Err(ConnInfoError::Conflict(_))));
     }
 
     #[test]
@@ -942,8 +942,17 @@ mod tests {
                 "'[^']{0,12}'",
                 "[\\' =%a-z]{0,8}",
                 proptest::sample::select(vec![
-                    "verify-full", "require", "disable", "system", "!password,md5",
-                    "scram-sha-256,none", "0", "-5", "99999", "/var/run/postgresql", "::1",
+                    "verify-full",
+                    "require",
+                    "disable",
+                    "system",
+                    "!password,md5",
+                    "scram-sha-256,none",
+                    "0",
+                    "-5",
+                    "99999",
+                    "/var/run/postgresql",
+                    "::1",
                 ])
                 .prop_map(str::to_string),
             ]

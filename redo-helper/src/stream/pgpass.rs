@@ -198,7 +198,9 @@ mod tests {
 
         fn escape(s: &str) -> String {
             // '#' too: a line starting with it is a comment (libpq looks before unescaping).
-            s.replace('\\', "\\\\").replace(':', "\\:").replace('#', "\\#")
+            s.replace('\\', "\\\\")
+                .replace(':', "\\:")
+                .replace('#', "\\#")
         }
 
         proptest! {

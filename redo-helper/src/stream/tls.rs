@@ -42,7 +42,9 @@ pub(crate) enum TlsSetupError {
         .path.display()
     )]
     NoRootCert { path: PathBuf, mode: &'static str },
-    #[error("sslmode={0} needs a root certificate, but there is no home directory for ~/.postgresql/root.crt (give sslrootcert=)")]
+    #[error(
+        "sslmode={0} needs a root certificate, but there is no home directory for ~/.postgresql/root.crt (give sslrootcert=)"
+    )]
     NoHome(&'static str),
     #[error("cannot read {what} \"{}\": {reason}", .path.display())]
     Read {
@@ -74,7 +76,10 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read_err(what: &'static str, path: &Path) -> impl FnOnce(rustls_pki_types::pem::Error) -> TlsSetupError {
+fn read_err(
+    what: &'static str,
+    path: &Path,
+) -> impl FnOnce(rustls_pki_types::pem::Error) -> TlsSetupError {
     let path = path.to_path_buf();
     move |e| TlsSetupError::Read {
         what,
@@ -84,7 +89,10 @@ fn read_err(what: &'static str, path: &Path) -> impl FnOnce(rustls_pki_types::pe
 }
 
 /// The PEM certificates of a file (at least one).
-fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+fn load_certs(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(read_err(what, path))?
         .collect::<Result<Vec<_>, _>>()
@@ -186,10 +194,9 @@ pub(crate) fn setup(info: &ConnInfo, host_name: &str) -> Result<TlsSetup, TlsSet
         None => builder.with_no_client_auth(),
         Some(cert_path) => {
             let certs = load_certs(cert_path, "client certificate file")?;
-            let key_path = info
-                .sslkey
-                .clone()
-                .ok_or_else(|| TlsSetupError::NoKey(PathBuf::from("~/.postgresql/postgresql.key")))?;
+            let key_path = info.sslkey.clone().ok_or_else(|| {
+                TlsSetupError::NoKey(PathBuf::from("~/.postgresql/postgresql.key"))
+            })?;
             check_key_file(&key_path)?;
             let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| TlsSetupError::Read {
                 what: "private key file",

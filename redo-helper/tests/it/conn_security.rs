@@ -9,7 +9,7 @@
 //! role loses REPLICATION, stops and prints the SQL that drops its slot.
 
 use crate::common::{PgCluster, TempDir};
-use crate::support::{HELPER_BIN, HelperProcess};
+use crate::support::{HELPER_BIN, HelperProcess, lsn, status_lsn};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -32,11 +32,25 @@ fn openssl(args: &[&str], dir: &Path) {
 fn make_ca(dir: &Path, name: &str) {
     openssl(
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.crt"), "-days", "2",
-            "-subj", &format!("/CN={name}"),
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         ],
         dir,
     );
@@ -47,17 +61,38 @@ fn make_cert(dir: &Path, ca: &str, name: &str, cn: &str, ext: &str) {
     std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext file");
     openssl(
         &[
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"),
-            "-subj", &format!("/CN={cn}"),
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
         ],
         dir,
     );
     openssl(
         &[
-            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.crt"),
-            "-CAkey", &format!("{ca}.key"), "-CAcreateserial", "-out", &format!("{name}.crt"),
-            "-days", "2", "-extfile", &format!("{name}.ext"),
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
         ],
         dir,
     );
@@ -207,11 +242,13 @@ fn tls_authentication_and_password_file() {
     assert!(err.contains("28P01"), "{err}");
 
     // A certificate for another name: verify-full refuses it, verify-ca accepts it.
-    let wrong_name = format!(
-        "host=wrong.example hostaddr=127.0.0.1 port={port} user=postgres sslrootcert={ca}"
-    );
+    let wrong_name =
+        format!("host=wrong.example hostaddr=127.0.0.1 port={port} user=postgres sslrootcert={ca}");
     let err = c.probe_err(&format!("{wrong_name} sslmode=verify-full"), &[]);
-    assert!(err.contains("TLS handshake") && err.contains("wrong.example"), "{err}");
+    assert!(
+        err.contains("TLS handshake") && err.contains("wrong.example"),
+        "{err}"
+    );
     c.probe_ok(&format!("{wrong_name} sslmode=verify-ca"), &[]);
 
     // A certificate from another CA: refused by verify-ca, and by require once a root
@@ -227,11 +264,20 @@ fn tls_authentication_and_password_file() {
         &[],
     );
     assert!(err.contains("invalid peer certificate"), "{err}");
-    let out = c.probe_ok(&format!("host=127.0.0.1 port={port} user=postgres sslmode=require"), &[]);
+    let out = c.probe_ok(
+        &format!("host=127.0.0.1 port={port} user=postgres sslmode=require"),
+        &[],
+    );
     assert!(out.contains("TLS"), "{out}");
     // verify-full without any root certificate: an error naming the fix.
-    let err = c.probe_err(&format!("host=127.0.0.1 port={port} user=postgres sslmode=verify-full"), &[]);
-    assert!(err.contains("root.crt") && err.contains("does not exist"), "{err}");
+    let err = c.probe_err(
+        &format!("host=127.0.0.1 port={port} user=postgres sslmode=verify-full"),
+        &[],
+    );
+    assert!(
+        err.contains("root.crt") && err.contains("does not exist"),
+        "{err}"
+    );
 
     // Client certificate authentication (pg_hba `cert`), and libpq's key permission check.
     let cert = format!(
@@ -268,16 +314,24 @@ fn tls_authentication_and_password_file() {
         &format!("host=127.0.0.1 port={port} user=pw_user"),
         &[("PGPASSWORD", "clear-secret")],
     );
-    assert!(out.contains("authentication password") && !out.contains("no TLS"), "{out}");
+    assert!(
+        out.contains("authentication password") && !out.contains("no TLS"),
+        "{out}"
+    );
     // require_auth=scram-sha-256 refuses that server even over TLS.
     let err = c.probe_err(
         &format!("host=127.0.0.1 port={port} user=pw_user require_auth=scram-sha-256"),
         &[("PGPASSWORD", "clear-secret")],
     );
-    assert!(err.contains("server requested a cleartext password"), "{err}");
+    assert!(
+        err.contains("server requested a cleartext password"),
+        "{err}"
+    );
     // channel_binding=require without TLS.
     let err = c.probe_err(
-        &format!("host=127.0.0.1 port={port} user=pass_user sslmode=disable channel_binding=require"),
+        &format!(
+            "host=127.0.0.1 port={port} user=pass_user sslmode=disable channel_binding=require"
+        ),
         &[("PGPASSWORD", "file-secret")],
     );
     assert!(err.contains("channel binding is required"), "{err}");
@@ -309,7 +363,9 @@ fn tls_authentication_and_password_file() {
     std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let err = c.probe_err(&pass, &[("PGPASSFILE", &passfile_s)]);
     assert!(
-        err.contains("has group or world access") && err.contains("0600") && err.contains("ignored"),
+        err.contains("has group or world access")
+            && err.contains("0600")
+            && err.contains("ignored"),
         "{err}"
     );
     assert!(!err.contains("file-secret"), "{err}");
@@ -367,6 +423,15 @@ fn helper_streams_over_verified_tls_with_channel_binding() {
     h.wait_status("streaming over TLS", Duration::from_secs(90), |s| {
         s["state"] == "streaming"
     });
+    // WAL written now arrives through the TLS stream (including the reads that bypass the
+    // runtime, decrypted by hand) and is decoded.
+    c.pg.sql(
+        "CREATE TABLE t AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 50000) g",
+    );
+    let target = lsn(&c.pg.sql("SELECT pg_current_wal_insert_lsn()"));
+    h.wait_status("WAL over TLS", Duration::from_secs(60), |s| {
+        status_lsn(s, "flush_lsn") >= target && status_lsn(s, "decoded_lsn") >= target
+    });
     let log = h.log_text();
     assert!(log.contains("authentication SCRAM-SHA-256-PLUS"), "{log}");
     assert!(!log.contains("scram-secret"), "{log}");
@@ -412,7 +477,11 @@ impl OtherMajor {
             .arg(&data)
             .output()
             .expect("initdb 16");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = crate::common::free_port();
         let conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\n",
@@ -429,7 +498,11 @@ impl OtherMajor {
             .arg("start")
             .output()
             .expect("pg_ctl 16");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         OtherMajor { bin, dir, port }
     }
 
@@ -440,7 +513,11 @@ impl OtherMajor {
             .args(["-p", &self.port.to_string(), "-c", sql])
             .output()
             .expect("psql");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
@@ -463,13 +540,19 @@ impl Drop for OtherMajor {
 fn other_major_version_is_refused_before_the_slot() {
     let bin = std::path::PathBuf::from("/opt/fpw_pushdown/pg/16/bin");
     if !bin.join("postgres").exists() {
-        eprintln!("skipped: no PostgreSQL 16 at {} (scripts/setup.sh installs it)", bin.display());
+        eprintln!(
+            "skipped: no PostgreSQL 16 at {} (scripts/setup.sh installs it)",
+            bin.display()
+        );
         return;
     }
     let pg16 = OtherMajor::start(bin);
     let dir = TempDir::new("conn-pg16-helper");
     let mut h = HelperProcess::spawn(
-        &format!("host=127.0.0.1 port={} user=postgres sslmode=disable", pg16.port),
+        &format!(
+            "host=127.0.0.1 port={} user=postgres sslmode=disable",
+            pg16.port
+        ),
         &dir.path().join("data"),
         &dir.path().join("helper.log"),
     );
