@@ -886,6 +886,9 @@ mod tests {
             "postgresql://u:sec%zzret@h",
             "postgresql://u:secret@h?secretparam",
             "password='secret",
+            // An empty value takes the next word (libpq too): the bad value is not shown.
+            "channel_binding= password=secret",
+            "port= password=secret",
         ] {
             let e = parse(s).unwrap_err().to_string();
             assert!(!e.contains("secret") && !e.contains("hunter"), "{s}: {e}");
