@@ -923,9 +923,9 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        /// Cases per property: `FPW_PROPTEST_CASES` overrides the default.
+        /// Cases per property: `PROPTEST_CASES` overrides the default.
         fn cases(default: u32) -> u32 {
-            std::env::var("FPW_PROPTEST_CASES")
+            std::env::var("PROPTEST_CASES")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(default)

@@ -190,7 +190,7 @@ mod tests {
         use proptest::prelude::*;
 
         fn cases(default: u32) -> u32 {
-            std::env::var("FPW_PROPTEST_CASES")
+            std::env::var("PROPTEST_CASES")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(default)
