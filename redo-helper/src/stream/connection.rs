@@ -495,6 +495,8 @@ impl PgConnection {
                 Err(
                     e @ (ConnectionError::TlsHandshake { .. } | ConnectionError::Server { .. }),
                 ) => {
+                    // libpq retries a refusal only when it came over TLS; after the server
+                    // declined TLS, the retry is the same plaintext attempt and fails alike.
                     log::warn!("{e}; sslmode=prefer: trying again without TLS");
                     Self::connect_once(info, TlsAttempt::Plain).await
                 }

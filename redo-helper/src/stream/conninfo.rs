@@ -395,8 +395,22 @@ fn parse_pairs(s: &str) -> Result<Vec<Pair>, ConnInfoError> {
                 what: "a word without \"=\" after it (quote values with spaces: key='a b')",
             });
         }
+        let value_at = chars.peek().map(|&(i, _)| i);
         skip_ws(&mut chars);
+        let spaced = value_at != chars.peek().map(|&(i, _)| i);
         let mut value = String::new();
+        // `host= password=x`: libpq gives host the value `password=x`. Here the word after
+        // the space is another pair and host is empty: the intent, and no secret in `host`.
+        let next_word_is_pair = spaced
+            && chars
+                .clone()
+                .map(|(_, c)| c)
+                .take_while(|c| !c.is_whitespace())
+                .any(|c| c == '=');
+        if next_word_is_pair {
+            out.push(Pair { key, value, at });
+            continue;
+        }
         if chars.peek().map(|&(_, c)| c) == Some('\'') {
             let (quote_at, _) = chars.next().unwrap_or((at, '\''));
             loop {
@@ -886,13 +900,21 @@ mod tests {
             "postgresql://u:sec%zzret@h",
             "postgresql://u:secret@h?secretparam",
             "password='secret",
-            // An empty value takes the next word (libpq too): the bad value is not shown.
-            "channel_binding= password=secret",
-            "port= password=secret",
+            // A bad value is not shown when it could hold another pair.
+            "port= 'pass=secret'",
         ] {
             let e = parse(s).unwrap_err().to_string();
             assert!(!e.contains("secret") && !e.contains("hunter"), "{s}: {e}");
         }
+        // `host= password=x`: an empty host and a password, not a host named `password=x`.
+        let c = parse("host= password=secret").unwrap();
+        assert_eq!(c.host, Host::Tcp("localhost".into()));
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("secret"));
+        let c = parse("port= password=secret channel_binding= ").unwrap();
+        assert_eq!(c.port, DEFAULT_PORT);
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("secret"));
+        let c = parse("host = db").unwrap();
+        assert_eq!(c.host, Host::Tcp("db".into()));
         let c = parse("password=secret").unwrap();
         assert!(!format!("{c:?} {c}").contains("secret"));
         assert!(

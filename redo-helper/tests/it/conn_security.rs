@@ -279,6 +279,22 @@ fn tls_authentication_and_password_file() {
         "{err}"
     );
 
+    // sslrootcert=system: the system's roots (SSL_CERT_FILE, as for OpenSSL), verify-full
+    // only.
+    let system =
+        format!("host=localhost hostaddr=127.0.0.1 port={port} user=postgres sslrootcert=system");
+    c.probe_ok(
+        &format!("{system} sslmode=verify-full"),
+        &[("SSL_CERT_FILE", &ca)],
+    );
+    let err = c.probe_err(
+        &format!("{system} sslmode=verify-full"),
+        &[("SSL_CERT_FILE", &other_ca)],
+    );
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    let err = c.probe_err(&format!("{system} sslmode=require"), &[]);
+    assert!(err.contains("needs sslmode=verify-full"), "{err}");
+
     // Client certificate authentication (pg_hba `cert`), and libpq's key permission check.
     let cert = format!(
         "host=localhost hostaddr=127.0.0.1 port={port} user=cert_user sslmode=verify-full sslrootcert={ca} sslcert={} sslkey={}",
