@@ -1013,10 +1013,13 @@ mod tests {
                     items.join(" ")
                 };
                 match ConnInfo::parse_with_env(&text, no_env) {
-                    Ok(c) => {
+                    // Only when the text parsed as a password: junk with quotes can make it
+                    // part of another value (`host='\' password=X host='` is a host name).
+                    Ok(c) if c.password.as_ref().map(Secret::expose) == Some(password.as_str()) => {
                         let shown = format!("{c:?} {c} {}", c.target());
                         prop_assert!(!shown.contains(&first) && !shown.contains(&second), "{shown}");
                     }
+                    Ok(_) => {}
                     Err(e) => {
                         let shown = format!("{e} {e:?}");
                         prop_assert!(!shown.contains(&first) && !shown.contains(&second), "{text} -> {shown}");
