@@ -52,3 +52,24 @@ pub fn replication_message(data: &[u8]) {
     let _ = crate::stream::connection::parse_backend_messages(data);
     let _ = crate::stream::replication::parse_stream_message(bytes::Bytes::copy_from_slice(data));
 }
+
+/// A connection string or URI from the command line (`--connect`), with no environment.
+pub fn conninfo(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::stream::conninfo::ConnInfo::parse_with_env(text, |_| None);
+    }
+}
+
+/// A password file's text, matched against a key taken from the input's first line.
+pub fn pgpass(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (first, rest) = text.split_once('\n').unwrap_or(("", &text));
+    let mut fields = first.splitn(4, ':');
+    let key = crate::stream::pgpass::PassKey {
+        host: fields.next().unwrap_or(""),
+        port: fields.next().unwrap_or(""),
+        database: fields.next().unwrap_or(""),
+        user: fields.next().unwrap_or(""),
+    };
+    let _ = crate::stream::pgpass::lookup(rest, &key);
+}

@@ -30,6 +30,9 @@ enum Command {
     /// Print the effective settings of `run` for these arguments (flags, REDO_HELPER_*
     /// environment variables, --config FILE, defaults), each with its source; secrets masked.
     Config(cmd::run::RunArgs),
+    /// Connect to the compute as `run` would (TLS, authentication, server version check),
+    /// print what protects the connection and which server it reached, and disconnect.
+    Probe(cmd::probe::ProbeArgs),
     /// Check the pages the helper serves (stop `run` first: this takes the directory's lock):
     /// every page at the newest decoded LSN against a cluster's data files after CHECKPOINT
     /// (masked, FSM skipped), and random historical reads against the replay of their whole
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
             cmd::run::main(args)
         }
         Command::Config(_) => cmd::config::print(&cmd::config::with_env(Cli::command()), &merged),
+        Command::Probe(args) => cmd::probe::main(args),
         Command::Check(args) => cmd::check::main(args),
         Command::Repair(args) => cmd::repair::main(args),
         Command::Waldump(args) => cmd::waldump::main(args),

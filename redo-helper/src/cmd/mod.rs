@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod config;
+pub mod probe;
 pub mod repair;
 pub mod run;
 pub mod systemd;

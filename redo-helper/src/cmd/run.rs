@@ -35,7 +35,7 @@ use crate::store::remote::{Remote, RemoteError, WalUploader};
 use crate::store::retention::{Retain, Retention};
 use crate::stream::base_backup::{BaseBackupError, run_base_backup};
 use crate::stream::connection::{ConnectionError, PgConnection};
-use crate::stream::conninfo::ConnInfo;
+use crate::stream::conninfo::{ConnInfo, PasswordSource};
 use crate::stream::replication::{ServerStreamMessage, StreamEvent, standby_status_update};
 use crate::sync::read;
 use crate::wal::block::PageKey;
@@ -216,6 +216,12 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if conninfo.password_source == Some(PasswordSource::ConnString) {
+        log::warn!(
+            "the --connect connection string holds a password: every local user can read it in \
+             `ps`; put it in ~/.pgpass (mode 0600) or a file named by PGPASSFILE instead"
+        );
+    }
     let workers = args.imagegen_workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get().saturating_sub(1))
@@ -320,12 +326,38 @@ fn run_service(opts: RunOptions) -> ExitCode {
             log::info!("stopped");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            log::error!("{e}");
-            eprintln!("redo-helper: {e}");
+        Err(Stopped { error, slot }) => {
+            log::error!("{error}");
+            eprintln!("redo-helper: {error}");
+            if let Some(slot) = slot {
+                // The slot keeps WAL on the primary for as long as it exists: a helper
+                // that is not coming back must not leave it behind unnoticed.
+                eprintln!(
+                    "redo-helper: the physical replication slot \"{slot}\" makes the primary keep \
+                     its WAL until the helper streams again; if this helper will not be restarted, \
+                     drop it on the primary with:\n    {}",
+                    drop_slot_sql(&slot)
+                );
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// The SQL that drops the helper's slot, the name quoted as a string literal.
+pub(crate) fn drop_slot_sql(slot: &str) -> String {
+    format!(
+        "SELECT pg_drop_replication_slot('{}');",
+        slot.replace('\'', "''")
+    )
+}
+
+/// Why the service stopped for good, and the slot it leaves on the server (it was created,
+/// or found, by this helper).
+#[derive(Debug)]
+pub(crate) struct Stopped {
+    pub error: ServiceError,
+    pub slot: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -595,7 +627,11 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-async fn bootstrap(opts: &RunOptions, status: &SharedStatus) -> Result<HelperMeta, ServiceError> {
+async fn bootstrap(
+    opts: &RunOptions,
+    status: &SharedStatus,
+    slot_exists: &mut bool,
+) -> Result<HelperMeta, ServiceError> {
     status.update(|s| s.state = RunState::Bootstrapping);
     let mut conn = PgConnection::connect_replication(&opts.conninfo).await?;
     // A version whose WAL the helper cannot read is refused before the slot exists, so
@@ -610,6 +646,7 @@ async fn bootstrap(opts: &RunOptions, status: &SharedStatus) -> Result<HelperMet
     if conn.create_physical_slot_if_missing(&opts.slot).await? {
         log::info!("created physical replication slot \"{}\"", opts.slot);
     }
+    *slot_exists = true;
     let base_dir = opts.data_dir.join("base");
     let tmp_dir = opts.data_dir.join("base.tmp");
     let _ = std::fs::remove_dir_all(&tmp_dir);
@@ -941,10 +978,26 @@ fn flush_and_decode(
 }
 
 /// The service: returns Ok with the stop asked for by a signal, or an error that retrying
-/// cannot fix.
+/// cannot fix (with the slot's name once the slot is known to exist on the server).
 pub(crate) async fn run_with_state(
     opts: RunOptions,
     state: Arc<SharedState>,
+) -> Result<Stop, Stopped> {
+    let mut slot_exists = false;
+    let slot = opts.slot.clone();
+    run_service_loop(opts, state, &mut slot_exists)
+        .await
+        .map_err(|error| Stopped {
+            error,
+            slot: slot_exists.then_some(slot),
+        })
+}
+
+/// `run_with_state`'s work; `slot_exists` is set once the slot is known to be on the server.
+async fn run_service_loop(
+    opts: RunOptions,
+    state: Arc<SharedState>,
+    slot_exists: &mut bool,
 ) -> Result<Stop, ServiceError> {
     let mut stop = opts.stop.clone();
     crate::store::prepare_private_data_dir(&opts.data_dir)?;
@@ -972,7 +1025,7 @@ pub(crate) async fn run_with_state(
         match HelperMeta::load(&opts.data_dir)? {
             Some(m) => break m,
             None => match tokio::select! {
-                r = restore_or_bootstrap(&opts, &status) => r,
+                r = restore_or_bootstrap(&opts, &status, slot_exists) => r,
                 // base.tmp is removed by the next bootstrap.
                 s = stop_requested(&mut stop) => return Ok(s),
             } {
@@ -990,6 +1043,9 @@ pub(crate) async fn run_with_state(
             },
         }
     };
+    // Bootstrapped (now or before): the slot was created then, and stream_once re-creates
+    // it if it went missing.
+    *slot_exists = true;
     if meta.slot != opts.slot {
         log::warn!(
             "data directory was bootstrapped with slot \"{}\", now using \"{}\"",
@@ -1160,6 +1216,7 @@ const IMAGE_UPLOAD_INTERVAL: Duration = Duration::from_secs(30);
 async fn restore_or_bootstrap(
     opts: &RunOptions,
     status: &SharedStatus,
+    slot_exists: &mut bool,
 ) -> Result<HelperMeta, ServiceError> {
     if let Some(remote) = &opts.remote {
         status.update(|s| s.state = RunState::Bootstrapping);
@@ -1181,7 +1238,7 @@ async fn restore_or_bootstrap(
             }
         }
     }
-    bootstrap(opts, status).await
+    bootstrap(opts, status, slot_exists).await
 }
 
 /// Runs blocking `step` until it succeeds or fails with an error retrying cannot fix.

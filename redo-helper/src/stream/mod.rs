@@ -3,4 +3,6 @@
 pub(crate) mod base_backup;
 pub(crate) mod connection;
 pub(crate) mod conninfo;
+pub(crate) mod pgpass;
 pub(crate) mod replication;
+pub(crate) mod tls;

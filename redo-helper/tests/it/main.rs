@@ -12,6 +12,7 @@ mod support;
 
 mod brin;
 mod checksum;
+mod conn_security;
 mod corruption;
 mod dbase;
 mod faults;

@@ -1,0 +1,6 @@
+#![no_main]
+//! Fuzz target: `redo_helper::fuzzing::pgpass` (see redo-helper/fuzz/README.md).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    redo_helper::fuzzing::pgpass(data);
+});
