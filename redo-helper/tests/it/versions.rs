@@ -366,6 +366,9 @@ fn version_is_refused_before_the_slot() {
     let helper = dir.path().join("helper");
     // A directory bootstrapped from 15 (helper.json says so) pointed at a 17 server.
     std::fs::create_dir_all(&helper).expect("mkdir");
+    // Private, as the helper requires of a directory with contents.
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod 0700");
     let meta = "{\"system_identifier\": 1, \"timeline\": 1, \"segment_size\": 16777216, \
          \"slot\": \"fpw_pushdown\", \"backup_start_lsn\": \"0/2000028\", \
          \"backup_end_lsn\": \"0/2000100\", \"created_unix\": 0, \"pg_version\": 15}";
