@@ -119,10 +119,11 @@ impl HelperMeta {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn meta() -> HelperMeta {
+    /// A valid `helper.json` (also the object store's tests' fixture).
+    pub(crate) fn meta() -> HelperMeta {
         HelperMeta {
             system_identifier: 7,
             timeline: 1,

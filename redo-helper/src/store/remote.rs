@@ -1265,21 +1265,7 @@ fn parse_profile(text: &str, profile: &str) -> Option<(String, String, Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn meta() -> HelperMeta {
-        HelperMeta {
-            system_identifier: 7,
-            timeline: 1,
-            segment_size: 16 << 20,
-            slot: "s".into(),
-            backup_start_lsn: "0/2000028".into(),
-            backup_end_lsn: "0/2000100".into(),
-            created_unix: 0,
-            data_checksums: false,
-            wal_log_hints: false,
-            pg_version: crate::wal::PgVersion::V15,
-        }
-    }
+    use crate::store::meta::tests::meta;
 
     #[test]
     fn urls_endpoints_and_profiles() {
