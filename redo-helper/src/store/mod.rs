@@ -28,6 +28,7 @@ pub(crate) mod remote;
 pub(crate) mod repair;
 pub(crate) mod replay;
 pub(crate) mod retention;
+pub(crate) mod shard;
 pub(crate) mod verify;
 
 use crate::wal::WalError;
