@@ -142,6 +142,16 @@ pub struct RunArgs {
     /// are waiting); acknowledgements to the server lag by about this much.
     #[arg(long, default_value_t = 1000)]
     object_store_interval_ms: u64,
+    /// Number of helper shards the cluster's pages are split over (needs --object-store:
+    /// the WAL is kept once in the bucket). 1: this helper holds every page.
+    #[arg(long, default_value_t = 1)]
+    shards: u32,
+    /// This helper's shard, from 0 to --shards - 1.
+    #[arg(long, default_value_t = 0)]
+    shard: u32,
+    /// Consecutive blocks of a relation kept on one shard.
+    #[arg(long, default_value_t = crate::store::shard::DEFAULT_STRIPE_BLOCKS)]
+    stripe_blocks: u32,
     /// TOML file of settings keyed by these long flag names (`data-dir = "/var/lib/..."`).
     /// Precedence: flag > REDO_HELPER_* environment variable > file > default.
     #[arg(long, value_name = "FILE")]
@@ -216,6 +226,14 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let shard_map =
+        match crate::store::shard::ShardMap::new(args.shards, args.shard, args.stripe_blocks) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("redo-helper: {e}");
+                return ExitCode::from(2);
+            }
+        };
     if conninfo.password_source == Some(PasswordSource::ConnString) {
         log::warn!(
             "the --connect connection string holds a password: every local user can read it in \
@@ -266,6 +284,7 @@ pub fn main(args: RunArgs) -> ExitCode {
         disk_reserve: args.disk_reserve,
         remote,
         upload_interval: Duration::from_millis(args.object_store_interval_ms.max(10)),
+        shard_map,
         stop: tokio::sync::watch::channel(Stop::Running).1,
     })
 }
@@ -295,6 +314,13 @@ fn set_nice(nice: i32) {
 /// `redo-helper run`: exits non-zero with the error when something a retry cannot fix
 /// happens.
 fn run_service(opts: RunOptions) -> ExitCode {
+    if opts.shard_map.shards > 1 && opts.remote.is_none() {
+        eprintln!(
+            "redo-helper: --shards needs --object-store: the shards share the WAL and the base \
+             backup through the bucket"
+        );
+        return ExitCode::from(2);
+    }
     crate::store::set_disk_headroom(opts.disk_reserve);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -392,6 +418,8 @@ pub(crate) struct RunOptions {
     pub remote: Option<Arc<Remote>>,
     /// How often new WAL is uploaded to it.
     pub upload_interval: Duration,
+    /// Which pages this helper owns (`--shards`, `--shard`, `--stripe-blocks`).
+    pub shard_map: crate::store::shard::ShardMap,
     /// Set by the signal handlers: the service stops (or hands over) when it changes.
     pub stop: tokio::sync::watch::Receiver<Stop>,
 }

@@ -297,9 +297,25 @@ pub(crate) struct PageStore {
     /// after moving the horizon, before deleting anything, so no read that may need what is
     /// deleted is still running.
     gate: RwLock<()>,
+    /// Which pages this helper owns (unsharded: all of them).
+    #[allow(dead_code)] // read by sharded ingest, routing and remote repair (issue 19)
+    shard_map: crate::store::shard::ShardMap,
 }
 
 impl PageStore {
+    /// Sets which pages this store owns (before it is shared).
+    #[allow(dead_code)]
+    pub(crate) fn with_shard_map(mut self, map: crate::store::shard::ShardMap) -> PageStore {
+        self.shard_map = map;
+        self
+    }
+
+    /// Which pages this store owns.
+    #[allow(dead_code)]
+    pub(crate) fn shard_map(&self) -> crate::store::shard::ShardMap {
+        self.shard_map
+    }
+
     pub(crate) fn new(
         base: BaseFiles,
         images: ImageStore,
@@ -326,6 +342,7 @@ impl PageStore {
             backup_start,
             horizon: AtomicU64::new(backup_start.0),
             gate: RwLock::new(()),
+            shard_map: crate::store::shard::ShardMap::UNSHARDED,
         }
     }
 
