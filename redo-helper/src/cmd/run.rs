@@ -1043,6 +1043,7 @@ async fn run_service_loop(
         s.server = opts.conninfo.to_string();
         s.data_dir = opts.data_dir.display().to_string();
         s.slot = opts.slot.clone();
+        s.shard = opts.shard_map;
     });
     let api = crate::serve::listen::bind(&opts.api).await?;
     log::info!("{}", api.describe());
@@ -1101,6 +1102,13 @@ async fn run_service_loop(
             meta.wal_log_hints
         );
     }
+    // The store opens with the map recorded here (so do `check` and `repair`, offline).
+    opts.shard_map
+        .store(&opts.data_dir)
+        .map_err(|e| StoreError::DataDir {
+            dir: opts.data_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
     let mut archive = open_archive(&opts.data_dir, &meta)?;
     let uploader = match &opts.remote {
         Some(remote) => Some(
