@@ -121,11 +121,6 @@ impl ShardMap {
         self.owner(key) == self.shard
     }
 
-    /// Whether another map splits pages the same way (same count and stripe; any shard).
-    pub(crate) fn same_split(&self, other: &ShardMap) -> bool {
-        self.shards == other.shards && self.stripe_blocks == other.stripe_blocks
-    }
-
     /// The map `data_dir` was written with (unsharded when it has no `shard.json`).
     pub(crate) fn load(data_dir: &Path) -> Result<ShardMap, ShardMapError> {
         let path = shard_file(data_dir);
