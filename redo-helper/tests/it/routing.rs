@@ -102,8 +102,24 @@ fn any_shard_answers_any_page_routed_to_its_owner() {
     let ports = [free_port(), free_port()];
     assert_ne!(ports[0], ports[1]);
     let data = [dir.path().join("shard0"), dir.path().join("shard1")];
-    let mut s1 = spawn_routed_shard(&c, &sw, 1, ports, &token, &data[1], &dir.path().join("1.log"));
-    let mut s0 = spawn_routed_shard(&c, &sw, 0, ports, &token, &data[0], &dir.path().join("0.log"));
+    let mut s1 = spawn_routed_shard(
+        &c,
+        &sw,
+        1,
+        ports,
+        &token,
+        &data[1],
+        &dir.path().join("1.log"),
+    );
+    let mut s0 = spawn_routed_shard(
+        &c,
+        &sw,
+        0,
+        ports,
+        &token,
+        &data[0],
+        &dir.path().join("0.log"),
+    );
     for h in [&mut s0, &mut s1] {
         h.wait_status("streaming", Duration::from_secs(120), |s| {
             s["state"] == "streaming"
@@ -148,12 +164,19 @@ fn any_shard_answers_any_page_routed_to_its_owner() {
             let expected = masked_heap_page(&data_file_block(&c, relpath, blk));
             let mut owner = None;
             for (i, r) in replies.iter().enumerate() {
-                assert_eq!(r.status, 200, "{rel} block {blk} via shard {i}: {}", r.headers);
+                assert_eq!(
+                    r.status, 200,
+                    "{rel} block {blk} via shard {i}: {}",
+                    r.headers
+                );
                 assert!(
                     masked_heap_page(&r.body) == expected,
                     "{rel} block {blk} via shard {i}: differs from the data file"
                 );
-                let shard: usize = r.header("x-fpw-shard").and_then(|s| s.parse().ok()).expect("x-fpw-shard");
+                let shard: usize = r
+                    .header("x-fpw-shard")
+                    .and_then(|s| s.parse().ok())
+                    .expect("x-fpw-shard");
                 match r.header("x-fpw-routed") {
                     Some("proxied") => {
                         assert_ne!(shard, i, "proxied from itself");
@@ -167,7 +190,10 @@ fn any_shard_answers_any_page_routed_to_its_owner() {
             }
             // Exactly one of the two reads was proxied, and it carries the owner's bytes.
             assert_eq!(
-                replies.iter().filter(|r| r.header("x-fpw-routed").is_some()).count(),
+                replies
+                    .iter()
+                    .filter(|r| r.header("x-fpw-routed").is_some())
+                    .count(),
                 1
             );
             assert_eq!(replies[0].body, replies[1].body, "{rel} block {blk}");
@@ -177,14 +203,20 @@ fn any_shard_answers_any_page_routed_to_its_owner() {
             }
         }
     }
-    println!("reads proxied: by shard 0 {}, by shard 1 {}", routed[0], routed[1]);
+    println!(
+        "reads proxied: by shard 0 {}, by shard 1 {}",
+        routed[0], routed[1]
+    );
     assert!(routed[0] > 0 && routed[1] > 0, "{routed:?}");
     let metrics = s0.metrics().expect("metrics");
     let proxied_metric = metrics
         .lines()
         .find(|l| l.starts_with("redo_helper_routed_reads_total{outcome=\"proxied\"}"))
         .expect("routed reads metric");
-    assert!(proxied_metric.ends_with(&format!(" {}", routed[0])), "{proxied_metric}");
+    assert!(
+        proxied_metric.ends_with(&format!(" {}", routed[0])),
+        "{proxied_metric}"
+    );
     assert!(metrics.contains("redo_helper_routed_read_duration_seconds_count"));
 
     // GetPage latency through the owner (local) and through the other shard (routed), as the
@@ -216,9 +248,18 @@ fn any_shard_answers_any_page_routed_to_its_owner() {
     );
 
     // A page shard 1 owns, asked of shard 0.
-    let (theirs, _) = sample.iter().find(|(_, o)| *o == 1).expect("a page of shard 1").clone();
+    let (theirs, _) = sample
+        .iter()
+        .find(|(_, o)| *o == 1)
+        .expect("a page of shard 1")
+        .clone();
     // Redirect: 307 to the owner's URL, query kept, route= dropped.
-    let r = http(&s0.listen, "GET", &format!("{theirs}?wait_ms=100&route=redirect")).expect("redirect");
+    let r = http(
+        &s0.listen,
+        "GET",
+        &format!("{theirs}?wait_ms=100&route=redirect"),
+    )
+    .expect("redirect");
     assert_eq!(r.status, 307, "{}", r.headers);
     assert_eq!(
         r.header("location"),
@@ -248,8 +289,185 @@ fn any_shard_answers_any_page_routed_to_its_owner() {
         msg.contains(&format!("shard 1 at http://127.0.0.1:{}", ports[1])),
         "{msg}"
     );
-    assert!(!s0.log_text().contains("routing-test-token"), "token in the log");
+    assert!(
+        !s0.log_text().contains("routing-test-token"),
+        "token in the log"
+    );
     // Its own pages are still served.
-    let (mine, _) = sample.iter().find(|(_, o)| *o == 0).expect("a page of shard 0");
+    let (mine, _) = sample
+        .iter()
+        .find(|(_, o)| *o == 0)
+        .expect("a page of shard 0");
     assert_eq!(http(&s0.listen, "GET", mine).expect("local").status, 200);
+}
+
+/// `curl` over TLS with the CA and the token: (status, header block, body).
+fn curl_tls(ca: &Path, token: &str, url: &str) -> (u16, String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-D", "-", "--max-time", "20", "--cacert"])
+        .arg(ca)
+        .args(["-H", &format!("Authorization: Bearer {token}"), url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Peers over TLS, before any PostgreSQL or bucket is reachable (routing needs neither: the
+/// owner of a page is the shard map's): shard 0 trusts the CA that signed shard 1's
+/// certificate and gets shard 1's own answer (503, still bootstrapping) proxied back; shard 1
+/// is given another CA and answers 502 naming shard 0 and the certificate failure. Plain
+/// http to a peer off loopback and a peer list of the wrong length are refused at start.
+#[test]
+fn tls_peers_are_verified_and_plain_http_off_loopback_refused() {
+    use crate::conn_security::{make_ca, make_cert};
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("routing-tls");
+    let d = tmp.path();
+    make_ca(d, "ca");
+    make_ca(d, "other_ca");
+    make_cert(
+        d,
+        "ca",
+        "server",
+        "localhost",
+        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    );
+    let key = d.join("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let token = d.join("peer.token");
+    std::fs::write(&token, "routing-tls-token-0123456789abcdef0123456789\n").expect("token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let ports = [free_port(), free_port()];
+    let peers = format!(
+        "https://127.0.0.1:{},https://127.0.0.1:{}",
+        ports[0], ports[1]
+    );
+    // Nothing listens on port 1: the helpers retry their start while the API serves.
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "k"),
+        ("AWS_SECRET_ACCESS_KEY", "s"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let spawn = |shard: usize, peer_ca: &str| {
+        HelperProcess::spawn_on_port(
+            ports[shard],
+            "host=127.0.0.1 port=1",
+            &d.join(format!("shard{shard}")),
+            &d.join(format!("{shard}.log")),
+            &[
+                "--object-store",
+                "s3://fpw/tls",
+                "--shards",
+                "2",
+                "--shard",
+                &shard.to_string(),
+                "--stripe-blocks",
+                "1",
+                "--api-token-file",
+                token.to_str().expect("path"),
+                "--tls-cert",
+                d.join("server.crt").to_str().expect("path"),
+                "--tls-key",
+                key.to_str().expect("path"),
+                "--peers",
+                &peers,
+                "--peer-ca-file",
+                d.join(peer_ca).to_str().expect("path"),
+            ],
+            &env,
+        )
+    };
+    let s0 = spawn(0, "ca.crt");
+    let s1 = spawn(1, "other_ca.crt");
+    let ca = d.join("ca.crt");
+    let secret = "routing-tls-token-0123456789abcdef0123456789";
+    let url = |shard: usize, blk: u32| {
+        format!(
+            "https://127.0.0.1:{}/page/1663/5/16384/main/{blk}?wait_ms=10",
+            ports[shard]
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while curl_tls(&ca, secret, &url(0, 0)).0 == 0 || curl_tls(&ca, secret, &url(1, 0)).0 == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "APIs not up\n{}\n{}",
+            s0.log_text(),
+            s1.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (mut proxied, mut failed) = (0, 0);
+    for blk in 0..16 {
+        // Through shard 0 (trusts the peers' CA): every block answers 503 (bootstrapping),
+        // locally or proxied from shard 1.
+        let (status, head, body) = curl_tls(&ca, secret, &url(0, blk));
+        assert_eq!(status, 503, "block {blk} via shard 0: {head}\n{body}");
+        if header(&head, "x-fpw-routed") == Some("proxied") {
+            proxied += 1;
+        }
+        // Through shard 1 (trusts another CA): its own blocks 503, shard 0's a 502.
+        let (status, head, body) = curl_tls(&ca, secret, &url(1, blk));
+        match status {
+            503 => assert_eq!(header(&head, "x-fpw-routed"), None, "{head}"),
+            502 => {
+                assert!(
+                    body.contains(&format!("shard 0 at https://127.0.0.1:{}", ports[0]))
+                        && body.contains("certificate"),
+                    "{body}"
+                );
+                failed += 1;
+            }
+            s => panic!("block {blk} via shard 1: {s} {head}\n{body}"),
+        }
+    }
+    assert!(
+        proxied > 0 && failed > 0,
+        "proxied {proxied}, failed {failed}"
+    );
+    // Each block has one owner: proxied by shard 0 when shard 1 owns it, failed through
+    // shard 1 when shard 0 owns it.
+    assert_eq!(proxied + failed, 16, "proxied {proxied}, failed {failed}");
+    for log in [s0.log_text(), s1.log_text()] {
+        assert!(!log.contains(secret), "token in the log");
+    }
+
+    // Refused at start, with the reason.
+    let refused = |peers: &str| {
+        let out = std::process::Command::new(crate::support::HELPER_BIN)
+            .args(["run", "--connect", "host=127.0.0.1 port=1", "--data-dir"])
+            .arg(d.join("refused"))
+            .args([
+                "--object-store",
+                "s3://fpw/tls",
+                "--shards",
+                "2",
+                "--peers",
+                peers,
+            ])
+            .envs(env)
+            .output()
+            .expect("redo-helper run");
+        assert_eq!(out.status.code(), Some(2), "{peers}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused("http://10.1.2.3:7432,https://10.1.2.4:7432");
+    assert!(err.contains("plain HTTP and not on loopback"), "{err}");
+    let err = refused("https://10.1.2.3:7432");
+    assert!(err.contains("lists 1 URLs but --shards is 2"), "{err}");
 }
