@@ -8,6 +8,7 @@
 //! process-global state.
 
 mod common;
+mod seaweed;
 mod support;
 
 mod brin;
@@ -27,9 +28,11 @@ mod observability;
 mod redo_verify;
 mod repair;
 mod retention;
+mod routing;
 mod security;
 mod serve_pages;
 mod service;
+mod shards;
 mod spgist;
 mod versions;
 mod waldump_parity;
