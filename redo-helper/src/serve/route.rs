@@ -290,7 +290,9 @@ impl Router {
             // redirects; following one would send the token elsewhere).
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(30))
+            // An owner closes a kept-alive connection idle for HEADER_TIMEOUT; dropping
+            // ours well before keeps a request from racing that close (a spurious 502).
+            .pool_idle_timeout(super::listen::HEADER_TIMEOUT / 2)
             .user_agent(concat!(
                 "redo-helper/",
                 env!("CARGO_PKG_VERSION"),
