@@ -410,6 +410,8 @@ mod tests {
             let _ = parse_page_path(&path);
             let _ = parse_threshold(&path, query.as_deref());
             let _ = parse_read_query(query.as_deref());
+            let _ = route::forwarded_query(query.as_deref());
+            let _ = route::RouteMode::parse(query_param(query.as_deref(), "route"));
         }
     }
 }

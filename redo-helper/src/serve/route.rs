@@ -117,7 +117,7 @@ pub(crate) fn parse_peers(
         .map(|(index, raw)| {
             let bad = |reason: &str| PeerError::Url {
                 index,
-                url: (*raw).to_string(),
+                url: without_user_info(raw),
                 reason: reason.to_string(),
             };
             let url = Url::parse(raw).map_err(|e| bad(&e.to_string()))?;
@@ -141,6 +141,21 @@ pub(crate) fn parse_peers(
             Ok(url)
         })
         .collect()
+}
+
+/// A `--peers` entry as it may be printed: user information (which may hold a password) cut
+/// out.
+fn without_user_info(raw: &str) -> String {
+    match raw.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                None => raw.to_string(),
+            }
+        }
+        None => raw.to_string(),
+    }
 }
 
 /// True when the URL's host is this machine (127.0.0.0/8, ::1, `localhost`).
@@ -521,14 +536,14 @@ mod tests {
                 "{bad}"
             );
         }
-        // The password of a refused URL is not echoed back by Display of the parsed URL; the
-        // raw entry is, so the operator sees what they typed.
-        assert!(
-            parse_peers("https://u:secret@a:1", 1, false)
-                .unwrap_err()
-                .to_string()
-                .contains("user information")
-        );
+        // The entry is named in the error, without a password it may hold.
+        let err = parse_peers("https://u:secret@a:1/x", 1, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("user information"), "{err}");
+        assert!(err.contains("https://***@a:1/x"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        assert_eq!(without_user_info("a:1"), "a:1");
     }
 
     #[test]
@@ -585,6 +600,30 @@ mod tests {
             forwarded_query(Some("cache=none&")).as_deref(),
             Some("cache=none")
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5_000))]
+
+        /// `--peers` as an operator may mistype it: a typed error or URLs, no panic, never a
+        /// password in the message.
+        #[test]
+        fn fuzz_peer_lists(list in "((https?|ftp)://)?([a-z]{0,3}(:[a-z]{0,6})?@)?[a-z0-9.:\\[\\]]{0,12}(/[a-z%]{0,4})?([?#][a-z=]{0,4})?(,[a-z:/.0-9@]{0,16}){0,2}") {
+            match parse_peers(&list, 2, false) {
+                Ok(urls) => proptest::prop_assert_eq!(urls.len(), 2),
+                Err(e) => {
+                    let msg = e.to_string();
+                    if let Some((_, rest)) = list.split_once("://")
+                        && let Some((user, _)) = rest.split_once('@')
+                        && let Some((_, pw)) = user.split_once(':')
+                        && pw.len() >= 3
+                        && !user.contains(['/', ',', '?', '#'])
+                    {
+                        proptest::prop_assert!(!msg.contains(&format!(":{pw}@")), "{msg}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
