@@ -19,6 +19,17 @@ fn spawn_shard(
     data: &Path,
     log: &Path,
 ) -> HelperProcess {
+    spawn_sharded(c, sw, 2, shard, data, log)
+}
+
+fn spawn_sharded(
+    c: &PgCluster,
+    sw: &SeaweedFs,
+    shards: u32,
+    shard: u32,
+    data: &Path,
+    log: &Path,
+) -> HelperProcess {
     let env = sw.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     HelperProcess::spawn_with_env(
@@ -31,7 +42,7 @@ fn spawn_shard(
             "--object-store-interval-ms",
             "200",
             "--shards",
-            "2",
+            &shards.to_string(),
             "--shard",
             &shard.to_string(),
             "--stripe-blocks",
@@ -218,6 +229,19 @@ fn two_shards_split_the_pages_and_a_replacement_resumes_from_the_bucket() {
             .all(|(k, _)| !k.contains("/wal/")),
         "only shard 0 writes WAL"
     );
+
+    // Another split of the same bucket is refused by name.
+    let mut other = spawn_sharded(
+        &c,
+        &sw,
+        3,
+        0,
+        &dir.path().join("other"),
+        &dir.path().join("other.log"),
+    );
+    let (code, text) = other.wait_exit_code(Duration::from_secs(60));
+    assert!(code.is_some_and(|c| c != 0), "{text}");
+    assert!(text.contains("changing the number of shards"), "{text}");
 
     // Nothing lost: each shard's pages equal the data files (masked), and together they
     // cover the cluster's pages.
