@@ -145,7 +145,7 @@ pub(crate) fn parse_peers(
 
 /// A `--peers` entry as it may be printed: user information (which may hold a password) cut
 /// out.
-fn without_user_info(raw: &str) -> String {
+pub(crate) fn without_user_info(raw: &str) -> String {
     match raw.split_once("://") {
         Some((scheme, rest)) => {
             let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
