@@ -1446,6 +1446,7 @@ fn publish(ingest: &Ingest, status: &SharedStatus) {
     status.update(|s| {
         s.records_decoded = idx.records;
         s.block_refs_indexed = idx.block_refs;
+        s.block_refs_other_shards = idx.block_refs_other_shards;
         s.pages_indexed = idx.pages() as u64;
         s.fpi_applicable = idx.applicable_images;
         s.fpi_consistency_only = idx.consistency_images;

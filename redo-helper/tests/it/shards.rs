@@ -197,6 +197,15 @@ fn two_shards_split_the_pages_and_a_replacement_resumes_from_the_bucket() {
         split[0], split[1]
     );
     assert!(split[0] > 0 && split[1] > 0, "{split:?}");
+    // Each decoded every record and left the other shard's block references alone.
+    for h in [&s0, &s1] {
+        let st = h.status().expect("status");
+        assert!(
+            st["block_refs_other_shards"].as_u64().unwrap_or(0) > 0,
+            "{st}"
+        );
+        assert!(st["block_refs_indexed"].as_u64().unwrap_or(0) > 0, "{st}");
+    }
     for (i, h) in [&s0, &s1].into_iter().enumerate() {
         println!(
             "shard {i}: image generation {:.2} CPU-s; {}",
