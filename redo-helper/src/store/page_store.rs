@@ -310,6 +310,11 @@ impl PageStore {
         self
     }
 
+    /// The compute's settings the redo follows (`helper.json`).
+    pub(crate) fn redo_context(&self) -> crate::redo::RedoContext {
+        self.redo.ctx
+    }
+
     /// Which pages this store owns.
     #[allow(dead_code)]
     pub(crate) fn shard_map(&self) -> crate::store::shard::ShardMap {
