@@ -25,6 +25,7 @@ mod ingest;
 mod object_store;
 mod observability;
 mod redo_verify;
+mod remote_repair;
 mod repair;
 mod retention;
 mod security;
