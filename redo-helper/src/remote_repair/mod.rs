@@ -479,7 +479,10 @@ async fn repair_async(
                     continue;
                 }
                 sum.changed_written += 1;
-                sum.changed_differed += u64::from(before.is_none_or(|b| b[..] != page[..]));
+                // Masked, as local repair counts it (hint bits, LSN and checksum aside).
+                sum.changed_differed += u64::from(before.is_none_or(|b| {
+                    crate::store::check::masked_difference(&key, &page, &b, None).is_some()
+                }));
             }
         }
     }
