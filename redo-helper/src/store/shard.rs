@@ -260,6 +260,40 @@ mod tests {
     }
 
     #[test]
+    fn a_data_directory_keeps_its_shard() {
+        let dir = std::env::temp_dir().join(format!("rh_shard_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(ShardMap::load(&dir).unwrap(), ShardMap::UNSHARDED);
+        // Unsharded directories keep today's layout.
+        ShardMap::UNSHARDED.store(&dir).unwrap();
+        assert!(!shard_file(&dir).exists());
+        let one = ShardMap::new(2, 1, 8).unwrap();
+        one.store(&dir).unwrap();
+        assert_eq!(ShardMap::load(&dir).unwrap(), one);
+        one.store(&dir).unwrap();
+        for other in [
+            ShardMap::new(2, 0, 8).unwrap(),
+            ShardMap::new(3, 1, 8).unwrap(),
+            ShardMap::UNSHARDED,
+        ] {
+            assert!(matches!(
+                other.store(&dir),
+                Err(ShardMapError::OtherShard { .. })
+            ));
+        }
+        std::fs::write(
+            shard_file(&dir),
+            "{\"shards\": 2, \"shard\": 5, \"stripe_blocks\": 8}",
+        )
+        .unwrap();
+        assert!(matches!(
+            ShardMap::load(&dir),
+            Err(ShardMapError::File { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn bad_maps_are_refused() {
         assert_eq!(ShardMap::new(0, 0, 1), Err(ShardMapError::NoShards(0)));
         assert_eq!(

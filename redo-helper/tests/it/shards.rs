@@ -21,8 +21,21 @@ pub(crate) fn spawn_shard(
     log: &Path,
     extra: &[&str],
 ) -> HelperProcess {
+    spawn_sharded(c, sw, 2, shard, data, log, extra)
+}
+
+fn spawn_sharded(
+    c: &PgCluster,
+    sw: &SeaweedFs,
+    shards: u32,
+    shard: u32,
+    data: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> HelperProcess {
     let env = sw.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let shards_s = shards.to_string();
     let shard_s = shard.to_string();
     let slot = format!("fpw_pushdown_{shard}");
     let store = format!("s3://{BUCKET}/sharded");
@@ -32,7 +45,7 @@ pub(crate) fn spawn_shard(
         "--object-store-interval-ms",
         "200",
         "--shards",
-        "2",
+        &shards_s,
         "--shard",
         &shard_s,
         "--stripe-blocks",
@@ -219,6 +232,20 @@ fn two_shards_split_the_pages_and_a_replacement_resumes_from_the_bucket() {
             .all(|(k, _)| !k.contains("/wal/")),
         "only shard 0 writes WAL"
     );
+
+    // Another split of the same bucket is refused by name.
+    let mut other = spawn_sharded(
+        &c,
+        &sw,
+        3,
+        0,
+        &dir.path().join("other"),
+        &dir.path().join("other.log"),
+        &[],
+    );
+    let (code, text) = other.wait_exit_code(Duration::from_secs(60));
+    assert!(code.is_some_and(|c| c != 0), "{text}");
+    assert!(text.contains("changing the number of shards"), "{text}");
 
     // Nothing lost: each shard's pages equal the data files (masked), and together they
     // cover the cluster's pages.
