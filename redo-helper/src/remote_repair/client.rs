@@ -181,18 +181,28 @@ impl HelperClient {
         }
     }
 
-    /// The body of a 200 answer; a typed error for any other status.
-    async fn ok_body(
+    /// The status and the whole body of an answer.
+    async fn status_and_body(
         &self,
         resp: reqwest::Response,
         what: &str,
-    ) -> Result<bytes::Bytes, ClientError> {
+    ) -> Result<(u16, bytes::Bytes), ClientError> {
         let status = resp.status().as_u16();
         let body = resp.bytes().await.map_err(|e| ClientError::Request {
             url: self.url.clone(),
             what: what.to_string(),
             reason: error_chain(&e),
         })?;
+        Ok((status, body))
+    }
+
+    /// The body of a 200 answer; a typed error for any other status.
+    async fn ok_body(
+        &self,
+        resp: reqwest::Response,
+        what: &str,
+    ) -> Result<bytes::Bytes, ClientError> {
+        let (status, body) = self.status_and_body(resp, what).await?;
         if status == 200 {
             return Ok(body);
         }
@@ -262,12 +272,7 @@ impl HelperClient {
             key.rel.spc_oid, key.rel.db_oid, key.rel.rel_number, key.fork.0, key.block
         );
         let resp = self.get(&path, &what).await?;
-        let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(|e| ClientError::Request {
-            url: self.url.clone(),
-            what: what.clone(),
-            reason: error_chain(&e),
-        })?;
+        let (status, body) = self.status_and_body(resp, &what).await?;
         match status {
             200 => {
                 let page = <Box<[u8; BLCKSZ]>>::try_from(body.to_vec().into_boxed_slice())
