@@ -26,6 +26,7 @@ mod ingest;
 mod object_store;
 mod observability;
 mod redo_verify;
+mod remote_repair;
 mod repair;
 mod retention;
 mod routing;
