@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SEG: u64 = 16 << 20;
-const KEY_ID: &str = "fpw-test-key";
-const SECRET: &str = "fpw-test-secret-5f0c2a";
-const BUCKET: &str = "fpw";
+pub(crate) const KEY_ID: &str = "fpw-test-key";
+pub(crate) const SECRET: &str = "fpw-test-secret-5f0c2a";
+pub(crate) const BUCKET: &str = "fpw";
 
-fn script() -> PathBuf {
+pub(crate) fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/seaweedfs.sh")
 }
 
@@ -28,7 +28,7 @@ struct SeaweedFs {
 }
 
 /// A port P with P..P+7 free (S3, master, volume, filer and their gRPC ports).
-fn free_port_range() -> u16 {
+pub(crate) fn free_port_range() -> u16 {
     for _ in 0..100 {
         let p = crate::common::free_port();
         if p > 65000 {
@@ -187,7 +187,7 @@ fn restart_lsn(c: &PgCluster) -> u64 {
     ))
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

@@ -1,0 +1,347 @@
+//! Deployments across hosts (issue 19), each host a network namespace of its own
+//! ([`crate::netns`]): PostgreSQL on host `pg` (10.231.0.1, TLS, SCRAM from the other hosts'
+//! addresses only), SeaweedFS's S3 gateway on host `s3` (10.231.0.2, HTTPS with a private CA,
+//! credentials), and helpers on the hosts after them, each with its API on TCP with TLS and
+//! the token. Nothing reaches another host except over the namespaces' Ethernet.
+
+use crate::common::{PgCluster, TempDir};
+use crate::netns::{Host, Network, Pki};
+use crate::object_store::{BUCKET, KEY_ID, SECRET, free_port_range, script};
+use crate::support::{Api, HELPER_BIN, HelperProcess, lsn, run_check_clean, status_lsn};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The helpers' API port (each host has its own namespace, so all use the same one).
+const API_PORT: u16 = 8443;
+/// The bucket prefix of the deployment.
+const PREFIX: &str = "cluster1";
+/// The test role's password (a throwaway cluster's).
+const PG_PASSWORD: &str = "fpw-netns-test-8d1e";
+
+/// SeaweedFS serving S3 over HTTPS on a host; killed on drop.
+struct S3OnHost {
+    dir: TempDir,
+    ip: std::net::Ipv4Addr,
+    port: u16,
+}
+
+impl S3OnHost {
+    fn start(host: &Host, pki: &Pki) -> S3OnHost {
+        let dir = TempDir::new("netns-seaweedfs");
+        // Also on this host's loopback: weed names its gRPC sockets in /tmp by port.
+        let port = free_port_range();
+        let out = host
+            .command("bash")
+            .arg(script())
+            .arg("start")
+            .arg(dir.path())
+            .arg(port.to_string())
+            .arg(BUCKET)
+            .env("AWS_ACCESS_KEY_ID", KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_CA_BUNDLE", pki.ca())
+            .env("SEAWEEDFS_IP", host.ip.to_string())
+            .env("SEAWEEDFS_TLS_CERT", pki.cert())
+            .env("SEAWEEDFS_TLS_KEY", pki.key())
+            .output()
+            .expect("seaweedfs.sh");
+        assert!(
+            out.status.success(),
+            "seaweedfs.sh start on host {} failed: {}{}",
+            host.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        S3OnHost {
+            dir,
+            ip: host.ip,
+            port,
+        }
+    }
+
+    /// The AWS environment of a client of this gateway.
+    fn env(&self, pki: &Pki) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", KEY_ID.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET.into()),
+            (
+                "AWS_ENDPOINT_URL",
+                format!("https://{}:{}", self.ip, self.port),
+            ),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_CA_BUNDLE", pki.ca().display().to_string()),
+        ]
+    }
+}
+
+impl Drop for S3OnHost {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("kill")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// PostgreSQL, SeaweedFS and the hosts for helpers. Fields drop in order: the servers
+/// before the network they run in.
+pub(crate) struct Site {
+    s3: S3OnHost,
+    pub pg: PgCluster,
+    /// The helpers' data directories and logs, the passfile and the API header file.
+    pub dir: TempDir,
+    _pg_tls: TempDir,
+    pub pki: Pki,
+    pub net: Network,
+}
+
+impl Site {
+    /// Hosts `pg`, `s3` and one per name of `helper_hosts`; None when network namespaces
+    /// cannot be made here (the test then skips, with the reason printed).
+    pub fn new(helper_hosts: &[&str]) -> Option<Site> {
+        let mut names = vec!["pg", "s3"];
+        names.extend_from_slice(helper_hosts);
+        let net = Network::new(&names)?;
+        let ips: Vec<_> = net.hosts.iter().map(|h| h.ip).collect();
+        let pki = Pki::new(&ips);
+        // PostgreSQL's own copy of the key: owned by postgres, 0600 (it refuses others).
+        let pg_tls = TempDir::new("netns-pg-tls");
+        let pg_key = pg_tls.path().join("server.key");
+        std::fs::copy(pki.key(), &pg_key).expect("copy key");
+        let chown = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&pg_key)
+            .status()
+            .expect("chown");
+        assert!(chown.success());
+        let pg_host = net.host("pg");
+        let listen = format!("listen_addresses = '{}'", pg_host.ip);
+        let cert = format!("ssl_cert_file = '{}'", pki.cert().display());
+        let key = format!("ssl_key_file = '{}'", pg_key.display());
+        let pg = PgCluster::start_in_netns(
+            &pg_host.netns,
+            &[
+                &listen,
+                "wal_level = replica",
+                "max_wal_senders = 10",
+                "max_replication_slots = 10",
+                "autovacuum = off",
+                // Every replication command in the server log: BASE_BACKUPs are counted.
+                "log_replication_commands = on",
+                "ssl = on",
+                &cert,
+                &key,
+                "password_encryption = 'scram-sha-256'",
+            ],
+            &[
+                "hostssl replication postgres 10.231.0.0/24 scram-sha-256",
+                "hostssl all postgres 10.231.0.0/24 scram-sha-256",
+            ],
+        );
+        pg.sql(&format!("ALTER ROLE postgres PASSWORD '{PG_PASSWORD}'"));
+        let dir = TempDir::new("netns-site");
+        let passfile = dir.path().join("pgpass");
+        std::fs::write(
+            &passfile,
+            format!("{}:{}:*:postgres:{PG_PASSWORD}\n", pg_host.ip, pg.port),
+        )
+        .expect("pgpass");
+        std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod pgpass");
+        let s3 = S3OnHost::start(net.host("s3"), &pki);
+        Some(Site {
+            s3,
+            pg,
+            dir,
+            _pg_tls: pg_tls,
+            pki,
+            net,
+        })
+    }
+
+    /// The helpers' connection string: TLS verified against the private CA, SCRAM with the
+    /// password from a passfile (never on a command line).
+    pub fn conninfo(&self) -> String {
+        format!(
+            "host={} port={} user=postgres passfile={} sslmode=verify-full sslrootcert={}",
+            self.net.host("pg").ip,
+            self.pg.port,
+            self.dir.path().join("pgpass").display(),
+            self.pki.ca().display()
+        )
+    }
+
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `redo-helper run` on host `host` with data directory `name`, following the cluster
+    /// through the bucket, its API on `https://HOST:8443` with the token.
+    pub fn helper(&self, host: &str, name: &str, extra: &[&str]) -> HelperProcess {
+        let host = self.net.host(host);
+        let data = self.data_dir(name);
+        let log = self.dir.path().join(format!("{name}.log"));
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("helper log");
+        let child = host
+            .command(HELPER_BIN)
+            .args(["run", "--connect", &self.conninfo(), "--data-dir"])
+            .arg(&data)
+            .args(["--listen", &format!("{}:{API_PORT}", host.ip), "--tls-cert"])
+            .arg(self.pki.cert())
+            .arg("--tls-key")
+            .arg(self.pki.key())
+            .args([
+                "--max-backoff-secs",
+                "2",
+                "--object-store",
+                &format!("s3://{BUCKET}/{PREFIX}"),
+                "--object-store-interval-ms",
+                "200",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .envs(self.s3.env(&self.pki))
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn redo-helper in a namespace");
+        HelperProcess {
+            child,
+            listen: Api {
+                port: API_PORT,
+                token_file: data.join("api.token"),
+                socket: data.join("api.sock"),
+            },
+            log,
+        }
+    }
+
+    /// GET `path` of the API of the helper `h` on host `to`, from host `from`, over TLS
+    /// (verified against the private CA) with the token: (HTTP status, response headers,
+    /// body).
+    pub fn api_get(
+        &self,
+        from: &str,
+        to: &str,
+        h: &HelperProcess,
+        path: &str,
+    ) -> (u16, String, Vec<u8>) {
+        let token = h.listen.token().expect("token file");
+        // The token goes to curl in a 0600 file, not on its command line.
+        let header_file = self.dir.path().join(format!("auth-{to}"));
+        std::fs::write(&header_file, format!("Authorization: Bearer {token}\n"))
+            .expect("header file");
+        std::fs::set_permissions(&header_file, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod header file");
+        let head = self.dir.path().join(format!("head-{to}"));
+        let out = self
+            .net
+            .host(from)
+            .command("curl")
+            .args(["-s", "--max-time", "20", "--cacert"])
+            .arg(self.pki.ca())
+            .arg("-H")
+            .arg(format!("@{}", header_file.display()))
+            .arg("-D")
+            .arg(&head)
+            .args(["-w", "%{http_code}", "-o", "-"])
+            .arg(format!("https://{}:{API_PORT}{path}", self.net.host(to).ip))
+            .output()
+            .expect("curl");
+        let mut body = out.stdout;
+        let code_at = body.len().saturating_sub(3);
+        let code = String::from_utf8_lossy(&body[code_at..])
+            .parse()
+            .unwrap_or(0);
+        body.truncate(code_at);
+        let headers = std::fs::read_to_string(&head).unwrap_or_default();
+        (code, headers, body)
+    }
+
+    /// BASE_BACKUP commands the server received so far (its log, `log_replication_commands`).
+    pub fn base_backups(&self) -> usize {
+        std::fs::read_to_string(self.pg.root.join("log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("received replication command: BASE_BACKUP"))
+            .count()
+    }
+
+    /// Waits until a helper decoded everything the server flushed so far.
+    pub fn wait_caught_up(&self, h: &mut HelperProcess, what: &str) -> serde_json::Value {
+        let target = lsn(&self.pg.sql("SELECT pg_current_wal_flush_lsn()"));
+        h.wait_status(what, Duration::from_secs(120), |s| {
+            status_lsn(s, "flush_lsn") >= target && status_lsn(s, "decoded_lsn") >= target
+        })
+    }
+}
+
+fn remove_data_dir(path: &Path) {
+    std::fs::remove_dir_all(path).expect("remove the data directory");
+}
+
+/// An unsharded helper on host `c` follows PostgreSQL on host `pg` with its state in the
+/// bucket on host `s3`; it is killed under pgbench and its disk lost; a replacement on host
+/// `d` resumes from the bucket: PostgreSQL runs no second BASE_BACKUP, and the pages it
+/// serves equal the data files.
+#[test]
+fn a_replacement_on_another_host_resumes_from_the_bucket() {
+    let Some(site) = Site::new(&["c", "d"]) else {
+        return;
+    };
+    site.pg.pgbench(&["-i", "-s", "2", "-q"]);
+    let mut c = site.helper("c", "helper-c", &[]);
+    c.wait_status("bootstrap on host c", Duration::from_secs(120), |s| {
+        s["state"] == "streaming"
+    });
+    assert!(c.log_text().contains("bootstrapping from BASE_BACKUP"));
+    assert_eq!(site.base_backups(), 1, "the server log counts BASE_BACKUPs");
+    // Its API across the network, TLS verified, with the token: from the PostgreSQL host.
+    let (code, _, body) = site.api_get("pg", "c", &c, "/status");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let st: serde_json::Value = serde_json::from_slice(&body).expect("status JSON");
+    assert_eq!(st["state"], "streaming");
+
+    // Host c dies under load and its disk is lost.
+    std::thread::scope(|s| {
+        let load = s.spawn(|| site.pg.pgbench(&["-n", "-T", "6", "-c", "2", "-j", "2"]));
+        std::thread::sleep(Duration::from_secs(3));
+        c.kill9();
+        let _ = load.join();
+    });
+    remove_data_dir(&site.data_dir("helper-c"));
+
+    // The replacement on host d, an empty disk.
+    let mut d = site.helper("d", "helper-d", &[]);
+    site.pg.pgbench(&["-n", "-T", "3", "-c", "2", "-j", "2"]);
+    site.wait_caught_up(&mut d, "the replacement's catch-up");
+    let text = d.log_text();
+    assert!(text.contains("restored from object store"), "{text}");
+    assert!(
+        !text.contains("bootstrapping from BASE_BACKUP"),
+        "the replacement bootstrapped:\n{text}"
+    );
+    assert_eq!(
+        site.base_backups(),
+        1,
+        "PostgreSQL ran a second BASE_BACKUP"
+    );
+    // A page through the replacement's API, from the PostgreSQL host.
+    let rel = site.pg.rel_path("pgbench_accounts");
+    let (code, _, page) = site.api_get("pg", "d", &d, &format!("/page/{rel}/main/1"));
+    assert_eq!((code, page.len()), (200, 8192));
+
+    // Nothing lost: after a checkpoint, every page it serves equals the data files.
+    site.pg.sql("CHECKPOINT");
+    site.wait_caught_up(&mut d, "the checkpoint");
+    d.kill9();
+    let check = run_check_clean(&site.data_dir("helper-d"), &site.pg.data, 100);
+    println!("replacement on host d: {}", check.line);
+}
