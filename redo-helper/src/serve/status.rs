@@ -55,6 +55,8 @@ pub(crate) struct HelperStatus {
     /// The helper's data directory (`--data-dir`).
     pub data_dir: String,
     pub slot: String,
+    /// Which pages this helper owns (`--shards`, `--shard`, `--stripe-blocks`).
+    pub shard: crate::store::shard::ShardMap,
     /// As a string: a u64 exceeds what JSON numbers carry exactly.
     #[serde(serialize_with = "as_decimal_string")]
     pub system_identifier: Option<u64>,
