@@ -345,3 +345,139 @@ fn a_replacement_on_another_host_resumes_from_the_bucket() {
     let check = run_check_clean(&site.data_dir("helper-d"), &site.pg.data, 100);
     println!("replacement on host d: {}", check.line);
 }
+
+/// `--shards 2 --shard I` with shard I's own slot.
+fn shard_args(i: u32) -> Vec<String> {
+    vec![
+        "--shards".into(),
+        "2".into(),
+        "--shard".into(),
+        i.to_string(),
+        "--slot".into(),
+        format!("fpw_pushdown_{i}"),
+    ]
+}
+
+fn helper_shard(site: &Site, host: &str, name: &str, i: u32) -> HelperProcess {
+    let args = shard_args(i);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    site.helper(host, name, &args)
+}
+
+/// Reads `blocks` of `rel` from the helper on host `to`: (pages it served itself, pages it
+/// named another shard as the owner of). Every answer is either.
+fn read_through(
+    site: &Site,
+    to: &str,
+    h: &HelperProcess,
+    shard: u32,
+    rel: &str,
+    blocks: &[u32],
+) -> (u32, u32) {
+    let (mut own, mut other) = (0, 0);
+    for &blk in blocks {
+        let (code, headers, body) = site.api_get("pg", to, h, &format!("/page/{rel}/main/{blk}"));
+        match code {
+            200 => {
+                assert_eq!(body.len(), 8192);
+                let served_by = headers
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-fpw-shard:"))
+                    .map(str::trim);
+                assert_eq!(served_by, Some(shard.to_string().as_str()), "{headers}");
+                own += 1;
+            }
+            421 => {
+                let v: serde_json::Value = serde_json::from_slice(&body).expect("421 JSON");
+                assert_eq!(v["owner"], 1 - shard, "{v}");
+                other += 1;
+            }
+            _ => panic!(
+                "block {blk} of {rel} from shard {shard}: HTTP {code} {}",
+                String::from_utf8_lossy(&body)
+            ),
+        }
+    }
+    (own, other)
+}
+
+/// Two shards on hosts `c` and `d` follow PostgreSQL on host `pg` under pgbench, with one
+/// BASE_BACKUP (shard 0's) between them; each serves its own pages and names the owner of
+/// the others; shard 1 is killed and its disk lost, its replacement on host `e` resumes from
+/// the bucket (no BASE_BACKUP); after a checkpoint every page either shard serves equals the
+/// data files.
+#[test]
+fn two_shards_on_two_hosts_and_a_lost_shard_replaced_on_a_third() {
+    let Some(site) = Site::new(&["c", "d", "e"]) else {
+        return;
+    };
+    site.pg.pgbench(&["-i", "-s", "2", "-q"]);
+    let mut s0 = helper_shard(&site, "c", "shard0", 0);
+    let mut s1 = helper_shard(&site, "d", "shard1", 1);
+    for (h, what) in [(&mut s0, "shard 0 on c"), (&mut s1, "shard 1 on d")] {
+        h.wait_status(what, Duration::from_secs(150), |s| {
+            s["state"] == "streaming"
+        });
+    }
+    assert_eq!(site.base_backups(), 1, "one BASE_BACKUP for both shards");
+    assert!(!s1.log_text().contains("bootstrapping from BASE_BACKUP"));
+    let slots = site
+        .pg
+        .sql("SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots");
+    assert_eq!(slots, "fpw_pushdown_0,fpw_pushdown_1");
+    for (host, h, i) in [("c", &s0, 0), ("d", &s1, 1)] {
+        let (code, _, body) = site.api_get("pg", host, h, "/status");
+        assert_eq!(code, 200);
+        let st: serde_json::Value = serde_json::from_slice(&body).expect("status JSON");
+        assert_eq!(st["shard"]["shards"], 2, "{st}");
+        assert_eq!(st["shard"]["shard"], i, "{st}");
+    }
+
+    // Under load, shard 1's host dies and its disk is lost.
+    std::thread::scope(|s| {
+        let load = s.spawn(|| site.pg.pgbench(&["-n", "-T", "6", "-c", "2", "-j", "2"]));
+        std::thread::sleep(Duration::from_secs(3));
+        s1.kill9();
+        let _ = load.join();
+    });
+    remove_data_dir(&site.data_dir("shard1"));
+    let mut s1 = helper_shard(&site, "e", "shard1-e", 1);
+    site.pg.pgbench(&["-n", "-T", "3", "-c", "2", "-j", "2"]);
+    site.wait_caught_up(&mut s0, "shard 0's catch-up");
+    site.wait_caught_up(&mut s1, "the replacement shard 1's catch-up");
+    let text = s1.log_text();
+    assert!(text.contains("from object store"), "{text}");
+    assert!(!text.contains("bootstrapping from BASE_BACKUP"), "{text}");
+    assert_eq!(
+        site.base_backups(),
+        1,
+        "PostgreSQL ran a second BASE_BACKUP"
+    );
+
+    // The split, read over the network from the PostgreSQL host.
+    let rel = site.pg.rel_path("pgbench_accounts");
+    let blocks: u32 = site
+        .pg
+        .sql("SELECT pg_relation_size('pgbench_accounts') / 8192")
+        .parse()
+        .expect("blocks");
+    // 60 blocks spread over the relation's stripes (128 blocks each by default).
+    let sample: Vec<u32> = (0..60).map(|i| i * blocks / 60).collect();
+    let (own0, other0) = read_through(&site, "c", &s0, 0, &rel, &sample);
+    let (own1, other1) = read_through(&site, "e", &s1, 1, &rel, &sample);
+    println!(
+        "pgbench_accounts, 60 of {blocks} blocks: shard 0 serves {own0} (421 for {other0}), shard 1 serves {own1} (421 for {other1})"
+    );
+    assert_eq!((own0, own1), (other1, other0), "every page has one owner");
+    assert!(own0 > 0 && own1 > 0, "both shards own pages");
+
+    // Nothing lost: after a checkpoint every page each shard serves equals the data files.
+    site.pg.sql("CHECKPOINT");
+    site.wait_caught_up(&mut s0, "the checkpoint on shard 0");
+    site.wait_caught_up(&mut s1, "the checkpoint on shard 1");
+    s0.kill9();
+    s1.kill9();
+    let c0 = run_check_clean(&site.data_dir("shard0"), &site.pg.data, 100);
+    let c1 = run_check_clean(&site.data_dir("shard1-e"), &site.pg.data, 100);
+    println!("shard 0: {}\nshard 1: {}", c0.line, c1.line);
+}
