@@ -6,7 +6,7 @@
 
 use crate::common::{PgCluster, TempDir};
 use crate::netns::{Host, Network, Pki};
-use crate::object_store::{BUCKET, KEY_ID, SECRET, free_port_range, script};
+use crate::seaweed::{BUCKET, KEY_ID, SECRET, free_port_range, script};
 use crate::support::{Api, HELPER_BIN, HelperProcess, lsn, run_check_clean, status_lsn};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -8,6 +8,7 @@
 //! process-global state.
 
 mod common;
+mod seaweed;
 mod support;
 
 mod brin;
@@ -32,6 +33,7 @@ mod retention;
 mod security;
 mod serve_pages;
 mod service;
+mod shards;
 mod spgist;
 mod versions;
 mod waldump_parity;
