@@ -152,6 +152,25 @@ pub struct RunArgs {
     /// Consecutive blocks of a relation kept on one shard.
     #[arg(long, default_value_t = crate::store::shard::DEFAULT_STRIPE_BLOCKS)]
     stripe_blocks: u32,
+    /// API base URL of every shard, comma-separated, in shard order (one per --shards; this
+    /// helper's own entry is not contacted): a read of a page another shard owns is proxied
+    /// to its owner (or redirected with `?route=redirect`) instead of answered 421. https
+    /// is verified against --peer-ca-file or the system roots; plain http only on loopback
+    /// unless --peer-allow-plain-http.
+    #[arg(long, value_name = "URL,URL,...")]
+    peers: Option<String>,
+    /// Bearer token sent to the peers (default: this helper's --api-token-file, i.e. one
+    /// token shared by the deployment's helpers). Must exist; 0600.
+    #[arg(long, value_name = "PATH", requires = "peers")]
+    peer_token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign the peers' TLS certificates (default: the system
+    /// roots).
+    #[arg(long, value_name = "PEM", requires = "peers")]
+    peer_ca_file: Option<PathBuf>,
+    /// Accept plain-http peers that are not on loopback (the token and pages then cross
+    /// the network unencrypted: only for a network you trust).
+    #[arg(long, requires = "peers")]
+    peer_allow_plain_http: bool,
     /// TOML file of settings keyed by these long flag names (`data-dir = "/var/lib/..."`).
     /// Precedence: flag > REDO_HELPER_* environment variable > file > default.
     #[arg(long, value_name = "FILE")]
@@ -234,6 +253,28 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let peers = match &args.peers {
+        None => None,
+        Some(list) => match crate::serve::route::parse_peers(
+            list,
+            shard_map.shards,
+            args.peer_allow_plain_http,
+        ) {
+            Ok(urls) => Some(crate::serve::route::PeerConfig {
+                urls,
+                token_file: args
+                    .peer_token_file
+                    .clone()
+                    .or_else(|| args.api_token_file.clone())
+                    .unwrap_or_else(|| args.data_dir.join("api.token")),
+                ca_file: args.peer_ca_file.clone(),
+            }),
+            Err(e) => {
+                eprintln!("redo-helper: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     if conninfo.password_source == Some(PasswordSource::ConnString) {
         log::warn!(
             "the --connect connection string holds a password: every local user can read it in \
@@ -285,6 +326,7 @@ pub fn main(args: RunArgs) -> ExitCode {
         remote,
         upload_interval: Duration::from_millis(args.object_store_interval_ms.max(10)),
         shard_map,
+        peers,
         stop: tokio::sync::watch::channel(Stop::Running).1,
     })
 }
@@ -420,6 +462,8 @@ pub(crate) struct RunOptions {
     pub upload_interval: Duration,
     /// Which pages this helper owns (`--shards`, `--shard`, `--stripe-blocks`).
     pub shard_map: crate::store::shard::ShardMap,
+    /// Routing of other shards' pages to their owners (`--peers`), if asked for.
+    pub peers: Option<crate::serve::route::PeerConfig>,
     /// Set by the signal handlers: the service stops (or hands over) when it changes.
     pub stop: tokio::sync::watch::Receiver<Stop>,
 }
@@ -607,6 +651,8 @@ pub(crate) enum ServiceError {
     },
     #[error(transparent)]
     Api(#[from] ApiError),
+    #[error(transparent)]
+    Peers(#[from] crate::serve::route::PeerError),
 }
 
 /// The store's own errors, raised directly by `run`'s steps.
@@ -1047,6 +1093,24 @@ async fn run_service_loop(
     });
     let api = crate::serve::listen::bind(&opts.api).await?;
     log::info!("{}", api.describe());
+    // After bind: the default peer token is the API's own token file, which bind creates.
+    if let Some(peers) = &opts.peers
+        && state.router.get().is_none()
+    {
+        let router = crate::serve::route::Router::new(opts.shard_map, peers)?;
+        log::info!(
+            "routing reads of other shards' pages to {}",
+            peers
+                .urls
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i as u32 != opts.shard_map.shard)
+                .map(|(i, u)| format!("shard {i} at {u}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = state.router.set(router);
+    }
     crate::serve::listen::spawn(api, Arc::clone(&state));
 
     let mut backoff = Duration::from_secs(1);

@@ -9,13 +9,16 @@
 //!   owns; 404 unknown page (or truncated/dropped at that LSN), 409
 //!   unreadable page, 410 LSN before the retained history, 425 LSN not received within the
 //!   wait, 503 while bootstrapping. `images=none` replays the whole chain from the WAL or the
-//!   base backup (verification), `cache=none` bypasses the cache of recent pages;
+//!   base backup (verification), `cache=none` bypasses the cache of recent pages; with
+//!   `--peers`, a page another shard owns is proxied to it (`route=redirect`: 307 to it;
+//!   `route=none`: not routed), see [`route`];
 //! - `POST /imagegen/pause`, `POST /imagegen/resume`;
 //! - `POST /threshold/{spc}/{db}/{rel}?value=N` (no value: back to the default).
 
 pub(crate) mod access;
 pub(crate) mod listen;
 mod metrics;
+pub(crate) mod route;
 pub(crate) mod status;
 
 use crate::store::page_store::{GetPageError, ReadOptions};
@@ -191,6 +194,48 @@ async fn get_page(state: Arc<SharedState>, key: PageKey, query: Option<&str>) ->
     }
 }
 
+/// The answer for a page another shard owns, when this helper routes it (`--peers`); None
+/// when the local store answers (its own page, no peers, `route=none`, or a request that was
+/// already routed once: see [`route`]).
+async fn route_page(
+    state: &SharedState,
+    key: &PageKey,
+    page_path: &str,
+    query: Option<&str>,
+    headers: &hyper::HeaderMap,
+) -> Option<HttpResponse> {
+    let mode = match route::RouteMode::parse(query_param(query, "route")) {
+        Ok(m) => m,
+        Err(e) => return Some(text(StatusCode::BAD_REQUEST, e)),
+    };
+    let router = state.router.get()?;
+    let already_routed = headers.contains_key(route::ROUTED_HEADER);
+    let forwarded = route::forwarded_query(query);
+    let routed = match route::decide(router.map(), key, already_routed, mode) {
+        route::Decision::Local => return None,
+        route::Decision::Redirect { owner } => {
+            router.redirect(owner, page_path, forwarded.as_deref())
+        }
+        route::Decision::Proxy { owner } => {
+            let wait = match parse_read_query(query) {
+                Ok((_, wait, _)) => wait,
+                Err(e) => return Some(text(StatusCode::BAD_REQUEST, e)),
+            };
+            router
+                .proxy(owner, page_path, forwarded.as_deref(), wait)
+                .await
+        }
+    };
+    let mut r = Response::new(Full::new(routed.body));
+    *r.status_mut() = routed.status;
+    for (name, value) in routed.headers {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
+            r.headers_mut().insert(name, v);
+        }
+    }
+    Some(r)
+}
+
 /// `/threshold/{spc}/{db}/{rel}?value=N`: the relation and the new threshold (None: the
 /// default).
 fn parse_threshold(
@@ -281,11 +326,16 @@ async fn handle(
             Ok(body) => response(StatusCode::OK, metrics::CONTENT_TYPE, body),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
         },
-        (&Method::GET, p) if p.starts_with("/page/") => match parse_page_path(&p["/page/".len()..])
-        {
-            Ok(key) => get_page(state, key, query).await,
-            Err(e) => text(StatusCode::BAD_REQUEST, e),
-        },
+        (&Method::GET, p) if p.starts_with("/page/") => {
+            let page_path = &p["/page/".len()..];
+            match parse_page_path(page_path) {
+                Ok(key) => match route_page(&state, &key, page_path, query, req.headers()).await {
+                    Some(routed) => routed,
+                    None => get_page(state, key, query).await,
+                },
+                Err(e) => text(StatusCode::BAD_REQUEST, e),
+            }
+        }
         (&Method::POST, "/imagegen/pause" | "/imagegen/resume") => match state.pages.get() {
             Some(p) => {
                 let pause = path.ends_with("pause");

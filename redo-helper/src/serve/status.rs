@@ -171,6 +171,8 @@ pub(crate) struct SharedState {
     /// its display form, lossy for a path that is not UTF-8).
     pub data_dir: OnceLock<std::path::PathBuf>,
     pub read_histograms: ReadHistograms,
+    /// Routing to the other shards (`--peers`), set once the API is up.
+    pub router: OnceLock<super::route::Router>,
     /// Deltas replayed per GetPage read.
     pub deltas_per_read: Mutex<Option<Histogram<u64>>>,
     /// Time to rebuild a page for GetPage, in microseconds (measured in the helper).
