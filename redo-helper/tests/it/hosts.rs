@@ -8,6 +8,7 @@ use crate::common::{PgCluster, TempDir};
 use crate::netns::{Host, Network, Pki};
 use crate::seaweed::{BUCKET, KEY_ID, SECRET, free_port_range, script};
 use crate::support::{Api, HELPER_BIN, HelperProcess, lsn, run_check_clean, status_lsn};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,6 +20,12 @@ const API_PORT: u16 = 8443;
 const PREFIX: &str = "cluster1";
 /// The test role's password (a throwaway cluster's).
 const PG_PASSWORD: &str = "fpw-netns-test-8d1e";
+/// Service addresses of shards 0 and 1: added to the host that runs the shard, moved with
+/// it (the peers' URLs name these, not the hosts).
+const SHARD_IPS: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(10, 231, 0, 100),
+    Ipv4Addr::new(10, 231, 0, 101),
+];
 
 /// SeaweedFS serving S3 over HTTPS on a host; killed on drop.
 struct S3OnHost {
@@ -105,7 +112,8 @@ impl Site {
         let mut names = vec!["pg", "s3"];
         names.extend_from_slice(helper_hosts);
         let net = Network::new(&names)?;
-        let ips: Vec<_> = net.hosts.iter().map(|h| h.ip).collect();
+        let mut ips: Vec<_> = net.hosts.iter().map(|h| h.ip).collect();
+        ips.extend(SHARD_IPS);
         let pki = Pki::new(&ips);
         // PostgreSQL's own copy of the key: owned by postgres, 0600 (it refuses others).
         let pg_tls = TempDir::new("netns-pg-tls");
@@ -151,6 +159,19 @@ impl Site {
         .expect("pgpass");
         std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600))
             .expect("chmod pgpass");
+        // One API token for the deployment (the shards send it to each other); 256 random
+        // bits as hex, 0600.
+        let mut token = [0u8; 32];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open("/dev/urandom").expect("urandom"),
+            &mut token,
+        )
+        .expect("random token");
+        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let token_file = dir.path().join("api.token");
+        std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod token file");
         let s3 = S3OnHost::start(net.host("s3"), &pki);
         Some(Site {
             s3,
@@ -179,9 +200,21 @@ impl Site {
     }
 
     /// `redo-helper run` on host `host` with data directory `name`, following the cluster
-    /// through the bucket, its API on `https://HOST:8443` with the token.
+    /// through the bucket, its API on `https://HOST:8443` with the deployment's token.
     pub fn helper(&self, host: &str, name: &str, extra: &[&str]) -> HelperProcess {
+        self.helper_at(host, self.net.host(host).ip, name, extra)
+    }
+
+    /// [`Site::helper`] with its API on `listen` (an address of the host).
+    pub fn helper_at(
+        &self,
+        host: &str,
+        listen: Ipv4Addr,
+        name: &str,
+        extra: &[&str],
+    ) -> HelperProcess {
         let host = self.net.host(host);
+        let token_file = self.dir.path().join("api.token");
         let data = self.data_dir(name);
         let log = self.dir.path().join(format!("{name}.log"));
         let logf = std::fs::OpenOptions::new()
@@ -193,7 +226,13 @@ impl Site {
             .command(HELPER_BIN)
             .args(["run", "--connect", &self.conninfo(), "--data-dir"])
             .arg(&data)
-            .args(["--listen", &format!("{}:{API_PORT}", host.ip), "--tls-cert"])
+            .args([
+                "--listen",
+                &format!("{listen}:{API_PORT}"),
+                "--api-token-file",
+            ])
+            .arg(&token_file)
+            .arg("--tls-cert")
             .arg(self.pki.cert())
             .arg("--tls-key")
             .arg(self.pki.key())
@@ -216,28 +255,24 @@ impl Site {
             child,
             listen: Api {
                 port: API_PORT,
-                token_file: data.join("api.token"),
+                token_file,
                 socket: data.join("api.sock"),
             },
             log,
         }
     }
 
-    /// GET `path` of the API of the helper `h` on host `to`, from host `from`, over TLS
-    /// (verified against the private CA) with the token: (HTTP status, response headers,
-    /// body).
-    pub fn api_get(
-        &self,
-        from: &str,
-        to: &str,
-        h: &HelperProcess,
-        path: &str,
-    ) -> (u16, String, Vec<u8>) {
-        let token = h.listen.token().expect("token file");
+    /// GET `path` of the helper API at `to` (port 8443) from host `from`, over TLS (verified
+    /// against the private CA) with the token: (HTTP status, response headers, body).
+    pub fn api_get(&self, from: &str, to: Ipv4Addr, path: &str) -> (u16, String, Vec<u8>) {
+        let token = std::fs::read_to_string(self.dir.path().join("api.token")).expect("token file");
         // The token goes to curl in a 0600 file, not on its command line.
         let header_file = self.dir.path().join(format!("auth-{to}"));
-        std::fs::write(&header_file, format!("Authorization: Bearer {token}\n"))
-            .expect("header file");
+        std::fs::write(
+            &header_file,
+            format!("Authorization: Bearer {}\n", token.trim()),
+        )
+        .expect("header file");
         std::fs::set_permissions(&header_file, std::fs::Permissions::from_mode(0o600))
             .expect("chmod header file");
         let head = self.dir.path().join(format!("head-{to}"));
@@ -252,7 +287,7 @@ impl Site {
             .arg("-D")
             .arg(&head)
             .args(["-w", "%{http_code}", "-o", "-"])
-            .arg(format!("https://{}:{API_PORT}{path}", self.net.host(to).ip))
+            .arg(format!("https://{to}:{API_PORT}{path}"))
             .output()
             .expect("curl");
         let mut body = out.stdout;
@@ -304,7 +339,7 @@ fn a_replacement_on_another_host_resumes_from_the_bucket() {
     assert!(c.log_text().contains("bootstrapping from BASE_BACKUP"));
     assert_eq!(site.base_backups(), 1, "the server log counts BASE_BACKUPs");
     // Its API across the network, TLS verified, with the token: from the PostgreSQL host.
-    let (code, _, body) = site.api_get("pg", "c", &c, "/status");
+    let (code, _, body) = site.api_get("pg", site.net.host("c").ip, "/status");
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     let st: serde_json::Value = serde_json::from_slice(&body).expect("status JSON");
     assert_eq!(st["state"], "streaming");
@@ -335,7 +370,7 @@ fn a_replacement_on_another_host_resumes_from_the_bucket() {
     );
     // A page through the replacement's API, from the PostgreSQL host.
     let rel = site.pg.rel_path("pgbench_accounts");
-    let (code, _, page) = site.api_get("pg", "d", &d, &format!("/page/{rel}/main/1"));
+    let (code, _, page) = site.api_get("pg", site.net.host("d").ip, &format!("/page/{rel}/main/1"));
     assert_eq!((code, page.len()), (200, 8192));
 
     // Nothing lost: after a checkpoint, every page it serves equals the data files.
@@ -346,71 +381,83 @@ fn a_replacement_on_another_host_resumes_from_the_bucket() {
     println!("replacement on host d: {}", check.line);
 }
 
-/// `--shards 2 --shard I` with shard I's own slot.
-fn shard_args(i: u32) -> Vec<String> {
-    vec![
-        "--shards".into(),
-        "2".into(),
-        "--shard".into(),
-        i.to_string(),
-        "--slot".into(),
-        format!("fpw_pushdown_{i}"),
-    ]
+/// Shard `i` of 2 on host `host`, its API on the shard's service address, with its own slot
+/// and every shard's service URL as `--peers` (routing, verified TLS, the shared token).
+fn helper_shard(site: &Site, host: &str, name: &str, i: usize) -> HelperProcess {
+    let peers = SHARD_IPS
+        .map(|ip| format!("https://{ip}:{API_PORT}"))
+        .join(",");
+    let ca = site.pki.ca().display().to_string();
+    let shard = i.to_string();
+    let slot = format!("fpw_pushdown_{i}");
+    site.helper_at(
+        host,
+        SHARD_IPS[i],
+        name,
+        &[
+            "--shards",
+            "2",
+            "--shard",
+            &shard,
+            "--slot",
+            &slot,
+            "--peers",
+            &peers,
+            "--peer-ca-file",
+            &ca,
+        ],
+    )
 }
 
-fn helper_shard(site: &Site, host: &str, name: &str, i: u32) -> HelperProcess {
-    let args = shard_args(i);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    site.helper(host, name, &args)
-}
-
-/// Reads `blocks` of `rel` from the helper on host `to`: (pages it served itself, pages it
-/// named another shard as the owner of). Every answer is either.
-fn read_through(
-    site: &Site,
-    to: &str,
-    h: &HelperProcess,
-    shard: u32,
-    rel: &str,
-    blocks: &[u32],
-) -> (u32, u32) {
-    let (mut own, mut other) = (0, 0);
+/// Reads `blocks` of `rel` through shard `shard`'s address from host `pg`: every page is
+/// served, by `shard` itself or proxied to its owner (`x-fpw-routed: proxied`, the owner's
+/// `x-fpw-shard`). Returns the pages and how many were proxied.
+fn read_through(site: &Site, shard: usize, rel: &str, blocks: &[u32]) -> (Vec<Vec<u8>>, u32) {
+    let mut pages = Vec::new();
+    let mut proxied = 0;
     for &blk in blocks {
-        let (code, headers, body) = site.api_get("pg", to, h, &format!("/page/{rel}/main/{blk}"));
-        match code {
-            200 => {
-                assert_eq!(body.len(), 8192);
-                let served_by = headers
-                    .lines()
-                    .find_map(|l| l.strip_prefix("x-fpw-shard:"))
-                    .map(str::trim);
-                assert_eq!(served_by, Some(shard.to_string().as_str()), "{headers}");
-                own += 1;
-            }
-            421 => {
-                let v: serde_json::Value = serde_json::from_slice(&body).expect("421 JSON");
-                assert_eq!(v["owner"], 1 - shard, "{v}");
-                other += 1;
-            }
-            _ => panic!(
-                "block {blk} of {rel} from shard {shard}: HTTP {code} {}",
-                String::from_utf8_lossy(&body)
-            ),
+        let (code, headers, body) =
+            site.api_get("pg", SHARD_IPS[shard], &format!("/page/{rel}/main/{blk}"));
+        assert_eq!(
+            code,
+            200,
+            "block {blk} of {rel} through shard {shard}: {headers} {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(body.len(), 8192);
+        let header = |name: &str| {
+            headers.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+        };
+        let producer = header("x-fpw-shard").expect("x-fpw-shard");
+        if header("x-fpw-routed").as_deref() == Some("proxied") {
+            assert_eq!(producer, (1 - shard).to_string(), "{headers}");
+            proxied += 1;
+        } else {
+            assert_eq!(producer, shard.to_string(), "{headers}");
         }
+        pages.push(body);
     }
-    (own, other)
+    (pages, proxied)
 }
 
 /// Two shards on hosts `c` and `d` follow PostgreSQL on host `pg` under pgbench, with one
-/// BASE_BACKUP (shard 0's) between them; each serves its own pages and names the owner of
-/// the others; shard 1 is killed and its disk lost, its replacement on host `e` resumes from
-/// the bucket (no BASE_BACKUP); after a checkpoint every page either shard serves equals the
-/// data files.
+/// BASE_BACKUP (shard 0's) between them, routing reads of each other's pages; shard 1 is
+/// killed and its disk lost, its replacement on host `e` (taking over the shard's service
+/// address) resumes from the bucket with no BASE_BACKUP; any page read through either shard
+/// is the same page, and after a checkpoint every page either shard serves equals the data
+/// files.
 #[test]
 fn two_shards_on_two_hosts_and_a_lost_shard_replaced_on_a_third() {
     let Some(site) = Site::new(&["c", "d", "e"]) else {
         return;
     };
+    site.net.add_address("c", SHARD_IPS[0]);
+    site.net.add_address("d", SHARD_IPS[1]);
     site.pg.pgbench(&["-i", "-s", "2", "-q"]);
     let mut s0 = helper_shard(&site, "c", "shard0", 0);
     let mut s1 = helper_shard(&site, "d", "shard1", 1);
@@ -425,15 +472,16 @@ fn two_shards_on_two_hosts_and_a_lost_shard_replaced_on_a_third() {
         .pg
         .sql("SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots");
     assert_eq!(slots, "fpw_pushdown_0,fpw_pushdown_1");
-    for (host, h, i) in [("c", &s0, 0), ("d", &s1, 1)] {
-        let (code, _, body) = site.api_get("pg", host, h, "/status");
+    for i in 0..2 {
+        let (code, _, body) = site.api_get("pg", SHARD_IPS[i], "/status");
         assert_eq!(code, 200);
         let st: serde_json::Value = serde_json::from_slice(&body).expect("status JSON");
         assert_eq!(st["shard"]["shards"], 2, "{st}");
         assert_eq!(st["shard"]["shard"], i, "{st}");
     }
 
-    // Under load, shard 1's host dies and its disk is lost.
+    // Under load, shard 1's host dies and its disk is lost; its replacement on host e takes
+    // over the shard's service address.
     std::thread::scope(|s| {
         let load = s.spawn(|| site.pg.pgbench(&["-n", "-T", "6", "-c", "2", "-j", "2"]));
         std::thread::sleep(Duration::from_secs(3));
@@ -441,6 +489,8 @@ fn two_shards_on_two_hosts_and_a_lost_shard_replaced_on_a_third() {
         let _ = load.join();
     });
     remove_data_dir(&site.data_dir("shard1"));
+    site.net.remove_address("d", SHARD_IPS[1]);
+    site.net.add_address("e", SHARD_IPS[1]);
     let mut s1 = helper_shard(&site, "e", "shard1-e", 1);
     site.pg.pgbench(&["-n", "-T", "3", "-c", "2", "-j", "2"]);
     site.wait_caught_up(&mut s0, "shard 0's catch-up");
@@ -454,22 +504,28 @@ fn two_shards_on_two_hosts_and_a_lost_shard_replaced_on_a_third() {
         "PostgreSQL ran a second BASE_BACKUP"
     );
 
-    // The split, read over the network from the PostgreSQL host.
+    // The split and the routing, read over the network from the PostgreSQL host: 60 blocks
+    // spread over the relation's stripes (128 blocks each by default), through each shard.
     let rel = site.pg.rel_path("pgbench_accounts");
     let blocks: u32 = site
         .pg
         .sql("SELECT pg_relation_size('pgbench_accounts') / 8192")
         .parse()
         .expect("blocks");
-    // 60 blocks spread over the relation's stripes (128 blocks each by default).
     let sample: Vec<u32> = (0..60).map(|i| i * blocks / 60).collect();
-    let (own0, other0) = read_through(&site, "c", &s0, 0, &rel, &sample);
-    let (own1, other1) = read_through(&site, "e", &s1, 1, &rel, &sample);
+    let (via0, proxied0) = read_through(&site, 0, &rel, &sample);
+    let (via1, proxied1) = read_through(&site, 1, &rel, &sample);
     println!(
-        "pgbench_accounts, 60 of {blocks} blocks: shard 0 serves {own0} (421 for {other0}), shard 1 serves {own1} (421 for {other1})"
+        "pgbench_accounts, 60 of {blocks} blocks: shard 0 owns {}, shard 1 owns {}",
+        60 - proxied0,
+        proxied0
     );
-    assert_eq!((own0, own1), (other1, other0), "every page has one owner");
-    assert!(own0 > 0 && own1 > 0, "both shards own pages");
+    assert_eq!(proxied0 + proxied1, 60, "every page has one owner");
+    assert!(proxied0 > 0 && proxied1 > 0, "both shards own pages");
+    assert!(
+        via0 == via1,
+        "a page read through shard 0 differs from it through shard 1"
+    );
 
     // Nothing lost: after a checkpoint every page each shard serves equals the data files.
     site.pg.sql("CHECKPOINT");

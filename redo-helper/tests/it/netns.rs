@@ -54,7 +54,7 @@ pub struct Network {
     pub hosts: Vec<Host>,
 }
 
-fn ip(args: &[&str]) -> Result<Output, String> {
+fn ip_cmd(args: &[&str]) -> Result<Output, String> {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -78,7 +78,7 @@ impl Network {
         let n = NETWORKS.fetch_add(1, Ordering::SeqCst);
         let base = format!("fpw-{}-{n}", std::process::id());
         let switch = format!("{base}-sw");
-        if let Err(e) = ip(&["netns", "add", &switch]) {
+        if let Err(e) = ip_cmd(&["netns", "add", &switch]) {
             eprintln!(
                 "SKIPPED: the multi-host test needs network namespaces (run as root with \
                  iproute2): {e}"
@@ -89,11 +89,11 @@ impl Network {
             switch,
             hosts: Vec::new(),
         };
-        ip(&["-n", &net.switch, "link", "add", "br0", "type", "bridge"]).expect("bridge");
-        ip(&["-n", &net.switch, "link", "set", "br0", "up"]).expect("bridge up");
+        ip_cmd(&["-n", &net.switch, "link", "add", "br0", "type", "bridge"]).expect("bridge");
+        ip_cmd(&["-n", &net.switch, "link", "set", "br0", "up"]).expect("bridge up");
         for (i, name) in names.iter().enumerate() {
             let netns = format!("{base}-{name}");
-            ip(&["netns", "add", &netns]).expect("host namespace");
+            ip_cmd(&["netns", "add", &netns]).expect("host namespace");
             let host = Host {
                 name: name.to_string(),
                 netns,
@@ -125,7 +125,7 @@ impl Network {
                 vec!["-n", &host.netns, "addr", "add", &cidr, "dev", "eth0"],
                 vec!["-n", &host.netns, "link", "set", "eth0", "up"],
             ] {
-                ip(&args).unwrap_or_else(|e| panic!("host {name}: {e}"));
+                ip_cmd(&args).unwrap_or_else(|e| panic!("host {name}: {e}"));
             }
         }
         // The bridge runs without STP (iproute2's default), so its ports forward at once.
@@ -139,9 +139,40 @@ impl Network {
             .unwrap_or_else(|| panic!("no host {name}"))
     }
 
+    /// Adds `ip` to host `name` (a service address that moves with what it serves, as a
+    /// floating IP or a DNS name would in a real deployment).
+    pub fn add_address(&self, name: &str, ip: Ipv4Addr) {
+        let cidr = format!("{ip}/24");
+        ip_cmd(&[
+            "-n",
+            &self.host(name).netns,
+            "addr",
+            "add",
+            &cidr,
+            "dev",
+            "eth0",
+        ])
+        .unwrap_or_else(|e| panic!("host {name}: {e}"));
+    }
+
+    /// Removes the service address `ip` from host `name`.
+    pub fn remove_address(&self, name: &str, ip: Ipv4Addr) {
+        let cidr = format!("{ip}/24");
+        ip_cmd(&[
+            "-n",
+            &self.host(name).netns,
+            "addr",
+            "del",
+            &cidr,
+            "dev",
+            "eth0",
+        ])
+        .unwrap_or_else(|e| panic!("host {name}: {e}"));
+    }
+
     /// The PIDs of the processes inside namespace `ns`.
     fn pids(ns: &str) -> Vec<i32> {
-        ip(&["netns", "pids", ns])
+        ip_cmd(&["netns", "pids", ns])
             .map(|o| {
                 String::from_utf8_lossy(&o.stdout)
                     .split_whitespace()
@@ -175,7 +206,7 @@ impl Drop for Network {
             std::thread::sleep(Duration::from_millis(100));
         }
         for ns in all {
-            let _ = ip(&["netns", "del", ns]);
+            let _ = ip_cmd(&["netns", "del", ns]);
         }
     }
 }
