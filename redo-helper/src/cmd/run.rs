@@ -1347,8 +1347,9 @@ async fn restore_or_bootstrap(
 /// A shard other than shard 0 never takes a BASE_BACKUP: it creates its own slot first (so
 /// that the server keeps the WAL from then on for it too), waits for shard 0 to put a
 /// bootstrapped helper into the bucket, and resumes from the bucket as a replacement helper
-/// does. The WAL between the bucket's end and the slot's start is still on the server: the
-/// writer's slot never passes the bucket's end.
+/// does. The WAL from the bucket's end on is still on the server: this shard's slot was
+/// created before the restore, or last acknowledged by an earlier run of this shard, which
+/// never acknowledged past the bucket's end of then (design.md, "Shards").
 async fn follow_writer_bootstrap(
     opts: &RunOptions,
     remote: &Arc<Remote>,

@@ -12,6 +12,10 @@
 //!   base backup (verification), `cache=none` bypasses the cache of recent pages; with
 //!   `--peers`, a page another shard owns is proxied to it (`route=redirect`: 307 to it;
 //!   `route=none`: not routed), see [`route`];
+//! - `GET /repair/changed?since=X/Y`: for a remote `repair`, the pages this helper owns
+//!   that changed at or after `since` (the crashed cluster's last REDO location) and the
+//!   end of its decoded WAL, as lines of text ([`repair_changed`]); 410 when `since` is
+//!   before the retained history;
 //! - `POST /imagegen/pause`, `POST /imagegen/resume`;
 //! - `POST /threshold/{spc}/{db}/{rel}?value=N` (no value: back to the default).
 
@@ -236,6 +240,73 @@ async fn route_page(
     Some(r)
 }
 
+/// `GET /repair/changed?since=X/Y`: lines of text, one fact each, so that a list of millions
+/// of pages streams compactly and parses without a JSON document in memory:
+/// ```text
+/// fpw_pushdown repair-changed 1
+/// end X/Y                      the end of the WAL this helper decoded
+/// shard SHARDS SHARD STRIPE    its shard map (1 0 K: unsharded)
+/// redo CHECKSUMS WAL_LOG_HINTS the compute's settings its redo follows (0/1)
+/// page SPC DB REL FORK BLOCK   one per page, in key order
+/// pages N                      the count, last: a cut-off answer is told by its absence
+/// ```
+async fn repair_changed(state: Arc<SharedState>, query: Option<&str>) -> HttpResponse {
+    let since = match query_param(query, "since")
+        .map(|v| v.replace("%2F", "/").replace("%2f", "/").parse::<Lsn>())
+    {
+        Some(Ok(l)) => l,
+        Some(Err(e)) => return text(StatusCode::BAD_REQUEST, e),
+        None => return text(StatusCode::BAD_REQUEST, "missing ?since=X/Y"),
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let pages = state.pages.get().ok_or(None)?;
+        let store = &pages.store;
+        let (end, keys) = crate::store::repair::changed_pages(store, since).map_err(Some)?;
+        let map = store.shard_map();
+        let ctx = store.redo_context();
+        let mut out = String::with_capacity(128 + keys.len() * 32);
+        use std::fmt::Write as _;
+        let _ = writeln!(out, "{}", crate::store::repair::REPAIR_CHANGED_MAGIC);
+        let _ = writeln!(out, "end {end}");
+        let _ = writeln!(
+            out,
+            "shard {} {} {}",
+            map.shards, map.shard, map.stripe_blocks
+        );
+        let _ = writeln!(
+            out,
+            "redo {} {}",
+            u8::from(ctx.data_checksums),
+            u8::from(ctx.wal_log_hints)
+        );
+        for k in &keys {
+            let _ = writeln!(
+                out,
+                "page {} {} {} {} {}",
+                k.rel.spc_oid, k.rel.db_oid, k.rel.rel_number, k.fork.0, k.block
+            );
+        }
+        let _ = writeln!(out, "pages {}", keys.len());
+        Ok::<_, Option<Lsn>>(out)
+    })
+    .await;
+    match result {
+        Ok(Ok(body)) => response(StatusCode::OK, "text/plain; charset=utf-8", body),
+        Ok(Err(None)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the helper is bootstrapping",
+        ),
+        Ok(Err(Some(horizon))) => text(
+            StatusCode::GONE,
+            format!(
+                "{since} is before the start of the helper's history ({horizon}): the pages \
+                 changed since then are not all known"
+            ),
+        ),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("listing failed: {e}")),
+    }
+}
+
 /// `/threshold/{spc}/{db}/{rel}?value=N`: the relation and the new threshold (None: the
 /// default).
 fn parse_threshold(
@@ -336,6 +407,7 @@ async fn handle(
                 Err(e) => text(StatusCode::BAD_REQUEST, e),
             }
         }
+        (&Method::GET, "/repair/changed") => repair_changed(state, query).await,
         (&Method::POST, "/imagegen/pause" | "/imagegen/resume") => match state.pages.get() {
             Some(p) => {
                 let pause = path.ends_with("pause");

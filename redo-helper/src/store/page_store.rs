@@ -316,6 +316,11 @@ impl PageStore {
         self
     }
 
+    /// The compute's settings the redo follows (`helper.json`).
+    pub(crate) fn redo_context(&self) -> crate::redo::RedoContext {
+        self.redo.ctx
+    }
+
     /// Which pages this store owns.
     pub(crate) fn shard_map(&self) -> crate::store::shard::ShardMap {
         self.shard_map

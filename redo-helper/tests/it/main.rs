@@ -28,6 +28,7 @@ mod netns;
 mod object_store;
 mod observability;
 mod redo_verify;
+mod remote_repair;
 mod repair;
 mod retention;
 mod security;
