@@ -31,7 +31,9 @@ pub(crate) enum ClientError {
         what: String,
         reason: String,
     },
-    #[error("helper {url}: {what}: the helper refused the token (HTTP {status}: {body}); pass its API token with --helper-token-file")]
+    #[error(
+        "helper {url}: {what}: the helper refused the token (HTTP {status}: {body}); pass its API token with --helper-token-file"
+    )]
     Unauthorized {
         url: String,
         what: String,
@@ -180,7 +182,11 @@ impl HelperClient {
     }
 
     /// The body of a 200 answer; a typed error for any other status.
-    async fn ok_body(&self, resp: reqwest::Response, what: &str) -> Result<bytes::Bytes, ClientError> {
+    async fn ok_body(
+        &self,
+        resp: reqwest::Response,
+        what: &str,
+    ) -> Result<bytes::Bytes, ClientError> {
         let status = resp.status().as_u16();
         let body = resp.bytes().await.map_err(|e| ClientError::Request {
             url: self.url.clone(),
@@ -194,7 +200,11 @@ impl HelperClient {
     }
 
     fn status_err(&self, status: u16, body: &[u8], what: &str) -> ClientError {
-        let body: String = String::from_utf8_lossy(body).trim().chars().take(300).collect();
+        let body: String = String::from_utf8_lossy(body)
+            .trim()
+            .chars()
+            .take(300)
+            .collect();
         if status == 401 || status == 403 {
             ClientError::Unauthorized {
                 url: self.url.clone(),
@@ -236,7 +246,9 @@ impl HelperClient {
     /// `GET /repair/changed?since=LSN` (see `serve::repair_changed` for the format).
     pub(crate) async fn changed(&self, since: Lsn) -> Result<ChangedPages, ClientError> {
         let what = "GET /repair/changed";
-        let resp = self.get(&format!("/repair/changed?since={since}"), what).await?;
+        let resp = self
+            .get(&format!("/repair/changed?since={since}"), what)
+            .await?;
         let body = self.ok_body(resp, what).await?;
         let text = std::str::from_utf8(&body).map_err(|e| self.answer_err(what, e.to_string()))?;
         parse_changed(text).map_err(|reason| self.answer_err(what, reason))
@@ -352,9 +364,10 @@ pub(crate) fn parse_changed(text: &str) -> Result<ChangedPages, String> {
     }
     match count {
         None => Err("cut off (no closing page count)".into()),
-        Some(n) if n != out.pages.len() => {
-            Err(format!("{} pages listed, the count says {n}", out.pages.len()))
-        }
+        Some(n) if n != out.pages.len() => Err(format!(
+            "{} pages listed, the count says {n}",
+            out.pages.len()
+        )),
         Some(_) if out.shards == 0 || out.shard >= out.shards || out.stripe_blocks == 0 => {
             Err("missing or invalid shard line".into())
         }
@@ -374,7 +387,10 @@ mod tests {
             crate::store::repair::REPAIR_CHANGED_MAGIC
         );
         let c = parse_changed(&ok).unwrap();
-        assert_eq!((c.end, c.shards, c.shard, c.pages.len()), (Lsn(0x3000028), 2, 1, 2));
+        assert_eq!(
+            (c.end, c.shards, c.shard, c.pages.len()),
+            (Lsn(0x3000028), 2, 1, 2)
+        );
         assert!(c.data_checksums && !c.wal_log_hints);
         assert_eq!(c.pages[1].fork, ForkNumber::VM);
         let cut = ok.replace("pages 2\n", "");

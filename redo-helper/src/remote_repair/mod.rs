@@ -44,8 +44,8 @@ use crate::redo::page::Page;
 use crate::redo::{RedoContext, RelationChange, apply_to_page, implicit_changes, relation_changes};
 use crate::store::offline::WalCatchUp;
 use crate::store::repair::{
-    OpenFiles, Preflight, RepairError, RepairProgress, RepairSummary, check_identity,
-    checksum_ok, preflight,
+    OpenFiles, Preflight, RepairError, RepairProgress, RepairSummary, check_identity, checksum_ok,
+    preflight,
 };
 use crate::store::shard::ShardMap;
 use crate::wal::DecodedRecord;
@@ -556,7 +556,12 @@ async fn check_unchanged(
     let empty = Tail::default();
     let ctx = RedoContext::default();
     for key in failing {
-        match rebuild(&key, helpers.owner(&key).page(&key, at).await?, &empty, &ctx) {
+        match rebuild(
+            &key,
+            helpers.owner(&key).page(&key, at).await?,
+            &empty,
+            &ctx,
+        ) {
             Rebuilt::Page(mut page) => {
                 files.write_page(pgdata, &key, &mut page, true)?;
                 sum.rewritten_checksum += 1;

@@ -303,7 +303,10 @@ async fn repair_changed(state: Arc<SharedState>, query: Option<&str>) -> HttpRes
                  changed since then are not all known"
             ),
         ),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("listing failed: {e}")),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("listing failed: {e}"),
+        ),
     }
 }
 

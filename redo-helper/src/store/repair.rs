@@ -43,9 +43,9 @@
 
 use super::StoreError;
 use super::check::{known_pages, masked_difference, page_kind_hint};
+use super::index::PageIndex;
 use super::meta::HelperMeta;
 use super::offline::{OfflineStore, WalCatchUp};
-use super::index::PageIndex;
 use super::page_store::{GetPageError, PageStore, ReadOptions};
 use crate::pgdata::control_file::{ControlFile, ControlFileError, DbState};
 use crate::pgdata::read_pg_page;

@@ -12,37 +12,38 @@ use crate::support::{HelperProcess, http, lsn, run_check_clean, status_lsn};
 use std::path::Path;
 use std::time::Duration;
 
-fn spawn_shard(
+/// Shard `shard` of two over `sw`'s bucket, following `c`, with `extra` flags.
+pub(crate) fn spawn_shard(
     c: &PgCluster,
     sw: &SeaweedFs,
     shard: u32,
     data: &Path,
     log: &Path,
+    extra: &[&str],
 ) -> HelperProcess {
     let env = sw.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    HelperProcess::spawn_with_env(
-        &c.conninfo(),
-        data,
-        log,
-        &[
-            "--object-store",
-            &format!("s3://{BUCKET}/sharded"),
-            "--object-store-interval-ms",
-            "200",
-            "--shards",
-            "2",
-            "--shard",
-            &shard.to_string(),
-            "--stripe-blocks",
-            "8",
-            "--slot",
-            &format!("fpw_pushdown_{shard}"),
-            "--image-threshold",
-            "16",
-        ],
-        &env,
-    )
+    let shard_s = shard.to_string();
+    let slot = format!("fpw_pushdown_{shard}");
+    let store = format!("s3://{BUCKET}/sharded");
+    let mut args = vec![
+        "--object-store",
+        &store,
+        "--object-store-interval-ms",
+        "200",
+        "--shards",
+        "2",
+        "--shard",
+        &shard_s,
+        "--stripe-blocks",
+        "8",
+        "--slot",
+        &slot,
+        "--image-threshold",
+        "16",
+    ];
+    args.extend_from_slice(extra);
+    HelperProcess::spawn_with_env(&c.conninfo(), data, log, &args, &env)
 }
 
 /// CPU seconds the helper's image generation threads (`imagegen-N`) used so far.
@@ -116,8 +117,8 @@ fn two_shards_split_the_pages_and_a_replacement_resumes_from_the_bucket() {
     let dir = TempDir::new("shards");
     let data = [dir.path().join("shard0"), dir.path().join("shard1")];
     // Shard 1 first: it creates its slot and waits for shard 0's bootstrap of the bucket.
-    let mut s1 = spawn_shard(&c, &sw, 1, &data[1], &dir.path().join("shard1.log"));
-    let mut s0 = spawn_shard(&c, &sw, 0, &data[0], &dir.path().join("shard0.log"));
+    let mut s1 = spawn_shard(&c, &sw, 1, &data[1], &dir.path().join("shard1.log"), &[]);
+    let mut s0 = spawn_shard(&c, &sw, 0, &data[0], &dir.path().join("shard0.log"), &[]);
     for h in [&mut s0, &mut s1] {
         let st = h.wait_status("streaming", Duration::from_secs(120), |s| {
             s["state"] == "streaming"
@@ -202,7 +203,7 @@ fn two_shards_split_the_pages_and_a_replacement_resumes_from_the_bucket() {
         let _ = load.join();
     });
     std::fs::remove_dir_all(&data[1]).expect("remove shard 1's data directory");
-    let mut s1 = spawn_shard(&c, &sw, 1, &data[1], &dir.path().join("shard1b.log"));
+    let mut s1 = spawn_shard(&c, &sw, 1, &data[1], &dir.path().join("shard1b.log"), &[]);
     c.pgbench(&["-n", "-T", "3", "-c", "2", "-j", "2"]);
     c.sql("CHECKPOINT");
     let target = lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
