@@ -121,8 +121,13 @@ impl PgCluster {
     /// TCP listener on that namespace's addresses; psql and pgbench still reach it through
     /// its Unix socket, which no network namespace confines), with `hba` lines added on top
     /// of pg_hba.conf.
-    pub fn start_in_netns(netns: &str, conf: &[&str], hba: &[&str]) -> PgCluster {
-        PgCluster::start_full(15, Some(netns.to_string()), &[], conf, hba)
+    pub fn start_in_netns(
+        netns: &str,
+        extra_initdb: &[&str],
+        conf: &[&str],
+        hba: &[&str],
+    ) -> PgCluster {
+        PgCluster::start_full(15, Some(netns.to_string()), extra_initdb, conf, hba)
     }
 
     fn start_full(

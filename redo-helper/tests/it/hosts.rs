@@ -109,6 +109,11 @@ impl Site {
     /// Hosts `pg`, `s3` and one per name of `helper_hosts`; None when network namespaces
     /// cannot be made here (the test then skips, with the reason printed).
     pub fn new(helper_hosts: &[&str]) -> Option<Site> {
+        Site::with(helper_hosts, &[], &[])
+    }
+
+    /// [`Site::new`] with more initdb arguments and postgresql.conf lines.
+    pub fn with(helper_hosts: &[&str], initdb: &[&str], conf: &[&str]) -> Option<Site> {
         let mut names = vec!["pg", "s3"];
         names.extend_from_slice(helper_hosts);
         let net = Network::new(&names)?;
@@ -129,21 +134,24 @@ impl Site {
         let listen = format!("listen_addresses = '{}'", pg_host.ip);
         let cert = format!("ssl_cert_file = '{}'", pki.cert().display());
         let key = format!("ssl_key_file = '{}'", pg_key.display());
+        let mut all_conf = vec![
+            listen.as_str(),
+            "wal_level = replica",
+            "max_wal_senders = 10",
+            "max_replication_slots = 10",
+            "autovacuum = off",
+            // Every replication command in the server log: BASE_BACKUPs are counted.
+            "log_replication_commands = on",
+            "ssl = on",
+            cert.as_str(),
+            key.as_str(),
+            "password_encryption = 'scram-sha-256'",
+        ];
+        all_conf.extend_from_slice(conf);
         let pg = PgCluster::start_in_netns(
             &pg_host.netns,
-            &[
-                &listen,
-                "wal_level = replica",
-                "max_wal_senders = 10",
-                "max_replication_slots = 10",
-                "autovacuum = off",
-                // Every replication command in the server log: BASE_BACKUPs are counted.
-                "log_replication_commands = on",
-                "ssl = on",
-                &cert,
-                &key,
-                "password_encryption = 'scram-sha-256'",
-            ],
+            initdb,
+            &all_conf,
             &[
                 "hostssl replication postgres 10.231.0.0/24 scram-sha-256",
                 "hostssl all postgres 10.231.0.0/24 scram-sha-256",
@@ -536,4 +544,82 @@ fn two_shards_on_two_hosts_and_a_lost_shard_replaced_on_a_third() {
     let c0 = run_check_clean(&site.data_dir("shard0"), &site.pg.data, 100);
     let c1 = run_check_clean(&site.data_dir("shard1-e"), &site.pg.data, 100);
     println!("shard 0: {}\nshard 1: {}", c0.line, c1.line);
+}
+
+/// PostgreSQL's host crashes (full_page_writes off, data checksums) with torn pages while two
+/// shards on hosts `c` and `d` follow it; they had stopped receiving a little before (the
+/// tail is only in `pg_wal`). `redo-helper repair --helper` on the PostgreSQL host takes the
+/// pages from both shards over their TLS APIs (no file of theirs on that host): the tables
+/// then equal what they held before the crash (an untorn recovery's), amcheck is clean.
+/// Without the repair the same crash does not recover intact (the test can fail).
+#[test]
+fn a_crash_of_the_postgresql_host_repaired_from_sharded_helpers() {
+    let Some(mut site) = Site::with(
+        &["c", "d"],
+        &["-k"],
+        &["full_page_writes = off", "checkpoint_timeout = 1h"],
+    ) else {
+        return;
+    };
+    site.net.add_address("c", SHARD_IPS[0]);
+    site.net.add_address("d", SHARD_IPS[1]);
+    site.pg.pgbench(&["-i", "-s", "1", "-q"]);
+    site.pg.sql("CREATE EXTENSION amcheck");
+    site.pg.sql(
+        "CREATE TABLE quiet (id int PRIMARY KEY, v text); \
+         INSERT INTO quiet SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 2000) g",
+    );
+    let mut s0 = helper_shard(&site, "c", "shard0", 0);
+    let mut s1 = helper_shard(&site, "d", "shard1", 1);
+    for (h, what) in [(&mut s0, "shard 0 on c"), (&mut s1, "shard 1 on d")] {
+        h.wait_status(what, Duration::from_secs(150), |s| {
+            s["state"] == "streaming"
+        });
+    }
+    crate::remote_repair::checkpoint_and_work(&site.pg);
+    site.wait_caught_up(&mut s0, "shard 0's catch-up");
+    site.wait_caught_up(&mut s1, "shard 1's catch-up");
+    // The shards stop receiving; the work after this is only in pg_wal; the host crashes.
+    crate::remote_repair::signal(&s0, "-STOP");
+    crate::remote_repair::signal(&s1, "-STOP");
+    let digest = crate::remote_repair::work_crash_and_tear(&mut site.pg);
+    crate::remote_repair::signal(&s0, "-CONT");
+    crate::remote_repair::signal(&s1, "-CONT");
+
+    // Control: without the repair the crash does not come back intact.
+    let mut control = site.pg.copy_stopped();
+    let outcome = crate::repair::recovers_intact(&mut control, &digest);
+    control.stop();
+    assert!(
+        outcome.is_err(),
+        "the torn pages did not matter without repair: the test cannot fail"
+    );
+    drop(control);
+
+    // The repair runs on the PostgreSQL host, reaching the shards over the network.
+    let helpers = SHARD_IPS
+        .map(|ip| format!("https://{ip}:{API_PORT}"))
+        .join(",");
+    let out = site
+        .net
+        .host("pg")
+        .command(HELPER_BIN)
+        .args(["repair", "--helper", &helpers, "--pgdata"])
+        .arg(&site.pg.data)
+        .arg("--helper-token-file")
+        .arg(site.dir.path().join("api.token"))
+        .arg("--helper-ca-file")
+        .arg(site.pki.ca())
+        .output()
+        .expect("redo-helper repair");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    crate::remote_repair::assert_repaired(
+        &mut site.pg,
+        &digest,
+        out.status.code(),
+        &stdout,
+        &stderr,
+    );
+    println!("{}", stdout.lines().last().unwrap_or_default());
 }
