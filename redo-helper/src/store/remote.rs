@@ -1482,6 +1482,39 @@ mod tests {
     use crate::store::meta::tests::meta;
 
     #[test]
+    fn a_ca_bundle_must_be_a_readable_pem_certificate_file() {
+        let dir = std::env::temp_dir().join(format!("remote-ca-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        let err = client_options_with_ca(&missing).unwrap_err().to_string();
+        assert!(err.contains("cannot read it"), "{err}");
+        let empty = dir.join("empty.pem");
+        fs::write(&empty, "no certificate here\n").unwrap();
+        let err = client_options_with_ca(&empty).unwrap_err().to_string();
+        assert!(err.contains("AWS_CA_BUNDLE="), "{err}");
+        let garbage = dir.join("garbage.pem");
+        fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nnot base64 !!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert!(client_options_with_ca(&garbage).is_err());
+        // A real certificate (the helper's API test certificate is made the same way).
+        let made = std::process::Command::new("openssl")
+            .current_dir(&dir)
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=ca", "-keyout", "ca.key", "-out", "ca.pem"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if made {
+            assert!(client_options_with_ca(&dir.join("ca.pem")).is_ok());
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn urls_endpoints_and_profiles() {
         let u: ObjectStoreUrl = "s3://b/some/prefix/".parse().unwrap();
         assert_eq!((u.bucket.as_str(), u.prefix.as_str()), ("b", "some/prefix"));

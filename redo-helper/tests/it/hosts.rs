@@ -480,8 +480,8 @@ fn two_shards_on_two_hosts_and_a_lost_shard_replaced_on_a_third() {
         .pg
         .sql("SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots");
     assert_eq!(slots, "fpw_pushdown_0,fpw_pushdown_1");
-    for i in 0..2 {
-        let (code, _, body) = site.api_get("pg", SHARD_IPS[i], "/status");
+    for (i, ip) in SHARD_IPS.into_iter().enumerate() {
+        let (code, _, body) = site.api_get("pg", ip, "/status");
         assert_eq!(code, 200);
         let st: serde_json::Value = serde_json::from_slice(&body).expect("status JSON");
         assert_eq!(st["shard"]["shards"], 2, "{st}");
