@@ -2,7 +2,10 @@
 //! ([`crate::netns`]): PostgreSQL on host `pg` (10.231.0.1, TLS, SCRAM from the other hosts'
 //! addresses only), SeaweedFS's S3 gateway on host `s3` (10.231.0.2, HTTPS with a private CA,
 //! credentials), and helpers on the hosts after them, each with its API on TCP with TLS and
-//! the token. Nothing reaches another host except over the namespaces' Ethernet.
+//! the deployment's one token. Nothing reaches another host except over the namespaces'
+//! Ethernet. The tests: an unsharded helper replaced on another host; two shards routing
+//! each other's pages, one replaced on a third host; a crash of the PostgreSQL host repaired
+//! from the shards over their APIs (docs/testing.md).
 
 use crate::common::{PgCluster, TempDir};
 use crate::netns::{Host, Network, Pki};
