@@ -410,11 +410,6 @@ async fn handle(
                 Err(e) => text(StatusCode::BAD_REQUEST, e),
             }
         }
-        (&Method::GET, p) if p.starts_with("/page/") => match parse_page_path(&p["/page/".len()..])
-        {
-            Ok(key) => get_page(state, key, query).await,
-            Err(e) => text(StatusCode::BAD_REQUEST, e),
-        },
         (&Method::GET, "/repair/changed") => repair_changed(state, query).await,
         (&Method::POST, "/imagegen/pause" | "/imagegen/resume") => match state.pages.get() {
             Some(p) => {

@@ -227,6 +227,35 @@ fn is_loopback_endpoint(endpoint: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The HTTP client options `AmazonS3Builder::from_env` derived from the `AWS_*` environment
+/// (`with_client_options` replaces them all, so they are derived again here), trusting the
+/// certificate authorities of the PEM file `bundle` besides the system's.
+fn client_options_with_ca(bundle: &Path) -> Result<object_store::ClientOptions, RemoteError> {
+    use object_store::aws::AmazonS3ConfigKey;
+    let bad = |reason: String| RemoteError::Config {
+        url: format!("AWS_CA_BUNDLE={}", bundle.display()),
+        reason,
+    };
+    let pem = fs::read(bundle).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let certificates = object_store::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| bad(format!("not a PEM certificate bundle: {e}")))?;
+    if certificates.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    let mut options = object_store::ClientOptions::new();
+    for (key, value) in std::env::vars() {
+        if key.starts_with("AWS_")
+            && let Ok(AmazonS3ConfigKey::Client(client_key)) =
+                key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
+        {
+            options = options.with_config(client_key, value);
+        }
+    }
+    Ok(certificates
+        .into_iter()
+        .fold(options, |o, c| o.with_root_certificate(c)))
+}
+
 /// A bucket prefix holding one helper's state.
 pub(crate) struct Remote {
     store: Arc<dyn ObjectStore>,
@@ -266,7 +295,9 @@ impl Remote {
     /// `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`), `AWS_REGION` (default us-east-1),
     /// `AWS_ENDPOINT_URL` for a service other than AWS; a profile of
     /// `~/.aws/credentials` (`AWS_PROFILE`, else `default`) when the keys are not set.
-    /// An `http://` endpoint is refused unless it is on loopback.
+    /// An `http://` endpoint is refused unless it is on loopback. `AWS_CA_BUNDLE` (as the
+    /// AWS CLI and SDKs read it) names a PEM file of certificate authorities trusted besides
+    /// the system's, for an `https://` endpoint whose certificate a private CA signed.
     pub(crate) fn from_env(url: ObjectStoreUrl) -> Result<Remote, RemoteError> {
         use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
         let config = |reason: String| RemoteError::Config {
@@ -294,6 +325,10 @@ impl Remote {
                 .get_config_value(&AmazonS3ConfigKey::DefaultRegion)
                 .unwrap_or_else(|| "us-east-1".into());
             builder = builder.with_region(region);
+        }
+        // Before allow_http below: the client options are replaced as a whole.
+        if let Some(bundle) = std::env::var_os("AWS_CA_BUNDLE").filter(|b| !b.is_empty()) {
+            builder = builder.with_client_options(client_options_with_ca(Path::new(&bundle))?);
         }
         if let Some(endpoint) = builder.get_config_value(&AmazonS3ConfigKey::Endpoint)
             && endpoint.starts_with("http://")
@@ -1445,6 +1480,39 @@ fn parse_profile(text: &str, profile: &str) -> Option<(String, String, Option<St
 mod tests {
     use super::*;
     use crate::store::meta::tests::meta;
+
+    #[test]
+    fn a_ca_bundle_must_be_a_readable_pem_certificate_file() {
+        let dir = std::env::temp_dir().join(format!("remote-ca-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        let err = client_options_with_ca(&missing).unwrap_err().to_string();
+        assert!(err.contains("cannot read it"), "{err}");
+        let empty = dir.join("empty.pem");
+        fs::write(&empty, "no certificate here\n").unwrap();
+        let err = client_options_with_ca(&empty).unwrap_err().to_string();
+        assert!(err.contains("AWS_CA_BUNDLE="), "{err}");
+        let garbage = dir.join("garbage.pem");
+        fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nnot base64 !!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert!(client_options_with_ca(&garbage).is_err());
+        // A real certificate (the helper's API test certificate is made the same way).
+        let made = std::process::Command::new("openssl")
+            .current_dir(&dir)
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=ca", "-keyout", "ca.key", "-out", "ca.pem"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if made {
+            assert!(client_options_with_ca(&dir.join("ca.pem")).is_ok());
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn urls_endpoints_and_profiles() {

@@ -36,7 +36,7 @@ fn run_remote(pgdata: &Path, helpers: &str, flags: &[&str]) -> (Option<i32>, Str
     )
 }
 
-fn signal(h: &HelperProcess, sig: &str) {
+pub(crate) fn signal(h: &HelperProcess, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &h.child.id().to_string()])
         .status()
@@ -71,7 +71,7 @@ fn fpw_off_cluster(scale: &str) -> PgCluster {
 
 /// After the checkpoint: hint bits of `quiet` set (WAL-logged with checksums), then no
 /// change of it; pgbench changes the others.
-fn checkpoint_and_work(c: &PgCluster) {
+pub(crate) fn checkpoint_and_work(c: &PgCluster) {
     c.sql("SELECT count(*) FROM quiet");
     c.sql("CHECKPOINT");
     c.pgbench(&["-n", "-c", "2", "-t", "300"]);
@@ -80,7 +80,7 @@ fn checkpoint_and_work(c: &PgCluster) {
 /// More work (that the stopped helpers do not receive), the crash, and torn writes: three
 /// pages of pgbench_accounts changed since the checkpoint and one of `quiet`. Returns the
 /// tables' digest before the crash.
-fn work_crash_and_tear(c: &mut PgCluster) -> String {
+pub(crate) fn work_crash_and_tear(c: &mut PgCluster) -> String {
     c.pgbench(&["-n", "-c", "2", "-t", "200"]);
     c.sql("UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid % 97 = 0");
     let digest = c.sql(DIGEST);
@@ -101,7 +101,13 @@ fn work_crash_and_tear(c: &mut PgCluster) -> String {
 
 /// A successful remote repair's output, then PostgreSQL's recovery: the tables as before
 /// the crash, amcheck clean, index and sequential scans equal.
-fn assert_repaired(c: &mut PgCluster, digest: &str, code: Option<i32>, stdout: &str, stderr: &str) {
+pub(crate) fn assert_repaired(
+    c: &mut PgCluster,
+    digest: &str,
+    code: Option<i32>,
+    stdout: &str,
+    stderr: &str,
+) {
     eprintln!("{stderr}{stdout}");
     assert_eq!(code, Some(0), "remote repair failed:\n{stdout}\n{stderr}");
     let line = stdout.lines().last().unwrap_or_default();

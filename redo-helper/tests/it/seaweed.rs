@@ -14,7 +14,7 @@ pub const KEY_ID: &str = "fpw-test-key";
 pub const SECRET: &str = "fpw-test-secret-5f0c2a";
 pub const BUCKET: &str = "fpw";
 
-fn script() -> PathBuf {
+pub fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/seaweedfs.sh")
 }
 
@@ -25,7 +25,7 @@ pub struct SeaweedFs {
 }
 
 /// A port P with P..P+7 free (S3, master, volume, filer and their gRPC ports).
-fn free_port_range() -> u16 {
+pub fn free_port_range() -> u16 {
     for _ in 0..100 {
         let p = crate::common::free_port();
         if p > 65000 {
