@@ -2,8 +2,15 @@
 //! image, a worker rebuilds it with the Rust redo and stores the image at the LSN of the
 //! last delta applied, so later reads replay at most about `threshold` deltas. The decision
 //! is per page, driven by its own change rate, not by checkpoints. Longest chains go first.
+//!
+//! The worker replays the whole chain since the page's previous image anyway, so it also
+//! stores the page at every (threshold + 1)-th change along it: when the queue is behind, a
+//! hot page's chain grows to hundreds of deltas before its turn, and with an image at its
+//! newest change only a read at an older LSN (a replica or `page_at` behind, `check`'s
+//! history) would replay them all. With them every read replays at most `threshold` deltas
+//! plus those that arrived since the page's last generation.
 
-use crate::store::page_store::PageStore;
+use crate::store::page_store::{GetPageError, PageStore, StartSource};
 use crate::sync::{lock, read, recover, write};
 use crate::wal::block::{PageKey, RelFileLocator};
 use hdrhistogram::Histogram;
@@ -173,7 +180,10 @@ impl ImageGenerator {
         }
     }
 
-    /// Rebuilds one page at its newest change and stores the image.
+    /// Rebuilds one page at its newest change and stores the image there, and at every
+    /// (threshold + 1)-th change of the chain since its previous image (a page whose chain
+    /// grew long while it waited in the queue would otherwise have one image at its newest
+    /// change only, and a read at an older LSN would replay up to the whole chain).
     fn generate(&self, key: &PageKey) {
         let newest = {
             let idx = read(&self.store.index);
@@ -190,16 +200,30 @@ impl ImageGenerator {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match self.store.reconstruct(key, Some(lsn)) {
-            Ok(r) => {
-                let stored = write(&self.store.images)
-                    .put(key, lsn, &r.page)
-                    .map_err(|e| log::error!("storing image of {key} at {lsn}: {e}"));
+        let every = self.policy.threshold(&key.rel).saturating_add(1);
+        match self.store.reconstruct_for_images(key, lsn, every) {
+            // Already imaged there (a page queued again after a restart): nothing to add.
+            Ok((r, _)) if r.start == StartSource::GeneratedImage && r.start_lsn == lsn => {
+                if let Some(h) = write(&self.store.index).page_mut(key) {
+                    h.note_generated_image(lsn);
+                }
+            }
+            Ok((r, intermediate)) => {
+                let stored = {
+                    let mut images = write(&self.store.images);
+                    intermediate
+                        .iter()
+                        .try_for_each(|(at, page)| images.put(key, *at, page))
+                        .and_then(|()| images.put(key, lsn, &r.page))
+                        .map_err(|e| log::error!("storing images of {key} up to {lsn}: {e}"))
+                };
                 if stored.is_ok() {
                     if let Some(h) = write(&self.store.index).page_mut(key) {
                         h.note_generated_image(lsn);
                     }
-                    self.stats.images_generated.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .images_generated
+                        .fetch_add(1 + intermediate.len() as u64, Ordering::Relaxed);
                     let chain = r.deltas_replayed.max(1);
                     let _ = lock(&self.stats.chain_at_image).record(u64::from(chain));
                     self.stats
@@ -209,7 +233,7 @@ impl ImageGenerator {
             }
             // The page's newest change went behind the retention horizon while it waited:
             // retention rebased it, nothing to do.
-            Err(crate::store::page_store::GetPageError::BeforeRetention { .. }) => {}
+            Err(GetPageError::BeforeRetention { .. }) => {}
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 log::warn!("image generation: {e}");
