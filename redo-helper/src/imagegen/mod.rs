@@ -13,6 +13,7 @@
 use crate::store::page_store::{GetPageError, PageStore, StartSource};
 use crate::sync::{lock, read, recover, write};
 use crate::wal::block::{PageKey, RelFileLocator};
+use crate::wal::page::Lsn;
 use hdrhistogram::Histogram;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -183,13 +184,19 @@ impl ImageGenerator {
     /// Rebuilds one page at its newest change and stores the image there, and at every
     /// (threshold + 1)-th change of the chain since its previous image (a page whose chain
     /// grew long while it waited in the queue would otherwise have one image at its newest
-    /// change only, and a read at an older LSN would replay up to the whole chain).
+    /// change only, and a read at an older LSN would replay up to the whole chain). Chains
+    /// since the page's newest generated image that a WAL image or re-initialisation closed
+    /// get their images along them too.
     fn generate(&self, key: &PageKey) {
-        let newest = {
+        let threshold = self.policy.threshold(&key.rel);
+        let (newest, closed) = {
             let idx = read(&self.store.index);
             match idx.page(key) {
-                Some(h) if h.unreadable_from.is_none() => h.changes.last().map(|c| c.lsn),
-                _ => None,
+                Some(h) if h.unreadable_from.is_none() => (
+                    h.changes.last().map(|c| c.lsn),
+                    h.closed_chains_longer_than(threshold),
+                ),
+                _ => (None, Vec::new()),
             }
         };
         let Some(lsn) = newest else { return };
@@ -200,7 +207,25 @@ impl ImageGenerator {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let every = self.policy.threshold(&key.rel).saturating_add(1);
+        let every = threshold.saturating_add(1);
+        // A closed chain's last change is followed by the image or re-initialisation that
+        // closed it: only the images along the chain are needed.
+        for end in closed {
+            match self.store.reconstruct_for_images(key, end, every) {
+                Ok((_, along)) => {
+                    if self.store_images(key, &along).is_ok() {
+                        self.stats
+                            .images_generated
+                            .fetch_add(along.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                Err(GetPageError::BeforeRetention { .. }) => {}
+                Err(e) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("image generation (a closed chain ending at {end}): {e}");
+                }
+            }
+        }
         match self.store.reconstruct_for_images(key, lsn, every) {
             // Already imaged there (a page queued again after a restart): nothing to add.
             Ok((r, _)) if r.start == StartSource::GeneratedImage && r.start_lsn == lsn => {
@@ -208,22 +233,15 @@ impl ImageGenerator {
                     h.note_generated_image(lsn);
                 }
             }
-            Ok((r, intermediate)) => {
-                let stored = {
-                    let mut images = write(&self.store.images);
-                    intermediate
-                        .iter()
-                        .try_for_each(|(at, page)| images.put(key, *at, page))
-                        .and_then(|()| images.put(key, lsn, &r.page))
-                        .map_err(|e| log::error!("storing images of {key} up to {lsn}: {e}"))
-                };
-                if stored.is_ok() {
+            Ok((r, mut images)) => {
+                images.push((lsn, r.page));
+                if self.store_images(key, &images).is_ok() {
                     if let Some(h) = write(&self.store.index).page_mut(key) {
                         h.note_generated_image(lsn);
                     }
                     self.stats
                         .images_generated
-                        .fetch_add(1 + intermediate.len() as u64, Ordering::Relaxed);
+                        .fetch_add(images.len() as u64, Ordering::Relaxed);
                     let chain = r.deltas_replayed.max(1);
                     let _ = lock(&self.stats.chain_at_image).record(u64::from(chain));
                     self.stats
@@ -239,6 +257,18 @@ impl ImageGenerator {
                 log::warn!("image generation: {e}");
             }
         }
+    }
+
+    /// Appends images of `key` (LSN, page), oldest first.
+    fn store_images(&self, key: &PageKey, images: &[(Lsn, Vec<u8>)]) -> Result<(), ()> {
+        let mut store = write(&self.store.images);
+        images
+            .iter()
+            .try_for_each(|(at, page)| store.put(key, *at, page))
+            .map_err(|e| {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                log::error!("storing images of {key}: {e}");
+            })
     }
 
     /// Starts `n` worker threads.

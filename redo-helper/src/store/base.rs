@@ -130,6 +130,14 @@ impl BaseFiles {
         }
     }
 
+    /// Starts reading the base image of a page from disk (see [`super::prefetch`]).
+    pub(crate) fn prefetch_page(&self, key: &PageKey) {
+        if let Ok(Some(file)) = self.segment_file(key) {
+            let offset = u64::from(key.block % RELSEG_SIZE) * BLCKSZ as u64;
+            super::prefetch(&file, offset, BLCKSZ as u64);
+        }
+    }
+
     /// The open segment file holding `key`'s page (None: the backup has no such file).
     fn segment_file(&self, key: &PageKey) -> io::Result<Option<Arc<File>>> {
         let id: SegmentId = (
