@@ -151,6 +151,24 @@ for r in $(seq 1 "$rounds"); do
         summarise "$i" cold "$r" "$work/r.$i.cold.$r"
         summarise "$i" warm "$r" "$work/r.$i.warm.$r"
     done
+    # The peer: one 8 KB pread of a random page of the same base file, cold, without the
+    # helper (the device's own latency on this VM), timed in-process by python3.
+    if command -v python3 >/dev/null; then
+        evict 0
+        python3 - "$work/helper0/base/1663/$db/$acc" "$reads" >>"$work/peer" <<'PY'
+import os, random, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+blocks = os.fstat(fd).st_size // 8192
+lat = []
+for _ in range(int(sys.argv[2])):
+    b = random.randrange(blocks)
+    t = time.perf_counter()
+    os.pread(fd, 8192, b * 8192)
+    lat.append((time.perf_counter() - t) * 1e6)
+lat.sort()
+print("%.0f %.0f" % (lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99 + 0.5) - 1)]))
+PY
+    fi
 done
 
 # Per helper, pass and start kind: reads over all rounds, and min / median / max over the
@@ -173,6 +191,11 @@ for i in "${!bins[@]}"; do
         done
     done
 done
+
+if [ -s "$work/peer" ]; then
+    echo
+    echo "peer: a cold 8 KB pread of a random page of pgbench_accounts' base file (no helper), p50 $(cut -d' ' -f1 "$work/peer" | mmm) / p99 $(cut -d' ' -f2 "$work/peer" | mmm) us (min/median/max over rounds)"
+fi
 
 # Historical reads and what the images cost.
 wal_bytes=$(sql -c "SELECT '$at'::pg_lsn - '$lsn0'::pg_lsn")

@@ -453,9 +453,11 @@ impl RecordReader {
                 _ => match others.iter().position(|(n, _)| *n == segno) {
                     Some(i) => &others[i].1,
                     None => {
-                        let path = self
-                            .dir
-                            .join(segment_file_name(self.timeline, segno, self.segment_size));
+                        let path = self.dir.join(segment_file_name(
+                            self.timeline,
+                            segno,
+                            self.segment_size,
+                        ));
                         // A missing segment is reported by the read that needs it.
                         let Ok(f) = File::open(path) else { continue };
                         others.push((segno, f));

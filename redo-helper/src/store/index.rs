@@ -805,7 +805,10 @@ mod tests {
         // A generated image covers the chains before it.
         h.note_generated_image(Lsn(60));
         assert_eq!(h.closed_chains_longer_than(1), vec![Lsn(80)]);
-        assert_eq!(h.longest_closed_chain, 3, "the chains after 60: 70-80 (2 deltas) and 100-120 (3)");
+        assert_eq!(
+            h.longest_closed_chain, 3,
+            "the chains after 60: 70-80 (2 deltas) and 100-120 (3)"
+        );
         h.note_generated_image(Lsn(140));
         assert_eq!((h.longest_closed_chain, h.longest_chain()), (0, 0));
     }

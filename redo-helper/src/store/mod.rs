@@ -127,7 +127,8 @@ pub(crate) fn prefetch(file: &std::fs::File, offset: u64, len: u64) {
     };
     // SAFETY: the descriptor is open for the duration of the call (borrowed from `file`);
     // posix_fadvise reads no memory of ours.
-    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
+    let _ =
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
 }
 
 /// fsync a directory, so a created or renamed entry in it is durable.
