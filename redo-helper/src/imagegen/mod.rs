@@ -10,10 +10,9 @@
 //! history) would replay them all. With them every read replays at most `threshold` deltas
 //! plus those that arrived since the page's last generation.
 
-use crate::store::page_store::{GetPageError, PageStore, StartSource};
+use crate::store::page_store::{GetPageError, PageAt, PageStore, StartSource};
 use crate::sync::{lock, read, recover, write};
 use crate::wal::block::{PageKey, RelFileLocator};
-use crate::wal::page::Lsn;
 use hdrhistogram::Histogram;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -260,7 +259,7 @@ impl ImageGenerator {
     }
 
     /// Appends images of `key` (LSN, page), oldest first.
-    fn store_images(&self, key: &PageKey, images: &[(Lsn, Vec<u8>)]) -> Result<(), ()> {
+    fn store_images(&self, key: &PageKey, images: &[PageAt]) -> Result<(), ()> {
         let mut store = write(&self.store.images);
         images
             .iter()

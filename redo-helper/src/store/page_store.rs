@@ -447,7 +447,7 @@ impl PageStore {
         key: &PageKey,
         lsn: Lsn,
         every: u32,
-    ) -> Result<(Reconstructed, Vec<(Lsn, Vec<u8>)>), GetPageError> {
+    ) -> Result<(Reconstructed, Vec<PageAt>), GetPageError> {
         let mut stops = ImageStops {
             every: every.max(1),
             pages: Vec::new(),
@@ -862,10 +862,13 @@ impl ReadPlan {
     }
 }
 
+/// A page as of an LSN.
+pub(crate) type PageAt = (Lsn, Vec<u8>);
+
 /// Pages kept along a replay for image generation (see [`PageStore::reconstruct_for_images`]).
 struct ImageStops {
     every: u32,
-    pages: Vec<(Lsn, Vec<u8>)>,
+    pages: Vec<PageAt>,
 }
 
 /// At most this many idle readers are kept (one per concurrent reconstruction is enough).
