@@ -56,6 +56,9 @@ pub fn main(args: CheckArgs) -> ExitCode {
     if let Some(p) = &sum.first_problem {
         println!("first problem: {p}");
     }
+    if let Some(l) = &sum.history_longest {
+        println!("longest historical read: {l}");
+    }
     println!("{}", sum.line());
     if sum.ok() {
         ExitCode::SUCCESS

@@ -1491,7 +1491,7 @@ fn queue_images(imagegen: &ImageGenerator, store: &PageStore, touched: &[PageKey
     let idx = read(&store.index);
     for key in touched {
         if let Some(h) = idx.page(key) {
-            imagegen.consider(key, h.deltas_since_image, h.unreadable_from.is_some());
+            imagegen.consider(key, h.longest_chain(), h.unreadable_from.is_some());
         }
     }
 }

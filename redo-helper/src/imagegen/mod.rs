@@ -2,8 +2,15 @@
 //! image, a worker rebuilds it with the Rust redo and stores the image at the LSN of the
 //! last delta applied, so later reads replay at most about `threshold` deltas. The decision
 //! is per page, driven by its own change rate, not by checkpoints. Longest chains go first.
+//!
+//! The worker replays the whole chain since the page's previous image anyway, so it also
+//! stores the page at every (threshold + 1)-th change along it: when the queue is behind, a
+//! hot page's chain grows to hundreds of deltas before its turn, and with an image at its
+//! newest change only a read at an older LSN (a replica or `page_at` behind, `check`'s
+//! history) would replay them all. With them every read replays at most `threshold` deltas
+//! plus those that arrived since the page's last generation.
 
-use crate::store::page_store::PageStore;
+use crate::store::page_store::{GetPageError, PageAt, PageStore, StartSource};
 use crate::sync::{lock, read, recover, write};
 use crate::wal::block::{PageKey, RelFileLocator};
 use hdrhistogram::Histogram;
@@ -173,13 +180,22 @@ impl ImageGenerator {
         }
     }
 
-    /// Rebuilds one page at its newest change and stores the image.
+    /// Rebuilds one page at its newest change and stores the image there, and at every
+    /// (threshold + 1)-th change of the chain since its previous image (a page whose chain
+    /// grew long while it waited in the queue would otherwise have one image at its newest
+    /// change only, and a read at an older LSN would replay up to the whole chain). Chains
+    /// since the page's newest generated image that a WAL image or re-initialisation closed
+    /// get their images along them too.
     fn generate(&self, key: &PageKey) {
-        let newest = {
+        let threshold = self.policy.threshold(&key.rel);
+        let (newest, closed) = {
             let idx = read(&self.store.index);
             match idx.page(key) {
-                Some(h) if h.unreadable_from.is_none() => h.changes.last().map(|c| c.lsn),
-                _ => None,
+                Some(h) if h.unreadable_from.is_none() => (
+                    h.changes.last().map(|c| c.lsn),
+                    h.closed_chains_longer_than(threshold),
+                ),
+                _ => (None, Vec::new()),
             }
         };
         let Some(lsn) = newest else { return };
@@ -190,16 +206,41 @@ impl ImageGenerator {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match self.store.reconstruct(key, Some(lsn)) {
-            Ok(r) => {
-                let stored = write(&self.store.images)
-                    .put(key, lsn, &r.page)
-                    .map_err(|e| log::error!("storing image of {key} at {lsn}: {e}"));
-                if stored.is_ok() {
+        let every = threshold.saturating_add(1);
+        // A closed chain's last change is followed by the image or re-initialisation that
+        // closed it: only the images along the chain are needed.
+        for end in closed {
+            match self.store.reconstruct_for_images(key, end, every) {
+                Ok((_, along)) => {
+                    if self.store_images(key, &along).is_ok() {
+                        self.stats
+                            .images_generated
+                            .fetch_add(along.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                Err(GetPageError::BeforeRetention { .. }) => {}
+                Err(e) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("image generation (a closed chain ending at {end}): {e}");
+                }
+            }
+        }
+        match self.store.reconstruct_for_images(key, lsn, every) {
+            // Already imaged there (a page queued again after a restart): nothing to add.
+            Ok((r, _)) if r.start == StartSource::GeneratedImage && r.start_lsn == lsn => {
+                if let Some(h) = write(&self.store.index).page_mut(key) {
+                    h.note_generated_image(lsn);
+                }
+            }
+            Ok((r, mut images)) => {
+                images.push((lsn, r.page));
+                if self.store_images(key, &images).is_ok() {
                     if let Some(h) = write(&self.store.index).page_mut(key) {
                         h.note_generated_image(lsn);
                     }
-                    self.stats.images_generated.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .images_generated
+                        .fetch_add(images.len() as u64, Ordering::Relaxed);
                     let chain = r.deltas_replayed.max(1);
                     let _ = lock(&self.stats.chain_at_image).record(u64::from(chain));
                     self.stats
@@ -209,12 +250,24 @@ impl ImageGenerator {
             }
             // The page's newest change went behind the retention horizon while it waited:
             // retention rebased it, nothing to do.
-            Err(crate::store::page_store::GetPageError::BeforeRetention { .. }) => {}
+            Err(GetPageError::BeforeRetention { .. }) => {}
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 log::warn!("image generation: {e}");
             }
         }
+    }
+
+    /// Appends images of `key` (LSN, page), oldest first.
+    fn store_images(&self, key: &PageKey, images: &[PageAt]) -> Result<(), ()> {
+        let mut store = write(&self.store.images);
+        images
+            .iter()
+            .try_for_each(|(at, page)| store.put(key, *at, page))
+            .map_err(|e| {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                log::error!("storing images of {key}: {e}");
+            })
     }
 
     /// Starts `n` worker threads.

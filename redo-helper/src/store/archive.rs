@@ -334,6 +334,15 @@ impl RecentWal {
         }
     }
 
+    /// Whether the byte at `pos` is held in memory.
+    pub(crate) fn holds(&self, pos: Lsn) -> bool {
+        let c = read(&self.chunks);
+        let i = c.list.partition_point(|(s, _)| *s <= pos);
+        i.checked_sub(1)
+            .and_then(|i| c.list.get(i))
+            .is_some_and(|(s, b)| pos.0 - s.0 < b.len() as u64)
+    }
+
     /// Copies the bytes at `pos` into `out` when one chunk holds all of them.
     pub(crate) fn copy_into(&self, pos: Lsn, out: &mut [u8]) -> bool {
         let c = read(&self.chunks);
@@ -424,6 +433,43 @@ impl RecordReader {
             decoder: None,
             recent: self.recent.clone(),
         }
+    }
+
+    /// Of the records starting at `lsns` (in order), those not in memory: asks the OS to
+    /// start reading the WAL page each starts in (see [`super::prefetch`]), so the reads of
+    /// a chain from a cold archive overlap. Returns how many were asked for.
+    pub(crate) fn prefetch(&mut self, lsns: impl Iterator<Item = Lsn>) -> usize {
+        let seg = u64::from(self.segment_size);
+        let mut asked = 0;
+        // Other segments than the one kept open, for this call only (a chain spans few).
+        let mut others: Vec<(u64, File)> = Vec::new();
+        for lsn in lsns {
+            if self.recent.as_ref().is_some_and(|r| r.holds(lsn)) {
+                continue;
+            }
+            let segno = lsn.0 / seg;
+            let file = match &self.open {
+                Some((n, f)) if *n == segno => f,
+                _ => match others.iter().position(|(n, _)| *n == segno) {
+                    Some(i) => &others[i].1,
+                    None => {
+                        let path = self.dir.join(segment_file_name(
+                            self.timeline,
+                            segno,
+                            self.segment_size,
+                        ));
+                        // A missing segment is reported by the read that needs it.
+                        let Ok(f) = File::open(path) else { continue };
+                        others.push((segno, f));
+                        &others[others.len() - 1].1
+                    }
+                },
+            };
+            let page = (lsn.0 % seg) & !(8192 - 1);
+            super::prefetch(file, page, 8192);
+            asked += 1;
+        }
+        asked
     }
 
     /// Decodes the record that starts at `lsn` into `out`.

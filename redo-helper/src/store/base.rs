@@ -6,25 +6,38 @@ use crate::pgdata::relpath::{RELSEG_SIZE, RelationFileName};
 use crate::sync::lock;
 use crate::wal::block::{PageKey, RelFileLocator};
 use crate::wal::page::BLCKSZ;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// The base file store; cheap to clone (shares the list of directories to fsync).
+/// The base file store; cheap to clone (shares the list of directories to fsync and the
+/// open files).
 #[derive(Clone)]
 pub(crate) struct BaseFiles {
     root: PathBuf,
     dirs: Arc<Mutex<BTreeSet<PathBuf>>>,
+    /// Relation segment files kept open for reads: opening one per GetPage (a path lookup of
+    /// four components, a file object, a close) cost more than the `pread` of a page in the
+    /// page cache. Only files that exist are kept (one written later is found then); at
+    /// most [`OPEN_BASE_FILES`], and the whole set is dropped when it is full.
+    open: Arc<Mutex<HashMap<SegmentId, Arc<File>>>>,
 }
+
+/// One relation segment file of the backup: tablespace, database, relfilenode, fork, segment.
+type SegmentId = (u32, u32, u32, u8, u32);
+
+/// Open base files kept at most (a fraction of the usual 1024 descriptors per process).
+const OPEN_BASE_FILES: usize = 256;
 
 impl BaseFiles {
     pub(crate) fn new(root: PathBuf) -> BaseFiles {
         BaseFiles {
             root,
             dirs: Arc::new(Mutex::new(BTreeSet::new())),
+            open: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -99,18 +112,56 @@ impl BaseFiles {
 
     /// The base image of a page, or None if the backup did not have it.
     pub(crate) fn read_page(&self, key: &PageKey) -> io::Result<Option<Vec<u8>>> {
-        let (path, offset) = self.page_location(key);
+        let mut page = vec![0u8; BLCKSZ];
+        Ok(self.read_page_into(key, &mut page)?.then_some(page))
+    }
+
+    /// Reads the base image of a page into `page` (BLCKSZ bytes); false if the backup did
+    /// not have it.
+    pub(crate) fn read_page_into(&self, key: &PageKey, page: &mut [u8]) -> io::Result<bool> {
+        let Some(file) = self.segment_file(key)? else {
+            return Ok(false);
+        };
+        let offset = u64::from(key.block % RELSEG_SIZE) * BLCKSZ as u64;
+        match file.read_exact_at(page, offset) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts reading the base image of a page from disk (see [`super::prefetch`]).
+    pub(crate) fn prefetch_page(&self, key: &PageKey) {
+        if let Ok(Some(file)) = self.segment_file(key) {
+            let offset = u64::from(key.block % RELSEG_SIZE) * BLCKSZ as u64;
+            super::prefetch(&file, offset, BLCKSZ as u64);
+        }
+    }
+
+    /// The open segment file holding `key`'s page (None: the backup has no such file).
+    fn segment_file(&self, key: &PageKey) -> io::Result<Option<Arc<File>>> {
+        let id: SegmentId = (
+            key.rel.spc_oid,
+            key.rel.db_oid,
+            key.rel.rel_number,
+            key.fork.0,
+            key.block / RELSEG_SIZE,
+        );
+        if let Some(f) = lock(&self.open).get(&id) {
+            return Ok(Some(Arc::clone(f)));
+        }
+        let (path, _) = self.page_location(key);
         let file = match File::open(&path) {
-            Ok(f) => f,
+            Ok(f) => Arc::new(f),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let mut page = vec![0u8; BLCKSZ];
-        match file.read_exact_at(&mut page, offset) {
-            Ok(()) => Ok(Some(page)),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
-            Err(e) => Err(e),
+        let mut open = lock(&self.open);
+        if open.len() >= OPEN_BASE_FILES {
+            open.clear();
         }
+        open.insert(id, Arc::clone(&file));
+        Ok(Some(file))
     }
 
     /// Copies `src` to `dest` and fsyncs the file; the directory is synced by `sync_all`.

@@ -50,6 +50,8 @@ pub(crate) struct CheckSummary {
     pub history_max_deltas_with_images: u32,
     pub history_max_deltas_full_chain: u32,
     pub history_from_generated: u64,
+    /// The historical read with the most deltas (served with images): page, LSN, start.
+    pub history_longest: Option<String>,
 }
 
 impl CheckSummary {
@@ -346,6 +348,14 @@ pub(crate) fn check_history(store: &PageStore, samples: usize, seed: u64, sum: &
         let full = store.reconstruct_with(key, Some(lsn), ReadOptions::full_chain());
         match (served, full) {
             (Ok(a), Ok(b)) => {
+                if a.deltas_replayed > sum.history_max_deltas_with_images
+                    || sum.history_longest.is_none()
+                {
+                    sum.history_longest = Some(format!(
+                        "page {key} at {lsn}: {} deltas from the {} at {}",
+                        a.deltas_replayed, a.start, a.start_lsn
+                    ));
+                }
                 sum.history_max_deltas_with_images =
                     sum.history_max_deltas_with_images.max(a.deltas_replayed);
                 sum.history_max_deltas_full_chain =

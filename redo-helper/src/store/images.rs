@@ -23,6 +23,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 const MAGIC: u32 = 0x4650_5749; // "FPWI"
 /// A damaged entry quarantined while images were only a cache: skipped without warning.
@@ -68,6 +69,8 @@ pub(crate) struct ImageStore {
     pub bytes: u64,
     /// Entries found damaged at open, not at the torn tail (see the module documentation).
     pub damaged: Vec<DamagedEntry>,
+    /// Image files opened for reads, by number (see `file_for_read`).
+    open_for_read: Mutex<HashMap<u32, Arc<File>>>,
 }
 
 /// An image entry that fails its CRC (or magic) in the middle of the files.
@@ -255,6 +258,7 @@ impl ImageStore {
             file_entries,
             images,
             damaged,
+            open_for_read: Mutex::new(HashMap::new()),
         })
     }
 
@@ -421,6 +425,7 @@ impl ImageStore {
                 stats.entries_moved += 1;
             }
         }
+        crate::sync::lock(&self.open_for_read).remove(&file);
         fs::remove_file(&path).map_err(io(&path))?;
         super::sync_dir(&self.dir).map_err(io(&self.dir))?;
         self.file_entries.remove(&file);
@@ -467,36 +472,58 @@ impl ImageStore {
     }
 
     /// Reads the image of `key` taken at exactly `lsn`, checking its CRC.
+    #[cfg(test)]
     pub(crate) fn read(&self, key: &PageKey, lsn: Lsn) -> Result<Option<Vec<u8>>, ImageStoreError> {
-        let Some(loc) = self
-            .index
-            .get(key)
-            .and_then(|v| v.iter().find(|l| l.lsn == lsn))
-            .copied()
-        else {
-            return Ok(None);
+        let mut page = vec![0u8; BLCKSZ];
+        Ok(self.read_into(key, lsn, &mut page)?.then_some(page))
+    }
+
+    /// Reads the image of `key` taken at exactly `lsn` into `page` (BLCKSZ bytes), checking
+    /// its CRC; false when there is no such image.
+    pub(crate) fn read_into(
+        &self,
+        key: &PageKey,
+        lsn: Lsn,
+        page: &mut [u8],
+    ) -> Result<bool, ImageStoreError> {
+        let Some(loc) = self.index.get(key).and_then(|v| {
+            let i = v.partition_point(|l| l.lsn < lsn);
+            v.get(i).filter(|l| l.lsn == lsn).copied()
+        }) else {
+            return Ok(false);
         };
-        let path = file_path(&self.dir, loc.file);
-        let f = File::open(&path).map_err(|source| ImageStoreError::Io {
-            path: path.clone(),
+        let path = || file_path(&self.dir, loc.file);
+        let io_err = |source| ImageStoreError::Io {
+            path: path(),
             source,
-        })?;
-        let mut buf = vec![0u8; ENTRY_SIZE];
-        f.read_exact_at(&mut buf, loc.offset)
-            .map_err(|source| ImageStoreError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        };
+        let mut buf = [0u8; ENTRY_SIZE];
+        self.file_for_read(loc.file)
+            .map_err(io_err)?
+            .read_exact_at(&mut buf, loc.offset)
+            .map_err(io_err)?;
         let (k, l, crc) = decode_header(&buf);
         if k != *key || l != lsn || entry_crc(&buf[..HEADER], &buf[HEADER..]) != crc {
             return Err(ImageStoreError::Corrupt {
                 key: *key,
                 lsn,
-                path,
+                path: path(),
             });
         }
-        buf.drain(..HEADER);
-        Ok(Some(buf))
+        page.copy_from_slice(&buf[HEADER..]);
+        Ok(true)
+    }
+
+    /// Image file `n`, opened for reads once (opening it per read cost more than reading an
+    /// entry from the page cache). Compaction forgets a file it deletes.
+    fn file_for_read(&self, n: u32) -> io::Result<Arc<File>> {
+        let mut open = crate::sync::lock(&self.open_for_read);
+        if let Some(f) = open.get(&n) {
+            return Ok(Arc::clone(f));
+        }
+        let f = Arc::new(File::open(file_path(&self.dir, n))?);
+        open.insert(n, Arc::clone(&f));
+        Ok(f)
     }
 }
 

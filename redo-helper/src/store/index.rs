@@ -74,6 +74,11 @@ pub(crate) struct PageHistory {
     pub generated_image: Option<Lsn>,
     /// Deltas since the last image (from WAL or generated) or re-initialisation.
     pub deltas_since_image: u32,
+    /// The longest chain of deltas after the newest generated image that a WAL image or
+    /// re-initialisation ended (0: none). Such a chain needs images along it as much as
+    /// the open one does (reads at LSNs inside it), and the ingest can index a whole chain
+    /// and its end in one piece of WAL, before image generation sees it at all.
+    pub longest_closed_chain: u32,
     /// Set by a change the redo cannot replay; cleared by the next applicable image.
     pub unreadable_from: Option<Lsn>,
     /// The LSNs of the changes in `changes` that reset the chain (images, WILL_INIT), in
@@ -146,10 +151,49 @@ impl PageHistory {
         self.recount();
     }
 
-    /// Recounts the deltas after the newest start point.
+    /// Recounts the deltas after the newest start point, and the closed chains after the
+    /// newest generated image.
     pub(crate) fn recount(&mut self) {
         let start = self.start_point(Lsn(u64::MAX)).map(|(l, _)| l);
         self.deltas_since_image = self.changes_between(start, Lsn(u64::MAX)).len() as u32;
+        let (mut longest, mut run) = (0u32, 0u32);
+        for c in self.changes_between(self.generated_image, Lsn(u64::MAX)) {
+            if c.kind.resets_chain() {
+                longest = longest.max(run);
+                run = 0;
+            } else {
+                run = run.saturating_add(1);
+            }
+        }
+        self.longest_closed_chain = longest;
+    }
+
+    /// The longest chain of deltas without an image: the open one or a closed one (see
+    /// `longest_closed_chain`); image generation queues a page when this exceeds its
+    /// threshold.
+    pub(crate) fn longest_chain(&self) -> u32 {
+        self.deltas_since_image.max(self.longest_closed_chain)
+    }
+
+    /// The ends of the chains after the newest generated image that a WAL image or
+    /// re-initialisation closed, longer than `threshold` deltas and replayable (no change
+    /// the redo does not replay): the LSN of each chain's last change.
+    pub(crate) fn closed_chains_longer_than(&self, threshold: u32) -> Vec<Lsn> {
+        let mut ends = Vec::new();
+        let (mut run, mut replayable, mut prev) = (0u32, true, None);
+        for c in self.changes_between(self.generated_image, Lsn(u64::MAX)) {
+            if c.kind.resets_chain() {
+                if let Some(end) = prev.filter(|_| run > threshold && replayable) {
+                    ends.push(end);
+                }
+                (run, replayable) = (0, true);
+            } else {
+                run = run.saturating_add(1);
+                replayable &= c.kind != ChangeKind::Unsupported;
+            }
+            prev = Some(c.lsn);
+        }
+        ends
     }
 
     /// Where `unreadable_from` must stand for the changes as they are: the first unsupported
@@ -647,6 +691,7 @@ impl PageIndex {
         }
         if kind.resets_chain() {
             h.resets.push(rec.lsn);
+            h.longest_closed_chain = h.longest_closed_chain.max(h.deltas_since_image);
             h.deltas_since_image = 0;
         } else {
             h.deltas_since_image = h.deltas_since_image.saturating_add(1);
@@ -738,6 +783,47 @@ mod tests {
         // An older generated image never replaces a newer one.
         h.note_generated_image(Lsn(30));
         assert_eq!(h.generated_image, Some(Lsn(40)));
+    }
+
+    #[test]
+    fn closed_chains_after_the_newest_generated_image_are_found() {
+        use ChangeKind::*;
+        // Chains: 3 deltas (10-30) closed by the image at 40, 4 deltas (50-80) closed by the
+        // init at 90, one unsupported among 3 (100-120) closed by the image at 130, then 1
+        // delta open.
+        let mut h = history(&[
+            (10, Delta),
+            (20, Delta),
+            (30, Delta),
+            (40, Image),
+            (50, Delta),
+            (60, Delta),
+            (70, Delta),
+            (80, Delta),
+            (90, Init),
+            (100, Delta),
+            (110, Unsupported),
+            (120, Delta),
+            (130, Image),
+            (140, Delta),
+        ]);
+        assert_eq!((h.deltas_since_image, h.longest_closed_chain), (1, 4));
+        assert_eq!(h.longest_chain(), 4);
+        assert_eq!(
+            h.closed_chains_longer_than(2),
+            vec![Lsn(30), Lsn(80)],
+            "the chain with a change the redo does not replay is left out"
+        );
+        assert_eq!(h.closed_chains_longer_than(3), vec![Lsn(80)]);
+        // A generated image covers the chains before it.
+        h.note_generated_image(Lsn(60));
+        assert_eq!(h.closed_chains_longer_than(1), vec![Lsn(80)]);
+        assert_eq!(
+            h.longest_closed_chain, 3,
+            "the chains after 60: 70-80 (2 deltas) and 100-120 (3)"
+        );
+        h.note_generated_image(Lsn(140));
+        assert_eq!((h.longest_closed_chain, h.longest_chain()), (0, 0));
     }
 
     #[test]

@@ -116,6 +116,21 @@ pub(crate) fn check_headroom(dir: &Path, len: u64) -> io::Result<()> {
     }
 }
 
+/// Asks the OS to start reading `len` bytes of `file` at `offset` into its page cache
+/// (`POSIX_FADV_WILLNEED`) and returns at once: a read that needs several pieces from a cold
+/// disk issues them all first, so the device serves them together instead of one after the
+/// other. Only a hint: failures are ignored (the reads that follow report real errors).
+pub(crate) fn prefetch(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for the duration of the call (borrowed from `file`);
+    // posix_fadvise reads no memory of ours.
+    let _ =
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
+}
+
 /// fsync a directory, so a created or renamed entry in it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

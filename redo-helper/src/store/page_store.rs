@@ -379,15 +379,6 @@ impl PageStore {
         c.order.clear();
     }
 
-    /// The page as of `lsn` (None: as of everything decoded).
-    pub(crate) fn reconstruct(
-        &self,
-        key: &PageKey,
-        lsn: Option<Lsn>,
-    ) -> Result<Reconstructed, GetPageError> {
-        self.reconstruct_with(key, lsn, ReadOptions::default())
-    }
-
     /// The hole (offset, length) of the full page image the page's contents as of `lsn`
     /// descend from: the newest applicable image in its WAL history (through the template's
     /// history when that is where the page starts, after a database copy), when that image
@@ -446,16 +437,47 @@ impl PageStore {
         }
     }
 
-    /// Like `reconstruct`, with control over what the replay may start from.
+    /// The page as of `lsn` (None: as of everything decoded), from the starts `opts` allows.
     pub(crate) fn reconstruct_with(
         &self,
         key: &PageKey,
         lsn: Option<Lsn>,
         opts: ReadOptions,
     ) -> Result<Reconstructed, GetPageError> {
+        self.with_reader(|store, reader| store.reconstruct_using(reader, key, lsn, opts, None))
+    }
+
+    /// Image generation's read: the page as of `lsn` from its newest image (generated,
+    /// retained, or in the WAL) without the cache, so the replay covers the whole chain
+    /// since that image, plus the page as of every `every`-th change of that chain before
+    /// `lsn` (oldest first). Stored as images, they bound a read at any LSN of the chain to
+    /// fewer than `every` deltas, not only a read at its newest change.
+    pub(crate) fn reconstruct_for_images(
+        &self,
+        key: &PageKey,
+        lsn: Lsn,
+        every: u32,
+    ) -> Result<(Reconstructed, Vec<PageAt>), GetPageError> {
+        let mut stops = ImageStops {
+            every: every.max(1),
+            pages: Vec::new(),
+        };
+        let opts = ReadOptions {
+            generated_images: true,
+            cache: false,
+        };
+        let r = self.with_reader(|store, reader| {
+            store.reconstruct_using(reader, key, Some(lsn), opts, Some(&mut stops))
+        })?;
+        Ok((r, stops.pages))
+    }
+
+    /// Runs `f` with a pooled record reader (its open segment and buffers kept for the next
+    /// read).
+    fn with_reader<T>(&self, f: impl FnOnce(&PageStore, &mut RecordReader) -> T) -> T {
         let pooled = lock(&self.readers).pop();
         let mut reader = pooled.unwrap_or_else(|| self.archive.clone_empty());
-        let result = self.reconstruct_using(&mut reader, key, lsn, opts);
+        let result = f(self, &mut reader);
         let mut pool = lock(&self.readers);
         if pool.len() < POOLED_READERS {
             pool.push(reader);
@@ -473,12 +495,13 @@ impl PageStore {
         key: &PageKey,
         lsn: Option<Lsn>,
         opts: ReadOptions,
+        stops: Option<&mut ImageStops>,
     ) -> Result<Reconstructed, GetPageError> {
         let _gate = read(&self.gate);
         // Everything at or after this horizon stays until the gate is released, even if
         // retention moves the horizon meanwhile; the template reads of a copied page use it too.
         let horizon = self.horizon();
-        self.reconstruct_gated(reader, key, lsn, opts, horizon)
+        self.reconstruct_gated(reader, key, lsn, opts, horizon, stops)
     }
 
     /// The three phases, with the read gate held by the caller since before it read
@@ -491,6 +514,7 @@ impl PageStore {
         lsn: Option<Lsn>,
         opts: ReadOptions,
         horizon: Lsn,
+        stops: Option<&mut ImageStops>,
     ) -> Result<Reconstructed, GetPageError> {
         // Another shard indexed this page's history (a page of a copied database whose
         // template page is another shard's ends here too: the copy is then unprovable here).
@@ -506,6 +530,7 @@ impl PageStore {
         let plan = self.lookup(key, lsn, opts, horizon)?;
         phases.lookup_us = micros_since(t0);
         let t1 = std::time::Instant::now();
+        self.prefetch(&plan, reader);
         let mut page: Box<Page> = Box::new([0u8; BLCKSZ]);
         let mut rec = DecodedRecord::default();
         let mut template_deltas = 0;
@@ -519,7 +544,7 @@ impl PageStore {
         )?;
         phases.start_us = micros_since(t1);
         let t2 = std::time::Instant::now();
-        self.replay(&plan, reader, &mut page, &mut rec)?;
+        self.replay(&plan, reader, &mut page, &mut rec, stops)?;
         phases.replay_us = micros_since(t2);
         if opts.cache {
             lock(&self.cache).put(*key, plan.target, &page[..]);
@@ -621,6 +646,30 @@ impl PageStore {
         })
     }
 
+    /// Before phase 2: when more than one piece of the read may have to come from disk (the
+    /// start page and deltas older than the WAL kept in memory), asks the OS for all of them
+    /// at once, so a cold read waits for about one device read instead of one per piece.
+    fn prefetch(&self, plan: &ReadPlan, reader: &mut RecordReader) {
+        let from_disk = |l: &Lsn| !self.recent_wal.holds(*l);
+        let old_deltas = plan.changes.iter().filter(|c| from_disk(&c.lsn)).count();
+        let start_from_disk = match plan.start {
+            Start::Base => true,
+            Start::Wal(l) => from_disk(&l),
+            _ => false,
+        };
+        if old_deltas + usize::from(start_from_disk) < 2 {
+            return;
+        }
+        if plan.start == Start::Base {
+            self.base.prefetch_page(&plan.key);
+        }
+        let start = match plan.start {
+            Start::Wal(l) => Some(l),
+            _ => None,
+        };
+        reader.prefetch(start.into_iter().chain(plan.changes.iter().map(|c| c.lsn)));
+    }
+
     /// Phase 2: loads the plan's starting page into `page`; returns its LSN and source, and
     /// sets `template_deltas` to the deltas replayed to rebuild a template's page.
     fn load_start(
@@ -635,17 +684,15 @@ impl PageStore {
         let key = &plan.key;
         Ok(match plan.start {
             Start::Generated(l) => {
-                let img = read(&self.images)
-                    .read(key, l)?
-                    .ok_or(GetPageError::Unknown { key: *key })?;
-                copy_page(page, &img, key)?;
+                if !read(&self.images).read_into(key, l, &mut page[..])? {
+                    return Err(GetPageError::Unknown { key: *key });
+                }
                 (l, StartSource::GeneratedImage)
             }
             Start::Retained(l) => {
-                let img = read(&self.images)
-                    .read(key, l)?
-                    .ok_or(GetPageError::Unknown { key: *key })?;
-                copy_page(page, &img, key)?;
+                if !read(&self.images).read_into(key, l, &mut page[..])? {
+                    return Err(GetPageError::Unknown { key: *key });
+                }
                 (l, StartSource::RetainedImage)
             }
             Start::Cached(l) => {
@@ -680,16 +727,16 @@ impl PageStore {
             }
             Start::Base => match self
                 .base
-                .read_page(key)
+                .read_page_into(key, &mut page[..])
                 .map_err(|source| GetPageError::Base { key: *key, source })?
             {
-                Some(p) => {
-                    copy_page(page, &p, key)?;
-                    (self.backup_start, StartSource::BaseBackup)
-                }
+                true => (self.backup_start, StartSource::BaseBackup),
                 // A page that did not exist at the backup: its first record must create it.
-                None if !plan.changes.is_empty() => (self.backup_start, StartSource::EmptyPage),
-                None => return Err(GetPageError::Unknown { key: *key }),
+                false if !plan.changes.is_empty() => {
+                    page.fill(0);
+                    (self.backup_start, StartSource::EmptyPage)
+                }
+                false => return Err(GetPageError::Unknown { key: *key }),
             },
         })
     }
@@ -733,7 +780,14 @@ impl PageStore {
             cache: false,
             ..opts
         };
-        match self.reconstruct_gated(reader, &template_key, Some(at), template_opts, plan.horizon) {
+        match self.reconstruct_gated(
+            reader,
+            &template_key,
+            Some(at),
+            template_opts,
+            plan.horizon,
+            None,
+        ) {
             Ok(r) => {
                 copy_page(page, &r.page, key)?;
                 Ok((at, StartSource::TemplateCopy, r.deltas_replayed))
@@ -753,18 +807,29 @@ impl PageStore {
         }
     }
 
-    /// Phase 3: applies the plan's changes to `page` with the Rust redo.
+    /// Phase 3: applies the plan's changes to `page` with the Rust redo; with `stops`, keeps
+    /// a copy of the page after every `stops.every`-th change but the last.
     fn replay(
         &self,
         plan: &ReadPlan,
         reader: &mut RecordReader,
         page: &mut Page,
         rec: &mut DecodedRecord,
+        mut stops: Option<&mut ImageStops>,
     ) -> Result<(), GetPageError> {
-        for c in &plan.changes {
+        let last = plan.changes.len();
+        for (i, c) in plan.changes.iter().enumerate() {
             plan.check_supported(c)?;
             plan.read_record(reader, c.lsn, rec)?;
             apply_to_page(page, rec, &plan.key, &self.redo.ctx)?;
+            if let Some(s) = stops.as_deref_mut() {
+                let applied = i + 1;
+                // The page after every change at or before `c.lsn`: what a read at that LSN
+                // returns, so a valid start for any later read.
+                if applied < last && applied.is_multiple_of(s.every as usize) {
+                    s.pages.push((c.lsn, page.to_vec()));
+                }
+            }
         }
         Ok(())
     }
@@ -814,6 +879,15 @@ impl ReadPlan {
         }
         Ok(())
     }
+}
+
+/// A page as of an LSN.
+pub(crate) type PageAt = (Lsn, Vec<u8>);
+
+/// Pages kept along a replay for image generation (see [`PageStore::reconstruct_for_images`]).
+struct ImageStops {
+    every: u32,
+    pages: Vec<PageAt>,
 }
 
 /// At most this many idle readers are kept (one per concurrent reconstruction is enough).

@@ -1,7 +1,8 @@
 //! GetPage@LSN end to end against a real PostgreSQL 15 cluster with full_page_writes off:
 //! the helper's Rust redo and image generation serve every page exactly as the cluster has
 //! it after CHECKPOINT, historical reads equal the replay of the whole chain, and image
-//! generation keeps reads bounded (lost while paused, back after resume).
+//! generation keeps reads bounded (lost while paused, back after resume), at historical LSNs
+//! too.
 
 use crate::common::{PgCluster, TempDir};
 use crate::support;
@@ -129,6 +130,9 @@ fn served_pages_equal_the_data_files_and_history_equals_the_full_chain() {
     assert!(num(" served from generated") > 0, "{summary}");
     assert_eq!(num(" samples"), 1000, "{summary}");
     assert!(num(" started from generated images)") > 0, "{summary}");
+    // Generation drained: a read at any LSN replays at most the threshold, historical
+    // ones included (images along each chain, not only at its newest change).
+    assert!(num(" with images vs") <= 16, "{summary}");
 }
 
 #[test]
@@ -161,7 +165,10 @@ fn image_generation_bounds_reads_and_the_bound_returns_after_a_pause() {
     // Paused: the chain of the hot page grows with every transaction.
     let paused = http(&h.listen, "POST", "/imagegen/pause").expect("pause");
     assert_eq!(paused.status, 200);
-    c.pgbench(&["-c", "2", "-t", "200", "-n"]);
+    c.pgbench(&["-c", "2", "-t", "100", "-n"]);
+    // A point in the middle of the chain the pause lets grow.
+    let mid = c.sql("SELECT pg_current_wal_flush_lsn()");
+    c.pgbench(&["-c", "2", "-t", "100", "-n"]);
     let target = lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
     let st = h.wait_status("catch-up", Duration::from_secs(60), |s| {
         status_lsn(s, "decoded_lsn") >= target
@@ -193,6 +200,19 @@ fn image_generation_bounds_reads_and_the_bound_returns_after_a_pause() {
         "{} deltas after resume ({:?} to drain)",
         deltas(&r),
         started.elapsed()
+    );
+    // And at an older LSN inside the long chain: generation stored images along it, not
+    // only at its newest change.
+    let old = get_page(&h, &format!("{branches}?cache=none&lsn={mid}"));
+    assert!(
+        deltas(&old) <= 16,
+        "{} deltas at {mid}, in the middle of the chain generated after the pause",
+        deltas(&old)
+    );
+    let full = get_page(&h, &format!("{branches}?images=none&lsn={mid}"));
+    assert!(
+        old.body == full.body,
+        "page at {mid} from an intermediate image differs from the full chain"
     );
     let metrics = h.metrics().unwrap_or_default();
     assert!(
