@@ -27,7 +27,7 @@ SELECT regress.wait_for($$SELECT bool_and(healthy) FROM fpw_pushdown.helper_slot
 SELECT regress.wait_for($$SELECT bool_and(ready) FROM fpw_pushdown.helper_report()$$, '60s') AS both_helpers_ready;
 SELECT slot_name, slot_exists, slot_active, healthy FROM fpw_pushdown.helper_slots();
 SELECT slot_name, slot_active, helper_healthy, helper_state, helper_problem FROM fpw_pushdown.stat;
-SELECT regexp_replace(address, '.*/', '') AS helper, state, ready FROM fpw_pushdown.helper_report();
+SELECT regexp_replace(address, '^.*/(two_[ab])/api.sock$', '\1') AS helper, state, ready FROM fpw_pushdown.helper_report();
 
 -- page_at() skips a helper that cannot be reached and reads from the next.
 CREATE EXTENSION pageinspect;
