@@ -10,7 +10,7 @@ DESTDIR ?=
 # `cargo pgrx package` stages the extension's files here, as absolute paths under it.
 PGRX_PACKAGE_DIR = target/release/fpw_pushdown-pg15
 
-.PHONY: all setup build install deb test test-all test-rust test-rust-all test-pgrx test-pg test-deb demo bench fmt lint clean
+.PHONY: all setup build install deb test test-all test-rust test-rust-all test-pgrx test-pg test-deb demo demo-shards bench fmt lint clean
 
 all: build
 
@@ -71,6 +71,12 @@ test-deb: deb
 demo: setup install
 	$(CARGO) build --release -p redo-helper
 	bash bench/demo.sh
+
+# The helper as two shards over SeaweedFS (the S3 gateway scripts/setup.sh installs), on
+# loopback: the split of pages and images, reads routed between the shards, one BASE_BACKUP.
+demo-shards: setup
+	$(CARGO) build --release -p redo-helper
+	bash bench/demo-shards.sh
 
 bench: setup install
 	$(CARGO) build --release -p redo-helper

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts and stops a one-process SeaweedFS (master, volume server, filer and S3 gateway:
-# `weed server -s3`) on loopback, for the helper's object-storage tests and the demo.
+# `weed server -s3`) on loopback or another address of this host, for the helper's
+# object-storage tests and the demo.
 #
 #   scripts/seaweedfs.sh start DIR PORT [BUCKET]   S3 on 127.0.0.1:PORT; data, log and pid in DIR
 #   scripts/seaweedfs.sh stop DIR                  SIGTERM, then SIGKILL after 30 s
@@ -14,6 +15,11 @@
 # that identity (an `-s3.config` identities file in DIR, mode 0600); without them it allows
 # anonymous access (SeaweedFS's default), which only a throwaway local setup should use.
 # BUCKET, when given, is created (a signed PUT with curl --aws-sigv4).
+#
+# SEAWEEDFS_IP: the address every server binds and advertises (default 127.0.0.1; the
+# multi-host tests give a network namespace's address). SEAWEEDFS_TLS_CERT and
+# SEAWEEDFS_TLS_KEY: the S3 gateway serves HTTPS with them (the helper refuses plain HTTP off
+# loopback); this script then trusts the CA file AWS_CA_BUNDLE names, as the helper does.
 #
 # The binary: $WEED, else `weed` from the venv scripts/setup.sh installs
 # (/opt/fpw_pushdown/seaweedfs), else `weed` on PATH.
@@ -47,6 +53,19 @@ start() {
         echo "seaweedfs.sh: already running in $dir (pid $(cat "$dir/weed.pid"))" >&2
         exit 1
     fi
+    local ip=${SEAWEEDFS_IP:-127.0.0.1} scheme=http
+    local tls=() trust=()
+    if [ -n "${SEAWEEDFS_TLS_CERT:-}" ] || [ -n "${SEAWEEDFS_TLS_KEY:-}" ]; then
+        if [ -z "${SEAWEEDFS_TLS_CERT:-}" ] || [ -z "${SEAWEEDFS_TLS_KEY:-}" ]; then
+            echo "seaweedfs.sh: SEAWEEDFS_TLS_CERT and SEAWEEDFS_TLS_KEY go together" >&2
+            exit 2
+        fi
+        scheme=https
+        tls=(-s3.cert.file="$SEAWEEDFS_TLS_CERT" -s3.key.file="$SEAWEEDFS_TLS_KEY")
+        if [ -n "${AWS_CA_BUNDLE:-}" ]; then
+            trust=(--cacert "$AWS_CA_BUNDLE")
+        fi
+    fi
     local config=()
     if [ -n "${AWS_ACCESS_KEY_ID:-}" ] && [ -n "${AWS_SECRET_ACCESS_KEY:-}" ]; then
         (
@@ -58,7 +77,7 @@ start() {
     fi
     # setsid: its own process group, so that a test's Ctrl-C does not reach it half-way.
     setsid "$weed" server -s3 \
-        -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+        -dir="$dir/data" -ip="$ip" -ip.bind="$ip" \
         -master.port=$((port + 1)) -master.port.grpc=$((port + 4)) \
         -volume.port=$((port + 2)) -volume.port.grpc=$((port + 5)) \
         -filer.port=$((port + 3)) -filer.port.grpc=$((port + 6)) \
@@ -66,12 +85,13 @@ start() {
         -s3.port.iceberg=0 -s3.port.lance=0 \
         -filer.localSocket="$dir/filer.sock" -s3.localSocket="$dir/s3.sock" \
         -master.volumeSizeLimitMB=256 -volume.max=0 -master.telemetry=false \
-        "${config[@]}" >"$dir/weed.log" 2>&1 </dev/null &
+        "${config[@]}" "${tls[@]}" >"$dir/weed.log" 2>&1 </dev/null &
     echo $! >"$dir/weed.pid"
     echo "$port" >"$dir/weed.port"
     # Serving S3 takes ~10 s (the master elects itself, the volume server registers).
     local deadline=$((SECONDS + 60))
-    until curl -s -o /dev/null "http://127.0.0.1:$port/"; do
+    local url="$scheme://$ip:$port"
+    until curl -s -o /dev/null "${trust[@]}" "$url/"; do
         if ! kill -0 "$(cat "$dir/weed.pid")" 2>/dev/null; then
             echo "seaweedfs.sh: weed exited; see $dir/weed.log" >&2
             tail -20 "$dir/weed.log" >&2
@@ -91,7 +111,7 @@ start() {
         fi
         # The filer may need a moment more before a bucket can be created.
         local code
-        until code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "${auth[@]}" "http://127.0.0.1:$port/$bucket") &&
+        until code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "${trust[@]}" "${auth[@]}" "$url/$bucket") &&
             { [ "$code" = 200 ] || [ "$code" = 409 ]; }; do
             if [ $SECONDS -ge $deadline ]; then
                 echo "seaweedfs.sh: cannot create bucket $bucket (HTTP $code)" >&2
@@ -101,7 +121,7 @@ start() {
             sleep 0.5
         done
     fi
-    echo "seaweedfs.sh: S3 on http://127.0.0.1:$port (pid $(cat "$dir/weed.pid"), log $dir/weed.log)"
+    echo "seaweedfs.sh: S3 on $url (pid $(cat "$dir/weed.pid"), log $dir/weed.log)"
 }
 
 stop() {

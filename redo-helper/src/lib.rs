@@ -10,8 +10,9 @@
 //! 3. `redo`: the redo of each resource manager on 8 KB pages, masks, comparison.
 //! 4. `store`: the helper's data directory: archive, base pages, images, page index,
 //!    GetPage, retention, ingest, bulk replay, verify, check and repair.
-//! 5. `imagegen`, `stream`, `serve`: image generation, the replication connection, the
-//!    HTTP API with the status and metrics (`serve` may use `imagegen`).
+//! 5. `imagegen`, `stream`, `serve`, `remote_repair`: image generation, the replication
+//!    connection, the HTTP API with the status and metrics (`serve` may use `imagegen`),
+//!    and repair from running helpers over that API.
 //! 6. [`cmd`]: one module per subcommand; all printing is there. Beside it, `fuzzing`: the
 //!    entry points of the fuzz targets in `redo-helper/fuzz/`.
 //!
@@ -26,6 +27,7 @@ pub mod fuzzing;
 mod imagegen;
 mod pgdata;
 mod redo;
+mod remote_repair;
 mod serve;
 mod store;
 mod stream;
@@ -50,7 +52,7 @@ mod layers {
     /// The layer of each top-level module; a module may use modules of lower layers only.
     /// `serve` sits above `imagegen` (it pauses and reports it); `stream` and `imagegen`
     /// share a layer and do not use each other.
-    const LAYERS: [(&str, u32); 11] = [
+    const LAYERS: [(&str, u32); 12] = [
         ("sync", 0),
         ("wal", 1),
         ("pgdata", 2),
@@ -59,6 +61,7 @@ mod layers {
         ("imagegen", 5),
         ("stream", 5),
         ("serve", 6),
+        ("remote_repair", 6),
         ("cmd", 7),
         ("fuzzing", 7),
         ("main", 8),

@@ -42,7 +42,9 @@ enum Command {
     /// before starting it again (stop `run` first): takes the WAL in PGDATA/pg_wal the helper
     /// had not received, writes every page changed since the last checkpoint's REDO location
     /// as of the end of WAL, and rewrites any other page failing its checksum or differing
-    /// from the helper's (masked).
+    /// from the helper's (masked). With --helper URL[,URL...] instead of --data-dir, the
+    /// pages come from running helpers over their API (remote repair, for a crashed
+    /// PostgreSQL host without the helper's files).
     Repair(cmd::repair::RepairArgs),
     /// Decode WAL and print one line per record, like pg_waldump (PostgreSQL 15).
     Waldump(cmd::waldump::WaldumpArgs),

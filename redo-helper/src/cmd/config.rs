@@ -307,6 +307,14 @@ pub fn mask(long: &str, value: &str) -> String {
     if long == "connect" {
         return mask_conninfo(value);
     }
+    if long == "peers" {
+        // `run` refuses user information in a peer URL; it is not printed either.
+        return value
+            .split(',')
+            .map(crate::serve::route::without_user_info)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     value.to_owned()
 }
 
@@ -559,6 +567,10 @@ mod tests {
         assert_eq!(mask_conninfo("host=a user=u"), "host=a user=u");
         assert_eq!(mask("api-token", "abc"), MASK);
         assert_eq!(mask("api-token-file", "/etc/t"), "/etc/t");
+        assert_eq!(
+            mask("peers", "https://u:pw@a:1,https://b:2"),
+            "https://***@a:1,https://b:2"
+        );
         assert_eq!(mask("tls-key", "/etc/k.pem"), "/etc/k.pem");
     }
 }

@@ -2,22 +2,43 @@
 //! full_page_writes off (see `store::repair` for why it works); prints progress on stderr,
 //! then the problems and a summary line.
 //!
+//! With `--helper URL[,URL...]` instead of `--data-dir`, the pages come from running
+//! helpers over their API (`remote_repair`): a crash of the PostgreSQL host is repaired
+//! without the helpers' files on it.
+//!
 //! `--if-needed` is PostgreSQL's pre-start step (`ExecStartPre=+redo-helper repair
 //! --if-needed ...`, run as root): nothing after a clean shutdown, without touching the
 //! helper's directory; after a crash, a running helper is asked to hand its directory over
 //! for the repair (see `store::repair`). Run as root, files the repair created in the
 //! helper's directory (new WAL segments) are given to the directory's owner afterwards.
 
-use crate::store::repair::{RepairOptions, RepairProgress, repair};
+use crate::remote_repair::{RemoteRepairOptions, repair_from_helpers};
+use crate::store::repair::{RepairOptions, RepairProgress, RepairSummary, repair};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct RepairArgs {
-    /// The helper's data directory.
-    #[arg(long = "data-dir", value_name = "DIR")]
-    data_dir: PathBuf,
+    /// The helper's data directory (local repair, on the helper's host).
+    #[arg(
+        long = "data-dir",
+        value_name = "DIR",
+        required_unless_present = "helper",
+        conflicts_with = "helper"
+    )]
+    data_dir: Option<PathBuf>,
+    /// Remote repair: the API base URL of every running helper (every shard of a sharded
+    /// deployment), comma-separated: http://HOST:PORT or https://HOST:PORT.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    helper: Vec<String>,
+    /// Remote repair: the file holding the helpers' API token (their --api-token-file).
+    #[arg(long, value_name = "FILE", requires = "helper")]
+    helper_token_file: Option<PathBuf>,
+    /// Remote repair: the PEM CA certificate(s) that sign the helpers' TLS certificates
+    /// (default: the system's roots).
+    #[arg(long, value_name = "PEM", requires = "helper")]
+    helper_ca_file: Option<PathBuf>,
     /// The cluster's data directory (PostgreSQL stopped).
     #[arg(long, value_name = "PGDATA")]
     pgdata: PathBuf,
@@ -33,7 +54,7 @@ pub struct RepairArgs {
     /// For PostgreSQL's pre-start step: when the helper is running and a repair is needed,
     /// ask it to hand its data directory over (it stops cleanly, re-executes itself and
     /// waits for the repair) instead of failing because the directory is in use.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "helper")]
     if_needed: bool,
     /// How long `--if-needed` waits for the running helper to hand the directory over.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
@@ -43,24 +64,56 @@ pub struct RepairArgs {
 /// Runs `repair`; exit status 1 when a page changed since the checkpoint could not be
 /// rebuilt or an error occurred, 2 when the repair could not start.
 pub fn main(args: RepairArgs) -> ExitCode {
+    let progress_every = Duration::from_secs(5);
+    let pgdata = args.pgdata.display().to_string();
+    let mut report = |p: RepairProgress| print_progress(&pgdata, p);
+    let Some(data_dir) = args.data_dir else {
+        let opts = RemoteRepairOptions {
+            helpers: args.helper,
+            token_file: args.helper_token_file,
+            ca_file: args.helper_ca_file,
+            pgdata: args.pgdata.clone(),
+            progress_every,
+            even_if_clean: args.even_if_clean,
+            changed_only: args.changed_only,
+        };
+        return finish(repair_from_helpers(&opts, &mut report), !opts.changed_only);
+    };
     let opts = RepairOptions {
-        data_dir: args.data_dir,
-        pgdata: args.pgdata,
-        progress_every: Duration::from_secs(5),
+        data_dir,
+        pgdata: args.pgdata.clone(),
+        progress_every,
         even_if_clean: args.even_if_clean,
         changed_only: args.changed_only,
         hand_over: args
             .if_needed
             .then(|| Duration::from_secs(args.hand_over_secs)),
     };
-    let pgdata = opts.pgdata.display().to_string();
-    let mut report = |p: RepairProgress| match p {
+    let result = repair(&opts, &mut report);
+    if let Err(e) = give_back_to_owner(&opts.data_dir) {
+        eprintln!(
+            "redo-helper: repair: giving {}'s new files back to its owner: {e}",
+            opts.data_dir.display()
+        );
+    }
+    finish(result, false)
+}
+
+fn print_progress(pgdata: &str, p: RepairProgress) {
+    match p {
         RepairProgress::CleanShutdown { checkpoint } => eprintln!(
             "redo-helper: {pgdata} was shut down cleanly (checkpoint at {checkpoint}): nothing to repair"
         ),
         RepairProgress::WalTaken(w) => eprintln!(
             "redo-helper: WAL {}..{}: {} records taken from pg_wal (stopped at: {})",
             w.from, w.end, w.records, w.stopped
+        ),
+        RepairProgress::HelpersAsked {
+            helpers,
+            pages,
+            end,
+        } => eprintln!(
+            "redo-helper: {helpers} helper(s) answered, decoded WAL up to {end}: {pages} pages to write"
         ),
         RepairProgress::Pages {
             done,
@@ -80,18 +133,24 @@ pub fn main(args: RepairArgs) -> ExitCode {
             "redo-helper: {total} pages done in {:.1}s, {synced} data files synced",
             elapsed.as_secs_f64()
         ),
-    };
-    let result = repair(&opts, &mut report);
-    if let Err(e) = give_back_to_owner(&opts.data_dir) {
-        eprintln!(
-            "redo-helper: repair: giving {}'s new files back to its owner: {e}",
-            opts.data_dir.display()
-        );
     }
+}
+
+/// Prints the problems and the summary line; exit status 1 when a page could not be
+/// repaired, 2 when the repair could not run. `remote_scan`: a remote repair that checked
+/// unchanged pages, which it can only do by their checksums.
+fn finish<E: std::fmt::Display>(result: Result<RepairSummary, E>, remote_scan: bool) -> ExitCode {
     match result {
         Ok(sum) => {
             for p in &sum.problems {
                 println!("problem: {p}");
+            }
+            if remote_scan && !sum.clean_shutdown && !sum.data_checksums {
+                println!(
+                    "note: the cluster has no data checksums: pages not changed since the \
+                     checkpoint were not checked (a remote repair cannot tell a torn one \
+                     without fetching every page; local repair or `redo-helper check` can)"
+                );
             }
             println!("{}", sum.line());
             if sum.ok() {

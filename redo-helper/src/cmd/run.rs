@@ -152,6 +152,25 @@ pub struct RunArgs {
     /// Consecutive blocks of a relation kept on one shard.
     #[arg(long, default_value_t = crate::store::shard::DEFAULT_STRIPE_BLOCKS)]
     stripe_blocks: u32,
+    /// API base URL of every shard, comma-separated, in shard order (one per --shards; this
+    /// helper's own entry is not contacted): a read of a page another shard owns is proxied
+    /// to its owner (or redirected with `?route=redirect`) instead of answered 421. https
+    /// is verified against --peer-ca-file or the system roots; plain http only on loopback
+    /// unless --peer-allow-plain-http.
+    #[arg(long, value_name = "URL,URL,...")]
+    peers: Option<String>,
+    /// Bearer token sent to the peers (default: this helper's --api-token-file, i.e. one
+    /// token shared by the deployment's helpers). Must exist; 0600.
+    #[arg(long, value_name = "PATH", requires = "peers")]
+    peer_token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign the peers' TLS certificates (default: the system
+    /// roots).
+    #[arg(long, value_name = "PEM", requires = "peers")]
+    peer_ca_file: Option<PathBuf>,
+    /// Accept plain-http peers that are not on loopback (the token and pages then cross
+    /// the network unencrypted: only for a network you trust).
+    #[arg(long, requires = "peers")]
+    peer_allow_plain_http: bool,
     /// TOML file of settings keyed by these long flag names (`data-dir = "/var/lib/..."`).
     /// Precedence: flag > REDO_HELPER_* environment variable > file > default.
     #[arg(long, value_name = "FILE")]
@@ -215,17 +234,6 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let remote = match args
-        .object_store
-        .map(crate::store::remote::Remote::from_env)
-    {
-        None => None,
-        Some(Ok(r)) => Some(Arc::new(r)),
-        Some(Err(e)) => {
-            eprintln!("redo-helper: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let shard_map =
         match crate::store::shard::ShardMap::new(args.shards, args.shard, args.stripe_blocks) {
             Ok(m) => m,
@@ -234,6 +242,39 @@ pub fn main(args: RunArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+    let remote = match args
+        .object_store
+        .map(crate::store::remote::Remote::from_env)
+    {
+        None => None,
+        Some(Ok(r)) => Some(Arc::new(r.with_shard_map(shard_map))),
+        Some(Err(e)) => {
+            eprintln!("redo-helper: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let peers = match &args.peers {
+        None => None,
+        Some(list) => match crate::serve::route::parse_peers(
+            list,
+            shard_map.shards,
+            args.peer_allow_plain_http,
+        ) {
+            Ok(urls) => Some(crate::serve::route::PeerConfig {
+                urls,
+                token_file: args
+                    .peer_token_file
+                    .clone()
+                    .or_else(|| args.api_token_file.clone())
+                    .unwrap_or_else(|| args.data_dir.join("api.token")),
+                ca_file: args.peer_ca_file.clone(),
+            }),
+            Err(e) => {
+                eprintln!("redo-helper: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     if conninfo.password_source == Some(PasswordSource::ConnString) {
         log::warn!(
             "the --connect connection string holds a password: every local user can read it in \
@@ -285,6 +326,7 @@ pub fn main(args: RunArgs) -> ExitCode {
         remote,
         upload_interval: Duration::from_millis(args.object_store_interval_ms.max(10)),
         shard_map,
+        peers,
         stop: tokio::sync::watch::channel(Stop::Running).1,
     })
 }
@@ -420,6 +462,8 @@ pub(crate) struct RunOptions {
     pub upload_interval: Duration,
     /// Which pages this helper owns (`--shards`, `--shard`, `--stripe-blocks`).
     pub shard_map: crate::store::shard::ShardMap,
+    /// Routing of other shards' pages to their owners (`--peers`), if asked for.
+    pub peers: Option<crate::serve::route::PeerConfig>,
     /// Set by the signal handlers: the service stops (or hands over) when it changes.
     pub stop: tokio::sync::watch::Receiver<Stop>,
 }
@@ -607,6 +651,8 @@ pub(crate) enum ServiceError {
     },
     #[error(transparent)]
     Api(#[from] ApiError),
+    #[error(transparent)]
+    Peers(#[from] crate::serve::route::PeerError),
 }
 
 /// The store's own errors, raised directly by `run`'s steps.
@@ -1043,9 +1089,28 @@ async fn run_service_loop(
         s.server = opts.conninfo.to_string();
         s.data_dir = opts.data_dir.display().to_string();
         s.slot = opts.slot.clone();
+        s.shard = opts.shard_map;
     });
     let api = crate::serve::listen::bind(&opts.api).await?;
     log::info!("{}", api.describe());
+    // After bind: the default peer token is the API's own token file, which bind creates.
+    if let Some(peers) = &opts.peers
+        && state.router.get().is_none()
+    {
+        let router = crate::serve::route::Router::new(opts.shard_map, peers)?;
+        log::info!(
+            "routing reads of other shards' pages to {}",
+            peers
+                .urls
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i as u32 != opts.shard_map.shard)
+                .map(|(i, u)| format!("shard {i} at {u}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = state.router.set(router);
+    }
     crate::serve::listen::spawn(api, Arc::clone(&state));
 
     let mut backoff = Duration::from_secs(1);
@@ -1101,6 +1166,13 @@ async fn run_service_loop(
             meta.wal_log_hints
         );
     }
+    // The store opens with the map recorded here (so do `check` and `repair`, offline).
+    opts.shard_map
+        .store(&opts.data_dir)
+        .map_err(|e| StoreError::DataDir {
+            dir: opts.data_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
     let mut archive = open_archive(&opts.data_dir, &meta)?;
     let uploader = match &opts.remote {
         Some(remote) => Some(
@@ -1248,6 +1320,9 @@ async fn restore_or_bootstrap(
 ) -> Result<HelperMeta, ServiceError> {
     if let Some(remote) = &opts.remote {
         status.update(|s| s.state = RunState::Bootstrapping);
+        if !remote.is_wal_writer() {
+            return follow_writer_bootstrap(opts, remote, slot_exists).await;
+        }
         if let Some(r) = blocking(|| remote.restore(&opts.data_dir))? {
             log::info!(
                 "restored from object store {} in {:.1}s: {} base files ({} MB), {} image files ({} MB), {} WAL segments ({} MB) up to {}",
@@ -1267,6 +1342,57 @@ async fn restore_or_bootstrap(
         }
     }
     bootstrap(opts, status, slot_exists).await
+}
+
+/// A shard other than shard 0 never takes a BASE_BACKUP: it creates its own slot first (so
+/// that the server keeps the WAL from then on for it too), waits for shard 0 to put a
+/// bootstrapped helper into the bucket, and resumes from the bucket as a replacement helper
+/// does. The WAL from the bucket's end on is still on the server: this shard's slot was
+/// created before the restore, or last acknowledged by an earlier run of this shard, which
+/// never acknowledged past the bucket's end of then (design.md, "Shards").
+async fn follow_writer_bootstrap(
+    opts: &RunOptions,
+    remote: &Arc<Remote>,
+    slot_exists: &mut bool,
+) -> Result<HelperMeta, ServiceError> {
+    let mut conn = PgConnection::connect_replication(&opts.conninfo).await?;
+    // Refused before the slot exists, as in `bootstrap`.
+    conn.server_version()?;
+    if conn.create_physical_slot_if_missing(&opts.slot).await? {
+        log::info!("created physical replication slot \"{}\"", opts.slot);
+    }
+    *slot_exists = true;
+    conn.terminate().await;
+    let started = Instant::now();
+    let mut last_log: Option<Instant> = None;
+    loop {
+        if let Some(r) = blocking(|| remote.restore(&opts.data_dir))? {
+            log::info!(
+                "shard {}: resumed from object store {} in {:.1}s: {} base files ({} MB), {} image files, {} WAL segments up to {}",
+                opts.shard_map,
+                remote.url(),
+                r.duration_ms as f64 / 1000.0,
+                r.base_files,
+                r.base_bytes >> 20,
+                r.image_files,
+                r.wal_segments,
+                r.wal_end
+            );
+            if let Some(meta) = HelperMeta::load(&opts.data_dir)? {
+                return Ok(meta);
+            }
+        }
+        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            log::info!(
+                "shard {}: waiting for shard 0 to bootstrap object store {} (no helper.json yet, {}s)",
+                opts.shard_map,
+                remote.url(),
+                started.elapsed().as_secs()
+            );
+            last_log = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Runs blocking `step` until it succeeds or fails with an error retrying cannot fix.
@@ -1320,6 +1446,7 @@ fn publish(ingest: &Ingest, status: &SharedStatus) {
     status.update(|s| {
         s.records_decoded = idx.records;
         s.block_refs_indexed = idx.block_refs;
+        s.block_refs_other_shards = idx.block_refs_other_shards;
         s.pages_indexed = idx.pages() as u64;
         s.fpi_applicable = idx.applicable_images;
         s.fpi_consistency_only = idx.consistency_images;

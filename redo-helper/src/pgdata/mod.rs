@@ -14,6 +14,80 @@ use crate::wal::page::BLCKSZ;
 use relpath::{RELSEG_SIZE, pg_relation_path};
 use std::path::Path;
 
+/// A relation segment file of a data directory.
+#[derive(Debug, Clone)]
+pub(crate) struct RelationFile {
+    pub rel: crate::wal::block::RelFileLocator,
+    pub name: relpath::RelationFileName,
+    pub path: std::path::PathBuf,
+}
+
+/// Every relation segment file of `pgdata`, where [`relpath::pg_relation_path`] puts them:
+/// `global/` (tablespace 1664, database 0), `base/DB/` (1663) and
+/// `pg_tblspc/SPC/PG_.../DB/`. Other files (temporary relations, `pg_filenode.map`, ...)
+/// are not relation files and are skipped.
+pub(crate) fn relation_files(pgdata: &Path) -> std::io::Result<Vec<RelationFile>> {
+    let mut dirs: Vec<(u32, u32, std::path::PathBuf)> = vec![(1664, 0, pgdata.join("global"))];
+    let numbered = |dir: &Path| -> std::io::Result<Vec<(u32, std::path::PathBuf)>> {
+        let mut out = Vec::new();
+        match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                for e in entries {
+                    let e = e?;
+                    if let Ok(n) = e.file_name().to_string_lossy().parse::<u32>() {
+                        out.push((n, e.path()));
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(out)
+    };
+    for (db, path) in numbered(&pgdata.join("base"))? {
+        dirs.push((1663, db, path));
+    }
+    for (spc, link) in numbered(&pgdata.join("pg_tblspc"))? {
+        // The tablespace's directory holds one catalog-version directory per major version
+        // that used it (PG_15_202209061): the one `pg_relation_path` picks.
+        let Ok(versions) = std::fs::read_dir(&link) else {
+            continue;
+        };
+        for v in versions.flatten() {
+            if v.file_name().to_string_lossy().starts_with("PG_15") {
+                for (db, path) in numbered(&v.path())? {
+                    dirs.push((spc, db, path));
+                }
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for (spc_oid, db_oid, dir) in dirs {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for e in entries {
+            let e = e?;
+            let Some(name) = relpath::RelationFileName::parse(&e.file_name().to_string_lossy())
+            else {
+                continue;
+            };
+            files.push(RelationFile {
+                rel: crate::wal::block::RelFileLocator {
+                    spc_oid,
+                    db_oid,
+                    rel_number: name.rel_number,
+                },
+                name,
+                path: e.path(),
+            });
+        }
+    }
+    Ok(files)
+}
+
 /// A data-file page of `pgdata`, as on disk; None when its file or block does not exist.
 pub(crate) fn read_pg_page(
     pgdata: &Path,

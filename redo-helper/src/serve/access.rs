@@ -73,20 +73,7 @@ impl ApiToken {
             source,
         };
         match std::fs::File::open(path) {
-            Ok(f) => {
-                let mode = f.metadata().map_err(io)?.mode() & 0o7777;
-                if mode & 0o077 != 0 {
-                    return Err(TokenError::Exposed {
-                        path: path.to_path_buf(),
-                        mode,
-                    });
-                }
-                let mut text = String::new();
-                f.take(4096).read_to_string(&mut text).map_err(io)?;
-                Self::parse(text.trim()).ok_or_else(|| TokenError::Weak {
-                    path: path.to_path_buf(),
-                })
-            }
+            Ok(f) => Self::read_private(f, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut bytes = [0u8; TOKEN_BYTES];
                 getrandom::fill(&mut bytes).map_err(|e| TokenError::Random(e.to_string()))?;
@@ -106,6 +93,41 @@ impl ApiToken {
             }
             Err(e) => Err(io(e)),
         }
+    }
+
+    /// Reads an existing token file (the peer token of routing: never created, since a new
+    /// random token could not match the peers').
+    pub(crate) fn load(path: &Path) -> Result<ApiToken, TokenError> {
+        let f = std::fs::File::open(path).map_err(|source| TokenError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::read_private(f, path)
+    }
+
+    /// Reads a token file, refusing one readable by group or others.
+    fn read_private(f: std::fs::File, path: &Path) -> Result<ApiToken, TokenError> {
+        let io = |source| TokenError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mode = f.metadata().map_err(io)?.mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(TokenError::Exposed {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        let mut text = String::new();
+        f.take(4096).read_to_string(&mut text).map_err(io)?;
+        Self::parse(text.trim()).ok_or_else(|| TokenError::Weak {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The token, to send to a peer. Never log it.
+    pub(crate) fn secret(&self) -> &str {
+        &self.0
     }
 
     fn parse(text: &str) -> Option<ApiToken> {

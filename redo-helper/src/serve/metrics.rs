@@ -183,6 +183,26 @@ pub(crate) fn encode(state: &SharedState) -> Result<String, std::fmt::Error> {
             &crate::imagegen::chain_length_histogram(),
         );
     }
+    if let Some(r) = state.router.get() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &r.metrics;
+        m.0.register_collector(Box::new(Labelled {
+            name: "redo_helper_routed_reads_total",
+            help: "page reads of another shard's pages: proxied to the owner, redirected to it, or failed (owner unreachable or refusing the peer token: 502)",
+            counter: true,
+            label: "outcome",
+            values: vec![
+                ("proxied", c.proxied.load(Relaxed)),
+                ("redirected", c.redirected.load(Relaxed)),
+                ("failed", c.failed.load(Relaxed)),
+            ],
+        }));
+        m.histogram(
+            "redo_helper_routed_read_duration_seconds",
+            "time of a page read proxied to its owner shard, round trip included",
+            &c.seconds,
+        );
+    }
     let mut out = String::new();
     prometheus_text::encode(&mut out, &m.0)?;
     Ok(out)

@@ -4,16 +4,25 @@
 //! - `GET /status` (JSON) and `GET /metrics` (Prometheus text);
 //! - `GET /page/{spc}/{db}/{rel}/{fork}/{blk}[?lsn=X/Y][&wait_ms=N][&images=none][&cache=none]`:
 //!   GetPage@LSN, the 8 KB page as `application/octet-stream`, with `x-deltas-replayed`,
-//!   `x-read-us` (time to rebuild the page), `x-start` and `x-lsn` headers; 404 unknown page (or truncated/dropped at that LSN), 409
+//!   `x-read-us` (time to rebuild the page), `x-start`, `x-lsn` and `x-fpw-shard` (the shard
+//!   that produced the page) headers; 421 with `{"error", "owner"}` for a page another shard
+//!   owns; 404 unknown page (or truncated/dropped at that LSN), 409
 //!   unreadable page, 410 LSN before the retained history, 425 LSN not received within the
 //!   wait, 503 while bootstrapping. `images=none` replays the whole chain from the WAL or the
-//!   base backup (verification), `cache=none` bypasses the cache of recent pages;
+//!   base backup (verification), `cache=none` bypasses the cache of recent pages; with
+//!   `--peers`, a page another shard owns is proxied to it (`route=redirect`: 307 to it;
+//!   `route=none`: not routed), see [`route`];
+//! - `GET /repair/changed?since=X/Y`: for a remote `repair`, the pages this helper owns
+//!   that changed at or after `since` (the crashed cluster's last REDO location) and the
+//!   end of its decoded WAL, as lines of text ([`repair_changed`]); 410 when `since` is
+//!   before the retained history;
 //! - `POST /imagegen/pause`, `POST /imagegen/resume`;
 //! - `POST /threshold/{spc}/{db}/{rel}?value=N` (no value: back to the default).
 
 pub(crate) mod access;
 pub(crate) mod listen;
 mod metrics;
+pub(crate) mod route;
 pub(crate) mod status;
 
 use crate::store::page_store::{GetPageError, ReadOptions};
@@ -45,6 +54,18 @@ fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> H
 
 fn text(status: StatusCode, msg: impl std::fmt::Display) -> HttpResponse {
     response(status, "text/plain; charset=utf-8", format!("{msg}\n"))
+}
+
+/// A page another shard owns: 421 Misdirected Request with `{"error": ..., "owner": I}`,
+/// so that a client (or a routing helper) knows where to ask. The one place this answer is
+/// made.
+pub(crate) fn not_owned(e: &GetPageError, owner: u32) -> HttpResponse {
+    let body = serde_json::json!({ "error": e.to_string(), "owner": owner });
+    response(
+        StatusCode::MISDIRECTED_REQUEST,
+        "application/json",
+        body.to_string() + "\n",
+    )
 }
 
 fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
@@ -138,7 +159,9 @@ async fn get_page(state: Arc<SharedState>, key: PageKey, query: Option<&str>) ->
             Ok(page) => {
                 state.record_read(page.deltas_replayed, elapsed);
                 let mut r = response(StatusCode::OK, "application/octet-stream", page.page);
+                let shard = state.pages.get().map_or(0, |p| p.store.shard_map().shard);
                 for (name, value) in [
+                    ("x-fpw-shard", shard.to_string()),
                     ("x-deltas-replayed", page.deltas_replayed.to_string()),
                     ("x-read-us", elapsed.as_micros().to_string()),
                     ("x-start", format!("{} at {}", page.start, page.start_lsn)),
@@ -166,11 +189,124 @@ async fn get_page(state: Arc<SharedState>, key: PageKey, query: Option<&str>) ->
                     e if e.is_unreadable() => StatusCode::CONFLICT,
                     GetPageError::BeforeRetention { .. } => StatusCode::GONE,
                     GetPageError::NotYetReceived { .. } => StatusCode::TOO_EARLY,
+                    GetPageError::NotOwned { owner, .. } => return not_owned(&e, *owner),
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 return text(code, e);
             }
         }
+    }
+}
+
+/// The answer for a page another shard owns, when this helper routes it (`--peers`); None
+/// when the local store answers (its own page, no peers, `route=none`, or a request that was
+/// already routed once: see [`route`]).
+async fn route_page(
+    state: &SharedState,
+    key: &PageKey,
+    page_path: &str,
+    query: Option<&str>,
+    headers: &hyper::HeaderMap,
+) -> Option<HttpResponse> {
+    let mode = match route::RouteMode::parse(query_param(query, "route")) {
+        Ok(m) => m,
+        Err(e) => return Some(text(StatusCode::BAD_REQUEST, e)),
+    };
+    let router = state.router.get()?;
+    let already_routed = headers.contains_key(route::ROUTED_HEADER);
+    let forwarded = route::forwarded_query(query);
+    let routed = match route::decide(router.map(), key, already_routed, mode) {
+        route::Decision::Local => return None,
+        route::Decision::Redirect { owner } => {
+            router.redirect(owner, page_path, forwarded.as_deref())
+        }
+        route::Decision::Proxy { owner } => {
+            let wait = match parse_read_query(query) {
+                Ok((_, wait, _)) => wait,
+                Err(e) => return Some(text(StatusCode::BAD_REQUEST, e)),
+            };
+            router
+                .proxy(owner, page_path, forwarded.as_deref(), wait)
+                .await
+        }
+    };
+    let mut r = Response::new(Full::new(routed.body));
+    *r.status_mut() = routed.status;
+    for (name, value) in routed.headers {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
+            r.headers_mut().insert(name, v);
+        }
+    }
+    Some(r)
+}
+
+/// `GET /repair/changed?since=X/Y`: lines of text, one fact each, so that a list of millions
+/// of pages streams compactly and parses without a JSON document in memory:
+/// ```text
+/// fpw_pushdown repair-changed 1
+/// end X/Y                      the end of the WAL this helper decoded
+/// shard SHARDS SHARD STRIPE    its shard map (1 0 K: unsharded)
+/// redo CHECKSUMS WAL_LOG_HINTS the compute's settings its redo follows (0/1)
+/// page SPC DB REL FORK BLOCK   one per page, in key order
+/// pages N                      the count, last: a cut-off answer is told by its absence
+/// ```
+async fn repair_changed(state: Arc<SharedState>, query: Option<&str>) -> HttpResponse {
+    let since = match query_param(query, "since")
+        .map(|v| v.replace("%2F", "/").replace("%2f", "/").parse::<Lsn>())
+    {
+        Some(Ok(l)) => l,
+        Some(Err(e)) => return text(StatusCode::BAD_REQUEST, e),
+        None => return text(StatusCode::BAD_REQUEST, "missing ?since=X/Y"),
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let pages = state.pages.get().ok_or(None)?;
+        let store = &pages.store;
+        let (end, keys) = crate::store::repair::changed_pages(store, since).map_err(Some)?;
+        let map = store.shard_map();
+        let ctx = store.redo_context();
+        let mut out = String::with_capacity(128 + keys.len() * 32);
+        use std::fmt::Write as _;
+        let _ = writeln!(out, "{}", crate::store::repair::REPAIR_CHANGED_MAGIC);
+        let _ = writeln!(out, "end {end}");
+        let _ = writeln!(
+            out,
+            "shard {} {} {}",
+            map.shards, map.shard, map.stripe_blocks
+        );
+        let _ = writeln!(
+            out,
+            "redo {} {}",
+            u8::from(ctx.data_checksums),
+            u8::from(ctx.wal_log_hints)
+        );
+        for k in &keys {
+            let _ = writeln!(
+                out,
+                "page {} {} {} {} {}",
+                k.rel.spc_oid, k.rel.db_oid, k.rel.rel_number, k.fork.0, k.block
+            );
+        }
+        let _ = writeln!(out, "pages {}", keys.len());
+        Ok::<_, Option<Lsn>>(out)
+    })
+    .await;
+    match result {
+        Ok(Ok(body)) => response(StatusCode::OK, "text/plain; charset=utf-8", body),
+        Ok(Err(None)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the helper is bootstrapping",
+        ),
+        Ok(Err(Some(horizon))) => text(
+            StatusCode::GONE,
+            format!(
+                "{since} is before the start of the helper's history ({horizon}): the pages \
+                 changed since then are not all known"
+            ),
+        ),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("listing failed: {e}"),
+        ),
     }
 }
 
@@ -264,11 +400,17 @@ async fn handle(
             Ok(body) => response(StatusCode::OK, metrics::CONTENT_TYPE, body),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
         },
-        (&Method::GET, p) if p.starts_with("/page/") => match parse_page_path(&p["/page/".len()..])
-        {
-            Ok(key) => get_page(state, key, query).await,
-            Err(e) => text(StatusCode::BAD_REQUEST, e),
-        },
+        (&Method::GET, p) if p.starts_with("/page/") => {
+            let page_path = &p["/page/".len()..];
+            match parse_page_path(page_path) {
+                Ok(key) => match route_page(&state, &key, page_path, query, req.headers()).await {
+                    Some(routed) => routed,
+                    None => get_page(state, key, query).await,
+                },
+                Err(e) => text(StatusCode::BAD_REQUEST, e),
+            }
+        }
+        (&Method::GET, "/repair/changed") => repair_changed(state, query).await,
         (&Method::POST, "/imagegen/pause" | "/imagegen/resume") => match state.pages.get() {
             Some(p) => {
                 let pause = path.ends_with("pause");
@@ -343,6 +485,8 @@ mod tests {
             let _ = parse_page_path(&path);
             let _ = parse_threshold(&path, query.as_deref());
             let _ = parse_read_query(query.as_deref());
+            let _ = route::forwarded_query(query.as_deref());
+            let _ = route::RouteMode::parse(query_param(query.as_deref(), "route"));
         }
     }
 }

@@ -43,9 +43,10 @@
 
 use super::StoreError;
 use super::check::{known_pages, masked_difference, page_kind_hint};
+use super::index::PageIndex;
 use super::meta::HelperMeta;
 use super::offline::{OfflineStore, WalCatchUp};
-use super::page_store::{GetPageError, ReadOptions};
+use super::page_store::{GetPageError, PageStore, ReadOptions};
 use crate::pgdata::control_file::{ControlFile, ControlFileError, DbState};
 use crate::pgdata::read_pg_page;
 use crate::pgdata::relpath::{RELSEG_SIZE, pg_relation_path};
@@ -93,6 +94,10 @@ pub(crate) enum RepairError {
         "the last checkpoint's REDO location {redo} is before the helper's history ({start}): pages changed since then are not all known"
     )]
     RedoBeforeHistory { redo: Lsn, start: Lsn },
+    #[error(
+        "{dir} is the data directory of shard {map}: it holds only that shard's pages, so a repair from it alone would leave the other shards' torn pages in place; repair from every shard over their API (`repair --helper URL0,URL1,...`)"
+    )]
+    Sharded { dir: PathBuf, map: String },
     #[error("helper data directory: {0}")]
     Helper(Box<StoreError>),
     #[error("writing page {key} into {path}: {source}")]
@@ -138,6 +143,13 @@ pub(crate) enum RepairProgress<'a> {
     CleanShutdown { checkpoint: Lsn },
     /// The WAL taken from `pg_wal` into the helper's archive.
     WalTaken(&'a WalCatchUp),
+    /// Remote repair: the helpers answered; `pages` to write (changed since the
+    /// checkpoint, or in the WAL they did not receive); `end` their common end of WAL.
+    HelpersAsked {
+        helpers: usize,
+        pages: usize,
+        end: Lsn,
+    },
     /// Pages gone through so far, of `total`.
     Pages {
         done: usize,
@@ -221,7 +233,7 @@ impl RepairSummary {
         )
     }
 
-    fn problem(&mut self, what: impl FnOnce() -> String) {
+    pub(crate) fn problem(&mut self, what: impl FnOnce() -> String) {
         if self.problems.len() < MAX_PROBLEMS {
             self.problems.push(what());
         }
@@ -230,7 +242,7 @@ impl RepairSummary {
 
 /// Data files opened for writing, synced (with their directories) at the end.
 #[derive(Default)]
-struct OpenFiles {
+pub(crate) struct OpenFiles {
     files: HashMap<PathBuf, std::fs::File>,
 }
 
@@ -282,7 +294,23 @@ impl OpenFiles {
         Ok(true)
     }
 
-    fn sync(self) -> Result<usize, RepairError> {
+    /// Gives `page` its data checksum (when the cluster has them) and writes it in place;
+    /// false as [`Self::write`].
+    pub(crate) fn write_page(
+        &mut self,
+        pgdata: &Path,
+        key: &PageKey,
+        page: &mut Page,
+        data_checksums: bool,
+    ) -> Result<bool, RepairError> {
+        if data_checksums && !page.is_new() {
+            let c = checksum_page(page, key.block);
+            page.set_checksum(c);
+        }
+        self.write(pgdata, key, page)
+    }
+
+    pub(crate) fn sync(self) -> Result<usize, RepairError> {
         let mut dirs = BTreeSet::new();
         let n = self.files.len();
         for (path, f) in self.files {
@@ -303,11 +331,115 @@ impl OpenFiles {
 
 /// Whether a data file page passes PostgreSQL's checksum verification (`PageIsVerified`:
 /// an all-zero page is valid; a new page with a non-zero byte is not checked here).
-fn checksum_ok(page: &Page, blkno: u32) -> bool {
+pub(crate) fn checksum_ok(page: &Page, blkno: u32) -> bool {
     if page.iter().all(|&b| b == 0) {
         return true;
     }
     page.checksum() == checksum_page(page, blkno)
+}
+
+/// What [`preflight`] found.
+pub(crate) enum Preflight {
+    /// A clean shutdown (and no `even_if_clean`): nothing to do; the summary to return.
+    Clean(RepairSummary),
+    /// A crash: repair under the postmaster lock, held until it is dropped.
+    Crashed {
+        control: ControlFile,
+        lock: crate::pgdata::lock::PostmasterLock,
+    },
+}
+
+/// The checks of PostgreSQL's data directory every repair (local or remote) makes first:
+/// `pg_control` readable and valid, no postmaster or single-user backend running (its lock
+/// is taken and held, so none can start meanwhile), and a clean shutdown recognised.
+pub(crate) fn preflight(
+    pgdata: &Path,
+    even_if_clean: bool,
+    progress: &mut dyn FnMut(RepairProgress),
+) -> Result<Preflight, RepairError> {
+    // pg_control first, read-only: it names a directory that is no cluster at all.
+    ControlFile::read(pgdata)?;
+    let lock = crate::pgdata::lock::PostmasterLock::acquire(pgdata)?;
+    let control = ControlFile::read(pgdata)?;
+    let clean = matches!(
+        control.state,
+        DbState::ShutDown | DbState::ShutDownInRecovery
+    );
+    if clean && !even_if_clean {
+        // A clean shutdown ends with a checkpoint that wrote and fsynced every page: nothing
+        // can be torn, and a start-up hook costs no more than reading pg_control.
+        progress(RepairProgress::CleanShutdown {
+            checkpoint: control.checkpoint,
+        });
+        return Ok(Preflight::Clean(RepairSummary {
+            redo: control.redo,
+            data_checksums: control.data_checksum_version != 0,
+            clean_shutdown: true,
+            ..Default::default()
+        }));
+    }
+    Ok(Preflight::Crashed { control, lock })
+}
+
+/// Refuses a helper that follows another cluster or another timeline than `control`'s.
+pub(crate) fn check_identity(
+    pgdata: &Path,
+    control: &ControlFile,
+    system_identifier: u64,
+    timeline: u32,
+) -> Result<(), RepairError> {
+    if control.system_identifier != system_identifier {
+        return Err(RepairError::WrongCluster {
+            pgdata: pgdata.to_path_buf(),
+            cluster: control.system_identifier,
+            helper: system_identifier,
+        });
+    }
+    if control.timeline != timeline {
+        return Err(RepairError::Timeline {
+            pgdata: pgdata.to_path_buf(),
+            cluster: control.timeline,
+            helper: timeline,
+        });
+    }
+    Ok(())
+}
+
+/// Whether `key` changed at or after `redo` in what the index holds up to `end`: a change
+/// of its own, or a database copy (crash recovery would replay the copy from the
+/// template's files as they are then, so every page of the copy counts as changed).
+pub(crate) fn changed_since(idx: &PageIndex, key: &PageKey, end: Lsn, redo: Lsn) -> bool {
+    idx.page(key)
+        .and_then(|h| h.changes.last())
+        .is_some_and(|c| c.lsn >= redo)
+        || idx
+            .relation_events
+            .copied_at(key, end)
+            .is_some_and(|(at, _)| at >= redo)
+}
+
+/// First line of a helper's `GET /repair/changed` answer (`serve`), which remote repair
+/// parses: the format and its version.
+pub(crate) const REPAIR_CHANGED_MAGIC: &str = "fpw_pushdown repair-changed 1";
+
+/// The pages remote repair must write, as a helper answers `GET /repair/changed`: those
+/// this helper owns (its shard's) that changed at or after `since` (see
+/// [`changed_since`]), free space map excluded (PostgreSQL rebuilds it), in key order, and
+/// the LSN its decoded WAL reaches. Pages dropped or truncated later are listed too: a
+/// read of them as of the end says so (404), and the repair skips them.
+pub(crate) fn changed_pages(store: &PageStore, since: Lsn) -> Result<(Lsn, Vec<PageKey>), Lsn> {
+    let horizon = store.horizon();
+    if since < horizon {
+        return Err(horizon);
+    }
+    let (end, keys) = known_pages(store);
+    let map = store.shard_map();
+    let idx = read(&store.index);
+    let keys = keys
+        .into_iter()
+        .filter(|k| k.fork != ForkNumber::FSM && map.owns(k) && changed_since(&idx, k, end, since))
+        .collect();
+    Ok((end, keys))
 }
 
 /// Runs the repair (see the module documentation).
@@ -316,45 +448,13 @@ pub(crate) fn repair(
     progress: &mut dyn FnMut(RepairProgress),
 ) -> Result<RepairSummary, RepairError> {
     let pgdata = &opts.pgdata;
-    // pg_control first, read-only: it names a directory that is no cluster at all.
-    ControlFile::read(pgdata)?;
-    // Held until the repair returns: no postmaster or single-user backend can start on the
-    // directory meanwhile, and none may be running now.
-    let _lock = crate::pgdata::lock::PostmasterLock::acquire(pgdata)?;
-    let control = ControlFile::read(pgdata)?;
-    let clean = matches!(
-        control.state,
-        DbState::ShutDown | DbState::ShutDownInRecovery
-    );
-    if clean && !opts.even_if_clean {
-        // A clean shutdown ends with a checkpoint that wrote and fsynced every page: nothing
-        // can be torn, and a start-up hook costs no more than reading pg_control.
-        progress(RepairProgress::CleanShutdown {
-            checkpoint: control.checkpoint,
-        });
-        return Ok(RepairSummary {
-            redo: control.redo,
-            data_checksums: control.data_checksum_version != 0,
-            clean_shutdown: true,
-            ..Default::default()
-        });
-    }
+    let (control, _lock) = match preflight(pgdata, opts.even_if_clean, progress)? {
+        Preflight::Clean(sum) => return Ok(sum),
+        Preflight::Crashed { control, lock } => (control, lock),
+    };
     // Identity first, from helper.json alone: opening the store rebuilds its page index.
     if let Some(meta) = HelperMeta::load(&opts.data_dir).map_err(StoreError::from)? {
-        if control.system_identifier != meta.system_identifier {
-            return Err(RepairError::WrongCluster {
-                pgdata: pgdata.clone(),
-                cluster: control.system_identifier,
-                helper: meta.system_identifier,
-            });
-        }
-        if control.timeline != meta.timeline {
-            return Err(RepairError::Timeline {
-                pgdata: pgdata.clone(),
-                cluster: control.timeline,
-                helper: meta.timeline,
-            });
-        }
+        check_identity(pgdata, &control, meta.system_identifier, meta.timeline)?;
         if control.version.control_version() != meta.pg_version.control_version() {
             return Err(RepairError::WrongVersion {
                 pgdata: pgdata.clone(),
@@ -369,6 +469,18 @@ pub(crate) fn repair(
                 start: meta.start_lsn(),
             });
         }
+    }
+    // A shard knows only its own pages' changes: "unchanged" would be wrong for the others.
+    let map =
+        crate::store::shard::ShardMap::load(&opts.data_dir).map_err(|e| StoreError::DataDir {
+            dir: opts.data_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    if map.is_sharded() {
+        return Err(RepairError::Sharded {
+            dir: opts.data_dir.clone(),
+            map: map.to_string(),
+        });
     }
     let (lock, _request) =
         crate::store::lock::DataDirLock::take_over(&opts.data_dir, opts.hand_over)
@@ -419,16 +531,7 @@ pub(crate) fn repair(
         }
         // A database copy since the checkpoint changed every page of the copy (crash
         // recovery would replay the copy from the template's files as they are then).
-        let changed = {
-            let idx = read(&store.index);
-            idx.page(&key)
-                .and_then(|h| h.changes.last())
-                .is_some_and(|c| c.lsn >= control.redo)
-                || idx
-                    .relation_events
-                    .copied_at(&key, end)
-                    .is_some_and(|(at, _)| at >= control.redo)
-        };
+        let changed = changed_since(&read(&store.index), &key, end, control.redo);
         if !changed && opts.changed_only {
             continue;
         }
@@ -491,11 +594,7 @@ pub(crate) fn repair(
         if !write {
             continue;
         }
-        if sum.data_checksums && !page.is_new() {
-            let c = checksum_page(&page, key.block);
-            page.set_checksum(c);
-        }
-        if !files.write(pgdata, &key, &page)? {
+        if !files.write_page(pgdata, &key, &mut page, sum.data_checksums)? {
             sum.no_directory += 1;
         }
     }

@@ -101,6 +101,8 @@ pub struct PgCluster {
     pub port: u16,
     /// PostgreSQL major version of the server programs.
     pub major: u32,
+    /// The network namespace its postmaster runs in (`netns`), None for this host's.
+    pub netns: Option<String>,
     running: bool,
 }
 
@@ -112,6 +114,29 @@ impl PgCluster {
 
     /// [`PgCluster::start`] with the server programs of PostgreSQL `major`.
     pub fn start_version(major: u32, extra_initdb: &[&str], conf: &[&str]) -> PgCluster {
+        PgCluster::start_full(major, None, extra_initdb, conf, &[])
+    }
+
+    /// A PostgreSQL 15 cluster whose postmaster runs in the network namespace `netns` (its
+    /// TCP listener on that namespace's addresses; psql and pgbench still reach it through
+    /// its Unix socket, which no network namespace confines), with `hba` lines added on top
+    /// of pg_hba.conf.
+    pub fn start_in_netns(
+        netns: &str,
+        extra_initdb: &[&str],
+        conf: &[&str],
+        hba: &[&str],
+    ) -> PgCluster {
+        PgCluster::start_full(15, Some(netns.to_string()), extra_initdb, conf, hba)
+    }
+
+    fn start_full(
+        major: u32,
+        netns: Option<String>,
+        extra_initdb: &[&str],
+        conf: &[&str],
+        hba: &[&str],
+    ) -> PgCluster {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let root =
             std::env::temp_dir().join(format!("redo-helper-test-{}-{n}", std::process::id()));
@@ -133,6 +158,7 @@ impl PgCluster {
             data: data.clone(),
             port: free_port(),
             major,
+            netns,
             running: false,
         };
         check(
@@ -158,8 +184,15 @@ impl PgCluster {
         let mut existing = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
         existing.push_str(&c);
         std::fs::write(&conf_path, existing).expect("write postgresql.conf");
+        if !hba.is_empty() {
+            let hba_path = data.join("pg_hba.conf");
+            let existing = std::fs::read_to_string(&hba_path).expect("read pg_hba.conf");
+            std::fs::write(&hba_path, format!("{}\n{existing}", hba.join("\n")))
+                .expect("write pg_hba.conf");
+        }
         check(
-            server_command(major, "pg_ctl")
+            cluster
+                .postmaster_command("pg_ctl")
                 .args(["-w", "-t", "60", "-D"])
                 .arg(&data)
                 .arg("-l")
@@ -193,6 +226,21 @@ impl PgCluster {
                 "checkpoint_timeout = 1h",
             ],
         )
+    }
+
+    /// A server program that starts the postmaster (`pg_ctl start`): run inside the
+    /// cluster's network namespace when it has one. (Stopping needs none: pg_ctl signals the
+    /// postmaster's PID.)
+    fn postmaster_command(&self, bin: &str) -> Command {
+        let inner = server_command(self.major, bin);
+        let Some(ns) = &self.netns else {
+            return inner;
+        };
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns])
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        c
     }
 
     /// Connection string of the cluster's loopback TCP listener (for `redo-helper run`).
@@ -242,7 +290,8 @@ impl PgCluster {
     /// Starts a stopped cluster; Err with the server log's tail when it does not come up
     /// (e.g. crash recovery fails).
     pub fn try_start(&mut self) -> Result<(), String> {
-        let out = server_command(self.major, "pg_ctl")
+        let out = self
+            .postmaster_command("pg_ctl")
             .args(["-w", "-t", "60", "-D"])
             .arg(&self.data)
             .arg("-l")
@@ -348,6 +397,7 @@ impl PgCluster {
             data,
             port,
             major: self.major,
+            netns: None,
             running: false,
         }
     }

@@ -29,7 +29,7 @@ fn openssl(args: &[&str], dir: &Path) {
 }
 
 /// A CA (`<name>.crt`, `<name>.key`), self-signed.
-fn make_ca(dir: &Path, name: &str) {
+pub fn make_ca(dir: &Path, name: &str) {
     openssl(
         &[
             "req",
@@ -57,7 +57,7 @@ fn make_ca(dir: &Path, name: &str) {
 }
 
 /// A certificate `<name>.crt`/`<name>.key` signed by `ca`, with the given extensions.
-fn make_cert(dir: &Path, ca: &str, name: &str, cn: &str, ext: &str) {
+pub fn make_cert(dir: &Path, ca: &str, name: &str, cn: &str, ext: &str) {
     std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext file");
     openssl(
         &[

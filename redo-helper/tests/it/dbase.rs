@@ -87,7 +87,7 @@ fn get_page(h: &HelperProcess, path: &str) -> (u16, Vec<u8>) {
 /// the hint-like pd_flags and pd_prune_xid, the unused space between pd_lower and pd_upper
 /// (pruning leaves old bytes there), and in each tuple the command id (redo does not
 /// restore it) and the commit hint bits of t_infomask (set without WAL).
-fn masked_heap_page(page: &[u8]) -> Vec<u8> {
+pub fn masked_heap_page(page: &[u8]) -> Vec<u8> {
     let mut p = page.to_vec();
     p[..12].fill(0);
     p[20..24].fill(0);

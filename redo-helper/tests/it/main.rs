@@ -8,6 +8,7 @@
 //! process-global state.
 
 mod common;
+mod seaweed;
 mod support;
 
 mod brin;
@@ -21,15 +22,20 @@ mod generic_wal;
 mod gin;
 mod gist;
 mod hash;
+mod hosts;
 mod ingest;
+mod netns;
 mod object_store;
 mod observability;
 mod redo_verify;
+mod remote_repair;
 mod repair;
 mod retention;
+mod routing;
 mod security;
 mod serve_pages;
 mod service;
+mod shards;
 mod spgist;
 mod versions;
 mod waldump_parity;

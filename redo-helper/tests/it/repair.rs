@@ -17,14 +17,14 @@ use std::os::unix::fs::FileExt;
 use std::process::Command;
 use std::time::Duration;
 
-const DIGEST: &str = "SELECT md5(string_agg(x, '|')) FROM ( \
+pub(crate) const DIGEST: &str = "SELECT md5(string_agg(x, '|')) FROM ( \
      (SELECT string_agg(aid || ':' || abalance, ',' ORDER BY aid) FROM pgbench_accounts) \
      UNION ALL (SELECT string_agg(bid || ':' || bbalance, ',' ORDER BY bid) FROM pgbench_branches) \
      UNION ALL (SELECT string_agg(tid || ':' || tbalance, ',' ORDER BY tid) FROM pgbench_tellers) \
      UNION ALL (SELECT count(*)::text || ':' || coalesce(sum(delta), 0) FROM pgbench_history) \
      UNION ALL (SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM quiet)) AS t(x)";
 
-const AMCHECK: &str = "SELECT (SELECT count(*) FROM verify_heapam('pgbench_accounts')) \
+pub(crate) const AMCHECK: &str = "SELECT (SELECT count(*) FROM verify_heapam('pgbench_accounts')) \
      + (SELECT count(*) FROM verify_heapam('pgbench_branches')) \
      + (SELECT count(*) FROM verify_heapam('pgbench_tellers')) \
      + (SELECT count(*) FROM verify_heapam('pgbench_history')) \
@@ -35,7 +35,7 @@ const AMCHECK: &str = "SELECT (SELECT count(*) FROM verify_heapam('pgbench_accou
 /// Overwrites the second half of block `blk` of `file` with other bytes: those of another
 /// block of the same file (valid-looking, wrong), as a write that stopped after 4 KB leaves a
 /// mix of two versions.
-fn tear(file: &std::path::Path, blk: u64, other: u64) {
+pub(crate) fn tear(file: &std::path::Path, blk: u64, other: u64) {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -58,7 +58,7 @@ fn tear(file: &std::path::Path, blk: u64, other: u64) {
 }
 
 /// Blocks (by ctid) holding rows that match `cond` in `table`.
-fn blocks_of(c: &PgCluster, table: &str, cond: &str) -> Vec<u64> {
+pub(crate) fn blocks_of(c: &PgCluster, table: &str, cond: &str) -> Vec<u64> {
     c.sql(&format!(
         "SELECT DISTINCT (ctid::text::point)[0]::bigint AS b FROM {table} WHERE {cond} ORDER BY b"
     ))
@@ -90,7 +90,7 @@ pub(crate) fn run_repair(
 }
 
 /// Whether the cluster recovers to `digest` with clean amcheck.
-fn recovers_intact(c: &mut PgCluster, digest: &str) -> Result<(), String> {
+pub(crate) fn recovers_intact(c: &mut PgCluster, digest: &str) -> Result<(), String> {
     c.try_start().map_err(|e| format!("startup failed:\n{e}"))?;
     let got = c
         .try_sql(DIGEST)

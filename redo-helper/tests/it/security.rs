@@ -262,10 +262,9 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-#[test]
-fn tls_with_a_generated_certificate() {
-    let tmp = TempDir::new("security-tls");
-    let d = tmp.path();
+/// A CA (`ca.pem`) and a server certificate for 127.0.0.1 and localhost signed by it
+/// (`server.pem`, key `server.key`, 0600) in `d`.
+pub(crate) fn make_server_certificate(d: &Path) {
     // A CA and a server certificate for 127.0.0.1 and localhost.
     openssl(
         d,
@@ -327,6 +326,14 @@ fn tls_with_a_generated_certificate() {
     );
     let key = d.join("server.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn tls_with_a_generated_certificate() {
+    let tmp = TempDir::new("security-tls");
+    let d = tmp.path();
+    make_server_certificate(d);
+    let key = d.join("server.key");
 
     let dir = d.join("helper");
     let log = d.join("helper.log");

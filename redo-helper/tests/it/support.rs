@@ -59,7 +59,19 @@ impl HelperProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> HelperProcess {
-        let listen = free_port();
+        Self::spawn_on_port(free_port(), conninfo, data_dir, log, extra, env)
+    }
+
+    /// Like `spawn_with_env`, listening on a port chosen by the caller (helpers that must
+    /// know each other's address before they start: `--peers`).
+    pub fn spawn_on_port(
+        listen: u16,
+        conninfo: &str,
+        data_dir: &Path,
+        log: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> HelperProcess {
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
