@@ -1,5 +1,6 @@
-//! The autopilot: a background worker that turns full_page_writes back on when the redo
-//! helper that justified turning it off is gone or lagging for longer than a grace period.
+//! The autopilot: a background worker that turns full_page_writes back on when a redo
+//! helper that justified turning it off (any of the slots of `fpw_pushdown.slot_name`) is
+//! gone or lagging for longer than a grace period.
 //! It never turns full_page_writes off by itself.
 //!
 //! It watches every full_page_writes = off except one the state file records as forced
@@ -9,7 +10,7 @@
 //! back (postgresql.conf, ALTER SYSTEM). All of these are treated as guarded: off is fine
 //! while the helper is healthy, and turned back on after the grace period when it is not.
 
-use crate::guard::SlotHealth;
+use crate::guard::{self, SlotHealth};
 use crate::state::{self, ExtensionState, FpwDirection};
 use crate::switch::{self, SwitchOutcome};
 use crate::{error, gucs};
@@ -153,7 +154,11 @@ pub extern "C-unwind" fn fpw_pushdown_autopilot_main(_arg: pg_sys::Datum) {
             continue;
         }
         let max_lag = gucs::max_helper_lag_bytes();
-        let problem = BackgroundWorker::transaction(|| SlotHealth::read().check(max_lag).err());
+        // Every listed slot (one per helper shard): any one gone or lagging is a problem,
+        // and the message names each such slot.
+        let problem = BackgroundWorker::transaction(|| {
+            guard::check_slots(&SlotHealth::read_all(), max_lag).err()
+        });
         let Some(problem) = problem else {
             unhealthy_since = None;
             continue;

@@ -1,12 +1,18 @@
 //! A minimal HTTP/1.1 client for the redo helper's API (`/status`, `/page`, `/threshold`).
 //! Blocking with timeouts, on the backend's main thread; no WAL logic here.
 //!
-//! `fpw_pushdown.helper_address` names the helper: `unix:/path/api.sock` (or an absolute
-//! path) for its Unix socket, where the socket's file permissions are the access control, or
-//! `host:port` for its TCP listener, where every request carries the bearer token read from
-//! `fpw_pushdown.helper_token_file` and, when `fpw_pushdown.helper_ca_file` is set, goes over
-//! TLS verified against that CA (required for a helper that is not on loopback: the
-//! answers are table pages).
+//! `fpw_pushdown.helper_address` names the helper(s), a comma-separated list of:
+//! `unix:/path/api.sock` (or an absolute path) for a Unix socket, where the socket's file
+//! permissions are the access control, or `host:port` (or `https://host:port`) for a TCP
+//! listener, where every request carries the bearer token read from
+//! `fpw_pushdown.helper_token_file` and, when `fpw_pushdown.helper_ca_file` is set (always
+//! for `https://`), goes over TLS verified against that CA (required for a helper that is
+//! not on loopback: the answers are table pages).
+//!
+//! Several addresses are several helpers of one deployment (shards, each holding one of the
+//! listed slots). Any of them answers any page: a helper routes a page it does not own to
+//! its owner. So a read goes to the first address that answers (`request_any`), while the
+//! guard asks every one of them (`request_to`).
 
 use crate::gucs;
 use std::io::{Read, Write};
@@ -42,24 +48,34 @@ impl HelperResponse {
     }
 }
 
-/// The configured helper address, or None when `fpw_pushdown.helper_address` is empty.
-pub fn helper_address() -> Option<String> {
-    gucs::HELPER_ADDRESS
-        .get()
-        .map(|s| s.to_string_lossy().trim().to_string())
-        .filter(|s| !s.is_empty())
+/// The configured helper addresses, in order (empty when `fpw_pushdown.helper_address` is).
+pub fn helper_addresses() -> Vec<String> {
+    gucs::helper_addresses()
 }
 
-/// Where the helper listens.
+/// Where a helper listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// Its Unix socket.
     Socket(PathBuf),
-    /// Its TCP listener: `host:port` as configured (also sent as `Host`).
-    Tcp(String),
+    /// Its TCP listener: `host:port` (also sent as `Host`), and whether TLS is used.
+    Tcp { hostport: String, tls: TlsUse },
 }
 
-/// Parses `fpw_pushdown.helper_address`: `unix:PATH`, an absolute path, or `host:port`.
+/// Whether a TCP address is spoken to over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsUse {
+    /// `host:port`: TLS exactly when `fpw_pushdown.helper_ca_file` is set.
+    WhenCaSet,
+    /// `https://host:port`: always (helper_ca_file is required).
+    Always,
+    /// `http://host:port`: never (loopback only, as any plain-text address).
+    Never,
+}
+
+/// Parses one helper address: `unix:PATH`, an absolute path, `host:port`, or a
+/// `http(s)://host:port` URL (as the helpers' `--peers` name each other; a trailing `/`
+/// allowed, no other path).
 pub fn parse_target(addr: &str) -> Result<Target, String> {
     if let Some(path) = addr.strip_prefix("unix:") {
         if !path.starts_with('/') {
@@ -72,15 +88,30 @@ pub fn parse_target(addr: &str) -> Result<Target, String> {
     if addr.starts_with('/') {
         return Ok(Target::Socket(PathBuf::from(addr)));
     }
-    let port_ok = addr
-        .rsplit_once(':')
-        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    let (hostport, tls) = if let Some(rest) = addr.strip_prefix("https://") {
+        (rest, TlsUse::Always)
+    } else if let Some(rest) = addr.strip_prefix("http://") {
+        (rest, TlsUse::Never)
+    } else {
+        (addr, TlsUse::WhenCaSet)
+    };
+    let hostport = if tls == TlsUse::WhenCaSet {
+        hostport
+    } else {
+        hostport.strip_suffix('/').unwrap_or(hostport)
+    };
+    let port_ok = hostport.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.is_empty() && !h.contains(['/', '@', '?', '#']) && p.parse::<u16>().is_ok()
+    });
     if !port_ok {
         return Err(format!(
-            "invalid fpw_pushdown.helper_address {addr:?}: expected host:port, unix:/path/to/api.sock or an absolute socket path"
+            "invalid fpw_pushdown.helper_address {addr:?}: expected host:port, https://host:port, unix:/path/to/api.sock or an absolute socket path"
         ));
     }
-    Ok(Target::Tcp(addr.to_string()))
+    Ok(Target::Tcp {
+        hostport: hostport.to_string(),
+        tls,
+    })
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr, String> {
@@ -161,10 +192,38 @@ fn exchange(
     parse_response(&raw).map_err(|e| format!("redo helper at {addr}: {e}"))
 }
 
-/// Sends one request and reads the whole response.
-pub fn request(method: &str, path: &str, timeout: Duration) -> Result<HelperResponse, String> {
-    let addr = helper_address().ok_or("fpw_pushdown.helper_address is not set")?;
-    match parse_target(&addr)? {
+/// Sends one request to the first listed helper that answers it: on a failure to get any
+/// HTTP answer (unreachable, refused, TLS or I/O error, timeout) the next address is tried;
+/// an HTTP answer, whatever its status, is returned with the address that gave it. Any
+/// helper serves any page (the helpers route a page to its owner), so the order is only a
+/// preference. Err lists why each address failed.
+pub fn request_any(
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(String, HelperResponse), String> {
+    let addrs = helper_addresses();
+    if addrs.is_empty() {
+        return Err("fpw_pushdown.helper_address is not set".into());
+    }
+    let mut failures = Vec::new();
+    for addr in addrs {
+        match request_to(&addr, method, path, timeout) {
+            Ok(resp) => return Ok((addr, resp)),
+            Err(e) => failures.push(e),
+        }
+    }
+    Err(failures.join("; "))
+}
+
+/// Sends one request to the helper at `addr` and reads the whole response.
+pub fn request_to(
+    addr: &str,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<HelperResponse, String> {
+    match parse_target(addr)? {
         Target::Socket(sock) => {
             let s = UnixStream::connect(&sock)
                 .map_err(|e| format!("cannot reach the redo helper at {addr}: {e}"))?;
@@ -172,14 +231,22 @@ pub fn request(method: &str, path: &str, timeout: Duration) -> Result<HelperResp
                 .and_then(|()| s.set_write_timeout(Some(timeout)))
                 .map_err(|e| e.to_string())?;
             // The socket's permissions are the access control: no token.
-            exchange(s, &request_bytes(method, path, "localhost", None), &addr)
+            exchange(s, &request_bytes(method, path, "localhost", None), addr)
         }
-        Target::Tcp(hostport) => {
+        Target::Tcp { hostport, tls } => {
             let sock = resolve(&hostport)?;
             let token = path_setting(&gucs::HELPER_TOKEN_FILE)
                 .map(|p| read_token(&p))
                 .transpose()?;
-            let ca = path_setting(&gucs::HELPER_CA_FILE);
+            let ca = match tls {
+                TlsUse::Never => None,
+                TlsUse::WhenCaSet => path_setting(&gucs::HELPER_CA_FILE),
+                TlsUse::Always => Some(path_setting(&gucs::HELPER_CA_FILE).ok_or_else(|| {
+                    format!(
+                        "the redo helper at {addr} is an https address: set fpw_pushdown.helper_ca_file to the CA that signs its certificate"
+                    )
+                })?),
+            };
             if ca.is_none() && !sock.ip().is_loopback() {
                 return Err(format!(
                     "the redo helper at {addr} is not on loopback: set fpw_pushdown.helper_ca_file to use TLS (the helper needs --tls-cert/--tls-key)"
@@ -192,12 +259,12 @@ pub fn request(method: &str, path: &str, timeout: Duration) -> Result<HelperResp
                 .map_err(|e| e.to_string())?;
             let req = request_bytes(method, path, &hostport, token.as_deref());
             match ca {
-                None => exchange(s, &req, &addr),
+                None => exchange(s, &req, addr),
                 Some(ca) => {
                     let host = host_of(&hostport);
                     let tls = crate::helper_tls::connect(s, &ca, host)
                         .map_err(|e| format!("redo helper at {addr}: TLS: {e}"))?;
-                    exchange(tls, &req, &addr)
+                    exchange(tls, &req, addr)
                 }
             }
         }
@@ -261,10 +328,25 @@ mod tests {
             parse_target("/run/h/api.sock").unwrap(),
             Target::Socket("/run/h/api.sock".into())
         );
+        let tcp = |hostport: &str, tls| Target::Tcp {
+            hostport: hostport.into(),
+            tls,
+        };
         assert_eq!(
             parse_target("127.0.0.1:7432").unwrap(),
-            Target::Tcp("127.0.0.1:7432".into())
+            tcp("127.0.0.1:7432", TlsUse::WhenCaSet)
         );
+        assert_eq!(
+            parse_target("https://helper1.example:7433/").unwrap(),
+            tcp("helper1.example:7433", TlsUse::Always)
+        );
+        assert_eq!(
+            parse_target("http://[::1]:7432").unwrap(),
+            tcp("[::1]:7432", TlsUse::Never)
+        );
+        assert!(parse_target("https://h:7433/page").is_err());
+        assert!(parse_target("https://user@h:7433").is_err());
+        assert!(parse_target("ftp://h:1").is_err());
         assert!(parse_target("unix:relative").is_err());
         assert!(parse_target("127.0.0.1").is_err());
         assert!(parse_target(":7432").is_err());

@@ -74,6 +74,23 @@ mod tests {
         Spi::run("SELECT fpw_pushdown.disable_full_page_writes()").unwrap();
     }
 
+    /// helper_slots() has a row for each configured slot, a missing one included.
+    #[pg_test]
+    fn helper_slots_lists_the_default_slot() {
+        let row = Spi::get_three::<String, bool, String>(
+            "SELECT slot_name, slot_exists, problem FROM fpw_pushdown.helper_slots()",
+        )
+        .unwrap();
+        assert_eq!(
+            row,
+            (
+                Some("fpw_pushdown".into()),
+                Some(false),
+                Some("replication slot \"fpw_pushdown\" does not exist".into())
+            )
+        );
+    }
+
     /// Without shared_preload_libraries the extension still works; status says so.
     #[pg_test]
     fn autopilot_reports_not_loaded() {

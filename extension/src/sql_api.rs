@@ -50,7 +50,8 @@ fn outcome_to_lsn(outcome: SwitchOutcome, direction: FpwDirection) -> Option<PgL
 }
 
 /// Turns full_page_writes off, live, and returns the LSN of the XLOG_FPW_CHANGE record.
-/// Refuses unless a redo helper holds the slot within max_helper_lag (or `force`).
+/// Refuses unless a redo helper holds every slot of fpw_pushdown.slot_name within
+/// max_helper_lag, and every helper of fpw_pushdown.helper_address is ready (or `force`).
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn disable_full_page_writes(
@@ -70,8 +71,7 @@ fn disable_full_page_writes(
     if !switch::full_page_writes_now() {
         return outcome_to_lsn(SwitchOutcome::AlreadyThere, FpwDirection::Off);
     }
-    let problem = SlotHealth::read()
-        .check(gucs::max_helper_lag_bytes())
+    let problem = guard::check_all_slots()
         .and_then(|()| guard::check_helper_status())
         .err();
     if let Some(why) = &problem {
@@ -89,7 +89,7 @@ fn disable_full_page_writes(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 &format!("cannot turn full_page_writes off: {why}"),
                 Some(
-                    "full_page_writes may only be off while the redo helper holds the slot fpw_pushdown.slot_name within fpw_pushdown.max_helper_lag.",
+                    "full_page_writes may only be off while redo helpers hold every slot of fpw_pushdown.slot_name within fpw_pushdown.max_helper_lag.",
                 ),
                 Some(
                     "Start the redo helper, wait for it to catch up, or pass force => true to accept the risk.",
@@ -118,7 +118,9 @@ fn enable_full_page_writes(timeout: default!(Option<Interval>, "'30s'")) -> Opti
     )
 }
 
-/// One row: the switch, the slot, the autopilot.
+/// One row: the switch, the slots, the autopilot. With several slots, `slot_name` is the
+/// list, `slot_active` whether all are active, `slot_lag_bytes` the largest lag, and the
+/// problem names every unhealthy slot; `helper_slots()` has one row per slot.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]
@@ -143,25 +145,62 @@ fn status() -> TableIterator<
         pgrx::warning!("fpw_pushdown: cannot read the state file: {e}");
         state::ExtensionState::default()
     });
-    let health = SlotHealth::read();
-    let problem = health
-        .check(gucs::max_helper_lag_bytes())
+    let slots = SlotHealth::read_all();
+    let problem = guard::check_slots(&slots, gucs::max_helper_lag_bytes())
         .err()
         .map(|p| p.to_string());
+    let names: Vec<&str> = slots.iter().map(|s| s.slot_name.as_str()).collect();
+    let all_active = !slots.is_empty() && slots.iter().all(|s| s.active);
+    let largest_lag = slots.iter().filter_map(|s| s.lag_bytes).max();
     TableIterator::once((
         switch::full_page_writes_now(),
         st.last_switch_lsn.map(PgLsn),
         st.last_switch_direction.map(|d| d.as_str().to_string()),
         st.last_switch_by.clone(),
         st.last_switch_at_unix.and_then(timestamptz_from_unix),
-        health.slot_name.clone(),
-        health.active,
-        health.lag_bytes,
+        names.join(","),
+        all_active,
+        largest_lag,
         problem.is_none(),
         problem,
         autopilot::describe_state(),
         st.autopilot_last_action.clone(),
     ))
+}
+
+/// One row per slot of `fpw_pushdown.slot_name`, in the listed order: whether it exists and
+/// is held by a walsender, its lag (`pg_current_wal_lsn() - restart_lsn`), and the guard's
+/// judgement of it.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)]
+fn helper_slots() -> TableIterator<
+    'static,
+    (
+        name!(slot_name, String),
+        name!(slot_exists, bool),
+        name!(slot_active, bool),
+        name!(slot_lag_bytes, Option<i64>),
+        name!(healthy, bool),
+        name!(problem, Option<String>),
+    ),
+> {
+    let max_lag = gucs::max_helper_lag_bytes();
+    let rows: Vec<_> = SlotHealth::read_all()
+        .into_iter()
+        .map(|slot| {
+            let problem = slot.check(max_lag).err().map(|p| p.to_string());
+            (
+                slot.slot_name,
+                slot.exists,
+                slot.active,
+                slot.lag_bytes,
+                problem.is_none(),
+                problem,
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
 }
 
 /// Current WAL counters of the cluster (pg_stat_wal) and transactions (pg_stat_database).
@@ -266,12 +305,13 @@ fn reset_wal_stats() -> Option<TimestampWithTimeZone> {
     }
 }
 
-/// The redo helper's /status (JSON), from `fpw_pushdown.helper_address`.
+/// The redo helper's /status (JSON), from the first address of `fpw_pushdown.helper_address`
+/// that answers (`helper_report()` has every helper's state).
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn helper_status() -> pgrx::Json {
-    let resp =
-        helper_client::request("GET", "/status", Duration::from_secs(5)).unwrap_or_else(|e| {
+    let (addr, resp) = helper_client::request_any("GET", "/status", Duration::from_secs(5))
+        .unwrap_or_else(|e| {
             raise(
                 PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
                 &e,
@@ -284,7 +324,7 @@ fn helper_status() -> pgrx::Json {
         _ => raise(
             PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
             &format!(
-                "redo helper /status answered HTTP {}: {}",
+                "redo helper at {addr}: /status answered HTTP {}: {}",
                 resp.status,
                 resp.body_text()
             ),
@@ -294,47 +334,53 @@ fn helper_status() -> pgrx::Json {
     }
 }
 
-/// The helper as it reports itself at `fpw_pushdown.helper_address`, for `fpw_pushdown.stat`:
-/// its state and whether it is ready (streaming with consistent pages), or why its /status
-/// could not be read (`problem`). All NULL when no address is set. Never raises: monitoring
-/// must see a down helper as a row, not an error.
+/// Every helper as it reports itself, one row per address of `fpw_pushdown.helper_address`
+/// (for `fpw_pushdown.stat`): its state and whether it is ready (streaming with consistent
+/// pages), or why its /status could not be read (`problem`). One row of NULLs when no
+/// address is set. Never raises: monitoring must see a down helper as a row, not an error.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)]
 fn helper_report() -> TableIterator<
     'static,
     (
         name!(state, Option<String>),
         name!(ready, Option<bool>),
         name!(problem, Option<String>),
+        name!(address, Option<String>),
     ),
 > {
     // Short: a monitoring query should not hang on a stuck helper.
-    let row = match guard::read_helper_status(Duration::from_secs(2)) {
-        None => (None, None, None),
-        Some(Ok((addr, status))) => {
-            let ready = status.ready();
-            let problem = (!ready).then(|| {
-                format!(
-                    "redo helper at {addr} is {}, not streaming with consistent pages",
-                    status.state
+    let reports = guard::read_helper_statuses(Duration::from_secs(2));
+    if reports.is_empty() {
+        return TableIterator::once((None, None, None, None));
+    }
+    let rows: Vec<_> = reports
+        .into_iter()
+        .map(|(addr, status)| match status {
+            Ok(status) => {
+                let ready = status.ready();
+                let problem = (!ready).then(|| guard::not_ready(&addr, &status).to_string());
+                (
+                    Some(status.state.as_str().to_string()),
+                    Some(ready),
+                    problem,
+                    Some(addr),
                 )
-            });
-            (
-                Some(status.state.as_str().to_string()),
-                Some(ready),
-                problem,
-            )
-        }
-        Some(Err(why)) => (None, Some(false), Some(why.to_string())),
-    };
-    TableIterator::once(row)
+            }
+            Err(why) => (None, Some(false), Some(why.to_string()), Some(addr)),
+        })
+        .collect();
+    TableIterator::new(rows)
 }
 
 // `fpw_pushdown.stat`: one row for monitoring, like pg_stat_replication: the switch, the
-// helper's health (slot and /status, as the guard judges them), its lag, and WAL written
-// since reset_wal_stats(). Readable by pg_monitor. A view's functions are called with the
-// privileges of the role querying it (PostgreSQL's CREATE VIEW notes), so pg_monitor also
-// gets EXECUTE on the three read-only functions it calls; PUBLIC gets nothing (privileges.sql).
+// helpers' health (slots and /status, as the guard judges them), their lag, and WAL written
+// since reset_wal_stats(). With several helpers, helper_report()'s rows are folded into one
+// (states in address order, ready only when all are, every problem). Readable by pg_monitor.
+// A view's functions are called with the privileges of the role querying it (PostgreSQL's
+// CREATE VIEW notes), so pg_monitor also gets EXECUTE on the read-only functions it calls
+// (and on helper_slots(), the per-slot detail); PUBLIC gets nothing (privileges.sql).
 extension_sql!(
     r#"
 CREATE VIEW fpw_pushdown.stat AS
@@ -351,7 +397,9 @@ SELECT s.full_page_writes,
        pg_catalog.pg_size_bytes(pg_catalog.current_setting('fpw_pushdown.max_helper_lag', true))
          AS max_helper_lag_bytes,
        s.helper_healthy AND h.problem IS NULL AS helper_healthy,
-       coalesce(s.helper_problem, h.problem) AS helper_problem,
+       CASE WHEN s.helper_problem IS NOT NULL AND h.problem IS NOT NULL
+            THEN s.helper_problem || '; ' || h.problem
+            ELSE coalesce(s.helper_problem, h.problem) END AS helper_problem,
        h.state AS helper_state,
        w.wal_records,
        w.wal_fpi,
@@ -362,17 +410,20 @@ SELECT s.full_page_writes,
        w.fpi_share_of_records,
        w.since AS wal_stats_since
   FROM fpw_pushdown.status() s,
-       fpw_pushdown.helper_report() h,
+       (SELECT pg_catalog.string_agg(r.state, ', ' ORDER BY r.i) AS state,
+               pg_catalog.string_agg(r.problem, '; ' ORDER BY r.i) AS problem
+          FROM fpw_pushdown.helper_report() WITH ORDINALITY
+               AS r(state, ready, problem, address, i)) h,
        fpw_pushdown.wal_stats() w;
 COMMENT ON VIEW fpw_pushdown.stat IS
   'fpw_pushdown: switch state, redo helper health and lag, WAL written since reset_wal_stats() (one row)';
 GRANT USAGE ON SCHEMA fpw_pushdown TO pg_monitor;
 GRANT SELECT ON fpw_pushdown.stat TO pg_monitor;
 GRANT EXECUTE ON FUNCTION fpw_pushdown.status(), fpw_pushdown.helper_report(),
-  fpw_pushdown.wal_stats() TO pg_monitor;
+  fpw_pushdown.wal_stats(), fpw_pushdown.helper_slots() TO pg_monitor;
 "#,
     name = "stat_view",
-    requires = [status, helper_report, wal_stats]
+    requires = [status, helper_report, wal_stats, helper_slots]
 );
 
 /// Tablespace, database and relfilenode of a relation, as the WAL names it.
@@ -527,15 +578,17 @@ fn page_at(
     check_page_read_allowed(rel);
     let (spc, db, node) = relation_locator(rel);
     let path = format!("/page/{spc}/{db}/{node}/{fork}/{blk}?lsn={lsn}&wait_ms=10000");
-    let resp = helper_client::request("GET", &path, Duration::from_secs(15))
+    // Any listed helper routes the page to the shard that owns it: the first that answers.
+    let (addr, resp) = helper_client::request_any("GET", &path, Duration::from_secs(15))
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, &e, None, None));
     let fail = |code, msg: String| -> ! { raise(code, &msg, None, None) };
     match resp.status {
         200 if resp.body.len() == 8192 => {
             pgrx::debug1!(
-                "page_at: {} deltas replayed from {}",
+                "page_at: {} deltas replayed from {} by the helper at {addr} (shard {})",
                 resp.header("x-deltas-replayed").unwrap_or("?"),
-                resp.header("x-start").unwrap_or("?")
+                resp.header("x-start").unwrap_or("?"),
+                resp.header("x-fpw-shard").unwrap_or("-")
             );
             resp.body
         }
@@ -551,12 +604,16 @@ fn page_at(
         ),
         code => fail(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("redo helper answered HTTP {code}: {}", resp.body_text()),
+            format!(
+                "redo helper at {addr} answered HTTP {code}: {}",
+                resp.body_text()
+            ),
         ),
     }
 }
 
-/// Sets a relation's image threshold in the redo helper (NULL: back to the helper's default).
+/// Sets a relation's image threshold in the redo helper(s) (NULL: back to the helpers'
+/// default). Every listed helper is told: each shard generates the images of its own pages.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn set_image_threshold(rel: RegClass, threshold: Option<i32>) -> String {
@@ -570,23 +627,42 @@ fn set_image_threshold(rel: RegClass, threshold: Option<i32>) -> String {
     }
     let (spc, db, node) = relation_locator(rel);
     let value = threshold.map(|t| format!("?value={t}")).unwrap_or_default();
-    let resp = helper_client::request(
-        "POST",
-        &format!("/threshold/{spc}/{db}/{node}{value}"),
-        Duration::from_secs(5),
-    )
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, &e, None, None));
-    if resp.status != 200 {
+    let path = format!("/threshold/{spc}/{db}/{node}{value}");
+    let addrs = helper_client::helper_addresses();
+    if addrs.is_empty() {
         raise(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            &format!(
-                "redo helper answered HTTP {}: {}",
-                resp.status,
-                resp.body_text()
-            ),
+            PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+            "fpw_pushdown.helper_address is not set",
             None,
             None,
         );
     }
-    resp.body_text()
+    let mut answers = Vec::with_capacity(addrs.len());
+    for addr in &addrs {
+        let resp = helper_client::request_to(addr, "POST", &path, Duration::from_secs(5))
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, &e, None, None));
+        if resp.status != 200 {
+            raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                &format!(
+                    "redo helper at {addr} answered HTTP {}: {}",
+                    resp.status,
+                    resp.body_text()
+                ),
+                None,
+                None,
+            );
+        }
+        answers.push(resp.body_text());
+    }
+    // One helper: its answer as is; several: each prefixed with its address.
+    if let [only] = answers.as_slice() {
+        return only.clone();
+    }
+    addrs
+        .iter()
+        .zip(&answers)
+        .map(|(addr, answer)| format!("{addr}: {answer}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }

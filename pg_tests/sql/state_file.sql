@@ -41,11 +41,14 @@ SHOW full_page_writes;
 -- The same with a readable state file whose last switch is on: off behind the extension's back,
 -- no helper, turned back on after the grace period.
 SELECT last_switch_direction, last_switch_by FROM fpw_pushdown.status();
+-- The restored record is an earlier autopilot switch whose action names its LSN: wait for a
+-- newer one (this backend sees the setting on before the autopilot has recorded its switch).
+SELECT last_switch_lsn AS restored_lsn FROM fpw_pushdown.status() \gset
 ALTER SYSTEM SET full_page_writes = off;
 SELECT pg_reload_conf();
 SELECT pg_sleep(0.5);
 SHOW full_page_writes;
-SELECT regress.wait_for($$SELECT full_page_writes AND last_switch_by = 'autopilot' AND position(' at ' || last_switch_lsn || ':' IN coalesce(autopilot_last_action, '')) > 0 FROM fpw_pushdown.status()$$, '30s') AS fpw_back_on;
+SELECT regress.wait_for($$SELECT full_page_writes AND last_switch_by = 'autopilot' AND last_switch_lsn > '$$ || :'restored_lsn' || $$' AND position(' at ' || last_switch_lsn || ':' IN coalesce(autopilot_last_action, '')) > 0 FROM fpw_pushdown.status()$$, '30s') AS fpw_back_on;
 SELECT last_switch_direction, last_switch_by, regress.norm(autopilot_last_action) AS autopilot_last_action
   FROM fpw_pushdown.status();
 SHOW full_page_writes;
