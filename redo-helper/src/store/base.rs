@@ -7,9 +7,7 @@ use crate::sync::lock;
 use crate::wal::block::{PageKey, RelFileLocator};
 use crate::wal::page::BLCKSZ;
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -74,17 +72,33 @@ impl BaseFiles {
                     continue;
                 };
                 for f in files.flatten() {
-                    let Some(name) = RelationFileName::parse(&f.file_name().to_string_lossy())
-                    else {
-                        continue;
+                    let file_name = f.file_name().to_string_lossy().into_owned();
+                    // A file the local cache evicted counts by the length its stub keeps.
+                    let (name, len) = match file_name.strip_suffix(super::cache::EVICTED_SUFFIX)
+                    {
+                        Some(evicted) => {
+                            let Some(name) = RelationFileName::parse(evicted) else {
+                                continue;
+                            };
+                            let Some(len) = super::cache::stub_length(&f.path()) else {
+                                continue;
+                            };
+                            (name, len)
+                        }
+                        None => {
+                            let Some(name) = RelationFileName::parse(&file_name) else {
+                                continue;
+                            };
+                            let Ok(md) = f.metadata() else { continue };
+                            (name, md.len())
+                        }
                     };
-                    let Ok(md) = f.metadata() else { continue };
                     let rel = RelFileLocator {
                         spc_oid,
                         db_oid,
                         rel_number: name.rel_number,
                     };
-                    for b in 0..(md.len() / BLCKSZ as u64) as u32 {
+                    for b in 0..(len / BLCKSZ as u64) as u32 {
                         keys.push(PageKey {
                             rel,
                             fork: name.fork,
@@ -100,15 +114,19 @@ impl BaseFiles {
     /// The base image of a page, or None if the backup did not have it.
     pub(crate) fn read_page(&self, key: &PageKey) -> io::Result<Option<Vec<u8>>> {
         let (path, offset) = self.page_location(key);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
         let mut page = vec![0u8; BLCKSZ];
-        match file.read_exact_at(&mut page, offset) {
+        // From the bucket when the local cache evicted the file (a page past an evicted
+        // file's length is UnexpectedEof, as in a short local one).
+        match super::cache::read_exact_at(&path, &mut page, offset) {
             Ok(()) => Ok(Some(page)),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }

@@ -151,18 +151,31 @@ impl ImageStore {
             move |source| ImageStoreError::Io { path, source }
         };
         super::create_private_dir_all(dir).map_err(io_err(dir))?;
-        let mut numbers: Vec<u32> = fs::read_dir(dir)
-            .map_err(io_err(dir))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.strip_prefix("images-")?
-                    .strip_suffix(".dat")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
+        let mut numbers: Vec<u32> = Vec::new();
+        // Files the local cache evicted: their stubs hold the entries' headers.
+        let mut evicted: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+        for e in fs::read_dir(dir).map_err(io_err(dir))?.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix("images-") else {
+                continue;
+            };
+            if let Some(n) = rest.strip_suffix(".dat").and_then(|n| n.parse().ok()) {
+                numbers.push(n);
+            } else if let Some(n) = rest
+                .strip_suffix(".dat.evicted")
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                evicted.insert(n);
+            }
+        }
         numbers.sort_unstable();
+        // A crash between writing a stub and removing its file left both: the file wins.
+        for n in &numbers {
+            if evicted.remove(n) {
+                let stub = super::cache::stub_path(&file_path(dir, *n));
+                fs::remove_file(&stub).map_err(io_err(&stub))?;
+            }
+        }
         let mut index: HashMap<PageKey, Vec<ImageLocation>> = HashMap::new();
         let mut file_entries = std::collections::BTreeMap::new();
         let mut last_entries = 0u64;
@@ -227,6 +240,24 @@ impl ImageStore {
             last_entries = whole / ENTRY_SIZE as u64;
             file_entries.insert(n, last_entries);
         }
+        for &n in &evicted {
+            let stub = super::cache::stub_path(&file_path(dir, n));
+            let headers = fs::read(&stub).map_err(io_err(&stub))?;
+            let mut entries = 0u64;
+            for (i, h) in headers.chunks_exact(HEADER).enumerate() {
+                // The page is in the bucket: its CRC is checked when it is read.
+                if u32_at(h, 0) == MAGIC {
+                    let (key, lsn, _) = decode_header(h);
+                    index.entry(key).or_default().push(ImageLocation {
+                        lsn,
+                        file: n,
+                        offset: i as u64 * ENTRY_SIZE as u64,
+                    });
+                }
+                entries += 1;
+            }
+            file_entries.insert(n, entries);
+        }
         for v in index.values_mut() {
             // Files in order, so on equal LSNs the copy in the newest file (a compaction that
             // was cut short by a crash left the old one) is kept.
@@ -234,7 +265,14 @@ impl ImageStore {
             v.dedup_by_key(|l| l.lsn);
         }
         let images = index.values().map(|v| v.len() as u64).sum();
-        let current = numbers.last().copied().unwrap_or(0);
+        let newest_evicted = evicted.last().copied();
+        let mut current = numbers.last().copied().unwrap_or(0);
+        let mut last_entries = last_entries;
+        if newest_evicted.is_some_and(|e| numbers.is_empty() || e >= current) {
+            // Never append to an evicted file: start a new one after it.
+            current = newest_evicted.unwrap_or(0) + 1;
+            last_entries = 0;
+        }
         file_entries.entry(current).or_insert(0);
         let path = file_path(dir, current);
         let current_file = super::private_file_options()
@@ -249,7 +287,11 @@ impl ImageStore {
             index,
             current,
             current_file,
-            current_entries: if numbers.is_empty() { 0 } else { last_entries },
+            current_entries: if file_entries.get(&current).copied().unwrap_or(0) == 0 {
+                0
+            } else {
+                last_entries
+            },
             entries_per_file: entries_per_file.max(1),
             bytes: file_entries.values().sum::<u64>() * ENTRY_SIZE as u64,
             file_entries,
@@ -397,12 +439,12 @@ impl ImageStore {
             move |source| ImageStoreError::Io { path, source }
         };
         if let Some(entries) = live.remove(&file) {
-            let f = File::open(&path).map_err(io(&path))?;
             let mut buf = vec![0u8; ENTRY_SIZE];
             let mut moved = Vec::with_capacity(entries.len());
             for (key, i) in entries {
                 let loc = self.index[&key][i];
-                f.read_exact_at(&mut buf, loc.offset).map_err(io(&path))?;
+                // From the bucket when the local cache evicted the file.
+                super::cache::read_exact_at(&path, &mut buf, loc.offset).map_err(io(&path))?;
                 let (hdr, page) = buf.split_at(HEADER);
                 let to = self.append(hdr, page)?;
                 moved.push((key, loc.lsn, to));
@@ -421,7 +463,7 @@ impl ImageStore {
                 stats.entries_moved += 1;
             }
         }
-        fs::remove_file(&path).map_err(io(&path))?;
+        super::cache::remove_file_or_stub(&path).map_err(io(&path))?;
         super::sync_dir(&self.dir).map_err(io(&self.dir))?;
         self.file_entries.remove(&file);
         stats.files_removed = 1;
@@ -454,6 +496,39 @@ impl ImageStore {
             .collect()
     }
 
+    /// The file appends go to (never evicted).
+    pub(crate) fn current_file_number(&self) -> u32 {
+        self.current
+    }
+
+    /// Evicts image file `n` for the local cache: its entries' headers go to its stub (the
+    /// index is rebuilt from them at open), then the file is removed. The caller holds the
+    /// store's lock (compaction, which removes files, takes it for writing) and has checked
+    /// that the bucket holds every byte. False when there is nothing to evict.
+    pub(crate) fn evict_file(&self, n: u32) -> Result<bool, ImageStoreError> {
+        if n == self.current || !self.file_entries.contains_key(&n) {
+            return Ok(false);
+        }
+        let path = file_path(&self.dir, n);
+        let io = |source| ImageStoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(e)),
+        };
+        let entries = self.file_entries[&n];
+        let mut headers = vec![0u8; entries as usize * HEADER];
+        for (i, h) in headers.chunks_exact_mut(HEADER).enumerate() {
+            f.read_exact_at(h, i as u64 * ENTRY_SIZE as u64)
+                .map_err(io)?;
+        }
+        super::cache::evict_file(&path, &headers).map_err(io)?;
+        Ok(true)
+    }
+
     /// The directory of the image files.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
@@ -477,12 +552,8 @@ impl ImageStore {
             return Ok(None);
         };
         let path = file_path(&self.dir, loc.file);
-        let f = File::open(&path).map_err(|source| ImageStoreError::Io {
-            path: path.clone(),
-            source,
-        })?;
         let mut buf = vec![0u8; ENTRY_SIZE];
-        f.read_exact_at(&mut buf, loc.offset)
+        super::cache::read_exact_at(&path, &mut buf, loc.offset)
             .map_err(|source| ImageStoreError::Io {
                 path: path.clone(),
                 source,

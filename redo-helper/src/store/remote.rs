@@ -372,6 +372,34 @@ impl Remote {
         Ok(r)
     }
 
+    /// Bytes `range` of the object at `key`, or None when there is no such object (a
+    /// ranged GET: what the local cache reads back of a file it evicted).
+    pub(crate) fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<Bytes>, RemoteError> {
+        let store = Arc::clone(&self.store);
+        let path = self.path(key);
+        count(GET, key, 1);
+        let r = self.run(async move {
+            match store.get_range(&path, range).await {
+                Ok(b) => Ok(Some(b)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        let r = r.map_err(|source| RemoteError::Request {
+            op: "GET",
+            key: key.to_string(),
+            source,
+        })?;
+        if let Some(b) = &r {
+            count(DOWN, key, b.len() as u64);
+        }
+        Ok(r)
+    }
+
     /// Writes `bytes` at `key` (an object is replaced whole).
     pub(crate) fn put(&self, key: &str, bytes: Bytes) -> Result<(), RemoteError> {
         let store = Arc::clone(&self.store);
@@ -712,6 +740,22 @@ impl Remote {
         }
         Ok(n)
     }
+}
+
+/// Object key of the local file `rel` (relative to the data directory) under `base/`:
+/// the same path (`base/SPC/DB/REL[_fork][.N]`).
+pub(crate) fn base_key(rel: &str) -> String {
+    rel.to_string()
+}
+
+/// Object key of the complete WAL segment `name`.
+pub(crate) fn wal_segment_key(name: &str) -> String {
+    format!("wal/{name}")
+}
+
+/// Object key of the piece of image file `n` that starts at byte `offset`.
+pub(crate) fn image_piece_key(n: u32, offset: u64) -> String {
+    format!("images/images-{n:06}.dat/{offset:016x}")
 }
 
 /// Concurrent GETs of a restore.
@@ -1128,7 +1172,7 @@ impl WalUploader {
             if to >= seg_end {
                 // Complete: the segment as one object, then its pieces go.
                 self.remote
-                    .put_file(&format!("wal/{name}"), &self.wal_dir.join(&name))?;
+                    .put_file(&wal_segment_key(&name), &self.wal_dir.join(&name))?;
                 let pieces = lock(&self.pieces).remove(&segno).unwrap_or_default();
                 for off in pieces {
                     self.remote
@@ -1182,7 +1226,7 @@ impl WalUploader {
             let f = File::open(&path).map_err(io_err(&path))?;
             let mut buf = vec![0u8; (len - entry.0) as usize];
             f.read_exact_at(&mut buf, entry.0).map_err(io_err(&path))?;
-            let key = format!("images/images-{n:06}.dat/{:016x}", entry.0);
+            let key = image_piece_key(*n, entry.0);
             self.remote.put(&key, Bytes::from(buf))?;
             entry.1.push(entry.0);
             entry.0 = *len;
@@ -1195,13 +1239,37 @@ impl WalUploader {
         for n in gone {
             if let Some((_, offsets)) = state.get(&n).cloned() {
                 for off in offsets {
-                    self.remote
-                        .delete(&format!("images/images-{n:06}.dat/{off:016x}"))?;
+                    self.remote.delete(&image_piece_key(n, off))?;
                 }
             }
             state.remove(&n);
         }
         Ok(())
+    }
+
+    /// Bytes of image file `n` the bucket holds (0 when none): the cache evicts a file only
+    /// when the bucket holds all of it.
+    pub(crate) fn image_bytes_uploaded(&self, n: u32) -> u64 {
+        lock(&self.images).get(&n).map_or(0, |(len, _)| *len)
+    }
+
+    /// The object holding bytes [offset, offset + len) of image file `n` and where they
+    /// start in it; None when the bucket does not hold them in one piece (pieces end on
+    /// entry boundaries, so an entry never spans two).
+    pub(crate) fn image_piece(&self, n: u32, offset: u64, len: u64) -> Option<(String, u64)> {
+        let state = lock(&self.images);
+        let (uploaded, pieces) = state.get(&n)?;
+        if offset.checked_add(len)? > *uploaded {
+            return None;
+        }
+        let start = pieces.iter().copied().filter(|o| *o <= offset).max()?;
+        let end = pieces
+            .iter()
+            .copied()
+            .filter(|o| *o > start)
+            .min()
+            .unwrap_or(*uploaded);
+        (offset + len <= end).then(|| (image_piece_key(n, start), offset - start))
     }
 
     /// Uploads images every `interval` on a thread of its own (a resume then regenerates
