@@ -261,7 +261,11 @@ struct Candidate {
 
 /// The bounded cache of one data directory.
 pub(crate) struct LocalCache {
-    uploader: Arc<WalUploader>,
+    remote: Arc<Remote>,
+    /// The running helper's uploader (what the bucket holds now); None for an offline
+    /// reader, which never evicts and finds image pieces in `listed_images`.
+    uploader: Option<Arc<WalUploader>>,
+    listed_images: remote::ImagePieces,
     data_dir: PathBuf,
     limit: u64,
     timeline: u32,
@@ -287,7 +291,9 @@ impl LocalCache {
         segment_size: u32,
     ) -> Arc<LocalCache> {
         Arc::new(LocalCache {
-            uploader,
+            remote: Arc::clone(uploader.remote()),
+            uploader: Some(uploader),
+            listed_images: remote::ImagePieces::new(),
             data_dir: data_dir.to_path_buf(),
             limit,
             timeline,
@@ -297,8 +303,37 @@ impl LocalCache {
         })
     }
 
+    /// A cache that only reads evicted files back (offline commands such as `check`): what
+    /// the bucket holds is listed once.
+    pub(crate) fn reader(
+        remote: Arc<Remote>,
+        data_dir: &Path,
+        timeline: u32,
+        segment_size: u32,
+    ) -> Result<Arc<LocalCache>, remote::RemoteError> {
+        let listed_images = remote.image_piece_map()?;
+        Ok(Arc::new(LocalCache {
+            remote,
+            uploader: None,
+            listed_images,
+            data_dir: data_dir.to_path_buf(),
+            limit: u64::MAX,
+            timeline,
+            segment_size,
+            last_read: Mutex::new(HashMap::new()),
+            wal_blocks: Mutex::new(VecDeque::new()),
+        }))
+    }
+
     fn remote(&self) -> &Remote {
-        self.uploader.remote()
+        &self.remote
+    }
+
+    fn image_piece(&self, n: u32, offset: u64, len: u64) -> Option<(String, u64)> {
+        match &self.uploader {
+            Some(u) => u.image_piece(n, offset, len),
+            None => remote::image_piece_in(&self.listed_images, n, offset, len),
+        }
     }
 
     fn touch(&self, path: &Path) {
@@ -362,7 +397,7 @@ impl LocalCache {
                     .map_err(|r| fail(&key, r))
             }
             Kind::Image(n) => {
-                let Some((key, at)) = self.uploader.image_piece(n, offset, len) else {
+                let Some((key, at)) = self.image_piece(n, offset, len) else {
                     return Err(fail(
                         &remote::image_piece_key(n, offset),
                         format!("no uploaded piece holds bytes {offset}..{}", offset + len),
@@ -453,7 +488,11 @@ impl LocalCache {
     }
 
     /// Every local file the bucket holds and the cache may evict.
-    fn candidates(&self, store: &PageStore) -> Result<Vec<Candidate>, CacheError> {
+    fn candidates(
+        &self,
+        uploader: &WalUploader,
+        store: &PageStore,
+    ) -> Result<Vec<Candidate>, CacheError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| CacheError::Io { path, source }
@@ -492,7 +531,7 @@ impl LocalCache {
         }
         // WAL: complete segments the bucket holds, but the newest few.
         let seg = u64::from(self.segment_size);
-        let uploaded_segno = self.uploader.uploaded().0 / seg;
+        let uploaded_segno = uploader.uploaded().0 / seg;
         let wal_dir = self.data_dir.join("wal");
         for e in fs::read_dir(&wal_dir).map_err(io(&wal_dir))? {
             let e = e.map_err(io(&wal_dir))?;
@@ -522,7 +561,7 @@ impl LocalCache {
         for (n, len) in images.file_lengths() {
             let path = super::images::file_path(&dir, n);
             if n == current
-                || self.uploader.image_bytes_uploaded(n) < len
+                || uploader.image_bytes_uploaded(n) < len
                 || images.damaged.iter().any(|d| d.path == path)
             {
                 continue;
@@ -540,7 +579,10 @@ impl LocalCache {
 
     /// One pass: evicts the coldest candidates until their bytes are within the bound.
     pub(crate) fn evict_pass(&self, store: &PageStore) -> Result<u64, CacheError> {
-        let mut candidates = self.candidates(store)?;
+        let Some(uploader) = &self.uploader else {
+            return Ok(0);
+        };
+        let mut candidates = self.candidates(uploader, store)?;
         let mut total: u64 = candidates.iter().map(|c| c.size).sum();
         COUNTERS.bytes.store(total, Ordering::Relaxed);
         if total <= self.limit {

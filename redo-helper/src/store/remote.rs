@@ -713,6 +713,25 @@ impl Remote {
         Ok(Some(stats))
     }
 
+    /// The image files in the bucket: their uploaded bytes and pieces.
+    pub(crate) fn image_piece_map(&self) -> Result<ImagePieces, RemoteError> {
+        let mut images = BTreeMap::new();
+        for (file, pieces) in image_pieces(self.list("images/")?)? {
+            let n: u32 = file
+                .trim_start_matches("images-")
+                .trim_end_matches(".dat")
+                .parse()
+                .unwrap_or(0);
+            let len = pieces
+                .iter()
+                .map(|(o, s)| o.saturating_add(*s))
+                .max()
+                .unwrap_or(0);
+            images.insert(n, (len, pieces.iter().map(|(o, _)| *o).collect()));
+        }
+        Ok(images)
+    }
+
     /// Uploads the local `retention.json` (before any WAL object below its horizon goes).
     pub(crate) fn put_retention_state(&self, data_dir: &Path) -> Result<(), RemoteError> {
         self.put_file(
@@ -740,6 +759,32 @@ impl Remote {
         }
         Ok(n)
     }
+}
+
+/// Image file number → (bytes the bucket holds, offsets of its pieces).
+pub(crate) type ImagePieces = BTreeMap<u32, (u64, Vec<u64>)>;
+
+/// The object holding bytes [offset, offset + len) of image file `n` and where they start
+/// in it; None when the bucket does not hold them in one piece (pieces end on entry
+/// boundaries, so an entry never spans two).
+pub(crate) fn image_piece_in(
+    pieces: &ImagePieces,
+    n: u32,
+    offset: u64,
+    len: u64,
+) -> Option<(String, u64)> {
+    let (uploaded, offsets) = pieces.get(&n)?;
+    if offset.checked_add(len)? > *uploaded {
+        return None;
+    }
+    let start = offsets.iter().copied().filter(|o| *o <= offset).max()?;
+    let end = offsets
+        .iter()
+        .copied()
+        .filter(|o| *o > start)
+        .min()
+        .unwrap_or(*uploaded);
+    (offset + len <= end).then(|| (image_piece_key(n, start), offset - start))
 }
 
 /// Object key of the local file `rel` (relative to the data directory) under `base/`:
@@ -1005,7 +1050,7 @@ pub(crate) struct WalUploader {
     /// Piece offsets uploaded for the segment being written (deleted once it is whole).
     pieces: Mutex<BTreeMap<u64, Vec<u64>>>,
     /// Image file lengths in the bucket (file number → (bytes, piece offsets)).
-    images: Mutex<BTreeMap<u32, (u64, Vec<u64>)>>,
+    images: Mutex<ImagePieces>,
 }
 
 /// Pending WAL above which the uploader does not wait for the interval.
@@ -1048,20 +1093,7 @@ impl WalUploader {
                 ),
             });
         }
-        let mut images = BTreeMap::new();
-        for (file, pieces) in image_pieces(remote.list("images/")?)? {
-            let n: u32 = file
-                .trim_start_matches("images-")
-                .trim_end_matches(".dat")
-                .parse()
-                .unwrap_or(0);
-            let len = pieces
-                .iter()
-                .map(|(o, s)| o.saturating_add(*s))
-                .max()
-                .unwrap_or(0);
-            images.insert(n, (len, pieces.iter().map(|(o, _)| *o).collect()));
-        }
+        let images = remote.image_piece_map()?;
         let pieces = layout
             .pieces
             .iter()
@@ -1254,22 +1286,9 @@ impl WalUploader {
     }
 
     /// The object holding bytes [offset, offset + len) of image file `n` and where they
-    /// start in it; None when the bucket does not hold them in one piece (pieces end on
-    /// entry boundaries, so an entry never spans two).
+    /// start in it (see [`image_piece_in`]).
     pub(crate) fn image_piece(&self, n: u32, offset: u64, len: u64) -> Option<(String, u64)> {
-        let state = lock(&self.images);
-        let (uploaded, pieces) = state.get(&n)?;
-        if offset.checked_add(len)? > *uploaded {
-            return None;
-        }
-        let start = pieces.iter().copied().filter(|o| *o <= offset).max()?;
-        let end = pieces
-            .iter()
-            .copied()
-            .filter(|o| *o > start)
-            .min()
-            .unwrap_or(*uploaded);
-        (offset + len <= end).then(|| (image_piece_key(n, start), offset - start))
+        image_piece_in(&lock(&self.images), n, offset, len)
     }
 
     /// Uploads images every `interval` on a thread of its own (a resume then regenerates

@@ -11,6 +11,7 @@ mod common;
 mod support;
 
 mod brin;
+mod cache;
 mod checksum;
 mod conn_security;
 mod corruption;

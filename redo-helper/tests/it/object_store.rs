@@ -12,17 +12,17 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SEG: u64 = 16 << 20;
-const KEY_ID: &str = "fpw-test-key";
-const SECRET: &str = "fpw-test-secret-5f0c2a";
-const BUCKET: &str = "fpw";
+pub(crate) const SEG: u64 = 16 << 20;
+pub(crate) const KEY_ID: &str = "fpw-test-key";
+pub(crate) const SECRET: &str = "fpw-test-secret-5f0c2a";
+pub(crate) const BUCKET: &str = "fpw";
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/seaweedfs.sh")
 }
 
 /// A SeaweedFS server (master, volume, filer, S3) of its own; killed on drop.
-struct SeaweedFs {
+pub(crate) struct SeaweedFs {
     dir: TempDir,
     port: u16,
 }
@@ -42,7 +42,7 @@ fn free_port_range() -> u16 {
 }
 
 impl SeaweedFs {
-    fn start() -> SeaweedFs {
+    pub(crate) fn start() -> SeaweedFs {
         let dir = TempDir::new("seaweedfs");
         let port = free_port_range();
         let s = SeaweedFs { dir, port };
@@ -50,7 +50,7 @@ impl SeaweedFs {
         s
     }
 
-    fn launch(&self) {
+    pub(crate) fn launch(&self) {
         let out = Command::new("bash")
             .arg(script())
             .arg("start")
@@ -70,7 +70,7 @@ impl SeaweedFs {
     }
 
     /// SIGKILL: an outage.
-    fn kill(&self) {
+    pub(crate) fn kill(&self) {
         let _ = Command::new("bash")
             .arg(script())
             .arg("kill")
@@ -78,11 +78,11 @@ impl SeaweedFs {
             .status();
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_ACCESS_KEY_ID", KEY_ID.into()),
             ("AWS_SECRET_ACCESS_KEY", SECRET.into()),
@@ -92,7 +92,7 @@ impl SeaweedFs {
     }
 
     /// The test's own client (not the helper's code) for looking into the bucket.
-    fn client(&self) -> Arc<dyn ObjectStore> {
+    pub(crate) fn client(&self) -> Arc<dyn ObjectStore> {
         Arc::new(
             object_store::aws::AmazonS3Builder::new()
                 .with_endpoint(self.endpoint())
@@ -114,7 +114,7 @@ impl Drop for SeaweedFs {
 }
 
 /// Every object under `prefix`: (key, size).
-fn list(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<(String, u64)> {
+pub(crate) fn list(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<(String, u64)> {
     use futures_util::StreamExt;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -187,7 +187,7 @@ fn restart_lsn(c: &PgCluster) -> u64 {
     ))
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
