@@ -1283,7 +1283,7 @@ async fn restore_or_bootstrap(
 ) -> Result<HelperMeta, ServiceError> {
     if let Some(remote) = &opts.remote {
         status.update(|s| s.state = RunState::Bootstrapping);
-        if let Some(r) = blocking(|| remote.restore(&opts.data_dir))? {
+        if let Some(r) = blocking(|| remote.restore(&opts.data_dir, opts.cache_size.is_some()))? {
             log::info!(
                 "restored from object store {} in {:.1}s: {} base files ({} MB), {} image files ({} MB), {} WAL segments ({} MB) up to {}",
                 remote.url(),

@@ -190,8 +190,13 @@ pub(crate) fn stub_length(stub: &Path) -> Option<u64> {
     fs::read_to_string(stub).ok()?.trim().parse().ok()
 }
 
+/// Writes the stub of an evicted base or WAL file of `len` bytes.
+pub(crate) fn write_stub(stub: &Path, len: u64) -> io::Result<()> {
+    write_stub_bytes(stub, format!("{len}\n").as_bytes())
+}
+
 /// Writes `stub` durably (temporary file, fsync, rename, fsync of the directory).
-fn write_stub(stub: &Path, bytes: &[u8]) -> io::Result<()> {
+fn write_stub_bytes(stub: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp = stub.as_os_str().to_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -214,7 +219,7 @@ fn write_stub(stub: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Evicts `path`: its stub (`stub_bytes`) is durable before the file goes.
 pub(crate) fn evict_file(path: &Path, stub_bytes: &[u8]) -> io::Result<()> {
     let stub = stub_path(path);
-    write_stub(&stub, stub_bytes)?;
+    write_stub_bytes(&stub, stub_bytes)?;
     match fs::remove_file(path) {
         Ok(()) => {}
         // Removed meanwhile (retention, compaction): the stub must not outlive it.

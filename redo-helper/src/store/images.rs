@@ -587,6 +587,52 @@ mod tests {
         }
     }
 
+    /// An image file the local cache evicted is indexed from its stub's headers at open;
+    /// its pages are read through the cache (here: none installed, so an error naming the
+    /// file, not a missing image); appends never go to an evicted file.
+    #[test]
+    fn evicted_files_are_indexed_from_their_stubs() {
+        let dir = std::env::temp_dir().join(format!("rh_images_evict_{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut s = ImageStore::open_with(&dir, 4).unwrap();
+        for b in 0..6 {
+            s.put(&key(b), Lsn(100 + b as u64), &vec![b as u8; BLCKSZ])
+                .unwrap();
+        }
+        s.sync().unwrap();
+        assert!(!s.evict_file(1).unwrap(), "the current file stays");
+        assert!(s.evict_file(0).unwrap());
+        assert!(!file_path(&dir, 0).exists());
+        drop(s);
+        let mut s = ImageStore::open_with(&dir, 4).unwrap();
+        assert_eq!(s.images, 6);
+        assert_eq!(s.newest_at_or_before(&key(2), Lsn(u64::MAX)), Some(Lsn(102)));
+        let e = s.read(&key(2), Lsn(102)).unwrap_err().to_string();
+        assert!(e.contains("evicted") && e.contains("images-000000.dat"), "{e}");
+        assert_eq!(s.read(&key(5), Lsn(105)).unwrap(), Some(vec![5u8; BLCKSZ]));
+        // Evict the newest file too: the next append starts a new file after it.
+        s.put(&key(9), Lsn(200), &vec![9u8; BLCKSZ]).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let s = ImageStore::open_with(&dir, 4).unwrap();
+        let current = s.current_file_number();
+        let mut s2 = s;
+        s2.current = current + 1; // as if a new file had been started
+        assert!(s2.evict_file(current).unwrap());
+        drop(s2);
+        let mut s = ImageStore::open_with(&dir, 4).unwrap();
+        assert_eq!(s.current_file_number(), current + 1);
+        s.put(&key(10), Lsn(300), &vec![10u8; BLCKSZ]).unwrap();
+        assert_eq!(s.images, 8);
+        assert_eq!(s.read(&key(10), Lsn(300)).unwrap(), Some(vec![10u8; BLCKSZ]));
+        // Compaction removes an evicted file's stub.
+        let removed = s.forget_before(Lsn(1000), |_, _| true);
+        assert!(removed > 0);
+        while s.compact_step(0.5).unwrap_or(None).is_some() {}
+        assert!(!super::super::cache::stub_path(&file_path(&dir, 0)).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn damage_in_the_middle_is_reported_and_a_damaged_tail_cut_off() {
         let dir = std::env::temp_dir().join(format!("rh_images_dmg_{}", std::process::id()));

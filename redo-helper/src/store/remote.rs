@@ -590,8 +590,13 @@ impl Remote {
     /// Fills a data directory that has no `helper.json` from the bucket: base files, image
     /// files, the WAL up to the bucket's contiguous end (recorded as the archive's flush
     /// position), `retention.json`, and `helper.json` last. Returns None (and changes
-    /// nothing) when the bucket has no `helper.json`.
-    pub(crate) fn restore(&self, data_dir: &Path) -> Result<Option<RestoreStats>, RemoteError> {
+    /// nothing) when the bucket has no `helper.json`. With `lazy_base` (a helper with a
+    /// local cache) the base files stay in the bucket: each gets the stub of an evicted file.
+    pub(crate) fn restore(
+        &self,
+        data_dir: &Path,
+        lazy_base: bool,
+    ) -> Result<Option<RestoreStats>, RemoteError> {
         let Some(meta) = self.meta()? else {
             return Ok(None);
         };
@@ -609,13 +614,20 @@ impl Remote {
         let _ = fs::remove_file(super::retention::RetentionState::path(data_dir));
 
         let mut base = Vec::new();
-        for (key, _) in self.list("base/")? {
+        for (key, size) in self.list("base/")? {
             let dest = local_path(data_dir, &key)?;
             let dir = dest.parent().unwrap_or(data_dir);
             fs::create_dir_all(dir).map_err(io_err(dir))?;
+            if lazy_base {
+                // Left in the bucket: a stub as if the local cache had evicted the file.
+                super::cache::write_stub(&super::cache::stub_path(&dest), size)
+                    .map_err(io_err(&dest))?;
+                stats.base_files += 1;
+                continue;
+            }
             base.push((key, dest));
         }
-        stats.base_files = base.len() as u64;
+        stats.base_files += base.len() as u64;
         stats.base_bytes = self.get_files(base)?;
         sync_tree(&data_dir.join("base"))?;
 
