@@ -24,6 +24,7 @@ use crate::serve::status::{FpwRange, Pages, RunState, SharedState, SharedStatus}
 use crate::store::StoreError;
 use crate::store::archive::{ArchiveError, WalArchive};
 use crate::store::base::BaseFiles;
+use crate::store::cache::LocalCache;
 use crate::store::ingest::{Ingest, rebuild};
 use crate::store::lock::DataDirLock;
 use crate::store::meta::HelperMeta;
@@ -31,7 +32,6 @@ use crate::store::offline::{
     archive_dir, load_retention, note_generated_images, open_archive, open_store,
 };
 use crate::store::page_store::PageStore;
-use crate::store::cache::LocalCache;
 use crate::store::remote::{Remote, RemoteError, WalUploader};
 use crate::store::retention::{Retain, Retention};
 use crate::stream::base_backup::{BaseBackupError, run_base_backup};

@@ -74,8 +74,7 @@ impl BaseFiles {
                 for f in files.flatten() {
                     let file_name = f.file_name().to_string_lossy().into_owned();
                     // A file the local cache evicted counts by the length its stub keeps.
-                    let (name, len) = match file_name.strip_suffix(super::cache::EVICTED_SUFFIX)
-                    {
+                    let (name, len) = match file_name.strip_suffix(super::cache::EVICTED_SUFFIX) {
                         Some(evicted) => {
                             let Some(name) = RelationFileName::parse(evicted) else {
                                 continue;

@@ -139,10 +139,9 @@ static ACTIVE: RwLock<Option<Arc<LocalCache>>> = RwLock::new(None);
 
 /// Makes `cache` the one readers use (None: no cache).
 pub(crate) fn install(cache: Option<Arc<LocalCache>>) {
-    COUNTERS.limit.store(
-        cache.as_ref().map_or(0, |c| c.limit),
-        Ordering::Relaxed,
-    );
+    COUNTERS
+        .limit
+        .store(cache.as_ref().map_or(0, |c| c.limit), Ordering::Relaxed);
     *crate::sync::write(&ACTIVE) = cache;
 }
 
@@ -418,7 +417,9 @@ impl LocalCache {
                 while done < buf.len() {
                     let pos = offset + done as u64;
                     let block = pos / WAL_BLOCK;
-                    let bytes = self.wal_block(&key, block, seg).map_err(|r| fail(&key, r))?;
+                    let bytes = self
+                        .wal_block(&key, block, seg)
+                        .map_err(|r| fail(&key, r))?;
                     let from = (pos - block * WAL_BLOCK) as usize;
                     let n = (buf.len() - done).min(bytes.len().saturating_sub(from));
                     if n == 0 {
@@ -571,7 +572,9 @@ impl LocalCache {
             {
                 continue;
             }
-            let Ok(md) = fs::metadata(&path) else { continue };
+            let Ok(md) = fs::metadata(&path) else {
+                continue;
+            };
             out.push(Candidate {
                 recency: self.recency(&path, &md),
                 size: md.len(),
@@ -622,9 +625,7 @@ impl LocalCache {
             total = total.saturating_sub(c.size);
             evicted += 1;
             COUNTERS.evictions.fetch_add(1, Ordering::Relaxed);
-            COUNTERS
-                .evicted_bytes
-                .fetch_add(c.size, Ordering::Relaxed);
+            COUNTERS.evicted_bytes.fetch_add(c.size, Ordering::Relaxed);
         }
         COUNTERS.bytes.store(total, Ordering::Relaxed);
         Ok(evicted)
@@ -633,21 +634,22 @@ impl LocalCache {
     /// Runs [`LocalCache::evict_pass`] every [`EVICT_INTERVAL`] on a thread of its own.
     pub(crate) fn spawn(self: &Arc<Self>, store: Arc<PageStore>) {
         let me = Arc::clone(self);
-        let spawned = crate::sync::supervise::spawn("cache-evict".into(), "cache-evict", move || {
-            let mut failing = false;
-            loop {
-                match me.evict_pass(&store) {
-                    Ok(_) => failing = false,
-                    Err(e) => {
-                        if !failing {
-                            log::warn!("local cache: eviction failed: {e}");
+        let spawned =
+            crate::sync::supervise::spawn("cache-evict".into(), "cache-evict", move || {
+                let mut failing = false;
+                loop {
+                    match me.evict_pass(&store) {
+                        Ok(_) => failing = false,
+                        Err(e) => {
+                            if !failing {
+                                log::warn!("local cache: eviction failed: {e}");
+                            }
+                            failing = true;
                         }
-                        failing = true;
                     }
+                    std::thread::sleep(EVICT_INTERVAL);
                 }
-                std::thread::sleep(EVICT_INTERVAL);
-            }
-        });
+            });
         if let Err(e) = spawned {
             log::warn!("cannot start the cache eviction thread: {e}");
         }

@@ -154,7 +154,10 @@ impl ImageStore {
         let mut numbers: Vec<u32> = Vec::new();
         // Files the local cache evicted: their stubs hold the entries' headers.
         let mut evicted: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
-        for e in fs::read_dir(dir).map_err(io_err(dir))?.filter_map(|e| e.ok()) {
+        for e in fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok())
+        {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(rest) = name.strip_prefix("images-") else {
                 continue;
@@ -178,7 +181,6 @@ impl ImageStore {
         }
         let mut index: HashMap<PageKey, Vec<ImageLocation>> = HashMap::new();
         let mut file_entries = std::collections::BTreeMap::new();
-        let mut last_entries = 0u64;
         let mut buf = vec![0u8; ENTRY_SIZE];
         let mut damaged = Vec::new();
         let newest = numbers.last().copied();
@@ -237,8 +239,7 @@ impl ImageStore {
                 );
                 f.set_len(whole).map_err(io_err(&path))?;
             }
-            last_entries = whole / ENTRY_SIZE as u64;
-            file_entries.insert(n, last_entries);
+            file_entries.insert(n, whole / ENTRY_SIZE as u64);
         }
         for &n in &evicted {
             let stub = super::cache::stub_path(&file_path(dir, n));
@@ -267,13 +268,11 @@ impl ImageStore {
         let images = index.values().map(|v| v.len() as u64).sum();
         let newest_evicted = evicted.last().copied();
         let mut current = numbers.last().copied().unwrap_or(0);
-        let mut last_entries = last_entries;
         if newest_evicted.is_some_and(|e| numbers.is_empty() || e >= current) {
             // Never append to an evicted file: start a new one after it.
             current = newest_evicted.unwrap_or(0) + 1;
-            last_entries = 0;
         }
-        file_entries.entry(current).or_insert(0);
+        let current_entries = *file_entries.entry(current).or_insert(0);
         let path = file_path(dir, current);
         let current_file = super::private_file_options()
             .create(true)
@@ -287,11 +286,7 @@ impl ImageStore {
             index,
             current,
             current_file,
-            current_entries: if file_entries.get(&current).copied().unwrap_or(0) == 0 {
-                0
-            } else {
-                last_entries
-            },
+            current_entries,
             entries_per_file: entries_per_file.max(1),
             bytes: file_entries.values().sum::<u64>() * ENTRY_SIZE as u64,
             file_entries,
@@ -553,11 +548,12 @@ impl ImageStore {
         };
         let path = file_path(&self.dir, loc.file);
         let mut buf = vec![0u8; ENTRY_SIZE];
-        super::cache::read_exact_at(&path, &mut buf, loc.offset)
-            .map_err(|source| ImageStoreError::Io {
+        super::cache::read_exact_at(&path, &mut buf, loc.offset).map_err(|source| {
+            ImageStoreError::Io {
                 path: path.clone(),
                 source,
-            })?;
+            }
+        })?;
         let (k, l, crc) = decode_header(&buf);
         if k != *key || l != lsn || entry_crc(&buf[..HEADER], &buf[HEADER..]) != crc {
             return Err(ImageStoreError::Corrupt {
@@ -606,9 +602,15 @@ mod tests {
         drop(s);
         let mut s = ImageStore::open_with(&dir, 4).unwrap();
         assert_eq!(s.images, 6);
-        assert_eq!(s.newest_at_or_before(&key(2), Lsn(u64::MAX)), Some(Lsn(102)));
+        assert_eq!(
+            s.newest_at_or_before(&key(2), Lsn(u64::MAX)),
+            Some(Lsn(102))
+        );
         let e = s.read(&key(2), Lsn(102)).unwrap_err().to_string();
-        assert!(e.contains("evicted") && e.contains("images-000000.dat"), "{e}");
+        assert!(
+            e.contains("evicted") && e.contains("images-000000.dat"),
+            "{e}"
+        );
         assert_eq!(s.read(&key(5), Lsn(105)).unwrap(), Some(vec![5u8; BLCKSZ]));
         // Evict the newest file too: the next append starts a new file after it.
         s.put(&key(9), Lsn(200), &vec![9u8; BLCKSZ]).unwrap();
@@ -624,7 +626,10 @@ mod tests {
         assert_eq!(s.current_file_number(), current + 1);
         s.put(&key(10), Lsn(300), &vec![10u8; BLCKSZ]).unwrap();
         assert_eq!(s.images, 8);
-        assert_eq!(s.read(&key(10), Lsn(300)).unwrap(), Some(vec![10u8; BLCKSZ]));
+        assert_eq!(
+            s.read(&key(10), Lsn(300)).unwrap(),
+            Some(vec![10u8; BLCKSZ])
+        );
         // Compaction removes an evicted file's stub.
         let removed = s.forget_before(Lsn(1000), |_, _| true);
         assert!(removed > 0);

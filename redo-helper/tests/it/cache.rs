@@ -87,7 +87,13 @@ fn spawn_helper(c: &PgCluster, sw: &SeaweedFs, data: &Path, log: &Path) -> Helpe
 fn cache_size_bounds_the_data_directory_and_reads_evicted_files_back() {
     // Refused without an object store: only what the bucket holds can be evicted.
     let out = Command::new(HELPER_BIN)
-        .args(["run", "--connect", "host=/nonexistent", "--data-dir", "/nonexistent"])
+        .args([
+            "run",
+            "--connect",
+            "host=/nonexistent",
+            "--data-dir",
+            "/nonexistent",
+        ])
         .args(["--cache-size", "1GB"])
         .output()
         .expect("redo-helper run");
@@ -157,7 +163,8 @@ fn cache_size_bounds_the_data_directory_and_reads_evicted_files_back() {
             h.metrics()
                 .unwrap_or_default()
                 .lines()
-                .filter(|l| l.starts_with("redo_helper_cache") || l.starts_with("redo_helper_object_store_wal"))
+                .filter(|l| l.starts_with("redo_helper_cache")
+                    || l.starts_with("redo_helper_object_store_wal"))
                 .collect::<Vec<_>>()
                 .join("\n"),
             h.log_text()
@@ -185,10 +192,7 @@ fn cache_size_bounds_the_data_directory_and_reads_evicted_files_back() {
     let down = http(&h.listen, "GET", &format!("/page/{rel}/main/1")).expect("GET /page");
     let body = String::from_utf8_lossy(&down.body);
     assert!(down.status >= 500, "{} {body}", down.status);
-    assert!(
-        body.contains("evicted") && body.contains(&rel),
-        "{body}"
-    );
+    assert!(body.contains("evicted") && body.contains(&rel), "{body}");
     sw.launch();
     let fetches = metric(&h, "redo_helper_cache_fetches_total");
     let up = http(&h.listen, "GET", &format!("/page/{rel}/main/1")).expect("GET /page");
@@ -199,8 +203,12 @@ fn cache_size_bounds_the_data_directory_and_reads_evicted_files_back() {
     let mut cold: Vec<Duration> = (0..20)
         .map(|b| {
             let t = std::time::Instant::now();
-            let r = http(&h.listen, "GET", &format!("/page/{rel}/main/{b}?cache=none"))
-                .expect("GET /page");
+            let r = http(
+                &h.listen,
+                "GET",
+                &format!("/page/{rel}/main/{b}?cache=none"),
+            )
+            .expect("GET /page");
             assert!(r.status == 200 || r.status == 404, "{}", r.status);
             t.elapsed()
         })
