@@ -592,8 +592,8 @@ impl LocalCache {
         };
         let mut candidates = self.candidates(uploader, store)?;
         let mut total: u64 = candidates.iter().map(|c| c.size).sum();
-        COUNTERS.bytes.store(total, Ordering::Relaxed);
         if total <= self.limit {
+            COUNTERS.bytes.store(total, Ordering::Relaxed);
             return Ok(0);
         }
         candidates.sort_by_key(|c| c.recency);
