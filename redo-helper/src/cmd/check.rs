@@ -70,6 +70,12 @@ pub fn main(args: CheckArgs) -> ExitCode {
         started.elapsed().as_secs_f64(),
         read(&opened.store.index).pages()
     );
+    let map = opened.store.shard_map();
+    if map.is_sharded() {
+        eprintln!(
+            "redo-helper: this data directory is shard {map}: checking only the pages it owns"
+        );
+    }
     let mut sum = check::CheckSummary::default();
     if let Some(pgdata) = &args.pgdata {
         check::check_against_pgdata(&opened.store, pgdata, &mut sum);

@@ -222,12 +222,20 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let shard_map =
+        match crate::store::shard::ShardMap::new(args.shards, args.shard, args.stripe_blocks) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("redo-helper: {e}");
+                return ExitCode::from(2);
+            }
+        };
     let remote = match args
         .object_store
         .map(crate::store::remote::Remote::from_env)
     {
         None => None,
-        Some(Ok(r)) => Some(Arc::new(r)),
+        Some(Ok(r)) => Some(Arc::new(r.with_shard_map(shard_map))),
         Some(Err(e)) => {
             eprintln!("redo-helper: {e}");
             return ExitCode::from(2);
@@ -239,14 +247,6 @@ pub fn main(args: RunArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let shard_map =
-        match crate::store::shard::ShardMap::new(args.shards, args.shard, args.stripe_blocks) {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("redo-helper: {e}");
-                return ExitCode::from(2);
-            }
-        };
     if conninfo.password_source == Some(PasswordSource::ConnString) {
         log::warn!(
             "the --connect connection string holds a password: every local user can read it in \
@@ -1059,6 +1059,7 @@ async fn run_service_loop(
         s.server = opts.conninfo.to_string();
         s.data_dir = opts.data_dir.display().to_string();
         s.slot = opts.slot.clone();
+        s.shard = opts.shard_map;
     });
     let api = crate::serve::listen::bind(&opts.api).await?;
     log::info!("{}", api.describe());
@@ -1117,6 +1118,13 @@ async fn run_service_loop(
             meta.wal_log_hints
         );
     }
+    // The store opens with the map recorded here (so do `check` and `repair`, offline).
+    opts.shard_map
+        .store(&opts.data_dir)
+        .map_err(|e| StoreError::DataDir {
+            dir: opts.data_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
     let mut archive = open_archive(&opts.data_dir, &meta)?;
     let uploader = match &opts.remote {
         Some(remote) => Some(
@@ -1283,6 +1291,9 @@ async fn restore_or_bootstrap(
 ) -> Result<HelperMeta, ServiceError> {
     if let Some(remote) = &opts.remote {
         status.update(|s| s.state = RunState::Bootstrapping);
+        if !remote.is_wal_writer() {
+            return follow_writer_bootstrap(opts, remote, slot_exists).await;
+        }
         if let Some(r) = blocking(|| remote.restore(&opts.data_dir, opts.cache_size.is_some()))? {
             log::info!(
                 "restored from object store {} in {:.1}s: {} base files ({} MB), {} image files ({} MB), {} WAL segments ({} MB) up to {}",
@@ -1302,6 +1313,57 @@ async fn restore_or_bootstrap(
         }
     }
     bootstrap(opts, status, slot_exists).await
+}
+
+/// A shard other than shard 0 never takes a BASE_BACKUP: it creates its own slot first (so
+/// that the server keeps the WAL from then on for it too), waits for shard 0 to put a
+/// bootstrapped helper into the bucket, and resumes from the bucket as a replacement helper
+/// does. The WAL from the bucket's end on is still on the server: this shard's slot was
+/// created before the restore, or last acknowledged by an earlier run of this shard, which
+/// never acknowledged past the bucket's end of then (design.md, "Shards").
+async fn follow_writer_bootstrap(
+    opts: &RunOptions,
+    remote: &Arc<Remote>,
+    slot_exists: &mut bool,
+) -> Result<HelperMeta, ServiceError> {
+    let mut conn = PgConnection::connect_replication(&opts.conninfo).await?;
+    // Refused before the slot exists, as in `bootstrap`.
+    conn.server_version()?;
+    if conn.create_physical_slot_if_missing(&opts.slot).await? {
+        log::info!("created physical replication slot \"{}\"", opts.slot);
+    }
+    *slot_exists = true;
+    conn.terminate().await;
+    let started = Instant::now();
+    let mut last_log: Option<Instant> = None;
+    loop {
+        if let Some(r) = blocking(|| remote.restore(&opts.data_dir, opts.cache_size.is_some()))? {
+            log::info!(
+                "shard {}: resumed from object store {} in {:.1}s: {} base files ({} MB), {} image files, {} WAL segments up to {}",
+                opts.shard_map,
+                remote.url(),
+                r.duration_ms as f64 / 1000.0,
+                r.base_files,
+                r.base_bytes >> 20,
+                r.image_files,
+                r.wal_segments,
+                r.wal_end
+            );
+            if let Some(meta) = HelperMeta::load(&opts.data_dir)? {
+                return Ok(meta);
+            }
+        }
+        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            log::info!(
+                "shard {}: waiting for shard 0 to bootstrap object store {} (no helper.json yet, {}s)",
+                opts.shard_map,
+                remote.url(),
+                started.elapsed().as_secs()
+            );
+            last_log = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Runs blocking `step` until it succeeds or fails with an error retrying cannot fix.
@@ -1355,6 +1417,7 @@ fn publish(ingest: &Ingest, status: &SharedStatus) {
     status.update(|s| {
         s.records_decoded = idx.records;
         s.block_refs_indexed = idx.block_refs;
+        s.block_refs_other_shards = idx.block_refs_other_shards;
         s.pages_indexed = idx.pages() as u64;
         s.fpi_applicable = idx.applicable_images;
         s.fpi_consistency_only = idx.consistency_images;

@@ -4,7 +4,9 @@
 //! - `GET /status` (JSON) and `GET /metrics` (Prometheus text);
 //! - `GET /page/{spc}/{db}/{rel}/{fork}/{blk}[?lsn=X/Y][&wait_ms=N][&images=none][&cache=none]`:
 //!   GetPage@LSN, the 8 KB page as `application/octet-stream`, with `x-deltas-replayed`,
-//!   `x-read-us` (time to rebuild the page), `x-start` and `x-lsn` headers; 404 unknown page (or truncated/dropped at that LSN), 409
+//!   `x-read-us` (time to rebuild the page), `x-start`, `x-lsn` and `x-fpw-shard` (the shard
+//!   that produced the page) headers; 421 with `{"error", "owner"}` for a page another shard
+//!   owns; 404 unknown page (or truncated/dropped at that LSN), 409
 //!   unreadable page, 410 LSN before the retained history, 425 LSN not received within the
 //!   wait, 503 while bootstrapping. `images=none` replays the whole chain from the WAL or the
 //!   base backup (verification), `cache=none` bypasses the cache of recent pages;
@@ -45,6 +47,18 @@ fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> H
 
 fn text(status: StatusCode, msg: impl std::fmt::Display) -> HttpResponse {
     response(status, "text/plain; charset=utf-8", format!("{msg}\n"))
+}
+
+/// A page another shard owns: 421 Misdirected Request with `{"error": ..., "owner": I}`,
+/// so that a client (or a routing helper) knows where to ask. The one place this answer is
+/// made.
+pub(crate) fn not_owned(e: &GetPageError, owner: u32) -> HttpResponse {
+    let body = serde_json::json!({ "error": e.to_string(), "owner": owner });
+    response(
+        StatusCode::MISDIRECTED_REQUEST,
+        "application/json",
+        body.to_string() + "\n",
+    )
 }
 
 fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
@@ -138,7 +152,9 @@ async fn get_page(state: Arc<SharedState>, key: PageKey, query: Option<&str>) ->
             Ok(page) => {
                 state.record_read(page.deltas_replayed, elapsed);
                 let mut r = response(StatusCode::OK, "application/octet-stream", page.page);
+                let shard = state.pages.get().map_or(0, |p| p.store.shard_map().shard);
                 for (name, value) in [
+                    ("x-fpw-shard", shard.to_string()),
                     ("x-deltas-replayed", page.deltas_replayed.to_string()),
                     ("x-read-us", elapsed.as_micros().to_string()),
                     ("x-start", format!("{} at {}", page.start, page.start_lsn)),
@@ -166,6 +182,7 @@ async fn get_page(state: Arc<SharedState>, key: PageKey, query: Option<&str>) ->
                     e if e.is_unreadable() => StatusCode::CONFLICT,
                     GetPageError::BeforeRetention { .. } => StatusCode::GONE,
                     GetPageError::NotYetReceived { .. } => StatusCode::TOO_EARLY,
+                    GetPageError::NotOwned { owner, .. } => return not_owned(&e, *owner),
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 return text(code, e);

@@ -55,6 +55,8 @@ pub(crate) struct HelperStatus {
     /// The helper's data directory (`--data-dir`).
     pub data_dir: String,
     pub slot: String,
+    /// Which pages this helper owns (`--shards`, `--shard`, `--stripe-blocks`).
+    pub shard: crate::store::shard::ShardMap,
     /// As a string: a u64 exceeds what JSON numbers carry exactly.
     #[serde(serialize_with = "as_decimal_string")]
     pub system_identifier: Option<u64>,
@@ -72,6 +74,8 @@ pub(crate) struct HelperStatus {
     pub wal_bytes_received: u64,
     pub records_decoded: u64,
     pub block_refs_indexed: u64,
+    /// Block references decoded but left to the other shards (0 unsharded).
+    pub block_refs_other_shards: u64,
     pub pages_indexed: u64,
     pub fpi_applicable: u64,
     pub fpi_consistency_only: u64,

@@ -336,7 +336,8 @@ impl LocalCache {
     fn image_piece(&self, n: u32, offset: u64, len: u64) -> Option<(String, u64)> {
         match &self.uploader {
             Some(u) => u.image_piece(n, offset, len),
-            None => remote::image_piece_in(&self.listed_images, n, offset, len),
+            None => remote::image_piece_in(&self.listed_images, n, offset, len)
+                .map(|(start, at)| (self.remote.image_piece_key(n, start), at)),
         }
     }
 
@@ -403,7 +404,7 @@ impl LocalCache {
             Kind::Image(n) => {
                 let Some((key, at)) = self.image_piece(n, offset, len) else {
                     return Err(fail(
-                        &remote::image_piece_key(n, offset),
+                        &self.remote.image_piece_key(n, offset),
                         format!("no uploaded piece holds bytes {offset}..{}", offset + len),
                     ));
                 };

@@ -179,6 +179,9 @@ pub(crate) fn known_pages(store: &PageStore) -> (Lsn, Vec<PageKey>) {
             }
         }
     }
+    // A shard considers only the pages it owns (the others are other shards' to prove).
+    let map = store.shard_map();
+    keys.retain(|k| map.owns(k));
     keys.sort();
     (lsn, keys)
 }

@@ -481,6 +481,12 @@ pub(crate) struct PageIndex {
     /// Pages currently unreadable (a change the redo cannot replay, no image since).
     pub unreadable_pages: u64,
     pub fpw_modes: Vec<FpwModeChange>,
+    /// Which pages this index keeps histories of (set before anything is indexed): a shard
+    /// decodes every record but keeps only its own pages' changes; relation-level events
+    /// and full_page_writes changes are kept by every shard.
+    pub shard_map: crate::store::shard::ShardMap,
+    /// Block references of records left to other shards.
+    pub block_refs_other_shards: u64,
 }
 
 impl PageIndex {
@@ -512,8 +518,12 @@ impl PageIndex {
         self.last_record_end = rec.end_lsn;
         let first_touched = touched.len();
         for block in rec.blocks() {
-            let kind = ChangeKind::of(rec.rmid(), block);
             let key = block.page_key();
+            if !self.shard_map.owns(&key) {
+                self.block_refs_other_shards += 1;
+                continue;
+            }
+            let kind = ChangeKind::of(rec.rmid(), block);
             self.push_change(key, rec, kind);
             touched.push(key);
             self.block_refs += 1;
@@ -528,6 +538,9 @@ impl PageIndex {
             // without a block reference; the redo engine names those pages.
             RM_HEAP_ID | RM_HEAP2_ID | RM_SMGR_ID => {
                 for (key, _) in implicit_changes(rec) {
+                    if !self.shard_map.owns(&key) {
+                        continue;
+                    }
                     // Several clears on one VM page are one change of that page.
                     if !touched[first_touched..].contains(&key) {
                         self.push_change(key, rec, ChangeKind::Delta);

@@ -240,17 +240,25 @@ pub(crate) fn open_store(
         n => n,
     };
     let images = ImageStore::open_with(&data_dir.join("images"), entries_per_file)?;
-    Ok(Arc::new(PageStore::new(
-        BaseFiles::new(data_dir.join("base")),
-        images,
-        archive,
-        meta.system_identifier,
-        meta.pg_version,
-        meta.start_lsn(),
-        crate::redo::RedoEngine {
-            ctx: meta.redo_context(),
-        },
-    )))
+    // `run` recorded its shard map before it first opened the store (`shard.json`).
+    let shard_map = super::shard::ShardMap::load(data_dir).map_err(|e| StoreError::DataDir {
+        dir: data_dir.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(Arc::new(
+        PageStore::new(
+            BaseFiles::new(data_dir.join("base")),
+            images,
+            archive,
+            meta.system_identifier,
+            meta.pg_version,
+            meta.start_lsn(),
+            crate::redo::RedoEngine {
+                ctx: meta.redo_context(),
+            },
+        )
+        .with_shard_map(shard_map),
+    ))
 }
 
 /// Images generated before a restart count again (the index was rebuilt without them).

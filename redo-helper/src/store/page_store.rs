@@ -52,6 +52,12 @@ pub(crate) enum GetPageError {
         lsn: Lsn,
         decoded: Lsn,
     },
+    #[error("page {key} belongs to shard {owner}; this helper is shard {shard}")]
+    NotOwned {
+        key: PageKey,
+        owner: u32,
+        shard: u32,
+    },
     #[error("page {key} at {lsn}: before the start of the helper's history ({start})")]
     BeforeRetention { key: PageKey, lsn: Lsn, start: Lsn },
     #[error("page {key}: {source}")]
@@ -297,21 +303,20 @@ pub(crate) struct PageStore {
     /// after moving the horizon, before deleting anything, so no read that may need what is
     /// deleted is still running.
     gate: RwLock<()>,
-    /// Which pages this helper owns (unsharded: all of them).
-    #[allow(dead_code)] // read by sharded ingest, routing and remote repair (issue 19)
+    /// Which pages this helper owns (unsharded: all of them). Its index holds only these
+    /// pages' histories; a read of another page is refused with [`GetPageError::NotOwned`].
     shard_map: crate::store::shard::ShardMap,
 }
 
 impl PageStore {
-    /// Sets which pages this store owns (before it is shared).
-    #[allow(dead_code)]
+    /// Sets which pages this store owns (before it is shared, before anything is indexed).
     pub(crate) fn with_shard_map(mut self, map: crate::store::shard::ShardMap) -> PageStore {
         self.shard_map = map;
+        crate::sync::recover(self.index.get_mut()).shard_map = map;
         self
     }
 
     /// Which pages this store owns.
-    #[allow(dead_code)]
     pub(crate) fn shard_map(&self) -> crate::store::shard::ShardMap {
         self.shard_map
     }
@@ -482,6 +487,15 @@ impl PageStore {
         opts: ReadOptions,
         horizon: Lsn,
     ) -> Result<Reconstructed, GetPageError> {
+        // Another shard indexed this page's history (a page of a copied database whose
+        // template page is another shard's ends here too: the copy is then unprovable here).
+        if !self.shard_map.owns(key) {
+            return Err(GetPageError::NotOwned {
+                key: *key,
+                owner: self.shard_map.owner(key),
+                shard: self.shard_map.shard,
+            });
+        }
         let t0 = std::time::Instant::now();
         let mut phases = ReadPhases::default();
         let plan = self.lookup(key, lsn, opts, horizon)?;

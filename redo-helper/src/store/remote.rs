@@ -47,6 +47,7 @@
 use super::archive::read_segment_files;
 use super::meta::HelperMeta;
 use super::page_store::PageStore;
+use super::shard::ShardMap;
 use crate::sync::{lock, read};
 use crate::wal::page::{Lsn, parse_segment_file_name, segment_file_name};
 use bytes::Bytes;
@@ -64,6 +65,10 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RemoteError {
+    #[error(
+        "the bucket's shards.json splits pages over {bucket}, this helper over {ours}: changing the number of shards (or the stripe) of a deployment is not supported (use another prefix)"
+    )]
+    ShardMismatch { bucket: String, ours: String },
     #[error("--object-store {url}: {reason}")]
     Config { url: String, reason: String },
     #[error("object store {op} {key}: {source}")]
@@ -109,6 +114,11 @@ const UP: usize = 4;
 const DOWN: usize = 5;
 
 fn kind_of(key: &str) -> usize {
+    // A shard's own objects (`shards/I/images/...`) count by what they hold.
+    let key = key
+        .strip_prefix("shards/")
+        .and_then(|r| r.split_once('/'))
+        .map_or(key, |(_, rest)| rest);
     KINDS[..3]
         .iter()
         .position(|k| {
@@ -223,6 +233,9 @@ pub(crate) struct Remote {
     url: ObjectStoreUrl,
     /// Always Some until dropped (see `Drop`).
     runtime: Option<tokio::runtime::Runtime>,
+    /// Which shard this helper is: it decides where its own objects go (`shards/I/`), and
+    /// whether it writes the WAL (shard 0).
+    shard_map: ShardMap,
 }
 
 impl Drop for Remote {
@@ -241,6 +254,9 @@ impl std::fmt::Debug for Remote {
         write!(f, "Remote({})", self.url)
     }
 }
+
+/// The bucket's shard map (`{shards, stripe_blocks}`), beside `helper.json`.
+const SHARDS_KEY: &str = "shards.json";
 
 /// Bytes read from a local file per upload call (multipart above this).
 const UPLOAD_CHUNK: usize = 8 << 20;
@@ -308,11 +324,136 @@ impl Remote {
             store: Arc::new(store),
             url,
             runtime: Some(runtime),
+            shard_map: ShardMap::UNSHARDED,
         })
+    }
+
+    /// This helper's shard (before the remote is shared).
+    pub(crate) fn with_shard_map(mut self, map: ShardMap) -> Remote {
+        self.shard_map = map;
+        self
     }
 
     pub(crate) fn url(&self) -> &ObjectStoreUrl {
         &self.url
+    }
+
+    /// Whether this helper writes the WAL to the bucket: shard 0 (or the only helper). The
+    /// other shards receive the same WAL from their own slots and only read the bucket's.
+    pub(crate) fn is_wal_writer(&self) -> bool {
+        self.shard_map.shard == 0
+    }
+
+    /// Where this helper's own objects (images, retention state) live: the prefix itself
+    /// unsharded (today's layout), `shards/I/` for shard I.
+    fn own_prefix(&self) -> String {
+        Self::shard_prefix(self.shard_map, self.shard_map.shard)
+    }
+
+    fn shard_prefix(map: ShardMap, shard: u32) -> String {
+        if map.is_sharded() {
+            format!("shards/{shard}/")
+        } else {
+            String::new()
+        }
+    }
+
+    /// The key of this helper's retention state.
+    fn retention_key(&self) -> String {
+        format!("{}retention.json", self.own_prefix())
+    }
+
+    /// Where this helper's image pieces are listed from.
+    fn images_prefix(&self) -> String {
+        format!("{}images/", self.own_prefix())
+    }
+
+    /// A piece of image file `n` from byte `offset`.
+    pub(crate) fn image_piece_key(&self, n: u32, offset: u64) -> String {
+        format!("{}images-{n:06}.dat/{offset:016x}", self.images_prefix())
+    }
+
+    /// The shard map of the bucket (`shards.json`, written by the first shard), checked
+    /// against this helper's: a helper that would split pages another way is refused, and
+    /// so is a sharded helper on a bucket an unsharded one wrote (and the reverse).
+    pub(crate) fn check_shard_map(&self) -> Result<(), RemoteError> {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct BucketShards {
+            shards: u32,
+            stripe_blocks: u32,
+        }
+        let ours = self.shard_map;
+        let describe = |shards: u32, stripe: u32| {
+            if shards <= 1 {
+                "1 shard (unsharded)".to_string()
+            } else {
+                format!("{shards} shards in stripes of {stripe} blocks")
+            }
+        };
+        let mismatch = |bucket: String| RemoteError::ShardMismatch {
+            bucket,
+            ours: describe(ours.shards, ours.stripe_blocks),
+        };
+        match self.get(SHARDS_KEY)? {
+            Some(bytes) => {
+                let theirs: BucketShards =
+                    serde_json::from_slice(&bytes).map_err(|e| RemoteError::Damaged {
+                        key: SHARDS_KEY.into(),
+                        reason: e.to_string(),
+                    })?;
+                if !ours.is_sharded()
+                    || theirs.shards != ours.shards
+                    || theirs.stripe_blocks != ours.stripe_blocks
+                {
+                    return Err(mismatch(describe(theirs.shards, theirs.stripe_blocks)));
+                }
+                Ok(())
+            }
+            None if !ours.is_sharded() => Ok(()),
+            None => {
+                if self.get("helper.json")?.is_some() {
+                    // An unsharded helper's bucket: its images and state are not per shard.
+                    return Err(mismatch(describe(1, ours.stripe_blocks)));
+                }
+                let json = serde_json::to_vec_pretty(&BucketShards {
+                    shards: ours.shards,
+                    stripe_blocks: ours.stripe_blocks,
+                })
+                .map_err(|e| RemoteError::Damaged {
+                    key: SHARDS_KEY.into(),
+                    reason: e.to_string(),
+                })?;
+                self.put(SHARDS_KEY, Bytes::from(json))?;
+                log::info!(
+                    "object store {}: wrote shards.json ({})",
+                    self.url,
+                    describe(ours.shards, ours.stripe_blocks)
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// The oldest retention horizon of every shard (`shards/I/retention.json`): WAL below
+    /// it is needed by no shard. None while a shard has no retention state yet (it may still
+    /// rebuild from the backup start, so it pins every WAL object).
+    fn min_shard_horizon(&self) -> Result<Option<Lsn>, RemoteError> {
+        let map = self.shard_map;
+        let mut min: Option<Lsn> = None;
+        for shard in 0..map.shards {
+            let key = format!("{}retention.json", Self::shard_prefix(map, shard));
+            let Some(bytes) = self.get(&key)? else {
+                return Ok(None);
+            };
+            let state: super::retention::RetentionState =
+                serde_json::from_slice(&bytes).map_err(|e| RemoteError::Damaged {
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })?;
+            let h = state.horizon_lsn();
+            min = Some(min.map_or(h, |m| m.min(h)));
+        }
+        Ok(min)
     }
 
     fn path(&self, key: &str) -> ObjectPath {
@@ -557,6 +698,7 @@ impl Remote {
         data_dir: &Path,
         meta: &HelperMeta,
     ) -> Result<(), RemoteError> {
+        self.check_shard_map()?;
         if let Some(theirs) = self.meta()? {
             return check_same(&theirs, meta);
         }
@@ -575,7 +717,7 @@ impl Remote {
         // upload, before streaming starts).
         let state = super::retention::RetentionState::path(data_dir);
         if state.exists() {
-            self.put_file("retention.json", &state)?;
+            self.put_file(&self.retention_key(), &state)?;
         }
         let path = HelperMeta::path(data_dir);
         self.put_file("helper.json", &path)?;
@@ -597,6 +739,7 @@ impl Remote {
         data_dir: &Path,
         lazy_base: bool,
     ) -> Result<Option<RestoreStats>, RemoteError> {
+        self.check_shard_map()?;
         let Some(meta) = self.meta()? else {
             return Ok(None);
         };
@@ -633,7 +776,8 @@ impl Remote {
 
         let images_dir = data_dir.join("images");
         fs::create_dir_all(&images_dir).map_err(io_err(&images_dir))?;
-        for (file, pieces) in image_pieces(self.list("images/")?)? {
+        let images_prefix = self.images_prefix();
+        for (file, pieces) in image_pieces(self.list(&images_prefix)?, &images_prefix)? {
             let dest = images_dir.join(&file);
             let f = File::create(&dest).map_err(io_err(&dest))?;
             let mut end = 0u64;
@@ -646,7 +790,7 @@ impl Remote {
                     );
                     break;
                 }
-                let key = format!("images/{file}/{offset:016x}");
+                let key = format!("{images_prefix}{file}/{offset:016x}");
                 let Some(bytes) = self.get(&key)? else {
                     break;
                 };
@@ -713,7 +857,7 @@ impl Remote {
         super::sync_dir(&wal_dir).map_err(io_err(&wal_dir))?;
         stats.wal_end = layout.end;
 
-        if let Some(bytes) = self.get("retention.json")? {
+        if let Some(bytes) = self.get(&self.retention_key())? {
             let path = super::retention::RetentionState::path(data_dir);
             super::write_atomic(&path, &bytes).map_err(io_err(&path))?;
         }
@@ -728,7 +872,8 @@ impl Remote {
     /// The image files in the bucket: their uploaded bytes and pieces.
     pub(crate) fn image_piece_map(&self) -> Result<ImagePieces, RemoteError> {
         let mut images = BTreeMap::new();
-        for (file, pieces) in image_pieces(self.list("images/")?)? {
+        let images_prefix = self.images_prefix();
+        for (file, pieces) in image_pieces(self.list(&images_prefix)?, &images_prefix)? {
             let n: u32 = file
                 .trim_start_matches("images-")
                 .trim_end_matches(".dat")
@@ -747,17 +892,30 @@ impl Remote {
     /// Uploads the local `retention.json` (before any WAL object below its horizon goes).
     pub(crate) fn put_retention_state(&self, data_dir: &Path) -> Result<(), RemoteError> {
         self.put_file(
-            "retention.json",
+            &self.retention_key(),
             &super::retention::RetentionState::path(data_dir),
         )
     }
 
     /// Deletes the WAL objects (segments and pieces) of segments before `horizon_segno`.
+    /// Sharded, only the WAL writer deletes, and only below every shard's horizon.
     pub(crate) fn delete_wal_before(
         &self,
         horizon_segno: u64,
         meta_segment_size: u32,
     ) -> Result<u64, RemoteError> {
+        let mut horizon_segno = horizon_segno;
+        if self.shard_map.is_sharded() {
+            if !self.is_wal_writer() {
+                return Ok(0);
+            }
+            match self.min_shard_horizon()? {
+                Some(min) => {
+                    horizon_segno = horizon_segno.min(min.0 / u64::from(meta_segment_size))
+                }
+                None => return Ok(0),
+            }
+        }
         let mut n = 0;
         for (key, _) in self.list("wal/")? {
             let name = key.trim_start_matches("wal/");
@@ -776,15 +934,15 @@ impl Remote {
 /// Image file number → (bytes the bucket holds, offsets of its pieces).
 pub(crate) type ImagePieces = BTreeMap<u32, (u64, Vec<u64>)>;
 
-/// The object holding bytes [offset, offset + len) of image file `n` and where they start
-/// in it; None when the bucket does not hold them in one piece (pieces end on entry
-/// boundaries, so an entry never spans two).
+/// The piece of image file `n` holding bytes [offset, offset + len): (its start offset in
+/// the file, where the bytes start in it); None when the bucket does not hold them in one
+/// piece (pieces end on entry boundaries, so an entry never spans two).
 pub(crate) fn image_piece_in(
     pieces: &ImagePieces,
     n: u32,
     offset: u64,
     len: u64,
-) -> Option<(String, u64)> {
+) -> Option<(u64, u64)> {
     let (uploaded, offsets) = pieces.get(&n)?;
     if offset.checked_add(len)? > *uploaded {
         return None;
@@ -796,7 +954,7 @@ pub(crate) fn image_piece_in(
         .filter(|o| *o > start)
         .min()
         .unwrap_or(*uploaded);
-    (offset + len <= end).then(|| (image_piece_key(n, start), offset - start))
+    (offset + len <= end).then_some((start, offset - start))
 }
 
 /// Object key of the local file `rel` (relative to the data directory) under `base/`:
@@ -808,11 +966,6 @@ pub(crate) fn base_key(rel: &str) -> String {
 /// Object key of the complete WAL segment `name`.
 pub(crate) fn wal_segment_key(name: &str) -> String {
     format!("wal/{name}")
-}
-
-/// Object key of the piece of image file `n` that starts at byte `offset`.
-pub(crate) fn image_piece_key(n: u32, offset: u64) -> String {
-    format!("images/images-{n:06}.dat/{offset:016x}")
 }
 
 /// Concurrent GETs of a restore.
@@ -930,6 +1083,7 @@ fn sync_tree(dir: &Path) -> Result<(), RemoteError> {
 /// Image pieces by file name: (offset, size), sorted by offset.
 fn image_pieces(
     listed: Vec<(String, u64)>,
+    images_prefix: &str,
 ) -> Result<BTreeMap<String, Vec<(u64, u64)>>, RemoteError> {
     let mut files: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
     for (key, size) in listed {
@@ -937,7 +1091,7 @@ fn image_pieces(
             key: key.clone(),
             reason: "is not images/images-NNNNNN.dat/OFFSET".into(),
         };
-        let rest = key.strip_prefix("images/").ok_or_else(damaged)?;
+        let rest = key.strip_prefix(images_prefix).ok_or_else(damaged)?;
         let (file, offset) = rest.split_once('/').ok_or_else(damaged)?;
         let valid_name = file
             .strip_prefix("images-")
@@ -1063,6 +1217,8 @@ pub(crate) struct WalUploader {
     pieces: Mutex<BTreeMap<u64, Vec<u64>>>,
     /// Image file lengths in the bucket (file number → (bytes, piece offsets)).
     images: Mutex<ImagePieces>,
+    /// The bootstrap the WAL belongs to (for reading the bucket's WAL layout).
+    meta: HelperMeta,
 }
 
 /// Pending WAL above which the uploader does not wait for the interval.
@@ -1078,7 +1234,8 @@ impl WalUploader {
         interval: Duration,
     ) -> Result<Arc<WalUploader>, RemoteError> {
         let mut layout = WalLayout::of(&remote.list("wal/")?, meta)?;
-        if layout.whole.is_empty() && layout.pieces.is_empty() {
+        let writer = remote.is_wal_writer();
+        if writer && layout.whole.is_empty() && layout.pieces.is_empty() {
             // Nothing uploaded yet: from the oldest segment the archive still has (retention
             // may have removed older ones before object storage was configured).
             let seg = u64::from(meta.segment_size);
@@ -1096,7 +1253,8 @@ impl WalUploader {
                 layout.end = layout.end.max(Lsn(segno * seg).min(local_flush));
             }
         }
-        if layout.end > local_flush {
+        // A shard that does not write the WAL may be behind the bucket (it follows it).
+        if writer && layout.end > local_flush {
             return Err(RemoteError::Damaged {
                 key: "wal/".into(),
                 reason: format!(
@@ -1122,6 +1280,7 @@ impl WalUploader {
             interval,
             pieces: Mutex::new(pieces),
             images: Mutex::new(images),
+            meta: meta.clone(),
         });
         log::info!(
             "object store {}: WAL in the bucket up to {}, archive flushed to {local_flush}",
@@ -1173,7 +1332,12 @@ impl WalUploader {
                 }
                 *woken = false;
             }
-            match self.upload_pending() {
+            let step = if self.remote.is_wal_writer() {
+                self.upload_pending()
+            } else {
+                self.follow_bucket()
+            };
+            match step {
                 Ok(()) => {
                     if failures > 0 {
                         log::info!(
@@ -1198,6 +1362,17 @@ impl WalUploader {
                 }
             }
         }
+    }
+
+    /// A shard other than the WAL writer uploads no WAL: its acknowledgements are bounded by
+    /// the end of the contiguous WAL the writer put in the bucket, read here by listing it.
+    fn follow_bucket(&self) -> Result<(), RemoteError> {
+        let layout = WalLayout::of(&self.remote.list("wal/")?, &self.meta)?;
+        let before = self.uploaded.fetch_max(layout.end.0, Ordering::SeqCst);
+        COUNTERS
+            .wal_lsn
+            .store(before.max(layout.end.0), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Uploads every fsynced byte not yet in the bucket: whole segments where complete, a
@@ -1270,7 +1445,7 @@ impl WalUploader {
             let f = File::open(&path).map_err(io_err(&path))?;
             let mut buf = vec![0u8; (len - entry.0) as usize];
             f.read_exact_at(&mut buf, entry.0).map_err(io_err(&path))?;
-            let key = image_piece_key(*n, entry.0);
+            let key = self.remote.image_piece_key(*n, entry.0);
             self.remote.put(&key, Bytes::from(buf))?;
             entry.1.push(entry.0);
             entry.0 = *len;
@@ -1283,7 +1458,7 @@ impl WalUploader {
         for n in gone {
             if let Some((_, offsets)) = state.get(&n).cloned() {
                 for off in offsets {
-                    self.remote.delete(&image_piece_key(n, off))?;
+                    self.remote.delete(&self.remote.image_piece_key(n, off))?;
                 }
             }
             state.remove(&n);
@@ -1300,7 +1475,8 @@ impl WalUploader {
     /// The object holding bytes [offset, offset + len) of image file `n` and where they
     /// start in it (see [`image_piece_in`]).
     pub(crate) fn image_piece(&self, n: u32, offset: u64, len: u64) -> Option<(String, u64)> {
-        image_piece_in(&lock(&self.images), n, offset, len)
+        let (start, at) = image_piece_in(&lock(&self.images), n, offset, len)?;
+        Some((self.remote.image_piece_key(n, start), at))
     }
 
     /// Uploads images every `interval` on a thread of its own (a resume then regenerates
@@ -1405,6 +1581,8 @@ mod tests {
         assert_eq!(kind_of("images/images-000001.dat/0000000000000000"), 2);
         assert_eq!(kind_of("helper.json"), 3);
         assert_eq!(kind_of("walrus"), 3);
+        assert_eq!(kind_of("shards/1/images/images-000001.dat/00"), 2);
+        assert_eq!(kind_of("shards/1/retention.json"), 3);
     }
 
     #[test]

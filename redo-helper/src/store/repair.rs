@@ -93,6 +93,10 @@ pub(crate) enum RepairError {
         "the last checkpoint's REDO location {redo} is before the helper's history ({start}): pages changed since then are not all known"
     )]
     RedoBeforeHistory { redo: Lsn, start: Lsn },
+    #[error(
+        "{dir} is the data directory of shard {map}: it holds only that shard's pages, so a repair from it alone would leave the other shards' torn pages in place; repair from every shard over their API (`repair --helper URL0,URL1,...`)"
+    )]
+    Sharded { dir: PathBuf, map: String },
     #[error("helper data directory: {0}")]
     Helper(Box<StoreError>),
     #[error("writing page {key} into {path}: {source}")]
@@ -369,6 +373,18 @@ pub(crate) fn repair(
                 start: meta.start_lsn(),
             });
         }
+    }
+    // A shard knows only its own pages' changes: "unchanged" would be wrong for the others.
+    let map =
+        crate::store::shard::ShardMap::load(&opts.data_dir).map_err(|e| StoreError::DataDir {
+            dir: opts.data_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    if map.is_sharded() {
+        return Err(RepairError::Sharded {
+            dir: opts.data_dir.clone(),
+            map: map.to_string(),
+        });
     }
     let (lock, _request) =
         crate::store::lock::DataDirLock::take_over(&opts.data_dir, opts.hand_over)

@@ -16,10 +16,8 @@
 //! Changing the number of shards of a running deployment is not supported (the map is stored
 //! in the bucket and a helper with another one is refused).
 
-// Used by the sharded run, routing and remote repair (issue 19) as they land.
-#![allow(dead_code)]
-
 use crate::wal::block::PageKey;
+use std::path::{Path, PathBuf};
 
 /// Default stripe: 128 blocks (1 MB of a relation with 8 KB pages).
 pub(crate) const DEFAULT_STRIPE_BLOCKS: u32 = 128;
@@ -44,6 +42,33 @@ pub(crate) enum ShardMapError {
     ShardOutOfRange { shard: u32, shards: u32 },
     #[error("--stripe-blocks must be at least 1")]
     EmptyStripe,
+    #[error(
+        "data directory {dir} belongs to shard {theirs} (shard.json), not to {ours}: give each shard its own data directory"
+    )]
+    OtherShard {
+        dir: PathBuf,
+        theirs: String,
+        ours: String,
+    },
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+impl std::fmt::Display for ShardMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} (stripes of {} blocks)",
+            self.shard, self.shards, self.stripe_blocks
+        )
+    }
+}
+
+/// The shard map a data directory was written with, in `shard.json` (absent: unsharded).
+/// Offline commands (`check`, `repair`) read it so that they consider the pages the shard
+/// owns, and `run` refuses to reuse one shard's directory for another.
+pub(crate) fn shard_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("shard.json")
 }
 
 impl Default for ShardMap {
@@ -94,6 +119,58 @@ impl ShardMap {
     /// Whether this helper's shard owns `key`.
     pub(crate) fn owns(&self, key: &PageKey) -> bool {
         self.owner(key) == self.shard
+    }
+
+    /// The map `data_dir` was written with (unsharded when it has no `shard.json`).
+    pub(crate) fn load(data_dir: &Path) -> Result<ShardMap, ShardMapError> {
+        let path = shard_file(data_dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ShardMap::UNSHARDED),
+            Err(e) => {
+                return Err(ShardMapError::File {
+                    path,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let map: ShardMap = serde_json::from_str(&text).map_err(|e| ShardMapError::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        ShardMap::new(map.shards, map.shard, map.stripe_blocks).map_err(|e| ShardMapError::File {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Records this map in `data_dir` (`run`), refusing a directory written by another shard
+    /// or with another split.
+    pub(crate) fn store(&self, data_dir: &Path) -> Result<(), ShardMapError> {
+        let path = shard_file(data_dir);
+        if path.exists() {
+            let theirs = ShardMap::load(data_dir)?;
+            if theirs != *self {
+                return Err(ShardMapError::OtherShard {
+                    dir: data_dir.to_path_buf(),
+                    theirs: theirs.to_string(),
+                    ours: self.to_string(),
+                });
+            }
+            return Ok(());
+        }
+        if !self.is_sharded() {
+            // Unsharded directories keep today's layout (no shard.json).
+            return Ok(());
+        }
+        let json = serde_json::to_vec_pretty(self).map_err(|e| ShardMapError::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        super::write_atomic(&path, &json).map_err(|e| ShardMapError::File {
+            path,
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -180,6 +257,40 @@ mod tests {
             .filter(|b| map.owns(&key(16384, ForkNumber::MAIN, *b)))
             .count();
         assert!((4_000..6_000).contains(&owned), "{owned}");
+    }
+
+    #[test]
+    fn a_data_directory_keeps_its_shard() {
+        let dir = std::env::temp_dir().join(format!("rh_shard_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(ShardMap::load(&dir).unwrap(), ShardMap::UNSHARDED);
+        // Unsharded directories keep today's layout.
+        ShardMap::UNSHARDED.store(&dir).unwrap();
+        assert!(!shard_file(&dir).exists());
+        let one = ShardMap::new(2, 1, 8).unwrap();
+        one.store(&dir).unwrap();
+        assert_eq!(ShardMap::load(&dir).unwrap(), one);
+        one.store(&dir).unwrap();
+        for other in [
+            ShardMap::new(2, 0, 8).unwrap(),
+            ShardMap::new(3, 1, 8).unwrap(),
+            ShardMap::UNSHARDED,
+        ] {
+            assert!(matches!(
+                other.store(&dir),
+                Err(ShardMapError::OtherShard { .. })
+            ));
+        }
+        std::fs::write(
+            shard_file(&dir),
+            "{\"shards\": 2, \"shard\": 5, \"stripe_blocks\": 8}",
+        )
+        .unwrap();
+        assert!(matches!(
+            ShardMap::load(&dir),
+            Err(ShardMapError::File { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! bucket is down is an error naming the evicted file, never a page.
 
 use crate::common::{PgCluster, TempDir};
-use crate::object_store::{BUCKET, SEG, SeaweedFs, wait_until};
+use crate::seaweed::{BUCKET, SEG, SeaweedFs, wait_until};
 use crate::support::{HELPER_BIN, HelperProcess, http, lsn, status_lsn};
 use std::path::Path;
 use std::process::Command;

@@ -8,6 +8,7 @@
 //! process-global state.
 
 mod common;
+mod seaweed;
 mod support;
 
 mod brin;
@@ -31,6 +32,7 @@ mod retention;
 mod security;
 mod serve_pages;
 mod service;
+mod shards;
 mod spgist;
 mod versions;
 mod waldump_parity;
