@@ -200,7 +200,13 @@ fn cache_size_bounds_the_data_directory_and_reads_evicted_files_back() {
     assert!(body.contains("evicted") && body.contains(&rel), "{body}");
     sw.launch();
     let fetches = metric(&h, "redo_helper_cache_fetches_total");
-    let up = http(&h.listen, "GET", &format!("/page/{rel}/main/1")).expect("GET /page");
+    // (A restarted SeaweedFS can answer 500 for a moment before its volume is back.)
+    let mut up = http(&h.listen, "GET", &format!("/page/{rel}/main/1")).expect("GET /page");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while up.status != 200 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        up = http(&h.listen, "GET", &format!("/page/{rel}/main/1")).expect("GET /page");
+    }
     assert_eq!(up.status, 200, "{}", String::from_utf8_lossy(&up.body));
     assert_eq!(up.body.len(), 8192);
     assert!(metric(&h, "redo_helper_cache_fetches_total") > fetches);
