@@ -23,11 +23,41 @@ pub struct CheckArgs {
     /// Seed of the sample.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The bucket of a helper that ran with `--cache-size` (s3://BUCKET/PREFIX, credentials
+    /// from the AWS environment as for `run`): the files it evicted are read from there.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    object_store: Option<crate::store::remote::ObjectStoreUrl>,
+}
+
+/// Reads the files `run --cache-size` evicted from the bucket.
+fn install_cache_reader(
+    url: crate::store::remote::ObjectStoreUrl,
+    data_dir: &std::path::Path,
+) -> Result<(), String> {
+    let meta = crate::store::meta::HelperMeta::load(data_dir)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{} has no helper.json", data_dir.display()))?;
+    let remote = crate::store::remote::Remote::from_env(url).map_err(|e| e.to_string())?;
+    let cache = crate::store::cache::LocalCache::reader(
+        std::sync::Arc::new(remote),
+        data_dir,
+        meta.timeline,
+        meta.segment_size,
+    )
+    .map_err(|e| e.to_string())?;
+    crate::store::cache::install(Some(cache));
+    Ok(())
 }
 
 /// Runs `check`; exit status 1 on any mismatch or error, 2 when the store cannot be opened.
 pub fn main(args: CheckArgs) -> ExitCode {
     let started = std::time::Instant::now();
+    if let Some(url) = args.object_store.clone()
+        && let Err(e) = install_cache_reader(url, &args.data_dir)
+    {
+        eprintln!("redo-helper: {e}");
+        return ExitCode::from(2);
+    }
     let opened = match OfflineStore::open(&args.data_dir) {
         Ok(o) => o,
         Err(e) => {

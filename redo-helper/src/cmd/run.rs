@@ -24,6 +24,7 @@ use crate::serve::status::{FpwRange, Pages, RunState, SharedState, SharedStatus}
 use crate::store::StoreError;
 use crate::store::archive::{ArchiveError, WalArchive};
 use crate::store::base::BaseFiles;
+use crate::store::cache::LocalCache;
 use crate::store::ingest::{Ingest, rebuild};
 use crate::store::lock::DataDirLock;
 use crate::store::meta::HelperMeta;
@@ -142,6 +143,12 @@ pub struct RunArgs {
     /// are waiting); acknowledgements to the server lag by about this much.
     #[arg(long, default_value_t = 1000)]
     object_store_interval_ms: u64,
+    /// With --object-store: bound the local bytes of the files the bucket already holds
+    /// (base files, uploaded image files, uploaded WAL segments) to SIZE (512MB, 4GB, ...):
+    /// the least recently read are evicted and read back from the bucket when needed.
+    /// Without it the data directory keeps everything.
+    #[arg(long, value_name = "SIZE", value_parser = parse_disk_reserve)]
+    cache_size: Option<u64>,
     /// Number of helper shards the cluster's pages are split over (needs --object-store:
     /// the WAL is kept once in the bucket). 1: this helper holds every page.
     #[arg(long, default_value_t = 1)]
@@ -275,6 +282,12 @@ pub fn main(args: RunArgs) -> ExitCode {
             }
         },
     };
+    if args.cache_size.is_some() && remote.is_none() {
+        eprintln!(
+            "redo-helper: --cache-size needs --object-store: only files the bucket holds can be evicted"
+        );
+        return ExitCode::from(2);
+    }
     if conninfo.password_source == Some(PasswordSource::ConnString) {
         log::warn!(
             "the --connect connection string holds a password: every local user can read it in \
@@ -325,6 +338,7 @@ pub fn main(args: RunArgs) -> ExitCode {
         disk_reserve: args.disk_reserve,
         remote,
         upload_interval: Duration::from_millis(args.object_store_interval_ms.max(10)),
+        cache_size: args.cache_size,
         shard_map,
         peers,
         stop: tokio::sync::watch::channel(Stop::Running).1,
@@ -460,6 +474,8 @@ pub(crate) struct RunOptions {
     pub remote: Option<Arc<Remote>>,
     /// How often new WAL is uploaded to it.
     pub upload_interval: Duration,
+    /// Bound of the local copies of what the bucket holds (`--cache-size`), if any.
+    pub cache_size: Option<u64>,
     /// Which pages this helper owns (`--shards`, `--shard`, `--stripe-blocks`).
     pub shard_map: crate::store::shard::ShardMap,
     /// Routing of other shards' pages to their owners (`--peers`), if asked for.
@@ -1189,6 +1205,18 @@ async fn run_service_loop(
         ),
         None => None,
     };
+    // Readers go through the local cache from the store's opening on (evicted files are
+    // read back from the bucket).
+    let cache = uploader.as_ref().zip(opts.cache_size).map(|(u, limit)| {
+        LocalCache::new(
+            Arc::clone(u),
+            &opts.data_dir,
+            limit,
+            meta.timeline,
+            meta.segment_size,
+        )
+    });
+    crate::store::cache::install(cache.clone());
     let store = open_store(&opts.data_dir, &meta, &archive, opts.image_file_entries)?;
     store.set_cache_pages(opts.cache_pages);
     let rebuild_from = load_retention(&opts.data_dir, &meta, &store)?;
@@ -1240,6 +1268,13 @@ async fn run_service_loop(
         })
         .await?;
         u.spawn_image_uploads(Arc::clone(&store), IMAGE_UPLOAD_INTERVAL);
+    }
+    if let Some(c) = &cache {
+        c.spawn(Arc::clone(&store));
+        log::info!(
+            "local cache: the files the bucket holds are kept within {} MB",
+            opts.cache_size.unwrap_or(0) >> 20
+        );
     }
     let _ = state.pages.set(Pages {
         store: Arc::clone(&store),
@@ -1323,7 +1358,7 @@ async fn restore_or_bootstrap(
         if !remote.is_wal_writer() {
             return follow_writer_bootstrap(opts, remote, slot_exists).await;
         }
-        if let Some(r) = blocking(|| remote.restore(&opts.data_dir))? {
+        if let Some(r) = blocking(|| remote.restore(&opts.data_dir, opts.cache_size.is_some()))? {
             log::info!(
                 "restored from object store {} in {:.1}s: {} base files ({} MB), {} image files ({} MB), {} WAL segments ({} MB) up to {}",
                 remote.url(),
@@ -1366,7 +1401,7 @@ async fn follow_writer_bootstrap(
     let started = Instant::now();
     let mut last_log: Option<Instant> = None;
     loop {
-        if let Some(r) = blocking(|| remote.restore(&opts.data_dir))? {
+        if let Some(r) = blocking(|| remote.restore(&opts.data_dir, opts.cache_size.is_some()))? {
             log::info!(
                 "shard {}: resumed from object store {} in {:.1}s: {} base files ({} MB), {} image files, {} WAL segments up to {}",
                 opts.shard_map,

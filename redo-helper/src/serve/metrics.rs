@@ -41,7 +41,13 @@ const STATES: [(RunState, &str); 6] = [
 ];
 
 /// Workers whose panics are counted (always listed, so alerts work from the first scrape).
-const SUPERVISED_WORKERS: [&str; 4] = ["imagegen", "retention", "wal-upload", "image-upload"];
+const SUPERVISED_WORKERS: [&str; 5] = [
+    "imagegen",
+    "retention",
+    "wal-upload",
+    "image-upload",
+    "cache-evict",
+];
 
 /// Buckets of a time to rebuild a page, in seconds: 10 µs to about 2.6 s, doubling. A cached
 /// page takes microseconds; a long chain replayed from the archive, milliseconds to seconds.
@@ -144,6 +150,11 @@ impl Exposition {
 
     /// `name` is the exposed name; the encoder appends `_total` itself.
     fn counter(&mut self, name: &str, help: &str, value: u64) {
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        self.0.register(base, help, ConstCounter::new(value));
+    }
+
+    fn counter_f64(&mut self, name: &str, help: &str, value: f64) {
         let base = name.strip_suffix("_total").unwrap_or(name);
         self.0.register(base, help, ConstCounter::new(value));
     }
@@ -395,6 +406,54 @@ fn register_status(m: &mut Exposition, s: &HelperStatus) {
         "1 while WAL uploads to the object store fail",
         u64::from(os.failing),
     );
+    let cache = crate::store::cache::counters();
+    if cache.limit > 0 {
+        m.gauge(
+            "redo_helper_cache_limit_bytes",
+            "--cache-size: bound of the local copies of files the bucket holds",
+            cache.limit,
+        );
+        m.gauge(
+            "redo_helper_cache_bytes",
+            "local bytes of the files the bucket holds (evictable), at the last eviction pass",
+            cache.bytes,
+        );
+        m.counter(
+            "redo_helper_cache_evictions_total",
+            "files evicted from the data directory (the bucket holds them)",
+            cache.evictions,
+        );
+        m.counter(
+            "redo_helper_cache_evicted_bytes_total",
+            "bytes of the files evicted",
+            cache.evicted_bytes,
+        );
+        m.counter(
+            "redo_helper_cache_fetches_total",
+            "ranged GETs reading evicted files back from the bucket",
+            cache.fetches,
+        );
+        m.counter(
+            "redo_helper_cache_fetch_bytes_total",
+            "bytes read back from the bucket",
+            cache.fetch_bytes,
+        );
+        m.counter_f64(
+            "redo_helper_cache_fetch_seconds_total",
+            "time spent in those GETs (divided by the fetches: the mean latency)",
+            cache.fetch_micros as f64 / 1e6,
+        );
+        m.gauge_f64(
+            "redo_helper_cache_fetch_max_seconds",
+            "slowest fetch since start-up",
+            cache.fetch_max_micros as f64 / 1e6,
+        );
+        m.counter(
+            "redo_helper_cache_fetch_failures_total",
+            "reads of evicted files the bucket could not serve (each an error, never a page)",
+            cache.fetch_failures,
+        );
+    }
     let panics = crate::sync::supervise::panics();
     m.0.register_collector(Box::new(Labelled {
         name: "redo_helper_worker_panics_total",

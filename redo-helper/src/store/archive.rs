@@ -270,13 +270,10 @@ pub(crate) fn read_segment_files(
         let off = pos.0 % seg;
         let n = (to.0 - pos.0).min(seg - off) as usize;
         let path = dir.join(segment_file_name(timeline, segno, segment_size));
-        let f = File::open(&path).map_err(|source| ArchiveError::Io {
-            path: path.clone(),
-            source,
-        })?;
         let at = out.len();
         out.resize(at + n, 0);
-        f.read_exact_at(&mut out[at..], off)
+        // From the bucket when the local cache evicted the segment.
+        super::cache::read_exact_at(&path, &mut out[at..], off)
             .map_err(|source| ArchiveError::Io { path, source })?;
         pos = pos.add(n as u64);
     }
@@ -509,20 +506,28 @@ impl RecordReader {
                 let (timeline, segment_size) = (self.timeline, self.segment_size);
                 let path = || dir.join(segment_file_name(timeline, segno, segment_size));
                 let f = match &mut self.open {
-                    Some((open_segno, f)) if *open_segno == segno => f,
-                    slot => {
-                        let f = File::open(path()).map_err(|source| ArchiveError::Io {
-                            path: path(),
-                            source,
-                        })?;
-                        &mut slot.insert((segno, f)).1
-                    }
+                    Some((open_segno, f)) if *open_segno == segno => Some(&*f),
+                    slot => match File::open(path()) {
+                        Ok(f) => Some(&slot.insert((segno, f)).1),
+                        // Evicted by the local cache: read through it (from the bucket).
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                        Err(source) => {
+                            return Err(ArchiveError::Io {
+                                path: path(),
+                                source,
+                            }
+                            .into());
+                        }
+                    },
                 };
-                f.read_exact_at(&mut chunk, pos.0 % seg)
-                    .map_err(|source| ArchiveError::Io {
-                        path: path(),
-                        source,
-                    })?;
+                match f {
+                    Some(f) => f.read_exact_at(&mut chunk, pos.0 % seg),
+                    None => super::cache::read_exact_at(&path(), &mut chunk, pos.0 % seg),
+                }
+                .map_err(|source| ArchiveError::Io {
+                    path: path(),
+                    source,
+                })?;
             }
             self.buf = decoder.push_owned(chunk);
             match decoder.next_record_into(out) {

@@ -87,17 +87,32 @@ impl BaseFiles {
                     continue;
                 };
                 for f in files.flatten() {
-                    let Some(name) = RelationFileName::parse(&f.file_name().to_string_lossy())
-                    else {
-                        continue;
+                    let file_name = f.file_name().to_string_lossy().into_owned();
+                    // A file the local cache evicted counts by the length its stub keeps.
+                    let (name, len) = match file_name.strip_suffix(super::cache::EVICTED_SUFFIX) {
+                        Some(evicted) => {
+                            let Some(name) = RelationFileName::parse(evicted) else {
+                                continue;
+                            };
+                            let Some(len) = super::cache::stub_length(&f.path()) else {
+                                continue;
+                            };
+                            (name, len)
+                        }
+                        None => {
+                            let Some(name) = RelationFileName::parse(&file_name) else {
+                                continue;
+                            };
+                            let Ok(md) = f.metadata() else { continue };
+                            (name, md.len())
+                        }
                     };
-                    let Ok(md) = f.metadata() else { continue };
                     let rel = RelFileLocator {
                         spc_oid,
                         db_oid,
                         rel_number: name.rel_number,
                     };
-                    for b in 0..(md.len() / BLCKSZ as u64) as u32 {
+                    for b in 0..(len / BLCKSZ as u64) as u32 {
                         keys.push(PageKey {
                             rel,
                             fork: name.fork,
@@ -119,6 +134,25 @@ impl BaseFiles {
     /// Reads the base image of a page into `page` (BLCKSZ bytes); false if the backup did
     /// not have it.
     pub(crate) fn read_page_into(&self, key: &PageKey, page: &mut [u8]) -> io::Result<bool> {
+        if super::cache::is_active() {
+            // With --cache-size a file may be evicted at any time: every read goes through
+            // the cache (from the file while it is there, else from the bucket), and no file
+            // is kept open, which would keep an evicted file's space in use. A page past an
+            // evicted file's length is UnexpectedEof, as in a short local one.
+            let (path, offset) = self.page_location(key);
+            return match super::cache::read_exact_at(&path, page, offset) {
+                Ok(()) => Ok(true),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    Ok(false)
+                }
+                Err(e) => Err(e),
+            };
+        }
         let Some(file) = self.segment_file(key)? else {
             return Ok(false);
         };
@@ -132,6 +166,9 @@ impl BaseFiles {
 
     /// Starts reading the base image of a page from disk (see [`super::prefetch`]).
     pub(crate) fn prefetch_page(&self, key: &PageKey) {
+        if super::cache::is_active() {
+            return; // files are not kept open under the cache (see read_page_into)
+        }
         if let Ok(Some(file)) = self.segment_file(key) {
             let offset = u64::from(key.block % RELSEG_SIZE) * BLCKSZ as u64;
             super::prefetch(&file, offset, BLCKSZ as u64);

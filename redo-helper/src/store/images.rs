@@ -154,21 +154,36 @@ impl ImageStore {
             move |source| ImageStoreError::Io { path, source }
         };
         super::create_private_dir_all(dir).map_err(io_err(dir))?;
-        let mut numbers: Vec<u32> = fs::read_dir(dir)
+        let mut numbers: Vec<u32> = Vec::new();
+        // Files the local cache evicted: their stubs hold the entries' headers.
+        let mut evicted: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+        for e in fs::read_dir(dir)
             .map_err(io_err(dir))?
             .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.strip_prefix("images-")?
-                    .strip_suffix(".dat")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix("images-") else {
+                continue;
+            };
+            if let Some(n) = rest.strip_suffix(".dat").and_then(|n| n.parse().ok()) {
+                numbers.push(n);
+            } else if let Some(n) = rest
+                .strip_suffix(".dat.evicted")
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                evicted.insert(n);
+            }
+        }
         numbers.sort_unstable();
+        // A crash between writing a stub and removing its file left both: the file wins.
+        for n in &numbers {
+            if evicted.remove(n) {
+                let stub = super::cache::stub_path(&file_path(dir, *n));
+                fs::remove_file(&stub).map_err(io_err(&stub))?;
+            }
+        }
         let mut index: HashMap<PageKey, Vec<ImageLocation>> = HashMap::new();
         let mut file_entries = std::collections::BTreeMap::new();
-        let mut last_entries = 0u64;
         let mut buf = vec![0u8; ENTRY_SIZE];
         let mut damaged = Vec::new();
         let newest = numbers.last().copied();
@@ -227,8 +242,25 @@ impl ImageStore {
                 );
                 f.set_len(whole).map_err(io_err(&path))?;
             }
-            last_entries = whole / ENTRY_SIZE as u64;
-            file_entries.insert(n, last_entries);
+            file_entries.insert(n, whole / ENTRY_SIZE as u64);
+        }
+        for &n in &evicted {
+            let stub = super::cache::stub_path(&file_path(dir, n));
+            let headers = fs::read(&stub).map_err(io_err(&stub))?;
+            let mut entries = 0u64;
+            for (i, h) in headers.chunks_exact(HEADER).enumerate() {
+                // The page is in the bucket: its CRC is checked when it is read.
+                if u32_at(h, 0) == MAGIC {
+                    let (key, lsn, _) = decode_header(h);
+                    index.entry(key).or_default().push(ImageLocation {
+                        lsn,
+                        file: n,
+                        offset: i as u64 * ENTRY_SIZE as u64,
+                    });
+                }
+                entries += 1;
+            }
+            file_entries.insert(n, entries);
         }
         for v in index.values_mut() {
             // Files in order, so on equal LSNs the copy in the newest file (a compaction that
@@ -237,8 +269,13 @@ impl ImageStore {
             v.dedup_by_key(|l| l.lsn);
         }
         let images = index.values().map(|v| v.len() as u64).sum();
-        let current = numbers.last().copied().unwrap_or(0);
-        file_entries.entry(current).or_insert(0);
+        let newest_evicted = evicted.last().copied();
+        let mut current = numbers.last().copied().unwrap_or(0);
+        if newest_evicted.is_some_and(|e| numbers.is_empty() || e >= current) {
+            // Never append to an evicted file: start a new one after it.
+            current = newest_evicted.unwrap_or(0) + 1;
+        }
+        let current_entries = *file_entries.entry(current).or_insert(0);
         let path = file_path(dir, current);
         let current_file = super::private_file_options()
             .create(true)
@@ -252,7 +289,7 @@ impl ImageStore {
             index,
             current,
             current_file,
-            current_entries: if numbers.is_empty() { 0 } else { last_entries },
+            current_entries,
             entries_per_file: entries_per_file.max(1),
             bytes: file_entries.values().sum::<u64>() * ENTRY_SIZE as u64,
             file_entries,
@@ -401,12 +438,12 @@ impl ImageStore {
             move |source| ImageStoreError::Io { path, source }
         };
         if let Some(entries) = live.remove(&file) {
-            let f = File::open(&path).map_err(io(&path))?;
             let mut buf = vec![0u8; ENTRY_SIZE];
             let mut moved = Vec::with_capacity(entries.len());
             for (key, i) in entries {
                 let loc = self.index[&key][i];
-                f.read_exact_at(&mut buf, loc.offset).map_err(io(&path))?;
+                // From the bucket when the local cache evicted the file.
+                super::cache::read_exact_at(&path, &mut buf, loc.offset).map_err(io(&path))?;
                 let (hdr, page) = buf.split_at(HEADER);
                 let to = self.append(hdr, page)?;
                 moved.push((key, loc.lsn, to));
@@ -426,7 +463,7 @@ impl ImageStore {
             }
         }
         crate::sync::lock(&self.open_for_read).remove(&file);
-        fs::remove_file(&path).map_err(io(&path))?;
+        super::cache::remove_file_or_stub(&path).map_err(io(&path))?;
         super::sync_dir(&self.dir).map_err(io(&self.dir))?;
         self.file_entries.remove(&file);
         stats.files_removed = 1;
@@ -457,6 +494,39 @@ impl ImageStore {
             .iter()
             .map(|(n, e)| (*n, e * ENTRY_SIZE as u64))
             .collect()
+    }
+
+    /// The file appends go to (never evicted).
+    pub(crate) fn current_file_number(&self) -> u32 {
+        self.current
+    }
+
+    /// Evicts image file `n` for the local cache: its entries' headers go to its stub (the
+    /// index is rebuilt from them at open), then the file is removed. The caller holds the
+    /// store's lock (compaction, which removes files, takes it for writing) and has checked
+    /// that the bucket holds every byte. False when there is nothing to evict.
+    pub(crate) fn evict_file(&self, n: u32) -> Result<bool, ImageStoreError> {
+        if n == self.current || !self.file_entries.contains_key(&n) {
+            return Ok(false);
+        }
+        let path = file_path(&self.dir, n);
+        let io = |source| ImageStoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(e)),
+        };
+        let entries = self.file_entries[&n];
+        let mut headers = vec![0u8; entries as usize * HEADER];
+        for (i, h) in headers.chunks_exact_mut(HEADER).enumerate() {
+            f.read_exact_at(h, i as u64 * ENTRY_SIZE as u64)
+                .map_err(io)?;
+        }
+        super::cache::evict_file(&path, &headers).map_err(io)?;
+        Ok(true)
     }
 
     /// The directory of the image files.
@@ -498,10 +568,16 @@ impl ImageStore {
             source,
         };
         let mut buf = [0u8; ENTRY_SIZE];
-        self.file_for_read(loc.file)
-            .map_err(io_err)?
-            .read_exact_at(&mut buf, loc.offset)
-            .map_err(io_err)?;
+        if super::cache::is_active() {
+            // Under --cache-size the file may be evicted: read through the cache, keep no
+            // file open (see BaseFiles::read_page_into).
+            super::cache::read_exact_at(&path(), &mut buf, loc.offset).map_err(io_err)?;
+        } else {
+            self.file_for_read(loc.file)
+                .map_err(io_err)?
+                .read_exact_at(&mut buf, loc.offset)
+                .map_err(io_err)?;
+        }
         let (k, l, crc) = decode_header(&buf);
         if k != *key || l != lsn || entry_crc(&buf[..HEADER], &buf[HEADER..]) != crc {
             return Err(ImageStoreError::Corrupt {
@@ -541,6 +617,61 @@ mod tests {
             fork: ForkNumber(0),
             block: b,
         }
+    }
+
+    /// An image file the local cache evicted is indexed from its stub's headers at open;
+    /// its pages are read through the cache (here: none installed, so an error naming the
+    /// file, not a missing image); appends never go to an evicted file.
+    #[test]
+    fn evicted_files_are_indexed_from_their_stubs() {
+        let dir = std::env::temp_dir().join(format!("rh_images_evict_{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut s = ImageStore::open_with(&dir, 4).unwrap();
+        for b in 0..6 {
+            s.put(&key(b), Lsn(100 + b as u64), &vec![b as u8; BLCKSZ])
+                .unwrap();
+        }
+        s.sync().unwrap();
+        assert!(!s.evict_file(1).unwrap(), "the current file stays");
+        assert!(s.evict_file(0).unwrap());
+        assert!(!file_path(&dir, 0).exists());
+        drop(s);
+        let mut s = ImageStore::open_with(&dir, 4).unwrap();
+        assert_eq!(s.images, 6);
+        assert_eq!(
+            s.newest_at_or_before(&key(2), Lsn(u64::MAX)),
+            Some(Lsn(102))
+        );
+        let e = s.read(&key(2), Lsn(102)).unwrap_err().to_string();
+        assert!(
+            e.contains("evicted") && e.contains("images-000000.dat"),
+            "{e}"
+        );
+        assert_eq!(s.read(&key(5), Lsn(105)).unwrap(), Some(vec![5u8; BLCKSZ]));
+        // Evict the newest file too: the next append starts a new file after it.
+        s.put(&key(9), Lsn(200), &vec![9u8; BLCKSZ]).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let s = ImageStore::open_with(&dir, 4).unwrap();
+        let current = s.current_file_number();
+        let mut s2 = s;
+        s2.current = current + 1; // as if a new file had been started
+        assert!(s2.evict_file(current).unwrap());
+        drop(s2);
+        let mut s = ImageStore::open_with(&dir, 4).unwrap();
+        assert_eq!(s.current_file_number(), current + 1);
+        s.put(&key(10), Lsn(300), &vec![10u8; BLCKSZ]).unwrap();
+        assert_eq!(s.images, 8);
+        assert_eq!(
+            s.read(&key(10), Lsn(300)).unwrap(),
+            Some(vec![10u8; BLCKSZ])
+        );
+        // Compaction removes an evicted file's stub.
+        let removed = s.forget_before(Lsn(1000), |_, _| true);
+        assert!(removed > 0);
+        while s.compact_step(0.5).unwrap_or(None).is_some() {}
+        assert!(!super::super::cache::stub_path(&file_path(&dir, 0)).exists());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

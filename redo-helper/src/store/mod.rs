@@ -16,6 +16,7 @@
 
 pub(crate) mod archive;
 pub(crate) mod base;
+pub(crate) mod cache;
 pub(crate) mod check;
 pub(crate) mod images;
 pub(crate) mod index;

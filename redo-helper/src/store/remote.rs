@@ -404,7 +404,7 @@ impl Remote {
     }
 
     /// A piece of image file `n` from byte `offset`.
-    fn image_piece_key(&self, n: u32, offset: u64) -> String {
+    pub(crate) fn image_piece_key(&self, n: u32, offset: u64) -> String {
         format!("{}images-{n:06}.dat/{offset:016x}", self.images_prefix())
     }
 
@@ -533,6 +533,34 @@ impl Remote {
         let r = self.run(async move {
             match store.get(&path).await {
                 Ok(g) => g.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        let r = r.map_err(|source| RemoteError::Request {
+            op: "GET",
+            key: key.to_string(),
+            source,
+        })?;
+        if let Some(b) = &r {
+            count(DOWN, key, b.len() as u64);
+        }
+        Ok(r)
+    }
+
+    /// Bytes `range` of the object at `key`, or None when there is no such object (a
+    /// ranged GET: what the local cache reads back of a file it evicted).
+    pub(crate) fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<Bytes>, RemoteError> {
+        let store = Arc::clone(&self.store);
+        let path = self.path(key);
+        count(GET, key, 1);
+        let r = self.run(async move {
+            match store.get_range(&path, range).await {
+                Ok(b) => Ok(Some(b)),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e),
             }
@@ -739,8 +767,13 @@ impl Remote {
     /// Fills a data directory that has no `helper.json` from the bucket: base files, image
     /// files, the WAL up to the bucket's contiguous end (recorded as the archive's flush
     /// position), `retention.json`, and `helper.json` last. Returns None (and changes
-    /// nothing) when the bucket has no `helper.json`.
-    pub(crate) fn restore(&self, data_dir: &Path) -> Result<Option<RestoreStats>, RemoteError> {
+    /// nothing) when the bucket has no `helper.json`. With `lazy_base` (a helper with a
+    /// local cache) the base files stay in the bucket: each gets the stub of an evicted file.
+    pub(crate) fn restore(
+        &self,
+        data_dir: &Path,
+        lazy_base: bool,
+    ) -> Result<Option<RestoreStats>, RemoteError> {
         self.check_shard_map()?;
         let Some(meta) = self.meta()? else {
             return Ok(None);
@@ -759,13 +792,20 @@ impl Remote {
         let _ = fs::remove_file(super::retention::RetentionState::path(data_dir));
 
         let mut base = Vec::new();
-        for (key, _) in self.list("base/")? {
+        for (key, size) in self.list("base/")? {
             let dest = local_path(data_dir, &key)?;
             let dir = dest.parent().unwrap_or(data_dir);
             fs::create_dir_all(dir).map_err(io_err(dir))?;
+            if lazy_base {
+                // Left in the bucket: a stub as if the local cache had evicted the file.
+                super::cache::write_stub(&super::cache::stub_path(&dest), size)
+                    .map_err(io_err(&dest))?;
+                stats.base_files += 1;
+                continue;
+            }
             base.push((key, dest));
         }
-        stats.base_files = base.len() as u64;
+        stats.base_files += base.len() as u64;
         stats.base_bytes = self.get_files(base)?;
         sync_tree(&data_dir.join("base"))?;
 
@@ -864,6 +904,26 @@ impl Remote {
         Ok(Some(stats))
     }
 
+    /// The image files in the bucket: their uploaded bytes and pieces.
+    pub(crate) fn image_piece_map(&self) -> Result<ImagePieces, RemoteError> {
+        let mut images = BTreeMap::new();
+        let images_prefix = self.images_prefix();
+        for (file, pieces) in image_pieces(self.list(&images_prefix)?, &images_prefix)? {
+            let n: u32 = file
+                .trim_start_matches("images-")
+                .trim_end_matches(".dat")
+                .parse()
+                .unwrap_or(0);
+            let len = pieces
+                .iter()
+                .map(|(o, s)| o.saturating_add(*s))
+                .max()
+                .unwrap_or(0);
+            images.insert(n, (len, pieces.iter().map(|(o, _)| *o).collect()));
+        }
+        Ok(images)
+    }
+
     /// Uploads the local `retention.json` (before any WAL object below its horizon goes).
     pub(crate) fn put_retention_state(&self, data_dir: &Path) -> Result<(), RemoteError> {
         self.put_file(
@@ -904,6 +964,43 @@ impl Remote {
         }
         Ok(n)
     }
+}
+
+/// Image file number → (bytes the bucket holds, offsets of its pieces).
+pub(crate) type ImagePieces = BTreeMap<u32, (u64, Vec<u64>)>;
+
+/// The piece of image file `n` holding bytes [offset, offset + len): (its start offset in
+/// the file, where the bytes start in it); None when the bucket does not hold them in one
+/// piece (pieces end on entry boundaries, so an entry never spans two).
+pub(crate) fn image_piece_in(
+    pieces: &ImagePieces,
+    n: u32,
+    offset: u64,
+    len: u64,
+) -> Option<(u64, u64)> {
+    let (uploaded, offsets) = pieces.get(&n)?;
+    if offset.checked_add(len)? > *uploaded {
+        return None;
+    }
+    let start = offsets.iter().copied().filter(|o| *o <= offset).max()?;
+    let end = offsets
+        .iter()
+        .copied()
+        .filter(|o| *o > start)
+        .min()
+        .unwrap_or(*uploaded);
+    (offset + len <= end).then_some((start, offset - start))
+}
+
+/// Object key of the local file `rel` (relative to the data directory) under `base/`:
+/// the same path (`base/SPC/DB/REL[_fork][.N]`).
+pub(crate) fn base_key(rel: &str) -> String {
+    rel.to_string()
+}
+
+/// Object key of the complete WAL segment `name`.
+pub(crate) fn wal_segment_key(name: &str) -> String {
+    format!("wal/{name}")
 }
 
 /// Concurrent GETs of a restore.
@@ -1154,7 +1251,7 @@ pub(crate) struct WalUploader {
     /// Piece offsets uploaded for the segment being written (deleted once it is whole).
     pieces: Mutex<BTreeMap<u64, Vec<u64>>>,
     /// Image file lengths in the bucket (file number → (bytes, piece offsets)).
-    images: Mutex<BTreeMap<u32, (u64, Vec<u64>)>>,
+    images: Mutex<ImagePieces>,
     /// The bootstrap the WAL belongs to (for reading the bucket's WAL layout).
     meta: HelperMeta,
 }
@@ -1201,21 +1298,7 @@ impl WalUploader {
                 ),
             });
         }
-        let mut images = BTreeMap::new();
-        let images_prefix = remote.images_prefix();
-        for (file, pieces) in image_pieces(remote.list(&images_prefix)?, &images_prefix)? {
-            let n: u32 = file
-                .trim_start_matches("images-")
-                .trim_end_matches(".dat")
-                .parse()
-                .unwrap_or(0);
-            let len = pieces
-                .iter()
-                .map(|(o, s)| o.saturating_add(*s))
-                .max()
-                .unwrap_or(0);
-            images.insert(n, (len, pieces.iter().map(|(o, _)| *o).collect()));
-        }
+        let images = remote.image_piece_map()?;
         let pieces = layout
             .pieces
             .iter()
@@ -1343,7 +1426,7 @@ impl WalUploader {
             if to >= seg_end {
                 // Complete: the segment as one object, then its pieces go.
                 self.remote
-                    .put_file(&format!("wal/{name}"), &self.wal_dir.join(&name))?;
+                    .put_file(&wal_segment_key(&name), &self.wal_dir.join(&name))?;
                 let pieces = lock(&self.pieces).remove(&segno).unwrap_or_default();
                 for off in pieces {
                     self.remote
@@ -1416,6 +1499,19 @@ impl WalUploader {
             state.remove(&n);
         }
         Ok(())
+    }
+
+    /// Bytes of image file `n` the bucket holds (0 when none): the cache evicts a file only
+    /// when the bucket holds all of it.
+    pub(crate) fn image_bytes_uploaded(&self, n: u32) -> u64 {
+        lock(&self.images).get(&n).map_or(0, |(len, _)| *len)
+    }
+
+    /// The object holding bytes [offset, offset + len) of image file `n` and where they
+    /// start in it (see [`image_piece_in`]).
+    pub(crate) fn image_piece(&self, n: u32, offset: u64, len: u64) -> Option<(String, u64)> {
+        let (start, at) = image_piece_in(&lock(&self.images), n, offset, len)?;
+        Some((self.remote.image_piece_key(n, start), at))
     }
 
     /// Uploads images every `interval` on a thread of its own (a resume then regenerates

@@ -469,7 +469,8 @@ impl Retention {
         read(&self.store.index).last_record_end
     }
 
-    /// Archive segments on disk (segno, bytes).
+    /// Archive segments (segno, bytes on disk); one the local cache evicted counts with 0
+    /// bytes (its stub).
     fn segments(&self) -> Vec<(u64, u64)> {
         let Ok(dir) = std::fs::read_dir(&self.wal_dir) else {
             return Vec::new();
@@ -477,8 +478,13 @@ impl Retention {
         dir.filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name();
-                let (tli, segno) = parse_segment_file_name(name.to_str()?, self.segment_size)?;
-                (tli == self.timeline).then(|| (segno, e.metadata().map(|m| m.len()).unwrap_or(0)))
+                let name = name.to_str()?;
+                let (seg_name, bytes) = match name.strip_suffix(super::cache::EVICTED_SUFFIX) {
+                    Some(n) => (n, 0),
+                    None => (name, e.metadata().map(|m| m.len()).unwrap_or(0)),
+                };
+                let (tli, segno) = parse_segment_file_name(seg_name, self.segment_size)?;
+                (tli == self.timeline).then_some((segno, bytes))
             })
             .collect()
     }
@@ -797,12 +803,13 @@ impl Retention {
                     segno,
                     self.segment_size,
                 ));
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {
+                // The segment, or its stub when the local cache evicted it.
+                match super::cache::remove_file_or_stub(&path) {
+                    Ok(true) => {
                         stats.segments_removed += 1;
                         removed_any = true;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Ok(false) => {}
                     Err(source) => return Err(RetentionError::Io { path, source }),
                 }
             }

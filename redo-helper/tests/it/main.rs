@@ -12,6 +12,7 @@ mod seaweed;
 mod support;
 
 mod brin;
+mod cache;
 mod checksum;
 mod conn_security;
 mod corruption;
