@@ -214,6 +214,8 @@ pub(crate) fn run(opts: &WaldumpOptions, out: &mut dyn Write) -> Result<WaldumpS
             timeline,
             end,
             read_ahead: true,
+            // Segment files are read in place (`wal::mapped`): PostgreSQL never shrinks one.
+            map_files: true,
             ..Default::default()
         },
     )
