@@ -6,6 +6,7 @@
 #   WAL_MB="64 256 1024" bench/decode.sh  # up to 1 GB (the size the issue asks RSS for)
 #   RUNS=5 bench/decode.sh                # rounds per size (default 3)
 #   KEEP=1 bench/decode.sh                # keep the generated cluster (path printed)
+#   WAL_DIR=/path/pg_wal bench/decode.sh  # measure existing WAL from 0/1000000 (no cluster)
 #
 # Generates WAL once, for the largest size, on a throwaway cluster (pgbench: initial load,
 # then TPC-B-like transactions; full_page_writes on, no compression), stops it, then for
@@ -44,8 +45,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-as_pg "$PGBIN/initdb" -A trust -U postgres --no-sync -D "$WORK/data" >/dev/null
-cat >> "$WORK/data/postgresql.conf" <<CONF
+for mb in $WAL_MB; do
+    case "$mb" in '' | *[!0-9]*) echo "WAL_MB must list sizes in MB, not '$mb'" >&2; exit 2 ;; esac
+done
+MAX_MB=$(printf '%s\n' $WAL_MB | sort -n | tail -1)
+if [ -n "${WAL_DIR:-}" ]; then
+    WAL=$WAL_DIR
+else
+    as_pg "$PGBIN/initdb" -A trust -U postgres --no-sync -D "$WORK/data" >/dev/null
+    cat >> "$WORK/data/postgresql.conf" <<CONF
 listen_addresses = ''
 unix_socket_directories = '$WORK'
 port = $PORT
@@ -55,23 +63,20 @@ max_wal_size = 64GB
 wal_keep_size = 64GB
 checkpoint_timeout = 30s
 CONF
-as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/log" -w start >/dev/null
-PSQL=("$PGBIN/psql" -X -q -A -t -h "$WORK" -p "$PORT" -d postgres)
-wal_bytes() { as_pg "${PSQL[@]}" -c "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/1000000')::bigint"; }
+    as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/log" -w start >/dev/null
+    PSQL=("$PGBIN/psql" -X -q -A -t -h "$WORK" -p "$PORT" -d postgres)
+    wal_bytes() { as_pg "${PSQL[@]}" -c "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/1000000')::bigint"; }
 
-for mb in $WAL_MB; do
-    case "$mb" in '' | *[!0-9]*) echo "WAL_MB must list sizes in MB, not '$mb'" >&2; exit 2 ;; esac
-done
-MAX_MB=$(printf '%s\n' $WAL_MB | sort -n | tail -1)
-echo "generating ~${MAX_MB} MB of WAL..." >&2
-SCALE=$(( MAX_MB / 32 > 1 ? MAX_MB / 32 : 1 ))
-as_pg "$PGBIN/pgbench" -q -i -s "$SCALE" -h "$WORK" -p "$PORT" postgres >/dev/null 2>&1
-# A little more than the largest size: its range must end inside written WAL.
-while [ "$(wal_bytes)" -lt $(((MAX_MB + 16) * 1024 * 1024)) ]; do
-    as_pg "$PGBIN/pgbench" -n -c 2 -j 2 -T 10 -h "$WORK" -p "$PORT" postgres >/dev/null 2>&1
-done
-as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -m fast -w stop >/dev/null
-WAL=$WORK/data/pg_wal
+    echo "generating ~${MAX_MB} MB of WAL..." >&2
+    SCALE=$(( MAX_MB / 32 > 1 ? MAX_MB / 32 : 1 ))
+    as_pg "$PGBIN/pgbench" -q -i -s "$SCALE" -h "$WORK" -p "$PORT" postgres >/dev/null 2>&1
+    # A little more than the largest size: its range must end inside written WAL.
+    while [ "$(wal_bytes)" -lt $(((MAX_MB + 16) * 1024 * 1024)) ]; do
+        as_pg "$PGBIN/pgbench" -n -c 2 -j 2 -T 10 -h "$WORK" -p "$PORT" postgres >/dev/null 2>&1
+    done
+    as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -m fast -w stop >/dev/null
+    WAL=$WORK/data/pg_wal
+fi
 
 # time_run OUT TOOL... -> prints "wall_seconds max_rss_kb cpu_seconds" (cpu: user + system,
 # all threads); the tool's output goes to OUT

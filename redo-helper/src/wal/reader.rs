@@ -799,18 +799,15 @@ struct OpenSegment {
 impl SegmentSource {
     /// Reads the next chunk into `buf` (reusing its allocation).
     fn next_chunk(&mut self, mut buf: Vec<u8>) -> Chunk {
-        // A mapped segment is one chunk, whatever the chunk size.
-        let mut max = if self.map_files {
-            u64::MAX
-        } else {
-            self.chunk as u64
-        };
+        // Bytes left before the end bound; a mapped segment is one chunk up to it.
+        let mut bound = u64::MAX;
         if let Some(end) = self.end {
             if self.read_lsn >= end {
                 return Chunk::EndBound;
             }
-            max = max.min(end.0 - self.read_lsn.0);
+            bound = end.0 - self.read_lsn.0;
         }
+        let max = bound.min(self.chunk as u64);
         if self.file.is_none() {
             let path = self
                 .dir
@@ -828,7 +825,7 @@ impl SegmentSource {
                 Err(e) => return Chunk::Failed(io_err(self.read_lsn, &path, e)),
             };
             if self.map_files
-                && let Some(chunk) = self.map_segment(&file, &path, max)
+                && let Some(chunk) = self.map_segment(&file, &path, bound)
             {
                 return chunk;
             }
