@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Decode throughput: `redo-helper waldump --stats` vs `pg_waldump --stats` (PostgreSQL 15)
-# over the same WAL segments in the same run.
+# over the same WAL range in the same run, at several sizes.
 #
-#   bench/decode.sh                 # ~256 MB of WAL (default, a few minutes on 2 cores)
-#   WAL_MB=1024 bench/decode.sh     # ~1 GB of WAL, the size the issue asks RSS for
-#   KEEP=1 bench/decode.sh          # keep the generated cluster (path printed)
+#   bench/decode.sh                       # 64 and 256 MB of WAL (default, a few minutes)
+#   WAL_MB="64 256 1024" bench/decode.sh  # up to 1 GB (the size the issue asks RSS for)
+#   RUNS=5 bench/decode.sh                # rounds per size (default 3)
+#   KEEP=1 bench/decode.sh                # keep the generated cluster (path printed)
+#   WAL_DIR=/path/pg_wal bench/decode.sh  # measure existing WAL from 0/1000000 (no cluster)
 #
-# Generates WAL on a throwaway cluster (pgbench: initial load, then TPC-B-like
-# transactions until WAL_MB is reached; full_page_writes on, no compression), stops it,
-# then times each tool RUNS times (warm page cache) and reports the best run: MB/s,
-# records/s, the speed ratio and peak RSS (/usr/bin/time -v). Needs root or the postgres
-# user, PostgreSQL 15 server binaries and GNU time (apt package `time`).
+# Generates WAL once, for the largest size, on a throwaway cluster (pgbench: initial load,
+# then TPC-B-like transactions; full_page_writes on, no compression), stops it, then for
+# each size reads the range [0/1000000, 0/1000000 + size) with both tools (`--end`), after
+# checking that they print the same statistics. Rounds alternate the tools (pg_waldump,
+# then redo-helper, size by size), RUNS rounds, warm page cache; per size it reports the
+# best run of each (MB/s, records/s, peak RSS from /usr/bin/time -v), the ratio of the
+# bests, and min/median/max of the per-round ratios (pg_waldump time / redo-helper time of
+# the same round). Needs root or the postgres user, PostgreSQL 15 server binaries and GNU
+# time (apt package `time`).
 set -euo pipefail
 
-WAL_MB=${WAL_MB:-256}
+WAL_MB=${WAL_MB:-"64 256"}
 RUNS=${RUNS:-3}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,8 +45,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-as_pg "$PGBIN/initdb" -A trust -U postgres --no-sync -D "$WORK/data" >/dev/null
-cat >> "$WORK/data/postgresql.conf" <<CONF
+for mb in $WAL_MB; do
+    case "$mb" in '' | *[!0-9]*) echo "WAL_MB must list sizes in MB, not '$mb'" >&2; exit 2 ;; esac
+done
+MAX_MB=$(printf '%s\n' $WAL_MB | sort -n | tail -1)
+if [ -n "${WAL_DIR:-}" ]; then
+    WAL=$WAL_DIR
+else
+    as_pg "$PGBIN/initdb" -A trust -U postgres --no-sync -D "$WORK/data" >/dev/null
+    cat >> "$WORK/data/postgresql.conf" <<CONF
 listen_addresses = ''
 unix_socket_directories = '$WORK'
 port = $PORT
@@ -50,68 +63,96 @@ max_wal_size = 64GB
 wal_keep_size = 64GB
 checkpoint_timeout = 30s
 CONF
-as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/log" -w start >/dev/null
-PSQL=("$PGBIN/psql" -X -q -A -t -h "$WORK" -p "$PORT" -d postgres)
-wal_bytes() { as_pg "${PSQL[@]}" -c "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/1000000')::bigint"; }
+    as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/log" -w start >/dev/null
+    PSQL=("$PGBIN/psql" -X -q -A -t -h "$WORK" -p "$PORT" -d postgres)
+    wal_bytes() { as_pg "${PSQL[@]}" -c "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/1000000')::bigint"; }
 
-echo "generating ~${WAL_MB} MB of WAL..." >&2
-SCALE=$(( WAL_MB / 32 > 1 ? WAL_MB / 32 : 1 ))
-as_pg "$PGBIN/pgbench" -q -i -s "$SCALE" -h "$WORK" -p "$PORT" postgres >/dev/null 2>&1
-while [ "$(wal_bytes)" -lt $((WAL_MB * 1024 * 1024)) ]; do
-    as_pg "$PGBIN/pgbench" -n -c 2 -j 2 -T 10 -h "$WORK" -p "$PORT" postgres >/dev/null 2>&1
-done
-as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -m fast -w stop >/dev/null
-WAL=$WORK/data/pg_wal
-
-# time_run TOOL... -> prints "seconds max_rss_kb"; stats output goes to $WORK/stats.out
-time_run() {
-    /usr/bin/time -v "$@" > "$WORK/stats.out" 2> "$WORK/time.err" || true
-    local wall rss
-    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/time.err")
-    rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time.err")
-    # wall is [h:]m:ss.ss
-    echo "$wall" | awk -F: -v rss="$rss" '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; printf "%.3f %s\n", s, rss }'
-}
-
-best() { # best TOOL... -> "seconds rss" of the fastest of RUNS runs
-    local b="" r
-    for _ in $(seq "$RUNS"); do
-        r=$(time_run "$@")
-        if [ -z "$b" ] || awk -v a="${r%% *}" -v c="${b%% *}" 'BEGIN { exit !(a < c) }'; then b=$r; fi
+    echo "generating ~${MAX_MB} MB of WAL..." >&2
+    SCALE=$(( MAX_MB / 32 > 1 ? MAX_MB / 32 : 1 ))
+    as_pg "$PGBIN/pgbench" -q -i -s "$SCALE" -h "$WORK" -p "$PORT" postgres >/dev/null 2>&1
+    # A little more than the largest size: its range must end inside written WAL.
+    while [ "$(wal_bytes)" -lt $(((MAX_MB + 16) * 1024 * 1024)) ]; do
+        as_pg "$PGBIN/pgbench" -n -c 2 -j 2 -T 10 -h "$WORK" -p "$PORT" postgres >/dev/null 2>&1
     done
-    echo "$b"
-}
-
-PG=$(best "$PGBIN/pg_waldump" -p "$WAL" -s 0/1000000 --stats)
-cp "$WORK/stats.out" "$WORK/pg.stats"
-OURS=$(best "$HELPER" waldump --path "$WAL" --start 0/1000000 --stats)
-cp "$WORK/stats.out" "$WORK/ours.stats"
-
-if ! diff -q "$WORK/pg.stats" "$WORK/ours.stats" >/dev/null; then
-    echo "decode.sh: statistics differ between pg_waldump and redo-helper:" >&2
-    diff "$WORK/pg.stats" "$WORK/ours.stats" >&2 || true
-    exit 1
+    as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -m fast -w stop >/dev/null
+    WAL=$WORK/data/pg_wal
 fi
 
-RANGE=$(head -1 "$WORK/ours.stats")
-RECORDS=$(awk '/^Total/ {print $2}' "$WORK/ours.stats")
-lsn() { local hi=${1%/*} lo=${1#*/}; echo $(( (16#$hi << 32) + 16#$lo )); }
-START=$(echo "$RANGE" | awk '{print $4}')
-END=$(echo "$RANGE" | awk '{print $6}' | tr -d ':')
-BYTES=$(( $(lsn "$END") - $(lsn "$START") ))
+# time_run OUT TOOL... -> prints "wall_seconds max_rss_kb cpu_seconds" (cpu: user + system,
+# all threads); the tool's output goes to OUT
+time_run() {
+    local out=$1
+    shift
+    /usr/bin/time -v "$@" >"$out" 2>"$WORK/time.err" || true
+    local wall rss cpu
+    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/time.err")
+    rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time.err")
+    cpu=$(awk -F': ' '/(User|System) time \(seconds\)/ {s += $2} END {print s}' "$WORK/time.err")
+    # wall is [h:]m:ss.ss
+    echo "$wall" | awk -F: -v rss="$rss" -v cpu="$cpu" '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; printf "%.3f %s %.3f\n", s, rss, cpu }'
+}
 
+lsn_hex() { printf '%X/%X' $(($1 >> 32)) $(($1 & 0xFFFFFFFF)); }
+START_N=$((16#1000000))
+end_of() { lsn_hex $((START_N + $1 * 1024 * 1024)); }
+
+# Parity first: both tools print the same statistics over each range.
+for mb in $WAL_MB; do
+    END=$(end_of "$mb")
+    "$PGBIN/pg_waldump" -p "$WAL" -s 0/1000000 -e "$END" --stats >"$WORK/pg.$mb.stats"
+    "$HELPER" waldump --path "$WAL" --start 0/1000000 --end "$END" --stats >"$WORK/ours.$mb.stats"
+    if ! diff -q "$WORK/pg.$mb.stats" "$WORK/ours.$mb.stats" >/dev/null; then
+        echo "decode.sh: statistics differ between pg_waldump and redo-helper ($mb MB):" >&2
+        diff "$WORK/pg.$mb.stats" "$WORK/ours.$mb.stats" >&2 || true
+        exit 1
+    fi
+done
+
+# Rounds: per size, pg_waldump then redo-helper, so that a slower moment of the (shared)
+# machine falls on both. Per size, a line per round: "pg_wall pg_rss pg_cpu ours_wall
+# ours_rss ours_cpu".
+declare -A ROUNDS
+for r in $(seq "$RUNS"); do
+    for mb in $WAL_MB; do
+        END=$(end_of "$mb")
+        PG=$(time_run "$WORK/stats.out" "$PGBIN/pg_waldump" -p "$WAL" -s 0/1000000 -e "$END" --stats)
+        OURS=$(time_run "$WORK/stats.out" "$HELPER" waldump --path "$WAL" --start 0/1000000 --end "$END" --stats)
+        echo "  round $r, $mb MB: pg_waldump $(echo "$PG" | awk '{print $1 " s (CPU " $3 " s)"}')," \
+            "redo-helper $(echo "$OURS" | awk '{print $1 " s (CPU " $3 " s)"}')" >&2
+        ROUNDS[$mb]="${ROUNDS[$mb]:-}$PG $OURS"$'\n'
+    done
+done
+
+lsn() { local hi=${1%/*} lo=${1#*/}; echo $(((16#$hi << 32) + 16#$lo)); }
 {
-    echo "decode benchmark $(date -u +%FT%TZ), $(nproc) cores, $(uname -r)"
-    echo "WAL: $WAL_MB MB requested; $RANGE ($BYTES bytes, $RECORDS records)"
-    echo "commands (best of $RUNS, warm cache):"
-    echo "  pg_waldump -p WAL -s 0/1000000 --stats"
-    echo "  redo-helper waldump --path WAL --start 0/1000000 --stats"
-    awk -v b="$BYTES" -v n="$RECORDS" -v pg="$PG" -v us="$OURS" 'BEGIN {
-        split(pg, p, " "); split(us, o, " ");
-        printf "%-12s %10s %12s %14s %14s\n", "tool", "seconds", "MB/s", "records/s", "peak RSS MB";
-        printf "%-12s %10.3f %12.1f %14.0f %14.1f\n", "pg_waldump", p[1], b / 1048576 / p[1], n / p[1], p[2] / 1024;
-        printf "%-12s %10.3f %12.1f %14.0f %14.1f\n", "redo-helper", o[1], b / 1048576 / o[1], n / o[1], o[2] / 1024;
-        printf "speed ratio redo-helper / pg_waldump: %.2fx\n", p[1] / o[1];
-    }'
+    echo "decode benchmark $(date -u +%FT%TZ), $(nproc) cores, $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "commands ($RUNS alternating rounds per size, warm cache):"
+    echo "  pg_waldump -p WAL -s 0/1000000 -e END --stats"
+    echo "  redo-helper waldump --path WAL --start 0/1000000 --end END --stats"
+    echo "wall: elapsed time; CPU: user + system time of all threads (the measure that holds"
+    echo "on a busy machine, where wall time is mostly waiting for a core)."
+    printf "%-7s %-12s %9s %8s %8s %9s %11s %7s\n" "size" "tool" "records" "wall s" "CPU s" "MB/CPU s" "rec/CPU s" "RSS MB"
+    for mb in $WAL_MB; do
+        RANGE=$(head -1 "$WORK/ours.$mb.stats")
+        RECORDS=$(awk '/^Total/ {print $2}' "$WORK/ours.$mb.stats")
+        S=$(echo "$RANGE" | awk '{print $4}')
+        E=$(echo "$RANGE" | awk '{print $6}' | tr -d ':')
+        BYTES=$(($(lsn "$E") - $(lsn "$S")))
+        printf '%s' "${ROUNDS[$mb]}" | awk -v mb="$mb" -v b="$BYTES" -v n="$RECORDS" '
+            function sort(a, k,    i, j, t) { for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t } }
+            function med(a, k) { return (k % 2) ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2 }
+            NF == 6 {
+                k++; wr[k] = $1 / $4; cr[k] = ($6 > 0) ? $3 / $6 : 0;
+                if (!pw || $1 < pw) pw = $1; if (!ow || $4 < ow) ow = $4;
+                if (!pc || $3 < pc) pc = $3; if (!oc || $6 < oc) oc = $6;
+                if ($2 > prss) prss = $2; if ($5 > orss) orss = $5;
+            }
+            END {
+                sort(wr, k); sort(cr, k);
+                printf "%-7s %-12s %9d %8.3f %8.3f %9.1f %11.0f %7.1f\n", mb " MB", "pg_waldump", n, pw, pc, b / 1048576 / pc, n / pc, prss / 1024;
+                printf "%-7s %-12s %9d %8.3f %8.3f %9.1f %11.0f %7.1f\n", mb " MB", "redo-helper", n, ow, oc, b / 1048576 / oc, n / oc, orss / 1024;
+                printf "%-7s ratio pg_waldump / redo-helper, per round min/median/max: CPU %.2f / %.2f / %.2f, wall %.2f / %.2f / %.2f\n", mb " MB", cr[1], med(cr, k), cr[k], wr[1], med(wr, k), wr[k];
+            }'
+    done
 } | tee "$REPORT"
 echo "report: $REPORT" >&2

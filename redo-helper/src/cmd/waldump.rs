@@ -34,6 +34,14 @@ pub struct WaldumpArgs {
     /// Stop after this many records.
     #[arg(short = 'n', long)]
     limit: Option<u64>,
+    /// Read segment files with read(2) into buffers instead of mapping them (the reading
+    /// `waldump` did before; for comparisons, or files that may shrink while read).
+    #[arg(long)]
+    no_map: bool,
+    /// With --no-map: read on the decoding thread rather than a read-ahead thread, in
+    /// chunks of this many KB (benchmarking the reading strategies).
+    #[arg(long, hide = true)]
+    direct_chunk_kb: Option<usize>,
     /// Segment files (STARTSEG [ENDSEG]); they set the default start, end and timeline.
     files: Vec<PathBuf>,
 }
@@ -49,6 +57,8 @@ pub fn main(args: WaldumpArgs) -> std::process::ExitCode {
         block: args.block,
         limit: args.limit,
         files: args.files,
+        no_map: args.no_map,
+        direct_chunk_kb: args.direct_chunk_kb,
     };
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
@@ -78,6 +88,10 @@ pub(crate) struct WaldumpOptions {
     pub timeline: Option<u32>,
     /// `None`: print records; `Some(false)`: per-rmgr stats; `Some(true)`: per record type.
     pub stats: Option<bool>,
+    /// Read segment files instead of mapping them.
+    pub no_map: bool,
+    /// Read (not mapped) on the decoding thread, in chunks of this many KB.
+    pub direct_chunk_kb: Option<usize>,
     pub block: Option<PageKey>,
     pub limit: Option<u64>,
     pub files: Vec<PathBuf>,
@@ -213,7 +227,10 @@ pub(crate) fn run(opts: &WaldumpOptions, out: &mut dyn Write) -> Result<WaldumpS
         FileReaderOptions {
             timeline,
             end,
-            read_ahead: true,
+            read_ahead: opts.direct_chunk_kb.is_none(),
+            chunk_size: opts.direct_chunk_kb.map(|kb| kb.saturating_mul(1024)),
+            // Segment files are read in place (`wal::mapped`): PostgreSQL never shrinks one.
+            map_files: !opts.no_map && opts.direct_chunk_kb.is_none(),
             ..Default::default()
         },
     )

@@ -145,6 +145,8 @@ pub(crate) fn verify(opts: &VerifyOptions) -> Result<VerifySummary, VerifyError>
         system_identifier: Some(meta.system_identifier),
         version: Some(meta.pg_version),
         read_ahead: true,
+        // The archive's segments only ever grow to their full size: read them in place.
+        map_files: true,
         ..Default::default()
     };
     let mut reader = WalFileReader::open(&wal_dir, start, ropts)?;

@@ -11,6 +11,7 @@ pub mod block;
 pub mod desc;
 pub mod error;
 pub mod image;
+pub mod mapped;
 pub mod page;
 pub mod reader;
 pub mod record;

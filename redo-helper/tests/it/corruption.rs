@@ -121,6 +121,75 @@ fn truncated_segment() {
     }
 }
 
+/// Every record the file reader returns, and the error that stopped it.
+fn read_all(dir: &std::path::Path, opts: FileReaderOptions) -> (Vec<(Lsn, Lsn, Vec<u8>)>, String) {
+    let mut r = WalFileReader::open(dir, Lsn(START), opts).unwrap();
+    let mut recs = Vec::new();
+    loop {
+        match r.next_record() {
+            Ok(Some(rec)) => recs.push((rec.lsn, rec.end_lsn, rec.raw().to_vec())),
+            Ok(None) => return (recs, "end bound".into()),
+            Err(e) => return (recs, e.to_string()),
+        }
+    }
+}
+
+/// Segment files mapped and decoded in place (`map_files`) give exactly what reading them
+/// into buffers gives: whole segments, an end bound inside a segment, a truncated segment
+/// (read, not mapped: a mapping would fault past its end).
+#[test]
+fn mapped_segments_decode_as_read_ones() {
+    let f = wal_fixture();
+    let dir = TempDir::new("mapped");
+    std::fs::write(dir.path().join("000000010000000000000001"), &f.seg1).unwrap();
+    std::fs::write(dir.path().join("000000010000000000000002"), &f.seg2).unwrap();
+    let bound = Lsn(START + SEG as u64 + (3 << 20) + 1234);
+    for end in [None, Some(bound)] {
+        let read = read_all(
+            dir.path(),
+            FileReaderOptions {
+                end,
+                ..Default::default()
+            },
+        );
+        assert!(read.0.len() > 1000);
+        for read_ahead in [false, true] {
+            let mapped = read_all(
+                dir.path(),
+                FileReaderOptions {
+                    end,
+                    read_ahead,
+                    map_files: true,
+                    ..Default::default()
+                },
+            );
+            assert_eq!(
+                mapped.0.len(),
+                read.0.len(),
+                "end {end:?}, read-ahead {read_ahead}"
+            );
+            assert!(mapped.0 == read.0, "records differ (end {end:?})");
+            assert_eq!(mapped.1, read.1);
+        }
+    }
+    let short = TempDir::new("mapped-short");
+    std::fs::write(
+        short.path().join("000000010000000000000001"),
+        &f.seg1[..5 << 20],
+    )
+    .unwrap();
+    let read = read_all(short.path(), FileReaderOptions::default());
+    let mapped = read_all(
+        short.path(),
+        FileReaderOptions {
+            map_files: true,
+            ..Default::default()
+        },
+    );
+    assert!(read.1.contains("5242880"), "{}", read.1);
+    assert_eq!((mapped.0.len(), mapped.1), (read.0.len(), read.1));
+}
+
 #[test]
 fn missing_next_segment_is_end_of_wal() {
     let f = wal_fixture();
