@@ -47,14 +47,15 @@ pub(crate) fn relation_files(pgdata: &Path) -> std::io::Result<Vec<RelationFile>
     for (db, path) in numbered(&pgdata.join("base"))? {
         dirs.push((1663, db, path));
     }
+    let version_prefix = relpath::tablespace_version_prefix(pgdata);
     for (spc, link) in numbered(&pgdata.join("pg_tblspc"))? {
         // The tablespace's directory holds one catalog-version directory per major version
-        // that used it (PG_15_202209061): the one `pg_relation_path` picks.
+        // that used it (PG_15_202209061): the cluster's, which `pg_relation_path` picks.
         let Ok(versions) = std::fs::read_dir(&link) else {
             continue;
         };
         for v in versions.flatten() {
-            if v.file_name().to_string_lossy().starts_with("PG_15") {
+            if v.file_name().to_string_lossy().starts_with(&version_prefix) {
                 for (db, path) in numbered(&v.path())? {
                     dirs.push((spc, db, path));
                 }

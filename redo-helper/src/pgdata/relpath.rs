@@ -57,6 +57,18 @@ impl RelationFileName {
     }
 }
 
+/// The start of the name of a user tablespace's directory for this cluster's major version,
+/// `PG_<major>_` (`TABLESPACE_VERSION_DIRECTORY`, PG_<major>_<catalog version>): a tablespace
+/// used by several major versions (pg_upgrade) has one such directory per version. The major
+/// comes from `PGDATA/PG_VERSION`; 15 when it cannot be read.
+pub(crate) fn tablespace_version_prefix(pgdata: &Path) -> String {
+    let major = std::fs::read_to_string(pgdata.join("PG_VERSION"))
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(15);
+    format!("PG_{major}_")
+}
+
 /// Path of a relation file in a PostgreSQL data directory (`relpath`): global/ for the
 /// global tablespace (1664), base/DB/ for the default one (1663), pg_tblspc/SPC/... else.
 pub(crate) fn pg_relation_path(
@@ -76,17 +88,47 @@ pub(crate) fn pg_relation_path(
         1663 => pgdata.join("base").join(rel.db_oid.to_string()).join(file),
         spc => {
             let dir = pgdata.join("pg_tblspc").join(spc.to_string());
+            let prefix = tablespace_version_prefix(pgdata);
             let version_dir = std::fs::read_dir(&dir)
                 .ok()
                 .and_then(|mut it| {
                     it.find_map(|e| {
                         e.ok()
-                            .filter(|e| e.file_name().to_string_lossy().starts_with("PG_15"))
+                            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
                     })
                 })
                 .map(|e| e.path())
-                .unwrap_or_else(|| dir.join("PG_15"));
+                .unwrap_or_else(|| dir.join(prefix.trim_end_matches('_')));
             version_dir.join(rel.db_oid.to_string()).join(file)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tablespace_directories_follow_the_clusters_major() {
+        let d = std::env::temp_dir().join(format!("rh_relpath_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("pg_tblspc/16500/PG_15_202209061")).unwrap();
+        std::fs::create_dir_all(d.join("pg_tblspc/16500/PG_17_202406281")).unwrap();
+        // No PG_VERSION: 15.
+        assert_eq!(tablespace_version_prefix(&d), "PG_15_");
+        std::fs::write(d.join("PG_VERSION"), "17\n").unwrap();
+        assert_eq!(tablespace_version_prefix(&d), "PG_17_");
+        let rel = RelFileLocator {
+            spc_oid: 16500,
+            db_oid: 5,
+            rel_number: 16384,
+        };
+        let path = pg_relation_path(&d, &rel, ForkNumber::MAIN, 0);
+        assert_eq!(
+            path,
+            d.join("pg_tblspc/16500/PG_17_202406281/5/16384"),
+            "{path:?}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

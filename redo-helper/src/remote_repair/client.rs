@@ -72,6 +72,18 @@ impl Token {
             path: path.to_path_buf(),
             reason,
         };
+        // Like the helper's own token file: private to its owner, or refused.
+        use std::os::unix::fs::MetadataExt as _;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| err(e.to_string()))?
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(err(format!(
+                "it is accessible by group or others (mode {:04o}); fix with: chmod 0600 {}",
+                mode & 0o7777,
+                path.display()
+            )));
+        }
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let t = text.trim();
         if t.len() < MIN_TOKEN_CHARS || !t.bytes().all(|b| b.is_ascii_graphic()) {
@@ -131,6 +143,17 @@ impl HelperClient {
             url: url.clone(),
             reason: e.to_string(),
         })?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            // Never echo the credentials in the errors that name this URL.
+            return Err(ClientError::Url {
+                url: format!(
+                    "{}://{}",
+                    parsed.scheme(),
+                    parsed.host_str().unwrap_or("?")
+                ),
+                reason: "user information in the URL is not accepted: the helper authenticates with --helper-token-file".into(),
+            });
+        }
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
             return Err(ClientError::Url {
                 url,

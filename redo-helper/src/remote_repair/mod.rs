@@ -250,7 +250,21 @@ fn rebuild(key: &PageKey, answer: PageAnswer, tail: &Tail, ctx: &RedoContext) ->
     let mut page: Box<Page> = match answer {
         PageAnswer::Page(p) => p,
         PageAnswer::Absent if recs.is_empty() => return Rebuilt::Removed,
-        PageAnswer::Absent => Box::new([0u8; BLCKSZ]),
+        PageAnswer::Absent if starts_fresh || key.fork == ForkNumber::VM => {
+            // Created in the tail; or a VM page, which redo reads with RBM_ZERO_ON_ERROR
+            // (a missing one starts zeroed: heapam's visibilitymap_clear in redo).
+            Box::new([0u8; BLCKSZ])
+        }
+        PageAnswer::Absent => {
+            // PostgreSQL's redo would find no such page (BLK_NOTFOUND) and skip the change:
+            // deltas on a zeroed page would be a guess, never written.
+            return Rebuilt::Unrepairable(format!(
+                "page {key}: the helpers do not have it at their end, and the first record of the tail that changes it ({}) neither initialises it nor carries its image",
+                recs.first()
+                    .map(|&i| tail.records[i as usize].lsn)
+                    .unwrap_or_default()
+            ));
+        }
         PageAnswer::Unreadable(_) if starts_fresh => Box::new([0u8; BLCKSZ]),
         PageAnswer::Unreadable(why) => return Rebuilt::Unrepairable(format!("page {key}: {why}")),
     };
@@ -407,6 +421,11 @@ async fn repair_async(
             });
         }
     }
+    crate::store::repair::wal_reaches_checkpoint(
+        tail.wal.end.max(helpers.end),
+        control.checkpoint,
+        &tail.wal.stopped,
+    )?;
     sum.wal = tail.wal.clone();
     progress(RepairProgress::WalTaken(&sum.wal));
     for (lsn, ev) in &tail.events {
@@ -528,9 +547,17 @@ async fn check_unchanged(
             let n = file.read_at(&mut buf, off).map_err(scan_err)?;
             let whole = n / BLCKSZ * BLCKSZ;
             for (j, chunk) in buf[..whole].chunks_exact(BLCKSZ).enumerate() {
-                let block = f.name.segment * crate::pgdata::relpath::RELSEG_SIZE
-                    + (off / BLCKSZ as u64) as u32
-                    + j as u32;
+                // A stray file name with a huge segment number would overflow: not a page.
+                let Some(block) = f
+                    .name
+                    .segment
+                    .checked_mul(crate::pgdata::relpath::RELSEG_SIZE)
+                    .and_then(|b| {
+                        b.checked_add(u32::try_from(off / BLCKSZ as u64 + j as u64).ok()?)
+                    })
+                else {
+                    continue;
+                };
                 let key = PageKey {
                     rel: f.rel,
                     fork: f.name.fork,

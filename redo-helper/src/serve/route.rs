@@ -373,6 +373,21 @@ impl Router {
                     ),
                 )
             }
+            Ok((status, headers, body))
+                if status == StatusCode::OK && !is_owners_page(owner, &headers, &body) =>
+            {
+                // Only what the owner proves is served: a 200 that is not one page made by
+                // the owner (a --peers entry pointing at another helper, a proxy in between)
+                // is refused, never passed on as a page.
+                self.failed(
+                    owner,
+                    format!(
+                        "shard {owner} at {base} answered 200 with {} bytes and x-fpw-shard {:?}, not a page of shard {owner}: is --peers in shard order?",
+                        body.len(),
+                        header_value(&headers, "x-fpw-shard").unwrap_or("(none)")
+                    ),
+                )
+            }
             Ok((status, mut headers, body)) => {
                 if status == StatusCode::MISDIRECTED_REQUEST {
                     log::warn!(
@@ -474,6 +489,21 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     s
+}
+
+/// The value of header `name` in a peer's answer.
+fn header_value<'a>(headers: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Whether a peer's 200 is one page (BLCKSZ bytes) that shard `owner` says it produced.
+fn is_owners_page(owner: u32, headers: &[(&'static str, String)], body: &[u8]) -> bool {
+    body.len() == crate::wal::page::BLCKSZ
+        && header_value(headers, "x-fpw-shard").and_then(|v| v.trim().parse::<u32>().ok())
+            == Some(owner)
 }
 
 #[cfg(test)]

@@ -135,31 +135,38 @@ impl BaseFiles {
     /// not have it.
     pub(crate) fn read_page_into(&self, key: &PageKey, page: &mut [u8]) -> io::Result<bool> {
         if super::cache::is_active() {
-            // With --cache-size a file may be evicted at any time: every read goes through
-            // the cache (from the file while it is there, else from the bucket), and no file
-            // is kept open, which would keep an evicted file's space in use. A page past an
-            // evicted file's length is UnexpectedEof, as in a short local one.
-            let (path, offset) = self.page_location(key);
-            return match super::cache::read_exact_at(&path, page, offset) {
-                Ok(()) => Ok(true),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
-                    ) =>
-                {
-                    Ok(false)
-                }
-                Err(e) => Err(e),
-            };
+            return self.read_page_through_cache(key, page);
         }
         let Some(file) = self.segment_file(key)? else {
-            return Ok(false);
+            // No file: not in the backup, or evicted by a cache this process does not have
+            // (an error naming the file, never "no such page").
+            return self.read_page_through_cache(key, page);
         };
         let offset = u64::from(key.block % RELSEG_SIZE) * BLCKSZ as u64;
         match file.read_exact_at(page, offset) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// With --cache-size a file may be evicted at any time: every read goes through the cache
+    /// (from the file while it is there, else from the bucket), and no file is kept open,
+    /// which would keep an evicted file's space in use. A page past an evicted file's length
+    /// is UnexpectedEof, as in a short local one; an evicted file without a cache installed
+    /// is an error naming it.
+    fn read_page_through_cache(&self, key: &PageKey, page: &mut [u8]) -> io::Result<bool> {
+        let (path, offset) = self.page_location(key);
+        match super::cache::read_exact_at(&path, page, offset) {
+            Ok(()) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }

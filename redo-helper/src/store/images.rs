@@ -573,10 +573,14 @@ impl ImageStore {
             // file open (see BaseFiles::read_page_into).
             super::cache::read_exact_at(&path(), &mut buf, loc.offset).map_err(io_err)?;
         } else {
-            self.file_for_read(loc.file)
-                .map_err(io_err)?
-                .read_exact_at(&mut buf, loc.offset)
-                .map_err(io_err)?;
+            match self.file_for_read(loc.file) {
+                Ok(f) => f.read_exact_at(&mut buf, loc.offset).map_err(io_err)?,
+                // Evicted by a cache this process does not have: the cache's error names it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    super::cache::read_exact_at(&path(), &mut buf, loc.offset).map_err(io_err)?
+                }
+                Err(e) => return Err(io_err(e)),
+            }
         }
         let (k, l, crc) = decode_header(&buf);
         if k != *key || l != lsn || entry_crc(&buf[..HEADER], &buf[HEADER..]) != crc {

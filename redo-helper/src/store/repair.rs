@@ -95,6 +95,14 @@ pub(crate) enum RepairError {
     )]
     RedoBeforeHistory { redo: Lsn, start: Lsn },
     #[error(
+        "the WAL ends at {end} ({stopped}), before the last checkpoint record at {checkpoint} that pg_control names: WAL the server wrote is missing from pg_wal and the helper, so pages changed after {end} are not known and crash recovery could not start; restore the missing pg_wal segments"
+    )]
+    WalBeforeCheckpoint {
+        end: Lsn,
+        checkpoint: Lsn,
+        stopped: String,
+    },
+    #[error(
         "{dir} is the data directory of shard {map}: it holds only that shard's pages, so a repair from it alone would leave the other shards' torn pages in place; repair from every shard over their API (`repair --helper URL0,URL1,...`)"
     )]
     Sharded { dir: PathBuf, map: String },
@@ -111,6 +119,25 @@ pub(crate) enum RepairError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Crash recovery starts by reading the checkpoint record pg_control names: the WAL known to
+/// the repair (the helper's and pg_wal's) must reach past it, or pages changed in the missing
+/// WAL would be neither listed nor replayed, and the repair would report success on pages it
+/// never saw.
+pub(crate) fn wal_reaches_checkpoint(
+    end: Lsn,
+    checkpoint: Lsn,
+    stopped: &str,
+) -> Result<(), RepairError> {
+    if end <= checkpoint {
+        return Err(RepairError::WalBeforeCheckpoint {
+            end,
+            checkpoint,
+            stopped: stopped.to_string(),
+        });
+    }
+    Ok(())
 }
 
 impl From<StoreError> for RepairError {
@@ -503,6 +530,11 @@ pub(crate) fn repair(
         ..Default::default()
     };
     sum.wal = offline.catch_up_from_pg_wal(&pgdata.join("pg_wal"))?;
+    wal_reaches_checkpoint(
+        sum.wal.end.max(sum.wal.from),
+        control.checkpoint,
+        &sum.wal.stopped,
+    )?;
     progress(RepairProgress::WalTaken(&sum.wal));
     let store = &offline.store;
     let (end, keys) = known_pages(store);
