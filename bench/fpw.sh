@@ -75,6 +75,8 @@ log() { printf '[bench-fpw %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 # --- placement (bench/placement.sh) -------------------------------------------------------
 # shellcheck source=placement.sh
 source "$here/placement.sh"
+# proc_ticks PID: user + system CPU ticks of a process, or - once it is gone.
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo -; }
 # The postmaster and every process it has forked (new backends inherit its group).
 pg_pids() { local pm; pm=$(head -1 "$cdir/data/postmaster.pid"); echo "$pm" $(ps -o pid= --ppid "$pm"); }
 
@@ -178,12 +180,18 @@ workload_args() {
 }
 
 # measure WORKLOAD PLACEMENT MODE ROUND →
-#   "tps wal_bytes_per_txn new_order_tpm pg_cpu bench_cpu load_cpu fpi_share"
+#   "tps wal_bytes_per_txn new_order_tpm pg_cpu bench_cpu load_cpu fpi_share latency_ms
+#    walsender_cpu wal_fsyncs_per_txn"
 # (CPU in CPUs: 1.00 is one CPU busy for the whole run; fpi_share from pg_waldump --stats,
-# first round only.)
+# first round only; walsender_cpu: the streaming client's walsender, part of pg_cpu; the
+# fsyncs are pg_stat_wal's wal_sync, commits' and the WAL writer's.)
 measure() {
-    local w=$1 p=$2 m=$3 round=$4 lsn0 lsn1 out t0 t1 c0 c1 b0 b1 l0 l1
+    local w=$1 p=$2 m=$3 round=$4 lsn0 lsn1 out t0 t1 c0 c1 b0 b1 l0 l1 ws ws0=- ws1=- sync0 sync1
     sql -c "CHECKPOINT" >/dev/null
+    ws=$(sql -c "SELECT pid FROM pg_stat_replication LIMIT 1")
+    [ -n "$ws" ] && ws0=$(proc_ticks "$ws")
+    sleep 1.1 # pg_stat_wal: backends report at most once a second
+    sync0=$(sql -c "SELECT wal_sync FROM pg_stat_wal")
     lsn0=$(sql -c "SELECT pg_current_wal_lsn()")
     c0=$(cpu_ns "$p" pg)
     b0=$(cpu_ns "$p" bench)
@@ -197,7 +205,14 @@ measure() {
     b1=$(cpu_ns "$p" bench)
     l1=$(cpu_ns "$p" load)
     lsn1=$(sql -c "SELECT pg_current_wal_lsn()")
-    local txns tps bytes nopm fpi=- pgcpu=- benchcpu=- loadcpu=-
+    [ -n "$ws" ] && ws1=$(proc_ticks "$ws")
+    sleep 1.1
+    sync1=$(sql -c "SELECT wal_sync FROM pg_stat_wal")
+    local txns tps bytes nopm fpi=- pgcpu=- benchcpu=- loadcpu=- lat wscpu=-
+    lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+    if [ "$ws0" != - ] && [ "$ws1" != - ]; then
+        wscpu=$(awk -v a="$ws0" -v b="$ws1" -v hz="$(getconf CLK_TCK)" -v t="$((t1 - t0))" 'BEGIN{printf "%.2f", (b - a) / hz / (t / 1e9)}')
+    fi
     txns=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
     tps=$(echo "$out" | sed -n 's/^tps = \([0-9]*\.[0-9]\).* (without initial connection time)/\1/p')
     # pgbench's per-script summary: the first script is new_order.sql.
@@ -216,11 +231,12 @@ measure() {
         fpi=${fpi:--}
     fi
     awk -v b="$bytes" -v t="$txns" -v tps="$tps" -v n="${nopm:--}" -v c="$pgcpu" -v g="$benchcpu" -v l="$loadcpu" \
-        -v f="$fpi" 'BEGIN{printf "%s %.0f %s %s %s %s %s\n", tps, b / t, n, c, g, l, f}'
+        -v f="$fpi" -v lat="${lat:--}" -v ws="$wscpu" -v s="$((sync1 - sync0))" \
+        'BEGIN{printf "%s %.0f %s %s %s %s %s %s %s %.2f\n", tps, b / t, n, c, g, l, f, lat, ws, s / t}'
 }
 
 # --- one workload ----------------------------------------------------------------------------
-# Results: R[w,p,m,round] = "tps bytes nopm pgcpu benchcpu loadcpu fpi"
+# Results: R[w,p,m,round] = measure's line
 declare -A R
 load_workload() {
     local w=$1
@@ -326,9 +342,11 @@ report() {
         shared) echo "placement shared: everything on both CPUs" ;;
         esac
         echo "$clients clients, ${seconds}s per run, $rounds rounds (modes alternating), each run after a CHECKPOINT; pgbench -M prepared -j 1"
-        printf '%-38s %26s %7s %9s %10s %9s %7s %8s %8s\n' mode "TPS min/median/max" spread "WAL B/txn" "NOPM med" "FPI share" "pg CPU" "pgbench" "storage"
+        echo "medians over the rounds except TPS; CPU in CPUs (pg includes the walsender); latency: pgbench's average"
+        printf '%-38s %26s %7s %9s %9s %9s %7s %8s %8s %8s %9s %10s\n' mode "TPS min/median/max" spread "WAL B/txn" "NOPM" "FPI share" \
+            "pg CPU" "pgbench" "storage" walsender "lat ms" "fsyncs/txn"
         for m in "${modes[@]}"; do
-            local tps="" bytes="" nopm="" pgc="" bnc="" ldc="" fpi
+            local tps="" bytes="" nopm="" pgc="" bnc="" ldc="" lat="" wsc="" fsy="" fpi
             for round in $(seq 1 "$rounds"); do
                 vals=${R[$w,$p,$m,$round]:-}
                 [ -n "$vals" ] || continue
@@ -338,12 +356,16 @@ report() {
                 [ "$(field "$vals" 4)" != - ] && pgc="$pgc $(field "$vals" 4)"
                 [ "$(field "$vals" 5)" != - ] && bnc="$bnc $(field "$vals" 5)"
                 [ "$(field "$vals" 6)" != - ] && ldc="$ldc $(field "$vals" 6)"
+                [ "$(field "$vals" 8)" != - ] && lat="$lat $(field "$vals" 8)"
+                [ "$(field "$vals" 9)" != - ] && wsc="$wsc $(field "$vals" 9)"
+                fsy="$fsy $(field "$vals" 10)"
             done
-            fpi=$(field "${R[$w,$p,$m,1]:-- - - - - - -}" 7)
+            fpi=$(field "${R[$w,$p,$m,1]:-- - - - - - - - - -}" 7)
             read -r t_min t_med t_max t_spread < <(stats "$tps")
-            printf '%-38s %26s %7s %9s %10s %9s %7s %8s %8s\n' "$(label_of "$m")" "$t_min/$t_med/$t_max" "$t_spread" \
+            printf '%-38s %26s %7s %9s %9s %9s %7s %8s %8s %8s %9s %10s\n' "$(label_of "$m")" "$t_min/$t_med/$t_max" "$t_spread" \
                 "$(stats "$bytes" | awk '{print $2}')" "$(stats "$nopm" | awk '{print $2}')" "${fpi}%" \
-                "$(stats "$pgc" | awk '{print $2}')" "$(stats "$bnc" | awk '{print $2}')" "$(stats "$ldc" | awk '{print $2}')"
+                "$(stats "$pgc" | awk '{print $2}')" "$(stats "$bnc" | awk '{print $2}')" "$(stats "$ldc" | awk '{print $2}')" \
+                "$(stats "$wsc" | awk '{print $2}')" "$(stats "$lat" | awk '{print $2}')" "$(stats "$fsy" | awk '{print $2}')"
         done
         # Per-round ratios of the helper to its peers, same round.
         for k in rw:"off + helper / off + pg_receivewal (target >= 0.97)" zstd:"off + helper / on + zstd" off:"off + helper / off alone" on:"off + helper / FPW on"; do
