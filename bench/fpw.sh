@@ -101,9 +101,12 @@ status() { helper_status "$hport"; }
 rw_start() {
     rm -rf "$work/receivewal" && mkdir -p "$work/receivewal"
     sql -c "SELECT pg_create_physical_replication_slot('bench_receivewal', true)" >/dev/null
-    in_role "$1" load "$PGBIN/pg_receivewal" -h 127.0.0.1 -p "$port" -U postgres -S bench_receivewal \
+    # Started directly (not through in_role, whose background subshell would be the pid) and
+    # moved to the storage side at once.
+    "$PGBIN/pg_receivewal" -h 127.0.0.1 -p "$port" -U postgres -S bench_receivewal \
         -D "$work/receivewal" --synchronous >"$work/receivewal.log" 2>&1 &
     RW_PID=$!
+    place "$1" load "$RW_PID"
     for _ in $(seq 1 100); do
         [ "$(sql -c "SELECT active FROM pg_replication_slots WHERE slot_name = 'bench_receivewal'")" = t ] && return 0
         sleep 0.1
@@ -113,10 +116,17 @@ rw_start() {
 }
 rw_stop() {
     [ -n "${RW_PID:-}" ] || return 0
-    kill "$RW_PID" 2>/dev/null || true
+    # SIGKILL: on SIGTERM pg_receivewal stops only at its next message, up to 10 s when idle.
+    kill -KILL "$RW_PID" 2>/dev/null || true
     wait "$RW_PID" 2>/dev/null || true
     RW_PID=""
-    sql -c "SELECT pg_drop_replication_slot('bench_receivewal')" >/dev/null 2>&1 || true
+    # The walsender may outlive pg_receivewal for a moment: the slot is dropped once inactive.
+    for _ in $(seq 1 100); do
+        sql -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                WHERE slot_name = 'bench_receivewal' AND NOT active" >/dev/null 2>&1 || true
+        [ -z "$(sql -c "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'bench_receivewal'")" ] && break
+        sleep 0.1
+    done
     rm -rf "$work/receivewal"
 }
 # helper_attach PLACEMENT: starts the helper on the load side (the first time it bootstraps,
@@ -310,12 +320,13 @@ run_workload() {
 }
 
 # --- the report ------------------------------------------------------------------------------
-# stats "v v v ..." → "min median max spread%" (spread: (max - min) / median)
+# stats "v v v ..." [FORMAT] → "min median max spread%" (spread: (max - min) / median), the
+# values printed with FORMAT (default %.1f)
 stats() {
-    tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk '{v[NR] = $1}
+    tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk -v f="${2:-%.1f}" '{v[NR] = $1}
         END {if (NR == 0) {print "- - - -"; exit}
              med = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-             printf "%s %s %s %.1f%%\n", v[1], med, v[NR], med > 0 ? (v[NR] - v[1]) / med * 100 : 0}'
+             printf f " " f " " f " %.1f%%\n", v[1], med, v[NR], (med > 0 ? (v[NR] - v[1]) / med * 100 : 0)}'
 }
 field() { awk -v k="$2" '{print $k}' <<<"$1"; }
 label_of() {
@@ -363,9 +374,9 @@ report() {
             fpi=$(field "${R[$w,$p,$m,1]:-- - - - - - - - - -}" 7)
             read -r t_min t_med t_max t_spread < <(stats "$tps")
             printf '%-38s %26s %7s %9s %9s %9s %7s %8s %8s %8s %9s %10s\n' "$(label_of "$m")" "$t_min/$t_med/$t_max" "$t_spread" \
-                "$(stats "$bytes" | awk '{print $2}')" "$(stats "$nopm" | awk '{print $2}')" "${fpi}%" \
-                "$(stats "$pgc" | awk '{print $2}')" "$(stats "$bnc" | awk '{print $2}')" "$(stats "$ldc" | awk '{print $2}')" \
-                "$(stats "$wsc" | awk '{print $2}')" "$(stats "$lat" | awk '{print $2}')" "$(stats "$fsy" | awk '{print $2}')"
+                "$(stats "$bytes" %.0f | awk '{print $2}')" "$(stats "$nopm" %.0f | awk '{print $2}')" "${fpi}%" \
+                "$(stats "$pgc" %.2f | awk '{print $2}')" "$(stats "$bnc" %.2f | awk '{print $2}')" "$(stats "$ldc" %.2f | awk '{print $2}')" \
+                "$(stats "$wsc" %.2f | awk '{print $2}')" "$(stats "$lat" %.2f | awk '{print $2}')" "$(stats "$fsy" %.2f | awk '{print $2}')"
         done
         # Per-round ratios of the helper to its peers, same round.
         for k in rw:"off + helper / off + pg_receivewal (target >= 0.97)" zstd:"off + helper / on + zstd" off:"off + helper / off alone" on:"off + helper / FPW on"; do
@@ -376,9 +387,19 @@ report() {
                 ratios="$ratios $(awk -v a="$(field "$a" 1)" -v b="$(field "$b" 1)" 'BEGIN{if (b > 0) printf "%.3f", a / b}')"
             done
             [ -n "$ratios" ] || continue
-            read -r r_min r_med r_max _ < <(stats "$ratios")
+            read -r r_min r_med r_max _ < <(stats "$ratios" %.3f)
             printf '  %-56s min %s  median %s  max %s  (per round:%s)\n' "${k#*:}" "$r_min" "$r_med" "$r_max" "$ratios"
         done
+        # The extension and the helper must add no WAL: WAL/txn of off + helper vs off alone.
+        local wh="" wo=""
+        for round in $(seq 1 "$rounds"); do
+            [ -n "${R[$w,$p,helper,$round]:-}" ] && wh="$wh $(field "${R[$w,$p,helper,$round]}" 2)"
+            [ -n "${R[$w,$p,off,$round]:-}" ] && wo="$wo $(field "${R[$w,$p,off,$round]}" 2)"
+        done
+        if [ -n "$wh" ] && [ -n "$wo" ]; then
+            printf '  %-56s %s\n' "WAL/txn, off + helper / off alone (medians; target 1.00)" \
+                "$(awk -v a="$(stats "$wh" | awk '{print $2}')" -v b="$(stats "$wo" | awk '{print $2}')" 'BEGIN{if (b > 0) printf "%.3f", a / b}')"
+        fi
     done
 }
 
