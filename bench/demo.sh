@@ -2,7 +2,10 @@
 # `make demo`: a throwaway PostgreSQL 15 cluster with fpw_pushdown preloaded and the redo
 # helper bootstrapped by BASE_BACKUP; pgbench with full_page_writes on, on + wal_compression
 # = zstd (what a DBA tries first), and off — switched live by the extension while the helper
-# holds the slot and generates page images. Then page reads from the helper (GetPage@LSN),
+# holds the slot and generates page images — in two placements (bench/placement.sh):
+# separated (the deployment: PostgreSQL and pgbench on CPU 0, the helper on CPU 1) first,
+# then shared (everything on both CPUs). The helper streams in every run, as a standby or
+# archiver would with FPW on. Then page reads from the helper (GetPage@LSN),
 # a table of the numbers, a hot page decoded with pageinspect from page_at(), `redo-helper
 # check` against the data files, and a crash with FPW off: a simulated torn page, `redo-helper
 # repair`, crash recovery, amcheck. It stops everything it started.
@@ -13,6 +16,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../scripts/pg_cluster.sh
 source "$here/../scripts/pg_cluster.sh"
+# shellcheck source=placement.sh
+source "$here/placement.sh"
 helper_bin=${REDO_HELPER_BIN:-$here/../target/release/redo-helper}
 seconds=${DEMO_SECONDS:-20}
 scale=${DEMO_SCALE:-10}
@@ -26,9 +31,11 @@ cdir="$work/cluster"
 cleanup() {
     helper_stop
     cluster_remove "$cdir"
+    placement_remove
     rm -rf "$work"
 }
 trap cleanup EXIT
+placement_setup
 
 port=$(free_port)
 hport=$(free_port)
@@ -51,20 +58,23 @@ helper_token_for_postgres "$cdir/helper.token"
 sql "ALTER SYSTEM SET fpw_pushdown.helper_address = '127.0.0.1:$hport'" &&
     sql "ALTER SYSTEM SET fpw_pushdown.helper_token_file = '$cdir/helper.token'" && sql "SELECT pg_reload_conf()" >/dev/null
 
-# run_pgbench LABEL [SWITCH_LSN]: a checkpoint first (FPW logs an image on the first change
-# of a page after each checkpoint), then pgbench; appends one result row.
+# run_pgbench PLACEMENT LABEL [SWITCH_LSN]: a checkpoint first (FPW logs an image on the first
+# change of a page after each checkpoint), then pgbench (prepared statements, one thread, in
+# the placement's load-generator group); appends one result row and records its TPS in TPS[].
 rows=()
 max_lag=0
+declare -A TPS
 run_pgbench() {
-    local label=$1 switch_lsn=${2:--}
+    local placement=$1 label=$2 switch_lsn=${3:--}
     sql "CHECKPOINT" >/dev/null
     local lsn0 fpi0 bytes txns tps fpi
     lsn0=$(sql "SELECT pg_current_wal_lsn()")
     sql "SELECT pg_stat_force_next_flush()" >/dev/null
     sleep 1 # pg_stat_wal is flushed by each backend at most once a second
     fpi0=$(sql "SELECT wal_fpi FROM pg_stat_wal")
-    log "pgbench ${seconds}s: $label"
-    "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$clients" -j "$clients" -T "$seconds" postgres >"$work/run.log" 2>&1 &
+    log "pgbench ${seconds}s, $placement: $label"
+    in_role "$placement" bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -M prepared -c "$clients" -j 1 \
+        -T "$seconds" postgres >"$work/run.log" 2>&1 &
     local bench=$!
     while kill -0 "$bench" 2>/dev/null; do
         local lag
@@ -78,21 +88,29 @@ run_pgbench() {
     tps=$(sed -n 's/^tps = \([0-9]*\.[0-9]\).* (without initial connection time)/\1/p' "$work/run.log")
     sleep 1
     fpi=$(( $(sql "SELECT wal_fpi FROM pg_stat_wal") - fpi0 ))
-    rows+=("$(printf '%-42s %12s %10s %10s %10s %10s  %s' "$label" "$txns" "$tps" \
+    TPS[$placement,$label]=$tps
+    rows+=("$(printf '%-10s %-34s %12s %10s %10s %10s %10s  %s' "$placement" "$label" "$txns" "$tps" \
         "$(awk -v b="$bytes" -v t="$txns" 'BEGIN{printf "%.0f", b/t}')" "$fpi" \
         "$(awk -v b="$bytes" 'BEGIN{printf "%.1f", b/1048576}')" "$switch_lsn")")
 }
 
-run_pgbench "full_page_writes=on"
-sql "ALTER SYSTEM SET wal_compression = 'zstd'" && sql "SELECT pg_reload_conf()" >/dev/null
-run_pgbench "full_page_writes=on, wal_compression=zstd"
-sql "ALTER SYSTEM RESET wal_compression" && sql "SELECT pg_reload_conf()" >/dev/null
-
-off_lsn=$(sql "SELECT fpw_pushdown.disable_full_page_writes()")
-log "full_page_writes off, live: XLOG_FPW_CHANGE at $off_lsn (guard: helper slot + /status)"
-max_lag=0
-run_pgbench "full_page_writes=off + redo helper" "$off_lsn"
-helper_lag=$max_lag
+# The postmaster and every process it has forked (new backends inherit its group).
+pg_pids() { local pm; pm=$(head -1 "$cdir/data/postmaster.pid"); echo "$pm" $(ps -o pid= --ppid "$pm"); }
+for placement in separated shared; do
+    # shellcheck disable=SC2046
+    place "$placement" pg $(pg_pids)
+    place "$placement" load "$HELPER_PID"
+    run_pgbench "$placement" "full_page_writes=on"
+    sql "ALTER SYSTEM SET wal_compression = 'zstd'" && sql "SELECT pg_reload_conf()" >/dev/null
+    run_pgbench "$placement" "on + wal_compression=zstd"
+    sql "ALTER SYSTEM RESET wal_compression" && sql "SELECT pg_reload_conf()" >/dev/null
+    off_lsn=$(sql "SELECT fpw_pushdown.disable_full_page_writes()")
+    log "full_page_writes off, live: XLOG_FPW_CHANGE at $off_lsn (guard: helper slot + /status)"
+    max_lag=0
+    run_pgbench "$placement" "off + redo helper" "$off_lsn"
+    helper_lag=$max_lag
+    [ "$placement" = shared ] || sql "SELECT fpw_pushdown.enable_full_page_writes()" >/dev/null
+done
 
 # Let the helper catch up, then read pages from it as of now: the hottest pages of pgbench.
 target=$(sql "SELECT pg_current_wal_flush_lsn()")
@@ -120,9 +138,17 @@ log "full_page_writes back on: XLOG_FPW_CHANGE at $on_lsn"
 st=$(status)
 
 echo
-printf '%-42s %12s %10s %10s %10s %10s  %s\n' "run (${seconds}s, scale $scale, $clients clients)" transactions TPS "WAL B/txn" FPIs "WAL MB" "switch LSN"
+echo "pgbench ${seconds}s per run, scale $scale, $clients clients, one run each (single runs vary by +-10%: bench/fpw.sh alternates rounds)"
+echo "separated: PostgreSQL and pgbench on CPU 0, the helper on CPU 1 (the deployment: storage's CPU is not the compute's)"
+echo "shared:    everything on both CPUs (the helper takes the database's CPU)"
+printf '%-10s %-34s %12s %10s %10s %10s %10s  %s\n' placement run transactions TPS "WAL B/txn" FPIs "WAL MB" "switch LSN"
 printf '%s\n' "${rows[@]}"
-printf '%-42s %12s %10s %10s %10s %10s  %s\n' "(enable_full_page_writes)" - - - - - "$on_lsn"
+printf '%-10s %-34s %12s %10s %10s %10s %10s  %s\n' "" "(enable_full_page_writes)" - - - - - "$on_lsn"
+echo
+for placement in separated shared; do
+    printf '%-44s %s\n' "off + helper / on + zstd, $placement" \
+        "$(awk -v a="${TPS[$placement,off + redo helper]:-0}" -v b="${TPS[$placement,on + wal_compression=zstd]:-0}" 'BEGIN{if (b > 0) printf "%.2f", a / b; else print "-"}')"
+done
 echo
 printf '%-44s %s\n' \
     "helper: max slot lag during FPW-off run" "$helper_lag bytes" \

@@ -1,97 +1,140 @@
 #!/usr/bin/env bash
-# WAL per transaction and TPS, same cluster, same run: full_page_writes on, on +
-# wal_compression = lz4 and = zstd (what a DBA tries first), off alone (forced, no helper),
-# and off with the redo helper attached (guarded switch), for pgbench's TPC-B-like default
-# and a TPC-C-like workload with poorly compressible strings (bench/tpcc/). Also reports the
-# helper's CPU, images/s and image queue depth at peak load during its run, and GetPage@LSN
-# latency and deltas per read with threshold 16 (with and without the page cache) against no
-# image generation (the whole chain replayed).
-# Knobs: BENCH_SECONDS (20), BENCH_SCALE (pgbench scale, 50), BENCH_WAREHOUSES (4),
-# BENCH_CLIENTS (4), BENCH_READS (2000), BENCH_ROUNDS (3: extra alternations of off alone and
-# off + helper for the TPS comparison).
+# What the compute achieves with each way of running full_page_writes, per workload, in the
+# same run: TPS, WAL per transaction and (TPC-C-like) new orders per minute for
+#   on       full_page_writes = on
+#   lz4      on + wal_compression = lz4
+#   zstd     on + wal_compression = zstd          (what a DBA tries first: the peer)
+#   off      off alone (forced; no streaming client at all)
+#   rw       off + a bare durable streaming client (pg_receivewal --synchronous)
+#   helper   off + the redo helper (guarded switch), generating images at threshold 16
+# Every mode but "off" has a streaming client attached, as production has: the FPW-on modes
+# and "rw" a pg_receivewal --synchronous on a slot of its own, "helper" the helper.
+#
+# Two placements (BENCH_PLACEMENTS, default both; the separated one is the headline):
+#   separated  the deployment: PostgreSQL and the load generator on CPU 0, the streaming
+#              client or the helper alone on CPU 1 (storage's CPU is not the compute's)
+#   shared     everything on both CPUs (the helper takes the database's CPU)
+# Placement is by cgroup (cpuset: the postmaster and every process it forks stay on their
+# CPU; cpuacct: each side's CPU is measured), falling back to taskset without the CPU
+# figures where the cgroup v1 hierarchies are not mounted.
+#
+# Method (issue 20), chosen for a result that repeats on a 2-core VM:
+# - Rounds alternate the modes (each round starts with a different mode, so no mode always
+#   runs first or last), BENCH_ROUNDS >= 5; each run starts right after a CHECKPOINT. Reported:
+#   min / median / max per mode, the spread (max - min) / median, and the per-round ratio of
+#   the helper to its peers (the same round's runs: drift over the rounds, such as table
+#   growth, cancels out).
+# - The load generator costs little and is accounted: pgbench with prepared statements and
+#   one thread, on the compute's CPU (the same share of it in every mode), in a CPU-accounting
+#   group of its own. Not on the storage CPU: there the helper's image generation would slow
+#   the load generator, not the database, and the comparison would measure pgbench. In
+#   production the clients run elsewhere, so the TPS here is a lower bound for every mode
+#   alike. Each side's CPU use is printed per mode (PostgreSQL, pgbench, storage).
+# - The helper is detached during the other modes and catches up (WAL received, indexed and
+#   its image queue drained) before the CHECKPOINT that starts its own run, so it never
+#   spends its run on WAL of another mode.
+# - Default checkpoint settings (max_wal_size = 1GB, checkpoint_timeout = 5min, as in
+#   production: size-triggered checkpoints count) and autovacuum off (a vacuum starting in one
+#   run and not another would decide the comparison).
+#
+# Workloads (BENCH_WORKLOADS, default "tpcb tpcc index"):
+#   tpcb   pgbench's TPC-B-like, scale BENCH_SCALE (50)
+#   tpcc   bench/tpcc/: TPC-C-like new-order (45%) and payment (43%) with poorly compressible
+#          strings, BENCH_WAREHOUSES (100: about 0.8 GB, six times shared_buffers)
+#   index  bench/redo-index/: a documents table with GIN, BRIN, GiST, SP-GiST, hash and
+#          contrib bloom indexes, BENCH_INDEX_ROWS (200000) initial rows
+# Each workload gets a fresh cluster (shared_buffers = 128MB) and a fresh helper.
+#
+# Knobs: BENCH_SECONDS (30 per run), BENCH_ROUNDS (5), BENCH_CLIENTS (8), BENCH_MODES
+# (default all six), BENCH_PLACEMENTS, BENCH_WORKLOADS, BENCH_SCALE, BENCH_WAREHOUSES,
+# BENCH_INDEX_ROWS, REDO_HELPER_BIN. GetPage@LSN latency: bench/getpage.sh.
+# Time: workloads x placements x rounds x modes x (BENCH_SECONDS + ~10 s), plus loading:
+# about 1h30 at the defaults.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../scripts/pg_cluster.sh
 source "$here/../scripts/pg_cluster.sh"
 helper_bin=${REDO_HELPER_BIN:-$here/../target/release/redo-helper}
-seconds=${BENCH_SECONDS:-20}
+seconds=${BENCH_SECONDS:-30}
+rounds=${BENCH_ROUNDS:-5}
+clients=${BENCH_CLIENTS:-8}
 scale=${BENCH_SCALE:-50}
-warehouses=${BENCH_WAREHOUSES:-4}
-clients=${BENCH_CLIENTS:-4}
-reads=${BENCH_READS:-2000}
-rounds=${BENCH_ROUNDS:-3}
+warehouses=${BENCH_WAREHOUSES:-100}
+index_rows=${BENCH_INDEX_ROWS:-200000}
+read -r -a modes <<<"${BENCH_MODES:-on lz4 zstd off rw helper}"
+read -r -a placements <<<"${BENCH_PLACEMENTS:-separated shared}"
+read -r -a workloads <<<"${BENCH_WORKLOADS:-tpcb tpcc index}"
 
 [ -x "$helper_bin" ] || { echo "build the helper first: cargo build --release -p redo-helper" >&2; exit 1; }
+[ "$(nproc)" -ge 2 ] || { echo "the separated placement needs 2 CPUs" >&2; exit 1; }
 work=$(mktemp -d /tmp/fpw_bench.XXXXXX)
 chmod 755 "$work"
-cdir="$work/cluster"
+log() { printf '[bench-fpw %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# --- placement (bench/placement.sh) -------------------------------------------------------
+# shellcheck source=placement.sh
+source "$here/placement.sh"
+# proc_ticks PID: user + system CPU ticks of a process, or - once it is gone.
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo -; }
+# The postmaster and every process it has forked (new backends inherit its group).
+pg_pids() { local pm; pm=$(head -1 "$cdir/data/postmaster.pid"); echo "$pm" $(ps -o pid= --ppid "$pm"); }
+
+cdir=""
+RW_PID=""
 cleanup() {
+    rw_stop
     helper_stop
-    cluster_remove "$cdir"
+    [ -n "$cdir" ] && cluster_remove "$cdir"
+    placement_remove
     rm -rf "$work"
 }
 trap cleanup EXIT
-log() { printf '[bench-fpw %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+placement_setup
 
-port=$(free_port)
-hport=$(free_port)
+# --- the cluster, the streaming clients ------------------------------------------------------
+port=""
+hport=""
 sql() { "$PGBIN/psql" -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
 status() { helper_status "$hport"; }
 
-cluster_init "$cdir" "$port"
-# Autovacuum off: a vacuum starting in one run and not another would decide the comparison.
-cluster_conf "$cdir" "wal_level = replica" "shared_preload_libraries = 'fpw_pushdown'" "max_wal_senders = 4" \
-    "checkpoint_timeout = 30min" "max_wal_size = 8GB" "fpw_pushdown.autopilot = off" "autovacuum = off"
-cluster_start "$cdir"
-sql -c "CREATE EXTENSION fpw_pushdown"
-log "loading pgbench scale $scale and TPC-C-like with $warehouses warehouses"
-"$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -i -s "$scale" -q postgres >"$work/init.log" 2>&1
-sql -v warehouses="$warehouses" -f "$here/tpcc/schema.sql" >/dev/null
-
-# workload NAME → pgbench arguments
-workload_args() {
-    case $1 in
-    tpcb) echo "-b tpcb-like" ;;
-    tpcc) echo "-D warehouses=$warehouses -f $here/tpcc/new_order.sql@45 -f $here/tpcc/payment.sql@43" ;;
-    esac
-}
-
-# run WORKLOAD MODE → prints "bytes_per_txn tps"
-run() {
-    local w=$1 mode=$2 lsn0 lsn1 out
-    sql -c "CHECKPOINT" >/dev/null
-    lsn0=$(sql -c "SELECT pg_current_wal_lsn()")
-    log "$w: $mode (${seconds}s)"
-    # shellcheck disable=SC2046
-    out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$clients" -j "$clients" -T "$seconds" $(workload_args "$w") postgres 2>&1)
-    lsn1=$(sql -c "SELECT pg_current_wal_lsn()")
-    local txns tps bytes
-    txns=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
-    tps=$(echo "$out" | sed -n 's/^tps = \([0-9]*\.[0-9]\).* (without initial connection time)/\1/p')
-    bytes=$(sql -c "SELECT '$lsn1'::pg_lsn - '$lsn0'::pg_lsn")
-    awk -v b="$bytes" -v t="$txns" -v tps="$tps" 'BEGIN{printf "%.0f %s\n", b/t, tps}'
-}
-
-set_compression() { sql -c "ALTER SYSTEM SET wal_compression = '$1'" -c "SELECT pg_reload_conf()" >/dev/null; sleep 0.3; }
-
-declare -A B T CPU QMAX IMGS P
-hz=$(getconf CLK_TCK)
-ticks() { awk '{print $14 + $15}' "/proc/$HELPER_PID/stat"; }
-# Samples the image queue while pgbench runs (peak load): prints the largest depth seen.
-watch_queue() {
-    local max=0 d
-    while [ -f "$work/watching" ]; do
-        d=$(status | json_field imagegen_queue_depth 2>/dev/null || echo 0)
-        [ "${d:-0}" -gt "$max" ] 2>/dev/null && max=$d
-        sleep 0.5
+rw_start() {
+    rm -rf "$work/receivewal" && mkdir -p "$work/receivewal"
+    sql -c "SELECT pg_create_physical_replication_slot('bench_receivewal', true)" >/dev/null
+    # Started directly (not through in_role, whose background subshell would be the pid) and
+    # moved to the storage side at once.
+    "$PGBIN/pg_receivewal" -h 127.0.0.1 -p "$port" -U postgres -S bench_receivewal \
+        -D "$work/receivewal" --synchronous >"$work/receivewal.log" 2>&1 &
+    RW_PID=$!
+    place "$1" load "$RW_PID"
+    for _ in $(seq 1 100); do
+        [ "$(sql -c "SELECT active FROM pg_replication_slots WHERE slot_name = 'bench_receivewal'")" = t ] && return 0
+        sleep 0.1
     done
-    echo "$max"
+    echo "pg_receivewal did not start streaming; see $work/receivewal.log" >&2
+    return 1
 }
-# Starts the helper (the first time it bootstraps; later it resumes from its slot) and waits
-# until the extension's guard sees it healthy (slot active, lag within bounds).
+rw_stop() {
+    [ -n "${RW_PID:-}" ] || return 0
+    # SIGKILL: on SIGTERM pg_receivewal stops only at its next message, up to 10 s when idle.
+    kill -KILL "$RW_PID" 2>/dev/null || true
+    wait "$RW_PID" 2>/dev/null || true
+    RW_PID=""
+    # The walsender may outlive pg_receivewal for a moment: the slot is dropped once inactive.
+    for _ in $(seq 1 100); do
+        sql -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                WHERE slot_name = 'bench_receivewal' AND NOT active" >/dev/null 2>&1 || true
+        [ -z "$(sql -c "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'bench_receivewal'")" ] && break
+        sleep 0.1
+    done
+    rm -rf "$work/receivewal"
+}
+# helper_attach PLACEMENT: starts the helper on the load side (the first time it bootstraps,
+# later it resumes from its slot) and waits until the extension's guard sees it healthy.
 helper_attach() {
+    local p=$1
     helper_start "$helper_bin" "$work/helper" "$port" "$hport" "$work/helper.log" --image-threshold 16
+    place "$p" load "$HELPER_PID"
     helper_token_for_postgres "$cdir/helper.token"
     sql -c "ALTER SYSTEM SET fpw_pushdown.helper_address = '127.0.0.1:$hport'" \
         -c "ALTER SYSTEM SET fpw_pushdown.helper_token_file = '$cdir/helper.token'" -c "SELECT pg_reload_conf()" >/dev/null
@@ -102,16 +145,13 @@ helper_attach() {
     echo "the redo helper did not become healthy; see $work/helper.log" >&2
     return 1
 }
-helper_detach() {
-    helper_stop
-    sql -c "ALTER SYSTEM RESET fpw_pushdown.helper_address" -c "SELECT pg_reload_conf()" >/dev/null
-}
+helper_detach() { helper_stop; }
 # Waits until the helper has made durable and indexed all WAL written so far and its image
-# queue is empty (a re-attached helper first catches up on what it missed).
+# queue is empty.
 helper_caught_up() {
     local target f
     target=$(sql -c "SELECT pg_current_wal_flush_lsn()")
-    for _ in $(seq 1 1200); do
+    for _ in $(seq 1 3000); do
         f=$(status | json_field flush_lsn)
         if [ -n "$f" ] && [ "$(sql -c "SELECT '$f'::pg_lsn >= '$target'::pg_lsn")" = t ] &&
             [ "$(status | json_field imagegen_queue_depth)" = 0 ]; then
@@ -119,195 +159,251 @@ helper_caught_up() {
         fi
         sleep 0.2
     done
-    log "the helper has not caught up after 4 minutes; measuring anyway"
+    log "the helper has not caught up after 10 minutes; measuring anyway"
 }
 
-# Per workload, the runs that are compared directly are adjacent: FPW on, lz4, zstd, then
-# FPW off alone (forced, no helper), FPW off with pg_receivewal streaming durably (the cost
-# of any durable physical replication client, the helper's peer), then FPW off with the
-# helper attached (guarded switch).
-# The helper is not running during the other runs.
-for w in tpcb tpcc; do
-    # Warm-up (not recorded): the first run after loading also sets hint bits and fills caches.
-    run $w "warm-up" >/dev/null
-    read -r "B[$w,on]" "T[$w,on]" < <(run $w "full_page_writes=on")
-    set_compression lz4
-    read -r "B[$w,lz4]" "T[$w,lz4]" < <(run $w "full_page_writes=on, wal_compression=lz4")
-    set_compression zstd
-    read -r "B[$w,zstd]" "T[$w,zstd]" < <(run $w "full_page_writes=on, wal_compression=zstd")
-    set_compression off
-    sql -c "SELECT fpw_pushdown.disable_full_page_writes(force => true)" >/dev/null 2>&1
-    read -r "B[$w,off]" "T[$w,off]" < <(run $w "full_page_writes=off (no helper)")
-    # The cost of streaming WAL durably to anyone: PostgreSQL's own pg_receivewal, fsyncing
-    # what it receives (--synchronous, as the helper does), on its own slot.
-    # A fresh slot and directory per run, so it streams from now on instead of catching up.
-    rm -rf "$work/receivewal" && mkdir -p "$work/receivewal"
-    sql -c "SELECT pg_create_physical_replication_slot('bench_receivewal', true)" >/dev/null
-    "$PGBIN/pg_receivewal" -h 127.0.0.1 -p "$port" -U postgres -S bench_receivewal -D "$work/receivewal" \
-        --synchronous >"$work/receivewal.log" 2>&1 &
-    receivewal=$!
-    sleep 1
-    read -r "B[$w,rw]" "T[$w,rw]" < <(run $w "full_page_writes=off + pg_receivewal --synchronous")
-    kill "$receivewal" 2>/dev/null || true
-    wait "$receivewal" 2>/dev/null || true
-    sql -c "SELECT pg_drop_replication_slot('bench_receivewal')" >/dev/null
-    rm -rf "$work/receivewal"
-    sql -c "SELECT fpw_pushdown.enable_full_page_writes()" >/dev/null
-    log "attaching the redo helper"
-    helper_attach
-    sql -c "SELECT fpw_pushdown.disable_full_page_writes()" >/dev/null
-    t0=$(ticks)
-    s0=$(date +%s.%N)
-    i0=$(status | json_field images_generated)
-    touch "$work/watching"
-    watch_queue >"$work/qmax.$w" &
-    watcher=$!
-    read -r "B[$w,helper]" "T[$w,helper]" < <(run $w "full_page_writes=off + redo helper")
-    rm -f "$work/watching"
-    wait "$watcher"
-    s1=$(date +%s.%N)
-    e=$(awk -v a="$s0" -v b="$s1" 'BEGIN{print b-a}')
-    CPU[$w]=$(awk -v a="$t0" -v b="$(ticks)" -v hz="$hz" -v e="$e" 'BEGIN{printf "%.2f", (b-a)/hz/e}')
-    QMAX[$w]=$(cat "$work/qmax.$w")
-    IMGS[$w]=$(awk -v a="$i0" -v b="$(status | json_field images_generated)" -v e="$e" 'BEGIN{printf "%.0f", (b-a)/e}')
-    # TPS differences of a few percent are below this VM's run-to-run noise (+-10%), so the
-    # comparison with off alone is also made in alternating pairs: helper detached (stopped,
-    # no walsender), then re-attached, caught up and measured. FPW stays off throughout
-    # (the extension's autopilot is off in this cluster). Ratio: median over the pairs.
-    P[$w]="${T[$w,off]}:${T[$w,helper]}"
-    for i in $(seq 1 "$rounds"); do
-        helper_detach
-        read -r _ toff < <(run $w "full_page_writes=off (no helper), pair $i")
-        log "re-attaching the redo helper"
-        helper_attach
-        helper_caught_up
-        read -r _ thelper < <(run $w "full_page_writes=off + redo helper, pair $i")
-        P[$w]="${P[$w]} $toff:$thelper"
+set_mode() {
+    local m=$1
+    case $m in
+    on | lz4 | zstd)
+        sql -c "SELECT fpw_pushdown.enable_full_page_writes()" >/dev/null
+        sql -c "ALTER SYSTEM SET wal_compression = '$([ "$m" = on ] && echo off || echo "$m")'" -c "SELECT pg_reload_conf()" >/dev/null
+        ;;
+    off | rw)
+        sql -c "ALTER SYSTEM SET wal_compression = off" -c "SELECT pg_reload_conf()" >/dev/null
+        sql -c "SELECT fpw_pushdown.disable_full_page_writes(force => true)" >/dev/null 2>&1
+        ;;
+    helper)
+        sql -c "ALTER SYSTEM SET wal_compression = off" -c "SELECT pg_reload_conf()" >/dev/null
+        sql -c "SELECT fpw_pushdown.disable_full_page_writes()" >/dev/null
+        ;;
+    esac
+    sleep 0.3
+}
+
+workload_args() {
+    case $1 in
+    tpcb) echo "-b tpcb-like" ;;
+    tpcc) echo "-D warehouses=$warehouses -f $here/tpcc/new_order.sql@45 -f $here/tpcc/payment.sql@43" ;;
+    index) echo "-f $here/redo-index/txn.sql" ;;
+    esac
+}
+
+# measure WORKLOAD PLACEMENT MODE ROUND →
+#   "tps wal_bytes_per_txn new_order_tpm pg_cpu bench_cpu load_cpu fpi_share latency_ms
+#    walsender_cpu wal_fsyncs_per_txn"
+# (CPU in CPUs: 1.00 is one CPU busy for the whole run; fpi_share from pg_waldump --stats,
+# first round only; walsender_cpu: the streaming client's walsender, part of pg_cpu; the
+# fsyncs are pg_stat_wal's wal_sync, commits' and the WAL writer's.)
+measure() {
+    local w=$1 p=$2 m=$3 round=$4 lsn0 lsn1 out t0 t1 c0 c1 b0 b1 l0 l1 ws ws0=- ws1=- sync0 sync1
+    sql -c "CHECKPOINT" >/dev/null
+    ws=$(sql -c "SELECT pid FROM pg_stat_replication LIMIT 1")
+    [ -n "$ws" ] && ws0=$(proc_ticks "$ws")
+    sleep 1.1 # pg_stat_wal: backends report at most once a second
+    sync0=$(sql -c "SELECT wal_sync FROM pg_stat_wal")
+    lsn0=$(sql -c "SELECT pg_current_wal_lsn()")
+    c0=$(cpu_ns "$p" pg)
+    b0=$(cpu_ns "$p" bench)
+    l0=$(cpu_ns "$p" load)
+    t0=$(date +%s%N)
+    # shellcheck disable=SC2046
+    out=$(in_role "$p" bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -M prepared -c "$clients" -j 1 \
+        -T "$seconds" $(workload_args "$w") postgres 2>&1) || { echo "$out" >&2; return 1; }
+    t1=$(date +%s%N)
+    c1=$(cpu_ns "$p" pg)
+    b1=$(cpu_ns "$p" bench)
+    l1=$(cpu_ns "$p" load)
+    lsn1=$(sql -c "SELECT pg_current_wal_lsn()")
+    [ -n "$ws" ] && ws1=$(proc_ticks "$ws")
+    sleep 1.1
+    sync1=$(sql -c "SELECT wal_sync FROM pg_stat_wal")
+    local txns tps bytes nopm fpi=- pgcpu=- benchcpu=- loadcpu=- lat wscpu=-
+    lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+    if [ "$ws0" != - ] && [ "$ws1" != - ]; then
+        wscpu=$(awk -v a="$ws0" -v b="$ws1" -v hz="$(getconf CLK_TCK)" -v t="$((t1 - t0))" 'BEGIN{printf "%.2f", (b - a) / hz / (t / 1e9)}')
+    fi
+    txns=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+    tps=$(echo "$out" | sed -n 's/^tps = \([0-9]*\.[0-9]\).* (without initial connection time)/\1/p')
+    # pgbench's per-script summary: the first script is new_order.sql.
+    nopm=$(echo "$out" | awk '/^SQL script 1:/ {s = 1} s && /transactions \(/ {sub(/.*tps = /, ""); sub(/\).*/, ""); printf "%.0f", $0 * 60; exit}')
+    bytes=$(sql -c "SELECT '$lsn1'::pg_lsn - '$lsn0'::pg_lsn")
+    if [ "$c0" != - ]; then
+        pgcpu=$(awk -v a="$c0" -v b="$c1" -v t="$((t1 - t0))" 'BEGIN{printf "%.2f", (b - a) / t}')
+        benchcpu=$(awk -v a="$b0" -v b="$b1" -v t="$((t1 - t0))" 'BEGIN{printf "%.2f", (b - a) / t}')
+        loadcpu=$(awk -v a="$l0" -v b="$l1" -v t="$((t1 - t0))" 'BEGIN{printf "%.2f", (b - a) / t}')
+    fi
+    if [ "$round" = 1 ]; then
+        # Right after the run its segments are still in pg_wal (the next CHECKPOINT may
+        # recycle them). The Total line: "Total N R [r%] F [f%] T [100%]".
+        fpi=$(as_postgres "$PGBIN/pg_waldump" -p "$cdir/data/pg_wal" -s "$lsn0" -e "$lsn1" --stats 2>/dev/null |
+            awk '/^Total/ {for (i = 1; i <= NF; i++) if ($i ~ /^\[/) {n++; if (n == 2) {gsub(/[\[\]%]/, "", $i); print $i; exit}}}')
+        fpi=${fpi:--}
+    fi
+    awk -v b="$bytes" -v t="$txns" -v tps="$tps" -v n="${nopm:--}" -v c="$pgcpu" -v g="$benchcpu" -v l="$loadcpu" \
+        -v f="$fpi" -v lat="${lat:--}" -v ws="$wscpu" -v s="$((sync1 - sync0))" \
+        'BEGIN{printf "%s %.0f %s %s %s %s %s %s %s %.2f\n", tps, b / t, n, c, g, l, f, lat, ws, s / t}'
+}
+
+# --- one workload ----------------------------------------------------------------------------
+# Results: R[w,p,m,round] = measure's line
+declare -A R
+load_workload() {
+    local w=$1
+    case $w in
+    tpcb)
+        log "tpcb: pgbench -i -s $scale"
+        "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -i -s "$scale" -q postgres >"$work/init.log" 2>&1
+        ;;
+    tpcc)
+        log "tpcc: loading $warehouses warehouses"
+        sql -v warehouses="$warehouses" -f "$here/tpcc/schema.sql" >/dev/null
+        ;;
+    index)
+        log "index: loading $index_rows documents"
+        sql -v rows="$index_rows" -v gin=1 -f "$here/redo-index/schema.sql" >/dev/null
+        ;;
+    esac
+    sql -c "VACUUM ANALYZE" >/dev/null
+}
+
+run_workload() {
+    local w=$1 p m round i n=${#modes[@]}
+    cdir="$work/cluster-$w"
+    port=$(free_port)
+    hport=$(free_port)
+    cluster_init "$cdir" "$port"
+    cluster_conf "$cdir" "wal_level = replica" "shared_preload_libraries = 'fpw_pushdown'" "max_wal_senders = 6" \
+        "max_replication_slots = 6" "fpw_pushdown.autopilot = off" "autovacuum = off"
+    cluster_start "$cdir"
+    sql -c "CREATE EXTENSION fpw_pushdown" >/dev/null
+    load_workload "$w"
+    log "$w: the helper bootstraps"
+    helper_attach shared
+    helper_caught_up
+    helper_detach
+    for p in "${placements[@]}"; do
+        # shellcheck disable=SC2046
+        place "$p" pg $(pg_pids)
+        log "$w, $p: warm-up (not recorded)"
+        set_mode on
+        measure "$w" "$p" on 0 >/dev/null
+        for round in $(seq 1 "$rounds"); do
+            for i in $(seq 0 $((n - 1))); do
+                m=${modes[$(((i + round - 1) % n))]}
+                case $m in
+                helper)
+                    log "$w, $p, round $round: attaching the helper, catching up"
+                    helper_attach "$p"
+                    helper_caught_up
+                    ;;
+                on | lz4 | zstd | rw) rw_start "$p" ;;
+                esac
+                set_mode "$m"
+                log "$w, $p, round $round: $m (${seconds}s)"
+                R[$w,$p,$m,$round]=$(measure "$w" "$p" "$m" "$round")
+                rw_stop
+                if [ "$m" = helper ]; then
+                    sql -c "SELECT fpw_pushdown.enable_full_page_writes()" >/dev/null
+                    helper_detach
+                fi
+            done
+        done
+        # shellcheck disable=SC2046
+        place shared pg $(pg_pids)
     done
-    sql -c "SELECT fpw_pushdown.enable_full_page_writes()" >/dev/null
-    # The last workload's helper stays attached for the GetPage reads below.
-    [ "$w" = tpcc ] || helper_detach
-done
+    report "$w"
+    sql -c "SELECT pg_drop_replication_slot('fpw_pushdown')" >/dev/null 2>&1 || true
+    cluster_remove "$cdir"
+    rm -rf "$work/helper"
+    cdir=""
+}
 
-# GetPage@LSN: the same pages (every 10th the hottest pgbench page, the others random
-# pgbench_accounts pages) read three ways, each at the LSN where the load stopped:
-#   served      - what a caller gets: cached page or generated image + deltas
-#   no cache    - generated images (threshold 16) + deltas, the page cache bypassed
-#   no images   - the whole chain from the WAL or the base backup: no image generation
-# Latency is the client's time to first byte after connecting (curl), so it includes the
-# HTTP round trip on loopback; deltas per read come from the x-deltas-replayed header.
-db=$(sql -c "SELECT oid FROM pg_database WHERE datname = 'postgres'")
-acc=$(sql -c "SELECT pg_relation_filenode('pgbench_accounts')")
-blocks=$(sql -c "SELECT pg_relation_size('pgbench_accounts') / 8192")
-br=$(sql -c "SELECT pg_relation_filenode('pgbench_branches')")
-at=$(sql -c "SELECT pg_current_wal_flush_lsn()")
-: >"$work/pages"
-for i in $(seq 1 "$reads"); do
-    if [ $((i % 10)) = 0 ]; then echo "1663/$db/$br/main/0"; else echo "1663/$db/$acc/main/$(( (RANDOM * 32768 + RANDOM) % blocks ))"; fi
-done >"$work/pages"
-# read_pages QUERY OUT: one line per read: "http_code client_us deltas helper_us start".
-# One curl process reads every page over one kept-alive connection, one request at a time,
-# as a compute's page client would (a new process and connection per read measures curl's
-# start-up and a cold CPU, not the helper).
-read_pages() {
-    local q=$1 out=$2 p
-    while read -r p; do
-        printf 'url = "http://127.0.0.1:%s/page/%s?lsn=%s&wait_ms=5000%s"\noutput = /dev/null\n' "$hport" "$p" "$at" "$q"
-    done <"$work/pages" >"$work/curl.cfg"
-    # The API token (kept out of the command line, where ps would show it).
-    printf 'header = "Authorization: Bearer %s"\n' "$(cat "$work/helper/api.token")" >>"$work/curl.cfg"
-    curl -s -K "$work/curl.cfg" -D "$work/h" -w '%{http_code} %{time_starttransfer}\n' >"$work/w" || true
-    # The headers of each response, in order: its status line, then x-deltas-replayed,
-    # x-read-us (time to rebuild the page inside the helper) and x-start.
-    tr -d '\r' <"$work/h" | awk '
-        function flush() { if (code != "") print d, u, s; code = "" }
-        /^HTTP\// { flush(); code = $2; d = -1; u = -1; s = "-"; next }
-        /^x-deltas-replayed:/ { d = $2 }
-        /^x-read-us:/ { u = $2 }
-        /^x-start:/ { s = $2 "_" $3 }
-        END { flush() }' >"$work/h.fields"
-    paste -d' ' <(awk '{printf "%s %.0f\n", $1, $2 * 1e6}' "$work/w") "$work/h.fields" >"$out"
+# --- the report ------------------------------------------------------------------------------
+# stats "v v v ..." [FORMAT] → "min median max spread%" (spread: (max - min) / median), the
+# values printed with FORMAT (default %.1f)
+stats() {
+    tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk -v f="${2:-%.1f}" '{v[NR] = $1}
+        END {if (NR == 0) {print "- - - -"; exit}
+             med = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+             printf f " " f " " f " %.1f%%\n", v[1], med, v[NR], (med > 0 ? (v[NR] - v[1]) / med * 100 : 0)}'
 }
-# quantile SORTED_FILE P → the value at fraction P (nearest rank)
-quantile() {
-    local n
-    n=$(wc -l <"$1")
-    [ "$n" -gt 0 ] || { echo -; return; }
-    sed -n "$(awk -v n="$n" -v p="$2" 'BEGIN{i=int(n*p+0.5); if(i<1)i=1; if(i>n)i=n; print i}')p" "$1"
+field() { awk -v k="$2" '{print $k}' <<<"$1"; }
+label_of() {
+    case $1 in
+    on) echo "full_page_writes=on + pg_receivewal" ;;
+    lz4) echo "on + lz4 + pg_receivewal" ;;
+    zstd) echo "on + zstd + pg_receivewal" ;;
+    off) echo "off alone (no streaming client)" ;;
+    rw) echo "off + pg_receivewal --synchronous" ;;
+    helper) echo "off + redo helper" ;;
+    esac
 }
-# summary FILE [FILTER] → "errors p50_us p99_us helper_p50_us helper_p99_us deltas_p50 deltas_p99
-# deltas_max count" over the successful reads FILTER (an awk condition) selects.
-summary() {
-    local f=$1 cond=${2:-1}
-    awk "\$1 == 200 && ($cond) {print \$2}" "$f" | sort -n >"$f.lat"
-    awk "\$1 == 200 && ($cond) {print \$3}" "$f" | sort -n >"$f.del"
-    awk "\$1 == 200 && ($cond) {print \$4}" "$f" | sort -n >"$f.srv"
-    echo "$(awk '$1 != 200' "$f" | wc -l) $(quantile "$f.lat" 0.5) $(quantile "$f.lat" 0.99)" \
-        "$(quantile "$f.srv" 0.5) $(quantile "$f.srv" 0.99)" \
-        "$(quantile "$f.del" 0.5) $(quantile "$f.del" 0.99) $(quantile "$f.del" 1) $(wc -l <"$f.lat")"
-}
-# Reads after the load, once the helper has caught up and image generation has drained its
-# queue (its peak depth and rate under load are reported above).
-helper_caught_up
-log "GetPage: $reads reads x 3 ways at $at"
-read_pages "" "$work/r.served"
-read_pages "&cache=none" "$work/r.nocache"
-read_pages "&images=none" "$work/r.noimages"
-st=$(status)
-
-pct() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f%%", (1 - a/b) * 100}'; }
-# median_ratio "a:b a:b ..." → the median of b/a, in percent
-median_ratio() {
-    tr ' ' '\n' <<<"$1" | awk -F: 'NF == 2 && $1 > 0 {print $2 / $1 * 100}' | sort -n |
-        awk '{v[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) printf "%.1f%%", v[(NR + 1) / 2]; else printf "%.1f%%", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
-}
-for w in tpcb tpcc; do
-    echo
-    echo "workload: $w ($clients clients, ${seconds}s per run; pgbench scale $scale / $warehouses warehouses)"
-    printf '%-40s %12s %10s\n' mode "WAL B/txn" TPS
-    for m in on lz4 zstd off rw helper; do
-        case $m in
-        on) label="full_page_writes=on" ;;
-        lz4) label="on + wal_compression=lz4" ;;
-        zstd) label="on + wal_compression=zstd" ;;
-        off) label="off alone (forced)" ;;
-        rw) label="off + pg_receivewal --synchronous" ;;
-        helper) label="off + redo helper" ;;
+report() {
+    local w=$1 p m round vals k
+    for p in "${placements[@]}"; do
+        echo
+        case $w in
+        tpcb) echo "workload tpcb: pgbench TPC-B-like, scale $scale" ;;
+        tpcc) echo "workload tpcc: TPC-C-like, $warehouses warehouses" ;;
+        index) echo "workload index: bench/redo-index, $index_rows initial rows" ;;
         esac
-        printf '%-40s %12s %10s\n' "$label" "${B[$w,$m]}" "${T[$w,$m]}"
+        case $p in
+        separated) echo "placement separated: PostgreSQL and pgbench on CPU 0; the streaming client or the helper on CPU 1" ;;
+        shared) echo "placement shared: everything on both CPUs" ;;
+        esac
+        echo "$clients clients, ${seconds}s per run, $rounds rounds (modes alternating), each run after a CHECKPOINT; pgbench -M prepared -j 1"
+        echo "medians over the rounds except TPS; CPU in CPUs (pg includes the walsender); latency: pgbench's average"
+        printf '%-38s %26s %7s %9s %9s %9s %7s %8s %8s %8s %9s %10s\n' mode "TPS min/median/max" spread "WAL B/txn" "NOPM" "FPI share" \
+            "pg CPU" "pgbench" "storage" walsender "lat ms" "fsyncs/txn"
+        for m in "${modes[@]}"; do
+            local tps="" bytes="" nopm="" pgc="" bnc="" ldc="" lat="" wsc="" fsy="" fpi
+            for round in $(seq 1 "$rounds"); do
+                vals=${R[$w,$p,$m,$round]:-}
+                [ -n "$vals" ] || continue
+                tps="$tps $(field "$vals" 1)"
+                bytes="$bytes $(field "$vals" 2)"
+                [ "$(field "$vals" 3)" != - ] && nopm="$nopm $(field "$vals" 3)"
+                [ "$(field "$vals" 4)" != - ] && pgc="$pgc $(field "$vals" 4)"
+                [ "$(field "$vals" 5)" != - ] && bnc="$bnc $(field "$vals" 5)"
+                [ "$(field "$vals" 6)" != - ] && ldc="$ldc $(field "$vals" 6)"
+                [ "$(field "$vals" 8)" != - ] && lat="$lat $(field "$vals" 8)"
+                [ "$(field "$vals" 9)" != - ] && wsc="$wsc $(field "$vals" 9)"
+                fsy="$fsy $(field "$vals" 10)"
+            done
+            fpi=$(field "${R[$w,$p,$m,1]:-- - - - - - - - - -}" 7)
+            read -r t_min t_med t_max t_spread < <(stats "$tps")
+            printf '%-38s %26s %7s %9s %9s %9s %7s %8s %8s %8s %9s %10s\n' "$(label_of "$m")" "$t_min/$t_med/$t_max" "$t_spread" \
+                "$(stats "$bytes" %.0f | awk '{print $2}')" "$(stats "$nopm" %.0f | awk '{print $2}')" "${fpi}%" \
+                "$(stats "$pgc" %.2f | awk '{print $2}')" "$(stats "$bnc" %.2f | awk '{print $2}')" "$(stats "$ldc" %.2f | awk '{print $2}')" \
+                "$(stats "$wsc" %.2f | awk '{print $2}')" "$(stats "$lat" %.2f | awk '{print $2}')" "$(stats "$fsy" %.2f | awk '{print $2}')"
+        done
+        # Per-round ratios of the helper to its peers, same round.
+        for k in rw:"off + helper / off + pg_receivewal (target >= 0.97)" zstd:"off + helper / on + zstd" off:"off + helper / off alone" on:"off + helper / FPW on"; do
+            local peer=${k%%:*} ratios=""
+            for round in $(seq 1 "$rounds"); do
+                local a=${R[$w,$p,helper,$round]:-} b=${R[$w,$p,$peer,$round]:-}
+                [ -n "$a" ] && [ -n "$b" ] || continue
+                ratios="$ratios $(awk -v a="$(field "$a" 1)" -v b="$(field "$b" 1)" 'BEGIN{if (b > 0) printf "%.3f", a / b}')"
+            done
+            [ -n "$ratios" ] || continue
+            read -r r_min r_med r_max _ < <(stats "$ratios" %.3f)
+            printf '  %-56s min %s  median %s  max %s  (per round:%s)\n' "${k#*:}" "$r_min" "$r_med" "$r_max" "$ratios"
+        done
+        # The extension and the helper must add no WAL: WAL/txn of off + helper vs off alone.
+        local wh="" wo=""
+        for round in $(seq 1 "$rounds"); do
+            [ -n "${R[$w,$p,helper,$round]:-}" ] && wh="$wh $(field "${R[$w,$p,helper,$round]}" 2)"
+            [ -n "${R[$w,$p,off,$round]:-}" ] && wo="$wo $(field "${R[$w,$p,off,$round]}" 2)"
+        done
+        if [ -n "$wh" ] && [ -n "$wo" ]; then
+            printf '  %-56s %s\n' "WAL/txn, off + helper / off alone (medians; target 1.00)" \
+                "$(awk -v a="$(stats "$wh" | awk '{print $2}')" -v b="$(stats "$wo" | awk '{print $2}')" 'BEGIN{if (b > 0) printf "%.3f", a / b}')"
+        fi
     done
-    printf '%-60s %s\n' "WAL/txn reduction, helper vs FPW on (target >= 91%)" "$(pct "${B[$w,helper]}" "${B[$w,on]}")" \
-        "WAL/txn below FPW on + zstd (target >= 40%)" "$(pct "${B[$w,helper]}" "${B[$w,zstd]}")" \
-        "TPS with helper / TPS off alone, adjacent runs above" "$(awk -v a="${T[$w,helper]}" -v b="${T[$w,off]}" 'BEGIN{printf "%.1f%%", a/b*100}')" \
-        "TPS pairs (off alone:off + helper), first the runs above" "${P[$w]}" \
-        "TPS with helper / TPS off alone, median of pairs (target >= 97%)" "$(median_ratio "${P[$w]}")" \
-        "TPS with pg_receivewal --synchronous / TPS off alone (peer)" "$(awk -v a="${T[$w,rw]}" -v b="${T[$w,off]}" 'BEGIN{printf "%.1f%%", a/b*100}')" \
-        "helper CPU during its run (cores)" "${CPU[$w]}" \
-        "images generated per second during its run" "${IMGS[$w]}" \
-        "image queue depth, max sampled at peak load" "${QMAX[$w]}"
-done
-echo
-echo "GetPage@LSN at $at: $reads reads (10% the hottest page, 90% random pgbench_accounts pages),"
-echo "one request at a time over one kept-alive connection"
-echo "(latency: 'helper' = time to rebuild the page inside the helper, x-read-us; 'client' = curl's"
-echo " time to first byte, so it adds the HTTP round trip and curl itself)"
-printf '%-48s %6s %6s %16s %16s %17s\n' "read" reads errors "helper p50/p99" "client p50/p99" "deltas p50/p99/max"
-row() {
-    local label=$1 e l50 l99 s50 s99 d50 d99 dmax n
-    read -r e l50 l99 s50 s99 d50 d99 dmax n < <(summary "$2" "${3:-1}")
-    printf '%-48s %6s %6s %16s %16s %17s\n' "$label" "$n" "$e" "$s50/$s99 us" "$l50/$l99 us" "$d50/$d99/$dmax"
 }
-for r in served:"served (cache + images, threshold 16)" nocache:"images, threshold 16, no cache" noimages:"no image generation (full chain)"; do
-    row "${r#*:}" "$work/r.${r%%:*}"
+
+log "placement by $([ "$use_cgroups" = 1 ] && echo "cgroup v1 cpuset + cpuacct" || echo "taskset (no CPU accounting)")"
+for w in "${workloads[@]}"; do
+    run_workload "$w"
 done
-# The reads the target is about: the replay starts from an image the helper holds (a page it
-# served recently, or one it generated) and has at most 16 deltas on top. The other reads
-# start from the base backup's data files, which this VM's DAMON pageout evicts from the page
-# cache after a minute without access: those are disk reads.
-image_start='($5 == "cached_page" || $5 == "generated_image") && $3 <= 16'
-row "  of served: cached/generated image + <= 16" "$work/r.served" "$image_start"
-row "  of served: base backup page (data files)" "$work/r.served" '$5 == "base_backup"'
-row "  of no cache: generated image + <= 16" "$work/r.nocache" "$image_start"
-printf '%-60s %s\n' \
-    "GetPage p99 target (cached image + <= 16 deltas, in the helper)" "<= 200 us" \
-    "images generated / failed / queue depth now" "$(echo "$st" | json_field images_generated) / $(echo "$st" | json_field image_failures) / $(echo "$st" | json_field imagegen_queue_depth)"
