@@ -192,6 +192,18 @@ fn remote_repair_restores_torn_pages_from_a_running_helper_over_tls() {
     // Bad input, refused before anything is written (exit 2).
     let wrong = d.join("wrong-token");
     std::fs::write(&wrong, "0123456789abcdef0123456789abcdef\n").expect("write");
+    // A token file others can read is refused, like the helper's own.
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let (code, _, err) = run_remote(
+        &c.data,
+        &url,
+        &["--helper-token-file", wrong.to_str().expect("path")],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("chmod 0600"), "{err}");
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
     let (code, _, err) = run_remote(
         &c.data,
         &url,
