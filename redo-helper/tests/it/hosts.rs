@@ -427,8 +427,17 @@ fn read_through(site: &Site, shard: usize, rel: &str, blocks: &[u32]) -> (Vec<Ve
     let mut pages = Vec::new();
     let mut proxied = 0;
     for &blk in blocks {
-        let (code, headers, body) =
-            site.api_get("pg", SHARD_IPS[shard], &format!("/page/{rel}/main/{blk}"));
+        // No answer at all (code 0) right after a shard's service address moved to its
+        // replacement: the other hosts' neighbour caches still name the old host for a
+        // while. Retried for up to 30 s; any HTTP answer is final.
+        let path = format!("/page/{rel}/main/{blk}");
+        let mut answer = site.api_get("pg", SHARD_IPS[shard], &path);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while answer.0 == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            answer = site.api_get("pg", SHARD_IPS[shard], &path);
+        }
+        let (code, headers, body) = answer;
         assert_eq!(
             code,
             200,
