@@ -527,25 +527,7 @@ impl Remote {
 
     /// The object at `key`, or None.
     pub(crate) fn get(&self, key: &str) -> Result<Option<Bytes>, RemoteError> {
-        let store = Arc::clone(&self.store);
-        let path = self.path(key);
-        count(GET, key, 1);
-        let r = self.run(async move {
-            match store.get(&path).await {
-                Ok(g) => g.bytes().await.map(Some),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
-        })?;
-        let r = r.map_err(|source| RemoteError::Request {
-            op: "GET",
-            key: key.to_string(),
-            source,
-        })?;
-        if let Some(b) = &r {
-            count(DOWN, key, b.len() as u64);
-        }
-        Ok(r)
+        self.get_bytes(key, None)
     }
 
     /// Bytes `range` of the object at `key`, or None when there is no such object (a
@@ -555,11 +537,27 @@ impl Remote {
         key: &str,
         range: std::ops::Range<u64>,
     ) -> Result<Option<Bytes>, RemoteError> {
+        self.get_bytes(key, Some(range))
+    }
+
+    /// GET of the whole object or of `range`; None when there is no such object.
+    fn get_bytes(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<Option<Bytes>, RemoteError> {
         let store = Arc::clone(&self.store);
         let path = self.path(key);
         count(GET, key, 1);
         let r = self.run(async move {
-            match store.get_range(&path, range).await {
+            let got = match range {
+                None => match store.get(&path).await {
+                    Ok(g) => g.bytes().await,
+                    Err(e) => Err(e),
+                },
+                Some(range) => store.get_range(&path, range).await,
+            };
+            match got {
                 Ok(b) => Ok(Some(b)),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e),
