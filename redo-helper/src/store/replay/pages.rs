@@ -26,13 +26,19 @@ pub(crate) struct PageSet {
     dropped_dbs: HashSet<(u32, u32)>,
 }
 
-/// Base files by (relation, fork, segment), mapped copy-on-write on first use.
+/// Base files by (relation, fork, segment), mapped read-only on first use.
 ///
-/// A page loaded from the base backup is used where it lies in the mapping, copied by the
-/// kernel straight from the page cache when it is loaded. A `pread` into fresh memory costs
-/// more: the kernel zeroes the memory (a page fault per 4 KB), then copies into it, plus
-/// the system call. The base files never change after the bootstrap, which a private
-/// mapping relies on (a file truncated under it would fault on access).
+/// A page loaded from the base backup is copied out of the segment's shared read-only
+/// mapping (the page cache's own pages: a read fault maps up to 16 neighbouring pages of
+/// the file at once, and nothing is allocated) into a buffer of the page table's arena,
+/// whose memory was faulted in a chunk at a time ahead of use
+/// ([`crate::redo::pagetable::PageArena`]). Measured against the alternatives on a virtual
+/// machine with shadow paging (every fault traps into the hypervisor): a copy-on-write
+/// private mapping paid two 4 KB copy-on-write faults per page, and a `pread` per page a
+/// system call (~2 us with its copy). The mapping is never written, so it never needs the
+/// TLB flush a copy-on-write would send to the other replay threads. The base files never
+/// change after the bootstrap, which the mapping relies on (a file truncated under it
+/// would fault on access).
 #[derive(Default)]
 struct BaseFileCache {
     open: FastMap<(RelFileLocator, ForkNumber, u32), BaseSegment>,
@@ -40,21 +46,31 @@ struct BaseFileCache {
 
 enum BaseSegment {
     Missing,
-    /// The segment's mapping (owned by the page table's arena) and its length.
+    /// The segment's read-only mapping and its length (unmapped with the cache).
     Mapped(NonNull<u8>, usize),
     /// Could not be mapped (an empty file, a file system without mmap): read with pread.
     Unmapped(std::fs::File),
 }
 
-// SAFETY: the mapping belongs to the page table of the thread that made it; the cache moves
-// between threads only together with that table (a worker's page set returned at join), so
-// no two threads use the mapping at once.
+// SAFETY: a read-only mapping that belongs to this cache alone (unmapped on its drop); the
+// cache moves between threads only with its page set, so no two threads use it at once.
 unsafe impl Send for BaseSegment {}
 
+impl Drop for BaseFileCache {
+    fn drop(&mut self) {
+        for (_, seg) in self.open.drain() {
+            if let BaseSegment::Mapped(p, len) = seg {
+                // SAFETY: the mapping made in `load`, of this length; the pages were copied
+                // out of it, nothing points into it.
+                unsafe { libc::munmap(p.as_ptr() as *mut libc::c_void, len) };
+            }
+        }
+    }
+}
+
 impl BaseFileCache {
-    /// The base image of `key`: a pointer into the segment's mapping, or (for a segment
-    /// that could not be mapped) a buffer of `pages` read with pread. None when the backup
-    /// does not have the page.
+    /// The base image of `key`, copied into a buffer of `pages`. None when the backup does
+    /// not have the page.
     fn load(
         &mut self,
         base: &BaseFiles,
@@ -86,14 +102,15 @@ impl BaseFileCache {
                 let p = if len == 0 {
                     libc::MAP_FAILED
                 } else {
-                    // SAFETY: a private mapping of a file opened here, of its length; mmap
-                    // touches no memory of ours and its result is checked below.
+                    // SAFETY: a shared read-only mapping of a file opened here, of its
+                    // length; mmap touches no memory of ours and its result is checked
+                    // below.
                     unsafe {
                         libc::mmap(
                             std::ptr::null_mut(),
                             len,
-                            libc::PROT_READ | libc::PROT_WRITE,
-                            libc::MAP_PRIVATE,
+                            libc::PROT_READ,
+                            libc::MAP_SHARED,
                             file.as_raw_fd(),
                             0,
                         )
@@ -101,7 +118,6 @@ impl BaseFileCache {
                 };
                 match NonNull::new(p as *mut u8) {
                     Some(p) if p.as_ptr() as *mut libc::c_void != libc::MAP_FAILED => {
-                        pages.own_mapping(p, len);
                         v.insert(BaseSegment::Mapped(p, len))
                     }
                     _ => v.insert(BaseSegment::Unmapped(file)),
@@ -115,20 +131,18 @@ impl BaseFileCache {
                 if offset + BLCKSZ > *len {
                     return Ok(None);
                 }
-                // SAFETY: within the mapping (checked above).
-                let page = unsafe { p.as_ptr().add(offset) };
-                // Take the private copy now, with a write fault on a page not mapped yet:
-                // if the first access were a read, the page cache's page would be mapped
-                // read-only and the first write would replace that mapping, which needs a
-                // TLB flush on every CPU running another replay thread (an IPI; costly in
-                // a virtual machine: replay measured ~25% slower). An error (a kernel
-                // before 5.14) only leaves the copy to the first write.
-                // SAFETY: the range lies in a private mapping of ours.
+                let (buf, _) = pages.new_page();
+                // SAFETY: the source lies within the mapping (checked above), which is
+                // readable and not written by anyone while the base files exist; the
+                // destination is a buffer of the table not given to any slot yet.
                 unsafe {
-                    libc::madvise(page as *mut libc::c_void, BLCKSZ, libc::MADV_POPULATE_WRITE)
+                    std::ptr::copy_nonoverlapping(
+                        p.as_ptr().add(offset),
+                        buf.as_ptr() as *mut u8,
+                        BLCKSZ,
+                    )
                 };
-                // SAFETY: within the mapping, not null.
-                Ok(Some(unsafe { NonNull::new_unchecked(page) }.cast()))
+                Ok(Some(buf))
             }
             BaseSegment::Unmapped(f) => {
                 let (mut buf, _) = pages.new_page();
