@@ -107,6 +107,16 @@ impl SharedBytes {
         self.end - self.start
     }
 
+    /// The whole mapping these bytes are part of.
+    pub(crate) fn map(&self) -> &Arc<MappedFile> {
+        &self.map
+    }
+
+    /// Offset of these bytes in the mapping.
+    pub(crate) fn start(&self) -> usize {
+        self.start
+    }
+
     pub fn is_empty(&self) -> bool {
         self.start == self.end
     }
