@@ -567,12 +567,11 @@ impl WalStreamDecoder {
             }
         }
         self.consume(span);
-        let header = XLogRecord::parse(out.raw_header()).ok_or_else(|| {
-            WalError::MalformedRecord {
+        let header =
+            XLogRecord::parse(out.raw_header()).ok_or_else(|| WalError::MalformedRecord {
                 lsn: start,
                 what: "record shorter than its header".into(),
-            }
-        })?;
+            })?;
         if !self.defer_verification {
             let computed = out.view.as_ref().map_or(0, |v| v.crc());
             if computed != header.crc {
@@ -1246,8 +1245,7 @@ impl WalFileReader {
             // The record `out` held is done with: if it was read in place, its segment's
             // mapping goes with the chunk being retired, to be unmapped on the read-ahead
             // thread (`munmap` costs the decoding thread several percent).
-            if let (Some(view), Input::ReadAhead { retire, .. }) = (out.view.take(), &self.input)
-            {
+            if let (Some(view), Input::ReadAhead { retire, .. }) = (out.view.take(), &self.input) {
                 let len = view.map.as_slice().len();
                 let _ = retire.send(SharedBytes::new(view.map, 0, len));
             }

@@ -164,7 +164,10 @@ impl RecordView {
     #[inline]
     fn first_piece(&self) -> &[u8] {
         let n = self.len.min(XLOG_BLCKSZ - self.start % XLOG_BLCKSZ);
-        self.map.as_slice().get(self.start..self.start + n).unwrap_or(&[])
+        self.map
+            .as_slice()
+            .get(self.start..self.start + n)
+            .unwrap_or(&[])
     }
 
     /// The record's contiguous bytes (assembled on first use if it crosses pages).
@@ -358,7 +361,9 @@ impl DecodedRecord {
     /// Per-block data of `block` (empty without `BKPBLOCK_HAS_DATA`).
     pub fn block_data(&self, block: &BlockRef) -> &[u8] {
         let s = block.data_offset as usize;
-        self.raw().get(s..s + block.data_len as usize).unwrap_or(&[])
+        self.raw()
+            .get(s..s + block.data_len as usize)
+            .unwrap_or(&[])
     }
     /// Stored image bytes of `block` (compressed and/or without the hole).
     pub fn block_image_raw(&self, block: &BlockRef) -> Option<&[u8]> {
