@@ -132,6 +132,18 @@ fn compare_dir(dir: &Path, tally: &mut Tally) {
     );
     let mut reader =
         WalFileReader::open(dir, Lsn(0x1000000), FileReaderOptions::default()).unwrap();
+    // The same files mapped and decoded in place (`wal::mapped`, what `waldump` and `verify`
+    // read with): every record must be the same, bytes, blocks and main data.
+    let mut mapped = WalFileReader::open(
+        dir,
+        Lsn(0x1000000),
+        FileReaderOptions {
+            map_files: true,
+            read_ahead: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let seg = reader.segment_size() as u64;
     let mut page = [0u8; BLCKSZ];
     let mut n = 0usize;
@@ -142,9 +154,17 @@ fn compare_dir(dir: &Path, tally: &mut Tally) {
             Ok(None) => break,
             Err(e) => {
                 assert!(e.is_end_of_wal(), "decoder error: {e}");
+                assert!(mapped.next_record().is_err_and(|m| m.is_end_of_wal()));
                 break;
             }
         };
+        let in_place = mapped.next_record().unwrap().unwrap();
+        assert_eq!(
+            (in_place.lsn, in_place.end_lsn, in_place.raw()),
+            (rec.lsn, rec.end_lsn, rec.raw())
+        );
+        assert_eq!(in_place.blocks(), rec.blocks(), "at {}", rec.lsn);
+        assert_eq!(in_place.main_data(), rec.main_data(), "at {}", rec.lsn);
         let Some(pg) = pg_lines.get(n) else {
             panic!(
                 "we decoded more records than pg_waldump: extra record at {}",
