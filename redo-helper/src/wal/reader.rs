@@ -517,7 +517,7 @@ impl WalStreamDecoder {
                 || le_u16(h, 2) & !XLP_BKP_REMOVABLE != XLP_FIRST_IS_CONTRECORD
                 || le_u32(h, 4) != self.latest_page_tli
                 || le_u64(h, 8) != page
-                || page % seg == 0
+                || page.is_multiple_of(seg)
                 || le_u32(h, 16) as usize != remaining
             {
                 return None;
