@@ -328,6 +328,8 @@ pub(crate) fn run(opts: &WaldumpOptions, out: &mut dyn Write) -> Result<WaldumpS
 /// statistics there, as it would have ended the single pass.
 mod parallel {
     use std::path::Path;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use crate::wal::page::{Lsn, segment_file_name};
     use crate::wal::stats::WalStats;
@@ -337,6 +339,8 @@ mod parallel {
 
     /// Most threads used (beyond a few, the page cache's bandwidth is the limit).
     const MAX_THREADS: usize = 8;
+    /// Most parts per thread.
+    const PARTS_PER_THREAD: u64 = 4;
 
     /// The outcome of a whole scan.
     pub(super) struct Scan {
@@ -409,64 +413,75 @@ mod parallel {
             }
         };
         let segments = last_seg - first_seg + 1;
-        let parts = (threads as u64).min(segments / 2);
-        if parts < 2 {
+        if segments < 2 {
             return None;
         }
+        // More parts than threads, taken in turn: a thread whose parts decode faster (large
+        // records) or that gets more of the machine takes more of them. At most
+        // PARTS_PER_THREAD per thread: each part opens its own reader.
+        let parts = segments.min(threads as u64 * PARTS_PER_THREAD);
+        let threads = threads.min(parts as usize);
         // Part k covers segments [bounds[k], bounds[k + 1]).
         let bounds: Vec<u64> = (0..=parts)
             .map(|k| first_seg + segments * k / parts)
             .collect();
-        let mut first = Some(first);
-        let results: Vec<Part> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..parts as usize)
-                .map(|k| {
-                    let last = k + 1 == parts as usize;
-                    let part_end = Lsn(bounds[k + 1] * seg);
-                    let reader = first.take();
-                    let opts = options(
-                        Some(tli),
-                        if last {
-                            end
-                        } else {
-                            // One segment more for the record that crosses into it.
-                            Some(
-                                end.map_or(Lsn(part_end.0 + seg), |e| e.min(Lsn(part_end.0 + seg))),
-                            )
-                        },
-                    );
-                    let part_start = Lsn(bounds[k] * seg);
-                    scope.spawn(move || {
-                        let reader = match reader {
-                            Some(r) => Ok(r),
-                            None => WalFileReader::open(
-                                dir,
-                                part_start,
-                                FileReaderOptions {
-                                    system_identifier: sysid,
-                                    ..opts
-                                },
-                            ),
-                        };
-                        count_part(reader, (!last).then_some(part_end), block)
+        let first = Mutex::new(Some(first));
+        let next = AtomicUsize::new(0);
+        let count = |k: usize| {
+            let last = k + 1 == parts as usize;
+            let part_end = Lsn(bounds[k + 1] * seg);
+            let opened = if k == 0 {
+                first.lock().ok().and_then(|mut f| f.take())
+            } else {
+                None
+            };
+            let reader = match opened {
+                Some(r) => Ok(r),
+                None => WalFileReader::open(
+                    dir,
+                    if k == 0 { start } else { Lsn(bounds[k] * seg) },
+                    FileReaderOptions {
+                        system_identifier: sysid,
+                        ..options(
+                            Some(tli),
+                            if last {
+                                end
+                            } else {
+                                // One segment more for the record that crosses into it.
+                                let bound = Lsn(part_end.0 + seg);
+                                Some(end.map_or(bound, |e| e.min(bound)))
+                            },
+                        )
+                    },
+                ),
+            };
+            count_part(reader, (!last).then_some(part_end), block)
+        };
+        let mut results: Vec<Option<Part>> = (0..parts).map(|_| None).collect();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let k = next.fetch_add(1, Ordering::Relaxed);
+                            if k >= parts as usize {
+                                return done;
+                            }
+                            done.push((k, count(k)));
+                        }
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| Part {
-                        stats: WalStats::default(),
-                        records: 0,
-                        first: None,
-                        last: None,
-                        last_counted: None,
-                        end: PartEnd::Incomplete,
-                    })
-                })
-                .collect()
+            for h in handles {
+                // A thread that panicked leaves its parts missing: one pass then.
+                for (k, part) in h.join().unwrap_or_default() {
+                    results[k] = Some(part);
+                }
+            }
         });
-        join(results)
+        let results: Option<Vec<Part>> = results.into_iter().collect();
+        join(results?)
     }
 
     /// Counts the records of one part: those beginning before `part_end` (`None`: all up to
