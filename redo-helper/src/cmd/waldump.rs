@@ -339,9 +339,11 @@ mod parallel {
 
     /// Most threads used (beyond a few, the page cache's bandwidth is the limit).
     const MAX_THREADS: usize = 8;
-    /// Parts per thread. One: a part's end costs mapping (and populating the page tables
-    /// of) one more whole segment for the record crossing into it, which measured more than
-    /// smaller parts gained in balance (four parts per thread: ~20% more CPU at 256 MB).
+    /// How far past its end a part may read to complete its last record.
+    const PART_OVERLAP: u64 = 2 << 20;
+    /// Parts per thread. One: each part opens its own reader and reads into the next
+    /// segment; four parts per thread (when a part's end still populated a whole segment
+    /// more) measured ~20% more CPU at 256 MB than they gained in balance.
     const PARTS_PER_THREAD: u64 = 1;
 
     /// The outcome of a whole scan.
@@ -448,8 +450,10 @@ mod parallel {
                             if last {
                                 end
                             } else {
-                                // One segment more for the record that crosses into it.
-                                let bound = Lsn(part_end.0 + seg);
+                                // A little more for the record that crosses into the
+                                // next segment (a longer one makes the part incomplete:
+                                // one pass then).
+                                let bound = Lsn(part_end.0 + seg.min(PART_OVERLAP));
                                 Some(end.map_or(bound, |e| e.min(bound)))
                             },
                         )

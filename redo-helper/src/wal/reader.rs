@@ -1012,12 +1012,13 @@ impl SegmentSource {
         if size < seg_size {
             return None;
         }
-        let map = match MappedFile::map(file, seg_size as usize) {
+        let offset = self.read_lsn.segment_offset(self.seg_size);
+        let want = max.min(seg_size - offset);
+        let populate = offset as usize..(offset + want) as usize;
+        let map = match MappedFile::map_populating(file, seg_size as usize, populate) {
             Ok(m) => std::sync::Arc::new(m),
             Err(e) => return Some(Chunk::Failed(io_err(self.read_lsn, path, e))),
         };
-        let offset = self.read_lsn.segment_offset(self.seg_size);
-        let want = max.min(seg_size - offset);
         self.read_lsn = self.read_lsn.add(want);
         if offset + want == seg_size {
             self.segno += 1;
