@@ -5,8 +5,9 @@
 //! the kernel (page cache to the buffer), again into the record (records cross pages, whose
 //! headers sit between their parts) and checksummed; `pg_waldump` does the same with
 //! 8 KB `pread`s. Mapped, the first copy is gone: the page cache's pages are the input, and
-//! `MAP_POPULATE` sets up the page tables in one call (on the read-ahead thread when there is
-//! one) rather than one fault per few pages on the decoding thread.
+//! `MADV_POPULATE_READ` sets up the page tables of the part to be read in one call (on the
+//! read-ahead thread when there is one) rather than one fault per few pages on the decoding
+//! thread.
 //!
 //! The cost of a mapping: a file that shrinks while mapped makes reading the lost part
 //! raise `SIGBUS`, which would end the process. So mapping is opt-in
