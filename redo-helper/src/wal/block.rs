@@ -54,6 +54,7 @@ impl fmt::Display for RelFileLocator {
 
 impl RelFileLocator {
     /// Reads the 12-byte on-disk layout (three little-endian uint32).
+    #[inline]
     pub(crate) fn from_le(b: &[u8]) -> RelFileLocator {
         RelFileLocator {
             spc_oid: super::page::le_u32(b, 0),

@@ -361,23 +361,41 @@ impl WalStreamDecoder {
                     }
                 }
                 Phase::RecordStart => {
-                    // Fast path: the whole record is buffered and on this page (most
-                    // records); same checks as the incremental path below, in one step.
+                    // Fast paths: the whole record is buffered and on this page (most
+                    // records), or read in place across pages; same checks as the
+                    // incremental path below, in one step.
                     let avail = self.avail();
                     if avail.len() >= SIZE_OF_XLOG_RECORD {
                         let total = le_u32(avail, 0);
                         let len = total as usize;
+                        let start = self.pos;
                         if len >= SIZE_OF_XLOG_RECORD && len <= page_left && len <= avail.len() {
-                            let start = self.pos;
+                            self.check_total_len(start, total)?;
+                            self.check_header(start, &avail[..SIZE_OF_XLOG_RECORD])?;
+                            if self.shared.is_some() {
+                                self.complete_in_place(start, len, len, out)?;
+                                return Ok(true);
+                            }
                             self.rec.clear();
                             let s = self.buf_pos;
-                            let input = input_of(&self.buf, &self.shared);
-                            self.rec.extend_from_slice(&input[s..s + len]);
+                            self.rec.extend_from_slice(&self.buf[s..s + len]);
                             self.consume(len);
-                            self.check_total_len(start, total)?;
-                            self.check_header(start)?;
                             self.complete_record(start, out)?;
                             return Ok(true);
+                        }
+                        if len > page_left
+                            && page_left >= SIZE_OF_XLOG_RECORD
+                            && self.shared.is_some()
+                        {
+                            self.check_total_len(start, total)?;
+                            self.check_header(start, &avail[..SIZE_OF_XLOG_RECORD])?;
+                            if let Some(span) = self.span_in_place(len, page_left) {
+                                // The pages it continues on are checked: the last is the
+                                // latest page read (same timeline, see `span_in_place`).
+                                self.latest_page = self.pos.add(span as u64 - 1).page_start();
+                                self.complete_in_place(start, len, span, out)?;
+                                return Ok(true);
+                            }
                         }
                     }
                     self.rec.clear();
@@ -411,7 +429,7 @@ impl WalStreamDecoder {
                         self.check_total_len(start, total)?;
                     }
                     if !header_ok && self.rec.len() >= SIZE_OF_XLOG_RECORD {
-                        self.check_header(start)?;
+                        self.check_header(start, &self.rec)?;
                         header_ok = true;
                     }
                     if header_ok && self.rec.len() == total as usize {
@@ -451,13 +469,14 @@ impl WalStreamDecoder {
         Ok(())
     }
 
-    /// `ValidXLogRecordHeader`: rmgr id and prev-link.
-    fn check_header(&self, start: Lsn) -> Result<(), WalError> {
-        let rmid = self.rec[17];
+    /// `ValidXLogRecordHeader`: rmgr id and prev-link, of the record header `header` (at
+    /// least `SIZE_OF_XLOG_RECORD` bytes).
+    fn check_header(&self, start: Lsn, header: &[u8]) -> Result<(), WalError> {
+        let rmid = header[17];
         if !RmgrId(rmid).is_valid() {
             return Err(WalError::InvalidRmgr { lsn: start, rmid });
         }
-        let prev = Lsn(le_u64(&self.rec, 8));
+        let prev = Lsn(le_u64(header, 8));
         match self.prev_lsn {
             Some(expected) if prev != expected => Err(WalError::IncorrectPrevLink {
                 lsn: start,
@@ -475,6 +494,97 @@ impl WalStreamDecoder {
         }
     }
 
+    /// For a record of `len` bytes at the input position that goes on past its page (with
+    /// `page_left` bytes on it): how many input bytes it spans, page headers included, when
+    /// all of it is in the mapped input and every page it continues on carries the header
+    /// the incremental path would accept without further ado: this version's magic, only
+    /// `XLP_FIRST_IS_CONTRECORD` (and the informational `XLP_BKP_REMOVABLE`), its own
+    /// address, the timeline of the page before and `xlp_rem_len` equal to the bytes still
+    /// missing (`XLogReaderValidatePageHeader` and the continuation checks of
+    /// `XLogDecodeNextRecord`). `None` otherwise: the incremental path then reads the record
+    /// and reports whatever is wrong, at the same place as always. Pure: nothing changes
+    /// until the caller uses the answer.
+    fn span_in_place(&self, len: usize, page_left: usize) -> Option<usize> {
+        let avail = self.avail();
+        let magic = self.cfg.version?.page_magic();
+        let seg = self.cfg.segment_size as u64;
+        let mut remaining = len - page_left;
+        let mut off = page_left;
+        loop {
+            let h = avail.get(off..off + SIZE_OF_SHORT_PAGE_HEADER)?;
+            let page = self.pos.0 + off as u64;
+            if le_u16(h, 0) != magic
+                || le_u16(h, 2) & !XLP_BKP_REMOVABLE != XLP_FIRST_IS_CONTRECORD
+                || le_u32(h, 4) != self.latest_page_tli
+                || le_u64(h, 8) != page
+                || page.is_multiple_of(seg)
+                || le_u32(h, 16) as usize != remaining
+            {
+                return None;
+            }
+            let n = remaining.min(XLOG_BLCKSZ - SIZE_OF_SHORT_PAGE_HEADER);
+            off += SIZE_OF_SHORT_PAGE_HEADER + n;
+            if avail.len() < off {
+                return None;
+            }
+            remaining -= n;
+            if remaining == 0 {
+                return Some(off);
+            }
+        }
+    }
+
+    /// Completes the record of `len` bytes that takes the next `span` bytes of the mapped
+    /// input, in place (no copy: see [`RecordView`]).
+    fn complete_in_place(
+        &mut self,
+        start: Lsn,
+        len: usize,
+        span: usize,
+        out: &mut DecodedRecord,
+    ) -> Result<(), WalError> {
+        let Some(shared) = &self.shared else {
+            return Err(WalError::MalformedRecord {
+                lsn: start,
+                what: "record read in place without mapped input".into(),
+            });
+        };
+        let view_start = shared.start() + self.buf_pos;
+        match &mut out.view {
+            // The same segment as the record before: no reference count to touch.
+            Some(v) if Arc::ptr_eq(&v.map, shared.map()) => {
+                v.start = view_start;
+                v.len = len;
+                v.assembled.take();
+            }
+            view => {
+                *view = Some(RecordView {
+                    map: shared.map().clone(),
+                    start: view_start,
+                    len,
+                    assembled: std::sync::OnceLock::new(),
+                })
+            }
+        }
+        self.consume(span);
+        let header =
+            XLogRecord::parse(out.raw_header()).ok_or_else(|| WalError::MalformedRecord {
+                lsn: start,
+                what: "record shorter than its header".into(),
+            })?;
+        if !self.defer_verification {
+            let computed = out.view.as_ref().map_or(0, |v| v.crc());
+            if computed != header.crc {
+                return Err(WalError::CrcMismatch {
+                    lsn: start,
+                    stored: header.crc,
+                    computed,
+                });
+            }
+        }
+        self.finish_record(start, header, out)
+    }
+
     fn complete_record(&mut self, start: Lsn, out: &mut DecodedRecord) -> Result<(), WalError> {
         let header = XLogRecord::parse(&self.rec).ok_or_else(|| WalError::MalformedRecord {
             lsn: start,
@@ -490,6 +600,18 @@ impl WalStreamDecoder {
                 });
             }
         }
+        std::mem::swap(&mut out.raw, &mut self.rec);
+        out.view = None;
+        self.finish_record(start, header, out)
+    }
+
+    /// The end of a checked record: where the next one starts, the record's fields and body.
+    fn finish_record(
+        &mut self,
+        start: Lsn,
+        header: XLogRecord,
+        out: &mut DecodedRecord,
+    ) -> Result<(), WalError> {
         let seg = self.cfg.segment_size;
         let end = if header.rmid == RM_XLOG_ID && header.info & XLR_RMGR_INFO_MASK == XLOG_SWITCH {
             // The switch record "extends" to the end of its segment; the rest is zeroed,
@@ -506,7 +628,6 @@ impl WalStreamDecoder {
         };
         self.phase = Phase::SkipRaw { until: end };
         self.prev_lsn = Some(start);
-        std::mem::swap(&mut out.raw, &mut self.rec);
         out.lsn = start;
         out.end_lsn = end;
         out.header = header;
@@ -891,12 +1012,13 @@ impl SegmentSource {
         if size < seg_size {
             return None;
         }
-        let map = match MappedFile::map(file, seg_size as usize) {
+        let offset = self.read_lsn.segment_offset(self.seg_size);
+        let want = max.min(seg_size - offset);
+        let populate = offset as usize..(offset + want) as usize;
+        let map = match MappedFile::map_populating(file, seg_size as usize, populate) {
             Ok(m) => std::sync::Arc::new(m),
             Err(e) => return Some(Chunk::Failed(io_err(self.read_lsn, path, e))),
         };
-        let offset = self.read_lsn.segment_offset(self.seg_size);
-        let want = max.min(seg_size - offset);
         self.read_lsn = self.read_lsn.add(want);
         if offset + want == seg_size {
             self.segno += 1;
@@ -1120,6 +1242,13 @@ impl WalFileReader {
             }
             if self.done {
                 return Ok(false);
+            }
+            // The record `out` held is done with: if it was read in place, its segment's
+            // mapping goes with the chunk being retired, to be unmapped on the read-ahead
+            // thread (`munmap` costs the decoding thread several percent).
+            if let (Some(view), Input::ReadAhead { retire, .. }) = (out.view.take(), &self.input) {
+                let len = view.map.as_slice().len();
+                let _ = retire.send(SharedBytes::new(view.map, 0, len));
             }
             self.read_more()?;
         }

@@ -3,10 +3,13 @@
 //! `access/transam/xlogreader.c`). Assembly of a record from pages is done by
 //! [`super::reader::WalStreamDecoder`].
 
+use std::sync::{Arc, OnceLock};
+
 use super::block::*;
 use super::error::WalError;
 use super::image;
-use super::page::{BLCKSZ, Lsn, le_u16, le_u32, le_u64};
+use super::mapped::MappedFile;
+use super::page::{BLCKSZ, Lsn, SIZE_OF_SHORT_PAGE_HEADER, XLOG_BLCKSZ, le_u16, le_u32, le_u64};
 use super::rmgr::RmgrId;
 
 /// `SizeOfXLogRecord`: the fixed record header.
@@ -46,6 +49,7 @@ pub struct XLogRecord {
 
 impl XLogRecord {
     /// Parses the header from at least 24 bytes.
+    #[inline]
     pub fn parse(b: &[u8]) -> Option<XLogRecord> {
         if b.len() < SIZE_OF_XLOG_RECORD {
             return None;
@@ -106,8 +110,105 @@ unsafe fn crc32c_short_sse42(crc: u32, data: &[u8]) -> u32 {
     !c
 }
 
-/// A fully decoded WAL record. The raw bytes are kept; block data, images and main data are
-/// slices of them.
+/// A record decoded in place: its bytes stay in the mapped segment file they were read from
+/// (see [`super::mapped`]) instead of being copied into the record's own buffer.
+///
+/// Why: copying every record was the largest cost of decoding a mapped segment (a quarter
+/// of `waldump --stats`), and most readers never need the record as one contiguous slice
+/// (statistics only look at the header and the block headers). A record inside one WAL page
+/// is one slice of the mapping. A record that crosses pages (within one segment) is
+/// interrupted by the short page headers of the pages it continues on (`SizeOfXLogShortPHD`
+/// bytes at the start of each, `access/xlog_internal.h`), so its bytes are the pieces between
+/// them; it is assembled into one buffer only when asked for its bytes (once, then kept).
+#[derive(Debug, Clone)]
+pub(crate) struct RecordView {
+    /// The mapping holding the record (kept alive by the record).
+    pub(crate) map: Arc<MappedFile>,
+    /// Offset of the record's first byte in the mapping. The mapping starts at a segment's
+    /// start, so page boundaries are multiples of `XLOG_BLCKSZ` in it.
+    pub(crate) start: usize,
+    /// `xl_tot_len`.
+    pub(crate) len: usize,
+    /// The contiguous bytes of a record that crosses pages, once asked for.
+    pub(crate) assembled: OnceLock<Vec<u8>>,
+}
+
+impl RecordView {
+    /// Whether the record lies inside the page it starts on.
+    #[inline]
+    fn in_one_page(&self) -> bool {
+        XLOG_BLCKSZ - self.start % XLOG_BLCKSZ >= self.len
+    }
+
+    /// The record's bytes in order, as pieces of the mapping (one for a record inside a
+    /// page). The decoder made the view only after checking that every continuation page
+    /// is in the mapping with a valid header.
+    pub(crate) fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        let map = self.map.as_slice();
+        let mut pos = self.start;
+        let mut left = self.len;
+        std::iter::from_fn(move || {
+            if left == 0 {
+                return None;
+            }
+            let page_left = XLOG_BLCKSZ - pos % XLOG_BLCKSZ;
+            let n = left.min(page_left);
+            let piece = map.get(pos..pos + n)?;
+            left -= n;
+            pos += n + SIZE_OF_SHORT_PAGE_HEADER;
+            Some(piece)
+        })
+    }
+
+    /// The bytes on the record's first page (all of them for a record inside one page).
+    #[inline]
+    fn first_piece(&self) -> &[u8] {
+        let n = self.len.min(XLOG_BLCKSZ - self.start % XLOG_BLCKSZ);
+        self.map
+            .as_slice()
+            .get(self.start..self.start + n)
+            .unwrap_or(&[])
+    }
+
+    /// The record's contiguous bytes (assembled on first use if it crosses pages).
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        if self.in_one_page() {
+            return self.first_piece();
+        }
+        self.assembled.get_or_init(|| {
+            let mut v = Vec::with_capacity(self.len);
+            for p in self.pieces() {
+                v.extend_from_slice(p);
+            }
+            v
+        })
+    }
+
+    /// CRC-32C as [`record_crc`] computes it, over the pieces (no assembly).
+    pub(crate) fn crc(&self) -> u32 {
+        if self.in_one_page() {
+            return record_crc(self.first_piece());
+        }
+        let mut crc = 0;
+        let mut header: &[u8] = &[];
+        for (i, p) in self.pieces().enumerate() {
+            if i == 0 {
+                // The decoder makes views only of records whose header is on their first page.
+                let h = p.len().min(SIZE_OF_XLOG_RECORD);
+                header = &p[..h];
+                crc = crc32c_append(crc, &p[h..]);
+            } else {
+                crc = crc32c_append(crc, p);
+            }
+        }
+        crc32c_append(crc, header.get(..XL_CRC_OFFSET).unwrap_or(header))
+    }
+}
+
+/// A fully decoded WAL record. The raw bytes are kept (in the record's buffer, or in place in
+/// a mapped segment file: [`RecordView`]); block data, images and main data are slices of
+/// them.
 #[derive(Debug, Clone, Default)]
 pub struct DecodedRecord {
     /// Position of the record (`ReadRecPtr`).
@@ -120,7 +221,11 @@ pub struct DecodedRecord {
     pub origin: Option<u16>,
     /// `XLR_BLOCK_ID_TOPLEVEL_XID`, when present.
     pub toplevel_xid: Option<u32>,
+    /// The record's bytes when it is not read in place (`view` is `None`); otherwise a spare
+    /// allocation.
     pub(crate) raw: Vec<u8>,
+    /// The record's bytes in place in a mapped segment file.
+    pub(crate) view: Option<RecordView>,
     pub(crate) blocks: Vec<BlockRef>,
     pub(crate) main_data_offset: u32,
     pub(crate) main_data_len: u32,
@@ -176,7 +281,10 @@ impl DecodedRecord {
         if self.verified {
             return Ok(());
         }
-        let computed = record_crc(&self.raw);
+        let computed = match &self.view {
+            Some(v) => v.crc(),
+            None => record_crc(&self.raw),
+        };
         if computed != self.header.crc {
             return Err(WalError::CrcMismatch {
                 lsn: self.lsn,
@@ -217,13 +325,25 @@ impl DecodedRecord {
     pub fn total_len(&self) -> u32 {
         self.header.tot_len
     }
+    /// The bytes of the record's first page (the header and, mostly, the block headers).
+    #[inline]
+    pub(crate) fn raw_header(&self) -> &[u8] {
+        match &self.view {
+            Some(v) => v.first_piece(),
+            None => &self.raw,
+        }
+    }
     /// Raw bytes of the whole record, header included.
+    #[inline]
     pub fn raw(&self) -> &[u8] {
-        &self.raw
+        match &self.view {
+            Some(v) => v.bytes(),
+            None => &self.raw,
+        }
     }
     pub fn main_data(&self) -> &[u8] {
         let s = self.main_data_offset as usize;
-        self.raw
+        self.raw()
             .get(s..s + self.main_data_len as usize)
             .unwrap_or(&[])
     }
@@ -241,13 +361,15 @@ impl DecodedRecord {
     /// Per-block data of `block` (empty without `BKPBLOCK_HAS_DATA`).
     pub fn block_data(&self, block: &BlockRef) -> &[u8] {
         let s = block.data_offset as usize;
-        self.raw.get(s..s + block.data_len as usize).unwrap_or(&[])
+        self.raw()
+            .get(s..s + block.data_len as usize)
+            .unwrap_or(&[])
     }
     /// Stored image bytes of `block` (compressed and/or without the hole).
     pub fn block_image_raw(&self, block: &BlockRef) -> Option<&[u8]> {
         let img = block.image?;
         let s = block.image_offset as usize;
-        self.raw.get(s..s + img.length as usize)
+        self.raw().get(s..s + img.length as usize)
     }
     /// Restores the full 8 KB page image of `block` into `page` (decompressing and putting
     /// the hole back). Returns `Ok(false)` when the block has no image.
@@ -286,14 +408,55 @@ fn malformed(lsn: Lsn, what: impl Into<String>) -> WalError {
 /// origin, top-level xid and main data. Mirrors `DecodeXLogRecord`, including its
 /// cross-checks; any inconsistency is a `MalformedRecord` naming the record's LSN.
 pub(crate) fn decode_body(rec: &mut DecodedRecord) -> Result<(), WalError> {
-    let lsn = rec.lsn;
-    rec.blocks.clear();
     rec.origin = None;
     rec.toplevel_xid = None;
     rec.main_data_offset = 0;
     rec.main_data_len = 0;
-    let raw = &rec.raw[..];
-    let total = raw.len();
+    let mut blocks = std::mem::take(&mut rec.blocks);
+    let layout = match &rec.view {
+        // In place: the headers are read from the record's first page, and only when they
+        // go on past it (rare: a record starting near a page's end) is the record assembled.
+        Some(v) => match decode_layout(rec.lsn, v.first_piece(), v.len, &mut blocks) {
+            Ok(None) => decode_layout(rec.lsn, v.bytes(), v.len, &mut blocks),
+            other => other,
+        },
+        None => decode_layout(rec.lsn, &rec.raw, rec.raw.len(), &mut blocks),
+    };
+    rec.blocks = blocks;
+    let Some(layout) = layout? else {
+        return Err(malformed(rec.lsn, "record bytes missing"));
+    };
+    rec.origin = layout.origin;
+    rec.toplevel_xid = layout.toplevel_xid;
+    rec.main_data_offset = layout.main_data_offset;
+    rec.main_data_len = layout.main_data_len;
+    Ok(())
+}
+
+/// What [`decode_layout`] finds besides the block references.
+struct BodyLayout {
+    origin: Option<u16>,
+    toplevel_xid: Option<u32>,
+    main_data_offset: u32,
+    main_data_len: u32,
+}
+
+/// Most bytes one header of the record body takes: a block header (`fork_flags`, data
+/// length), its image header with the compression header, a RelFileNode and the block number
+/// (1 + 3 + 5 + 2 + 12 + 4); main data, origin and top-level xid headers are shorter.
+const MAX_BODY_HEADER: usize = 27;
+
+/// The body of a record of `total` bytes whose first `raw.len()` bytes are `raw` (all of
+/// them, or the part on its first page). `Ok(None)` when the headers go on past `raw`.
+fn decode_layout(
+    lsn: Lsn,
+    raw: &[u8],
+    total: usize,
+    blocks: &mut Vec<BlockRef>,
+) -> Result<Option<BodyLayout>, WalError> {
+    blocks.clear();
+    let mut origin = None;
+    let mut toplevel_xid = None;
     let mut pos = SIZE_OF_XLOG_RECORD;
     // Bytes of payload (images, block data, main data) announced by the headers so far.
     let mut datatotal: u64 = 0;
@@ -304,6 +467,9 @@ pub(crate) fn decode_body(rec: &mut DecodedRecord) -> Result<(), WalError> {
     let short = |what: &str| malformed(lsn, format!("record with invalid length ({what})"));
 
     while ((total - pos) as u64) > datatotal {
+        if raw.len() < total && raw.len() - pos < MAX_BODY_HEADER {
+            return Ok(None);
+        }
         let block_id = raw[pos];
         pos += 1;
         match block_id {
@@ -328,14 +494,14 @@ pub(crate) fn decode_body(rec: &mut DecodedRecord) -> Result<(), WalError> {
                 if total - pos < 2 {
                     return Err(short("origin"));
                 }
-                rec.origin = Some(le_u16(raw, pos));
+                origin = Some(le_u16(raw, pos));
                 pos += 2;
             }
             XLR_BLOCK_ID_TOPLEVEL_XID => {
                 if total - pos < 4 {
                     return Err(short("toplevel xid"));
                 }
-                rec.toplevel_xid = Some(le_u32(raw, pos));
+                toplevel_xid = Some(le_u32(raw, pos));
                 pos += 4;
             }
             id if id <= XLR_MAX_BLOCK_ID => {
@@ -456,7 +622,7 @@ pub(crate) fn decode_body(rec: &mut DecodedRecord) -> Result<(), WalError> {
                 }
                 let block = le_u32(raw, pos);
                 pos += 4;
-                rec.blocks.push(BlockRef {
+                blocks.push(BlockRef {
                     id,
                     rel,
                     fork: ForkNumber(fork),
@@ -483,7 +649,7 @@ pub(crate) fn decode_body(rec: &mut DecodedRecord) -> Result<(), WalError> {
     }
 
     // Payload order: for each block its image then its data; main data last.
-    for b in rec.blocks.iter_mut() {
+    for b in blocks.iter_mut() {
         if let Some(img) = b.image {
             b.image_offset = pos as u32;
             pos += img.length as usize;
@@ -491,9 +657,12 @@ pub(crate) fn decode_body(rec: &mut DecodedRecord) -> Result<(), WalError> {
         b.data_offset = pos as u32;
         pos += b.data_len as usize;
     }
-    rec.main_data_offset = pos as u32;
-    rec.main_data_len = main_data_len;
-    Ok(())
+    Ok(Some(BodyLayout {
+        origin,
+        toplevel_xid,
+        main_data_offset: pos as u32,
+        main_data_len,
+    }))
 }
 
 #[cfg(test)]

@@ -61,6 +61,29 @@ impl WalStats {
         self.record[rmid][recid].add(rec_len, fpi);
     }
 
+    /// Adds the statistics of the records that follow this one's (the next part of the
+    /// same WAL, counted on its own): the range ends where `later`'s does, if it has any.
+    pub fn merge(&mut self, later: &WalStats) {
+        if later.start.is_none() {
+            return;
+        }
+        self.start = self.start.or(later.start);
+        self.end = later.end;
+        self.count += later.count;
+        for (mine, theirs) in self.rmgr.iter_mut().zip(&later.rmgr) {
+            mine.count += theirs.count;
+            mine.rec_len += theirs.rec_len;
+            mine.fpi_len += theirs.fpi_len;
+        }
+        for (mine, theirs) in self.record.iter_mut().zip(&later.record) {
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                m.count += t.count;
+                m.rec_len += t.rec_len;
+                m.fpi_len += t.fpi_len;
+            }
+        }
+    }
+
     pub fn rmgr_row(&self, rmid: u8) -> StatsRow {
         self.rmgr[rmid as usize]
     }
