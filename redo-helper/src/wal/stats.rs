@@ -20,6 +20,13 @@ impl StatsRow {
         self.rec_len += rec_len;
         self.fpi_len += fpi_len;
     }
+
+    /// Adds another row's counts (the same rmgr or record type, counted elsewhere).
+    fn absorb(&mut self, other: &StatsRow) {
+        self.count += other.count;
+        self.rec_len += other.rec_len;
+        self.fpi_len += other.fpi_len;
+    }
 }
 
 /// Counters per rmgr and per record type (the upper four bits of `xl_info`).
@@ -71,15 +78,11 @@ impl WalStats {
         self.end = later.end;
         self.count += later.count;
         for (mine, theirs) in self.rmgr.iter_mut().zip(&later.rmgr) {
-            mine.count += theirs.count;
-            mine.rec_len += theirs.rec_len;
-            mine.fpi_len += theirs.fpi_len;
+            mine.absorb(theirs);
         }
         for (mine, theirs) in self.record.iter_mut().zip(&later.record) {
             for (m, t) in mine.iter_mut().zip(theirs) {
-                m.count += t.count;
-                m.rec_len += t.rec_len;
-                m.fpi_len += t.fpi_len;
+                m.absorb(t);
             }
         }
     }
