@@ -13,10 +13,10 @@
 # each size reads the range [0/1000000, 0/1000000 + size) with both tools (`--end`), after
 # checking that they print the same statistics. Rounds alternate the tools (pg_waldump,
 # then redo-helper, size by size), RUNS rounds, warm page cache; per size it reports the
-# best run of each (MB/s, records/s, peak RSS from /usr/bin/time -v), the ratio of the
-# bests, and min/median/max of the per-round ratios (pg_waldump time / redo-helper time of
-# the same round). Needs root or the postgres user, PostgreSQL 15 server binaries and GNU
-# time (apt package `time`).
+# best run of each (MB/s, records/s, peak RSS), the ratio of the bests, and
+# min/median/max of the per-round ratios (pg_waldump time / redo-helper time of the same
+# round). Times in microseconds (python3 around fork and wait4). Needs root or the postgres
+# user, PostgreSQL 15 server binaries and python3.
 set -euo pipefail
 
 WAL_MB=${WAL_MB:-"64 256"}
@@ -29,7 +29,6 @@ OUT_DIR=$ROOT/bench/out
 mkdir -p "$OUT_DIR"
 REPORT=$OUT_DIR/decode-$(date -u +%Y%m%dT%H%M%SZ).txt
 
-[ -x /usr/bin/time ] || { echo "decode.sh: /usr/bin/time missing (apt-get install time)" >&2; exit 1; }
 
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
@@ -79,17 +78,27 @@ CONF
 fi
 
 # time_run OUT TOOL... -> prints "wall_seconds max_rss_kb cpu_seconds" (cpu: user + system,
-# all threads); the tool's output goes to OUT
+# all threads); the tool's output goes to OUT. Measured by python3 around fork/exec and
+# wait4: microsecond wall time and the child's rusage (GNU time prints 10 ms steps, too
+# coarse at 64 MB, where a run takes ~0.03 s).
 time_run() {
     local out=$1
     shift
-    /usr/bin/time -v "$@" >"$out" 2>"$WORK/time.err" || true
-    local wall rss cpu
-    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/time.err")
-    rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time.err")
-    cpu=$(awk -F': ' '/(User|System) time \(seconds\)/ {s += $2} END {print s}' "$WORK/time.err")
-    # wall is [h:]m:ss.ss
-    echo "$wall" | awk -F: -v rss="$rss" -v cpu="$cpu" '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; printf "%.3f %s %.3f\n", s, rss, cpu }'
+    python3 - "$out" "$@" <<'PY'
+import os, sys, time
+out = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.dup2(out, 1)
+    try:
+        os.execv(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, _, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+print("%.4f %d %.4f" % (wall, ru.ru_maxrss, ru.ru_utime + ru.ru_stime))
+PY
 }
 
 lsn_hex() { printf '%X/%X' $(($1 >> 32)) $(($1 & 0xFFFFFFFF)); }

@@ -24,6 +24,14 @@
 # under TPC-C) would otherwise queue ahead of the compute's commits on the one virtual disk.
 # In "shared" they are on the same disk as PostgreSQL (the helper beside the database). Each
 # placement has its own helper, bootstrapped by BASE_BACKUP at its start.
+# The compute's device (BENCH_COMPUTE, default "disk"): where PostgreSQL's data directory and
+# pg_wal are. "disk": the VM's one virtual disk, whose fsync latency moves between runs (and
+# with it every mode's TPS, the FPW-on modes' most: they write 4-6x the WAL). "tmpfs": a tmpfs
+# of its own (BENCH_COMPUTE_TMPFS, its size, 8g), a stand-in for a fast durable device (NVMe
+# with power-loss protection, whose flushes cost tens of microseconds): the compute is then
+# bound by its CPU alone, the answer repeats, and FPW on is charged only the CPU its page
+# images cost (copying, CRC, compression), not their device writes: the FPW-on modes' figures
+# are an upper bound, the comparison conservative for the helper.
 #
 # Method (issue 20), chosen for a result that repeats on a 2-core VM:
 # - Rounds alternate the modes (each round starts with a different mode, so no mode always
@@ -55,7 +63,8 @@
 #
 # Knobs: BENCH_SECONDS (30 per run), BENCH_ROUNDS (5), BENCH_CLIENTS (8), BENCH_MODES
 # (default all six), BENCH_PLACEMENTS, BENCH_WORKLOADS, BENCH_SCALE, BENCH_WAREHOUSES,
-# BENCH_INDEX_ROWS, BENCH_STORAGE_TMPFS (12g), REDO_HELPER_BIN. GetPage@LSN latency: bench/getpage.sh.
+# BENCH_INDEX_ROWS, BENCH_STORAGE_TMPFS (12g), BENCH_COMPUTE (disk), BENCH_COMPUTE_TMPFS (8g),
+# REDO_HELPER_BIN. GetPage@LSN latency: bench/getpage.sh.
 # Time: workloads x placements x rounds x modes x (BENCH_SECONDS + ~10 s), plus loading:
 # about 1h30 at the defaults.
 set -euo pipefail
@@ -73,6 +82,8 @@ index_rows=${BENCH_INDEX_ROWS:-200000}
 read -r -a modes <<<"${BENCH_MODES:-on lz4 zstd off rw helper}"
 read -r -a placements <<<"${BENCH_PLACEMENTS:-separated shared}"
 read -r -a workloads <<<"${BENCH_WORKLOADS:-tpcb tpcc index}"
+compute=${BENCH_COMPUTE:-disk}
+case $compute in disk | tmpfs) ;; *) echo "BENCH_COMPUTE must be disk or tmpfs, not '$compute'" >&2; exit 1 ;; esac
 
 [ -x "$helper_bin" ] || { echo "build the helper first: cargo build --release -p redo-helper" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "the separated placement needs 2 CPUs" >&2; exit 1; }
@@ -93,6 +104,8 @@ pg_pids() { local pm; pm=$(head -1 "$cdir/data/postmaster.pid"); echo "$pm" $(ps
 # "shared".
 storage_tmpfs="$work/storage-tmpfs"
 storage_dir() { if [ "$1" = separated ]; then echo "$storage_tmpfs"; else echo "$work/storage-disk"; fi; }
+# The compute's clusters: on the work directory's disk, or on a tmpfs of their own.
+compute_tmpfs="$work/compute-tmpfs"
 
 cdir=""
 RW_PID=""
@@ -102,6 +115,7 @@ cleanup() {
     [ -n "$cdir" ] && cluster_remove "$cdir"
     placement_remove
     mountpoint -q "$storage_tmpfs" && umount "$storage_tmpfs"
+    mountpoint -q "$compute_tmpfs" && umount "$compute_tmpfs"
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -109,6 +123,10 @@ placement_setup
 mkdir -p "$storage_tmpfs" "$work/storage-disk"
 if [[ " ${placements[*]} " == *" separated "* ]]; then
     mount -t tmpfs -o "size=${BENCH_STORAGE_TMPFS:-12g},mode=755" fpw_bench_storage "$storage_tmpfs"
+fi
+if [ "$compute" = tmpfs ]; then
+    mkdir -p "$compute_tmpfs"
+    mount -t tmpfs -o "size=${BENCH_COMPUTE_TMPFS:-8g},mode=755" fpw_bench_compute "$compute_tmpfs"
 fi
 
 # --- the cluster, the streaming clients ------------------------------------------------------
@@ -289,7 +307,7 @@ load_workload() {
 
 run_workload() {
     local w=$1 p m round i n=${#modes[@]}
-    cdir="$work/cluster-$w"
+    if [ "$compute" = tmpfs ]; then cdir="$compute_tmpfs/cluster-$w"; else cdir="$work/cluster-$w"; fi
     port=$(free_port)
     hport=$(free_port)
     cluster_init "$cdir" "$port"
@@ -379,6 +397,7 @@ report() {
         separated) echo "placement separated: PostgreSQL and pgbench on CPU 0; the streaming client or the helper on CPU 1" ;;
         shared) echo "placement shared: everything on both CPUs" ;;
         esac
+        echo "compute device: $([ "$compute" = tmpfs ] && echo "tmpfs (a fast durable device: CPU-bound)" || echo "the VM's disk")"
         echo "$clients clients, ${seconds}s per run, $rounds rounds (modes alternating), each run after a CHECKPOINT; pgbench -M prepared -j 1"
         echo "medians over the rounds except TPS; CPU in CPUs (pg includes the walsender); latency: pgbench's average"
         printf '%-38s %26s %7s %9s %9s %9s %7s %8s %8s %8s %9s %10s\n' mode "TPS min/median/max" spread "WAL B/txn" "NOPM" "FPI share" \
