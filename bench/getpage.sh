@@ -17,9 +17,16 @@
 # min / median / max over the rounds of each kind's p50 and p99.
 # Then each helper is stopped and `redo-helper check --samples` compares random historical
 # reads with the full chain and reports the max deltas per read; image bytes per GB of WAL.
+# Where the helpers' files are (BENCH_STORAGE): "disk" (default), the VM's virtual disk, so a
+# cold read of a base-backup page is a device read; "tmpfs", a tmpfs of the benchmark's own,
+# a stand-in for a storage host whose device is fast (or whose files are in memory): what is
+# left is the helper's own work (the "cold" pass is then warm for the files: a tmpfs has no
+# page cache to drop). For the reads the helpers are pinned to CPU 1 and the reader (curl) to
+# CPU 0 (BENCH_PIN=1, the default on 2 or more CPUs): storage's CPU is not the client's, and
+# neither waits for the other's time slice.
 # Knobs: BENCH_BINS (target/release/redo-helper; several: space-separated), BENCH_SCALE (20),
 # BENCH_SECONDS (30), BENCH_CLIENTS (4), BENCH_READS (1000), BENCH_ROUNDS (5),
-# BENCH_SAMPLES (1000).
+# BENCH_SAMPLES (1000), BENCH_STORAGE (disk), BENCH_PIN (1).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -32,6 +39,9 @@ clients=${BENCH_CLIENTS:-4}
 reads=${BENCH_READS:-1000}
 rounds=${BENCH_ROUNDS:-5}
 samples=${BENCH_SAMPLES:-1000}
+storage=${BENCH_STORAGE:-disk}
+case $storage in disk | tmpfs) ;; *) echo "BENCH_STORAGE must be disk or tmpfs, not '$storage'" >&2; exit 1 ;; esac
+pin=${BENCH_PIN:-$([ "$(nproc)" -ge 2 ] && echo 1 || echo 0)}
 for b in "${bins[@]}"; do [ -x "$b" ] || { echo "no helper binary at $b (cargo build --release -p redo-helper)" >&2; exit 1; }; done
 
 work=$(mktemp -d /tmp/getpage_bench.XXXXXX)
@@ -41,11 +51,16 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     cluster_remove "$cdir"
+    mountpoint -q "$work/storage" && umount "$work/storage"
     rm -rf "$work"
 }
 trap cleanup EXIT
 log() { printf '[bench-getpage %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+# The helpers' data directories.
+hdir() { echo "$work/storage/helper$1"; }
+mkdir -p "$work/storage"
+[ "$storage" = tmpfs ] && mount -t tmpfs -o size=8g,mode=755 fpw_getpage_storage "$work/storage"
 port=$(free_port)
 sql() { "$PGBIN/psql" -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
 cluster_init "$cdir" "$port"
@@ -60,11 +75,11 @@ hports=()
 for i in "${!bins[@]}"; do
     hports[i]=$(free_port)
     log "helper $i: ${bins[i]}"
-    helper_start "${bins[i]}" "$work/helper$i" "$port" "${hports[i]}" "$work/helper$i.log" \
+    helper_start "${bins[i]}" "$(hdir "$i")" "$port" "${hports[i]}" "$work/helper$i.log" \
         --image-threshold 16 --slot "bench_getpage_$i"
     pids[i]=$HELPER_PID
 done
-hstatus() { curl -s -H "Authorization: Bearer $(cat "$work/helper$1/api.token")" "http://127.0.0.1:${hports[$1]}/status"; }
+hstatus() { curl -s -H "Authorization: Bearer $(cat "$(hdir "$1")/api.token")" "http://127.0.0.1:${hports[$1]}/status"; }
 
 pgbench_run() {
     "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$clients" -j "$clients" -T "$1" postgres >>"$work/pgbench.log" 2>&1
@@ -99,8 +114,8 @@ read_pages() {
     while read -r p; do
         printf 'url = "http://127.0.0.1:%s/page/%s?lsn=%s&wait_ms=5000%s"\noutput = /dev/null\n' "${hports[i]}" "$p" "$at" "$q"
     done <"$work/pages" >"$work/curl.cfg"
-    printf 'header = "Authorization: Bearer %s"\n' "$(cat "$work/helper$i/api.token")" >>"$work/curl.cfg"
-    curl -s -K "$work/curl.cfg" -D "$work/h" -w '%{http_code} %{time_starttransfer}\n' >"$work/w" || true
+    printf 'header = "Authorization: Bearer %s"\n' "$(cat "$(hdir "$i")/api.token")" >>"$work/curl.cfg"
+    $reader curl -s -K "$work/curl.cfg" -D "$work/h" -w '%{http_code} %{time_starttransfer}\n' >"$work/w" || true
     tr -d '\r' <"$work/h" | awk '
         function flush() { if (code != "") print d, u, pl, ps, pr, s; code = "" }
         /^HTTP\// { flush(); code = $2; d = -1; u = -1; pl = -1; ps = -1; pr = -1; s = "-"; next }
@@ -112,7 +127,7 @@ read_pages() {
     paste -d' ' <(awk '{printf "%s %.0f\n", $1, $2 * 1e6}' "$work/w") "$work/h.fields" >"$out"
 }
 # Drops a helper's files from the page cache (as DAMON reclaim does after a minute idle).
-evict() { find "$work/helper$1" -type f \( -path '*/base/*' -o -path '*/images/*' -o -path '*/wal/*' \) -exec dd if={} iflag=nocache count=0 status=none \; ; }
+evict() { find "$(hdir "$1")" -type f \( -path '*/base/*' -o -path '*/images/*' -o -path '*/wal/*' \) -exec dd if={} iflag=nocache count=0 status=none \; ; }
 # q FILE P: nearest-rank quantile of a sorted file of numbers.
 q() {
     local n
@@ -137,6 +152,12 @@ summarise() {
 }
 
 : >"$work/results"
+reader=""
+if [ "$pin" = 1 ]; then
+    for i in "${!bins[@]}"; do taskset -a -pc 1 "${pids[i]}" >/dev/null; done
+    reader="taskset -c 0"
+    log "reads: helpers pinned to CPU 1, the reader to CPU 0"
+fi
 for r in $(seq 1 "$rounds"); do
     for n in $(seq 1 "$reads"); do
         if [ $((n % 10)) = 0 ]; then echo "1663/$db/$br/main/0"; else echo "1663/$db/$acc/main/$(( (RANDOM * 32768 + RANDOM) % blocks ))"; fi
@@ -155,7 +176,7 @@ for r in $(seq 1 "$rounds"); do
     # helper (the device's own latency on this VM), timed in-process by python3.
     if command -v python3 >/dev/null; then
         evict 0
-        python3 - "$work/helper0/base/1663/$db/$acc" "$reads" >>"$work/peer" <<'PY'
+        $reader python3 - "$(hdir 0)/base/1663/$db/$acc" "$reads" >>"$work/peer" <<'PY'
 import os, random, sys, time
 fd = os.open(sys.argv[1], os.O_RDONLY)
 blocks = os.fstat(fd).st_size // 8192
@@ -177,6 +198,7 @@ done
 mmm() { sort -n | awk '{v[NR] = $1} END {if (NR == 0) print "-"; else printf "%s/%s/%s", v[1], v[int((NR + 1) / 2)], v[NR]}'; }
 med() { sort -n | awk '{v[NR] = $1} END {if (NR == 0) print "-"; else print v[int((NR + 1) / 2)]}'; }
 echo
+echo "storage: $([ "$storage" = tmpfs ] && echo "tmpfs (no device reads)" || echo "the VM's disk"); $([ "$pin" = 1 ] && echo "helpers on CPU 1, reader on CPU 0" || echo "not pinned")"
 echo "GetPage@LSN at $at, pgbench scale $scale, ${seconds}s load (half FPW on, half off), $rounds rounds x $reads reads"
 echo "(x-read-us inside the helper, microseconds; min/median/max over rounds; phases: median over rounds of each phase's p99)"
 for i in "${!bins[@]}"; do
@@ -207,9 +229,9 @@ for i in "${!bins[@]}"; do
     dmax=$(echo "$st" | json_field max deltas_per_read)
     kill "${pids[i]}" 2>/dev/null || true
     wait "${pids[i]}" 2>/dev/null || true
-    ibytes=$(find "$work/helper$i/images" -name 'images-*.dat' -printf '%s\n' | awk '{s += $1} END {print s + 0}')
+    ibytes=$(find "$(hdir "$i")/images" -name 'images-*.dat' -printf '%s\n' | awk '{s += $1} END {print s + 0}')
     nimg=$((ibytes / (36 + 8192)))
-    line=$("${bins[i]}" check --data-dir "$work/helper$i" --samples "$samples" 2>/dev/null | tail -1 || true)
+    line=$("${bins[i]}" check --data-dir "$(hdir "$i")" --samples "$samples" 2>/dev/null | tail -1 || true)
     hist=$(echo "$line" | sed -n 's/.*history: \(.*\)/\1/p')
     printf '%-8s %12s %12s %14s %10s  %s\n' "$i" "$nimg" "$ibytes" \
         "$(awk -v a="$ibytes" -v w="$wal_bytes" 'BEGIN{printf "%.0f", a / w * 2^30}')" "$dmax" "$hist"
