@@ -25,15 +25,20 @@
 # In "shared" they are on the same disk as PostgreSQL (the helper beside the database). Each
 # placement has its own helper, bootstrapped by BASE_BACKUP at its start.
 # The compute's device (BENCH_COMPUTE, default "disk"): where PostgreSQL's data directory and
-# pg_wal are. "disk": the VM's one virtual disk, whose fsync latency moves between runs (and
-# with it every mode's TPS, the FPW-on modes' most: they write 4-6x the WAL). "tmpfs": a tmpfs
-# of its own (BENCH_COMPUTE_TMPFS, its size, 8g), a stand-in for a fast durable device (NVMe
-# with power-loss protection, whose flushes cost tens of microseconds): the compute is then
-# bound by its CPU alone, the answer repeats, and FPW on is charged only the CPU its page
-# images cost (copying, CRC, compression), not their device writes: the FPW-on modes' figures
-# are an upper bound, the comparison conservative for the helper.
-#
-# Method (issue 20), chosen for a result that repeats on a 2-core VM:
+# pg_wal are.
+#   disk    the VM's one virtual disk, whose fsync latency moves between runs (and with it
+#           every mode's TPS, the FPW-on modes' most: they write 4-6x the WAL)
+#   volume  a cloud block volume's limits, emulated so that they repeat: ext4 on a loop
+#           device whose file is in memory, PostgreSQL's reads and writes to it throttled by
+#           a cgroup v1 blkio group to BENCH_DEVICE_IOPS (3000) and BENCH_DEVICE_MBPS (125 MiB/s)
+#           each way, the baseline of a general-purpose cloud SSD volume (AWS gp3). WAL
+#           flushes are paid by the process that calls fdatasync, so commits wait for the
+#           volume as they would; only the kernel's own background writeback (data pages
+#           left dirty over 30 s) escapes the limits.
+#   tmpfs   a tmpfs: a device with no limits; the compute is bound by its CPU alone, and
+#           FPW on is charged only the CPU its page images cost (copying, CRC, compression)
+#   The emulated ones take BENCH_COMPUTE_TMPFS (8g) of memory.
+## Method (issue 20), chosen for a result that repeats on a 2-core VM:
 # - Rounds alternate the modes (each round starts with a different mode, so no mode always
 #   runs first or last), BENCH_ROUNDS >= 5; each run starts right after a CHECKPOINT. Reported:
 #   min / median / max per mode, the spread (the farthest round from the median, +-% of the
@@ -64,7 +69,7 @@
 # Knobs: BENCH_SECONDS (30 per run), BENCH_ROUNDS (5), BENCH_CLIENTS (8), BENCH_MODES
 # (default all six), BENCH_PLACEMENTS, BENCH_WORKLOADS, BENCH_SCALE, BENCH_WAREHOUSES,
 # BENCH_INDEX_ROWS, BENCH_STORAGE_TMPFS (12g), BENCH_COMPUTE (disk), BENCH_COMPUTE_TMPFS (8g),
-# REDO_HELPER_BIN. GetPage@LSN latency: bench/getpage.sh.
+# BENCH_DEVICE_IOPS (3000), BENCH_DEVICE_MBPS (125), REDO_HELPER_BIN. GetPage@LSN latency: bench/getpage.sh.
 # Time: workloads x placements x rounds x modes x (BENCH_SECONDS + ~10 s), plus loading:
 # about 1h30 at the defaults.
 set -euo pipefail
@@ -83,7 +88,9 @@ read -r -a modes <<<"${BENCH_MODES:-on lz4 zstd off rw helper}"
 read -r -a placements <<<"${BENCH_PLACEMENTS:-separated shared}"
 read -r -a workloads <<<"${BENCH_WORKLOADS:-tpcb tpcc index}"
 compute=${BENCH_COMPUTE:-disk}
-case $compute in disk | tmpfs) ;; *) echo "BENCH_COMPUTE must be disk or tmpfs, not '$compute'" >&2; exit 1 ;; esac
+case $compute in disk | volume | tmpfs) ;; *) echo "BENCH_COMPUTE must be disk, volume or tmpfs, not '$compute'" >&2; exit 1 ;; esac
+device_iops=${BENCH_DEVICE_IOPS:-3000}
+device_mbps=${BENCH_DEVICE_MBPS:-125}
 
 [ -x "$helper_bin" ] || { echo "build the helper first: cargo build --release -p redo-helper" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "the separated placement needs 2 CPUs" >&2; exit 1; }
@@ -104,8 +111,25 @@ pg_pids() { local pm; pm=$(head -1 "$cdir/data/postmaster.pid"); echo "$pm" $(ps
 # "shared".
 storage_tmpfs="$work/storage-tmpfs"
 storage_dir() { if [ "$1" = separated ]; then echo "$storage_tmpfs"; else echo "$work/storage-disk"; fi; }
-# The compute's clusters: on the work directory's disk, or on a tmpfs of their own.
+# The compute's clusters: on the work directory's disk, on a tmpfs of their own, or on the
+# emulated volume (a file in that tmpfs, a loop device, ext4, a blkio group).
 compute_tmpfs="$work/compute-tmpfs"
+compute_volume="$work/compute-volume"
+volume_loop=""
+cg_blkio=/sys/fs/cgroup/blkio/fpw_bench_$$_volume
+compute_root() {
+    case $compute in
+    disk) echo "$work" ;;
+    tmpfs) echo "$compute_tmpfs" ;;
+    volume) echo "$compute_volume" ;;
+    esac
+}
+# volume_place PID...: PostgreSQL's processes (and what they fork) pay the volume's limits.
+volume_place() {
+    [ "$compute" = volume ] || return 0
+    local pid
+    for pid in "$@"; do echo "$pid" >"$cg_blkio/cgroup.procs" 2>/dev/null || true; done
+}
 
 cdir=""
 RW_PID=""
@@ -115,6 +139,12 @@ cleanup() {
     [ -n "$cdir" ] && cluster_remove "$cdir"
     placement_remove
     mountpoint -q "$storage_tmpfs" && umount "$storage_tmpfs"
+    mountpoint -q "$compute_volume" && umount "$compute_volume"
+    [ -n "$volume_loop" ] && losetup -d "$volume_loop"
+    if [ -d "$cg_blkio" ]; then
+        while read -r pid; do echo "$pid" >/sys/fs/cgroup/blkio/cgroup.procs 2>/dev/null || true; done <"$cg_blkio/cgroup.procs"
+        rmdir "$cg_blkio" 2>/dev/null || true
+    fi
     mountpoint -q "$compute_tmpfs" && umount "$compute_tmpfs"
     rm -rf "$work"
 }
@@ -124,9 +154,25 @@ mkdir -p "$storage_tmpfs" "$work/storage-disk"
 if [[ " ${placements[*]} " == *" separated "* ]]; then
     mount -t tmpfs -o "size=${BENCH_STORAGE_TMPFS:-12g},mode=755" fpw_bench_storage "$storage_tmpfs"
 fi
-if [ "$compute" = tmpfs ]; then
+if [ "$compute" != disk ]; then
     mkdir -p "$compute_tmpfs"
     mount -t tmpfs -o "size=${BENCH_COMPUTE_TMPFS:-8g},mode=755" fpw_bench_compute "$compute_tmpfs"
+fi
+if [ "$compute" = volume ]; then
+    [ -f /sys/fs/cgroup/blkio/blkio.throttle.write_bps_device ] ||
+        { echo "BENCH_COMPUTE=volume needs the cgroup v1 blkio hierarchy at /sys/fs/cgroup/blkio" >&2; exit 1; }
+    truncate -s "${BENCH_COMPUTE_TMPFS:-8g}" "$compute_tmpfs/volume.img"
+    volume_loop=$(losetup --find --show "$compute_tmpfs/volume.img")
+    # Initialised now, not lazily by a kernel thread during the runs.
+    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$volume_loop"
+    mkdir -p "$compute_volume"
+    mount "$volume_loop" "$compute_volume"
+    chmod 755 "$compute_volume"
+    mkdir -p "$cg_blkio"
+    majmin=$(lsblk -dno MAJ:MIN "$volume_loop" | tr -d ' ')
+    for f in read_iops write_iops; do echo "$majmin $device_iops" >"$cg_blkio/blkio.throttle.${f}_device"; done
+    for f in read_bps write_bps; do echo "$majmin $((device_mbps * 1024 * 1024))" >"$cg_blkio/blkio.throttle.${f}_device"; done
+    log "compute volume: $volume_loop ($majmin), $device_iops IOPS and $device_mbps MiB/s each way"
 fi
 
 # --- the cluster, the streaming clients ------------------------------------------------------
@@ -307,13 +353,15 @@ load_workload() {
 
 run_workload() {
     local w=$1 p m round i n=${#modes[@]}
-    if [ "$compute" = tmpfs ]; then cdir="$compute_tmpfs/cluster-$w"; else cdir="$work/cluster-$w"; fi
+    cdir="$(compute_root)/cluster-$w"
     port=$(free_port)
     hport=$(free_port)
     cluster_init "$cdir" "$port"
     cluster_conf "$cdir" "wal_level = replica" "shared_preload_libraries = 'fpw_pushdown'" "max_wal_senders = 6" \
         "max_replication_slots = 6" "fpw_pushdown.autopilot = off" "autovacuum = off"
     cluster_start "$cdir"
+    # shellcheck disable=SC2046
+    volume_place $(pg_pids)
     sql -c "CREATE EXTENSION fpw_pushdown" >/dev/null
     load_workload "$w"
     for p in "${placements[@]}"; do
@@ -397,7 +445,11 @@ report() {
         separated) echo "placement separated: PostgreSQL and pgbench on CPU 0; the streaming client or the helper on CPU 1" ;;
         shared) echo "placement shared: everything on both CPUs" ;;
         esac
-        echo "compute device: $([ "$compute" = tmpfs ] && echo "tmpfs (a fast durable device: CPU-bound)" || echo "the VM's disk")"
+        case $compute in
+        disk) echo "compute device: the VM's disk" ;;
+        volume) echo "compute device: an emulated volume, $device_iops IOPS and $device_mbps MiB/s each way (blkio-throttled loop device in memory)" ;;
+        tmpfs) echo "compute device: tmpfs (no device limits: CPU-bound)" ;;
+        esac
         echo "$clients clients, ${seconds}s per run, $rounds rounds (modes alternating), each run after a CHECKPOINT; pgbench -M prepared -j 1"
         echo "medians over the rounds except TPS; CPU in CPUs (pg includes the walsender); latency: pgbench's average"
         printf '%-38s %26s %7s %9s %9s %9s %7s %8s %8s %8s %9s %10s\n' mode "TPS min/median/max" spread "WAL B/txn" "NOPM" "FPI share" \

@@ -199,7 +199,7 @@ pub(crate) fn encode(state: &SharedState) -> Result<String, std::fmt::Error> {
         let c = &r.metrics;
         m.0.register_collector(Box::new(Labelled {
             name: "redo_helper_routed_reads_total",
-            help: "page reads of another shard's pages: proxied to the owner, redirected to it, or failed (owner unreachable or refusing the peer token: 502)",
+            help: "page reads of another shard's pages: proxied to the owner, redirected to it, or failed (owner unreachable or refusing the peer token: 502; not answering in time: 504)",
             counter: true,
             label: "outcome",
             values: vec![

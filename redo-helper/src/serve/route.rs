@@ -21,8 +21,9 @@
 //! (two entries pointing at one helper, or shards with different maps) thus ends in the
 //! store's 421 after one hop instead of a ring of proxies.
 //!
-//! Failures never turn into a guess of the page: an owner that cannot be reached, times out
-//! or refuses the peer token gives 502 with a JSON body naming the shard and its address.
+//! Failures never turn into a guess of the page: an owner that cannot be reached or refuses
+//! the peer token gives 502, one that does not answer in time 504, each with a JSON body
+//! naming the shard and its address.
 //! Every peer request is bounded: [`CONNECT_TIMEOUT`] to connect, and the read's own
 //! `wait_ms` (at most 30 s) plus [`READ_MARGIN`] for the answer.
 //!
@@ -245,7 +246,7 @@ pub(crate) fn page_url(base: &Url, page_path: &str, query: Option<&str>) -> Stri
 pub(crate) struct RouteMetrics {
     pub proxied: AtomicU64,
     pub redirected: AtomicU64,
-    /// Owner unreachable, timed out, or refused the peer token (502).
+    /// Owner unreachable or refused the peer token (502), or timed out (504).
     pub failed: AtomicU64,
     /// Seconds of a proxied read, as the client sees it minus the local parsing.
     pub seconds: prometheus_client::metrics::histogram::Histogram,
@@ -276,6 +277,8 @@ pub(crate) struct Router {
     peers: Vec<Url>,
     token: ApiToken,
     client: reqwest::Client,
+    /// What a peer gets beyond the read's own wait: [`READ_MARGIN`] (shorter in tests).
+    read_margin: Duration,
     pub metrics: RouteMetrics,
 }
 
@@ -324,6 +327,7 @@ impl Router {
             peers: cfg.urls.clone(),
             token,
             client,
+            read_margin: READ_MARGIN,
             metrics: RouteMetrics::default(),
         })
     }
@@ -405,11 +409,25 @@ impl Router {
                     body,
                 }
             }
-            Err(e) => self.failed(owner, format!("shard {owner} at {base} unreachable: {e}")),
+            Err(FetchError { message, timed_out }) if timed_out => self.failed_with(
+                StatusCode::GATEWAY_TIMEOUT,
+                owner,
+                format!("shard {owner} at {base} did not answer in time: {message}"),
+            ),
+            Err(FetchError { message, .. }) => self.failed(
+                owner,
+                format!("shard {owner} at {base} unreachable: {message}"),
+            ),
         }
     }
 
     fn failed(&self, owner: u32, message: String) -> Routed {
+        self.failed_with(StatusCode::BAD_GATEWAY, owner, message)
+    }
+
+    /// A routed read that got no page from its owner: 502, or 504 when the owner did not
+    /// answer within the read's wait (RFC 9110 15.6.5: a gateway that timed out).
+    fn failed_with(&self, status: StatusCode, owner: u32, message: String) -> Routed {
         self.metrics.failed.fetch_add(1, Ordering::Relaxed);
         log::warn!("routing: {message}");
         let body = serde_json::json!({
@@ -418,7 +436,7 @@ impl Router {
             "peer": self.peers[owner as usize].as_str(),
         });
         Routed {
-            status: StatusCode::BAD_GATEWAY,
+            status,
             headers: vec![
                 ("content-type", "application/json".into()),
                 (ROUTED_HEADER, "failed".into()),
@@ -431,18 +449,18 @@ impl Router {
         &self,
         url: &str,
         wait: Duration,
-    ) -> Result<(StatusCode, Vec<(&'static str, String)>, Bytes), String> {
+    ) -> Result<(StatusCode, Vec<(&'static str, String)>, Bytes), FetchError> {
         let mut response = self
             .client
             .get(url)
             .bearer_auth(self.token.secret())
             .header(ROUTED_HEADER, "proxied")
-            .timeout(wait + READ_MARGIN)
+            .timeout(wait + self.read_margin)
             .send()
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(FetchError::from_reqwest)?;
         let status = StatusCode::from_u16(response.status().as_u16())
-            .map_err(|e| format!("invalid status: {e}"))?;
+            .map_err(|e| FetchError::other(format!("invalid status: {e}")))?;
         let headers = PASSED_HEADERS
             .iter()
             .filter_map(|name| {
@@ -451,13 +469,39 @@ impl Router {
             })
             .collect();
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
+        while let Some(chunk) = response.chunk().await.map_err(FetchError::from_reqwest)? {
             if body.len() + chunk.len() > MAX_PEER_BODY {
-                return Err(format!("answer larger than {MAX_PEER_BODY} bytes"));
+                return Err(FetchError::other(format!(
+                    "answer larger than {MAX_PEER_BODY} bytes"
+                )));
             }
             body.extend_from_slice(&chunk);
         }
         Ok((status, headers, Bytes::from(body)))
+    }
+}
+
+/// Why a proxied read got no answer from its owner.
+#[derive(Debug)]
+struct FetchError {
+    message: String,
+    /// The owner did not answer within the read's wait plus the margin.
+    timed_out: bool,
+}
+
+impl FetchError {
+    fn from_reqwest(e: reqwest::Error) -> FetchError {
+        FetchError {
+            timed_out: e.is_timeout(),
+            message: error_chain(&e),
+        }
+    }
+
+    fn other(message: String) -> FetchError {
+        FetchError {
+            message,
+            timed_out: false,
+        }
     }
 }
 
@@ -686,6 +730,41 @@ mod tests {
         assert_eq!(r.status, StatusCode::BAD_GATEWAY);
         let body = String::from_utf8_lossy(&r.body);
         assert!(body.contains("shard 1 at http://127.0.0.1:"), "{body}");
+        assert!(body.contains("\"owner\":1"), "{body}");
+        assert_eq!(router.metrics.failed.load(Ordering::Relaxed), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn silent_owner_is_a_504_naming_it() {
+        // An owner that accepts the connection and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("route-test-504-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token_file = dir.join("token");
+        ApiToken::load_or_create(&token_file).unwrap();
+        let cfg = PeerConfig {
+            urls: parse_peers(
+                &format!("http://127.0.0.1:1,http://127.0.0.1:{port}"),
+                2,
+                false,
+            )
+            .unwrap(),
+            token_file,
+            ca_file: None,
+        };
+        let mut router = Router::new(ShardMap::new(2, 0, 4).unwrap(), &cfg).unwrap();
+        router.read_margin = Duration::from_millis(200);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let r = rt.block_on(router.proxy(1, "1663/5/1/main/0", None, Duration::from_millis(10)));
+        drop(listener);
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(body.contains("did not answer in time"), "{body}");
         assert!(body.contains("\"owner\":1"), "{body}");
         assert_eq!(router.metrics.failed.load(Ordering::Relaxed), 1);
         let _ = std::fs::remove_dir_all(&dir);
