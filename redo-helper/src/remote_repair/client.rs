@@ -12,6 +12,10 @@ use std::time::Duration;
 /// Longest a single request may take (a list of millions of pages included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest answer read from a helper: a page is 8 KB and `/repair/changed` lists a few
+/// dozen bytes per changed page, so 256 MiB is millions of pages; a helper (or something
+/// posing as one) that streams more is refused rather than held in memory.
+const MAX_ANSWER_BYTES: usize = 256 << 20;
 /// Shortest token a helper accepts (`serve::access`): a shorter file is a mistake.
 const MIN_TOKEN_CHARS: usize = 32;
 
@@ -211,12 +215,29 @@ impl HelperClient {
         what: &str,
     ) -> Result<(u16, bytes::Bytes), ClientError> {
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(|e| ClientError::Request {
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+        {
+            return Err(
+                self.answer_err(what, format!("answer larger than {MAX_ANSWER_BYTES} bytes"))
+            );
+        }
+        let mut resp = resp;
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| ClientError::Request {
             url: self.url.clone(),
             what: what.to_string(),
             reason: error_chain(&e),
-        })?;
-        Ok((status, body))
+        })? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(
+                    self.answer_err(what, format!("answer larger than {MAX_ANSWER_BYTES} bytes"))
+                );
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, body.freeze()))
     }
 
     /// The body of a 200 answer; a typed error for any other status.
@@ -407,6 +428,49 @@ pub(crate) fn parse_changed(text: &str) -> Result<ChangedPages, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A "helper" that answers every request with a body over the cap (announced, or
+    /// streamed without a length) is refused with an error, not held in memory.
+    #[test]
+    fn oversized_answers_are_refused() {
+        use std::io::{Read, Write};
+        for announced in [true, false] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let server = std::thread::spawn(move || {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut req = [0u8; 4096];
+                let _ = conn.read(&mut req);
+                if announced {
+                    let _ = conn.write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                            MAX_ANSWER_BYTES + 1
+                        )
+                        .as_bytes(),
+                    );
+                } else {
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                    let chunk = vec![b'x'; 1 << 20];
+                    for _ in 0..(MAX_ANSWER_BYTES >> 20) + 2 {
+                        if conn.write_all(&chunk).is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            let client =
+                HelperClient::new(&format!("http://127.0.0.1:{port}"), None, None).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let err = rt.block_on(client.identity()).unwrap_err().to_string();
+            assert!(err.contains("answer larger than"), "{err}");
+            drop(client);
+            server.join().unwrap();
+        }
+    }
 
     #[test]
     fn changed_answers_parse_and_cut_offs_are_refused() {
