@@ -207,7 +207,11 @@ fn apply_block_kind(
         return Err(RedoErrorKind::Unsupported);
     }
     if block.will_init() {
-        page.fill(0);
+        // GIN re-initialises its metapage for every pending-list insertion: when the page
+        // already has the layout that leaves, its redo rewrites what changes in place.
+        if !(rec.rmid() == rmgr::RM_GIN_ID && gin::reinit_in_place(rec, block, page)) {
+            page.fill(0);
+        }
     } else if page.lsn() >= rec.end_lsn {
         return Ok(BlockOutcome::AlreadyApplied);
     }

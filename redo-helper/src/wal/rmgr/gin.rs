@@ -237,7 +237,7 @@ pub fn parse_insert_data_internal<'a>(
 }
 
 /// One action of a leaf recompression (`ginxlogSegmentAction` and what follows it).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentAction<'a> {
     /// `GIN_SEGMENT_DELETE`: the segment goes.
     Delete,
@@ -255,17 +255,36 @@ pub fn parse_recompress<'a>(
     rec: &DecodedRecord,
     data: &'a [u8],
 ) -> Result<Vec<(u8, SegmentAction<'a>)>, MainDataError> {
+    recompress_actions(rec, data)?.collect()
+}
+
+/// The actions of a `ginxlogRecompressDataLeaf`, parsed one at a time as they are read
+/// (redo applies them without collecting them first).
+pub fn recompress_actions<'a>(
+    rec: &DecodedRecord,
+    data: &'a [u8],
+) -> Result<RecompressActions<'a>, MainDataError> {
     let name = identify(rec.rmgr_info()).unwrap_or("UNKNOWN");
     let mut r = MainDataReader::new(data, rec.lsn, "Gin", name);
-    let nactions = r.u16()?;
-    let mut out = Vec::with_capacity(nactions as usize);
-    for _ in 0..nactions {
+    let left = r.u16()?;
+    Ok(RecompressActions { r, left })
+}
+
+/// See [`recompress_actions`].
+pub struct RecompressActions<'a> {
+    r: MainDataReader<'a>,
+    left: u16,
+}
+
+impl<'a> RecompressActions<'a> {
+    fn action(&mut self) -> Result<(u8, SegmentAction<'a>), MainDataError> {
+        let r = &mut self.r;
         let segno = r.u8()?;
         let kind = r.u8()?;
         let action = match kind {
             GIN_SEGMENT_DELETE => SegmentAction::Delete,
             GIN_SEGMENT_INSERT | GIN_SEGMENT_REPLACE => {
-                let seg = posting_list(&mut r)?;
+                let seg = posting_list(r)?;
                 if kind == GIN_SEGMENT_INSERT {
                     SegmentAction::Insert(seg)
                 } else {
@@ -282,9 +301,21 @@ pub fn parse_recompress<'a>(
                 )));
             }
         };
-        out.push((segno, action));
+        Ok((segno, action))
     }
-    Ok(out)
+}
+
+impl<'a> Iterator for RecompressActions<'a> {
+    type Item = Result<(u8, SegmentAction<'a>), MainDataError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        let a = self.action();
+        // After an error there is nothing more to read.
+        self.left = if a.is_ok() { self.left - 1 } else { 0 };
+        Some(a)
+    }
 }
 
 /// A whole `GinPostingList` at the reader: `SizeOfGinPostingList` bytes (the header and
