@@ -128,7 +128,7 @@ const GIN_META_LOWER: u16 = (SIZE_OF_PAGE_HEADER + GIN_META_DATA_SIZE) as u16;
 
 /// Whether every byte of `page` outside pd_lsn, pd_checksum and the metadata is what
 /// `GinInitMetabuffer` leaves: the header's pointers, flags, version and prune xid, the
-/// special space, and zeros between pd_lower and pd_upper (checked, not assumed: a read of
+/// special space, and zeros between pd_lower and pd_upper (checked, not assumed: comparing
 /// 8 KB costs a fraction of the two zeroings it saves, and the page stays byte-exact even
 /// if that space held something).
 fn is_initialised_metapage(page: &Page) -> bool {
@@ -142,9 +142,12 @@ fn is_initialised_metapage(page: &Page) -> bool {
         && maxoff(page) == 0
         && page_flags(page) == GIN_META
         && page[GIN_META_LOWER as usize..GIN_SPECIAL_START]
-            .iter()
-            .all(|&b| b == 0)
+            == ZEROS[GIN_META_LOWER as usize..GIN_SPECIAL_START]
 }
+
+/// A zero page to compare with: slice equality is one `memcmp`, where a byte loop with an
+/// early exit is not vectorised (8 KB of it cost ~5 us a record, more than the zeroing).
+static ZEROS: [u8; BLCKSZ] = [0; BLCKSZ];
 
 /// Whether the engine may leave the page of WILL_INIT block `block` of GIN record `rec`
 /// unzeroed: block 0 of UPDATE_META_PAGE and DELETE_LISTPAGE, whose redo re-initialises
