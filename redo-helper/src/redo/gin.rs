@@ -634,6 +634,17 @@ fn decode_segment(seg: &[u8]) -> Result<Vec<PackedItem>, RedoErrorKind> {
     Ok(items)
 }
 
+/// Appends one delta of a posting list in `ginpostinglist.c`'s varbyte encoding: 7 bits
+/// per byte, low bits first, the high bit set on every byte but the last.
+#[inline]
+fn push_varbyte(out: &mut Vec<u8>, mut delta: PackedItem) {
+    while delta > 0x7F {
+        out.push(0x80 | (delta & 0x7F) as u8);
+        delta >>= 7;
+    }
+    out.push(delta as u8);
+}
+
 /// `ginCompressPostingList` with room for everything (redo passes BLCKSZ): one segment.
 fn encode_segment(items: &[PackedItem]) -> Result<Vec<u8>, RedoErrorKind> {
     let (&first, rest) = items
@@ -647,12 +658,7 @@ fn encode_segment(items: &[PackedItem]) -> Result<Vec<u8>, RedoErrorKind> {
         if item <= prev {
             return Err(malformed("GIN posting list items out of order"));
         }
-        let mut delta = item - prev;
-        while delta > 0x7F {
-            out.push(0x80 | (delta & 0x7F) as u8);
-            delta >>= 7;
-        }
-        out.push(delta as u8);
+        push_varbyte(&mut out, item - prev);
         prev = item;
     }
     let nbytes = out.len() - GIN_POSTING_LIST_HEADER;
@@ -936,12 +942,7 @@ impl SegmentWriter {
                 if item <= prev {
                     return Err(malformed("GIN posting list items out of order"));
                 }
-                let mut delta = item - prev;
-                while delta > 0x7F {
-                    out.push(0x80 | (delta & 0x7F) as u8);
-                    delta >>= 7;
-                }
-                out.push(delta as u8);
+                push_varbyte(out, item - prev);
             }
         }
         self.prev = Some(item);

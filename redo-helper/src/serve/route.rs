@@ -700,14 +700,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn unreachable_owner_is_a_502_naming_it() {
-        // A port nothing listens on: bind one, learn its number, close it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap();
-        let dir = std::env::temp_dir().join(format!("route-test-{}", std::process::id()));
+    /// A router of shard 0 of 2 whose peer shard 1 is at 127.0.0.1:`port`, with a token in
+    /// a directory of its own (returned, for removal).
+    fn router_with_shard_1_at(port: u16, test: &str) -> (Router, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("route-test-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let token_file = dir.join("token");
         ApiToken::load_or_create(&token_file).unwrap();
@@ -722,6 +718,17 @@ mod tests {
             ca_file: None,
         };
         let router = Router::new(ShardMap::new(2, 0, 4).unwrap(), &cfg).unwrap();
+        (router, dir)
+    }
+
+    #[test]
+    fn unreachable_owner_is_a_502_naming_it() {
+        // A port nothing listens on: bind one, learn its number, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let (router, dir) = router_with_shard_1_at(port, "502");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -740,21 +747,7 @@ mod tests {
         // An owner that accepts the connection and never answers.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("route-test-504-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let token_file = dir.join("token");
-        ApiToken::load_or_create(&token_file).unwrap();
-        let cfg = PeerConfig {
-            urls: parse_peers(
-                &format!("http://127.0.0.1:1,http://127.0.0.1:{port}"),
-                2,
-                false,
-            )
-            .unwrap(),
-            token_file,
-            ca_file: None,
-        };
-        let mut router = Router::new(ShardMap::new(2, 0, 4).unwrap(), &cfg).unwrap();
+        let (mut router, dir) = router_with_shard_1_at(port, "504");
         router.read_margin = Duration::from_millis(200);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
