@@ -709,6 +709,19 @@ thread_local! {
         std::cell::RefCell::new(Vec::with_capacity(BLCKSZ));
 }
 
+/// The end of a data leaf's segment area (pd_lower), the leaf converted to the compressed
+/// format first if it is a pre-9.4 uncompressed one (as `ginRedoRecompress` does).
+fn compressed_leaf_end(page: &mut Page) -> Result<usize, RedoErrorKind> {
+    if page_flags(page) & GIN_COMPRESSED == 0 {
+        convert_uncompressed_leaf(page)?;
+    }
+    let end = page.lower() as usize;
+    if !(GIN_DATA_START..=GIN_SPECIAL_START).contains(&end) {
+        return Err(shape(format!("GIN data leaf with pd_lower {end}")));
+    }
+    Ok(end)
+}
+
 /// `ginRedoRecompress`: a posting-tree leaf's segments after the logged actions. The
 /// actions name segments by their number in the old page, in increasing order; segments
 /// no action names are kept as they are.
@@ -722,13 +735,7 @@ fn redo_recompress<'a>(
     page: &mut Page,
     actions: impl IntoIterator<Item = Result<(u8, SegmentAction<'a>), RedoErrorKind>>,
 ) -> Result<(), RedoErrorKind> {
-    if page_flags(page) & GIN_COMPRESSED == 0 {
-        convert_uncompressed_leaf(page)?;
-    }
-    let end = page.lower() as usize;
-    if !(GIN_DATA_START..=GIN_SPECIAL_START).contains(&end) {
-        return Err(shape(format!("GIN data leaf with pd_lower {end}")));
-    }
+    let end = compressed_leaf_end(page)?;
     let mut actions = actions.into_iter();
     let Some(first) = actions.next().transpose()? else {
         return Ok(());
@@ -1051,13 +1058,7 @@ mod tests {
         page: &mut Page,
         actions: &[(u8, SegmentAction<'_>)],
     ) -> Result<(), RedoErrorKind> {
-        if page_flags(page) & GIN_COMPRESSED == 0 {
-            convert_uncompressed_leaf(page)?;
-        }
-        let end = page.lower() as usize;
-        if !(GIN_DATA_START..=GIN_SPECIAL_START).contains(&end) {
-            return Err(shape(format!("GIN data leaf with pd_lower {end}")));
-        }
+        let end = compressed_leaf_end(page)?;
         let old_area = page[GIN_DATA_START..end].to_vec();
         let mut old: Vec<&[u8]> = Vec::new();
         let mut rest = &old_area[..];
