@@ -187,7 +187,8 @@ async fn get_page(state: Arc<SharedState>, key: PageKey, query: Option<&str>) ->
                         StatusCode::NOT_FOUND
                     }
                     e if e.is_unreadable() => StatusCode::CONFLICT,
-                    GetPageError::BeforeRetention { .. } => StatusCode::GONE,
+                    GetPageError::BeforeRetention { .. }
+                    | GetPageError::BeforeConsistent { .. } => StatusCode::GONE,
                     GetPageError::NotYetReceived { .. } => StatusCode::TOO_EARLY,
                     GetPageError::NotOwned { owner, .. } => return not_owned(&e, *owner),
                     _ => StatusCode::INTERNAL_SERVER_ERROR,

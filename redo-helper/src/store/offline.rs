@@ -252,7 +252,7 @@ pub(crate) fn open_store(
             archive,
             meta.system_identifier,
             meta.pg_version,
-            meta.start_lsn(),
+            (meta.start_lsn(), meta.end_lsn()),
             crate::redo::RedoEngine {
                 ctx: meta.redo_context(),
             },

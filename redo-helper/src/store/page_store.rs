@@ -60,6 +60,19 @@ pub(crate) enum GetPageError {
     },
     #[error("page {key} at {lsn}: before the start of the helper's history ({start})")]
     BeforeRetention { key: PageKey, lsn: Lsn, start: Lsn },
+    /// The base backup copied its files while the page changed: its copy may hold the change
+    /// at `change` already, so it proves the page neither before that change nor (without the
+    /// change's own WAL image) after it. PostgreSQL forces full-page writes during a backup,
+    /// so from the page's first change in the backup window on it starts from that image.
+    #[error(
+        "page {key} at {lsn}: not provable: the base backup may hold the page's change at {change} already (it copied the files until {consistent}); read it at or after {change}"
+    )]
+    BeforeConsistent {
+        key: PageKey,
+        lsn: Lsn,
+        change: Lsn,
+        consistent: Lsn,
+    },
     #[error("page {key}: {source}")]
     Record {
         key: PageKey,
@@ -296,6 +309,10 @@ pub(crate) struct PageStore {
     /// the segment and allocating per read was a large part of a short chain's cost).
     readers: Mutex<Vec<RecordReader>>,
     backup_start: Lsn,
+    /// Where the base backup ended: its files were copied while WAL in
+    /// [backup_start, backup_end) was written, so a base page is not proven at an LSN before
+    /// a change of it in that window (see [`GetPageError::BeforeConsistent`]).
+    backup_end: Lsn,
     /// Retention horizon: WAL before it is gone; reads before it are refused. Never below
     /// `backup_start` (see `horizon()`).
     horizon: AtomicU64,
@@ -332,7 +349,7 @@ impl PageStore {
         archive: &WalArchive,
         system_identifier: u64,
         version: crate::wal::PgVersion,
-        backup_start: Lsn,
+        (backup_start, backup_end): (Lsn, Lsn),
         redo: RedoEngine,
     ) -> PageStore {
         let recent_wal = Arc::new(RecentWal::new(RECENT_WAL_BYTES));
@@ -350,6 +367,7 @@ impl PageStore {
             recent_wal,
             readers: Mutex::new(Vec::new()),
             backup_start,
+            backup_end,
             horizon: AtomicU64::new(backup_start.0),
             gate: RwLock::new(()),
             shard_map: crate::store::shard::ShardMap::UNSHARDED,
@@ -628,6 +646,16 @@ impl PageStore {
         };
         if let Some((l, StartKind::Wal)) = h.wal_start_point(target) {
             start = start.newest(Start::Wal(l));
+        }
+        if start == Start::Base && target < self.backup_end {
+            if let Some(c) = h.changes_between(Some(target), self.backup_end).first() {
+                return Err(GetPageError::BeforeConsistent {
+                    key: *key,
+                    lsn: target,
+                    change: c.lsn,
+                    consistent: self.backup_end,
+                });
+            }
         }
         let start_change = match start {
             // At a copy: the unreadable marker retention keeps there for a page whose

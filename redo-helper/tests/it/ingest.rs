@@ -118,6 +118,59 @@ fn bootstrap_under_load_then_archive_equals_pg_wal() {
         std::fs::metadata(&base).map(|m| m.len()).unwrap_or(0) >= 8192 * 100,
         "{base:?}"
     );
+    reads_in_the_backup_window_are_proven_or_refused(&h, &archive, &st);
+}
+
+/// The base backup copied its files while pgbench wrote: a page's copy may hold any change of
+/// the window [backup start, backup end). A read before the page's first change there would
+/// start from that copy and is refused by name (410); at the change (a full-page image, as
+/// PostgreSQL forces them during a backup) it is served.
+fn reads_in_the_backup_window_are_proven_or_refused(
+    h: &HelperProcess,
+    archive: &Path,
+    st: &serde_json::Value,
+) {
+    let show = |l: u64| format!("{:X}/{:08X}", l >> 32, l & 0xFFFF_FFFF);
+    let (start, end) = (
+        status_lsn(st, "backup_start_lsn"),
+        status_lsn(st, "backup_end_lsn"),
+    );
+    let (lines, stderr) = pg_waldump(archive, &["-s", &show(start), "-e", &show(end)]);
+    // The first full-page image of a main-fork page in the window after its first record
+    // (a read just before that one would be before the helper's history), and its LSN.
+    let first_image = lines.iter().find_map(|l| {
+        let at = lsn(l.split(", lsn: ").nth(1)?.split(',').next()?);
+        if at <= start {
+            return None;
+        }
+        let blk = l.split("blkref #").skip(1).find(|b| b.ends_with("FPW") || b.contains("FPW,"))?;
+        let mut words = blk.split_whitespace().skip(1);
+        let (Some("rel"), Some(rel), Some("blk"), Some(block)) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            return None; // another fork ("fork fsm blk ...")
+        };
+        Some((at, rel.to_string(), block.trim_end_matches(',').to_string()))
+    });
+    let Some((at, rel, block)) = first_image else {
+        panic!(
+            "no full-page image in the backup window {} .. {}: pgbench wrote nothing while the copy ran? {stderr}\n{}",
+            show(start),
+            show(end),
+            lines.join("\n")
+        );
+    };
+    let path = format!("/page/{rel}/main/{block}?cache=none");
+    let before = support::http(&h.listen, "GET", &format!("{path}&lsn={}", show(at - 1)))
+        .expect("GET /page");
+    let text = String::from_utf8_lossy(&before.body);
+    assert_eq!(before.status, 410, "{path} before {}: {text}", show(at));
+    assert!(text.contains("not provable") && text.contains(&show(at)), "{text}");
+    for lsn_at in [at, end] {
+        let r = support::http(&h.listen, "GET", &format!("{path}&lsn={}", show(lsn_at)))
+            .expect("GET /page");
+        assert_eq!(r.status, 200, "{path} at {}: {}", show(lsn_at), String::from_utf8_lossy(&r.body));
+    }
 }
 
 #[test]
