@@ -107,7 +107,9 @@ fn gin_init_metapage(page: &mut Page, metadata: &[u8]) -> Result<(), RedoErrorKi
         )));
     }
     let at = SIZE_OF_PAGE_HEADER;
-    if is_initialised_metapage(page) {
+    // The engine leaves a page unzeroed only when `reinit_in_place` found the unused space
+    // zero too: the layout is enough to tell the two apart here (a zeroed page has none).
+    if has_metapage_layout(page) {
         page.set_checksum(0);
         page[at..at + GIN_META_DATA_SIZE].copy_from_slice(metadata);
         return Ok(());
@@ -132,6 +134,11 @@ const GIN_META_LOWER: u16 = (SIZE_OF_PAGE_HEADER + GIN_META_DATA_SIZE) as u16;
 /// 8 KB costs a fraction of the two zeroings it saves, and the page stays byte-exact even
 /// if that space held something).
 fn is_initialised_metapage(page: &Page) -> bool {
+    has_metapage_layout(page) && all_zero(&page[GIN_META_LOWER as usize..GIN_SPECIAL_START])
+}
+
+/// The header and special space `GinInitMetabuffer` leaves (without the unused space).
+fn has_metapage_layout(page: &Page) -> bool {
     page.lower() == GIN_META_LOWER
         && page.upper() as usize == GIN_SPECIAL_START
         && page.special() as usize == GIN_SPECIAL_START
@@ -141,13 +148,21 @@ fn is_initialised_metapage(page: &Page) -> bool {
         && get_u32(page, OPAQUE_RIGHTLINK) == INVALID_BLOCK
         && maxoff(page) == 0
         && page_flags(page) == GIN_META
-        && page[GIN_META_LOWER as usize..GIN_SPECIAL_START]
-            == ZEROS[GIN_META_LOWER as usize..GIN_SPECIAL_START]
 }
 
-/// A zero page to compare with: slice equality is one `memcmp`, where a byte loop with an
-/// early exit is not vectorised (8 KB of it cost ~5 us a record, more than the zeroing).
-static ZEROS: [u8; BLCKSZ] = [0; BLCKSZ];
+/// Whether every byte of `b` is zero: an OR over 64-byte blocks with no early exit, which
+/// the compiler vectorises (it reads the bytes once; `memcmp` against a zero page read
+/// twice as much, and a byte loop with an early exit, not vectorised, cost ~5 us a record).
+fn all_zero(b: &[u8]) -> bool {
+    let (blocks, rest) = b.as_chunks::<64>();
+    let mut acc = [0u8; 64];
+    for blk in blocks {
+        for (a, x) in acc.iter_mut().zip(blk) {
+            *a |= x;
+        }
+    }
+    acc.iter().chain(rest).fold(0, |a, x| a | x) == 0
+}
 
 /// Whether the engine may leave the page of WILL_INIT block `block` of GIN record `rec`
 /// unzeroed: block 0 of UPDATE_META_PAGE and DELETE_LISTPAGE, whose redo re-initialises
@@ -883,11 +898,34 @@ fn corrupt_segment(what: &str) -> RedoErrorKind {
     shape(format!("corrupt GIN posting list: {what}"))
 }
 
+/// The varbyte delta at the start of `b` and its length in bytes, if `ginCompressPostingList`
+/// would have written that delta so: not zero, in the fewest bytes (a last byte of zero
+/// means a shorter encoding existed; a seventh byte carries the top bits whole, at most 0x7F
+/// for a delta PostgreSQL can write).
+#[inline]
+fn canonical_delta(b: &[u8]) -> Option<(u64, usize)> {
+    let mut delta: u64 = 0;
+    for (k, &c) in b.iter().enumerate().take(7) {
+        if k == 6 {
+            return (c != 0 && c < 0x80).then_some((delta | (c as u64) << 42, 7));
+        }
+        delta |= ((c & 0x7F) as u64) << (7 * k);
+        if c & 0x80 == 0 {
+            return (c != 0).then_some((delta, k + 1));
+        }
+    }
+    None
+}
+
 /// The items of one compressed segment, decoded as they are read.
 struct SegmentItems<'a> {
     bytes: &'a [u8],
+    /// Where the delta after `next` starts.
     i: usize,
+    /// The next item to take (decoded one ahead), and where its delta starts (0 for the
+    /// first item, which the header holds).
     next: Option<PackedItem>,
+    next_at: usize,
 }
 
 impl<'a> SegmentItems<'a> {
@@ -898,7 +936,71 @@ impl<'a> SegmentItems<'a> {
             bytes: &seg[GIN_POSTING_LIST_HEADER..GIN_POSTING_LIST_HEADER + nbytes],
             i: 0,
             next: Some(read_item_pointer(seg)),
+            next_at: 0,
         })
+    }
+
+    /// Before any item is taken: steps over the items below `bound` and returns the first,
+    /// the varbyte deltas of the others (bytes of the segment, which merging items after
+    /// them leaves unchanged) and the last; the next item taken is the first at or above
+    /// `bound`. None, having stepped over nothing, when the first item is not below `bound`
+    /// or a delta on the way is not as `ginCompressPostingList` writes it (zero, or not in
+    /// the fewest bytes: re-encoding would change it) or cannot be read: the caller then
+    /// merges item by item, which also reports what is wrong.
+    fn canonical_prefix_below(
+        &mut self,
+        bound: PackedItem,
+    ) -> Option<(PackedItem, &'a [u8], PackedItem)> {
+        let first = self.next.filter(|f| self.i == 0 && *f < bound)?;
+        let bytes = self.bytes;
+        let (mut at, mut item) = (0usize, first);
+        while at < bytes.len() {
+            let (delta, len) = canonical_delta(&bytes[at..])?;
+            let next = item + delta;
+            if next >= bound {
+                if next >> MAX_HEAP_TUPLES_PER_PAGE_BITS > u32::MAX as u64 {
+                    return None;
+                }
+                self.next = Some(next);
+                self.next_at = at;
+                self.i = at + len;
+                return Some((first, &bytes[..at], item));
+            }
+            item = next;
+            at += len;
+        }
+        self.next = None;
+        self.i = bytes.len();
+        Some((first, bytes, item))
+    }
+
+    /// After an item was taken: the varbyte deltas of every item not taken yet (bytes of the
+    /// segment, unchanged when they follow the item taken) and the last item, then nothing
+    /// is left to take; None, taking nothing, when one of them is not as
+    /// `ginCompressPostingList` writes it or cannot be read (see
+    /// [`SegmentItems::canonical_prefix_below`]).
+    fn canonical_rest(&mut self) -> Option<(&'a [u8], Option<PackedItem>)> {
+        let Some(mut item) = self.next else {
+            return Some((&[], None));
+        };
+        if self.i == 0 {
+            return None; // nothing taken yet: the first item is in the header
+        }
+        let rest = &self.bytes[self.next_at..];
+        let mut at = self.i - self.next_at;
+        while at < rest.len() {
+            let (delta, len) = canonical_delta(&rest[at..])?;
+            item += delta;
+            at += len;
+        }
+        // The one delta already decoded (`next`'s) is checked like the others.
+        canonical_delta(rest)?;
+        if item >> MAX_HEAP_TUPLES_PER_PAGE_BITS > u32::MAX as u64 {
+            return None;
+        }
+        self.next = None;
+        self.i = self.bytes.len();
+        Some((rest, Some(item)))
     }
 
     /// The current item, and a step to the one after it.
@@ -907,6 +1009,7 @@ impl<'a> SegmentItems<'a> {
         let Some(cur) = self.next else {
             return Ok(None);
         };
+        self.next_at = self.i;
         self.next = if self.i < self.bytes.len() {
             let delta = next_delta(self.bytes, &mut self.i)
                 .ok_or_else(|| corrupt_segment("varbyte runs past the segment"))?;
@@ -987,8 +1090,37 @@ fn merge_into_segment(
     let mut added = raw.chunks_exact(ITEM_POINTER_SIZE).map(read_item_pointer);
     let mut w = SegmentWriter::new(out);
     let mut a = added.next();
+    // The old items below the first added one keep their deltas, hence their bytes: they
+    // are copied as they are rather than decoded and encoded again (new heap TIDs are
+    // mostly the largest, so this is usually the whole old segment).
+    if let Some(bound) = a
+        && let Some((first, deltas, last)) = olditems.canonical_prefix_below(bound)
+    {
+        w.push(out, first)?;
+        out.extend_from_slice(deltas);
+        w.prev = Some(last);
+    }
     let mut o = olditems.take()?;
+    let mut copy_rest = true;
     loop {
+        if copy_rest
+            && a.is_none()
+            && let Some(y) = o
+        {
+            // Every added item is placed: the old items after `y` keep their deltas, and
+            // their bytes are copied as they are (tried once: what failed stays ahead).
+            copy_rest = false;
+            w.push(out, y)?;
+            if let Some((rest, last)) = olditems.canonical_rest() {
+                out.extend_from_slice(rest);
+                if last.is_some() {
+                    w.prev = last;
+                }
+                break;
+            }
+            o = olditems.take()?;
+            continue;
+        }
         let item = match (a, o) {
             (Some(x), Some(y)) if x < y => {
                 a = added.next();
@@ -1249,12 +1381,55 @@ mod tests {
         gin_init_metapage(&mut p, &[7u8; GIN_META_DATA_SIZE]).unwrap();
         assert!(is_initialised_metapage(&p));
         // A byte in the unused space: PostgreSQL's re-initialisation would zero it.
-        p[4000] = 1;
-        assert!(!is_initialised_metapage(&p));
+        for at in [GIN_META_LOWER as usize, 4000, GIN_SPECIAL_START - 1] {
+            p[at] = 1;
+            assert!(!is_initialised_metapage(&p), "byte {at}");
+            p[at] = 0;
+        }
+        assert!(is_initialised_metapage(&p));
         // Another page's shape (page inits expect the engine's zeroed page).
         p.fill(0);
         gin_init_page(&mut p, GIN_LEAF);
         assert!(!is_initialised_metapage(&p));
+    }
+
+    /// Items added to a segment whose deltas are not all as PostgreSQL writes them (one in
+    /// two bytes where one would do): merged item by item and encoded again, like
+    /// PostgreSQL's redo does, not copied.
+    #[test]
+    fn a_non_canonical_segment_is_encoded_again_when_items_are_added() {
+        let mut seg = encode_segment(&items(&[(1, 1), (1, 2), (1, 3)])).unwrap();
+        // The second delta (1) as 0x81 0x00; the byte count grows by one (now odd: pad).
+        seg.truncate(GIN_POSTING_LIST_HEADER + 1);
+        seg.push(0x81);
+        seg.push(0x00);
+        put_u16(&mut seg, ITEM_POINTER_SIZE, 3);
+        seg.push(0);
+        let mut p = leaf_with(&[]);
+        p[GIN_DATA_START..GIN_DATA_START + seg.len()].copy_from_slice(&seg);
+        set_data_size(&mut p, seg.len());
+        let noncanonical = p.clone();
+        // Added after every old item (the old ones before it are copied when they can be),
+        // and before every old item (those after it likewise).
+        for (new_item, all) in [
+            ((2, 1), [(1, 1), (1, 2), (1, 3), (2, 1)]),
+            ((0, 9), [(0, 9), (1, 1), (1, 2), (1, 3)]),
+        ] {
+            let mut p = noncanonical.clone();
+            let mut added = Vec::new();
+            write_item_pointer(&mut added, pack(new_item.0, new_item.1));
+            let actions = [(0u8, SegmentAction::AddItems(&added))];
+            let mut want = p.clone();
+            reference_recompress(&mut want, &actions).unwrap();
+            redo_recompress(&mut p, actions.iter().copied().map(Ok)).unwrap();
+            assert_eq!(&p[..], &want[..], "{new_item:?}");
+            let canonical = encode_segment(&items(&all)).unwrap();
+            assert_eq!(&p[GIN_DATA_START..GIN_DATA_START + canonical.len()], &canonical[..]);
+            // The same added to the canonical segment: the same bytes.
+            let mut q = leaf_with(&[items(&[(1, 1), (1, 2), (1, 3)])]);
+            redo_recompress(&mut q, actions.iter().copied().map(Ok)).unwrap();
+            assert_eq!(&q[..], &p[..], "{new_item:?}");
+        }
     }
 
     #[test]
