@@ -1424,7 +1424,10 @@ mod tests {
             redo_recompress(&mut p, actions.iter().copied().map(Ok)).unwrap();
             assert_eq!(&p[..], &want[..], "{new_item:?}");
             let canonical = encode_segment(&items(&all)).unwrap();
-            assert_eq!(&p[GIN_DATA_START..GIN_DATA_START + canonical.len()], &canonical[..]);
+            assert_eq!(
+                &p[GIN_DATA_START..GIN_DATA_START + canonical.len()],
+                &canonical[..]
+            );
             // The same added to the canonical segment: the same bytes.
             let mut q = leaf_with(&[items(&[(1, 1), (1, 2), (1, 3)])]);
             redo_recompress(&mut q, actions.iter().copied().map(Ok)).unwrap();

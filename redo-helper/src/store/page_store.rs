@@ -647,15 +647,16 @@ impl PageStore {
         if let Some((l, StartKind::Wal)) = h.wal_start_point(target) {
             start = start.newest(Start::Wal(l));
         }
-        if start == Start::Base && target < self.backup_end {
-            if let Some(c) = h.changes_between(Some(target), self.backup_end).first() {
-                return Err(GetPageError::BeforeConsistent {
-                    key: *key,
-                    lsn: target,
-                    change: c.lsn,
-                    consistent: self.backup_end,
-                });
-            }
+        if start == Start::Base
+            && target < self.backup_end
+            && let Some(c) = h.changes_between(Some(target), self.backup_end).first()
+        {
+            return Err(GetPageError::BeforeConsistent {
+                key: *key,
+                lsn: target,
+                change: c.lsn,
+                consistent: self.backup_end,
+            });
         }
         let start_change = match start {
             // At a copy: the unreadable marker retention keeps there for a page whose

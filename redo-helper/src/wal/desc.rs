@@ -14,13 +14,12 @@ use super::record::DecodedRecord;
 use super::rmgr::standby::InvalidationMessage;
 use super::rmgr::*;
 
-/// `TABLESPACE_VERSION_DIRECTORY` of PostgreSQL 15 (catalog version 202209061).
-const TABLESPACE_VERSION_DIRECTORY: &str = "PG_15_202209061";
 const GLOBALTABLESPACE_OID: u32 = 1664;
 const DEFAULTTABLESPACE_OID: u32 = 1663;
 
-/// `relpathperm(rnode, fork)`: the relation's path relative to the data directory.
-pub fn relpath(rel: &RelFileLocator, fork: u8) -> String {
+/// `relpathperm(rnode, fork)`: the relation's path relative to the data directory, for a
+/// cluster of `version` (a tablespace's directory names the version).
+pub fn relpath(rel: &RelFileLocator, fork: u8, version: crate::wal::PgVersion) -> String {
     let suffix = match fork {
         0 => String::new(),
         f => format!("_{}", super::block::ForkNumber(f).name()),
@@ -31,8 +30,11 @@ pub fn relpath(rel: &RelFileLocator, fork: u8) -> String {
         format!("base/{}/{}{suffix}", rel.db_oid, rel.rel_number)
     } else {
         format!(
-            "pg_tblspc/{}/{TABLESPACE_VERSION_DIRECTORY}/{}/{}{suffix}",
-            rel.spc_oid, rel.db_oid, rel.rel_number
+            "pg_tblspc/{}/{}/{}/{}{suffix}",
+            rel.spc_oid,
+            version.tablespace_version_directory(),
+            rel.db_oid,
+            rel.rel_number
         )
     }
 }
@@ -127,7 +129,7 @@ fn xact_desc(
             if !p.rels.is_empty() {
                 buf.push_str("; rels:");
                 for r in &p.rels {
-                    let _ = write!(buf, " {}", relpath(r, 0));
+                    let _ = write!(buf, " {}", relpath(r, 0, rec.version));
                 }
             }
             if !p.subxacts.is_empty() {
@@ -1021,7 +1023,9 @@ fn small_desc(
     let mut r = MainDataReader::new(rec.main_data(), rec.lsn, "", "");
     match rec.rmid() {
         RM_SMGR_ID => match smgr::parse(rec)? {
-            smgr::SmgrRecord::Create { rnode, fork } => buf.push_str(&relpath(&rnode, fork.0)),
+            smgr::SmgrRecord::Create { rnode, fork } => {
+                buf.push_str(&relpath(&rnode, fork.0, rec.version))
+            }
             smgr::SmgrRecord::Truncate {
                 blkno,
                 rnode,
@@ -1030,7 +1034,7 @@ fn small_desc(
                 let _ = write!(
                     buf,
                     "{} to {blkno} blocks flags {}",
-                    relpath(&rnode, 0),
+                    relpath(&rnode, 0, rec.version),
                     flags as i32
                 );
             }
@@ -1190,6 +1194,7 @@ pub fn format_record(rec: &DecodedRecord, buf: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::PgVersion;
 
     #[test]
     fn timestamps() {
@@ -1255,19 +1260,26 @@ mod tests {
             db_oid: 5,
             rel_number: 16384,
         };
-        assert_eq!(relpath(&r, 0), "base/5/16384");
-        assert_eq!(relpath(&r, 2), "base/5/16384_vm");
+        assert_eq!(relpath(&r, 0, PgVersion::V15), "base/5/16384");
+        assert_eq!(relpath(&r, 2, PgVersion::V16), "base/5/16384_vm");
         let g = RelFileLocator {
             spc_oid: 1664,
             db_oid: 0,
             rel_number: 1262,
         };
-        assert_eq!(relpath(&g, 0), "global/1262");
+        assert_eq!(relpath(&g, 0, PgVersion::V17), "global/1262");
         let t = RelFileLocator {
             spc_oid: 16500,
             db_oid: 5,
             rel_number: 7,
         };
-        assert_eq!(relpath(&t, 1), "pg_tblspc/16500/PG_15_202209061/5/7_fsm");
+        assert_eq!(
+            relpath(&t, 1, PgVersion::V15),
+            "pg_tblspc/16500/PG_15_202209061/5/7_fsm"
+        );
+        assert_eq!(
+            relpath(&t, 0, PgVersion::V18),
+            "pg_tblspc/16500/PG_18_202506291/5/7"
+        );
     }
 }

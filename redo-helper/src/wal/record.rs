@@ -76,10 +76,11 @@ pub fn record_crc(raw: &[u8]) -> u32 {
 }
 
 /// Records shorter than this are checksummed by a plain loop of the SSE 4.2 `crc32`
-/// instruction; longer ones by the crc32c crate (three interleaved streams). Most WAL
-/// records are short (pgbench: ~70 bytes on average), where the crate's set-up for the
-/// interleaving costs more than the checksum itself (measured: ~300 instructions per record
-/// against ~30).
+/// instruction; longer ones by the crc-fast crate (carry-less multiplication, AVX-512 where
+/// the CPU has it). Most WAL records are short (pgbench: ~70 bytes on average), where a
+/// crate's set-up costs more than the checksum itself (measured with the crc32c crate: ~300
+/// instructions per record against ~30). For full-page images (8 KB), crc-fast measured
+/// 22 GB/s against the crc32c crate's 17 on this VM's EPYC, and twice its speed on 64 KB.
 const SHORT_CRC: usize = 256;
 
 /// CRC-32C of `data` appended to `crc` (same contract as `crc32c::crc32c_append`).
@@ -90,7 +91,11 @@ pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
         // SAFETY: the CPU has SSE 4.2 (checked just above).
         return unsafe { crc32c_short_sse42(crc, data) };
     }
-    crc32c::crc32c_append(crc, data)
+    // The digest's state is the CRC register before the final inversion.
+    let mut d =
+        crc_fast::Digest::new_with_init_state(crc_fast::CrcAlgorithm::Crc32Iscsi, u64::from(!crc));
+    d.update(data);
+    d.finalize() as u32
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -670,11 +675,12 @@ pub(crate) mod tests {
     use super::*;
 
     proptest::proptest! {
-        /// The short-record loop and the crate agree, at every length around the switch
-        /// and from any starting CRC.
+        /// The short-record loop and crc-fast agree with the crc32c crate (the reference),
+        /// at every length around the switch, up to past a full-page image, and from any
+        /// starting CRC.
         #[test]
         fn crc32c_append_matches_the_crate(
-            data in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..20_000),
             start in proptest::num::u32::ANY,
         ) {
             proptest::prop_assert_eq!(

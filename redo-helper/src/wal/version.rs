@@ -68,6 +68,18 @@ impl PgVersion {
         }
     }
 
+    /// `TABLESPACE_VERSION_DIRECTORY` ("PG_" major "_" `CATALOG_VERSION_NO`,
+    /// catalog/catversion.h of the released major): the directory of a tablespace holding
+    /// this version's databases, in the relation paths pg_waldump prints.
+    pub fn tablespace_version_directory(self) -> &'static str {
+        match self {
+            PgVersion::V15 => "PG_15_202209061",
+            PgVersion::V16 => "PG_16_202307071",
+            PgVersion::V17 => "PG_17_202406281",
+            PgVersion::V18 => "PG_18_202506291",
+        }
+    }
+
     /// The version of a major number, if supported.
     pub fn from_major(major: u32) -> Option<PgVersion> {
         PgVersion::ALL.into_iter().find(|v| v.major() == major)

@@ -143,7 +143,10 @@ fn reads_in_the_backup_window_are_proven_or_refused(
         if at <= start {
             return None;
         }
-        let blk = l.split("blkref #").skip(1).find(|b| b.ends_with("FPW") || b.contains("FPW,"))?;
+        let blk = l
+            .split("blkref #")
+            .skip(1)
+            .find(|b| b.ends_with("FPW") || b.contains("FPW,"))?;
         let mut words = blk.split_whitespace().skip(1);
         let (Some("rel"), Some(rel), Some("blk"), Some(block)) =
             (words.next(), words.next(), words.next(), words.next())
@@ -165,11 +168,20 @@ fn reads_in_the_backup_window_are_proven_or_refused(
         .expect("GET /page");
     let text = String::from_utf8_lossy(&before.body);
     assert_eq!(before.status, 410, "{path} before {}: {text}", show(at));
-    assert!(text.contains("not provable") && text.contains(&show(at)), "{text}");
+    assert!(
+        text.contains("not provable") && text.contains(&show(at)),
+        "{text}"
+    );
     for lsn_at in [at, end] {
         let r = support::http(&h.listen, "GET", &format!("{path}&lsn={}", show(lsn_at)))
             .expect("GET /page");
-        assert_eq!(r.status, 200, "{path} at {}: {}", show(lsn_at), String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "{path} at {}: {}",
+            show(lsn_at),
+            String::from_utf8_lossy(&r.body)
+        );
     }
 }
 
