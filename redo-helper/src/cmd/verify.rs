@@ -31,6 +31,9 @@ pub struct VerifyArgs {
     /// Hand pages over between replay threads every N batches (for tests).
     #[arg(long, value_name = "N", hide = true)]
     hand_over_every: Option<usize>,
+    /// Take pages back to the decoding thread every N batches (for tests).
+    #[arg(long, value_name = "N", hide = true)]
+    take_back_every: Option<usize>,
 }
 
 /// Runs `verify`; exit status 1 on any mismatch, 2 when it could not run.
@@ -45,6 +48,7 @@ pub fn main(args: VerifyArgs) -> ExitCode {
             timing: args.bench,
             workers: args.workers,
             hand_over_every: args.hand_over_every,
+            take_back_every: args.take_back_every,
             ..Default::default()
         },
     };
@@ -100,8 +104,8 @@ pub fn main(args: VerifyArgs) -> ExitCode {
     println!("record types: {}", types.join(", "));
     if let Some(shares) = sum.replay.decoder_shares {
         println!(
-            "parallel replay: {} threads, {} hand-overs of pages, the decoding thread kept {shares} of 256 page shares",
-            opts.replay.workers, sum.replay.hand_overs
+            "parallel replay: {} threads, {} hand-overs of pages, the decoding thread kept {shares} of 256 page shares ({} times taken back)",
+            opts.replay.workers, sum.replay.hand_overs, sum.replay.take_backs
         );
     }
     if opts.replay.timing {

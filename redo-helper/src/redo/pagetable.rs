@@ -257,6 +257,29 @@ impl Slot {
     }
 }
 
+/// A page one table gives another by value: its bytes copied out of the giver's arena, so
+/// that the receiver keeps no pointer into it (see [`PageTable::insert_copy`]).
+pub(crate) struct PageCopy {
+    key: PageKey,
+    page: Box<Page>,
+    kind: Option<PageKind>,
+    unreadable: Option<String>,
+    image_hole: Option<(u16, u16)>,
+}
+
+impl Slot {
+    /// The page and what replay knows about it, copied.
+    pub(crate) fn to_copy(&self) -> PageCopy {
+        PageCopy {
+            key: self.key,
+            page: Box::new(*self.page()),
+            kind: self.kind,
+            unreadable: self.unreadable.clone(),
+            image_hole: self.image_hole,
+        }
+    }
+}
+
 const EMPTY: u32 = u32::MAX;
 const NO_KEY: PageKey = PageKey {
     rel: crate::wal::block::RelFileLocator {
@@ -492,6 +515,19 @@ impl PageTable {
             dst.unreadable = s.unreadable;
             dst.image_hole = s.image_hole;
         }
+    }
+
+    /// Adds a page another table gave up, copied into a buffer of this table's arena (its
+    /// key not in this table).
+    pub(crate) fn insert_copy(&mut self, c: PageCopy) -> u32 {
+        let (page, _) = self.new_page();
+        let slot = self.insert(c.key, key_hash(&c.key), page);
+        let dst = &mut self.slots[slot as usize];
+        dst.page_mut().copy_from_slice(&c.page[..]);
+        dst.kind = c.kind;
+        dst.unreadable = c.unreadable;
+        dst.image_hole = c.image_hole;
+        slot
     }
 
     /// Takes over the pages of `other` (whose keys are not in this table).

@@ -233,9 +233,17 @@ fn file_copy_database_pages_start_from_the_template_at_the_copy() {
     );
     let copied = pages_copied(&run.stdout);
     assert!(copied > 1000, "pages copied by FILE_COPY: {copied}");
-    // Over three threads, pages handed over after every batch: each copy's pages are made
-    // by the thread that holds the template's, and the result is the same.
-    let args = ["--workers", "3", "--hand-over-every", "1"];
+    // Over three threads, pages handed over after every batch and taken back every third:
+    // each copy's pages are made by the thread that holds the template's, and the result is
+    // the same.
+    let args = [
+        "--workers",
+        "3",
+        "--hand-over-every",
+        "1",
+        "--take-back-every",
+        "3",
+    ];
     let par = run_verify_with(&dir.path().join("helper"), &c.data, &args);
     assert!(par.ok, "parallel verify failed:\n{}", par.stdout);
     assert_eq!(

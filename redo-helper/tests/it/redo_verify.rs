@@ -338,10 +338,20 @@ fn redo_matches_consistency_images_and_data_files() {
     assert!(run.pages > 20_000, "too few pages verified: {}", run.pages);
     // The parallel replay (pages partitioned over two threads) gives the same result; so
     // does one over three threads where the decoding thread hands pages over to the others
-    // after every batch (in normal runs only when they wait for work).
+    // after every batch (in normal runs only when they wait for work), and one where it
+    // also takes pages back, as copies, every third batch (in normal runs only from a
+    // thread that fell behind).
     for args in [
         &["--workers", "2"][..],
         &["--workers", "3", "--hand-over-every", "1"][..],
+        &[
+            "--workers",
+            "3",
+            "--hand-over-every",
+            "1",
+            "--take-back-every",
+            "3",
+        ][..],
     ] {
         let par = run_verify_with(&dir.path().join("helper"), &c.data, args);
         assert!(par.ok, "parallel verify {args:?} failed:\n{}", par.stdout);
@@ -350,7 +360,15 @@ fn redo_matches_consistency_images_and_data_files() {
             (run.records, run.pages, 0, 0),
             "parallel verify {args:?}"
         );
-        if args.contains(&"--hand-over-every") {
+        if args.contains(&"--take-back-every") {
+            let back = par
+                .stdout
+                .lines()
+                .find_map(|l| l.split(" (").nth(1)?.strip_suffix(" times taken back)"))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+            assert!(back > 10, "pages taken back {back} times:\n{}", par.stdout);
+        } else if args.contains(&"--hand-over-every") {
             assert!(
                 par.stdout.contains("parallel replay: 3 threads, 10 hand-overs of pages, the decoding thread kept 8 of 256"),
                 "{}",

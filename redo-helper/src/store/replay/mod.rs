@@ -32,7 +32,7 @@ use partition::{DatabaseAliases, HOT_SAMPLE, Partition, hot_pages};
 use crate::redo::compare::compare_masked;
 use crate::redo::mask::PageKind;
 use crate::redo::page::Page;
-use crate::redo::pagetable::{key_hash, prefetch};
+use crate::redo::pagetable::{PageCopy, key_hash, prefetch};
 use crate::redo::smgr::RelationChange;
 use crate::redo::vm::bits_only_missing_in_hole;
 use crate::redo::{
@@ -63,6 +63,9 @@ pub(crate) struct ReplayOptions {
     /// Hand pages over from the decoding thread every this many batches, whether or not
     /// the others wait (tests exercise the hand-over with it).
     pub hand_over_every: Option<usize>,
+    /// Take pages back to the decoding thread every this many batches, whether or not the
+    /// others are behind (tests exercise the take-back with it).
+    pub take_back_every: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +120,8 @@ pub(crate) struct ReplaySummary {
     /// Parallel replay: hand-overs of page shares from the decoding thread, and the shares
     /// (of 256) it kept.
     pub hand_overs: u64,
+    /// Times the decoding thread took shares back from a thread that fell behind.
+    pub take_backs: u64,
     pub decoder_shares: Option<usize>,
 }
 
@@ -438,8 +443,7 @@ fn route(rec: &DecodedRecord, part: &Partition, aliases: &mut DatabaseAliases) -
 /// later, when decoding is most of the cost of a record. So whenever the other threads
 /// were found waiting for work in a window of batches, the decoding thread hands some of
 /// its shares over (with their pages, at a batch boundary: no thread waits for another).
-/// Shares only move away from the decoding thread: taking them back would make it wait
-/// for the others to catch up.
+/// When a thread falls behind instead, the decoding thread takes shares back ([`BEHIND`]).
 const BALANCE_WINDOW: usize = 8;
 /// Sends, in a window, that found a worker with nothing to do: the signal to hand over.
 const BALANCE_IDLE: usize = 2;
@@ -447,6 +451,17 @@ const BALANCE_IDLE: usize = 2;
 const BALANCE_STEP: usize = 8;
 /// Shares the decoding thread keeps, at least.
 const MIN_DECODER_SHARES: usize = 8;
+/// Batches a worker has not finished, at a send, that count as it being behind. When a
+/// worker was behind at every send of a window, the decoding thread takes shares back
+/// (up to the share it started with). Why: the start of a range is mostly full-page images,
+/// whose decoding (checksums of 8 KB) is the decoding thread's work, so the workers wait
+/// and receive nearly all the shares; later the redo itself costs more (GIN inserts: about
+/// 1 us a record), the one worker left with them is the bottleneck and the decoding thread
+/// idles, blocked on the full queue (measured on the index workload: 36% of the samples on
+/// the decoding thread against 61% on the worker, with 8 of 256 shares kept). Taking back
+/// waits once for that worker to finish what it was sent, and it gives the pages back as
+/// copies.
+const BEHIND: usize = 4;
 
 /// One message to a replay worker: a batch and the positions of the records it needs,
 /// and, when the balance changed, the new partition and the pages handed over to it.
@@ -455,6 +470,9 @@ struct Work {
     which: Vec<u32>,
     part: Option<Partition>,
     pages: Vec<crate::redo::pagetable::Slot>,
+    /// Give the pages the new partition takes away back, as copies, on the worker's reply
+    /// channel (before anything else of this message; `batch` is empty).
+    give_back: bool,
 }
 
 /// Parallel replay over `opts.workers` threads, this one included: this thread decodes
@@ -499,10 +517,13 @@ fn replay_parallel(
     let workers = std::thread::scope(|scope| -> Result<Vec<Replayer>, ReplayError> {
         let (back_tx, back_rx) = sync_channel::<Vec<DecodedRecord>>(16);
         let mut senders = Vec::with_capacity(n);
+        let mut given_back = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         for w in 1..n {
             let (tx, rx) = sync_channel::<Work>(8);
             senders.push(tx);
+            let (give_tx, give_rx) = sync_channel::<Vec<PageCopy>>(1);
+            given_back.push(give_rx);
             let base = base.clone();
             let back = back_tx.clone();
             let inflight = &inflight[w];
@@ -514,6 +535,19 @@ fn replay_parallel(
                         while let Ok(work) = rx.recv() {
                             if let Some(p) = work.part {
                                 r.part = p;
+                            }
+                            if work.give_back {
+                                let part = r.part;
+                                let aliases = &r.aliases;
+                                let gone = r
+                                    .set
+                                    .pages
+                                    .take_where(|k| aliases.owner(&part, k, key_hash(k)) != w);
+                                // Their buffers stay in their arenas, unused, to the end.
+                                let copies = gone.iter().map(|s| s.to_copy()).collect();
+                                if give_tx.send(copies).is_err() {
+                                    break;
+                                }
                             }
                             if !work.pages.is_empty() {
                                 // SAFETY: the pages' buffers are in the decoding thread's
@@ -541,6 +575,13 @@ fn replay_parallel(
         let mut failed = false;
         let mut result = Ok(());
         let (mut window, mut idle, mut handovers) = (0usize, 0usize, 0u64);
+        let (mut batches, mut take_backs) = (0usize, 0u64);
+        // Shares the decoding thread keeps when handing over: raised by every take-back, so
+        // that the two do not undo each other (a worker that just finished what it was sent
+        // looks idle).
+        let mut keep = MIN_DECODER_SHARES;
+        // Sends of the window that found each worker behind (index 0: unused).
+        let mut behind = vec![0usize; n];
         let (every, needed) = match opts.hand_over_every {
             Some(e) => (e.max(1), 0),
             None => (BALANCE_WINDOW, BALANCE_IDLE),
@@ -573,10 +614,60 @@ fn replay_parallel(
                 (1..n).map(|_| Vec::new()).collect();
             let mut new_part = None;
             window += 1;
+            batches += 1;
             idle += usize::from((1..n).any(|w| inflight[w].load(Ordering::Relaxed) == 0));
-            if window >= every {
+            for (w, b) in behind.iter_mut().enumerate().skip(1) {
+                *b += usize::from(inflight[w].load(Ordering::Relaxed) >= BEHIND);
+            }
+            // Taking back: forced (tests), or from a worker behind at every send of the
+            // window (normal runs only: the tests' forced hand-overs would undo it).
+            let forced = opts
+                .take_back_every
+                .is_some_and(|k| batches % k.max(1) == 0);
+            let from = if forced {
+                (1..n).max_by_key(|&w| part.shares_of(w))
+            } else if window >= every && opts.hand_over_every.is_none() {
+                (1..n).find(|&w| behind[w] >= every)
+            } else {
+                None
+            };
+            if let Some(w) = from
+                && let Some(p) = part.take_back(w, BALANCE_STEP, 256 / n)
+            {
+                // The worker applies everything it was sent first; until its copies are
+                // here this thread applies nothing.
+                inflight[w].fetch_add(1, Ordering::Relaxed);
+                let work = Work {
+                    batch: Arc::new(Vec::new()),
+                    which: Vec::new(),
+                    part: Some(p),
+                    pages: Vec::new(),
+                    give_back: true,
+                };
+                let copies = match senders[w - 1].send(work) {
+                    Ok(()) => given_back[w - 1].recv().ok(),
+                    Err(_) => None,
+                };
+                let Some(copies) = copies else {
+                    // The worker stopped: its error is reported at join.
+                    break;
+                };
+                for c in copies {
+                    mine.set.pages.insert_copy(c);
+                }
+                part = p;
+                mine.part = p;
+                new_part = Some(p);
+                take_backs += 1;
+                if !forced {
+                    keep = keep.max(p.decoder_shares());
+                }
+                window = 0;
+                idle = 0;
+                behind.fill(0);
+            } else if window >= every {
                 if idle >= needed
-                    && let Some(p) = part.hand_over(n, BALANCE_STEP, MIN_DECODER_SHARES)
+                    && let Some(p) = part.hand_over(n, BALANCE_STEP, keep)
                 {
                     let aliases = &mine.aliases;
                     for slot in mine
@@ -594,6 +685,7 @@ fn replay_parallel(
                 }
                 window = 0;
                 idle = 0;
+                behind.fill(0);
             }
             let mut which: Vec<Vec<u32>> = (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
             for (i, rec) in batch.iter().enumerate() {
@@ -619,6 +711,7 @@ fn replay_parallel(
                     which: list,
                     part: new_part,
                     pages,
+                    give_back: false,
                 };
                 // A worker that stopped has an error to report at join.
                 if tx.send(work).is_err() {
@@ -635,6 +728,7 @@ fn replay_parallel(
             }
         }
         sum.hand_overs = handovers;
+        sum.take_backs = take_backs;
         sum.decoder_shares = Some(part.decoder_shares());
         drop(senders);
         // Every worker is joined before an error is returned (the scope would join them

@@ -167,6 +167,29 @@ impl Partition {
         Some(p)
     }
 
+    /// A partition where thread 0 took back up to `step` of thread `from`'s shares, ending
+    /// with at most `most`; None when there is nothing to take (hot pages keep their owner).
+    pub(super) fn take_back(&self, from: usize, step: usize, most: usize) -> Option<Partition> {
+        let room = most.saturating_sub(self.decoder_shares()).min(step);
+        let mut p = *self;
+        let mut taken = 0;
+        for o in p.of.iter_mut() {
+            if taken == room {
+                break;
+            }
+            if *o as usize == from && from != 0 {
+                *o = 0;
+                taken += 1;
+            }
+        }
+        (taken > 0).then_some(p)
+    }
+
+    /// Shares thread `t` owns.
+    pub(super) fn shares_of(&self, t: usize) -> usize {
+        self.of.iter().filter(|o| **o as usize == t).count()
+    }
+
     pub(super) fn decoder_shares(&self) -> usize {
         self.of.iter().filter(|o| **o == 0).count()
     }
@@ -247,5 +270,30 @@ mod tests {
         assert_eq!(p.owner(&hot[0], h), start.owner(&hot[0], h));
         // A serial partition has nobody to hand over to.
         assert!(Partition::serial().hand_over(1, 8, 8).is_none());
+    }
+
+    #[test]
+    fn take_back_moves_only_the_named_threads_shares_up_to_the_most() {
+        let hot = [key(0)];
+        let start = Partition::new(3, 8, &hot);
+        let (of1, of2) = (start.shares_of(1), start.shares_of(2));
+        let back = start.take_back(1, 8, 64).expect("shares to take");
+        assert_eq!(back.decoder_shares(), 16);
+        assert_eq!((back.shares_of(1), back.shares_of(2)), (of1 - 8, of2));
+        for i in 0..256 {
+            // Only thread 1's shares moved, and only to thread 0.
+            if back.of[i] != start.of[i] {
+                assert_eq!((start.of[i], back.of[i]), (1, 0));
+            }
+        }
+        // Never past `most`, never from thread 0 itself, and hot pages stay.
+        assert_eq!(
+            back.take_back(2, 100, 20).map(|p| p.decoder_shares()),
+            Some(20)
+        );
+        assert!(back.take_back(2, 8, 16).is_none());
+        assert!(back.take_back(0, 8, 64).is_none());
+        let h = key_hash(&hot[0]);
+        assert_eq!(back.owner(&hot[0], h), start.owner(&hot[0], h));
     }
 }
