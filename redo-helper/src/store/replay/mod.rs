@@ -649,7 +649,12 @@ fn replay_parallel(
                     Err(_) => None,
                 };
                 let Some(copies) = copies else {
-                    // The worker stopped: its error is reported at join.
+                    // The worker stopped: its error, reported at join, comes first; this
+                    // one keeps the replay from ending as if it were complete.
+                    result = Err(ReplayError::Io {
+                        path: PathBuf::from("replay worker"),
+                        source: std::io::Error::other("replay worker stopped"),
+                    });
                     break;
                 };
                 for c in copies {
