@@ -170,17 +170,15 @@ impl Partition {
     /// A partition where thread 0 took back up to `step` of thread `from`'s shares, ending
     /// with at most `most`; None when there is nothing to take (hot pages keep their owner).
     pub(super) fn take_back(&self, from: usize, step: usize, most: usize) -> Option<Partition> {
+        if from == 0 {
+            return None;
+        }
         let room = most.saturating_sub(self.decoder_shares()).min(step);
         let mut p = *self;
         let mut taken = 0;
-        for o in p.of.iter_mut() {
-            if taken == room {
-                break;
-            }
-            if *o as usize == from && from != 0 {
-                *o = 0;
-                taken += 1;
-            }
+        for o in p.of.iter_mut().filter(|o| **o as usize == from).take(room) {
+            *o = 0;
+            taken += 1;
         }
         (taken > 0).then_some(p)
     }
@@ -191,7 +189,7 @@ impl Partition {
     }
 
     pub(super) fn decoder_shares(&self) -> usize {
-        self.of.iter().filter(|o| **o == 0).count()
+        self.shares_of(0)
     }
 }
 
