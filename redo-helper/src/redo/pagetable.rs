@@ -379,6 +379,8 @@ impl PageTable {
             if e.key == *key {
                 prefetch(e.page as *const u8);
                 prefetch((e.page as *const u8).wrapping_add(64));
+                // The slot's state is read before the page (whether it is unreadable).
+                prefetch(self.slots.as_ptr().wrapping_add(e.slot as usize) as *const u8);
                 return;
             }
             i = (i + 1) & self.mask;

@@ -384,6 +384,22 @@ impl<'o> Replayer<'o> {
         Ok(())
     }
 
+    /// Takes the pages a worker gave back, then applies this thread's part of the batches
+    /// routed while they were on their way, in order.
+    fn apply_given_back(
+        &mut self,
+        copies: Vec<PageCopy>,
+        own_later: &mut std::collections::VecDeque<(std::sync::Arc<Vec<DecodedRecord>>, Vec<u32>)>,
+    ) -> Result<(), ReplayError> {
+        for c in copies {
+            self.set.pages.insert_copy(c);
+        }
+        while let Some((b, own)) = own_later.pop_front() {
+            self.replay_batch(&b, Some(&own))?;
+        }
+        Ok(())
+    }
+
     /// Adds this thread's counters to `sum` and `per_type`; returns its pages.
     fn finish(self, sum: &mut ReplaySummary, per_type: &mut TypeCosts) -> PageSet {
         let w = self.sum;
@@ -437,31 +453,46 @@ fn route(rec: &DecodedRecord, part: &Partition, aliases: &mut DatabaseAliases) -
     mask
 }
 
-/// The balance between the decoding thread and the others. The decoding thread starts
-/// with an equal share of the pages, which is right while applying records is costly (at
-/// the start of a range most records load their page from the base backup) and too much
-/// later, when decoding is most of the cost of a record. So whenever the other threads
-/// were found waiting for work in a window of batches, the decoding thread hands some of
-/// its shares over (with their pages, at a batch boundary: no thread waits for another).
-/// When a thread falls behind instead, the decoding thread takes shares back ([`BEHIND`]).
-const BALANCE_WINDOW: usize = 8;
-/// Sends, in a window, that found a worker with nothing to do: the signal to hand over.
-const BALANCE_IDLE: usize = 2;
-/// Shares handed over at a time.
-const BALANCE_STEP: usize = 8;
+/// The balance between the decoding thread and the others. Every thread should be busy
+/// for the same time: the decoding thread decodes and routes every record besides applying
+/// its share of the pages, and what a share costs changes along the WAL (at the start of a
+/// range most records load their page from the base backup or carry a full-page image,
+/// whose checksum is the decoding thread's work; later GIN inserts cost ~1 us a record,
+/// pgbench's ~0.3 us). So every [`BALANCE_WINDOW`] batches the decoding thread compares
+/// the time it was busy (not blocked on a full queue, not waiting for pages) with the time
+/// each worker spent applying records, and when one side was busier by more than
+/// [`BALANCE_SLACK`] it moves shares: hands some of its own over (with their pages, at a
+/// batch boundary: no thread waits for another), or, with twice the slack (the pages are
+/// copied back), takes some back from the busiest worker, which applies what it was sent,
+/// then returns those pages as copies while this thread decodes on. How many: half the
+/// difference, at the worker's cost per share ([`shares_to_move`]), at most
+/// [`BALANCE_MAX_STEP`].
+///
+/// Why busy times and not queue depths: a worker's queue is empty or full most of the
+/// time whichever side is slower by a little, and bursts (a run of page loads, a thread
+/// preempted) fill it for tens of batches; on pgbench WAL, a rule on queue depth moved
+/// shares tens of times a run, or pinned the decoding thread at half of them while the
+/// worker idled 40% of the time. Windows of 16 batches (5 ms) and steps of 32 shares
+/// moved shares back and forth tens of times too: a window's times are noisy.
+const BALANCE_WINDOW: usize = 64;
+/// Imbalance (of the busier side's time) tolerated before shares move.
+const BALANCE_SLACK: f64 = 0.10;
+/// Shares moved at a time, at most.
+const BALANCE_MAX_STEP: usize = 8;
 /// Shares the decoding thread keeps, at least.
 const MIN_DECODER_SHARES: usize = 8;
-/// Batches a worker has not finished, at a send, that count as it being behind. When a
-/// worker was behind at every send of a window, the decoding thread takes shares back
-/// (up to the share it started with). Why: the start of a range is mostly full-page images,
-/// whose decoding (checksums of 8 KB) is the decoding thread's work, so the workers wait
-/// and receive nearly all the shares; later the redo itself costs more (GIN inserts: about
-/// 1 us a record), the one worker left with them is the bottleneck and the decoding thread
-/// idles, blocked on the full queue (measured on the index workload: 36% of the samples on
-/// the decoding thread against 61% on the worker, with 8 of 256 shares kept). Taking back
-/// waits once for that worker to finish what it was sent, and it gives the pages back as
-/// copies.
-const BEHIND: usize = 4;
+
+/// Shares to move from the busier side to the other so that both are busy for the same
+/// time: half the difference, at `per_share` (a worker's busy time per share it owns),
+/// between 1 and [`BALANCE_MAX_STEP`].
+fn shares_to_move(busier: Duration, other: Duration, per_share: Duration) -> usize {
+    let half = (busier.saturating_sub(other)).as_secs_f64() / 2.0;
+    let per = per_share.as_secs_f64();
+    if per <= 0.0 {
+        return BALANCE_MAX_STEP;
+    }
+    ((half / per).round() as usize).clamp(1, BALANCE_MAX_STEP)
+}
 
 /// One message to a replay worker: a batch and the positions of the records it needs,
 /// and, when the balance changed, the new partition and the pages handed over to it.
@@ -477,10 +508,10 @@ struct Work {
 
 /// Parallel replay over `opts.workers` threads, this one included: this thread decodes
 /// batches of records, sends each other thread the batch with the positions of the records
-/// it needs, and replays its own share of the pages (smaller and smaller: see
-/// [`BALANCE_WINDOW`]); each thread applies the records' changes to the pages it owns
-/// (relation drops and truncations to its own pages too). Batches come back for reuse once
-/// every thread is done with them. Returns the merged page set.
+/// it needs, and replays its own share of the pages (as much as keeps every thread equally
+/// busy: see [`BALANCE_WINDOW`]); each thread applies the records' changes to the pages it
+/// owns (relation drops and truncations to its own pages too). Batches come back for reuse
+/// once every thread is done with them. Returns the merged page set.
 fn replay_parallel(
     reader: &mut WalFileReader,
     base_set: PageSet,
@@ -488,13 +519,14 @@ fn replay_parallel(
     per_type: &mut TypeCosts,
     opts: &ReplayOptions,
 ) -> Result<PageSet, ReplayError> {
+    use std::collections::VecDeque;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::mpsc::sync_channel;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::mpsc::{TryRecvError, sync_channel};
     let n = opts.workers.clamp(1, 64);
     // The first batches are decoded before the workers start: the hot pages among them
     // are dealt one by one.
-    let mut pending = std::collections::VecDeque::new();
+    let mut pending = VecDeque::new();
     let mut more = true;
     let mut decoded = 0;
     while more && decoded < HOT_SAMPLE {
@@ -512,8 +544,8 @@ fn replay_parallel(
     // Page owners as the records routed so far left them (`mine.aliases` follows the records
     // this thread has applied).
     let mut route_aliases = DatabaseAliases::default();
-    // Batches each worker was sent and has not finished.
-    let inflight: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+    // Nanoseconds each worker spent applying what it was sent (index 0: unused).
+    let busy: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
     let workers = std::thread::scope(|scope| -> Result<Vec<Replayer>, ReplayError> {
         let (back_tx, back_rx) = sync_channel::<Vec<DecodedRecord>>(16);
         let mut senders = Vec::with_capacity(n);
@@ -526,13 +558,14 @@ fn replay_parallel(
             given_back.push(give_rx);
             let base = base.clone();
             let back = back_tx.clone();
-            let inflight = &inflight[w];
+            let busy = &busy[w];
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("redo-{w}"))
                     .spawn_scoped(scope, move || -> Result<Replayer, ReplayError> {
                         let mut r = Replayer::new(PageSet::new(base), opts, w, part);
                         while let Ok(work) = rx.recv() {
+                            let t0 = Instant::now();
                             if let Some(p) = work.part {
                                 r.part = p;
                             }
@@ -555,9 +588,8 @@ fn replay_parallel(
                                 // this table at the end.
                                 unsafe { r.set.pages.adopt(work.pages) };
                             }
-                            let res = r.replay_batch(&work.batch, Some(&work.which));
-                            inflight.fetch_sub(1, Ordering::Relaxed);
-                            res?;
+                            r.replay_batch(&work.batch, Some(&work.which))?;
+                            busy.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                             if let Some(b) = Arc::into_inner(work.batch) {
                                 let _ = back.try_send(b);
                             }
@@ -574,18 +606,17 @@ fn replay_parallel(
         let mut spare: Option<Vec<DecodedRecord>> = None;
         let mut failed = false;
         let mut result = Ok(());
-        let (mut window, mut idle, mut handovers) = (0usize, 0usize, 0u64);
-        let (mut batches, mut take_backs) = (0usize, 0u64);
-        // Shares the decoding thread keeps when handing over: raised by every take-back, so
-        // that the two do not undo each other (a worker that just finished what it was sent
-        // looks idle).
-        let mut keep = MIN_DECODER_SHARES;
-        // Sends of the window that found each worker behind (index 0: unused).
-        let mut behind = vec![0usize; n];
-        let (every, needed) = match opts.hand_over_every {
-            Some(e) => (e.max(1), 0),
-            None => (BALANCE_WINDOW, BALANCE_IDLE),
-        };
+        let (mut batches, mut handovers, mut take_backs) = (0usize, 0u64, 0u64);
+        // The balance window: when it started, the time this thread waited in it (on a full
+        // queue, for given-back pages), and the workers' busy counters at its start.
+        let mut window_start = Instant::now();
+        let mut waited = Duration::ZERO;
+        let mut busy_at_start = vec![0u64; n];
+        // A take-back under way: the worker asked, whose copies have not arrived yet.
+        // Meanwhile this thread decodes and routes on, and keeps its own part of each batch
+        // to apply, in WAL order, once the pages are here (`own_later`).
+        let mut awaiting: Option<usize> = None;
+        let mut own_later: VecDeque<(Arc<Vec<DecodedRecord>>, Vec<u32>)> = VecDeque::new();
         loop {
             let batch = match pending.pop_front() {
                 Some(b) => b,
@@ -609,34 +640,64 @@ fn replay_parallel(
                 continue;
             }
             // Rebalance at this batch boundary: this thread has applied everything before
-            // it, the workers have not started on it.
+            // it (no take-back is under way), the workers have not started on it.
             let mut pages: Vec<Vec<crate::redo::pagetable::Slot>> =
                 (1..n).map(|_| Vec::new()).collect();
             let mut new_part = None;
-            window += 1;
             batches += 1;
-            idle += usize::from((1..n).any(|w| inflight[w].load(Ordering::Relaxed) == 0));
-            for (w, b) in behind.iter_mut().enumerate().skip(1) {
-                *b += usize::from(inflight[w].load(Ordering::Relaxed) >= BEHIND);
-            }
-            // Taking back: forced (tests), or from a worker behind at every send of the
-            // window (normal runs only: the tests' forced hand-overs would undo it).
-            let forced = opts
-                .take_back_every
-                .is_some_and(|k| batches % k.max(1) == 0);
-            let from = if forced {
-                (1..n).max_by_key(|&w| part.shares_of(w))
-            } else if window >= every && opts.hand_over_every.is_none() {
-                (1..n).find(|&w| behind[w] >= every)
+            let (hand_over, take_back) = if awaiting.is_some() {
+                (None, None)
+            } else if opts.hand_over_every.is_some() || opts.take_back_every.is_some() {
+                // Forced moves (tests): hand over every so many batches, take back from
+                // the worker with the most shares every so many.
+                let every = |e: Option<usize>| e.is_some_and(|k| batches % k.max(1) == 0);
+                if every(opts.take_back_every) {
+                    let from = (1..n).max_by_key(|&w| part.shares_of(w));
+                    (None, from.map(|w| (w, BALANCE_MAX_STEP)))
+                } else if every(opts.hand_over_every) {
+                    (Some(BALANCE_MAX_STEP), None)
+                } else {
+                    (None, None)
+                }
+            } else if batches % BALANCE_WINDOW == 0 {
+                let mine_busy = window_start.elapsed().saturating_sub(waited);
+                let worker_busy: Vec<Duration> = (1..n)
+                    .map(|w| {
+                        let now = busy[w].load(Ordering::Relaxed);
+                        let d = now.saturating_sub(busy_at_start[w]);
+                        busy_at_start[w] = now;
+                        Duration::from_nanos(d)
+                    })
+                    .collect();
+                window_start = Instant::now();
+                waited = Duration::ZERO;
+                let (busiest, most) = worker_busy
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, d)| **d)
+                    .map(|(i, d)| (i + 1, *d))
+                    .unwrap_or((1, Duration::ZERO));
+                let mean = worker_busy.iter().sum::<Duration>() / (n as u32 - 1).max(1);
+                let per_share = most / part.shares_of(busiest).max(1) as u32;
+                if mine_busy.as_secs_f64() * (1.0 - BALANCE_SLACK) > mean.as_secs_f64() {
+                    (Some(shares_to_move(mine_busy, mean, per_share)), None)
+                } else if most.as_secs_f64() * (1.0 - 2.0 * BALANCE_SLACK) > mine_busy.as_secs_f64()
+                {
+                    (
+                        None,
+                        Some((busiest, shares_to_move(most, mine_busy, per_share))),
+                    )
+                } else {
+                    (None, None)
+                }
             } else {
-                None
+                (None, None)
             };
-            if let Some(w) = from
-                && let Some(p) = part.take_back(w, BALANCE_STEP, 256 / n)
+            if let Some((w, step)) = take_back
+                && let Some(p) = part.take_back(w, step, 256 / n)
             {
-                // The worker applies everything it was sent first; until its copies are
-                // here this thread applies nothing.
-                inflight[w].fetch_add(1, Ordering::Relaxed);
+                // The worker applies everything it was sent first, then sends the pages
+                // back as copies; this batch is the first routed by `p`.
                 let work = Work {
                     batch: Arc::new(Vec::new()),
                     which: Vec::new(),
@@ -644,53 +705,29 @@ fn replay_parallel(
                     pages: Vec::new(),
                     give_back: true,
                 };
-                let copies = match senders[w - 1].send(work) {
-                    Ok(()) => given_back[w - 1].recv().ok(),
-                    Err(_) => None,
-                };
-                let Some(copies) = copies else {
-                    // The worker stopped: its error, reported at join, comes first; this
-                    // one keeps the replay from ending as if it were complete.
-                    result = Err(ReplayError::Io {
-                        path: PathBuf::from("replay worker"),
-                        source: std::io::Error::other("replay worker stopped"),
-                    });
-                    break;
-                };
-                for c in copies {
-                    mine.set.pages.insert_copy(c);
+                if senders[w - 1].send(work).is_err() {
+                    failed = true;
+                }
+                awaiting = Some(w);
+                part = p;
+                mine.part = p;
+                take_backs += 1;
+            } else if let Some(step) = hand_over
+                && let Some(p) = part.hand_over(n, step, MIN_DECODER_SHARES)
+            {
+                let aliases = &mine.aliases;
+                for slot in mine
+                    .set
+                    .pages
+                    .take_where(|k| aliases.owner(&p, k, key_hash(k)) != 0)
+                {
+                    let w = aliases.owner(&p, &slot.key, key_hash(&slot.key));
+                    pages[w - 1].push(slot);
                 }
                 part = p;
                 mine.part = p;
                 new_part = Some(p);
-                take_backs += 1;
-                if !forced {
-                    keep = keep.max(p.decoder_shares());
-                }
-                window = 0;
-                idle = 0;
-                behind.fill(0);
-            } else if window >= every {
-                if idle >= needed
-                    && let Some(p) = part.hand_over(n, BALANCE_STEP, keep)
-                {
-                    let aliases = &mine.aliases;
-                    for slot in mine
-                        .set
-                        .pages
-                        .take_where(|k| aliases.owner(&p, k, key_hash(k)) != 0)
-                    {
-                        let w = aliases.owner(&p, &slot.key, key_hash(&slot.key));
-                        pages[w - 1].push(slot);
-                    }
-                    part = p;
-                    mine.part = p;
-                    new_part = Some(p);
-                    handovers += 1;
-                }
-                window = 0;
-                idle = 0;
-                behind.fill(0);
+                handovers += 1;
             }
             let mut which: Vec<Vec<u32>> = (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
             for (i, rec) in batch.iter().enumerate() {
@@ -709,8 +746,7 @@ fn replay_parallel(
             let b = Arc::new(batch);
             let mut lists = which.into_iter();
             let own = lists.next().unwrap_or_default();
-            for (w, ((tx, list), pages)) in senders.iter().zip(lists).zip(pages).enumerate() {
-                inflight[w + 1].fetch_add(1, Ordering::Relaxed);
+            for ((tx, list), pages) in senders.iter().zip(lists).zip(pages) {
                 let work = Work {
                     batch: b.clone(),
                     which: list,
@@ -718,18 +754,60 @@ fn replay_parallel(
                     pages,
                     give_back: false,
                 };
+                let t = Instant::now();
                 // A worker that stopped has an error to report at join.
                 if tx.send(work).is_err() {
                     failed = true;
                 }
+                waited += t.elapsed();
+            }
+            if failed {
+                break;
+            }
+            if let Some(w) = awaiting {
+                own_later.push_back((b, own));
+                let copies = match given_back[w - 1].try_recv() {
+                    Ok(c) => c,
+                    Err(TryRecvError::Empty) => continue,
+                    Err(TryRecvError::Disconnected) => {
+                        result = Err(worker_stopped());
+                        break;
+                    }
+                };
+                awaiting = None;
+                if let Err(e) = mine.apply_given_back(copies, &mut own_later) {
+                    result = Err(e);
+                    break;
+                }
+                // The next window measures the new balance, not the catching up.
+                window_start = Instant::now();
+                waited = Duration::ZERO;
+                for (w, at) in busy_at_start.iter_mut().enumerate().skip(1) {
+                    *at = busy[w].load(Ordering::Relaxed);
+                }
+                continue;
             }
             if let Err(e) = mine.replay_batch(&b, Some(&own)) {
                 result = Err(e);
                 break;
             }
             spare = Arc::into_inner(b);
-            if failed {
-                break;
+        }
+        // A take-back still under way: its pages, then this thread's part of the batches
+        // routed since.
+        if let Some(w) = awaiting
+            && result.is_ok()
+            && !failed
+        {
+            match given_back[w - 1].recv() {
+                Ok(copies) => {
+                    if let Err(e) = mine.apply_given_back(copies, &mut own_later) {
+                        result = Err(e);
+                    }
+                }
+                // The worker stopped: its error, reported at join, comes first; this one
+                // keeps the replay from ending as if it were complete.
+                Err(_) => result = Err(worker_stopped()),
             }
         }
         sum.hand_overs = handovers;
@@ -765,6 +843,13 @@ fn replay_parallel(
         merged.pages.absorb(r.finish(sum, per_type).pages);
     }
     Ok(merged)
+}
+
+fn worker_stopped() -> ReplayError {
+    ReplayError::Io {
+        path: PathBuf::from("replay worker"),
+        source: std::io::Error::other("replay worker stopped"),
+    }
 }
 
 fn describe(rec: &DecodedRecord) -> String {
