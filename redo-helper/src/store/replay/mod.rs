@@ -158,7 +158,7 @@ pub(crate) fn replay(
             for rec in &batch {
                 sum.records += 1;
                 sum.wal_bytes += rec.total_len() as u64;
-                let c = per_type.entry((rec.rmid(), rec.info() & 0xF0)).or_default();
+                let c = per_type.at(rec.rmid(), rec.info());
                 c.records += 1;
                 c.bytes += rec.total_len() as u64;
             }
@@ -173,7 +173,7 @@ pub(crate) fn replay(
     // Record type names are the version's (17 renamed Heap2's prune records); the decoder
     // learnt it from the pages read.
     let version = reader.decoder().config().version.unwrap_or_default();
-    for ((rmid, info), c) in per_type {
+    for ((rmid, info), c) in per_type.into_used() {
         let name = format!(
             "{}/{}",
             RmgrId(rmid).name(),
@@ -223,8 +223,31 @@ impl std::hash::Hasher for PageKeyHasher {
 
 type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<PageKeyHasher>>;
 
-/// Costs by (rmgr, info & 0xF0): counted for every record, so not with SipHash.
-type TypeCosts = FastMap<(u8, u8), TypeCost>;
+/// Costs by (rmgr, info & 0xF0), counted for every record on the decoding thread: a flat
+/// table of 256 resource managers by 16 record kinds (128 KB), indexed without hashing.
+struct TypeCosts(Vec<TypeCost>);
+
+impl Default for TypeCosts {
+    fn default() -> Self {
+        TypeCosts(vec![TypeCost::default(); 256 * 16])
+    }
+}
+
+impl TypeCosts {
+    #[inline]
+    fn at(&mut self, rmid: u8, info: u8) -> &mut TypeCost {
+        &mut self.0[(rmid as usize) << 4 | (info >> 4) as usize]
+    }
+
+    /// The record types seen or timed, as ((rmgr, info & 0xF0), cost).
+    fn into_used(self) -> impl Iterator<Item = ((u8, u8), TypeCost)> {
+        self.0
+            .into_iter()
+            .enumerate()
+            .filter(|(_, c)| c.records > 0 || !c.time.is_zero())
+            .map(|(i, c)| (((i >> 4) as u8, ((i & 0xF) << 4) as u8), c))
+    }
+}
 /// The next record; false at the end of the range or of the archive.
 fn next_record(reader: &mut WalFileReader, rec: &mut DecodedRecord) -> Result<bool, ReplayError> {
     match reader.next_record_into(rec) {
@@ -375,10 +398,7 @@ impl<'o> Replayer<'o> {
                 },
             )?;
             if let Some(tr) = tr {
-                self.per_type
-                    .entry((rec.rmid(), rec.info() & 0xF0))
-                    .or_default()
-                    .time += tr.elapsed() * 8;
+                self.per_type.at(rec.rmid(), rec.info()).time += tr.elapsed() * 8;
             }
         }
         Ok(())
@@ -417,8 +437,8 @@ impl<'o> Replayer<'o> {
         sum.first_mismatch = sum.first_mismatch.take().or(w.first_mismatch);
         sum.first_unreadable = sum.first_unreadable.take().or(w.first_unreadable);
         sum.first_redo_error = sum.first_redo_error.take().or(w.first_redo_error);
-        for (k, c) in self.per_type {
-            per_type.entry(k).or_default().time += c.time;
+        for ((rmid, info), c) in self.per_type.into_used() {
+            per_type.at(rmid, info).time += c.time;
         }
         self.set
     }
@@ -733,7 +753,7 @@ fn replay_parallel(
             for (i, rec) in batch.iter().enumerate() {
                 sum.records += 1;
                 sum.wal_bytes += rec.total_len() as u64;
-                let c = per_type.entry((rec.rmid(), rec.info() & 0xF0)).or_default();
+                let c = per_type.at(rec.rmid(), rec.info());
                 c.records += 1;
                 c.bytes += rec.total_len() as u64;
                 let mask = route(rec, &part, &mut route_aliases);
