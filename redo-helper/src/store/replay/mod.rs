@@ -856,6 +856,10 @@ fn replay_parallel(
             return Err(e);
         }
         result?;
+        // A send found a worker gone: whatever it applied, this replay is not complete.
+        if failed {
+            return Err(worker_stopped());
+        }
         Ok(workers)
     })?;
     let mut merged = mine.finish(sum, per_type);
