@@ -453,6 +453,9 @@ const MAX_BODY_HEADER: usize = 27;
 
 /// The body of a record of `total` bytes whose first `raw.len()` bytes are `raw` (all of
 /// them, or the part on its first page). `Ok(None)` when the headers go on past `raw`.
+/// Inlined: returned through memory, its result cost a store-forwarding stall per record
+/// (perf: 40% of `decode_body`'s own time on the first load of the result).
+#[inline(always)]
 fn decode_layout(
     lsn: Lsn,
     raw: &[u8],
