@@ -1041,3 +1041,26 @@ fn replay_record(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_to_move_halves_the_difference_within_bounds() {
+        let ms = Duration::from_millis;
+        let us = Duration::from_micros;
+        // 10 ms against 6 ms: 2 ms to move, at 500 us a share.
+        assert_eq!(shares_to_move(ms(10), ms(6), us(500)), 4);
+        // Never more than a step, never nothing once the slack is exceeded.
+        assert_eq!(shares_to_move(ms(100), ms(0), us(500)), BALANCE_MAX_STEP);
+        assert_eq!(shares_to_move(ms(10), ms(9), ms(50)), 1);
+        // A worker that owns nothing measurable: a whole step.
+        assert_eq!(
+            shares_to_move(ms(10), ms(0), Duration::ZERO),
+            BALANCE_MAX_STEP
+        );
+        // The other side busier than the busier one (a stale window): still one share.
+        assert_eq!(shares_to_move(ms(1), ms(5), us(500)), 1);
+    }
+}
