@@ -731,6 +731,9 @@ fn replay_parallel(
                 awaiting = Some(w);
                 part = p;
                 mine.part = p;
+                // Every worker is told the new partition, as at a hand-over, so that all
+                // threads agree on every page's owner (the others' shares did not move).
+                new_part = Some(p);
                 take_backs += 1;
             } else if let Some(step) = hand_over
                 && let Some(p) = part.hand_over(n, step, MIN_DECODER_SHARES)
