@@ -208,10 +208,16 @@ impl ImageGenerator {
         }
         let every = threshold.saturating_add(1);
         // A closed chain's last change is followed by the image or re-initialisation that
-        // closed it: only the images along the chain are needed.
+        // closed it, so reads after it start there; a read at the last change itself
+        // replays the deltas since the last image along the chain, `every` of them when the
+        // chain's length is a multiple of `every`: the page is stored at the last change
+        // too (unless it already is, a page queued again after a restart).
         for end in closed {
             match self.store.reconstruct_for_images(key, end, every) {
-                Ok((_, along)) => {
+                Ok((r, mut along)) => {
+                    if !(r.start == StartSource::GeneratedImage && r.start_lsn == end) {
+                        along.push((end, r.page));
+                    }
                     if self.store_images(key, &along).is_ok() {
                         self.stats
                             .images_generated
