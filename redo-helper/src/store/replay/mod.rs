@@ -60,11 +60,12 @@ pub(crate) struct ReplayOptions {
     /// Replay threads (pages are partitioned among them; records are decoded once on the
     /// calling thread). 0 or 1: replay on the calling thread.
     pub workers: usize,
-    /// Hand pages over from the decoding thread every this many batches, whether or not
-    /// the others wait (tests exercise the hand-over with it).
+    /// Hand pages over from the decoding thread every this many batches, whatever the
+    /// threads' busy times (tests exercise the hand-over with it). With this or
+    /// `take_back_every` set, the forced moves are the only ones.
     pub hand_over_every: Option<usize>,
-    /// Take pages back to the decoding thread every this many batches, whether or not the
-    /// others are behind (tests exercise the take-back with it).
+    /// Take pages back to the decoding thread every this many batches, whatever the
+    /// threads' busy times (tests exercise the take-back with it).
     pub take_back_every: Option<usize>,
 }
 
@@ -120,7 +121,7 @@ pub(crate) struct ReplaySummary {
     /// Parallel replay: hand-overs of page shares from the decoding thread, and the shares
     /// (of 256) it kept.
     pub hand_overs: u64,
-    /// Times the decoding thread took shares back from a thread that fell behind.
+    /// Times the decoding thread took shares back from a busier thread.
     pub take_backs: u64,
     pub decoder_shares: Option<usize>,
 }
@@ -778,7 +779,8 @@ fn replay_parallel(
                     give_back: false,
                 };
                 let t = Instant::now();
-                // A worker that stopped has an error to report at join.
+                // A worker that stopped: its error, reported at join, comes first
+                // (else `worker_stopped`).
                 if tx.send(work).is_err() {
                     failed = true;
                 }
