@@ -924,12 +924,15 @@ fn replay_record(
         // page just added to the relation was all zeros (rum logs the new page of a split
         // so). PostgreSQL's redo would skip such a block as missing (BLK_NOTFOUND); GetPage
         // starts it from zeros, and so does verify, to check it against the images.
-        let create = block.will_init()
-            || block.has_applicable_image()
-            || key.fork == ForkNumber::VM
-            || rec.rmid() == crate::wal::rmgr::RM_GENERIC_ID;
-        let Some(slot) = set.get_or_load(&key, hash, create)? else {
-            continue;
+        let replaced = block.will_init() || block.has_applicable_image();
+        let create = key.fork == ForkNumber::VM || rec.rmid() == crate::wal::rmgr::RM_GENERIC_ID;
+        let slot = if replaced {
+            set.get_or_zero(&key, hash)
+        } else {
+            let Some(slot) = set.get_or_load(&key, hash, create)? else {
+                continue;
+            };
+            slot
         };
         let state = set.pages.slot_mut(slot);
         if state.unreadable.is_some() && !block.has_applicable_image() && !block.will_init() {

@@ -192,6 +192,23 @@ impl PageSet {
         base_gone(&self.dropped, &self.dropped_dbs, &self.truncated, key)
     }
 
+    /// The page's slot for a record that replaces the whole page (WILL_INIT, or an image
+    /// to restore), without reading the base backup's page: its bytes would all be
+    /// overwritten. PostgreSQL does not read such a page either
+    /// (`XLogReadBufferForRedoExtended` gets it with `RBM_ZERO_AND_LOCK`). A page new to
+    /// the table starts zeroed; its redo then initialises or restores all of it.
+    pub(super) fn get_or_zero(&mut self, key: &PageKey, hash: u64) -> u32 {
+        if let Some(slot) = self.pages.find(key, hash) {
+            return slot;
+        }
+        let (mut buf, zeroed) = self.pages.new_page();
+        if !zeroed {
+            // SAFETY: a buffer of the table not given to any slot yet.
+            unsafe { buf.as_mut() }.fill(0);
+        }
+        self.pages.insert(*key, hash, buf)
+    }
+
     /// The page's slot, loading the page from the base backup on first use. None when
     /// the page does not exist (PostgreSQL's redo then skips the block: BLK_NOTFOUND).
     pub(super) fn get_or_load(
@@ -211,12 +228,7 @@ impl PageSet {
         if !create {
             return Ok(None);
         }
-        let (mut buf, zeroed) = self.pages.new_page();
-        if !zeroed {
-            // SAFETY: a buffer of the table not given to any slot yet.
-            unsafe { buf.as_mut() }.fill(0);
-        }
-        Ok(Some(self.pages.insert(*key, hash, buf)))
+        Ok(Some(self.get_or_zero(key, hash)))
     }
 
     /// `XLOG_DBASE_CREATE_FILE_COPY` at `lsn`: the directory `dst` is removed, then every
