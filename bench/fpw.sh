@@ -223,11 +223,24 @@ helper_attach() {
     helper_token_for_postgres "$cdir/helper.token"
     sql -c "ALTER SYSTEM SET fpw_pushdown.helper_address = '127.0.0.1:$hport'" \
         -c "ALTER SYSTEM SET fpw_pushdown.helper_token_file = '$cdir/helper.token'" -c "SELECT pg_reload_conf()" >/dev/null
-    for _ in $(seq 1 600); do
+    # Healthy needs the slot's lag under fpw_pushdown.max_helper_lag. After the other modes'
+    # runs the helper resumes behind by their WAL, and it holds its acknowledgements back
+    # while its image queue is deep (--backpressure-queue): on a GIN-heavy workload, catching
+    # up with one CPU takes minutes. Up to 10 minutes, as helper_caught_up allows.
+    local i
+    for i in $(seq 1 3000); do
         [ "$(sql -c "SELECT helper_healthy FROM fpw_pushdown.status()")" = t ] && return 0
+        if [ $((i % 150)) = 0 ]; then
+            log "$p: waiting for the helper to become healthy ($((i / 5)) s): $(sql -c "SELECT coalesce(helper_problem, '') FROM fpw_pushdown.status()")"
+        fi
         sleep 0.2
     done
-    echo "the redo helper did not become healthy; see $work/helper.log" >&2
+    # The work directory goes with the cleanup: keep the helper's log where it can be read.
+    mkdir -p "$here/out"
+    local kept
+    kept="$here/out/fpw-helper-$(date -u +%Y%m%dT%H%M%SZ).log"
+    cp "$work/helper.log" "$kept" 2>/dev/null || kept="(no log)"
+    log "the redo helper did not become healthy in 10 minutes; its log: $kept"
     return 1
 }
 helper_detach() { helper_stop; }
@@ -386,7 +399,13 @@ run_workload() {
                 case $m in
                 helper)
                     log "$w, $p, round $round: attaching the helper, catching up"
-                    helper_attach "$p"
+                    # As for a streaming client that fails to start: this round goes without
+                    # a helper run (the report leaves it out), not the whole benchmark.
+                    if ! helper_attach "$p"; then
+                        log "$w, $p, round $round: helper skipped (not healthy)"
+                        helper_detach
+                        continue
+                    fi
                     helper_caught_up
                     ;;
                 on | lz4 | zstd | rw)
