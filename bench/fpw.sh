@@ -69,7 +69,8 @@
 # Knobs: BENCH_SECONDS (30 per run), BENCH_ROUNDS (5), BENCH_CLIENTS (8), BENCH_MODES
 # (default all six), BENCH_PLACEMENTS, BENCH_WORKLOADS, BENCH_SCALE, BENCH_WAREHOUSES,
 # BENCH_INDEX_ROWS, BENCH_STORAGE_TMPFS (12g), BENCH_COMPUTE (disk), BENCH_COMPUTE_TMPFS (8g),
-# BENCH_DEVICE_IOPS (3000), BENCH_DEVICE_MBPS (125), REDO_HELPER_BIN. GetPage@LSN latency: bench/getpage.sh.
+# BENCH_DEVICE_IOPS (3000), BENCH_DEVICE_MBPS (125), BENCH_HELPER_RETAIN (2GB: the helper's
+# --retain), REDO_HELPER_BIN. GetPage@LSN latency: bench/getpage.sh.
 # Time: workloads x placements x rounds x modes x (BENCH_SECONDS + ~10 s), plus loading:
 # about 1h30 at the defaults.
 set -euo pipefail
@@ -78,6 +79,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../scripts/pg_cluster.sh
 source "$here/../scripts/pg_cluster.sh"
 helper_bin=${REDO_HELPER_BIN:-$here/../target/release/redo-helper}
+# The helper's history (--retain). Its images take more room than the WAL they bound: on the
+# index workload 7.7 GB of images for the default 4 GB of WAL, which with a pg_receivewal
+# directory beside it filled the 12 GB storage tmpfs in the fourth round (the helper then
+# waits for room it cannot make within its retention, and is not healthy). 2 GB keeps every
+# workload's store within BENCH_STORAGE_TMPFS.
+helper_retain=${BENCH_HELPER_RETAIN:-2GB}
 seconds=${BENCH_SECONDS:-30}
 rounds=${BENCH_ROUNDS:-5}
 clients=${BENCH_CLIENTS:-8}
@@ -218,7 +225,8 @@ rw_stop() {
 # later it resumes from its slot) and waits until the extension's guard sees it healthy.
 helper_attach() {
     local p=$1
-    helper_start "$helper_bin" "$(storage_dir "$p")/helper" "$port" "$hport" "$work/helper.log" --image-threshold 16
+    helper_start "$helper_bin" "$(storage_dir "$p")/helper" "$port" "$hport" "$work/helper.log" --image-threshold 16 \
+        --retain "$helper_retain"
     place "$p" load "$HELPER_PID"
     helper_token_for_postgres "$cdir/helper.token"
     sql -c "ALTER SYSTEM SET fpw_pushdown.helper_address = '127.0.0.1:$hport'" \
