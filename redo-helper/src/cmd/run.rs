@@ -468,7 +468,8 @@ pub(crate) struct RunOptions {
     pub retention_interval: Duration,
     /// Entries per image file (tests use small files to exercise compaction).
     pub image_file_entries: u64,
-    /// Bytes of the reserve file retention releases on a full disk.
+    /// Free space (bytes) the archive and image generation leave on the data directory's
+    /// filesystem for retention's own writes (`--disk-reserve`; a headroom, not a file).
     pub disk_reserve: u64,
     /// The object store holding the durable state (`--object-store`), if any.
     pub remote: Option<Arc<Remote>>,
