@@ -233,8 +233,8 @@ helper_attach() {
         -c "ALTER SYSTEM SET fpw_pushdown.helper_token_file = '$cdir/helper.token'" -c "SELECT pg_reload_conf()" >/dev/null
     # Healthy needs the slot's lag under fpw_pushdown.max_helper_lag. After the other modes'
     # runs the helper resumes behind by their WAL, and it holds its acknowledgements back
-    # while its image queue is deep (--backpressure-queue): on a GIN-heavy workload, catching
-    # up with one CPU takes minutes. Up to 10 minutes, as helper_caught_up allows.
+    # while its image queue is deep (--backpressure-queue): on the index workload, catching
+    # up on one CPU took up to 76 s. Up to 10 minutes, as helper_caught_up allows.
     local i
     for i in $(seq 1 3000); do
         [ "$(sql -c "SELECT helper_healthy FROM fpw_pushdown.status()")" = t ] && return 0
