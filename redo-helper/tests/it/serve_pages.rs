@@ -25,6 +25,21 @@ fn wait_settled(c: &PgCluster, h: &mut HelperProcess) -> serde_json::Value {
     })
 }
 
+/// A helper at image threshold 16 on `c`, with its data in `dir` and its log in `logs`,
+/// once it streams.
+fn streaming_helper(c: &PgCluster, dir: &std::path::Path, logs: &std::path::Path) -> HelperProcess {
+    let mut h = HelperProcess::spawn_with(
+        &c.conninfo(),
+        dir,
+        &logs.join("helper.log"),
+        &["--image-threshold", "16"],
+    );
+    h.wait_status("streaming", Duration::from_secs(120), |s| {
+        s["state"] == "streaming"
+    });
+    h
+}
+
 fn deltas(r: &support::HttpReply) -> u32 {
     r.header("x-deltas-replayed")
         .and_then(|v| v.parse().ok())
@@ -88,15 +103,7 @@ fn served_pages_equal_the_data_files_and_history_equals_the_full_chain() {
     c.pgbench(&["-i", "-s", "2", "-q"]);
     let tmp = TempDir::new("serve-pages");
     let dir = tmp.path().join("helper");
-    let mut h = HelperProcess::spawn_with(
-        &c.conninfo(),
-        &dir,
-        &tmp.path().join("helper.log"),
-        &["--image-threshold", "16"],
-    );
-    h.wait_status("streaming", Duration::from_secs(120), |s| {
-        s["state"] == "streaming"
-    });
+    let mut h = streaming_helper(&c, &dir, tmp.path());
     mixed_workload(&c);
     c.pgbench(&["-c", "2", "-T", "8", "-n"]);
     c.sql("CHECKPOINT");
@@ -140,15 +147,7 @@ fn image_generation_bounds_reads_and_the_bound_returns_after_a_pause() {
     let c = PgCluster::start_fpw_off(&[]);
     c.pgbench(&["-i", "-s", "1", "-q"]);
     let tmp = TempDir::new("bounded-reads");
-    let mut h = HelperProcess::spawn_with(
-        &c.conninfo(),
-        &tmp.path().join("helper"),
-        &tmp.path().join("helper.log"),
-        &["--image-threshold", "16"],
-    );
-    h.wait_status("streaming", Duration::from_secs(120), |s| {
-        s["state"] == "streaming"
-    });
+    let mut h = streaming_helper(&c, &tmp.path().join("helper"), tmp.path());
     let branches = format!("/page/{}/main/0", c.rel_path("pgbench_branches"));
     let tellers = format!("/page/{}/main/0", c.rel_path("pgbench_tellers"));
     c.pgbench(&["-c", "2", "-t", "500", "-n"]);
@@ -236,15 +235,7 @@ fn a_closed_chain_of_threshold_plus_one_deltas_is_bounded_at_its_last_change() {
          INSERT INTO one VALUES (1, 0)",
     );
     let tmp = TempDir::new("closed-chain");
-    let mut h = HelperProcess::spawn_with(
-        &c.conninfo(),
-        &tmp.path().join("helper"),
-        &tmp.path().join("helper.log"),
-        &["--image-threshold", "16"],
-    );
-    h.wait_status("streaming", Duration::from_secs(120), |s| {
-        s["state"] == "streaming"
-    });
+    let mut h = streaming_helper(&c, &tmp.path().join("helper"), tmp.path());
     // Generation waits, so the chain is still open, and unimaged, when the image closes it.
     let paused = http(&h.listen, "POST", "/imagegen/pause").expect("pause");
     assert_eq!(paused.status, 200);
