@@ -267,7 +267,19 @@ pub(crate) enum ImplicitChange {
 
 /// The pages `rec` changes without a block reference. A VM page the record references
 /// (newer minor releases register it) is changed through its block reference instead.
+///
+/// Most records change none, and that answer is given inline, as
+/// [`smgr::relation_changes`] does (and for the same reason: an empty vector returned
+/// from a call is reloaded in a way that defeats store forwarding, once per record).
+#[inline]
 pub(crate) fn implicit_changes(rec: &DecodedRecord) -> Vec<(PageKey, ImplicitChange)> {
+    if !(rec.rmid() == rmgr::RM_SMGR_ID || vm::may_clear_vm(rec)) {
+        return Vec::new();
+    }
+    implicit_changes_of(rec)
+}
+
+fn implicit_changes_of(rec: &DecodedRecord) -> Vec<(PageKey, ImplicitChange)> {
     let mut out: Vec<(PageKey, ImplicitChange)> = vm::implicit_vm_clears(rec)
         .into_iter()
         .filter(|c| !rec.blocks().iter().any(|b| b.page_key() == c.vm_page))

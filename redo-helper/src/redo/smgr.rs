@@ -85,7 +85,32 @@ impl std::fmt::Display for DatabaseDir {
 
 /// The relation-level changes of `rec` (empty for records that have none). Records whose
 /// main data does not parse yield none; the decoder's typed views report those errors.
+///
+/// Asked of every record, twice in a parallel replay (routing, then applying), and almost
+/// every record has none: that answer is given inline, so the caller writes the empty
+/// vector itself. Returned from a call, the empty vector went through the stack as three
+/// 8-byte stores reloaded as one 16-byte move, a failed store forwarding per record (83%
+/// of this function's samples, 2% of a two-worker pgbench replay).
+#[inline]
 pub(crate) fn relation_changes(rec: &DecodedRecord) -> Vec<RelationChange> {
+    if !may_change_relations(rec) {
+        return Vec::new();
+    }
+    relation_changes_of(rec)
+}
+
+/// Whether `rec` is of a kind that can create, truncate or drop relations or copy a
+/// database: a look at its resource manager and, for a transaction's end, one flag word.
+#[inline]
+fn may_change_relations(rec: &DecodedRecord) -> bool {
+    match rec.rmid() {
+        RM_SMGR_ID | RM_DBASE_ID => true,
+        RM_XACT_ID => xact_may_drop_relations(rec),
+        _ => false,
+    }
+}
+
+fn relation_changes_of(rec: &DecodedRecord) -> Vec<RelationChange> {
     let mut out = Vec::new();
     match rec.rmid() {
         RM_SMGR_ID => match smgr::parse(rec) {
@@ -175,6 +200,7 @@ pub(crate) fn relation_changes(rec: &DecodedRecord) -> Vec<RelationChange> {
 /// Commit and abort records list dropped relations only when their `xl_xact_xinfo` (after
 /// the 8-byte `xact_time`, present when XLOG_XACT_HAS_INFO is set) has
 /// XACT_XINFO_HAS_RELFILENODES. Most transactions drop nothing: those need no full parse.
+#[inline]
 fn xact_may_drop_relations(rec: &DecodedRecord) -> bool {
     if rec.info() & xact::XLOG_XACT_HAS_INFO == 0 {
         return false;

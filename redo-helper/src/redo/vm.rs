@@ -191,7 +191,8 @@ pub(crate) fn implicit_vm_clears(rec: &DecodedRecord) -> Vec<VmClear> {
 /// xl_heap_delete, xl_heap_update, xl_heap_lock, xl_heap_lock_updated: 7; the multi-insert:
 /// 0). Most heap records clear nothing, and this runs for every one of them (the full
 /// parse, only when a bit is set, decides).
-fn may_clear_vm(rec: &DecodedRecord) -> bool {
+#[inline]
+pub(crate) fn may_clear_vm(rec: &DecodedRecord) -> bool {
     let op = rec.rmgr_info() & XLOG_HEAP_OPMASK;
     let (at, bits) = match rec.rmid() {
         RM_HEAP_ID => match op {
