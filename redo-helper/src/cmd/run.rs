@@ -123,6 +123,8 @@ pub struct RunArgs {
     /// Space kept free on the data directory's filesystem for retention: the WAL archive and
     /// image generation stop writing below it (a full disk), so that retention can still
     /// write the images and state that must precede deleting WAL (64MB, 1GB, ...; 0: none).
+    /// Retention also holds as much in DATA_DIR/disk-reserve and deletes it when other
+    /// writers fill the disk.
     #[arg(long, value_name = "SIZE", default_value = "64MB", value_parser = parse_disk_reserve)]
     disk_reserve: u64,
     /// How often retention checks whether the horizon can move, in milliseconds.
@@ -1239,7 +1241,11 @@ async fn run_service_loop(
         imagegen: Arc::clone(&imagegen),
     };
     let retention = match opts.retain {
-        Retain::All => None,
+        Retain::All => {
+            // Only retention releases the reserve file: without it none is held.
+            crate::store::ballast::remove(&opts.data_dir);
+            None
+        }
         policy => {
             let r = Retention::new(
                 Arc::clone(&store),
@@ -1249,6 +1255,7 @@ async fn run_service_loop(
                 meta.segment_size,
                 policy,
                 meta.end_lsn(),
+                opts.disk_reserve,
             );
             if let Some(u) = &uploader {
                 r.set_uploader(Arc::clone(u));

@@ -350,6 +350,16 @@ fn register_status(m: &mut Exposition, s: &HelperStatus) {
     let r = &s.retention;
     let last = r.last_pass.clone().unwrap_or_default();
     m.gauge(
+        "redo_helper_disk_reserve_held",
+        "1 while the disk reserve is held in DATA_DIR/disk-reserve (0: released for retention on a full disk, or no retention)",
+        u64::from(r.disk_reserve_held),
+    );
+    m.gauge(
+        "redo_helper_retention_short_of_space",
+        "1 while the last retention pass ran out of space (passes then move the horizon one WAL segment at a time)",
+        u64::from(r.short_of_space),
+    );
+    m.gauge(
         "redo_helper_retention_horizon_lsn",
         "oldest LSN pages can be read at (older WAL and images are removed), as a byte position",
         r.horizon_lsn.0,

@@ -8,6 +8,8 @@
 //!   wal/                 WAL archive: segment files as in pg_wal, plus `flushed`
 //!   images/              generated page images (images-NNNNNN.dat)
 //!   retention.json       retention horizon and what the WAL before it said (retention.rs)
+//!   disk-reserve         --disk-reserve held as an allocated file, released by retention on
+//!                        a full disk (ballast.rs)
 //! ```
 //!
 //! The page index is in memory and rebuilt from the archive at start-up (from the retention
@@ -15,6 +17,7 @@
 //! does not durably have.
 
 pub(crate) mod archive;
+pub(crate) mod ballast;
 pub(crate) mod base;
 pub(crate) mod cache;
 pub(crate) mod check;

@@ -28,7 +28,12 @@
 //! On a full disk a pass could never free anything if it found no room: steps 1 and 2 need
 //! new space before step 4 may delete. So the archive and image generation stop writing
 //! when less than the headroom (`--disk-reserve`, [`super::set_disk_headroom`]) is free on
-//! the data directory's filesystem, and a pass alone may use it.
+//! the data directory's filesystem, and a pass alone may use it; the same amount is held in
+//! `DATA_DIR/disk-reserve`, which a pass deletes when other writers took the headroom
+//! (`ballast.rs`). A pass's writes grow with the distance the horizon moves (an image per
+//! page changed in it): after a pass ran out of space, the next ones move the horizon one
+//! segment at a time, each writing only the images of one segment's pages before it
+//! deletes that segment, until a pass succeeds.
 //!
 //! At start-up the saved state is loaded before the index is rebuilt from H's segment.
 //! Time horizons use samples of (time, decoded end) taken while running: after a restart
@@ -393,6 +398,11 @@ pub(crate) struct RetentionStatus {
     pub image_entries_removed_total: u64,
     pub last_pass: Option<PassStats>,
     pub last_error: Option<String>,
+    /// `DATA_DIR/disk-reserve` is allocated (false: released for a pass on a full disk, or
+    /// not yet allocated).
+    pub disk_reserve_held: bool,
+    /// The last pass ran out of space: passes move the horizon a segment at a time.
+    pub short_of_space: bool,
 }
 
 /// The retention pass and its state; one per running helper.
@@ -414,10 +424,30 @@ pub(crate) struct Retention {
     /// In object-storage mode: the bucket gets the images and state before its WAL goes,
     /// and the horizon never passes the WAL the bucket holds.
     uploader: std::sync::OnceLock<Arc<super::remote::WalUploader>>,
+    /// The disk reserve as a file, released when a pass finds the disk full.
+    ballast: super::ballast::Ballast,
+    /// Set when a pass failed for want of space, cleared by the next pass that succeeds.
+    short_of_space: AtomicBool,
 }
 
 /// Live-entry share below which an image file is compacted.
 const MIN_LIVE_RATIO: f64 = 0.5;
+
+/// Whether a pass failed because the filesystem is full (ENOSPC, or EDQUOT for a quota,
+/// anywhere in its causes).
+fn out_of_space(e: &RetentionError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|n| n == libc::ENOSPC || n == libc::EDQUOT)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -435,6 +465,7 @@ impl Retention {
         segment_size: u32,
         policy: Retain,
         backup_end: Lsn,
+        disk_reserve: u64,
     ) -> Arc<Retention> {
         let r = Arc::new(Retention {
             store,
@@ -451,6 +482,8 @@ impl Retention {
                 ..RetentionStatus::default()
             }),
             uploader: std::sync::OnceLock::new(),
+            ballast: super::ballast::Ballast::open(data_dir, disk_reserve),
+            short_of_space: AtomicBool::new(false),
         });
         r.refresh_disk_usage();
         r
@@ -499,6 +532,8 @@ impl Retention {
             s.archive_bytes = segs.iter().map(|(_, b)| b).sum();
             s.image_file_bytes = image_bytes;
             s.horizon_lsn = horizon;
+            s.disk_reserve_held = self.ballast.held();
+            s.short_of_space = self.short_of_space.load(Ordering::SeqCst);
         }
     }
 
@@ -506,7 +541,22 @@ impl Retention {
     /// or more (and the clean-up a restart left pending). Errors are logged and kept in the
     /// status; the next tick tries again.
     pub(crate) fn tick(&self, now: Instant) {
+        // Other writers may have taken the headroom: the pass writes in the reserve's room.
+        self.ballast.release_if_short();
         let result = self.run_pass(now);
+        match &result {
+            Err(e) if out_of_space(e) => {
+                if !self.short_of_space.swap(true, Ordering::SeqCst) {
+                    log::warn!(
+                        "retention: out of space on the data directory's filesystem; moving the \
+                         horizon one WAL segment at a time until a pass succeeds"
+                    );
+                }
+            }
+            Ok(Some(_)) => self.short_of_space.store(false, Ordering::SeqCst),
+            _ => {}
+        }
+        self.ballast.refill();
         match &result {
             Ok(Some(p)) => {
                 log::info!(
@@ -564,6 +614,18 @@ impl Retention {
             .map(|h| match self.uploader.get() {
                 Some(u) => h.min(u.uploaded().segment_start(self.segment_size)),
                 None => h,
+            })
+            // Out of space: a step of one segment writes the fewest images before it frees.
+            .map(|h| {
+                if self.short_of_space.load(Ordering::SeqCst) {
+                    h.min(
+                        current
+                            .add(u64::from(self.segment_size))
+                            .segment_start(self.segment_size),
+                    )
+                } else {
+                    h
+                }
             });
         let mut stats = PassStats::default();
         let moved = match target {
@@ -872,6 +934,26 @@ impl Retention {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn out_of_space_is_found_among_the_causes() {
+        let io = |n| std::io::Error::from_raw_os_error(n);
+        let image_write = RetentionError::Images(ImageStoreError::Io {
+            path: PathBuf::from("images-000001.dat"),
+            source: io(libc::ENOSPC),
+        });
+        assert!(out_of_space(&image_write));
+        let quota = RetentionError::Io {
+            path: PathBuf::from("retention.json"),
+            source: io(libc::EDQUOT),
+        };
+        assert!(out_of_space(&quota));
+        let other = RetentionError::Io {
+            path: PathBuf::from("retention.json"),
+            source: io(libc::EIO),
+        };
+        assert!(!out_of_space(&other));
+    }
 
     #[test]
     fn retain_values_parse_and_print() {

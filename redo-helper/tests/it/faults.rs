@@ -4,7 +4,7 @@
 //! process with exit status 70 instead of leaving the helper degraded in silence.
 
 use crate::common::{PgCluster, TempDir};
-use crate::support::HelperProcess;
+use crate::support::{HelperProcess, run_check_clean};
 use std::time::Duration;
 
 fn panics_of(metrics: &str, worker: &str) -> u64 {
@@ -88,6 +88,29 @@ impl Drop for SmallFs {
     }
 }
 
+/// Bytes available on the filesystem of `dir` (`df`).
+fn avail_bytes(dir: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse::<u64>().ok())
+        .expect("df avail")
+}
+
+/// Allocates `len` bytes to `path` (its blocks taken, as a writer that fills the disk).
+fn fallocate(path: &std::path::Path, len: u64) -> bool {
+    std::process::Command::new("fallocate")
+        .args(["-l", &len.to_string()])
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 #[test]
 fn retention_frees_space_on_a_full_disk() {
     let tmp = TempDir::new("faults-disk-full");
@@ -130,24 +153,10 @@ fn retention_frees_space_on_a_full_disk() {
     // room for them. Without the headroom no pass can ever write, and the helper stays in
     // disk_full.
     let filler = fs.dir.join("filler");
-    let free = {
-        let out = std::process::Command::new("df")
-            .args(["--output=avail", "-B1"])
-            .arg(&fs.dir)
-            .output()
-            .expect("df");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse::<u64>().ok())
-            .expect("df avail")
-    };
-    let status = std::process::Command::new("fallocate")
-        .args(["-l", &(free - (164 << 20)).to_string()])
-        .arg(&filler)
-        .status()
-        .expect("fallocate");
-    assert!(status.success());
+    // The file the reserve is also held in is released by the first pass that finds less
+    // than the reserve free; here the archive stopped first, so its headroom is what the
+    // passes write in.
+    assert!(fallocate(&filler, avail_bytes(&fs.dir) - (164 << 20)));
     let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args);
     let st = h.wait_status("caught up on a full disk", Duration::from_secs(300), |s| {
         crate::support::status_lsn(s, "decoded_lsn") >= target && s["state"] == "streaming"
@@ -174,5 +183,94 @@ fn retention_frees_space_on_a_full_disk() {
         println!("{line}");
     }
     h.kill9();
+    drop(fs);
+}
+
+#[test]
+fn retention_releases_the_reserve_when_another_writer_fills_the_disk() {
+    let tmp = TempDir::new("faults-disk-taken");
+    let Some(fs) = SmallFs::mount(tmp.path().join("small"), "500M") else {
+        panic!("cannot mount a tmpfs for the disk-full test (needs root)");
+    };
+    let c = PgCluster::start_fpw_off(&[]);
+    c.pgbench(&["-i", "-s", "2", "-q"]);
+    let dir = fs.dir.join("helper");
+    let log = tmp.path().join("helper.log");
+    let args = |interval_ms: &'static str| {
+        [
+            "--retain",
+            "32MB",
+            "--retention-interval-ms",
+            interval_ms,
+            "--image-threshold",
+            "64",
+            "--image-file-entries",
+            "256",
+        ]
+    };
+    // Retention passes 10 minutes apart: the WAL received piles up beyond --retain.
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("600000"));
+    let st = h.wait_status("streaming", Duration::from_secs(120), |s| {
+        s["state"] == "streaming"
+    });
+    let reserve = dir.join("disk-reserve");
+    assert_eq!(st["retention"]["disk_reserve_held"], true, "{st}");
+    assert_eq!(
+        std::fs::metadata(&reserve).map(|m| m.len()).ok(),
+        Some(64 << 20)
+    );
+    let wal_burst = |rounds: usize| {
+        for _ in 0..rounds {
+            c.pgbench(&["-n", "-c", "2", "-T", "1"]);
+            c.sql("SELECT pg_switch_wal()");
+        }
+        crate::support::lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"))
+    };
+    // ~150 MB of WAL, received.
+    let target = wal_burst(9);
+    h.wait_status("received", Duration::from_secs(180), |s| {
+        crate::support::status_lsn(s, "decoded_lsn") >= target
+    });
+    h.kill9();
+
+    // Another writer takes every byte, the helper's headroom too: without the file no pass
+    // could write its images or state, so none could delete a segment, and the helper could
+    // receive nothing more.
+    let filler = fs.dir.join("filler");
+    let filled = (0..20).any(|_| {
+        let _ = std::fs::remove_file(&filler);
+        let avail = avail_bytes(&fs.dir);
+        avail < (1 << 20) || fallocate(&filler, avail)
+    });
+    assert!(filled, "could not fill the filesystem");
+    // ~100 MB more that the slot keeps, then the helper again with passes every second.
+    let target = wal_burst(6);
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("1000"));
+    let st = h.wait_status(
+        "caught up on a disk filled by another writer",
+        Duration::from_secs(300),
+        |s| crate::support::status_lsn(s, "decoded_lsn") >= target && s["state"] == "streaming",
+    );
+    assert!(filler.exists(), "the filler stays: retention made the room");
+    let text = h.log_text();
+    assert!(
+        text.contains("disk reserve:") && text.contains("for retention"),
+        "{text}"
+    );
+    assert!(
+        st["retention"]["segments_removed_total"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{st}"
+    );
+    println!(
+        "retention after the reserve was released: {}",
+        st["retention"]
+    );
+    // Every page the helper serves equals the data files: the images the passes wrote in
+    // the reserve's room are the pages.
+    crate::redo_verify::checkpoint_and_stop(&c, h);
+    run_check_clean(&dir, &c.data, 500);
     drop(fs);
 }

@@ -1,0 +1,204 @@
+//! The disk reserve held as a file, `DATA_DIR/disk-reserve` (`run --disk-reserve`).
+//!
+//! Retention frees space only by deleting, and before it may delete WAL a pass must write:
+//! images of the pages changed before the new horizon, and its state file (`retention.rs`).
+//! The helper's own writers leave it room: the WAL archive and image generation stop when
+//! less than the reserve is free ([`super::check_headroom`]). Writers that are not the
+//! helper's (a log, another service on the same disk, an operator's copy) know nothing of
+//! that headroom; once they take it, a pass can write nothing, so it deletes nothing, and the
+//! helper stays out of space for good. So retention also holds the reserve as an allocated
+//! file: a pass that finds less than the reserve free deletes the file first and writes in
+//! the room it leaves, whoever filled the disk. The file is allocated again only when three
+//! times the reserve is free, so that holding it leaves the helper's writers a reserve's
+//! worth of room above the point where they stop.
+//!
+//! The file's blocks are allocated (`posix_fallocate`), not a sparse length: deleting a sparse
+//! file frees nothing. Only retention releases it, so without retention (`--retain all`) no
+//! file is held.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The file's name in the data directory.
+pub(crate) const FILE_NAME: &str = "disk-reserve";
+
+/// Free space, in reserves, above which a released file is allocated again.
+const REFILL_FACTOR: u64 = 3;
+
+/// Without retention nothing would ever release the file: one an earlier run left goes.
+pub(crate) fn remove(data_dir: &Path) {
+    Ballast::open(data_dir, 0);
+}
+
+/// `DATA_DIR/disk-reserve` and whether it is held now.
+#[derive(Debug)]
+pub(crate) struct Ballast {
+    dir: PathBuf,
+    path: PathBuf,
+    bytes: u64,
+    held: AtomicBool,
+}
+
+impl Ballast {
+    /// At start-up: keeps (and resizes to `bytes`) the file an earlier run left, or allocates
+    /// it when three times `bytes` is free. `bytes` 0 removes a file left by an earlier run.
+    pub(crate) fn open(data_dir: &Path, bytes: u64) -> Ballast {
+        let b = Ballast {
+            dir: data_dir.to_path_buf(),
+            path: data_dir.join(FILE_NAME),
+            bytes,
+            held: AtomicBool::new(false),
+        };
+        if bytes == 0 {
+            b.remove_left_over();
+        } else if b.path.exists() {
+            match b.allocate() {
+                Ok(()) => b.held.store(true, Ordering::SeqCst),
+                Err(e) => {
+                    log::warn!(
+                        "disk reserve: cannot resize {} to {bytes} bytes ({e}); it is released",
+                        b.path.display()
+                    );
+                    b.remove_left_over();
+                }
+            }
+        } else {
+            b.refill();
+        }
+        b
+    }
+
+    fn remove_left_over(&self) {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {
+                let _ = super::sync_dir(&self.dir);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("disk reserve: cannot remove {}: {e}", self.path.display()),
+        }
+    }
+
+    pub(crate) fn held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Deletes the file when less than the reserve is free on the filesystem; true when it
+    /// did.
+    pub(crate) fn release_if_short(&self) -> bool {
+        if !self.held() {
+            return false;
+        }
+        let Some(free) = super::free_bytes(&self.dir) else {
+            return false;
+        };
+        if free >= self.bytes {
+            return false;
+        }
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                log::warn!("disk reserve: cannot release {}: {e}", self.path.display());
+                return false;
+            }
+        }
+        let _ = super::sync_dir(&self.dir);
+        self.held.store(false, Ordering::SeqCst);
+        log::warn!(
+            "disk reserve: {free} bytes free on the data directory's filesystem, less than the \
+             reserve: released {} ({} bytes) for retention",
+            self.path.display(),
+            self.bytes
+        );
+        true
+    }
+
+    /// Allocates the released (or never allocated) file once three times the reserve is
+    /// free.
+    pub(crate) fn refill(&self) {
+        if self.held() || self.bytes == 0 {
+            return;
+        }
+        let Some(free) = super::free_bytes(&self.dir) else {
+            return;
+        };
+        if free < self.bytes.saturating_mul(REFILL_FACTOR) {
+            return;
+        }
+        match self.allocate() {
+            Ok(()) => {
+                self.held.store(true, Ordering::SeqCst);
+                log::info!(
+                    "disk reserve: holding {} bytes for retention in {}",
+                    self.bytes,
+                    self.path.display()
+                );
+            }
+            Err(e) => {
+                log::warn!(
+                    "disk reserve: cannot allocate {} ({e}); retrying later",
+                    self.path.display()
+                );
+                self.remove_left_over();
+            }
+        }
+    }
+
+    /// The file with exactly `bytes` allocated, durable.
+    fn allocate(&self) -> io::Result<()> {
+        let f = super::private_file_options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.path)?;
+        let len = libc::off_t::try_from(self.bytes)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        // SAFETY: the descriptor is open for the duration of the call (borrowed from `f`);
+        // posix_fallocate reads no memory of ours. It returns the error number itself.
+        let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        // A file from an earlier run with a larger reserve is cut back.
+        f.set_len(self.bytes)?;
+        f.sync_all()?;
+        super::sync_dir(&self.dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ballast-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    #[test]
+    fn is_allocated_resized_and_removed() {
+        let d = temp_dir("sizes");
+        let b = Ballast::open(&d, 1 << 20);
+        assert!(b.held());
+        let path = d.join(FILE_NAME);
+        let meta = std::fs::metadata(&path).expect("ballast file");
+        assert_eq!(meta.len(), 1 << 20);
+        // Allocated, not sparse: its blocks are what deleting it frees.
+        assert!(std::os::unix::fs::MetadataExt::blocks(&meta) * 512 >= 1 << 20);
+        // Enough room: nothing to release.
+        assert!(!b.release_if_short());
+        drop(b);
+        // A smaller reserve at the next start cuts the file back; 0 removes it.
+        let b = Ballast::open(&d, 4096);
+        assert!(b.held());
+        assert_eq!(std::fs::metadata(&path).expect("file").len(), 4096);
+        let b = Ballast::open(&d, 0);
+        assert!(!b.held());
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
