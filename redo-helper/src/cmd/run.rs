@@ -1255,7 +1255,6 @@ async fn run_service_loop(
                 meta.segment_size,
                 policy,
                 meta.end_lsn(),
-                opts.disk_reserve,
             );
             if let Some(u) = &uploader {
                 r.set_uploader(Arc::clone(u));

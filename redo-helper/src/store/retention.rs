@@ -465,7 +465,6 @@ impl Retention {
         segment_size: u32,
         policy: Retain,
         backup_end: Lsn,
-        disk_reserve: u64,
     ) -> Arc<Retention> {
         let r = Arc::new(Retention {
             store,
@@ -482,7 +481,7 @@ impl Retention {
                 ..RetentionStatus::default()
             }),
             uploader: std::sync::OnceLock::new(),
-            ballast: super::ballast::Ballast::open(data_dir, disk_reserve),
+            ballast: super::ballast::Ballast::open(data_dir, super::disk_headroom()),
             short_of_space: AtomicBool::new(false),
         });
         r.refresh_disk_usage();
@@ -546,7 +545,8 @@ impl Retention {
         let result = self.run_pass(now);
         match &result {
             Err(e) if out_of_space(e) => {
-                if !self.short_of_space.swap(true, Ordering::SeqCst) {
+                let was_short = self.short_of_space.swap(true, Ordering::SeqCst);
+                if !was_short {
                     log::warn!(
                         "retention: out of space on the data directory's filesystem; moving the \
                          horizon one WAL segment at a time until a pass succeeds"
