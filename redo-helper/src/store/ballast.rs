@@ -66,6 +66,13 @@ impl Ballast {
             }
         } else {
             b.refill();
+            if !b.held() {
+                log::warn!(
+                    "disk reserve: less than three times the reserve ({bytes} bytes) is free on \
+                     the data directory's filesystem; {} is allocated once there is",
+                    b.path.display()
+                );
+            }
         }
         b
     }
