@@ -1,7 +1,8 @@
 //! Faults a storage service meets, injected into a real helper following a real cluster:
 //! a worker thread that panics (the test-only `REDO_HELPER_TEST_PANIC` hook) is caught,
 //! logged, counted in `/metrics` and started again; one that keeps panicking ends the
-//! process with exit status 70 instead of leaving the helper degraded in silence.
+//! process with exit status 70 instead of leaving the helper degraded in silence. A full
+//! disk, filled by the helper's own WAL or by another writer, is left by retention.
 
 use crate::common::{PgCluster, TempDir};
 use crate::support::{HelperProcess, run_check_clean};
