@@ -78,12 +78,17 @@ impl Ballast {
     }
 
     fn remove_left_over(&self) {
+        if let Err(e) = self.delete() {
+            log::warn!("disk reserve: cannot remove {}: {e}", self.path.display());
+        }
+    }
+
+    /// Deletes the file (absent is fine) and makes that durable.
+    fn delete(&self) -> io::Result<()> {
         match std::fs::remove_file(&self.path) {
-            Ok(()) => {
-                let _ = super::sync_dir(&self.dir);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => log::warn!("disk reserve: cannot remove {}: {e}", self.path.display()),
+            Ok(()) => super::sync_dir(&self.dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -91,27 +96,21 @@ impl Ballast {
         self.held.load(Ordering::SeqCst)
     }
 
-    /// Deletes the file when less than the reserve is free on the filesystem; true when it
-    /// did.
-    pub(crate) fn release_if_short(&self) -> bool {
+    /// Deletes the file when less than the reserve is free on the filesystem.
+    pub(crate) fn release_if_short(&self) {
         if !self.held() {
-            return false;
+            return;
         }
         let Some(free) = super::free_bytes(&self.dir) else {
-            return false;
+            return;
         };
         if free >= self.bytes {
-            return false;
+            return;
         }
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                log::warn!("disk reserve: cannot release {}: {e}", self.path.display());
-                return false;
-            }
+        if let Err(e) = self.delete() {
+            log::warn!("disk reserve: cannot release {}: {e}", self.path.display());
+            return;
         }
-        let _ = super::sync_dir(&self.dir);
         self.held.store(false, Ordering::SeqCst);
         log::warn!(
             "disk reserve: {free} bytes free on the data directory's filesystem, less than the \
@@ -119,7 +118,6 @@ impl Ballast {
             self.path.display(),
             self.bytes
         );
-        true
     }
 
     /// Allocates the released (or never allocated) file once three times the reserve is
@@ -197,7 +195,8 @@ mod tests {
         // Allocated, not sparse: its blocks are what deleting it frees.
         assert!(std::os::unix::fs::MetadataExt::blocks(&meta) * 512 >= 1 << 20);
         // Enough room: nothing to release.
-        assert!(!b.release_if_short());
+        b.release_if_short();
+        assert!(b.held() && path.exists());
         drop(b);
         // A smaller reserve at the next start cuts the file back; 0 removes it.
         let b = Ballast::open(&d, 4096);

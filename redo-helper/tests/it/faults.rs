@@ -89,6 +89,21 @@ impl Drop for SmallFs {
     }
 }
 
+/// The full-disk tests' helper: a 32 MB history, passes `interval_ms` apart, small image
+/// files so compaction frees space in small steps.
+fn small_disk_args(interval_ms: &'static str) -> [&'static str; 8] {
+    [
+        "--retain",
+        "32MB",
+        "--retention-interval-ms",
+        interval_ms,
+        "--image-threshold",
+        "64",
+        "--image-file-entries",
+        "256",
+    ]
+}
+
 /// Bytes available on the filesystem of `dir` (`df`).
 fn avail_bytes(dir: &std::path::Path) -> u64 {
     let out = std::process::Command::new("df")
@@ -124,16 +139,7 @@ fn retention_frees_space_on_a_full_disk() {
     let dir = fs.dir.join("helper");
     let log = tmp.path().join("helper.log");
     // Passes 20 s apart: the WAL received in between piles up.
-    let args = [
-        "--retain",
-        "32MB",
-        "--retention-interval-ms",
-        "20000",
-        "--image-threshold",
-        "64",
-        "--image-file-entries",
-        "256",
-    ];
+    let args = small_disk_args("20000");
     let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args);
     h.wait_status("streaming", Duration::from_secs(120), |s| {
         s["state"] == "streaming"
@@ -197,20 +203,8 @@ fn retention_releases_the_reserve_when_another_writer_fills_the_disk() {
     c.pgbench(&["-i", "-s", "2", "-q"]);
     let dir = fs.dir.join("helper");
     let log = tmp.path().join("helper.log");
-    let args = |interval_ms: &'static str| {
-        [
-            "--retain",
-            "32MB",
-            "--retention-interval-ms",
-            interval_ms,
-            "--image-threshold",
-            "64",
-            "--image-file-entries",
-            "256",
-        ]
-    };
     // Retention passes 10 minutes apart: the WAL received piles up beyond --retain.
-    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("600000"));
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &small_disk_args("600000"));
     let st = h.wait_status("streaming", Duration::from_secs(120), |s| {
         s["state"] == "streaming"
     });
@@ -246,7 +240,7 @@ fn retention_releases_the_reserve_when_another_writer_fills_the_disk() {
     assert!(filled, "could not fill the filesystem");
     // ~100 MB more that the slot keeps, then the helper again with passes every second.
     let target = wal_burst(6);
-    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("1000"));
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &small_disk_args("1000"));
     let st = h.wait_status(
         "caught up on a disk filled by another writer",
         Duration::from_secs(300),
