@@ -70,7 +70,9 @@
 # (default all six), BENCH_PLACEMENTS, BENCH_WORKLOADS, BENCH_SCALE, BENCH_WAREHOUSES,
 # BENCH_INDEX_ROWS, BENCH_STORAGE_TMPFS (12g), BENCH_COMPUTE (disk), BENCH_COMPUTE_TMPFS (8g),
 # BENCH_DEVICE_IOPS (3000), BENCH_DEVICE_MBPS (125), BENCH_HELPER_RETAIN (2GB: the helper's
-# --retain), REDO_HELPER_BIN. GetPage@LSN latency: bench/getpage.sh.
+# --retain), REDO_HELPER_BIN, REDO_HELPER_BIN_B (for the mode helper_b: off + another build of
+# the helper, on the same helper directory, to compare two builds in one run; its rounds are
+# reported beside "helper" as a per-round ratio). GetPage@LSN latency: bench/getpage.sh.
 # Time: workloads x placements x rounds x modes x (BENCH_SECONDS + ~10 s), plus loading:
 # about 1h30 at the defaults.
 set -euo pipefail
@@ -79,6 +81,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../scripts/pg_cluster.sh
 source "$here/../scripts/pg_cluster.sh"
 helper_bin=${REDO_HELPER_BIN:-$here/../target/release/redo-helper}
+helper_bin_b=${REDO_HELPER_BIN_B:-}
 # The helper's history (--retain). Its images take more room than the WAL they bound: on the
 # index workload 7.7 GB of images for the default 4 GB of WAL, which with a pg_receivewal
 # directory beside it filled the 12 GB storage tmpfs in the fourth round (the helper then
@@ -100,6 +103,13 @@ device_iops=${BENCH_DEVICE_IOPS:-3000}
 device_mbps=${BENCH_DEVICE_MBPS:-125}
 
 [ -x "$helper_bin" ] || { echo "build the helper first: cargo build --release -p redo-helper" >&2; exit 1; }
+for m in "${modes[@]}"; do
+    case $m in
+    on | lz4 | zstd | off | rw | helper) ;;
+    helper_b) [ -x "$helper_bin_b" ] || { echo "the mode helper_b needs REDO_HELPER_BIN_B (an executable)" >&2; exit 1; } ;;
+    *) echo "unknown mode '$m' in BENCH_MODES (on lz4 zstd off rw helper helper_b)" >&2; exit 1 ;;
+    esac
+done
 [ "$(nproc)" -ge 2 ] || { echo "the separated placement needs 2 CPUs" >&2; exit 1; }
 work=$(mktemp -d /tmp/fpw_bench.XXXXXX)
 chmod 755 "$work"
@@ -221,11 +231,11 @@ rw_stop() {
     done
     rm -rf "${RW_DIR:-$work/receivewal}"
 }
-# helper_attach PLACEMENT: starts the helper on the load side (the first time it bootstraps,
+# helper_attach PLACEMENT [BINARY]: starts the helper (BINARY, default the build under test) on the load side (the first time it bootstraps,
 # later it resumes from its slot) and waits until the extension's guard sees it healthy.
 helper_attach() {
-    local p=$1
-    helper_start "$helper_bin" "$(storage_dir "$p")/helper" "$port" "$hport" "$work/helper.log" --image-threshold 16 \
+    local p=$1 bin=${2:-$helper_bin}
+    helper_start "$bin" "$(storage_dir "$p")/helper" "$port" "$hport" "$work/helper.log" --image-threshold 16 \
         --retain "$helper_retain"
     place "$p" load "$HELPER_PID"
     helper_token_for_postgres "$cdir/helper.token"
@@ -279,7 +289,7 @@ set_mode() {
         sql -c "ALTER SYSTEM SET wal_compression = off" -c "SELECT pg_reload_conf()" >/dev/null
         sql -c "SELECT fpw_pushdown.disable_full_page_writes(force => true)" >/dev/null 2>&1
         ;;
-    helper)
+    helper | helper_b)
         sql -c "ALTER SYSTEM SET wal_compression = off" -c "SELECT pg_reload_conf()" >/dev/null
         sql -c "SELECT fpw_pushdown.disable_full_page_writes()" >/dev/null
         ;;
@@ -405,11 +415,11 @@ run_workload() {
             for i in $(seq 0 $((n - 1))); do
                 m=${modes[$(((i + round - 1) % n))]}
                 case $m in
-                helper)
-                    log "$w, $p, round $round: attaching the helper, catching up"
+                helper | helper_b)
+                    log "$w, $p, round $round: attaching the helper ($m), catching up"
                     # As for a streaming client that fails to start: this round goes without
                     # a helper run (the report leaves it out), not the whole benchmark.
-                    if ! helper_attach "$p"; then
+                    if ! helper_attach "$p" "$([ "$m" = helper_b ] && echo "$helper_bin_b" || echo "$helper_bin")"; then
                         log "$w, $p, round $round: helper skipped (not healthy)"
                         helper_detach
                         continue
@@ -430,7 +440,7 @@ run_workload() {
                 log "$w, $p, round $round: $m (${seconds}s)"
                 R[$w,$p,$m,$round]=$(measure "$w" "$p" "$m" "$round")
                 rw_stop
-                if [ "$m" = helper ]; then
+                if [ "$m" = helper ] || [ "$m" = helper_b ]; then
                     sql -c "SELECT fpw_pushdown.enable_full_page_writes()" >/dev/null
                     helper_detach
                 fi
@@ -466,6 +476,7 @@ label_of() {
     off) echo "off alone (no streaming client)" ;;
     rw) echo "off + pg_receivewal --synchronous" ;;
     helper) echo "off + redo helper" ;;
+    helper_b) echo "off + redo helper, build B" ;;
     esac
 }
 report() {
@@ -520,7 +531,8 @@ report() {
             printf '  TPS per round, %-38s%s\n' "$(label_of "$m"):" "$per"
         done
         # Per-round ratios of the helper to its peers, same round.
-        for k in rw:"off + helper / off + pg_receivewal (target >= 0.97)" zstd:"off + helper / on + zstd" off:"off + helper / off alone" on:"off + helper / FPW on"; do
+        for k in rw:"off + helper / off + pg_receivewal (target >= 0.97)" zstd:"off + helper / on + zstd" off:"off + helper / off alone" on:"off + helper / FPW on" \
+            helper_b:"off + helper / off + helper build B"; do
             local peer=${k%%:*} ratios=""
             for round in $(seq 1 "$rounds"); do
                 local a=${R[$w,$p,helper,$round]:-} b=${R[$w,$p,$peer,$round]:-}

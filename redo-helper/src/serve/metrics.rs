@@ -344,7 +344,7 @@ fn register_status(m: &mut Exposition, s: &HelperStatus) {
     }
     m.gauge(
         "redo_helper_disk_reserve_bytes",
-        "space kept free on the data directory's filesystem for retention (--disk-reserve)",
+        "space kept free on the data directory's filesystem for retention (--disk-reserve, or more once retention measured that one step needs more)",
         s.disk_reserve_bytes,
     );
     let r = &s.retention;
@@ -356,8 +356,13 @@ fn register_status(m: &mut Exposition, s: &HelperStatus) {
     );
     m.gauge(
         "redo_helper_retention_short_of_space",
-        "1 while the last retention pass ran out of space (passes then move the horizon one WAL segment at a time)",
+        "1 after a retention pass ran out of space, until three reserves are free (passes then move the horizon one WAL segment at a time)",
         u64::from(r.short_of_space),
+    );
+    m.gauge(
+        "redo_helper_retention_rebase_bytes_per_segment",
+        "most image bytes a retention pass has written per WAL segment it moved the horizon (twice this, up to a quarter of the filesystem, is the disk reserve when above --disk-reserve)",
+        r.rebase_bytes_per_segment,
     );
     m.gauge(
         "redo_helper_retention_horizon_lsn",

@@ -12,6 +12,11 @@
 //! times the reserve is free, so that holding it leaves the helper's writers a reserve's
 //! worth of room above the point where they stop.
 //!
+//! The reserve grows with what retention measures a step needs (`retention.rs`): a pass on
+//! a full disk moves the horizon by one segment, and writes an image of every page changed
+//! in it first, which on small-record workloads is hundreds of MB. [`Ballast::resize`]
+//! follows the headroom in force, growing the file when there is room to spare.
+//!
 //! The file's blocks are allocated (`posix_fallocate`), not a sparse length: deleting a sparse
 //! file frees nothing. Only retention releases it, so without retention (`--retain all`) no
 //! file is held.
@@ -19,7 +24,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The file's name in the data directory.
 pub(crate) const FILE_NAME: &str = "disk-reserve";
@@ -37,8 +42,11 @@ pub(crate) fn remove(data_dir: &Path) {
 pub(crate) struct Ballast {
     dir: PathBuf,
     path: PathBuf,
-    bytes: u64,
-    held: AtomicBool,
+    /// The reserve: the size the file is allocated with.
+    bytes: AtomicU64,
+    /// The file's allocated size while it is held (below `bytes` when growing it found too
+    /// little room); 0 while released.
+    held_bytes: AtomicU64,
 }
 
 impl Ballast {
@@ -48,14 +56,14 @@ impl Ballast {
         let b = Ballast {
             dir: data_dir.to_path_buf(),
             path: data_dir.join(FILE_NAME),
-            bytes,
-            held: AtomicBool::new(false),
+            bytes: AtomicU64::new(bytes),
+            held_bytes: AtomicU64::new(0),
         };
         if bytes == 0 {
             b.remove_left_over();
         } else if b.path.exists() {
-            match b.allocate() {
-                Ok(()) => b.held.store(true, Ordering::SeqCst),
+            match b.allocate(bytes) {
+                Ok(()) => b.held_bytes.store(bytes, Ordering::SeqCst),
                 Err(e) => {
                     log::warn!(
                         "disk reserve: cannot resize {} to {bytes} bytes ({e}); it is released",
@@ -93,7 +101,45 @@ impl Ballast {
     }
 
     pub(crate) fn held(&self) -> bool {
-        self.held.load(Ordering::SeqCst)
+        self.held_bytes.load(Ordering::SeqCst) > 0
+    }
+
+    /// The allocated size of the file (0: released).
+    pub(crate) fn held_bytes(&self) -> u64 {
+        self.held_bytes.load(Ordering::SeqCst)
+    }
+
+    /// A new reserve (the headroom in force grew or shrank). A held file shrinks at once; it
+    /// grows only while three times the new reserve would stay free beyond the growth, so
+    /// that growing it never takes the room the helper's writers stop at.
+    pub(crate) fn resize(&self, bytes: u64) {
+        let old = self.bytes.swap(bytes, Ordering::SeqCst);
+        let held = self.held_bytes();
+        if held == 0 || bytes == 0 || (held == bytes && old == bytes) {
+            return;
+        }
+        if bytes > held {
+            let Some(free) = super::free_bytes(&self.dir) else {
+                return;
+            };
+            if free < (bytes - held).saturating_add(bytes.saturating_mul(REFILL_FACTOR - 1)) {
+                return;
+            }
+        }
+        match self.allocate(bytes) {
+            Ok(()) => {
+                self.held_bytes.store(bytes, Ordering::SeqCst);
+                log::info!(
+                    "disk reserve: {} now holds {bytes} bytes (was {held})",
+                    self.path.display()
+                );
+            }
+            // Still allocated at its old size: fallocate allocates, set_len only cuts.
+            Err(e) => log::warn!(
+                "disk reserve: cannot resize {} to {bytes} bytes ({e}); it holds {held}",
+                self.path.display()
+            ),
+        }
     }
 
     /// Deletes the file when less than the reserve is free on the filesystem.
@@ -104,40 +150,40 @@ impl Ballast {
         let Some(free) = super::free_bytes(&self.dir) else {
             return;
         };
-        if free >= self.bytes {
+        let bytes = self.bytes.load(Ordering::SeqCst);
+        if free >= bytes {
             return;
         }
         if let Err(e) = self.delete() {
             log::warn!("disk reserve: cannot release {}: {e}", self.path.display());
             return;
         }
-        self.held.store(false, Ordering::SeqCst);
+        let held = self.held_bytes.swap(0, Ordering::SeqCst);
         log::warn!(
             "disk reserve: {free} bytes free on the data directory's filesystem, less than the \
-             reserve: released {} ({} bytes) for retention",
+             reserve ({bytes} bytes): released {} ({held} bytes) for retention",
             self.path.display(),
-            self.bytes
         );
     }
 
     /// Allocates the released (or never allocated) file once three times the reserve is
     /// free.
     pub(crate) fn refill(&self) {
-        if self.held() || self.bytes == 0 {
+        let bytes = self.bytes.load(Ordering::SeqCst);
+        if self.held() || bytes == 0 {
             return;
         }
         let Some(free) = super::free_bytes(&self.dir) else {
             return;
         };
-        if free < self.bytes.saturating_mul(REFILL_FACTOR) {
+        if free < bytes.saturating_mul(REFILL_FACTOR) {
             return;
         }
-        match self.allocate() {
+        match self.allocate(bytes) {
             Ok(()) => {
-                self.held.store(true, Ordering::SeqCst);
+                self.held_bytes.store(bytes, Ordering::SeqCst);
                 log::info!(
-                    "disk reserve: holding {} bytes for retention in {}",
-                    self.bytes,
+                    "disk reserve: holding {bytes} bytes for retention in {}",
                     self.path.display()
                 );
             }
@@ -152,13 +198,13 @@ impl Ballast {
     }
 
     /// The file with exactly `bytes` allocated, durable.
-    fn allocate(&self) -> io::Result<()> {
+    fn allocate(&self, bytes: u64) -> io::Result<()> {
         let f = super::private_file_options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&self.path)?;
-        let len = libc::off_t::try_from(self.bytes)
+        let len = libc::off_t::try_from(bytes)
             .map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
         // SAFETY: the descriptor is open for the duration of the call (borrowed from `f`);
         // posix_fallocate reads no memory of ours. It returns the error number itself.
@@ -167,7 +213,7 @@ impl Ballast {
             return Err(io::Error::from_raw_os_error(rc));
         }
         // A file from an earlier run with a larger reserve is cut back.
-        f.set_len(self.bytes)?;
+        f.set_len(bytes)?;
         f.sync_all()?;
         super::sync_dir(&self.dir)
     }
@@ -202,6 +248,13 @@ mod tests {
         let b = Ballast::open(&d, 4096);
         assert!(b.held());
         assert_eq!(std::fs::metadata(&path).expect("file").len(), 4096);
+        // Resized while held: grows (room to spare here) and shrinks.
+        b.resize(1 << 20);
+        assert_eq!(b.held_bytes(), 1 << 20);
+        assert_eq!(std::fs::metadata(&path).expect("file").len(), 1 << 20);
+        b.resize(8192);
+        assert_eq!(std::fs::metadata(&path).expect("file").len(), 8192);
+        drop(b);
         let b = Ballast::open(&d, 0);
         assert!(!b.held());
         assert!(!path.exists());

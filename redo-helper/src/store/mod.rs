@@ -81,18 +81,40 @@ pub(crate) enum StoreError {
 /// Space the archive and image generation leave free on the data directory's filesystem,
 /// for retention's images and state (`run --disk-reserve`); 0: none. Set once at start-up.
 static DISK_HEADROOM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// What retention has learnt it may need for one step (see [`raise_disk_headroom`]).
+static DISK_HEADROOM_LEARNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub(crate) fn set_disk_headroom(bytes: u64) {
     DISK_HEADROOM.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    DISK_HEADROOM_LEARNT.store(0, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// The headroom set by [`set_disk_headroom`] (for /status and /metrics).
+/// Raises the headroom above `--disk-reserve` to `bytes`, what retention measured it needs
+/// to move its horizon by one WAL segment (`retention.rs`): a reserve smaller than that
+/// could not get a pass out of a full disk. No effect when the reserve is 0 (turned off).
+pub(crate) fn raise_disk_headroom(bytes: u64) {
+    if DISK_HEADROOM.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        DISK_HEADROOM_LEARNT.fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The headroom in force: `--disk-reserve`, or more once retention has learnt that a step
+/// needs more (for /status, /metrics and the reserve file).
 pub(crate) fn disk_headroom() -> u64 {
+    let set = DISK_HEADROOM.load(std::sync::atomic::Ordering::Relaxed);
+    if set == 0 {
+        return 0;
+    }
+    set.max(DISK_HEADROOM_LEARNT.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// `--disk-reserve` as given.
+pub(crate) fn configured_disk_headroom() -> u64 {
     DISK_HEADROOM.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Bytes available to this process on the filesystem of `dir` (`statvfs`).
-pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
+/// `statvfs` of the filesystem of `dir`.
+fn statvfs(dir: &Path) -> Option<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs only writes into the zeroed struct we own; the path is a C string.
@@ -101,14 +123,26 @@ pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return None;
     }
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    Some(st)
+}
+
+/// Bytes available to this process on the filesystem of `dir` (`statvfs`).
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = statvfs(dir)?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The size of the filesystem of `dir` (`statvfs`).
+pub(crate) fn filesystem_bytes(dir: &Path) -> Option<u64> {
+    let st = statvfs(dir)?;
+    Some(st.f_blocks.saturating_mul(st.f_frsize))
 }
 
 /// ENOSPC when writing `len` more bytes under `dir` would leave less than the headroom:
 /// the archive and image generation stop there, so that retention can always write the
 /// images and state it needs before it deletes WAL.
 pub(crate) fn check_headroom(dir: &Path, len: u64) -> io::Result<()> {
-    let headroom = DISK_HEADROOM.load(std::sync::atomic::Ordering::Relaxed);
+    let headroom = disk_headroom();
     if headroom == 0 {
         return Ok(());
     }

@@ -18,7 +18,7 @@
 //! 2. saves `DATA_DIR/retention.json` atomically: H, the relation events (truncations,
 //!    drops, database drops and copies) before H, the unreadable markers and the
 //!    full_page_writes modes before H — what the WAL before H said and the index can no
-//!    longer learn from it;
+//!    longer learn from it — and the most image bytes a pass wrote per segment (below);
 //! 3. moves the page store's horizon and waits for every read that started before (the
 //!    store's read gate), so no running read needs what follows;
 //! 4. prunes the index (changes before H), deletes the archive segments that end at or
@@ -31,9 +31,15 @@
 //! the data directory's filesystem, and a pass alone may use it; the same amount is held in
 //! `DATA_DIR/disk-reserve`, which a pass deletes when other writers took the headroom
 //! (`ballast.rs`). A pass's writes grow with the distance the horizon moves (an image per
-//! page changed in it): after a pass ran out of space, the next ones move the horizon one
-//! segment at a time, each writing only the images of one segment's pages before it
-//! deletes that segment, until a pass succeeds.
+//! page changed in it), and a pass that may not fit in the free space (an image per
+//! candidate page) fails before it writes anything. After a pass ran out of space, passes
+//! move the horizon one segment at a time, each writing only the images of one segment's
+//! pages before it deletes that segment, one after the other until three reserves are free
+//! again. One segment of small-record WAL changes tens of thousands of pages, more than a
+//! default reserve holds; so each pass measures the image bytes it wrote per segment, keeps
+//! the most in the state file, and the reserve in force becomes twice that when it is more
+//! than `--disk-reserve` (at most a quarter of the filesystem): the archive and image
+//! generation stop early enough, and the reserve file holds enough, for one step.
 //!
 //! At start-up the saved state is loaded before the index is rebuilt from H's segment.
 //! Time horizons use samples of (time, decoded end) taken while running: after a restart
@@ -54,7 +60,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -236,6 +242,11 @@ pub(crate) struct RetentionState {
     pub fpw_modes: Vec<SavedFpwMode>,
     #[serde(default)]
     pub saved_unix: u64,
+    /// The most image bytes a pass has written per WAL segment the horizon moved (its
+    /// rebased pages): what a step of one segment needs on a full disk. 0 in files written
+    /// before it was kept.
+    #[serde(default)]
+    pub rebase_bytes_per_segment: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -251,6 +262,10 @@ pub(crate) enum RetentionError {
     Images(#[from] ImageStoreError),
     #[error(transparent)]
     Remote(#[from] super::remote::RemoteError),
+    #[error(
+        "moving the horizon to {horizon} writes up to {need} bytes of page images and {free} bytes are free"
+    )]
+    NoRoom { horizon: Lsn, need: u64, free: u64 },
     #[error("rebasing {key}: {source}")]
     Page {
         key: PageKey,
@@ -401,8 +416,13 @@ pub(crate) struct RetentionStatus {
     /// `DATA_DIR/disk-reserve` is allocated (false: released for a pass on a full disk, or
     /// not yet allocated).
     pub disk_reserve_held: bool,
-    /// The last pass ran out of space: passes move the horizon a segment at a time.
+    /// A pass ran out of space and three reserves are not free yet: passes move the horizon
+    /// a segment at a time.
     pub short_of_space: bool,
+    /// The most image bytes a pass has written per WAL segment the horizon moved; twice
+    /// this (at most a quarter of the filesystem) is the disk reserve when above
+    /// `--disk-reserve`.
+    pub rebase_bytes_per_segment: u64,
 }
 
 /// The retention pass and its state; one per running helper.
@@ -426,16 +446,46 @@ pub(crate) struct Retention {
     uploader: std::sync::OnceLock<Arc<super::remote::WalUploader>>,
     /// The disk reserve as a file, released when a pass finds the disk full.
     ballast: super::ballast::Ballast,
-    /// Set when a pass failed for want of space, cleared by the next pass that succeeds.
+    /// Set when a pass failed for want of space, cleared by a pass that succeeds with three
+    /// reserves free.
     short_of_space: AtomicBool,
+    /// The most image bytes a pass wrote per segment the horizon moved (saved in the state).
+    rebase_bytes_per_segment: AtomicU64,
 }
 
 /// Live-entry share below which an image file is compacted.
 const MIN_LIVE_RATIO: f64 = 0.5;
 
+/// The reserve retention asks for: this many times the most image bytes a pass has written
+/// per segment, as the next segment may change more pages than any before, and its state
+/// file and image compaction need room too.
+const REBASE_RESERVE_FACTOR: u64 = 2;
+/// Free space, in reserves, at which passes stop moving the horizon one segment at a time
+/// after running out of space (as much as the reserve file needs to be allocated again).
+const ROOM_REGAINED_FACTOR: u64 = 3;
+/// Passes one tick runs back to back while short of space (each moves the horizon one
+/// segment): the thread sees a stop request between ticks.
+const MAX_PASSES_PER_TICK: usize = 16;
+/// The most of the filesystem the learnt reserve takes (1/N), so that a workload whose segments
+/// each change most of a small disk's pages does not make the reserve the whole disk.
+const REBASE_RESERVE_MAX_SHARE: u64 = 4;
+
+/// The headroom retention needs to move its horizon by one segment, given the most image
+/// bytes a pass wrote per segment and the size of the filesystem (None: unknown, no cap).
+fn learnt_reserve(rebase_bytes_per_segment: u64, filesystem: Option<u64>) -> u64 {
+    let want = rebase_bytes_per_segment.saturating_mul(REBASE_RESERVE_FACTOR);
+    match filesystem {
+        Some(fs) => want.min(fs / REBASE_RESERVE_MAX_SHARE),
+        None => want,
+    }
+}
+
 /// Whether a pass failed because the filesystem is full (ENOSPC, or EDQUOT for a quota,
-/// anywhere in its causes).
+/// anywhere in its causes), or would not fit in its free space.
 fn out_of_space(e: &RetentionError) -> bool {
+    if matches!(e, RetentionError::NoRoom { .. }) {
+        return true;
+    }
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
         if c.downcast_ref::<std::io::Error>()
@@ -466,6 +516,13 @@ impl Retention {
         policy: Retain,
         backup_end: Lsn,
     ) -> Arc<Retention> {
+        // What earlier runs learnt a step needs (a restart on a full disk needs it most), in
+        // force before the reserve file is sized.
+        let learnt = RetentionState::load(data_dir)
+            .ok()
+            .flatten()
+            .map_or(0, |s| s.rebase_bytes_per_segment);
+        super::raise_disk_headroom(learnt_reserve(learnt, super::filesystem_bytes(data_dir)));
         let r = Arc::new(Retention {
             store,
             data_dir: data_dir.to_path_buf(),
@@ -483,9 +540,32 @@ impl Retention {
             uploader: std::sync::OnceLock::new(),
             ballast: super::ballast::Ballast::open(data_dir, super::disk_headroom()),
             short_of_space: AtomicBool::new(false),
+            rebase_bytes_per_segment: AtomicU64::new(learnt),
         });
         r.refresh_disk_usage();
         r
+    }
+
+    /// Takes `per_segment` (image bytes a pass wrote per segment it moved the horizon) into
+    /// the peak, and the headroom and reserve file after it: the archive and image
+    /// generation then stop while a step's images still fit (`store::raise_disk_headroom`).
+    fn learn_rebase_bytes(&self, per_segment: u64) {
+        let peak = self
+            .rebase_bytes_per_segment
+            .fetch_max(per_segment, Ordering::SeqCst)
+            .max(per_segment);
+        let want = learnt_reserve(peak, super::filesystem_bytes(&self.data_dir));
+        let before = super::disk_headroom();
+        super::raise_disk_headroom(want);
+        let now = super::disk_headroom();
+        if now > before {
+            log::info!(
+                "retention: a step of one WAL segment wrote up to {peak} bytes of images; the \
+                 disk reserve is now {now} bytes (--disk-reserve {})",
+                super::configured_disk_headroom()
+            );
+        }
+        self.ballast.resize(now);
     }
 
     /// Object-storage mode (set once, before the first pass).
@@ -533,30 +613,66 @@ impl Retention {
             s.horizon_lsn = horizon;
             s.disk_reserve_held = self.ballast.held();
             s.short_of_space = self.short_of_space.load(Ordering::SeqCst);
+            s.rebase_bytes_per_segment = self.rebase_bytes_per_segment.load(Ordering::SeqCst);
         }
     }
 
     /// One tick: samples the decoded end, runs a pass if the horizon can move by a segment
     /// or more (and the clean-up a restart left pending). Errors are logged and kept in the
     /// status; the next tick tries again.
+    ///
+    /// Short of space, passes move the horizon one segment at a time, one after the other
+    /// within the tick while they succeed (up to [`MAX_PASSES_PER_TICK`]), until the horizon
+    /// is where the policy puts it or three reserves are free again. A pass over the whole distance at once would fail
+    /// again, after filling the room the previous step made with images of later pages.
     pub(crate) fn tick(&self, now: Instant) {
         // Other writers may have taken the headroom: the pass writes in the reserve's room.
         self.ballast.release_if_short();
-        let result = self.run_pass(now);
-        match &result {
-            Err(e) if out_of_space(e) => {
-                let was_short = self.short_of_space.swap(true, Ordering::SeqCst);
-                if !was_short {
-                    log::warn!(
-                        "retention: out of space on the data directory's filesystem; moving the \
-                         horizon one WAL segment at a time until a pass succeeds"
-                    );
+        for _ in 0..MAX_PASSES_PER_TICK {
+            let was_short = self.short_of_space.load(Ordering::SeqCst);
+            let result = self.run_pass(now);
+            let stepped = matches!(result, Ok(Some(_)));
+            let no_room = result.as_ref().is_err_and(out_of_space);
+            match &result {
+                Err(e) if out_of_space(e) => {
+                    let was_short = self.short_of_space.swap(true, Ordering::SeqCst);
+                    if !was_short {
+                        log::warn!(
+                            "retention: out of space on the data directory's filesystem; moving \
+                             the horizon one WAL segment at a time until {} bytes are free",
+                            super::disk_headroom().saturating_mul(ROOM_REGAINED_FACTOR)
+                        );
+                    }
                 }
+                Ok(Some(_)) => self.end_short_of_space_if_room(),
+                _ => {}
             }
-            Ok(Some(_)) => self.short_of_space.store(false, Ordering::SeqCst),
-            _ => {}
+            self.record_pass(result);
+            // Again at once: the next step while short, or the first one-segment step after
+            // a longer pass found no room.
+            let short = self.short_of_space.load(Ordering::SeqCst);
+            if !(stepped && short || no_room && !was_short) {
+                break;
+            }
         }
         self.ballast.refill();
+        self.refresh_disk_usage();
+    }
+
+    /// After a pass that succeeded: passes span the whole distance again once three reserves
+    /// are free on the data directory's filesystem (or its free space is unknown, as before a
+    /// pass ran out of space).
+    fn end_short_of_space_if_room(&self) {
+        let room = super::free_bytes(&self.data_dir).is_none_or(|free| {
+            free >= super::disk_headroom().saturating_mul(ROOM_REGAINED_FACTOR)
+        });
+        if room && self.short_of_space.swap(false, Ordering::SeqCst) {
+            log::info!("retention: room regained on the data directory's filesystem");
+        }
+    }
+
+    /// A pass's outcome in the log and the status.
+    fn record_pass(&self, result: Result<Option<PassStats>, RetentionError>) {
         match &result {
             Ok(Some(p)) => {
                 log::info!(
@@ -579,20 +695,17 @@ impl Retention {
             Ok(None) => {}
             Err(e) => log::warn!("retention pass failed (retrying later): {e}"),
         }
-        self.refresh_disk_usage();
-        {
-            let mut s = lock(&self.status);
-            match result {
-                Ok(Some(p)) => {
-                    s.passes += 1;
-                    s.segments_removed_total += p.segments_removed;
-                    s.image_entries_removed_total += p.image_entries_removed;
-                    s.last_pass = Some(p);
-                    s.last_error = None;
-                }
-                Ok(None) => {}
-                Err(e) => s.last_error = Some(e.to_string()),
+        let mut s = lock(&self.status);
+        match result {
+            Ok(Some(p)) => {
+                s.passes += 1;
+                s.segments_removed_total += p.segments_removed;
+                s.image_entries_removed_total += p.image_entries_removed;
+                s.last_pass = Some(p);
+                s.last_error = None;
             }
+            Ok(None) => {}
+            Err(e) => s.last_error = Some(e.to_string()),
         }
     }
 
@@ -699,6 +812,18 @@ impl Retention {
                     .map(|k| (k, None)),
             );
         }
+        // At most an image per candidate: a pass that may not fit fails before it writes one,
+        // rather than fill the disk with images and leave no room for a shorter step.
+        let need = (candidates.len() as u64).saturating_mul(super::images::ENTRY_SIZE as u64);
+        if let Some(free) = super::free_bytes(&self.data_dir)
+            && need > free
+        {
+            return Err(RetentionError::NoRoom {
+                horizon,
+                need,
+                free,
+            });
+        }
         let mut markers: HashMap<PageKey, PageChange> = HashMap::new();
         let mut rebased: HashMap<PageKey, Lsn> = HashMap::new();
         let opts = ReadOptions {
@@ -794,6 +919,13 @@ impl Retention {
         if let Some(u) = self.uploader.get() {
             u.upload_images(store)?;
         }
+        let segments = ((horizon.0 - current.0) / u64::from(self.segment_size)).max(1);
+        self.learn_rebase_bytes(
+            stats
+                .pages_rebased
+                .saturating_mul(super::images::ENTRY_SIZE as u64)
+                .div_ceil(segments),
+        );
 
         let state = {
             let idx = read(&store.index);
@@ -826,6 +958,7 @@ impl Retention {
                     })
                     .collect(),
                 saved_unix: unix_now(),
+                rebase_bytes_per_segment: self.rebase_bytes_per_segment.load(Ordering::SeqCst),
             }
         };
         state.store(&self.data_dir)?;
@@ -953,6 +1086,35 @@ mod tests {
             source: io(libc::EIO),
         };
         assert!(!out_of_space(&other));
+        assert!(out_of_space(&RetentionError::NoRoom {
+            horizon: Lsn(0x300_0000),
+            need: 8 << 20,
+            free: 1 << 20,
+        }));
+    }
+
+    #[test]
+    fn the_learnt_reserve_is_twice_a_step_within_a_quarter_of_the_disk() {
+        assert_eq!(learnt_reserve(300 << 20, Some(12 << 30)), 600 << 20);
+        assert_eq!(learnt_reserve(300 << 20, Some(1 << 30)), 256 << 20);
+        assert_eq!(learnt_reserve(300 << 20, None), 600 << 20);
+        assert_eq!(learnt_reserve(0, Some(1 << 30)), 0);
+        assert_eq!(learnt_reserve(u64::MAX, None), u64::MAX);
+    }
+
+    #[test]
+    fn the_step_size_survives_in_the_state_file() {
+        let old: RetentionState =
+            serde_json::from_str(r#"{"horizon":"0/3000000"}"#).expect("an older state file");
+        assert_eq!(old.rebase_bytes_per_segment, 0);
+        let new = RetentionState {
+            horizon: "0/3000000".into(),
+            rebase_bytes_per_segment: 123 << 20,
+            ..RetentionState::default()
+        };
+        let back: RetentionState =
+            serde_json::from_str(&serde_json::to_string(&new).expect("json")).expect("parse");
+        assert_eq!(back, new);
     }
 
     #[test]

@@ -269,3 +269,89 @@ fn retention_releases_the_reserve_when_another_writer_fills_the_disk() {
     run_check_clean(&dir, &c.data, 500);
     drop(fs);
 }
+
+/// One segment's step needs more than `--disk-reserve` (4 MB against ~15 MB of images: a
+/// 16 MB segment of pgbench at scale 10 changes most of its 1,640 account pages): retention
+/// learns what a step writes, holds twice that, and gets out of a disk another writer
+/// filled. With the 4 MB reserve alone no step would fit and the helper would stay in
+/// `disk_full` (the test then times out).
+#[test]
+fn retention_learns_the_reserve_a_step_needs() {
+    let tmp = TempDir::new("faults-disk-learnt");
+    let Some(fs) = SmallFs::mount(tmp.path().join("small"), "900M") else {
+        panic!("cannot mount a tmpfs for the disk-full test (needs root)");
+    };
+    let c = PgCluster::start_fpw_off(&[]);
+    c.pgbench(&["-i", "-s", "10", "-q"]);
+    let dir = fs.dir.join("helper");
+    let log = tmp.path().join("helper.log");
+    let args = |interval_ms: &'static str| {
+        let mut a = small_disk_args(interval_ms).to_vec();
+        a.extend(["--disk-reserve", "4MB"]);
+        a
+    };
+    let wal_burst = |rounds: usize| {
+        for _ in 0..rounds {
+            c.pgbench(&["-n", "-c", "2", "-T", "1"]);
+            c.sql("SELECT pg_switch_wal()");
+        }
+        crate::support::lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"))
+    };
+    // Passes every second while ~100 MB arrive: they measure their steps.
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("1000"));
+    h.wait_status("streaming", Duration::from_secs(120), |s| {
+        s["state"] == "streaming"
+    });
+    let target = wal_burst(6);
+    let st = h.wait_status("passes measured a step", Duration::from_secs(180), |s| {
+        crate::support::status_lsn(s, "decoded_lsn") >= target
+            && s["retention"]["rebase_bytes_per_segment"].as_u64().unwrap_or(0) > 0
+    });
+    let learnt = st["disk_reserve_bytes"].as_u64().unwrap_or(0);
+    let per_segment = st["retention"]["rebase_bytes_per_segment"]
+        .as_u64()
+        .unwrap_or(0);
+    println!("a step wrote up to {per_segment} bytes per segment; reserve {learnt} bytes");
+    assert!(learnt > 4 << 20 && learnt >= per_segment, "{st}");
+    h.kill9();
+
+    // Passes 10 minutes apart: ~150 MB pile up beyond --retain. The reserve learnt before
+    // the restart is in force (retention.json), in the file too.
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("600000"));
+    let target = wal_burst(9);
+    let st = h.wait_status("received", Duration::from_secs(180), |s| {
+        crate::support::status_lsn(s, "decoded_lsn") >= target
+    });
+    let reserve = st["disk_reserve_bytes"].as_u64().unwrap_or(0);
+    assert!(reserve >= learnt, "{st}");
+    assert_eq!(
+        std::fs::metadata(dir.join("disk-reserve"))
+            .map(|m| m.len())
+            .ok(),
+        Some(reserve)
+    );
+    h.kill9();
+
+    // Another writer takes every byte; ~100 MB more wait in the slot.
+    let filler = fs.dir.join("filler");
+    let filled = (0..20).any(|_| {
+        let _ = std::fs::remove_file(&filler);
+        let avail = avail_bytes(&fs.dir);
+        avail < (1 << 20) || fallocate(&filler, avail)
+    });
+    assert!(filled, "could not fill the filesystem");
+    let target = wal_burst(6);
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("1000"));
+    let st = h.wait_status(
+        "caught up on a disk filled by another writer",
+        Duration::from_secs(300),
+        |s| crate::support::status_lsn(s, "decoded_lsn") >= target && s["state"] == "streaming",
+    );
+    assert!(filler.exists(), "the filler stays: retention made the room");
+    let text = h.log_text();
+    assert!(text.contains("one WAL segment at a time"), "{text}");
+    println!("retention after the learnt reserve was released: {}", st["retention"]);
+    crate::redo_verify::checkpoint_and_stop(&c, h);
+    run_check_clean(&dir, &c.data, 1_000);
+    drop(fs);
+}
