@@ -125,7 +125,7 @@ pub struct RunArgs {
     /// write the images and state that must precede deleting WAL (64MB, 1GB, ...; 0: none).
     /// Retention also holds as much in DATA_DIR/disk-reserve and deletes it when other
     /// writers fill the disk. A minimum: it grows to twice the images retention measures one
-    /// WAL segment's step writes (at most a quarter of the filesystem).
+    /// WAL segment's step writes (at most an eighth of the filesystem).
     #[arg(long, value_name = "SIZE", default_value = "64MB", value_parser = parse_disk_reserve)]
     disk_reserve: u64,
     /// How often retention checks whether the horizon can move, in milliseconds.

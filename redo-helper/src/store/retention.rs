@@ -38,7 +38,7 @@
 //! again. One segment of small-record WAL changes tens of thousands of pages, more than a
 //! default reserve holds; so each pass measures the image bytes it wrote per segment, keeps
 //! the most in the state file, and the reserve in force becomes twice that when it is more
-//! than `--disk-reserve` (at most a quarter of the filesystem): the archive and image
+//! than `--disk-reserve` (at most an eighth of the filesystem): the archive and image
 //! generation stop early enough, and the reserve file holds enough, for one step.
 //!
 //! At start-up the saved state is loaded before the index is rebuilt from H's segment.
@@ -420,7 +420,7 @@ pub(crate) struct RetentionStatus {
     /// a segment at a time.
     pub short_of_space: bool,
     /// The most image bytes a pass has written per WAL segment the horizon moved; twice
-    /// this (at most a quarter of the filesystem) is the disk reserve when above
+    /// this (at most an eighth of the filesystem) is the disk reserve when above
     /// `--disk-reserve`.
     pub rebase_bytes_per_segment: u64,
 }
@@ -466,9 +466,10 @@ const ROOM_REGAINED_FACTOR: u64 = 3;
 /// Passes one tick runs back to back while short of space (each moves the horizon one
 /// segment): the thread sees a stop request between ticks.
 const MAX_PASSES_PER_TICK: usize = 16;
-/// The most of the filesystem the learnt reserve takes (1/N), so that a workload whose segments
-/// each change most of a small disk's pages does not make the reserve the whole disk.
-const REBASE_RESERVE_MAX_SHARE: u64 = 4;
+/// The most of the filesystem the learnt reserve takes (1/N): the archive stops at the
+/// reserve, so a larger one on a small disk would stop the helper long before its disk is
+/// full, for a step that a disk that small could hardly hold anyway.
+const REBASE_RESERVE_MAX_SHARE: u64 = 8;
 
 /// The headroom retention needs to move its horizon by one segment, given the most image
 /// bytes a pass wrote per segment and the size of the filesystem (None: unknown, no cap).
@@ -1094,9 +1095,9 @@ mod tests {
     }
 
     #[test]
-    fn the_learnt_reserve_is_twice_a_step_within_a_quarter_of_the_disk() {
+    fn the_learnt_reserve_is_twice_a_step_within_an_eighth_of_the_disk() {
         assert_eq!(learnt_reserve(300 << 20, Some(12 << 30)), 600 << 20);
-        assert_eq!(learnt_reserve(300 << 20, Some(1 << 30)), 256 << 20);
+        assert_eq!(learnt_reserve(300 << 20, Some(1 << 30)), 128 << 20);
         assert_eq!(learnt_reserve(300 << 20, None), 600 << 20);
         assert_eq!(learnt_reserve(0, Some(1 << 30)), 0);
         assert_eq!(learnt_reserve(u64::MAX, None), u64::MAX);
