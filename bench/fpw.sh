@@ -231,8 +231,9 @@ rw_stop() {
     done
     rm -rf "${RW_DIR:-$work/receivewal}"
 }
-# helper_attach PLACEMENT [BINARY]: starts the helper (BINARY, default the build under test) on the load side (the first time it bootstraps,
-# later it resumes from its slot) and waits until the extension's guard sees it healthy.
+# helper_attach PLACEMENT [BINARY]: starts the helper (BINARY, default the build under test)
+# on the load side (the first time it bootstraps, later it resumes from its slot) and waits
+# until the extension's guard sees it healthy.
 helper_attach() {
     local p=$1 bin=${2:-$helper_bin}
     helper_start "$bin" "$(storage_dir "$p")/helper" "$port" "$hport" "$work/helper.log" --image-threshold 16 \

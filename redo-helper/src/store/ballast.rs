@@ -110,8 +110,9 @@ impl Ballast {
     }
 
     /// A new reserve (the headroom in force grew or shrank). A held file shrinks at once; it
-    /// grows only while three times the new reserve would stay free beyond the growth, so
-    /// that growing it never takes the room the helper's writers stop at.
+    /// grows only when twice the new reserve stays free after the growth (as after a refill
+    /// at three times), so that growing it never takes the room the helper's writers stop
+    /// at.
     pub(crate) fn resize(&self, bytes: u64) {
         let old = self.bytes.swap(bytes, Ordering::SeqCst);
         let held = self.held_bytes();

@@ -270,8 +270,8 @@ fn retention_releases_the_reserve_when_another_writer_fills_the_disk() {
     drop(fs);
 }
 
-/// One segment's step needs more than `--disk-reserve` (4 MB against ~15 MB of images: a
-/// 16 MB segment of pgbench at scale 10 changes most of its 1,640 account pages): retention
+/// One segment's step needs more than `--disk-reserve` (4 MB against ~27 MB of images: a
+/// 16 MB segment of pgbench at scale 10 changes ~3,300 pages): retention
 /// learns what a step writes, holds twice that, and gets out of a disk another writer
 /// filled. With the 4 MB reserve alone no step would fit and the helper would stay in
 /// `disk_full` (the test then times out).
