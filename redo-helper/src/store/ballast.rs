@@ -205,8 +205,8 @@ impl Ballast {
             .truncate(false)
             .write(true)
             .open(&self.path)?;
-        let len = libc::off_t::try_from(bytes)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        let len =
+            libc::off_t::try_from(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
         // SAFETY: the descriptor is open for the duration of the call (borrowed from `f`);
         // posix_fallocate reads no memory of ours. It returns the error number itself.
         let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len) };

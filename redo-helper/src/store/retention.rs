@@ -664,9 +664,8 @@ impl Retention {
     /// are free on the data directory's filesystem (or its free space is unknown, as before a
     /// pass ran out of space).
     fn end_short_of_space_if_room(&self) {
-        let room = super::free_bytes(&self.data_dir).is_none_or(|free| {
-            free >= super::disk_headroom().saturating_mul(ROOM_REGAINED_FACTOR)
-        });
+        let room = super::free_bytes(&self.data_dir)
+            .is_none_or(|free| free >= super::disk_headroom().saturating_mul(ROOM_REGAINED_FACTOR));
         if room && self.short_of_space.swap(false, Ordering::SeqCst) {
             log::info!("retention: room regained on the data directory's filesystem");
         }

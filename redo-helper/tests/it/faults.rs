@@ -305,7 +305,10 @@ fn retention_learns_the_reserve_a_step_needs() {
     let target = wal_burst(6);
     let st = h.wait_status("passes measured a step", Duration::from_secs(180), |s| {
         crate::support::status_lsn(s, "decoded_lsn") >= target
-            && s["retention"]["rebase_bytes_per_segment"].as_u64().unwrap_or(0) > 0
+            && s["retention"]["rebase_bytes_per_segment"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
     });
     let learnt = st["disk_reserve_bytes"].as_u64().unwrap_or(0);
     let per_segment = st["retention"]["rebase_bytes_per_segment"]
@@ -350,7 +353,10 @@ fn retention_learns_the_reserve_a_step_needs() {
     assert!(filler.exists(), "the filler stays: retention made the room");
     let text = h.log_text();
     assert!(text.contains("one WAL segment at a time"), "{text}");
-    println!("retention after the learnt reserve was released: {}", st["retention"]);
+    println!(
+        "retention after the learnt reserve was released: {}",
+        st["retention"]
+    );
     crate::redo_verify::checkpoint_and_stop(&c, h);
     run_check_clean(&dir, &c.data, 1_000);
     drop(fs);
