@@ -109,10 +109,20 @@ start() {
         if [ ${#config[@]} -gt 0 ]; then
             auth=(--aws-sigv4 "aws:amz:${AWS_REGION:-us-east-1}:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY")
         fi
-        # The filer may need a moment more before a bucket can be created.
-        local code
-        until code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "${trust[@]}" "${auth[@]}" "$url/$bucket") &&
+        # The filer may need a moment more before a bucket can be created: no answer or a 5xx
+        # is retried until the deadline. Any other refusal (400: an invalid bucket name, 403:
+        # wrong credentials) is permanent and ends the script at once, with S3's answer.
+        local code body="$dir/create-bucket.xml"
+        until code=$(curl -s -o "$body" -w '%{http_code}' -X PUT "${trust[@]}" "${auth[@]}" "$url/$bucket") &&
             { [ "$code" = 200 ] || [ "$code" = 409 ]; }; do
+            case $code in
+            000 | 5??) ;;
+            *)
+                echo "seaweedfs.sh: cannot create bucket $bucket (HTTP $code): $(cat "$body" 2>/dev/null)" >&2
+                stop "$dir" now
+                exit 1
+                ;;
+            esac
             if [ $SECONDS -ge $deadline ]; then
                 echo "seaweedfs.sh: cannot create bucket $bucket (HTTP $code)" >&2
                 stop "$dir" now
@@ -120,6 +130,7 @@ start() {
             fi
             sleep 0.5
         done
+        rm -f "$body"
     fi
     echo "seaweedfs.sh: S3 on $url (pid $(cat "$dir/weed.pid"), log $dir/weed.log)"
 }
