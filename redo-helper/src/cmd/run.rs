@@ -12,8 +12,9 @@
 //!   position under back-pressure), then CopyDone and Terminate; image workers finish their
 //!   page; exit status 0. A second signal exits at once (status 1).
 //! - SIGHUP: re-reads the configuration (file, environment, the original flags) and applies
-//!   what can change live: `--image-threshold` and `--log-level`. Other changes are logged
-//!   as needing a restart.
+//!   what can change live: `--image-threshold`, `--log-level`, and `--peers` with its token
+//!   and CA files (a list that does not parse keeps the old router). Other changes are
+//!   logged as needing a restart.
 //! - SIGUSR1: hand the data directory over to `redo-helper repair --if-needed` (see
 //!   `cmd::repair`): stop cleanly as for SIGTERM, then re-execute itself (same pid, same
 //!   arguments), and wait at start-up until the repair is done.
@@ -226,6 +227,28 @@ pub fn set_reload(reload: Reload) {
     let _ = RELOAD.set(reload);
 }
 
+/// `--peers` and the files that go with it, checked against the shard count (None: no
+/// routing).
+fn peer_config(
+    args: &RunArgs,
+    shard_map: crate::store::shard::ShardMap,
+) -> Result<Option<crate::serve::route::PeerConfig>, crate::serve::route::PeerError> {
+    let Some(list) = &args.peers else {
+        return Ok(None);
+    };
+    let urls =
+        crate::serve::route::parse_peers(list, shard_map.shards, args.peer_allow_plain_http)?;
+    Ok(Some(crate::serve::route::PeerConfig {
+        urls,
+        token_file: args
+            .peer_token_file
+            .clone()
+            .or_else(|| args.api_token_file.clone())
+            .unwrap_or_else(|| args.data_dir.join("api.token")),
+        ca_file: args.peer_ca_file.clone(),
+    }))
+}
+
 /// `--disk-reserve`: a size, in `--retain`'s units.
 fn parse_disk_reserve(s: &str) -> Result<u64, String> {
     match s.parse::<crate::store::retention::Retain>() {
@@ -252,6 +275,13 @@ pub fn main(args: RunArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+    let peers = match peer_config(&args, shard_map) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("redo-helper: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let remote = match args
         .object_store
         .map(crate::store::remote::Remote::from_env)
@@ -262,28 +292,6 @@ pub fn main(args: RunArgs) -> ExitCode {
             eprintln!("redo-helper: {e}");
             return ExitCode::from(2);
         }
-    };
-    let peers = match &args.peers {
-        None => None,
-        Some(list) => match crate::serve::route::parse_peers(
-            list,
-            shard_map.shards,
-            args.peer_allow_plain_http,
-        ) {
-            Ok(urls) => Some(crate::serve::route::PeerConfig {
-                urls,
-                token_file: args
-                    .peer_token_file
-                    .clone()
-                    .or_else(|| args.api_token_file.clone())
-                    .unwrap_or_else(|| args.data_dir.join("api.token")),
-                ca_file: args.peer_ca_file.clone(),
-            }),
-            Err(e) => {
-                eprintln!("redo-helper: {e}");
-                return ExitCode::from(2);
-            }
-        },
     };
     if args.cache_size.is_some() && remote.is_none() {
         eprintln!(
@@ -584,11 +592,66 @@ fn reload(state: &SharedState) {
         p.imagegen.set_default_threshold(threshold);
     }
     state.status.update(|s| s.image_threshold = threshold);
+    reload_peers(state, &args);
     log::info!(
-        "SIGHUP: configuration reloaded (image threshold {threshold}, log level {}); other settings take effect at restart",
+        "SIGHUP: configuration reloaded (image threshold {threshold}, log level {}, peers); other settings take effect at restart",
         args.log_level
             .map_or_else(|| "unchanged".to_owned(), |l| l.to_string())
     );
+}
+
+/// SIGHUP: `--peers` (and its token and CA files) read anew, for this helper's shard map
+/// (`--shards` and `--shard` take effect at restart only: every shard must agree on them).
+/// A list that does not parse, or whose token or CA file cannot be read, keeps the router
+/// in force: routing goes on to the old peers rather than stop. Reads already routed
+/// finish with the router they started with.
+fn reload_peers(state: &SharedState, args: &RunArgs) {
+    let map = state.status.snapshot().shard;
+    let new = match peer_config(args, map) {
+        Ok(None) => None,
+        Ok(Some(cfg)) => match crate::serve::route::Router::new(map, &cfg) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log::error!("SIGHUP: --peers not reloaded, routing as before: {e}");
+                return;
+            }
+        },
+        Err(e) => {
+            log::error!("SIGHUP: --peers not reloaded, routing as before: {e}");
+            return;
+        }
+    };
+    let mut slot = crate::sync::write(&state.router);
+    match new {
+        Some(r) => {
+            let metrics = slot.as_ref().map(|old| Arc::clone(&old.metrics));
+            let r = match metrics {
+                Some(m) => r.with_metrics(m),
+                None => r,
+            };
+            log::info!(
+                "SIGHUP: routing reads of other shards' pages to {}",
+                r.peers()
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i as u32 != map.shard)
+                    .map(|(i, u)| {
+                        format!(
+                            "shard {i} at {}",
+                            crate::serve::route::without_user_info(u.as_str())
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            *slot = Some(Arc::new(r));
+        }
+        None => {
+            if slot.take().is_some() {
+                log::info!("SIGHUP: no --peers any more: routing to other shards is off");
+            }
+        }
+    }
 }
 
 /// READY=1 once streaming with consistent pages, STATUS= each second, WATCHDOG=1 at half
@@ -1115,7 +1178,7 @@ async fn run_service_loop(
     log::info!("{}", api.describe());
     // After bind: the default peer token is the API's own token file, which bind creates.
     if let Some(peers) = &opts.peers
-        && state.router.get().is_none()
+        && state.router().is_none()
     {
         let router = crate::serve::route::Router::new(opts.shard_map, peers)?;
         log::info!(
@@ -1129,7 +1192,7 @@ async fn run_service_loop(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let _ = state.router.set(router);
+        *crate::sync::write(&state.router) = Some(Arc::new(router));
     }
     crate::serve::listen::spawn(api, Arc::clone(&state));
 

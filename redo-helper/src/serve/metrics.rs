@@ -194,7 +194,7 @@ pub(crate) fn encode(state: &SharedState) -> Result<String, std::fmt::Error> {
             &crate::imagegen::chain_length_histogram(),
         );
     }
-    if let Some(r) = state.router.get() {
+    if let Some(r) = state.router() {
         use std::sync::atomic::Ordering::Relaxed;
         let c = &r.metrics;
         m.0.register_collector(Box::new(Labelled {

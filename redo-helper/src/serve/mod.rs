@@ -213,7 +213,7 @@ async fn route_page(
         Ok(m) => m,
         Err(e) => return Some(text(StatusCode::BAD_REQUEST, e)),
     };
-    let router = state.router.get()?;
+    let router = state.router()?;
     let already_routed = headers.contains_key(route::ROUTED_HEADER);
     let forwarded = route::forwarded_query(query);
     let routed = match route::decide(router.map(), key, already_routed, mode) {

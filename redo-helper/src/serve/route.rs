@@ -40,6 +40,7 @@ use bytes::Bytes;
 use hyper::StatusCode;
 use reqwest::Url;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -279,7 +280,8 @@ pub(crate) struct Router {
     client: reqwest::Client,
     /// What a peer gets beyond the read's own wait: [`READ_MARGIN`] (shorter in tests).
     read_margin: Duration,
-    pub metrics: RouteMetrics,
+    /// Shared with the router a reload replaces, so the counters run on.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 impl std::fmt::Debug for Router {
@@ -328,8 +330,19 @@ impl Router {
             token,
             client,
             read_margin: READ_MARGIN,
-            metrics: RouteMetrics::default(),
+            metrics: Arc::default(),
         })
+    }
+
+    /// This router counting into `metrics` (those of the router it replaces).
+    pub(crate) fn with_metrics(mut self, metrics: Arc<RouteMetrics>) -> Router {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The peers' URLs, as given (for the log).
+    pub(crate) fn peers(&self) -> &[Url] {
+        &self.peers
     }
 
     pub(crate) fn map(&self) -> &ShardMap {

@@ -173,8 +173,9 @@ pub(crate) struct SharedState {
     /// its display form, lossy for a path that is not UTF-8).
     pub data_dir: OnceLock<std::path::PathBuf>,
     pub read_histograms: ReadHistograms,
-    /// Routing to the other shards (`--peers`), set once the API is up.
-    pub router: OnceLock<super::route::Router>,
+    /// Routing to the other shards (`--peers`), set once the API is up and replaced when
+    /// SIGHUP reads another peer list (see [`SharedState::router`]).
+    pub router: std::sync::RwLock<Option<Arc<super::route::Router>>>,
     /// Deltas replayed per GetPage read.
     pub deltas_per_read: Mutex<Option<Histogram<u64>>>,
     /// Time to rebuild a page for GetPage, in microseconds (measured in the helper).
@@ -182,6 +183,11 @@ pub(crate) struct SharedState {
 }
 
 impl SharedState {
+    /// The router in force: a read keeps the one it started with when SIGHUP swaps it.
+    pub(crate) fn router(&self) -> Option<Arc<super::route::Router>> {
+        crate::sync::read(&self.router).clone()
+    }
+
     pub(crate) fn record_read(&self, deltas: u32, elapsed: Duration) {
         self.read_histograms.seconds.observe(elapsed.as_secs_f64());
         self.read_histograms

@@ -17,7 +17,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// One shard of two, listening on `ports[shard]`, with the other as its peer and the shared
-/// token file.
+/// token file; with `config`, `--peers` comes from that file instead (SIGHUP re-reads it).
+#[allow(clippy::too_many_arguments)]
 fn spawn_routed_shard(
     c: &PgCluster,
     sw: &SeaweedFs,
@@ -26,6 +27,7 @@ fn spawn_routed_shard(
     token: &Path,
     data: &Path,
     log: &Path,
+    config: Option<&Path>,
 ) -> HelperProcess {
     let env = sw.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -34,6 +36,10 @@ fn spawn_routed_shard(
         ports[0], ports[1]
     );
     let token = token.to_str().expect("token path");
+    let (peers_flag, peers_value) = match config {
+        Some(file) => ("--config", file.to_str().expect("config path").to_string()),
+        None => ("--peers", peers),
+    };
     let mut h = HelperProcess::spawn_on_port(
         ports[shard as usize],
         &c.conninfo(),
@@ -54,8 +60,8 @@ fn spawn_routed_shard(
             &format!("fpw_pushdown_{shard}"),
             "--api-token-file",
             token,
-            "--peers",
-            &peers,
+            peers_flag,
+            &peers_value,
         ],
         &env,
     );
@@ -68,8 +74,8 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
-#[test]
-fn any_shard_answers_any_page_routed_to_its_owner() {
+/// A cluster with pgbench's tables for the routing tests.
+fn routing_cluster() -> PgCluster {
     let c = PgCluster::start(
         &[],
         &[
@@ -80,19 +86,29 @@ fn any_shard_answers_any_page_routed_to_its_owner() {
         ],
     );
     c.pgbench(&["-i", "-s", "1", "-q"]);
+    c
+}
+
+/// The token file both shards use, API and peers alike.
+fn shared_token(dir: &TempDir) -> std::path::PathBuf {
+    use std::io::Write;
+    let token = dir.path().join("peer.token");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&token)
+        .expect("token file");
+    writeln!(f, "routing-test-token-0123456789abcdef0123456789").expect("token");
+    token
+}
+
+#[test]
+fn any_shard_answers_any_page_routed_to_its_owner() {
+    let c = routing_cluster();
     let sw = SeaweedFs::start();
     let dir = TempDir::new("routing");
-    let token = dir.path().join("peer.token");
-    {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&token)
-            .expect("token file");
-        writeln!(f, "routing-test-token-0123456789abcdef0123456789").expect("token");
-    }
+    let token = shared_token(&dir);
     let ports = [free_port(), free_port()];
     assert_ne!(ports[0], ports[1]);
     let data = [dir.path().join("shard0"), dir.path().join("shard1")];
@@ -104,6 +120,7 @@ fn any_shard_answers_any_page_routed_to_its_owner() {
         &token,
         &data[1],
         &dir.path().join("1.log"),
+        None,
     );
     let mut s0 = spawn_routed_shard(
         &c,
@@ -113,6 +130,7 @@ fn any_shard_answers_any_page_routed_to_its_owner() {
         &token,
         &data[0],
         &dir.path().join("0.log"),
+        None,
     );
     for h in [&mut s0, &mut s1] {
         h.wait_status("streaming", Duration::from_secs(120), |s| {
@@ -471,4 +489,125 @@ fn tls_peers_are_verified_and_plain_http_off_loopback_refused() {
     assert!(err.contains("plain HTTP and not on loopback"), "{err}");
     let err = refused("https://10.1.2.3:7432");
     assert!(err.contains("lists 1 URLs but --shards is 2"), "{err}");
+}
+
+/// SIGHUP re-reads `--peers` (here from the configuration file): shard 0 starts with a
+/// wrong address for shard 1, so its reads of shard 1's pages fail (502); with the file
+/// fixed and SIGHUP, the same reads are routed to shard 1 and equal its own answers, and the
+/// routing counters run on. A list that does not parse leaves the router in force.
+#[test]
+fn sighup_rereads_the_peers() {
+    let c = routing_cluster();
+    let sw = SeaweedFs::start();
+    let dir = TempDir::new("routing-sighup");
+    let token = shared_token(&dir);
+    let ports = [free_port(), free_port()];
+    let nobody = free_port();
+    assert!(ports[0] != ports[1] && !ports.contains(&nobody));
+    let config = dir.path().join("shard0.toml");
+    let write_peers = |shard1: &str| {
+        std::fs::write(
+            &config,
+            format!("peers = \"http://127.0.0.1:{},{shard1}\"\n", ports[0]),
+        )
+        .expect("config file")
+    };
+    write_peers(&format!("http://127.0.0.1:{nobody}"));
+    let data = [dir.path().join("shard0"), dir.path().join("shard1")];
+    let mut s1 = spawn_routed_shard(
+        &c,
+        &sw,
+        1,
+        ports,
+        &token,
+        &data[1],
+        &dir.path().join("1.log"),
+        None,
+    );
+    let mut s0 = spawn_routed_shard(
+        &c,
+        &sw,
+        0,
+        ports,
+        &token,
+        &data[0],
+        &dir.path().join("0.log"),
+        Some(&config),
+    );
+    for h in [&mut s0, &mut s1] {
+        h.wait_status("streaming", Duration::from_secs(120), |s| {
+            s["state"] == "streaming"
+        });
+    }
+    c.sql("CHECKPOINT");
+    let target = lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
+    for h in [&mut s0, &mut s1] {
+        h.wait_status("checkpoint decoded", Duration::from_secs(90), |s| {
+            status_lsn(s, "decoded_lsn") >= target
+        });
+    }
+    // Pages of pgbench_accounts that shard 1 owns: shard 0 cannot reach it.
+    let relpath = c.sql("SELECT pg_relation_filepath('pgbench_accounts')");
+    let mut parts = relpath.trim().trim_start_matches("base/").split('/');
+    let (db, relnode) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let pages: Vec<String> = (0..64)
+        .map(|blk| format!("/page/1663/{db}/{relnode}/main/{blk}"))
+        .filter(|page| {
+            let r = http(&s0.listen, "GET", page).expect("shard 0 answers");
+            assert!(r.status == 200 || r.status == 502, "{page}: {}", r.status);
+            r.status == 502
+        })
+        .collect();
+    assert!(
+        !pages.is_empty(),
+        "no page of shard 1 among the first 64 blocks"
+    );
+
+    let hup = |h: &HelperProcess| {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+        let rc = unsafe { libc::kill(h.child.id() as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(rc, 0);
+    };
+    let wait_log = |h: &HelperProcess, what: &str, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.log_text().matches(what).count() < n {
+            assert!(Instant::now() < deadline, "no {what:?}: {}", h.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // A list that does not parse (one URL for two shards) keeps the router in force.
+    std::fs::write(&config, "peers = \"http://127.0.0.1:1\"\n").expect("config file");
+    hup(&s0);
+    wait_log(&s0, "SIGHUP: --peers not reloaded", 1);
+    assert_eq!(
+        http(&s0.listen, "GET", &pages[0]).expect("answer").status,
+        502
+    );
+
+    write_peers(&format!("http://127.0.0.1:{}", ports[1]));
+    hup(&s0);
+    wait_log(&s0, "SIGHUP: routing reads of other shards' pages to", 1);
+    for page in &pages {
+        let routed = http(&s0.listen, "GET", page).expect("shard 0 answers");
+        let direct = http(&s1.listen, "GET", page).expect("shard 1 answers");
+        assert_eq!(routed.status, 200, "{page} via shard 0: {}", routed.headers);
+        assert_eq!(
+            routed.body, direct.body,
+            "{page}: routed differs from its owner's"
+        );
+    }
+    let metrics = s0.metrics().expect("metrics");
+    let count = |outcome: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("redo_helper_routed_reads_total")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("failed") > pages.len() as u64, "{metrics}");
+    assert!(count("proxied") >= pages.len() as u64, "{metrics}");
 }
