@@ -118,6 +118,45 @@ fn avail_bytes(dir: &std::path::Path) -> u64 {
         .expect("df avail")
 }
 
+/// pgbench for a second between WAL switches, `rounds` times (each switch adds the rest of a
+/// 16 MB segment); returns the flush LSN after.
+fn wal_burst(c: &PgCluster, rounds: usize) -> u64 {
+    for _ in 0..rounds {
+        c.pgbench(&["-n", "-c", "2", "-T", "1"]);
+        c.sql("SELECT pg_switch_wal()");
+    }
+    crate::support::lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"))
+}
+
+/// Another writer takes every byte of the filesystem of `dir` (the helper stopped: nothing
+/// frees space meanwhile); returns its file.
+fn fill_to_the_last_byte(dir: &std::path::Path) -> std::path::PathBuf {
+    let filler = dir.join("filler");
+    let filled = (0..20).any(|_| {
+        let _ = std::fs::remove_file(&filler);
+        let avail = avail_bytes(dir);
+        avail < (1 << 20) || fallocate(&filler, avail)
+    });
+    assert!(filled, "could not fill the filesystem");
+    filler
+}
+
+/// Waits until the helper streams with the WAL up to `target` decoded, the filler still in
+/// place (retention made the room); returns the status.
+fn caught_up_beside(
+    h: &mut HelperProcess,
+    target: u64,
+    filler: &std::path::Path,
+) -> serde_json::Value {
+    let st = h.wait_status(
+        "caught up on a disk filled by another writer",
+        Duration::from_secs(300),
+        |s| crate::support::status_lsn(s, "decoded_lsn") >= target && s["state"] == "streaming",
+    );
+    assert!(filler.exists(), "the filler stays: retention made the room");
+    st
+}
+
 /// Allocates `len` bytes to `path` (its blocks taken, as a writer that fills the disk).
 fn fallocate(path: &std::path::Path, len: u64) -> bool {
     std::process::Command::new("fallocate")
@@ -147,11 +186,7 @@ fn retention_frees_space_on_a_full_disk() {
     h.kill9();
     // ~200 MB of WAL the helper has not received (the slot keeps it): pgbench between WAL
     // switches, each of which adds the rest of a 16 MB segment.
-    for _ in 0..12 {
-        c.pgbench(&["-n", "-c", "2", "-T", "1"]);
-        c.sql("SELECT pg_switch_wal()");
-    }
-    let target = crate::support::lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
+    let target = wal_burst(&c, 12);
 
     // Fill the filesystem but for the 64 MB headroom and 100 MB more. Restarted, the helper
     // receives the WAL faster than a pass comes: the archive stops at the headroom (without
@@ -214,15 +249,8 @@ fn retention_releases_the_reserve_when_another_writer_fills_the_disk() {
         std::fs::metadata(&reserve).map(|m| m.len()).ok(),
         Some(64 << 20)
     );
-    let wal_burst = |rounds: usize| {
-        for _ in 0..rounds {
-            c.pgbench(&["-n", "-c", "2", "-T", "1"]);
-            c.sql("SELECT pg_switch_wal()");
-        }
-        crate::support::lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"))
-    };
     // ~150 MB of WAL, received.
-    let target = wal_burst(9);
+    let target = wal_burst(&c, 9);
     h.wait_status("received", Duration::from_secs(180), |s| {
         crate::support::status_lsn(s, "decoded_lsn") >= target
     });
@@ -231,22 +259,11 @@ fn retention_releases_the_reserve_when_another_writer_fills_the_disk() {
     // Another writer takes every byte, the helper's headroom too: without the file no pass
     // could write its images or state, so none could delete a segment, and the helper could
     // receive nothing more.
-    let filler = fs.dir.join("filler");
-    let filled = (0..20).any(|_| {
-        let _ = std::fs::remove_file(&filler);
-        let avail = avail_bytes(&fs.dir);
-        avail < (1 << 20) || fallocate(&filler, avail)
-    });
-    assert!(filled, "could not fill the filesystem");
+    let filler = fill_to_the_last_byte(&fs.dir);
     // ~100 MB more that the slot keeps, then the helper again with passes every second.
-    let target = wal_burst(6);
+    let target = wal_burst(&c, 6);
     let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &small_disk_args("1000"));
-    let st = h.wait_status(
-        "caught up on a disk filled by another writer",
-        Duration::from_secs(300),
-        |s| crate::support::status_lsn(s, "decoded_lsn") >= target && s["state"] == "streaming",
-    );
-    assert!(filler.exists(), "the filler stays: retention made the room");
+    let st = caught_up_beside(&mut h, target, &filler);
     let text = h.log_text();
     assert!(
         text.contains("disk reserve:") && text.contains("for retention"),
@@ -290,19 +307,12 @@ fn retention_learns_the_reserve_a_step_needs() {
         a.extend(["--disk-reserve", "4MB"]);
         a
     };
-    let wal_burst = |rounds: usize| {
-        for _ in 0..rounds {
-            c.pgbench(&["-n", "-c", "2", "-T", "1"]);
-            c.sql("SELECT pg_switch_wal()");
-        }
-        crate::support::lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"))
-    };
     // Passes every second while ~100 MB arrive: they measure their steps.
     let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("1000"));
     h.wait_status("streaming", Duration::from_secs(120), |s| {
         s["state"] == "streaming"
     });
-    let target = wal_burst(6);
+    let target = wal_burst(&c, 6);
     let st = h.wait_status("passes measured a step", Duration::from_secs(180), |s| {
         crate::support::status_lsn(s, "decoded_lsn") >= target
             && s["retention"]["rebase_bytes_per_segment"]
@@ -321,7 +331,7 @@ fn retention_learns_the_reserve_a_step_needs() {
     // Passes 10 minutes apart: ~150 MB pile up beyond --retain. The reserve learnt before
     // the restart is in force (retention.json), in the file too.
     let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("600000"));
-    let target = wal_burst(9);
+    let target = wal_burst(&c, 9);
     let st = h.wait_status("received", Duration::from_secs(180), |s| {
         crate::support::status_lsn(s, "decoded_lsn") >= target
     });
@@ -336,21 +346,10 @@ fn retention_learns_the_reserve_a_step_needs() {
     h.kill9();
 
     // Another writer takes every byte; ~100 MB more wait in the slot.
-    let filler = fs.dir.join("filler");
-    let filled = (0..20).any(|_| {
-        let _ = std::fs::remove_file(&filler);
-        let avail = avail_bytes(&fs.dir);
-        avail < (1 << 20) || fallocate(&filler, avail)
-    });
-    assert!(filled, "could not fill the filesystem");
-    let target = wal_burst(6);
+    let filler = fill_to_the_last_byte(&fs.dir);
+    let target = wal_burst(&c, 6);
     let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("1000"));
-    let st = h.wait_status(
-        "caught up on a disk filled by another writer",
-        Duration::from_secs(300),
-        |s| crate::support::status_lsn(s, "decoded_lsn") >= target && s["state"] == "streaming",
-    );
-    assert!(filler.exists(), "the filler stays: retention made the room");
+    let st = caught_up_beside(&mut h, target, &filler);
     let text = h.log_text();
     assert!(text.contains("one WAL segment at a time"), "{text}");
     println!(

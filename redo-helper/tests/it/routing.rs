@@ -74,6 +74,38 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
+/// Shards 1 and 0 (in `dir/shard1`, `dir/shard0`), each other's peers, both streaming;
+/// `config0`: shard 0's `--peers` from that file.
+fn spawn_streaming_pair(
+    c: &PgCluster,
+    sw: &SeaweedFs,
+    ports: [u16; 2],
+    token: &Path,
+    dir: &TempDir,
+    config0: Option<&Path>,
+) -> [HelperProcess; 2] {
+    let shard = |n: u32, config: Option<&Path>| {
+        spawn_routed_shard(
+            c,
+            sw,
+            n,
+            ports,
+            token,
+            &dir.path().join(format!("shard{n}")),
+            &dir.path().join(format!("{n}.log")),
+            config,
+        )
+    };
+    let mut s1 = shard(1, None);
+    let mut s0 = shard(0, config0);
+    for h in [&mut s0, &mut s1] {
+        h.wait_status("streaming", Duration::from_secs(120), |s| {
+            s["state"] == "streaming"
+        });
+    }
+    [s0, s1]
+}
+
 /// A cluster with pgbench's tables for the routing tests.
 fn routing_cluster() -> PgCluster {
     let c = PgCluster::start(
@@ -111,32 +143,7 @@ fn any_shard_answers_any_page_routed_to_its_owner() {
     let token = shared_token(&dir);
     let ports = [free_port(), free_port()];
     assert_ne!(ports[0], ports[1]);
-    let data = [dir.path().join("shard0"), dir.path().join("shard1")];
-    let mut s1 = spawn_routed_shard(
-        &c,
-        &sw,
-        1,
-        ports,
-        &token,
-        &data[1],
-        &dir.path().join("1.log"),
-        None,
-    );
-    let mut s0 = spawn_routed_shard(
-        &c,
-        &sw,
-        0,
-        ports,
-        &token,
-        &data[0],
-        &dir.path().join("0.log"),
-        None,
-    );
-    for h in [&mut s0, &mut s1] {
-        h.wait_status("streaming", Duration::from_secs(120), |s| {
-            s["state"] == "streaming"
-        });
-    }
+    let [mut s0, mut s1] = spawn_streaming_pair(&c, &sw, ports, &token, &dir, None);
     c.pgbench(&["-n", "-T", "3", "-c", "2", "-j", "2"]);
     c.sql("CHECKPOINT");
     let target = lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
@@ -513,32 +520,7 @@ fn sighup_rereads_the_peers() {
         .expect("config file")
     };
     write_peers(&format!("http://127.0.0.1:{nobody}"));
-    let data = [dir.path().join("shard0"), dir.path().join("shard1")];
-    let mut s1 = spawn_routed_shard(
-        &c,
-        &sw,
-        1,
-        ports,
-        &token,
-        &data[1],
-        &dir.path().join("1.log"),
-        None,
-    );
-    let mut s0 = spawn_routed_shard(
-        &c,
-        &sw,
-        0,
-        ports,
-        &token,
-        &data[0],
-        &dir.path().join("0.log"),
-        Some(&config),
-    );
-    for h in [&mut s0, &mut s1] {
-        h.wait_status("streaming", Duration::from_secs(120), |s| {
-            s["state"] == "streaming"
-        });
-    }
+    let [mut s0, mut s1] = spawn_streaming_pair(&c, &sw, ports, &token, &dir, Some(&config));
     c.sql("CHECKPOINT");
     let target = lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"));
     for h in [&mut s0, &mut s1] {
