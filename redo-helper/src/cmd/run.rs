@@ -607,15 +607,12 @@ fn reload(state: &SharedState) {
 /// finish with the router they started with.
 fn reload_peers(state: &SharedState, args: &RunArgs) {
     let map = state.status.snapshot().shard;
-    let new = match peer_config(args, map) {
-        Ok(None) => None,
-        Ok(Some(cfg)) => match crate::serve::route::Router::new(map, &cfg) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                log::error!("SIGHUP: --peers not reloaded, routing as before: {e}");
-                return;
-            }
-        },
+    let new = peer_config(args, map).and_then(|cfg| {
+        cfg.map(|c| crate::serve::route::Router::new(map, &c))
+            .transpose()
+    });
+    let new = match new {
+        Ok(r) => r,
         Err(e) => {
             log::error!("SIGHUP: --peers not reloaded, routing as before: {e}");
             return;
@@ -623,26 +620,13 @@ fn reload_peers(state: &SharedState, args: &RunArgs) {
     };
     let mut slot = crate::sync::write(&state.router);
     match new {
-        Some(r) => {
-            let metrics = slot.as_ref().map(|old| Arc::clone(&old.metrics));
-            let r = match metrics {
-                Some(m) => r.with_metrics(m),
-                None => r,
-            };
+        Some(mut r) => {
+            if let Some(old) = slot.as_ref() {
+                r = r.with_metrics(Arc::clone(&old.metrics));
+            }
             log::info!(
                 "SIGHUP: routing reads of other shards' pages to {}",
-                r.peers()
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i as u32 != map.shard)
-                    .map(|(i, u)| {
-                        format!(
-                            "shard {i} at {}",
-                            crate::serve::route::without_user_info(u.as_str())
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                r.describe_peers()
             );
             *slot = Some(Arc::new(r));
         }
@@ -1183,14 +1167,7 @@ async fn run_service_loop(
         let router = crate::serve::route::Router::new(opts.shard_map, peers)?;
         log::info!(
             "routing reads of other shards' pages to {}",
-            peers
-                .urls
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i as u32 != opts.shard_map.shard)
-                .map(|(i, u)| format!("shard {i} at {u}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            router.describe_peers()
         );
         *crate::sync::write(&state.router) = Some(Arc::new(router));
     }

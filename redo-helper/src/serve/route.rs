@@ -340,9 +340,15 @@ impl Router {
         self
     }
 
-    /// The peers' URLs, as given (for the log).
-    pub(crate) fn peers(&self) -> &[Url] {
-        &self.peers
+    /// The other shards and their URLs, for the log: "shard 1 at https://...".
+    pub(crate) fn describe_peers(&self) -> String {
+        self.peers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u32 != self.map.shard)
+            .map(|(i, u)| format!("shard {i} at {u}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     pub(crate) fn map(&self) -> &ShardMap {

@@ -298,6 +298,21 @@ impl RetentionState {
         Ok(Some(state))
     }
 
+    /// Only `rebase_bytes_per_segment` of the saved state (0 without one): the store opener
+    /// has loaded and applied the rest ([`RetentionState::apply`]), so the other fields are
+    /// skipped, not built again.
+    pub(crate) fn saved_rebase_bytes_per_segment(data_dir: &Path) -> u64 {
+        #[derive(Deserialize)]
+        struct StepOnly {
+            #[serde(default)]
+            rebase_bytes_per_segment: u64,
+        }
+        std::fs::read(Self::path(data_dir))
+            .ok()
+            .and_then(|text| serde_json::from_slice::<StepOnly>(&text).ok())
+            .map_or(0, |s| s.rebase_bytes_per_segment)
+    }
+
     pub(crate) fn store(&self, data_dir: &Path) -> Result<(), RetentionError> {
         let path = Self::path(data_dir);
         let text = serde_json::to_string(self).map_err(|e| RetentionError::Damaged {
@@ -519,10 +534,7 @@ impl Retention {
     ) -> Arc<Retention> {
         // What earlier runs learnt a step needs (a restart on a full disk needs it most), in
         // force before the reserve file is sized.
-        let learnt = RetentionState::load(data_dir)
-            .ok()
-            .flatten()
-            .map_or(0, |s| s.rebase_bytes_per_segment);
+        let learnt = RetentionState::saved_rebase_bytes_per_segment(data_dir);
         super::raise_disk_headroom(learnt_reserve(learnt, super::filesystem_bytes(data_dir)));
         let r = Arc::new(Retention {
             store,
@@ -1115,6 +1127,16 @@ mod tests {
         let back: RetentionState =
             serde_json::from_str(&serde_json::to_string(&new).expect("json")).expect("parse");
         assert_eq!(back, new);
+        let dir = std::env::temp_dir().join(format!("retention-step-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        assert_eq!(RetentionState::saved_rebase_bytes_per_segment(&dir), 0);
+        new.store(&dir).expect("store");
+        assert_eq!(
+            RetentionState::saved_rebase_bytes_per_segment(&dir),
+            123 << 20
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
