@@ -81,7 +81,7 @@ pub(crate) enum StoreError {
 /// Space the archive and image generation leave free on the data directory's filesystem,
 /// for retention's images and state (`run --disk-reserve`); 0: none. Set once at start-up.
 static DISK_HEADROOM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-/// What retention has learnt it may need for one step (see [`raise_disk_headroom`]).
+/// What retention has learnt it may need for one step (see [`set_learnt_disk_headroom`]).
 static DISK_HEADROOM_LEARNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub(crate) fn set_disk_headroom(bytes: u64) {
@@ -89,12 +89,13 @@ pub(crate) fn set_disk_headroom(bytes: u64) {
     DISK_HEADROOM_LEARNT.store(0, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Raises the headroom above `--disk-reserve` to `bytes`, what retention measured it needs
-/// to move its horizon by one WAL segment (`retention.rs`): a reserve smaller than that
-/// could not get a pass out of a full disk. No effect when the reserve is 0 (turned off).
-pub(crate) fn raise_disk_headroom(bytes: u64) {
+/// Sets the headroom retention measured it needs to move its horizon by one WAL segment
+/// (`retention.rs`; it follows the largest step of the last day or two, so it may go down
+/// again): in force where above `--disk-reserve`, as a reserve smaller than a step could not
+/// get a pass out of a full disk. No effect when the reserve is 0 (turned off).
+pub(crate) fn set_learnt_disk_headroom(bytes: u64) {
     if DISK_HEADROOM.load(std::sync::atomic::Ordering::Relaxed) > 0 {
-        DISK_HEADROOM_LEARNT.fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
+        DISK_HEADROOM_LEARNT.store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

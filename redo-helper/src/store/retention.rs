@@ -60,7 +60,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -243,10 +243,16 @@ pub(crate) struct RetentionState {
     #[serde(default)]
     pub saved_unix: u64,
     /// The most image bytes a pass has written per WAL segment the horizon moved (its
-    /// rebased pages): what a step of one segment needs on a full disk. 0 in files written
-    /// before it was kept.
+    /// rebased pages) in the window that started at `rebase_window_started_unix`: what a
+    /// step of one segment needs on a full disk. 0 in files written before it was kept (whose
+    /// figure was the peak since the start, taken as this window's, started at `saved_unix`).
     #[serde(default)]
     pub rebase_bytes_per_segment: u64,
+    /// The same for the window before.
+    #[serde(default)]
+    pub rebase_bytes_per_segment_previous: u64,
+    #[serde(default)]
+    pub rebase_window_started_unix: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -298,19 +304,33 @@ impl RetentionState {
         Ok(Some(state))
     }
 
-    /// Only `rebase_bytes_per_segment` of the saved state (0 without one): the store opener
-    /// has loaded and applied the rest ([`RetentionState::apply`]), so the other fields are
+    /// Only the measured steps of the saved state (none without one): the store opener has
+    /// loaded and applied the rest ([`RetentionState::apply`]), so the other fields are
     /// skipped, not built again.
-    pub(crate) fn saved_rebase_bytes_per_segment(data_dir: &Path) -> u64 {
+    fn saved_step_peaks(data_dir: &Path) -> StepPeaks {
         #[derive(Deserialize)]
-        struct StepOnly {
+        struct StepsOnly {
+            #[serde(default)]
+            saved_unix: u64,
             #[serde(default)]
             rebase_bytes_per_segment: u64,
+            #[serde(default)]
+            rebase_bytes_per_segment_previous: u64,
+            #[serde(default)]
+            rebase_window_started_unix: u64,
         }
         std::fs::read(Self::path(data_dir))
             .ok()
-            .and_then(|text| serde_json::from_slice::<StepOnly>(&text).ok())
-            .map_or(0, |s| s.rebase_bytes_per_segment)
+            .and_then(|text| serde_json::from_slice::<StepsOnly>(&text).ok())
+            .map_or(StepPeaks::default(), |s| StepPeaks {
+                current: s.rebase_bytes_per_segment,
+                previous: s.rebase_bytes_per_segment_previous,
+                // A file from before the windows: its peak counts from when it was saved.
+                started_unix: match s.rebase_window_started_unix {
+                    0 => s.saved_unix,
+                    t => t,
+                },
+            })
     }
 
     pub(crate) fn store(&self, data_dir: &Path) -> Result<(), RetentionError> {
@@ -434,9 +454,9 @@ pub(crate) struct RetentionStatus {
     /// A pass ran out of space and three reserves are not free yet: passes move the horizon
     /// a segment at a time.
     pub short_of_space: bool,
-    /// The most image bytes a pass has written per WAL segment the horizon moved; twice
-    /// this (at most an eighth of the filesystem) is the disk reserve when above
-    /// `--disk-reserve`.
+    /// The most image bytes a pass has written per WAL segment the horizon moved, in the
+    /// last one to two days ([`REBASE_WINDOW_SECS`]); twice this (at most an eighth of the
+    /// filesystem) is the disk reserve when above `--disk-reserve`.
     pub rebase_bytes_per_segment: u64,
 }
 
@@ -464,8 +484,9 @@ pub(crate) struct Retention {
     /// Set when a pass failed for want of space, cleared by a pass that succeeds with three
     /// reserves free.
     short_of_space: AtomicBool,
-    /// The most image bytes a pass wrote per segment the horizon moved (saved in the state).
-    rebase_bytes_per_segment: AtomicU64,
+    /// The most image bytes a pass wrote per segment the horizon moved, this window and the
+    /// one before (saved in the state).
+    step_peaks: Mutex<StepPeaks>,
 }
 
 /// Live-entry share below which an image file is compacted.
@@ -485,6 +506,62 @@ const MAX_PASSES_PER_TICK: usize = 16;
 /// reserve, so a larger one on a small disk would stop the helper long before its disk is
 /// full, for a step that a disk that small could hardly hold anyway.
 const REBASE_RESERVE_MAX_SHARE: u64 = 8;
+
+/// How long a measured step counts towards the reserve: the reserve follows the largest
+/// step of the current window and the one before, so a one-off burst (a bulk update that
+/// touched every page of a segment) stops holding disk space one to two days later, while a
+/// daily batch job stays covered. A rarer burst is what `--disk-reserve` is for.
+const REBASE_WINDOW_SECS: u64 = 24 * 3600;
+
+/// The largest step (image bytes a pass wrote per segment it moved the horizon) of the
+/// current window and of the one before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct StepPeaks {
+    current: u64,
+    previous: u64,
+    /// When the current window started (unix seconds; 0: not yet).
+    started_unix: u64,
+}
+
+impl StepPeaks {
+    /// Starts a new window once the current one is [`REBASE_WINDOW_SECS`] old; both go
+    /// once it is twice that (the helper was stopped for a day or more: the windows roll at
+    /// every retention tick while it runs). A clock set back restarts the current window.
+    fn roll(&mut self, now_unix: u64) {
+        if self.started_unix == 0 || now_unix < self.started_unix {
+            self.started_unix = now_unix;
+            return;
+        }
+        let age = now_unix - self.started_unix;
+        if age >= 2 * REBASE_WINDOW_SECS {
+            *self = StepPeaks {
+                started_unix: now_unix,
+                ..StepPeaks::default()
+            };
+        } else if age >= REBASE_WINDOW_SECS {
+            *self = StepPeaks {
+                current: 0,
+                previous: self.current,
+                started_unix: now_unix,
+            };
+        }
+    }
+
+    /// The step the reserve is sized for.
+    fn in_force(&self) -> u64 {
+        self.current.max(self.previous)
+    }
+
+    /// The state file's fields for the peaks (the others default).
+    fn saved(&self) -> RetentionState {
+        RetentionState {
+            rebase_bytes_per_segment: self.current,
+            rebase_bytes_per_segment_previous: self.previous,
+            rebase_window_started_unix: self.started_unix,
+            ..RetentionState::default()
+        }
+    }
+}
 
 /// The headroom retention needs to move its horizon by one segment, given the most image
 /// bytes a pass wrote per segment and the size of the filesystem (None: unknown, no cap).
@@ -534,8 +611,12 @@ impl Retention {
     ) -> Arc<Retention> {
         // What earlier runs learnt a step needs (a restart on a full disk needs it most), in
         // force before the reserve file is sized.
-        let learnt = RetentionState::saved_rebase_bytes_per_segment(data_dir);
-        super::raise_disk_headroom(learnt_reserve(learnt, super::filesystem_bytes(data_dir)));
+        let mut peaks = RetentionState::saved_step_peaks(data_dir);
+        peaks.roll(unix_now());
+        super::set_learnt_disk_headroom(learnt_reserve(
+            peaks.in_force(),
+            super::filesystem_bytes(data_dir),
+        ));
         let r = Arc::new(Retention {
             store,
             data_dir: data_dir.to_path_buf(),
@@ -553,28 +634,42 @@ impl Retention {
             uploader: std::sync::OnceLock::new(),
             ballast: super::ballast::Ballast::open(data_dir, super::disk_headroom()),
             short_of_space: AtomicBool::new(false),
-            rebase_bytes_per_segment: AtomicU64::new(learnt),
+            step_peaks: Mutex::new(peaks),
         });
         r.refresh_disk_usage();
         r
     }
 
-    /// Takes `per_segment` (image bytes a pass wrote per segment it moved the horizon) into
-    /// the peak, and the headroom and reserve file after it: the archive and image
-    /// generation then stop while a step's images still fit (`store::raise_disk_headroom`).
-    fn learn_rebase_bytes(&self, per_segment: u64) {
-        let peak = self
-            .rebase_bytes_per_segment
-            .fetch_max(per_segment, Ordering::SeqCst)
-            .max(per_segment);
-        let want = learnt_reserve(peak, super::filesystem_bytes(&self.data_dir));
+    /// Takes `measured` (image bytes a pass wrote per segment it moved the horizon; None:
+    /// only the windows age) into the peaks, and sets the headroom and reserve file after
+    /// them: the archive and image generation then stop while a step's images still fit
+    /// (`store::set_learnt_disk_headroom`).
+    fn update_step_reserve(&self, measured: Option<u64>) {
+        let peak = {
+            let mut peaks = lock(&self.step_peaks);
+            peaks.roll(unix_now());
+            if let Some(m) = measured {
+                peaks.current = peaks.current.max(m);
+            }
+            peaks.in_force()
+        };
         let before = super::disk_headroom();
-        super::raise_disk_headroom(want);
+        super::set_learnt_disk_headroom(learnt_reserve(
+            peak,
+            super::filesystem_bytes(&self.data_dir),
+        ));
         let now = super::disk_headroom();
         if now > before {
             log::info!(
                 "retention: a step of one WAL segment wrote up to {peak} bytes of images; the \
                  disk reserve is now {now} bytes (--disk-reserve {})",
+                super::configured_disk_headroom()
+            );
+        } else if now < before {
+            log::info!(
+                "retention: the largest step of the last {} hours or more wrote {peak} bytes of \
+                 images per WAL segment; the disk reserve is now {now} bytes (--disk-reserve {})",
+                REBASE_WINDOW_SECS / 3600,
                 super::configured_disk_headroom()
             );
         }
@@ -626,7 +721,7 @@ impl Retention {
             s.horizon_lsn = horizon;
             s.disk_reserve_held = self.ballast.held();
             s.short_of_space = self.short_of_space.load(Ordering::SeqCst);
-            s.rebase_bytes_per_segment = self.rebase_bytes_per_segment.load(Ordering::SeqCst);
+            s.rebase_bytes_per_segment = lock(&self.step_peaks).in_force();
         }
     }
 
@@ -639,6 +734,8 @@ impl Retention {
     /// is where the policy puts it or three reserves are free again. A pass over the whole distance at once would fail
     /// again, after filling the room the previous step made with images of later pages.
     pub(crate) fn tick(&self, now: Instant) {
+        // A day-old step stops counting even while no pass runs.
+        self.update_step_reserve(None);
         // Other writers may have taken the headroom: the pass writes in the reserve's room.
         self.ballast.release_if_short();
         for _ in 0..MAX_PASSES_PER_TICK {
@@ -932,12 +1029,12 @@ impl Retention {
             u.upload_images(store)?;
         }
         let segments = ((horizon.0 - current.0) / u64::from(self.segment_size)).max(1);
-        self.learn_rebase_bytes(
+        self.update_step_reserve(Some(
             stats
                 .pages_rebased
                 .saturating_mul(super::images::ENTRY_SIZE as u64)
                 .div_ceil(segments),
-        );
+        ));
 
         let state = {
             let idx = read(&store.index);
@@ -970,7 +1067,7 @@ impl Retention {
                     })
                     .collect(),
                 saved_unix: unix_now(),
-                rebase_bytes_per_segment: self.rebase_bytes_per_segment.load(Ordering::SeqCst),
+                ..lock(&self.step_peaks).saved()
             }
         };
         state.store(&self.data_dir)?;
@@ -1115,14 +1212,19 @@ mod tests {
     }
 
     #[test]
-    fn the_step_size_survives_in_the_state_file() {
+    fn the_steps_survive_in_the_state_file() {
         let old: RetentionState =
             serde_json::from_str(r#"{"horizon":"0/3000000"}"#).expect("an older state file");
         assert_eq!(old.rebase_bytes_per_segment, 0);
+        let peaks = StepPeaks {
+            current: 123 << 20,
+            previous: 45 << 20,
+            started_unix: 1_700_000_000,
+        };
         let new = RetentionState {
             horizon: "0/3000000".into(),
-            rebase_bytes_per_segment: 123 << 20,
-            ..RetentionState::default()
+            saved_unix: 1_700_000_100,
+            ..peaks.saved()
         };
         let back: RetentionState =
             serde_json::from_str(&serde_json::to_string(&new).expect("json")).expect("parse");
@@ -1130,13 +1232,52 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("retention-step-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        assert_eq!(RetentionState::saved_rebase_bytes_per_segment(&dir), 0);
+        assert_eq!(RetentionState::saved_step_peaks(&dir), StepPeaks::default());
         new.store(&dir).expect("store");
+        assert_eq!(RetentionState::saved_step_peaks(&dir), peaks);
+        // A file from before the windows: its peak is the current window's, from its save.
+        std::fs::write(
+            RetentionState::path(&dir),
+            r#"{"horizon":"0/3000000","saved_unix":1700000100,"rebase_bytes_per_segment":7}"#,
+        )
+        .expect("write");
         assert_eq!(
-            RetentionState::saved_rebase_bytes_per_segment(&dir),
-            123 << 20
+            RetentionState::saved_step_peaks(&dir),
+            StepPeaks {
+                current: 7,
+                previous: 0,
+                started_unix: 1_700_000_100
+            }
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_step_counts_for_one_to_two_windows() {
+        let day = REBASE_WINDOW_SECS;
+        let t0 = 1_700_000_000;
+        let mut p = StepPeaks::default();
+        p.roll(t0);
+        assert_eq!(p.started_unix, t0);
+        p.current = 300;
+        p.roll(t0 + day - 1);
+        assert_eq!(p.in_force(), 300);
+        // A new window: the burst is the previous one's, still in force.
+        p.roll(t0 + day);
+        assert_eq!((p.current, p.previous, p.started_unix), (0, 300, t0 + day));
+        p.current = 20;
+        assert_eq!(p.in_force(), 300);
+        // Another window: only the last one's step counts.
+        p.roll(t0 + 2 * day);
+        assert_eq!((p.current, p.previous, p.in_force()), (0, 20, 20));
+        // Two windows without a pass: nothing counts.
+        p.roll(t0 + 4 * day);
+        assert_eq!(p.in_force(), 0);
+        assert_eq!(p.started_unix, t0 + 4 * day);
+        // A clock set back restarts the window and keeps the steps.
+        p.current = 9;
+        p.roll(t0);
+        assert_eq!((p.current, p.started_unix), (9, t0));
     }
 
     #[test]

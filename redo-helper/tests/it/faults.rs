@@ -358,5 +358,46 @@ fn retention_learns_the_reserve_a_step_needs() {
     );
     crate::redo_verify::checkpoint_and_stop(&c, h);
     run_check_clean(&dir, &c.data, 1_000);
+    let _ = std::fs::remove_file(&filler);
+
+    // A step counts for one to two days: the state file aged by a day keeps the reserve (the
+    // window before), aged by two it is --disk-reserve again, and the reserve file with it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for (days, kept) in [(1, true), (2, false)] {
+        age_step_window(&dir, now - days * 24 * 3600 - 60);
+        let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("600000"));
+        let st = h.wait_status("streaming", Duration::from_secs(120), |s| {
+            s["state"] == "streaming"
+        });
+        let reserve = st["disk_reserve_bytes"].as_u64().unwrap_or(0);
+        let step = st["retention"]["rebase_bytes_per_segment"]
+            .as_u64()
+            .unwrap_or(0);
+        println!("state aged {days} day(s): step {step} bytes, reserve {reserve} bytes");
+        if kept {
+            assert!(reserve >= learnt && step > 0, "{st}");
+        } else {
+            assert_eq!((reserve, step), (4 << 20, 0), "{st}");
+            assert_eq!(
+                std::fs::metadata(dir.join("disk-reserve"))
+                    .map(|m| m.len())
+                    .ok(),
+                Some(4 << 20)
+            );
+        }
+        h.kill9();
+    }
     drop(fs);
+}
+
+/// Moves the start of the measured steps' window in `dir`'s `retention.json` to `unix`.
+fn age_step_window(dir: &std::path::Path, unix: u64) {
+    let path = dir.join("retention.json");
+    let text = std::fs::read_to_string(&path).expect("retention.json");
+    let mut state: serde_json::Value = serde_json::from_str(&text).expect("retention.json parses");
+    state["rebase_window_started_unix"] = unix.into();
+    std::fs::write(&path, state.to_string()).expect("write retention.json");
 }
