@@ -235,7 +235,7 @@ echo "$H_OUT" | sed -n 's/^record types: //p' | tr ',' '\n' | awk '
     { split($1, t, "/"); n[t[1]] += $2; all += $2 }
     END { for (r in n) printf "%s %d %.1f\n", r, n[r], 100 * n[r] / all }' |
     sort -k2,2nr | awk '{ s = s sep $1 " " $2 " (" $3 "%)"; sep = ", " } END { print "records by resource manager: " s }'
-echo "helper cost per record type (top 5; apply time summed over workers, sampled):"
+echo "helper cost per record type (top 5; apply time summed over workers, sampled) and of base page loads:"
 echo "$H_OUT" | sed -n '/^replay: /,/^verify: /p' | grep '^  '
 echo "$H_OUT" | grep '^parallel replay: ' || true
 echo "$H_OUT" | tail -1

@@ -120,12 +120,11 @@ pub fn main(args: VerifyArgs) -> ExitCode {
         );
         let mut types: Vec<(&String, &TypeCost)> = sum.replay.per_type.iter().collect();
         types.sort_by_key(|t| std::cmp::Reverse(t.1.time));
-        // Shares of the apply time summed over all types (and threads), so they add to 100%.
-        let apply_secs = types
-            .iter()
-            .map(|t| t.1.time.as_secs_f64())
-            .sum::<f64>()
-            .max(1e-9);
+        // Shares of the apply time summed over all types and the base pages' loads (and
+        // threads), so they add to 100%.
+        let loads = sum.replay.base_load_time.as_secs_f64();
+        let apply_secs =
+            (types.iter().map(|t| t.1.time.as_secs_f64()).sum::<f64>() + loads).max(1e-9);
         for (name, c) in types.iter().take(5) {
             println!(
                 "  {name}: {} records, {:.1}% of apply time, {:.2} us/record",
@@ -134,6 +133,12 @@ pub fn main(args: VerifyArgs) -> ExitCode {
                 c.time.as_secs_f64() * 1e6 / c.records.max(1) as f64
             );
         }
+        println!(
+            "  base pages loaded: {}, {:.1}% of apply time, {:.2} us/page",
+            sum.replay.base_pages_loaded,
+            100.0 * loads / apply_secs,
+            loads * 1e6 / sum.replay.base_pages_loaded.max(1) as f64
+        );
     }
     println!("{}", sum.line());
     if sum.total_mismatches() > 0 {

@@ -116,8 +116,12 @@ pub(crate) struct ReplaySummary {
     pub first_unreadable: Option<String>,
     pub first_redo_error: Option<String>,
     pub replay_time: Duration,
-    /// Per record type (`Heap/INSERT`): records, bytes and (with `timing`) time.
+    /// Per record type (`Heap/INSERT`): records, bytes and (with `timing`) time, without
+    /// the base pages' loads.
     pub per_type: BTreeMap<String, TypeCost>,
+    /// Pages loaded from the base backup, and (with `timing`) the time spent loading them.
+    pub base_pages_loaded: u64,
+    pub base_load_time: Duration,
     /// Parallel replay: hand-overs of page shares from the decoding thread, and the shares
     /// (of 256) it kept.
     pub hand_overs: u64,
@@ -318,7 +322,8 @@ struct Replayer<'o> {
 }
 
 impl<'o> Replayer<'o> {
-    fn new(set: PageSet, opts: &'o ReplayOptions, worker: usize, part: Partition) -> Self {
+    fn new(mut set: PageSet, opts: &'o ReplayOptions, worker: usize, part: Partition) -> Self {
+        set.loads.timed = opts.timing;
         Replayer {
             set,
             sum: ReplaySummary::default(),
@@ -385,7 +390,8 @@ impl<'o> Replayer<'o> {
             }
             self.seen += 1;
             // Per-type cost is sampled (one record in 8) to keep the clock off the hot path.
-            let tr = (self.opts.timing && sampled(self.seen)).then(Instant::now);
+            let tr = (self.opts.timing && sampled(self.seen))
+                .then(|| (Instant::now(), self.set.loads.time));
             replay_record(
                 rec,
                 &mut self.set,
@@ -398,8 +404,10 @@ impl<'o> Replayer<'o> {
                     aliases: &mut self.aliases,
                 },
             )?;
-            if let Some(tr) = tr {
-                self.per_type.at(rec.rmid(), rec.info()).time += tr.elapsed() * 8;
+            if let Some((tr, loading_before)) = tr {
+                let loading = self.set.loads.time.saturating_sub(loading_before);
+                self.per_type.at(rec.rmid(), rec.info()).time +=
+                    tr.elapsed().saturating_sub(loading) * 8;
             }
         }
         Ok(())
@@ -441,6 +449,8 @@ impl<'o> Replayer<'o> {
         for ((rmid, info), c) in self.per_type.into_used() {
             per_type.at(rmid, info).time += c.time;
         }
+        sum.base_pages_loaded += self.set.loads.pages;
+        sum.base_load_time += self.set.loads.time;
         self.set
     }
 }

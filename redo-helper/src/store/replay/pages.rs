@@ -24,6 +24,17 @@ pub(crate) struct PageSet {
     /// Forks truncated in the WAL: base pages at or past the limit are gone.
     truncated: HashMap<(RelFileLocator, ForkNumber), u32>,
     dropped_dbs: HashSet<(u32, u32)>,
+    /// Pages loaded from the base backup, and the time it took when timed.
+    pub(crate) loads: BaseLoads,
+}
+
+/// Base pages a replay thread loaded (`verify --bench` times them: a record's timing
+/// sample leaves its page loads out, which are the first touch's cost, not its type's).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct BaseLoads {
+    pub(crate) timed: bool,
+    pub(crate) pages: u64,
+    pub(crate) time: std::time::Duration,
 }
 
 /// Base files by (relation, fork, segment), mapped read-only on first use.
@@ -176,6 +187,7 @@ impl PageSet {
             dropped: HashSet::new(),
             truncated: HashMap::new(),
             dropped_dbs: HashSet::new(),
+            loads: BaseLoads::default(),
         }
     }
 
@@ -220,10 +232,16 @@ impl PageSet {
         if let Some(slot) = self.pages.find(key, hash) {
             return Ok(Some(slot));
         }
-        if !self.base_gone(key)
-            && let Some(page) = self.files.load(&self.base, key, &mut self.pages)?
-        {
-            return Ok(Some(self.pages.insert(*key, hash, page)));
+        if !self.base_gone(key) {
+            let t = self.loads.timed.then(std::time::Instant::now);
+            let loaded = self.files.load(&self.base, key, &mut self.pages)?;
+            if let Some(t) = t {
+                self.loads.time += t.elapsed();
+            }
+            if let Some(page) = loaded {
+                self.loads.pages += 1;
+                return Ok(Some(self.pages.insert(*key, hash, page)));
+            }
         }
         if !create {
             return Ok(None);
