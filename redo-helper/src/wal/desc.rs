@@ -594,10 +594,17 @@ fn standby_desc(
                     let _ = write!(buf, " {x}");
                 }
             }
+            // 16 renamed "ovf" and lists the subtransactions (standbydesc.c; 15 does not,
+            // though the record carries them).
+            let from_16 = rec.version >= crate::wal::PgVersion::V16;
             if subxid_overflow {
-                buf.push_str("; subxid overflowed");
+                buf.push_str(if from_16 {
+                    "; subxid overflowed"
+                } else {
+                    "; subxid ovf"
+                });
             }
-            if subxcnt > 0 {
+            if from_16 && subxcnt > 0 {
                 let _ = write!(buf, "; {subxcnt} subxacts:");
                 for x in xids.iter().skip(xcnt) {
                     let _ = write!(buf, " {x}");
@@ -1251,6 +1258,42 @@ mod tests {
             "offset 10, length 2; offset 20, length 0"
         );
         assert!(desc(&rec(&[10, 0, 2])).starts_with('<'));
+    }
+
+    #[test]
+    fn running_xacts_are_described_as_each_version_does() {
+        use crate::wal::page::Lsn;
+        // xl_running_xacts: xcnt 1, subxcnt 2, overflowed, nextXid 900, oldestRunningXid
+        // 800, latestCompletedXid 850, xids 800 801 802.
+        let mut main = Vec::new();
+        for v in [1i32, 2] {
+            main.extend_from_slice(&v.to_le_bytes());
+        }
+        main.extend_from_slice(&[1, 0, 0, 0]);
+        for v in [900u32, 800, 850, 800, 801, 802] {
+            main.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut body = vec![255, main.len() as u8];
+        body.extend_from_slice(&main);
+        let raw = crate::wal::record::tests::build_record(
+            RM_STANDBY_ID,
+            crate::wal::rmgr::standby::XLOG_RUNNING_XACTS,
+            0,
+            Lsn(0),
+            &body,
+        );
+        let mut rec = DecodedRecord::from_raw(Lsn(0x1000000), raw).unwrap();
+        let head = "nextXid 900 latestCompletedXid 850 oldestRunningXid 800; 1 xacts: 800";
+        for (version, tail) in [
+            (PgVersion::V15, "; subxid ovf"),
+            (PgVersion::V16, "; subxid overflowed; 2 subxacts: 801 802"),
+            (PgVersion::V18, "; subxid overflowed; 2 subxacts: 801 802"),
+        ] {
+            rec.version = version;
+            let mut s = String::new();
+            describe(&rec, &mut s);
+            assert_eq!(s, format!("{head}{tail}"), "{version:?}");
+        }
     }
 
     #[test]

@@ -112,6 +112,10 @@ struct Tally {
     images: BTreeMap<String, usize>,
     spanning_segments: usize,
     switch_records: usize,
+    /// RUNNING_XACTS records listing subtransactions, and those whose subtransactions
+    /// overflowed.
+    running_xacts_subxacts: usize,
+    running_xacts_overflowed: usize,
 }
 
 /// Sanity of a restored page: standard page header bounds (`bufpage.h`).
@@ -210,6 +214,16 @@ fn compare_dir(dir: &Path, tally: &mut Tally) {
         }
         if rec.rmid() == 0 && rec.rmgr_info() == 0x40 {
             tally.switch_records += 1;
+        }
+        if rec.rmid() == redo_helper::wal::rmgr::RM_STANDBY_ID
+            && let Ok(redo_helper::wal::rmgr::standby::StandbyRecord::RunningXacts {
+                subxcnt,
+                subxid_overflow,
+                ..
+            }) = redo_helper::wal::rmgr::standby::parse(&rec)
+        {
+            tally.running_xacts_subxacts += usize::from(subxcnt > 0);
+            tally.running_xacts_overflowed += usize::from(subxid_overflow);
         }
         n += 1;
     }
@@ -325,6 +339,42 @@ fn run_workload(c: &PgCluster) {
     }
 }
 
+/// RUNNING_XACTS records of a transaction that holds subtransactions: 5 (listed from 16 on,
+/// not by 15) and 80 (more than a backend caches: overflowed, which 15 and 16 word
+/// differently). A checkpoint logs the running transactions (`LogStandbySnapshot`) while
+/// the transaction waits; it is then cancelled (an abort with subtransactions).
+fn running_xacts_with_subtransactions(c: &PgCluster) {
+    c.sql("CREATE TABLE subx (i int)");
+    for n in [5usize, 80] {
+        let body = format!(
+            "BEGIN; DO $$ BEGIN FOR i IN 1..{n} LOOP BEGIN INSERT INTO subx VALUES (i); \
+             EXCEPTION WHEN others THEN NULL; END; END LOOP; END $$; \
+             SELECT pg_sleep(120); COMMIT;"
+        );
+        let mut child = crate::common::pg_command("psql")
+            .args(["-X", "-q", "-d", "postgres", "-h"])
+            .arg(&c.root)
+            .args(["-p", &c.port.to_string(), "-c", &body])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("psql");
+        // The DO is done once the session sleeps.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while c.sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'") != "1" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the transaction with {n} subtransactions does not sleep"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        c.sql("CHECKPOINT");
+        c.sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'BEGIN; DO%'");
+        let _ = child.wait();
+    }
+    c.sql("DROP TABLE subx");
+}
+
 #[test]
 fn waldump_parity_with_pg_waldump() {
     let mut tally = Tally::default();
@@ -350,6 +400,7 @@ fn waldump_parity_with_pg_waldump() {
             c.pgbench(&["-t", "100", "-c", "2"]);
             run_workload(&c);
         }
+        running_xacts_with_subtransactions(&c);
         c.sql("CREATE DATABASE db2");
         c.sql("DROP DATABASE db2");
         c.sql("SELECT pg_switch_wal()");
@@ -396,6 +447,10 @@ fn waldump_parity_with_pg_waldump() {
         "no record spans a segment boundary"
     );
     assert!(tally.switch_records >= 1, "no XLOG_SWITCH record");
+    assert!(
+        tally.running_xacts_subxacts >= 1 && tally.running_xacts_overflowed >= 1,
+        "no RUNNING_XACTS with subtransactions listed and overflowed: {tally:?}"
+    );
 }
 
 /// `redo-helper waldump --stats` prints the same table as `pg_waldump --stats`.
