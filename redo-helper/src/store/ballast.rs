@@ -12,10 +12,11 @@
 //! times the reserve is free, so that holding it leaves the helper's writers a reserve's
 //! worth of room above the point where they stop.
 //!
-//! The reserve grows with what retention measures a step needs (`retention.rs`): a pass on
-//! a full disk moves the horizon by one segment, and writes an image of every page changed
-//! in it first, which on small-record workloads is hundreds of MB. [`Ballast::resize`]
-//! follows the headroom in force, growing the file when there is room to spare.
+//! The reserve follows what retention measures a step needs (`retention.rs`): a pass on a
+//! full disk moves the horizon by one segment, and writes an image of every page changed in
+//! it first, which on small-record workloads is hundreds of MB. [`Ballast::resize`] follows
+//! the headroom in force, growing the file when there is room to spare and shrinking it
+//! once the largest step has aged out.
 //!
 //! The file's blocks are allocated (`posix_fallocate`), not a sparse length: deleting a sparse
 //! file frees nothing. Only retention releases it, so without retention (`--retain all`) no

@@ -37,9 +37,10 @@
 //! pages before it deletes that segment, one after the other until three reserves are free
 //! again. One segment of small-record WAL changes tens of thousands of pages, more than a
 //! default reserve holds; so each pass measures the image bytes it wrote per segment, keeps
-//! the most in the state file, and the reserve in force becomes twice that when it is more
-//! than `--disk-reserve` (at most an eighth of the filesystem): the archive and image
-//! generation stop early enough, and the reserve file holds enough, for one step.
+//! the most of the last 36 to 72 hours of passes in the state file ([`REBASE_WINDOW_SECS`]),
+//! and the reserve in force becomes twice that when it is more than `--disk-reserve` (at
+//! most an eighth of the filesystem): the archive and image generation stop early enough,
+//! and the reserve file holds enough, for one step.
 //!
 //! At start-up the saved state is loaded before the index is rebuilt from H's segment.
 //! Time horizons use samples of (time, decoded end) taken while running: after a restart
@@ -455,8 +456,8 @@ pub(crate) struct RetentionStatus {
     /// a segment at a time.
     pub short_of_space: bool,
     /// The most image bytes a pass has written per WAL segment the horizon moved, in the
-    /// last one to two days ([`REBASE_WINDOW_SECS`]); twice this (at most an eighth of the
-    /// filesystem) is the disk reserve when above `--disk-reserve`.
+    /// last 36 to 72 hours of passes ([`REBASE_WINDOW_SECS`]); twice this (at most an eighth
+    /// of the filesystem) is the disk reserve when above `--disk-reserve`.
     pub rebase_bytes_per_segment: u64,
 }
 
@@ -508,10 +509,11 @@ const MAX_PASSES_PER_TICK: usize = 16;
 const REBASE_RESERVE_MAX_SHARE: u64 = 8;
 
 /// How long a measured step counts towards the reserve: the reserve follows the largest
-/// step of the current window and the one before, so a one-off burst (a bulk update that
-/// touched every page of a segment) stops holding disk space one to two days later, while a
-/// daily batch job stays covered. A rarer burst is what `--disk-reserve` is for.
-const REBASE_WINDOW_SECS: u64 = 24 * 3600;
+/// step of the current window and the one before, so a step counts for 36 to 72 hours. A
+/// one-off burst (a bulk update that touched every page of a segment) stops holding disk
+/// space after that, while a daily batch job stays covered even when it runs late or long.
+/// A rarer burst is what `--disk-reserve` is for.
+const REBASE_WINDOW_SECS: u64 = 36 * 3600;
 
 /// The largest step (image bytes a pass wrote per segment it moved the horizon) of the
 /// current window and of the one before it.
@@ -524,27 +526,27 @@ struct StepPeaks {
 }
 
 impl StepPeaks {
-    /// Starts a new window once the current one is [`REBASE_WINDOW_SECS`] old; both go
-    /// once it is twice that (the helper was stopped for a day or more: the windows roll at
-    /// every retention tick while it runs). A clock set back restarts the current window.
+    /// Moves to the window `now_unix` falls in: windows are [`REBASE_WINDOW_SECS`] long,
+    /// back to back from the first one's start, so the result does not depend on when
+    /// this is called. The window before keeps its peak; older ones are forgotten. A clock
+    /// set back restarts the current window (both peaks kept).
+    ///
+    /// Called by a pass that succeeded, before it adds its step, never while retention is
+    /// short of space: the windows age with passes that measured something, so neither a
+    /// helper stuck on a full disk (its passes fail) nor one restarted after days stopped
+    /// forgets the step it is about to need.
     fn roll(&mut self, now_unix: u64) {
         if self.started_unix == 0 || now_unix < self.started_unix {
             self.started_unix = now_unix;
             return;
         }
-        let age = now_unix - self.started_unix;
-        if age >= 2 * REBASE_WINDOW_SECS {
-            *self = StepPeaks {
-                started_unix: now_unix,
-                ..StepPeaks::default()
-            };
-        } else if age >= REBASE_WINDOW_SECS {
-            *self = StepPeaks {
-                current: 0,
-                previous: self.current,
-                started_unix: now_unix,
-            };
+        let windows = (now_unix - self.started_unix) / REBASE_WINDOW_SECS;
+        if windows == 0 {
+            return;
         }
+        self.previous = if windows == 1 { self.current } else { 0 };
+        self.current = 0;
+        self.started_unix += windows * REBASE_WINDOW_SECS;
     }
 
     /// The step the reserve is sized for.
@@ -611,8 +613,7 @@ impl Retention {
     ) -> Arc<Retention> {
         // What earlier runs learnt a step needs (a restart on a full disk needs it most), in
         // force before the reserve file is sized.
-        let mut peaks = RetentionState::saved_step_peaks(data_dir);
-        peaks.roll(unix_now());
+        let peaks = RetentionState::saved_step_peaks(data_dir);
         super::set_learnt_disk_headroom(learnt_reserve(
             peaks.in_force(),
             super::filesystem_bytes(data_dir),
@@ -640,17 +641,17 @@ impl Retention {
         r
     }
 
-    /// Takes `measured` (image bytes a pass wrote per segment it moved the horizon; None:
-    /// only the windows age) into the peaks, and sets the headroom and reserve file after
-    /// them: the archive and image generation then stop while a step's images still fit
+    /// Takes `measured` (image bytes a pass wrote per segment it moved the horizon) into
+    /// the peaks, and sets the headroom and reserve file after them: the archive and image
+    /// generation then stop while a step's images still fit
     /// (`store::set_learnt_disk_headroom`).
-    fn update_step_reserve(&self, measured: Option<u64>) {
+    fn update_step_reserve(&self, measured: u64) {
         let peak = {
             let mut peaks = lock(&self.step_peaks);
-            peaks.roll(unix_now());
-            if let Some(m) = measured {
-                peaks.current = peaks.current.max(m);
+            if !self.short_of_space.load(Ordering::SeqCst) {
+                peaks.roll(unix_now());
             }
+            peaks.current = peaks.current.max(measured);
             peaks.in_force()
         };
         let before = super::disk_headroom();
@@ -734,8 +735,6 @@ impl Retention {
     /// is where the policy puts it or three reserves are free again. A pass over the whole distance at once would fail
     /// again, after filling the room the previous step made with images of later pages.
     pub(crate) fn tick(&self, now: Instant) {
-        // A day-old step stops counting even while no pass runs.
-        self.update_step_reserve(None);
         // Other writers may have taken the headroom: the pass writes in the reserve's room.
         self.ballast.release_if_short();
         for _ in 0..MAX_PASSES_PER_TICK {
@@ -1029,12 +1028,12 @@ impl Retention {
             u.upload_images(store)?;
         }
         let segments = ((horizon.0 - current.0) / u64::from(self.segment_size)).max(1);
-        self.update_step_reserve(Some(
+        self.update_step_reserve(
             stats
                 .pages_rebased
                 .saturating_mul(super::images::ENTRY_SIZE as u64)
                 .div_ceil(segments),
-        ));
+        );
 
         let state = {
             let idx = read(&store.index);
@@ -1254,26 +1253,31 @@ mod tests {
 
     #[test]
     fn a_step_counts_for_one_to_two_windows() {
-        let day = REBASE_WINDOW_SECS;
+        let w = REBASE_WINDOW_SECS;
         let t0 = 1_700_000_000;
         let mut p = StepPeaks::default();
         p.roll(t0);
         assert_eq!(p.started_unix, t0);
+        // A burst at the very end of the first window.
+        p.roll(t0 + w - 1);
         p.current = 300;
-        p.roll(t0 + day - 1);
         assert_eq!(p.in_force(), 300);
-        // A new window: the burst is the previous one's, still in force.
-        p.roll(t0 + day);
-        assert_eq!((p.current, p.previous, p.started_unix), (0, 300, t0 + day));
+        // The next window: the burst is the previous one's, still in force to its end,
+        // whenever the pass that rolls comes (the windows stay where they were).
+        p.roll(t0 + w + 5);
+        assert_eq!((p.current, p.previous, p.started_unix), (0, 300, t0 + w));
         p.current = 20;
+        p.roll(t0 + 2 * w - 1);
         assert_eq!(p.in_force(), 300);
-        // Another window: only the last one's step counts.
-        p.roll(t0 + 2 * day);
+        // The window after: only the last one's step counts.
+        p.roll(t0 + 2 * w);
         assert_eq!((p.current, p.previous, p.in_force()), (0, 20, 20));
-        // Two windows without a pass: nothing counts.
-        p.roll(t0 + 4 * day);
+        assert_eq!(p.started_unix, t0 + 2 * w);
+        // Two windows or more without a pass that rolled: nothing counts.
+        p.current = 7;
+        p.roll(t0 + 4 * w + 10);
         assert_eq!(p.in_force(), 0);
-        assert_eq!(p.started_unix, t0 + 4 * day);
+        assert_eq!(p.started_unix, t0 + 4 * w);
         // A clock set back restarts the window and keeps the steps.
         p.current = 9;
         p.roll(t0);

@@ -360,27 +360,48 @@ fn retention_learns_the_reserve_a_step_needs() {
     run_check_clean(&dir, &c.data, 1_000);
     let _ = std::fs::remove_file(&filler);
 
-    // A step counts for one to two days: the state file aged by a day keeps the reserve (the
-    // window before), aged by two it is --disk-reserve again, and the reserve file with it.
+    // The windows of 36 hours age with passes (a pass rolls them before adding its step).
+    // First, segments of a few pages each take the horizon past every pgbench segment, so
+    // that later passes measure steps of a few KB (autovacuum off: it would fill them).
+    c.sql("ALTER SYSTEM SET autovacuum = off");
+    c.sql("SELECT pg_reload_conf()");
+    c.sql("VACUUM");
+    let quiet_from = crate::support::lsn(&c.sql("SELECT pg_current_wal_insert_lsn()"));
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("1000"));
+    quiet_segments(&c, 4);
+    let st = h.wait_status(
+        "the horizon past the pgbench WAL",
+        Duration::from_secs(120),
+        |s| crate::support::status_lsn(&s["retention"], "horizon_lsn") >= quiet_from,
+    );
+    let mut horizon = crate::support::status_lsn(&st["retention"], "horizon_lsn");
+    h.kill9();
+    // Aged by one window, a pass keeps the step (the window before); aged by two, it is
+    // --disk-reserve again after the next pass, in /status and in the reserve file.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    for (days, kept) in [(1, true), (2, false)] {
-        age_step_window(&dir, now - days * 24 * 3600 - 60);
-        let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("600000"));
-        let st = h.wait_status("streaming", Duration::from_secs(120), |s| {
-            s["state"] == "streaming"
+    const WINDOW: u64 = 36 * 3600;
+    for (windows, kept) in [(1, true), (2, false)] {
+        age_step_window(&dir, now - windows * WINDOW - 60);
+        quiet_segments(&c, 2);
+        let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("1000"));
+        let st = h.wait_status("a pass moved the horizon", Duration::from_secs(120), |s| {
+            crate::support::status_lsn(&s["retention"], "horizon_lsn") > horizon
         });
+        horizon = crate::support::status_lsn(&st["retention"], "horizon_lsn");
         let reserve = st["disk_reserve_bytes"].as_u64().unwrap_or(0);
         let step = st["retention"]["rebase_bytes_per_segment"]
             .as_u64()
             .unwrap_or(0);
-        println!("state aged {days} day(s): step {step} bytes, reserve {reserve} bytes");
+        println!(
+            "state aged {windows} window(s), then a pass: step {step} bytes, reserve {reserve} bytes"
+        );
         if kept {
-            assert!(reserve >= learnt && step > 0, "{st}");
+            assert!(reserve >= learnt && step > 1 << 20, "{st}");
         } else {
-            assert_eq!((reserve, step), (4 << 20, 0), "{st}");
+            assert!(reserve == 4 << 20 && step < 1 << 20, "{st}");
             assert_eq!(
                 std::fs::metadata(dir.join("disk-reserve"))
                     .map(|m| m.len())
@@ -391,6 +412,15 @@ fn retention_learns_the_reserve_a_step_needs() {
         h.kill9();
     }
     drop(fs);
+}
+
+/// `n` WAL segments that change a few pages each.
+fn quiet_segments(c: &PgCluster, n: usize) {
+    c.sql("CREATE TABLE IF NOT EXISTS quiet (x int)");
+    for i in 0..n {
+        c.sql(&format!("INSERT INTO quiet VALUES ({i})"));
+        c.sql("SELECT pg_switch_wal()");
+    }
 }
 
 /// Moves the start of the measured steps' window in `dir`'s `retention.json` to `unix`.

@@ -234,11 +234,12 @@ impl PageSet {
         }
         if !self.base_gone(key) {
             let t = self.loads.timed.then(std::time::Instant::now);
-            let loaded = self.files.load(&self.base, key, &mut self.pages)?;
-            if let Some(t) = t {
-                self.loads.time += t.elapsed();
-            }
-            if let Some(page) = loaded {
+            if let Some(page) = self.files.load(&self.base, key, &mut self.pages)? {
+                // Only pages found: `pages` and `time` then give the cost per page loaded
+                // (a miss stays in its record's time).
+                if let Some(t) = t {
+                    self.loads.time += t.elapsed();
+                }
                 self.loads.pages += 1;
                 return Ok(Some(self.pages.insert(*key, hash, page)));
             }
