@@ -178,10 +178,45 @@ fn xact_desc(
                 stats(buf);
             }
         }
-        XactRecord::Prepare {
-            gid, prepared_at, ..
-        } => {
-            let _ = write!(buf, "gid {gid}: {}", timestamptz_to_str(prepared_at));
+        XactRecord::Prepare(p) => {
+            // xact_desc_prepare: the parts PREPARE TRANSACTION recorded for the second
+            // phase, then the invalidations (dbId is the database, tsId 0: the parser leaves
+            // it unset), then the origin when the record has one.
+            let _ = write!(buf, "gid {}: {}", p.gid, timestamptz_to_str(p.prepared_at));
+            for (label, rels) in [
+                ("rels(commit)", &p.commit_rels),
+                ("rels(abort)", &p.abort_rels),
+            ] {
+                if !rels.is_empty() {
+                    let _ = write!(buf, "; {label}:");
+                    for r in rels {
+                        let _ = write!(buf, " {}", relpath(r, 0, rec.version));
+                    }
+                }
+            }
+            for (label, stats) in [("commit ", &p.commit_stats), ("abort ", &p.abort_stats)] {
+                if !stats.is_empty() {
+                    let _ = write!(buf, "; {label}dropped stats:");
+                    for s in stats {
+                        let _ = write!(buf, " {}/{}/{}", s.kind, s.db_oid, s.obj_oid);
+                    }
+                }
+            }
+            if !p.subxacts.is_empty() {
+                buf.push_str("; subxacts:");
+                for x in &p.subxacts {
+                    let _ = write!(buf, " {x}");
+                }
+            }
+            invalidations_desc(buf, &p.invals, p.database, 0, p.init_file_inval);
+            if let Some(origin) = rec.origin.filter(|&o| o != 0) {
+                let _ = write!(
+                    buf,
+                    "; origin: node {origin}, lsn {}, at {}",
+                    ShortLsn(p.origin_lsn),
+                    timestamptz_to_str(p.origin_timestamp)
+                );
+            }
         }
         XactRecord::Assignment { xtop, xsub } => {
             let _ = write!(buf, "xtop {xtop}: subxacts:");
@@ -1085,8 +1120,11 @@ fn small_desc(
             } else {
                 r.i32()?.into()
             };
-            if info == 0x00 {
+            if info == 0x00 && rec.rmid() == RM_CLOG_ID {
                 let _ = write!(buf, "page {page}");
+            } else if info == 0x00 {
+                // commit_ts_desc prints a zeroed page's number alone.
+                let _ = write!(buf, "{page}");
             } else if rec.rmid() == RM_CLOG_ID {
                 let _ = write!(buf, "page {page}; oldestXact {}", r.u32()?);
             } else {

@@ -116,6 +116,9 @@ struct Tally {
     /// overflowed.
     running_xacts_subxacts: usize,
     running_xacts_overflowed: usize,
+    /// PREPARE TRANSACTION records, and commit-timestamp pages zeroed.
+    prepares: usize,
+    commit_ts_zeropages: usize,
 }
 
 /// Sanity of a restored page: standard page header bounds (`bufpage.h`).
@@ -225,6 +228,10 @@ fn compare_dir(dir: &Path, tally: &mut Tally) {
             tally.running_xacts_subxacts += usize::from(subxcnt > 0);
             tally.running_xacts_overflowed += usize::from(subxid_overflow);
         }
+        let rmgr = |id: u8, info: u8, mask: u8| rec.rmid() == id && rec.rmgr_info() & mask == info;
+        tally.prepares += usize::from(rmgr(redo_helper::wal::rmgr::RM_XACT_ID, 0x10, 0x70));
+        tally.commit_ts_zeropages +=
+            usize::from(rmgr(redo_helper::wal::rmgr::RM_COMMIT_TS_ID, 0x00, 0xF0));
         n += 1;
     }
     assert!(
@@ -339,6 +346,28 @@ fn run_workload(c: &PgCluster) {
     }
 }
 
+/// PREPARE records with what the second phase will do: relations to drop at commit (a
+/// dropped table) and at abort (a created one), their statistics, subtransactions and
+/// invalidations; one committed, one rolled back.
+fn prepared_transactions(c: &PgCluster) {
+    c.sql("CREATE TABLE prep_old (i int)");
+    c.sql("INSERT INTO prep_old VALUES (1)");
+    c.sql("CREATE TABLE prep_old2 (i int)");
+    for (gid, end) in [
+        ("p1", "COMMIT PREPARED 'p1'"),
+        ("p2", "ROLLBACK PREPARED 'p2'"),
+    ] {
+        let old = if gid == "p1" { "prep_old" } else { "prep_old2" };
+        c.sql(&format!(
+            "BEGIN; CREATE TABLE prep_{gid} (i int); INSERT INTO prep_{gid} VALUES (1); \
+             SAVEPOINT s1; INSERT INTO prep_{gid} VALUES (2); RELEASE s1; DROP TABLE {old}; \
+             PREPARE TRANSACTION '{gid}'"
+        ));
+        c.sql(end);
+    }
+    c.sql("DROP TABLE IF EXISTS prep_p1, prep_p2, prep_old2");
+}
+
 /// RUNNING_XACTS records of a transaction that holds subtransactions: 5 (listed from 16 on,
 /// not by 15) and 80 (more than a backend caches: overflowed, which 15 and 16 word
 /// differently). A checkpoint logs the running transactions (`LogStandbySnapshot`) while
@@ -388,6 +417,8 @@ fn waldump_parity_with_pg_waldump() {
                 "wal_consistency_checking = 'all'",
                 "wal_compression = pglz",
                 "wal_level = logical",
+                "max_prepared_transactions = 4",
+                "track_commit_timestamp = on",
             ],
         );
         c.pgbench(&["-q", "-i", "-s", "1"]);
@@ -401,6 +432,7 @@ fn waldump_parity_with_pg_waldump() {
             run_workload(&c);
         }
         running_xacts_with_subtransactions(&c);
+        prepared_transactions(&c);
         c.sql("CREATE DATABASE db2");
         c.sql("DROP DATABASE db2");
         c.sql("SELECT pg_switch_wal()");
@@ -450,6 +482,10 @@ fn waldump_parity_with_pg_waldump() {
     assert!(
         tally.running_xacts_subxacts >= 1 && tally.running_xacts_overflowed >= 1,
         "no RUNNING_XACTS with subtransactions listed and overflowed: {tally:?}"
+    );
+    assert!(
+        tally.prepares >= 2 && tally.commit_ts_zeropages >= 1,
+        "no PREPARE or commit-timestamp ZEROPAGE records: {tally:?}"
     );
 }
 

@@ -56,6 +56,25 @@ pub struct DroppedStat {
     pub obj_oid: u64,
 }
 
+/// A parsed `xl_xact_prepare` (`ParsePrepareRecord`): what the prepared transaction will
+/// do at COMMIT PREPARED or ROLLBACK PREPARED.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct XactPrepare {
+    pub xid: u32,
+    pub database: u32,
+    pub prepared_at: i64,
+    pub gid: String,
+    pub subxacts: Vec<u32>,
+    pub commit_rels: Vec<RelFileLocator>,
+    pub abort_rels: Vec<RelFileLocator>,
+    pub commit_stats: Vec<DroppedStat>,
+    pub abort_stats: Vec<DroppedStat>,
+    pub invals: Vec<InvalidationMessage>,
+    pub init_file_inval: bool,
+    pub origin_lsn: Lsn,
+    pub origin_timestamp: i64,
+}
+
 /// A parsed commit or abort record (`xl_xact_parsed_commit` / `_abort`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct XactFinish {
@@ -82,12 +101,7 @@ pub enum XactRecord {
     Commit(XactFinish),
     Abort(XactFinish),
     /// `xl_xact_prepare` (header fields only; the rest is the 2PC state file image).
-    Prepare {
-        xid: u32,
-        database: u32,
-        prepared_at: i64,
-        gid: String,
-    },
+    Prepare(XactPrepare),
     /// `xl_xact_assignment`.
     Assignment {
         xtop: u32,
@@ -134,24 +148,7 @@ fn parse_finish(
     if p.xinfo & XACT_XINFO_HAS_DROPPED_STATS != 0 {
         let n = r.i32()?;
         let n = count(r, n, "nitems")?;
-        let wide = version >= crate::wal::PgVersion::V18;
-        let mut v = Vec::with_capacity(n.min(r.remaining() / 12));
-        for _ in 0..n {
-            let kind = r.i32()?;
-            let db_oid = r.u32()?;
-            let obj_oid = if wide {
-                let lo = r.u32()?;
-                u64::from(lo) | (u64::from(r.u32()?) << 32)
-            } else {
-                r.u32()?.into()
-            };
-            v.push(DroppedStat {
-                kind,
-                db_oid,
-                obj_oid,
-            });
-        }
-        p.dropped_stats = v;
+        p.dropped_stats = dropped_stats(r, n, version)?;
     }
     if is_commit && p.xinfo & XACT_XINFO_HAS_INVALS != 0 {
         let n = r.i32()?;
@@ -195,27 +192,75 @@ pub fn parse(rec: &DecodedRecord) -> Result<XactRecord, MainDataError> {
         )?)),
         XLOG_XACT_PREPARE => {
             // xl_xact_prepare: magic, total_len, xid, database, prepared_at (8-aligned at 16),
-            // owner, nsubxacts, ncommitrels, nabortrels, ncommitstats, nabortstats,
-            // ninvalmsgs, initfileinval, gidlen (at 54), origin_lsn (56),
-            // origin_timestamp (64); MAXALIGN(sizeof) = 72, then the GID.
+            // owner, nsubxacts (28), ncommitrels, nabortrels, ncommitstats, nabortstats,
+            // ninvalmsgs, initfileinval (52), gidlen (54), origin_lsn (56),
+            // origin_timestamp (64); MAXALIGN(sizeof) = 72. Then the GID, the subxacts,
+            // the commit and abort relations, the commit and abort stats and the
+            // invalidations, each MAXALIGNed (`ParsePrepareRecord`).
             r.seek(8)?;
             let xid = r.u32()?;
             let database = r.u32()?;
             let prepared_at = r.i64()?;
+            r.seek(28)?;
+            let mut counts = [0usize; 6];
+            for (c, what) in counts.iter_mut().zip([
+                "nsubxacts",
+                "ncommitrels",
+                "nabortrels",
+                "ncommitstats",
+                "nabortstats",
+                "ninvalmsgs",
+            ]) {
+                let n = r.i32()?;
+                *c = count(&r, n, what)?;
+            }
+            let [
+                nsub,
+                ncommitrels,
+                nabortrels,
+                ncommitstats,
+                nabortstats,
+                nmsgs,
+            ] = counts;
+            let init_file_inval = r.bool()?;
             r.seek(54)?;
             let gidlen = r.u16()? as usize;
+            let origin_lsn = r.lsn()?;
+            let origin_timestamp = r.i64()?;
             r.seek(72)?;
             let gid_bytes = r.bytes(gidlen)?;
             let end = gid_bytes
                 .iter()
                 .position(|&b| b == 0)
                 .unwrap_or(gid_bytes.len());
-            Ok(XactRecord::Prepare {
+            let gid = String::from_utf8_lossy(&gid_bytes[..end]).into_owned();
+            r.align(8)?;
+            let subxacts = r.u32_array(nsub)?;
+            r.align(8)?;
+            let commit_rels = r.rel_array(ncommitrels)?;
+            r.align(8)?;
+            let abort_rels = r.rel_array(nabortrels)?;
+            r.align(8)?;
+            let commit_stats = dropped_stats(&mut r, ncommitstats, rec.version)?;
+            r.align(8)?;
+            let abort_stats = dropped_stats(&mut r, nabortstats, rec.version)?;
+            r.align(8)?;
+            let invals = InvalidationMessage::parse_array(&mut r, nmsgs)?;
+            Ok(XactRecord::Prepare(XactPrepare {
                 xid,
                 database,
                 prepared_at,
-                gid: String::from_utf8_lossy(&gid_bytes[..end]).into_owned(),
-            })
+                gid,
+                subxacts,
+                commit_rels,
+                abort_rels,
+                commit_stats,
+                abort_stats,
+                invals,
+                init_file_inval,
+                origin_lsn,
+                origin_timestamp,
+            }))
         }
         XLOG_XACT_ASSIGNMENT => {
             let xtop = r.u32()?;
@@ -235,4 +280,31 @@ pub fn parse(rec: &DecodedRecord) -> Result<XactRecord, MainDataError> {
         }
         other => Err(r.error(format!("unknown transaction record type {other:#x}"))),
     }
+}
+
+/// `n` `xl_xact_stats_item`s: kind, database and object id (64-bit from 18 on, as two
+/// 32-bit halves).
+fn dropped_stats(
+    r: &mut MainDataReader<'_>,
+    n: usize,
+    version: crate::wal::PgVersion,
+) -> Result<Vec<DroppedStat>, MainDataError> {
+    let wide = version >= crate::wal::PgVersion::V18;
+    let mut v = Vec::with_capacity(n.min(r.remaining() / 12));
+    for _ in 0..n {
+        let kind = r.i32()?;
+        let db_oid = r.u32()?;
+        let obj_oid = if wide {
+            let lo = r.u32()?;
+            u64::from(lo) | (u64::from(r.u32()?) << 32)
+        } else {
+            r.u32()?.into()
+        };
+        v.push(DroppedStat {
+            kind,
+            db_oid,
+            obj_oid,
+        });
+    }
+    Ok(v)
 }
