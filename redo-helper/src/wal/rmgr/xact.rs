@@ -100,7 +100,8 @@ pub struct XactFinish {
 pub enum XactRecord {
     Commit(XactFinish),
     Abort(XactFinish),
-    /// `xl_xact_prepare` (header fields only; the rest is the 2PC state file image).
+    /// `xl_xact_prepare`: the two-phase state file's image, read as `ParsePrepareRecord`
+    /// reads it.
     Prepare(XactPrepare),
     /// `xl_xact_assignment`.
     Assignment {
