@@ -807,6 +807,7 @@ mod tests {
                 },
                 block: 6,
                 latest_removed_full_xid: 0x0000_0001_0000_0200,
+                is_catalog_rel: false,
             }
         );
         let rec = record(XLOG_GIST_ASSIGN_LSN, &[blk(0, 1, &[])], &[0; 4]);

@@ -42,7 +42,7 @@ pub(super) fn redo_block(
             x.locking_xid,
             true,
         ),
-        HeapRecord::Inplace { offnum } => inplace(rec, block, page, offnum),
+        HeapRecord::Inplace(HeapInplace { offnum, .. }) => inplace(rec, block, page, offnum),
     }
 }
 

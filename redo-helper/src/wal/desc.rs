@@ -1,7 +1,8 @@
 //! pg_waldump-style text: one line per record (`XLogDumpDisplayRecord` in
 //! `bin/pg_waldump/pg_waldump.c`), main data descriptions (`*_desc` in
-//! `access/rmgrdesc/*.c`, PostgreSQL 15 wording) and block references
-//! (`XLogRecGetBlockRefInfo`).
+//! `access/rmgrdesc/*.c`, in the wording of the record's version: 16 rewrote heap and
+//! btree as `key: value` lists with arrays, renamed `latestRemovedXid`, and 17 added
+//! `isCatalogRel`) and block references (`XLogRecGetBlockRefInfo`).
 //!
 //! Descriptions exist for the rmgrs the redo engine and the store care about; other rmgrs
 //! print the record type only. Timestamps are printed in UTC (pg_waldump uses the local
@@ -70,6 +71,78 @@ pub fn timestamptz_to_str(ts: i64) -> String {
         sod / 3600,
         (sod / 60) % 60,
         sod % 60
+    )
+}
+
+/// The name 15 gives a record's conflict horizon (`latestRemovedXid`) and the one 16 gave
+/// it (`snapshotConflictHorizon`), followed by `sep`.
+fn horizon_name(rec: &DecodedRecord, sep: &str) -> String {
+    let name = if rec.version.has_catalog_rel_flags() {
+        "snapshotConflictHorizon"
+    } else {
+        "latestRemovedXid"
+    };
+    format!("{name}{sep}")
+}
+
+/// `isCatalogRel` as `T` or `F` after `label`: the flag came with 16's records, and 17's
+/// descriptions print it.
+fn catalog_rel_desc(
+    buf: &mut String,
+    rec: &DecodedRecord,
+    is_catalog_rel: bool,
+    label: &str,
+) -> std::fmt::Result {
+    if rec.version >= crate::wal::PgVersion::V17 {
+        write!(buf, "{label}{}", if is_catalog_rel { 'T' } else { 'F' })
+    } else {
+        Ok(())
+    }
+}
+
+/// `array_desc` of offsets (`rmgrdesc_utils.c`, 16+): ` [a, b, c]`, ` []` when empty.
+fn offsets_desc(buf: &mut String, offsets: impl IntoIterator<Item = u16>) {
+    buf.push_str(" [");
+    for (i, o) in offsets.into_iter().enumerate() {
+        if i > 0 {
+            buf.push_str(", ");
+        }
+        let _ = write!(buf, "{o}");
+    }
+    buf.push(']');
+}
+
+/// 16's `infobits_desc`: `key: [IS_MULTI, LOCK_ONLY, ...]`.
+fn infobits_desc(buf: &mut String, infobits: u8, key: &str) {
+    use heap::*;
+    let _ = write!(buf, "{key}: [");
+    let mut first = true;
+    for (bit, name) in [
+        (XLHL_XMAX_IS_MULTI, "IS_MULTI"),
+        (XLHL_XMAX_LOCK_ONLY, "LOCK_ONLY"),
+        (XLHL_XMAX_EXCL_LOCK, "EXCL_LOCK"),
+        (XLHL_XMAX_KEYSHR_LOCK, "KEYSHR_LOCK"),
+        (XLHL_KEYS_UPDATED, "KEYS_UPDATED"),
+    ] {
+        if infobits & bit != 0 {
+            if !first {
+                buf.push_str(", ");
+            }
+            first = false;
+            buf.push_str(name);
+        }
+    }
+    buf.push(']');
+}
+
+/// The little-endian `u16`s at `data[at..at + 2 * n]`, if all there.
+fn u16s_at(data: &[u8], at: usize, n: usize) -> Option<Vec<u16>> {
+    let bytes = data.get(at..at.checked_add(n.checked_mul(2)?)?)?;
+    Some(
+        bytes
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect(),
     )
 }
 
@@ -337,12 +410,73 @@ fn xlog_desc(
     Ok(())
 }
 
+/// `heap_desc` (`access/rmgrdesc/heapdesc.c`). 16 reworded it as `key: value` lists;
+/// 18's in-place updates carry invalidations.
 fn heap_desc(
     buf: &mut String,
     rec: &DecodedRecord,
 ) -> Result<(), crate::wal::error::MainDataError> {
     use heap::*;
-    match heap::parse_heap(rec)? {
+    let parsed = heap::parse_heap(rec)?;
+    if !rec.version.has_catalog_rel_flags() {
+        heap_desc_15(buf, parsed);
+        return Ok(());
+    }
+    match parsed {
+        HeapRecord::Insert(i) => {
+            let _ = write!(buf, "off: {}, flags: 0x{:02X}", i.offnum, i.flags);
+        }
+        HeapRecord::Delete(d) => {
+            let _ = write!(buf, "xmax: {}, off: {}, ", d.xmax, d.offnum);
+            infobits_desc(buf, d.infobits_set, "infobits");
+            let _ = write!(buf, ", flags: 0x{:02X}", d.flags);
+        }
+        HeapRecord::Update(u) => {
+            let _ = write!(buf, "old_xmax: {}, old_off: {}, ", u.old_xmax, u.old_offnum);
+            infobits_desc(buf, u.old_infobits_set, "old_infobits");
+            let _ = write!(
+                buf,
+                ", flags: 0x{:02X}, new_xmax: {}, new_off: {}",
+                u.flags, u.new_xmax, u.new_offnum
+            );
+        }
+        HeapRecord::Truncate(t) => {
+            buf.push_str("flags: [");
+            let mut names = Vec::new();
+            if t.flags & XLH_TRUNCATE_CASCADE != 0 {
+                names.push("CASCADE");
+            }
+            if t.flags & XLH_TRUNCATE_RESTART_SEQS != 0 {
+                names.push("RESTART_SEQS");
+            }
+            buf.push_str(&names.join(", "));
+            let _ = write!(buf, "], nrelids: {}, relids:", t.relids.len());
+            buf.push_str(" [");
+            for (i, r) in t.relids.iter().enumerate() {
+                let _ = write!(buf, "{}{r}", if i > 0 { ", " } else { "" });
+            }
+            buf.push(']');
+        }
+        HeapRecord::Confirm { offnum } => {
+            let _ = write!(buf, "off: {offnum}");
+        }
+        HeapRecord::Inplace(i) => {
+            let _ = write!(buf, "off: {}", i.offnum);
+            invalidations_desc(buf, &i.msgs, i.db_id, i.ts_id, i.relcache_init_file_inval);
+        }
+        HeapRecord::Lock(l) => {
+            let _ = write!(buf, "xmax: {}, off: {}, ", l.locking_xid, l.offnum);
+            infobits_desc(buf, l.infobits_set, "infobits");
+            let _ = write!(buf, ", flags: 0x{:02X}", l.flags);
+        }
+    }
+    Ok(())
+}
+
+/// 15's `heap_desc`.
+fn heap_desc_15(buf: &mut String, parsed: heap::HeapRecord) {
+    use heap::*;
+    match parsed {
         HeapRecord::Insert(i) => {
             let _ = write!(buf, "off {} flags 0x{:02X}", i.offnum, i.flags);
         }
@@ -371,7 +505,7 @@ fn heap_desc(
                 let _ = write!(buf, " {r}");
             }
         }
-        HeapRecord::Confirm { offnum } | HeapRecord::Inplace { offnum } => {
+        HeapRecord::Confirm { offnum } | HeapRecord::Inplace(HeapInplace { offnum, .. }) => {
             let _ = write!(buf, "off {offnum}");
         }
         HeapRecord::Lock(l) => {
@@ -383,15 +517,226 @@ fn heap_desc(
             out_infobits(buf, l.infobits_set);
         }
     }
-    Ok(())
 }
 
+/// One freeze plan as 16+ print it (`plan_elem_desc`), with its tuples' offsets.
+fn freeze_plan_desc(buf: &mut String, plan: &heap::FreezePlan, offsets: &[u16]) {
+    let _ = write!(
+        buf,
+        "{{ xmax: {}, infomask: {}, infomask2: {}, ntuples: {}, offsets:",
+        plan.xmax, plan.infomask, plan.infomask2, plan.ntuples
+    );
+    offsets_desc(buf, offsets.iter().copied());
+    buf.push_str(" }");
+}
+
+/// Freeze plans as an array (`array_desc` of `plan_elem_desc`): each plan takes the next
+/// `ntuples` of `offsets`.
+fn freeze_plans_desc(buf: &mut String, plans: &[heap::FreezePlan], offsets: &[u16]) {
+    buf.push_str(" [");
+    let mut at = 0usize;
+    for (i, plan) in plans.iter().enumerate() {
+        if i > 0 {
+            buf.push_str(", ");
+        }
+        let end = (at + plan.ntuples as usize).min(offsets.len());
+        freeze_plan_desc(buf, plan, offsets.get(at..end).unwrap_or(&[]));
+        at = end;
+    }
+    buf.push(']');
+}
+
+/// Block 0's data, when the record carries some (`XLogRecHasBlockData(record, 0)`: not
+/// when a full-page image replaced it).
+fn block0_data(rec: &DecodedRecord) -> Option<&[u8]> {
+    let b = rec.block(0)?;
+    let data = rec.block_data(b);
+    (!data.is_empty()).then_some(data)
+}
+
+/// `heap2_desc`: 15's wording; 16's `key: value` lists with the offset arrays of block 0's
+/// data; 17's merged prune/freeze records.
 fn heap2_desc(
     buf: &mut String,
     rec: &DecodedRecord,
 ) -> Result<(), crate::wal::error::MainDataError> {
     use heap::*;
-    match heap::parse_heap2(rec)? {
+    let parsed = heap::parse_heap2(rec)?;
+    if !rec.version.has_catalog_rel_flags() {
+        heap2_desc_15(buf, parsed);
+        return Ok(());
+    }
+    match parsed {
+        Heap2Record::Prune {
+            latest_removed_xid,
+            nredirected,
+            ndead,
+        } => {
+            let _ = write!(
+                buf,
+                "snapshotConflictHorizon: {latest_removed_xid}, nredirected: {nredirected}, \
+                 ndead: {ndead}"
+            );
+            if let Some(data) = block0_data(rec) {
+                // Redirections (pairs), dead items, then unused items to the data's end.
+                let (nr, nd) = (nredirected as usize, ndead as usize);
+                let items = data.len() / 2;
+                let (Some(pairs), Some(dead)) =
+                    (u16s_at(data, 0, 2 * nr), u16s_at(data, 4 * nr, nd))
+                else {
+                    buf.push_str("<prune block data shorter than its counts>");
+                    return Ok(());
+                };
+                let unused = u16s_at(data, 4 * nr + 2 * nd, items.saturating_sub(2 * nr + nd))
+                    .unwrap_or_default();
+                let _ = write!(buf, ", nunused: {}, redirected:", unused.len());
+                redirects_desc(buf, &pairs);
+                buf.push_str(", dead:");
+                offsets_desc(buf, dead);
+                buf.push_str(", unused:");
+                offsets_desc(buf, unused);
+            }
+        }
+        Heap2Record::Vacuum { nunused } => {
+            let _ = write!(buf, "nunused: {nunused}");
+            if let Some(data) = block0_data(rec) {
+                buf.push_str(", unused:");
+                offsets_desc(buf, u16s_at(data, 0, nunused as usize).unwrap_or_default());
+            }
+        }
+        Heap2Record::FreezePlans {
+            conflict_horizon,
+            nplans,
+        } => {
+            let _ = write!(
+                buf,
+                "snapshotConflictHorizon: {conflict_horizon}, nplans: {nplans}"
+            );
+            if let Some(data) = block0_data(rec) {
+                match parse_freeze_plans_block(data, nplans) {
+                    Ok((plans, offsets)) => {
+                        buf.push_str(", plans:");
+                        freeze_plans_desc(buf, &plans, &offsets);
+                    }
+                    Err(e) => {
+                        let _ = write!(buf, "<{e}>");
+                    }
+                }
+            }
+        }
+        Heap2Record::PruneFreeze {
+            flags,
+            conflict_horizon,
+        } => {
+            // heap2_desc of 17+: the horizon when there is one, then ", isCatalogRel" (so a
+            // record without a horizon begins with ", ").
+            if let Some(x) = conflict_horizon {
+                let _ = write!(buf, "snapshotConflictHorizon: {x}");
+            }
+            let _ = write!(
+                buf,
+                ", isCatalogRel: {}",
+                if flags & XLHP_IS_CATALOG_REL != 0 {
+                    'T'
+                } else {
+                    'F'
+                }
+            );
+            if let Some(data) = block0_data(rec) {
+                let b = match parse_prune_freeze_block(data, flags) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = write!(buf, "<{e}>");
+                        return Ok(());
+                    }
+                };
+                let _ = write!(
+                    buf,
+                    ", nplans: {}, nredirected: {}, ndead: {}, nunused: {}",
+                    b.plans.len(),
+                    b.redirected.len(),
+                    b.dead.len(),
+                    b.unused.len()
+                );
+                if !b.plans.is_empty() {
+                    buf.push_str(", plans:");
+                    freeze_plans_desc(buf, &b.plans, &b.frozen);
+                }
+                if !b.redirected.is_empty() {
+                    buf.push_str(", redirected:");
+                    let pairs: Vec<u16> = b.redirected.iter().flat_map(|&(f, t)| [f, t]).collect();
+                    redirects_desc(buf, &pairs);
+                }
+                if !b.dead.is_empty() {
+                    buf.push_str(", dead:");
+                    offsets_desc(buf, b.dead.iter().copied());
+                }
+                if !b.unused.is_empty() {
+                    buf.push_str(", unused:");
+                    offsets_desc(buf, b.unused.iter().copied());
+                }
+            }
+        }
+        Heap2Record::FreezePage {
+            cutoff_xid,
+            ntuples,
+        } => {
+            // 15's record; a 16+ stream never has it.
+            let _ = write!(buf, "cutoff xid {cutoff_xid} ntuples {ntuples}");
+        }
+        Heap2Record::Visible { cutoff_xid, flags } => {
+            let _ = write!(
+                buf,
+                "snapshotConflictHorizon: {cutoff_xid}, flags: 0x{flags:02X}"
+            );
+        }
+        Heap2Record::MultiInsert {
+            flags,
+            ntuples,
+            init_page,
+            offsets,
+        } => {
+            let _ = write!(buf, "ntuples: {ntuples}, flags: 0x{flags:02X}");
+            if block0_data(rec).is_some() && !init_page {
+                buf.push_str(", offsets:");
+                offsets_desc(buf, offsets);
+            }
+        }
+        Heap2Record::LockUpdated {
+            xmax,
+            offnum,
+            infobits_set,
+            flags,
+        } => {
+            let _ = write!(buf, "xmax: {xmax}, off: {offnum}, ");
+            infobits_desc(buf, infobits_set, "infobits");
+            let _ = write!(buf, ", flags: 0x{flags:02X}");
+        }
+        Heap2Record::NewCid(c) => {
+            let _ = write!(
+                buf,
+                "rel: {}, tid: {}/{}, cmin: {}, cmax: {}, combo: {}",
+                c.target_node, c.target_block, c.target_offset, c.cmin, c.cmax, c.combocid
+            );
+        }
+        Heap2Record::Rewrite(_) => {}
+    }
+    Ok(())
+}
+
+/// `array_desc` of `redirect_elem_desc`: `(from, to)` pairs as ` [from->to, ...]`.
+fn redirects_desc(buf: &mut String, pairs: &[u16]) {
+    buf.push_str(" [");
+    for (i, p) in pairs.chunks_exact(2).enumerate() {
+        let _ = write!(buf, "{}{}->{}", if i > 0 { ", " } else { "" }, p[0], p[1]);
+    }
+    buf.push(']');
+}
+
+/// 15's `heap2_desc`.
+fn heap2_desc_15(buf: &mut String, parsed: heap::Heap2Record) {
+    use heap::*;
+    match parsed {
         Heap2Record::Prune {
             latest_removed_xid,
             nredirected,
@@ -404,32 +749,6 @@ fn heap2_desc(
         }
         Heap2Record::Vacuum { nunused } => {
             let _ = write!(buf, "nunused {nunused}");
-        }
-        Heap2Record::PruneFreeze {
-            flags,
-            conflict_horizon,
-        } => {
-            if let Some(x) = conflict_horizon {
-                let _ = write!(buf, "snapshotConflictHorizon: {x}, ");
-            }
-            let _ = write!(
-                buf,
-                "isCatalogRel: {}",
-                if flags & XLHP_IS_CATALOG_REL != 0 {
-                    "T"
-                } else {
-                    "F"
-                }
-            );
-        }
-        Heap2Record::FreezePlans {
-            conflict_horizon,
-            nplans,
-        } => {
-            let _ = write!(
-                buf,
-                "snapshotConflictHorizon: {conflict_horizon}, nplans: {nplans}"
-            );
         }
         Heap2Record::FreezePage {
             cutoff_xid,
@@ -459,9 +778,10 @@ fn heap2_desc(
                 c.target_node, c.target_block, c.target_offset, c.cmin, c.cmax, c.combocid
             );
         }
+        // 16+ records; a 15 stream never has them.
+        Heap2Record::PruneFreeze { .. } | Heap2Record::FreezePlans { .. } => {}
         Heap2Record::Rewrite(_) => {}
     }
-    Ok(())
 }
 
 /// `brin_desc` (`access/rmgrdesc/brindesc.c`).
@@ -503,12 +823,159 @@ fn brin_desc(
     Ok(())
 }
 
+/// `btree_desc` (`access/rmgrdesc/nbtdesc.c`): 15's wording, or 16's `key: value` lists
+/// with the deleted and updated items of block 0's data (and `isCatalogRel` from 17).
 fn btree_desc(
     buf: &mut String,
     rec: &DecodedRecord,
 ) -> Result<(), crate::wal::error::MainDataError> {
     use btree::*;
-    match btree::parse(rec)? {
+    let parsed = btree::parse(rec)?;
+    if !rec.version.has_catalog_rel_flags() {
+        btree_desc_15(buf, parsed);
+        return Ok(());
+    }
+    match parsed {
+        BtreeRecord::Insert { offnum, .. } => {
+            let _ = write!(buf, "off: {offnum}");
+        }
+        BtreeRecord::Split(XlBtreeSplit {
+            level,
+            firstrightoff,
+            newitemoff,
+            postingoff,
+            ..
+        }) => {
+            let _ = write!(
+                buf,
+                "level: {level}, firstrightoff: {firstrightoff}, newitemoff: {newitemoff}, \
+                 postingoff: {postingoff}"
+            );
+        }
+        BtreeRecord::Dedup { nintervals } => {
+            let _ = write!(buf, "nintervals: {nintervals}");
+        }
+        BtreeRecord::Vacuum { ndeleted, nupdated } => {
+            let _ = write!(buf, "ndeleted: {ndeleted}, nupdated: {nupdated}");
+            if let Some(data) = block0_data(rec) {
+                delvacuum_desc(buf, data, ndeleted, nupdated);
+            }
+        }
+        BtreeRecord::Delete {
+            latest_removed_xid,
+            ndeleted,
+            nupdated,
+            is_catalog_rel,
+        } => {
+            let _ = write!(
+                buf,
+                "snapshotConflictHorizon: {latest_removed_xid}, ndeleted: {ndeleted}, \
+                 nupdated: {nupdated}"
+            );
+            let _ = catalog_rel_desc(buf, rec, is_catalog_rel, ", isCatalogRel: ");
+            if let Some(data) = block0_data(rec) {
+                delvacuum_desc(buf, data, ndeleted, nupdated);
+            }
+        }
+        BtreeRecord::MarkPageHalfDead {
+            leafblk,
+            leftblk,
+            rightblk,
+            topparent,
+            ..
+        } => {
+            let _ = write!(
+                buf,
+                "topparent: {topparent}, leaf: {leafblk}, left: {leftblk}, right: {rightblk}"
+            );
+        }
+        BtreeRecord::UnlinkPage(XlBtreeUnlinkPage {
+            leftsib,
+            rightsib,
+            level,
+            safexid,
+            leafleftsib,
+            leafrightsib,
+            leaftopparent,
+            ..
+        }) => {
+            let _ = write!(
+                buf,
+                "left: {leftsib}, right: {rightsib}, level: {level}, safexid: {}:{}, \
+                 leafleft: {leafleftsib}, leafright: {leafrightsib}, \
+                 leaftopparent: {leaftopparent}",
+                safexid >> 32,
+                safexid as u32
+            );
+        }
+        BtreeRecord::NewRoot { level, .. } => {
+            let _ = write!(buf, "level: {level}");
+        }
+        BtreeRecord::ReusePage {
+            node,
+            latest_removed_full_xid,
+            is_catalog_rel,
+            ..
+        } => {
+            let _ = write!(
+                buf,
+                "rel: {node}, snapshotConflictHorizon: {}:{}",
+                latest_removed_full_xid >> 32,
+                latest_removed_full_xid as u32
+            );
+            let _ = catalog_rel_desc(buf, rec, is_catalog_rel, ", isCatalogRel: ");
+        }
+        BtreeRecord::MetaCleanup { metadata } => {
+            if let Some(m) = metadata {
+                let _ = write!(
+                    buf,
+                    "last_cleanup_num_delpages: {}",
+                    m.last_cleanup_num_delpages
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 16's `delvacuum_desc`: block 0's deleted offsets, then the updated posting-list tuples,
+/// each as its offset and the TIDs it loses (`xl_btree_update`: a `uint16` count, then that
+/// many `uint16` positions in the posting list), after all the updated offsets.
+fn delvacuum_desc(buf: &mut String, data: &[u8], ndeleted: u16, nupdated: u16) {
+    let (nd, nu) = (ndeleted as usize, nupdated as usize);
+    let (Some(deleted), Some(updated)) = (u16s_at(data, 0, nd), u16s_at(data, 2 * nd, nu)) else {
+        buf.push_str("<vacuum/delete block data shorter than its counts>");
+        return;
+    };
+    buf.push_str(", deleted:");
+    offsets_desc(buf, deleted);
+    buf.push_str(", updated: [");
+    let mut at = 2 * (nd + nu);
+    for (i, off) in updated.iter().enumerate() {
+        let Some(ptids) = u16s_at(data, at, 1).and_then(|n| u16s_at(data, at + 2, n[0] as usize))
+        else {
+            buf.push_str("<updates cut short>");
+            break;
+        };
+        let _ = write!(
+            buf,
+            "{}{{ off: {off}, nptids: {}, ptids: [",
+            if i > 0 { ", " } else { "" },
+            ptids.len()
+        );
+        for (p, t) in ptids.iter().enumerate() {
+            let _ = write!(buf, "{}{t}", if p > 0 { ", " } else { "" });
+        }
+        buf.push_str("] }");
+        at += 2 + 2 * ptids.len();
+    }
+    buf.push(']');
+}
+
+/// 15's `btree_desc`.
+fn btree_desc_15(buf: &mut String, parsed: btree::BtreeRecord) {
+    use btree::*;
+    match parsed {
         BtreeRecord::Insert { offnum, .. } => {
             let _ = write!(buf, "off {offnum}");
         }
@@ -534,6 +1001,7 @@ fn btree_desc(
             latest_removed_xid,
             ndeleted,
             nupdated,
+            ..
         } => {
             let _ = write!(
                 buf,
@@ -595,7 +1063,6 @@ fn btree_desc(
             }
         }
     }
-    Ok(())
 }
 
 fn standby_desc(
@@ -751,32 +1218,41 @@ fn gin_desc(buf: &mut String, rec: &DecodedRecord) -> Result<(), crate::wal::err
     Ok(())
 }
 
-/// `gist_desc` (`access/rmgrdesc/gistdesc.c`, PostgreSQL 15 wording: `latestRemovedXid`;
-/// PAGE_UPDATE and ASSIGN_LSN print nothing).
+/// `gist_desc` (`access/rmgrdesc/gistdesc.c`; PAGE_UPDATE and ASSIGN_LSN print nothing).
+/// 15 says `latestRemovedXid`, 16 `snapshotConflictHorizon`, 17 adds `isCatalogRel`.
 fn gist_desc(
     buf: &mut String,
     rec: &DecodedRecord,
 ) -> Result<(), crate::wal::error::MainDataError> {
     use gist::GistRecord;
+    let horizon = horizon_name(rec, " ");
     let _ = match gist::parse(rec)? {
         GistRecord::PageReuse {
             node,
             block,
             latest_removed_full_xid,
-        } => write!(
-            buf,
-            "rel {node}; blk {block}; latestRemovedXid {}:{}",
-            latest_removed_full_xid >> 32,
-            latest_removed_full_xid as u32
-        ),
+            is_catalog_rel,
+        } => {
+            let _ = write!(
+                buf,
+                "rel {node}; blk {block}; {horizon}{}:{}",
+                latest_removed_full_xid >> 32,
+                latest_removed_full_xid as u32
+            );
+            catalog_rel_desc(buf, rec, is_catalog_rel, ", isCatalogRel ")
+        }
         GistRecord::Delete {
             latest_removed_xid,
             ntodelete,
+            is_catalog_rel,
             ..
-        } => write!(
-            buf,
-            "delete: latestRemovedXid {latest_removed_xid}, nitems: {ntodelete}"
-        ),
+        } => {
+            let _ = write!(
+                buf,
+                "delete: {horizon}{latest_removed_xid}, nitems: {ntodelete}"
+            );
+            catalog_rel_desc(buf, rec, is_catalog_rel, ", isCatalogRel ")
+        }
         GistRecord::PageSplit { npage, .. } => write!(buf, "page_split: splits to {npage} pages"),
         GistRecord::PageDelete {
             delete_xid,
@@ -792,8 +1268,8 @@ fn gist_desc(
     Ok(())
 }
 
-/// `spg_desc` (`access/rmgrdesc/spgdesc.c`, PostgreSQL 15 wording: VACUUM_REDIRECT's
-/// `newestredirectxid`, no `isCatalogRel`).
+/// `spg_desc` (`access/rmgrdesc/spgdesc.c`): VACUUM_REDIRECT's horizon is
+/// `newestredirectxid` on 15, `snapshotConflictHorizon` from 16, with `isCatalogRel` from 17.
 fn spg_desc(buf: &mut String, rec: &DecodedRecord) -> Result<(), crate::wal::error::MainDataError> {
     use spgist::SpgRecord;
     let flag = |buf: &mut String, on: bool, what: &str| {
@@ -908,14 +1384,21 @@ fn spg_desc(buf: &mut String, rec: &DecodedRecord) -> Result<(), crate::wal::err
         SpgRecord::VacuumRedirect {
             first_placeholder,
             newest_redirect_xid,
+            is_catalog_rel,
             to_placeholder,
         } => {
+            let horizon = if rec.version.has_catalog_rel_flags() {
+                "snapshotConflictHorizon"
+            } else {
+                "newestredirectxid"
+            };
             let _ = write!(
                 buf,
                 "ntoplaceholder: {}, firstplaceholder: {first_placeholder}, \
-                 newestredirectxid: {newest_redirect_xid}",
+                 {horizon}: {newest_redirect_xid}",
                 to_placeholder.len()
             );
+            let _ = catalog_rel_desc(buf, rec, is_catalog_rel, ", isCatalogRel: ");
         }
     }
     Ok(())
@@ -1047,11 +1530,16 @@ fn hash_desc(
         HashRecord::VacuumOnePage {
             latest_removed_xid,
             ntuples,
+            is_catalog_rel,
             ..
-        } => write!(
-            buf,
-            "ntuples {ntuples}, latestRemovedXid {latest_removed_xid}"
-        ),
+        } => {
+            let _ = write!(
+                buf,
+                "ntuples {ntuples}, {}{latest_removed_xid}",
+                horizon_name(rec, " ")
+            );
+            catalog_rel_desc(buf, rec, is_catalog_rel, ", isCatalogRel ")
+        }
         HashRecord::SplitPage | HashRecord::SplitCleanup => Ok(()),
     };
     Ok(())
@@ -1137,6 +1625,36 @@ fn small_desc(
             let nbytes = r.i32()?;
             let _ = write!(buf, "database {dbid} tablespace {tsid} size {nbytes}");
         }
+        RM_LOGICALMSG_ID if info == 0x00 => {
+            // logicalmsg_desc: xl_logical_message is dbId (0), transactional (4),
+            // prefix_size (8) and message_size (16), then the prefix (NUL included) and
+            // the payload, printed as hex bytes.
+            let _db_id = r.u32()?;
+            let transactional = r.bool()?;
+            r.seek(8)?;
+            let prefix_size = r.u64()?;
+            let message_size = r.u64()?;
+            let prefix_len = usize::try_from(prefix_size)
+                .map_err(|_| r.error(format!("prefix_size {prefix_size}")))?;
+            let message_len = usize::try_from(message_size)
+                .map_err(|_| r.error(format!("message_size {message_size}")))?;
+            let prefix = r.bytes(prefix_len)?;
+            let prefix = prefix.split(|&b| b == 0).next().unwrap_or_default();
+            let message = r.bytes(message_len)?;
+            let _ = write!(
+                buf,
+                "{}, prefix \"{}\"; payload ({message_len} bytes): ",
+                if transactional {
+                    "transactional"
+                } else {
+                    "non-transactional"
+                },
+                String::from_utf8_lossy(prefix)
+            );
+            for (i, b) in message.iter().enumerate() {
+                let _ = write!(buf, "{}{b:02X}", if i > 0 { " " } else { "" });
+            }
+        }
         RM_TBLSPC_ID => {
             let ts_id = r.u32()?;
             if info == 0x00 {
@@ -1197,6 +1715,7 @@ pub fn has_pg_waldump_desc(rmid: u8) -> bool {
             | RM_SEQ_ID
             | RM_COMMIT_TS_ID
             | RM_GENERIC_ID
+            | RM_LOGICALMSG_ID
     )
 }
 

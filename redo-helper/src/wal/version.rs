@@ -151,6 +151,12 @@ impl PgVersion {
         self >= PgVersion::V16
     }
 
+    /// 18 and later: `xl_heap_inplace` carries the invalidations the update sends
+    /// (`dbId`, `tsId`, `relcacheInitFileInval`, `nmsgs`, `msgs[]` after `offnum`).
+    pub fn has_inplace_invalidations(self) -> bool {
+        self >= PgVersion::V18
+    }
+
     /// 17 and later: one `XLOG_HEAP2_PRUNE_*` record for pruning, vacuuming and freezing.
     pub fn has_merged_prune_freeze(self) -> bool {
         self >= PgVersion::V17

@@ -125,6 +125,25 @@ fn workload(c: &PgCluster) {
     c.sql("CREATE SEQUENCE s");
     c.sql("SELECT count(nextval('s')) FROM generate_series(1, 100)");
     c.sql("SELECT setval('s', 1000)");
+    // Btree items removed from deduplicated posting lists (VACUUM's updated tuples), leaf
+    // pages emptied and deleted (MARK_PAGE_HALFDEAD, UNLINK_PAGE, META_CLEANUP), and once
+    // a later VACUUM has put them in the free space map, reused by splits (REUSE_PAGE).
+    c.sql("CREATE TABLE dup (k int, v int) WITH (autovacuum_enabled = off)");
+    c.sql("CREATE INDEX dup_k ON dup (k)");
+    c.sql("CREATE INDEX dup_v ON dup (v)");
+    c.sql("INSERT INTO dup SELECT g % 10, g FROM generate_series(1, 10000) g");
+    c.sql("DELETE FROM dup WHERE v % 3 = 0 OR v BETWEEN 2500 AND 7500");
+    c.sql("VACUUM dup");
+    c.sql("SELECT txid_current()");
+    c.sql("SELECT txid_current()");
+    c.sql("VACUUM dup");
+    c.sql("INSERT INTO dup SELECT g % 10, 10000 + g FROM generate_series(1, 10000) g");
+    // A speculative insertion confirmed (INSERT ... ON CONFLICT: HEAP_CONFIRM), then one
+    // that conflicts.
+    c.sql("CREATE TABLE upsert (id int PRIMARY KEY, n int)");
+    for _ in 0..2 {
+        c.sql("INSERT INTO upsert VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = upsert.n + 1");
+    }
     // A database copied block by block in WAL (WAL_LOG) and one by file copy; a mapped
     // catalog rewritten (relmap); a logical message.
     c.sql("CREATE DATABASE d_wal_log");
@@ -162,11 +181,24 @@ fn assert_decoding_matches_pg_walinspect(c: &PgCluster, start: Lsn, end: Lsn) ->
     let mut reader = WalFileReader::open(c.wal_dir(), start, opts).expect("open pg_wal");
     let mut ours: Vec<RecordRow> = Vec::new();
     let mut our_blocks: Vec<BlockRow> = Vec::new();
+    // Each record's rmgr description (`rm_desc`, as `pg_waldump` prints after the type).
+    let mut our_descs: Vec<(String, String, String)> = Vec::new();
     while let Some(rec) = reader.next_record().expect("decode") {
         if rec.lsn < start {
             continue;
         }
         let lsn = lsn_text(rec.lsn);
+        let mut desc = String::new();
+        redo_helper::wal::desc::describe(&rec, &mut desc);
+        our_descs.push((
+            lsn.clone(),
+            format!(
+                "{}/{}",
+                rec.rmgr().name(),
+                redo_helper::wal::rmgr::record_type_name_of(rec.version, rec.rmid(), rec.info())
+            ),
+            desc,
+        ));
         ours.push((
             lsn.clone(),
             lsn_text(rec.end_lsn),
@@ -243,6 +275,7 @@ fn assert_decoding_matches_pg_walinspect(c: &PgCluster, start: Lsn, end: Lsn) ->
         })
         .collect();
     assert!(ours.len() > 1000, "only {} records decoded", ours.len());
+    assert_descriptions_match(c, &s, &e, &our_descs);
     for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         assert_eq!(a, b, "record {i} differs (ours, pg_walinspect)");
     }
@@ -282,6 +315,75 @@ fn assert_decoding_matches_pg_walinspect(c: &PgCluster, start: Lsn, end: Lsn) ->
     }
     eprintln!("decoding parity: {} records, {per_rmgr:?}", ours.len());
     ours.len()
+}
+
+/// Every record's description equals the server's own `rm_desc` (`pg_get_wal_records_info`'s
+/// `description`: the text `pg_waldump` of that version prints after the record type).
+/// Mismatches are tallied per record type, with the first of each, before failing.
+fn assert_descriptions_match(c: &PgCluster, s: &str, e: &str, ours: &[(String, String, String)]) {
+    let out = c.sql(&format!(
+        "SELECT start_lsn, replace(description, E'\\n', '\\n') \
+         FROM pg_get_wal_records_info('{s}', '{e}')"
+    ));
+    let theirs: Vec<(String, String)> = out
+        .lines()
+        .map(|l| {
+            let (lsn, desc) = l.split_once('|').unwrap_or((l, ""));
+            (norm_lsn(lsn), desc.to_string())
+        })
+        .collect();
+    assert_eq!(ours.len(), theirs.len(), "description counts differ");
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, kind, _) in ours {
+        *kinds.entry(kind.as_str()).or_default() += 1;
+    }
+    eprintln!("descriptions compared: {kinds:?}");
+    let mut mismatches: BTreeMap<&str, (usize, String)> = BTreeMap::new();
+    for ((lsn, kind, mine), (their_lsn, desc)) in ours.iter().zip(&theirs) {
+        assert_eq!(lsn, their_lsn);
+        if backend_timestamps(mine) != *desc {
+            let m = mismatches
+                .entry(kind.as_str())
+                .or_insert_with(|| (0, format!("{lsn}\n    ours:   {mine}\n    theirs: {desc}")));
+            m.0 += 1;
+        }
+    }
+    let report: Vec<String> = mismatches
+        .iter()
+        .map(|(kind, (n, first))| format!("{kind}: {n} records, first at {first}"))
+        .collect();
+    assert!(
+        report.is_empty(),
+        "{} record types described unlike the server's rm_desc:\n{}",
+        report.len(),
+        report.join("\n")
+    );
+}
+
+/// Our timestamps (`... 14:45:43.875100 UTC`, pg_waldump's frontend format) as the server
+/// prints them in UTC (`... 14:45:43.8751+00`: trailing zeros of the fraction dropped).
+fn backend_timestamps(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find(" UTC") {
+        let mut head = rest[..i].to_string();
+        if let Some(dot) = head.rfind('.')
+            && head.len() - dot == 7
+            && head[dot + 1..].bytes().all(|b| b.is_ascii_digit())
+        {
+            while head.ends_with('0') {
+                head.pop();
+            }
+            if head.ends_with('.') {
+                head.pop();
+            }
+        }
+        out.push_str(&head);
+        out.push_str("+00");
+        rest = &rest[i + 4..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Stream, decode (parity with pg_walinspect), verify and check on PostgreSQL `major`.

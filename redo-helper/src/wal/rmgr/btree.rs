@@ -108,6 +108,8 @@ pub enum BtreeRecord {
         latest_removed_xid: u32,
         ndeleted: u16,
         nupdated: u16,
+        /// 16+ (`isCatalogRel`); false on 15.
+        is_catalog_rel: bool,
     },
     /// UNLINK_PAGE / UNLINK_PAGE_META (`xl_btree_unlink_page`).
     UnlinkPage(XlBtreeUnlinkPage),
@@ -128,6 +130,8 @@ pub enum BtreeRecord {
         node: RelFileLocator,
         block: u32,
         latest_removed_full_xid: u64,
+        /// 16+ (`isCatalogRel`); false on 15.
+        is_catalog_rel: bool,
     },
     /// META_CLEANUP: no main data; the metadata is block 0's data.
     MetaCleanup { metadata: Option<BtreeMetadata> },
@@ -159,6 +163,7 @@ pub fn parse(rec: &DecodedRecord) -> Result<BtreeRecord, MainDataError> {
             latest_removed_xid: r.u32()?,
             ndeleted: r.u16()?,
             nupdated: r.u16()?,
+            is_catalog_rel: rec.version.has_catalog_rel_flags() && r.bool()?,
         },
         XLOG_BTREE_UNLINK_PAGE | XLOG_BTREE_UNLINK_PAGE_META => {
             let leftsib = r.u32()?;
@@ -198,10 +203,12 @@ pub fn parse(rec: &DecodedRecord) -> Result<BtreeRecord, MainDataError> {
         XLOG_BTREE_REUSE_PAGE => {
             let node = r.rel()?;
             let block = r.u32()?;
+            let latest_removed_full_xid = r.u64()?;
             BtreeRecord::ReusePage {
                 node,
                 block,
-                latest_removed_full_xid: r.u64()?,
+                latest_removed_full_xid,
+                is_catalog_rel: rec.version.has_catalog_rel_flags() && r.bool()?,
             }
         }
         XLOG_BTREE_META_CLEANUP => BtreeRecord::MetaCleanup {

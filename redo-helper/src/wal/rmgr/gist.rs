@@ -63,14 +63,17 @@ pub enum GistRecord {
     Delete {
         latest_removed_xid: u32,
         ntodelete: u16,
+        /// 16+ (`isCatalogRel`); false on 15.
+        is_catalog_rel: bool,
         offsets: Vec<u16>,
     },
-    /// `gistxlogPageReuse` (PostgreSQL 15: RelFileNode, block, a FullTransactionId at
-    /// offset 16; no `isCatalogRel`).
+    /// `gistxlogPageReuse`: RelFileNode, block, a FullTransactionId at offset 16, and
+    /// from 16 `isCatalogRel` at 24 (false on 15).
     PageReuse {
         node: RelFileLocator,
         block: u32,
         latest_removed_full_xid: u64,
+        is_catalog_rel: bool,
     },
     /// `gistxlogPageSplit`: origrlink (0), orignsn (8, an XLogRecPtr), origleaf (16), npage
     /// (18), markfollowright (20).
@@ -101,9 +104,11 @@ pub fn parse(rec: &DecodedRecord) -> Result<GistRecord, MainDataError> {
         XLOG_GIST_DELETE => {
             let latest_removed_xid = r.u32()?;
             let ntodelete = r.u16()?;
+            let mut is_catalog_rel = false;
             let offsets = if rec.version.has_catalog_rel_flags() {
                 // 16+: `bool isCatalogRel` at 6, then `offsets[]` at offsetof 8, always
                 // read (gistRedoDeleteRecord no longer checks the length).
+                is_catalog_rel = r.bool()?;
                 r.seek(SIZE_OF_GISTXLOG_DELETE_16)?;
                 r.u16_array(ntodelete as usize)?
             } else if r.remaining() > 0 {
@@ -116,16 +121,19 @@ pub fn parse(rec: &DecodedRecord) -> Result<GistRecord, MainDataError> {
             GistRecord::Delete {
                 latest_removed_xid,
                 ntodelete,
+                is_catalog_rel,
                 offsets,
             }
         }
         XLOG_GIST_PAGE_REUSE => {
             let node = r.rel()?;
             let block = r.u32()?;
+            let latest_removed_full_xid = r.u64()?;
             GistRecord::PageReuse {
                 node,
                 block,
-                latest_removed_full_xid: r.u64()?,
+                latest_removed_full_xid,
+                is_catalog_rel: rec.version.has_catalog_rel_flags() && r.bool()?,
             }
         }
         XLOG_GIST_PAGE_SPLIT => {

@@ -132,6 +132,8 @@ pub enum HashRecord {
     VacuumOnePage {
         latest_removed_xid: u32,
         ntuples: i32,
+        /// 16+ (`isCatalogRel`); false on 15.
+        is_catalog_rel: bool,
         offsets: Vec<u16>,
     },
 }
@@ -192,10 +194,12 @@ pub fn parse(rec: &DecodedRecord) -> Result<HashRecord, MainDataError> {
             if rec.version.has_catalog_rel_flags() {
                 // 16+: `uint16 ntuples` at 4, `bool isCatalogRel` at 6, `offsets[]` at 8.
                 let ntuples = r.u16()?;
+                let is_catalog_rel = r.bool()?;
                 r.seek(SIZE_OF_HASH_VACUUM_ONE_PAGE)?;
                 return Ok(HashRecord::VacuumOnePage {
                     latest_removed_xid,
                     ntuples: ntuples.into(),
+                    is_catalog_rel,
                     offsets: r.u16_array(ntuples.into())?,
                 });
             }
@@ -210,6 +214,7 @@ pub fn parse(rec: &DecodedRecord) -> Result<HashRecord, MainDataError> {
             HashRecord::VacuumOnePage {
                 latest_removed_xid,
                 ntuples,
+                is_catalog_rel: false,
                 offsets,
             }
         }

@@ -195,7 +195,19 @@ pub enum HeapRecord {
     Truncate(HeapTruncate),
     Confirm { offnum: u16 },
     Lock(HeapLock),
-    Inplace { offnum: u16 },
+    Inplace(HeapInplace),
+}
+
+/// `xl_heap_inplace`: the tuple overwritten in place, and from 18 the invalidations the
+/// update sends (its `dbId`, `tsId` and `relcacheInitFileInval` at 4, 8 and 12, `nmsgs` at
+/// 16, the messages from 20); on 15-17 only `offnum`, and `msgs` is empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeapInplace {
+    pub offnum: u16,
+    pub db_id: u32,
+    pub ts_id: u32,
+    pub relcache_init_file_inval: bool,
+    pub msgs: Vec<super::standby::InvalidationMessage>,
 }
 
 /// Parses the main data of a Heap record.
@@ -245,7 +257,26 @@ pub fn parse_heap(rec: &DecodedRecord) -> Result<HeapRecord, MainDataError> {
             infobits_set: r.u8()?,
             flags: r.u8()?,
         }),
-        _ => HeapRecord::Inplace { offnum: r.u16()? },
+        _ => {
+            let mut inplace = HeapInplace {
+                offnum: r.u16()?,
+                db_id: 0,
+                ts_id: 0,
+                relcache_init_file_inval: false,
+                msgs: Vec::new(),
+            };
+            if rec.version.has_inplace_invalidations() {
+                r.seek(4)?;
+                inplace.db_id = r.u32()?;
+                inplace.ts_id = r.u32()?;
+                inplace.relcache_init_file_inval = r.bool()?;
+                r.seek(16)?;
+                let n = r.i32()?;
+                let n = usize::try_from(n).map_err(|_| r.error(format!("negative nmsgs {n}")))?;
+                inplace.msgs = super::standby::InvalidationMessage::parse_array(&mut r, n)?;
+            }
+            HeapRecord::Inplace(inplace)
+        }
     })
 }
 

@@ -189,6 +189,8 @@ pub enum SpgRecord<'a> {
     VacuumRedirect {
         first_placeholder: u16,
         newest_redirect_xid: u32,
+        /// 16+ (`isCatalogRel`); false on 15.
+        is_catalog_rel: bool,
         to_placeholder: Vec<u16>,
     },
 }
@@ -363,14 +365,18 @@ pub fn parse(rec: &DecodedRecord) -> Result<SpgRecord<'_>, MainDataError> {
             let first_placeholder = r.u16()?;
             let newest_redirect_xid = r.u32()?;
             // 16 added `bool isCatalogRel` at 8: the offsets start at 10, not 8.
-            r.seek(if rec.version.has_catalog_rel_flags() {
-                SIZE_OF_VACUUM_REDIRECT_16
+            let is_catalog_rel = if rec.version.has_catalog_rel_flags() {
+                let flag = r.bool()?;
+                r.seek(SIZE_OF_VACUUM_REDIRECT_16)?;
+                flag
             } else {
-                SIZE_OF_VACUUM_REDIRECT
-            })?;
+                r.seek(SIZE_OF_VACUUM_REDIRECT)?;
+                false
+            };
             SpgRecord::VacuumRedirect {
                 first_placeholder,
                 newest_redirect_xid,
+                is_catalog_rel,
                 to_placeholder: r.u16_array(n_to_placeholder.into())?,
             }
         }
