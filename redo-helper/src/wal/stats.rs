@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use super::page::Lsn;
 use super::record::DecodedRecord;
-use super::rmgr::{RM_XACT_ID, RmgrId, identify};
+use super::rmgr::{RM_XACT_ID, RmgrId, identify_of};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatsRow {
@@ -38,6 +38,8 @@ pub struct WalStats {
     pub start: Option<Lsn>,
     pub end: Lsn,
     pub count: u64,
+    /// The version of the records counted: it names their types (17 renamed Heap2's).
+    pub version: Option<crate::wal::PgVersion>,
     /// Indexed by rmgr id then record type: a fixed size, so a `u8` index needs no check.
     record: Box<[[StatsRow; 16]; 256]>,
 }
@@ -48,6 +50,7 @@ impl Default for WalStats {
             start: None,
             end: Lsn(0),
             count: 0,
+            version: None,
             record: Box::new([[StatsRow::default(); 16]; 256]),
         }
     }
@@ -62,6 +65,7 @@ impl WalStats {
         self.start.get_or_insert(rec.lsn);
         self.end = rec.end_lsn;
         self.count += 1;
+        self.version = Some(rec.version);
         let mut recid = (rec.info() >> 4) as usize;
         // Transaction records use the top bit as a flag (XLOG_XACT_HAS_INFO).
         if rec.rmid() == RM_XACT_ID {
@@ -79,6 +83,7 @@ impl WalStats {
         self.start = self.start.or(later.start);
         self.end = later.end;
         self.count += later.count;
+        self.version = later.version.or(self.version);
         for (mine, theirs) in self.record.iter_mut().zip(later.record.iter()) {
             for (m, t) in mine.iter_mut().zip(theirs) {
                 m.absorb(t);
@@ -161,7 +166,7 @@ impl WalStats {
                         continue;
                     }
                     let info = (recid as u8) << 4;
-                    let name = match identify(rmid, info) {
+                    let name = match identify_of(self.version.unwrap_or_default(), rmid, info) {
                         Some(n) => format!("{}/{}", id.name(), n),
                         None => format!("{}/UNKNOWN ({:x})", id.name(), info),
                     };

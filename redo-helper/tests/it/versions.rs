@@ -183,10 +183,13 @@ fn assert_decoding_matches_pg_walinspect(c: &PgCluster, start: Lsn, end: Lsn) ->
     let mut our_blocks: Vec<BlockRow> = Vec::new();
     // Each record's rmgr description (`rm_desc`, as `pg_waldump` prints after the type).
     let mut our_descs: Vec<(String, String, String)> = Vec::new();
+    // The `waldump --stats=record` table's counts.
+    let mut stats = redo_helper::wal::stats::WalStats::default();
     while let Some(rec) = reader.next_record().expect("decode") {
         if rec.lsn < start {
             continue;
         }
+        stats.add(&rec);
         let lsn = lsn_text(rec.lsn);
         let mut desc = String::new();
         redo_helper::wal::desc::describe(&rec, &mut desc);
@@ -276,6 +279,39 @@ fn assert_decoding_matches_pg_walinspect(c: &PgCluster, start: Lsn, end: Lsn) ->
         .collect();
     assert!(ours.len() > 1000, "only {} records decoded", ours.len());
     assert_descriptions_match(c, &s, &e, &our_descs);
+    // Per record type statistics under the version's names (17 renamed Heap2's prune
+    // records): the counts of `pg_get_wal_stats`, rows with records only.
+    let our_stats: Vec<(String, u64)> = stats
+        .render(true)
+        .lines()
+        .skip(3)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let name = f.next()?;
+            let n = f.next()?.parse().ok()?;
+            name.contains('/').then(|| (name.to_string(), n))
+        })
+        .collect();
+    let their_stats: Vec<(String, u64)> = c
+        .sql(&format!(
+            "SELECT \"resource_manager/record_type\", count \
+             FROM pg_get_wal_stats('{s}', '{e}', true) WHERE count > 0"
+        ))
+        .lines()
+        .filter_map(|l| {
+            let (name, n) = l.split_once('|')?;
+            Some((name.to_string(), n.parse().ok()?))
+        })
+        .collect();
+    assert!(
+        our_stats.len() > 20,
+        "only {} record types counted",
+        our_stats.len()
+    );
+    assert_eq!(
+        our_stats, their_stats,
+        "--stats=record differs from pg_get_wal_stats"
+    );
     for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         assert_eq!(a, b, "record {i} differs (ours, pg_walinspect)");
     }
