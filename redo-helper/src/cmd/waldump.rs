@@ -320,21 +320,22 @@ pub(crate) fn run(opts: &WaldumpOptions, out: &mut dyn Write) -> Result<WaldumpS
 /// continues from the segment before (`xlp_rem_len`): the part skips that continuation, as
 /// `XLogFindNextRecord` does, and starts with the first record beginning in its segment. It
 /// counts every record that begins before the next part's first segment, the last one
-/// possibly ending in that segment (its reader may go one segment further). The parts are
-/// then joined in order only where they link up as a single pass would have found them: a
-/// part's first record starts where the part before ended (`EndRecPtr`) and its `xl_prev`
-/// names that part's last record. Anything else (a part without records, a record longer
-/// than the segment after its part, a part failing to open) falls back to the single pass,
-/// which then reports whatever is wrong. An error inside a part that links up ends the
-/// statistics there, as it would have ended the single pass.
+/// possibly ending in that segment, and decodes one more: the first record beginning at
+/// or after the boundary, as a single pass would find it (checking the page headers it
+/// crosses), which it does not count. Its reader may read up to `PART_OVERLAP` past the
+/// boundary for those two. The parts are then joined in order only where they link up as a
+/// single pass would have read them: a part's first record is the one the part before
+/// found after its boundary, and its `xl_prev` names that part's last counted record.
+/// Anything else (a part without records, records at the boundary longer than the
+/// overlap, a part failing to open) falls back to the single pass, which then reports
+/// whatever is wrong. An error inside a part that links up ends the statistics there, as
+/// it would have ended the single pass.
 mod parallel {
     use std::path::Path;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use crate::wal::page::{
-        Lsn, SIZE_OF_LONG_PAGE_HEADER, SIZE_OF_SHORT_PAGE_HEADER, segment_file_name,
-    };
+    use crate::wal::page::{Lsn, segment_file_name};
     use crate::wal::stats::WalStats;
     use crate::wal::{DecodedRecord, FileReaderOptions, PageKey, WalError, WalFileReader};
 
@@ -342,7 +343,9 @@ mod parallel {
 
     /// Most threads used (beyond a few, the page cache's bandwidth is the limit).
     const MAX_THREADS: usize = 8;
-    /// How far past its end a part may read to complete its last record.
+    /// How far past its end a part may read to complete its last record and decode the
+    /// first record of the next part (records longer than that at a boundary, such as a
+    /// 20 MB logical message, send the count to one pass).
     const PART_OVERLAP: u64 = 2 << 20;
     /// Parts per thread, taken in turn: WAL is uneven (a bulk load's segments hold a few
     /// thousand records, a TPC-B-like run's a quarter of a million), and several parts per
@@ -385,6 +388,9 @@ mod parallel {
         first: Option<(Lsn, Lsn)>,
         /// Position and end of the last record decoded in the part.
         last: Option<(Lsn, Lsn)>,
+        /// Position of the first record the part's reader found at or after its end: where
+        /// a single pass goes on, so where the next part's first record must be.
+        next: Option<Lsn>,
         /// Position of the last record counted.
         last_counted: Option<Lsn>,
         end: PartEnd,
@@ -500,7 +506,7 @@ mod parallel {
             }
         });
         let results: Option<Vec<Part>> = results.into_iter().collect();
-        join(results?, seg_size)
+        join(results?)
     }
 
     /// Counts the records of one part: those beginning before `part_end` (`None`: all up to
@@ -515,6 +521,7 @@ mod parallel {
             records: 0,
             first: None,
             last: None,
+            next: None,
             last_counted: None,
             end: PartEnd::Done,
         };
@@ -541,6 +548,7 @@ mod parallel {
                 }
             }
             if part_end.is_some_and(|e| rec.lsn >= e) {
+                part.next = Some(rec.lsn);
                 return part;
             }
             part.first.get_or_insert((rec.lsn, rec.prev()));
@@ -554,24 +562,9 @@ mod parallel {
         }
     }
 
-    /// Where the record after one ending at `end` begins: `end` itself, unless `end` is the
-    /// start of a WAL page, whose header comes first (long on a segment's first page).
-    /// PostgreSQL's `EndRecPtr` is such a page start when a record fills its page to the
-    /// last byte, or for an `XLOG_SWITCH`, which extends to the end of its segment; the
-    /// reader then skips the header (`XLogDecodeNextRecord`).
-    fn next_record_start(end: Lsn, seg_size: u32) -> Lsn {
-        if end.page_offset() != 0 {
-            end
-        } else if end.segment_offset(seg_size) == 0 {
-            end.add(SIZE_OF_LONG_PAGE_HEADER as u64)
-        } else {
-            end.add(SIZE_OF_SHORT_PAGE_HEADER as u64)
-        }
-    }
-
     /// The parts added up in order, up to the first that ends the WAL or fails; `None` if
     /// they do not link up as one pass would have read them.
-    fn join(parts: Vec<Part>, seg_size: u32) -> Option<Scan> {
+    fn join(parts: Vec<Part>) -> Option<Scan> {
         let mut scan = Scan {
             stats: WalStats::default(),
             summary: WaldumpSummary {
@@ -581,12 +574,13 @@ mod parallel {
             },
             error: None,
         };
-        let mut prev_last: Option<(Lsn, Lsn)> = None;
+        // The part before's last record and the record its reader found after it.
+        let mut prev_link: Option<(Lsn, Lsn)> = None;
         for (k, part) in parts.into_iter().enumerate() {
             if k > 0 {
-                let (last_lsn, last_end) = prev_last?;
+                let (last_lsn, next_lsn) = prev_link?;
                 let (first_lsn, first_prev) = part.first?;
-                if first_lsn != next_record_start(last_end, seg_size) || first_prev != last_lsn {
+                if first_lsn != next_lsn || first_prev != last_lsn {
                     return None;
                 }
             }
@@ -594,7 +588,7 @@ mod parallel {
             scan.summary.records += part.records;
             scan.summary.last_lsn = part.last_counted.or(scan.summary.last_lsn);
             match part.end {
-                PartEnd::Done => prev_last = part.last,
+                PartEnd::Done => prev_link = part.last.map(|(l, _)| l).zip(part.next),
                 PartEnd::Incomplete => return None,
                 PartEnd::Failed(e) if e.is_end_of_wal() => {
                     scan.summary.end_of_wal = Some(e);
@@ -613,46 +607,42 @@ mod parallel {
     mod tests {
         use super::*;
 
-        const SEG: u32 = 16 << 20;
-
-        fn part(first: (u64, u64), last: (u64, u64)) -> Part {
+        fn part(first: (u64, u64), last: u64, next: Option<u64>) -> Part {
             Part {
                 stats: WalStats::default(),
                 records: 1,
                 first: Some((Lsn(first.0), Lsn(first.1))),
-                last: Some((Lsn(last.0), Lsn(last.1))),
-                last_counted: Some(Lsn(last.0)),
+                last: Some((Lsn(last), Lsn(last + 0x48))),
+                next: next.map(Lsn),
+                last_counted: Some(Lsn(last)),
                 end: PartEnd::Done,
             }
         }
 
-        /// A part's last record may end exactly at a page or segment start: the next part's
-        /// first record then begins after that page's header. Such parts link up (before,
-        /// such a boundary sent `--stats` to a second,
-        /// single pass).
+        /// A part links up with the one before only at the record that part's reader found
+        /// after its boundary, with `xl_prev` naming its last record. That record may lie
+        /// past a page header (a record filling its page to the last byte, or a WAL switch):
+        /// before, the link was computed from the last record's end, and such a boundary
+        /// sent `--stats` to a second, single pass.
         #[test]
-        fn parts_link_up_across_page_headers() {
-            let seg = SEG as u64;
-            // Mid-page: the next record starts where the last ended.
-            let p0 = part((seg + 40, 0x10), (2 * seg - 0x100, 2 * seg - 0x80));
-            let p1 = part((2 * seg - 0x80, 2 * seg - 0x100), (3 * seg, 3 * seg + 0x50));
-            assert_eq!(join(vec![p0, p1], SEG).map(|s| s.summary.records), Some(2));
-            // Ending on a segment's first byte: a long header (40 bytes) comes first.
-            let p0 = part((seg + 40, 0x10), (2 * seg - 0x48, 2 * seg));
-            let p1 = part((2 * seg + 40, 2 * seg - 0x48), (3 * seg, 3 * seg + 0x50));
-            assert_eq!(join(vec![p0, p1], SEG).map(|s| s.summary.records), Some(2));
-            // Ending on another page's first byte: a short header (24 bytes).
-            let page = 2 * seg + 8192;
-            let p0 = part((seg + 40, 0x10), (page - 0x48, page));
-            let p1 = part((page + 24, page - 0x48), (3 * seg, 3 * seg + 0x50));
-            assert_eq!(join(vec![p0, p1], SEG).map(|s| s.summary.records), Some(2));
-            // Anything else does not link up: a gap, or a wrong xl_prev.
-            let p0 = part((seg + 40, 0x10), (2 * seg - 0x48, 2 * seg));
-            let p1 = part((2 * seg + 48, 2 * seg - 0x48), (3 * seg, 3 * seg + 0x50));
-            assert!(join(vec![p0, p1], SEG).is_none());
-            let p0 = part((seg + 40, 0x10), (2 * seg - 0x48, 2 * seg));
-            let p1 = part((2 * seg + 40, 2 * seg - 0x90), (3 * seg, 3 * seg + 0x50));
-            assert!(join(vec![p0, p1], SEG).is_none());
+        fn parts_link_up_where_the_part_before_found_the_next_record() {
+            let seg = 16u64 << 20;
+            let joined = |parts: Vec<Part>| join(parts).map(|s| s.summary.records);
+            // The record after the boundary begins after the segment's long page header.
+            let p0 = part((seg + 40, 0x10), 2 * seg - 0x48, Some(2 * seg + 40));
+            let p1 = part((2 * seg + 40, 2 * seg - 0x48), 3 * seg, None);
+            assert_eq!(joined(vec![p0, p1]), Some(2));
+            // Any other first record, or another xl_prev, does not link up.
+            let p0 = part((seg + 40, 0x10), 2 * seg - 0x48, Some(2 * seg + 40));
+            let p1 = part((2 * seg + 88, 2 * seg - 0x48), 3 * seg, None);
+            assert_eq!(joined(vec![p0, p1]), None);
+            let p0 = part((seg + 40, 0x10), 2 * seg - 0x48, Some(2 * seg + 40));
+            let p1 = part((2 * seg + 40, 2 * seg - 0x90), 3 * seg, None);
+            assert_eq!(joined(vec![p0, p1]), None);
+            // A part whose reader found no record after its boundary does not link up.
+            let p0 = part((seg + 40, 0x10), 2 * seg - 0x48, None);
+            let p1 = part((2 * seg + 40, 2 * seg - 0x48), 3 * seg, None);
+            assert_eq!(joined(vec![p0, p1]), None);
         }
     }
 }

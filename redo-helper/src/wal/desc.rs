@@ -183,6 +183,8 @@ fn invalidations_desc(
             -3 => write!(buf, " smgr"),
             -4 => write!(buf, " relmap db {}", m.db_id()),
             -5 => write!(buf, " snapshot {}", m.oid()),
+            // 18's relation-sync message (the relation at offset 8, like a relcache one).
+            -6 => write!(buf, " relsync {}", m.oid()),
             id => write!(buf, " unrecognized id {id}"),
         };
     }
@@ -600,8 +602,13 @@ fn heap2_desc(
         Heap2Record::Vacuum { nunused } => {
             let _ = write!(buf, "nunused: {nunused}");
             if let Some(data) = block0_data(rec) {
-                buf.push_str(", unused:");
-                offsets_desc(buf, u16s_at(data, 0, nunused as usize).unwrap_or_default());
+                match u16s_at(data, 0, nunused as usize) {
+                    Some(unused) => {
+                        buf.push_str(", unused:");
+                        offsets_desc(buf, unused);
+                    }
+                    None => buf.push_str("<vacuum block data shorter than its count>"),
+                }
             }
         }
         Heap2Record::FreezePlans {
@@ -1460,7 +1467,8 @@ fn format_g(v: f64) -> String {
     }
 }
 
-/// `hash_desc` (PostgreSQL 15: VACUUM_ONE_PAGE prints `latestRemovedXid`).
+/// `hash_desc`: VACUUM_ONE_PAGE's horizon is `latestRemovedXid` on 15,
+/// `snapshotConflictHorizon` from 16, with `isCatalogRel` from 17.
 fn hash_desc(
     buf: &mut String,
     rec: &DecodedRecord,

@@ -582,14 +582,21 @@ fn waldump_cli_stats_match_pg_waldump() {
 
 /// `--stats` over many segments is counted on several threads, part by part
 /// (`cmd::waldump`'s `parallel`): with 1 MB segments a small load spans a few dozen, with
-/// records crossing segment boundaries, and the table must still be pg_waldump's: for the
-/// whole WAL (to its end), for a range of segment files, and after corruption in a middle
-/// segment, where both tools stop at the same record (and so does our single pass).
+/// records crossing segment boundaries and WAL switches, and the table must still be
+/// pg_waldump's: for the whole WAL (to its end), for a range of segment files, and after
+/// corruption in a middle segment, where both tools stop at the same record (and so does
+/// our single pass).
 #[test]
 fn waldump_stats_over_many_segments_match_pg_waldump() {
     let mut c = PgCluster::start(&["--wal-segsize=1"], &[]);
     c.pgbench(&["-q", "-i", "-s", "1"]);
-    c.pgbench(&["-t", "300"]);
+    // WAL switches between the runs: parts whose boundary record is a switch, whose
+    // successor begins after the next segment's long page header.
+    for _ in 0..3 {
+        c.pgbench(&["-t", "100"]);
+        c.sql("SELECT pg_switch_wal()");
+    }
+    c.pgbench(&["-t", "100"]);
     c.stop();
     let bin = env!("CARGO_BIN_EXE_redo-helper");
     let ours = |dir: &Path, args: &[&str]| {
