@@ -116,8 +116,10 @@ struct Tally {
     /// overflowed.
     running_xacts_subxacts: usize,
     running_xacts_overflowed: usize,
-    /// PREPARE TRANSACTION records, and commit-timestamp pages zeroed.
+    /// PREPARE TRANSACTION records (with a replication origin), and commit-timestamp pages
+    /// zeroed.
     prepares: usize,
+    prepares_with_origin: usize,
     commit_ts_zeropages: usize,
 }
 
@@ -245,7 +247,9 @@ fn compare_dir(dir: &Path, tally: &mut Tally) {
             tally.running_xacts_overflowed += usize::from(subxid_overflow);
         }
         let rmgr = |id: u8, info: u8, mask: u8| rec.rmid() == id && rec.rmgr_info() & mask == info;
-        tally.prepares += usize::from(rmgr(redo_helper::wal::rmgr::RM_XACT_ID, 0x10, 0x70));
+        let prepare = rmgr(redo_helper::wal::rmgr::RM_XACT_ID, 0x10, 0x70);
+        tally.prepares += usize::from(prepare);
+        tally.prepares_with_origin += usize::from(prepare && rec.origin.is_some());
         tally.commit_ts_zeropages +=
             usize::from(rmgr(redo_helper::wal::rmgr::RM_COMMIT_TS_ID, 0x00, 0xF0));
         n += 1;
@@ -399,7 +403,15 @@ fn prepared_transactions(c: &PgCluster) {
         ));
         c.sql(end);
     }
-    c.sql("DROP TABLE IF EXISTS prep_p1, prep_p2, prep_old2");
+    // One prepared under a replication origin: 15 prints it after the invalidations.
+    c.sql("SELECT pg_replication_origin_create('parity_origin')");
+    c.sql(
+        "SELECT pg_replication_origin_session_setup('parity_origin'); BEGIN; \
+         SELECT pg_replication_origin_xact_setup('0/1234', now()); \
+         CREATE TABLE prep_o (i int); PREPARE TRANSACTION 'po'",
+    );
+    c.sql("COMMIT PREPARED 'po'");
+    c.sql("DROP TABLE IF EXISTS prep_p1, prep_p2, prep_old2, prep_o");
 }
 
 /// RUNNING_XACTS records of a transaction that holds subtransactions: 5 (listed from 16 on,
@@ -518,7 +530,7 @@ fn waldump_parity_with_pg_waldump() {
         "no RUNNING_XACTS with subtransactions listed and overflowed: {tally:?}"
     );
     assert!(
-        tally.prepares >= 2 && tally.commit_ts_zeropages >= 1,
+        tally.prepares >= 3 && tally.prepares_with_origin >= 1 && tally.commit_ts_zeropages >= 1,
         "no PREPARE or commit-timestamp ZEROPAGE records: {tally:?}"
     );
 }
