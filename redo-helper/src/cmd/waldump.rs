@@ -350,8 +350,9 @@ mod parallel {
     /// Parts per thread, taken in turn: WAL is uneven (a bulk load's segments hold a few
     /// thousand records, a TPC-B-like run's a quarter of a million), and several parts per
     /// thread balance it. A part costs little beyond its segments: it reads only as much
-    /// of the next segment as its last record needs. On 256 MB of pgbench WAL, four parts
-    /// per thread took 0.071 s against 0.086 s for one (medians of 13 alternating runs).
+    /// of the next segment as its last record and the one after it need. On 256 MB of
+    /// pgbench WAL, four parts per thread took 0.071 s against 0.086 s for one (medians of
+    /// 13 alternating runs).
     const PARTS_PER_THREAD: u64 = 4;
     /// Each part reads its segment files with `read(2)` in chunks of this size into one
     /// buffer it reuses, rather than mapping them as the single pass does. With several
