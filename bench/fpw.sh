@@ -34,7 +34,9 @@
 #           each way, the baseline of a general-purpose cloud SSD volume (AWS gp3). WAL
 #           flushes are paid by the process that calls fdatasync, so commits wait for the
 #           volume as they would; only the kernel's own background writeback (data pages
-#           left dirty over 30 s) escapes the limits.
+#           left dirty over 30 s) escapes the limits. In "separated" the volume's kernel
+#           threads (its ext4 journal thread, the unbound workqueues of the loop driver and
+#           the throttle) are kept on the compute's CPU, as a compute host's would be.
 #   tmpfs   a tmpfs: a device with no limits; the compute is bound by its CPU alone, and
 #           FPW on is charged only the CPU its page images cost (copying, CRC, compression)
 #   The emulated ones take BENCH_COMPUTE_TMPFS (8g) of memory.
@@ -148,6 +150,24 @@ volume_place() {
     for pid in "$@"; do echo "$pid" >"$cg_blkio/cgroup.procs" 2>/dev/null || true; done
 }
 
+# volume_kthreads_place PLACEMENT: the volume's kernel-side work runs where the compute
+# runs. An fsync on the volume's ext4 waits for its journal thread (jbd2), and the loop
+# driver and the throttle hand bios to unbound workqueues: kernel threads outside the
+# compute's cgroup. Left free, they ran on CPU 1 too, where in "separated" they queued
+# behind the helper's image generation; in the deployment they are the compute host's.
+# "separated": CPU 0 for the journal thread and every unbound workqueue; "shared": all CPUs.
+wq_cpumask=/sys/devices/virtual/workqueue/cpumask
+wq_cpumask_saved=$(cat "$wq_cpumask" 2>/dev/null || true)
+volume_kthreads_place() {
+    [ "$compute" = volume ] || return 0
+    local cpus mask jbd
+    if [ "$1" = separated ]; then cpus=0 mask=1; else cpus="0-$(($(nproc) - 1))" mask=$wq_cpumask_saved; fi
+    jbd=$(pgrep -x "jbd2/$(basename "$volume_loop")-8" || true)
+    [ -n "$jbd" ] && taskset -pc "$cpus" "$jbd" >/dev/null 2>&1
+    [ -n "$mask" ] && echo "$mask" >"$wq_cpumask" 2>/dev/null
+    return 0
+}
+
 cdir=""
 RW_PID=""
 cleanup() {
@@ -155,6 +175,7 @@ cleanup() {
     helper_stop
     [ -n "$cdir" ] && cluster_remove "$cdir"
     placement_remove
+    [ -n "$wq_cpumask_saved" ] && echo "$wq_cpumask_saved" >"$wq_cpumask" 2>/dev/null
     mountpoint -q "$storage_tmpfs" && umount "$storage_tmpfs"
     mountpoint -q "$compute_volume" && umount "$compute_volume"
     [ -n "$volume_loop" ] && losetup -d "$volume_loop"
@@ -409,6 +430,7 @@ run_workload() {
         helper_detach
         # shellcheck disable=SC2046
         place "$p" pg $(pg_pids)
+        volume_kthreads_place "$p"
         log "$w, $p: warm-up (not recorded)"
         set_mode on
         measure "$w" "$p" on 0 >/dev/null
