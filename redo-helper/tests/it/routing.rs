@@ -187,6 +187,20 @@ fn any_shard_answers_any_page_routed_to_its_owner() {
                 .map(|h| http(&h.listen, "GET", &page).expect("helper answers"))
                 .collect();
             let at = blk as usize * 8192;
+            // A page heap extension added without WAL (PostgreSQL extends a contended
+            // relation by several blocks at once, `RelationAddExtraBlocks`) and nothing has
+            // used yet: all zeros in the file, and no record names it, so the helper may not
+            // know it (404).
+            if file[at..at + 8192].iter().all(|&b| b == 0) {
+                for (i, r) in replies.iter().enumerate() {
+                    assert!(
+                        r.status == 404 || r.status == 200,
+                        "{rel} block {blk} (never written) via shard {i}: {}",
+                        r.headers
+                    );
+                }
+                continue;
+            }
             let expected = masked_heap_page(&file[at..at + 8192]);
             let mut owner = None;
             for (i, r) in replies.iter().enumerate() {
