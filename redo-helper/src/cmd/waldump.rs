@@ -387,8 +387,8 @@ mod parallel {
         records: u64,
         /// Position and `xl_prev` of the first record decoded.
         first: Option<(Lsn, Lsn)>,
-        /// Position and end of the last record decoded in the part.
-        last: Option<(Lsn, Lsn)>,
+        /// Position of the last record decoded in the part.
+        last: Option<Lsn>,
         /// Position of the first record the part's reader found at or after its end: where
         /// a single pass goes on, so where the next part's first record must be.
         next: Option<Lsn>,
@@ -553,7 +553,7 @@ mod parallel {
                 return part;
             }
             part.first.get_or_insert((rec.lsn, rec.prev()));
-            part.last = Some((rec.lsn, rec.end_lsn));
+            part.last = Some(rec.lsn);
             if block.is_some_and(|key| !matches_block(&rec, key)) {
                 continue;
             }
@@ -589,7 +589,7 @@ mod parallel {
             scan.summary.records += part.records;
             scan.summary.last_lsn = part.last_counted.or(scan.summary.last_lsn);
             match part.end {
-                PartEnd::Done => prev_link = part.last.map(|(l, _)| l).zip(part.next),
+                PartEnd::Done => prev_link = part.last.zip(part.next),
                 PartEnd::Incomplete => return None,
                 PartEnd::Failed(e) if e.is_end_of_wal() => {
                     scan.summary.end_of_wal = Some(e);
@@ -613,7 +613,7 @@ mod parallel {
                 stats: WalStats::default(),
                 records: 1,
                 first: Some((Lsn(first.0), Lsn(first.1))),
-                last: Some((Lsn(last), Lsn(last + 0x48))),
+                last: Some(Lsn(last)),
                 next: next.map(Lsn),
                 last_counted: Some(Lsn(last)),
                 end: PartEnd::Done,
