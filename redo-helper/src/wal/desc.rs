@@ -830,21 +830,18 @@ fn brin_desc(
     Ok(())
 }
 
-/// `btree_desc` (`access/rmgrdesc/nbtdesc.c`): 15's wording, or 16's `key: value` lists
-/// with the deleted and updated items of block 0's data (and `isCatalogRel` from 17).
+/// `btree_desc` (`access/rmgrdesc/nbtdesc.c`): each record in its version's words: 15's,
+/// or 16's `key: value` lists with the deleted and updated items of block 0's data (and
+/// `isCatalogRel` from 17).
 fn btree_desc(
     buf: &mut String,
     rec: &DecodedRecord,
 ) -> Result<(), crate::wal::error::MainDataError> {
     use btree::*;
-    let parsed = btree::parse(rec)?;
-    if !rec.version.has_catalog_rel_flags() {
-        btree_desc_15(buf, parsed);
-        return Ok(());
-    }
-    match parsed {
+    let v16 = rec.version.has_catalog_rel_flags();
+    match btree::parse(rec)? {
         BtreeRecord::Insert { offnum, .. } => {
-            let _ = write!(buf, "off: {offnum}");
+            let _ = write!(buf, "off{} {offnum}", if v16 { ":" } else { "" });
         }
         BtreeRecord::Split(XlBtreeSplit {
             level,
@@ -853,16 +850,21 @@ fn btree_desc(
             postingoff,
             ..
         }) => {
+            let c = if v16 { ":" } else { "" };
             let _ = write!(
                 buf,
-                "level: {level}, firstrightoff: {firstrightoff}, newitemoff: {newitemoff}, \
-                 postingoff: {postingoff}"
+                "level{c} {level}, firstrightoff{c} {firstrightoff}, \
+                 newitemoff{c} {newitemoff}, postingoff{c} {postingoff}"
             );
         }
         BtreeRecord::Dedup { nintervals } => {
-            let _ = write!(buf, "nintervals: {nintervals}");
+            let _ = write!(buf, "nintervals{} {nintervals}", if v16 { ":" } else { "" });
         }
         BtreeRecord::Vacuum { ndeleted, nupdated } => {
+            if !v16 {
+                let _ = write!(buf, "ndeleted {ndeleted}; nupdated {nupdated}");
+                return Ok(());
+            }
             let _ = write!(buf, "ndeleted: {ndeleted}, nupdated: {nupdated}");
             if let Some(data) = block0_data(rec) {
                 delvacuum_desc(buf, data, ndeleted, nupdated);
@@ -874,6 +876,14 @@ fn btree_desc(
             nupdated,
             is_catalog_rel,
         } => {
+            if !v16 {
+                let _ = write!(
+                    buf,
+                    "latestRemovedXid {latest_removed_xid}; ndeleted {ndeleted}; \
+                     nupdated {nupdated}"
+                );
+                return Ok(());
+            }
             let _ = write!(
                 buf,
                 "snapshotConflictHorizon: {latest_removed_xid}, ndeleted: {ndeleted}, \
@@ -891,10 +901,17 @@ fn btree_desc(
             topparent,
             ..
         } => {
-            let _ = write!(
-                buf,
-                "topparent: {topparent}, leaf: {leafblk}, left: {leftblk}, right: {rightblk}"
-            );
+            let _ = if v16 {
+                write!(
+                    buf,
+                    "topparent: {topparent}, leaf: {leafblk}, left: {leftblk}, right: {rightblk}"
+                )
+            } else {
+                write!(
+                    buf,
+                    "topparent {topparent}; leaf {leafblk}; left {leftblk}; right {rightblk}"
+                )
+            };
         }
         BtreeRecord::UnlinkPage(XlBtreeUnlinkPage {
             leftsib,
@@ -906,17 +923,18 @@ fn btree_desc(
             leaftopparent,
             ..
         }) => {
+            let (c, sep) = if v16 { (":", ",") } else { ("", ";") };
             let _ = write!(
                 buf,
-                "left: {leftsib}, right: {rightsib}, level: {level}, safexid: {}:{}, \
-                 leafleft: {leafleftsib}, leafright: {leafrightsib}, \
-                 leaftopparent: {leaftopparent}",
+                "left{c} {leftsib}{sep} right{c} {rightsib}{sep} level{c} {level}{sep} \
+                 safexid{c} {}:{}{sep} leafleft{c} {leafleftsib}{sep} \
+                 leafright{c} {leafrightsib}{sep} leaftopparent{c} {leaftopparent}",
                 safexid >> 32,
                 safexid as u32
             );
         }
         BtreeRecord::NewRoot { level, .. } => {
-            let _ = write!(buf, "level: {level}");
+            let _ = write!(buf, "{} {level}", if v16 { "level:" } else { "lev" });
         }
         BtreeRecord::ReusePage {
             node,
@@ -924,19 +942,23 @@ fn btree_desc(
             is_catalog_rel,
             ..
         } => {
-            let _ = write!(
-                buf,
-                "rel: {node}, snapshotConflictHorizon: {}:{}",
+            let (epoch, xid) = (
                 latest_removed_full_xid >> 32,
-                latest_removed_full_xid as u32
+                latest_removed_full_xid as u32,
             );
+            let _ = if v16 {
+                write!(buf, "rel: {node}, snapshotConflictHorizon: {epoch}:{xid}")
+            } else {
+                write!(buf, "rel {node}; latestRemovedXid {epoch}:{xid}")
+            };
             let _ = catalog_rel_desc(buf, rec, is_catalog_rel, ", isCatalogRel: ");
         }
         BtreeRecord::MetaCleanup { metadata } => {
             if let Some(m) = metadata {
                 let _ = write!(
                     buf,
-                    "last_cleanup_num_delpages: {}",
+                    "last_cleanup_num_delpages{} {}",
+                    if v16 { ":" } else { "" },
                     m.last_cleanup_num_delpages
                 );
             }
@@ -977,99 +999,6 @@ fn delvacuum_desc(buf: &mut String, data: &[u8], ndeleted: u16, nupdated: u16) {
         at += 2 + 2 * ptids.len();
     }
     buf.push(']');
-}
-
-/// 15's `btree_desc`.
-fn btree_desc_15(buf: &mut String, parsed: btree::BtreeRecord) {
-    use btree::*;
-    match parsed {
-        BtreeRecord::Insert { offnum, .. } => {
-            let _ = write!(buf, "off {offnum}");
-        }
-        BtreeRecord::Split(XlBtreeSplit {
-            level,
-            firstrightoff,
-            newitemoff,
-            postingoff,
-            ..
-        }) => {
-            let _ = write!(
-                buf,
-                "level {level}, firstrightoff {firstrightoff}, newitemoff {newitemoff}, postingoff {postingoff}"
-            );
-        }
-        BtreeRecord::Dedup { nintervals } => {
-            let _ = write!(buf, "nintervals {nintervals}");
-        }
-        BtreeRecord::Vacuum { ndeleted, nupdated } => {
-            let _ = write!(buf, "ndeleted {ndeleted}; nupdated {nupdated}");
-        }
-        BtreeRecord::Delete {
-            latest_removed_xid,
-            ndeleted,
-            nupdated,
-            ..
-        } => {
-            let _ = write!(
-                buf,
-                "latestRemovedXid {latest_removed_xid}; ndeleted {ndeleted}; nupdated {nupdated}"
-            );
-        }
-        BtreeRecord::MarkPageHalfDead {
-            leafblk,
-            leftblk,
-            rightblk,
-            topparent,
-            ..
-        } => {
-            let _ = write!(
-                buf,
-                "topparent {topparent}; leaf {leafblk}; left {leftblk}; right {rightblk}"
-            );
-        }
-        BtreeRecord::UnlinkPage(XlBtreeUnlinkPage {
-            leftsib,
-            rightsib,
-            level,
-            safexid,
-            leafleftsib,
-            leafrightsib,
-            leaftopparent,
-            ..
-        }) => {
-            let _ = write!(
-                buf,
-                "left {leftsib}; right {rightsib}; level {level}; safexid {}:{}; \
-                 leafleft {leafleftsib}; leafright {leafrightsib}; leaftopparent {leaftopparent}",
-                safexid >> 32,
-                safexid as u32
-            );
-        }
-        BtreeRecord::NewRoot { level, .. } => {
-            let _ = write!(buf, "lev {level}");
-        }
-        BtreeRecord::ReusePage {
-            node,
-            latest_removed_full_xid,
-            ..
-        } => {
-            let _ = write!(
-                buf,
-                "rel {node}; latestRemovedXid {}:{}",
-                latest_removed_full_xid >> 32,
-                latest_removed_full_xid as u32
-            );
-        }
-        BtreeRecord::MetaCleanup { metadata } => {
-            if let Some(m) = metadata {
-                let _ = write!(
-                    buf,
-                    "last_cleanup_num_delpages {}",
-                    m.last_cleanup_num_delpages
-                );
-            }
-        }
-    }
 }
 
 fn standby_desc(
