@@ -1248,8 +1248,13 @@ pub(crate) struct WalUploader {
     interval: Duration,
     /// Piece offsets uploaded for the segment being written (deleted once it is whole).
     pieces: Mutex<BTreeMap<u64, Vec<u64>>>,
-    /// Image file lengths in the bucket (file number → (bytes, piece offsets)).
+    /// Image file lengths in the bucket (file number → (bytes, piece offsets)). Held only
+    /// for a lookup or an update, never while waiting on anything: readers of the image
+    /// store ask it under the store's read lock (the cache's eviction pass, a read of an
+    /// evicted image file).
     images: Mutex<ImagePieces>,
+    /// One [`WalUploader::upload_images`] at a time (the upload thread and retention).
+    image_uploads: Mutex<()>,
     /// The bootstrap the WAL belongs to (for reading the bucket's WAL layout).
     meta: HelperMeta,
 }
@@ -1313,6 +1318,7 @@ impl WalUploader {
             interval,
             pieces: Mutex::new(pieces),
             images: Mutex::new(images),
+            image_uploads: Mutex::new(()),
             meta: meta.clone(),
         });
         log::info!(
@@ -1460,7 +1466,11 @@ impl WalUploader {
     /// the objects of image files the store no longer has (compacted away): moved entries
     /// are in the bucket before their old copies go.
     pub(crate) fn upload_images(&self, store: &PageStore) -> Result<(), RemoteError> {
-        let mut state = lock(&self.images);
+        let _one_at_a_time = lock(&self.image_uploads);
+        // Lock order: the image store's lock is never asked for under `self.images`. A
+        // reader holding the store's read lock may be waiting for `self.images`; with an
+        // image writer queued between them (std's RwLock then holds back new readers), a
+        // second read here would never be granted and the three would wait forever.
         let (dir, files) = {
             let img = read(&store.images);
             img.sync().map_err(|e| RemoteError::Io {
@@ -1470,31 +1480,34 @@ impl WalUploader {
             (img.dir().to_path_buf(), img.file_lengths())
         };
         for (n, len) in &files {
-            let entry = state.entry(*n).or_insert((0, Vec::new()));
-            if *len <= entry.0 {
+            let from = lock(&self.images)
+                .get(n)
+                .map_or(0, |(uploaded, _)| *uploaded);
+            if *len <= from {
                 continue;
             }
             let path = super::images::file_path(&dir, *n);
             let f = File::open(&path).map_err(io_err(&path))?;
-            let mut buf = vec![0u8; (len - entry.0) as usize];
-            f.read_exact_at(&mut buf, entry.0).map_err(io_err(&path))?;
-            let key = self.remote.image_piece_key(*n, entry.0);
+            let mut buf = vec![0u8; (len - from) as usize];
+            f.read_exact_at(&mut buf, from).map_err(io_err(&path))?;
+            let key = self.remote.image_piece_key(*n, from);
             self.remote.put(&key, Bytes::from(buf))?;
-            entry.1.push(entry.0);
+            // Only now may the cache count these bytes as the bucket's (and evict them).
+            let mut state = lock(&self.images);
+            let entry = state.entry(*n).or_insert((0, Vec::new()));
+            entry.1.push(from);
             entry.0 = *len;
         }
-        let gone: Vec<u32> = state
-            .keys()
-            .filter(|n| !files.iter().any(|(f, _)| f == *n))
-            .copied()
+        let gone: Vec<(u32, Vec<u64>)> = lock(&self.images)
+            .iter()
+            .filter(|(n, _)| !files.iter().any(|(f, _)| f == *n))
+            .map(|(n, (_, offsets))| (*n, offsets.clone()))
             .collect();
-        for n in gone {
-            if let Some((_, offsets)) = state.get(&n).cloned() {
-                for off in offsets {
-                    self.remote.delete(&self.remote.image_piece_key(n, off))?;
-                }
+        for (n, offsets) in gone {
+            for off in offsets {
+                self.remote.delete(&self.remote.image_piece_key(n, off))?;
             }
-            state.remove(&n);
+            lock(&self.images).remove(&n);
         }
         Ok(())
     }
