@@ -124,6 +124,20 @@ fn parse_read_query(query: Option<&str>) -> Result<(Option<Lsn>, Duration, ReadO
     Ok((lsn, wait, opts))
 }
 
+/// Runs `f` on the blocking pool. A status snapshot takes the page store's locks, which a
+/// writer may hold while it reads from the bucket or syncs a file (and std's RwLock holds
+/// new readers back while a writer waits): on the service's few runtime threads, which also
+/// stream the WAL and send its acknowledgements, a few scrapes would stop replication.
+async fn off_runtime<T: Send + 'static>(
+    state: &Arc<SharedState>,
+    f: impl FnOnce(&SharedState) -> T + Send + 'static,
+) -> Result<T, String> {
+    let st = Arc::clone(state);
+    tokio::task::spawn_blocking(move || f(&st))
+        .await
+        .map_err(|e| format!("status snapshot failed: {e}"))
+}
+
 async fn get_page(state: Arc<SharedState>, key: PageKey, query: Option<&str>) -> HttpResponse {
     let (lsn, wait, opts) = match parse_read_query(query) {
         Ok(q) => q,
@@ -393,12 +407,16 @@ async fn handle(
     let query = req.uri().query().map(str::to_string);
     let query = query.as_deref();
     Ok(match (req.method(), path.as_str()) {
-        (&Method::GET, "/status") => match serde_json::to_string_pretty(&state.snapshot()) {
-            Ok(json) => response(StatusCode::OK, "application/json", json + "\n"),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
-        },
-        (&Method::GET, "/metrics") => match metrics::encode(&state) {
-            Ok(body) => response(StatusCode::OK, metrics::CONTENT_TYPE, body),
+        (&Method::GET, "/status") => {
+            match off_runtime(&state, |s| serde_json::to_string_pretty(&s.snapshot())).await {
+                Ok(Ok(json)) => response(StatusCode::OK, "application/json", json + "\n"),
+                Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
+            }
+        }
+        (&Method::GET, "/metrics") => match off_runtime(&state, metrics::encode).await {
+            Ok(Ok(body)) => response(StatusCode::OK, metrics::CONTENT_TYPE, body),
+            Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
         },
         (&Method::GET, p) if p.starts_with("/page/") => {

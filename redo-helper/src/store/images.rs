@@ -94,6 +94,76 @@ pub(crate) struct CompactStats {
     pub bytes_freed: u64,
 }
 
+/// An image entry's place (see [`ImageStore::locate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LocatedImage {
+    key: PageKey,
+    lsn: Lsn,
+    file: u32,
+    offset: u64,
+    path: PathBuf,
+}
+
+impl LocatedImage {
+    fn io_err(&self) -> impl Fn(io::Error) -> ImageStoreError + '_ {
+        |source| ImageStoreError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Checks an entry read from here (its key, LSN and CRC) and copies its page out.
+    fn check_into(&self, entry: &[u8], page: &mut [u8]) -> Result<(), ImageStoreError> {
+        let (k, l, crc) = decode_header(entry);
+        if k != self.key || l != self.lsn || entry_crc(&entry[..HEADER], &entry[HEADER..]) != crc {
+            return Err(ImageStoreError::Corrupt {
+                key: self.key,
+                lsn: self.lsn,
+                path: self.path.clone(),
+            });
+        }
+        page.copy_from_slice(&entry[HEADER..]);
+        Ok(())
+    }
+
+    /// Reads the entry through the local cache (a ranged GET when its file was evicted)
+    /// into `page`, checked. Called without the store's lock.
+    pub(crate) fn read_into(&self, page: &mut [u8]) -> Result<(), ImageStoreError> {
+        let mut buf = [0u8; ENTRY_SIZE];
+        super::cache::read_exact_at(&self.path, &mut buf, self.offset).map_err(self.io_err())?;
+        self.check_into(&buf, page)
+    }
+}
+
+/// A file to compact away and its live entries when planned ([`ImageStore::plan_compaction`]).
+pub(crate) struct CompactionPlan {
+    file: u32,
+    /// Entries the file holds, live or not.
+    total: u64,
+    path: PathBuf,
+    entries: Vec<(PageKey, ImageLocation)>,
+}
+
+impl CompactionPlan {
+    /// The planned live entries (header and page), by offset: from the bucket when the
+    /// local cache evicted the file. Called without the store's lock.
+    pub(crate) fn read_live(&self) -> Result<HashMap<u64, Vec<u8>>, ImageStoreError> {
+        self.entries
+            .iter()
+            .map(|(_, loc)| {
+                let mut buf = vec![0u8; ENTRY_SIZE];
+                super::cache::read_exact_at(&self.path, &mut buf, loc.offset).map_err(
+                    |source| ImageStoreError::Io {
+                        path: self.path.clone(),
+                        source,
+                    },
+                )?;
+                Ok((loc.offset, buf))
+            })
+            .collect()
+    }
+}
+
 pub(crate) fn file_path(dir: &Path, n: u32) -> PathBuf {
     dir.join(format!("images-{n:06}.dat"))
 }
@@ -409,67 +479,112 @@ impl ImageStore {
     /// to) with no image left is deleted; one with fewer than `min_live_ratio` of its entries
     /// still live has them copied to the current file (synced) and is then deleted. Works one
     /// file per call of `step` so the caller can release the lock in between; returns None
-    /// when nothing is left to do.
+    /// when nothing is left to do. (Under one lock hold: see [`ImageStore::plan_compaction`]
+    /// for the way that reads the live entries without it.)
+    #[cfg(test)]
     pub(crate) fn compact_step(
         &mut self,
         min_live_ratio: f64,
     ) -> Result<Option<CompactStats>, ImageStoreError> {
-        let mut live: HashMap<u32, Vec<(PageKey, usize)>> = HashMap::new();
+        let Some(plan) = self.plan_compaction(min_live_ratio) else {
+            return Ok(None);
+        };
+        let live = plan.read_live()?;
+        self.finish_compaction(plan, live).map(Some)
+    }
+
+    /// The next file compaction would remove and where its live entries are. Their bytes are
+    /// read with [`CompactionPlan::read_live`] outside the store's lock: the file may have been
+    /// evicted by the local cache, and reading it back is a GET per entry from the bucket,
+    /// which must not hold back every page read and image writer (only the retention thread
+    /// compacts, and appends never go to a file other than the current one, so the plan stays
+    /// valid but for entries forgotten in between).
+    pub(crate) fn plan_compaction(&self, min_live_ratio: f64) -> Option<CompactionPlan> {
+        let mut live: HashMap<u32, Vec<(PageKey, ImageLocation)>> = HashMap::new();
         for (key, locs) in &self.index {
-            for (i, l) in locs.iter().enumerate() {
+            for l in locs {
                 if l.file != self.current {
-                    live.entry(l.file).or_default().push((*key, i));
+                    live.entry(l.file).or_default().push((*key, *l));
                 }
             }
         }
-        let candidate = self
+        let (file, total, _) = self
             .file_entries
             .iter()
             .filter(|(f, _)| **f != self.current)
             .map(|(f, total)| (*f, *total, live.get(f).map_or(0, Vec::len) as u64))
-            .find(|(_, total, n)| (*n as f64) < min_live_ratio * (*total as f64) || *n == 0);
-        let Some((file, total, _)) = candidate else {
-            return Ok(None);
-        };
-        let mut stats = CompactStats::default();
-        let path = file_path(&self.dir, file);
+            .find(|(_, total, n)| (*n as f64) < min_live_ratio * (*total as f64) || *n == 0)?;
+        Some(CompactionPlan {
+            file,
+            total,
+            path: file_path(&self.dir, file),
+            entries: live.remove(&file).unwrap_or_default(),
+        })
+    }
+
+    /// Copies the planned file's live entries to the current file (synced before the
+    /// originals go), points the index at the copies and deletes the file. `live` holds the
+    /// entries [`CompactionPlan::read_live`] read, by offset; an entry still live that it
+    /// lacks is read now.
+    pub(crate) fn finish_compaction(
+        &mut self,
+        plan: CompactionPlan,
+        live: HashMap<u64, Vec<u8>>,
+    ) -> Result<CompactStats, ImageStoreError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ImageStoreError::Io { path, source }
         };
-        if let Some(entries) = live.remove(&file) {
-            let mut buf = vec![0u8; ENTRY_SIZE];
-            let mut moved = Vec::with_capacity(entries.len());
-            for (key, i) in entries {
-                let loc = self.index[&key][i];
-                // From the bucket when the local cache evicted the file.
-                super::cache::read_exact_at(&path, &mut buf, loc.offset).map_err(io(&path))?;
-                let (hdr, page) = buf.split_at(HEADER);
-                let to = self.append(hdr, page)?;
-                moved.push((key, loc.lsn, to));
-            }
+        let file = plan.file;
+        let path = plan.path;
+        // Still live now (forget_before may have dropped some since the plan).
+        let still: Vec<(PageKey, ImageLocation)> = self
+            .index
+            .iter()
+            .flat_map(|(key, locs)| {
+                locs.iter()
+                    .filter(|l| l.file == file)
+                    .map(move |l| (*key, *l))
+            })
+            .collect();
+        let mut stats = CompactStats::default();
+        let mut moved = Vec::with_capacity(still.len());
+        for (key, loc) in still {
+            let entry = match live.get(&loc.offset) {
+                Some(e) => std::borrow::Cow::Borrowed(e.as_slice()),
+                None => {
+                    let mut buf = vec![0u8; ENTRY_SIZE];
+                    super::cache::read_exact_at(&path, &mut buf, loc.offset).map_err(io(&path))?;
+                    std::borrow::Cow::Owned(buf)
+                }
+            };
+            let (hdr, page) = entry.split_at(HEADER);
+            let to = self.append(hdr, page)?;
+            moved.push((key, loc.lsn, to));
+        }
+        if !moved.is_empty() {
             // The copies are durable before the originals go.
             self.sync()?;
-            for (key, lsn, (to_file, to_offset)) in moved {
-                if let Some(l) = self
-                    .index
-                    .get_mut(&key)
-                    .and_then(|v| v.iter_mut().find(|l| l.lsn == lsn))
-                {
-                    l.file = to_file;
-                    l.offset = to_offset;
-                }
-                stats.entries_moved += 1;
+        }
+        for (key, lsn, (to_file, to_offset)) in moved {
+            if let Some(l) = self
+                .index
+                .get_mut(&key)
+                .and_then(|v| v.iter_mut().find(|l| l.lsn == lsn))
+            {
+                l.file = to_file;
+                l.offset = to_offset;
             }
+            stats.entries_moved += 1;
         }
         crate::sync::lock(&self.open_for_read).remove(&file);
         super::cache::remove_file_or_stub(&path).map_err(io(&path))?;
         super::sync_dir(&self.dir).map_err(io(&self.dir))?;
         self.file_entries.remove(&file);
         stats.files_removed = 1;
-        stats.bytes_freed = total * ENTRY_SIZE as u64;
+        stats.bytes_freed = plan.total * ENTRY_SIZE as u64;
         self.bytes = self.bytes.saturating_sub(stats.bytes_freed);
-        Ok(Some(stats))
+        Ok(stats)
     }
 
     /// Makes every appended image durable: the current file's data, and the directory, so
@@ -556,42 +671,45 @@ impl ImageStore {
         lsn: Lsn,
         page: &mut [u8],
     ) -> Result<bool, ImageStoreError> {
-        let Some(loc) = self.index.get(key).and_then(|v| {
-            let i = v.partition_point(|l| l.lsn < lsn);
-            v.get(i).filter(|l| l.lsn == lsn).copied()
-        }) else {
+        let Some(at) = self.locate(key, lsn) else {
             return Ok(false);
-        };
-        let path = || file_path(&self.dir, loc.file);
-        let io_err = |source| ImageStoreError::Io {
-            path: path(),
-            source,
         };
         let mut buf = [0u8; ENTRY_SIZE];
         if super::cache::is_active() {
             // Under --cache-size the file may be evicted: read through the cache, keep no
             // file open (see BaseFiles::read_page_into).
-            super::cache::read_exact_at(&path(), &mut buf, loc.offset).map_err(io_err)?;
+            super::cache::read_exact_at(&at.path, &mut buf, at.offset).map_err(at.io_err())?;
         } else {
-            match self.file_for_read(loc.file) {
-                Ok(f) => f.read_exact_at(&mut buf, loc.offset).map_err(io_err)?,
+            match self.file_for_read(at.file) {
+                Ok(f) => f.read_exact_at(&mut buf, at.offset).map_err(at.io_err())?,
                 // Evicted by a cache this process does not have: the cache's error names it.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    super::cache::read_exact_at(&path(), &mut buf, loc.offset).map_err(io_err)?
+                    super::cache::read_exact_at(&at.path, &mut buf, at.offset)
+                        .map_err(at.io_err())?
                 }
-                Err(e) => return Err(io_err(e)),
+                Err(e) => return Err(at.io_err()(e)),
             }
         }
-        let (k, l, crc) = decode_header(&buf);
-        if k != *key || l != lsn || entry_crc(&buf[..HEADER], &buf[HEADER..]) != crc {
-            return Err(ImageStoreError::Corrupt {
-                key: *key,
-                lsn,
-                path: path(),
-            });
-        }
-        page.copy_from_slice(&buf[HEADER..]);
+        at.check_into(&buf, page)?;
         Ok(true)
+    }
+
+    /// Where the image of `key` taken at exactly `lsn` is stored, to be read with
+    /// [`LocatedImage::read_into`] after the store's lock is released (from the bucket when
+    /// the local cache evicted its file). Compaction may move the entry and delete the file
+    /// meanwhile: a failed read is retried from a fresh `locate`.
+    pub(crate) fn locate(&self, key: &PageKey, lsn: Lsn) -> Option<LocatedImage> {
+        let loc = self.index.get(key).and_then(|v| {
+            let i = v.partition_point(|l| l.lsn < lsn);
+            v.get(i).filter(|l| l.lsn == lsn).copied()
+        })?;
+        Some(LocatedImage {
+            key: *key,
+            lsn,
+            file: loc.file,
+            offset: loc.offset,
+            path: file_path(&self.dir, loc.file),
+        })
     }
 
     /// Image file `n`, opened for reads once (opening it per read cost more than reading an
@@ -820,6 +938,47 @@ mod tests {
         assert_eq!(s.images, 6);
         assert_eq!(s.read(&key(2), Lsn(15)).unwrap(), Some(page(15)));
         assert_eq!(s.read(&key(1), Lsn(40)).unwrap(), Some(page(40)));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn compaction_read_outside_the_lock_copies_what_is_still_live_when_it_finishes() {
+        let dir = std::env::temp_dir().join(format!("rh_images_plan_{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut s = ImageStore::open_with(&dir, 4).unwrap();
+        let page = |v: u8| vec![v; BLCKSZ];
+        // File 0: key 1 at 10, key 2 at 20, key 3 at 30, key 4 at 40. File 1: key 5 at 50.
+        for (k, l) in [(1, 10), (2, 20), (3, 30), (4, 40), (5, 50)] {
+            s.put(&key(k), Lsn(l), &page(l as u8)).unwrap();
+        }
+        s.sync().unwrap();
+        // Keys 1 and 2 get newer images (their old ones go at horizon 75).
+        s.put(&key(1), Lsn(60), &page(60)).unwrap();
+        s.put(&key(2), Lsn(70), &page(70)).unwrap();
+        assert_eq!(s.forget_before(Lsn(75), |_, _| false), 2);
+        // File 0 keeps keys 3 and 4: planned with both, read outside the lock.
+        let plan = s.plan_compaction(0.6).expect("file 0 is below the ratio");
+        assert_eq!(plan.file, 0);
+        assert_eq!(plan.entries.len(), 2);
+        let mut live = plan.read_live().unwrap();
+        // Meanwhile key 3 gets a newer image and its old one is forgotten; and the bytes of
+        // key 4's entry are missing (finish reads them itself).
+        s.put(&key(3), Lsn(80), &page(80)).unwrap();
+        assert_eq!(s.forget_before(Lsn(85), |_, _| false), 1);
+        let key4 = s.index[&key(4)][0].offset;
+        live.remove(&key4);
+        let c = s.finish_compaction(plan, live).unwrap();
+        assert_eq!(
+            (c.files_removed, c.entries_moved),
+            (1, 1),
+            "only key 4 is still live"
+        );
+        assert!(!file_path(&dir, 0).exists());
+        assert_eq!(s.read(&key(4), Lsn(40)).unwrap(), Some(page(40)));
+        assert_eq!(s.read(&key(3), Lsn(80)).unwrap(), Some(page(80)));
+        drop(s);
+        let s = ImageStore::open_with(&dir, 4).unwrap();
+        assert_eq!(s.read(&key(4), Lsn(40)).unwrap(), Some(page(40)));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -699,6 +699,34 @@ impl PageStore {
         reader.prefetch(start.into_iter().chain(plan.changes.iter().map(|c| c.lsn)));
     }
 
+    /// The image of `key` at exactly `lsn` into `page`; false when there is none. Under
+    /// `--cache-size` its file may be evicted and the read a GET from the bucket: that read
+    /// is made after the image store's lock is released, or every image writer (and, behind
+    /// a queued writer, every other reader and `/status`) would wait for the bucket.
+    fn read_image(
+        &self,
+        key: &PageKey,
+        lsn: Lsn,
+        page: &mut [u8],
+    ) -> Result<bool, ImageStoreError> {
+        if !super::cache::is_active() {
+            return read(&self.images).read_into(key, lsn, page);
+        }
+        let mut tried: Option<super::images::LocatedImage> = None;
+        loop {
+            // (A statement of its own: the guard ends with it.)
+            let at = read(&self.images).locate(key, lsn);
+            let Some(at) = at else { return Ok(false) };
+            match at.read_into(page) {
+                Ok(()) => return Ok(true),
+                // Compaction may have moved the entry and removed its file since `locate`:
+                // once more from where the store now says it is.
+                Err(_) if tried.as_ref() != Some(&at) => tried = Some(at),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Phase 2: loads the plan's starting page into `page`; returns its LSN and source, and
     /// sets `template_deltas` to the deltas replayed to rebuild a template's page.
     fn load_start(
@@ -713,13 +741,13 @@ impl PageStore {
         let key = &plan.key;
         Ok(match plan.start {
             Start::Generated(l) => {
-                if !read(&self.images).read_into(key, l, &mut page[..])? {
+                if !self.read_image(key, l, &mut page[..])? {
                     return Err(GetPageError::Unknown { key: *key });
                 }
                 (l, StartSource::GeneratedImage)
             }
             Start::Retained(l) => {
-                if !read(&self.images).read_into(key, l, &mut page[..])? {
+                if !self.read_image(key, l, &mut page[..])? {
                     return Err(GetPageError::Unknown { key: *key });
                 }
                 (l, StartSource::RetainedImage)

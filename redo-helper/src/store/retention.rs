@@ -1138,16 +1138,16 @@ impl Retention {
                     .is_some_and(|at| at > lsn)
             });
         }
+        // One file at a time, its live entries read outside the lock (from the bucket when
+        // the local cache evicted the file): reads and image generation go on meanwhile.
         loop {
-            // One file per lock hold: reads and image generation go on in between.
-            let step = write(&self.store.images).compact_step(MIN_LIVE_RATIO)?;
-            match step {
-                Some(c) => {
-                    stats.image_files_removed += c.files_removed;
-                    stats.image_entries_moved += c.entries_moved;
-                }
-                None => break,
-            }
+            // (A statement of its own: the read guard ends here, not with the loop body.)
+            let plan = read(&self.store.images).plan_compaction(MIN_LIVE_RATIO);
+            let Some(plan) = plan else { break };
+            let live = plan.read_live()?;
+            let c = write(&self.store.images).finish_compaction(plan, live)?;
+            stats.image_files_removed += c.files_removed;
+            stats.image_entries_moved += c.entries_moved;
         }
         // Entries compaction moved are in the bucket before the old files' objects go.
         if let Some(u) = self.uploader.get() {
