@@ -103,6 +103,7 @@ compute=${BENCH_COMPUTE:-disk}
 case $compute in disk | volume | tmpfs) ;; *) echo "BENCH_COMPUTE must be disk, volume or tmpfs, not '$compute'" >&2; exit 1 ;; esac
 device_iops=${BENCH_DEVICE_IOPS:-3000}
 device_mbps=${BENCH_DEVICE_MBPS:-125}
+profile=${BENCH_PROFILE:-0}
 
 [ -x "$helper_bin" ] || { echo "build the helper first: cargo build --release -p redo-helper" >&2; exit 1; }
 for m in "${modes[@]}"; do
@@ -327,6 +328,55 @@ workload_args() {
     esac
 }
 
+# --- BENCH_PROFILE=1: where the compute's time goes, per run (a log line each) -------------
+# Wait events: one psql session samples pg_stat_activity every 50 ms (the same cost in every
+# mode), each server process counted by its type and wait event ("CPU" when it waits on
+# nothing). The WAL flushes: pg_stat_wal's wal_sync and wal_sync_time (track_wal_io_timing is
+# on with BENCH_PROFILE). The emulated volume: its loop device's completed reads and writes.
+profile_start() {
+    [ "$profile" = 1 ] || return 0
+    PROFILE_OUT=$work/profile.samples
+    # It stops by itself after the run's length (nothing to kill, and no job left behind).
+    (for _ in $(seq 1 $((seconds * 20))); do
+        echo "SELECT replace(backend_type, ' ', '_') || '/' || coalesce(wait_event_type || ':' || wait_event, 'CPU')
+              FROM pg_stat_activity WHERE pid <> pg_backend_pid()
+              AND (state = 'active' OR backend_type NOT IN ('client backend', 'autovacuum launcher', 'logical replication launcher'));"
+        sleep 0.05
+    done) | in_role "$PROFILE_PLACEMENT" load "$PGBIN/psql" -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d postgres >"$PROFILE_OUT" 2>/dev/null &
+    PROFILE_PID=$!
+    PROFILE_SYNC0=$(sql -c "SELECT wal_sync || ' ' || wal_sync_time || ' ' || wal_write FROM pg_stat_wal")
+    PROFILE_DEV0=$(profile_device)
+    PROFILE_FLT0=$(profile_faults)
+}
+# Minor page faults of the storage side (the helper or pg_receivewal) and of PostgreSQL's
+# processes alive now: on this VM (nested, shadow paging) a fault is a trip to the
+# hypervisor, and the two CPUs share its page-table bookkeeping.
+profile_faults() {
+    local pid=${HELPER_PID:-$RW_PID} s=0 p
+    for p in $(pg_pids); do s=$((s + $(awk '{print $10}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
+    echo "$( [ -n "$pid" ] && awk '{print $10}' "/proc/$pid/stat" 2>/dev/null || echo 0) $s"
+}
+# "reads writes" completed on the emulated volume's loop device (- - on another device).
+profile_device() {
+    if [ -n "$volume_loop" ]; then awk '{print $1, $5}' "/sys/block/$(basename "$volume_loop")/stat"; else echo "- -"; fi
+}
+# profile_stop LABEL TXNS: ends the sampler and logs the run's profile.
+profile_stop() {
+    [ "$profile" = 1 ] || return 0
+    local label=$1 txns=$2 sync1 dev1
+    wait "$PROFILE_PID" 2>/dev/null
+    sync1=$(sql -c "SELECT wal_sync || ' ' || wal_sync_time || ' ' || wal_write FROM pg_stat_wal")
+    dev1=$(profile_device)
+    local flt1 waits
+    flt1=$(profile_faults)
+    waits=$(sort "$PROFILE_OUT" | uniq -c | sort -rn | head -12 | awk '{printf "%s%s %d", (NR > 1 ? ", " : ""), $2, $1}')
+    log "profile $label: $(awk -v a="$PROFILE_SYNC0" -v b="$sync1" -v d0="$PROFILE_DEV0" -v d1="$dev1" -v t="$txns" 'BEGIN{
+        split(a, x, " "); split(b, y, " "); split(d0, p, " "); split(d1, q, " ");
+        n = y[1] - x[1]; printf "WAL flushes %d (%.3f/txn), mean flush %.3f ms, WAL writes %.3f/txn", n, n / t, n ? (y[2] - x[2]) / n : 0, (y[3] - x[3]) / t;
+        if (p[1] != "-") printf ", volume reads %.3f/txn, writes %.3f/txn", (q[1] - p[1]) / t, (q[2] - p[2]) / t }'); minor faults: storage side $(awk -v a="$PROFILE_FLT0" -v b="$flt1" -v s="$seconds" 'BEGIN{split(a, x, " "); split(b, y, " "); printf "%.0f/s, PostgreSQL (processes alive at both ends) %.0f/s", (y[1] - x[1]) / s, (y[2] - x[2]) / s}')"
+    log "profile $label: samples of server processes (type/wait: count over $(grep -c "^" "$PROFILE_OUT" 2>/dev/null) rows): $waits"
+}
+
 # measure WORKLOAD PLACEMENT MODE ROUND →
 #   "tps wal_bytes_per_txn new_order_tpm pg_cpu bench_cpu load_cpu fpi_share latency_ms
 #    walsender_cpu wal_fsyncs_per_txn"
@@ -344,6 +394,7 @@ measure() {
     c0=$(cpu_ns "$p" pg)
     b0=$(cpu_ns "$p" bench)
     l0=$(cpu_ns "$p" load)
+    PROFILE_PLACEMENT=$p profile_start
     t0=$(date +%s%N)
     # shellcheck disable=SC2046
     out=$(in_role "$p" bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -M prepared -c "$clients" -j 1 \
@@ -362,6 +413,7 @@ measure() {
         wscpu=$(awk -v a="$ws0" -v b="$ws1" -v hz="$(getconf CLK_TCK)" -v t="$((t1 - t0))" 'BEGIN{printf "%.2f", (b - a) / hz / (t / 1e9)}')
     fi
     txns=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+    profile_stop "$w, $p, $m, round $round" "${txns:-1}"
     tps=$(echo "$out" | sed -n 's/^tps = \([0-9]*\.[0-9]\).* (without initial connection time)/\1/p')
     # pgbench's per-script summary: the first script is new_order.sql.
     nopm=$(echo "$out" | awk '/^SQL script 1:/ {s = 1} s && /transactions \(/ {sub(/.*tps = /, ""); sub(/\).*/, ""); printf "%.0f", $0 * 60; exit}')
@@ -412,7 +464,8 @@ run_workload() {
     hport=$(free_port)
     cluster_init "$cdir" "$port"
     cluster_conf "$cdir" "wal_level = replica" "shared_preload_libraries = 'fpw_pushdown'" "max_wal_senders = 6" \
-        "max_replication_slots = 6" "fpw_pushdown.autopilot = off" "autovacuum = off"
+        "max_replication_slots = 6" "fpw_pushdown.autopilot = off" "autovacuum = off" \
+        "track_wal_io_timing = $([ "$profile" = 1 ] && echo on || echo off)"
     cluster_start "$cdir"
     # shellcheck disable=SC2046
     volume_place $(pg_pids)
