@@ -145,9 +145,15 @@ pub(crate) struct CompactionPlan {
 }
 
 impl CompactionPlan {
-    /// The planned live entries (header and page), by offset: from the bucket when the
-    /// local cache evicted the file. Called without the store's lock.
+    /// The planned live entries (header and page), by offset, when the local cache evicted
+    /// the file: each is a GET from the bucket, made here without the store's lock. A local
+    /// file gives none: [`ImageStore::finish_compaction`] copies its entries from the page
+    /// cache under the lock, through one buffer, as fast as buffering them here would be
+    /// and without holding up to half a file in memory.
     pub(crate) fn read_live(&self) -> Result<HashMap<u64, Vec<u8>>, ImageStoreError> {
+        if self.path.exists() {
+            return Ok(HashMap::new());
+        }
         self.entries
             .iter()
             .map(|(_, loc)| {
@@ -500,25 +506,36 @@ impl ImageStore {
     /// compacts, and appends never go to a file other than the current one, so the plan stays
     /// valid but for entries forgotten in between).
     pub(crate) fn plan_compaction(&self, min_live_ratio: f64) -> Option<CompactionPlan> {
-        let mut live: HashMap<u32, Vec<(PageKey, ImageLocation)>> = HashMap::new();
-        for (key, locs) in &self.index {
-            for l in locs {
-                if l.file != self.current {
-                    live.entry(l.file).or_default().push((*key, *l));
-                }
+        // Counted first, collected for the chosen file only: retention plans once per file
+        // it compacts, and a list of every entry would be allocated (and faulted in) each
+        // time.
+        let mut live: HashMap<u32, u64> = HashMap::with_capacity(self.file_entries.len());
+        for l in self.index.values().flatten() {
+            if l.file != self.current {
+                *live.entry(l.file).or_default() += 1;
             }
         }
-        let (file, total, _) = self
+        let (file, total) = self
             .file_entries
             .iter()
             .filter(|(f, _)| **f != self.current)
-            .map(|(f, total)| (*f, *total, live.get(f).map_or(0, Vec::len) as u64))
-            .find(|(_, total, n)| (*n as f64) < min_live_ratio * (*total as f64) || *n == 0)?;
+            .map(|(f, total)| (*f, *total, live.get(f).copied().unwrap_or(0)))
+            .find(|(_, total, n)| (*n as f64) < min_live_ratio * (*total as f64) || *n == 0)
+            .map(|(f, total, _)| (f, total))?;
+        let entries = self
+            .index
+            .iter()
+            .flat_map(|(key, locs)| {
+                locs.iter()
+                    .filter(|l| l.file == file)
+                    .map(move |l| (*key, *l))
+            })
+            .collect();
         Some(CompactionPlan {
             file,
             total,
             path: file_path(&self.dir, file),
-            entries: live.remove(&file).unwrap_or_default(),
+            entries,
         })
     }
 
@@ -549,13 +566,13 @@ impl ImageStore {
             .collect();
         let mut stats = CompactStats::default();
         let mut moved = Vec::with_capacity(still.len());
+        let mut buf = vec![0u8; ENTRY_SIZE];
         for (key, loc) in still {
             let entry = match live.get(&loc.offset) {
-                Some(e) => std::borrow::Cow::Borrowed(e.as_slice()),
+                Some(e) => e.as_slice(),
                 None => {
-                    let mut buf = vec![0u8; ENTRY_SIZE];
                     super::cache::read_exact_at(&path, &mut buf, loc.offset).map_err(io(&path))?;
-                    std::borrow::Cow::Owned(buf)
+                    &buf[..]
                 }
             };
             let (hdr, page) = entry.split_at(HEADER);
@@ -961,6 +978,19 @@ mod tests {
         assert_eq!(plan.file, 0);
         assert_eq!(plan.entries.len(), 2);
         let mut live = plan.read_live().unwrap();
+        assert!(
+            live.is_empty(),
+            "a local file's entries are copied under the lock"
+        );
+        // As read from the bucket had the cache evicted the file:
+        for (_, loc) in &plan.entries {
+            let mut buf = vec![0u8; ENTRY_SIZE];
+            s.file_for_read(0)
+                .unwrap()
+                .read_exact_at(&mut buf, loc.offset)
+                .unwrap();
+            live.insert(loc.offset, buf);
+        }
         // Meanwhile key 3 gets a newer image and its old one is forgotten; and the bytes of
         // key 4's entry are missing (finish reads them itself).
         s.put(&key(3), Lsn(80), &page(80)).unwrap();
