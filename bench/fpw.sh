@@ -74,7 +74,11 @@
 # BENCH_DEVICE_IOPS (3000), BENCH_DEVICE_MBPS (125), BENCH_HELPER_RETAIN (2GB: the helper's
 # --retain), REDO_HELPER_BIN, REDO_HELPER_BIN_B (for the mode helper_b: off + another build of
 # the helper, on the same helper directory, to compare two builds in one run; its rounds are
-# reported beside "helper" as a per-round ratio). GetPage@LSN latency: bench/getpage.sh.
+# reported beside "helper" as a per-round ratio; REDO_HELPER_BIN_B=REDO_HELPER_BIN gives the
+# helper's own A/A spread), BENCH_PROFILE (0; 1 logs per run where the compute's time goes:
+# sampled wait events of the server processes, WAL flushes per transaction and their mean
+# time with track_wal_io_timing on, the emulated volume's reads and writes per transaction,
+# the storage side's page faults). GetPage@LSN latency: bench/getpage.sh.
 # Time: workloads x placements x rounds x modes x (BENCH_SECONDS + ~10 s), plus loading:
 # about 1h30 at the defaults.
 set -euo pipefail
