@@ -352,13 +352,12 @@ profile_start() {
     PROFILE_DEV0=$(profile_device)
     PROFILE_FLT0=$(profile_faults)
 }
-# Minor page faults of the storage side (the helper or pg_receivewal) and of PostgreSQL's
-# processes alive now: on this VM (nested, shadow paging) a fault is a trip to the
-# hypervisor, and the two CPUs share its page-table bookkeeping.
+# Minor page faults of the storage side (the helper or pg_receivewal) so far: on this VM
+# (nested, shadow paging) a fault is a trip to the hypervisor, whose page-table bookkeeping
+# both CPUs share.
 profile_faults() {
-    local pid=${HELPER_PID:-$RW_PID} s=0 p
-    for p in $(pg_pids); do s=$((s + $(awk '{print $10}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
-    echo "$( [ -n "$pid" ] && awk '{print $10}' "/proc/$pid/stat" 2>/dev/null || echo 0) $s"
+    local pid=${HELPER_PID:-$RW_PID}
+    { [ -n "$pid" ] && awk '{print $10}' "/proc/$pid/stat" 2>/dev/null; } || echo 0
 }
 # "reads writes" completed on the emulated volume's loop device (- - on another device).
 profile_device() {
@@ -377,7 +376,7 @@ profile_stop() {
     log "profile $label: $(awk -v a="$PROFILE_SYNC0" -v b="$sync1" -v d0="$PROFILE_DEV0" -v d1="$dev1" -v t="$txns" 'BEGIN{
         split(a, x, " "); split(b, y, " "); split(d0, p, " "); split(d1, q, " ");
         n = y[1] - x[1]; printf "WAL flushes %d (%.3f/txn), mean flush %.3f ms, WAL writes %.3f/txn", n, n / t, n ? (y[2] - x[2]) / n : 0, (y[3] - x[3]) / t;
-        if (p[1] != "-") printf ", volume reads %.3f/txn, writes %.3f/txn", (q[1] - p[1]) / t, (q[2] - p[2]) / t }'); minor faults: storage side $(awk -v a="$PROFILE_FLT0" -v b="$flt1" -v s="$seconds" 'BEGIN{split(a, x, " "); split(b, y, " "); printf "%.0f/s, PostgreSQL (processes alive at both ends) %.0f/s", (y[1] - x[1]) / s, (y[2] - x[2]) / s}')"
+        if (p[1] != "-") printf ", volume reads %.3f/txn, writes %.3f/txn", (q[1] - p[1]) / t, (q[2] - p[2]) / t }'); minor faults of the storage side $(((flt1 - PROFILE_FLT0) / seconds))/s"
     log "profile $label: samples of server processes (type/wait: count over $(grep -c "^" "$PROFILE_OUT" 2>/dev/null) rows): $waits"
 }
 

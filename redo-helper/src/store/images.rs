@@ -522,21 +522,24 @@ impl ImageStore {
             .map(|(f, total)| (*f, *total, live.get(f).copied().unwrap_or(0)))
             .find(|(_, total, n)| (*n as f64) < min_live_ratio * (*total as f64) || *n == 0)
             .map(|(f, total, _)| (f, total))?;
-        let entries = self
-            .index
+        Some(CompactionPlan {
+            file,
+            total,
+            path: file_path(&self.dir, file),
+            entries: self.entries_in(file),
+        })
+    }
+
+    /// The live entries stored in image file `file`.
+    fn entries_in(&self, file: u32) -> Vec<(PageKey, ImageLocation)> {
+        self.index
             .iter()
             .flat_map(|(key, locs)| {
                 locs.iter()
                     .filter(|l| l.file == file)
                     .map(move |l| (*key, *l))
             })
-            .collect();
-        Some(CompactionPlan {
-            file,
-            total,
-            path: file_path(&self.dir, file),
-            entries,
-        })
+            .collect()
     }
 
     /// Copies the planned file's live entries to the current file (synced before the
@@ -555,15 +558,7 @@ impl ImageStore {
         let file = plan.file;
         let path = plan.path;
         // Still live now (forget_before may have dropped some since the plan).
-        let still: Vec<(PageKey, ImageLocation)> = self
-            .index
-            .iter()
-            .flat_map(|(key, locs)| {
-                locs.iter()
-                    .filter(|l| l.file == file)
-                    .map(move |l| (*key, *l))
-            })
-            .collect();
+        let still = self.entries_in(file);
         let mut stats = CompactStats::default();
         let mut moved = Vec::with_capacity(still.len());
         let mut buf = vec![0u8; ENTRY_SIZE];
