@@ -46,7 +46,9 @@
 #   min / median / max per mode, the spread (the farthest round from the median, +-% of the
 #   median: the issue's "under +-5%"), and the per-round ratio of
 #   the helper to its peers (the same round's runs: drift over the rounds, such as table
-#   growth, cancels out).
+#   growth, cancels out). Each round's steal time (/proc/stat: the hypervisor running
+#   something else while a CPU had work) is printed per CPU, so that a round the host
+#   slowed can be told from one the product slowed.
 # - The load generator costs little and is accounted: pgbench with prepared statements and
 #   one thread, on the compute's CPU (the same share of it in every mode), in a CPU-accounting
 #   group of its own. Not on the storage CPU: there the helper's image generation would slow
@@ -127,6 +129,9 @@ log() { printf '[bench-fpw %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 source "$here/placement.sh"
 # proc_ticks PID: user + system CPU ticks of a process, or - once it is gone.
 proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo -; }
+# Ticks the hypervisor gave CPU 0 and CPU 1 to others while they had work ("steal", the
+# 8th value of /proc/stat's cpuN lines): "cpu0 cpu1". A round the host slowed shows here.
+steal_ticks() { awk '$1 == "cpu0" {a = $9} $1 == "cpu1" {b = $9} END {print a + 0, b + 0}' /proc/stat; }
 # The postmaster and every process it has forked (new backends inherit its group).
 pg_pids() { local pm; pm=$(head -1 "$cdir/data/postmaster.pid"); echo "$pm" $(ps -o pid= --ppid "$pm"); }
 
@@ -387,7 +392,7 @@ profile_stop() {
 # first round only; walsender_cpu: the streaming client's walsender, part of pg_cpu; the
 # fsyncs are pg_stat_wal's wal_sync, commits' and the WAL writer's.)
 measure() {
-    local w=$1 p=$2 m=$3 round=$4 lsn0 lsn1 out t0 t1 c0 c1 b0 b1 l0 l1 ws ws0=- ws1=- sync0 sync1
+    local w=$1 p=$2 m=$3 round=$4 lsn0 lsn1 out t0 t1 c0 c1 b0 b1 l0 l1 ws ws0=- ws1=- sync0 sync1 st0 st1
     sql -c "CHECKPOINT" >/dev/null
     ws=$(sql -c "SELECT pid FROM pg_stat_replication LIMIT 1")
     [ -n "$ws" ] && ws0=$(proc_ticks "$ws")
@@ -398,11 +403,13 @@ measure() {
     b0=$(cpu_ns "$p" bench)
     l0=$(cpu_ns "$p" load)
     PROFILE_PLACEMENT=$p profile_start
+    st0=$(steal_ticks)
     t0=$(date +%s%N)
     # shellcheck disable=SC2046
     out=$(in_role "$p" bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -M prepared -c "$clients" -j 1 \
         -T "$seconds" $(workload_args "$w") postgres 2>&1) || { echo "$out" >&2; return 1; }
     t1=$(date +%s%N)
+    st1=$(steal_ticks)
     c1=$(cpu_ns "$p" pg)
     b1=$(cpu_ns "$p" bench)
     l1=$(cpu_ns "$p" load)
@@ -435,7 +442,10 @@ measure() {
     fi
     awk -v b="$bytes" -v t="$txns" -v tps="$tps" -v n="${nopm:--}" -v c="$pgcpu" -v g="$benchcpu" -v l="$loadcpu" \
         -v f="$fpi" -v lat="${lat:--}" -v ws="$wscpu" -v s="$((sync1 - sync0))" \
-        'BEGIN{printf "%s %.0f %s %s %s %s %s %s %s %.2f\n", tps, b / t, n, c, g, l, f, lat, ws, s / t}'
+        -v st0="$st0" -v st1="$st1" -v hz="$(getconf CLK_TCK)" -v el="$((t1 - t0))" \
+        'BEGIN{split(st0, x, " "); split(st1, y, " "); d = el / 1e9 * hz / 100
+               printf "%s %.0f %s %s %s %s %s %s %s %.2f %.1f %.1f\n", tps, b / t, n, c, g, l, f, lat, ws, s / t,
+                   (y[1] - x[1]) / d, (y[2] - x[2]) / d}'
 }
 
 # --- one workload ----------------------------------------------------------------------------
@@ -607,7 +617,17 @@ report() {
         for m in "${modes[@]}"; do
             local per=""
             for round in $(seq 1 "$rounds"); do per="$per $(field "${R[$w,$p,$m,$round]:--}" 1)"; done
-            printf '  TPS per round, %-38s%s\n' "$(label_of "$m"):" "$per"
+            printf '  %-20s %-38s%s\n' "TPS per round," "$(label_of "$m"):" "$per"
+        done
+        # The host's steal per round (% of each CPU's time in the run, CPU 0 / CPU 1): a
+        # round the hypervisor slowed shows here, not in the product's figures.
+        for m in "${modes[@]}"; do
+            local st=""
+            for round in $(seq 1 "$rounds"); do
+                vals=${R[$w,$p,$m,$round]:-}
+                st="$st $([ -n "$vals" ] && echo "$(field "$vals" 11)/$(field "$vals" 12)" || echo -)"
+            done
+            printf '  %-20s %-38s%s\n' "steal % CPU 0/1," "$(label_of "$m"):" "$st"
         done
         # Per-round ratios of the helper to its peers, same round.
         for k in rw:"off + helper / off + pg_receivewal (target >= 0.97)" zstd:"off + helper / on + zstd" off:"off + helper / off alone" on:"off + helper / FPW on" \
