@@ -361,7 +361,7 @@ fn register_status(m: &mut Exposition, s: &HelperStatus) {
     );
     m.gauge(
         "redo_helper_retention_rebase_bytes_per_segment",
-        "most image bytes a retention pass has written per WAL segment it moved the horizon (twice this, up to an eighth of the filesystem, is the disk reserve when above --disk-reserve)",
+        "most image bytes a retention step of one WAL segment writes, as passes measured it (twice this, up to an eighth of the filesystem, is the disk reserve when above --disk-reserve)",
         r.rebase_bytes_per_segment,
     );
     m.gauge(

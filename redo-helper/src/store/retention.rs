@@ -18,7 +18,7 @@
 //! 2. saves `DATA_DIR/retention.json` atomically: H, the relation events (truncations,
 //!    drops, database drops and copies) before H, the unreadable markers and the
 //!    full_page_writes modes before H — what the WAL before H said and the index can no
-//!    longer learn from it — and the most image bytes a pass wrote per segment (below);
+//!    longer learn from it — and the most image bytes a one-segment step wrote (below);
 //! 3. moves the page store's horizon and waits for every read that started before (the
 //!    store's read gate), so no running read needs what follows;
 //! 4. prunes the index (changes before H), deletes the archive segments that end at or
@@ -31,13 +31,16 @@
 //! the data directory's filesystem, and a pass alone may use it; the same amount is held in
 //! `DATA_DIR/disk-reserve`, which a pass deletes when other writers took the headroom
 //! (`ballast.rs`). A pass's writes grow with the distance the horizon moves (an image per
-//! page changed in it), and a pass that may not fit in the free space (an image per
-//! candidate page) fails before it writes anything. After a pass ran out of space, passes
-//! move the horizon one segment at a time, each writing only the images of one segment's
-//! pages before it deletes that segment, one after the other until three reserves are free
-//! again. One segment of small-record WAL changes tens of thousands of pages, more than a
-//! default reserve holds; so each pass measures the image bytes it wrote per segment, keeps
-//! the most of the last 36 to 72 hours of passes in the state file ([`REBASE_WINDOW_SECS`]),
+//! page changed in it that no image covers yet), and a pass that may not fit in the free
+//! space (an image per such page) fails before it writes anything. After a pass ran out of
+//! space, passes move the horizon one segment at a time, each writing only the images of
+//! one segment's pages before it deletes that segment, one after the other until three
+//! reserves are free again. One segment of small-record WAL changes tens of thousands of
+//! pages, more than a default reserve holds; so each pass measures the image bytes the
+//! largest one-segment step within its distance writes
+//! ([`Retention::largest_one_segment_step`]: not its average per segment, as a page changed
+//! in every segment is rebuilt at every step), keeps the most of the last 36 to 72 hours of
+//! passes in the state file ([`REBASE_WINDOW_SECS`]),
 //! and the reserve in force becomes twice that when it is more than `--disk-reserve` (at
 //! most an eighth of the filesystem): the archive and image generation stop early enough,
 //! and the reserve file holds enough, for one step.
@@ -243,10 +246,12 @@ pub(crate) struct RetentionState {
     pub fpw_modes: Vec<SavedFpwMode>,
     #[serde(default)]
     pub saved_unix: u64,
-    /// The most image bytes a pass has written per WAL segment the horizon moved (its
-    /// rebased pages) in the window that started at `rebase_window_started_unix`: what a
-    /// step of one segment needs on a full disk. 0 in files written before it was kept (whose
-    /// figure was the peak since the start, taken as this window's, started at `saved_unix`).
+    /// The most image bytes a step of one WAL segment writes (its pages to rebuild), as
+    /// passes measured them over the segments they moved the horizon, in the window that
+    /// started at `rebase_window_started_unix`: what a step needs on a full disk. 0 in files
+    /// written before it was kept (whose figure was the peak since the start, taken as this
+    /// window's, started at `saved_unix`). Earlier builds kept a pass's average per segment
+    /// here, smaller when pages change in every segment: the next pass measures it again.
     #[serde(default)]
     pub rebase_bytes_per_segment: u64,
     /// The same for the window before.
@@ -413,6 +418,24 @@ fn copy_marker(at: Lsn) -> PageChange {
     }
 }
 
+/// What a pass does for a page changed before the new horizon.
+#[derive(Debug, Clone, Copy)]
+enum Rebase {
+    /// Keeps its unreadable marker, older than the current horizon.
+    KeepMarker(PageChange),
+    /// Nothing new: the image at this LSN, at or after its newest start, is its base.
+    Covered(Lsn),
+    /// Rebuilds it as of H − 1 and stores the image at `since`, its newest start.
+    Rebuild {
+        since: Lsn,
+        last: Option<PageChange>,
+    },
+}
+
+/// Candidates whose changes are gathered under one lock of the index, then checked under
+/// one of the images (the two are never held together): bounds the memory of a long pass.
+const STEP_MEASURE_CHUNK: usize = 4096;
+
 /// What one pass did (in /status).
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct PassStats {
@@ -455,7 +478,7 @@ pub(crate) struct RetentionStatus {
     /// A pass ran out of space and three reserves are not free yet: passes move the horizon
     /// a segment at a time.
     pub short_of_space: bool,
-    /// The most image bytes a pass has written per WAL segment the horizon moved, in the
+    /// The most image bytes a step of one WAL segment writes, as measured by passes in the
     /// last 36 to 72 hours of passes ([`REBASE_WINDOW_SECS`]); twice this (at most an eighth
     /// of the filesystem) is the disk reserve when above `--disk-reserve`.
     pub rebase_bytes_per_segment: u64,
@@ -515,7 +538,7 @@ const REBASE_RESERVE_MAX_SHARE: u64 = 8;
 /// A rarer burst is what `--disk-reserve` is for.
 const REBASE_WINDOW_SECS: u64 = 36 * 3600;
 
-/// The largest step (image bytes a pass wrote per segment it moved the horizon) of the
+/// The largest step (image bytes a one-segment step writes, as passes measured it) of the
 /// current window and of the one before it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct StepPeaks {
@@ -641,7 +664,7 @@ impl Retention {
         r
     }
 
-    /// Takes `measured` (image bytes a pass wrote per segment it moved the horizon) into
+    /// Takes `measured` (image bytes of the largest one-segment step a pass found) into
     /// the peaks, and sets the headroom and reserve file after them: the archive and image
     /// generation then stop while a step's images still fit
     /// (`store::set_learnt_disk_headroom`).
@@ -920,9 +943,41 @@ impl Retention {
                     .map(|k| (k, None)),
             );
         }
-        // At most an image per candidate: a pass that may not fit fails before it writes one,
-        // rather than fill the disk with images and leave no room for a shorter step.
-        let need = (candidates.len() as u64).saturating_mul(super::images::ENTRY_SIZE as u64);
+        // What each candidate needs: its kept unreadable marker, nothing new (an image covers
+        // its newest start before the horizon), or an image rebuilt as of H − 1.
+        let plan: Vec<(PageKey, Rebase)> = candidates
+            .into_iter()
+            .filter_map(|(key, last)| {
+                if let Some(last) = last
+                    && last.lsn < current
+                {
+                    // Only a kept unreadable marker is older than the current horizon.
+                    debug_assert_eq!(last.kind, ChangeKind::Unsupported);
+                    return Some((key, Rebase::KeepMarker(last)));
+                }
+                // The page's newest start before the horizon: its last change, or the copy
+                // of its database if that is newer (the page is then the template's, plus
+                // its own changes since).
+                let copy = read(&store.index).relation_events.copied_at(&key, below);
+                let since = last.map(|c| c.lsn).max(copy.map(|(l, _)| l))?;
+                let covered = read(&store.images)
+                    .newest_at_or_before(&key, below)
+                    .filter(|l| *l >= since);
+                Some(match covered {
+                    Some(at) => (key, Rebase::Covered(at)),
+                    None => (key, Rebase::Rebuild { since, last }),
+                })
+            })
+            .collect();
+        // At most an image per page to rebuild: a pass that may not fit fails before it
+        // writes one, rather than fill the disk with images and leave no room for a shorter
+        // step. Pages an image already covers cost nothing (under a busy workload many of a
+        // segment's pages are, and counting them refused steps that fit).
+        let to_rebuild = plan
+            .iter()
+            .filter(|(_, r)| matches!(r, Rebase::Rebuild { .. }))
+            .count() as u64;
+        let need = to_rebuild.saturating_mul(super::images::ENTRY_SIZE as u64);
         if let Some(free) = super::free_bytes(&self.data_dir)
             && need > free
         {
@@ -932,37 +987,34 @@ impl Retention {
                 free,
             });
         }
+        // What the largest one-segment step of this distance needs (a pass short of space
+        // takes one such step at a time), measured before the rebuilt images cover pages.
+        let segments = ((horizon.0 - current.0) / u64::from(self.segment_size)).max(1);
+        let step_pages = if segments == 1 {
+            to_rebuild
+        } else {
+            self.largest_one_segment_step(current, horizon, &plan)
+        };
         let mut markers: HashMap<PageKey, PageChange> = HashMap::new();
         let mut rebased: HashMap<PageKey, Lsn> = HashMap::new();
         let opts = ReadOptions {
             generated_images: true,
             cache: false,
         };
-        for (key, last) in candidates {
-            if let Some(last) = last
-                && last.lsn < current
-            {
-                // Only a kept unreadable marker is older than the current horizon.
-                debug_assert_eq!(last.kind, ChangeKind::Unsupported);
-                markers.insert(key, last);
-                stats.pages_unreadable += 1;
-                continue;
-            }
-            // The page's newest start before the horizon: its last change, or the copy of
-            // its database if that is newer (the page is then the template's, plus its own
-            // changes since).
-            let copy = read(&store.index).relation_events.copied_at(&key, below);
-            let Some(since) = last.map(|c| c.lsn).max(copy.map(|(l, _)| l)) else {
-                continue;
+        for (key, todo) in plan {
+            let (since, last) = match todo {
+                Rebase::KeepMarker(last) => {
+                    markers.insert(key, last);
+                    stats.pages_unreadable += 1;
+                    continue;
+                }
+                Rebase::Covered(at) => {
+                    rebased.insert(key, at);
+                    stats.pages_covered += 1;
+                    continue;
+                }
+                Rebase::Rebuild { since, last } => (since, last),
             };
-            let covered = read(&store.images)
-                .newest_at_or_before(&key, below)
-                .filter(|l| *l >= since);
-            if let Some(l) = covered {
-                rebased.insert(key, l);
-                stats.pages_covered += 1;
-                continue;
-            }
             match store.reconstruct_with(&key, Some(below), opts) {
                 Ok(r) => {
                     write(&store.images).put(&key, since, &r.page)?;
@@ -1027,13 +1079,7 @@ impl Retention {
         if let Some(u) = self.uploader.get() {
             u.upload_images(store)?;
         }
-        let segments = ((horizon.0 - current.0) / u64::from(self.segment_size)).max(1);
-        self.update_step_reserve(
-            stats
-                .pages_rebased
-                .saturating_mul(super::images::ENTRY_SIZE as u64)
-                .div_ceil(segments),
-        );
+        self.update_step_reserve(step_pages.saturating_mul(super::images::ENTRY_SIZE as u64));
 
         let state = {
             let idx = read(&store.index);
@@ -1091,6 +1137,56 @@ impl Retention {
             }
         }
         Ok(())
+    }
+
+    /// The most pages a one-segment step within [current, horizon) would rebuild: for each
+    /// segment, the pages changed in it whose last change there no image at or after it
+    /// (and before the segment's end) covers. A pass over several segments rebuilds each
+    /// page once, for its last change; a pass short of space steps one segment at a time and
+    /// rebuilds a page changed in every segment at every step, so the reserve is sized from
+    /// this, not from the average.
+    fn largest_one_segment_step(
+        &self,
+        current: Lsn,
+        horizon: Lsn,
+        plan: &[(PageKey, Rebase)],
+    ) -> u64 {
+        let seg = u64::from(self.segment_size);
+        let segments = ((horizon.0 - current.0) / seg) as usize;
+        let mut per_segment = vec![0u64; segments];
+        let mut last_in_segment: Vec<(PageKey, usize, Lsn)> = Vec::new();
+        for chunk in plan.chunks(STEP_MEASURE_CHUNK) {
+            last_in_segment.clear();
+            {
+                let idx = read(&self.store.index);
+                for (key, _) in chunk {
+                    let Some(h) = idx.page(key) else { continue };
+                    let from = h.changes.partition_point(|c| c.lsn < current);
+                    let to = h.changes.partition_point(|c| c.lsn < horizon);
+                    for (i, c) in h.changes[from..to].iter().enumerate() {
+                        let s = ((c.lsn.0 - current.0) / seg) as usize;
+                        // The last change of its segment: the next one is in a later segment.
+                        let next_s = h.changes[from..to]
+                            .get(i + 1)
+                            .map(|n| ((n.lsn.0 - current.0) / seg) as usize);
+                        if next_s != Some(s) && s < segments {
+                            last_in_segment.push((*key, s, c.lsn));
+                        }
+                    }
+                }
+            }
+            let images = read(&self.store.images);
+            for (key, s, last) in &last_in_segment {
+                let segment_below = Lsn(current.0 + (*s as u64 + 1) * seg - 1);
+                if images
+                    .newest_at_or_before(key, segment_below)
+                    .is_none_or(|l| l < *last)
+                {
+                    per_segment[*s] += 1;
+                }
+            }
+        }
+        per_segment.into_iter().max().unwrap_or(0)
     }
 
     /// Deletes archive segments ending at or before the horizon, forgets images no read can

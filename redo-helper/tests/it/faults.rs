@@ -414,6 +414,105 @@ fn retention_learns_the_reserve_a_step_needs() {
     drop(fs);
 }
 
+/// A pass that moves the horizon several segments at once rebuilds a page changed in each of
+/// them once; a pass short of space steps one segment at a time and rebuilds it at every
+/// step. The reserve learnt from the first must hold the second: here every segment changes
+/// the same ~3,000 pages of one table (~25 MB of images a step), the first pass after a
+/// restart moves the horizon 8 segments, 8 more segments arrive, and then another writer
+/// fills the disk. A reserve
+/// sized from that pass's average per segment (~3 MB) would hold no step, and the helper
+/// would stay in `disk_full` (the test then times out).
+#[test]
+fn retention_sizes_the_reserve_for_one_segment_steps() {
+    let tmp = TempDir::new("faults-disk-steps");
+    let Some(fs) = SmallFs::mount(tmp.path().join("small"), "900M") else {
+        panic!("cannot mount a tmpfs for the disk-full test (needs root)");
+    };
+    let c = PgCluster::start_fpw_off(&[]);
+    c.sql("CREATE TABLE hot (id int, v int, pad char(200)) WITH (fillfactor = 40)");
+    c.sql("INSERT INTO hot SELECT g, 0, 'x' FROM generate_series(1, 39000) g");
+    let pages: u64 = c
+        .sql("SELECT pg_relation_size('hot') / 8192")
+        .trim()
+        .parse()
+        .expect("pages of hot");
+    let dir = fs.dir.join("helper");
+    let log = tmp.path().join("helper.log");
+    let args = |interval_ms: &'static str| {
+        let mut a = small_disk_args(interval_ms).to_vec();
+        a.extend(["--disk-reserve", "4MB"]);
+        a
+    };
+    // Passes 10 minutes apart while 10 segments arrive.
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("600000"));
+    h.wait_status("streaming", Duration::from_secs(120), |s| {
+        s["state"] == "streaming"
+    });
+    let target = hot_segments(&c, 10);
+    h.wait_status("received", Duration::from_secs(180), |s| {
+        crate::support::status_lsn(s, "decoded_lsn") >= target
+    });
+    h.kill9();
+
+    // Restarted with passes every second: the first moves the horizon to 32 MB before the
+    // end, 8 segments at once, and measures the largest one-segment step among them.
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("1000"));
+    let st = h.wait_status("a pass measured its steps", Duration::from_secs(120), |s| {
+        s["retention"]["rebase_bytes_per_segment"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    let per_segment = st["retention"]["rebase_bytes_per_segment"]
+        .as_u64()
+        .unwrap_or(0);
+    let reserve = st["disk_reserve_bytes"].as_u64().unwrap_or(0);
+    let first = h
+        .log_text()
+        .lines()
+        .find(|l| l.contains("retention: horizon"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    println!(
+        "{pages} pages changed in every segment; {first}\na step of one segment: up to \
+         {per_segment} bytes; reserve {reserve} bytes"
+    );
+    // Images an image generation already took at a page's last change in a segment cost
+    // nothing; at a threshold of 64 changes (13 a segment here) most pages have none.
+    assert!(
+        per_segment >= pages * 8228 / 2 && reserve >= per_segment,
+        "{st}"
+    );
+    h.kill9();
+
+    // Passes 10 minutes apart again: 8 segments pile up beyond --retain.
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("600000"));
+    let target = hot_segments(&c, 8);
+    h.wait_status("received", Duration::from_secs(180), |s| {
+        crate::support::status_lsn(s, "decoded_lsn") >= target
+    });
+    h.kill9();
+
+    // Another writer takes every byte; 6 more segments wait in the slot.
+    let filler = fill_to_the_last_byte(&fs.dir);
+    let target = hot_segments(&c, 6);
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("1000"));
+    let st = caught_up_beside(&mut h, target, &filler);
+    println!("retention on the full disk: {}", st["retention"]);
+    crate::redo_verify::checkpoint_and_stop(&c, h);
+    run_check_clean(&dir, &c.data, pages);
+    drop(fs);
+}
+
+/// `n` WAL segments, each changing every page of `hot` (one update of each row).
+fn hot_segments(c: &PgCluster, n: usize) -> u64 {
+    for _ in 0..n {
+        c.sql("UPDATE hot SET v = v + 1");
+        c.sql("SELECT pg_switch_wal()");
+    }
+    crate::support::lsn(&c.sql("SELECT pg_current_wal_flush_lsn()"))
+}
+
 /// `n` WAL segments that change a few pages each.
 fn quiet_segments(c: &PgCluster, n: usize) {
     c.sql("CREATE TABLE IF NOT EXISTS quiet (x int)");
