@@ -61,6 +61,11 @@
 # - Default checkpoint settings (max_wal_size = 1GB, checkpoint_timeout = 5min, as in
 #   production: size-triggered checkpoints count) and autovacuum off (a vacuum starting in one
 #   run and not another would decide the comparison).
+# - Workloads in BENCH_VACUUM (default "index") are vacuumed before each run's CHECKPOINT,
+#   and the streaming client has received that WAL before the run starts: with autovacuum
+#   off the index workload's dead rows, bloat and GIN pending lists otherwise grow through
+#   the rounds, so each round would start from a different state. TPC-B and TPC-C-like
+#   update in place and stay as they were measured before (no VACUUM).
 #
 # Workloads (BENCH_WORKLOADS, default "tpcb tpcc index"):
 #   tpcb   pgbench's TPC-B-like, scale BENCH_SCALE (50)
@@ -72,7 +77,7 @@
 #
 # Knobs: BENCH_SECONDS (30 per run), BENCH_ROUNDS (5), BENCH_CLIENTS (8), BENCH_MODES
 # (default all six), BENCH_PLACEMENTS, BENCH_WORKLOADS, BENCH_SCALE, BENCH_WAREHOUSES,
-# BENCH_INDEX_ROWS, BENCH_STORAGE_TMPFS (12g), BENCH_COMPUTE (disk), BENCH_COMPUTE_TMPFS (8g),
+# BENCH_INDEX_ROWS, BENCH_VACUUM (index), BENCH_STORAGE_TMPFS (12g), BENCH_COMPUTE (disk), BENCH_COMPUTE_TMPFS (8g),
 # BENCH_DEVICE_IOPS (3000), BENCH_DEVICE_MBPS (125), BENCH_HELPER_RETAIN (2GB: the helper's
 # --retain), REDO_HELPER_BIN, REDO_HELPER_BIN_B (for the mode helper_b: off + another build of
 # the helper, on the same helper directory, to compare two builds in one run; its rounds are
@@ -110,6 +115,7 @@ case $compute in disk | volume | tmpfs) ;; *) echo "BENCH_COMPUTE must be disk, 
 device_iops=${BENCH_DEVICE_IOPS:-3000}
 device_mbps=${BENCH_DEVICE_MBPS:-125}
 profile=${BENCH_PROFILE:-0}
+vacuum_workloads=" ${BENCH_VACUUM-index} "
 
 [ -x "$helper_bin" ] || { echo "build the helper first: cargo build --release -p redo-helper" >&2; exit 1; }
 for m in "${modes[@]}"; do
@@ -310,6 +316,21 @@ helper_caught_up() {
     log "the helper has not caught up after 10 minutes; measuring anyway"
 }
 
+# The streaming client (the helper, or pg_receivewal) has flushed the WAL written so far.
+client_caught_up() {
+    if [ -n "${HELPER_PID:-}" ]; then
+        helper_caught_up
+        return
+    fi
+    local target
+    target=$(sql -c "SELECT pg_current_wal_flush_lsn()")
+    for _ in $(seq 1 600); do
+        [ "$(sql -c "SELECT coalesce(bool_and(flush_lsn >= '$target'), true) FROM pg_stat_replication")" = t ] && return 0
+        sleep 0.1
+    done
+    log "the streaming client has not caught up after a minute; measuring anyway"
+}
+
 set_mode() {
     local m=$1
     case $m in
@@ -393,7 +414,13 @@ profile_stop() {
 # fsyncs are pg_stat_wal's wal_sync, commits' and the WAL writer's.)
 measure() {
     local w=$1 p=$2 m=$3 round=$4 lsn0 lsn1 out t0 t1 c0 c1 b0 b1 l0 l1 ws ws0=- ws1=- sync0 sync1 st0 st1
-    sql -c "CHECKPOINT" >/dev/null
+    if [[ $vacuum_workloads == *" $w "* ]]; then
+        sql -c "VACUUM" >/dev/null
+        sql -c "CHECKPOINT" >/dev/null
+        client_caught_up
+    else
+        sql -c "CHECKPOINT" >/dev/null
+    fi
     ws=$(sql -c "SELECT pid FROM pg_stat_replication LIMIT 1")
     [ -n "$ws" ] && ws0=$(proc_ticks "$ws")
     sleep 1.1 # pg_stat_wal: backends report at most once a second
