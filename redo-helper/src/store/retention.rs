@@ -1159,7 +1159,16 @@ impl Retention {
             last_in_segment.clear();
             {
                 let idx = read(&self.store.index);
-                for (key, _) in chunk {
+                for (key, todo) in chunk {
+                    // A page of a database copied in the distance with no change of its own
+                    // before the horizon: its image is at the copy, in the copy's segment.
+                    if let Rebase::Rebuild { since, last: None } = todo {
+                        let s = since.0.checked_sub(current.0).map(|d| (d / seg) as usize);
+                        if let Some(n) = s.and_then(|s| per_segment.get_mut(s)) {
+                            *n += 1;
+                        }
+                        continue;
+                    }
                     let Some(h) = idx.page(key) else { continue };
                     let from = h.changes.partition_point(|c| c.lsn < current);
                     let to = h.changes.partition_point(|c| c.lsn < horizon);
