@@ -83,7 +83,8 @@
 #
 # Knobs: BENCH_SECONDS (30 per run), BENCH_ROUNDS (5), BENCH_CLIENTS (8), BENCH_MODES
 # (default all six), BENCH_PLACEMENTS, BENCH_WORKLOADS, BENCH_SCALE, BENCH_WAREHOUSES,
-# BENCH_INDEX_ROWS, BENCH_VACUUM (index), BENCH_HELPER_CATCH_UP (1), BENCH_STORAGE_TMPFS (12g), BENCH_COMPUTE (disk), BENCH_COMPUTE_TMPFS (8g),
+# BENCH_INDEX_ROWS, BENCH_VACUUM (index), BENCH_HELPER_CATCH_UP (1), BENCH_STORAGE_TMPFS (12g),
+# BENCH_COMPUTE (disk), BENCH_COMPUTE_TMPFS (8g),
 # BENCH_DEVICE_IOPS (3000), BENCH_DEVICE_MBPS (125), BENCH_HELPER_RETAIN (2GB: the helper's
 # --retain), REDO_HELPER_BIN, REDO_HELPER_BIN_B (for the mode helper_b: off + another build of
 # the helper, on the same helper directory, to compare two builds in one run; its rounds are

@@ -419,9 +419,9 @@ fn retention_learns_the_reserve_a_step_needs() {
 /// step. The reserve learnt from the first must hold the second: here every segment changes
 /// the same ~3,000 pages of one table (~25 MB of images a step), the first pass after a
 /// restart moves the horizon 8 segments, 8 more segments arrive, and then another writer
-/// fills the disk. A reserve
-/// sized from that pass's average per segment (~3 MB) would hold no step, and the helper
-/// would stay in `disk_full` (the test then times out).
+/// fills the disk. A reserve sized from that pass's average per segment (~3 MB, which the
+/// assertion on the learnt step refuses) would hold no step, and the helper would stay in
+/// `disk_full`.
 #[test]
 fn retention_sizes_the_reserve_for_one_segment_steps() {
     let tmp = TempDir::new("faults-disk-steps");
