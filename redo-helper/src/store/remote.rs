@@ -79,6 +79,8 @@ pub(crate) enum RemoteError {
     },
     #[error("object store: {key} {reason}")]
     Damaged { key: String, reason: String },
+    #[error("object store: {key} listed but gone")]
+    Gone { key: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("object store: its runtime stopped")]
@@ -844,43 +846,27 @@ impl Remote {
 
         let wal_dir = data_dir.join("wal");
         fs::create_dir_all(&wal_dir).map_err(io_err(&wal_dir))?;
-        let layout = WalLayout::of(&self.list("wal/")?, &meta)?;
-        let seg = u64::from(meta.segment_size);
-        for segno in layout.first_segno..=layout.end.0.saturating_sub(1) / seg {
-            if layout.end.0 <= segno * seg {
-                break;
-            }
-            let name = segment_file_name(meta.timeline, segno, meta.segment_size);
-            let dest = wal_dir.join(&name);
-            if layout.whole.contains(&segno) {
-                stats.wal_bytes += self.get_file(&format!("wal/{name}"), &dest)?;
-            } else {
-                let f = File::create(&dest).map_err(io_err(&dest))?;
-                f.set_len(seg).map_err(io_err(&dest))?;
-                for (offset, size) in layout.pieces.get(&segno).into_iter().flatten() {
-                    if segno * seg + offset >= layout.end.0 {
-                        break;
-                    }
-                    let key = format!("wal/{name}.partial/{offset:08x}");
-                    let Some(bytes) = self.get(&key)? else {
-                        return Err(RemoteError::Damaged {
-                            key,
-                            reason: "listed but gone".into(),
-                        });
-                    };
-                    if bytes.len() as u64 != *size {
-                        return Err(RemoteError::Damaged {
-                            key,
-                            reason: format!("{} bytes, listed as {size}", bytes.len()),
-                        });
-                    }
-                    f.write_all_at(&bytes, *offset).map_err(io_err(&dest))?;
-                    stats.wal_bytes += size;
+        // The shard that streams may complete a segment (its pieces replaced by the whole
+        // object) or retention may drop one between the LIST and the GETs: list again.
+        let mut attempt = 0;
+        let layout = loop {
+            let layout = WalLayout::of(&self.list("wal/")?, &meta)?;
+            match self.download_wal(&layout, &meta, &wal_dir) {
+                Ok((segments, bytes)) => {
+                    stats.wal_segments = segments;
+                    stats.wal_bytes = bytes;
+                    break layout;
                 }
-                f.sync_all().map_err(io_err(&dest))?;
+                Err(e) if attempt < WAL_RELIST_ATTEMPTS && object_gone(&e) => {
+                    attempt += 1;
+                    log::info!("{e} (the WAL changed while it was read): listing it again");
+                    // Segments of this attempt that the new listing no longer has go too.
+                    fs::remove_dir_all(&wal_dir).map_err(io_err(&wal_dir))?;
+                    fs::create_dir_all(&wal_dir).map_err(io_err(&wal_dir))?;
+                }
+                Err(e) => return Err(e),
             }
-            stats.wal_segments += 1;
-        }
+        };
         super::archive::record_flush_position(&wal_dir, layout.end).map_err(|e| {
             RemoteError::Io {
                 path: wal_dir.clone(),
@@ -900,6 +886,51 @@ impl Remote {
         })?;
         stats.duration_ms = started.elapsed().as_millis() as u64;
         Ok(Some(stats))
+    }
+    /// Downloads the WAL `layout` lists into `wal_dir`: whole segments, and the pieces of
+    /// the one being streamed up to the end of the contiguous WAL. Returns (segments,
+    /// bytes); [`RemoteError::Gone`] when a listed piece is not there any more.
+    fn download_wal(
+        &self,
+        layout: &WalLayout,
+        meta: &HelperMeta,
+        wal_dir: &Path,
+    ) -> Result<(u64, u64), RemoteError> {
+        let (mut segments, mut bytes) = (0, 0);
+        let seg = u64::from(meta.segment_size);
+        for segno in layout.first_segno..=layout.end.0.saturating_sub(1) / seg {
+            if layout.end.0 <= segno * seg {
+                break;
+            }
+            let name = segment_file_name(meta.timeline, segno, meta.segment_size);
+            let dest = wal_dir.join(&name);
+            if layout.whole.contains(&segno) {
+                bytes += self.get_file(&format!("wal/{name}"), &dest)?;
+            } else {
+                let f = File::create(&dest).map_err(io_err(&dest))?;
+                f.set_len(seg).map_err(io_err(&dest))?;
+                for (offset, size) in layout.pieces.get(&segno).into_iter().flatten() {
+                    if segno * seg + offset >= layout.end.0 {
+                        break;
+                    }
+                    let key = format!("wal/{name}.partial/{offset:08x}");
+                    let Some(piece) = self.get(&key)? else {
+                        return Err(RemoteError::Gone { key });
+                    };
+                    if piece.len() as u64 != *size {
+                        return Err(RemoteError::Damaged {
+                            key,
+                            reason: format!("{} bytes, listed as {size}", piece.len()),
+                        });
+                    }
+                    f.write_all_at(&piece, *offset).map_err(io_err(&dest))?;
+                    bytes += size;
+                }
+                f.sync_all().map_err(io_err(&dest))?;
+            }
+            segments += 1;
+        }
+        Ok((segments, bytes))
     }
 
     /// The image files in the bucket: their uploaded bytes and pieces.
@@ -1031,6 +1062,20 @@ async fn download(
     f.sync_all().map_err(io_err(&dest))?;
     count(DOWN, &key, n);
     Ok(n)
+}
+
+/// LISTs of the WAL a resume makes when an object it listed is gone when it reads it.
+const WAL_RELIST_ATTEMPTS: u32 = 5;
+
+/// An object listed a moment before is not there any more.
+fn object_gone(e: &RemoteError) -> bool {
+    match e {
+        RemoteError::Gone { .. } => true,
+        RemoteError::Request { source, .. } => {
+            matches!(source, object_store::Error::NotFound { .. })
+        }
+        _ => false,
+    }
 }
 
 /// Refuses a bucket bootstrapped from another cluster or another BASE_BACKUP.

@@ -104,6 +104,14 @@ fn small_disk_args(interval_ms: &'static str) -> [&'static str; 8] {
     ]
 }
 
+/// [`small_disk_args`] with `--disk-reserve 4MB`: less than one step's images, so that
+/// only a reserve retention learnt can hold a step.
+fn reserve_4mb_args(interval_ms: &'static str) -> Vec<&'static str> {
+    let mut a = small_disk_args(interval_ms).to_vec();
+    a.extend(["--disk-reserve", "4MB"]);
+    a
+}
+
 /// Bytes available on the filesystem of `dir` (`df`).
 fn avail_bytes(dir: &std::path::Path) -> u64 {
     let out = std::process::Command::new("df")
@@ -302,13 +310,8 @@ fn retention_learns_the_reserve_a_step_needs() {
     c.pgbench(&["-i", "-s", "10", "-q"]);
     let dir = fs.dir.join("helper");
     let log = tmp.path().join("helper.log");
-    let args = |interval_ms: &'static str| {
-        let mut a = small_disk_args(interval_ms).to_vec();
-        a.extend(["--disk-reserve", "4MB"]);
-        a
-    };
     // Passes every second while ~100 MB arrive: they measure their steps.
-    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("1000"));
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &reserve_4mb_args("1000"));
     h.wait_status("streaming", Duration::from_secs(120), |s| {
         s["state"] == "streaming"
     });
@@ -330,7 +333,7 @@ fn retention_learns_the_reserve_a_step_needs() {
 
     // Passes 10 minutes apart: ~150 MB pile up beyond --retain. The reserve learnt before
     // the restart is in force (retention.json), in the file too.
-    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("600000"));
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &reserve_4mb_args("600000"));
     let target = wal_burst(&c, 9);
     let st = h.wait_status("received", Duration::from_secs(180), |s| {
         crate::support::status_lsn(s, "decoded_lsn") >= target
@@ -348,7 +351,7 @@ fn retention_learns_the_reserve_a_step_needs() {
     // Another writer takes every byte; ~100 MB more wait in the slot.
     let filler = fill_to_the_last_byte(&fs.dir);
     let target = wal_burst(&c, 6);
-    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("1000"));
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &reserve_4mb_args("1000"));
     let st = caught_up_beside(&mut h, target, &filler);
     let text = h.log_text();
     assert!(text.contains("one WAL segment at a time"), "{text}");
@@ -367,7 +370,7 @@ fn retention_learns_the_reserve_a_step_needs() {
     c.sql("SELECT pg_reload_conf()");
     c.sql("VACUUM");
     let quiet_from = crate::support::lsn(&c.sql("SELECT pg_current_wal_insert_lsn()"));
-    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("1000"));
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &reserve_4mb_args("1000"));
     quiet_segments(&c, 4);
     let st = h.wait_status(
         "the horizon past the pgbench WAL",
@@ -386,7 +389,7 @@ fn retention_learns_the_reserve_a_step_needs() {
     for (windows, kept) in [(1, true), (2, false)] {
         age_step_window(&dir, now - windows * WINDOW - 60);
         quiet_segments(&c, 2);
-        let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("1000"));
+        let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &reserve_4mb_args("1000"));
         let st = h.wait_status("a pass moved the horizon", Duration::from_secs(120), |s| {
             crate::support::status_lsn(&s["retention"], "horizon_lsn") > horizon
         });
@@ -438,13 +441,8 @@ fn retention_sizes_the_reserve_for_one_segment_steps() {
         .expect("pages of hot");
     let dir = fs.dir.join("helper");
     let log = tmp.path().join("helper.log");
-    let args = |interval_ms: &'static str| {
-        let mut a = small_disk_args(interval_ms).to_vec();
-        a.extend(["--disk-reserve", "4MB"]);
-        a
-    };
     // Passes 10 minutes apart while 10 segments arrive.
-    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("600000"));
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &reserve_4mb_args("600000"));
     h.wait_status("streaming", Duration::from_secs(120), |s| {
         s["state"] == "streaming"
     });
@@ -456,7 +454,7 @@ fn retention_sizes_the_reserve_for_one_segment_steps() {
 
     // Restarted with passes every second: the first moves the horizon to 32 MB before the
     // end, 8 segments at once, and measures the largest one-segment step among them.
-    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("1000"));
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &reserve_4mb_args("1000"));
     let st = h.wait_status("a pass measured its steps", Duration::from_secs(120), |s| {
         s["retention"]["rebase_bytes_per_segment"]
             .as_u64()
@@ -486,7 +484,7 @@ fn retention_sizes_the_reserve_for_one_segment_steps() {
     h.kill9();
 
     // Passes 10 minutes apart again: 8 segments pile up beyond --retain.
-    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("600000"));
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &reserve_4mb_args("600000"));
     let target = hot_segments(&c, 8);
     h.wait_status("received", Duration::from_secs(180), |s| {
         crate::support::status_lsn(s, "decoded_lsn") >= target
@@ -496,7 +494,7 @@ fn retention_sizes_the_reserve_for_one_segment_steps() {
     // Another writer takes every byte; 6 more segments wait in the slot.
     let filler = fill_to_the_last_byte(&fs.dir);
     let target = hot_segments(&c, 6);
-    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &args("1000"));
+    let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &reserve_4mb_args("1000"));
     let st = caught_up_beside(&mut h, target, &filler);
     println!("retention on the full disk: {}", st["retention"]);
     crate::redo_verify::checkpoint_and_stop(&c, h);
