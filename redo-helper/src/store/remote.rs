@@ -887,6 +887,7 @@ impl Remote {
         stats.duration_ms = started.elapsed().as_millis() as u64;
         Ok(Some(stats))
     }
+
     /// Downloads the WAL `layout` lists into `wal_dir`: whole segments, and the pieces of
     /// the one being streamed up to the end of the contiguous WAL. Returns (segments,
     /// bytes); [`RemoteError::Gone`] when a listed piece is not there any more.
