@@ -149,6 +149,13 @@ fn fill_to_the_last_byte(dir: &std::path::Path) -> std::path::PathBuf {
     filler
 }
 
+/// Waits until the helper has decoded the WAL up to `target`; returns the status.
+fn wait_received(h: &mut HelperProcess, target: u64) -> serde_json::Value {
+    h.wait_status("received", Duration::from_secs(180), |s| {
+        crate::support::status_lsn(s, "decoded_lsn") >= target
+    })
+}
+
 /// Waits until the helper streams with the WAL up to `target` decoded, the filler still in
 /// place (retention made the room); returns the status.
 fn caught_up_beside(
@@ -259,9 +266,7 @@ fn retention_releases_the_reserve_when_another_writer_fills_the_disk() {
     );
     // ~150 MB of WAL, received.
     let target = wal_burst(&c, 9);
-    h.wait_status("received", Duration::from_secs(180), |s| {
-        crate::support::status_lsn(s, "decoded_lsn") >= target
-    });
+    wait_received(&mut h, target);
     h.kill9();
 
     // Another writer takes every byte, the helper's headroom too: without the file no pass
@@ -335,9 +340,7 @@ fn retention_learns_the_reserve_a_step_needs() {
     // the restart is in force (retention.json), in the file too.
     let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &reserve_4mb_args("600000"));
     let target = wal_burst(&c, 9);
-    let st = h.wait_status("received", Duration::from_secs(180), |s| {
-        crate::support::status_lsn(s, "decoded_lsn") >= target
-    });
+    let st = wait_received(&mut h, target);
     let reserve = st["disk_reserve_bytes"].as_u64().unwrap_or(0);
     assert!(reserve >= learnt, "{st}");
     assert_eq!(
@@ -447,9 +450,7 @@ fn retention_sizes_the_reserve_for_one_segment_steps() {
         s["state"] == "streaming"
     });
     let target = hot_segments(&c, 10);
-    h.wait_status("received", Duration::from_secs(180), |s| {
-        crate::support::status_lsn(s, "decoded_lsn") >= target
-    });
+    wait_received(&mut h, target);
     h.kill9();
 
     // Restarted with passes every second: the first moves the horizon to 32 MB before the
@@ -486,9 +487,7 @@ fn retention_sizes_the_reserve_for_one_segment_steps() {
     // Passes 10 minutes apart again: 8 segments pile up beyond --retain.
     let mut h = HelperProcess::spawn_with(&c.conninfo(), &dir, &log, &reserve_4mb_args("600000"));
     let target = hot_segments(&c, 8);
-    h.wait_status("received", Duration::from_secs(180), |s| {
-        crate::support::status_lsn(s, "decoded_lsn") >= target
-    });
+    wait_received(&mut h, target);
     h.kill9();
 
     // Another writer takes every byte; 6 more segments wait in the slot.
