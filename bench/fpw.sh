@@ -78,7 +78,11 @@
 #   tpcc   bench/tpcc/: TPC-C-like new-order (45%) and payment (43%) with poorly compressible
 #          strings, BENCH_WAREHOUSES (100: about 0.8 GB, six times shared_buffers)
 #   index  bench/redo-index/: a documents table with GIN, BRIN, GiST, SP-GiST, hash and
-#          contrib bloom indexes, BENCH_INDEX_ROWS (200000) initial rows
+#          contrib bloom indexes, BENCH_INDEX_ROWS (200000) initial rows. BENCH_INDEX_TXN:
+#          "steady" (default, txn-steady.sql: new documents replace old ones, so every run
+#          starts from the same table) or "growing" (txn.sql, as bench/redo.sh and the runs
+#          before 2026-12-04: the table gains three documents a transaction, six times its
+#          size over a 16-run benchmark)
 # Each workload gets a fresh cluster (shared_buffers = 128MB) and a fresh helper.
 #
 # Knobs: BENCH_SECONDS (30 per run), BENCH_ROUNDS (5), BENCH_CLIENTS (8), BENCH_MODES
@@ -114,6 +118,8 @@ clients=${BENCH_CLIENTS:-8}
 scale=${BENCH_SCALE:-50}
 warehouses=${BENCH_WAREHOUSES:-100}
 index_rows=${BENCH_INDEX_ROWS:-200000}
+index_txn=${BENCH_INDEX_TXN:-steady}
+case $index_txn in steady | growing) ;; *) echo "BENCH_INDEX_TXN must be steady or growing, not '$index_txn'" >&2; exit 1 ;; esac
 read -r -a modes <<<"${BENCH_MODES:-on lz4 zstd off rw helper}"
 read -r -a placements <<<"${BENCH_PLACEMENTS:-separated shared}"
 read -r -a workloads <<<"${BENCH_WORKLOADS:-tpcb tpcc index}"
@@ -362,7 +368,11 @@ workload_args() {
     case $1 in
     tpcb) echo "-b tpcb-like" ;;
     tpcc) echo "-D warehouses=$warehouses -f $here/tpcc/new_order.sql@45 -f $here/tpcc/payment.sql@43" ;;
-    index) echo "-f $here/redo-index/txn.sql" ;;
+    index)
+        case $index_txn in
+        steady) echo "-D rows=$index_rows -f $here/redo-index/txn-steady.sql" ;;
+        growing) echo "-f $here/redo-index/txn.sql" ;;
+        esac ;;
     esac
 }
 
@@ -622,7 +632,7 @@ report() {
         case $w in
         tpcb) echo "workload tpcb: pgbench TPC-B-like, scale $scale" ;;
         tpcc) echo "workload tpcc: TPC-C-like, $warehouses warehouses" ;;
-        index) echo "workload index: bench/redo-index, $index_rows initial rows" ;;
+        index) echo "workload index: bench/redo-index, $index_rows rows, transactions $index_txn" ;;
         esac
         case $p in
         separated) echo "placement separated: PostgreSQL and pgbench on CPU 0; the streaming client or the helper on CPU 1" ;;

@@ -35,16 +35,33 @@ CREATE TABLE docs (
     c int NOT NULL
 );
 
--- n new documents from seeds seed .. seed + n - 1.
-CREATE FUNCTION docs_insert(seed bigint, n int) RETURNS void LANGUAGE sql AS $$
-  INSERT INTO docs (doc, body, tsv, tags, ip, span, a, b, c)
+-- The indexed fields of the document with seed g.
+CREATE FUNCTION docs_fields(g bigint)
+RETURNS TABLE (doc jsonb, body text, tsv tsvector, tags int[], ip inet, span int4range,
+               a int, b int, c int)
+LANGUAGE sql IMMUTABLE AS $$
   SELECT jsonb_build_object('user', g % 1000, 'kind', 'k' || (g % 17), 'score', g % 100,
                             'flags', jsonb_build_array(g % 3, g % 5)),
-         docs_body(g), to_tsvector('simple', docs_body(g)),
+         docs_body(g), to_tsvector('simple'::regconfig, docs_body(g)),
          ARRAY[(g % 100)::int, (100 + g % 1000)::int, (2000 + g % 50000)::int],
          inet '10.0.0.0' + (g % 65536), int4range((g % 100000)::int, (g % 100000)::int + 50),
          (g % 100000)::int, (g % 97)::int, (g % 13)::int
-  FROM generate_series(seed, seed + n - 1) g
+$$;
+
+-- n new documents from seeds seed .. seed + n - 1.
+CREATE FUNCTION docs_insert(seed bigint, n int) RETURNS void LANGUAGE sql AS $$
+  INSERT INTO docs (doc, body, tsv, tags, ip, span, a, b, c)
+  SELECT f.* FROM generate_series(seed, seed + n - 1) g, docs_fields(g) f
+$$;
+
+-- The documents ids replaced by new ones (seeds seed, seed + 1, ...) under the same ids: a
+-- delete and an insert each, so the table keeps its size (txn-steady.sql). A concurrent
+-- transaction that replaced the same id first wins (ON CONFLICT DO NOTHING).
+CREATE FUNCTION docs_replace(ids bigint[], seed bigint) RETURNS void LANGUAGE sql AS $$
+  DELETE FROM docs WHERE id = ANY (ids);
+  INSERT INTO docs (id, doc, body, tsv, tags, ip, span, a, b, c)
+  SELECT u.id, f.* FROM unnest(ids) WITH ORDINALITY AS u(id, k), docs_fields(seed + k - 1) f
+  ON CONFLICT (id) DO NOTHING;
 $$;
 
 SELECT docs_insert(1, :rows);
