@@ -1,8 +1,13 @@
-//! Generated page images: append-only files of fixed-size entries, each an 8 KB page at an
-//! LSN with a CRC of our own (crc32fast, over key, LSN and page), plus an in-memory index
-//! rebuilt by scanning the files at start-up. A torn tail after `kill -9` (entries after the
-//! last sync: a partial entry, or whole entries failing their CRC up to the end of the
-//! newest file) is cut off.
+//! Generated page images: append-only files of entries, each an 8 KB page at an LSN with a
+//! CRC of our own (crc32fast), plus an in-memory index rebuilt by scanning the files at
+//! start-up. A torn tail after `kill -9` (entries after the last sync: a partial entry, or
+//! whole entries failing their CRC up to the end of the newest file) is cut off.
+//!
+//! Images are stored packed: an 8 KB page of a table or index compresses 2-3x with LZ4 (the
+//! free space between `pd_lower` and `pd_upper` is zeros, and tuples repeat their column
+//! layout), and at an image every 16 changes a page's images otherwise take several times
+//! the WAL they bound. A page LZ4 does not shrink is stored as it is. Packing costs one LZ4
+//! pass per image written (~10 us) and one decompression per image read (~2 us).
 //!
 //! A damaged entry anywhere else is kept in [`ImageStore::damaged`]. Before retention has
 //! removed any history, images are a cache of what the WAL still determines: the store
@@ -13,25 +18,48 @@
 //! the base backup and only the changes after the horizon. Retention syncs images, and the
 //! directory, before it deletes the WAL they replace ([`ImageStore::sync`]).
 //!
-//! Entry layout (little endian): magic u32, spc u32, db u32, rel u32, fork u8, pad [u8;3],
-//! block u32, lsn u64, crc u32, page [u8; 8192].
+//! Entry layout (little endian), 36 bytes of header then the stored page:
+//! magic u32, spc u32, db u32, rel u32, fork u8, codec u8, stored length u16, block u32,
+//! lsn u64, crc u32.
+//! - `FPWP` (written now): codec 0 (the page as it is) or 1 (an LZ4 block), the stored
+//!   length 1..=8192 bytes; the CRC covers bytes 4..32 of the header (key, codec, length and
+//!   LSN) and the stored bytes, so a damaged length is caught before it is trusted.
+//! - `FPWI` (written before packing; read, never written): the page as it is, 8192 bytes;
+//!   the CRC covers bytes 4..28 (key and the low half of the LSN) and the page.
+//!
+//! An entry's length comes from its own header, so a damaged `FPWP` header leaves the
+//! entries after it in that file without a frame: the scan looks further for any intact
+//! entry, to tell damage in the middle (reported, and quarantined with a tombstone that
+//! covers the rest of the file) from a torn tail (cut off).
 
 use crate::wal::block::{ForkNumber, PageKey, RelFileLocator};
 use crate::wal::page::{BLCKSZ, Lsn};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-const MAGIC: u32 = 0x4650_5749; // "FPWI"
-/// A damaged entry quarantined while images were only a cache: skipped without warning.
+/// An unpacked page, written before images were packed (read only).
+const MAGIC_PLAIN: u32 = 0x4650_5749; // "FPWI"
+/// A packed entry: codec and stored length in the header.
+const MAGIC_PACKED: u32 = 0x4650_5750; // "PWPF"
+/// A damaged `FPWI` entry quarantined while images were only a cache: skipped (its length
+/// is fixed) without warning.
 const MAGIC_QUARANTINED: u32 = 0x4650_5758; // "XWPF"
+/// A damaged entry whose length cannot be trusted, quarantined while images were only a
+/// cache: the rest of its file is skipped without warning (its images were generated again
+/// in newer files).
+const MAGIC_QUARANTINED_REST: u32 = 0x4650_5752; // "RWPF"
+const CODEC_NONE: u8 = 0;
+const CODEC_LZ4: u8 = 1;
 const HEADER: usize = 36;
+/// The largest entry: a header and a page stored as it is. Space checks count images at
+/// this size, an upper bound of what packing stores.
 pub(crate) const ENTRY_SIZE: usize = HEADER + BLCKSZ;
-/// Entries per file before a new one is started (64 MB): retention reclaims space a whole
-/// file at a time, so files are kept moderate.
+/// Entries per file before a new one is started (at most 64 MB): retention reclaims space a
+/// whole file at a time, so files are kept moderate.
 pub(crate) const DEFAULT_ENTRIES_PER_FILE: u64 = 8_192;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +78,16 @@ pub(crate) enum ImageStoreError {
 struct ImageLocation {
     lsn: Lsn,
     file: u32,
+    /// The entry's length (header and stored page).
+    len: u32,
     offset: u64,
+}
+
+/// An image file's entries (live or not, tombstones included) and bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct FileExtent {
+    entries: u64,
+    bytes: u64,
 }
 
 pub(crate) struct ImageStore {
@@ -59,10 +96,9 @@ pub(crate) struct ImageStore {
     index: HashMap<PageKey, Vec<ImageLocation>>,
     current: u32,
     current_file: File,
-    current_entries: u64,
     entries_per_file: u64,
-    /// Entries in each file, live or not (the file's size / ENTRY_SIZE).
-    file_entries: std::collections::BTreeMap<u32, u64>,
+    /// Every image file, the current one included.
+    files: BTreeMap<u32, FileExtent>,
     /// Images in the index (readable).
     pub images: u64,
     /// Bytes of the image files on disk.
@@ -71,6 +107,8 @@ pub(crate) struct ImageStore {
     pub damaged: Vec<DamagedEntry>,
     /// Image files opened for reads, by number (see `file_for_read`).
     open_for_read: Mutex<HashMap<u32, Arc<File>>>,
+    /// The entry `put` packs a page into, kept between calls.
+    packed: Vec<u8>,
 }
 
 /// An image entry that fails its CRC (or magic) in the middle of the files.
@@ -78,11 +116,17 @@ pub(crate) struct ImageStore {
 pub(crate) struct DamagedEntry {
     pub path: PathBuf,
     pub offset: u64,
+    /// Its length could not be trusted, so the rest of the file was not read.
+    pub rest_of_file: bool,
 }
 
 impl std::fmt::Display for DamagedEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} at offset {}", self.path.display(), self.offset)
+        write!(f, "{} at offset {}", self.path.display(), self.offset)?;
+        if self.rest_of_file {
+            write!(f, " (and the rest of the file)")?;
+        }
+        Ok(())
     }
 }
 
@@ -100,6 +144,7 @@ pub(crate) struct LocatedImage {
     key: PageKey,
     lsn: Lsn,
     file: u32,
+    len: u32,
     offset: u64,
     path: PathBuf,
 }
@@ -112,17 +157,16 @@ impl LocatedImage {
         }
     }
 
-    /// Checks an entry read from here (its key, LSN and CRC) and copies its page out.
+    /// Checks an entry read from here (its key, LSN and CRC) and unpacks its page.
     fn check_into(&self, entry: &[u8], page: &mut [u8]) -> Result<(), ImageStoreError> {
-        let (k, l, crc) = decode_header(entry);
-        if k != self.key || l != self.lsn || entry_crc(&entry[..HEADER], &entry[HEADER..]) != crc {
+        let (k, l) = decode_header(entry);
+        if k != self.key || l != self.lsn || !unpack_into(entry, page) {
             return Err(ImageStoreError::Corrupt {
                 key: self.key,
                 lsn: self.lsn,
                 path: self.path.clone(),
             });
         }
-        page.copy_from_slice(&entry[HEADER..]);
         Ok(())
     }
 
@@ -130,25 +174,24 @@ impl LocatedImage {
     /// into `page`, checked. Called without the store's lock.
     pub(crate) fn read_into(&self, page: &mut [u8]) -> Result<(), ImageStoreError> {
         let mut buf = [0u8; ENTRY_SIZE];
-        super::cache::read_exact_at(&self.path, &mut buf, self.offset).map_err(self.io_err())?;
-        self.check_into(&buf, page)
+        let entry = &mut buf[..self.len as usize];
+        super::cache::read_exact_at(&self.path, entry, self.offset).map_err(self.io_err())?;
+        self.check_into(entry, page)
     }
 }
 
 /// A file to compact away and its live entries when planned ([`ImageStore::plan_compaction`]).
 pub(crate) struct CompactionPlan {
     file: u32,
-    /// Entries the file holds, live or not.
-    total: u64,
     path: PathBuf,
     entries: Vec<(PageKey, ImageLocation)>,
 }
 
 impl CompactionPlan {
-    /// The planned live entries (header and page), by offset, when the local cache evicted
-    /// the file: each is a GET from the bucket, made here without the store's lock. A local
-    /// file gives none: [`ImageStore::finish_compaction`] copies its entries from the page
-    /// cache under the lock, through one buffer, as fast as buffering them here would be
+    /// The planned live entries (header and stored page), by offset, when the local cache
+    /// evicted the file: each is a GET from the bucket, made here without the store's lock.
+    /// A local file gives none: [`ImageStore::finish_compaction`] copies its entries from the
+    /// page cache under the lock, through one buffer, as fast as buffering them here would be
     /// and without holding up to half a file in memory.
     pub(crate) fn read_live(&self) -> Result<HashMap<u64, Vec<u8>>, ImageStoreError> {
         if self.path.exists() {
@@ -157,7 +200,7 @@ impl CompactionPlan {
         self.entries
             .iter()
             .map(|(_, loc)| {
-                let mut buf = vec![0u8; ENTRY_SIZE];
+                let mut buf = vec![0u8; loc.len as usize];
                 super::cache::read_exact_at(&self.path, &mut buf, loc.offset).map_err(
                     |source| ImageStoreError::Io {
                         path: self.path.clone(),
@@ -174,32 +217,118 @@ pub(crate) fn file_path(dir: &Path, n: u32) -> PathBuf {
     dir.join(format!("images-{n:06}.dat"))
 }
 
-fn entry_crc(header: &[u8], page: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&header[4..28]); // key and LSN
-    h.update(page);
-    h.finalize()
-}
-
-fn encode_header(key: &PageKey, lsn: Lsn, page: &[u8]) -> [u8; HEADER] {
-    let mut h = [0u8; HEADER];
-    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-    h[4..8].copy_from_slice(&key.rel.spc_oid.to_le_bytes());
-    h[8..12].copy_from_slice(&key.rel.db_oid.to_le_bytes());
-    h[12..16].copy_from_slice(&key.rel.rel_number.to_le_bytes());
-    h[16] = key.fork.0;
-    h[20..24].copy_from_slice(&key.block.to_le_bytes());
-    h[24..32].copy_from_slice(&lsn.0.to_le_bytes());
-    let crc = entry_crc(&h, page);
-    h[32..36].copy_from_slice(&crc.to_le_bytes());
-    h
+/// Opens (creating) the image file appends go to.
+fn open_for_append(path: &Path) -> io::Result<File> {
+    super::private_file_options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn decode_header(h: &[u8]) -> (PageKey, Lsn, u32) {
+/// How long the entry starting with header `h` is, as far as its header tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Frame {
+    /// An image entry of this many bytes (header included), to be checked by its CRC.
+    Image(usize),
+    /// A quarantined `FPWI` entry (ENTRY_SIZE bytes).
+    Quarantined,
+    /// A quarantined entry of unknown length: the rest of the file.
+    QuarantinedRest,
+    /// Not an entry's header, or one whose length is impossible.
+    Unknown,
+}
+
+fn frame_of(h: &[u8]) -> Frame {
+    match u32_at(h, 0) {
+        MAGIC_PLAIN => Frame::Image(ENTRY_SIZE),
+        MAGIC_PACKED => {
+            let stored = usize::from(u16::from_le_bytes([h[18], h[19]]));
+            if (1..=BLCKSZ).contains(&stored) && h[17] <= CODEC_LZ4 {
+                Frame::Image(HEADER + stored)
+            } else {
+                Frame::Unknown
+            }
+        }
+        MAGIC_QUARANTINED => Frame::Quarantined,
+        MAGIC_QUARANTINED_REST => Frame::QuarantinedRest,
+        _ => Frame::Unknown,
+    }
+}
+
+/// The CRC an entry's header must carry (see the module documentation for what it covers).
+fn entry_crc(entry: &[u8]) -> u32 {
+    let covered = if u32_at(entry, 0) == MAGIC_PLAIN {
+        4..28
+    } else {
+        4..32
+    };
+    let mut h = crc32fast::Hasher::new();
+    h.update(&entry[covered]);
+    h.update(&entry[HEADER..]);
+    h.finalize()
+}
+
+/// Whether `entry` (exactly one entry's bytes) is an image entry whose CRC matches.
+fn entry_is_intact(entry: &[u8]) -> bool {
+    entry.len() > HEADER
+        && frame_of(entry) == Frame::Image(entry.len())
+        && entry_crc(entry) == u32_at(entry, 32)
+}
+
+/// Unpacks a whole entry's page into `page` (BLCKSZ bytes): false when the entry is not
+/// intact or does not unpack to exactly one page.
+fn unpack_into(entry: &[u8], page: &mut [u8]) -> bool {
+    if !entry_is_intact(entry) || page.len() != BLCKSZ {
+        return false;
+    }
+    let stored = &entry[HEADER..];
+    if u32_at(entry, 0) == MAGIC_PLAIN || entry[17] == CODEC_NONE {
+        if stored.len() != BLCKSZ {
+            return false;
+        }
+        page.copy_from_slice(stored);
+        return true;
+    }
+    matches!(lz4_flex::block::decompress_into(stored, page), Ok(n) if n == BLCKSZ)
+}
+
+/// Packs `page` as the entry of `key` at `lsn` into `out` (cleared first): LZ4 when that
+/// makes it smaller, else the page as it is.
+fn pack_entry(key: &PageKey, lsn: Lsn, page: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(HEADER + lz4_flex::block::get_maximum_output_size(BLCKSZ), 0);
+    let codec = match lz4_flex::block::compress_into(page, &mut out[HEADER..]) {
+        Ok(n) if n < BLCKSZ => {
+            out.truncate(HEADER + n);
+            CODEC_LZ4
+        }
+        _ => {
+            out.truncate(HEADER);
+            out.extend_from_slice(page);
+            CODEC_NONE
+        }
+    };
+    let stored = (out.len() - HEADER) as u16; // at most BLCKSZ
+    out[0..4].copy_from_slice(&MAGIC_PACKED.to_le_bytes());
+    out[4..8].copy_from_slice(&key.rel.spc_oid.to_le_bytes());
+    out[8..12].copy_from_slice(&key.rel.db_oid.to_le_bytes());
+    out[12..16].copy_from_slice(&key.rel.rel_number.to_le_bytes());
+    out[16] = key.fork.0;
+    out[17] = codec;
+    out[18..20].copy_from_slice(&stored.to_le_bytes());
+    out[20..24].copy_from_slice(&key.block.to_le_bytes());
+    out[24..32].copy_from_slice(&lsn.0.to_le_bytes());
+    let crc = entry_crc(out);
+    out[32..36].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn decode_header(h: &[u8]) -> (PageKey, Lsn) {
     let key = PageKey {
         rel: RelFileLocator {
             spc_oid: u32_at(h, 4),
@@ -210,7 +339,139 @@ fn decode_header(h: &[u8]) -> (PageKey, Lsn, u32) {
         block: u32_at(h, 20),
     };
     let lsn = Lsn(u64::from(u32_at(h, 24)) | (u64::from(u32_at(h, 28)) << 32));
-    (key, lsn, u32_at(h, 32))
+    (key, lsn)
+}
+
+/// What a scan of one image file found.
+#[derive(Default)]
+struct FileScan {
+    found: Vec<(PageKey, ImageLocation)>,
+    entries: u64,
+    /// Bytes to keep: a torn tail after them is cut off.
+    keep: u64,
+    /// Damaged entries (offset, rest of the file).
+    damaged: Vec<(u64, bool)>,
+}
+
+/// Scans image file `n` (`len` bytes), the newest file when `newest` (whose unsynced tail
+/// may be torn).
+fn scan_file(f: &File, n: u32, len: u64, newest: bool) -> io::Result<FileScan> {
+    let mut buf = vec![0u8; ENTRY_SIZE];
+    let mut scan = FileScan::default();
+    let mut offset = 0u64;
+    // The end of the last entry that checked out (or a tombstone).
+    let mut good_end = 0u64;
+    // Where an entry that could not be framed starts, with nothing intact after it, and
+    // whether it is a partial entry (its header's length runs past the end of the file).
+    let mut tail: Option<(u64, bool)> = None;
+    while offset < len {
+        let avail = len - offset;
+        let frame = if avail >= HEADER as u64 {
+            f.read_exact_at(&mut buf[..HEADER], offset)?;
+            frame_of(&buf[..HEADER])
+        } else {
+            Frame::Unknown
+        };
+        let partial = match frame {
+            Frame::QuarantinedRest => {
+                scan.entries += 1;
+                good_end = len;
+                break;
+            }
+            Frame::Quarantined if avail >= ENTRY_SIZE as u64 => {
+                scan.entries += 1;
+                offset += ENTRY_SIZE as u64;
+                good_end = offset;
+                continue;
+            }
+            Frame::Image(size) if avail >= size as u64 => {
+                let entry = &mut buf[..size];
+                f.read_exact_at(entry, offset)?;
+                if entry_is_intact(entry) {
+                    let (key, lsn) = decode_header(entry);
+                    scan.found.push((
+                        key,
+                        ImageLocation {
+                            lsn,
+                            file: n,
+                            len: size as u32,
+                            offset,
+                        },
+                    ));
+                    scan.entries += 1;
+                    offset += size as u64;
+                    good_end = offset;
+                    continue;
+                }
+                if u32_at(entry, 0) == MAGIC_PLAIN {
+                    // A fixed length: the entries after it are still framed.
+                    scan.damaged.push((offset, false));
+                    scan.entries += 1;
+                    offset += size as u64;
+                    continue;
+                }
+                false
+            }
+            Frame::Quarantined | Frame::Image(_) => true,
+            Frame::Unknown => avail < HEADER as u64,
+        };
+        // The entry at `offset` has no frame to trust: damage in the middle if anything
+        // intact follows it, else a torn tail.
+        if intact_entry_after(f, offset + 1, len)? {
+            scan.damaged.push((offset, true));
+            scan.entries += 1;
+            good_end = len;
+        } else {
+            tail = Some((offset, partial));
+        }
+        break;
+    }
+    scan.keep = len;
+    if newest {
+        // Appends after the last sync: damaged or partial entries after the last good one.
+        scan.damaged.retain(|&(o, _)| o < good_end);
+        scan.keep = good_end;
+    } else if let Some((at, partial)) = tail {
+        if partial {
+            scan.keep = at;
+        } else {
+            scan.damaged.push((at, true));
+            scan.entries += 1;
+        }
+    }
+    Ok(scan)
+}
+
+/// Whether an intact image entry starts anywhere in `from..len` of `f` (a byte-by-byte
+/// search for a magic whose entry checks out; run only after damage).
+fn intact_entry_after(f: &File, from: u64, len: u64) -> io::Result<bool> {
+    const WINDOW: usize = 1 << 20;
+    let mut buf = vec![0u8; WINDOW + ENTRY_SIZE];
+    let mut start = from;
+    while start + HEADER as u64 <= len {
+        let n = (len - start).min(buf.len() as u64) as usize;
+        f.read_exact_at(&mut buf[..n], start)?;
+        // Positions whose header lies in this window (the next window overlaps the last
+        // ENTRY_SIZE bytes, so an entry is never cut in two).
+        let last = if start + n as u64 == len { n } else { WINDOW };
+        for i in 0..last.min(n.saturating_sub(HEADER - 1)) {
+            let magic = u32_at(&buf, i);
+            if magic != MAGIC_PLAIN && magic != MAGIC_PACKED {
+                continue;
+            }
+            if let Frame::Image(size) = frame_of(&buf[i..i + HEADER])
+                && i + size <= n
+                && entry_is_intact(&buf[i..i + size])
+            {
+                return Ok(true);
+            }
+        }
+        if start + n as u64 == len {
+            break;
+        }
+        start += WINDOW as u64;
+    }
+    Ok(false)
 }
 
 impl ImageStore {
@@ -259,8 +520,7 @@ impl ImageStore {
             }
         }
         let mut index: HashMap<PageKey, Vec<ImageLocation>> = HashMap::new();
-        let mut file_entries = std::collections::BTreeMap::new();
-        let mut buf = vec![0u8; ENTRY_SIZE];
+        let mut files = BTreeMap::new();
         let mut damaged = Vec::new();
         let newest = numbers.last().copied();
         for &n in &numbers {
@@ -271,72 +531,68 @@ impl ImageStore {
                 .open(&path)
                 .map_err(io_err(&path))?;
             let len = f.metadata().map_err(io_err(&path))?.len();
-            // Whole entries are checked one by one; a partial entry at the end is a torn
-            // append and is cut off, and so are damaged whole entries that end the newest
-            // file (appends after the last sync).
-            let mut whole = len - len % ENTRY_SIZE as u64;
-            let mut offset = 0u64;
-            let mut bad_here: Vec<u64> = Vec::new();
-            let mut last_good_end = 0u64;
-            while offset < whole {
-                f.read_exact_at(&mut buf, offset).map_err(io_err(&path))?;
-                let (key, lsn, crc) = decode_header(&buf);
-                let magic = u32_at(&buf, 0);
-                if magic == MAGIC && entry_crc(&buf[..HEADER], &buf[HEADER..]) == crc {
-                    index.entry(key).or_default().push(ImageLocation {
-                        lsn,
-                        file: n,
-                        offset,
-                    });
-                    last_good_end = offset + ENTRY_SIZE as u64;
-                } else if magic == MAGIC_QUARANTINED {
-                    last_good_end = offset + ENTRY_SIZE as u64;
-                } else {
-                    bad_here.push(offset);
+            let scan = scan_file(&f, n, len, Some(n) == newest).map_err(io_err(&path))?;
+            for (key, loc) in scan.found {
+                if loc.offset < scan.keep {
+                    index.entry(key).or_default().push(loc);
                 }
-                offset += ENTRY_SIZE as u64;
             }
-            if Some(n) == newest && last_good_end < whole {
-                bad_here.retain(|&o| o < last_good_end);
-                whole = last_good_end;
-            }
-            for offset in bad_here {
+            for (offset, rest_of_file) in scan.damaged {
                 log::warn!(
-                    "image store: damaged entry at offset {offset} of {}",
-                    path.display()
+                    "image store: damaged entry at offset {offset} of {}{}",
+                    path.display(),
+                    if rest_of_file {
+                        " (its length cannot be trusted: the rest of the file is not read)"
+                    } else {
+                        ""
+                    }
                 );
                 damaged.push(DamagedEntry {
                     path: path.clone(),
                     offset,
+                    rest_of_file,
                 });
             }
-            if whole != len {
+            if scan.keep != len {
                 log::warn!(
                     "image store: cutting {} torn bytes off {}",
-                    len - whole,
+                    len - scan.keep,
                     path.display()
                 );
-                f.set_len(whole).map_err(io_err(&path))?;
+                f.set_len(scan.keep).map_err(io_err(&path))?;
             }
-            file_entries.insert(n, whole / ENTRY_SIZE as u64);
+            files.insert(
+                n,
+                FileExtent {
+                    entries: scan.entries,
+                    bytes: scan.keep,
+                },
+            );
         }
         for &n in &evicted {
             let stub = super::cache::stub_path(&file_path(dir, n));
             let headers = fs::read(&stub).map_err(io_err(&stub))?;
-            let mut entries = 0u64;
-            for (i, h) in headers.chunks_exact(HEADER).enumerate() {
+            let mut extent = FileExtent::default();
+            for h in headers.chunks_exact(HEADER) {
                 // The page is in the bucket: its CRC is checked when it is read.
-                if u32_at(h, 0) == MAGIC {
-                    let (key, lsn, _) = decode_header(h);
-                    index.entry(key).or_default().push(ImageLocation {
-                        lsn,
-                        file: n,
-                        offset: i as u64 * ENTRY_SIZE as u64,
-                    });
-                }
-                entries += 1;
+                let size = match frame_of(h) {
+                    Frame::Image(size) => {
+                        let (key, lsn) = decode_header(h);
+                        index.entry(key).or_default().push(ImageLocation {
+                            lsn,
+                            file: n,
+                            len: size as u32,
+                            offset: extent.bytes,
+                        });
+                        size
+                    }
+                    Frame::Quarantined => ENTRY_SIZE,
+                    Frame::QuarantinedRest | Frame::Unknown => break,
+                };
+                extent.entries += 1;
+                extent.bytes += size as u64;
             }
-            file_entries.insert(n, entries);
+            files.insert(n, extent);
         }
         for v in index.values_mut() {
             // Files in order, so on equal LSNs the copy in the newest file (a compaction that
@@ -351,33 +607,31 @@ impl ImageStore {
             // Never append to an evicted file: start a new one after it.
             current = newest_evicted.unwrap_or(0) + 1;
         }
-        let current_entries = *file_entries.entry(current).or_insert(0);
+        files.entry(current).or_default();
         let path = file_path(dir, current);
-        let current_file = super::private_file_options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let current_file = open_for_append(&path).map_err(io_err(&path))?;
         Ok(ImageStore {
             dir: dir.to_path_buf(),
             index,
             current,
             current_file,
-            current_entries,
             entries_per_file: entries_per_file.max(1),
-            bytes: file_entries.values().sum::<u64>() * ENTRY_SIZE as u64,
-            file_entries,
+            bytes: files.values().map(|e| e.bytes).sum(),
+            files,
             images,
             damaged,
             open_for_read: Mutex::new(HashMap::new()),
+            packed: Vec::with_capacity(ENTRY_SIZE + 64),
         })
     }
 
     /// Marks the damaged entries found at open as quarantined (a tombstone magic, synced):
-    /// for use only while images are a cache (no history removed yet).
+    /// for use only while images are a cache (no history removed yet). A tombstone that
+    /// covers the rest of the current file starts a new one, so that no append goes where
+    /// the next scan would not read it.
     pub(crate) fn quarantine_damaged(&mut self) -> Result<(), ImageStoreError> {
+        let current_path = file_path(&self.dir, self.current);
+        let mut new_file = false;
         for d in std::mem::take(&mut self.damaged) {
             let io_err = |source| ImageStoreError::Io {
                 path: d.path.clone(),
@@ -387,65 +641,84 @@ impl ImageStore {
                 .write(true)
                 .open(&d.path)
                 .map_err(io_err)?;
-            f.write_all_at(&MAGIC_QUARANTINED.to_le_bytes(), d.offset)
+            let magic = if d.rest_of_file {
+                new_file |= d.path == current_path;
+                MAGIC_QUARANTINED_REST
+            } else {
+                MAGIC_QUARANTINED
+            };
+            f.write_all_at(&magic.to_le_bytes(), d.offset)
                 .map_err(io_err)?;
             f.sync_data().map_err(io_err)?;
             log::warn!("image store: quarantined the damaged entry {d} (it is regenerated)");
         }
+        if new_file {
+            self.start_new_file()?;
+        }
         Ok(())
     }
 
-    /// Appends an image of `key` as of `lsn`. Durability is batched: see `sync`.
+    /// Appends an image of `key` as of `lsn`, packed. Durability is batched: see `sync`.
     pub(crate) fn put(
         &mut self,
         key: &PageKey,
         lsn: Lsn,
         page: &[u8],
     ) -> Result<(), ImageStoreError> {
-        let header = encode_header(key, lsn, page);
-        let (file, offset) = self.append(&header, page)?;
+        let mut packed = std::mem::take(&mut self.packed);
+        pack_entry(key, lsn, page, &mut packed);
+        let appended = self.append(&packed);
+        self.packed = packed;
+        let (file, offset) = appended?;
+        let len = self.packed.len() as u32;
         let locs = self.index.entry(*key).or_default();
         let at = locs.partition_point(|l| l.lsn <= lsn);
-        locs.insert(at, ImageLocation { lsn, file, offset });
+        locs.insert(
+            at,
+            ImageLocation {
+                lsn,
+                file,
+                len,
+                offset,
+            },
+        );
         self.images += 1;
         Ok(())
     }
 
-    /// Appends one entry (header and page) to the current file, starting a new file when it
-    /// is full; returns where it went.
-    fn append(&mut self, header: &[u8], page: &[u8]) -> Result<(u32, u64), ImageStoreError> {
-        if self.current_entries >= self.entries_per_file {
-            self.sync()?;
-            self.current += 1;
-            let path = file_path(&self.dir, self.current);
-            self.current_file = super::private_file_options()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(|source| ImageStoreError::Io { path, source })?;
-            self.current_entries = 0;
-            self.file_entries.insert(self.current, 0);
+    /// Syncs the current file and starts the next one.
+    fn start_new_file(&mut self) -> Result<(), ImageStoreError> {
+        self.sync()?;
+        self.current += 1;
+        let path = file_path(&self.dir, self.current);
+        self.current_file =
+            open_for_append(&path).map_err(|source| ImageStoreError::Io { path, source })?;
+        self.files.insert(self.current, FileExtent::default());
+        Ok(())
+    }
+
+    /// Appends one whole entry to the current file, starting a new file when it is full;
+    /// returns where it went.
+    fn append(&mut self, entry: &[u8]) -> Result<(u32, u64), ImageStoreError> {
+        if self.current_extent().entries >= self.entries_per_file {
+            self.start_new_file()?;
         }
-        let offset = self.current_entries * ENTRY_SIZE as u64;
-        let path = || file_path(&self.dir, self.current);
+        let offset = self.current_extent().bytes;
         self.current_file
-            .write_all_at(header, offset)
+            .write_all_at(entry, offset)
             .map_err(|source| ImageStoreError::Io {
-                path: path(),
+                path: file_path(&self.dir, self.current),
                 source,
             })?;
-        self.current_file
-            .write_all_at(page, offset + HEADER as u64)
-            .map_err(|source| ImageStoreError::Io {
-                path: path(),
-                source,
-            })?;
-        self.current_entries += 1;
-        *self.file_entries.entry(self.current).or_insert(0) += 1;
-        self.bytes += ENTRY_SIZE as u64;
+        let extent = self.files.entry(self.current).or_default();
+        extent.entries += 1;
+        extent.bytes += entry.len() as u64;
+        self.bytes += entry.len() as u64;
         Ok((self.current, offset))
+    }
+
+    fn current_extent(&self) -> FileExtent {
+        self.files.get(&self.current).copied().unwrap_or_default()
     }
 
     /// Every page with at least one image.
@@ -509,22 +782,21 @@ impl ImageStore {
         // Counted first, collected for the chosen file only: retention plans once per file
         // it compacts, and a list of every entry would be allocated (and faulted in) each
         // time.
-        let mut live: HashMap<u32, u64> = HashMap::with_capacity(self.file_entries.len());
+        let mut live: HashMap<u32, u64> = HashMap::with_capacity(self.files.len());
         for l in self.index.values().flatten() {
             if l.file != self.current {
                 *live.entry(l.file).or_default() += 1;
             }
         }
-        let (file, total) = self
-            .file_entries
+        let file = self
+            .files
             .iter()
             .filter(|(f, _)| **f != self.current)
-            .map(|(f, total)| (*f, *total, live.get(f).copied().unwrap_or(0)))
+            .map(|(f, e)| (*f, e.entries, live.get(f).copied().unwrap_or(0)))
             .find(|(_, total, n)| (*n as f64) < min_live_ratio * (*total as f64) || *n == 0)
-            .map(|(f, total, _)| (f, total))?;
+            .map(|(f, _, _)| f)?;
         Some(CompactionPlan {
             file,
-            total,
             path: file_path(&self.dir, file),
             entries: self.entries_in(file),
         })
@@ -566,12 +838,13 @@ impl ImageStore {
             let entry = match live.get(&loc.offset) {
                 Some(e) => e.as_slice(),
                 None => {
-                    super::cache::read_exact_at(&path, &mut buf, loc.offset).map_err(io(&path))?;
-                    &buf[..]
+                    let entry = &mut buf[..loc.len as usize];
+                    super::cache::read_exact_at(&path, entry, loc.offset).map_err(io(&path))?;
+                    &entry[..]
                 }
             };
-            let (hdr, page) = entry.split_at(HEADER);
-            let to = self.append(hdr, page)?;
+            // Copied as stored: the copy's reads check it as the original's would have.
+            let to = self.append(entry)?;
             moved.push((key, loc.lsn, to));
         }
         if !moved.is_empty() {
@@ -592,9 +865,9 @@ impl ImageStore {
         crate::sync::lock(&self.open_for_read).remove(&file);
         super::cache::remove_file_or_stub(&path).map_err(io(&path))?;
         super::sync_dir(&self.dir).map_err(io(&self.dir))?;
-        self.file_entries.remove(&file);
+        let removed = self.files.remove(&file).unwrap_or_default();
         stats.files_removed = 1;
-        stats.bytes_freed = plan.total * ENTRY_SIZE as u64;
+        stats.bytes_freed = removed.bytes;
         self.bytes = self.bytes.saturating_sub(stats.bytes_freed);
         Ok(stats)
     }
@@ -617,10 +890,7 @@ impl ImageStore {
 
     /// Every image file with its length in bytes (whole entries), by file number.
     pub(crate) fn file_lengths(&self) -> Vec<(u32, u64)> {
-        self.file_entries
-            .iter()
-            .map(|(n, e)| (*n, e * ENTRY_SIZE as u64))
-            .collect()
+        self.files.iter().map(|(n, e)| (*n, e.bytes)).collect()
     }
 
     /// The file appends go to (never evicted).
@@ -633,7 +903,10 @@ impl ImageStore {
     /// store's lock (compaction, which removes files, takes it for writing) and has checked
     /// that the bucket holds every byte. False when there is nothing to evict.
     pub(crate) fn evict_file(&self, n: u32) -> Result<bool, ImageStoreError> {
-        if n == self.current || !self.file_entries.contains_key(&n) {
+        let Some(extent) = self.files.get(&n).copied() else {
+            return Ok(false);
+        };
+        if n == self.current {
             return Ok(false);
         }
         let path = file_path(&self.dir, n);
@@ -646,11 +919,18 @@ impl ImageStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io(e)),
         };
-        let entries = self.file_entries[&n];
-        let mut headers = vec![0u8; entries as usize * HEADER];
-        for (i, h) in headers.chunks_exact_mut(HEADER).enumerate() {
-            f.read_exact_at(h, i as u64 * ENTRY_SIZE as u64)
-                .map_err(io)?;
+        // The entries' headers in file order: their lengths give the offsets back.
+        let mut headers = Vec::with_capacity(extent.entries as usize * HEADER);
+        let mut h = [0u8; HEADER];
+        let mut offset = 0u64;
+        while offset + HEADER as u64 <= extent.bytes {
+            f.read_exact_at(&mut h, offset).map_err(io)?;
+            headers.extend_from_slice(&h);
+            offset += match frame_of(&h) {
+                Frame::Image(size) => size as u64,
+                Frame::Quarantined => ENTRY_SIZE as u64,
+                Frame::QuarantinedRest | Frame::Unknown => break,
+            };
         }
         super::cache::evict_file(&path, &headers).map_err(io)?;
         Ok(true)
@@ -687,22 +967,22 @@ impl ImageStore {
             return Ok(false);
         };
         let mut buf = [0u8; ENTRY_SIZE];
+        let entry = &mut buf[..at.len as usize];
         if super::cache::is_active() {
             // Under --cache-size the file may be evicted: read through the cache, keep no
             // file open (see BaseFiles::read_page_into).
-            super::cache::read_exact_at(&at.path, &mut buf, at.offset).map_err(at.io_err())?;
+            super::cache::read_exact_at(&at.path, entry, at.offset).map_err(at.io_err())?;
         } else {
             match self.file_for_read(at.file) {
-                Ok(f) => f.read_exact_at(&mut buf, at.offset).map_err(at.io_err())?,
+                Ok(f) => f.read_exact_at(entry, at.offset).map_err(at.io_err())?,
                 // Evicted by a cache this process does not have: the cache's error names it.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    super::cache::read_exact_at(&at.path, &mut buf, at.offset)
-                        .map_err(at.io_err())?
+                    super::cache::read_exact_at(&at.path, entry, at.offset).map_err(at.io_err())?
                 }
                 Err(e) => return Err(at.io_err()(e)),
             }
         }
-        at.check_into(&buf, page)?;
+        at.check_into(entry, page)?;
         Ok(true)
     }
 
@@ -719,6 +999,7 @@ impl ImageStore {
             key: *key,
             lsn,
             file: loc.file,
+            len: loc.len,
             offset: loc.offset,
             path: file_path(&self.dir, loc.file),
         })
@@ -762,16 +1043,24 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         let mut s = ImageStore::open_with(&dir, 4).unwrap();
         for b in 0..6 {
-            s.put(&key(b), Lsn(100 + b as u64), &vec![b as u8; BLCKSZ])
-                .unwrap();
+            // Entries of different lengths: packed and, for key 1, stored as it is.
+            let page = if b == 1 {
+                noise(1)
+            } else {
+                vec![b as u8; BLCKSZ]
+            };
+            s.put(&key(b), Lsn(100 + b as u64), &page).unwrap();
         }
         s.sync().unwrap();
+        let before: Vec<ImageLocation> = (0..6).map(|b| location(&s, b)).collect();
         assert!(!s.evict_file(1).unwrap(), "the current file stays");
         assert!(s.evict_file(0).unwrap());
         assert!(!file_path(&dir, 0).exists());
         drop(s);
         let mut s = ImageStore::open_with(&dir, 4).unwrap();
         assert_eq!(s.images, 6);
+        let after: Vec<ImageLocation> = (0..6).map(|b| location(&s, b)).collect();
+        assert_eq!(before, after, "the stub gives every entry's place back");
         assert_eq!(
             s.newest_at_or_before(&key(2), Lsn(u64::MAX)),
             Some(Lsn(102))
@@ -808,6 +1097,126 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A page LZ4 cannot shrink (xorshift bytes), different for each `seed`.
+    fn noise(seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..BLCKSZ)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Flips one byte of image file `file` at `at`.
+    fn flip(dir: &Path, file: u32, at: u64) {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(file_path(dir, file))
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0xFF], at).unwrap();
+    }
+
+    fn location(s: &ImageStore, k: u32) -> ImageLocation {
+        s.index[&key(k)][0]
+    }
+
+    /// The entry as written before packing (`FPWI`, its CRC over key, the LSN's low half and
+    /// the page), to show such files are still read.
+    fn plain_entry(k: &PageKey, lsn: Lsn, page: &[u8]) -> Vec<u8> {
+        let mut e = vec![0u8; HEADER];
+        e[0..4].copy_from_slice(&MAGIC_PLAIN.to_le_bytes());
+        e[4..8].copy_from_slice(&k.rel.spc_oid.to_le_bytes());
+        e[8..12].copy_from_slice(&k.rel.db_oid.to_le_bytes());
+        e[12..16].copy_from_slice(&k.rel.rel_number.to_le_bytes());
+        e[16] = k.fork.0;
+        e[20..24].copy_from_slice(&k.block.to_le_bytes());
+        e[24..32].copy_from_slice(&lsn.0.to_le_bytes());
+        e.extend_from_slice(page);
+        let crc = entry_crc(&e);
+        e[32..36].copy_from_slice(&crc.to_le_bytes());
+        e
+    }
+
+    #[test]
+    fn pages_are_packed_when_lz4_shrinks_them_and_read_back_equal() {
+        let dir = std::env::temp_dir().join(format!("rh_images_pack_{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut s = ImageStore::open(&dir).unwrap();
+        // A page like a table's: a header, free space of zeros, tuples at the end.
+        let mut table_page = vec![0u8; BLCKSZ];
+        for (i, b) in table_page[6000..].iter_mut().enumerate() {
+            *b = (i % 61) as u8;
+        }
+        s.put(&key(1), Lsn(100), &table_page).unwrap();
+        s.put(&key(2), Lsn(200), &noise(2)).unwrap();
+        s.put(&key(3), Lsn(300), &vec![0u8; BLCKSZ]).unwrap();
+        s.sync().unwrap();
+        let table = location(&s, 1);
+        let noisy = location(&s, 2);
+        assert!((table.len as usize) < ENTRY_SIZE / 3, "{table:?}");
+        assert_eq!(noisy.len as usize, ENTRY_SIZE, "stored as it is");
+        assert!((location(&s, 3).len as usize) < 100);
+        assert_eq!(s.bytes, fs::metadata(file_path(&dir, 0)).unwrap().len());
+        drop(s);
+        let s = ImageStore::open(&dir).unwrap();
+        assert_eq!(s.images, 3);
+        assert_eq!(s.read(&key(1), Lsn(100)).unwrap(), Some(table_page));
+        assert_eq!(s.read(&key(2), Lsn(200)).unwrap(), Some(noise(2)));
+        assert_eq!(s.read(&key(3), Lsn(300)).unwrap(), Some(vec![0u8; BLCKSZ]));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Files written before packing (`FPWI` entries) are read, a damaged one skipped alone
+    /// (its length is fixed), and new entries are appended after them.
+    #[test]
+    fn plain_entries_from_before_packing_are_read_and_skipped_one_by_one() {
+        let dir = std::env::temp_dir().join(format!("rh_images_plain_{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut bytes = Vec::new();
+        for b in 0..4u32 {
+            bytes.extend(plain_entry(
+                &key(b),
+                Lsn(100 + u64::from(b)),
+                &noise(b.into()),
+            ));
+        }
+        fs::write(file_path(&dir, 0), &bytes).unwrap();
+        flip(&dir, 0, ENTRY_SIZE as u64 + HEADER as u64 + 7);
+        let mut s = ImageStore::open_with(&dir, 8).unwrap();
+        assert_eq!(
+            s.damaged,
+            vec![DamagedEntry {
+                path: file_path(&dir, 0),
+                offset: ENTRY_SIZE as u64,
+                rest_of_file: false,
+            }]
+        );
+        assert_eq!(s.images, 3, "only key 1 is gone");
+        assert_eq!(s.read(&key(3), Lsn(103)).unwrap(), Some(noise(3)));
+        s.quarantine_damaged().unwrap();
+        s.put(&key(5), Lsn(105), &vec![5u8; BLCKSZ]).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let s = ImageStore::open_with(&dir, 8).unwrap();
+        assert!(s.damaged.is_empty());
+        assert_eq!(s.images, 4);
+        assert_eq!(
+            s.current_file_number(),
+            0,
+            "appended after the plain entries"
+        );
+        assert_eq!(s.read(&key(0), Lsn(100)).unwrap(), Some(noise(0)));
+        assert_eq!(s.read(&key(5), Lsn(105)).unwrap(), Some(vec![5u8; BLCKSZ]));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn damage_in_the_middle_is_reported_and_a_damaged_tail_cut_off() {
         let dir = std::env::temp_dir().join(format!("rh_images_dmg_{}", std::process::id()));
@@ -818,35 +1227,28 @@ mod tests {
                 .unwrap();
         }
         s.sync().unwrap();
+        let (k1, k6) = (location(&s, 1), location(&s, 6));
+        let file1_len = fs::metadata(file_path(&dir, 1)).unwrap().len();
         drop(s);
-        // One flipped byte in entry 1 of file 0 (followed by good entries), and in the last
-        // entry of the newest file (an unsynced append, as after a crash).
-        let flip = |file: u32, entry: u64| {
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(file_path(&dir, file))
-                .unwrap();
-            let at = entry * ENTRY_SIZE as u64 + HEADER as u64 + 100;
-            let mut b = [0u8; 1];
-            f.read_exact_at(&mut b, at).unwrap();
-            f.write_all_at(&[b[0] ^ 0xFF], at).unwrap();
-        };
-        flip(0, 1);
-        flip(1, 2);
+        // One flipped byte in key 1's entry in file 0 (followed by good entries), and in the
+        // last entry of the newest file (an unsynced append, as after a crash).
+        flip(&dir, 0, k1.offset + HEADER as u64 + 3);
+        flip(&dir, 1, k6.offset + HEADER as u64 + 3);
         let mut s = ImageStore::open_with(&dir, 4).unwrap();
         assert_eq!(
             s.damaged,
             vec![DamagedEntry {
                 path: file_path(&dir, 0),
-                offset: ENTRY_SIZE as u64
+                offset: k1.offset,
+                rest_of_file: true,
             }]
         );
-        assert_eq!(s.images, 5, "keys 1 and 6 are gone");
+        assert_eq!(s.images, 3, "keys 1-3 (the rest of file 0) and 6 are gone");
         assert_eq!(s.newest_at_or_before(&key(1), Lsn(u64::MAX)), None);
+        assert_eq!(s.read(&key(4), Lsn(104)).unwrap(), Some(vec![4u8; BLCKSZ]));
         assert_eq!(
             fs::metadata(file_path(&dir, 1)).unwrap().len(),
-            2 * ENTRY_SIZE as u64,
+            file1_len - u64::from(k6.len),
             "the damaged tail is cut off"
         );
         // Quarantined, the entry is no longer reported.
@@ -854,7 +1256,42 @@ mod tests {
         drop(s);
         let s = ImageStore::open_with(&dir, 4).unwrap();
         assert!(s.damaged.is_empty());
-        assert_eq!(s.images, 5);
+        assert_eq!(s.images, 3);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A damaged length in the newest file, with intact entries after it, is damage, not a
+    /// torn tail: nothing is cut; its quarantine starts a new file, so later appends are
+    /// found at the next open.
+    #[test]
+    fn a_damaged_length_in_the_newest_file_is_not_cut_off_as_a_torn_tail() {
+        let dir = std::env::temp_dir().join(format!("rh_images_len_{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut s = ImageStore::open(&dir).unwrap();
+        for b in 0..4 {
+            s.put(&key(b), Lsn(100 + b as u64), &vec![b as u8; BLCKSZ])
+                .unwrap();
+        }
+        s.sync().unwrap();
+        let k1 = location(&s, 1);
+        drop(s);
+        let len = fs::metadata(file_path(&dir, 0)).unwrap().len();
+        flip(&dir, 0, k1.offset + 18); // the stored length
+        let mut s = ImageStore::open(&dir).unwrap();
+        assert_eq!(fs::metadata(file_path(&dir, 0)).unwrap().len(), len);
+        assert_eq!(s.images, 1);
+        assert_eq!(s.damaged.len(), 1);
+        assert!(s.damaged[0].rest_of_file);
+        assert!(s.damaged[0].to_string().contains("rest of the file"));
+        s.quarantine_damaged().unwrap();
+        assert_eq!(s.current_file_number(), 1);
+        s.put(&key(9), Lsn(900), &vec![9u8; BLCKSZ]).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let s = ImageStore::open(&dir).unwrap();
+        assert!(s.damaged.is_empty());
+        assert_eq!(s.images, 2);
+        assert_eq!(s.read(&key(9), Lsn(900)).unwrap(), Some(vec![9u8; BLCKSZ]));
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -865,39 +1302,43 @@ mod tests {
         let mut s = ImageStore::open(&dir).unwrap();
         let page = |v: u8| vec![v; BLCKSZ];
         s.put(&key(1), Lsn(100), &page(1)).unwrap();
-        s.put(&key(1), Lsn(300), &page(3)).unwrap();
+        s.put(&key(1), Lsn(300), &noise(3)).unwrap();
         s.put(&key(2), Lsn(200), &page(2)).unwrap();
         s.sync().unwrap();
         assert_eq!(s.newest_at_or_before(&key(1), Lsn(299)), Some(Lsn(100)));
         assert_eq!(s.newest_at_or_before(&key(1), Lsn(300)), Some(Lsn(300)));
         assert_eq!(s.newest_at_or_before(&key(1), Lsn(99)), None);
-        assert_eq!(s.read(&key(1), Lsn(300)).unwrap(), Some(page(3)));
+        assert_eq!(s.read(&key(1), Lsn(300)).unwrap(), Some(noise(3)));
+        let len = s.bytes;
         drop(s);
-        // A torn append: half an entry at the end of the file.
-        let f = OpenOptions::new()
-            .append(true)
-            .open(file_path(&dir, 0))
-            .unwrap();
-        f.write_all_at(&[0xAB; 5000], 3 * ENTRY_SIZE as u64)
-            .unwrap();
+        // Torn appends: half an entry at the end of the file, or a header alone.
+        for torn in [5000usize, HEADER, 10] {
+            let mut tail = vec![0xAB; torn];
+            if torn >= HEADER {
+                let mut e = Vec::new();
+                pack_entry(&key(7), Lsn(700), &noise(7), &mut e);
+                tail.copy_from_slice(&e[..torn]);
+            }
+            let f = OpenOptions::new()
+                .write(true)
+                .open(file_path(&dir, 0))
+                .unwrap();
+            f.write_all_at(&tail, len).unwrap();
+            let s = ImageStore::open(&dir).unwrap();
+            assert_eq!(s.images, 3);
+            assert!(s.damaged.is_empty());
+            assert_eq!(fs::metadata(file_path(&dir, 0)).unwrap().len(), len);
+        }
         let mut s = ImageStore::open(&dir).unwrap();
-        assert_eq!(s.images, 3);
-        assert_eq!(
-            fs::metadata(file_path(&dir, 0)).unwrap().len(),
-            3 * ENTRY_SIZE as u64
-        );
         assert_eq!(s.read(&key(2), Lsn(200)).unwrap(), Some(page(2)));
         s.put(&key(2), Lsn(400), &page(4)).unwrap();
         assert_eq!(s.read(&key(2), Lsn(400)).unwrap(), Some(page(4)));
-        // A flipped byte is caught by the CRC.
+        // A flipped byte is caught by the CRC; the entries after it lose their frame.
         drop(s);
-        let f = OpenOptions::new()
-            .write(true)
-            .open(file_path(&dir, 0))
-            .unwrap();
-        f.write_all_at(&[0xFF], (HEADER + 10) as u64).unwrap();
+        flip(&dir, 0, (HEADER + 10) as u64);
         let s = ImageStore::open(&dir).unwrap();
-        assert_eq!(s.images, 3, "the damaged entry is skipped, the others stay");
+        assert_eq!(s.images, 0);
+        assert_eq!(s.damaged.len(), 1);
         assert_eq!(s.newest_at_or_before(&key(1), Lsn(200)), None);
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -925,7 +1366,13 @@ mod tests {
         }
         s.put(&key(4), Lsn(70), &page(70)).unwrap();
         s.sync().unwrap();
-        assert_eq!((s.images, s.bytes), (9, 9 * ENTRY_SIZE as u64));
+        let on_disk = |dir: &Path| -> u64 {
+            (0..3)
+                .filter_map(|n| fs::metadata(file_path(dir, n)).ok())
+                .map(|m| m.len())
+                .sum()
+        };
+        assert_eq!((s.images, s.bytes), (9, on_disk(&dir)));
         // Horizon 45; key 3 was dropped at 8 (after its image at 5).
         let forgotten = s.forget_before(Lsn(45), |k, l| *k == key(3) && l < Lsn(8));
         // Key 1: 10, 20, 30 go (40 is the newest before 45); key 3: 5 goes.
@@ -941,7 +1388,8 @@ mod tests {
         // File 1 keeps 3 of 4: left alone.
         assert_eq!(s.compact_step(0.5).unwrap(), None);
         assert_eq!(s.read(&key(2), Lsn(15)).unwrap(), Some(page(15)));
-        assert_eq!(s.bytes, 6 * ENTRY_SIZE as u64);
+        assert_eq!(s.bytes, on_disk(&dir));
+        assert_eq!(c.bytes_freed, 4 * u64::from(location(&s, 4).len));
         drop(s);
         // After a restart the same images are found.
         // (Key 3's image at 5 was only forgotten in memory: file 1 still has it, and the next
@@ -979,7 +1427,7 @@ mod tests {
         );
         // As read from the bucket had the cache evicted the file:
         for (_, loc) in &plan.entries {
-            let mut buf = vec![0u8; ENTRY_SIZE];
+            let mut buf = vec![0u8; loc.len as usize];
             s.file_for_read(0)
                 .unwrap()
                 .read_exact_at(&mut buf, loc.offset)

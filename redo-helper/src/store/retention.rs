@@ -969,7 +969,8 @@ impl Retention {
                 })
             })
             .collect();
-        // At most an image per page to rebuild: a pass that may not fit fails before it
+        // At most an image per page to rebuild, counted at its unpacked size (packing stores
+        // less, by how much depends on the page): a pass that may not fit fails before it
         // writes one, rather than fill the disk with images and leave no room for a shorter
         // step. Pages an image already covers cost nothing (under a busy workload many of a
         // segment's pages are, and counting them refused steps that fit).
