@@ -592,6 +592,12 @@ run_workload() {
                 fi
             done
         done
+        # What the helper stores for the WAL it keeps (--retain): its images beside its WAL.
+        local hd images_b wal_b
+        hd="$(storage_dir "$p")/helper"
+        images_b=$(du -sb "$hd/images" 2>/dev/null | cut -f1)
+        wal_b=$(du -sb "$hd/wal" 2>/dev/null | cut -f1)
+        log "$w, $p: the helper's store after the rounds: images ${images_b:-0} bytes, WAL ${wal_b:-0} bytes ($(awk -v i="${images_b:-0}" -v w="${wal_b:-0}" 'BEGIN {printf "%.2f", (w > 0 ? i / w : 0)}') bytes of images per byte of WAL)"
         # shellcheck disable=SC2046
         place shared pg $(pg_pids)
     done

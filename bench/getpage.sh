@@ -227,10 +227,10 @@ printf '%-8s %12s %12s %14s %10s  %s\n' helper images "image bytes" "image B/GB 
 for i in "${!bins[@]}"; do
     st=$(hstatus "$i")
     dmax=$(echo "$st" | json_field max deltas_per_read)
+    nimg=$(echo "$st" | json_field images_stored)
     kill "${pids[i]}" 2>/dev/null || true
     wait "${pids[i]}" 2>/dev/null || true
     ibytes=$(find "$(hdir "$i")/images" -name 'images-*.dat' -printf '%s\n' | awk '{s += $1} END {print s + 0}')
-    nimg=$((ibytes / (36 + 8192)))
     line=$("${bins[i]}" check --data-dir "$(hdir "$i")" --samples "$samples" 2>/dev/null | tail -1 || true)
     hist=$(echo "$line" | sed -n 's/.*history: \(.*\)/\1/p')
     printf '%-8s %12s %12s %14s %10s  %s\n' "$i" "$nimg" "$ibytes" \
