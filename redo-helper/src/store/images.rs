@@ -46,14 +46,14 @@ use std::sync::{Arc, Mutex};
 /// An unpacked page, written before images were packed (read only).
 const MAGIC_PLAIN: u32 = 0x4650_5749; // "FPWI"
 /// A packed entry: codec and stored length in the header.
-const MAGIC_PACKED: u32 = 0x4650_5750; // "PWPF"
+const MAGIC_PACKED: u32 = 0x4650_5750; // "FPWP"
 /// A damaged `FPWI` entry quarantined while images were only a cache: skipped (its length
 /// is fixed) without warning.
-const MAGIC_QUARANTINED: u32 = 0x4650_5758; // "XWPF"
+const MAGIC_QUARANTINED: u32 = 0x4650_5758; // "FPWX"
 /// A damaged entry whose length cannot be trusted, quarantined while images were only a
 /// cache: the rest of its file is skipped without warning (its images were generated again
 /// in newer files).
-const MAGIC_QUARANTINED_REST: u32 = 0x4650_5752; // "RWPF"
+const MAGIC_QUARANTINED_REST: u32 = 0x4650_5752; // "FPWR"
 const CODEC_NONE: u8 = 0;
 const CODEC_LZ4: u8 = 1;
 const HEADER: usize = 36;
