@@ -54,7 +54,7 @@ CREATE FUNCTION docs_insert(seed bigint, n int) RETURNS void LANGUAGE sql AS $$
   SELECT f.* FROM generate_series(seed, seed + n - 1) g, docs_fields(g) f
 $$;
 
--- The documents ids replaced by new ones (seeds seed, seed + 1, ...) under the same ids: a
+-- The documents `ids`, replaced by new ones (seeds seed, seed + 1, ...) under the same ids: a
 -- delete and an insert each, so the table keeps its size (txn-steady.sql). A concurrent
 -- transaction that replaced the same id first wins (ON CONFLICT DO NOTHING).
 CREATE FUNCTION docs_replace(ids bigint[], seed bigint) RETURNS void LANGUAGE sql AS $$
