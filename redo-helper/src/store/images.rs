@@ -534,10 +534,9 @@ impl ImageStore {
                 .map_err(io_err(&path))?;
             let len = f.metadata().map_err(io_err(&path))?.len();
             let scan = scan_file(&f, n, len, Some(n) == newest).map_err(io_err(&path))?;
+            // Every entry found ends before what the scan keeps.
             for (key, loc) in scan.found {
-                if loc.offset < scan.keep {
-                    index.entry(key).or_default().push(loc);
-                }
+                index.entry(key).or_default().push(loc);
             }
             for (offset, rest_of_file) in scan.damaged {
                 log::warn!(
